@@ -1,0 +1,4 @@
+//! The direct connection orchestrator of Tether.
+//!
+//! Its sans-IO core and actix actor arrive with the establishment issue; see
+//! `DESIGN.md` (roles) for what it will own.

@@ -1,0 +1,492 @@
+//! Typed messages exchanged between the orchestrators, the transport driver and the
+//! application, named after the roles in DESIGN.md.
+//!
+//! Every message is fire-and-forget (`rtype = "()"`): an actor never awaits another
+//! actor's answer. A request that expects an answer carries a [`RequestId`], and the
+//! answer is a separate message carrying the same id.
+//!
+//! | message | from → to | phase |
+//! |---|---|---|
+//! | [`ConnectivityChanged`] | transport → Presence | migration 1 |
+//! | [`ConnectPeer`] | Presence → DirectConnection | establishment, migration 3 |
+//! | [`ConnectFailed`] | DirectConnection → Presence | establishment |
+//! | [`SessionReady`] | DirectConnection → Presence | establishment, migration 4 |
+//! | [`SendMigrationPing`] | Presence → DirectConnection | migration 2 |
+//! | [`InboundMigrationPing`] | DirectConnection → Presence | migration 3 |
+//! | [`MigrationAcked`] | DirectConnection → Presence | migration 2 → 4 |
+//! | [`RecompileBlueprint`] / [`BlueprintCompiled`] | Presence ↔ ConnectionBlueprint | establishment, migration 3 |
+//! | [`PathMeasured`] | DirectConnection → ConnectionBlueprint | scores |
+//! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
+//! | [`RelayDelivered`] | Rcs → DirectConnection | migration 2, relay fallback |
+//! | [`RelayPoll`] | Presence → Rcs | heartbeat fallback |
+//! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
+//! | [`PeerEndpointHint`] | Pms → Presence | migration 2 |
+//! | [`LivenessReport`] | DirectConnection → Presence | runtime |
+//! | [`EvictSession`] / [`SessionEvicted`] | Presence → DirectConnection, node | failure |
+//! | [`StatusChanged`] | Presence → node | all |
+//! | [`SendMessage`] / [`SendResult`] / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
+//! | [`TransportCommand`] / [`TransportEvent`] | DirectConnection ↔ transport driver | all |
+
+use crate::ids::{ChannelId, DeviceId, Epoch, RequestId, SessionId};
+use crate::status::SessionStatus;
+use actix::Message;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// A transport path to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PathKind {
+    /// Direct QUIC over UDP.
+    Direct,
+    /// Through the relay server (live forwarding or queue).
+    Relay,
+}
+
+/// Where a path goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Endpoint {
+    /// A UDP address of the peer.
+    Direct(SocketAddr),
+    /// The relay server.
+    Relay,
+}
+
+/// How a candidate address became known; feeds the ordering policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CandidateSource {
+    /// Written in the config at pairing.
+    Configured,
+    /// The address the session last worked on.
+    LastKnownGood,
+    /// Announced by the peer itself (migration ping or ack, authenticated).
+    LearnedFromPeer,
+    /// Read from a sealed endpoint hint at the rendezvous server.
+    Rendezvous,
+    /// The relay path, always last.
+    Relay,
+}
+
+/// One entry of a blueprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// How it became known.
+    pub source: CandidateSource,
+}
+
+/// The local network changed: the device's addresses are not what they were.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct ConnectivityChanged {
+    /// Local addresses before the change.
+    pub old: Vec<SocketAddr>,
+    /// Local addresses after the change.
+    pub new: Vec<SocketAddr>,
+}
+
+/// PresenceConnect: reach this peer over the candidates, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct ConnectPeer {
+    /// Answered by [`SessionReady`] or [`ConnectFailed`] with this id.
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// True from ReconnectingInbound: reconnect the transport of the existing session,
+    /// never run a handshake.
+    pub transport_only: bool,
+    /// The blueprint to try, best first.
+    pub candidates: Vec<Candidate>,
+}
+
+/// A [`ConnectPeer`] found no working path.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct ConnectFailed {
+    /// The request.
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// Human-readable reason for logs and metrics.
+    pub reason: String,
+}
+
+/// A session is usable on a path (after a handshake, a transport-only reconnect, or a
+/// completed migration).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SessionReady {
+    /// The connect request this answers, if any.
+    pub request: Option<RequestId>,
+    /// The peer.
+    pub peer: DeviceId,
+    /// The session.
+    pub session: SessionId,
+    /// Its epoch (unchanged by a migration).
+    pub epoch: Epoch,
+    /// The path now bound.
+    pub path: PathKind,
+    /// The peer's address on that path, for a direct path.
+    pub remote: Option<SocketAddr>,
+    /// Whether a handshake produced this (false for migrations and transport reconnects).
+    pub after_handshake: bool,
+}
+
+/// Migration phase 2: announce our new endpoints to the peer on every candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SendMigrationPing {
+    /// Correlates [`MigrationAcked`].
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// Our endpoints after the change.
+    pub new_endpoints: Vec<SocketAddr>,
+    /// Where to send the pings, in parallel.
+    pub candidates: Vec<Candidate>,
+}
+
+/// Migration phase 3: an authenticated, non-replayed migration ping arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct InboundMigrationPing {
+    /// The peer that moved.
+    pub peer: DeviceId,
+    /// The session.
+    pub session: SessionId,
+    /// The session's epoch (unchanged).
+    pub epoch: Epoch,
+    /// The ping's counter.
+    pub counter: u64,
+    /// The peer's new endpoints, as it announced them.
+    pub endpoints: Vec<SocketAddr>,
+    /// The path the ping came over.
+    pub via: PathKind,
+}
+
+/// The peer acknowledged our migration ping.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct MigrationAcked {
+    /// The [`SendMigrationPing`] request.
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// The acknowledged counter.
+    pub counter: u64,
+    /// The peer's endpoints as it announced them in the ack.
+    pub peer_endpoints: Vec<SocketAddr>,
+    /// The path the ack came over.
+    pub via: PathKind,
+}
+
+/// Ask ConnectionBlueprint for a fresh candidate order for a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RecompileBlueprint {
+    /// Answered by [`BlueprintCompiled`].
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// Endpoints the peer just announced; they go first.
+    pub peer_endpoints_first: Vec<SocketAddr>,
+}
+
+/// The ordered candidates for a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct BlueprintCompiled {
+    /// The request.
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// Best first; the relay last.
+    pub candidates: Vec<Candidate>,
+}
+
+/// A measurement of a path, feeding the blueprint's scores.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PathMeasured {
+    /// The peer.
+    pub peer: DeviceId,
+    /// The path measured.
+    pub endpoint: Endpoint,
+    /// Round-trip time in milliseconds, when it answered.
+    pub rtt_ms: Option<u64>,
+}
+
+/// Store a sealed envelope for a device at the relay queue.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayEnqueue {
+    /// Answered by [`RelayEnqueueResult`].
+    pub request: RequestId,
+    /// Recipient.
+    pub to: DeviceId,
+    /// An encoded sealed frame.
+    pub envelope: Vec<u8>,
+}
+
+/// Whether the relay accepted an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayEnqueueResult {
+    /// The request.
+    pub request: RequestId,
+    /// `Err` holds the server's or the client's reason.
+    pub result: Result<(), String>,
+}
+
+/// An envelope arrived through the relay (pushed, fetched or live-forwarded).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayDelivered {
+    /// Sender device.
+    pub from: DeviceId,
+    /// The encoded sealed frame.
+    pub envelope: Vec<u8>,
+}
+
+/// Heartbeat fallback: fetch whatever the relay queue holds for this device.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayPoll {
+    /// Correlation id for logs.
+    pub request: RequestId,
+}
+
+/// Publish our current endpoints, sealed, at the rendezvous server for this peer.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PublishEndpointHint {
+    /// Correlation id for logs.
+    pub request: RequestId,
+    /// The peer the hint is for (selects the relationship key).
+    pub peer: DeviceId,
+    /// Our endpoints.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Look up the peer's latest endpoint hint.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct LookupEndpointHint {
+    /// Answered by [`PeerEndpointHint`].
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+}
+
+/// The peer's endpoints, read from an authentic, unexpired hint.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PeerEndpointHint {
+    /// The lookup this answers, if any.
+    pub request: Option<RequestId>,
+    /// The peer.
+    pub peer: DeviceId,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// When the peer sealed the hint (its clock, unix ms).
+    pub issued_at_ms: u64,
+}
+
+/// Liveness of a peer's bound path, from heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct LivenessReport {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Whether the last heartbeat was answered in time.
+    pub alive: bool,
+    /// Smoothed RTT in milliseconds, when known.
+    pub rtt_ms: Option<u64>,
+}
+
+/// Why a session was evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvictionReason {
+    /// No path worked within the migration window.
+    MigrationWindowExpired,
+    /// The peer reset the session.
+    PeerReset,
+    /// Heartbeats failed past the liveness limit.
+    LivenessLost,
+    /// Local policy.
+    Policy,
+}
+
+/// Presence tells DirectConnection to drop a session's keys and path (queued messages
+/// are kept for the recovered session).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct EvictSession {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Why.
+    pub reason: EvictionReason,
+}
+
+/// A session was evicted (to the node's event stream).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SessionEvicted {
+    /// The peer.
+    pub peer: DeviceId,
+    /// The evicted session.
+    pub session: SessionId,
+    /// Why.
+    pub reason: EvictionReason,
+}
+
+/// A peer's session status changed (to the node's event stream).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct StatusChanged {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Previous status, if the peer was known.
+    pub from: Option<SessionStatus>,
+    /// New status.
+    pub to: SessionStatus,
+}
+
+/// The application asks to send bytes to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SendMessage {
+    /// Answered by [`SendResult`].
+    pub request: RequestId,
+    /// The peer.
+    pub peer: DeviceId,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Application bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Why a send was refused. Nothing is lost silently: a refused message was never queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SendError {
+    /// The peer is not paired with this device.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The outbound queue for the peer is full.
+    #[error("outbound queue full ({limit} messages)")]
+    QueueFull {
+        /// The queue's capacity.
+        limit: usize,
+    },
+    /// The payload is larger than one message may be.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The session was closed by the application.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Whether a [`SendMessage`] was accepted (queued for exactly-once delivery).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SendResult {
+    /// The request.
+    pub request: RequestId,
+    /// The sequence number assigned, or why it was refused.
+    pub result: Result<u64, SendError>,
+}
+
+/// A message reached the application, exactly once and in order per channel.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct MessageDelivered {
+    /// Sender.
+    pub peer: DeviceId,
+    /// Channel.
+    pub channel: ChannelId,
+    /// Sequence number within the channel.
+    pub seq: u64,
+    /// Application bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Identifies one transport link (a QUIC connection or the relay connection) in the
+/// transport driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LinkId(pub u64);
+
+/// What DirectConnection asks of the transport driver.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub enum TransportCommand {
+    /// Dial these addresses in parallel (staggered); first success wins.
+    Dial {
+        /// Answered by [`TransportEvent::LinkUp`] or [`TransportEvent::DialFailed`].
+        request: RequestId,
+        /// Addresses, best first.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Send an encoded frame on a link.
+    Transmit {
+        /// The link.
+        link: LinkId,
+        /// The encoded [`crate::WireFrame`].
+        frame: Vec<u8>,
+    },
+    /// Close a link.
+    Close {
+        /// The link.
+        link: LinkId,
+    },
+}
+
+/// What the transport driver reports to DirectConnection.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub enum TransportEvent {
+    /// A link is up (dialled by us, or accepted).
+    LinkUp {
+        /// The dial it answers; None for an accepted link.
+        request: Option<RequestId>,
+        /// The new link.
+        link: LinkId,
+        /// Direct or relay.
+        path: PathKind,
+        /// The remote address, for a direct link.
+        remote: Option<SocketAddr>,
+    },
+    /// No candidate of a dial answered.
+    DialFailed {
+        /// The dial.
+        request: RequestId,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// A link closed or was lost (e.g. the accepting side of QUIC moved).
+    LinkDown {
+        /// The link.
+        link: LinkId,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The remote address of a link changed (QUIC migration of the peer).
+    RemoteChanged {
+        /// The link.
+        link: LinkId,
+        /// The new remote address.
+        remote: SocketAddr,
+    },
+    /// A frame arrived on a link.
+    FrameReceived {
+        /// The link.
+        link: LinkId,
+        /// The encoded [`crate::WireFrame`].
+        frame: Vec<u8>,
+    },
+}

@@ -1,0 +1,337 @@
+//! The wire frames: everything that crosses a link between two devices, or between a
+//! device and the relay/rendezvous server.
+//!
+//! Two layers:
+//! - [`WireFrame`] is what a link carries: Noise handshake messages, sealed session
+//!   frames, and the relay and rendezvous protocols. Servers see only this layer.
+//! - [`SessionFrame`] is the plaintext inside a [`SealedFrame`], encrypted with the
+//!   session keys. The same sealed frame may travel any path (direct QUIC, relay forward,
+//!   relay queue), be duplicated during a migration and arrive in any order; the session
+//!   layer dedupes by nonce and sequence number.
+//!
+//! Both are encoded by [`crate::codec`].
+
+use crate::ids::{ChannelId, DeviceId, Epoch, SessionId};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Bytes of the PeerSecret tag on a migration ping (a truncated keyed BLAKE2s MAC):
+/// 128 bits make forging infeasible while keeping pings small.
+pub const MIGRATION_TAG_LEN: usize = 16;
+
+/// Bytes of a path challenge: 128 random bits, unguessable by an off-path attacker.
+pub const PATH_CHALLENGE_LEN: usize = 16;
+
+/// Bytes of a rendezvous id (a BLAKE2s hash of the relationship key).
+pub const RENDEZVOUS_ID_LEN: usize = 32;
+
+/// Everything a link carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireFrame {
+    /// Noise message 1, initiator to responder (PeerSessionEstablishment only).
+    HandshakeInit(HandshakeMessage),
+    /// Noise message 2, responder to initiator.
+    HandshakeResponse(HandshakeMessage),
+    /// A session frame sealed under the session keys.
+    Sealed(SealedFrame),
+    /// Device ↔ relay server (queue and live forwarding).
+    Relay(RelayMessage),
+    /// Device ↔ rendezvous server (sealed endpoint hints).
+    Rendezvous(RendezvousMessage),
+}
+
+/// One Noise handshake message for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeMessage {
+    /// The session this handshake establishes or recovers.
+    pub session: SessionId,
+    /// The Noise message bytes.
+    #[serde(with = "serde_bytes")]
+    pub noise: Vec<u8>,
+}
+
+/// A session frame sealed with an explicit nonce, so it can be opened out of order and
+/// on any path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedFrame {
+    /// The session the frame belongs to (routing only; it is also authenticated inside).
+    pub session: SessionId,
+    /// Which key generation sealed it (derived from the handshake hash).
+    pub key_id: u32,
+    /// The explicit 64-bit AEAD nonce, checked against the replay window.
+    pub nonce: u64,
+    /// AEAD ciphertext of an encoded [`SessionFrame`].
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// The plaintext of a sealed frame (frame kinds of 002, plus migration and path
+/// validation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionFrame {
+    /// Application bytes on a channel, with the channel's sequence number.
+    Data {
+        /// The logical channel.
+        channel: ChannelId,
+        /// Sequence number within the channel, from 0, without gaps.
+        seq: u64,
+        /// Application bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// Cumulative acknowledgement and flow-control credit for a channel.
+    Ack {
+        /// The logical channel.
+        channel: ChannelId,
+        /// Every sequence number below this one was received (the next one expected).
+        next_expected: u64,
+        /// The sender may send sequence numbers below `next_expected + credit`.
+        credit: u64,
+    },
+    /// Liveness probe; answered by a Pong with the same id.
+    Ping {
+        /// Echoed in the Pong to measure RTT.
+        id: u64,
+    },
+    /// Answer to a Ping.
+    Pong {
+        /// The Ping's id.
+        id: u64,
+    },
+    /// "I moved": sent by the migrating device on every candidate path.
+    MigrationPing(MigrationPing),
+    /// "I saw your move": the receiving device's answer to a migration ping.
+    MigrationAck(MigrationAck),
+    /// Proof-of-address challenge to a new path before the session moves there.
+    PathChallenge {
+        /// Random bytes to echo.
+        data: [u8; PATH_CHALLENGE_LEN],
+    },
+    /// Echo of a path challenge, sent on the path being validated.
+    PathResponse {
+        /// The challenge's bytes.
+        data: [u8; PATH_CHALLENGE_LEN],
+    },
+    /// Marks the switch point of a channel to a new path: everything below `next_seq` was
+    /// sent on the old path; the receiver dedupes across both.
+    Migrate {
+        /// The logical channel.
+        channel: ChannelId,
+        /// First sequence number sent on the new path.
+        next_seq: u64,
+    },
+    /// The sender dropped the session (or a channel); the receiver stops using it.
+    Reset {
+        /// Why.
+        reason: ResetReason,
+    },
+}
+
+/// The migrating device's authenticated announcement of its new endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationPing {
+    /// The epoch whose PeerSecret keys the tag (it never changes in a migration).
+    pub epoch: Epoch,
+    /// Strictly increasing per migration signal; replays are rejected.
+    pub counter: u64,
+    /// The migrating device's current endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// MAC over (session, epoch, counter, endpoints) keyed by the PeerSecret.
+    #[serde(with = "serde_bytes")]
+    pub tag: [u8; MIGRATION_TAG_LEN],
+}
+
+/// Acknowledgement of a migration ping, carrying the acknowledger's own endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationAck {
+    /// Epoch of the acknowledged ping.
+    pub epoch: Epoch,
+    /// Counter of the acknowledged ping.
+    pub counter: u64,
+    /// The acknowledging device's current endpoints.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Why a session was reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResetReason {
+    /// The application closed the session.
+    Closed,
+    /// The migration window expired without a working path.
+    MigrationWindowExpired,
+    /// The receiver holds no keys for this session.
+    UnknownSession,
+    /// Local policy (e.g. the peer was unpaired).
+    Policy,
+}
+
+/// Device ↔ relay server. The server only ever sees routing ids and opaque envelopes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayMessage {
+    /// Server → device on connect: prove ownership of your static key over this.
+    Challenge {
+        /// Fresh random bytes from the server.
+        #[serde(with = "serde_bytes")]
+        nonce: [u8; 32],
+    },
+    /// Device → server: the proof for the challenge.
+    Authenticate {
+        /// The device claiming to connect.
+        device: DeviceId,
+        /// Proof bytes (see the relay server docs for their construction).
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
+    /// Server → device: authenticated; queued envelopes follow as pushes.
+    Welcome,
+    /// Device → server: store this envelope for `to` until fetched or expired.
+    Enqueue {
+        /// Recipient device.
+        to: DeviceId,
+        /// Sender's correlation number for the answer.
+        request: u64,
+        /// How long the server should keep it, in milliseconds.
+        ttl_ms: u64,
+        /// The sealed frame (opaque to the server).
+        #[serde(with = "serde_bytes")]
+        envelope: Vec<u8>,
+    },
+    /// Server → device: the envelope is stored.
+    Enqueued {
+        /// The Enqueue's correlation number.
+        request: u64,
+    },
+    /// Device → server: send me what is queued for me (fallback to pushes).
+    Fetch {
+        /// At most this many envelopes.
+        max: u32,
+    },
+    /// Server → device: one queued envelope.
+    Push {
+        /// Sender device.
+        from: DeviceId,
+        /// Server-assigned id, to acknowledge.
+        envelope_id: u64,
+        /// The sealed frame.
+        #[serde(with = "serde_bytes")]
+        envelope: Vec<u8>,
+    },
+    /// Device → server: these envelopes arrived; delete them.
+    Delivered {
+        /// Server-assigned ids.
+        envelope_ids: Vec<u64>,
+    },
+    /// Device → server: forward this frame live to a connected device.
+    Forward {
+        /// Recipient device.
+        to: DeviceId,
+        /// The sealed frame.
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+    /// Server → device: a live-forwarded frame.
+    Forwarded {
+        /// Sender device.
+        from: DeviceId,
+        /// The sealed frame.
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+    /// Server → device: a request was refused.
+    Refused {
+        /// The refused request's correlation number, when it had one.
+        request: Option<u64>,
+        /// Why.
+        reason: ServerRefusal,
+    },
+}
+
+/// Device ↔ rendezvous server. Hints are sealed with a key only the pair holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RendezvousMessage {
+    /// Store a sealed endpoint hint under the pair's rendezvous id.
+    Publish {
+        /// Hash of the relationship key: the same for both devices of the pair.
+        #[serde(with = "serde_bytes")]
+        rendezvous_id: [u8; RENDEZVOUS_ID_LEN],
+        /// How long to keep it, in milliseconds.
+        ttl_ms: u64,
+        /// The sealed hint.
+        #[serde(with = "serde_bytes")]
+        hint: Vec<u8>,
+    },
+    /// Ask for the hints stored under a rendezvous id.
+    Lookup {
+        /// The pair's rendezvous id.
+        #[serde(with = "serde_bytes")]
+        rendezvous_id: [u8; RENDEZVOUS_ID_LEN],
+    },
+    /// The stored hints (sealed; the reader opens them and ignores its own).
+    Hints {
+        /// The pair's rendezvous id.
+        #[serde(with = "serde_bytes")]
+        rendezvous_id: [u8; RENDEZVOUS_ID_LEN],
+        /// Sealed hints, newest last.
+        hints: Vec<serde_bytes::ByteBuf>,
+    },
+    /// A request was refused.
+    Refused {
+        /// Why.
+        reason: ServerRefusal,
+    },
+}
+
+/// Why the relay or rendezvous server refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerRefusal {
+    /// The connection has not proven a static key yet.
+    NotAuthenticated,
+    /// The proof of key ownership was wrong.
+    BadProof,
+    /// The recipient's queue is full.
+    QueueFull,
+    /// The sender exceeded its quota.
+    QuotaExceeded,
+    /// The envelope or hint is larger than the server accepts.
+    TooLarge,
+    /// The recipient is not connected (live forwarding only).
+    NotConnected,
+    /// The request names something that belongs to another device.
+    NotYours,
+}
+
+/// Canonical bytes of an endpoint list, as bound into migration tags: for each address,
+/// a family byte (4 or 6), the IP octets and the port in big-endian.
+pub fn canonical_endpoints(endpoints: &[SocketAddr]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(endpoints.len() * 19);
+    for endpoint in endpoints {
+        match endpoint {
+            SocketAddr::V4(v4) => {
+                out.push(4);
+                out.extend_from_slice(&v4.ip().octets());
+            }
+            SocketAddr::V6(v6) => {
+                out.push(6);
+                out.extend_from_slice(&v6.ip().octets());
+            }
+        }
+        out.extend_from_slice(&endpoint.port().to_be_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_endpoints_distinguishes_order_family_and_port() {
+        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "[::1]:5000".parse().unwrap();
+        let c: SocketAddr = "10.0.0.1:5001".parse().unwrap();
+        assert_ne!(canonical_endpoints(&[a, b]), canonical_endpoints(&[b, a]));
+        assert_ne!(canonical_endpoints(&[a]), canonical_endpoints(&[c]));
+        assert_eq!(canonical_endpoints(&[a]).len(), 7);
+        assert_eq!(canonical_endpoints(&[b]).len(), 19);
+    }
+}

@@ -1,0 +1,1 @@
+//! Tether's transport: the only crate that touches sockets.
