@@ -1,0 +1,70 @@
+//! The actix shell around [`ConnectionBlueprint`]: feeds messages in with the runtime's
+//! clock and forwards outputs. No policy lives here.
+
+use crate::core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
+use actix::{Actor, Context, Handler, Recipient};
+use tether_protocol::{
+    BlueprintCompiled, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
+};
+
+/// Where the orchestrator's outputs go.
+pub struct BlueprintRecipients {
+    /// Presence receives compiled blueprints.
+    pub compiled: Recipient<BlueprintCompiled>,
+}
+
+/// The ConnectionBlueprint actor.
+pub struct ConnectionBlueprintOrchestrator {
+    core: ConnectionBlueprint,
+    recipients: BlueprintRecipients,
+}
+
+impl ConnectionBlueprintOrchestrator {
+    /// An actor around a fresh core.
+    pub fn new(config: BlueprintConfig, recipients: BlueprintRecipients) -> Self {
+        Self {
+            core: ConnectionBlueprint::new(config, now()),
+            recipients,
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        self.core.handle(now(), input);
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Compiled(message) => self.recipients.compiled.do_send(message),
+            }
+        }
+    }
+}
+
+/// The runtime's clock: tokio's, so it is virtual under paused time.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for ConnectionBlueprintOrchestrator {
+    type Context = Context<Self>;
+}
+
+/// Registers a peer's configured addresses.
+#[derive(Debug, Clone, actix::Message)]
+#[rtype(result = "()")]
+pub struct AddBlueprintPeer(pub Input);
+
+macro_rules! forward {
+    ($message:ty => $variant:expr) => {
+        impl Handler<$message> for ConnectionBlueprintOrchestrator {
+            type Result = ();
+            fn handle(&mut self, message: $message, _ctx: &mut Self::Context) {
+                self.feed($variant(message));
+            }
+        }
+    };
+}
+
+forward!(RecompileBlueprint => Input::Recompile);
+forward!(PathMeasured => Input::Measured);
+forward!(PeerEndpointHint => Input::Hint);
+forward!(SessionReady => Input::Ready);
+forward!(AddBlueprintPeer => |message: AddBlueprintPeer| message.0);
