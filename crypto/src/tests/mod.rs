@@ -1,0 +1,6 @@
+//! Cross-module tests: handshakes, sessions and the key ring working together.
+
+mod convergence;
+mod handshake;
+mod keyring;
+mod session;
