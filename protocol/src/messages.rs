@@ -9,7 +9,9 @@
 //! |---|---|---|
 //! | [`ConnectivityChanged`] | transport → Presence | migration 1 |
 //! | [`ConnectPeer`] | Presence → DirectConnection | establishment, migration 3 |
+//! | [`HandshakeStarted`] | DirectConnection → Presence | establishment |
 //! | [`ConnectFailed`] | DirectConnection → Presence | establishment |
+//! | [`PathLost`] / [`PeerReset`] | DirectConnection → Presence | runtime, failure |
 //! | [`SessionReady`] | DirectConnection → Presence | establishment, migration 4 |
 //! | [`SendMigrationPing`] | Presence → DirectConnection | migration 2 |
 //! | [`InboundMigrationPing`] | DirectConnection → Presence | migration 3 |
@@ -17,7 +19,9 @@
 //! | [`RecompileBlueprint`] / [`BlueprintCompiled`] | Presence ↔ ConnectionBlueprint | establishment, migration 3 |
 //! | [`PathMeasured`] | DirectConnection → ConnectionBlueprint | scores |
 //! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
+//! | [`RelayForward`] | DirectConnection → Rcs | relay path |
 //! | [`RelayDelivered`] | Rcs → DirectConnection | migration 2, relay fallback |
+//! | [`RelayStatus`] | Rcs → DirectConnection, Presence | relay path |
 //! | [`RelayPoll`] | Presence → Rcs | heartbeat fallback |
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
 //! | [`PeerEndpointHint`] | Pms → Presence | migration 2 |
@@ -110,6 +114,37 @@ pub struct ConnectFailed {
     pub peer: DeviceId,
     /// Human-readable reason for logs and metrics.
     pub reason: String,
+}
+
+/// DirectConnection started a Noise handshake for a connect request (Connecting →
+/// Handshaking on the Presence side).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct HandshakeStarted {
+    /// The connect request, if the handshake answers one.
+    pub request: Option<RequestId>,
+    /// The peer.
+    pub peer: DeviceId,
+}
+
+/// The path a session was bound to went away without a signal from the peer (e.g. the
+/// accepting side of a QUIC connection moved and QUIC could not migrate it).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PathLost {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Why, for logs.
+    pub reason: String,
+}
+
+/// The peer dropped our session: it sent a Reset, or it completed a fresh handshake
+/// (it restarted or evicted us). Presence evicts and recovers.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PeerReset {
+    /// The peer.
+    pub peer: DeviceId,
 }
 
 /// A session is usable on a path (after a handshake, a transport-only reconnect, or a
@@ -237,6 +272,25 @@ pub struct RelayEnqueueResult {
     pub request: RequestId,
     /// `Err` holds the server's or the client's reason.
     pub result: Result<(), String>,
+}
+
+/// Forward a sealed frame live through the relay to a connected device (best effort:
+/// the session layer retransmits what is not acknowledged).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayForward {
+    /// Recipient.
+    pub to: DeviceId,
+    /// An encoded sealed frame.
+    pub frame: Vec<u8>,
+}
+
+/// Whether this device's authenticated connection to the relay is up.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayStatus {
+    /// True once authenticated, false when the link is lost.
+    pub connected: bool,
 }
 
 /// An envelope arrived through the relay (pushed, fetched or live-forwarded).

@@ -1,4 +1,41 @@
-//! The presence orchestrator of Tether.
+//! Presence: the migration decision maker.
 //!
-//! Its sans-IO core and actix actor arrive with the establishment issue; see
-//! `DESIGN.md` (roles) for what it will own.
+//! Owns each peer's [`SessionStatus`](tether_protocol::SessionStatus) machine, the
+//! migration window, the migration ping rounds, the heartbeat fallback poll of the relay
+//! queue, and when to connect and recover (with jitter and a bound on concurrent
+//! connects). The sans-IO core is [`Presence`]; [`PresenceOrchestrator`] is its actor.
+//!
+//! # Messages
+//! - in: `ConnectivityChanged` (transport), `BlueprintCompiled` (ConnectionBlueprint),
+//!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
+//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport` (DirectConnection),
+//!   `PeerEndpointHint` (Pms).
+//! - out: `RecompileBlueprint` (ConnectionBlueprint); `ConnectPeer` (PresenceConnect),
+//!   `SendMigrationPing`, `EvictSession` (DirectConnection); `PublishEndpointHint`,
+//!   `LookupEndpointHint` (Pms); `RelayPoll` (Rcs); `StatusChanged` and
+//!   [`MigrationCompleted`] (the node).
+//!
+//! # States (per peer)
+//! `Connecting → Handshaking → Ready ⇄ Degraded → ReconnectingOutbound |
+//! ReconnectingInbound → Ready`, `Evicted → Recovering → Ready`, `Closed`.
+//! - On a local network change every established peer goes Ready → Degraded →
+//!   ReconnectingOutbound: the window starts, migration ping rounds run (first one
+//!   jittered per peer), PresenceConnect is blocked, and after an unanswered round the
+//!   rendezvous hints are looked up.
+//! - On an authenticated inbound migration ping: ReconnectingInbound, the blueprint is
+//!   recompiled with the peer's new endpoints first and a `ConnectPeer` with
+//!   `transport_only = true` is sent. In ReconnectingOutbound (both moved) the pings are
+//!   redirected to the peer's new endpoints instead; no connect.
+//! - When the window passes without Ready: Evicted, `EvictSession`, then Recovering
+//!   after a jittered delay: a full handshake with a new epoch.
+
+mod actor;
+mod core;
+
+pub use actor::{PresenceOrchestrator, PresenceRecipients};
+pub use core::{
+    Input, MigrationCompleted, Output, Presence, PresenceConfig, MAX_FIRST_PING_SPREAD,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! The actix shell around [`Presence`]: feeds messages in with the runtime's clock,
+//! forwards outputs, and keeps one timer armed at the core's next deadline.
+
+use crate::core::{Input, MigrationCompleted, Output, Presence, PresenceConfig};
+use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle};
+use std::net::SocketAddr;
+use tether_protocol::{
+    BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, EvictSession,
+    HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint, MigrationAcked,
+    PathLost, PeerEndpointHint, PeerReset, PublishEndpointHint, RecompileBlueprint, RelayPoll,
+    SendMigrationPing, SessionReady, StatusChanged,
+};
+
+/// Where Presence's outputs go.
+pub struct PresenceRecipients {
+    /// ConnectionBlueprint.
+    pub recompile: Recipient<RecompileBlueprint>,
+    /// DirectConnection.
+    pub connect: Recipient<ConnectPeer>,
+    /// DirectConnection.
+    pub migration_ping: Recipient<SendMigrationPing>,
+    /// DirectConnection.
+    pub evict: Recipient<EvictSession>,
+    /// Pms.
+    pub publish_hint: Recipient<PublishEndpointHint>,
+    /// Pms.
+    pub lookup_hint: Recipient<LookupEndpointHint>,
+    /// Rcs.
+    pub relay_poll: Recipient<RelayPoll>,
+    /// The node's event stream.
+    pub status: Recipient<StatusChanged>,
+    /// The node's event stream.
+    pub migration_completed: Recipient<MigrationCompletedEvent>,
+}
+
+/// [`MigrationCompleted`] as an actix message for the node.
+#[derive(Debug, Clone, actix::Message)]
+#[rtype(result = "()")]
+pub struct MigrationCompletedEvent(pub MigrationCompleted);
+
+/// The Presence actor.
+pub struct PresenceOrchestrator {
+    core: Presence,
+    recipients: PresenceRecipients,
+    timer: Option<SpawnHandle>,
+}
+
+impl PresenceOrchestrator {
+    /// An actor around a fresh core, with its peers and the device's endpoints.
+    pub fn new(
+        config: PresenceConfig,
+        peers: Vec<DeviceId>,
+        local_endpoints: Vec<SocketAddr>,
+        recipients: PresenceRecipients,
+    ) -> Self {
+        let now = now();
+        let mut core = Presence::new(config, now);
+        core.handle(now, Input::LocalEndpoints(local_endpoints));
+        for peer in peers {
+            core.handle(now, Input::AddPeer(peer));
+        }
+        Self {
+            core,
+            recipients,
+            timer: None,
+        }
+    }
+
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        self.core.handle(now(), input);
+        self.drain(ctx);
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(output) = self.core.poll_output() {
+            let r = &self.recipients;
+            match output {
+                Output::RecompileBlueprint(m) => r.recompile.do_send(m),
+                Output::ConnectPeer(m) => r.connect.do_send(m),
+                Output::SendMigrationPing(m) => r.migration_ping.do_send(m),
+                Output::EvictSession(m) => r.evict.do_send(m),
+                Output::PublishEndpointHint(m) => r.publish_hint.do_send(m),
+                Output::LookupEndpointHint(m) => r.lookup_hint.do_send(m),
+                Output::RelayPoll(m) => r.relay_poll.do_send(m),
+                Output::StatusChanged(m) => r.status.do_send(m),
+                Output::MigrationCompleted(m) => {
+                    r.migration_completed.do_send(MigrationCompletedEvent(m))
+                }
+            }
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = self.core.poll_timeout() {
+            let delay = at.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
+                actor.timer = None;
+                actor.core.handle_timeout(now());
+                actor.drain(ctx);
+            }));
+        }
+    }
+}
+
+/// The runtime's clock: tokio's, so it is virtual under paused time.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for PresenceOrchestrator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.drain(ctx);
+    }
+}
+
+macro_rules! forward {
+    ($message:ty => $variant:path) => {
+        impl Handler<$message> for PresenceOrchestrator {
+            type Result = ();
+            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
+                self.feed($variant(message), ctx);
+            }
+        }
+    };
+}
+
+forward!(ConnectivityChanged => Input::ConnectivityChanged);
+forward!(BlueprintCompiled => Input::BlueprintCompiled);
+forward!(HandshakeStarted => Input::HandshakeStarted);
+forward!(SessionReady => Input::SessionReady);
+forward!(ConnectFailed => Input::ConnectFailed);
+forward!(InboundMigrationPing => Input::InboundMigrationPing);
+forward!(MigrationAcked => Input::MigrationAcked);
+forward!(PathLost => Input::PathLost);
+forward!(PeerReset => Input::PeerReset);
+forward!(LivenessReport => Input::Liveness);
+forward!(PeerEndpointHint => Input::PeerEndpointHint);

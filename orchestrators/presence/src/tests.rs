@@ -1,0 +1,396 @@
+//! Transition traces of the Presence core, with a stand-in ConnectionBlueprint that
+//! answers every recompile at once (configured address, announced ones first, relay).
+
+use crate::core::{Input, Output, Presence, PresenceConfig};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tether_protocol::{
+    BlueprintCompiled, Candidate, CandidateSource, ConnectFailed, ConnectivityChanged, DeviceId,
+    Endpoint, Epoch, HandshakeStarted, InboundMigrationPing, PathKind, RequestId, SessionId,
+    SessionReady, SessionStatus,
+};
+
+fn peer(n: u8) -> DeviceId {
+    DeviceId([n; 32])
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn session() -> SessionId {
+    SessionId::from_random_bytes([9; 16])
+}
+
+struct Driver {
+    core: Presence,
+    t0: Instant,
+    now: Instant,
+    trace: Vec<String>,
+    /// Every output, for assertions beyond the trace.
+    outputs: Vec<Output>,
+}
+
+impl Driver {
+    fn new(config: PresenceConfig) -> Self {
+        let t0 = Instant::now();
+        Self {
+            core: Presence::new(config, t0),
+            t0,
+            now: t0,
+            trace: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    fn ms(&self) -> u128 {
+        (self.now - self.t0).as_millis()
+    }
+
+    fn input(&mut self, label: &str, input: Input) {
+        self.trace.push(format!("{:>6}ms in  {label}", self.ms()));
+        self.core.handle(self.now, input);
+        self.drain();
+    }
+
+    /// Advances virtual time to `ms`, firing every timeout on the way.
+    fn advance_to(&mut self, ms: u64) {
+        let target = self.t0 + Duration::from_millis(ms);
+        let mut wakeups = 0;
+        while let Some(at) = self.core.poll_timeout() {
+            if at > target {
+                break;
+            }
+            wakeups += 1;
+            assert!(
+                wakeups < 10_000,
+                "the core keeps asking to be woken at {at:?}"
+            );
+            self.now = self.now.max(at);
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = target;
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            let line = describe(&output);
+            if let Some(line) = line {
+                self.trace.push(format!("{:>6}ms out {line}", self.ms()));
+            }
+            if let Output::RecompileBlueprint(request) = &output {
+                let mut candidates: Vec<Candidate> = request
+                    .peer_endpoints_first
+                    .iter()
+                    .map(|a| Candidate {
+                        endpoint: Endpoint::Direct(*a),
+                        source: CandidateSource::LearnedFromPeer,
+                    })
+                    .collect();
+                candidates.push(Candidate {
+                    endpoint: Endpoint::Direct(addr("192.0.2.1:4433")),
+                    source: CandidateSource::Configured,
+                });
+                candidates.push(Candidate {
+                    endpoint: Endpoint::Relay,
+                    source: CandidateSource::Relay,
+                });
+                self.core.handle(
+                    self.now,
+                    Input::BlueprintCompiled(BlueprintCompiled {
+                        request: request.request,
+                        peer: request.peer,
+                        candidates,
+                    }),
+                );
+            }
+            self.outputs.push(output);
+        }
+    }
+
+    fn ready(&mut self, who: u8, after_handshake: bool, epoch: u64) {
+        self.input(
+            &format!("SessionReady p{who} e{epoch} handshake={after_handshake}"),
+            Input::SessionReady(SessionReady {
+                request: None,
+                peer: peer(who),
+                session: session(),
+                epoch: Epoch(epoch),
+                path: PathKind::Direct,
+                remote: Some(addr("192.0.2.1:4433")),
+                after_handshake,
+            }),
+        );
+    }
+
+    fn establish(&mut self, who: u8) {
+        self.input(&format!("AddPeer p{who}"), Input::AddPeer(peer(who)));
+        self.advance_to(300);
+        self.input(
+            &format!("HandshakeStarted p{who}"),
+            Input::HandshakeStarted(HandshakeStarted {
+                request: None,
+                peer: peer(who),
+            }),
+        );
+        self.ready(who, true, 1);
+    }
+
+    fn count(&self, predicate: impl Fn(&Output) -> bool) -> usize {
+        self.outputs.iter().filter(|o| predicate(o)).count()
+    }
+}
+
+fn describe(output: &Output) -> Option<String> {
+    let peer_name = |id: &DeviceId| format!("p{}", id.0[0]);
+    Some(match output {
+        // Answered at once by the stand-in; its ConnectPeer/SendMigrationPing shows it.
+        Output::RecompileBlueprint(_) => return None,
+        Output::RelayPoll(_) => "RelayPoll".into(),
+        Output::ConnectPeer(m) => format!(
+            "ConnectPeer {} transport_only={} first={:?}",
+            peer_name(&m.peer),
+            m.transport_only,
+            m.candidates.first().map(|c| c.endpoint)
+        ),
+        Output::SendMigrationPing(m) => format!(
+            "SendMigrationPing {} {} new={:?} candidates={}",
+            peer_name(&m.peer),
+            m.request,
+            m.new_endpoints,
+            m.candidates.len()
+        ),
+        Output::EvictSession(m) => format!("EvictSession {} {:?}", peer_name(&m.peer), m.reason),
+        Output::PublishEndpointHint(m) => {
+            format!(
+                "PublishEndpointHint {} {:?}",
+                peer_name(&m.peer),
+                m.endpoints
+            )
+        }
+        Output::LookupEndpointHint(m) => format!("LookupEndpointHint {}", peer_name(&m.peer)),
+        Output::StatusChanged(m) => format!(
+            "Status {} {} -> {}",
+            peer_name(&m.peer),
+            m.from.map_or("-".to_string(), |s| s.to_string()),
+            m.to
+        ),
+        Output::MigrationCompleted(m) => format!(
+            "MigrationCompleted {} outbound={} in {}ms",
+            peer_name(&m.peer),
+            m.outbound,
+            m.duration.as_millis()
+        ),
+    })
+}
+
+fn moved(driver: &mut Driver) {
+    driver.input(
+        "ConnectivityChanged -> 198.51.100.5",
+        Input::ConnectivityChanged(ConnectivityChanged {
+            old: vec![addr("192.0.2.9:4433")],
+            new: vec![addr("198.51.100.5:4433")],
+        }),
+    );
+}
+
+#[test]
+fn establishment_trace() {
+    let mut driver = Driver::new(PresenceConfig::default());
+    driver.input(
+        "LocalEndpoints",
+        Input::LocalEndpoints(vec![addr("192.0.2.9:4433")]),
+    );
+    driver.establish(1);
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+#[test]
+fn outbound_migration_trace_never_connects() {
+    let mut driver = Driver::new(PresenceConfig::default());
+    driver.establish(1);
+    let connects_before = driver.count(|o| matches!(o, Output::ConnectPeer(_)));
+    driver.trace.clear();
+    driver.advance_to(1000);
+    moved(&mut driver);
+    assert_eq!(
+        driver.core.status(&peer(1)),
+        Some(SessionStatus::ReconnectingOutbound)
+    );
+    // No answer for a while: rounds repeat and the rendezvous is asked.
+    driver.advance_to(2600);
+    driver.ready(1, false, 1);
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
+    // PresenceConnect stayed blocked for the whole migration.
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::ConnectPeer(_))),
+        connects_before
+    );
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+#[test]
+fn inbound_migration_trace_is_transport_only() {
+    let mut driver = Driver::new(PresenceConfig::default());
+    driver.establish(1);
+    driver.trace.clear();
+    driver.advance_to(1000);
+    driver.input(
+        "InboundMigrationPing p1 -> 203.0.113.7",
+        Input::InboundMigrationPing(InboundMigrationPing {
+            peer: peer(1),
+            session: session(),
+            epoch: Epoch(1),
+            counter: 1,
+            endpoints: vec![addr("203.0.113.7:4433")],
+            via: PathKind::Direct,
+        }),
+    );
+    assert_eq!(
+        driver.core.status(&peer(1)),
+        Some(SessionStatus::ReconnectingInbound)
+    );
+    let last_connect = driver.outputs.iter().rev().find_map(|o| match o {
+        Output::ConnectPeer(c) => Some(c.clone()),
+        _ => None,
+    });
+    let connect = last_connect.expect("a transport-only connect");
+    assert!(connect.transport_only);
+    assert_eq!(
+        connect.candidates[0].endpoint,
+        Endpoint::Direct(addr("203.0.113.7:4433"))
+    );
+    driver.advance_to(1100);
+    driver.ready(1, false, 1);
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+#[test]
+fn window_expiry_evicts_then_recovers_with_a_handshake() {
+    let mut driver = Driver::new(PresenceConfig::default());
+    driver.establish(1);
+    driver.trace.clear();
+    driver.advance_to(1000);
+    moved(&mut driver);
+    driver.advance_to(31_000);
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Evicted));
+    driver.advance_to(32_000);
+    assert_eq!(
+        driver.core.status(&peer(1)),
+        Some(SessionStatus::Recovering)
+    );
+    let recovery = driver.outputs.iter().rev().find_map(|o| match o {
+        Output::ConnectPeer(c) => Some(c.clone()),
+        _ => None,
+    });
+    assert!(!recovery.expect("a recovery connect").transport_only);
+    driver.ready(1, true, 2);
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+#[test]
+fn a_second_change_during_a_migration_restarts_the_rounds() {
+    let mut driver = Driver::new(PresenceConfig::default());
+    driver.establish(1);
+    driver.advance_to(1000);
+    moved(&mut driver);
+    driver.advance_to(1500);
+    let pings_before = driver.count(|o| matches!(o, Output::SendMigrationPing(_)));
+    driver.input(
+        "ConnectivityChanged -> 198.51.100.6",
+        Input::ConnectivityChanged(ConnectivityChanged {
+            old: vec![addr("198.51.100.5:4433")],
+            new: vec![addr("198.51.100.6:4433")],
+        }),
+    );
+    // The new round fires within the first-ping spread of one peer.
+    driver.advance_to(1510);
+    let last_ping = driver.outputs.iter().rev().find_map(|o| match o {
+        Output::SendMigrationPing(p) => Some(p.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        last_ping.expect("a ping").new_endpoints,
+        vec![addr("198.51.100.6:4433")]
+    );
+    assert!(driver.count(|o| matches!(o, Output::SendMigrationPing(_))) > pings_before);
+    assert_eq!(
+        driver.core.status(&peer(1)),
+        Some(SessionStatus::ReconnectingOutbound)
+    );
+    assert_eq!(driver.core.illegal_transitions(), 0);
+}
+
+#[test]
+fn connects_are_bounded_and_jittered_for_many_peers() {
+    let config = PresenceConfig::default();
+    let bound = config.max_concurrent_connects;
+    let mut driver = Driver::new(config);
+    for n in 1..=50 {
+        driver.input("AddPeer", Input::AddPeer(peer(n)));
+    }
+    driver.advance_to(1000);
+    let connects: Vec<_> = driver
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ConnectPeer(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(connects.len(), bound, "only {bound} connects in flight");
+    // One finishes, one more starts.
+    let first = connects[0].peer;
+    driver.input(
+        "ConnectFailed",
+        Input::ConnectFailed(ConnectFailed {
+            request: RequestId(0),
+            peer: first,
+            reason: "test".into(),
+        }),
+    );
+    driver.advance_to(1001);
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::ConnectPeer(_))),
+        bound + 1
+    );
+}
+
+#[test]
+fn many_peers_migrate_with_spread_first_pings() {
+    let mut driver = Driver::new(PresenceConfig::default());
+    for n in 1..=50 {
+        driver.input("AddPeer", Input::AddPeer(peer(n)));
+        driver.ready(n, true, 1);
+    }
+    driver.outputs.clear();
+    driver.advance_to(1000);
+    moved(&mut driver);
+    // 50 peers × 5 ms: first pings spread over 250 ms.
+    driver.advance_to(1000 + 125);
+    let halfway = driver.count(|o| matches!(o, Output::SendMigrationPing(_)));
+    driver.advance_to(1000 + 251);
+    let all = driver.count(|o| matches!(o, Output::SendMigrationPing(_)));
+    assert_eq!(all, 50, "every peer pinged within the spread");
+    assert!(
+        (10..40).contains(&halfway),
+        "first pings are spread, not a burst ({halfway} of 50 at half the spread)"
+    );
+    assert_eq!(driver.core.illegal_transitions(), 0);
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let run = || {
+        let mut driver = Driver::new(PresenceConfig::default());
+        for n in 1..=5 {
+            driver.input("AddPeer", Input::AddPeer(peer(n)));
+        }
+        driver.advance_to(2000);
+        driver.trace
+    };
+    assert_eq!(run(), run());
+}
