@@ -1,4 +1,51 @@
-//! The direct connection orchestrator of Tether.
+//! DirectConnection: the transport executor and keeper of session keys.
 //!
-//! Its sans-IO core and actix actor arrive with the establishment issue; see
-//! `DESIGN.md` (roles) for what it will own.
+//! Owns, per paired peer: the [`KeyRing`](tether_crypto::KeyRing) (epochs, committed
+//! PeerSecret, candidates), the path the session is bound to, the outbound queues with
+//! sequence numbers, acknowledgements and retransmission, and in-order, deduplicated
+//! delivery to the application. It is the ONLY code that runs a handshake, and only on
+//! the establishment path: a handshake needs an `EstablishmentPermit`, which only a
+//! `ConnectPeer` without `transport_only` creates. A transport-only reconnect, and
+//! everything a migration does, hold none, so a migration cannot handshake by
+//! construction.
+//!
+//! The sans-IO core is [`DirectConnection`]; [`DirectConnectionOrchestrator`] is its
+//! actor.
+//!
+//! # Messages
+//! - in: `ConnectPeer`, `SendMigrationPing`, `EvictSession` (Presence); `SendMessage`
+//!   (application); `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus`
+//!   (Rcs).
+//! - out: `TransportCommand` (transport driver); `RelayForward`, `RelayEnqueue` (Rcs);
+//!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
+//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport` (Presence);
+//!   `SessionReady`, `PathMeasured` (ConnectionBlueprint); `SendResult`,
+//!   `MessageDelivered` (application).
+//!
+//! # States (per peer)
+//! - no keys → handshake pending (message 1 sent, retried) → candidate confirmed →
+//!   committed (an authenticated frame under it arrived) → bound to a path.
+//! - bound path: a dialled link, an accepted link that answered a path challenge, or the
+//!   relay when nothing direct validates in time. A new path is challenged under the
+//!   session keys before the session moves; until then at most 3× the bytes received
+//!   from it are sent to it.
+//! - our migration: ping sent on every link and candidate → relay queue after a short
+//!   bound → acknowledged → bound to a validated path → Ready.
+//! - evicted: keys kept for epoch numbering but unused until a newer epoch commits;
+//!   queued messages survive and are resent, and the receiver dedupes by sequence.
+
+mod actor;
+mod channels;
+mod config;
+mod core;
+mod frames;
+mod state;
+
+pub use actor::{DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots};
+pub use channels::{Inbound, Outbound, Received};
+pub use config::{DcConfig, DcLimits, PeerConfig};
+pub use core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot, AMPLIFICATION_FACTOR};
+pub use state::PeerCounters;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! The actix shell around [`DirectConnection`]: feeds messages in with the runtime's
+//! clock, forwards outputs, and keeps one timer armed at the core's next deadline.
+
+use crate::config::DcConfig;
+use crate::core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot};
+use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
+use tether_protocol::{
+    ConnectFailed, ConnectPeer, EvictSession, HandshakeStarted, InboundMigrationPing,
+    LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured, PeerReset,
+    RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, SendMessage, SendMigrationPing,
+    SendResult, SessionReady, TransportCommand, TransportEvent,
+};
+
+/// Where DirectConnection's outputs go.
+pub struct DcRecipients {
+    /// The transport driver.
+    pub transport: Recipient<TransportCommand>,
+    /// Rcs.
+    pub relay_forward: Recipient<RelayForward>,
+    /// Rcs.
+    pub relay_enqueue: Recipient<RelayEnqueue>,
+    /// Presence.
+    pub handshake_started: Recipient<HandshakeStarted>,
+    /// Presence, ConnectionBlueprint, the node.
+    pub session_ready: Vec<Recipient<SessionReady>>,
+    /// Presence.
+    pub connect_failed: Recipient<ConnectFailed>,
+    /// Presence.
+    pub inbound_migration_ping: Recipient<InboundMigrationPing>,
+    /// Presence.
+    pub migration_acked: Recipient<MigrationAcked>,
+    /// Presence.
+    pub path_lost: Recipient<PathLost>,
+    /// Presence.
+    pub peer_reset: Recipient<PeerReset>,
+    /// Presence.
+    pub liveness: Recipient<LivenessReport>,
+    /// ConnectionBlueprint.
+    pub path_measured: Recipient<PathMeasured>,
+    /// The application.
+    pub send_result: Recipient<SendResult>,
+    /// The application.
+    pub delivered: Recipient<MessageDelivered>,
+}
+
+/// Asks for every peer's status and the drop counters (answered directly: only the
+/// node, never another actor, awaits it).
+#[derive(Debug, Clone, Copy, actix::Message)]
+#[rtype(result = "(Vec<PeerSnapshot>, DcCounters)")]
+pub struct GetPeerSnapshots;
+
+/// The DirectConnection actor.
+pub struct DirectConnectionOrchestrator {
+    core: DirectConnection,
+    recipients: DcRecipients,
+    timer: Option<SpawnHandle>,
+}
+
+impl DirectConnectionOrchestrator {
+    /// An actor around a fresh core.
+    pub fn new(config: DcConfig, recipients: DcRecipients) -> Self {
+        Self {
+            core: DirectConnection::new(config, now()),
+            recipients,
+            timer: None,
+        }
+    }
+
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        self.core.handle(now(), input);
+        self.drain(ctx);
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(output) = self.core.poll_output() {
+            let r = &self.recipients;
+            match output {
+                Output::Transport(m) => r.transport.do_send(m),
+                Output::RelayForward(m) => r.relay_forward.do_send(m),
+                Output::RelayEnqueue(m) => r.relay_enqueue.do_send(m),
+                Output::HandshakeStarted(m) => r.handshake_started.do_send(m),
+                Output::SessionReady(m) => {
+                    for recipient in &r.session_ready {
+                        recipient.do_send(m.clone());
+                    }
+                }
+                Output::ConnectFailed(m) => r.connect_failed.do_send(m),
+                Output::InboundMigrationPing(m) => r.inbound_migration_ping.do_send(m),
+                Output::MigrationAcked(m) => r.migration_acked.do_send(m),
+                Output::PathLost(m) => r.path_lost.do_send(m),
+                Output::PeerReset(m) => r.peer_reset.do_send(m),
+                Output::Liveness(m) => r.liveness.do_send(m),
+                Output::PathMeasured(m) => r.path_measured.do_send(m),
+                Output::SendResult(m) => r.send_result.do_send(m),
+                Output::Delivered(m) => r.delivered.do_send(m),
+            }
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = self.core.poll_timeout() {
+            let delay = at.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
+                actor.timer = None;
+                actor.core.handle_timeout(now());
+                actor.drain(ctx);
+            }));
+        }
+    }
+}
+
+/// The runtime's clock: tokio's, so it is virtual under paused time.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for DirectConnectionOrchestrator {
+    type Context = Context<Self>;
+}
+
+macro_rules! forward {
+    ($message:ty => $variant:path) => {
+        impl Handler<$message> for DirectConnectionOrchestrator {
+            type Result = ();
+            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
+                self.feed($variant(message), ctx);
+            }
+        }
+    };
+}
+
+forward!(ConnectPeer => Input::Connect);
+forward!(SendMigrationPing => Input::SendMigrationPing);
+forward!(EvictSession => Input::Evict);
+forward!(SendMessage => Input::Send);
+forward!(TransportEvent => Input::Transport);
+forward!(RelayDelivered => Input::Relay);
+forward!(RelayStatus => Input::RelayStatus);
+
+impl Handler<GetPeerSnapshots> for DirectConnectionOrchestrator {
+    type Result = MessageResult<GetPeerSnapshots>;
+
+    fn handle(&mut self, _message: GetPeerSnapshots, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult((self.core.snapshots(), self.core.counters()))
+    }
+}

@@ -1,0 +1,94 @@
+//! Settings of the DirectConnection core.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
+use tether_protocol::DeviceId;
+
+/// A paired device: its identity and the relationship key shared with it.
+#[derive(Clone)]
+pub struct PeerConfig {
+    /// Its static public key.
+    pub public: PublicKey,
+    /// The pre-shared key of this pair (the Noise PSK).
+    pub rk: RelationshipKey,
+}
+
+impl PeerConfig {
+    /// The peer's device id (its public key).
+    pub fn device(&self) -> DeviceId {
+        DeviceId(*self.public.as_bytes())
+    }
+}
+
+/// Everything the core needs to know at start.
+pub struct DcConfig {
+    /// This device's static keypair.
+    pub local: StaticKeypair,
+    /// Paired peers.
+    pub peers: Vec<PeerConfig>,
+    /// This device's endpoints, announced in migration acks.
+    pub local_endpoints: Vec<SocketAddr>,
+    /// Seed of the RNG for handshakes and path challenges.
+    pub seed: u64,
+    /// Unix time in milliseconds at the core's start `now` (handshake timestamps).
+    pub unix_ms_at_start: u64,
+    /// Timing and limits.
+    pub limits: DcLimits,
+}
+
+/// Timing and limits of the DirectConnection core, each with the reason for its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcLimits {
+    /// How long before an unanswered handshake is retried with a fresh message 1.
+    pub handshake_retry: Duration,
+    /// How long a PresenceConnect may take before it is reported failed.
+    pub connect_timeout: Duration,
+    /// How long direct candidates get before the relay carries the attempt too.
+    pub relay_fallback_after: Duration,
+    /// Interval of liveness pings on the bound path.
+    pub heartbeat_interval: Duration,
+    /// Unanswered heartbeats before the path is reported not alive.
+    pub missed_heartbeats: u32,
+    /// Retransmission timeout of unacknowledged messages on an unchanged path.
+    pub rto: Duration,
+    /// Messages a receiver lets a sender have in flight per channel.
+    pub credit: u64,
+    /// Messages accepted by `send` and not yet acknowledged, per peer.
+    pub max_queued: usize,
+    /// Largest application message.
+    pub max_message_len: usize,
+    /// How long a path challenge stays answerable.
+    pub path_challenge_ttl: Duration,
+}
+
+impl Default for DcLimits {
+    fn default() -> Self {
+        Self {
+            // One second: well above any RTT a handshake should see, short enough that
+            // a lost message 1 costs little.
+            handshake_retry: Duration::from_secs(1),
+            // Ten seconds covers a dial timeout plus several handshake retries.
+            connect_timeout: Duration::from_secs(10),
+            // A quarter second: a healthy direct path answers well within it, and the
+            // relay path then costs at most this much extra.
+            relay_fallback_after: Duration::from_millis(250),
+            heartbeat_interval: Duration::from_secs(2),
+            // Three misses tell a dead path from a lost packet.
+            missed_heartbeats: 3,
+            // QUIC already retransmits within a connection; this only covers frames
+            // lost with a path, so it can be generous.
+            rto: Duration::from_secs(1),
+            // 256 messages in flight per channel keeps a 40 ms path full at 6 000
+            // messages/s while bounding the receiver's reorder buffer.
+            credit: 256,
+            // 4 096 queued messages per peer: minutes of chat, seconds of bulk data,
+            // bounded memory. Beyond it `send` says QueueFull.
+            max_queued: 4096,
+            // Fits one sealed frame with room for framing (Noise caps a message at
+            // 65 535 bytes).
+            max_message_len: 60 * 1024,
+            path_challenge_ttl: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! What the core does with each authenticated session frame.
+
+use crate::channels::{Inbound, Received};
+use crate::core::{DirectConnection, Output};
+use crate::state::Via;
+use std::time::Instant;
+use tether_crypto::{MigrationTag, PathChallenge};
+use tether_protocol::{
+    canonical_endpoints, ChannelId, DeviceId, Endpoint, InboundMigrationPing, LivenessReport,
+    MessageDelivered, MigrationAck, MigrationAcked, MigrationPing, PathKind, PathMeasured,
+    PeerReset, SessionFrame,
+};
+
+impl DirectConnection {
+    /// Dispatches one opened session frame from `device` that came over `via`.
+    pub(crate) fn session_frame(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        frame: SessionFrame,
+    ) {
+        match frame {
+            SessionFrame::Data {
+                channel,
+                seq,
+                payload,
+            } => self.data(now, device, via, channel, seq, payload),
+            SessionFrame::Ack {
+                channel,
+                next_expected,
+                credit,
+            } => {
+                if let Some(outbound) = self
+                    .peers
+                    .get_mut(&device)
+                    .and_then(|p| p.outbound.get_mut(&channel))
+                {
+                    outbound.ack(next_expected, credit);
+                }
+                self.pump(now, device);
+            }
+            SessionFrame::Ping { id } => {
+                self.send_frame(now, device, via, &SessionFrame::Pong { id });
+            }
+            SessionFrame::Pong { id } => self.pong(now, device, via, id),
+            SessionFrame::MigrationPing(ping) => {
+                self.inbound_migration_ping(now, device, via, ping)
+            }
+            SessionFrame::MigrationAck(ack) => self.migration_ack(now, device, via, ack),
+            SessionFrame::PathChallenge { data } => {
+                self.send_frame(now, device, via, &SessionFrame::PathResponse { data });
+            }
+            SessionFrame::PathResponse { data } => self.path_response(now, device, via, data),
+            SessionFrame::Migrate { channel, .. } => {
+                // The sender switched paths: tell it exactly where we are, so it resends
+                // only what we lack.
+                self.send_ack(now, device, via, channel);
+            }
+            SessionFrame::Reset { .. } => {
+                self.outputs
+                    .push_back(Output::PeerReset(PeerReset { peer: device }));
+            }
+        }
+        self.adopt_validated_path(now, device, via);
+    }
+
+    /// Authenticated traffic arrived on a path that is not the bound one: bind it if it
+    /// is already validated and nothing is bound, else challenge it.
+    fn adopt_validated_path(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        if peer.bound == Some(via) || !peer.usable() {
+            return;
+        }
+        let validated = match via {
+            Via::Link(link) => self.links.get(&link).is_some_and(|l| l.validated),
+            // The relay is chosen by timers (it is the path of last resort).
+            Via::Relay => return,
+        };
+        let bound_is_direct = matches!(peer.bound, Some(Via::Link(_)));
+        if validated && !bound_is_direct {
+            self.bind(now, device, via);
+        } else if !validated {
+            self.challenge(now, device, via);
+        }
+    }
+
+    fn data(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        channel: ChannelId,
+        seq: u64,
+        payload: Vec<u8>,
+    ) {
+        let credit = self.limits.credit;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let received = peer
+            .inbound
+            .entry(channel)
+            .or_insert_with(Inbound::default)
+            .receive(seq, payload, credit);
+        match received {
+            Received::Deliver(messages) => {
+                for (seq, payload) in messages {
+                    peer.counters.delivered += 1;
+                    self.outputs.push_back(Output::Delivered(MessageDelivered {
+                        peer: device,
+                        channel,
+                        seq,
+                        payload,
+                    }));
+                }
+            }
+            Received::Duplicate => peer.counters.duplicates += 1,
+            Received::Buffered | Received::BeyondCredit => {}
+        }
+        self.send_ack(now, device, via, channel);
+    }
+
+    fn send_ack(&mut self, now: Instant, device: DeviceId, via: Via, channel: ChannelId) {
+        let credit = self.limits.credit;
+        let next_expected = self
+            .peers
+            .get(&device)
+            .and_then(|p| p.inbound.get(&channel))
+            .map_or(0, Inbound::next_expected);
+        self.send_frame(
+            now,
+            device,
+            via,
+            &SessionFrame::Ack {
+                channel,
+                next_expected,
+                credit,
+            },
+        );
+    }
+
+    fn pong(&mut self, now: Instant, device: DeviceId, via: Via, id: u64) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let beat = &mut peer.heartbeat;
+        let Some((outstanding, sent_at)) = beat.outstanding else {
+            return;
+        };
+        if outstanding != id {
+            return;
+        }
+        beat.outstanding = None;
+        beat.missed = 0;
+        let sample = crate::core::duration_ms(now.saturating_duration_since(sent_at));
+        let srtt = beat.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8);
+        beat.srtt_ms = Some(srtt);
+        let was_dead = std::mem::take(&mut beat.reported_dead);
+        if was_dead {
+            self.outputs.push_back(Output::Liveness(LivenessReport {
+                peer: device,
+                alive: true,
+                rtt_ms: Some(srtt),
+            }));
+        }
+        let endpoint = match via {
+            Via::Link(link) => self
+                .links
+                .get(&link)
+                .and_then(|l| l.remote)
+                .map(Endpoint::Direct),
+            Via::Relay => Some(Endpoint::Relay),
+        };
+        if let Some(endpoint) = endpoint {
+            self.outputs.push_back(Output::PathMeasured(PathMeasured {
+                peer: device,
+                endpoint,
+                rtt_ms: Some(sample),
+            }));
+        }
+    }
+
+    /// Migration phase 3 on the receiving device: PeerSecret resolution, the replay
+    /// check by counter, then the ack and a challenge of the new path.
+    fn inbound_migration_ping(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        ping: MigrationPing,
+    ) {
+        let local_endpoints = self.local_endpoints.clone();
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let canonical = canonical_endpoints(&ping.endpoints);
+        let verified = peer.ring.resolve_migration_tag(
+            peer.session.as_bytes(),
+            ping.counter,
+            &canonical,
+            &MigrationTag(ping.tag),
+        );
+        if verified.is_none() {
+            self.counters.bad_migration_tags += 1;
+            return;
+        }
+        if ping.counter < peer.highest_ping_received {
+            self.counters.stale_migration_pings += 1;
+            return;
+        }
+        let first_copy = ping.counter > peer.highest_ping_received;
+        let ack = SessionFrame::MigrationAck(MigrationAck {
+            epoch: ping.epoch,
+            counter: ping.counter,
+            endpoints: local_endpoints,
+        });
+        if first_copy {
+            peer.highest_ping_received = ping.counter;
+            peer.announced = ping.endpoints.clone();
+            let session = peer.session;
+            self.outputs
+                .push_back(Output::InboundMigrationPing(InboundMigrationPing {
+                    peer: device,
+                    session,
+                    epoch: ping.epoch,
+                    counter: ping.counter,
+                    endpoints: ping.endpoints,
+                    via: match via {
+                        Via::Link(_) => PathKind::Direct,
+                        Via::Relay => PathKind::Relay,
+                    },
+                }));
+        }
+        // Every copy is acknowledged on the path it came by, so the mover hears back on
+        // whichever of its paths works.
+        self.send_frame(now, device, via, &ack);
+    }
+
+    fn migration_ack(&mut self, now: Instant, device: DeviceId, via: Via, ack: MigrationAck) {
+        let relay_fallback = self.limits.relay_fallback_after;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(migration) = peer.migration.as_mut() else {
+            return;
+        };
+        if ack.counter != migration.ping.counter || ack.epoch != migration.ping.epoch {
+            return;
+        }
+        let first = !migration.acked;
+        migration.acked = true;
+        if via == Via::Relay && migration.relay_bind_at.is_none() {
+            migration.relay_bind_at = Some(now + relay_fallback);
+        }
+        let request = migration.request;
+        if !ack.endpoints.is_empty() {
+            peer.announced = ack.endpoints.clone();
+        }
+        if first {
+            self.outputs
+                .push_back(Output::MigrationAcked(MigrationAcked {
+                    request,
+                    peer: device,
+                    counter: ack.counter,
+                    peer_endpoints: ack.endpoints,
+                    via: match via {
+                        Via::Link(_) => PathKind::Direct,
+                        Via::Relay => PathKind::Relay,
+                    },
+                }));
+        }
+        if let Via::Link(link) = via {
+            let validated = self.links.get(&link).is_some_and(|l| l.validated);
+            if validated {
+                self.bind(now, device, via);
+            } else {
+                self.challenge(now, device, via);
+            }
+        }
+    }
+
+    fn path_response(&mut self, now: Instant, device: DeviceId, via: Via, data: [u8; 16]) {
+        let now_ms = self.now_ms(now);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer
+            .challenger
+            .verify(&via, &PathChallenge(data), now_ms)
+            .is_err()
+        {
+            self.counters.bad_path_responses += 1;
+            return;
+        }
+        if let Via::Link(link) = via {
+            if let Some(state) = self.links.get_mut(&link) {
+                state.validated = true;
+            }
+        }
+        // A validated direct path always wins over the relay; the relay is bound only
+        // when nothing direct is.
+        let bound_is_direct =
+            matches!(peer.bound, Some(Via::Link(l)) if self.links.contains_key(&l));
+        let in_progress = peer.connect.is_some() || peer.migration.is_some();
+        let take = match via {
+            Via::Link(_) => true,
+            Via::Relay => !bound_is_direct,
+        };
+        if take && (in_progress || peer.bound != Some(via)) {
+            self.bind(now, device, via);
+        }
+    }
+}

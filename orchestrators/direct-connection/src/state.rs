@@ -1,0 +1,175 @@
+//! The per-peer and per-link state the core keeps.
+
+use crate::channels::{Inbound, Outbound};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tether_crypto::{KeyRing, PathChallenger};
+use tether_protocol::{ChannelId, DeviceId, LinkId, MigrationPing, RequestId, SessionId};
+
+/// A way a frame reaches the peer: a transport link, or the relay (forwarded to the
+/// peer's device id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Via {
+    /// A QUIC link.
+    Link(LinkId),
+    /// The relay server.
+    Relay,
+}
+
+/// Proof that the caller is on the establishment path (PresenceConnect without
+/// `transport_only`, or a recovery). Only [`crate::DirectConnection`]'s establishment
+/// entry point creates one, and the only function that starts a handshake takes it:
+/// the transport-only reconnect of a migration holds none, so it cannot handshake.
+#[derive(Debug)]
+pub struct EstablishmentPermit(pub(crate) ());
+
+/// A PresenceConnect in progress.
+#[derive(Debug)]
+pub struct Connect {
+    /// Presence's request.
+    pub request: RequestId,
+    /// Present only for an establishment connect; absent for transport-only.
+    pub permit: Option<EstablishmentPermit>,
+    /// Reported failed at this instant.
+    pub deadline: Instant,
+    /// The path the handshake (or the path challenge) runs on.
+    pub via: Option<Via>,
+    /// When the relay joins the attempt, if it is a candidate and not yet used.
+    pub relay_at: Option<Instant>,
+    /// When the handshake is retried.
+    pub retry_at: Option<Instant>,
+}
+
+/// Our own migration (this device moved): the ping we announce.
+#[derive(Debug, Clone)]
+pub struct OutMigration {
+    /// Presence's request.
+    pub request: RequestId,
+    /// The sealed ping's contents.
+    pub ping: MigrationPing,
+    /// When the relay queue carries the ping too, if no ack came by then.
+    pub relay_at: Option<Instant>,
+    /// Set when the peer acknowledged over the relay: bind the relay if no direct
+    /// path validates by this instant.
+    pub relay_bind_at: Option<Instant>,
+    /// The peer acknowledged this counter.
+    pub acked: bool,
+}
+
+/// Liveness of the bound path.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat {
+    /// Next ping at.
+    pub next_at: Option<Instant>,
+    /// The outstanding ping id and when it left.
+    pub outstanding: Option<(u64, Instant)>,
+    /// Pings unanswered in a row.
+    pub missed: u32,
+    /// Whether Presence was told the path is dead.
+    pub reported_dead: bool,
+    /// Smoothed RTT.
+    pub srtt_ms: Option<u64>,
+    /// Ping id counter.
+    pub next_id: u64,
+}
+
+/// What Presence was last told about the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    /// Epoch reported Ready.
+    pub epoch: u64,
+    /// Path reported.
+    pub via: Via,
+}
+
+/// Counters shown in the status of a peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Messages accepted by `send`.
+    pub sent: u64,
+    /// Messages delivered to the application.
+    pub delivered: u64,
+    /// Data frames received again (dropped).
+    pub duplicates: u64,
+}
+
+/// Everything the core holds for one paired peer.
+pub struct PeerState {
+    /// The pair's session id (fixed per pair: it outlives epochs and paths).
+    pub session: SessionId,
+    /// Key generations and the commit rule.
+    pub ring: KeyRing,
+    /// Handshakes this device started or answered with the peer.
+    pub handshakes: u64,
+    /// The path data goes on; `None` while there is none.
+    pub bound: Option<Via>,
+    /// Set by an eviction: the committed keys must not carry data until a newer epoch
+    /// commits.
+    pub evicted_at_epoch: Option<u64>,
+    /// What Presence last heard.
+    pub reported: Option<Reported>,
+    /// A PresenceConnect in progress.
+    pub connect: Option<Connect>,
+    /// Our own migration in progress.
+    pub migration: Option<OutMigration>,
+    /// Counter of our last migration ping.
+    pub ping_counter_sent: u64,
+    /// Highest migration ping counter accepted from the peer.
+    pub highest_ping_received: u64,
+    /// The peer's endpoints as it last announced them.
+    pub announced: Vec<SocketAddr>,
+    /// Outstanding path challenges, per path.
+    pub challenger: PathChallenger<Via>,
+    /// Sending halves of channels.
+    pub outbound: BTreeMap<ChannelId, Outbound>,
+    /// Receiving halves of channels.
+    pub inbound: BTreeMap<ChannelId, Inbound>,
+    /// Resend every unacknowledged message on the next pump (the path changed).
+    pub resend_all: bool,
+    /// Liveness.
+    pub heartbeat: Heartbeat,
+    /// Counters.
+    pub counters: PeerCounters,
+}
+
+impl PeerState {
+    /// Messages queued (accepted, unacknowledged) over all channels.
+    pub fn queued(&self) -> usize {
+        self.outbound.values().map(Outbound::queued).sum()
+    }
+
+    /// Whether data may be sealed now: a sendable generation exists and no eviction
+    /// is waiting for a newer epoch.
+    pub fn usable(&self) -> bool {
+        let Some(best) = self.ring.best_sendable_generation() else {
+            return false;
+        };
+        self.evicted_at_epoch
+            .is_none_or(|evicted| best.epoch > evicted)
+    }
+}
+
+/// One transport link as the core sees it.
+#[derive(Debug, Clone)]
+pub struct LinkState {
+    /// The peer it carries, once an authenticated frame or handshake told.
+    pub peer: Option<DeviceId>,
+    /// The remote address.
+    pub remote: Option<SocketAddr>,
+    /// Whether the address is validated: dialled by us, or answered a challenge.
+    pub validated: bool,
+    /// Bytes received since the last address change (anti-amplification budget).
+    pub bytes_in: u64,
+    /// Bytes sent while unvalidated.
+    pub bytes_out_unvalidated: u64,
+}
+
+/// What a dial was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialPurpose {
+    /// A PresenceConnect (establishment or transport-only).
+    Connect,
+    /// Carrying our migration ping.
+    Migration,
+}

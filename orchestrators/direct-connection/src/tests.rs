@@ -1,0 +1,704 @@
+//! Two DirectConnection cores on an in-memory network with a fixed one-way latency:
+//! establishment, crossing handshakes, exactly-once delivery, and the migration paths
+//! (moving dialler, moving acceptor, relay delivery, transport-only reconnect), with a
+//! transition trace per scenario. Presence's role is played by the test.
+
+use crate::config::{DcConfig, DcLimits, PeerConfig};
+use crate::core::{DirectConnection, Input, Output};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tether_crypto::{RelationshipKey, StaticKeypair};
+use tether_protocol::{
+    Candidate, CandidateSource, ChannelId, ConnectPeer, DeviceId, Endpoint, LinkId, PathKind,
+    RelayDelivered, RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand,
+    TransportEvent,
+};
+
+const A: usize = 0;
+const B: usize = 1;
+
+/// One way, on every path (direct and relay).
+const LATENCY: Duration = Duration::from_millis(20);
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+struct Node {
+    core: DirectConnection,
+    device: DeviceId,
+    addr: SocketAddr,
+}
+
+enum Event {
+    /// Deliver an input to a node.
+    Input(usize, Input),
+}
+
+/// Drops a frame sent by a node when it returns true.
+type DropRule = Box<dyn Fn(usize, &[u8]) -> bool>;
+
+struct Net {
+    t0: Instant,
+    now: Instant,
+    nodes: Vec<Node>,
+    /// (at, sequence) → event; the sequence keeps same-time events in order.
+    queue: BTreeMap<(Instant, u64), Event>,
+    seq: u64,
+    /// Link id on a node → (other node, link id on the other node).
+    links: BTreeMap<(usize, LinkId), (usize, LinkId)>,
+    /// Which node dialled each link pair (its side's id).
+    dialled_by: BTreeMap<(usize, LinkId), bool>,
+    next_link: u64,
+    /// Direct UDP between the two nodes is blocked.
+    direct_blocked: bool,
+    /// Drop every frame matching this (node sending, bytes) predicate.
+    drop_if: Option<DropRule>,
+    trace: Vec<String>,
+    /// Every output per node (for assertions).
+    outputs: Vec<Vec<Output>>,
+    delivered: Vec<Vec<Vec<u8>>>,
+}
+
+impl Net {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let a = StaticKeypair::generate(&mut rng);
+        let b = StaticKeypair::generate(&mut rng);
+        let rk = RelationshipKey::generate(&mut rng);
+        let t0 = Instant::now();
+        let make = |local: StaticKeypair, other: &StaticKeypair, at: &str, seed: u64| {
+            let device = DeviceId(*local.public().as_bytes());
+            let config = DcConfig {
+                peers: vec![PeerConfig {
+                    public: *other.public(),
+                    rk: rk.clone(),
+                }],
+                local,
+                local_endpoints: vec![addr(at)],
+                seed,
+                unix_ms_at_start: 1_700_000_000_000,
+                limits: DcLimits::default(),
+            };
+            Node {
+                core: DirectConnection::new(config, t0),
+                device,
+                addr: addr(at),
+            }
+        };
+        let node_a = make(a.clone(), &b, "10.0.0.1:4433", seed * 2 + 1);
+        let node_b = make(b, &a, "10.0.0.2:4433", seed * 2 + 2);
+        let mut net = Self {
+            t0,
+            now: t0,
+            nodes: vec![node_a, node_b],
+            queue: BTreeMap::new(),
+            seq: 0,
+            links: BTreeMap::new(),
+            dialled_by: BTreeMap::new(),
+            next_link: 1,
+            direct_blocked: false,
+            drop_if: None,
+            trace: Vec::new(),
+            outputs: vec![Vec::new(), Vec::new()],
+            delivered: vec![Vec::new(), Vec::new()],
+        };
+        for node in [A, B] {
+            net.input(node, Input::RelayStatus(RelayStatus { connected: true }));
+        }
+        net
+    }
+
+    fn name(node: usize) -> &'static str {
+        ["A", "B"][node]
+    }
+
+    fn ms(&self) -> u128 {
+        (self.now - self.t0).as_millis()
+    }
+
+    fn device(&self, node: usize) -> DeviceId {
+        self.nodes[node].device
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), event);
+    }
+
+    fn input(&mut self, node: usize, input: Input) {
+        self.nodes[node].core.handle(self.now, input);
+        self.drain(node);
+    }
+
+    fn note(&mut self, text: &str) {
+        self.trace.push(format!("{:>6}ms -- {text}", self.ms()));
+    }
+
+    fn drain(&mut self, node: usize) {
+        while let Some(output) = self.nodes[node].core.poll_output() {
+            self.route(node, &output);
+            self.outputs[node].push(output);
+        }
+    }
+
+    fn later(&mut self, node: usize, input: Input) {
+        let at = self.now + LATENCY;
+        self.schedule(at, Event::Input(node, input));
+    }
+
+    fn route(&mut self, from: usize, output: &Output) {
+        let other = 1 - from;
+        let who = Self::name(from);
+        match output {
+            Output::Transport(TransportCommand::Dial { request, addrs }) => {
+                let target = addrs.iter().any(|a| *a == self.nodes[other].addr);
+                if target && !self.direct_blocked {
+                    let mine = LinkId(self.next_link);
+                    let theirs = LinkId(self.next_link + 1);
+                    self.next_link += 2;
+                    self.links.insert((from, mine), (other, theirs));
+                    self.links.insert((other, theirs), (from, mine));
+                    self.dialled_by.insert((from, mine), true);
+                    self.dialled_by.insert((other, theirs), false);
+                    let remote_of_other = self.nodes[other].addr;
+                    let remote_of_me = self.nodes[from].addr;
+                    self.later(
+                        other,
+                        Input::Transport(TransportEvent::LinkUp {
+                            request: None,
+                            link: theirs,
+                            path: PathKind::Direct,
+                            remote: Some(remote_of_me),
+                        }),
+                    );
+                    // The dialler learns of the link after a round trip.
+                    let at = self.now + LATENCY * 2;
+                    self.schedule(
+                        at,
+                        Event::Input(
+                            from,
+                            Input::Transport(TransportEvent::LinkUp {
+                                request: Some(*request),
+                                link: mine,
+                                path: PathKind::Direct,
+                                remote: Some(remote_of_other),
+                            }),
+                        ),
+                    );
+                } else {
+                    self.later(
+                        from,
+                        Input::Transport(TransportEvent::DialFailed {
+                            request: *request,
+                            reason: "unreachable".into(),
+                        }),
+                    );
+                }
+            }
+            Output::Transport(TransportCommand::Transmit { link, frame }) => {
+                if self.drop_if.as_ref().is_some_and(|f| f(from, frame)) {
+                    self.trace.push(format!(
+                        "{:>6}ms {who} dropped {} bytes",
+                        self.ms(),
+                        frame.len()
+                    ));
+                    return;
+                }
+                if let Some(&(to, their_link)) = self.links.get(&(from, *link)) {
+                    self.later(
+                        to,
+                        Input::Transport(TransportEvent::FrameReceived {
+                            link: their_link,
+                            frame: frame.clone(),
+                        }),
+                    );
+                }
+            }
+            Output::Transport(TransportCommand::Close { .. }) => {}
+            Output::RelayForward(forward) => {
+                let from_device = self.device(from);
+                self.later(
+                    other,
+                    Input::Relay(RelayDelivered {
+                        from: from_device,
+                        envelope: forward.frame.clone(),
+                    }),
+                );
+            }
+            Output::RelayEnqueue(enqueue) => {
+                self.trace
+                    .push(format!("{:>6}ms {who} relay-queue ping", self.ms()));
+                let from_device = self.device(from);
+                self.later(
+                    other,
+                    Input::Relay(RelayDelivered {
+                        from: from_device,
+                        envelope: enqueue.envelope.clone(),
+                    }),
+                );
+            }
+            Output::Delivered(message) => {
+                self.delivered[from].push(message.payload.clone());
+            }
+            Output::SendResult(_) | Output::PathMeasured(_) => {}
+            other_output => {
+                let line = describe(other_output);
+                self.trace.push(format!("{:>6}ms {who} {line}", self.ms()));
+            }
+        }
+    }
+
+    /// Runs events and timers until `ms` of virtual time.
+    fn run_until(&mut self, ms: u64) {
+        let end = self.t0 + Duration::from_millis(ms);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 100_000, "no progress");
+            let next_event = self.queue.keys().next().map(|k| k.0);
+            let next_timer = [A, B]
+                .into_iter()
+                .filter_map(|n| self.nodes[n].core.poll_timeout().map(|t| (t, n)))
+                .min();
+            let event_first = match (next_event, next_timer) {
+                (Some(e), Some((t, _))) => e <= t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if event_first {
+                let Some((&key, _)) = self.queue.iter().next() else {
+                    break;
+                };
+                if key.0 > end {
+                    break;
+                }
+                let Some(Event::Input(node, input)) = self.queue.remove(&key) else {
+                    break;
+                };
+                self.now = self.now.max(key.0);
+                self.input(node, input);
+            } else if let Some((at, node)) = next_timer {
+                if at > end {
+                    break;
+                }
+                self.now = self.now.max(at);
+                self.nodes[node].core.handle_timeout(self.now);
+                self.drain(node);
+            }
+        }
+        self.now = end;
+    }
+
+    fn candidates(&self, of: usize) -> Vec<Candidate> {
+        vec![
+            Candidate {
+                endpoint: Endpoint::Direct(self.nodes[of].addr),
+                source: CandidateSource::Configured,
+            },
+            Candidate {
+                endpoint: Endpoint::Relay,
+                source: CandidateSource::Relay,
+            },
+        ]
+    }
+
+    fn connect(&mut self, node: usize, transport_only: bool) {
+        let peer = self.device(1 - node);
+        let candidates = self.candidates(1 - node);
+        self.note(&format!(
+            "{} ConnectPeer transport_only={transport_only}",
+            Self::name(node)
+        ));
+        self.input(
+            node,
+            Input::Connect(ConnectPeer {
+                request: RequestId(100 + node as u64),
+                peer,
+                transport_only,
+                candidates,
+            }),
+        );
+    }
+
+    fn send(&mut self, node: usize, text: &str) {
+        let peer = self.device(1 - node);
+        self.input(
+            node,
+            Input::Send(SendMessage {
+                request: RequestId(0),
+                peer,
+                channel: ChannelId(1),
+                payload: text.as_bytes().to_vec(),
+            }),
+        );
+    }
+
+    /// Node moves to a new address: links it accepted die on both sides (QUIC cannot
+    /// migrate them); links it dialled migrate, and the other side sees a new remote.
+    fn move_to(&mut self, node: usize, new: &str) {
+        self.note(&format!("{} moves to {new}", Self::name(node)));
+        self.nodes[node].addr = addr(new);
+        let pairs: Vec<((usize, LinkId), (usize, LinkId))> = self
+            .links
+            .iter()
+            .filter(|((n, _), _)| *n == node)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for ((_, mine), (other, theirs)) in pairs {
+            if self.dialled_by[&(node, mine)] {
+                let remote = addr(new);
+                self.later(
+                    other,
+                    Input::Transport(TransportEvent::RemoteChanged {
+                        link: theirs,
+                        remote,
+                    }),
+                );
+            } else {
+                self.links.remove(&(node, mine));
+                self.links.remove(&(other, theirs));
+                self.input(
+                    node,
+                    Input::Transport(TransportEvent::LinkDown {
+                        link: mine,
+                        reason: "address gone".into(),
+                    }),
+                );
+                self.later(
+                    other,
+                    Input::Transport(TransportEvent::LinkDown {
+                        link: theirs,
+                        reason: "idle".into(),
+                    }),
+                );
+            }
+        }
+        self.input(node, Input::LocalEndpoints(vec![addr(new)]));
+    }
+
+    fn migration_ping(&mut self, node: usize) {
+        let peer = self.device(1 - node);
+        let new = self.nodes[node].addr;
+        let candidates = self.candidates(1 - node);
+        self.input(
+            node,
+            Input::SendMigrationPing(SendMigrationPing {
+                request: RequestId(200),
+                peer,
+                new_endpoints: vec![new],
+                candidates,
+            }),
+        );
+    }
+
+    fn snapshot(&self, node: usize) -> crate::core::PeerSnapshot {
+        let peer = self.device(1 - node);
+        self.nodes[node].core.snapshot(&peer).unwrap()
+    }
+
+    fn assert_same_session(&self) {
+        let a = self.snapshot(A);
+        let b = self.snapshot(B);
+        assert!(a.peer_secret.is_some(), "A committed");
+        assert_eq!(a.peer_secret, b.peer_secret, "PeerSecret fingerprints");
+        assert_eq!(a.session_keys, b.session_keys, "session key fingerprints");
+        assert_eq!(a.epoch, b.epoch, "epochs");
+    }
+
+    fn handshakes(&self) -> (u64, u64) {
+        (self.snapshot(A).handshakes, self.snapshot(B).handshakes)
+    }
+
+    fn count(&self, node: usize, predicate: impl Fn(&Output) -> bool) -> usize {
+        self.outputs[node].iter().filter(|o| predicate(o)).count()
+    }
+}
+
+fn describe(output: &Output) -> String {
+    match output {
+        Output::HandshakeStarted(_) => "HandshakeStarted".into(),
+        Output::SessionReady(m) => format!(
+            "SessionReady e{} {:?} handshake={}",
+            m.epoch.0, m.path, m.after_handshake
+        ),
+        Output::ConnectFailed(m) => format!("ConnectFailed ({})", m.reason),
+        Output::InboundMigrationPing(m) => {
+            format!("InboundMigrationPing #{} via {:?}", m.counter, m.via)
+        }
+        Output::MigrationAcked(m) => format!("MigrationAcked #{} via {:?}", m.counter, m.via),
+        Output::PathLost(_) => "PathLost".into(),
+        Output::PeerReset(_) => "PeerReset".into(),
+        Output::Liveness(m) => format!("Liveness alive={}", m.alive),
+        other => format!("{other:?}"),
+    }
+}
+
+fn established(seed: u64) -> Net {
+    let mut net = Net::new(seed);
+    net.connect(A, false);
+    net.run_until(500);
+    net.assert_same_session();
+    net
+}
+
+#[test]
+fn establishment_trace() {
+    let net = established(1);
+    assert_eq!(net.handshakes(), (1, 1));
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    insta::assert_snapshot!(net.trace.join("\n"));
+}
+
+#[test]
+fn crossing_handshakes_converge_on_one_peer_secret() {
+    for seed in 0..40 {
+        let mut net = Net::new(seed);
+        net.connect(A, false);
+        // B starts 0..39 ms later: every interleaving of the two handshakes.
+        net.run_until(seed);
+        net.connect(B, false);
+        net.run_until(3000);
+        net.assert_same_session();
+        assert_eq!(net.snapshot(A).epoch, Some(1), "seed {seed}");
+    }
+}
+
+#[test]
+fn messages_are_delivered_exactly_once_in_order() {
+    let mut net = established(2);
+    for i in 0..50 {
+        net.send(A, &format!("a{i}"));
+        net.send(B, &format!("b{i}"));
+    }
+    net.run_until(2000);
+    let expect = |p: &str| {
+        (0..50)
+            .map(|i| format!("{p}{i}").into_bytes())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(net.delivered[B], expect("a"));
+    assert_eq!(net.delivered[A], expect("b"));
+}
+
+/// Everything a migration must leave unchanged, checked after it.
+fn assert_migrated(net: &Net, handshakes: (u64, u64), fingerprints: (String, String)) {
+    net.assert_same_session();
+    assert_eq!(net.handshakes(), handshakes, "no handshake ran");
+    let now = (
+        net.snapshot(A)
+            .peer_secret
+            .map(|f| f.to_string())
+            .unwrap_or_default(),
+        net.snapshot(B)
+            .peer_secret
+            .map(|f| f.to_string())
+            .unwrap_or_default(),
+    );
+    assert_eq!(now, fingerprints, "same PeerSecret as before");
+    assert_eq!(net.snapshot(A).epoch, Some(1));
+}
+
+fn fingerprints(net: &Net) -> (String, String) {
+    (
+        net.snapshot(A)
+            .peer_secret
+            .map(|f| f.to_string())
+            .unwrap_or_default(),
+        net.snapshot(B)
+            .peer_secret
+            .map(|f| f.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn moving_dialler_migrates_without_handshake() {
+    let mut net = established(3);
+    let before = (net.handshakes(), fingerprints(&net));
+    net.trace.clear();
+    net.run_until(1000);
+    net.move_to(A, "10.9.0.1:4433");
+    for i in 0..5 {
+        net.send(A, &format!("during{i}"));
+    }
+    net.migration_ping(A);
+    net.run_until(2000);
+    assert_migrated(&net, before.0, before.1);
+    assert_eq!(net.snapshot(B).remote, Some(addr("10.9.0.1:4433")));
+    let expect: Vec<Vec<u8>> = (0..5).map(|i| format!("during{i}").into_bytes()).collect();
+    assert_eq!(net.delivered[B], expect);
+    insta::assert_snapshot!(net.trace.join("\n"));
+}
+
+#[test]
+fn moving_acceptor_migrates_without_handshake() {
+    let mut net = established(4);
+    let before = (net.handshakes(), fingerprints(&net));
+    net.trace.clear();
+    net.run_until(1000);
+    // B accepted A's link: QUIC cannot migrate it.
+    net.move_to(B, "10.9.0.2:4433");
+    net.send(B, "queued while moving");
+    net.migration_ping(B);
+    net.run_until(2000);
+    assert_migrated(&net, before.0, before.1);
+    assert_eq!(net.snapshot(A).remote, Some(addr("10.9.0.2:4433")));
+    assert_eq!(net.delivered[A], vec![b"queued while moving".to_vec()]);
+    insta::assert_snapshot!(net.trace.join("\n"));
+}
+
+#[test]
+fn direct_blocked_after_move_falls_back_to_the_relay() {
+    let mut net = established(5);
+    let before = (net.handshakes(), fingerprints(&net));
+    net.trace.clear();
+    net.run_until(1000);
+    net.direct_blocked = true;
+    net.move_to(B, "10.9.0.2:4433");
+    net.send(B, "over the relay");
+    net.migration_ping(B);
+    net.run_until(3000);
+    assert_migrated(&net, before.0, before.1);
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Relay));
+    assert_eq!(net.delivered[A], vec![b"over the relay".to_vec()]);
+    insta::assert_snapshot!(net.trace.join("\n"));
+}
+
+#[test]
+fn transport_only_reconnect_never_handshakes() {
+    let mut net = established(6);
+    let before = net.handshakes();
+    // B learns A moved (via the relay, say) and reconnects transport-only.
+    net.run_until(1000);
+    net.move_to(A, "10.9.0.1:4433");
+    let candidates = net.candidates(A);
+    let peer = net.device(A);
+    net.input(
+        B,
+        Input::Connect(ConnectPeer {
+            request: RequestId(7),
+            peer,
+            transport_only: true,
+            candidates,
+        }),
+    );
+    net.run_until(2000);
+    assert_eq!(net.handshakes(), before);
+    assert_eq!(
+        net.count(B, |o| matches!(o, Output::HandshakeStarted(_))),
+        0
+    );
+    net.assert_same_session();
+}
+
+#[test]
+fn transport_only_without_a_session_fails_instead_of_handshaking() {
+    let mut net = Net::new(7);
+    net.connect(A, true);
+    net.run_until(1000);
+    assert_eq!(net.handshakes(), (0, 0));
+    assert_eq!(net.count(A, |o| matches!(o, Output::ConnectFailed(_))), 1);
+}
+
+#[test]
+fn replayed_and_forged_frames_change_nothing() {
+    let mut net = established(8);
+    // Capture the next frame A sends to B, then replay it and a corrupted copy.
+    net.send(A, "original");
+    let frame = net.outputs[A]
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Transport(TransportCommand::Transmit { frame, .. }) => Some(frame.clone()),
+            _ => None,
+        })
+        .unwrap();
+    net.run_until(1000);
+    let link = *net
+        .links
+        .keys()
+        .find(|(n, _)| *n == B)
+        .map(|(_, l)| l)
+        .unwrap();
+    let before = net.snapshot(B);
+    let rejected_before = net.nodes[B].core.counters().rejected_frames;
+    let mut corrupted = frame.clone();
+    let last = corrupted.len() - 1;
+    corrupted[last] ^= 1;
+    for bytes in [frame, corrupted, vec![1, 2, 3]] {
+        net.input(
+            B,
+            Input::Transport(TransportEvent::FrameReceived { link, frame: bytes }),
+        );
+    }
+    assert_eq!(net.snapshot(B), before);
+    assert_eq!(net.delivered[B], vec![b"original".to_vec()]);
+    assert_eq!(
+        net.nodes[B].core.counters().rejected_frames,
+        rejected_before + 2
+    );
+    assert_eq!(net.nodes[B].core.counters().malformed_frames, 1);
+}
+
+#[test]
+fn a_ping_under_the_wrong_peer_secret_is_refused() {
+    // Two pairs that share nothing: a ping sealed for one session cannot even open in
+    // the other; and a ping whose tag is wrong is refused by PeerSecret resolution.
+    let mut net = established(9);
+    net.drop_if = None;
+    let peer = net.device(A);
+    let bad_tag_before = net.nodes[B].core.counters().bad_migration_tags;
+    // Forge: seal a migration ping with a wrong tag under A's real session keys.
+    let forged = tether_protocol::SessionFrame::MigrationPing(tether_protocol::MigrationPing {
+        epoch: tether_protocol::Epoch(1),
+        counter: 99,
+        endpoints: vec![addr("192.0.2.66:1")],
+        tag: [0; 16],
+    });
+    let b_device = net.device(B);
+    let sealed = net.nodes[A].core.seal_wire(b_device, &forged).unwrap();
+    net.input(
+        B,
+        Input::Relay(RelayDelivered {
+            from: peer,
+            envelope: sealed,
+        }),
+    );
+    assert_eq!(
+        net.nodes[B].core.counters().bad_migration_tags,
+        bad_tag_before + 1
+    );
+    assert_eq!(
+        net.count(B, |o| matches!(o, Output::InboundMigrationPing(_))),
+        0
+    );
+    assert_eq!(net.snapshot(B).remote, Some(addr("10.0.0.1:4433")));
+}
+
+#[test]
+fn a_lost_handshake_message_is_retried_with_a_fresh_initiation() {
+    let mut net = Net::new(10);
+    let dropped = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = dropped.clone();
+    net.drop_if = Some(Box::new(move |_, bytes| {
+        let first_init = matches!(
+            tether_protocol::decode(bytes),
+            Ok(tether_protocol::WireFrame::HandshakeInit(_))
+        ) && seen.get() == 0;
+        if first_init {
+            seen.set(1);
+        }
+        first_init
+    }));
+    net.connect(A, false);
+    net.run_until(3000);
+    assert_eq!(dropped.get(), 1, "the first message 1 was lost");
+    net.assert_same_session();
+    // Two initiations by A (the lost one and the retry), one answer by B.
+    assert_eq!(net.handshakes(), (2, 1));
+}
