@@ -28,6 +28,7 @@
 //! | [`LivenessReport`] | DirectConnection → Presence | runtime |
 //! | [`EvictSession`] / [`SessionEvicted`] | Presence → DirectConnection, node | failure |
 //! | [`StatusChanged`] | Presence → node | all |
+//! | [`Shutdown`] | node → every actor | teardown |
 //! | [`SendMessage`] / [`SendResult`] / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
 //! | [`TransportCommand`] / [`TransportEvent`] | DirectConnection ↔ transport driver | all |
 
@@ -544,3 +545,8 @@ pub enum TransportEvent {
         frame: Vec<u8>,
     },
 }
+
+/// Stops an actor: the node is shutting down (or a test crashes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;

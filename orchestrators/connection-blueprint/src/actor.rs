@@ -68,3 +68,11 @@ forward!(PathMeasured => Input::Measured);
 forward!(PeerEndpointHint => Input::Hint);
 forward!(SessionReady => Input::Ready);
 forward!(AddBlueprintPeer => |message: AddBlueprintPeer| message.0);
+
+impl Handler<tether_protocol::Shutdown> for ConnectionBlueprintOrchestrator {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}

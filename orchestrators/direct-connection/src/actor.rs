@@ -5,10 +5,10 @@ use crate::config::DcConfig;
 use crate::core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot};
 use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
 use tether_protocol::{
-    ConnectFailed, ConnectPeer, EvictSession, HandshakeStarted, InboundMigrationPing,
-    LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured, PeerReset,
-    RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, SendMessage, SendMigrationPing,
-    SendResult, SessionReady, TransportCommand, TransportEvent,
+    ConnectFailed, ConnectPeer, ConnectivityChanged, EvictSession, HandshakeStarted,
+    InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured,
+    PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, SendMessage,
+    SendMigrationPing, SendResult, SessionReady, TransportCommand, TransportEvent,
 };
 
 /// Where DirectConnection's outputs go.
@@ -141,10 +141,26 @@ forward!(TransportEvent => Input::Transport);
 forward!(RelayDelivered => Input::Relay);
 forward!(RelayStatus => Input::RelayStatus);
 
+impl Handler<ConnectivityChanged> for DirectConnectionOrchestrator {
+    type Result = ();
+
+    fn handle(&mut self, change: ConnectivityChanged, ctx: &mut Self::Context) {
+        self.feed(Input::LocalEndpoints(change.new), ctx);
+    }
+}
+
 impl Handler<GetPeerSnapshots> for DirectConnectionOrchestrator {
     type Result = MessageResult<GetPeerSnapshots>;
 
     fn handle(&mut self, _message: GetPeerSnapshots, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult((self.core.snapshots(), self.core.counters()))
+    }
+}
+
+impl Handler<tether_protocol::Shutdown> for DirectConnectionOrchestrator {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
     }
 }

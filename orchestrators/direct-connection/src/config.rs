@@ -60,6 +60,9 @@ pub struct DcLimits {
     pub max_message_len: usize,
     /// How long a path challenge stays answerable.
     pub path_challenge_ttl: Duration,
+    /// While the session runs over the relay, how often direct addresses are probed
+    /// (a validated direct path replaces the relay).
+    pub direct_probe_interval: Duration,
 }
 
 impl Default for DcLimits {
@@ -89,6 +92,9 @@ impl Default for DcLimits {
             // 65 535 bytes).
             max_message_len: 60 * 1024,
             path_challenge_ttl: Duration::from_secs(5),
+            // Five seconds: a blocked path costs one dial per interval, and a path that
+            // opens up is used within seconds.
+            direct_probe_interval: Duration::from_secs(5),
         }
     }
 }

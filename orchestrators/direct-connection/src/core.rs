@@ -187,6 +187,8 @@ impl DirectConnection {
                     ping_counter_sent: 0,
                     highest_ping_received: 0,
                     announced: Vec::new(),
+                    known_direct: Vec::new(),
+                    probe_at: None,
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),
                     outbound: BTreeMap::new(),
                     inbound: BTreeMap::new(),
@@ -274,6 +276,7 @@ impl DirectConnection {
             self.connect_timers(now, device);
             self.migration_timers(now, device);
             self.heartbeat_timer(now, device);
+            self.probe_timer(now, device);
         }
         self.pump_all(now);
     }
@@ -302,6 +305,7 @@ impl DirectConnection {
                 consider(migration.relay_bind_at);
             }
             consider(peer.heartbeat.next_at);
+            consider(peer.probe_at);
             if peer.bound.is_some() && peer.usable() {
                 for channel in peer.outbound.values() {
                     consider(channel.next_retransmit(self.limits.rto));
@@ -387,6 +391,7 @@ impl DirectConnection {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
+        peer.known_direct.clone_from(&addrs);
         peer.connect = Some(Connect {
             request: request.request,
             permit,
@@ -550,6 +555,9 @@ impl DirectConnection {
                 Endpoint::Relay => None,
             })
             .collect();
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.known_direct.clone_from(&addrs);
+        }
         if !addrs.is_empty() {
             let dial = self.request_id();
             self.dials.insert(dial, (device, DialPurpose::Migration));
@@ -713,6 +721,43 @@ impl DirectConnection {
         self.send_frame(now, device, via, &SessionFrame::Ping { id });
     }
 
+    /// While the session runs over the relay, dial the peer's direct addresses now and
+    /// then; a link that answers a path challenge replaces the relay.
+    fn probe_timer(&mut self, now: Instant, device: DeviceId) {
+        let interval = self.limits.direct_probe_interval;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer.probe_at.is_none_or(|at| at > now) {
+            return;
+        }
+        if peer.bound != Some(Via::Relay) {
+            peer.probe_at = None;
+            return;
+        }
+        peer.probe_at = Some(now + interval);
+        let mut addrs = peer.announced.clone();
+        for addr in &peer.known_direct {
+            if !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        let probing = self
+            .dials
+            .values()
+            .any(|(d, purpose)| *d == device && *purpose == DialPurpose::Probe);
+        if addrs.is_empty() || probing {
+            return;
+        }
+        let dial = self.request_id();
+        self.dials.insert(dial, (device, DialPurpose::Probe));
+        self.outputs
+            .push_back(Output::Transport(TransportCommand::Dial {
+                request: dial,
+                addrs,
+            }));
+    }
+
     // ----- Paths -----------------------------------------------------------------------
 
     pub(crate) fn links_of(&self, device: DeviceId) -> Vec<LinkId> {
@@ -751,6 +796,7 @@ impl DirectConnection {
     /// a migration, or changes the reported path.
     pub(crate) fn bind(&mut self, now: Instant, device: DeviceId, via: Via) {
         let interval = self.limits.heartbeat_interval;
+        let probe_interval = self.limits.direct_probe_interval;
         let remote = match via {
             Via::Link(link) => self.links.get(&link).and_then(|l| l.remote),
             Via::Relay => None,
@@ -766,6 +812,10 @@ impl DirectConnection {
         };
         let changed = peer.bound != Some(via);
         peer.bound = Some(via);
+        peer.probe_at = match via {
+            Via::Relay => Some(now + probe_interval),
+            Via::Link(_) => None,
+        };
         if changed {
             peer.resend_all = true;
             peer.heartbeat = Heartbeat {
@@ -879,6 +929,9 @@ impl DirectConnection {
                                 &SessionFrame::MigrationPing(ping),
                             );
                         }
+                    }
+                    Some((device, DialPurpose::Probe)) => {
+                        self.challenge(now, device, Via::Link(link));
                     }
                     None => {}
                 }

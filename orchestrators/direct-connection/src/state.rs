@@ -119,6 +119,10 @@ pub struct PeerState {
     pub highest_ping_received: u64,
     /// The peer's endpoints as it last announced them.
     pub announced: Vec<SocketAddr>,
+    /// Direct addresses of the peer from the last blueprint given to us.
+    pub known_direct: Vec<SocketAddr>,
+    /// While bound to the relay: when direct addresses are probed next.
+    pub probe_at: Option<Instant>,
     /// Outstanding path challenges, per path.
     pub challenger: PathChallenger<Via>,
     /// Sending halves of channels.
@@ -172,4 +176,6 @@ pub enum DialPurpose {
     Connect,
     /// Carrying our migration ping.
     Migration,
+    /// Looking for a direct path while the session runs over the relay.
+    Probe,
 }

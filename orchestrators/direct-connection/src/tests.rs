@@ -702,3 +702,22 @@ fn a_lost_handshake_message_is_retried_with_a_fresh_initiation() {
     // Two initiations by A (the lost one and the retry), one answer by B.
     assert_eq!(net.handshakes(), (2, 1));
 }
+
+#[test]
+fn a_relayed_session_moves_to_a_direct_path_when_one_opens() {
+    let mut net = established(11);
+    let before = net.handshakes();
+    net.run_until(1000);
+    net.direct_blocked = true;
+    net.move_to(B, "10.9.0.2:4433");
+    net.migration_ping(B);
+    net.run_until(3000);
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Relay));
+    net.direct_blocked = false;
+    net.run_until(12_000);
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(A).remote, Some(addr("10.9.0.2:4433")));
+    assert_eq!(net.handshakes(), before);
+    net.assert_same_session();
+}

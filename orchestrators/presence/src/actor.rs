@@ -141,3 +141,11 @@ forward!(PathLost => Input::PathLost);
 forward!(PeerReset => Input::PeerReset);
 forward!(LivenessReport => Input::Liveness);
 forward!(PeerEndpointHint => Input::PeerEndpointHint);
+
+impl Handler<tether_protocol::Shutdown> for PresenceOrchestrator {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}

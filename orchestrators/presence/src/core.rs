@@ -416,6 +416,15 @@ impl Presence {
                     peer.announced.clone()
                 })
                 .unwrap_or_default();
+            if scheduled.purpose == Purpose::Connect {
+                // The configured addresses may be stale: ask the rendezvous server too.
+                let request = self.request_id();
+                self.outputs
+                    .push_back(Output::LookupEndpointHint(LookupEndpointHint {
+                        request,
+                        peer: *id,
+                    }));
+            }
             self.request_blueprint(*id, scheduled.purpose, announced);
         }
     }
@@ -710,6 +719,16 @@ impl Presence {
             }
             Some(SessionStatus::ReconnectingInbound | SessionStatus::Degraded) => {
                 self.request_blueprint(hint.peer, Purpose::TransportOnly, hint.endpoints);
+            }
+            Some(
+                SessionStatus::Connecting | SessionStatus::Handshaking | SessionStatus::Recovering,
+            ) => {
+                // Not established yet: try where the peer says it is, now.
+                if let Some(peer) = self.peers.get_mut(&hint.peer) {
+                    peer.connecting = true;
+                    peer.scheduled = None;
+                }
+                self.request_blueprint(hint.peer, Purpose::Connect, hint.endpoints);
             }
             _ => {}
         }
