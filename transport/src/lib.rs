@@ -1,1 +1,63 @@
 //! Tether's transport: the only crate that touches sockets.
+//!
+//! It moves *sealed* frames between two devices and nothing else. Every byte the
+//! session layer hands in has already been sealed with the Noise session keys; this
+//! crate never sees plaintext and never decides who a peer is.
+//!
+//! # What is here
+//!
+//! - [`Endpoint`]: one QUIC endpoint per device (quinn), client and server on one UDP
+//!   socket, over real UDP or over the simulated network. It dials, accepts and
+//!   [`rebind`](Endpoint::rebind)s to a new local address when the device changes
+//!   networks.
+//! - [`Link`]: one QUIC connection carrying one bidirectional stream of
+//!   length-delimited frames, split into a cloneable [`LinkSender`] and a
+//!   [`LinkReceiver`] so a reader task and writers can run concurrently.
+//! - [`dial_any`]: happy-eyeballs dialling of several candidates, first success wins.
+//! - [`FrameSink`] / [`FrameSource`]: the face that a direct QUIC link and the relay
+//!   path both present, so the session layer does not care which path a frame took.
+//! - [`sim`]: an in-process simulated network implementing quinn's `AsyncUdpSocket`,
+//!   deterministic and driven by tokio's (pausable) clock.
+//! - [`connectivity`]: local interface watching and a manual trigger, both yielding
+//!   `ConnectivityChanged`.
+//!
+//! # QUIC is transport only
+//!
+//! QUIC's TLS here uses an ephemeral self-signed certificate and the client accepts any
+//! server certificate (it still checks the handshake signatures). That is deliberate:
+//! **peer identity comes from Noise in the session layer**, never from QUIC. A
+//! man-in-the-middle on the QUIC layer sees only Noise ciphertext and can do nothing an
+//! on-path attacker could not do anyway (drop, delay, reorder). See [`quic`].
+//!
+//! # Frames ride a stream, not QUIC datagrams
+//!
+//! Frames travel on one reliable, ordered QUIC stream: the session layer gets loss
+//! recovery and congestion control for its data for free, and frames larger than a
+//! packet need no fragmentation of our own. QUIC datagrams are disabled for now; small
+//! unreliable probes (migration pings) may use them later.
+
+pub mod config;
+pub mod connectivity;
+mod dial;
+mod endpoint;
+mod error;
+pub mod frame_link;
+pub mod framing;
+mod link;
+pub mod quic;
+pub mod sim;
+mod socket;
+pub mod stats;
+pub mod stream_link;
+mod sync;
+
+#[cfg(test)]
+mod hostile_tests;
+
+pub use config::{TransportConfig, MAX_FRAME_LEN};
+pub use dial::dial_any;
+pub use endpoint::{Endpoint, RebindOutcome};
+pub use error::{ConfigError, DialError, DialFailure, EndpointError, LinkError, LostReason};
+pub use frame_link::{FrameLink, FrameSink, FrameSource, PathInfo, PathKind};
+pub use link::{Link, LinkHandle, LinkId, LinkReceiver, LinkRole, LinkSender, PathStats};
+pub use stats::{EndpointStats, LinkStats};
