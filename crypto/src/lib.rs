@@ -18,6 +18,7 @@
 //! | [`keyring`] | per-peer generations and the PeerSecret commit rule ([`KeyRing`]) |
 //! | [`migration`] | migration-signal tags, PeerSecret resolution, path challenges |
 //! | [`hints`] | the rendezvous id and sealed endpoint hints |
+//! | [`server_auth`] | a device's proof of static-key ownership to the relay/rendezvous server |
 //!
 //! # How to use it
 //!
@@ -122,6 +123,7 @@ pub mod migration;
 pub mod peer_secret;
 pub mod replay;
 mod rng;
+pub mod server_auth;
 pub mod session;
 
 #[cfg(test)]
@@ -144,6 +146,7 @@ pub use migration::{
 };
 pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
+pub use server_auth::{server_auth_proof, verify_server_auth, SERVER_AUTH_PROOF_LEN};
 pub use session::{
     OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,

@@ -1,4 +1,54 @@
-//! The rcs orchestrator of Tether.
+//! Rcs: the relay queue (RCS) of Tether, both sides.
 //!
-//! Its sans-IO core and actix actor arrive with the establishment issue; see
-//! `DESIGN.md` (roles) for what it will own.
+//! - [`RelayClient`] is the device side, a sans-IO core: one authenticated connection to
+//!   the relay server over which DirectConnection's sealed envelopes are queued for an
+//!   offline peer or forwarded live to a connected one, and through which the peer's
+//!   envelopes arrive (pushed, or fetched on Presence's heartbeat poll).
+//!   [`RcsOrchestrator`] is its actix actor.
+//! - [`RelayQueueServer`] is the server's queue logic, also sans-IO: the harness runs it
+//!   behind a QUIC endpoint (`tether relay`). It authenticates devices by a proof of
+//!   static-key ownership ([`tether_crypto::server_auth`]), keeps bounded per-device
+//!   queues with TTLs, and never looks inside an envelope (invariant 7).
+//!
+//! # Messages (the actor)
+//! - in: [`RelayEnqueue`], [`RelayForward`] (DirectConnection); [`RelayPoll`] (Presence);
+//!   [`TransportEvent`] (the transport driver, for the relay link).
+//! - out: [`TransportCommand`] (the transport driver: dial the server, transmit, close);
+//!   [`RelayDelivered`], [`RelayEnqueueResult`] (DirectConnection); [`RelayStatus`]
+//!   (DirectConnection, Presence).
+//!
+//! # States (the client)
+//! `Idle → Dialling → Authenticating → Connected`, and `Disconnected` (waiting for a
+//! jittered exponential backoff) after any failure; see [`client`].
+//!
+//! # Wire (device ↔ server)
+//! [`tether_protocol::RelayMessage`] inside [`tether_protocol::WireFrame::Relay`]:
+//! `Challenge` → `Authenticate` → `Welcome`, then `Enqueue`/`Enqueued`, `Push`/`Delivered`,
+//! `Fetch`, `Forward`/`Forwarded` and `Refused`; see [`server`] for the server's rules.
+//!
+//! [`RelayEnqueue`]: tether_protocol::RelayEnqueue
+//! [`RelayForward`]: tether_protocol::RelayForward
+//! [`RelayPoll`]: tether_protocol::RelayPoll
+//! [`TransportEvent`]: tether_protocol::TransportEvent
+//! [`TransportCommand`]: tether_protocol::TransportCommand
+//! [`RelayDelivered`]: tether_protocol::RelayDelivered
+//! [`RelayEnqueueResult`]: tether_protocol::RelayEnqueueResult
+//! [`RelayStatus`]: tether_protocol::RelayStatus
+
+mod actor;
+pub mod client;
+mod counters;
+pub mod server;
+
+pub use actor::{GetRelayClientCounters, RcsOrchestrator, RcsRecipients};
+pub use client::{
+    ClientInput, ClientOutput, ClientState, RelayClient, RelayClientConfig, RelayClientCounters,
+    DEFAULT_FIRST_DIAL_REQUEST,
+};
+pub use counters::RefusalCounters;
+pub use server::{
+    ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+};
+
+#[cfg(test)]
+mod tests;

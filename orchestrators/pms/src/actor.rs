@@ -1,0 +1,119 @@
+//! The actix shell around [`RendezvousClient`]: feeds messages in with the runtime's
+//! clock, forwards outputs to their recipients, and keeps one timer armed at the core's
+//! next deadline. No protocol decision lives here.
+
+use crate::client::{
+    ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousClientCounters,
+};
+use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
+use tether_protocol::{
+    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportCommand, TransportEvent,
+};
+
+/// Where the Pms orchestrator's outputs go (wired by the harness).
+pub struct PmsRecipients {
+    /// The transport driver: dials, frames and closes of the rendezvous link.
+    pub transport: Recipient<TransportCommand>,
+    /// Everyone who wants the peer's endpoints (Presence and ConnectionBlueprint).
+    pub hint: Vec<Recipient<PeerEndpointHint>>,
+}
+
+/// Asks the orchestrator for its client's counters (for the status command and tests).
+#[derive(Debug, Clone, Copy, actix::Message)]
+#[rtype(result = "RendezvousClientCounters")]
+pub struct GetRendezvousClientCounters;
+
+/// The Pms actor: the device's rendezvous client.
+pub struct PmsOrchestrator {
+    core: RendezvousClient,
+    recipients: PmsRecipients,
+    timer: Option<SpawnHandle>,
+}
+
+impl PmsOrchestrator {
+    /// An actor around a fresh client; it dials the server when started. The config's
+    /// `unix_ms_at_start` must be the wall clock now.
+    pub fn new(config: RendezvousClientConfig, recipients: PmsRecipients) -> Self {
+        Self {
+            core: RendezvousClient::new(config, now()),
+            recipients,
+            timer: None,
+        }
+    }
+
+    fn feed(&mut self, input: ClientInput, ctx: &mut Context<Self>) {
+        self.core.handle(now(), input);
+        self.drain(ctx);
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                ClientOutput::Transport(m) => self.recipients.transport.do_send(m),
+                ClientOutput::Hint(m) => {
+                    for recipient in &self.recipients.hint {
+                        recipient.do_send(m.clone());
+                    }
+                }
+            }
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = self.core.poll_timeout() {
+            let delay = at.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
+                actor.timer = None;
+                actor.core.handle_timeout(now());
+                actor.drain(ctx);
+            }));
+        }
+    }
+}
+
+/// The runtime's clock: tokio's, so it is virtual under paused time.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for PmsOrchestrator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.feed(ClientInput::Start, ctx);
+    }
+}
+
+macro_rules! forward {
+    ($message:ty => $variant:path) => {
+        impl Handler<$message> for PmsOrchestrator {
+            type Result = ();
+            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
+                self.feed($variant(message), ctx);
+            }
+        }
+    };
+}
+
+forward!(PublishEndpointHint => ClientInput::Publish);
+forward!(LookupEndpointHint => ClientInput::Lookup);
+forward!(TransportEvent => ClientInput::Transport);
+
+impl Handler<GetRendezvousClientCounters> for PmsOrchestrator {
+    type Result = MessageResult<GetRendezvousClientCounters>;
+    fn handle(&mut self, _: GetRendezvousClientCounters, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.counters())
+    }
+}
+
+impl Handler<tether_protocol::Shutdown> for PmsOrchestrator {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}

@@ -1,0 +1,277 @@
+//! The rendezvous server's table ([`RendezvousTable`]), sans-IO: sealed endpoint hints
+//! filed under rendezvous ids. The harness runs it behind the same QUIC endpoint as the
+//! relay queue and hands it requests from connections the relay server has
+//! authenticated (`RelayQueueServer::authenticated_device`).
+//!
+//! # Rules
+//! - `Publish { rendezvous_id, ttl_ms, hint }`: the first two distinct devices that
+//!   publish under an id become its members; a third device is refused (`NotYours`). A
+//!   member's latest hint replaces its previous one and expires after `ttl_ms` (capped by
+//!   [`RendezvousTableConfig::max_ttl`]). Hints longer than
+//!   [`RendezvousTableConfig::max_hint_len`] are refused (`TooLarge`). A successful
+//!   publish has no answer (the wire has no acknowledgement for it).
+//! - `Lookup { rendezvous_id }` by a member → `Hints` with the members' unexpired hints,
+//!   newest last (the asker's own included: it ignores it). By a non-member → `NotYours`.
+//!   An unknown id → empty `Hints` (nothing to tell, and nothing learned by asking).
+//! - When every hint under an id has expired, the id is forgotten, members included: the
+//!   next publisher starts it afresh.
+//! - At most [`RendezvousTableConfig::max_ids`] ids are kept. When full, expired ids are
+//!   pruned first; if none is, a publish under a new id is refused (`QuotaExceeded`).
+//!   Refusing rather than evicting the oldest is deliberate: with eviction, anyone able
+//!   to authenticate (any fresh keypair can) could flush every pair's hints by
+//!   publishing under random ids; with refusal, existing pairs keep working and only new
+//!   ids wait for expiries.
+//!
+//! The table only stores and returns the bytes it was given; it holds no key and could
+//! not open a hint if it wanted to (invariant 7).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use tether_crypto::hints::MAX_SEALED_HINT_LEN;
+use tether_protocol::{DeviceId, RendezvousMessage, ServerRefusal};
+use tracing::debug;
+
+/// A rendezvous id's bytes.
+type Id = [u8; 32];
+
+/// Members of one id: the two devices of a pair.
+const MEMBERS_PER_ID: usize = 2;
+
+/// Default cap on a hint's TTL: one hour. A hint older than that describes a network
+/// the device has likely left; devices refresh theirs well before.
+pub const DEFAULT_MAX_HINT_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Default number of ids kept: 100 000 pairs at two hints of at most ~1.1 KiB each
+/// bound the table to a few hundred MiB in the worst case.
+pub const DEFAULT_MAX_IDS: usize = 100_000;
+
+/// Settings of the rendezvous table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RendezvousTableConfig {
+    /// Cap on a publisher's TTL.
+    pub max_ttl: Duration,
+    /// Largest hint stored, in bytes.
+    pub max_hint_len: usize,
+    /// Most rendezvous ids kept at once.
+    pub max_ids: usize,
+}
+
+impl Default for RendezvousTableConfig {
+    fn default() -> Self {
+        Self {
+            max_ttl: DEFAULT_MAX_HINT_TTL,
+            // The largest hint a Tether device can seal; anything longer is not one.
+            max_hint_len: MAX_SEALED_HINT_LEN,
+            max_ids: DEFAULT_MAX_IDS,
+        }
+    }
+}
+
+/// What the table counted. Refusals are peer-caused: counted, answered, never raised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableCounters {
+    /// Hints stored (replacements included).
+    pub published: u64,
+    /// Lookups answered with hints (possibly none).
+    pub lookups: u64,
+    /// Hints dropped at expiry.
+    pub expired: u64,
+    /// Publishes or lookups by a device that is not a member of the id.
+    pub refused_not_yours: u64,
+    /// Hints over the size bound.
+    pub refused_too_large: u64,
+    /// Publishes under a new id while the table was full.
+    pub refused_quota: u64,
+    /// Messages only the server sends (`Hints`, `Refused`), received from a device.
+    pub bad_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredHint {
+    bytes: Vec<u8>,
+    expires_at: Instant,
+    /// Global publish order: larger is newer.
+    sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    device: DeviceId,
+    /// None once expired (the member keeps its seat while the id lives).
+    hint: Option<StoredHint>,
+}
+
+/// The rendezvous table. See the module docs.
+#[derive(Debug)]
+pub struct RendezvousTable {
+    config: RendezvousTableConfig,
+    entries: BTreeMap<Id, Vec<Member>>,
+    /// (expiry, id, member), earliest first.
+    expiries: BTreeSet<(Instant, Id, DeviceId)>,
+    next_sequence: u64,
+    counters: TableCounters,
+}
+
+impl RendezvousTable {
+    /// An empty table.
+    pub fn new(config: RendezvousTableConfig, _now: Instant) -> Self {
+        Self {
+            config,
+            entries: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            next_sequence: 1,
+            counters: TableCounters::default(),
+        }
+    }
+
+    /// What the table counted so far.
+    pub fn counters(&self) -> TableCounters {
+        self.counters
+    }
+
+    /// Rendezvous ids currently known.
+    pub fn ids(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The members of an id, in the order they joined.
+    pub fn members(&self, rendezvous_id: &[u8; 32]) -> Vec<DeviceId> {
+        self.entries
+            .get(rendezvous_id)
+            .map(|members| members.iter().map(|m| m.device).collect())
+            .unwrap_or_default()
+    }
+
+    /// Answers one request from an authenticated device: `None` when there is nothing to
+    /// answer (a stored publish, or a server-only message sent by a device).
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        message: RendezvousMessage,
+    ) -> Option<RendezvousMessage> {
+        self.prune(now);
+        match message {
+            RendezvousMessage::Publish {
+                rendezvous_id,
+                ttl_ms,
+                hint,
+            } => self
+                .publish(now, device, rendezvous_id, ttl_ms, hint)
+                .err()
+                .map(|reason| RendezvousMessage::Refused { reason }),
+            RendezvousMessage::Lookup { rendezvous_id } => Some(self.lookup(device, rendezvous_id)),
+            RendezvousMessage::Hints { .. } | RendezvousMessage::Refused { .. } => {
+                debug!(%device, "rendezvous table: server-only message from a device");
+                self.counters.bad_requests += 1;
+                None
+            }
+        }
+    }
+
+    /// Drops expired hints, and ids left without any. Spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.prune(now);
+    }
+
+    /// When the next hint expires.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiries.first().map(|(at, _, _)| *at)
+    }
+
+    fn refuse(&mut self, reason: ServerRefusal) -> Result<(), ServerRefusal> {
+        match reason {
+            ServerRefusal::NotYours => self.counters.refused_not_yours += 1,
+            ServerRefusal::TooLarge => self.counters.refused_too_large += 1,
+            ServerRefusal::QuotaExceeded => self.counters.refused_quota += 1,
+            _ => {}
+        }
+        Err(reason)
+    }
+
+    fn publish(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        id: Id,
+        ttl_ms: u64,
+        hint: Vec<u8>,
+    ) -> Result<(), ServerRefusal> {
+        if hint.len() > self.config.max_hint_len {
+            return self.refuse(ServerRefusal::TooLarge);
+        }
+        if !self.entries.contains_key(&id) && self.entries.len() >= self.config.max_ids {
+            return self.refuse(ServerRefusal::QuotaExceeded);
+        }
+        let members = self.entries.entry(id).or_default();
+        let index = match members.iter().position(|m| m.device == device) {
+            Some(index) => index,
+            None if members.len() < MEMBERS_PER_ID => {
+                members.push(Member { device, hint: None });
+                members.len() - 1
+            }
+            None => return self.refuse(ServerRefusal::NotYours),
+        };
+        let expires_at = now + Duration::from_millis(ttl_ms).min(self.config.max_ttl);
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let previous = members[index].hint.replace(StoredHint {
+            bytes: hint,
+            expires_at,
+            sequence,
+        });
+        if let Some(previous) = previous {
+            self.expiries.remove(&(previous.expires_at, id, device));
+        }
+        self.expiries.insert((expires_at, id, device));
+        self.counters.published += 1;
+        // A zero TTL stores nothing lasting: the hint is gone at once.
+        self.prune(now);
+        Ok(())
+    }
+
+    fn lookup(&mut self, device: DeviceId, id: Id) -> RendezvousMessage {
+        let Some(members) = self.entries.get(&id) else {
+            self.counters.lookups += 1;
+            return RendezvousMessage::Hints {
+                rendezvous_id: id,
+                hints: Vec::new(),
+            };
+        };
+        if !members.iter().any(|m| m.device == device) {
+            self.counters.refused_not_yours += 1;
+            return RendezvousMessage::Refused {
+                reason: ServerRefusal::NotYours,
+            };
+        }
+        let mut hints: Vec<&StoredHint> = members.iter().filter_map(|m| m.hint.as_ref()).collect();
+        hints.sort_by_key(|h| h.sequence);
+        // `.into()` builds the wire's byte-buffer type from the stored bytes, unchanged.
+        let hints = hints.into_iter().map(|h| h.bytes.clone().into()).collect();
+        self.counters.lookups += 1;
+        RendezvousMessage::Hints {
+            rendezvous_id: id,
+            hints,
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some(&(at, id, device)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.remove(&(at, id, device));
+            let Some(members) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if let Some(member) = members.iter_mut().find(|m| m.device == device) {
+                if member.hint.take().is_some() {
+                    self.counters.expired += 1;
+                }
+            }
+            if members.iter().all(|m| m.hint.is_none()) {
+                self.entries.remove(&id);
+            }
+        }
+    }
+}

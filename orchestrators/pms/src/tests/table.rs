@@ -1,0 +1,243 @@
+//! The rendezvous table: membership, TTL, bounds, ciphertext only.
+
+use super::Keys;
+use crate::table::{RendezvousTable, RendezvousTableConfig};
+use std::time::{Duration, Instant};
+use tether_crypto::{open_hint, seal_hint, RendezvousId};
+use tether_protocol::{DeviceId, RendezvousMessage, ServerRefusal};
+
+const ID: [u8; 32] = [0x11; 32];
+
+struct Table {
+    table: RendezvousTable,
+    t0: Instant,
+}
+
+impl Table {
+    fn new(tune: impl FnOnce(&mut RendezvousTableConfig)) -> Self {
+        let mut config = RendezvousTableConfig::default();
+        tune(&mut config);
+        let t0 = Instant::now();
+        Self {
+            table: RendezvousTable::new(config, t0),
+            t0,
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    fn publish(
+        &mut self,
+        ms: u64,
+        device: u8,
+        id: [u8; 32],
+        ttl_ms: u64,
+        hint: &[u8],
+    ) -> Option<RendezvousMessage> {
+        let now = self.at(ms);
+        self.table.handle(
+            now,
+            DeviceId([device; 32]),
+            RendezvousMessage::Publish {
+                rendezvous_id: id,
+                ttl_ms,
+                hint: hint.to_vec(),
+            },
+        )
+    }
+
+    fn lookup(&mut self, ms: u64, device: u8, id: [u8; 32]) -> Option<RendezvousMessage> {
+        let now = self.at(ms);
+        self.table.handle(
+            now,
+            DeviceId([device; 32]),
+            RendezvousMessage::Lookup { rendezvous_id: id },
+        )
+    }
+
+    /// The hints a lookup returns, as plain byte vectors.
+    fn hints(&mut self, ms: u64, device: u8, id: [u8; 32]) -> Vec<Vec<u8>> {
+        match self.lookup(ms, device, id) {
+            Some(RendezvousMessage::Hints {
+                rendezvous_id,
+                hints,
+            }) => {
+                assert_eq!(rendezvous_id, id);
+                hints.into_iter().map(|h| h.into_vec()).collect()
+            }
+            other => panic!("expected hints, got {other:?}"),
+        }
+    }
+}
+
+fn refused(reason: ServerRefusal) -> Option<RendezvousMessage> {
+    Some(RendezvousMessage::Refused { reason })
+}
+
+#[test]
+fn the_first_two_publishers_are_members_and_a_third_is_refused() {
+    let mut t = Table::new(|_| {});
+    assert_eq!(t.publish(0, 1, ID, 60_000, b"hint of 1"), None);
+    assert_eq!(t.publish(0, 1, ID, 60_000, b"hint of 1 again"), None);
+    assert_eq!(t.publish(0, 2, ID, 60_000, b"hint of 2"), None);
+    assert_eq!(
+        t.publish(0, 3, ID, 60_000, b"intruder"),
+        refused(ServerRefusal::NotYours)
+    );
+    assert_eq!(
+        t.table.members(&ID),
+        vec![DeviceId([1; 32]), DeviceId([2; 32])]
+    );
+    // A non-member cannot read; members read both latest hints, newest last.
+    assert_eq!(t.lookup(1, 3, ID), refused(ServerRefusal::NotYours));
+    let expected = vec![b"hint of 1 again".to_vec(), b"hint of 2".to_vec()];
+    assert_eq!(t.hints(1, 1, ID), expected);
+    assert_eq!(t.hints(1, 2, ID), expected);
+    // Member 1 publishes again: now its hint is the newest.
+    t.publish(2, 1, ID, 60_000, b"hint of 1, moved");
+    assert_eq!(
+        t.hints(3, 2, ID),
+        vec![b"hint of 2".to_vec(), b"hint of 1, moved".to_vec()]
+    );
+    let c = t.table.counters();
+    assert_eq!((c.published, c.refused_not_yours), (4, 2));
+}
+
+#[test]
+fn an_unknown_id_has_no_hints_and_asking_joins_nothing() {
+    let mut t = Table::new(|_| {});
+    assert!(t.hints(0, 3, ID).is_empty());
+    assert_eq!(t.table.ids(), 0);
+    assert!(t.table.members(&ID).is_empty());
+}
+
+#[test]
+fn hints_expire_after_their_ttl_capped_by_the_max() {
+    let mut t = Table::new(|c| c.max_ttl = Duration::from_secs(10));
+    t.publish(0, 1, ID, 5_000, b"short");
+    t.publish(0, 2, ID, u64::MAX, b"capped");
+    assert_eq!(t.table.poll_timeout(), Some(t.at(5_000)));
+    assert_eq!(t.hints(4_999, 1, ID).len(), 2);
+    assert_eq!(t.hints(5_000, 1, ID), vec![b"capped".to_vec()]);
+    // Member 1's hint expired but it keeps its seat while the id lives.
+    assert_eq!(
+        t.publish(6_000, 3, ID, 1_000, b"x"),
+        refused(ServerRefusal::NotYours)
+    );
+    t.table.handle_timeout(t.at(10_000));
+    assert_eq!(
+        t.table.ids(),
+        0,
+        "the id is forgotten once every hint expired"
+    );
+    assert_eq!(t.table.poll_timeout(), None);
+    assert_eq!(t.table.counters().expired, 2);
+    // And it starts afresh with whoever publishes next.
+    assert_eq!(t.publish(11_000, 3, ID, 1_000, b"new"), None);
+    assert_eq!(t.table.members(&ID), vec![DeviceId([3; 32])]);
+}
+
+#[test]
+fn a_zero_ttl_stores_nothing_lasting() {
+    let mut t = Table::new(|_| {});
+    assert_eq!(t.publish(0, 1, ID, 0, b"gone"), None);
+    assert!(t.hints(0, 1, ID).is_empty());
+    assert_eq!(t.table.ids(), 0);
+}
+
+#[test]
+fn oversized_hints_are_refused() {
+    let mut t = Table::new(|c| c.max_hint_len = 8);
+    assert_eq!(t.publish(0, 1, ID, 1_000, &[0; 8]), None);
+    assert_eq!(
+        t.publish(0, 1, ID, 1_000, &[0; 9]),
+        refused(ServerRefusal::TooLarge)
+    );
+    assert_eq!(
+        t.hints(0, 1, ID),
+        vec![vec![0; 8]],
+        "the previous hint stays"
+    );
+    assert_eq!(t.table.counters().refused_too_large, 1);
+}
+
+#[test]
+fn a_full_table_refuses_new_ids_until_one_expires() {
+    let mut t = Table::new(|c| c.max_ids = 2);
+    t.publish(0, 1, [1; 32], 1_000, b"a");
+    t.publish(0, 1, [2; 32], 5_000, b"b");
+    assert_eq!(
+        t.publish(0, 1, [3; 32], 1_000, b"c"),
+        refused(ServerRefusal::QuotaExceeded)
+    );
+    // Existing ids keep working while full.
+    assert_eq!(t.publish(0, 2, [2; 32], 5_000, b"b2"), None);
+    // Once the first id expires there is room again.
+    assert_eq!(t.publish(1_000, 1, [3; 32], 1_000, b"c"), None);
+    assert_eq!(t.table.ids(), 2);
+    assert_eq!(t.table.counters().refused_quota, 1);
+}
+
+#[test]
+fn the_table_stores_exactly_the_published_ciphertext_and_needs_no_key() {
+    let mut keys = Keys::new();
+    let sender = *keys.device(1).public();
+    let endpoints = crate::encode_endpoints(&["198.51.100.7:4433".parse().unwrap()]);
+    let sealed = seal_hint(&keys.rk, &sender, &endpoints, 1_000, 60_000, &mut keys.rng).unwrap();
+    let id = RendezvousId::from_rk(&keys.rk).0;
+    // The table is built from sizes and times only: it has no key to open anything with.
+    let mut t = Table::new(|_| {});
+    let device = keys.id(1);
+    let now = t.at(0);
+    let answer = t.table.handle(
+        now,
+        device,
+        RendezvousMessage::Publish {
+            rendezvous_id: id,
+            ttl_ms: 60_000,
+            hint: sealed.clone(),
+        },
+    );
+    assert_eq!(answer, None);
+    let answer = t
+        .table
+        .handle(now, device, RendezvousMessage::Lookup { rendezvous_id: id });
+    let Some(RendezvousMessage::Hints { hints, .. }) = answer else {
+        panic!("expected hints");
+    };
+    assert_eq!(hints.len(), 1);
+    assert_eq!(hints[0].as_ref(), sealed.as_slice(), "byte for byte");
+    // What it stored is ciphertext: the endpoint bytes do not appear, the RK opens it.
+    assert!(!sealed.windows(endpoints.len()).any(|w| w == endpoints));
+    assert_eq!(
+        open_hint(&keys.rk, &hints[0], 2_000).unwrap().endpoints,
+        endpoints
+    );
+}
+
+#[test]
+fn server_only_messages_from_a_device_are_counted() {
+    let mut t = Table::new(|_| {});
+    let now = t.at(0);
+    let answer = t.table.handle(
+        now,
+        DeviceId([1; 32]),
+        RendezvousMessage::Refused {
+            reason: ServerRefusal::BadProof,
+        },
+    );
+    assert_eq!(answer, None);
+    let answer = t.table.handle(
+        now,
+        DeviceId([1; 32]),
+        RendezvousMessage::Hints {
+            rendezvous_id: ID,
+            hints: vec![],
+        },
+    );
+    assert_eq!(answer, None);
+    assert_eq!(t.table.counters().bad_requests, 2);
+    assert_eq!(t.table.ids(), 0);
+}

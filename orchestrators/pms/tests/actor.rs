@@ -1,0 +1,139 @@
+//! The Pms actor shell: it dials on start and fans hints out to every recipient.
+
+// Test code: a panic is a failed test, so unwrap and expect are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use actix::{Actor, Context, Handler};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tether_crypto::{seal_hint, RelationshipKey, RendezvousId, StaticKeypair};
+use tether_pms::{
+    encode_endpoints, GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients,
+    RendezvousClientConfig,
+};
+use tether_protocol::{
+    DeviceId, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint, RelayMessage,
+    RendezvousMessage, RequestId, TransportCommand, TransportEvent, WireFrame,
+};
+
+/// Records every message it receives, as text.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<TransportCommand> for Recorder {
+    type Result = ();
+    fn handle(&mut self, message: TransportCommand, _ctx: &mut Self::Context) {
+        let text = match message {
+            TransportCommand::Dial { .. } => "Dial".to_string(),
+            TransportCommand::Transmit { frame, .. } => match tether_protocol::decode(&frame) {
+                Ok(WireFrame::Relay(RelayMessage::Authenticate { .. })) => {
+                    "Transmit Authenticate".into()
+                }
+                Ok(WireFrame::Rendezvous(RendezvousMessage::Lookup { .. })) => {
+                    "Transmit Lookup".into()
+                }
+                other => format!("Transmit {other:?}"),
+            },
+            TransportCommand::Close { .. } => "Close".into(),
+        };
+        self.0.lock().unwrap().push(text);
+    }
+}
+
+impl Handler<PeerEndpointHint> for Recorder {
+    type Result = ();
+    fn handle(&mut self, message: PeerEndpointHint, _ctx: &mut Self::Context) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("Hint {:?}", message.endpoints));
+    }
+}
+
+#[actix::test]
+async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Recorder(log.clone()).start();
+    let second = Recorder(log.clone()).start();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let device = StaticKeypair::generate(&mut rng);
+    let peer = StaticKeypair::generate(&mut rng);
+    let server = StaticKeypair::generate(&mut rng);
+    let rk = RelationshipKey::generate(&mut rng);
+    let peer_id = DeviceId(*peer.public().as_bytes());
+    let unix = 1_700_000_000_000;
+    let config = RendezvousClientConfig::new(
+        device,
+        *server.public(),
+        "203.0.113.1:443".parse().unwrap(),
+        BTreeMap::from([(peer_id, rk.clone())]),
+        unix,
+        [1; 32],
+    );
+    let actor = PmsOrchestrator::new(
+        config.clone(),
+        PmsRecipients {
+            transport: recorder.clone().recipient(),
+            hint: vec![recorder.recipient(), second.recipient()],
+        },
+    )
+    .start();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
+
+    let frame = |f: WireFrame| tether_protocol::encode(&f).unwrap();
+    actor.do_send(TransportEvent::LinkUp {
+        request: Some(config.first_dial_request),
+        link: LinkId(1),
+        path: PathKind::Direct,
+        remote: None,
+    });
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: frame(WireFrame::Relay(RelayMessage::Challenge { nonce: [1; 32] })),
+    });
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: frame(WireFrame::Relay(RelayMessage::Welcome)),
+    });
+    actor.do_send(LookupEndpointHint {
+        request: RequestId(1),
+        peer: peer_id,
+    });
+    let endpoints = ["192.0.2.1:9".parse().unwrap()];
+    let hint = seal_hint(
+        &rk,
+        peer.public(),
+        &encode_endpoints(&endpoints),
+        unix,
+        60_000,
+        &mut rng,
+    )
+    .unwrap();
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: frame(WireFrame::Rendezvous(RendezvousMessage::Hints {
+            rendezvous_id: RendezvousId::from_rk(&rk).0,
+            hints: vec![hint.into()],
+        })),
+    });
+    let counters = actor.send(GetRendezvousClientCounters).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(counters.connects, 1);
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        [
+            "Dial",
+            "Transmit Authenticate",
+            "Transmit Lookup",
+            "Hint [192.0.2.1:9]",
+            "Hint [192.0.2.1:9]"
+        ]
+    );
+}

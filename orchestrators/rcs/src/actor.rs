@@ -1,0 +1,127 @@
+//! The actix shell around [`RelayClient`]: feeds messages in with the runtime's clock,
+//! forwards outputs to their recipients, and keeps one timer armed at the core's next
+//! deadline. No protocol decision lives here.
+
+use crate::client::{
+    ClientInput, ClientOutput, RelayClient, RelayClientConfig, RelayClientCounters,
+};
+use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
+use tether_protocol::{
+    RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus,
+    TransportCommand, TransportEvent,
+};
+
+/// Where the Rcs orchestrator's outputs go (wired by the harness).
+pub struct RcsRecipients {
+    /// The transport driver: dials, frames and closes of the relay link.
+    pub transport: Recipient<TransportCommand>,
+    /// DirectConnection: envelopes and frames that arrived through the relay.
+    pub delivered: Recipient<RelayDelivered>,
+    /// DirectConnection: answers to its enqueue requests.
+    pub enqueue_result: Recipient<RelayEnqueueResult>,
+    /// Whoever tracks the relay path (DirectConnection, Presence).
+    pub status: Vec<Recipient<RelayStatus>>,
+}
+
+/// Asks the orchestrator for its client's counters (for the status command and tests).
+#[derive(Debug, Clone, Copy, actix::Message)]
+#[rtype(result = "RelayClientCounters")]
+pub struct GetRelayClientCounters;
+
+/// The Rcs actor: the device's relay client.
+pub struct RcsOrchestrator {
+    core: RelayClient,
+    recipients: RcsRecipients,
+    timer: Option<SpawnHandle>,
+}
+
+impl RcsOrchestrator {
+    /// An actor around a fresh client; it dials the server when started.
+    pub fn new(config: RelayClientConfig, recipients: RcsRecipients) -> Self {
+        Self {
+            core: RelayClient::new(config, now()),
+            recipients,
+            timer: None,
+        }
+    }
+
+    fn feed(&mut self, input: ClientInput, ctx: &mut Context<Self>) {
+        self.core.handle(now(), input);
+        self.drain(ctx);
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(output) = self.core.poll_output() {
+            let r = &self.recipients;
+            match output {
+                ClientOutput::Transport(m) => r.transport.do_send(m),
+                ClientOutput::Delivered(m) => r.delivered.do_send(m),
+                ClientOutput::EnqueueResult(m) => r.enqueue_result.do_send(m),
+                ClientOutput::Status(m) => {
+                    for recipient in &r.status {
+                        recipient.do_send(m.clone());
+                    }
+                }
+            }
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = self.core.poll_timeout() {
+            let delay = at.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
+                actor.timer = None;
+                actor.core.handle_timeout(now());
+                actor.drain(ctx);
+            }));
+        }
+    }
+}
+
+/// The runtime's clock: tokio's, so it is virtual under paused time.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for RcsOrchestrator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.feed(ClientInput::Start, ctx);
+    }
+}
+
+macro_rules! forward {
+    ($message:ty => $variant:path) => {
+        impl Handler<$message> for RcsOrchestrator {
+            type Result = ();
+            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
+                self.feed($variant(message), ctx);
+            }
+        }
+    };
+}
+
+forward!(RelayEnqueue => ClientInput::Enqueue);
+forward!(RelayForward => ClientInput::Forward);
+forward!(RelayPoll => ClientInput::Poll);
+forward!(TransportEvent => ClientInput::Transport);
+
+impl Handler<GetRelayClientCounters> for RcsOrchestrator {
+    type Result = MessageResult<GetRelayClientCounters>;
+    fn handle(&mut self, _: GetRelayClientCounters, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.core.counters())
+    }
+}
+
+impl Handler<tether_protocol::Shutdown> for RcsOrchestrator {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}

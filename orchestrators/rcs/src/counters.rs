@@ -1,0 +1,50 @@
+//! Counters of refused requests by reason, shared by the server and the client.
+
+use tether_protocol::ServerRefusal;
+
+/// How many requests were refused, per [`ServerRefusal`] reason. Refusals are
+/// peer-caused or load-caused, so they are counted for metrics, never raised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusalCounters {
+    /// [`ServerRefusal::NotAuthenticated`].
+    pub not_authenticated: u64,
+    /// [`ServerRefusal::BadProof`].
+    pub bad_proof: u64,
+    /// [`ServerRefusal::QueueFull`].
+    pub queue_full: u64,
+    /// [`ServerRefusal::QuotaExceeded`].
+    pub quota_exceeded: u64,
+    /// [`ServerRefusal::TooLarge`].
+    pub too_large: u64,
+    /// [`ServerRefusal::NotConnected`].
+    pub not_connected: u64,
+    /// [`ServerRefusal::NotYours`].
+    pub not_yours: u64,
+}
+
+impl RefusalCounters {
+    /// Counts one refusal for `reason`.
+    pub fn count(&mut self, reason: ServerRefusal) {
+        let slot = match reason {
+            ServerRefusal::NotAuthenticated => &mut self.not_authenticated,
+            ServerRefusal::BadProof => &mut self.bad_proof,
+            ServerRefusal::QueueFull => &mut self.queue_full,
+            ServerRefusal::QuotaExceeded => &mut self.quota_exceeded,
+            ServerRefusal::TooLarge => &mut self.too_large,
+            ServerRefusal::NotConnected => &mut self.not_connected,
+            ServerRefusal::NotYours => &mut self.not_yours,
+        };
+        *slot = slot.saturating_add(1);
+    }
+
+    /// All refusals together.
+    pub fn total(&self) -> u64 {
+        self.not_authenticated
+            .saturating_add(self.bad_proof)
+            .saturating_add(self.queue_full)
+            .saturating_add(self.quota_exceeded)
+            .saturating_add(self.too_large)
+            .saturating_add(self.not_connected)
+            .saturating_add(self.not_yours)
+    }
+}

@@ -1,0 +1,600 @@
+//! The relay queue server's logic ([`RelayQueueServer`]), sans-IO: the harness runs it
+//! behind a QUIC endpoint, tells it which connections open and close, hands it the
+//! decoded [`RelayMessage`]s, and sends what it outputs.
+//!
+//! # Protocol
+//! - On [`ServerInput::Opened`] the server sends `Challenge { nonce }` (fresh random).
+//! - `Authenticate { device, proof }` with a proof that verifies
+//!   ([`tether_crypto::verify_server_auth`]) → `Welcome`, then a `Push` of everything
+//!   queued for the device. A wrong proof (or an invalid device key) → `Refused {
+//!   BadProof }` and [`ServerOutput::Close`]. Anything else before authentication →
+//!   `Refused { NotAuthenticated }` (with the request number for an `Enqueue`).
+//! - `Enqueue { to, request, ttl_ms, envelope }` → `Enqueued { request }`, or `Refused {
+//!   request, TooLarge | QuotaExceeded | QueueFull }`. Stored envelopes get a
+//!   server-assigned id and an expiry (`ttl_ms` capped by [`RelayServerConfig::max_ttl`]);
+//!   if the recipient is connected it is pushed at once and kept until acknowledged.
+//! - `Fetch { max }` → up to `max` pushes from the caller's own queue, oldest first,
+//!   including envelopes pushed before and not yet acknowledged (receivers dedupe).
+//! - `Delivered { envelope_ids }` removes those ids from the caller's own queue. Ids of
+//!   envelopes queued for another device are left untouched and answered with one
+//!   `Refused { NotYours }`; unknown ids (already acknowledged or expired) are ignored, so
+//!   a repeated acknowledgement is harmless.
+//! - `Forward { to, frame }` → `Forwarded { from, frame }` to every authenticated
+//!   connection of `to`, or `Refused { NotConnected }`.
+//!
+//! The server never looks inside envelopes or frames (invariant 7): it sees routing ids,
+//! lengths and opaque bytes.
+//!
+//! # Several connections per device
+//! A device may hold more than one authenticated connection: its relay client and its
+//! rendezvous client each have one, and after a network change the old connection may
+//! linger until its idle timeout. Pushes and forwarded frames go to every authenticated
+//! connection of the recipient (the rendezvous client ignores them; receivers dedupe).
+//! At most [`RelayServerConfig::max_conns_per_device`] are kept: authenticating one more
+//! closes the oldest.
+//!
+//! # Bounds
+//! Per recipient: at most `max_queued_per_recipient` envelopes and
+//! `max_queued_bytes_per_recipient` bytes. Per sender: at most `max_stored_per_sender`
+//! envelopes stored across all recipients. Per envelope: `max_envelope_len` bytes.
+//! Nothing is ever dropped silently before its TTL: an envelope leaves the queue only
+//! when its recipient acknowledges it or its TTL passes (counted as expired).
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+use tether_crypto::{verify_server_auth, PublicKey, StaticKeypair};
+use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
+use tracing::debug;
+
+use crate::counters::RefusalCounters;
+
+/// One transport connection to the server, numbered by the harness. The server keys its
+/// per-connection state (challenge, authenticated device) by it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnId({})", self.0)
+    }
+}
+
+/// Envelopes queued for one recipient. 1024 covers minutes of a busy session's frames
+/// while the recipient is offline, with retransmissions.
+pub const DEFAULT_MAX_QUEUED_PER_RECIPIENT: usize = 1024;
+
+/// Bytes queued for one recipient: 8 MiB bounds the server's memory per device while
+/// holding a thousand frames of several KiB.
+pub const DEFAULT_MAX_QUEUED_BYTES_PER_RECIPIENT: usize = 8 * 1024 * 1024;
+
+/// Largest envelope: a Noise message or sealed frame is at most 65 535 bytes; 1 KiB more
+/// leaves room for the sealed frame's header fields.
+pub const DEFAULT_MAX_ENVELOPE_LEN: usize = 65_535 + 1024;
+
+/// Longest an envelope is kept: one day lets a device that was offline overnight still
+/// receive its migration ping and queued data; longer would keep garbage for no one.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Envelopes one sender may have stored at once across all recipients: four recipients'
+/// full queues, so one device cannot fill the server on its own.
+pub const DEFAULT_MAX_STORED_PER_SENDER: usize = 4 * DEFAULT_MAX_QUEUED_PER_RECIPIENT;
+
+/// Authenticated connections per device: the relay client, the rendezvous client, and
+/// the two they are replacing after a network change.
+pub const DEFAULT_MAX_CONNS_PER_DEVICE: usize = 4;
+
+/// Settings of the relay queue server. `Debug` redacts the seed.
+#[derive(Clone)]
+pub struct RelayServerConfig {
+    /// The server's static keypair; devices are configured with its public half.
+    pub keypair: StaticKeypair,
+    /// Most envelopes queued for one recipient.
+    pub max_queued_per_recipient: usize,
+    /// Most bytes queued for one recipient.
+    pub max_queued_bytes_per_recipient: usize,
+    /// Largest envelope or forwarded frame accepted.
+    pub max_envelope_len: usize,
+    /// Cap on the sender's requested TTL.
+    pub max_ttl: Duration,
+    /// Most envelopes one sender may have stored at once.
+    pub max_stored_per_sender: usize,
+    /// Most authenticated connections kept per device.
+    pub max_conns_per_device: usize,
+    /// Seed of the challenge RNG (ChaCha20). In production it MUST come from the OS's
+    /// entropy: a repeated seed repeats the challenge nonces, and a recorded proof would
+    /// then authenticate again.
+    pub seed: [u8; 32],
+}
+
+impl fmt::Debug for RelayServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayServerConfig")
+            .field("keypair", &self.keypair)
+            .field("max_queued_per_recipient", &self.max_queued_per_recipient)
+            .field(
+                "max_queued_bytes_per_recipient",
+                &self.max_queued_bytes_per_recipient,
+            )
+            .field("max_envelope_len", &self.max_envelope_len)
+            .field("max_ttl", &self.max_ttl)
+            .field("max_stored_per_sender", &self.max_stored_per_sender)
+            .field("max_conns_per_device", &self.max_conns_per_device)
+            .field("seed", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+impl RelayServerConfig {
+    /// A config with the default bounds.
+    pub fn new(keypair: StaticKeypair, seed: [u8; 32]) -> Self {
+        Self {
+            keypair,
+            max_queued_per_recipient: DEFAULT_MAX_QUEUED_PER_RECIPIENT,
+            max_queued_bytes_per_recipient: DEFAULT_MAX_QUEUED_BYTES_PER_RECIPIENT,
+            max_envelope_len: DEFAULT_MAX_ENVELOPE_LEN,
+            max_ttl: DEFAULT_MAX_TTL,
+            max_stored_per_sender: DEFAULT_MAX_STORED_PER_SENDER,
+            max_conns_per_device: DEFAULT_MAX_CONNS_PER_DEVICE,
+            seed,
+        }
+    }
+}
+
+/// What the server is told by the harness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerInput {
+    /// A device connected.
+    Opened(ConnId),
+    /// A connection closed (by either side).
+    Closed(ConnId),
+    /// A relay message arrived on a connection (the harness decoded the frame).
+    Frame(ConnId, RelayMessage),
+    /// Raw bytes arrived: decoded with [`tether_protocol::decode`]; undecodable bytes
+    /// and frames other than relay messages are counted as bad frames.
+    Bytes(ConnId, Vec<u8>),
+}
+
+/// What the server asks the harness to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerOutput {
+    /// Send this frame on the connection.
+    Send(ConnId, WireFrame),
+    /// Close the connection (after sending what was queued before it).
+    Close(ConnId),
+}
+
+/// What the server counted. Everything peer-caused lands here, never in an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayServerCounters {
+    /// Envelopes accepted and stored.
+    pub stored: u64,
+    /// Envelopes acknowledged by their recipient and removed.
+    pub delivered: u64,
+    /// Envelopes removed because their TTL passed.
+    pub expired: u64,
+    /// Push frames sent (re-pushes included).
+    pub pushed: u64,
+    /// Frames forwarded live (one per receiving connection).
+    pub forwarded: u64,
+    /// Successful authentications.
+    pub authenticated: u64,
+    /// Refusals sent, by reason.
+    pub refused: RefusalCounters,
+    /// Frames that could not be decoded, were not relay messages, or made no sense
+    /// where they arrived (a server message from a device, a second Authenticate).
+    pub bad_frames: u64,
+    /// Inputs naming a connection the server does not know (a harness ordering slip).
+    pub unknown_connections: u64,
+    /// Connections closed because the device opened more than the limit.
+    pub evicted_connections: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Challenge sent, waiting for Authenticate.
+    Challenged { nonce: [u8; 32] },
+    /// Proof verified.
+    Authenticated { device: DeviceId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    from: DeviceId,
+    envelope: Vec<u8>,
+    expires_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// By server-assigned id, which grows: iteration is oldest first.
+    envelopes: BTreeMap<u64, Stored>,
+    bytes: usize,
+}
+
+/// The relay queue server's state. See the module docs.
+#[derive(Debug)]
+pub struct RelayQueueServer {
+    config: RelayServerConfig,
+    rng: ChaCha20Rng,
+    conns: BTreeMap<ConnId, ConnState>,
+    /// Authenticated connections per device, oldest first.
+    devices: BTreeMap<DeviceId, Vec<ConnId>>,
+    queues: BTreeMap<DeviceId, Queue>,
+    /// Envelope id → its recipient.
+    owners: BTreeMap<u64, DeviceId>,
+    /// (expiry, envelope id), earliest first.
+    expiries: BTreeSet<(Instant, u64)>,
+    /// Envelopes stored per sender.
+    per_sender: BTreeMap<DeviceId, usize>,
+    next_envelope_id: u64,
+    outputs: VecDeque<ServerOutput>,
+    counters: RelayServerCounters,
+}
+
+impl RelayQueueServer {
+    /// A server with no connections and empty queues.
+    pub fn new(config: RelayServerConfig, _now: Instant) -> Self {
+        let rng = ChaCha20Rng::from_seed(config.seed);
+        Self {
+            config,
+            rng,
+            conns: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            per_sender: BTreeMap::new(),
+            next_envelope_id: 1,
+            outputs: VecDeque::new(),
+            counters: RelayServerCounters::default(),
+        }
+    }
+
+    /// The server's public key, which devices must be configured with.
+    pub fn public_key(&self) -> &PublicKey {
+        self.config.keypair.public()
+    }
+
+    /// The device a connection has authenticated as, if it has. The harness gates
+    /// rendezvous requests arriving on the same connection with it.
+    pub fn authenticated_device(&self, conn: ConnId) -> Option<DeviceId> {
+        match self.conns.get(&conn) {
+            Some(ConnState::Authenticated { device }) => Some(*device),
+            _ => None,
+        }
+    }
+
+    /// What the server counted so far.
+    pub fn counters(&self) -> RelayServerCounters {
+        self.counters
+    }
+
+    /// Envelopes currently queued for `device`.
+    pub fn queued_for(&self, device: &DeviceId) -> usize {
+        self.queues.get(device).map_or(0, |q| q.envelopes.len())
+    }
+
+    /// Envelopes currently stored, all recipients together.
+    pub fn total_queued(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: ServerInput) {
+        // Expired envelopes are never pushed, even if the timer has not fired yet.
+        self.expire(now);
+        match input {
+            ServerInput::Opened(conn) => self.opened(conn),
+            ServerInput::Closed(conn) => self.closed(conn),
+            ServerInput::Frame(conn, message) => self.frame(now, conn, message),
+            ServerInput::Bytes(conn, bytes) => match tether_protocol::decode(&bytes) {
+                Ok(WireFrame::Relay(message)) => self.frame(now, conn, message),
+                Ok(other) => {
+                    debug!(%conn, kind = frame_kind(&other), "relay server: not a relay frame");
+                    self.counters.bad_frames += 1;
+                }
+                Err(err) => {
+                    debug!(%conn, %err, "relay server: undecodable frame");
+                    self.counters.bad_frames += 1;
+                }
+            },
+        }
+    }
+
+    /// Removes expired envelopes. Spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+    }
+
+    /// Next output to deliver.
+    pub fn poll_output(&mut self) -> Option<ServerOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// When the next envelope expires.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    fn send(&mut self, conn: ConnId, message: RelayMessage) {
+        self.outputs
+            .push_back(ServerOutput::Send(conn, WireFrame::Relay(message)));
+    }
+
+    fn refuse(&mut self, conn: ConnId, request: Option<u64>, reason: ServerRefusal) {
+        self.counters.refused.count(reason);
+        self.send(conn, RelayMessage::Refused { request, reason });
+    }
+
+    fn opened(&mut self, conn: ConnId) {
+        if self.conns.contains_key(&conn) {
+            // Reused id: forget the old connection's state first.
+            self.closed(conn);
+        }
+        let mut nonce = [0_u8; 32];
+        self.rng.fill_bytes(&mut nonce);
+        self.conns.insert(conn, ConnState::Challenged { nonce });
+        self.send(conn, RelayMessage::Challenge { nonce });
+    }
+
+    fn closed(&mut self, conn: ConnId) {
+        if let Some(ConnState::Authenticated { device }) = self.conns.remove(&conn) {
+            self.detach(device, conn);
+        }
+    }
+
+    fn detach(&mut self, device: DeviceId, conn: ConnId) {
+        if let Some(list) = self.devices.get_mut(&device) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.devices.remove(&device);
+            }
+        }
+    }
+
+    fn frame(&mut self, now: Instant, conn: ConnId, message: RelayMessage) {
+        let Some(state) = self.conns.get(&conn).copied() else {
+            debug!(%conn, "relay server: frame on an unknown connection");
+            self.counters.unknown_connections += 1;
+            return;
+        };
+        match state {
+            ConnState::Challenged { nonce } => match message {
+                RelayMessage::Authenticate { device, proof } => {
+                    self.authenticate(conn, nonce, device, &proof)
+                }
+                RelayMessage::Enqueue { request, .. } => {
+                    self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
+                }
+                _ => self.refuse(conn, None, ServerRefusal::NotAuthenticated),
+            },
+            ConnState::Authenticated { device } => match message {
+                RelayMessage::Enqueue {
+                    to,
+                    request,
+                    ttl_ms,
+                    envelope,
+                } => self.enqueue(now, conn, device, to, request, ttl_ms, envelope),
+                RelayMessage::Fetch { max } => self.fetch(conn, device, max),
+                RelayMessage::Delivered { envelope_ids } => {
+                    self.delivered(conn, device, &envelope_ids)
+                }
+                RelayMessage::Forward { to, frame } => self.forward(conn, device, to, frame),
+                RelayMessage::Authenticate { .. }
+                | RelayMessage::Challenge { .. }
+                | RelayMessage::Welcome
+                | RelayMessage::Enqueued { .. }
+                | RelayMessage::Push { .. }
+                | RelayMessage::Forwarded { .. }
+                | RelayMessage::Refused { .. } => {
+                    debug!(%conn, "relay server: unexpected message after authentication");
+                    self.counters.bad_frames += 1;
+                }
+            },
+        }
+    }
+
+    fn authenticate(&mut self, conn: ConnId, nonce: [u8; 32], device: DeviceId, proof: &[u8]) {
+        let verified = PublicKey::from_bytes(device.0)
+            .map(|key| verify_server_auth(&self.config.keypair, &key, &nonce, proof))
+            .unwrap_or(false);
+        if !verified {
+            debug!(%conn, %device, "relay server: bad proof");
+            self.refuse(conn, None, ServerRefusal::BadProof);
+            self.conns.remove(&conn);
+            self.outputs.push_back(ServerOutput::Close(conn));
+            return;
+        }
+        self.counters.authenticated += 1;
+        self.conns.insert(conn, ConnState::Authenticated { device });
+        let list = self.devices.entry(device).or_default();
+        list.push(conn);
+        let excess = list
+            .len()
+            .saturating_sub(self.config.max_conns_per_device.max(1));
+        let evicted: Vec<ConnId> = list.drain(..excess).collect();
+        for old in evicted {
+            self.counters.evicted_connections += 1;
+            self.conns.remove(&old);
+            self.outputs.push_back(ServerOutput::Close(old));
+        }
+        self.send(conn, RelayMessage::Welcome);
+        let ids: Vec<u64> = self
+            .queues
+            .get(&device)
+            .map(|q| q.envelopes.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.push(conn, &device, id);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        from: DeviceId,
+        to: DeviceId,
+        request: u64,
+        ttl_ms: u64,
+        envelope: Vec<u8>,
+    ) {
+        let len = envelope.len();
+        if len > self.config.max_envelope_len {
+            return self.refuse(conn, Some(request), ServerRefusal::TooLarge);
+        }
+        if self.per_sender.get(&from).copied().unwrap_or(0) >= self.config.max_stored_per_sender {
+            return self.refuse(conn, Some(request), ServerRefusal::QuotaExceeded);
+        }
+        let (count, bytes) = self
+            .queues
+            .get(&to)
+            .map_or((0, 0), |q| (q.envelopes.len(), q.bytes));
+        if count >= self.config.max_queued_per_recipient
+            || bytes.saturating_add(len) > self.config.max_queued_bytes_per_recipient
+        {
+            return self.refuse(conn, Some(request), ServerRefusal::QueueFull);
+        }
+        let ttl = Duration::from_millis(ttl_ms).min(self.config.max_ttl);
+        let expires_at = now + ttl;
+        let id = self.next_envelope_id;
+        self.next_envelope_id += 1;
+        let queue = self.queues.entry(to).or_default();
+        queue.bytes += len;
+        queue.envelopes.insert(
+            id,
+            Stored {
+                from,
+                envelope,
+                expires_at,
+            },
+        );
+        self.owners.insert(id, to);
+        self.expiries.insert((expires_at, id));
+        *self.per_sender.entry(from).or_default() += 1;
+        self.counters.stored += 1;
+        self.send(conn, RelayMessage::Enqueued { request });
+        let recipients = self.devices.get(&to).cloned().unwrap_or_default();
+        for recipient in recipients {
+            self.push(recipient, &to, id);
+        }
+    }
+
+    /// Pushes envelope `id` of `device`'s queue on `conn`.
+    fn push(&mut self, conn: ConnId, device: &DeviceId, id: u64) {
+        let Some(stored) = self.queues.get(device).and_then(|q| q.envelopes.get(&id)) else {
+            return;
+        };
+        let message = RelayMessage::Push {
+            from: stored.from,
+            envelope_id: id,
+            envelope: stored.envelope.clone(),
+        };
+        self.counters.pushed += 1;
+        self.send(conn, message);
+    }
+
+    fn fetch(&mut self, conn: ConnId, device: DeviceId, max: u32) {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        let ids: Vec<u64> = self
+            .queues
+            .get(&device)
+            .map(|q| q.envelopes.keys().take(max).copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.push(conn, &device, id);
+        }
+    }
+
+    fn delivered(&mut self, conn: ConnId, device: DeviceId, ids: &[u64]) {
+        let mut foreign = false;
+        for id in ids {
+            // An unknown id was already acknowledged or expired: a harmless duplicate.
+            let Some(owner) = self.owners.get(id).copied() else {
+                continue;
+            };
+            if owner != device {
+                foreign = true;
+            } else if self.remove(*id).is_some() {
+                self.counters.delivered += 1;
+            }
+        }
+        if foreign {
+            self.refuse(conn, None, ServerRefusal::NotYours);
+        }
+    }
+
+    fn forward(&mut self, conn: ConnId, from: DeviceId, to: DeviceId, frame: Vec<u8>) {
+        if frame.len() > self.config.max_envelope_len {
+            return self.refuse(conn, None, ServerRefusal::TooLarge);
+        }
+        let recipients = self.devices.get(&to).cloned().unwrap_or_default();
+        if recipients.is_empty() {
+            return self.refuse(conn, None, ServerRefusal::NotConnected);
+        }
+        for recipient in recipients {
+            self.counters.forwarded += 1;
+            self.send(
+                recipient,
+                RelayMessage::Forwarded {
+                    from,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            if self.remove(id).is_some() {
+                self.counters.expired += 1;
+            } else {
+                // Index without an envelope: cannot happen, but never loop on it.
+                self.expiries.remove(&(at, id));
+            }
+        }
+    }
+
+    /// Removes an envelope from every index.
+    fn remove(&mut self, id: u64) -> Option<Stored> {
+        let owner = self.owners.remove(&id)?;
+        let queue = self.queues.get_mut(&owner)?;
+        let stored = queue.envelopes.remove(&id)?;
+        queue.bytes = queue.bytes.saturating_sub(stored.envelope.len());
+        if queue.envelopes.is_empty() {
+            self.queues.remove(&owner);
+        }
+        self.expiries.remove(&(stored.expires_at, id));
+        if let Some(count) = self.per_sender.get_mut(&stored.from) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_sender.remove(&stored.from);
+            }
+        }
+        Some(stored)
+    }
+}
+
+/// A frame's kind, for logs.
+pub(crate) fn frame_kind(frame: &WireFrame) -> &'static str {
+    match frame {
+        WireFrame::HandshakeInit(_) => "HandshakeInit",
+        WireFrame::HandshakeResponse(_) => "HandshakeResponse",
+        WireFrame::Sealed(_) => "Sealed",
+        WireFrame::Relay(_) => "Relay",
+        WireFrame::Rendezvous(_) => "Rendezvous",
+    }
+}

@@ -1,0 +1,631 @@
+//! The relay queue server: authentication, bounds, TTL, push/fetch/ack, forwarding.
+
+use super::{Keys, Names};
+use crate::server::{ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput};
+use std::time::{Duration, Instant};
+use tether_crypto::server_auth_proof;
+use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
+
+struct Driver {
+    keys: Keys,
+    names: Names,
+    server: RelayQueueServer,
+    t0: Instant,
+    now: Instant,
+    trace: Vec<String>,
+    /// Outputs of the last input, for assertions.
+    last: Vec<ServerOutput>,
+}
+
+impl Driver {
+    fn new(tune: impl FnOnce(&mut RelayServerConfig)) -> Self {
+        let keys = Keys::new();
+        let mut config = RelayServerConfig::new(keys.server.clone(), [5; 32]);
+        tune(&mut config);
+        let t0 = Instant::now();
+        Self {
+            names: keys.names(),
+            keys,
+            server: RelayQueueServer::new(config, t0),
+            t0,
+            now: t0,
+            trace: Vec::new(),
+            last: Vec::new(),
+        }
+    }
+
+    fn ms(&self) -> u128 {
+        (self.now - self.t0).as_millis()
+    }
+
+    fn input(&mut self, input: ServerInput) -> Vec<ServerOutput> {
+        let label = match &input {
+            ServerInput::Opened(c) => format!("{c} Opened"),
+            ServerInput::Closed(c) => format!("{c} Closed"),
+            ServerInput::Frame(c, m) => format!("{c} {}", self.names.relay(m)),
+            ServerInput::Bytes(c, b) => format!("{c} bytes[{}B]", b.len()),
+        };
+        self.trace.push(format!("{:>6}ms in  {label}", self.ms()));
+        self.server.handle(self.now, input);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<ServerOutput> {
+        let mut outputs = Vec::new();
+        while let Some(output) = self.server.poll_output() {
+            let line = match &output {
+                ServerOutput::Send(c, frame) => format!("{c} {}", self.names.wire(frame)),
+                ServerOutput::Close(c) => format!("{c} Close"),
+            };
+            self.trace.push(format!("{:>6}ms out {line}", self.ms()));
+            outputs.push(output);
+        }
+        self.last = outputs.clone();
+        outputs
+    }
+
+    fn advance_to(&mut self, ms: u64) {
+        let target = self.t0 + Duration::from_millis(ms);
+        while let Some(at) = self.server.poll_timeout() {
+            if at > target {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.trace.push(format!("{:>6}ms timeout", self.ms()));
+            self.server.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = target;
+    }
+
+    fn frame(&mut self, conn: u64, message: RelayMessage) -> Vec<ServerOutput> {
+        self.input(ServerInput::Frame(ConnId(conn), message))
+    }
+
+    /// Opens `conn` and returns the challenge nonce.
+    fn open(&mut self, conn: u64) -> [u8; 32] {
+        let outputs = self.input(ServerInput::Opened(ConnId(conn)));
+        match outputs.as_slice() {
+            [ServerOutput::Send(c, WireFrame::Relay(RelayMessage::Challenge { nonce }))]
+                if *c == ConnId(conn) =>
+            {
+                *nonce
+            }
+            other => panic!("expected one challenge, got {other:?}"),
+        }
+    }
+
+    /// Opens `conn` and authenticates device `n` on it; returns the outputs after the
+    /// proof (Welcome and pushes).
+    fn connect(&mut self, conn: u64, n: usize) -> Vec<ServerOutput> {
+        let nonce = self.open(conn);
+        let proof = server_auth_proof(self.keys.device(n), self.keys.server.public(), &nonce);
+        let device = self.keys.id(n);
+        self.frame(
+            conn,
+            RelayMessage::Authenticate {
+                device,
+                proof: proof.to_vec(),
+            },
+        )
+    }
+
+    fn enqueue(&mut self, conn: u64, to: usize, request: u64, ttl_ms: u64, len: usize) {
+        let to = self.keys.id(to);
+        self.frame(
+            conn,
+            RelayMessage::Enqueue {
+                to,
+                request,
+                ttl_ms,
+                envelope: vec![request as u8; len],
+            },
+        );
+    }
+}
+
+fn relay_to(outputs: &[ServerOutput], conn: u64) -> Vec<RelayMessage> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            ServerOutput::Send(c, WireFrame::Relay(m)) if *c == ConnId(conn) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pushed_ids(outputs: &[ServerOutput], conn: u64) -> Vec<u64> {
+    relay_to(outputs, conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            RelayMessage::Push { envelope_id, .. } => Some(envelope_id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refused(reason: ServerRefusal, request: Option<u64>) -> RelayMessage {
+    RelayMessage::Refused { request, reason }
+}
+
+#[test]
+fn requests_before_authentication_are_refused() {
+    let mut d = Driver::new(|_| {});
+    d.open(1);
+    assert_eq!(d.server.authenticated_device(ConnId(1)), None);
+    d.enqueue(1, 2, 7, 1_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::NotAuthenticated, Some(7))]
+    );
+    let out = d.frame(1, RelayMessage::Fetch { max: 10 });
+    assert_eq!(
+        relay_to(&out, 1),
+        vec![refused(ServerRefusal::NotAuthenticated, None)]
+    );
+    assert_eq!(d.server.total_queued(), 0);
+    assert_eq!(d.server.counters().refused.not_authenticated, 2);
+}
+
+#[test]
+fn bad_proof_is_refused_and_the_connection_closed() {
+    let mut d = Driver::new(|_| {});
+    let nonce = d.open(1);
+    // Device 2 proves with its own key but claims to be device 1.
+    let proof = server_auth_proof(d.keys.device(2), d.keys.server.public(), &nonce);
+    let claimed = d.keys.id(1);
+    let out = d.frame(
+        1,
+        RelayMessage::Authenticate {
+            device: claimed,
+            proof: proof.to_vec(),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            ServerOutput::Send(
+                ConnId(1),
+                WireFrame::Relay(refused(ServerRefusal::BadProof, None))
+            ),
+            ServerOutput::Close(ConnId(1)),
+        ]
+    );
+    assert_eq!(d.server.authenticated_device(ConnId(1)), None);
+
+    // A proof recorded on one connection does not work on another (fresh nonce).
+    let nonce2 = d.open(2);
+    assert_ne!(nonce, nonce2);
+    let replayed = server_auth_proof(d.keys.device(1), d.keys.server.public(), &nonce);
+    let out = d.frame(
+        2,
+        RelayMessage::Authenticate {
+            device: claimed,
+            proof: replayed.to_vec(),
+        },
+    );
+    assert!(out.contains(&ServerOutput::Close(ConnId(2))));
+
+    // An invalid device key (all zeros, low order) is a bad proof, not a crash.
+    d.open(3);
+    let out = d.frame(
+        3,
+        RelayMessage::Authenticate {
+            device: DeviceId([0; 32]),
+            proof: vec![0; 32],
+        },
+    );
+    assert!(out.contains(&ServerOutput::Close(ConnId(3))));
+    assert_eq!(d.server.counters().refused.bad_proof, 3);
+    assert_eq!(d.server.counters().authenticated, 0);
+}
+
+#[test]
+fn good_proof_is_welcomed() {
+    let mut d = Driver::new(|_| {});
+    let out = d.connect(1, 1);
+    assert_eq!(relay_to(&out, 1), vec![RelayMessage::Welcome]);
+    assert_eq!(d.server.authenticated_device(ConnId(1)), Some(d.keys.id(1)));
+    // A second Authenticate on an authenticated connection is a bad frame, nothing else.
+    let out = d.frame(
+        1,
+        RelayMessage::Authenticate {
+            device: d.keys.id(2),
+            proof: vec![0; 32],
+        },
+    );
+    assert!(out.is_empty());
+    assert_eq!(d.server.authenticated_device(ConnId(1)), Some(d.keys.id(1)));
+    assert_eq!(d.server.counters().bad_frames, 1);
+    // After Closed the connection is forgotten.
+    d.input(ServerInput::Closed(ConnId(1)));
+    assert_eq!(d.server.authenticated_device(ConnId(1)), None);
+}
+
+#[test]
+fn recipient_queue_is_bounded_by_count_and_bytes() {
+    let mut d = Driver::new(|c| {
+        c.max_queued_per_recipient = 2;
+        c.max_queued_bytes_per_recipient = 150;
+    });
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 60_000, 50);
+    d.enqueue(1, 2, 2, 60_000, 50);
+    d.enqueue(1, 2, 3, 60_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::QueueFull, Some(3))]
+    );
+    // Bytes: one 120-byte envelope fits for p3, a second 40-byte one does not (160 > 150).
+    d.enqueue(1, 3, 4, 60_000, 120);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 4 }]
+    );
+    d.enqueue(1, 3, 5, 60_000, 40);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::QueueFull, Some(5))]
+    );
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 2);
+    assert_eq!(d.server.queued_for(&d.keys.id(3)), 1);
+    assert_eq!(d.server.counters().refused.queue_full, 2);
+}
+
+#[test]
+fn sender_quota_spans_recipients_and_frees_on_delivery() {
+    let mut d = Driver::new(|c| c.max_stored_per_sender = 2);
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 60_000, 8);
+    d.enqueue(1, 3, 2, 60_000, 8);
+    d.enqueue(1, 3, 3, 60_000, 8);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::QuotaExceeded, Some(3))]
+    );
+    // p2 connects, receives envelope 1 and acknowledges it: p1's quota frees one slot.
+    let out = d.connect(2, 2);
+    assert_eq!(pushed_ids(&out, 2), vec![1]);
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1],
+        },
+    );
+    d.enqueue(1, 3, 4, 60_000, 8);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 4 }]
+    );
+    assert_eq!(d.server.counters().refused.quota_exceeded, 1);
+    assert_eq!(d.server.counters().delivered, 1);
+}
+
+#[test]
+fn oversized_envelope_and_forward_are_refused() {
+    let mut d = Driver::new(|c| c.max_envelope_len = 100);
+    d.connect(1, 1);
+    d.connect(2, 2);
+    d.enqueue(1, 2, 1, 60_000, 101);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::TooLarge, Some(1))]
+    );
+    let to = d.keys.id(2);
+    let out = d.frame(
+        1,
+        RelayMessage::Forward {
+            to,
+            frame: vec![0; 101],
+        },
+    );
+    assert_eq!(
+        relay_to(&out, 1),
+        vec![refused(ServerRefusal::TooLarge, None)]
+    );
+    assert!(relay_to(&out, 2).is_empty());
+    assert_eq!(d.server.total_queued(), 0);
+}
+
+#[test]
+fn offline_envelope_survives_until_ttl_is_pushed_on_connect_and_then_expires() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 10_000, 16);
+    assert_eq!(
+        d.server.poll_timeout(),
+        Some(d.t0 + Duration::from_secs(10))
+    );
+    d.advance_to(9_999);
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 1, "lost before its TTL");
+    // p2 connects just before the TTL: pushed, not yet acknowledged.
+    let out = d.connect(2, 2);
+    assert_eq!(pushed_ids(&out, 2), vec![1]);
+    assert_eq!(d.server.counters().expired, 0);
+    // Unacknowledged at its TTL: it expires.
+    d.advance_to(10_000);
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 0);
+    assert_eq!(d.server.counters().expired, 1);
+    assert_eq!(d.server.poll_timeout(), None);
+    // Reconnecting finds nothing, and a fetch neither.
+    d.input(ServerInput::Closed(ConnId(2)));
+    let out = d.connect(3, 2);
+    assert_eq!(relay_to(&out, 3), vec![RelayMessage::Welcome]);
+    let out = d.frame(3, RelayMessage::Fetch { max: 10 });
+    assert!(out.is_empty());
+}
+
+#[test]
+fn ttl_is_capped_by_the_server_max() {
+    let mut d = Driver::new(|c| c.max_ttl = Duration::from_secs(5));
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, u64::MAX, 16);
+    assert_eq!(d.server.poll_timeout(), Some(d.t0 + Duration::from_secs(5)));
+    d.advance_to(5_000);
+    assert_eq!(d.server.total_queued(), 0);
+    assert_eq!(d.server.counters().expired, 1);
+}
+
+#[test]
+fn enqueue_to_a_connected_recipient_is_pushed_at_once_and_kept_until_acknowledged() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    d.enqueue(1, 2, 9, 60_000, 24);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 9 }]
+    );
+    assert_eq!(
+        relay_to(&d.last, 2),
+        vec![RelayMessage::Push {
+            from: d.keys.id(1),
+            envelope_id: 1,
+            envelope: vec![9; 24],
+        }]
+    );
+    assert_eq!(
+        d.server.queued_for(&d.keys.id(2)),
+        1,
+        "kept until acknowledged"
+    );
+    // Not acknowledged: a fetch pushes it again (a duplicate the receiver dedupes).
+    let out = d.frame(2, RelayMessage::Fetch { max: 5 });
+    assert_eq!(pushed_ids(&out, 2), vec![1]);
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1],
+        },
+    );
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 0);
+    // A repeated acknowledgement is harmless.
+    let out = d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1],
+        },
+    );
+    assert!(out.is_empty());
+    assert_eq!(d.server.counters().delivered, 1);
+}
+
+#[test]
+fn fetch_returns_only_the_callers_own_queue_oldest_first_up_to_max() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 60_000, 4);
+    d.enqueue(1, 3, 2, 60_000, 4);
+    d.enqueue(1, 2, 3, 60_000, 4);
+    d.enqueue(1, 2, 4, 60_000, 4);
+    d.connect(3, 3);
+    d.input(ServerInput::Closed(ConnId(3)));
+    // p3 is gone again; p2 connects and fetches in batches.
+    let out = d.connect(2, 2);
+    assert_eq!(pushed_ids(&out, 2), vec![1, 3, 4]);
+    let out = d.frame(2, RelayMessage::Fetch { max: 2 });
+    assert_eq!(pushed_ids(&out, 2), vec![1, 3]);
+    let out = d.frame(2, RelayMessage::Fetch { max: 0 });
+    assert!(out.is_empty());
+    // p1's own queue is empty: its fetch returns nothing of p2's or p3's.
+    let out = d.frame(1, RelayMessage::Fetch { max: 100 });
+    assert!(out.is_empty());
+    assert_eq!(d.server.queued_for(&d.keys.id(3)), 1);
+}
+
+#[test]
+fn delivered_with_another_devices_id_is_refused_and_removes_nothing() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 60_000, 4); // id 1, for p2
+    d.enqueue(1, 3, 2, 60_000, 4); // id 2, for p3
+    d.connect(2, 2);
+    // p2 acknowledges its own id 1 and p3's id 2.
+    let out = d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![2, 1],
+        },
+    );
+    assert_eq!(
+        relay_to(&out, 2),
+        vec![refused(ServerRefusal::NotYours, None)]
+    );
+    assert_eq!(
+        d.server.queued_for(&d.keys.id(2)),
+        0,
+        "its own id is removed"
+    );
+    assert_eq!(
+        d.server.queued_for(&d.keys.id(3)),
+        1,
+        "the other's is untouched"
+    );
+    // The sender cannot delete what it sent either.
+    let out = d.frame(
+        1,
+        RelayMessage::Delivered {
+            envelope_ids: vec![2],
+        },
+    );
+    assert_eq!(
+        relay_to(&out, 1),
+        vec![refused(ServerRefusal::NotYours, None)]
+    );
+    assert_eq!(d.server.queued_for(&d.keys.id(3)), 1);
+    let out = d.connect(3, 3);
+    assert_eq!(pushed_ids(&out, 3), vec![2]);
+    assert_eq!(d.server.counters().refused.not_yours, 2);
+}
+
+#[test]
+fn forward_reaches_a_connected_device_and_is_refused_otherwise() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    let to = d.keys.id(2);
+    let out = d.frame(
+        1,
+        RelayMessage::Forward {
+            to,
+            frame: vec![1; 30],
+        },
+    );
+    assert_eq!(
+        relay_to(&out, 1),
+        vec![refused(ServerRefusal::NotConnected, None)]
+    );
+    d.connect(2, 2);
+    let out = d.frame(
+        1,
+        RelayMessage::Forward {
+            to,
+            frame: vec![1; 30],
+        },
+    );
+    assert_eq!(
+        relay_to(&out, 2),
+        vec![RelayMessage::Forwarded {
+            from: d.keys.id(1),
+            frame: vec![1; 30],
+        }]
+    );
+    assert!(relay_to(&out, 1).is_empty());
+    assert_eq!(d.server.total_queued(), 0, "forwarding stores nothing");
+}
+
+#[test]
+fn every_connection_of_a_device_gets_pushes_and_the_oldest_beyond_the_limit_is_closed() {
+    let mut d = Driver::new(|c| c.max_conns_per_device = 2);
+    d.connect(1, 1);
+    d.connect(2, 2); // p2's relay client
+    d.connect(3, 2); // p2's rendezvous client
+    d.enqueue(1, 2, 1, 60_000, 4);
+    assert_eq!(pushed_ids(&d.last, 2), vec![1]);
+    assert_eq!(pushed_ids(&d.last, 3), vec![1]);
+    let out = d.connect(4, 2);
+    assert!(out.contains(&ServerOutput::Close(ConnId(2))));
+    assert_eq!(d.server.authenticated_device(ConnId(2)), None);
+    assert_eq!(pushed_ids(&out, 4), vec![1]);
+    assert_eq!(d.server.counters().evicted_connections, 1);
+}
+
+#[test]
+fn garbage_and_misdirected_frames_are_counted_and_dropped() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    for bytes in [
+        vec![],
+        vec![0xff],
+        vec![1, 0xc1],
+        vec![1; 300 * 1024],
+        tether_protocol::encode(&WireFrame::Rendezvous(
+            tether_protocol::RendezvousMessage::Lookup {
+                rendezvous_id: [0; 32],
+            },
+        ))
+        .unwrap(),
+    ] {
+        let out = d.input(ServerInput::Bytes(ConnId(1), bytes));
+        assert!(out.is_empty());
+    }
+    // A server-to-device message sent by a device.
+    let out = d.frame(1, RelayMessage::Welcome);
+    assert!(out.is_empty());
+    // A frame on a connection never opened.
+    let out = d.frame(9, RelayMessage::Fetch { max: 1 });
+    assert!(out.is_empty());
+    let counters = d.server.counters();
+    assert_eq!(counters.bad_frames, 6);
+    assert_eq!(counters.unknown_connections, 1);
+    assert_eq!(d.server.authenticated_device(ConnId(1)), Some(d.keys.id(1)));
+    // Valid bytes still work.
+    let out = d.input(ServerInput::Bytes(
+        ConnId(1),
+        tether_protocol::encode(&WireFrame::Relay(RelayMessage::Fetch { max: 1 })).unwrap(),
+    ));
+    assert!(out.is_empty());
+    assert_eq!(d.server.counters().bad_frames, 6);
+}
+
+#[test]
+fn two_device_exchange_trace() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    // p1 queues two envelopes for p2, who is offline.
+    d.enqueue(1, 2, 1, 30_000, 48);
+    d.enqueue(1, 2, 2, 30_000, 64);
+    d.advance_to(1_000);
+    // p2 connects: both pushed after Welcome; it acknowledges them.
+    d.connect(2, 2);
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1, 2],
+        },
+    );
+    // p2 answers live: p1 is connected, so the frame is forwarded.
+    let p1 = d.keys.id(1);
+    d.frame(
+        2,
+        RelayMessage::Forward {
+            to: p1,
+            frame: vec![0; 80],
+        },
+    );
+    // p2 queues one for p1 while p1 is connected: pushed at once, acknowledged.
+    d.enqueue(2, 1, 7, 30_000, 40);
+    d.frame(
+        1,
+        RelayMessage::Delivered {
+            envelope_ids: vec![3],
+        },
+    );
+    // p1 leaves; p2's live forward is refused and an envelope for p1 waits then expires.
+    d.advance_to(2_000);
+    d.input(ServerInput::Closed(ConnId(1)));
+    d.frame(
+        2,
+        RelayMessage::Forward {
+            to: p1,
+            frame: vec![0; 80],
+        },
+    );
+    d.enqueue(2, 1, 8, 5_000, 40);
+    d.advance_to(8_000);
+    assert_eq!(d.server.total_queued(), 0);
+    let c = d.server.counters();
+    assert_eq!((c.stored, c.delivered, c.expired), (4, 3, 1));
+    insta::assert_snapshot!(d.trace.join("\n"));
+}
+
+#[test]
+fn config_debug_redacts_the_challenge_seed() {
+    let keys = Keys::new();
+    let config = RelayServerConfig::new(keys.server.clone(), [0xab; 32]);
+    let text = format!("{config:?}");
+    assert!(text.contains("<redacted>"));
+    assert!(
+        !text.contains("171, 171"),
+        "seed bytes (0xab = 171) must not print: {text}"
+    );
+}

@@ -1,0 +1,109 @@
+//! The Rcs actor shell: it dials on start, feeds transport events to the core and fans
+//! its outputs out to the recipients.
+
+// Test code: a panic is a failed test, so unwrap and expect are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use actix::{Actor, Context, Handler};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tether_crypto::StaticKeypair;
+use tether_protocol::{
+    LinkId, PathKind, RelayDelivered, RelayEnqueueResult, RelayMessage, RelayStatus,
+    TransportCommand, TransportEvent, WireFrame,
+};
+use tether_rcs::{GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig};
+
+/// Records every message it receives, as text.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+macro_rules! record {
+    ($message:ty, $describe:expr) => {
+        impl Handler<$message> for Recorder {
+            type Result = ();
+            fn handle(&mut self, message: $message, _ctx: &mut Self::Context) {
+                let describe: fn(&$message) -> String = $describe;
+                self.0.lock().unwrap().push(describe(&message));
+            }
+        }
+    };
+}
+
+record!(TransportCommand, |m| match m {
+    TransportCommand::Dial { .. } => "Dial".into(),
+    TransportCommand::Transmit { frame, .. } => match tether_protocol::decode(frame) {
+        Ok(WireFrame::Relay(RelayMessage::Authenticate { .. })) => "Transmit Authenticate".into(),
+        other => format!("Transmit {other:?}"),
+    },
+    TransportCommand::Close { .. } => "Close".into(),
+});
+record!(RelayDelivered, |_| "Delivered".into());
+record!(RelayEnqueueResult, |_| "EnqueueResult".into());
+record!(RelayStatus, |m| format!("Status {}", m.connected));
+
+#[actix::test]
+async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipient() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Recorder(log.clone()).start();
+    let second = Recorder(log.clone()).start();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let device = StaticKeypair::generate(&mut rng);
+    let server = StaticKeypair::generate(&mut rng);
+    let config = RelayClientConfig::new(
+        device,
+        *server.public(),
+        "203.0.113.1:443".parse().unwrap(),
+        1,
+    );
+    let actor = RcsOrchestrator::new(
+        config.clone(),
+        RcsRecipients {
+            transport: recorder.clone().recipient(),
+            delivered: recorder.clone().recipient(),
+            enqueue_result: recorder.clone().recipient(),
+            status: vec![recorder.clone().recipient(), second.recipient()],
+        },
+    )
+    .start();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
+
+    actor.do_send(TransportEvent::LinkUp {
+        request: Some(config.first_dial_request),
+        link: LinkId(1),
+        path: PathKind::Direct,
+        remote: None,
+    });
+    let frame = |m| tether_protocol::encode(&WireFrame::Relay(m)).unwrap();
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: frame(RelayMessage::Challenge { nonce: [1; 32] }),
+    });
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: frame(RelayMessage::Welcome),
+    });
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: vec![0xde, 0xad],
+    });
+    let counters = actor.send(GetRelayClientCounters).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        [
+            "Dial",
+            "Transmit Authenticate",
+            "Status true",
+            "Status true"
+        ]
+    );
+    assert_eq!(counters.connects, 1);
+    assert_eq!(counters.decode_errors, 1);
+}
