@@ -1,4 +1,20 @@
-//! The Tether node, relay server and integration harness.
+//! The Tether node, the relay and rendezvous server, and the integration harness.
 //!
-//! Wires the orchestrator actors and the transport into a device node; the
-//! simulated cluster and the `tether` binary arrive with later issues.
+//! - [`Node`]: one device: the five orchestrator actors, the transport driver and the
+//!   event hub, wired through `protocol` messages, behind `send`, events and `status`.
+//! - [`RelayServer`]: the relay queue and rendezvous services behind one QUIC endpoint,
+//!   on real UDP or the simulated network.
+//! - [`cluster`]: the simulated cluster for scenario tests: whole nodes on the
+//!   simulated network under tokio's paused clock.
+
+pub mod cluster;
+mod driver;
+mod hub;
+mod node;
+mod relay_server;
+
+pub use cluster::{run_simulation, ClusterBuilder, SimCluster, SimDevice};
+pub use driver::{Owner, Rebind, TransportDriver};
+pub use hub::{NodeEvent, PresenceView};
+pub use node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+pub use relay_server::{GetServerCounters, RelayServer, RelayServerHandle};

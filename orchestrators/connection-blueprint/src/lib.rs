@@ -25,6 +25,6 @@ mod actor;
 mod core;
 mod policy;
 
-pub use actor::{BlueprintRecipients, ConnectionBlueprintOrchestrator};
+pub use actor::{AddBlueprintPeer, BlueprintRecipients, ConnectionBlueprintOrchestrator};
 pub use core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
 pub use policy::{order_candidates, AddressRecord, MAX_DIRECT_CANDIDATES};

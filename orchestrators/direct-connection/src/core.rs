@@ -486,7 +486,11 @@ impl DirectConnection {
             }));
             return;
         }
-        if connect.relay_at.is_some_and(|at| at <= now) && self.relay_connected {
+        if connect.relay_at.is_some_and(|at| at <= now) && !self.relay_connected {
+            // The relay is not up yet: look again after another fallback interval.
+            connect.relay_at = Some(now + self.limits.relay_fallback_after);
+        }
+        if connect.relay_at.is_some_and(|at| at <= now) {
             connect.relay_at = None;
             // The relay carries the attempt when no direct path has answered.
             let direct_answered = matches!(connect.via, Some(Via::Link(_)))
@@ -590,6 +594,10 @@ impl DirectConnection {
                 }));
             }
             return;
+        }
+        if migration.relay_at.is_some_and(|at| at <= now) {
+            // Acknowledged meanwhile: the relay copy is not needed.
+            migration.relay_at = None;
         }
         if migration.relay_bind_at.is_some_and(|at| at <= now) {
             migration.relay_bind_at = None;

@@ -721,3 +721,17 @@ fn a_relayed_session_moves_to_a_direct_path_when_one_opens() {
     assert_eq!(net.handshakes(), before);
     net.assert_same_session();
 }
+
+#[test]
+fn timers_make_progress_while_the_relay_is_down() {
+    // The run loop asserts progress: a timer that stays due forever would trip it.
+    let mut net = Net::new(12);
+    for node in [A, B] {
+        net.input(node, Input::RelayStatus(RelayStatus { connected: false }));
+    }
+    net.direct_blocked = true;
+    net.connect(A, false);
+    net.run_until(20_000);
+    assert_eq!(net.handshakes(), (0, 0));
+    assert_eq!(net.count(A, |o| matches!(o, Output::ConnectFailed(_))), 1);
+}

@@ -8,7 +8,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tether_crypto::{seal_hint, RelationshipKey, RendezvousId, StaticKeypair};
 use tether_pms::{
     encode_endpoints, GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients,
@@ -24,6 +23,16 @@ struct Recorder(Arc<Mutex<Vec<String>>>);
 
 impl Actor for Recorder {
     type Context = Context<Self>;
+}
+
+/// Answered once every message sent to the recorder before it was handled.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for Recorder {
+    type Result = ();
+    fn handle(&mut self, _message: Flush, _ctx: &mut Self::Context) {}
 }
 
 impl Handler<TransportCommand> for Recorder {
@@ -80,11 +89,13 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
         config.clone(),
         PmsRecipients {
             transport: recorder.clone().recipient(),
-            hint: vec![recorder.recipient(), second.recipient()],
+            hint: vec![recorder.clone().recipient(), second.clone().recipient()],
         },
     )
     .start();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    actor.send(GetRendezvousClientCounters).await.unwrap();
+    recorder.send(Flush).await.unwrap();
+    second.send(Flush).await.unwrap();
     assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
 
     let frame = |f: WireFrame| tether_protocol::encode(&f).unwrap();
@@ -124,7 +135,8 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
         })),
     });
     let counters = actor.send(GetRendezvousClientCounters).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    recorder.send(Flush).await.unwrap();
+    second.send(Flush).await.unwrap();
     assert_eq!(counters.connects, 1);
     assert_eq!(
         log.lock().unwrap().as_slice(),

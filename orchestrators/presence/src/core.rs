@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tether_protocol::{
     BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, Epoch,
     EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
-    LookupEndpointHint, MigrationAcked, PathLost, PeerEndpointHint, PeerReset, PublishEndpointHint,
-    RecompileBlueprint, RelayPoll, RequestId, SendMigrationPing, SessionId, SessionReady,
-    SessionStatus, StatusChanged,
+    LookupEndpointHint, MigrationAcked, PathKind, PathLost, PeerEndpointHint, PeerReset,
+    PublishEndpointHint, RecompileBlueprint, RelayPoll, RequestId, SendMigrationPing, SessionId,
+    SessionReady, SessionStatus, StatusChanged,
 };
 
 /// Settings of the Presence core. Every duration is virtual under paused time.
@@ -183,6 +183,8 @@ struct Peer {
     deadline: Option<Instant>,
     /// Endpoints the peer last announced (migration ping, ack, or hint).
     announced: Vec<SocketAddr>,
+    /// The path the session was last reported Ready on.
+    path: Option<PathKind>,
 }
 
 /// The Presence core. See the crate docs for its messages and states.
@@ -346,6 +348,16 @@ impl Presence {
         }
         self.peers.insert(id, Peer::default());
         self.set_status(id, SessionStatus::Connecting);
+        // The rendezvous server answers lookups only to a pair's publishers.
+        if !self.local_endpoints.is_empty() {
+            let request = self.request_id();
+            self.outputs
+                .push_back(Output::PublishEndpointHint(PublishEndpointHint {
+                    request,
+                    peer: id,
+                    endpoints: self.local_endpoints.clone(),
+                }));
+        }
         let spread = self.jitter(self.config.connect_retry_base);
         self.schedule(id, now + spread, Purpose::Connect);
     }
@@ -472,6 +484,7 @@ impl Presence {
         let newer_epoch = peer.epoch.is_some_and(|epoch| ready.epoch > epoch);
         peer.session = Some(ready.session);
         peer.epoch = Some(ready.epoch);
+        peer.path = Some(ready.path);
         peer.connecting = false;
         peer.scheduled = None;
         peer.pending_blueprint = None;
@@ -718,6 +731,10 @@ impl Presence {
                 self.request_blueprint(hint.peer, Purpose::MigrationPing, hint.endpoints);
             }
             Some(SessionStatus::ReconnectingInbound | SessionStatus::Degraded) => {
+                self.request_blueprint(hint.peer, Purpose::TransportOnly, hint.endpoints);
+            }
+            Some(SessionStatus::Ready) if peer.path == Some(PathKind::Relay) => {
+                // Running over the relay: try the hinted direct path (no handshake).
                 self.request_blueprint(hint.peer, Purpose::TransportOnly, hint.endpoints);
             }
             Some(

@@ -32,7 +32,7 @@
 mod actor;
 mod core;
 
-pub use actor::{PresenceOrchestrator, PresenceRecipients};
+pub use actor::{MigrationCompletedEvent, PresenceOrchestrator, PresenceRecipients};
 pub use core::{
     Input, MigrationCompleted, Output, Presence, PresenceConfig, MAX_FIRST_PING_SPREAD,
 };

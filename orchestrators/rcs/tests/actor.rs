@@ -8,7 +8,6 @@ use actix::{Actor, Context, Handler};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tether_crypto::StaticKeypair;
 use tether_protocol::{
     LinkId, PathKind, RelayDelivered, RelayEnqueueResult, RelayMessage, RelayStatus,
@@ -21,6 +20,16 @@ struct Recorder(Arc<Mutex<Vec<String>>>);
 
 impl Actor for Recorder {
     type Context = Context<Self>;
+}
+
+/// Answered once every message sent to the recorder before it was handled.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for Recorder {
+    type Result = ();
+    fn handle(&mut self, _message: Flush, _ctx: &mut Self::Context) {}
 }
 
 macro_rules! record {
@@ -67,11 +76,13 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
             transport: recorder.clone().recipient(),
             delivered: recorder.clone().recipient(),
             enqueue_result: recorder.clone().recipient(),
-            status: vec![recorder.clone().recipient(), second.recipient()],
+            status: vec![recorder.clone().recipient(), second.clone().recipient()],
         },
     )
     .start();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    actor.send(GetRelayClientCounters).await.unwrap();
+    recorder.send(Flush).await.unwrap();
+    second.send(Flush).await.unwrap();
     assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
 
     actor.do_send(TransportEvent::LinkUp {
@@ -94,7 +105,8 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
         frame: vec![0xde, 0xad],
     });
     let counters = actor.send(GetRelayClientCounters).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    recorder.send(Flush).await.unwrap();
+    second.send(Flush).await.unwrap();
     assert_eq!(
         log.lock().unwrap().as_slice(),
         [

@@ -1,0 +1,501 @@
+//! The integration harness: N whole devices (the real actors, real quinn, real Noise)
+//! and a relay server on the simulated network, under tokio's paused clock, seeded.
+//!
+//! Build one with [`ClusterBuilder`] inside [`run_simulation`], then drive it: pair
+//! devices, partition, change addresses, block direct UDP, crash and restart nodes, and
+//! run until a condition holds or a virtual deadline passes. Every node event is logged
+//! with its virtual time for phase timelines.
+
+use crate::hub::NodeEvent;
+use crate::node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+use crate::relay_server::{RelayServer, RelayServerHandle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tether_connection_blueprint::BlueprintConfig;
+use tether_crypto::{RelationshipKey, StaticKeypair};
+use tether_direct_connection::DcLimits;
+use tether_presence::PresenceConfig;
+use tether_protocol::{DeviceId, SessionStatus};
+use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
+use tether_transport::{Endpoint, TransportConfig};
+
+/// The UDP port every simulated device listens on.
+pub const DEVICE_PORT: u16 = 4433;
+
+/// The relay server's address on the simulated network.
+pub const RELAY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1)), 443);
+
+/// Step of virtual time between checks of a waited-for condition. 5 ms is finer than
+/// any latency the scenarios use, so measured durations are accurate to it.
+const POLL_STEP: Duration = Duration::from_millis(5);
+
+/// Unix time the simulated wall clock starts at (handshake timestamps, hint expiry).
+const SIM_UNIX_MS: u64 = 1_700_000_000_000;
+
+/// Runs `f` on a fresh actix system whose tokio runtime starts with paused time, so the
+/// whole simulation runs in virtual time.
+pub fn run_simulation<F, Fut>(f: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            // INVARIANT: building a current-thread runtime only fails when the OS cannot
+            // create its IO driver, which leaves nothing to simulate on.
+            .expect("tokio runtime")
+    });
+    system.block_on(f())
+}
+
+/// How to build a cluster.
+#[derive(Clone)]
+pub struct ClusterBuilder {
+    seed: u64,
+    devices: usize,
+    pairs: Vec<(usize, usize)>,
+    blocked: Vec<(usize, usize)>,
+    stale: Vec<(usize, usize)>,
+    conditions: LinkConditions,
+    presence: PresenceConfig,
+    limits: DcLimits,
+}
+
+impl ClusterBuilder {
+    /// `devices` devices, no pairs yet, default conditions.
+    pub fn new(seed: u64, devices: usize) -> Self {
+        Self {
+            seed,
+            devices,
+            pairs: Vec::new(),
+            blocked: Vec::new(),
+            stale: Vec::new(),
+            conditions: LinkConditions::default(),
+            presence: PresenceConfig::default(),
+            limits: DcLimits::default(),
+        }
+    }
+
+    /// Pairs two devices (a relationship key for them, each in the other's config).
+    pub fn pair(mut self, a: usize, b: usize) -> Self {
+        self.pairs.push((a, b));
+        self
+    }
+
+    /// Blocks direct UDP between two devices from the start (only the relay works).
+    pub fn block_direct(mut self, a: usize, b: usize) -> Self {
+        self.blocked.push((a, b));
+        self
+    }
+
+    /// Gives both devices of a pair a stale address for each other in their configs,
+    /// so only the rendezvous server knows where they are.
+    pub fn stale_addresses(mut self, a: usize, b: usize) -> Self {
+        self.stale.push((a, b));
+        self
+    }
+
+    /// Network conditions between every two hosts.
+    pub fn conditions(mut self, conditions: LinkConditions) -> Self {
+        self.conditions = conditions;
+        self
+    }
+
+    /// Presence settings for every device.
+    pub fn presence(mut self, presence: PresenceConfig) -> Self {
+        self.presence = presence;
+        self
+    }
+
+    /// DirectConnection limits for every device.
+    pub fn limits(mut self, limits: DcLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Builds the network, starts the relay server and every device.
+    pub async fn start(self) -> SimCluster {
+        let net = SimNetwork::new(self.seed);
+        net.set_default_conditions(self.conditions.clone());
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed);
+        let relay_host = net.add_host("relay", [RELAY_ADDR.ip()]);
+        let relay_key = StaticKeypair::generate(&mut rng);
+        let relay_endpoint = Endpoint::bind_sim(
+            &net,
+            relay_host,
+            RELAY_ADDR,
+            TransportConfig::seeded(self.seed ^ 0xff),
+        )
+        .await
+        // INVARIANT: the relay host was just given RELAY_ADDR; binding it cannot fail.
+        .expect("relay endpoint");
+        let relay = RelayServer::start(relay_endpoint, relay_key, [self.seed as u8; 32])
+            // INVARIANT: a freshly bound sim endpoint has a local address.
+            .expect("relay server");
+
+        let keys: Vec<StaticKeypair> = (0..self.devices)
+            .map(|_| StaticKeypair::generate(&mut rng))
+            .collect();
+        let ips: Vec<IpAddr> = (0..self.devices).map(|i| device_ip(i, 0)).collect();
+        let mut peers: Vec<Vec<NodePeer>> = vec![Vec::new(); self.devices];
+        for &(a, b) in &self.pairs {
+            let rk = RelationshipKey::generate(&mut rng);
+            let stale = self
+                .stale
+                .iter()
+                .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
+            // A stale address is one no host has: the device used to be there.
+            let configured = |i: usize| {
+                let ip = if stale { stale_ip(i) } else { ips[i] };
+                vec![SocketAddr::new(ip, DEVICE_PORT)]
+            };
+            peers[a].push(NodePeer {
+                public: *keys[b].public(),
+                rk: rk.clone(),
+                addrs: configured(b),
+            });
+            peers[b].push(NodePeer {
+                public: *keys[a].public(),
+                rk,
+                addrs: configured(a),
+            });
+        }
+        let t0 = tokio::time::Instant::now();
+        let mut devices = Vec::new();
+        for (i, (keypair, peers)) in keys.into_iter().zip(peers).enumerate() {
+            let name = device_name(i);
+            let host = net.add_host(&name, [ips[i]]);
+            let config = NodeConfig {
+                keypair,
+                peers,
+                server: ServerInfo {
+                    addr: RELAY_ADDR,
+                    public: relay.public,
+                },
+                presence: self.presence.clone(),
+                limits: self.limits.clone(),
+                blueprint: BlueprintConfig::default(),
+                seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                unix_ms_at_start: SIM_UNIX_MS,
+            };
+            devices.push(SimDevice {
+                name,
+                host,
+                ip: ips[i],
+                moves: 0,
+                device: DeviceId(*config.keypair.public().as_bytes()),
+                config,
+                node: None,
+                log: Vec::new(),
+            });
+        }
+        let mut cluster = SimCluster {
+            net,
+            relay,
+            relay_host,
+            devices,
+            t0,
+            seed: self.seed,
+        };
+        for &(a, b) in &self.blocked {
+            cluster.block_direct(a, b);
+        }
+        for i in 0..self.devices {
+            cluster.start_node(i).await;
+        }
+        cluster
+    }
+}
+
+fn device_name(i: usize) -> String {
+    if i < 26 {
+        char::from(b'A' + i as u8).to_string()
+    } else {
+        format!("D{i}")
+    }
+}
+
+/// Address of device `i` after `moves` network changes: 10.(1+moves).x.y.
+fn device_ip(i: usize, moves: usize) -> IpAddr {
+    let i = i as u32;
+    IpAddr::V4(Ipv4Addr::new(
+        10,
+        1u8.wrapping_add(moves as u8),
+        (i / 250) as u8,
+        (i % 250 + 1) as u8,
+    ))
+}
+
+/// An address device `i` is configured with when its config is stale: 10.200.x.y.
+fn stale_ip(i: usize) -> IpAddr {
+    let i = i as u32;
+    IpAddr::V4(Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8))
+}
+
+/// One simulated device.
+pub struct SimDevice {
+    /// A, B, C…
+    pub name: String,
+    /// Its host on the simulated network.
+    pub host: HostId,
+    /// Its current IP.
+    pub ip: IpAddr,
+    /// Network changes so far.
+    pub moves: usize,
+    /// Its device id.
+    pub device: DeviceId,
+    /// The config it (re)starts with.
+    pub config: NodeConfig,
+    /// The running node; None while crashed.
+    pub node: Option<Node>,
+    /// Every event with its virtual time since the cluster started.
+    pub log: Vec<(Duration, NodeEvent)>,
+}
+
+impl SimDevice {
+    /// Payloads delivered from `peer`, in delivery order.
+    pub fn delivered_from(&self, peer: DeviceId) -> Vec<Vec<u8>> {
+        self.log
+            .iter()
+            .filter_map(|(_, event)| match event {
+                NodeEvent::Delivered {
+                    peer: from,
+                    payload,
+                    ..
+                } if *from == peer => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A running simulated cluster. See the module docs.
+pub struct SimCluster {
+    /// The simulated network.
+    pub net: SimNetwork,
+    /// The relay and rendezvous server.
+    pub relay: RelayServerHandle,
+    /// The relay's host.
+    pub relay_host: HostId,
+    /// The devices, by index.
+    pub devices: Vec<SimDevice>,
+    t0: tokio::time::Instant,
+    seed: u64,
+}
+
+impl SimCluster {
+    /// Virtual time since the cluster started.
+    pub fn elapsed(&self) -> Duration {
+        tokio::time::Instant::now() - self.t0
+    }
+
+    /// The device id of device `i`.
+    pub fn id(&self, i: usize) -> DeviceId {
+        self.devices[i].device
+    }
+
+    /// The node of device `i`. Panics if it is crashed (a test bug).
+    pub fn node(&self, i: usize) -> &Node {
+        // INVARIANT: tests only address running nodes; a crashed one is a test bug.
+        self.devices[i].node.as_ref().expect("node is running")
+    }
+
+    async fn start_node(&mut self, i: usize) {
+        let device = &mut self.devices[i];
+        let addr = SocketAddr::new(device.ip, DEVICE_PORT);
+        let transport = TransportConfig::seeded(self.seed.wrapping_add(i as u64 * 7919));
+        let endpoint = Endpoint::bind_sim(&self.net, device.host, addr, transport)
+            .await
+            // INVARIANT: the host owns `ip` (set when it was added or moved).
+            .expect("device endpoint");
+        let node = Node::start(device.config.clone(), endpoint)
+            // INVARIANT: a freshly bound sim endpoint has a local address.
+            .expect("node");
+        device.node = Some(node);
+    }
+
+    /// Moves every waiting node event into the devices' logs.
+    pub fn collect_events(&mut self) {
+        let at = self.elapsed();
+        for device in &mut self.devices {
+            if let Some(node) = device.node.as_mut() {
+                while let Some(event) = node.try_next_event() {
+                    device.log.push((at, event));
+                }
+            }
+        }
+    }
+
+    /// Advances virtual time by `duration`, collecting events on the way.
+    pub async fn run_for(&mut self, duration: Duration) {
+        let end = tokio::time::Instant::now() + duration;
+        while tokio::time::Instant::now() < end {
+            let step = POLL_STEP.min(end - tokio::time::Instant::now());
+            tokio::time::sleep(step).await;
+            self.collect_events();
+        }
+    }
+
+    /// Advances virtual time until `condition` holds (true) or `timeout` passes (false).
+    pub async fn run_until(
+        &mut self,
+        timeout: Duration,
+        mut condition: impl FnMut(&SimCluster) -> bool,
+    ) -> bool {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            self.collect_events();
+            if condition(self) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(POLL_STEP).await;
+        }
+    }
+
+    /// The last status Presence reported for `peer` on device `i`.
+    pub fn status(&self, i: usize, peer: usize) -> Option<SessionStatus> {
+        let peer = self.devices[peer].device;
+        self.devices[i]
+            .log
+            .iter()
+            .rev()
+            .find_map(|(_, event)| match event {
+                NodeEvent::Status { peer: p, to, .. } if *p == peer => Some(*to),
+                _ => None,
+            })
+    }
+
+    /// Whether both devices see each other Ready.
+    pub fn both_ready(&self, a: usize, b: usize) -> bool {
+        self.status(a, b) == Some(SessionStatus::Ready)
+            && self.status(b, a) == Some(SessionStatus::Ready)
+    }
+
+    /// Device `i`'s status of its session with `peer`.
+    pub async fn peer_status(&self, i: usize, peer: usize) -> Option<PeerStatus> {
+        let peer = self.devices[peer].device;
+        let node = self.devices[i].node.as_ref()?;
+        node.status().await.into_iter().find(|s| s.peer == peer)
+    }
+
+    /// Device `i` changes networks: its host gets a new IP (the old one disappears) and
+    /// its endpoint rebinds there, as an interface change would make it.
+    pub async fn change_address(&mut self, i: usize) -> Result<SocketAddr, String> {
+        let device = &mut self.devices[i];
+        device.moves += 1;
+        let old = device.ip;
+        let new = device_ip(i, device.moves);
+        self.net
+            .set_address(device.host, old, new)
+            .map_err(|error| error.to_string())?;
+        device.ip = new;
+        let node = device.node.as_ref().ok_or("node is crashed")?;
+        node.rebind(SocketAddr::new(new, DEVICE_PORT)).await
+    }
+
+    /// Blocks direct UDP between two devices (only the relay path works).
+    pub fn block_direct(&self, a: usize, b: usize) {
+        self.net
+            .block_direct(self.devices[a].host, self.devices[b].host);
+    }
+
+    /// Lets direct UDP between two devices through again.
+    pub fn unblock_direct(&self, a: usize, b: usize) {
+        self.net
+            .unblock_direct(self.devices[a].host, self.devices[b].host);
+    }
+
+    /// Cuts every packet between two devices.
+    pub fn partition(&self, a: usize, b: usize) {
+        self.net
+            .partition(self.devices[a].host, self.devices[b].host);
+    }
+
+    /// Heals a partition.
+    pub fn heal(&self, a: usize, b: usize) {
+        self.net.heal(self.devices[a].host, self.devices[b].host);
+    }
+
+    /// Cuts a device off the relay server.
+    pub fn partition_relay(&self, i: usize) {
+        self.net.partition(self.devices[i].host, self.relay_host);
+    }
+
+    /// Crashes device `i`: every actor stops and its endpoint closes.
+    pub fn crash(&mut self, i: usize) {
+        self.collect_events();
+        if let Some(node) = self.devices[i].node.take() {
+            node.stop();
+        }
+    }
+
+    /// Restarts a crashed device with its config (empty session state).
+    pub async fn restart(&mut self, i: usize) {
+        self.start_node(i).await;
+    }
+
+    /// The phase timeline of the events of `devices` (one line per event, virtual ms,
+    /// devices named A, B, …), for snapshots.
+    pub fn timeline(&self, devices: &[usize], since: Duration) -> String {
+        let names: BTreeMap<DeviceId, String> = self
+            .devices
+            .iter()
+            .map(|d| (d.device, d.name.clone()))
+            .collect();
+        let name = |id: &DeviceId| names.get(id).cloned().unwrap_or_else(|| id.short());
+        let mut lines: Vec<(Duration, usize, String)> = Vec::new();
+        for &i in devices {
+            let device = &self.devices[i];
+            for (order, (at, event)) in device.log.iter().enumerate() {
+                if *at < since {
+                    continue;
+                }
+                let text = match event {
+                    NodeEvent::Status { peer, from, to } => format!(
+                        "{}: {} {} -> {}",
+                        device.name,
+                        name(peer),
+                        from.map_or("-".to_string(), |s| s.to_string()),
+                        to
+                    ),
+                    NodeEvent::Ready(ready) => format!(
+                        "{}: {} ready e{} {:?}{}",
+                        device.name,
+                        name(&ready.peer),
+                        ready.epoch.0,
+                        ready.path,
+                        if ready.after_handshake {
+                            " (handshake)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    NodeEvent::MigrationCompleted { peer, outbound, .. } => format!(
+                        "{}: {} migration complete ({})",
+                        device.name,
+                        name(peer),
+                        if *outbound { "moved" } else { "peer moved" }
+                    ),
+                    NodeEvent::Delivered { .. } => continue,
+                };
+                lines.push((*at - since, i * 1_000_000 + order, text));
+            }
+        }
+        lines.sort();
+        lines
+            .into_iter()
+            .map(|(at, _, text)| format!("{:>7}ms {text}", at.as_millis()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,332 @@
+//! The transport driver: the actor that owns a device's QUIC endpoint and turns the
+//! orchestrators' [`TransportCommand`]s into dials and frame writes, and links, frames
+//! and address changes into [`TransportEvent`]s for whichever orchestrator owns the
+//! link. It holds no domain logic: routing is by owner, nothing else.
+//!
+//! # Messages
+//! - in: [`OwnedCommand`] (from the [`OwnerPort`] of DirectConnection, Rcs or Pms),
+//!   [`Rebind`] (a network change), internal completions of dials, accepts and reads.
+//! - out: [`TransportEvent`] to the link's owner; [`ConnectivityChanged`] after a
+//!   rebind to Presence and DirectConnection.
+//!
+//! # Link lifecycle
+//! Dialled (owner = requester) or accepted (owner = DirectConnection: only peers dial
+//! a device) → a reader task forwards frames, and reports a changed remote address
+//! before the frame that revealed it → a writer task sends frames in order → the link
+//! ends (either task fails) and `LinkDown` goes to the owner once.
+
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, WrapFuture,
+};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tether_protocol::{
+    ConnectivityChanged, LinkId, PathKind, RequestId, TransportCommand, TransportEvent,
+};
+use tether_transport::{dial_any, Endpoint, Link};
+use tokio::sync::mpsc;
+
+/// Which orchestrator a link or a dial belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// DirectConnection: peer links.
+    DirectConnection,
+    /// Rcs: the relay server link.
+    Rcs,
+    /// Pms: the rendezvous server link.
+    Pms,
+}
+
+/// A command tagged with the orchestrator that sent it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct OwnedCommand {
+    /// Who sent it.
+    pub owner: Owner,
+    /// What it asks.
+    pub command: TransportCommand,
+}
+
+/// The device changed networks: move the endpoint to `addr`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<SocketAddr, String>")]
+pub struct Rebind {
+    /// The new local address (port 0 picks one).
+    pub addr: SocketAddr,
+}
+
+/// Where the driver's events go.
+pub struct DriverRecipients {
+    /// DirectConnection's link events.
+    pub direct_connection: Recipient<TransportEvent>,
+    /// Rcs's link events.
+    pub rcs: Recipient<TransportEvent>,
+    /// Pms's link events.
+    pub pms: Recipient<TransportEvent>,
+    /// Network changes (Presence, DirectConnection).
+    pub connectivity: Vec<Recipient<ConnectivityChanged>>,
+}
+
+impl DriverRecipients {
+    fn of(&self, owner: Owner) -> &Recipient<TransportEvent> {
+        match owner {
+            Owner::DirectConnection => &self.direct_connection,
+            Owner::Rcs => &self.rcs,
+            Owner::Pms => &self.pms,
+        }
+    }
+}
+
+struct DriverLink {
+    owner: Owner,
+    writer: mpsc::UnboundedSender<Bytes>,
+    handle: tether_transport::LinkHandle,
+}
+
+/// The transport driver actor. See the module docs.
+pub struct TransportDriver {
+    endpoint: Endpoint,
+    recipients: DriverRecipients,
+    links: BTreeMap<LinkId, DriverLink>,
+    next_link: u64,
+}
+
+/// A link ended (its reader or writer stopped).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct LinkEnded {
+    link: LinkId,
+    reason: String,
+}
+
+/// The acceptor produced a link.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Accepted(Link);
+
+impl TransportDriver {
+    /// A driver for `endpoint`.
+    pub fn new(endpoint: Endpoint, recipients: DriverRecipients) -> Self {
+        Self {
+            endpoint,
+            recipients,
+            links: BTreeMap::new(),
+            next_link: 1,
+        }
+    }
+
+    /// Registers a link, starts its reader and writer, and reports it up.
+    fn register(
+        &mut self,
+        link: Link,
+        owner: Owner,
+        request: Option<RequestId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let remote = link.remote_addr();
+        let handle = link.handle().clone();
+        let (sender, mut receiver) = link.split();
+        let (writer, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let events = self.recipients.of(owner).clone();
+        let me: Addr<Self> = ctx.address();
+
+        // Reader: frames to the owner, a changed remote address first.
+        let reader_events = events.clone();
+        let reader_me = me.clone();
+        tokio::spawn(async move {
+            let mut last_remote = remote;
+            let reason = loop {
+                match receiver.recv_frame().await {
+                    Ok(Some(frame)) => {
+                        let now_remote = receiver.handle().remote_addr();
+                        if now_remote != last_remote {
+                            last_remote = now_remote;
+                            reader_events.do_send(TransportEvent::RemoteChanged {
+                                link: id,
+                                remote: now_remote,
+                            });
+                        }
+                        reader_events.do_send(TransportEvent::FrameReceived {
+                            link: id,
+                            frame: frame.to_vec(),
+                        });
+                    }
+                    Ok(None) => break "stream finished".to_string(),
+                    Err(error) => break error.to_string(),
+                }
+            };
+            reader_me.do_send(LinkEnded { link: id, reason });
+        });
+
+        // Writer: frames in order; a failed send ends the link.
+        tokio::spawn(async move {
+            while let Some(frame) = queue.recv().await {
+                if let Err(error) = sender.send_frame(frame).await {
+                    me.do_send(LinkEnded {
+                        link: id,
+                        reason: error.to_string(),
+                    });
+                    break;
+                }
+            }
+        });
+
+        self.links.insert(
+            id,
+            DriverLink {
+                owner,
+                writer,
+                handle,
+            },
+        );
+        events.do_send(TransportEvent::LinkUp {
+            request,
+            link: id,
+            path: PathKind::Direct,
+            remote: Some(remote),
+        });
+    }
+}
+
+impl Actor for TransportDriver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let endpoint = self.endpoint.clone();
+        let me = ctx.address();
+        tokio::spawn(async move {
+            while let Some(link) = endpoint.accept().await {
+                if me.try_send(Accepted(link)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.endpoint.close();
+    }
+}
+
+impl Handler<Accepted> for TransportDriver {
+    type Result = ();
+
+    fn handle(&mut self, message: Accepted, ctx: &mut Self::Context) {
+        self.register(message.0, Owner::DirectConnection, None, ctx);
+    }
+}
+
+impl Handler<LinkEnded> for TransportDriver {
+    type Result = ();
+
+    fn handle(&mut self, message: LinkEnded, _ctx: &mut Self::Context) {
+        // Reader and writer may both report; the owner hears once.
+        if let Some(link) = self.links.remove(&message.link) {
+            link.handle.close();
+            self.recipients
+                .of(link.owner)
+                .do_send(TransportEvent::LinkDown {
+                    link: message.link,
+                    reason: message.reason,
+                });
+        }
+    }
+}
+
+impl Handler<OwnedCommand> for TransportDriver {
+    type Result = ();
+
+    fn handle(&mut self, message: OwnedCommand, ctx: &mut Self::Context) {
+        match message.command {
+            TransportCommand::Dial { request, addrs } => {
+                let endpoint = self.endpoint.clone();
+                let owner = message.owner;
+                let dial = async move { dial_any(&endpoint, &addrs).await };
+                ctx.spawn(dial.into_actor(self).map(move |result, actor, ctx| {
+                    match result {
+                        Ok(link) => actor.register(link, owner, Some(request), ctx),
+                        Err(error) => {
+                            actor
+                                .recipients
+                                .of(owner)
+                                .do_send(TransportEvent::DialFailed {
+                                    request,
+                                    reason: error.to_string(),
+                                })
+                        }
+                    }
+                }));
+            }
+            TransportCommand::Transmit { link, frame } => {
+                if let Some(state) = self.links.get(&link) {
+                    // A closed writer means the link is ending; LinkDown follows.
+                    let _ = state.writer.send(Bytes::from(frame));
+                }
+            }
+            TransportCommand::Close { link } => {
+                if let Some(state) = self.links.remove(&link) {
+                    state.handle.close();
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Rebind> for TransportDriver {
+    type Result = Result<SocketAddr, String>;
+
+    fn handle(&mut self, message: Rebind, _ctx: &mut Self::Context) -> Self::Result {
+        let outcome = self
+            .endpoint
+            .rebind(message.addr)
+            .map_err(|error| error.to_string())?;
+        let change = ConnectivityChanged {
+            old: vec![outcome.old],
+            new: vec![outcome.new],
+        };
+        for recipient in &self.recipients.connectivity {
+            recipient.do_send(change.clone());
+        }
+        Ok(outcome.new)
+    }
+}
+
+/// Tags the commands of one orchestrator with its [`Owner`] for the driver, so the
+/// orchestrators need not know the driver exists.
+pub struct OwnerPort {
+    owner: Owner,
+    driver: Addr<TransportDriver>,
+}
+
+impl OwnerPort {
+    /// A port for `owner` in front of `driver`.
+    pub fn new(owner: Owner, driver: Addr<TransportDriver>) -> Self {
+        Self { owner, driver }
+    }
+}
+
+impl Actor for OwnerPort {
+    type Context = Context<Self>;
+}
+
+impl Handler<TransportCommand> for OwnerPort {
+    type Result = ();
+
+    fn handle(&mut self, command: TransportCommand, _ctx: &mut Self::Context) {
+        self.driver.do_send(OwnedCommand {
+            owner: self.owner,
+            command,
+        });
+    }
+}
+
+impl Handler<tether_protocol::Shutdown> for TransportDriver {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}

@@ -1,0 +1,184 @@
+//! The node's event hub: the actor that receives what the orchestrators report to "the
+//! node" and turns it into one ordered stream of [`NodeEvent`]s, answers `send` calls
+//! with their results, and remembers each peer's status for `status()`.
+//!
+//! # Messages
+//! - in: `StatusChanged` (Presence), `MigrationCompletedEvent` (Presence),
+//!   `SessionReady`, `MessageDelivered`, `SendResult` (DirectConnection), [`ExpectSend`]
+//!   and [`GetPresence`] (the node).
+//! - out: [`NodeEvent`]s on the node's channel.
+
+use actix::{Actor, Context, Handler, Message, MessageResult};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tether_presence::MigrationCompletedEvent;
+use tether_protocol::{
+    ChannelId, DeviceId, MessageDelivered, RequestId, SendError, SendResult, SessionReady,
+    SessionStatus, StatusChanged,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Something that happened on the node, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A peer's session status changed.
+    Status {
+        /// The peer.
+        peer: DeviceId,
+        /// Previous status.
+        from: Option<SessionStatus>,
+        /// New status.
+        to: SessionStatus,
+    },
+    /// A session was bound to a path.
+    Ready(SessionReady),
+    /// A migration finished.
+    MigrationCompleted {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether this device moved.
+        outbound: bool,
+        /// From the change (or the signal) to Ready.
+        duration: Duration,
+    },
+    /// A message from a peer reached the application.
+    Delivered {
+        /// Sender.
+        peer: DeviceId,
+        /// Channel.
+        channel: ChannelId,
+        /// Sequence number in the channel.
+        seq: u64,
+        /// Bytes.
+        payload: Vec<u8>,
+    },
+}
+
+/// The node registers a pending `send` before asking DirectConnection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ExpectSend {
+    /// The SendMessage's request id.
+    pub request: RequestId,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<u64, SendError>>,
+}
+
+/// What the hub knows per peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceView {
+    /// Current status.
+    pub status: Option<SessionStatus>,
+    /// Duration of the last completed migration.
+    pub last_migration: Option<Duration>,
+    /// Migrations completed.
+    pub migrations: u64,
+}
+
+/// Asks for every peer's [`PresenceView`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "BTreeMap<DeviceId, PresenceView>")]
+pub struct GetPresence;
+
+/// The hub actor.
+pub struct EventHub {
+    events: mpsc::UnboundedSender<NodeEvent>,
+    pending: BTreeMap<RequestId, oneshot::Sender<Result<u64, SendError>>>,
+    peers: BTreeMap<DeviceId, PresenceView>,
+}
+
+impl EventHub {
+    /// A hub writing to `events`.
+    pub fn new(events: mpsc::UnboundedSender<NodeEvent>) -> Self {
+        Self {
+            events,
+            pending: BTreeMap::new(),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        // A node whose owner dropped the receiver has no one to tell.
+        let _ = self.events.send(event);
+    }
+}
+
+impl Actor for EventHub {
+    type Context = Context<Self>;
+}
+
+impl Handler<StatusChanged> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: StatusChanged, _ctx: &mut Self::Context) {
+        self.peers.entry(message.peer).or_default().status = Some(message.to);
+        self.emit(NodeEvent::Status {
+            peer: message.peer,
+            from: message.from,
+            to: message.to,
+        });
+    }
+}
+
+impl Handler<MigrationCompletedEvent> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: MigrationCompletedEvent, _ctx: &mut Self::Context) {
+        let completed = message.0;
+        let view = self.peers.entry(completed.peer).or_default();
+        view.last_migration = Some(completed.duration);
+        view.migrations += 1;
+        self.emit(NodeEvent::MigrationCompleted {
+            peer: completed.peer,
+            outbound: completed.outbound,
+            duration: completed.duration,
+        });
+    }
+}
+
+impl Handler<SessionReady> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: SessionReady, _ctx: &mut Self::Context) {
+        self.emit(NodeEvent::Ready(message));
+    }
+}
+
+impl Handler<MessageDelivered> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: MessageDelivered, _ctx: &mut Self::Context) {
+        self.emit(NodeEvent::Delivered {
+            peer: message.peer,
+            channel: message.channel,
+            seq: message.seq,
+            payload: message.payload,
+        });
+    }
+}
+
+impl Handler<SendResult> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: SendResult, _ctx: &mut Self::Context) {
+        if let Some(reply) = self.pending.remove(&message.request) {
+            let _ = reply.send(message.result);
+        }
+    }
+}
+
+impl Handler<ExpectSend> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: ExpectSend, _ctx: &mut Self::Context) {
+        self.pending.insert(message.request, message.reply);
+    }
+}
+
+impl Handler<GetPresence> for EventHub {
+    type Result = MessageResult<GetPresence>;
+
+    fn handle(&mut self, _message: GetPresence, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.peers.clone())
+    }
+}

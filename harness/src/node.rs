@@ -1,0 +1,414 @@
+//! A device node: the five orchestrator actors, the transport driver and the event hub,
+//! wired together, behind a small async API (`send`, events, `status`, `rebind`).
+
+use crate::driver::{DriverRecipients, Owner, OwnerPort, Rebind, TransportDriver};
+use crate::hub::{EventHub, ExpectSend, GetPresence, NodeEvent, PresenceView};
+use actix::{Actor, Addr, AsyncContext, Context};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tether_connection_blueprint::{
+    AddBlueprintPeer, BlueprintConfig, BlueprintRecipients, ConnectionBlueprintOrchestrator,
+};
+use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
+use tether_direct_connection::{
+    DcConfig, DcCounters, DcLimits, DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots,
+    PeerConfig,
+};
+use tether_pms::{PmsOrchestrator, PmsRecipients, RendezvousClientConfig};
+use tether_presence::{PresenceConfig, PresenceOrchestrator, PresenceRecipients};
+use tether_protocol::{
+    ChannelId, DeviceId, PathKind, RequestId, SendError, SendMessage, SessionStatus, Shutdown,
+};
+use tether_rcs::{RcsOrchestrator, RcsRecipients, RelayClientConfig};
+use tether_transport::Endpoint;
+use tokio::sync::{mpsc, oneshot};
+
+/// A paired peer as the node's config lists it.
+#[derive(Clone)]
+pub struct NodePeer {
+    /// Its static public key.
+    pub public: PublicKey,
+    /// The relationship key of the pair.
+    pub rk: RelationshipKey,
+    /// Addresses to try first.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Where the relay and rendezvous server is.
+#[derive(Clone, Copy)]
+pub struct ServerInfo {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its static public key.
+    pub public: PublicKey,
+}
+
+/// Everything a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// This device's static keypair.
+    pub keypair: StaticKeypair,
+    /// Paired peers.
+    pub peers: Vec<NodePeer>,
+    /// The relay and rendezvous server.
+    pub server: ServerInfo,
+    /// Presence settings.
+    pub presence: PresenceConfig,
+    /// DirectConnection limits.
+    pub limits: DcLimits,
+    /// Candidate ordering settings.
+    pub blueprint: BlueprintConfig,
+    /// Seed of every RNG in the node (each actor derives its own).
+    pub seed: u64,
+    /// Unix time in ms at start (handshake timestamps, hint expiry).
+    pub unix_ms_at_start: u64,
+}
+
+/// One peer's status, as `tether status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Its session status.
+    pub status: Option<SessionStatus>,
+    /// Committed epoch.
+    pub epoch: Option<u64>,
+    /// Handshakes started or answered.
+    pub handshakes: u64,
+    /// Fingerprint of the committed PeerSecret.
+    pub peer_secret: Option<Fingerprint>,
+    /// Fingerprint of the committed session keys.
+    pub session_keys: Option<Fingerprint>,
+    /// Current path kind.
+    pub path: Option<PathKind>,
+    /// Current remote address.
+    pub remote: Option<SocketAddr>,
+    /// Smoothed RTT.
+    pub rtt_ms: Option<u64>,
+    /// Messages queued.
+    pub queued: usize,
+    /// Messages accepted by `send`.
+    pub sent: u64,
+    /// Messages delivered from the peer.
+    pub delivered: u64,
+    /// Duplicate data frames dropped.
+    pub duplicates: u64,
+    /// Migrations completed, and the last one's duration.
+    pub migrations: u64,
+    /// Duration of the last migration.
+    pub last_migration: Option<Duration>,
+}
+
+/// A running device node.
+pub struct Node {
+    device: DeviceId,
+    dc: Addr<DirectConnectionOrchestrator>,
+    presence: Addr<PresenceOrchestrator>,
+    blueprint: Addr<ConnectionBlueprintOrchestrator>,
+    rcs: Addr<RcsOrchestrator>,
+    pms: Addr<PmsOrchestrator>,
+    driver: Addr<TransportDriver>,
+    hub: Addr<EventHub>,
+    events: mpsc::UnboundedReceiver<NodeEvent>,
+    next_request: AtomicU64,
+}
+
+/// Derives a per-actor seed from the node seed, so actors do not share random streams.
+fn derive_seed(seed: u64, actor: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(actor)
+}
+
+impl Node {
+    /// Starts the node's actors on the current actix system, on `endpoint`.
+    pub fn start(config: NodeConfig, endpoint: Endpoint) -> Result<Self, std::io::Error> {
+        let local = endpoint.local_addr()?;
+        let device = DeviceId(*config.keypair.public().as_bytes());
+        let peers: Vec<DeviceId> = config
+            .peers
+            .iter()
+            .map(|p| DeviceId(*p.public.as_bytes()))
+            .collect();
+
+        let presence_ctx = Context::<PresenceOrchestrator>::new();
+        let dc_ctx = Context::<DirectConnectionOrchestrator>::new();
+        let blueprint_ctx = Context::<ConnectionBlueprintOrchestrator>::new();
+        let rcs_ctx = Context::<RcsOrchestrator>::new();
+        let pms_ctx = Context::<PmsOrchestrator>::new();
+        let driver_ctx = Context::<TransportDriver>::new();
+        let presence = presence_ctx.address();
+        let dc = dc_ctx.address();
+        let blueprint = blueprint_ctx.address();
+        let rcs = rcs_ctx.address();
+        let pms = pms_ctx.address();
+        let driver = driver_ctx.address();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let hub = EventHub::new(events_tx).start();
+        let dc_port = OwnerPort::new(Owner::DirectConnection, driver.clone()).start();
+        let rcs_port = OwnerPort::new(Owner::Rcs, driver.clone()).start();
+        let pms_port = OwnerPort::new(Owner::Pms, driver.clone()).start();
+
+        driver_ctx.run(TransportDriver::new(
+            endpoint,
+            DriverRecipients {
+                direct_connection: dc.clone().recipient(),
+                rcs: rcs.clone().recipient(),
+                pms: pms.clone().recipient(),
+                connectivity: vec![presence.clone().recipient(), dc.clone().recipient()],
+            },
+        ));
+
+        let blueprint_addr = blueprint_ctx.run(ConnectionBlueprintOrchestrator::new(
+            config.blueprint.clone(),
+            BlueprintRecipients {
+                compiled: presence.clone().recipient(),
+            },
+        ));
+        for peer in &config.peers {
+            blueprint_addr.do_send(AddBlueprintPeer(
+                tether_connection_blueprint::Input::AddPeer {
+                    peer: DeviceId(*peer.public.as_bytes()),
+                    configured: peer.addrs.clone(),
+                },
+            ));
+        }
+
+        dc_ctx.run(DirectConnectionOrchestrator::new(
+            DcConfig {
+                local: config.keypair.clone(),
+                peers: config
+                    .peers
+                    .iter()
+                    .map(|p| PeerConfig {
+                        public: p.public,
+                        rk: p.rk.clone(),
+                    })
+                    .collect(),
+                local_endpoints: vec![local],
+                seed: derive_seed(config.seed, 1),
+                unix_ms_at_start: config.unix_ms_at_start,
+                limits: config.limits.clone(),
+            },
+            DcRecipients {
+                transport: dc_port.recipient(),
+                relay_forward: rcs.clone().recipient(),
+                relay_enqueue: rcs.clone().recipient(),
+                handshake_started: presence.clone().recipient(),
+                session_ready: vec![
+                    presence.clone().recipient(),
+                    blueprint.clone().recipient(),
+                    hub.clone().recipient(),
+                ],
+                connect_failed: presence.clone().recipient(),
+                inbound_migration_ping: presence.clone().recipient(),
+                migration_acked: presence.clone().recipient(),
+                path_lost: presence.clone().recipient(),
+                peer_reset: presence.clone().recipient(),
+                liveness: presence.clone().recipient(),
+                path_measured: blueprint.clone().recipient(),
+                send_result: hub.clone().recipient(),
+                delivered: hub.clone().recipient(),
+            },
+        ));
+
+        let mut relay_config = RelayClientConfig::new(
+            config.keypair.clone(),
+            config.server.public,
+            config.server.addr,
+            derive_seed(config.seed, 2),
+        );
+        relay_config.first_dial_request = RequestId(1);
+        rcs_ctx.run(RcsOrchestrator::new(
+            relay_config,
+            RcsRecipients {
+                transport: rcs_port.recipient(),
+                delivered: dc.clone().recipient(),
+                // The queue's answers are advisory: the session layer retransmits.
+                enqueue_result: hub_sink(),
+                status: vec![dc.clone().recipient()],
+            },
+        ));
+
+        pms_ctx.run(PmsOrchestrator::new(
+            RendezvousClientConfig::new(
+                config.keypair.clone(),
+                config.server.public,
+                config.server.addr,
+                config
+                    .peers
+                    .iter()
+                    .map(|p| (DeviceId(*p.public.as_bytes()), p.rk.clone()))
+                    .collect(),
+                config.unix_ms_at_start,
+                seed_bytes(derive_seed(config.seed, 3)),
+            ),
+            PmsRecipients {
+                transport: pms_port.recipient(),
+                hint: vec![presence.clone().recipient(), blueprint.clone().recipient()],
+            },
+        ));
+
+        presence_ctx.run(PresenceOrchestrator::new(
+            PresenceConfig {
+                seed: derive_seed(config.seed, 4),
+                ..config.presence.clone()
+            },
+            peers,
+            vec![local],
+            PresenceRecipients {
+                recompile: blueprint.clone().recipient(),
+                connect: dc.clone().recipient(),
+                migration_ping: dc.clone().recipient(),
+                evict: dc.clone().recipient(),
+                publish_hint: pms.clone().recipient(),
+                lookup_hint: pms.clone().recipient(),
+                relay_poll: rcs.clone().recipient(),
+                status: hub.clone().recipient(),
+                migration_completed: hub.clone().recipient(),
+            },
+        ));
+
+        Ok(Self {
+            device,
+            dc,
+            presence,
+            blueprint,
+            rcs,
+            pms,
+            driver,
+            hub,
+            events,
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    /// This device's id.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// Queues `payload` for `peer` on channel 0; Ok is its sequence number, and it will
+    /// be delivered exactly once and in order. Err says why it was not accepted.
+    pub async fn send(&self, peer: DeviceId, payload: Vec<u8>) -> Result<u64, SendError> {
+        self.send_on(peer, ChannelId(0), payload).await
+    }
+
+    /// [`Node::send`] on a given channel.
+    pub async fn send_on(
+        &self,
+        peer: DeviceId,
+        channel: ChannelId,
+        payload: Vec<u8>,
+    ) -> Result<u64, SendError> {
+        let request = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let (reply, result) = oneshot::channel();
+        self.hub
+            .send(ExpectSend { request, reply })
+            .await
+            .map_err(|_| SendError::Closed)?;
+        self.dc.do_send(SendMessage {
+            request,
+            peer,
+            channel,
+            payload,
+        });
+        result.await.map_err(|_| SendError::Closed)?
+    }
+
+    /// The next event, in order. None once the node stopped.
+    pub async fn next_event(&mut self) -> Option<NodeEvent> {
+        self.events.recv().await
+    }
+
+    /// An event if one is waiting.
+    pub fn try_next_event(&mut self) -> Option<NodeEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Every peer's status.
+    pub async fn status(&self) -> Vec<PeerStatus> {
+        let (snapshots, _) = self.dc.send(GetPeerSnapshots).await.unwrap_or_default();
+        let presence = self.hub.send(GetPresence).await.unwrap_or_default();
+        snapshots
+            .into_iter()
+            .map(|s| {
+                let view = presence
+                    .get(&s.peer)
+                    .copied()
+                    .unwrap_or(PresenceView::default());
+                PeerStatus {
+                    peer: s.peer,
+                    status: view.status,
+                    epoch: s.epoch,
+                    handshakes: s.handshakes,
+                    peer_secret: s.peer_secret,
+                    session_keys: s.session_keys,
+                    path: s.path,
+                    remote: s.remote,
+                    rtt_ms: s.rtt_ms,
+                    queued: s.queued,
+                    sent: s.counters.sent,
+                    delivered: s.counters.delivered,
+                    duplicates: s.counters.duplicates,
+                    migrations: view.migrations,
+                    last_migration: view.last_migration,
+                }
+            })
+            .collect()
+    }
+
+    /// DirectConnection's counters of dropped input.
+    pub async fn counters(&self) -> DcCounters {
+        self.dc
+            .send(GetPeerSnapshots)
+            .await
+            .map(|(_, counters)| counters)
+            .unwrap_or_default()
+    }
+
+    /// The device changed networks: move the endpoint to `addr` and let the session
+    /// layer migrate.
+    pub async fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
+        self.driver
+            .send(Rebind { addr })
+            .await
+            .map_err(|error| error.to_string())?
+    }
+
+    /// Stops every actor of the node (its endpoint closes with the driver).
+    pub fn stop(&self) {
+        self.presence.do_send(Shutdown);
+        self.dc.do_send(Shutdown);
+        self.blueprint.do_send(Shutdown);
+        self.rcs.do_send(Shutdown);
+        self.pms.do_send(Shutdown);
+        self.driver.do_send(Shutdown);
+    }
+}
+
+/// A 32-byte seed from a 64-bit one (for cores seeded with ChaCha20's full seed).
+fn seed_bytes(seed: u64) -> [u8; 32] {
+    let mut bytes = [0_u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes
+}
+
+/// A recipient that drops what it gets (for outputs nobody needs to act on).
+fn hub_sink<M>() -> actix::Recipient<M>
+where
+    M: actix::Message<Result = ()> + Send + 'static,
+{
+    Sink.start().recipient()
+}
+
+struct Sink;
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+impl<M: actix::Message<Result = ()> + Send + 'static> actix::Handler<M> for Sink {
+    type Result = ();
+
+    fn handle(&mut self, _message: M, _ctx: &mut Self::Context) {}
+}

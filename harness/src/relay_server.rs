@@ -1,0 +1,244 @@
+//! The relay and rendezvous server: a QUIC endpoint in front of the relay queue logic
+//! (`tether_rcs::RelayQueueServer`) and the rendezvous table (`tether_pms`). It runs on
+//! any transport (real UDP or the simulated network). Connections authenticate with the
+//! relay protocol's challenge; rendezvous requests are served only on an authenticated
+//! connection, on behalf of the device it proved to be.
+//!
+//! # Messages
+//! - in: accepted links, frames read from them, link ends, timer ticks,
+//!   [`GetServerCounters`].
+//! - out: frames written to links; link closes.
+
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tether_crypto::{PublicKey, StaticKeypair};
+use tether_pms::RendezvousTable;
+use tether_protocol::{RendezvousMessage, ServerRefusal, WireFrame};
+use tether_rcs::{
+    ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+};
+use tether_transport::{Endpoint, Link, LinkHandle};
+use tokio::sync::mpsc;
+
+/// The server actor. See the module docs.
+pub struct RelayServer {
+    endpoint: Endpoint,
+    queue: RelayQueueServer,
+    table: RendezvousTable,
+    conns: BTreeMap<ConnId, ServerConn>,
+    next_conn: u64,
+    timer: Option<SpawnHandle>,
+}
+
+struct ServerConn {
+    writer: mpsc::UnboundedSender<Bytes>,
+    handle: LinkHandle,
+}
+
+/// A handle to a running server.
+pub struct RelayServerHandle {
+    /// The actor.
+    pub addr: actix::Addr<RelayServer>,
+    /// Where it listens.
+    pub local_addr: SocketAddr,
+    /// Its public key (devices are configured with it).
+    pub public: PublicKey,
+}
+
+/// Asks for the server's counters.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "RelayServerCounters")]
+pub struct GetServerCounters;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Accepted(Link);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnBytes(ConnId, Bytes);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnEnded(ConnId);
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl RelayServer {
+    /// Starts a server on `endpoint` with its static keypair; `seed` seeds the
+    /// challenge RNG (use OS entropy in production).
+    pub fn start(
+        endpoint: Endpoint,
+        keypair: StaticKeypair,
+        seed: [u8; 32],
+    ) -> std::io::Result<RelayServerHandle> {
+        let local_addr = endpoint.local_addr()?;
+        let public = *keypair.public();
+        let queue = RelayQueueServer::new(RelayServerConfig::new(keypair, seed), now());
+        let table = RendezvousTable::new(Default::default(), now());
+        let addr = RelayServer {
+            endpoint,
+            queue,
+            table,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            timer: None,
+        }
+        .start();
+        Ok(RelayServerHandle {
+            addr,
+            local_addr,
+            public,
+        })
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(output) = self.queue.poll_output() {
+            match output {
+                ServerOutput::Send(conn, frame) => self.send(conn, &frame),
+                ServerOutput::Close(conn) => {
+                    if let Some(state) = self.conns.remove(&conn) {
+                        state.handle.close();
+                    }
+                }
+            }
+        }
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let next = [self.queue.poll_timeout(), self.table.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(at) = next {
+            let delay = at.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |server, ctx| {
+                server.timer = None;
+                server.queue.handle_timeout(now());
+                server.table.handle_timeout(now());
+                server.drain(ctx);
+            }));
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, frame: &WireFrame) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Ok(bytes) = tether_protocol::encode(frame) {
+            let _ = state.writer.send(Bytes::from(bytes));
+        }
+    }
+}
+
+impl Actor for RelayServer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let endpoint = self.endpoint.clone();
+        let me = ctx.address();
+        tokio::spawn(async move {
+            while let Some(link) = endpoint.accept().await {
+                if me.try_send(Accepted(link)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.endpoint.close();
+    }
+}
+
+impl Handler<Accepted> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, message: Accepted, ctx: &mut Self::Context) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let handle = message.0.handle().clone();
+        let (sender, mut receiver) = message.0.split();
+        let (writer, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let me = ctx.address();
+        let reader_me = me.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = receiver.recv_frame().await {
+                reader_me.do_send(ConnBytes(conn, frame));
+            }
+            reader_me.do_send(ConnEnded(conn));
+        });
+        tokio::spawn(async move {
+            while let Some(frame) = queue.recv().await {
+                if sender.send_frame(frame).await.is_err() {
+                    me.do_send(ConnEnded(conn));
+                    break;
+                }
+            }
+        });
+        self.conns.insert(conn, ServerConn { writer, handle });
+        self.queue.handle(now(), ServerInput::Opened(conn));
+        self.drain(ctx);
+    }
+}
+
+impl Handler<ConnBytes> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, ConnBytes(conn, bytes): ConnBytes, ctx: &mut Self::Context) {
+        match tether_protocol::decode(&bytes) {
+            Ok(WireFrame::Relay(message)) => {
+                self.queue.handle(now(), ServerInput::Frame(conn, message));
+            }
+            Ok(WireFrame::Rendezvous(message)) => {
+                let answer = match self.queue.authenticated_device(conn) {
+                    Some(device) => self.table.handle(now(), device, message),
+                    None => Some(RendezvousMessage::Refused {
+                        reason: ServerRefusal::NotAuthenticated,
+                    }),
+                };
+                if let Some(answer) = answer {
+                    self.send(conn, &WireFrame::Rendezvous(answer));
+                }
+            }
+            // Anything else (peer frames, garbage) is counted by the queue server.
+            Ok(_) | Err(_) => {
+                self.queue
+                    .handle(now(), ServerInput::Bytes(conn, bytes.to_vec()));
+            }
+        }
+        self.drain(ctx);
+    }
+}
+
+impl Handler<ConnEnded> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, ConnEnded(conn): ConnEnded, ctx: &mut Self::Context) {
+        if let Some(state) = self.conns.remove(&conn) {
+            state.handle.close();
+            self.queue.handle(now(), ServerInput::Closed(conn));
+            self.drain(ctx);
+        }
+    }
+}
+
+impl Handler<GetServerCounters> for RelayServer {
+    type Result = MessageResult<GetServerCounters>;
+
+    fn handle(&mut self, _message: GetServerCounters, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.queue.counters())
+    }
+}
+
+impl Handler<tether_protocol::Shutdown> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}
