@@ -63,6 +63,7 @@ pub struct ClusterBuilder {
     pairs: Vec<(usize, usize)>,
     blocked: Vec<(usize, usize)>,
     stale: Vec<(usize, usize)>,
+    stale_one_way: Vec<(usize, usize)>,
     conditions: LinkConditions,
     presence: PresenceConfig,
     limits: DcLimits,
@@ -77,6 +78,7 @@ impl ClusterBuilder {
             pairs: Vec::new(),
             blocked: Vec::new(),
             stale: Vec::new(),
+            stale_one_way: Vec::new(),
             conditions: LinkConditions::default(),
             presence: PresenceConfig::default(),
             limits: DcLimits::default(),
@@ -99,6 +101,12 @@ impl ClusterBuilder {
     /// so only the rendezvous server knows where they are.
     pub fn stale_addresses(mut self, a: usize, b: usize) -> Self {
         self.stale.push((a, b));
+        self
+    }
+
+    /// Gives `holder` a stale address for `of` (so `of` must dial `holder` first).
+    pub fn stale_address_of(mut self, holder: usize, of: usize) -> Self {
+        self.stale_one_way.push((holder, of));
         self
     }
 
@@ -152,19 +160,24 @@ impl ClusterBuilder {
                 .iter()
                 .any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));
             // A stale address is one no host has: the device used to be there.
-            let configured = |i: usize| {
-                let ip = if stale { stale_ip(i) } else { ips[i] };
+            let configured = |holder: usize, of: usize| {
+                let one_way = self.stale_one_way.contains(&(holder, of));
+                let ip = if stale || one_way {
+                    stale_ip(of)
+                } else {
+                    ips[of]
+                };
                 vec![SocketAddr::new(ip, DEVICE_PORT)]
             };
             peers[a].push(NodePeer {
                 public: *keys[b].public(),
                 rk: rk.clone(),
-                addrs: configured(b),
+                addrs: configured(a, b),
             });
             peers[b].push(NodePeer {
                 public: *keys[a].public(),
                 rk,
-                addrs: configured(a),
+                addrs: configured(b, a),
             });
         }
         let t0 = tokio::time::Instant::now();
@@ -391,10 +404,21 @@ impl SimCluster {
     /// Device `i` changes networks: its host gets a new IP (the old one disappears) and
     /// its endpoint rebinds there, as an interface change would make it.
     pub async fn change_address(&mut self, i: usize) -> Result<SocketAddr, String> {
+        let network = self.devices[i].moves + 1;
+        self.change_address_to(i, network).await
+    }
+
+    /// Device `i` moves to network number `network` (0 is the one it started on), e.g.
+    /// back to the WiFi it left.
+    pub async fn change_address_to(
+        &mut self,
+        i: usize,
+        network: usize,
+    ) -> Result<SocketAddr, String> {
         let device = &mut self.devices[i];
         device.moves += 1;
         let old = device.ip;
-        let new = device_ip(i, device.moves);
+        let new = device_ip(i, network);
         self.net
             .set_address(device.host, old, new)
             .map_err(|error| error.to_string())?;

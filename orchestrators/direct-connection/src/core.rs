@@ -302,7 +302,6 @@ impl DirectConnection {
             }
             if let Some(migration) = &peer.migration {
                 consider(migration.relay_at);
-                consider(migration.relay_bind_at);
             }
             consider(peer.heartbeat.next_at);
             consider(peer.probe_at);
@@ -491,14 +490,11 @@ impl DirectConnection {
             connect.relay_at = Some(now + self.limits.relay_fallback_after);
         }
         if connect.relay_at.is_some_and(|at| at <= now) {
+            // No direct path completed the connect in time (it would be gone): the relay
+            // carries it from now on; a direct path that answers later still wins.
             connect.relay_at = None;
-            // The relay carries the attempt when no direct path has answered.
-            let direct_answered = matches!(connect.via, Some(Via::Link(_)))
-                && peer.bound.is_some_and(|b| b != Via::Relay);
-            if !direct_answered {
-                connect.via = None;
-                self.connect_on(now, device, Via::Relay);
-            }
+            connect.via = None;
+            self.connect_on(now, device, Via::Relay);
             return;
         }
         if connect.retry_at.is_some_and(|at| at <= now) {
@@ -510,13 +506,21 @@ impl DirectConnection {
 
     fn send_migration_ping(&mut self, now: Instant, request: SendMigrationPing) {
         let device = request.peer;
-        let relay_fallback = self.limits.relay_fallback_after;
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
         let Some(epoch) = peer.ring.committed_epoch() else {
             return;
         };
+        // The relay copy follows after about one RTT of the old path: long enough for a
+        // migrated link to answer first, short enough that a blocked one costs little.
+        let relay_fallback = peer
+            .heartbeat
+            .srtt_ms
+            .map_or(self.limits.relay_fallback_after, |srtt| {
+                Duration::from_millis(srtt.saturating_mul(3) / 2)
+            })
+            .min(self.limits.relay_fallback_after);
         peer.ping_counter_sent += 1;
         let counter = peer.ping_counter_sent;
         let endpoints = request.new_endpoints.clone();
@@ -537,7 +541,7 @@ impl DirectConnection {
             request: request.request,
             ping: ping.clone(),
             relay_at: Some(now + relay_fallback),
-            relay_bind_at: None,
+            started: now,
             acked: false,
         });
         // Every live link to the peer (a dialled one survives the move by QUIC
@@ -598,13 +602,6 @@ impl DirectConnection {
         if migration.relay_at.is_some_and(|at| at <= now) {
             // Acknowledged meanwhile: the relay copy is not needed.
             migration.relay_at = None;
-        }
-        if migration.relay_bind_at.is_some_and(|at| at <= now) {
-            migration.relay_bind_at = None;
-            let direct_bound = matches!(peer.bound, Some(Via::Link(_)));
-            if !direct_bound && self.relay_connected {
-                self.bind(now, device, Via::Relay);
-            }
         }
     }
 
@@ -820,8 +817,11 @@ impl DirectConnection {
         };
         let changed = peer.bound != Some(via);
         peer.bound = Some(via);
+        // On the relay, look for a direct path at once (the peer may have just told us
+        // where it is), then every probe interval.
         peer.probe_at = match via {
-            Via::Relay => Some(now + probe_interval),
+            Via::Relay if changed => Some(now),
+            Via::Relay => peer.probe_at.or(Some(now + probe_interval)),
             Via::Link(_) => None,
         };
         if changed {
@@ -833,7 +833,13 @@ impl DirectConnection {
                 ..Heartbeat::default()
             };
         }
-        let connect = peer.connect.take();
+        // A path completes a transport-only connect; an establishment connect completes
+        // only when its handshake commits (see `committed`).
+        let connect = if peer.connect.as_ref().is_some_and(|c| c.permit.is_none()) {
+            peer.connect.take()
+        } else {
+            None
+        };
         let migration = peer.migration.take();
         let report = Reported { epoch, via };
         let must_report = connect.is_some() || migration.is_some() || peer.reported != Some(report);
@@ -850,7 +856,6 @@ impl DirectConnection {
         };
         if must_report {
             peer.reported = Some(report);
-            let after_handshake = connect.as_ref().is_some_and(|c| c.permit.is_some());
             self.outputs.push_back(Output::SessionReady(SessionReady {
                 request: connect.map(|c| c.request),
                 peer: device,
@@ -861,7 +866,7 @@ impl DirectConnection {
                     Via::Relay => PathKind::Relay,
                 },
                 remote,
-                after_handshake,
+                after_handshake: false,
             }));
         }
         for marker in markers {
@@ -917,6 +922,7 @@ impl DirectConnection {
                         validated: dial.is_some(),
                         bytes_in: 0,
                         bytes_out_unvalidated: 0,
+                        last_heard: None,
                     },
                 );
                 match dial {
@@ -1172,6 +1178,7 @@ impl DirectConnection {
         if let Via::Link(link) = via {
             if let Some(state) = self.links.get_mut(&link) {
                 state.peer = Some(device);
+                state.last_heard = Some(now);
             }
         }
         if opened.newly_committed {

@@ -71,7 +71,7 @@ impl DirectConnection {
         let Some(peer) = self.peers.get(&device) else {
             return;
         };
-        if peer.bound == Some(via) || !peer.usable() {
+        if !peer.usable() {
             return;
         }
         let validated = match via {
@@ -79,6 +79,13 @@ impl DirectConnection {
             // The relay is chosen by timers (it is the path of last resort).
             Via::Relay => return,
         };
+        if peer.bound == Some(via) {
+            // The bound link's remote moved (QUIC migration): validate it again.
+            if !validated {
+                self.challenge(now, device, via);
+            }
+            return;
+        }
         let bound_is_direct = matches!(peer.bound, Some(Via::Link(_)));
         if validated && !bound_is_direct {
             self.bind(now, device, via);
@@ -217,7 +224,19 @@ impl DirectConnection {
             counter: ping.counter,
             endpoints: local_endpoints,
         });
+        let stale_bound = match peer.bound {
+            Some(Via::Link(link)) => self
+                .links
+                .get(&link)
+                .and_then(|l| l.remote)
+                .is_none_or(|remote| !ping.endpoints.contains(&remote)),
+            _ => false,
+        };
         if first_copy {
+            if stale_bound {
+                // The peer left the address this link goes to: it carries nothing now.
+                peer.bound = None;
+            }
             peer.highest_ping_received = ping.counter;
             peer.announced = ping.endpoints.clone();
             let session = peer.session;
@@ -237,10 +256,15 @@ impl DirectConnection {
         // Every copy is acknowledged on the path it came by, so the mover hears back on
         // whichever of its paths works.
         self.send_frame(now, device, via, &ack);
+        // A ping that came through the relay means the relay works: carry the session
+        // there until a direct path validates.
+        let unbound = self.peers.get(&device).is_some_and(|p| p.bound.is_none());
+        if via == Via::Relay && unbound && self.relay_connected {
+            self.bind(now, device, Via::Relay);
+        }
     }
 
     fn migration_ack(&mut self, now: Instant, device: DeviceId, via: Via, ack: MigrationAck) {
-        let relay_fallback = self.limits.relay_fallback_after;
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
@@ -252,9 +276,7 @@ impl DirectConnection {
         }
         let first = !migration.acked;
         migration.acked = true;
-        if via == Via::Relay && migration.relay_bind_at.is_none() {
-            migration.relay_bind_at = Some(now + relay_fallback);
-        }
+        let moved_at = migration.started;
         let request = migration.request;
         if !ack.endpoints.is_empty() {
             peer.announced = ack.endpoints.clone();
@@ -272,12 +294,27 @@ impl DirectConnection {
                     },
                 }));
         }
-        if let Via::Link(link) = via {
-            let validated = self.links.get(&link).is_some_and(|l| l.validated);
-            if validated {
-                self.bind(now, device, via);
-            } else {
-                self.challenge(now, device, via);
+        match via {
+            Via::Link(link) => {
+                let validated = self.links.get(&link).is_some_and(|l| l.validated);
+                if validated {
+                    self.bind(now, device, via);
+                } else {
+                    self.challenge(now, device, via);
+                }
+            }
+            Via::Relay => {
+                // The relay answered: use it unless a direct link has been heard from
+                // since we moved (that one will carry the session instead).
+                let direct_works = self.links_of(device).iter().any(|l| {
+                    self.links
+                        .get(l)
+                        .and_then(|state| state.last_heard)
+                        .is_some_and(|heard| heard >= moved_at)
+                });
+                if !direct_works {
+                    self.bind(now, device, Via::Relay);
+                }
             }
         }
     }

@@ -50,9 +50,9 @@ pub struct OutMigration {
     pub ping: MigrationPing,
     /// When the relay queue carries the ping too, if no ack came by then.
     pub relay_at: Option<Instant>,
-    /// Set when the peer acknowledged over the relay: bind the relay if no direct
-    /// path validates by this instant.
-    pub relay_bind_at: Option<Instant>,
+    /// When this ping was first sent (our move): a link heard from since then is
+    /// known to work from our new address.
+    pub started: Instant,
     /// The peer acknowledged this counter.
     pub acked: bool,
 }
@@ -143,14 +143,16 @@ impl PeerState {
         self.outbound.values().map(Outbound::queued).sum()
     }
 
-    /// Whether data may be sealed now: a sendable generation exists and no eviction
-    /// is waiting for a newer epoch.
+    /// Whether the session may carry data now: a sendable generation exists, and after
+    /// an eviction only once a newer epoch is committed (the recovery completed).
     pub fn usable(&self) -> bool {
-        let Some(best) = self.ring.best_sendable_generation() else {
+        if self.ring.best_sendable_generation().is_none() {
             return false;
-        };
-        self.evicted_at_epoch
-            .is_none_or(|evicted| best.epoch > evicted)
+        }
+        match self.evicted_at_epoch {
+            None => true,
+            Some(evicted) => self.ring.committed_epoch().is_some_and(|e| e > evicted),
+        }
     }
 }
 
@@ -167,6 +169,8 @@ pub struct LinkState {
     pub bytes_in: u64,
     /// Bytes sent while unvalidated.
     pub bytes_out_unvalidated: u64,
+    /// When an authenticated frame last arrived on it.
+    pub last_heard: Option<Instant>,
 }
 
 /// What a dial was for.

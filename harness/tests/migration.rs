@@ -1,0 +1,379 @@
+//! SessionMigration scenarios on the simulated network: whole nodes, real quinn and
+//! Noise, virtual time. Every scenario checks the invariants: no handshake ran (except
+//! where eviction is the point), both sides hold the same PeerSecret and session keys
+//! as before, and every message sent during the move arrived exactly once, in order.
+
+// A panic in a test is a failed test, not a crashed node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+use tether_harness::{run_simulation, ClusterBuilder, SimCluster};
+use tether_presence::PresenceConfig;
+use tether_protocol::{PathKind, SessionStatus};
+use tether_transport::sim::LinkConditions;
+
+const A: usize = 0;
+const B: usize = 1;
+
+/// A path with `rtt` and `loss`.
+fn path(rtt_ms: u64, loss: f64) -> LinkConditions {
+    LinkConditions {
+        latency: Duration::from_millis(rtt_ms / 2),
+        loss,
+        ..LinkConditions::default()
+    }
+}
+
+/// What must not change across a migration, recorded before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Baseline {
+    handshakes: (u64, u64),
+    epoch: u64,
+    peer_secret: String,
+    session_keys: String,
+}
+
+async fn baseline(cluster: &SimCluster, a: usize, b: usize) -> Baseline {
+    let sa = cluster.peer_status(a, b).await.unwrap();
+    let sb = cluster.peer_status(b, a).await.unwrap();
+    assert_eq!(sa.peer_secret, sb.peer_secret, "PeerSecret fingerprints");
+    assert_eq!(sa.session_keys, sb.session_keys, "session key fingerprints");
+    assert_eq!(sa.epoch, sb.epoch, "epochs");
+    Baseline {
+        handshakes: (sa.handshakes, sb.handshakes),
+        epoch: sa.epoch.unwrap(),
+        peer_secret: sa.peer_secret.unwrap().to_string(),
+        session_keys: sa.session_keys.unwrap().to_string(),
+    }
+}
+
+/// Starts two paired devices and waits until they are Ready and settled.
+async fn established(seed: u64, conditions: LinkConditions) -> (SimCluster, Baseline) {
+    established_with(
+        ClusterBuilder::new(seed, 2)
+            .pair(A, B)
+            .conditions(conditions),
+    )
+    .await
+}
+
+async fn established_with(builder: ClusterBuilder) -> (SimCluster, Baseline) {
+    let mut cluster = builder.start().await;
+    let ready = cluster
+        .run_until(Duration::from_secs(30), |c| c.both_ready(A, B))
+        .await;
+    assert!(ready, "{}", cluster.timeline(&[A, B], Duration::ZERO));
+    // Let crossing handshakes settle on one generation.
+    cluster.run_for(Duration::from_secs(3)).await;
+    let base = baseline(&cluster, A, B).await;
+    (cluster, base)
+}
+
+/// Sends `count` numbered messages each way, tagged.
+async fn send_both_ways(cluster: &SimCluster, tag: &str, count: usize) {
+    let (a, b) = (cluster.id(A), cluster.id(B));
+    for i in 0..count {
+        cluster
+            .node(A)
+            .send(b, format!("{tag} a{i}").into_bytes())
+            .await
+            .unwrap();
+        cluster
+            .node(B)
+            .send(a, format!("{tag} b{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until both are Ready again and every tagged message arrived; then checks
+/// exactly-once, in order, and the unchanged session.
+async fn assert_recovered(
+    cluster: &mut SimCluster,
+    tag: &str,
+    count: usize,
+    base: &Baseline,
+    within: Duration,
+) {
+    let (a, b) = (cluster.id(A), cluster.id(B));
+    let tagged = |c: &SimCluster, at: usize, from| {
+        c.devices[at]
+            .delivered_from(from)
+            .into_iter()
+            .filter(|m| m.starts_with(tag.as_bytes()))
+            .count()
+    };
+    let done = cluster
+        .run_until(within, |c| {
+            c.both_ready(A, B) && tagged(c, B, a) >= count && tagged(c, A, b) >= count
+        })
+        .await;
+    assert!(
+        done,
+        "not recovered within {within:?}:\n{}",
+        cluster.timeline(&[A, B], Duration::ZERO)
+    );
+    // Anything duplicated would arrive now.
+    cluster.run_for(Duration::from_secs(2)).await;
+    let expect = |side: &str| -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| format!("{tag} {side}{i}").into_bytes())
+            .collect()
+    };
+    let got = |at: usize, from| -> Vec<Vec<u8>> {
+        cluster.devices[at]
+            .delivered_from(from)
+            .into_iter()
+            .filter(|m| m.starts_with(tag.as_bytes()))
+            .collect()
+    };
+    assert_eq!(got(B, a), expect("a"), "A -> B exactly once, in order");
+    assert_eq!(got(A, b), expect("b"), "B -> A exactly once, in order");
+    let after = baseline(cluster, A, B).await;
+    assert_eq!(&after, base, "same session, no handshake");
+}
+
+/// Every scenario runs on these paths.
+fn paths() -> Vec<(&'static str, LinkConditions)> {
+    vec![
+        ("40ms", path(40, 0.0)),
+        ("40ms 5% loss", path(40, 0.05)),
+        ("200ms", path(200, 0.0)),
+        ("200ms 5% loss", path(200, 0.05)),
+    ]
+}
+
+#[test]
+fn single_side_move_on_a_direct_path() {
+    let mut timeline = String::new();
+    for (seed, (name, conditions)) in paths().into_iter().enumerate() {
+        let text = run_simulation(|| async move {
+            let (mut cluster, base) = established(10 + seed as u64, conditions).await;
+            let since = cluster.elapsed();
+            cluster.change_address(A).await.unwrap();
+            send_both_ways(&cluster, "move", 10).await;
+            assert_recovered(&mut cluster, "move", 10, &base, Duration::from_secs(20)).await;
+            let status = cluster.peer_status(B, A).await.unwrap();
+            assert_eq!(status.path, Some(PathKind::Direct));
+            assert_eq!(
+                status.remote.map(|r| r.ip()),
+                Some(cluster.devices[A].ip),
+                "B reaches A at its new address"
+            );
+            cluster.timeline(&[A, B], since)
+        });
+        if name == "40ms" {
+            timeline = text;
+        }
+    }
+    insta::assert_snapshot!(timeline);
+}
+
+#[test]
+fn direct_path_blocked_after_the_move_uses_the_relay() {
+    let mut timeline = String::new();
+    for (seed, (name, conditions)) in paths().into_iter().enumerate() {
+        let text = run_simulation(|| async move {
+            let (mut cluster, base) = established(20 + seed as u64, conditions).await;
+            let since = cluster.elapsed();
+            cluster.block_direct(A, B);
+            cluster.change_address(A).await.unwrap();
+            send_both_ways(&cluster, "relay", 10).await;
+            assert_recovered(&mut cluster, "relay", 10, &base, Duration::from_secs(25)).await;
+            let status = cluster.peer_status(A, B).await.unwrap();
+            assert_eq!(status.path, Some(PathKind::Relay));
+            cluster.timeline(&[A, B], since)
+        });
+        if name == "40ms" {
+            timeline = text;
+        }
+    }
+    insta::assert_snapshot!(timeline);
+}
+
+#[test]
+fn both_sides_move_at_once_and_find_each_other() {
+    let mut timeline = String::new();
+    for (seed, (name, conditions)) in paths().into_iter().enumerate() {
+        let text = run_simulation(|| async move {
+            let (mut cluster, base) = established(30 + seed as u64, conditions).await;
+            let since = cluster.elapsed();
+            cluster.change_address(A).await.unwrap();
+            cluster.change_address(B).await.unwrap();
+            send_both_ways(&cluster, "both", 10).await;
+            assert_recovered(&mut cluster, "both", 10, &base, Duration::from_secs(25)).await;
+            // The relay may carry the session first; the direct path takes over.
+            let mut path = None;
+            for _ in 0..20 {
+                path = cluster.peer_status(A, B).await.unwrap().path;
+                if path == Some(PathKind::Direct) {
+                    break;
+                }
+                cluster.run_for(Duration::from_millis(500)).await;
+            }
+            assert_eq!(path, Some(PathKind::Direct));
+            assert_eq!(baseline(&cluster, A, B).await, base);
+            cluster.timeline(&[A, B], since)
+        });
+        if name == "40ms" {
+            timeline = text;
+        }
+    }
+    insta::assert_snapshot!(timeline);
+}
+
+#[test]
+fn window_expiry_evicts_then_recovers_without_losing_messages() {
+    let mut timeline = String::new();
+    for (seed, (name, conditions)) in paths().into_iter().enumerate() {
+        let text = run_simulation(|| async move {
+            let presence = PresenceConfig {
+                migration_window: Duration::from_secs(8),
+                ..PresenceConfig::default()
+            };
+            let (mut cluster, base) = established_with(
+                ClusterBuilder::new(40 + seed as u64, 2)
+                    .pair(A, B)
+                    .conditions(conditions)
+                    .presence(presence),
+            )
+            .await;
+            let since = cluster.elapsed();
+            // A moves into a network that reaches neither B nor the relay.
+            cluster.partition(A, B);
+            cluster.partition_relay(A);
+            cluster.change_address(A).await.unwrap();
+            send_both_ways(&cluster, "evict", 10).await;
+            let evicted = cluster
+                .run_until(Duration::from_secs(30), |c| {
+                    c.devices[A].log.iter().any(|(at, e)| {
+                        *at >= since
+                            && matches!(
+                                e,
+                                tether_harness::NodeEvent::Status {
+                                    to: SessionStatus::Evicted,
+                                    ..
+                                }
+                            )
+                    })
+                })
+                .await;
+            assert!(evicted, "{}", cluster.timeline(&[A, B], since));
+            cluster.net.heal_all();
+            let (a, b) = (cluster.id(A), cluster.id(B));
+            let done = cluster
+                .run_until(Duration::from_secs(40), |c| {
+                    c.both_ready(A, B)
+                        && c.devices[B].delivered_from(a).len() >= 10
+                        && c.devices[A].delivered_from(b).len() >= 10
+                })
+                .await;
+            assert!(done, "{}", cluster.timeline(&[A, B], since));
+            cluster.run_for(Duration::from_secs(2)).await;
+            let expect = |side: &str| -> Vec<Vec<u8>> {
+                (0..10)
+                    .map(|i| format!("evict {side}{i}").into_bytes())
+                    .collect()
+            };
+            assert_eq!(cluster.devices[B].delivered_from(a), expect("a"));
+            assert_eq!(cluster.devices[A].delivered_from(b), expect("b"));
+            let after = baseline(&cluster, A, B).await;
+            assert!(after.epoch > base.epoch, "recovery is a new epoch");
+            assert_ne!(after.peer_secret, base.peer_secret, "with a new PeerSecret");
+            cluster.timeline(&[A, B], since)
+        });
+        if name == "40ms" {
+            timeline = text;
+        }
+    }
+    insta::assert_snapshot!(timeline);
+}
+
+#[test]
+fn the_accepting_side_moves() {
+    run_simulation(|| async {
+        // Only A knows B's address at first: A dials, B accepts. Then B moves.
+        let (mut cluster, base) = established_with(
+            ClusterBuilder::new(50, 2)
+                .pair(A, B)
+                .conditions(path(40, 0.0))
+                .stale_address_of(B, A),
+        )
+        .await;
+        let status = cluster.peer_status(B, A).await.unwrap();
+        assert_eq!(status.path, Some(PathKind::Direct));
+        cluster.change_address(B).await.unwrap();
+        send_both_ways(&cluster, "acceptor", 10).await;
+        assert_recovered(&mut cluster, "acceptor", 10, &base, Duration::from_secs(20)).await;
+    });
+}
+
+#[test]
+fn a_second_change_during_the_migration_and_back_to_the_old_network() {
+    run_simulation(|| async {
+        let (mut cluster, base) = established(60, path(40, 0.0)).await;
+        cluster.change_address(A).await.unwrap();
+        cluster.run_for(Duration::from_millis(30)).await;
+        // Flapping WiFi: another change before the first migration completed.
+        cluster.change_address(A).await.unwrap();
+        send_both_ways(&cluster, "flap", 5).await;
+        assert_recovered(&mut cluster, "flap", 5, &base, Duration::from_secs(20)).await;
+        // And back to the first network.
+        cluster.change_address_to(A, 0).await.unwrap();
+        send_both_ways(&cluster, "back", 5).await;
+        assert_recovered(&mut cluster, "back", 5, &base, Duration::from_secs(20)).await;
+    });
+}
+
+#[test]
+fn the_receiving_side_moves_while_the_mover_is_still_reconnecting() {
+    run_simulation(|| async {
+        let (mut cluster, base) = established(70, path(200, 0.0)).await;
+        cluster.change_address(A).await.unwrap();
+        // Before A's ping can arrive (100 ms one way), B moves too.
+        cluster.run_for(Duration::from_millis(50)).await;
+        assert_eq!(
+            cluster.status(A, B),
+            Some(SessionStatus::ReconnectingOutbound)
+        );
+        cluster.change_address(B).await.unwrap();
+        send_both_ways(&cluster, "crossed", 10).await;
+        assert_recovered(&mut cluster, "crossed", 10, &base, Duration::from_secs(25)).await;
+    });
+}
+
+#[test]
+fn a_device_with_fifty_peers_moves_and_every_session_recovers() {
+    run_simulation(|| async {
+        const PEERS: usize = 50;
+        let mut builder = ClusterBuilder::new(80, PEERS + 1).conditions(path(40, 0.0));
+        for peer in 1..=PEERS {
+            builder = builder.pair(0, peer);
+        }
+        let mut cluster = builder.start().await;
+        let all_ready = |c: &SimCluster| {
+            (1..=PEERS).all(|p| {
+                c.status(0, p) == Some(SessionStatus::Ready)
+                    && c.status(p, 0) == Some(SessionStatus::Ready)
+            })
+        };
+        assert!(cluster.run_until(Duration::from_secs(60), all_ready).await);
+        cluster.run_for(Duration::from_secs(3)).await;
+        let mut before = Vec::new();
+        for p in 1..=PEERS {
+            before.push(baseline(&cluster, 0, p).await);
+        }
+        let since = cluster.elapsed();
+        cluster.change_address(0).await.unwrap();
+        cluster.run_for(Duration::from_millis(100)).await;
+        assert!(
+            cluster.run_until(Duration::from_secs(30), all_ready).await,
+            "{}",
+            cluster.timeline(&[0], since)
+        );
+        cluster.run_for(Duration::from_secs(2)).await;
+        for p in 1..=PEERS {
+            assert_eq!(baseline(&cluster, 0, p).await, before[p - 1], "peer {p}");
+        }
+    });
+}
