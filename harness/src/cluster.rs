@@ -64,6 +64,7 @@ pub struct ClusterBuilder {
     blocked: Vec<(usize, usize)>,
     stale: Vec<(usize, usize)>,
     stale_one_way: Vec<(usize, usize)>,
+    one_way: Vec<(usize, usize)>,
     conditions: LinkConditions,
     presence: PresenceConfig,
     limits: DcLimits,
@@ -79,6 +80,7 @@ impl ClusterBuilder {
             blocked: Vec::new(),
             stale: Vec::new(),
             stale_one_way: Vec::new(),
+            one_way: Vec::new(),
             conditions: LinkConditions::default(),
             presence: PresenceConfig::default(),
             limits: DcLimits::default(),
@@ -107,6 +109,13 @@ impl ClusterBuilder {
     /// Gives `holder` a stale address for `of` (so `of` must dial `holder` first).
     pub fn stale_address_of(mut self, holder: usize, of: usize) -> Self {
         self.stale_one_way.push((holder, of));
+        self
+    }
+
+    /// `holder` believes it is paired with `of` (it has `of`'s key and a relationship
+    /// key), but `of` does not know `holder`: an unknown device knocking.
+    pub fn one_way(mut self, holder: usize, of: usize) -> Self {
+        self.one_way.push((holder, of));
         self
     }
 
@@ -178,6 +187,13 @@ impl ClusterBuilder {
                 public: *keys[a].public(),
                 rk,
                 addrs: configured(b, a),
+            });
+        }
+        for &(holder, of) in &self.one_way {
+            peers[holder].push(NodePeer {
+                public: *keys[of].public(),
+                rk: RelationshipKey::generate(&mut rng),
+                addrs: vec![SocketAddr::new(ips[of], DEVICE_PORT)],
             });
         }
         let t0 = tokio::time::Instant::now();
@@ -321,7 +337,12 @@ impl SimCluster {
     }
 
     async fn start_node(&mut self, i: usize) {
+        let wall_ms = SIM_UNIX_MS.saturating_add(
+            u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
+        );
         let device = &mut self.devices[i];
+        // The wall clock goes on across a restart (handshake timestamps must grow).
+        device.config.unix_ms_at_start = wall_ms;
         let addr = SocketAddr::new(device.ip, DEVICE_PORT);
         let transport = TransportConfig::seeded(self.seed.wrapping_add(i as u64 * 7919));
         let endpoint = Endpoint::bind_sim(&self.net, device.host, addr, transport)

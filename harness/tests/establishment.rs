@@ -250,3 +250,60 @@ fn eviction_then_recovery_keeps_every_message() {
     });
     insta::assert_snapshot!(timeline);
 }
+
+#[test]
+fn a_crashed_and_restarted_device_resynchronises_without_loss() {
+    run_simulation(|| async {
+        let presence = PresenceConfig {
+            migration_window: Duration::from_secs(8),
+            ..PresenceConfig::default()
+        };
+        let mut cluster = ClusterBuilder::new(6, 2)
+            .pair(A, B)
+            .conditions(wan())
+            .presence(presence)
+            .start()
+            .await;
+        ready(&mut cluster, Duration::from_secs(10)).await;
+        exchange(&mut cluster, "before", 10).await;
+        let (epoch_before, _) = assert_same_session(&cluster).await;
+        cluster.crash(B);
+        let b = cluster.id(B);
+        for i in 0..5 {
+            cluster
+                .node(A)
+                .send(b, format!("while down {i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        cluster.run_for(Duration::from_secs(2)).await;
+        cluster.restart(B).await;
+        // B starts from nothing; A evicts the dead session and recovers it.
+        let while_down_count = |c: &SimCluster| {
+            c.devices[B]
+                .delivered_from(c.id(A))
+                .iter()
+                .filter(|m| m.starts_with(b"while down"))
+                .count()
+        };
+        let recovered = cluster
+            .run_until(Duration::from_secs(60), |c| {
+                c.both_ready(A, B) && while_down_count(c) >= 5
+            })
+            .await;
+        assert!(recovered, "{}", cluster.timeline(&[A, B], Duration::ZERO));
+        let (epoch_after, _) = assert_same_session(&cluster).await;
+        assert!(epoch_after > epoch_before || epoch_after == 1);
+        let a = cluster.id(A);
+        let while_down: Vec<Vec<u8>> = cluster.devices[B]
+            .delivered_from(a)
+            .into_iter()
+            .filter(|m| m.starts_with(b"while down"))
+            .collect();
+        let expect: Vec<Vec<u8>> = (0..5)
+            .map(|i| format!("while down {i}").into_bytes())
+            .collect();
+        assert_eq!(while_down, expect, "queued while B was down: once, in order");
+        exchange(&mut cluster, "after", 10).await;
+    });
+}

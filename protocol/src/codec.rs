@@ -2,8 +2,9 @@
 //!
 //! Layout: one version byte ([`WIRE_VERSION`]) followed by the MessagePack body written
 //! by rmp-serde in its *compact* form: structs as arrays (no field names), byte strings and
-//! fixed byte arrays as MessagePack `bin`, enum variants as a one-entry map keyed by the
-//! variant's name (rmp-serde's only enum form). Compact was chosen over named (maps with
+//! Tether's fixed byte arrays (keys, tags, challenges) as MessagePack `bin`, socket
+//! addresses as serde's arrays of octets, enum variants by name (a one-entry map, or a
+//! bare string for a variant without data: rmp-serde's only enum forms). Compact was chosen over named (maps with
 //! field names) because every sealed frame, ping and relay envelope would otherwise pay
 //! for its field names on every packet, and both ends are Tether: the
 //! schema lives in this crate, the version byte guards changes, and the insta snapshots

@@ -21,7 +21,7 @@
 //! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
 //! | [`RelayForward`] | DirectConnection → Rcs | relay path |
 //! | [`RelayDelivered`] | Rcs → DirectConnection | migration 2, relay fallback |
-//! | [`RelayStatus`] | Rcs → DirectConnection, Presence | relay path |
+//! | [`RelayStatus`] | Rcs → DirectConnection | relay path |
 //! | [`RelayPoll`] | Presence → Rcs | heartbeat fallback |
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
 //! | [`PeerEndpointHint`] | Pms → Presence | migration 2 |
@@ -139,8 +139,9 @@ pub struct PathLost {
     pub reason: String,
 }
 
-/// The peer dropped our session: it sent a Reset, or it completed a fresh handshake
-/// (it restarted or evicted us). Presence evicts and recovers.
+/// The peer dropped our session (it sent a Reset frame). Presence evicts and recovers.
+/// A peer that restarted or evicted us shows up instead as a [`SessionReady`] after a
+/// handshake with a newer epoch, which Presence treats the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct PeerReset {

@@ -54,7 +54,8 @@ pub struct HandshakeMessage {
 /// on any path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedFrame {
-    /// The session the frame belongs to (routing only; it is also authenticated inside).
+    /// The session the frame belongs to. Routing only: it selects the keys, so a frame
+    /// with a wrong session (or key id) simply fails to open.
     pub session: SessionId,
     /// Which key generation sealed it (derived from the handshake hash).
     pub key_id: u32,
@@ -105,20 +106,27 @@ pub enum SessionFrame {
     /// Proof-of-address challenge to a new path before the session moves there.
     PathChallenge {
         /// Random bytes to echo.
+        #[serde(with = "serde_bytes")]
         data: [u8; PATH_CHALLENGE_LEN],
     },
     /// Echo of a path challenge, sent on the path being validated.
     PathResponse {
         /// The challenge's bytes.
+        #[serde(with = "serde_bytes")]
         data: [u8; PATH_CHALLENGE_LEN],
     },
-    /// Marks the switch point of a channel to a new path: everything below `next_seq` was
-    /// sent on the old path; the receiver dedupes across both.
+    /// Sent on a path the channel just moved to (or after a new epoch): where the
+    /// sender stands, so the receiver acknowledges exactly what it has, and so a side
+    /// that lost its state (a restarted device) resynchronises instead of waiting or
+    /// dropping.
     Migrate {
         /// The logical channel.
         channel: ChannelId,
-        /// First sequence number sent on the new path.
+        /// The next sequence number the sender will assign.
         next_seq: u64,
+        /// The oldest sequence number the sender still holds unacknowledged (everything
+        /// below it was acknowledged by the receiver, possibly before a restart).
+        first_unacked: u64,
     },
     /// The sender dropped the session (or a channel); the receiver stops using it.
     Reset {

@@ -199,6 +199,7 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
             SessionFrame::Migrate {
                 channel: ChannelId(1),
                 next_seq: 6,
+                first_unacked: 4,
             },
         ),
         (
@@ -491,10 +492,13 @@ fn arb_session_frame() -> impl Strategy<Value = SessionFrame> {
             )),
         any::<[u8; 16]>().prop_map(|data| SessionFrame::PathChallenge { data }),
         any::<[u8; 16]>().prop_map(|data| SessionFrame::PathResponse { data }),
-        (any::<u32>(), any::<u64>()).prop_map(|(channel, next_seq)| SessionFrame::Migrate {
-            channel: ChannelId(channel),
-            next_seq
-        }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+            |(channel, next_seq, first_unacked)| SessionFrame::Migrate {
+                channel: ChannelId(channel),
+                next_seq,
+                first_unacked,
+            }
+        ),
         arb_reset().prop_map(|reason| SessionFrame::Reset { reason }),
     ]
 }

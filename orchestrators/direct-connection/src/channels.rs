@@ -31,6 +31,9 @@ pub struct Outbound {
     /// The peer lets us send sequence numbers below this.
     send_limit: u64,
     unacked: VecDeque<Unacked>,
+    /// The receiver has not been told where this channel stands yet (it is new here,
+    /// perhaps after a restart): a Migrate marker goes before its first data.
+    unannounced: bool,
 }
 
 impl Outbound {
@@ -38,8 +41,14 @@ impl Outbound {
     pub fn new(credit: u64) -> Self {
         Self {
             send_limit: credit,
+            unannounced: true,
             ..Self::default()
         }
+    }
+
+    /// True once, for a new channel: the caller sends a Migrate marker before its data.
+    pub fn take_announcement(&mut self) -> bool {
+        std::mem::take(&mut self.unannounced)
     }
 
     /// Queues a message; returns its sequence number.
@@ -62,6 +71,11 @@ impl Outbound {
     /// The next sequence number to be assigned.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The oldest sequence number not yet acknowledged (all below it were).
+    pub fn first_unacked(&self) -> u64 {
+        self.acked_below
     }
 
     /// Applies a cumulative acknowledgement; returns how many messages it released.
@@ -169,6 +183,24 @@ impl Inbound {
     pub fn next_expected(&self) -> u64 {
         self.next_expected
     }
+
+    /// Applies the sender's position from a Migrate marker. Returns true when it shows
+    /// that one side lost its state, and the channel was resynchronised:
+    /// - the sender holds nothing below `first_unacked` although we expect less: we
+    ///   restarted (what we lack was delivered before); skip ahead to it;
+    /// - the sender will assign less than we already delivered: it restarted and counts
+    ///   from its new start; follow it.
+    ///
+    /// Otherwise (the normal case) nothing changes.
+    pub fn resync(&mut self, next_seq: u64, first_unacked: u64) -> bool {
+        if first_unacked > self.next_expected || next_seq < self.next_expected {
+            self.next_expected = first_unacked;
+            self.early.clear();
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +254,25 @@ mod tests {
         assert_eq!(out.ack(1, CREDIT), 1);
         assert_eq!(out.ack(0, CREDIT), 0);
         assert_eq!(out.queued(), 1);
+    }
+
+    #[test]
+    fn resync_follows_a_side_that_lost_its_state() {
+        // Normal marker: nothing changes.
+        let mut inbound = Inbound::default();
+        inbound.receive(0, vec![0], CREDIT);
+        assert!(!inbound.resync(1, 1));
+        assert_eq!(inbound.next_expected(), 1);
+        // The sender restarted: it counts from 0 again.
+        assert!(inbound.resync(0, 0));
+        assert_eq!(
+            inbound.receive(0, vec![7], CREDIT),
+            Received::Deliver(vec![(0, vec![7])])
+        );
+        // We restarted: the sender's oldest unacknowledged message is 57.
+        let mut fresh = Inbound::default();
+        assert!(fresh.resync(60, 57));
+        assert_eq!(fresh.next_expected(), 57);
     }
 
     #[test]

@@ -677,6 +677,13 @@ impl DirectConnection {
         let resend_all = std::mem::take(&mut peer.resend_all);
         let mut frames = Vec::new();
         for (channel, outbound) in peer.outbound.iter_mut() {
+            if outbound.take_announcement() {
+                frames.push(SessionFrame::Migrate {
+                    channel: *channel,
+                    next_seq: outbound.next_seq(),
+                    first_unacked: outbound.first_unacked(),
+                });
+            }
             for (seq, payload) in outbound.due(now, rto, resend_all) {
                 frames.push(SessionFrame::Data {
                     channel: *channel,
@@ -843,17 +850,6 @@ impl DirectConnection {
         let migration = peer.migration.take();
         let report = Reported { epoch, via };
         let must_report = connect.is_some() || migration.is_some() || peer.reported != Some(report);
-        let markers: Vec<SessionFrame> = if changed {
-            peer.outbound
-                .iter()
-                .map(|(channel, outbound)| SessionFrame::Migrate {
-                    channel: *channel,
-                    next_seq: outbound.next_seq(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         if must_report {
             peer.reported = Some(report);
             self.outputs.push_back(Output::SessionReady(SessionReady {
@@ -869,10 +865,29 @@ impl DirectConnection {
                 after_handshake: false,
             }));
         }
+        if changed {
+            self.send_markers(now, device, via);
+        }
+        self.pump(now, device);
+    }
+
+    /// One Migrate marker per outbound channel on `via`: where we stand.
+    fn send_markers(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        let markers: Vec<SessionFrame> = peer
+            .outbound
+            .iter()
+            .map(|(channel, outbound)| SessionFrame::Migrate {
+                channel: *channel,
+                next_seq: outbound.next_seq(),
+                first_unacked: outbound.first_unacked(),
+            })
+            .collect();
         for marker in markers {
             self.send_frame(now, device, via, &marker);
         }
-        self.pump(now, device);
     }
 
     /// Drops the path after its link went down; tells Presence when it was the bound one.
@@ -1212,6 +1227,10 @@ impl DirectConnection {
         peer.resend_all = true;
         peer.reported = Some(Reported { epoch, via });
         peer.heartbeat.next_at = Some(now + self.limits.heartbeat_interval);
+        // Migration ping counters belong to an epoch (the tag binds it).
+        peer.ping_counter_sent = 0;
+        peer.highest_ping_received = 0;
+        peer.probe_at = (via == Via::Relay).then_some(now);
         self.outputs.push_back(Output::SessionReady(SessionReady {
             request,
             peer: device,
@@ -1230,6 +1249,8 @@ impl DirectConnection {
             p.heartbeat.next_id
         });
         self.send_frame(now, device, via, &SessionFrame::Ping { id });
+        // A new epoch may follow a restart of either side: line the channels up.
+        self.send_markers(now, device, via);
         self.pump(now, device);
     }
 

@@ -52,9 +52,23 @@ impl DirectConnection {
                 self.send_frame(now, device, via, &SessionFrame::PathResponse { data });
             }
             SessionFrame::PathResponse { data } => self.path_response(now, device, via, data),
-            SessionFrame::Migrate { channel, .. } => {
-                // The sender switched paths: tell it exactly where we are, so it resends
-                // only what we lack.
+            SessionFrame::Migrate {
+                channel,
+                next_seq,
+                first_unacked,
+            } => {
+                // The sender switched paths (or epochs): line our position up with its
+                // own, then tell it exactly where we are.
+                if let Some(peer) = self.peers.get_mut(&device) {
+                    let resynced = peer
+                        .inbound
+                        .entry(channel)
+                        .or_default()
+                        .resync(next_seq, first_unacked);
+                    if resynced {
+                        peer.counters.resyncs += 1;
+                    }
+                }
                 self.send_ack(now, device, via, channel);
             }
             SessionFrame::Reset { .. } => {

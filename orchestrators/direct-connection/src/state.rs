@@ -17,10 +17,11 @@ pub enum Via {
     Relay,
 }
 
-/// Proof that the caller is on the establishment path (PresenceConnect without
-/// `transport_only`, or a recovery). Only [`crate::DirectConnection`]'s establishment
-/// entry point creates one, and the only function that starts a handshake takes it:
-/// the transport-only reconnect of a migration holds none, so it cannot handshake.
+/// Proof that a connect is on the establishment path (PresenceConnect without
+/// `transport_only`, or a recovery). Only the PresenceConnect handler creates one, and
+/// only for an establishment connect; the only function that starts a handshake does
+/// nothing unless the connect holds it. A transport-only reconnect, and everything a
+/// migration does, hold none, so they cannot handshake.
 #[derive(Debug)]
 pub struct EstablishmentPermit(pub(crate) ());
 
@@ -92,6 +93,8 @@ pub struct PeerCounters {
     pub delivered: u64,
     /// Data frames received again (dropped).
     pub duplicates: u64,
+    /// Channels resynchronised because one side had lost its state (a restart).
+    pub resyncs: u64,
 }
 
 /// Everything the core holds for one paired peer.

@@ -185,6 +185,9 @@ struct Peer {
     announced: Vec<SocketAddr>,
     /// The path the session was last reported Ready on.
     path: Option<PathKind>,
+    /// Endpoints a direct path was last tried at while the session ran over the relay
+    /// (so each announcement is tried once, not on every report).
+    direct_tried: Vec<SocketAddr>,
 }
 
 /// The Presence core. See the crate docs for its messages and states.
@@ -509,7 +512,25 @@ impl Presence {
         if status == Some(SessionStatus::Connecting) && ready.after_handshake {
             self.set_status(ready.peer, SessionStatus::Handshaking);
         }
+        if status == Some(SessionStatus::Evicted) {
+            // The peer's recovery handshake completed before ours started.
+            self.set_status(ready.peer, SessionStatus::Recovering);
+        }
         self.set_status(ready.peer, SessionStatus::Ready);
+        let untried = self
+            .peers
+            .get_mut(&ready.peer)
+            .filter(|p| p.announced != p.direct_tried)
+            .map(|p| {
+                p.direct_tried = p.announced.clone();
+                p.announced.clone()
+            })
+            .unwrap_or_default();
+        if ready.path == PathKind::Relay && !untried.is_empty() {
+            // Ready over the relay while the peer's direct endpoints are known: try them
+            // (a transport-only reconnect: no handshake).
+            self.request_blueprint(ready.peer, Purpose::TransportOnly, untried);
+        }
         if let Some(migration) = migration {
             self.outputs
                 .push_back(Output::MigrationCompleted(MigrationCompleted {
@@ -735,18 +756,11 @@ impl Presence {
             }
             Some(SessionStatus::Ready) if peer.path == Some(PathKind::Relay) => {
                 // Running over the relay: try the hinted direct path (no handshake).
+                peer.direct_tried = hint.endpoints.clone();
                 self.request_blueprint(hint.peer, Purpose::TransportOnly, hint.endpoints);
             }
-            Some(
-                SessionStatus::Connecting | SessionStatus::Handshaking | SessionStatus::Recovering,
-            ) => {
-                // Not established yet: try where the peer says it is, now.
-                if let Some(peer) = self.peers.get_mut(&hint.peer) {
-                    peer.connecting = true;
-                    peer.scheduled = None;
-                }
-                self.request_blueprint(hint.peer, Purpose::Connect, hint.endpoints);
-            }
+            // Otherwise (connecting) the next attempt's blueprint has the hint first; an
+            // attempt in flight is not interrupted (it may already be answering).
             _ => {}
         }
     }
