@@ -337,9 +337,8 @@ impl SimCluster {
     }
 
     async fn start_node(&mut self, i: usize) {
-        let wall_ms = SIM_UNIX_MS.saturating_add(
-            u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX),
-        );
+        let wall_ms = SIM_UNIX_MS
+            .saturating_add(u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX));
         let device = &mut self.devices[i];
         // The wall clock goes on across a restart (handshake timestamps must grow).
         device.config.unix_ms_at_start = wall_ms;

@@ -45,7 +45,11 @@ fn an_unknown_device_is_refused_counted_and_disturbs_nothing() {
         assert_eq!(after.handshakes, before.handshakes);
         // And the pair still talks.
         let b = cluster.id(B);
-        cluster.node(A).send(b, b"still here".to_vec()).await.unwrap();
+        cluster
+            .node(A)
+            .send(b, b"still here".to_vec())
+            .await
+            .unwrap();
         let a = cluster.id(A);
         assert!(
             cluster

@@ -37,7 +37,11 @@ async fn show(cluster: &SimCluster, title: &str) -> (u64, String) {
 async fn exchange(cluster: &mut SimCluster, tag: &str, count: usize) {
     let (a, b) = (cluster.id(A), cluster.id(B));
     for i in 0..count {
-        cluster.node(A).send(b, format!("{tag} #{i}").into_bytes()).await.unwrap();
+        cluster
+            .node(A)
+            .send(b, format!("{tag} #{i}").into_bytes())
+            .await
+            .unwrap();
     }
     let delivered = |c: &SimCluster| {
         c.devices[B]
@@ -52,7 +56,9 @@ async fn exchange(cluster: &mut SimCluster, tag: &str, count: usize) {
             .await
     );
     cluster.run_for(Duration::from_secs(1)).await;
-    let expect: Vec<Vec<u8>> = (0..count).map(|i| format!("{tag} #{i}").into_bytes()).collect();
+    let expect: Vec<Vec<u8>> = (0..count)
+        .map(|i| format!("{tag} #{i}").into_bytes())
+        .collect();
     assert_eq!(delivered(cluster), expect, "exactly once, in order");
     println!("  {count} messages \"{tag} #0..\" delivered exactly once, in order");
 }
@@ -72,7 +78,11 @@ fn walk_through() {
             .await;
 
         println!("\n1. Establish (Noise IKpsk2 handshake keyed by the pair's relationship key)");
-        assert!(cluster.run_until(Duration::from_secs(10), |c| c.both_ready(A, B)).await);
+        assert!(
+            cluster
+                .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
+                .await
+        );
         cluster.run_for(Duration::from_secs(2)).await;
         println!("{}", cluster.timeline(&[A, B], Duration::ZERO));
         let (handshakes, secret) = show(&cluster, "ready").await;
@@ -82,7 +92,11 @@ fn walk_through() {
         let since = cluster.elapsed();
         cluster.change_address(A).await.unwrap();
         exchange(&mut cluster, "during the move", 20).await;
-        assert!(cluster.run_until(Duration::from_secs(10), |c| c.both_ready(A, B)).await);
+        assert!(
+            cluster
+                .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
+                .await
+        );
         println!("{}", cluster.timeline(&[A, B], since));
         assert_eq!(show(&cluster, "after").await, (handshakes, secret.clone()));
 
@@ -91,7 +105,11 @@ fn walk_through() {
         cluster.change_address(A).await.unwrap();
         cluster.change_address(B).await.unwrap();
         exchange(&mut cluster, "both moved", 20).await;
-        assert!(cluster.run_until(Duration::from_secs(10), |c| c.both_ready(A, B)).await);
+        assert!(
+            cluster
+                .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
+                .await
+        );
         println!("{}", cluster.timeline(&[A, B], since));
         assert_eq!(show(&cluster, "after").await, (handshakes, secret));
         println!("\nSame session key, same PeerSecret, zero handshakes across both migrations.");

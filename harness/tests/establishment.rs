@@ -303,7 +303,10 @@ fn a_crashed_and_restarted_device_resynchronises_without_loss() {
         let expect: Vec<Vec<u8>> = (0..5)
             .map(|i| format!("while down {i}").into_bytes())
             .collect();
-        assert_eq!(while_down, expect, "queued while B was down: once, in order");
+        assert_eq!(
+            while_down, expect,
+            "queued while B was down: once, in order"
+        );
         exchange(&mut cluster, "after", 10).await;
     });
 }

@@ -549,7 +549,6 @@ impl DirectConnection {
         let links: Vec<LinkId> = self.links_of(device);
         for link in links {
             self.send_frame(
-                now,
                 device,
                 Via::Link(link),
                 &SessionFrame::MigrationPing(ping.clone()),
@@ -693,7 +692,7 @@ impl DirectConnection {
             }
         }
         for frame in frames {
-            self.send_frame(now, device, via, &frame);
+            self.send_frame(device, via, &frame);
         }
     }
 
@@ -730,7 +729,7 @@ impl DirectConnection {
                 rtt_ms,
             }));
         }
-        self.send_frame(now, device, via, &SessionFrame::Ping { id });
+        self.send_frame(device, via, &SessionFrame::Ping { id });
     }
 
     /// While the session runs over the relay, dial the peer's direct addresses now and
@@ -796,7 +795,6 @@ impl DirectConnection {
         };
         let challenge = peer.challenger.issue(&via, now_ms, &mut self.rng);
         self.send_frame(
-            now,
             device,
             via,
             &SessionFrame::PathChallenge { data: challenge.0 },
@@ -866,13 +864,13 @@ impl DirectConnection {
             }));
         }
         if changed {
-            self.send_markers(now, device, via);
+            self.send_markers(device, via);
         }
         self.pump(now, device);
     }
 
     /// One Migrate marker per outbound channel on `via`: where we stand.
-    fn send_markers(&mut self, now: Instant, device: DeviceId, via: Via) {
+    fn send_markers(&mut self, device: DeviceId, via: Via) {
         let Some(peer) = self.peers.get(&device) else {
             return;
         };
@@ -886,7 +884,7 @@ impl DirectConnection {
             })
             .collect();
         for marker in markers {
-            self.send_frame(now, device, via, &marker);
+            self.send_frame(device, via, &marker);
         }
     }
 
@@ -952,7 +950,6 @@ impl DirectConnection {
                             .map(|m| m.ping.clone());
                         if let Some(ping) = ping {
                             self.send_frame(
-                                now,
                                 device,
                                 Via::Link(link),
                                 &SessionFrame::MigrationPing(ping),
@@ -1004,11 +1001,9 @@ impl DirectConnection {
                 }
             }
             TransportEvent::FrameReceived { link, frame } => {
-                let Some(state) = self.links.get_mut(&link) else {
-                    return;
-                };
-                state.bytes_in = state.bytes_in.saturating_add(frame.len() as u64);
-                self.wire_bytes(now, Via::Link(link), None, &frame);
+                if self.links.contains_key(&link) {
+                    self.wire_bytes(now, Via::Link(link), None, &frame);
+                }
             }
         }
     }
@@ -1022,15 +1017,30 @@ impl DirectConnection {
                 return;
             }
         };
+        let wire_len = bytes.len() as u64;
         match frame {
-            WireFrame::HandshakeInit(message) => self.handshake_init(now, via, relay_from, message),
+            WireFrame::HandshakeInit(message) => {
+                self.handshake_init(via, relay_from, message, wire_len);
+            }
             WireFrame::HandshakeResponse(message) => {
                 self.handshake_response(now, via, relay_from, message)
             }
-            WireFrame::Sealed(sealed) => self.sealed(now, via, relay_from, sealed),
+            WireFrame::Sealed(sealed) => {
+                self.sealed(now, via, relay_from, sealed, wire_len);
+            }
             // Server protocols belong to Rcs and Pms.
             WireFrame::Relay(_) | WireFrame::Rendezvous(_) => {
                 self.counters.malformed_frames += 1;
+            }
+        }
+    }
+
+    /// Bytes that authenticated on a link count towards its anti-amplification budget
+    /// (only those: forged input must not buy a spoofed address more traffic).
+    fn credit_link(&mut self, via: Via, len: u64) {
+        if let Via::Link(link) = via {
+            if let Some(state) = self.links.get_mut(&link) {
+                state.bytes_in = state.bytes_in.saturating_add(len);
             }
         }
     }
@@ -1053,10 +1063,10 @@ impl DirectConnection {
 
     fn handshake_init(
         &mut self,
-        now: Instant,
         via: Via,
         relay_from: Option<DeviceId>,
         message: HandshakeMessage,
+        wire_len: u64,
     ) {
         let peers = &self.peers;
         let responded = Handshake::respond(
@@ -1106,6 +1116,7 @@ impl DirectConnection {
         };
         peer.handshakes += 1;
         let session = peer.session;
+        self.credit_link(via, wire_len);
         if let Via::Link(link) = via {
             if let Some(state) = self.links.get_mut(&link) {
                 // The initiator proved its static key and the relationship key, fresh.
@@ -1113,7 +1124,6 @@ impl DirectConnection {
                 state.validated = true;
             }
         }
-        let _ = now;
         self.deliver_wire(
             device,
             via,
@@ -1155,10 +1165,17 @@ impl DirectConnection {
         peer.heartbeat.next_id += 1;
         let id = peer.heartbeat.next_id;
         peer.heartbeat.outstanding = Some((id, now));
-        self.send_frame(now, device, via, &SessionFrame::Ping { id });
+        self.send_frame(device, via, &SessionFrame::Ping { id });
     }
 
-    fn sealed(&mut self, now: Instant, via: Via, relay_from: Option<DeviceId>, frame: SealedFrame) {
+    fn sealed(
+        &mut self,
+        now: Instant,
+        via: Via,
+        relay_from: Option<DeviceId>,
+        frame: SealedFrame,
+        wire_len: u64,
+    ) {
         let Some(&device) = self.by_session.get(&frame.session) else {
             self.counters.unknown_session += 1;
             return;
@@ -1183,6 +1200,8 @@ impl DirectConnection {
                 return;
             }
         };
+        // Authentic: these bytes count towards the link's anti-amplification budget.
+        self.credit_link(via, wire_len);
         let session_frame = match tether_protocol::decode_session(&opened.plaintext) {
             Ok(session_frame) => session_frame,
             Err(_) => {
@@ -1248,9 +1267,9 @@ impl DirectConnection {
             p.heartbeat.next_id += 1;
             p.heartbeat.next_id
         });
-        self.send_frame(now, device, via, &SessionFrame::Ping { id });
+        self.send_frame(device, via, &SessionFrame::Ping { id });
         // A new epoch may follow a restart of either side: line the channels up.
-        self.send_markers(now, device, via);
+        self.send_markers(device, via);
         self.pump(now, device);
     }
 
@@ -1272,14 +1291,7 @@ impl DirectConnection {
 
     /// Seals and sends a session frame on a path, within the anti-amplification budget
     /// of an unvalidated address. Returns whether it left.
-    pub(crate) fn send_frame(
-        &mut self,
-        now: Instant,
-        device: DeviceId,
-        via: Via,
-        frame: &SessionFrame,
-    ) -> bool {
-        let _ = now;
+    pub(crate) fn send_frame(&mut self, device: DeviceId, via: Via, frame: &SessionFrame) -> bool {
         if let Via::Link(link) = via {
             let Some(state) = self.links.get(&link) else {
                 return false;

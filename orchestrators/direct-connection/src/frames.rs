@@ -25,7 +25,7 @@ impl DirectConnection {
                 channel,
                 seq,
                 payload,
-            } => self.data(now, device, via, channel, seq, payload),
+            } => self.data(device, via, channel, seq, payload),
             SessionFrame::Ack {
                 channel,
                 next_expected,
@@ -41,7 +41,7 @@ impl DirectConnection {
                 self.pump(now, device);
             }
             SessionFrame::Ping { id } => {
-                self.send_frame(now, device, via, &SessionFrame::Pong { id });
+                self.send_frame(device, via, &SessionFrame::Pong { id });
             }
             SessionFrame::Pong { id } => self.pong(now, device, via, id),
             SessionFrame::MigrationPing(ping) => {
@@ -49,7 +49,7 @@ impl DirectConnection {
             }
             SessionFrame::MigrationAck(ack) => self.migration_ack(now, device, via, ack),
             SessionFrame::PathChallenge { data } => {
-                self.send_frame(now, device, via, &SessionFrame::PathResponse { data });
+                self.send_frame(device, via, &SessionFrame::PathResponse { data });
             }
             SessionFrame::PathResponse { data } => self.path_response(now, device, via, data),
             SessionFrame::Migrate {
@@ -69,7 +69,7 @@ impl DirectConnection {
                         peer.counters.resyncs += 1;
                     }
                 }
-                self.send_ack(now, device, via, channel);
+                self.send_ack(device, via, channel);
             }
             SessionFrame::Reset { .. } => {
                 self.outputs
@@ -108,15 +108,7 @@ impl DirectConnection {
         }
     }
 
-    fn data(
-        &mut self,
-        now: Instant,
-        device: DeviceId,
-        via: Via,
-        channel: ChannelId,
-        seq: u64,
-        payload: Vec<u8>,
-    ) {
+    fn data(&mut self, device: DeviceId, via: Via, channel: ChannelId, seq: u64, payload: Vec<u8>) {
         let credit = self.limits.credit;
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
@@ -141,10 +133,10 @@ impl DirectConnection {
             Received::Duplicate => peer.counters.duplicates += 1,
             Received::Buffered | Received::BeyondCredit => {}
         }
-        self.send_ack(now, device, via, channel);
+        self.send_ack(device, via, channel);
     }
 
-    fn send_ack(&mut self, now: Instant, device: DeviceId, via: Via, channel: ChannelId) {
+    fn send_ack(&mut self, device: DeviceId, via: Via, channel: ChannelId) {
         let credit = self.limits.credit;
         let next_expected = self
             .peers
@@ -152,7 +144,6 @@ impl DirectConnection {
             .and_then(|p| p.inbound.get(&channel))
             .map_or(0, Inbound::next_expected);
         self.send_frame(
-            now,
             device,
             via,
             &SessionFrame::Ack {
@@ -269,7 +260,7 @@ impl DirectConnection {
         }
         // Every copy is acknowledged on the path it came by, so the mover hears back on
         // whichever of its paths works.
-        self.send_frame(now, device, via, &ack);
+        self.send_frame(device, via, &ack);
         // A ping that came through the relay means the relay works: carry the session
         // there until a direct path validates.
         let unbound = self.peers.get(&device).is_some_and(|p| p.bound.is_none());

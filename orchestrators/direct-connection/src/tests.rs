@@ -735,3 +735,124 @@ fn timers_make_progress_while_the_relay_is_down() {
     assert_eq!(net.handshakes(), (0, 0));
     assert_eq!(net.count(A, |o| matches!(o, Output::ConnectFailed(_))), 1);
 }
+
+#[test]
+fn send_refusals_are_typed_and_queue_nothing() {
+    use tether_protocol::SendError;
+    let mut net = established(13);
+    let peer = net.device(B);
+    let result = |net: &Net| {
+        net.outputs[A].iter().rev().find_map(|o| match o {
+            Output::SendResult(r) => Some(r.result.clone()),
+            _ => None,
+        })
+    };
+    // Unknown peer.
+    net.input(
+        A,
+        Input::Send(SendMessage {
+            request: RequestId(1),
+            peer: DeviceId([9; 32]),
+            channel: ChannelId(1),
+            payload: vec![1],
+        }),
+    );
+    assert_eq!(result(&net), Some(Err(SendError::UnknownPeer)));
+    // Too large.
+    let max = DcLimits::default().max_message_len;
+    net.input(
+        A,
+        Input::Send(SendMessage {
+            request: RequestId(2),
+            peer,
+            channel: ChannelId(1),
+            payload: vec![0; max + 1],
+        }),
+    );
+    assert_eq!(
+        result(&net),
+        Some(Err(SendError::TooLarge { len: max + 1, max }))
+    );
+    // Queue full: cut B off so nothing is acknowledged, then fill the queue.
+    net.direct_blocked = true;
+    net.links.clear();
+    let limit = DcLimits::default().max_queued;
+    for i in 0..limit {
+        net.input(
+            A,
+            Input::Send(SendMessage {
+                request: RequestId(10 + i as u64),
+                peer,
+                channel: ChannelId(1),
+                payload: vec![1],
+            }),
+        );
+        assert!(matches!(result(&net), Some(Ok(_))));
+    }
+    net.input(
+        A,
+        Input::Send(SendMessage {
+            request: RequestId(99_999),
+            peer,
+            channel: ChannelId(1),
+            payload: vec![1],
+        }),
+    );
+    assert_eq!(result(&net), Some(Err(SendError::QueueFull { limit })));
+    assert_eq!(
+        net.snapshot(A).queued,
+        limit,
+        "the refused one was not queued"
+    );
+}
+
+#[test]
+fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
+    // B's bound link moves to A's new address (QUIC migration): until A answers B's
+    // challenge there, B may send at most 3x the authenticated bytes it got from it,
+    // even with a full queue of data waiting.
+    let mut net = established(14);
+    net.run_until(1000);
+    for i in 0..50 {
+        net.send(B, &format!("pending {i} {}", "x".repeat(200)));
+    }
+    let b_link = *net
+        .links
+        .keys()
+        .find(|(n, l)| *n == B && !net.dialled_by[&(*n, *l)])
+        .map(|(_, l)| l)
+        .unwrap();
+    // A's first frame after the move (its migration ping) arrives; everything after it
+    // from A is lost, so the challenge is never answered and the address never validates.
+    let passed = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = passed.clone();
+    net.drop_if = Some(Box::new(move |from, _| {
+        if from != A {
+            return false;
+        }
+        seen.set(seen.get() + 1);
+        seen.get() > 1
+    }));
+    let sent_before = net.outputs[B].len();
+    net.move_to(A, "10.9.0.1:4433");
+    net.migration_ping(A);
+    net.run_until(3000);
+    let state = &net.nodes[B].core.links[&b_link];
+    assert!(!state.validated, "the address never answered the challenge");
+    let sent: usize = net.outputs[B][sent_before..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transport(TransportCommand::Transmit { link, frame }) if *link == b_link => {
+                Some(frame.len())
+            }
+            _ => None,
+        })
+        .sum();
+    assert!(state.bytes_in > 0);
+    assert!(
+        sent as u64 <= 3 * state.bytes_in,
+        "sent {sent} bytes to an unvalidated address that sent {}",
+        state.bytes_in
+    );
+    assert!(net.nodes[B].core.counters().amplification_blocked > 0);
+}
