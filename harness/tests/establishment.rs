@@ -143,9 +143,12 @@ fn establish_when_only_the_rendezvous_server_knows_the_address() {
     });
 }
 
+/// Seeds of the crossing-initiation scenario (latency and jitter grow with the seed).
+const CROSSING_SEEDS: u64 = 20;
+
 #[test]
 fn crossing_initiations_converge_on_one_peer_secret_over_many_seeds() {
-    for seed in 0..12 {
+    for seed in 0..CROSSING_SEEDS {
         run_simulation(|| async move {
             // Zero connect jitter: both devices initiate at the same virtual instant.
             let presence = PresenceConfig {
@@ -169,6 +172,16 @@ fn crossing_initiations_converge_on_one_peer_secret_over_many_seeds() {
                 cluster.status(A, B),
                 Some(SessionStatus::Ready),
                 "seed {seed}"
+            );
+            let a = cluster.peer_status(A, B).await.unwrap();
+            let b = cluster.peer_status(B, A).await.unwrap();
+            println!(
+                "seed {seed}: epoch {:?}, handshakes A {} B {}, PeerSecret {}\n{}",
+                a.epoch,
+                a.handshakes,
+                b.handshakes,
+                a.peer_secret.map(|f| f.to_string()).unwrap_or_default(),
+                cluster.timeline(&[A, B], Duration::ZERO)
             );
         });
     }

@@ -122,6 +122,9 @@ pub enum SessionFrame {
     Migrate {
         /// The logical channel.
         channel: ChannelId,
+        /// Random per channel and sender run: a new value means the sender restarted
+        /// and numbers the channel afresh.
+        incarnation: u64,
         /// The next sequence number the sender will assign.
         next_seq: u64,
         /// The oldest sequence number the sender still holds unacknowledged (everything

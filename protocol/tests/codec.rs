@@ -198,6 +198,7 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
             "migrate",
             SessionFrame::Migrate {
                 channel: ChannelId(1),
+                incarnation: 0x1122_3344,
                 next_seq: 6,
                 first_unacked: 4,
             },
@@ -492,9 +493,10 @@ fn arb_session_frame() -> impl Strategy<Value = SessionFrame> {
             )),
         any::<[u8; 16]>().prop_map(|data| SessionFrame::PathChallenge { data }),
         any::<[u8; 16]>().prop_map(|data| SessionFrame::PathResponse { data }),
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-            |(channel, next_seq, first_unacked)| SessionFrame::Migrate {
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(channel, incarnation, next_seq, first_unacked)| SessionFrame::Migrate {
                 channel: ChannelId(channel),
+                incarnation,
                 next_seq,
                 first_unacked,
             }

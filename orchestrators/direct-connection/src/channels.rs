@@ -34,16 +34,25 @@ pub struct Outbound {
     /// The receiver has not been told where this channel stands yet (it is new here,
     /// perhaps after a restart): a Migrate marker goes before its first data.
     unannounced: bool,
+    /// Random per channel and run of this device (see [`Inbound::resync`]).
+    incarnation: u64,
 }
 
 impl Outbound {
-    /// A channel whose peer initially grants `credit` messages.
-    pub fn new(credit: u64) -> Self {
+    /// A channel whose peer initially grants `credit` messages; `incarnation` is a
+    /// random number that tells this run of the channel from any earlier one.
+    pub fn new(credit: u64, incarnation: u64) -> Self {
         Self {
             send_limit: credit,
             unannounced: true,
+            incarnation,
             ..Self::default()
         }
+    }
+
+    /// This run's incarnation number.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// True once, for a new channel: the caller sends a Migrate marker before its data.
@@ -155,6 +164,8 @@ pub enum Received {
 pub struct Inbound {
     next_expected: u64,
     early: BTreeMap<u64, Vec<u8>>,
+    /// The sender's incarnation of this channel, once a marker told it.
+    sender_incarnation: Option<u64>,
 }
 
 impl Inbound {
@@ -186,20 +197,25 @@ impl Inbound {
 
     /// Applies the sender's position from a Migrate marker. Returns true when it shows
     /// that one side lost its state, and the channel was resynchronised:
+    /// - the sender's incarnation changed: it restarted and numbers the channel afresh;
+    ///   follow it from its oldest unacknowledged message;
     /// - the sender holds nothing below `first_unacked` although we expect less: we
-    ///   restarted (what we lack was delivered before); skip ahead to it;
-    /// - the sender will assign less than we already delivered: it restarted and counts
-    ///   from its new start; follow it.
+    ///   restarted (what we lack was acknowledged, so delivered, before); skip to it.
     ///
-    /// Otherwise (the normal case) nothing changes.
-    pub fn resync(&mut self, next_seq: u64, first_unacked: u64) -> bool {
-        if first_unacked > self.next_expected || next_seq < self.next_expected {
+    /// A marker that is merely late (sent before messages we already have) changes
+    /// nothing: its `next_seq` is behind us but its incarnation is the known one.
+    pub fn resync(&mut self, incarnation: u64, first_unacked: u64) -> bool {
+        let restarted_sender = self
+            .sender_incarnation
+            .is_some_and(|known| known != incarnation);
+        self.sender_incarnation = Some(incarnation);
+        if restarted_sender || first_unacked > self.next_expected {
             self.next_expected = first_unacked;
+            // Retransmissions refill it; a stale entry at the new start would block.
             self.early.clear();
-            true
-        } else {
-            false
+            return true;
         }
+        false
     }
 }
 
@@ -217,7 +233,7 @@ mod tests {
     #[test]
     fn sender_respects_credit_and_releases_on_ack() {
         let t0 = Instant::now();
-        let mut out = Outbound::new(CREDIT);
+        let mut out = Outbound::new(CREDIT, 1);
         for i in 0..6u8 {
             assert_eq!(out.push(vec![i]), u64::from(i));
         }
@@ -234,7 +250,7 @@ mod tests {
     #[test]
     fn retransmits_after_rto_or_all_on_path_change() {
         let t0 = Instant::now();
-        let mut out = Outbound::new(CREDIT);
+        let mut out = Outbound::new(CREDIT, 1);
         out.push(vec![0]);
         out.push(vec![1]);
         out.due(t0, RTO, false);
@@ -246,7 +262,7 @@ mod tests {
 
     #[test]
     fn acks_never_move_backwards_nor_beyond_what_was_sent() {
-        let mut out = Outbound::new(CREDIT);
+        let mut out = Outbound::new(CREDIT, 1);
         out.push(vec![0]);
         out.push(vec![1]);
         assert_eq!(out.ack(5, CREDIT), 0, "ack beyond next_seq ignored");
@@ -257,21 +273,25 @@ mod tests {
     }
 
     #[test]
-    fn resync_follows_a_side_that_lost_its_state() {
-        // Normal marker: nothing changes.
+    fn resync_follows_a_side_that_lost_its_state_and_ignores_late_markers() {
         let mut inbound = Inbound::default();
-        inbound.receive(0, vec![0], CREDIT);
-        assert!(!inbound.resync(1, 1));
-        assert_eq!(inbound.next_expected(), 1);
-        // The sender restarted: it counts from 0 again.
-        assert!(inbound.resync(0, 0));
+        assert!(!inbound.resync(7, 0), "first marker of a fresh channel");
+        for seq in 0..3 {
+            inbound.receive(seq, vec![seq as u8], CREDIT);
+        }
+        // A late marker of the same run (sent when only 1 was acknowledged).
+        assert!(!inbound.resync(7, 1));
+        assert_eq!(inbound.next_expected(), 3);
+        assert_eq!(inbound.receive(1, vec![1], CREDIT), Received::Duplicate);
+        // The sender restarted: a new incarnation, counting from 0 again.
+        assert!(inbound.resync(8, 0));
         assert_eq!(
-            inbound.receive(0, vec![7], CREDIT),
-            Received::Deliver(vec![(0, vec![7])])
+            inbound.receive(0, vec![9], CREDIT),
+            Received::Deliver(vec![(0, vec![9])])
         );
         // We restarted: the sender's oldest unacknowledged message is 57.
         let mut fresh = Inbound::default();
-        assert!(fresh.resync(60, 57));
+        assert!(fresh.resync(7, 57));
         assert_eq!(fresh.next_expected(), 57);
     }
 
@@ -297,7 +317,7 @@ mod tests {
         for seed in 0..200 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let t0 = Instant::now();
-            let mut out = Outbound::new(CREDIT);
+            let mut out = Outbound::new(CREDIT, 1);
             let mut inbound = Inbound::default();
             let total = 20u64;
             for i in 0..total {

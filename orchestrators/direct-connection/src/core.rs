@@ -6,7 +6,7 @@ use crate::state::{
     Connect, DialPurpose, EstablishmentPermit, Heartbeat, LinkState, OutMigration, PeerCounters,
     PeerState, Reported, Via,
 };
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -647,11 +647,13 @@ impl DirectConnection {
             return Err(SendError::QueueFull { limit: max_queued });
         }
         peer.counters.sent += 1;
-        Ok(peer
-            .outbound
-            .entry(channel)
-            .or_insert_with(|| crate::channels::Outbound::new(credit))
-            .push(payload))
+        let outbound = match peer.outbound.entry(channel) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(crate::channels::Outbound::new(credit, self.rng.next_u64()))
+            }
+        };
+        Ok(outbound.push(payload))
     }
 
     fn pump_all(&mut self, now: Instant) {
@@ -679,6 +681,7 @@ impl DirectConnection {
             if outbound.take_announcement() {
                 frames.push(SessionFrame::Migrate {
                     channel: *channel,
+                    incarnation: outbound.incarnation(),
                     next_seq: outbound.next_seq(),
                     first_unacked: outbound.first_unacked(),
                 });
@@ -879,6 +882,7 @@ impl DirectConnection {
             .iter()
             .map(|(channel, outbound)| SessionFrame::Migrate {
                 channel: *channel,
+                incarnation: outbound.incarnation(),
                 next_seq: outbound.next_seq(),
                 first_unacked: outbound.first_unacked(),
             })

@@ -54,8 +54,9 @@ impl DirectConnection {
             SessionFrame::PathResponse { data } => self.path_response(now, device, via, data),
             SessionFrame::Migrate {
                 channel,
-                next_seq,
+                incarnation,
                 first_unacked,
+                ..
             } => {
                 // The sender switched paths (or epochs): line our position up with its
                 // own, then tell it exactly where we are.
@@ -64,7 +65,7 @@ impl DirectConnection {
                         .inbound
                         .entry(channel)
                         .or_default()
-                        .resync(next_seq, first_unacked);
+                        .resync(incarnation, first_unacked);
                     if resynced {
                         peer.counters.resyncs += 1;
                     }
@@ -219,7 +220,10 @@ impl DirectConnection {
             self.counters.bad_migration_tags += 1;
             return;
         }
-        if ping.counter < peer.highest_ping_received {
+        // A ping of an older epoch predates the last handshake (e.g. queued at the relay
+        // before an eviction): the move it announced is over. Counters restart per epoch.
+        let current_epoch = peer.ring.committed_epoch().unwrap_or(0);
+        if ping.epoch.0 < current_epoch || ping.counter < peer.highest_ping_received {
             self.counters.stale_migration_pings += 1;
             return;
         }

@@ -856,3 +856,56 @@ fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
     );
     assert!(net.nodes[B].core.counters().amplification_blocked > 0);
 }
+
+#[test]
+fn a_ping_from_before_the_last_handshake_is_stale() {
+    use tether_protocol::{EvictSession, EvictionReason};
+    let mut net = established(15);
+    // A announces a move; the relay copy is held back (as a queue might hold it).
+    net.direct_blocked = true;
+    net.links.clear();
+    net.migration_ping(A);
+    let peer = net.device(B);
+    let ping = tether_protocol::SessionFrame::MigrationPing(
+        net.nodes[A].core.peers[&peer]
+            .migration
+            .as_ref()
+            .unwrap()
+            .ping
+            .clone(),
+    );
+    let held = net.nodes[A].core.seal_wire(peer, &ping).unwrap();
+    // Both evict and recover: a new epoch.
+    net.direct_blocked = false;
+    for node in [A, B] {
+        let peer = net.device(1 - node);
+        net.input(
+            node,
+            Input::Evict(EvictSession {
+                peer,
+                reason: EvictionReason::MigrationWindowExpired,
+            }),
+        );
+    }
+    net.connect(A, false);
+    net.run_until(3000);
+    assert_eq!(net.snapshot(B).epoch, Some(2));
+    let stale_before = net.nodes[B].core.counters().stale_migration_pings;
+    let pings_before = net.count(B, |o| matches!(o, Output::InboundMigrationPing(_)));
+    let from = net.device(A);
+    net.input(
+        B,
+        Input::Relay(RelayDelivered {
+            from,
+            envelope: held,
+        }),
+    );
+    assert_eq!(
+        net.nodes[B].core.counters().stale_migration_pings,
+        stale_before + 1
+    );
+    assert_eq!(
+        net.count(B, |o| matches!(o, Output::InboundMigrationPing(_))),
+        pings_before
+    );
+}
