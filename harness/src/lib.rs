@@ -7,6 +7,7 @@
 //! - [`cluster`]: the simulated cluster for scenario tests: whole nodes on the
 //!   simulated network under tokio's paused clock.
 
+pub mod app;
 pub mod cluster;
 mod driver;
 mod hub;

@@ -1,0 +1,21 @@
+//! The `tether` binary's library half: everything the commands do, in modules the
+//! binary wires to its command line (the binary itself only parses arguments, sets
+//! up logging and maps errors to exit codes).
+//!
+//! | module | command |
+//! |---|---|
+//! | [`demo`] | `tether demo`: the scenarios, in one process |
+//! | [`keys`] | `tether keygen`, `tether pair` |
+//! | [`config`] | the config files of `tether node` and `tether relay` |
+//! | [`node`] | `tether node`: one device, its control socket, interface watching |
+//! | [`relay`] | `tether relay`: the relay and rendezvous server |
+//! | [`control`] | the control socket protocol (`status`, `send`, `watch`, `migrate`) |
+//! | [`metrics`] | status reports, session metrics, Prometheus text |
+
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod relay;

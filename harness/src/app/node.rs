@@ -1,0 +1,751 @@
+//! `tether node`: one device on a real UDP endpoint, driven through its control
+//! socket, watching the OS's interfaces, logging each session and phase in its own
+//! span, and serving metrics.
+//!
+//! One task owns the [`Node`] and does everything in turn: node events (metrics, logs,
+//! watchers), control commands, interface changes and a one-second tick that accounts
+//! time on each path. Control connections run as their own tasks and talk to it
+//! through a command channel, so nothing but that task ever touches the node.
+//!
+//! # Network changes
+//! With `watch_interfaces` on, a change of the OS's addresses (debounced, 250 ms) makes
+//! the node rebind its endpoint, which starts a migration: with a wildcard `listen`
+//! address (the default) on every change, to the wildcard address and a new port; with
+//! a specific `listen` IP only when that IP disappears, then to the wildcard address.
+//! Loopback addresses are never watched (they reach no peer), so on loopback the only
+//! trigger is `tether migrate --bind ADDR`.
+
+use super::config::{NodeSettings, PeerSettings};
+use super::control::{self, Request, WatchEvent};
+use super::metrics::{
+    self, millis, path_name, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
+    SessionTracker, TransportReport,
+};
+use crate::hub::NodeEvent;
+use crate::node::{Node, NodeConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tether_connection_blueprint::BlueprintConfig;
+use tether_protocol::{DeviceId, SessionStatus};
+use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
+use tether_transport::Endpoint;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::Span;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRunError {
+    /// The UDP endpoint could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node's actors could not start.
+    #[error("cannot start the node: {0}")]
+    Start(std::io::Error),
+    /// The control socket could not be opened.
+    #[error(transparent)]
+    Control(#[from] control::BindError),
+    /// The metrics listener could not be opened.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsBindError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What a started node tells its caller (the binary prints it).
+#[derive(Debug, Clone)]
+pub struct NodeReady {
+    /// This device's public key (hex).
+    pub device: String,
+    /// The bound UDP address.
+    pub listen: SocketAddr,
+    /// The control socket.
+    pub control_socket: PathBuf,
+    /// The metrics address, if any.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A control connection's request to the node task.
+enum Command {
+    Status(oneshot::Sender<NodeStatusReport>),
+    Send {
+        peer: String,
+        text: String,
+        reply: oneshot::Sender<Result<(String, u64), String>>,
+    },
+    Migrate {
+        addr: SocketAddr,
+        reply: oneshot::Sender<Result<(SocketAddr, SocketAddr), String>>,
+    },
+    Snapshot(oneshot::Sender<Vec<WatchEvent>>),
+}
+
+/// Wall-clock Unix time in ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
+/// Runs a node until SIGINT or SIGTERM. `ready` is called once everything listens.
+pub async fn run_node(
+    settings: NodeSettings,
+    ready: impl FnOnce(&NodeReady),
+) -> Result<(), NodeRunError> {
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let endpoint = Endpoint::bind_udp(settings.listen, settings.transport.clone())
+        .await
+        .map_err(|e| NodeRunError::Listen {
+            addr: settings.listen,
+            reason: e.to_string(),
+        })?;
+    let local = endpoint.local_addr().map_err(NodeRunError::Start)?;
+    let config = NodeConfig {
+        keypair: settings.keypair.clone(),
+        peers: settings.peers.iter().map(|p| p.peer.clone()).collect(),
+        server: settings.relay,
+        presence: settings.presence.clone(),
+        limits: settings.limits.clone(),
+        blueprint: BlueprintConfig::default(),
+        seed: rand::random(),
+        unix_ms_at_start: unix_ms(),
+    };
+    let node = Node::start(config, endpoint.clone()).map_err(NodeRunError::Start)?;
+    let listener = control::bind(&settings.control_socket).await?;
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(metrics::bind_metrics(addr).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => l.local_addr().ok(),
+        None => None,
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(NodeRunError::Signals)?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(NodeRunError::Signals)?;
+
+    let (commands, mut command_rx) = mpsc::channel::<Command>(64);
+    let (watchers, _) = broadcast::channel::<String>(4096);
+    actix_rt::spawn(accept_control(listener, commands.clone(), watchers.clone()));
+    if let Some(listener) = metrics_listener {
+        let commands = commands.clone();
+        actix_rt::spawn(metrics::serve_metrics(listener, move || {
+            let commands = commands.clone();
+            async move {
+                let (reply, answer) = oneshot::channel();
+                commands.send(Command::Status(reply)).await.ok()?;
+                answer.await.ok().map(|r| metrics::node_prometheus(&r))
+            }
+        }));
+    }
+
+    let (trigger, mut changes) = connectivity::channel();
+    let _watcher = if settings.watch_interfaces {
+        match InterfaceWatcher::start(trigger, WatchOptions::default()).await {
+            Ok(watcher) => {
+                tracing::info!(addresses = ?watcher.addresses(), "watching network interfaces");
+                Some(watcher)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch network interfaces; only `tether migrate` moves this node");
+                None
+            }
+        }
+    } else {
+        drop(trigger);
+        None
+    };
+
+    let device_hex = settings.keypair.public().to_hex();
+    let root = tracing::info_span!("node", device = %DeviceId(*settings.keypair.public().as_bytes()).short());
+    let mut state = NodeState {
+        node,
+        endpoint,
+        local,
+        configured_ip: settings.listen.ip(),
+        device_hex: device_hex.clone(),
+        started: Instant::now(),
+        peers: settings.peers.clone(),
+        names: settings
+            .peers
+            .iter()
+            .map(|p| (DeviceId(*p.peer.public.as_bytes()), p.name.clone()))
+            .collect(),
+        tracker: SessionTracker::default(),
+        logs: BTreeMap::new(),
+        last_status: BTreeMap::new(),
+        watchers,
+        root: root.clone(),
+    };
+    for peer in &settings.peers {
+        state.log_for(DeviceId(*peer.peer.public.as_bytes()));
+    }
+    root.in_scope(|| {
+        tracing::info!(%local, control = %settings.control_socket.display(), peers = settings.peers.len(), "node started");
+    });
+    ready(&NodeReady {
+        device: device_hex,
+        listen: local,
+        control_socket: settings.control_socket.clone(),
+        metrics: metrics_addr,
+    });
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut watching = settings.watch_interfaces;
+    loop {
+        tokio::select! {
+            event = state.node.next_event() => match event {
+                Some(event) => state.on_event(event),
+                None => break,
+            },
+            Some(command) = command_rx.recv() => state.on_command(command).await,
+            change = changes.next(), if watching => match change {
+                Some(change) => state.on_interfaces(change.new).await,
+                None => watching = false,
+            },
+            _ = tick.tick() => state.sample().await,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    root.in_scope(|| tracing::info!("node stopping"));
+    state.node.stop();
+    let _ = std::fs::remove_file(&settings.control_socket);
+    Ok(())
+}
+
+/// Per-peer log spans: the session, and the phase it is in.
+struct PeerLog {
+    session: Span,
+    phase: Option<Phase>,
+    /// Phases entered so far, by name (numbers the phase spans).
+    counts: BTreeMap<&'static str, u64>,
+}
+
+struct Phase {
+    name: &'static str,
+    span: Span,
+    since: Instant,
+    /// Set when the session is Ready again; a migration phase stays open for the
+    /// MigrationCompleted event that follows, then closes with this time and outcome.
+    ended: Option<(Instant, SessionStatus)>,
+}
+
+impl PeerLog {
+    /// The span events of this peer belong in now.
+    fn span(&self) -> Span {
+        self.phase
+            .as_ref()
+            .map_or_else(|| self.session.clone(), |p| p.span.clone())
+    }
+
+    fn close_phase(&mut self, now: Instant, outcome: SessionStatus) {
+        if let Some(old) = self.phase.take() {
+            let (at, outcome) = old.ended.unwrap_or((now, outcome));
+            let took = at.saturating_duration_since(old.since);
+            old.span.in_scope(|| tracing::info!(took_ms = millis(took), outcome = %outcome, "phase {} ended", old.name));
+        }
+    }
+
+    /// Moves to the phase of `to`, closing the current one if it differs.
+    fn enter(&mut self, to: SessionStatus, now: Instant) {
+        // A migration phase that already ended (Ready, waiting for MigrationCompleted)
+        // closes on whatever status comes next.
+        if self.phase.as_ref().is_some_and(|p| p.ended.is_some()) {
+            self.close_phase(now, to);
+        }
+        let wanted = phase_of(to);
+        match (self.phase.as_ref().map(|p| p.name), wanted) {
+            (Some(current), Some(wanted)) if current == wanted => {}
+            (Some("migration"), None) => {
+                if let Some(phase) = self.phase.as_mut() {
+                    phase.ended = Some((now, to));
+                }
+            }
+            (Some(_), _) => {
+                self.close_phase(now, to);
+                self.open(wanted, now);
+            }
+            (None, _) => self.open(wanted, now),
+        }
+    }
+
+    fn open(&mut self, wanted: Option<&'static str>, now: Instant) {
+        let Some(name) = wanted else {
+            return;
+        };
+        let n = self.counts.entry(name).or_insert(0);
+        *n += 1;
+        // One span name per phase, so `session{..}:migration{n=2}` reads as it is.
+        let span = match name {
+            "establish" => tracing::info_span!(parent: &self.session, "establish", n = *n),
+            "migration" => tracing::info_span!(parent: &self.session, "migration", n = *n),
+            _ => tracing::info_span!(parent: &self.session, "recovery", n = *n),
+        };
+        span.in_scope(|| tracing::info!("phase {name} started"));
+        self.phase = Some(Phase {
+            name,
+            span,
+            since: now,
+            ended: None,
+        });
+    }
+}
+
+fn phase_of(status: SessionStatus) -> Option<&'static str> {
+    match status {
+        SessionStatus::Connecting | SessionStatus::Handshaking => Some("establish"),
+        SessionStatus::Degraded
+        | SessionStatus::ReconnectingOutbound
+        | SessionStatus::ReconnectingInbound => Some("migration"),
+        SessionStatus::Evicted | SessionStatus::Recovering => Some("recovery"),
+        SessionStatus::Ready | SessionStatus::Closed => None,
+    }
+}
+
+struct NodeState {
+    node: Node,
+    endpoint: Endpoint,
+    local: SocketAddr,
+    configured_ip: std::net::IpAddr,
+    device_hex: String,
+    started: Instant,
+    peers: Vec<PeerSettings>,
+    names: BTreeMap<DeviceId, String>,
+    tracker: SessionTracker,
+    logs: BTreeMap<DeviceId, PeerLog>,
+    last_status: BTreeMap<DeviceId, SessionStatus>,
+    watchers: broadcast::Sender<String>,
+    root: Span,
+}
+
+impl NodeState {
+    fn name(&self, peer: &DeviceId) -> String {
+        self.names
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| peer.short())
+    }
+
+    fn log_for(&mut self, peer: DeviceId) -> &mut PeerLog {
+        let name = self.name(&peer);
+        let root = self.root.clone();
+        self.logs.entry(peer).or_insert_with(|| PeerLog {
+            session: tracing::info_span!(parent: &root, "session", peer = %name, id = %peer.short()),
+            phase: None,
+            counts: BTreeMap::new(),
+        })
+    }
+
+    fn broadcast(&self, event: &WatchEvent) {
+        if self.watchers.receiver_count() == 0 {
+            return;
+        }
+        if let Ok(line) = serde_json::to_string(event) {
+            let _ = self.watchers.send(line);
+        }
+    }
+
+    fn on_event(&mut self, event: NodeEvent) {
+        let now = Instant::now();
+        let at_ms = unix_ms();
+        let lifecycle = self.tracker.observe(&event, now, at_ms);
+        match &event {
+            NodeEvent::Status { peer, from, to } => {
+                self.last_status.insert(*peer, *to);
+                let name = self.name(peer);
+                let log = self.log_for(*peer);
+                log.enter(*to, now);
+                let span = log.span();
+                let from_text = from.map_or("-".to_string(), |s| s.to_string());
+                match lifecycle {
+                    Lifecycle::Started => {
+                        span.in_scope(|| tracing::info!(from = %from_text, to = %to, "session established"))
+                    }
+                    Lifecycle::MigrationFailed => {
+                        span.in_scope(|| tracing::warn!(from = %from_text, to = %to, "migration failed: window expired, session evicted"))
+                    }
+                    Lifecycle::Stopped => {
+                        span.in_scope(|| tracing::warn!(from = %from_text, to = %to, "session stopped"))
+                    }
+                    Lifecycle::MigrationStarted | Lifecycle::None => {
+                        span.in_scope(|| tracing::info!(from = %from_text, to = %to, "status"))
+                    }
+                }
+                self.broadcast(&WatchEvent::Status {
+                    peer: name,
+                    from: from.map(|s| s.to_string()),
+                    to: to.to_string(),
+                    at_ms,
+                });
+            }
+            NodeEvent::Ready(ready) => {
+                let name = self.name(&ready.peer);
+                let log = self.log_for(ready.peer);
+                let span = log.span();
+                span.in_scope(|| {
+                    tracing::info!(
+                        epoch = ready.epoch.0,
+                        path = path_name(ready.path),
+                        remote = ?ready.remote,
+                        handshake = ready.after_handshake,
+                        "session bound to a path"
+                    )
+                });
+                self.broadcast(&WatchEvent::Ready {
+                    peer: name,
+                    epoch: ready.epoch.0,
+                    path: path_name(ready.path).into(),
+                    remote: ready.remote.map(|r| r.to_string()),
+                    after_handshake: ready.after_handshake,
+                    at_ms,
+                });
+            }
+            NodeEvent::MigrationCompleted {
+                peer,
+                outbound,
+                duration,
+            } => {
+                let name = self.name(peer);
+                let log = self.log_for(*peer);
+                let span = log.span();
+                span.in_scope(|| {
+                    tracing::info!(
+                        outbound = *outbound,
+                        duration_ms = millis(*duration),
+                        "migration completed without a handshake"
+                    )
+                });
+                if log.phase.as_ref().is_some_and(|p| p.ended.is_some()) {
+                    log.close_phase(now, SessionStatus::Ready);
+                }
+                self.broadcast(&WatchEvent::MigrationCompleted {
+                    peer: name,
+                    outbound: *outbound,
+                    duration_ms: millis(*duration),
+                    at_ms,
+                });
+            }
+            NodeEvent::Delivered {
+                peer,
+                channel,
+                seq,
+                payload,
+            } => {
+                let name = self.name(peer);
+                let log = self.log_for(*peer);
+                log.session.in_scope(|| {
+                    tracing::debug!(
+                        channel = channel.0,
+                        seq = *seq,
+                        len = payload.len(),
+                        "message delivered"
+                    )
+                });
+                self.broadcast(&WatchEvent::Delivered {
+                    peer: name,
+                    channel: channel.0,
+                    seq: *seq,
+                    text: String::from_utf8_lossy(payload).into_owned(),
+                    len: payload.len(),
+                    at_ms,
+                });
+            }
+        }
+    }
+
+    fn resolve_peer(&self, wanted: &str) -> Result<DeviceId, String> {
+        if let Some(p) = self.peers.iter().find(|p| p.name == wanted) {
+            return Ok(DeviceId(*p.peer.public.as_bytes()));
+        }
+        let lower = wanted.to_ascii_lowercase();
+        let matches: Vec<&PeerSettings> = self
+            .peers
+            .iter()
+            .filter(|p| {
+                let id = DeviceId(*p.peer.public.as_bytes());
+                (lower.len() >= 4 && p.peer.public.to_hex().starts_with(&lower))
+                    || id.short() == lower
+            })
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(DeviceId(*one.peer.public.as_bytes())),
+            [] => Err(format!(
+                "unknown peer {wanted:?} (known: {})",
+                self.peers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Err(format!("peer {wanted:?} is ambiguous")),
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.report().await);
+            }
+            Command::Send { peer, text, reply } => {
+                let result = match self.resolve_peer(&peer) {
+                    Err(e) => Err(e),
+                    Ok(id) => self
+                        .node
+                        .send(id, text.into_bytes())
+                        .await
+                        .map(|seq| (self.name(&id), seq))
+                        .map_err(|e| format!("send to {peer} refused: {e}")),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Migrate { addr, reply } => {
+                let _ = reply.send(self.rebind(addr, "manual").await);
+            }
+            Command::Snapshot(reply) => {
+                let at_ms = unix_ms();
+                let events = self
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let id = DeviceId(*p.peer.public.as_bytes());
+                        WatchEvent::Status {
+                            peer: p.name.clone(),
+                            from: None,
+                            to: self
+                                .last_status
+                                .get(&id)
+                                .map_or("Connecting".to_string(), |s| s.to_string()),
+                            at_ms,
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(events);
+            }
+        }
+    }
+
+    async fn rebind(
+        &mut self,
+        addr: SocketAddr,
+        cause: &str,
+    ) -> Result<(SocketAddr, SocketAddr), String> {
+        let old = self.local;
+        let span = tracing::info_span!(parent: &self.root, "rebind", cause = cause);
+        match self.node.rebind(addr).await {
+            Ok(new) => {
+                self.local = new;
+                span.in_scope(
+                    || tracing::info!(%old, %new, "endpoint moved: migrating every session"),
+                );
+                self.broadcast(&WatchEvent::Rebound {
+                    old: old.to_string(),
+                    new: new.to_string(),
+                    cause: cause.into(),
+                    at_ms: unix_ms(),
+                });
+                Ok((old, new))
+            }
+            Err(error) => {
+                span.in_scope(|| tracing::warn!(%old, wanted = %addr, %error, "rebind failed; the old address stays"));
+                Err(format!("cannot rebind to {addr}: {error}"))
+            }
+        }
+    }
+
+    async fn on_interfaces(&mut self, addresses: Vec<SocketAddr>) {
+        let wildcard = SocketAddr::new(
+            if self.configured_ip.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        );
+        // A wildcard socket rebinds on every change; a node bound to one IP only when
+        // that IP went away (then to the wildcard address).
+        // Loopback and link-local addresses are not watched (and do not go away).
+        let unwatched = self.configured_ip.is_loopback()
+            || matches!(self.configured_ip, std::net::IpAddr::V4(ip) if ip.is_link_local());
+        let own_ip_gone = !unwatched
+            && self.local.ip() == self.configured_ip
+            && !addresses.iter().any(|a| a.ip() == self.configured_ip);
+        let target = (self.configured_ip.is_unspecified() || own_ip_gone).then_some(wildcard);
+        self.root.in_scope(|| {
+            tracing::info!(?addresses, rebind = ?target, "network interfaces changed");
+        });
+        if let Some(target) = target {
+            let _ = self.rebind(target, "interface").await;
+        }
+    }
+
+    async fn sample(&mut self) {
+        let now = Instant::now();
+        for status in self.node.status().await {
+            self.tracker.sample(status.peer, status.path, now);
+        }
+    }
+
+    async fn report(&mut self) -> NodeStatusReport {
+        let now = Instant::now();
+        let statuses = self.node.status().await;
+        let counters = self.node.counters().await;
+        let stats = self.endpoint.stats();
+        let mut peers = Vec::new();
+        for s in statuses {
+            self.tracker.sample(s.peer, s.path, now);
+            peers.push(PeerReport {
+                name: self.name(&s.peer),
+                device: s.peer.to_hex(),
+                status: s.status.map(|x| x.to_string()),
+                path: s.path.map(|p| path_name(p).to_string()),
+                remote: s.remote.map(|r| r.to_string()),
+                epoch: s.epoch,
+                handshakes: s.handshakes,
+                peer_secret: s.peer_secret.map(|f| f.to_hex()),
+                session_keys: s.session_keys.map(|f| f.to_hex()),
+                rtt_ms: s.rtt_ms,
+                queued: s.queued,
+                sent: s.sent,
+                delivered: s.delivered,
+                duplicate_frames: s.duplicates,
+                migrations: s.migrations,
+                last_migration_ms: s.last_migration.map(millis),
+                session: self.tracker.metrics(s.peer, now),
+            });
+        }
+        NodeStatusReport {
+            device: self.device_hex.clone(),
+            listen: self.local.to_string(),
+            uptime_ms: millis(now.saturating_duration_since(self.started)),
+            peers,
+            transport: TransportReport::from(stats),
+            rejected: RejectedReport::of_node(&counters, &stats),
+        }
+    }
+}
+
+/// Accepts control connections; each runs as its own task.
+async fn accept_control(
+    listener: tokio::net::UnixListener,
+    commands: mpsc::Sender<Command>,
+    watchers: broadcast::Sender<String>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                actix_rt::spawn(serve_control(stream, commands.clone(), watchers.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, String> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(make(reply))
+        .await
+        .map_err(|_| "node is stopping".to_string())?;
+    answer.await.map_err(|_| "node is stopping".to_string())
+}
+
+async fn serve_control(
+    stream: tokio::net::UnixStream,
+    commands: mpsc::Sender<Command>,
+    watchers: broadcast::Sender<String>,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let request = match control::read_request(&mut reader).await {
+        Ok(request) => request,
+        Err(error) => {
+            let _ = write
+                .write_all(control::error_line(&error).as_bytes())
+                .await;
+            return;
+        }
+    };
+    let line = match request {
+        Request::Status => match ask(&commands, Command::Status).await {
+            Ok(report) => control::ok_line(serde_json::json!({ "status": report })),
+            Err(e) => control::error_line(&e),
+        },
+        Request::Send { peer, text } => {
+            match ask(&commands, |reply| Command::Send { peer, text, reply }).await {
+                Ok(Ok((peer, seq))) => {
+                    control::ok_line(serde_json::json!({ "peer": peer, "seq": seq }))
+                }
+                Ok(Err(e)) | Err(e) => control::error_line(&e),
+            }
+        }
+        Request::Migrate { bind } => match control::parse_bind(&bind) {
+            Err(e) => control::error_line(&e),
+            Ok(addr) => match ask(&commands, |reply| Command::Migrate { addr, reply }).await {
+                Ok(Ok((old, new))) => control::ok_line(
+                    serde_json::json!({ "old": old.to_string(), "new": new.to_string() }),
+                ),
+                Ok(Err(e)) | Err(e) => control::error_line(&e),
+            },
+        },
+        Request::Watch => {
+            // Subscribe before the snapshot, so no event falls between the two.
+            let mut events = watchers.subscribe();
+            let snapshot = match ask(&commands, Command::Snapshot).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = write.write_all(control::error_line(&e).as_bytes()).await;
+                    return;
+                }
+            };
+            let mut out = control::ok_line(serde_json::json!({ "watching": true }));
+            for event in snapshot {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            if write.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut probe = String::new();
+            loop {
+                let line = tokio::select! {
+                    received = events.recv() => match received {
+                        Ok(line) => line,
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            serde_json::to_string(&WatchEvent::Lagged { missed }).unwrap_or_default()
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    // The client closed its side (or sent something): stop.
+                    _ = reader.read_line(&mut probe) => return,
+                };
+                if write.write_all(line.as_bytes()).await.is_err()
+                    || write.write_all(b"\n").await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = write.write_all(line.as_bytes()).await;
+}

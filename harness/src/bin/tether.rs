@@ -1,0 +1,533 @@
+//! `tether`: run the demo, make keys, run a device node or the relay server, and drive
+//! a running node through its control socket. See `tether --help`.
+//!
+//! Exit codes: 0 success; 1 a failure while running (a demo scenario failed, a node
+//! stopped on an error, a control request was refused); 2 a usage or config error.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tether_harness::app::config::{self, ConfigError, LogFormat};
+use tether_harness::app::control::{self, Request};
+use tether_harness::app::demo::{self, DemoOptions, Scenario};
+use tether_harness::app::keys;
+use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
+use tether_harness::app::{node, relay};
+
+/// Tether keeps an end-to-end encrypted session between two trusted devices alive
+/// while either of them changes networks: no handshake during a migration, every
+/// message exactly once and in order, the relay and rendezvous as fallbacks.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version)]
+#[command(
+    after_help = "Start here: `tether demo` plays every scenario in one process, no setup needed.\n\
+Logs go to stderr; RUST_LOG sets the level (default: info for node and relay, warn otherwise)."
+)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line (default: text, or
+    /// the config's `log_format`).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Play the migration scenarios with a relay and two devices in this process.
+    Demo(DemoArgs),
+    /// Write a new static keypair to a key file (mode 0600) and print its public key.
+    Keygen {
+        /// The key file to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Pair two devices: make or read their key files, print both configs' [[peers]] entries with a fresh relationship key.
+    Pair {
+        /// Key file of the first device (created with mode 0600 if missing).
+        #[arg(value_name = "KEY_FILE_A", default_value = "a.key")]
+        a: PathBuf,
+        /// Key file of the second device (created with mode 0600 if missing).
+        #[arg(value_name = "KEY_FILE_B", default_value = "b.key")]
+        b: PathBuf,
+    },
+    /// Run one device: a node with its control socket (see docs/config.md).
+    Node {
+        /// The node's config file (TOML; TETHER_* variables override keys).
+        #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
+        config: PathBuf,
+        /// Only check the config (and key files), print a summary and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the relay and rendezvous server (see docs/config.md).
+    Relay {
+        /// The relay's config file (TOML; TETHER_* variables override keys).
+        #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
+        config: PathBuf,
+        /// Only check the config (and key file), print a summary and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Show a running node's sessions (or a relay's counters).
+    Status {
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send a text message to a peer through a running node.
+    Send {
+        /// The peer: its name in the config, or a prefix of its public key.
+        peer: String,
+        /// The message.
+        text: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stream a running node's events and delivered messages as JSON lines.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Tell a running node its network changed: rebind it to ADDR (manual migration).
+    Migrate {
+        /// New local address: an IP (any port) or ip:port, e.g. 127.0.0.2.
+        #[arg(long, value_name = "ADDR")]
+        bind: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The scenario to play.
+    #[arg(long, value_name = "NAME", default_value = "all",
+          value_parser = ["all", "establish", "single-side-move", "direct-blocked-relay", "both-move", "window-expiry"])]
+    scenario: String,
+    /// Print one JSON object per scenario instead of timelines and a table.
+    #[arg(long)]
+    json: bool,
+    /// Play the single-side move over real UDP sockets on loopback (127.0.0.1 -> 127.0.0.2).
+    #[arg(long)]
+    real: bool,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = demo::DEFAULT_SEED)]
+    seed: u64,
+    /// Round-trip time of the simulated path, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 40)]
+    rtt_ms: u64,
+    /// Packet loss of the simulated path, from 0 to 0.5.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.01)]
+    loss: f64,
+}
+
+/// Which running node (or relay) a client command talks to.
+#[derive(Debug, Args)]
+struct Target {
+    /// The control socket.
+    #[arg(
+        short,
+        long,
+        value_name = "PATH",
+        env = "TETHER_SOCKET",
+        conflicts_with = "config"
+    )]
+    socket: Option<PathBuf>,
+    /// Or the node's config file, to read its control_socket.
+    #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// `println!` that returns write errors (a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        writeln!(out, $($arg)*).and_then(|()| out.flush())?
+    }};
+}
+
+/// `print!` that returns write errors instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        write!(out, $($arg)*).and_then(|()| out.flush())?
+    }};
+}
+
+/// An error that is the user's input: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        // The reader went away (`tether demo | head`): nothing left to say.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let usage = error.downcast_ref::<ConfigError>().is_some()
+                || error.downcast_ref::<UsageError>().is_some();
+            eprintln!("error: {}", one_line(&error));
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause its parent already quotes.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text.replace('\n', " ")
+}
+
+fn log_format(cli: &Option<String>, config: LogFormat) -> LogFormat {
+    match cli.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config,
+    }
+}
+
+/// Installs the tracing subscriber: RUST_LOG, or `default_level`.
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => {
+            init_logging(log_format(&cli.log_format, LogFormat::Text), "warn");
+            run_demo(args)
+        }
+        Command::Keygen { out } => {
+            let public = keys::keygen(&out)?;
+            outln!("{}", public.to_hex());
+            eprintln!(
+                "wrote {} (mode 0600); its public key is above",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pair { a, b } => {
+            let pairing = keys::pair(&a, &b)?;
+            out!("{}", pairing.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node { config, check } => {
+            let settings = config::load_node(&config)?;
+            if check {
+                outln!(
+                    "config ok: device {} listens on {}, control socket {}, relay {}, peers: {}",
+                    settings.keypair.public().to_hex(),
+                    settings.listen,
+                    settings.control_socket.display(),
+                    settings.relay.addr,
+                    settings
+                        .peers
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                for warning in &settings.warnings {
+                    outln!("warning: {warning}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            init_logging(log_format(&cli.log_format, settings.log_format), "info");
+            let system = actix_rt::System::new();
+            system.block_on(node::run_node(settings, |ready| {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "tether node ready: device={} listen={} control={} metrics={}",
+                    ready.device,
+                    ready.listen,
+                    ready.control_socket.display(),
+                    ready.metrics.map_or("off".to_string(), |m| m.to_string())
+                );
+                let _ = std::io::stdout().flush();
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay { config, check } => {
+            let settings = config::load_relay(&config)?;
+            if check {
+                outln!(
+                    "config ok: relay {} listens on {}",
+                    settings.keypair.public().to_hex(),
+                    settings.listen
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            init_logging(log_format(&cli.log_format, settings.log_format), "info");
+            let system = actix_rt::System::new();
+            system.block_on(relay::run_relay(settings, |ready| {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "tether relay ready: public_key={} listen={} metrics={}",
+                    ready.public_key,
+                    ready.listen,
+                    ready.metrics.map_or("off".to_string(), |m| m.to_string())
+                );
+                let _ = std::io::stdout().flush();
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, target } => {
+            let socket = socket_of(&target)?;
+            let reply = client(&socket, Request::Status)?;
+            if json {
+                let body = reply
+                    .get("status")
+                    .or_else(|| reply.get("relay"))
+                    .cloned()
+                    .unwrap_or(reply);
+                outln!("{}", serde_json::to_string_pretty(&body)?);
+            } else if let Some(status) = reply.get("status") {
+                let report: NodeStatusReport =
+                    serde_json::from_value(status.clone()).context("unexpected status report")?;
+                out!("{}", render_status(&report));
+            } else if let Some(relay) = reply.get("relay") {
+                let report: RelayStatusReport =
+                    serde_json::from_value(relay.clone()).context("unexpected relay report")?;
+                out!("{}", render_relay(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { peer, text, target } => {
+            let socket = socket_of(&target)?;
+            let reply = client(&socket, Request::Send { peer, text })?;
+            outln!(
+                "queued for {} as message {}",
+                reply.get("peer").and_then(|p| p.as_str()).unwrap_or("?"),
+                reply
+                    .get("seq")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { target } => {
+            let socket = socket_of(&target)?;
+            let system = actix_rt::System::new();
+            system.block_on(control::watch(&socket, |line| {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { bind, target } => {
+            control::parse_bind(&bind).map_err(UsageError)?;
+            let socket = socket_of(&target)?;
+            let reply = client(&socket, Request::Migrate { bind })?;
+            outln!(
+                "rebound {} -> {}; the sessions migrate",
+                reply.get("old").and_then(|p| p.as_str()).unwrap_or("?"),
+                reply.get("new").and_then(|p| p.as_str()).unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn socket_of(target: &Target) -> anyhow::Result<PathBuf> {
+    match (&target.socket, &target.config) {
+        (Some(socket), _) => Ok(socket.clone()),
+        (None, Some(config)) => Ok(config::control_socket_of(config)?),
+        (None, None) => Err(UsageError(
+            "say which node: --socket PATH or --config FILE (or TETHER_SOCKET / TETHER_CONFIG)"
+                .into(),
+        )
+        .into()),
+    }
+}
+
+fn client(socket: &Path, request: Request) -> anyhow::Result<serde_json::Value> {
+    let system = actix_rt::System::new();
+    Ok(system.block_on(control::request(socket, &request))?)
+}
+
+fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=0.5).contains(&args.loss) {
+        return Err(UsageError(format!("--loss {} is not between 0 and 0.5", args.loss)).into());
+    }
+    let opts = DemoOptions {
+        seed: args.seed,
+        rtt_ms: args.rtt_ms,
+        loss: args.loss,
+    };
+    let started = std::time::Instant::now();
+    let mut reports = Vec::new();
+    if args.real {
+        reports.push(demo::play_real(&opts)?);
+        emit(&reports, args.json)?;
+    } else {
+        let scenarios: Vec<Scenario> = match Scenario::from_name(&args.scenario) {
+            Some(one) => vec![one],
+            None => Scenario::ALL.to_vec(),
+        };
+        let total = scenarios.len();
+        for (i, scenario) in scenarios.into_iter().enumerate() {
+            let report = demo::play(scenario, &opts);
+            if args.json {
+                outln!("{}", serde_json::to_string(&report)?);
+            } else {
+                outln!("{}", demo::render(&report, i, total));
+            }
+            let _ = std::io::stdout().flush();
+            reports.push(report);
+        }
+    }
+    if !args.json {
+        out!("{}", demo::summary(&reports));
+        outln!(
+            "played in {:.1} s of real time",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(if reports.iter().all(|r| r.passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn emit(reports: &[demo::ScenarioReport], json: bool) -> anyhow::Result<()> {
+    for (i, report) in reports.iter().enumerate() {
+        if json {
+            outln!("{}", serde_json::to_string(report)?);
+        } else {
+            outln!("{}", demo::render(report, i, reports.len()));
+        }
+    }
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or("-".to_string(), |v| v.to_string())
+}
+
+fn render_status(r: &NodeStatusReport) -> String {
+    let mut out = format!(
+        "device {} on {}, up {} s\n",
+        r.device,
+        r.listen,
+        r.uptime_ms / 1000
+    );
+    out.push_str(&format!(
+        "{:<12} {:<20} {:<6} {:<22} {:>5} {:>10} {:<16} {:>6} {:>6} {:>6} {:>9} {:>10} {:>14}\n",
+        "peer",
+        "status",
+        "path",
+        "remote",
+        "epoch",
+        "handshakes",
+        "PeerSecret",
+        "rtt",
+        "queued",
+        "sent",
+        "delivered",
+        "migrations",
+        "last migration"
+    ));
+    for p in &r.peers {
+        out.push_str(&format!(
+            "{:<12} {:<20} {:<6} {:<22} {:>5} {:>10} {:<16} {:>6} {:>6} {:>6} {:>9} {:>10} {:>14}\n",
+            p.name,
+            opt(&p.status),
+            opt(&p.path),
+            opt(&p.remote),
+            opt(&p.epoch),
+            p.handshakes,
+            opt(&p.peer_secret),
+            p.rtt_ms.map_or("-".into(), |v| format!("{v}ms")),
+            p.queued,
+            p.sent,
+            p.delivered,
+            p.session.migrations_completed,
+            p.last_migration_ms.map_or("-".into(), |v| format!("{v}ms")),
+        ));
+    }
+    for p in &r.peers {
+        let s = &p.session;
+        out.push_str(&format!(
+            "{}: sessions started {}, evicted {}, closed {}; handshakes completed {}; migrations started {}, completed {}, failed {}; up {} s direct, {} s relay\n",
+            p.name, s.sessions_started, s.sessions_evicted, s.sessions_closed, s.handshakes_completed,
+            s.migrations_started, s.migrations_completed, s.migrations_failed, s.direct_ms / 1000, s.relay_ms / 1000
+        ));
+    }
+    let t = &r.transport;
+    out.push_str(&format!(
+        "udp: sent {} datagrams / {} bytes, received {} / {}; rebinds {}\n",
+        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received, t.rebinds
+    ));
+    let rejected: Vec<String> = r
+        .rejected
+        .by_reason
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    out.push_str(&format!(
+        "rejected input: {}\n",
+        if rejected.is_empty() {
+            "none".to_string()
+        } else {
+            rejected.join(" ")
+        }
+    ));
+    out
+}
+
+fn render_relay(r: &RelayStatusReport) -> String {
+    let mut out = format!(
+        "relay {} on {}, up {} s\n",
+        r.public_key,
+        r.listen,
+        r.uptime_ms / 1000
+    );
+    for (k, v) in &r.counters {
+        out.push_str(&format!("{k:<28} {v}\n"));
+    }
+    let t = &r.transport;
+    out.push_str(&format!(
+        "udp: sent {} datagrams / {} bytes, received {} / {}\n",
+        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received
+    ));
+    out
+}

@@ -1,0 +1,358 @@
+//! The `tether` command line: `--help` texts (snapshots), keygen and pair, and the
+//! one-line errors that a bad config produces (snapshots, exit code 2, no panic).
+
+// A panic in a test is a failed test, not a crashed node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+fn tether(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(TETHER);
+    command.args(args).current_dir(dir);
+    // The test's own environment must not leak config overrides in.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TETHER_") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = String::new();
+    for args in [
+        &["--help"][..],
+        &["demo", "--help"],
+        &["keygen", "--help"],
+        &["pair", "--help"],
+        &["node", "--help"],
+        &["relay", "--help"],
+        &["status", "--help"],
+        &["send", "--help"],
+        &["watch", "--help"],
+        &["migrate", "--help"],
+    ] {
+        let out = tether(args, dir.path(), &[]);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        all.push_str(&format!("$ tether {}\n{}\n", args.join(" "), stdout(&out)));
+    }
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn keygen_writes_a_0600_key_file_and_never_overwrites_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tether(&["keygen", "--out", "k.key"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let public = stdout(&out).trim().to_string();
+    assert_eq!(public.len(), 64);
+    let file = dir.path().join("k.key");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains(&format!("public {public}")));
+    let again = tether(&["keygen", "--out", "k.key"], dir.path(), &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(stderr(&again).lines().count(), 1, "{}", stderr(&again));
+    assert!(stderr(&again).contains("File exists"));
+}
+
+#[test]
+fn pair_prints_matching_entries_and_writes_0600_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tether(&["pair", "phone.key", "laptop.key"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for file in ["phone.key", "laptop.key"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let values = |key: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} = \"")))
+            .map(|l| l[..l.find('"').unwrap()].to_string())
+            .collect()
+    };
+    let names = values("name");
+    let publics = values("public_key");
+    let rks = values("relationship_key");
+    assert_eq!(names, ["laptop", "phone"], "{text}");
+    assert_eq!(rks.len(), 2);
+    assert_eq!(rks[0], rks[1], "one relationship key for the pair");
+    let key_of = |file: &str| {
+        std::fs::read_to_string(dir.path().join(file))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("public ").map(String::from))
+            .unwrap()
+    };
+    // Each config lists the other device.
+    assert_eq!(publics, [key_of("laptop.key"), key_of("phone.key")]);
+    // Pairing existing keys again reads them and makes a new relationship key.
+    let again = tether(&["pair", "phone.key", "laptop.key"], dir.path(), &[]);
+    assert!(again.status.success());
+    assert!(stdout(&again).contains("(existing)"));
+    assert!(!stdout(&again).contains(&rks[0]));
+}
+
+/// A config with one valid peer, relay and key file, where `{KEY}` etc. are filled in.
+const GOOD: &str = r#"key_file = "node.key"
+listen = "127.0.0.1:0"
+control_socket = "node.sock"
+
+[relay]
+addr = "127.0.0.1:7300"
+public_key = "{RELAY}"
+
+[[peers]]
+name = "b"
+public_key = "{PEER}"
+relationship_key = "{RK}"
+addresses = ["127.0.0.1:7001"]
+"#;
+
+/// A named config text and the environment it runs with.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+
+#[test]
+fn bad_configs_fail_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = |name: &str| {
+        let out = tether(&["keygen", "--out", name], d, &[]);
+        assert!(out.status.success());
+        stdout(&out).trim().to_string()
+    };
+    let own = key("node.key");
+    let relay = key("relay.key");
+    let peer = key("peer.key");
+    let rk = "ab".repeat(32);
+    let good = GOOD
+        .replace("{RELAY}", &relay)
+        .replace("{PEER}", &peer)
+        .replace("{RK}", &rk);
+    let loose = d.join("loose.key");
+    std::fs::copy(d.join("peer.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let cases: Vec<Case> = vec![
+        ("missing file", String::new(), vec![]),
+        (
+            "not TOML",
+            good.replace("listen = \"127.0.0.1:0\"", "listen = 127.0.0.1:0"),
+            vec![],
+        ),
+        (
+            "misspelled key",
+            good.replace("listen =", "lisen ="),
+            vec![],
+        ),
+        (
+            "no key_file",
+            good.replace("key_file = \"node.key\"\n", ""),
+            vec![],
+        ),
+        (
+            "key file missing",
+            good.replace("node.key", "nope.key"),
+            vec![],
+        ),
+        (
+            "key file readable by others",
+            good.replace("node.key", "loose.key"),
+            vec![],
+        ),
+        ("bad peer key", good.replace(&peer, &peer[..60]), vec![]),
+        (
+            "upper-case relationship key",
+            good.replace(&rk, &rk.to_uppercase()),
+            vec![],
+        ),
+        (
+            "bad relay address",
+            good.replace("127.0.0.1:7300", "relay.example:7300"),
+            vec![],
+        ),
+        (
+            "bad listen type",
+            good.replace("listen = \"127.0.0.1:0\"", "listen = 7000"),
+            vec![],
+        ),
+        (
+            "no peers",
+            good[..good.find("[[peers]]").unwrap()].to_string(),
+            vec![],
+        ),
+        ("own key as peer", good.replace(&peer, &own), vec![]),
+        (
+            "zero duration",
+            format!("{good}\n[presence]\nmigration_window_ms = 0\n"),
+            vec![],
+        ),
+        (
+            "unknown table key",
+            format!("{good}\n[limits]\nmax_qeued = 10\n"),
+            vec![],
+        ),
+        (
+            "bad env override",
+            good.clone(),
+            vec![("TETHER_PRESENCE__MIGRATION_WINDOW_MS", "soon")],
+        ),
+        (
+            "env override of an unknown key",
+            good.clone(),
+            vec![("TETHER_LISTEN_ADDR", "127.0.0.1:1")],
+        ),
+        (
+            "bad log format",
+            good.replace("listen =", "log_format = \"xml\"\nlisten ="),
+            vec![],
+        ),
+    ];
+    let mut snapshot = String::new();
+    for (i, (name, text, env)) in cases.iter().enumerate() {
+        let file = format!("case{i}.toml");
+        if !text.is_empty() {
+            std::fs::write(d.join(&file), text).unwrap();
+        }
+        let out = tether(&["node", "--config", &file], d, env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: one line, got:\n{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{name}: {err}"
+        );
+        assert!(stdout(&out).is_empty(), "{name}");
+        snapshot.push_str(&format!(
+            "{name}:\n  {}",
+            err.replace(&d.display().to_string(), "[DIR]")
+        ));
+    }
+    insta::assert_snapshot!(snapshot);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["demo", "--scenario", "nope"][..],
+        &["status"],
+        &["migrate", "--bind", "somewhere", "--socket", "x.sock"],
+        &["frobnicate"],
+    ] {
+        let out = tether(args, dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"));
+    }
+    // A node that is not running is a runtime failure, named clearly.
+    let out = tether(&["status", "--socket", "gone.sock"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is the node running?"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn the_example_configs_are_valid_and_env_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for file in ["node-laptop.toml", "node-phone.toml", "relay.toml"] {
+        std::fs::copy(repo().join("examples").join(file), d.join(file)).unwrap();
+        std::fs::set_permissions(d.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    for key in ["laptop.key", "phone.key", "relay.key"] {
+        assert!(tether(&["keygen", "--out", key], d, &[]).status.success());
+    }
+    for (command, file) in [
+        ("node", "node-laptop.toml"),
+        ("node", "node-phone.toml"),
+        ("relay", "relay.toml"),
+    ] {
+        let out = tether(&[command, "--config", file, "--check"], d, &[]);
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+        assert!(stdout(&out).starts_with("config ok:"), "{file}");
+    }
+    let out = tether(
+        &["node", "--config", "node-phone.toml", "--check"],
+        d,
+        &[("TETHER_LISTEN", "127.0.0.1:7999")],
+    );
+    assert!(
+        stdout(&out).contains("listens on 127.0.0.1:7999"),
+        "{}",
+        stdout(&out)
+    );
+    // TETHER_CONFIG names the file.
+    let out = tether(
+        &["node", "--check"],
+        d,
+        &[("TETHER_CONFIG", "node-phone.toml")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn every_key_of_the_full_example_is_documented() {
+    let example = std::fs::read_to_string(repo().join("examples/node-laptop.toml")).unwrap();
+    let docs = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
+    let mut table = String::new();
+    let mut keys = 0;
+    for line in example.lines() {
+        if let Some(name) = line.strip_prefix('[') {
+            table = name.trim_matches(|c| c == '[' || c == ']').to_string();
+            continue;
+        }
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if key.starts_with('#') {
+            continue;
+        }
+        let full = match table.as_str() {
+            "" => key.to_string(),
+            "peers" => format!("peers[].{key}"),
+            t => format!("{t}.{key}"),
+        };
+        assert!(
+            docs.contains(&format!("`{full}`")),
+            "docs/config.md lacks `{full}`"
+        );
+        keys += 1;
+    }
+    assert!(keys >= 20, "{keys} keys found");
+}

@@ -1,0 +1,394 @@
+//! End to end on real loopback sockets, real processes: `tether relay` and two
+//! `tether node`s with keys from `tether keygen` / `tether pair`. Messages flow both
+//! ways while one node is told `tether migrate --bind 127.0.0.2`; then `tether status
+//! --json` must show both sides Ready with the same handshake count and PeerSecret as
+//! before, and `tether watch` must have seen every message once, in order.
+//!
+//! Every process is killed when its guard drops, so a failing assertion leaves nothing
+//! running. Nothing sleeps: every wait reads output lines with a deadline.
+
+// A panic in a test is a failed test, not a crashed node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+fn command(dir: &Path) -> Command {
+    let mut command = Command::new(TETHER);
+    command.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TETHER_") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Runs a short command to completion; panics with its stderr if it fails.
+fn run(dir: &Path, args: &[&str]) -> String {
+    let out = command(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tether {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A long-running process whose stdout lines arrive on a channel; killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let mut child = command(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            name: name.into(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The next stdout line for which `wanted` returns Some, before `deadline`.
+    fn wait_for<T>(&self, deadline: Instant, mut wanted: impl FnMut(&str) -> Option<T>) -> T {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(found) = wanted(&line) {
+                        return found;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: the awaited line did not come; stderr:\n{}",
+                    self.name,
+                    tail(&self.stderr_text())
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
+}
+
+fn status_json(dir: &Path, socket: &str) -> serde_json::Value {
+    let text = run(dir, &["status", "--json", "--socket", socket]);
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    report["peers"][0].clone()
+}
+
+/// The texts delivered from `peer` that a watch has shown, in order.
+fn delivered(seen: &[serde_json::Value], peer: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|e| e["event"] == "delivered" && e["peer"] == peer)
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let deadline = |secs| Instant::now() + Duration::from_secs(secs);
+
+    // Keys.
+    let relay_public = run(d, &["keygen", "--out", "relay.key"]).trim().to_string();
+    let pairing = run(d, &["pair", "a.key", "b.key"]);
+    let sections: Vec<&str> = pairing.split("# --- in ").collect();
+    let entry_for = |who: &str| {
+        sections
+            .iter()
+            .find(|s| s.starts_with(&format!("{who}'s config")))
+            .map(|s| s.split_once('\n').unwrap().1.to_string())
+            .unwrap()
+    };
+
+    // The relay.
+    std::fs::write(
+        d.join("relay.toml"),
+        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
+    )
+    .unwrap();
+    let relay = Proc::start(d, "relay", &["relay", "--config", "relay.toml"]);
+    let relay_addr = relay.wait_for(deadline(30), |l| {
+        l.starts_with("tether relay ready:")
+            .then(|| field(l, "listen").unwrap().to_string())
+    });
+
+    // Node A first (it does not know B's address), then B (which knows A's).
+    let node_config = |name: &str, peers: String, extra: &str| {
+        format!(
+            "key_file = \"{name}.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"{name}.sock\"\n{extra}\n[relay]\naddr = \"{relay_addr}\"\npublic_key = \"{relay_public}\"\n\n{peers}"
+        )
+    };
+    let a_config = node_config(
+        "a",
+        entry_for("a"),
+        "log_format = \"json\"\nmetrics_addr = \"127.0.0.1:0\"",
+    );
+    std::fs::write(d.join("a.toml"), &a_config).unwrap();
+    let a = Proc::start(d, "a", &["node", "--config", "a.toml"]);
+    let (a_addr, a_metrics) = a.wait_for(deadline(30), |l| {
+        l.starts_with("tether node ready:").then(|| {
+            (
+                field(l, "listen").unwrap().to_string(),
+                field(l, "metrics").unwrap().to_string(),
+            )
+        })
+    });
+    let b_entry = entry_for("b").replace("addresses = []", &format!("addresses = [\"{a_addr}\"]"));
+    std::fs::write(d.join("b.toml"), node_config("b", b_entry, "")).unwrap();
+    let b = Proc::start(d, "b", &["node", "--config", "b.toml"]);
+    b.wait_for(deadline(30), |l| {
+        l.starts_with("tether node ready:").then_some(())
+    });
+
+    // Watch both; the stream starts with each peer's current status.
+    let watch_a = Proc::start(d, "watch-a", &["watch", "--socket", "a.sock"]);
+    let watch_b = Proc::start(d, "watch-b", &["watch", "--socket", "b.sock"]);
+    let mut seen_a: Vec<serde_json::Value> = Vec::new();
+    let mut seen_b: Vec<serde_json::Value> = Vec::new();
+    let until_ready = deadline(30);
+    watch_a.wait_for(until_ready, |l| {
+        let e = json(l);
+        let ready = e["event"] == "status" && e["to"] == "Ready";
+        seen_a.push(e);
+        ready.then_some(())
+    });
+    watch_b.wait_for(until_ready, |l| {
+        let e = json(l);
+        let ready = e["event"] == "status" && e["to"] == "Ready";
+        seen_b.push(e);
+        ready.then_some(())
+    });
+
+    // Phase 1: messages both ways on the established session.
+    const WARM: usize = 5;
+    const DURING: usize = 15;
+    for i in 0..WARM {
+        run(
+            d,
+            &["send", "--socket", "a.sock", "b", &format!("from a {i}")],
+        );
+        run(
+            d,
+            &["send", "--socket", "b.sock", "a", &format!("from b {i}")],
+        );
+    }
+    let collect_until = |watch: &Proc,
+                         seen: &mut Vec<serde_json::Value>,
+                         from: &str,
+                         count: usize,
+                         until: Instant| {
+        while delivered(seen, from).len() < count {
+            watch.wait_for(until, |l| {
+                seen.push(json(l));
+                Some(())
+            });
+        }
+    };
+    collect_until(&watch_b, &mut seen_b, "a", WARM, deadline(30));
+    collect_until(&watch_a, &mut seen_a, "b", WARM, deadline(30));
+
+    // The session is settled (data went both ways): the baseline.
+    let before_a = status_json(d, "a.sock");
+    let before_b = status_json(d, "b.sock");
+    assert_eq!(before_a["status"], "Ready");
+    assert_eq!(before_b["status"], "Ready");
+    assert_eq!(before_a["peer_secret"], before_b["peer_secret"]);
+    assert!(before_a["peer_secret"].is_string());
+
+    // Phase 2: messages flow from two threads while A moves to 127.0.0.2.
+    let (started_tx, started_rx) = mpsc::channel();
+    let senders: Vec<_> = [("a.sock", "b", "from a"), ("b.sock", "a", "from b")]
+        .into_iter()
+        .map(|(socket, peer, prefix)| {
+            let dir = d.to_path_buf();
+            let started = started_tx.clone();
+            std::thread::spawn(move || {
+                for i in WARM..WARM + DURING {
+                    run(
+                        &dir,
+                        &["send", "--socket", socket, peer, &format!("{prefix} {i}")],
+                    );
+                    if i == WARM + 2 {
+                        let _ = started.send(());
+                    }
+                }
+            })
+        })
+        .collect();
+    started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let moved = run(d, &["migrate", "--socket", "a.sock", "--bind", "127.0.0.2"]);
+    assert!(moved.contains("-> 127.0.0.2:"), "{moved}");
+    for sender in senders {
+        sender.join().unwrap();
+    }
+
+    // Every message arrives; both sides report the migration complete.
+    let total = WARM + DURING;
+    let until = deadline(30);
+    collect_until(&watch_b, &mut seen_b, "a", total, until);
+    collect_until(&watch_a, &mut seen_a, "b", total, until);
+    for (watch, seen) in [(&watch_a, &mut seen_a), (&watch_b, &mut seen_b)] {
+        while !seen.iter().any(|e| e["event"] == "migration_completed") {
+            watch.wait_for(until, |l| {
+                seen.push(json(l));
+                Some(())
+            });
+        }
+    }
+    let last_status = |seen: &[serde_json::Value]| {
+        seen.iter()
+            .rev()
+            .find(|e| e["event"] == "status")
+            .map(|e| e["to"].clone())
+    };
+    for (watch, seen) in [(&watch_a, &mut seen_a), (&watch_b, &mut seen_b)] {
+        while last_status(seen) != Some("Ready".into()) {
+            watch.wait_for(until, |l| {
+                seen.push(json(l));
+                Some(())
+            });
+        }
+    }
+
+    // Exactly once, in order.
+    let expect =
+        |prefix: &str| -> Vec<String> { (0..total).map(|i| format!("{prefix} {i}")).collect() };
+    assert_eq!(delivered(&seen_b, "a"), expect("from a"), "A -> B");
+    assert_eq!(delivered(&seen_a, "b"), expect("from b"), "B -> A");
+
+    // Same session, no handshake, B now reaches A at 127.0.0.2.
+    let after_a = status_json(d, "a.sock");
+    let after_b = status_json(d, "b.sock");
+    for (name, before, after) in [("A", &before_a, &after_a), ("B", &before_b, &after_b)] {
+        assert_eq!(after["status"], "Ready", "{name}: {after}");
+        assert_eq!(
+            after["handshakes"], before["handshakes"],
+            "{name}: handshake count"
+        );
+        assert_eq!(after["epoch"], before["epoch"], "{name}: epoch");
+        assert_eq!(
+            after["peer_secret"], before["peer_secret"],
+            "{name}: PeerSecret"
+        );
+        assert_eq!(
+            after["session_keys"], before["session_keys"],
+            "{name}: session keys"
+        );
+        assert_eq!(after["path"], "direct", "{name}");
+        assert_eq!(after["delivered"], total as u64, "{name}: delivered count");
+    }
+    assert_eq!(after_a["peer_secret"], after_b["peer_secret"]);
+    let remote = after_b["remote"].as_str().unwrap_or_default();
+    assert!(remote.starts_with("127.0.0.2:"), "B reaches A at {remote}");
+    assert_eq!(after_a["session"]["migrations_completed"], 1);
+    assert_eq!(after_a["session"]["migrations_failed"], 0);
+
+    // The human-readable status, and the relay's.
+    let human = run(d, &["status", "--config", "b.toml"]);
+    assert!(
+        human.contains("Ready") && human.contains("127.0.0.2:"),
+        "{human}"
+    );
+    let relay_status = run(d, &["status", "--socket", "relay.sock"]);
+    assert!(relay_status.contains("authenticated"), "{relay_status}");
+
+    // Prometheus text on A's metrics address.
+    let mut http = std::net::TcpStream::connect(&a_metrics).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("tether_migrations_total{peer=\"b\",outcome=\"completed\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("tether_session_ready{peer=\"b\",status=\"Ready\",path=\"direct\"} 1"),
+        "{page}"
+    );
+
+    // A's JSON log lets one follow the migration: its lines carry the session and the
+    // migration span.
+    let log = a.stderr_text();
+    let migration_lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(json)
+        .filter(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["name"] == "migration"))
+        })
+        .collect();
+    assert!(
+        migration_lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "migration completed without a handshake"),
+        "{}",
+        tail(&log)
+    );
+    assert!(migration_lines.iter().all(|l| l["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "session" && s["peer"] == "b")));
+}
