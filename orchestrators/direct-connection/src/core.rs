@@ -302,6 +302,7 @@ impl DirectConnection {
             }
             if let Some(migration) = &peer.migration {
                 consider(migration.relay_at);
+                consider(migration.carry_at);
             }
             consider(peer.heartbeat.next_at);
             consider(peer.probe_at);
@@ -521,6 +522,9 @@ impl DirectConnection {
                 Duration::from_millis(srtt.saturating_mul(3) / 2)
             })
             .min(self.limits.relay_fallback_after);
+        // The data follows half a fallback later (at least 20 ms: timer slack), by when a
+        // working direct path has usually answered.
+        let carry_floor = Duration::from_millis(20);
         peer.ping_counter_sent += 1;
         let counter = peer.ping_counter_sent;
         let endpoints = request.new_endpoints.clone();
@@ -541,6 +545,7 @@ impl DirectConnection {
             request: request.request,
             ping: ping.clone(),
             relay_at: Some(now + relay_fallback),
+            carry_at: Some(now + relay_fallback + (relay_fallback / 2).max(carry_floor)),
             started: now,
             acked: false,
         });
@@ -595,6 +600,19 @@ impl DirectConnection {
                     to: device,
                     envelope,
                 }));
+            }
+            return;
+        }
+        if migration.carry_at.is_some_and(|at| at <= now) {
+            migration.carry_at = None;
+            let moved_at = migration.started;
+            let acked = migration.acked;
+            // Still nothing direct since we moved, a round trip after the relay copy
+            // left: let the queued messages follow it through the relay rather than
+            // wait for its acknowledgement (the receiver dedupes whatever the direct
+            // path delivers too). Not reported as Ready: that waits for the peer.
+            if !acked && !self.heard_directly_since(device, moved_at) && self.relay_connected {
+                self.carry(now, device, Via::Relay);
             }
             return;
         }
@@ -824,6 +842,7 @@ impl DirectConnection {
             return;
         };
         let changed = peer.bound != Some(via);
+        let was_tentative = !changed && peer.migration.is_some();
         peer.bound = Some(via);
         // On the relay, look for a direct path at once (the peer may have just told us
         // where it is), then every probe interval.
@@ -832,6 +851,10 @@ impl DirectConnection {
             Via::Relay => peer.probe_at.or(Some(now + probe_interval)),
             Via::Link(_) => None,
         };
+        if was_tentative {
+            // Data went here before the path was confirmed; resend what is unacknowledged.
+            peer.resend_all = true;
+        }
         if changed {
             peer.resend_all = true;
             peer.heartbeat = Heartbeat {
@@ -869,6 +892,28 @@ impl DirectConnection {
         if changed {
             self.send_markers(device, via);
         }
+        self.pump(now, device);
+    }
+
+    /// Whether an authenticated frame arrived on a direct link from the peer since `at`.
+    pub(crate) fn heard_directly_since(&self, device: DeviceId, at: Instant) -> bool {
+        self.links
+            .values()
+            .any(|l| l.peer == Some(device) && l.last_heard.is_some_and(|heard| heard >= at))
+    }
+
+    /// Puts the session's data on `via` without reporting a path change (a tentative
+    /// path while a migration is unanswered).
+    fn carry(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if !peer.usable() || peer.bound == Some(via) {
+            return;
+        }
+        peer.bound = Some(via);
+        peer.resend_all = true;
+        self.send_markers(device, via);
         self.pump(now, device);
     }
 

@@ -265,9 +265,14 @@ impl DirectConnection {
         // Every copy is acknowledged on the path it came by, so the mover hears back on
         // whichever of its paths works.
         self.send_frame(device, via, &ack);
+
         // A ping that came through the relay means the relay works: carry the session
         // there until a direct path validates.
-        let unbound = self.peers.get(&device).is_some_and(|p| p.bound.is_none());
+        // (Also when our own unanswered migration already carries data there.)
+        let unbound = self
+            .peers
+            .get(&device)
+            .is_some_and(|p| matches!(p.bound, None | Some(Via::Relay)));
         if via == Via::Relay && unbound && self.relay_connected {
             self.bind(now, device, Via::Relay);
         }
@@ -315,13 +320,7 @@ impl DirectConnection {
             Via::Relay => {
                 // The relay answered: use it unless a direct link has been heard from
                 // since we moved (that one will carry the session instead).
-                let direct_works = self.links_of(device).iter().any(|l| {
-                    self.links
-                        .get(l)
-                        .and_then(|state| state.last_heard)
-                        .is_some_and(|heard| heard >= moved_at)
-                });
-                if !direct_works {
+                if !self.heard_directly_since(device, moved_at) {
                     self.bind(now, device, Via::Relay);
                 }
             }

@@ -51,6 +51,8 @@ pub struct OutMigration {
     pub ping: MigrationPing,
     /// When the relay queue carries the ping too, if no ack came by then.
     pub relay_at: Option<Instant>,
+    /// When the queued data follows through the relay, if nothing direct answered.
+    pub carry_at: Option<Instant>,
     /// When this ping was first sent (our move): a link heard from since then is
     /// known to work from our new address.
     pub started: Instant,
