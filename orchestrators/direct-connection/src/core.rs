@@ -774,11 +774,7 @@ impl DirectConnection {
                 addrs.push(*addr);
             }
         }
-        let probing = self
-            .dials
-            .values()
-            .any(|(d, purpose)| *d == device && *purpose == DialPurpose::Probe);
-        if addrs.is_empty() || probing {
+        if addrs.is_empty() {
             return;
         }
         let dial = self.request_id();
@@ -913,6 +909,8 @@ impl DirectConnection {
         }
         peer.bound = Some(via);
         peer.resend_all = true;
+        // On the relay, look for a direct path at once (as `bind` does).
+        peer.probe_at = (via == Via::Relay).then_some(now);
         self.send_markers(device, via);
         self.pump(now, device);
     }

@@ -248,6 +248,10 @@ impl DirectConnection {
             }
             peer.highest_ping_received = ping.counter;
             peer.announced = ping.endpoints.clone();
+            if peer.bound == Some(Via::Relay) {
+                // New direct endpoints while on the relay: probe them now.
+                peer.probe_at = Some(now);
+            }
             let session = peer.session;
             self.outputs
                 .push_back(Output::InboundMigrationPing(InboundMigrationPing {
