@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Pair two devices: make or read their key files, print both configs' [[peers]] entries with a fresh relationship key.
+    /// Pair two devices: make or read their key files, print both configs' `[[peers]]` entries with a fresh relationship key.
     Pair {
         /// Key file of the first device (created with mode 0600 if missing).
         #[arg(value_name = "KEY_FILE_A", default_value = "a.key")]
