@@ -15,6 +15,7 @@
 //! before the frame that revealed it → a writer task sends frames in order → the link
 //! ends (either task fails) and `LinkDown` goes to the owner once.
 
+use crate::link_tasks::{forward_accepted, spawn_writer, Accepted};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, WrapFuture,
 };
@@ -100,11 +101,6 @@ struct LinkEnded {
     reason: String,
 }
 
-/// The acceptor produced a link.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Accepted(Link);
-
 impl TransportDriver {
     /// A driver for `endpoint`.
     pub fn new(endpoint: Endpoint, recipients: DriverRecipients) -> Self {
@@ -129,7 +125,6 @@ impl TransportDriver {
         let remote = link.remote_addr();
         let handle = link.handle().clone();
         let (sender, mut receiver) = link.split();
-        let (writer, mut queue) = mpsc::unbounded_channel::<Bytes>();
         let events = self.recipients.of(owner).clone();
         let me: Addr<Self> = ctx.address();
 
@@ -162,16 +157,8 @@ impl TransportDriver {
         });
 
         // Writer: frames in order; a failed send ends the link.
-        tokio::spawn(async move {
-            while let Some(frame) = queue.recv().await {
-                if let Err(error) = sender.send_frame(frame).await {
-                    me.do_send(LinkEnded {
-                        link: id,
-                        reason: error.to_string(),
-                    });
-                    break;
-                }
-            }
+        let writer = spawn_writer(sender, move |reason| {
+            me.do_send(LinkEnded { link: id, reason });
         });
 
         self.links.insert(
@@ -195,15 +182,7 @@ impl Actor for TransportDriver {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let endpoint = self.endpoint.clone();
-        let me = ctx.address();
-        tokio::spawn(async move {
-            while let Some(link) = endpoint.accept().await {
-                if me.try_send(Accepted(link)).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_accepted(self.endpoint.clone(), ctx.address());
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

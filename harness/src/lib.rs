@@ -11,6 +11,7 @@ pub mod app;
 pub mod cluster;
 mod driver;
 mod hub;
+mod link_tasks;
 mod node;
 mod relay_server;
 

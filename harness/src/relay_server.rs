@@ -9,6 +9,7 @@
 //!   [`GetServerCounters`].
 //! - out: frames written to links; link closes.
 
+use crate::link_tasks::{forward_accepted, spawn_writer, Accepted};
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use tether_protocol::{RendezvousMessage, ServerRefusal, WireFrame};
 use tether_rcs::{
     ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
 };
-use tether_transport::{Endpoint, Link, LinkHandle};
+use tether_transport::{Endpoint, LinkHandle};
 use tokio::sync::mpsc;
 
 /// The server actor. See the module docs.
@@ -51,10 +52,6 @@ pub struct RelayServerHandle {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "RelayServerCounters")]
 pub struct GetServerCounters;
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Accepted(Link);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -139,15 +136,7 @@ impl Actor for RelayServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let endpoint = self.endpoint.clone();
-        let me = ctx.address();
-        tokio::spawn(async move {
-            while let Some(link) = endpoint.accept().await {
-                if me.try_send(Accepted(link)).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_accepted(self.endpoint.clone(), ctx.address());
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -163,7 +152,6 @@ impl Handler<Accepted> for RelayServer {
         self.next_conn += 1;
         let handle = message.0.handle().clone();
         let (sender, mut receiver) = message.0.split();
-        let (writer, mut queue) = mpsc::unbounded_channel::<Bytes>();
         let me = ctx.address();
         let reader_me = me.clone();
         tokio::spawn(async move {
@@ -172,14 +160,7 @@ impl Handler<Accepted> for RelayServer {
             }
             reader_me.do_send(ConnEnded(conn));
         });
-        tokio::spawn(async move {
-            while let Some(frame) = queue.recv().await {
-                if sender.send_frame(frame).await.is_err() {
-                    me.do_send(ConnEnded(conn));
-                    break;
-                }
-            }
-        });
+        let writer = spawn_writer(sender, move |_| me.do_send(ConnEnded(conn)));
         self.conns.insert(conn, ServerConn { writer, handle });
         self.queue.handle(now(), ServerInput::Opened(conn));
         self.drain(ctx);
