@@ -31,7 +31,20 @@ pub struct RelayServer {
     conns: BTreeMap<ConnId, ServerConn>,
     next_conn: u64,
     timer: Option<SpawnHandle>,
+    /// Every frame received from devices, when an audit asked for it.
+    tap: Option<Vec<Vec<u8>>>,
 }
+
+/// Starts recording every frame the server receives (for tests that audit what a
+/// server can see, invariant 7).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StartTap;
+
+/// The frames recorded since [`StartTap`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<Vec<u8>>")]
+pub struct GetTap;
 
 struct ServerConn {
     writer: mpsc::UnboundedSender<Bytes>,
@@ -84,6 +97,7 @@ impl RelayServer {
             conns: BTreeMap::new(),
             next_conn: 1,
             timer: None,
+            tap: None,
         }
         .start();
         Ok(RelayServerHandle {
@@ -171,6 +185,9 @@ impl Handler<ConnBytes> for RelayServer {
     type Result = ();
 
     fn handle(&mut self, ConnBytes(conn, bytes): ConnBytes, ctx: &mut Self::Context) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.push(bytes.to_vec());
+        }
         match tether_protocol::decode(&bytes) {
             Ok(WireFrame::Relay(message)) => {
                 self.queue.handle(now(), ServerInput::Frame(conn, message));
@@ -205,6 +222,22 @@ impl Handler<ConnEnded> for RelayServer {
             self.queue.handle(now(), ServerInput::Closed(conn));
             self.drain(ctx);
         }
+    }
+}
+
+impl Handler<StartTap> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, _message: StartTap, _ctx: &mut Self::Context) {
+        self.tap.get_or_insert_with(Vec::new);
+    }
+}
+
+impl Handler<GetTap> for RelayServer {
+    type Result = MessageResult<GetTap>;
+
+    fn handle(&mut self, _message: GetTap, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.tap.clone().unwrap_or_default())
     }
 }
 

@@ -60,3 +60,62 @@ fn an_unknown_device_is_refused_counted_and_disturbs_nothing() {
         );
     });
 }
+
+/// Invariant 7: the relay and rendezvous server only ever sees ciphertext and routing ids.
+#[test]
+fn the_relay_sees_only_ciphertext() {
+    use tether_harness::{GetTap, StartTap};
+    run_simulation(|| async {
+        let mut cluster = ClusterBuilder::new(8, 2)
+            .pair(A, B)
+            .block_direct(A, B)
+            .start()
+            .await;
+        cluster.relay.addr.send(StartTap).await.unwrap();
+        assert!(
+            cluster
+                .run_until(Duration::from_secs(15), |c| c.both_ready(A, B))
+                .await
+        );
+        // Everything between the two devices crosses the relay.
+        let (a, b) = (cluster.id(A), cluster.id(B));
+        let marker = b"plaintext-marker-7f3a";
+        for i in 0..10u8 {
+            let mut payload = marker.to_vec();
+            payload.push(i);
+            cluster.node(A).send(b, payload.clone()).await.unwrap();
+            cluster.node(B).send(a, payload).await.unwrap();
+        }
+        assert!(
+            cluster
+                .run_until(Duration::from_secs(10), |c| {
+                    c.devices[B].delivered_from(a).len() == 10
+                        && c.devices[A].delivered_from(b).len() == 10
+                })
+                .await
+        );
+        // A migration through the relay too (its ping carries the new endpoints).
+        cluster.change_address(A).await.unwrap();
+        cluster.run_for(Duration::from_secs(2)).await;
+        let seen = cluster.relay.addr.send(GetTap).await.unwrap();
+        assert!(
+            seen.len() > 20,
+            "the relay carried the session ({} frames)",
+            seen.len()
+        );
+        let contains =
+            |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+        // The new endpoint as the hints and migration tags encode it (family, octets,
+        // port): it crosses the server only sealed, never in the clear.
+        let new_addr =
+            std::net::SocketAddr::new(cluster.devices[A].ip, tether_harness::cluster::DEVICE_PORT);
+        let endpoint = tether_protocol::canonical_endpoints(&[new_addr]);
+        for frame in &seen {
+            assert!(!contains(frame, marker), "plaintext reached the relay");
+            assert!(
+                !contains(frame, &endpoint),
+                "an endpoint reached the server in the clear"
+            );
+        }
+    });
+}
