@@ -4,7 +4,7 @@
 use crate::config::{DcConfig, DcLimits};
 use crate::state::{
     Connect, DialPurpose, EstablishmentPermit, Heartbeat, LinkState, OutMigration, PeerCounters,
-    PeerState, Reported, Via,
+    PeerState, PendingDial, Reported, Via,
 };
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -155,7 +155,7 @@ pub struct DirectConnection {
     pub(crate) peers: BTreeMap<DeviceId, PeerState>,
     pub(crate) by_session: BTreeMap<SessionId, DeviceId>,
     pub(crate) links: BTreeMap<LinkId, LinkState>,
-    pub(crate) dials: BTreeMap<RequestId, (DeviceId, DialPurpose)>,
+    pub(crate) dials: BTreeMap<RequestId, PendingDial>,
     pub(crate) next_request: u64,
     pub(crate) relay_connected: bool,
     pub(crate) local_endpoints: Vec<SocketAddr>,
@@ -401,13 +401,7 @@ impl DirectConnection {
             retry_at: None,
         });
         if !addrs.is_empty() {
-            let dial = self.request_id();
-            self.dials.insert(dial, (device, DialPurpose::Connect));
-            self.outputs
-                .push_back(Output::Transport(TransportCommand::Dial {
-                    request: dial,
-                    addrs,
-                }));
+            self.dial(device, DialPurpose::Connect, addrs);
         }
         if let Some(link) = existing {
             self.connect_on(now, device, Via::Link(link));
@@ -571,13 +565,7 @@ impl DirectConnection {
             peer.known_direct.clone_from(&addrs);
         }
         if !addrs.is_empty() {
-            let dial = self.request_id();
-            self.dials.insert(dial, (device, DialPurpose::Migration));
-            self.outputs
-                .push_back(Output::Transport(TransportCommand::Dial {
-                    request: dial,
-                    addrs,
-                }));
+            self.dial(device, DialPurpose::Migration, addrs);
         }
     }
 
@@ -774,16 +762,24 @@ impl DirectConnection {
                 addrs.push(*addr);
             }
         }
-        if addrs.is_empty() {
-            return;
+        if !addrs.is_empty() {
+            self.dial(device, DialPurpose::Probe, addrs);
         }
-        let dial = self.request_id();
-        self.dials.insert(dial, (device, DialPurpose::Probe));
+    }
+
+    /// Asks the transport driver to dial `addrs` for `purpose`.
+    fn dial(&mut self, device: DeviceId, purpose: DialPurpose, addrs: Vec<SocketAddr>) {
+        let request = self.request_id();
+        self.dials.insert(
+            request,
+            PendingDial {
+                device,
+                purpose,
+                addrs: addrs.clone(),
+            },
+        );
         self.outputs
-            .push_back(Output::Transport(TransportCommand::Dial {
-                request: dial,
-                addrs,
-            }));
+            .push_back(Output::Transport(TransportCommand::Dial { request, addrs }));
     }
 
     // ----- Paths -----------------------------------------------------------------------
@@ -971,7 +967,9 @@ impl DirectConnection {
                 remote,
                 ..
             } => {
-                let dial = request.and_then(|r| self.dials.remove(&r));
+                let dial = request
+                    .and_then(|r| self.dials.remove(&r))
+                    .map(|d| (d.device, d.purpose));
                 self.links.insert(
                     link,
                     LinkState {
@@ -1010,8 +1008,21 @@ impl DirectConnection {
                 }
             }
             TransportEvent::DialFailed { request, reason } => {
-                if let Some((device, purpose)) = self.dials.remove(&request) {
+                if let Some(PendingDial {
+                    device,
+                    purpose,
+                    addrs,
+                }) = self.dials.remove(&request)
+                {
                     tracing::debug!(peer = %device, %reason, ?purpose, "dial failed");
+                    // Every candidate of the dial failed: the blueprint demotes them.
+                    for addr in addrs {
+                        self.outputs.push_back(Output::PathMeasured(PathMeasured {
+                            peer: device,
+                            endpoint: Endpoint::Direct(addr),
+                            rtt_ms: None,
+                        }));
+                    }
                     if let Some(connect) =
                         self.peers.get_mut(&device).and_then(|p| p.connect.as_mut())
                     {

@@ -178,6 +178,17 @@ pub struct LinkState {
     pub last_heard: Option<Instant>,
 }
 
+/// A dial the transport driver is working on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDial {
+    /// The peer it is for.
+    pub device: DeviceId,
+    /// What it is for.
+    pub purpose: DialPurpose,
+    /// The candidates, reported failed together if none answers.
+    pub addrs: Vec<SocketAddr>,
+}
+
 /// What a dial was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialPurpose {

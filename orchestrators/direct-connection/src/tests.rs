@@ -909,3 +909,28 @@ fn a_ping_from_before_the_last_handshake_is_stale() {
         pings_before
     );
 }
+
+#[test]
+fn a_failed_dial_reports_its_candidates_as_failed() {
+    // ConnectionBlueprint demotes addresses that fail repeatedly; DirectConnection tells
+    // it which ones did.
+    let mut net = Net::new(16);
+    net.direct_blocked = true;
+    net.connect(A, false);
+    net.run_until(1000);
+    let b_addr = net.nodes[B].addr;
+    let failed = net.outputs[A]
+        .iter()
+        .filter(|o| {
+            matches!(o, Output::PathMeasured(m)
+                if m.endpoint == Endpoint::Direct(b_addr) && m.rtt_ms.is_none())
+        })
+        .count();
+    // The connect's dial, then the relayed session's probes: each one failed.
+    assert!(failed >= 1, "{failed}");
+    let dials = net.outputs[A]
+        .iter()
+        .filter(|o| matches!(o, Output::Transport(TransportCommand::Dial { .. })))
+        .count();
+    assert_eq!(failed, dials, "one failure report per failed dial");
+}
