@@ -10,12 +10,13 @@
 //! - out: frames written to links; link closes.
 
 use crate::link_tasks::{forward_accepted, spawn_writer, Accepted};
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use tether_crypto::{PublicKey, StaticKeypair};
 use tether_pms::RendezvousTable;
+use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{RendezvousMessage, ServerRefusal, WireFrame};
 use tether_rcs::{
     ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
@@ -30,7 +31,7 @@ pub struct RelayServer {
     table: RendezvousTable,
     conns: BTreeMap<ConnId, ServerConn>,
     next_conn: u64,
-    timer: Option<SpawnHandle>,
+    timer: CoreTimer,
     /// Every frame received from devices, when an audit asked for it.
     tap: Option<Vec<Vec<u8>>>,
 }
@@ -74,10 +75,6 @@ struct ConnBytes(ConnId, Bytes);
 #[rtype(result = "()")]
 struct ConnEnded(ConnId);
 
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
-}
-
 impl RelayServer {
     /// Starts a server on `endpoint` with its static keypair; `seed` seeds the
     /// challenge RNG (use OS entropy in production).
@@ -88,15 +85,15 @@ impl RelayServer {
     ) -> std::io::Result<RelayServerHandle> {
         let local_addr = endpoint.local_addr()?;
         let public = *keypair.public();
-        let queue = RelayQueueServer::new(RelayServerConfig::new(keypair, seed), now());
-        let table = RendezvousTable::new(Default::default(), now());
+        let queue = RelayQueueServer::new(RelayServerConfig::new(keypair, seed), runtime_now());
+        let table = RendezvousTable::new(Default::default(), runtime_now());
         let addr = RelayServer {
             endpoint,
             queue,
             table,
             conns: BTreeMap::new(),
             next_conn: 1,
-            timer: None,
+            timer: CoreTimer::default(),
             tap: None,
         }
         .start();
@@ -118,22 +115,15 @@ impl RelayServer {
                 }
             }
         }
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
         let next = [self.queue.poll_timeout(), self.table.poll_timeout()]
             .into_iter()
             .flatten()
             .min();
-        if let Some(at) = next {
-            let delay = at.saturating_duration_since(now());
-            self.timer = Some(ctx.run_later(delay, |server, ctx| {
-                server.timer = None;
-                server.queue.handle_timeout(now());
-                server.table.handle_timeout(now());
-                server.drain(ctx);
-            }));
-        }
+        self.timer.rearm(ctx, next, |server, ctx| {
+            server.queue.handle_timeout(runtime_now());
+            server.table.handle_timeout(runtime_now());
+            server.drain(ctx);
+        });
     }
 
     fn send(&mut self, conn: ConnId, frame: &WireFrame) {
@@ -176,7 +166,7 @@ impl Handler<Accepted> for RelayServer {
         });
         let writer = spawn_writer(sender, move |_| me.do_send(ConnEnded(conn)));
         self.conns.insert(conn, ServerConn { writer, handle });
-        self.queue.handle(now(), ServerInput::Opened(conn));
+        self.queue.handle(runtime_now(), ServerInput::Opened(conn));
         self.drain(ctx);
     }
 }
@@ -190,11 +180,12 @@ impl Handler<ConnBytes> for RelayServer {
         }
         match tether_protocol::decode(&bytes) {
             Ok(WireFrame::Relay(message)) => {
-                self.queue.handle(now(), ServerInput::Frame(conn, message));
+                self.queue
+                    .handle(runtime_now(), ServerInput::Frame(conn, message));
             }
             Ok(WireFrame::Rendezvous(message)) => {
                 let answer = match self.queue.authenticated_device(conn) {
-                    Some(device) => self.table.handle(now(), device, message),
+                    Some(device) => self.table.handle(runtime_now(), device, message),
                     None => Some(RendezvousMessage::Refused {
                         reason: ServerRefusal::NotAuthenticated,
                     }),
@@ -206,7 +197,7 @@ impl Handler<ConnBytes> for RelayServer {
             // Anything else (peer frames, garbage) is counted by the queue server.
             Ok(_) | Err(_) => {
                 self.queue
-                    .handle(now(), ServerInput::Bytes(conn, bytes.to_vec()));
+                    .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
             }
         }
         self.drain(ctx);
@@ -219,7 +210,7 @@ impl Handler<ConnEnded> for RelayServer {
     fn handle(&mut self, ConnEnded(conn): ConnEnded, ctx: &mut Self::Context) {
         if let Some(state) = self.conns.remove(&conn) {
             state.handle.close();
-            self.queue.handle(now(), ServerInput::Closed(conn));
+            self.queue.handle(runtime_now(), ServerInput::Closed(conn));
             self.drain(ctx);
         }
     }

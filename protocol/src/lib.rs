@@ -12,11 +12,15 @@
 //! - [`codec`]: versioned, size-bounded encoding of both, with typed [`DecodeError`]s.
 //!   The encoding choice (compact MessagePack behind a version byte) is explained there.
 //!
+//! - [`shell`]: the runtime clock and the re-armable timer that every orchestrator's
+//!   actix shell shares.
+//!
 //! The crate does no IO. Decoding is total: any byte string yields a frame or an error.
 
 pub mod codec;
 pub mod ids;
 pub mod messages;
+pub mod shell;
 pub mod status;
 pub mod wire;
 

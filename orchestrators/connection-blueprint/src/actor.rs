@@ -3,6 +3,7 @@
 
 use crate::core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
 use actix::{Actor, Context, Handler, Recipient};
+use tether_protocol::shell::runtime_now;
 use tether_protocol::{
     BlueprintCompiled, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
 };
@@ -23,24 +24,19 @@ impl ConnectionBlueprintOrchestrator {
     /// An actor around a fresh core.
     pub fn new(config: BlueprintConfig, recipients: BlueprintRecipients) -> Self {
         Self {
-            core: ConnectionBlueprint::new(config, now()),
+            core: ConnectionBlueprint::new(config, runtime_now()),
             recipients,
         }
     }
 
     fn feed(&mut self, input: Input) {
-        self.core.handle(now(), input);
+        self.core.handle(runtime_now(), input);
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Compiled(message) => self.recipients.compiled.do_send(message),
             }
         }
     }
-}
-
-/// The runtime's clock: tokio's, so it is virtual under paused time.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Actor for ConnectionBlueprintOrchestrator {

@@ -3,7 +3,8 @@
 
 use crate::config::DcConfig;
 use crate::core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot};
-use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
+use actix::{Actor, Context, Handler, MessageResult, Recipient};
+use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{
     ConnectFailed, ConnectPeer, ConnectivityChanged, EvictSession, HandshakeStarted,
     InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured,
@@ -53,21 +54,21 @@ pub struct GetPeerSnapshots;
 pub struct DirectConnectionOrchestrator {
     core: DirectConnection,
     recipients: DcRecipients,
-    timer: Option<SpawnHandle>,
+    timer: CoreTimer,
 }
 
 impl DirectConnectionOrchestrator {
     /// An actor around a fresh core.
     pub fn new(config: DcConfig, recipients: DcRecipients) -> Self {
         Self {
-            core: DirectConnection::new(config, now()),
+            core: DirectConnection::new(config, runtime_now()),
             recipients,
-            timer: None,
+            timer: CoreTimer::default(),
         }
     }
 
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
-        self.core.handle(now(), input);
+        self.core.handle(runtime_now(), input);
         self.drain(ctx);
     }
 
@@ -99,23 +100,12 @@ impl DirectConnectionOrchestrator {
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_duration_since(now());
-            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
-                actor.timer = None;
-                actor.core.handle_timeout(now());
-                actor.drain(ctx);
-            }));
-        }
+        let deadline = self.core.poll_timeout();
+        self.timer.rearm(ctx, deadline, |actor, ctx| {
+            actor.core.handle_timeout(runtime_now());
+            actor.drain(ctx);
+        });
     }
-}
-
-/// The runtime's clock: tokio's, so it is virtual under paused time.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Actor for DirectConnectionOrchestrator {

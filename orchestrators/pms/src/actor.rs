@@ -5,7 +5,8 @@
 use crate::client::{
     ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousClientCounters,
 };
-use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
+use actix::{Actor, Context, Handler, MessageResult, Recipient};
+use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{
     LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportCommand, TransportEvent,
 };
@@ -27,7 +28,7 @@ pub struct GetRendezvousClientCounters;
 pub struct PmsOrchestrator {
     core: RendezvousClient,
     recipients: PmsRecipients,
-    timer: Option<SpawnHandle>,
+    timer: CoreTimer,
 }
 
 impl PmsOrchestrator {
@@ -35,14 +36,14 @@ impl PmsOrchestrator {
     /// `unix_ms_at_start` must be the wall clock now.
     pub fn new(config: RendezvousClientConfig, recipients: PmsRecipients) -> Self {
         Self {
-            core: RendezvousClient::new(config, now()),
+            core: RendezvousClient::new(config, runtime_now()),
             recipients,
-            timer: None,
+            timer: CoreTimer::default(),
         }
     }
 
     fn feed(&mut self, input: ClientInput, ctx: &mut Context<Self>) {
-        self.core.handle(now(), input);
+        self.core.handle(runtime_now(), input);
         self.drain(ctx);
     }
 
@@ -61,23 +62,12 @@ impl PmsOrchestrator {
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_duration_since(now());
-            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
-                actor.timer = None;
-                actor.core.handle_timeout(now());
-                actor.drain(ctx);
-            }));
-        }
+        let deadline = self.core.poll_timeout();
+        self.timer.rearm(ctx, deadline, |actor, ctx| {
+            actor.core.handle_timeout(runtime_now());
+            actor.drain(ctx);
+        });
     }
-}
-
-/// The runtime's clock: tokio's, so it is virtual under paused time.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Actor for PmsOrchestrator {

@@ -2,8 +2,9 @@
 //! forwards outputs, and keeps one timer armed at the core's next deadline.
 
 use crate::core::{Input, MigrationCompleted, Output, Presence, PresenceConfig};
-use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle};
+use actix::{Actor, Context, Handler, Recipient};
 use std::net::SocketAddr;
+use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{
     BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, EvictSession,
     HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint, MigrationAcked,
@@ -42,7 +43,7 @@ pub struct MigrationCompletedEvent(pub MigrationCompleted);
 pub struct PresenceOrchestrator {
     core: Presence,
     recipients: PresenceRecipients,
-    timer: Option<SpawnHandle>,
+    timer: CoreTimer,
 }
 
 impl PresenceOrchestrator {
@@ -53,7 +54,7 @@ impl PresenceOrchestrator {
         local_endpoints: Vec<SocketAddr>,
         recipients: PresenceRecipients,
     ) -> Self {
-        let now = now();
+        let now = runtime_now();
         let mut core = Presence::new(config, now);
         core.handle(now, Input::LocalEndpoints(local_endpoints));
         for peer in peers {
@@ -62,12 +63,12 @@ impl PresenceOrchestrator {
         Self {
             core,
             recipients,
-            timer: None,
+            timer: CoreTimer::default(),
         }
     }
 
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
-        self.core.handle(now(), input);
+        self.core.handle(runtime_now(), input);
         self.drain(ctx);
     }
 
@@ -92,23 +93,12 @@ impl PresenceOrchestrator {
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_duration_since(now());
-            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
-                actor.timer = None;
-                actor.core.handle_timeout(now());
-                actor.drain(ctx);
-            }));
-        }
+        let deadline = self.core.poll_timeout();
+        self.timer.rearm(ctx, deadline, |actor, ctx| {
+            actor.core.handle_timeout(runtime_now());
+            actor.drain(ctx);
+        });
     }
-}
-
-/// The runtime's clock: tokio's, so it is virtual under paused time.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Actor for PresenceOrchestrator {

@@ -5,7 +5,8 @@
 use crate::client::{
     ClientInput, ClientOutput, RelayClient, RelayClientConfig, RelayClientCounters,
 };
-use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient, SpawnHandle};
+use actix::{Actor, Context, Handler, MessageResult, Recipient};
+use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{
     RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus,
     TransportCommand, TransportEvent,
@@ -32,21 +33,21 @@ pub struct GetRelayClientCounters;
 pub struct RcsOrchestrator {
     core: RelayClient,
     recipients: RcsRecipients,
-    timer: Option<SpawnHandle>,
+    timer: CoreTimer,
 }
 
 impl RcsOrchestrator {
     /// An actor around a fresh client; it dials the server when started.
     pub fn new(config: RelayClientConfig, recipients: RcsRecipients) -> Self {
         Self {
-            core: RelayClient::new(config, now()),
+            core: RelayClient::new(config, runtime_now()),
             recipients,
-            timer: None,
+            timer: CoreTimer::default(),
         }
     }
 
     fn feed(&mut self, input: ClientInput, ctx: &mut Context<Self>) {
-        self.core.handle(now(), input);
+        self.core.handle(runtime_now(), input);
         self.drain(ctx);
     }
 
@@ -68,23 +69,12 @@ impl RcsOrchestrator {
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = self.core.poll_timeout() {
-            let delay = at.saturating_duration_since(now());
-            self.timer = Some(ctx.run_later(delay, |actor, ctx| {
-                actor.timer = None;
-                actor.core.handle_timeout(now());
-                actor.drain(ctx);
-            }));
-        }
+        let deadline = self.core.poll_timeout();
+        self.timer.rearm(ctx, deadline, |actor, ctx| {
+            actor.core.handle_timeout(runtime_now());
+            actor.drain(ctx);
+        });
     }
-}
-
-/// The runtime's clock: tokio's, so it is virtual under paused time.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Actor for RcsOrchestrator {
