@@ -10,123 +10,21 @@
 // A panic in a test is a failed test, not a crashed node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+mod common;
 
-fn command(dir: &Path) -> Command {
-    let mut command = Command::new(TETHER);
-    command.current_dir(dir);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TETHER_") || name == "RUST_LOG" {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// Runs a short command to completion; panics with its stderr if it fails.
-fn run(dir: &Path, args: &[&str]) -> String {
-    let out = command(dir).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "tether {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A long-running process whose stdout lines arrive on a channel; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let mut child = command(dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            name: name.into(),
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.stderr) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-
-    /// The next stdout line for which `wanted` returns Some, before `deadline`.
-    fn wait_for<T>(&self, deadline: Instant, mut wanted: impl FnMut(&str) -> Option<T>) -> T {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(found) = wanted(&line) {
-                        return found;
-                    }
-                }
-                Err(_) => panic!(
-                    "{}: the awaited line did not come; stderr:\n{}",
-                    self.name,
-                    tail(&self.stderr_text())
-                ),
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-}
+use common::{field, run, tail, Proc, TETHER};
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
 }
 
 fn status_json(dir: &Path, socket: &str) -> serde_json::Value {
-    let text = run(dir, &["status", "--json", "--socket", socket]);
+    let text = run(dir, TETHER, &["status", "--json", "--socket", socket]);
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     report["peers"][0].clone()
 }
@@ -146,8 +44,10 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     let deadline = |secs| Instant::now() + Duration::from_secs(secs);
 
     // Keys.
-    let relay_public = run(d, &["keygen", "--out", "relay.key"]).trim().to_string();
-    let pairing = run(d, &["pair", "a.key", "b.key"]);
+    let relay_public = run(d, TETHER, &["keygen", "--out", "relay.key"])
+        .trim()
+        .to_string();
+    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
     let sections: Vec<&str> = pairing.split("# --- in ").collect();
     let entry_for = |who: &str| {
         sections
@@ -163,7 +63,7 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
         "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
     )
     .unwrap();
-    let relay = Proc::start(d, "relay", &["relay", "--config", "relay.toml"]);
+    let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);
     let relay_addr = relay.wait_for(deadline(30), |l| {
         l.starts_with("tether relay ready:")
             .then(|| field(l, "listen").unwrap().to_string())
@@ -181,7 +81,7 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
         "log_format = \"json\"\nmetrics_addr = \"127.0.0.1:0\"",
     );
     std::fs::write(d.join("a.toml"), &a_config).unwrap();
-    let a = Proc::start(d, "a", &["node", "--config", "a.toml"]);
+    let a = Proc::start(d, "a", TETHER, &["node", "--config", "a.toml"]);
     let (a_addr, a_metrics) = a.wait_for(deadline(30), |l| {
         l.starts_with("tether node ready:").then(|| {
             (
@@ -192,14 +92,14 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     });
     let b_entry = entry_for("b").replace("addresses = []", &format!("addresses = [\"{a_addr}\"]"));
     std::fs::write(d.join("b.toml"), node_config("b", b_entry, "")).unwrap();
-    let b = Proc::start(d, "b", &["node", "--config", "b.toml"]);
+    let b = Proc::start(d, "b", TETHER, &["node", "--config", "b.toml"]);
     b.wait_for(deadline(30), |l| {
         l.starts_with("tether node ready:").then_some(())
     });
 
     // Watch both; the stream starts with each peer's current status.
-    let watch_a = Proc::start(d, "watch-a", &["watch", "--socket", "a.sock"]);
-    let watch_b = Proc::start(d, "watch-b", &["watch", "--socket", "b.sock"]);
+    let watch_a = Proc::start(d, "watch-a", TETHER, &["watch", "--socket", "a.sock"]);
+    let watch_b = Proc::start(d, "watch-b", TETHER, &["watch", "--socket", "b.sock"]);
     let mut seen_a: Vec<serde_json::Value> = Vec::new();
     let mut seen_b: Vec<serde_json::Value> = Vec::new();
     let until_ready = deadline(30);
@@ -222,10 +122,12 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     for i in 0..WARM {
         run(
             d,
+            TETHER,
             &["send", "--socket", "a.sock", "b", &format!("from a {i}")],
         );
         run(
             d,
+            TETHER,
             &["send", "--socket", "b.sock", "a", &format!("from b {i}")],
         );
     }
@@ -263,6 +165,7 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
                 for i in WARM..WARM + DURING {
                     run(
                         &dir,
+                        TETHER,
                         &["send", "--socket", socket, peer, &format!("{prefix} {i}")],
                     );
                     if i == WARM + 2 {
@@ -273,7 +176,11 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
         })
         .collect();
     started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    let moved = run(d, &["migrate", "--socket", "a.sock", "--bind", "127.0.0.2"]);
+    let moved = run(
+        d,
+        TETHER,
+        &["migrate", "--socket", "a.sock", "--bind", "127.0.0.2"],
+    );
     assert!(moved.contains("-> 127.0.0.2:"), "{moved}");
     for sender in senders {
         sender.join().unwrap();
@@ -341,12 +248,12 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     assert_eq!(after_a["session"]["migrations_failed"], 0);
 
     // The human-readable status, and the relay's.
-    let human = run(d, &["status", "--config", "b.toml"]);
+    let human = run(d, TETHER, &["status", "--config", "b.toml"]);
     assert!(
         human.contains("Ready") && human.contains("127.0.0.2:"),
         "{human}"
     );
-    let relay_status = run(d, &["status", "--socket", "relay.sock"]);
+    let relay_status = run(d, TETHER, &["status", "--socket", "relay.sock"]);
     assert!(relay_status.contains("authenticated"), "{relay_status}");
 
     // Prometheus text on A's metrics address.

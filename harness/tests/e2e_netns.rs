@@ -10,107 +10,12 @@
 // A panic in a test is a failed test, not a crashed node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+mod common;
 
-/// `program args…`, run in `dir` without the test's TETHER_* variables.
-fn command(dir: &Path, program: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(program);
-    command.args(args).current_dir(dir);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TETHER_") || name == "RUST_LOG" {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-fn run(dir: &Path, program: &str, args: &[&str]) -> String {
-    let out = command(dir, program, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A long-running process whose stdout lines arrive on a channel; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn start(dir: &Path, name: &str, program: &str, args: &[&str]) -> Self {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let mut child = command(dir, program, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            name: name.into(),
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn wait_for<T>(&self, deadline: Instant, mut wanted: impl FnMut(&str) -> Option<T>) -> T {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(found) = wanted(&line) {
-                        return found;
-                    }
-                }
-                Err(_) => {
-                    let mut text = String::new();
-                    let _ =
-                        std::fs::File::open(&self.stderr).map(|mut f| f.read_to_string(&mut text));
-                    let lines: Vec<&str> = text.lines().collect();
-                    panic!(
-                        "{}: the awaited line did not come; stderr:\n{}",
-                        self.name,
-                        lines[lines.len().saturating_sub(40)..].join("\n")
-                    )
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-}
+use common::{command, field, run, Proc, TETHER};
 
 fn works(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -138,7 +43,7 @@ fn a_node_rebinds_and_migrates_when_an_address_appears() {
 
     // A network namespace, held open by a sleeping process, with loopback and a veth.
     let holder = Proc::start(d, "netns", "unshare", &["-n", "--", "sleep", "600"]);
-    let pid = holder.child.id().to_string();
+    let pid = holder.pid().to_string();
     let in_ns = |args: &[&str]| -> Vec<String> {
         let mut all = vec![
             "-t".to_string(),

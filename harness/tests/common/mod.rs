@@ -1,0 +1,127 @@
+//! Helpers shared by the end-to-end tests that run real `tether` processes: starting a
+//! process whose output is read line by line, waiting for a line with a deadline (never
+//! a sleep), and killing every process when the test ends, even on failure.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// The binary under test.
+pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+/// `program args…`, run in `dir` without the test's TETHER_* variables.
+pub fn command(dir: &Path, program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TETHER_") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Runs a short command to completion; panics with its stderr if it fails.
+pub fn run(dir: &Path, program: &str, args: &[&str]) -> String {
+    let out = command(dir, program, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A long-running process whose stdout lines arrive on a channel; killed on drop.
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args…` in `dir`; its stderr goes to `dir/NAME.stderr`.
+    pub fn start(dir: &Path, name: &str, program: &str, args: &[&str]) -> Self {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let mut child = command(dir, program, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            name: name.into(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The next stdout line for which `wanted` returns Some, before `deadline`.
+    pub fn wait_for<T>(&self, deadline: Instant, mut wanted: impl FnMut(&str) -> Option<T>) -> T {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(found) = wanted(&line) {
+                        return found;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: the awaited line did not come; stderr:\n{}",
+                    self.name,
+                    tail(&self.stderr_text())
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last 40 lines of a text.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The value of `key=value` in a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
