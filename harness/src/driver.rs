@@ -302,10 +302,4 @@ impl Handler<TransportCommand> for OwnerPort {
     }
 }
 
-impl Handler<tether_protocol::Shutdown> for TransportDriver {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(TransportDriver);

@@ -240,10 +240,4 @@ impl Handler<GetServerCounters> for RelayServer {
     }
 }
 
-impl Handler<tether_protocol::Shutdown> for RelayServer {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(RelayServer);

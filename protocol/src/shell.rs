@@ -34,3 +34,39 @@ impl CoreTimer {
         }
     }
 }
+
+/// Implements `Handler<M>` for an actor shell for each listed message, feeding the
+/// message to its core as the given input variant through the shell's
+/// `fn feed(&mut self, input, ctx: &mut Context<Self>)`.
+///
+/// ```ignore
+/// tether_protocol::feed_messages!(PresenceOrchestrator {
+///     ConnectivityChanged => Input::ConnectivityChanged,
+/// });
+/// ```
+#[macro_export]
+macro_rules! feed_messages {
+    ($actor:ty { $($message:ty => $variant:expr),* $(,)? }) => {
+        $(
+            impl ::actix::Handler<$message> for $actor {
+                type Result = ();
+                fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
+                    self.feed($variant(message), ctx);
+                }
+            }
+        )*
+    };
+}
+
+/// Implements `Handler<Shutdown>` for an actor: it stops.
+#[macro_export]
+macro_rules! stops_on_shutdown {
+    ($actor:ty) => {
+        impl ::actix::Handler<$crate::Shutdown> for $actor {
+            type Result = ();
+            fn handle(&mut self, _message: $crate::Shutdown, ctx: &mut Self::Context) {
+                ::actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}

@@ -2,7 +2,7 @@
 //! clock and forwards outputs. No policy lives here.
 
 use crate::core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
-use actix::{Actor, Context, Handler, Recipient};
+use actix::{Actor, Context, Recipient};
 use tether_protocol::shell::runtime_now;
 use tether_protocol::{
     BlueprintCompiled, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
@@ -29,7 +29,7 @@ impl ConnectionBlueprintOrchestrator {
         }
     }
 
-    fn feed(&mut self, input: Input) {
+    fn feed(&mut self, input: Input, _ctx: &mut Context<Self>) {
         self.core.handle(runtime_now(), input);
         while let Some(output) = self.core.poll_output() {
             match output {
@@ -48,27 +48,12 @@ impl Actor for ConnectionBlueprintOrchestrator {
 #[rtype(result = "()")]
 pub struct AddBlueprintPeer(pub Input);
 
-macro_rules! forward {
-    ($message:ty => $variant:expr) => {
-        impl Handler<$message> for ConnectionBlueprintOrchestrator {
-            type Result = ();
-            fn handle(&mut self, message: $message, _ctx: &mut Self::Context) {
-                self.feed($variant(message));
-            }
-        }
-    };
-}
+tether_protocol::feed_messages!(ConnectionBlueprintOrchestrator {
+    RecompileBlueprint => Input::Recompile,
+    PathMeasured => Input::Measured,
+    PeerEndpointHint => Input::Hint,
+    SessionReady => Input::Ready,
+    AddBlueprintPeer => |message: AddBlueprintPeer| message.0,
+});
 
-forward!(RecompileBlueprint => Input::Recompile);
-forward!(PathMeasured => Input::Measured);
-forward!(PeerEndpointHint => Input::Hint);
-forward!(SessionReady => Input::Ready);
-forward!(AddBlueprintPeer => |message: AddBlueprintPeer| message.0);
-
-impl Handler<tether_protocol::Shutdown> for ConnectionBlueprintOrchestrator {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(ConnectionBlueprintOrchestrator);

@@ -112,24 +112,15 @@ impl Actor for DirectConnectionOrchestrator {
     type Context = Context<Self>;
 }
 
-macro_rules! forward {
-    ($message:ty => $variant:path) => {
-        impl Handler<$message> for DirectConnectionOrchestrator {
-            type Result = ();
-            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
-                self.feed($variant(message), ctx);
-            }
-        }
-    };
-}
-
-forward!(ConnectPeer => Input::Connect);
-forward!(SendMigrationPing => Input::SendMigrationPing);
-forward!(EvictSession => Input::Evict);
-forward!(SendMessage => Input::Send);
-forward!(TransportEvent => Input::Transport);
-forward!(RelayDelivered => Input::Relay);
-forward!(RelayStatus => Input::RelayStatus);
+tether_protocol::feed_messages!(DirectConnectionOrchestrator {
+    ConnectPeer => Input::Connect,
+    SendMigrationPing => Input::SendMigrationPing,
+    EvictSession => Input::Evict,
+    SendMessage => Input::Send,
+    TransportEvent => Input::Transport,
+    RelayDelivered => Input::Relay,
+    RelayStatus => Input::RelayStatus,
+});
 
 impl Handler<ConnectivityChanged> for DirectConnectionOrchestrator {
     type Result = ();
@@ -147,10 +138,4 @@ impl Handler<GetPeerSnapshots> for DirectConnectionOrchestrator {
     }
 }
 
-impl Handler<tether_protocol::Shutdown> for DirectConnectionOrchestrator {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(DirectConnectionOrchestrator);

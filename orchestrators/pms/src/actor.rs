@@ -78,20 +78,11 @@ impl Actor for PmsOrchestrator {
     }
 }
 
-macro_rules! forward {
-    ($message:ty => $variant:path) => {
-        impl Handler<$message> for PmsOrchestrator {
-            type Result = ();
-            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
-                self.feed($variant(message), ctx);
-            }
-        }
-    };
-}
-
-forward!(PublishEndpointHint => ClientInput::Publish);
-forward!(LookupEndpointHint => ClientInput::Lookup);
-forward!(TransportEvent => ClientInput::Transport);
+tether_protocol::feed_messages!(PmsOrchestrator {
+    PublishEndpointHint => ClientInput::Publish,
+    LookupEndpointHint => ClientInput::Lookup,
+    TransportEvent => ClientInput::Transport,
+});
 
 impl Handler<GetRendezvousClientCounters> for PmsOrchestrator {
     type Result = MessageResult<GetRendezvousClientCounters>;
@@ -100,10 +91,4 @@ impl Handler<GetRendezvousClientCounters> for PmsOrchestrator {
     }
 }
 
-impl Handler<tether_protocol::Shutdown> for PmsOrchestrator {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(PmsOrchestrator);

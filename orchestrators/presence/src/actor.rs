@@ -2,7 +2,7 @@
 //! forwards outputs, and keeps one timer armed at the core's next deadline.
 
 use crate::core::{Input, MigrationCompleted, Output, Presence, PresenceConfig};
-use actix::{Actor, Context, Handler, Recipient};
+use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{
@@ -109,33 +109,18 @@ impl Actor for PresenceOrchestrator {
     }
 }
 
-macro_rules! forward {
-    ($message:ty => $variant:path) => {
-        impl Handler<$message> for PresenceOrchestrator {
-            type Result = ();
-            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
-                self.feed($variant(message), ctx);
-            }
-        }
-    };
-}
+tether_protocol::feed_messages!(PresenceOrchestrator {
+    ConnectivityChanged => Input::ConnectivityChanged,
+    BlueprintCompiled => Input::BlueprintCompiled,
+    HandshakeStarted => Input::HandshakeStarted,
+    SessionReady => Input::SessionReady,
+    ConnectFailed => Input::ConnectFailed,
+    InboundMigrationPing => Input::InboundMigrationPing,
+    MigrationAcked => Input::MigrationAcked,
+    PathLost => Input::PathLost,
+    PeerReset => Input::PeerReset,
+    LivenessReport => Input::Liveness,
+    PeerEndpointHint => Input::PeerEndpointHint,
+});
 
-forward!(ConnectivityChanged => Input::ConnectivityChanged);
-forward!(BlueprintCompiled => Input::BlueprintCompiled);
-forward!(HandshakeStarted => Input::HandshakeStarted);
-forward!(SessionReady => Input::SessionReady);
-forward!(ConnectFailed => Input::ConnectFailed);
-forward!(InboundMigrationPing => Input::InboundMigrationPing);
-forward!(MigrationAcked => Input::MigrationAcked);
-forward!(PathLost => Input::PathLost);
-forward!(PeerReset => Input::PeerReset);
-forward!(LivenessReport => Input::Liveness);
-forward!(PeerEndpointHint => Input::PeerEndpointHint);
-
-impl Handler<tether_protocol::Shutdown> for PresenceOrchestrator {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(PresenceOrchestrator);

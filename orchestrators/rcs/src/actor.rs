@@ -85,21 +85,12 @@ impl Actor for RcsOrchestrator {
     }
 }
 
-macro_rules! forward {
-    ($message:ty => $variant:path) => {
-        impl Handler<$message> for RcsOrchestrator {
-            type Result = ();
-            fn handle(&mut self, message: $message, ctx: &mut Self::Context) {
-                self.feed($variant(message), ctx);
-            }
-        }
-    };
-}
-
-forward!(RelayEnqueue => ClientInput::Enqueue);
-forward!(RelayForward => ClientInput::Forward);
-forward!(RelayPoll => ClientInput::Poll);
-forward!(TransportEvent => ClientInput::Transport);
+tether_protocol::feed_messages!(RcsOrchestrator {
+    RelayEnqueue => ClientInput::Enqueue,
+    RelayForward => ClientInput::Forward,
+    RelayPoll => ClientInput::Poll,
+    TransportEvent => ClientInput::Transport,
+});
 
 impl Handler<GetRelayClientCounters> for RcsOrchestrator {
     type Result = MessageResult<GetRelayClientCounters>;
@@ -108,10 +99,4 @@ impl Handler<GetRelayClientCounters> for RcsOrchestrator {
     }
 }
 
-impl Handler<tether_protocol::Shutdown> for RcsOrchestrator {
-    type Result = ();
-
-    fn handle(&mut self, _message: tether_protocol::Shutdown, ctx: &mut Self::Context) {
-        actix::ActorContext::stop(ctx);
-    }
-}
+tether_protocol::stops_on_shutdown!(RcsOrchestrator);
