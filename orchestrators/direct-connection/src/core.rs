@@ -1348,26 +1348,25 @@ impl DirectConnection {
     }
 
     /// Seals and sends a session frame on a path, within the anti-amplification budget
-    /// of an unvalidated address. Returns whether it left.
-    pub(crate) fn send_frame(&mut self, device: DeviceId, via: Via, frame: &SessionFrame) -> bool {
+    /// of an unvalidated address (a frame beyond it is dropped and counted).
+    pub(crate) fn send_frame(&mut self, device: DeviceId, via: Via, frame: &SessionFrame) {
         if let Via::Link(link) = via {
             let Some(state) = self.links.get(&link) else {
-                return false;
+                return;
             };
             if !state.validated {
                 let estimate = estimated_len(frame);
                 let budget = state.bytes_in.saturating_mul(AMPLIFICATION_FACTOR);
                 if state.bytes_out_unvalidated.saturating_add(estimate) > budget {
                     self.counters.amplification_blocked += 1;
-                    return false;
+                    return;
                 }
             }
         }
         let Some(bytes) = self.seal_wire(device, frame) else {
-            return false;
+            return;
         };
         self.deliver_bytes(device, via, bytes);
-        true
     }
 
     /// Sends an unsealed wire frame (handshake messages).

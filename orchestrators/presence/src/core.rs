@@ -152,8 +152,6 @@ struct Scheduled {
 /// A migration in progress, on either side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Migration {
-    /// Correlates SendMigrationPing and MigrationAcked.
-    request: RequestId,
     /// The network change (outbound) or the inbound signal.
     started: Instant,
     /// Outbound only: ping rounds sent so far, and when the next is due.
@@ -162,6 +160,8 @@ struct Migration {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PingRounds {
+    /// Correlates SendMigrationPing and MigrationAcked.
+    request: RequestId,
     sent: u32,
     next: Instant,
 }
@@ -465,12 +465,12 @@ impl Presence {
                 }));
             }
             Purpose::MigrationPing => {
-                let Some(migration) = peer.migration else {
+                let Some(rounds) = peer.migration.and_then(|m| m.outbound) else {
                     return;
                 };
                 self.outputs
                     .push_back(Output::SendMigrationPing(SendMigrationPing {
-                        request: migration.request,
+                        request: rounds.request,
                         peer: compiled.peer,
                         new_endpoints: self.local_endpoints.clone(),
                         candidates: compiled.candidates,
@@ -618,9 +618,9 @@ impl Presence {
             peer.pending_blueprint = None;
             peer.deadline = Some(now + window);
             peer.migration = Some(Migration {
-                request,
                 started: now,
                 outbound: Some(PingRounds {
+                    request,
                     sent: 0,
                     next: first_round,
                 }),
@@ -673,7 +673,6 @@ impl Presence {
                 let window = self.config.migration_window;
                 peer.deadline = Some(now + window);
                 peer.migration = Some(Migration {
-                    request: RequestId(0),
                     started: now,
                     outbound: None,
                 });
