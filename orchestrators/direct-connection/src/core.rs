@@ -864,7 +864,7 @@ impl DirectConnection {
             None
         };
         let migration = peer.migration.take();
-        let report = Reported { epoch, via };
+        let report = Reported::new(epoch, via, remote);
         let must_report = connect.is_some() || migration.is_some() || peer.reported != Some(report);
         if must_report {
             peer.reported = Some(report);
@@ -873,10 +873,7 @@ impl DirectConnection {
                 peer: device,
                 session: peer.session,
                 epoch: tether_protocol::Epoch(epoch),
-                path: match via {
-                    Via::Link(_) => PathKind::Direct,
-                    Via::Relay => PathKind::Relay,
-                },
+                path: report.path,
                 remote,
                 after_handshake: false,
             }));
@@ -1302,7 +1299,8 @@ impl DirectConnection {
         };
         peer.bound = Some(via);
         peer.resend_all = true;
-        peer.reported = Some(Reported { epoch, via });
+        let report = Reported::new(epoch, via, remote);
+        peer.reported = Some(report);
         peer.heartbeat.next_at = Some(now + self.limits.heartbeat_interval);
         // Migration ping counters belong to an epoch (the tag binds it).
         peer.ping_counter_sent = 0;
@@ -1313,10 +1311,7 @@ impl DirectConnection {
             peer: device,
             session,
             epoch: tether_protocol::Epoch(epoch),
-            path: match via {
-                Via::Link(_) => PathKind::Direct,
-                Via::Relay => PathKind::Relay,
-            },
+            path: report.path,
             remote,
             after_handshake: true,
         }));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tether_crypto::{KeyRing, PathChallenger};
-use tether_protocol::{ChannelId, DeviceId, LinkId, MigrationPing, RequestId, SessionId};
+use tether_protocol::{ChannelId, DeviceId, LinkId, MigrationPing, PathKind, RequestId, SessionId};
 
 /// A way a frame reaches the peer: a transport link, or the relay (forwarded to the
 /// peer's device id).
@@ -77,13 +77,31 @@ pub struct Heartbeat {
     pub next_id: u64,
 }
 
-/// What Presence was last told about the session.
+/// What Presence was last told about the session. A move between two links to the same
+/// address (crossing dials, a probe link) is not news to Presence or the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reported {
     /// Epoch reported Ready.
     pub epoch: u64,
-    /// Path reported.
-    pub via: Via,
+    /// Kind of path reported.
+    pub path: PathKind,
+    /// The peer's address on a direct path.
+    pub remote: Option<SocketAddr>,
+}
+
+impl Reported {
+    /// The report for `epoch` on `via`, reaching the peer at `remote`.
+    pub fn new(epoch: u64, via: Via, remote: Option<SocketAddr>) -> Self {
+        let path = match via {
+            Via::Link(_) => PathKind::Direct,
+            Via::Relay => PathKind::Relay,
+        };
+        Self {
+            epoch,
+            path,
+            remote,
+        }
+    }
 }
 
 /// Counters shown in the status of a peer.
