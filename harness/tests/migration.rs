@@ -6,11 +6,14 @@
 // A panic in a test is a failed test, not a crashed node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use tether_harness::{run_simulation, ClusterBuilder, SimCluster};
+use tether_harness::cluster::DEVICE_PORT;
+use tether_harness::{run_simulation, ClusterBuilder, GetTap, PeerStatus, SimCluster, StartTap};
 use tether_presence::PresenceConfig;
-use tether_protocol::{PathKind, SessionStatus};
+use tether_protocol::{DeviceId, PathKind, RelayMessage, SealedFrame, SessionStatus, WireFrame};
 use tether_transport::sim::LinkConditions;
+use tether_transport::{Endpoint, TransportConfig};
 
 const A: usize = 0;
 const B: usize = 1;
@@ -387,4 +390,136 @@ fn a_device_with_fifty_peers_moves_and_every_session_recovers() {
             assert_eq!(baseline(&cluster, 0, p).await, before[p - 1], "peer {p}");
         }
     });
+}
+
+/// The sealed frames A sent B through the relay (live forwards and queued envelopes),
+/// as an attacker who watched the relay would have recorded them.
+fn sealed_frames_to(tap: &[Vec<u8>], to: DeviceId) -> Vec<SealedFrame> {
+    let sealed = |bytes: &[u8]| match tether_protocol::decode(bytes) {
+        Ok(WireFrame::Sealed(frame)) => Some(frame),
+        _ => None,
+    };
+    tap.iter()
+        .filter_map(|bytes| match tether_protocol::decode(bytes).ok()? {
+            WireFrame::Relay(RelayMessage::Forward { to: t, frame }) if t == to => sealed(&frame),
+            WireFrame::Relay(RelayMessage::Enqueue {
+                to: t, envelope, ..
+            }) if t == to => sealed(&envelope),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Frames that claim A's session but were sealed by someone without its keys: the
+/// recorded frames with their ciphertext flipped (a forged PeerSecret tag inside cannot
+/// be told apart from any other forgery without the keys), and fresh nonces far ahead.
+fn forged_from(recorded: &[SealedFrame]) -> Vec<SealedFrame> {
+    recorded
+        .iter()
+        .map(|frame| {
+            let mut forged = frame.clone();
+            forged.nonce = frame.nonce + 1_000_000;
+            for byte in &mut forged.ciphertext {
+                *byte ^= 0x5a;
+            }
+            forged
+        })
+        .collect()
+}
+
+/// Spoofed and replayed migration pings (invariant 4). A migrates through the relay
+/// while an attacker records every frame the relay carries to B. Later, from its own
+/// address, the attacker opens a direct link to B and sends B every recorded frame
+/// (the migration pings among them) and forged ones. B must reject them all, stay Ready
+/// on A's real address, answer the attacker with nothing, and the session must go on
+/// exactly once, in order, without a handshake.
+#[test]
+fn spoofed_and_replayed_migration_pings_are_rejected() {
+    for (name, conditions, seed) in runs() {
+        run_simulation(|| async move {
+            let (mut cluster, base) = established(90_000 + seed, conditions.clone()).await;
+            let b = cluster.id(B);
+            cluster.relay.addr.send(StartTap).await.unwrap();
+            cluster.block_direct(A, B);
+            cluster.change_address(A).await.unwrap();
+            send_both_ways(&cluster, "recorded", 5).await;
+            assert_recovered(&mut cluster, "recorded", 5, &base, Duration::from_secs(25)).await;
+            let tap = cluster.relay.addr.send(GetTap).await.unwrap();
+            let recorded = sealed_frames_to(&tap, b);
+            assert!(
+                recorded.len() >= 5,
+                "{name}: the relay carried A's migration ({} frames)",
+                recorded.len()
+            );
+            // The direct path opens again and takes the session back from the relay.
+            cluster.unblock_direct(A, B);
+            let mut direct = false;
+            for _ in 0..40 {
+                let on = |status: Option<PeerStatus>| {
+                    status.is_some_and(|s| s.path == Some(PathKind::Direct))
+                };
+                if on(cluster.peer_status(A, B).await) && on(cluster.peer_status(B, A).await) {
+                    direct = true;
+                    break;
+                }
+                cluster.run_for(Duration::from_millis(500)).await;
+            }
+            assert!(direct, "{name}: the direct path takes over from the relay");
+            cluster.run_for(Duration::from_secs(2)).await;
+            let before = cluster.peer_status(B, A).await.unwrap();
+            let rejected_before = cluster.node(B).counters().await.rejected_frames;
+
+            // The attacker, on a network of its own.
+            let attacker_ip = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 1));
+            let host = cluster.net.add_host("attacker", [attacker_ip]);
+            let endpoint = Endpoint::bind_sim(
+                &cluster.net,
+                host,
+                SocketAddr::new(attacker_ip, DEVICE_PORT),
+                TransportConfig::seeded(seed ^ 0xa77ac),
+            )
+            .await
+            .unwrap();
+            let since = cluster.elapsed();
+            let b_addr = SocketAddr::new(cluster.devices[B].ip, DEVICE_PORT);
+            let mut link = endpoint.dial(b_addr).await.unwrap();
+            let attack: Vec<SealedFrame> = recorded
+                .iter()
+                .cloned()
+                .chain(forged_from(&recorded))
+                .collect();
+            for frame in &attack {
+                let bytes = tether_protocol::encode(&WireFrame::Sealed(frame.clone())).unwrap();
+                link.send_frame(bytes.into()).await.unwrap();
+            }
+            // B answers the attacker with nothing while the attack lands.
+            let (_, answer) = tokio::join!(
+                cluster.run_for(Duration::from_secs(3)),
+                tokio::time::timeout(Duration::from_secs(3), link.recv_frame())
+            );
+            assert!(
+                !matches!(answer, Ok(Ok(Some(_)))),
+                "{name}: B answered the attacker: {answer:?}"
+            );
+            let rejected = cluster.node(B).counters().await.rejected_frames - rejected_before;
+            assert_eq!(
+                rejected,
+                attack.len() as u64,
+                "{name}: every replayed and forged frame is rejected"
+            );
+            let after = cluster.peer_status(B, A).await.unwrap();
+            assert_eq!(after.path, Some(PathKind::Direct), "{name}");
+            assert_eq!(
+                after.remote, before.remote,
+                "{name}: B still reaches A where it is"
+            );
+            assert_eq!(
+                cluster.timeline(&[A, B], since),
+                "",
+                "{name}: no status changed on either side"
+            );
+            send_both_ways(&cluster, "after", 10).await;
+            assert_recovered(&mut cluster, "after", 10, &base, Duration::from_secs(20)).await;
+        });
+    }
 }
