@@ -15,6 +15,11 @@ use crate::error::ConfigError;
 /// rejected before anything is allocated for it.
 pub const MAX_FRAME_LEN: usize = 1024 * 1024 + 4096;
 
+/// Rollover streams a peer may have open towards us at once. A sender opens one each
+/// time our address changes and resets the one before, which frees its slot; four
+/// cover a flapping network without letting a peer pin many streams.
+pub const MAX_ROLLOVER_STREAMS: u32 = 4;
+
 /// Everything the transport can be tuned with. `Default` gives the production values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportConfig {
@@ -126,8 +131,14 @@ impl TransportConfig {
     ///
     /// `accept_streams` is how many bidirectional streams the peer may open towards us:
     /// 1 on the accepting side (the dialler opens the frame stream), 0 on the dialling
-    /// side. Unidirectional streams and QUIC datagrams are never used, so both are off:
-    /// a peer that opens more streams is held back by QUIC flow control, not by luck.
+    /// side. Unidirectional streams are the rollover streams (at most
+    /// [`MAX_ROLLOVER_STREAMS`] open at once); QUIC datagrams are never used. A peer
+    /// that opens more streams is held back by QUIC flow control, not by luck.
+    ///
+    /// MTU discovery is off: its probe on a path the peer just migrated to would spend
+    /// the anti-amplification budget the session layer's answer needs there, which
+    /// delays the migration by a round trip. Packets stay at QUIC's 1200-byte minimum,
+    /// which costs some throughput on bulk transfers, not on messages.
     pub(crate) fn quinn_transport(
         &self,
         accept_streams: u32,
@@ -142,8 +153,9 @@ impl TransportConfig {
             .receive_window(VarInt::from_u32(self.connection_receive_window))
             .send_window(self.send_window)
             .max_concurrent_bidi_streams(VarInt::from_u32(accept_streams))
-            .max_concurrent_uni_streams(VarInt::from_u32(0))
-            .datagram_receive_buffer_size(None);
+            .max_concurrent_uni_streams(VarInt::from_u32(MAX_ROLLOVER_STREAMS))
+            .datagram_receive_buffer_size(None)
+            .mtu_discovery_config(None);
         Ok(Arc::new(t))
     }
 }

@@ -12,7 +12,7 @@ use crate::config::TransportConfig;
 use crate::link::LINK_PREAMBLE;
 use crate::quic;
 use crate::sim::{HostId, SimNetwork};
-use crate::Endpoint;
+use crate::{Endpoint, LinkError};
 
 struct Setup {
     _net: SimNetwork,
@@ -60,6 +60,15 @@ impl Setup {
             .unwrap()
     }
 
+    /// A connection whose frame stream opened properly, and the link it became.
+    async fn link(&self) -> (quinn::Connection, quinn::SendStream, crate::Link) {
+        let conn = self.connect().await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&LINK_PREAMBLE).await.unwrap();
+        let link = self.server.accept().await.unwrap();
+        (conn, send, link)
+    }
+
     async fn no_link_within(&self, wait: Duration) {
         let accepted = tokio::time::timeout(wait, self.server.accept()).await;
         assert!(accepted.is_err(), "no link may come out of this");
@@ -84,10 +93,7 @@ async fn a_stream_without_the_preamble_is_rejected_and_counted() {
 #[tokio::test(start_paused = true)]
 async fn an_oversized_length_prefix_is_skipped_and_the_link_survives() {
     let s = setup().await;
-    let conn = s.connect().await;
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&LINK_PREAMBLE).await.unwrap();
-    let mut link = s.server.accept().await.unwrap();
+    let (_conn, mut send, mut link) = s.link().await;
 
     let too_long = u32::try_from(crate::MAX_FRAME_LEN + 1).unwrap();
     send.write_all(&too_long.to_be_bytes()).await.unwrap();
@@ -118,19 +124,31 @@ async fn an_oversized_length_prefix_is_skipped_and_the_link_survives() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rollover_stream_without_its_preamble_closes_the_link() {
+    let s = setup().await;
+    let (conn, _send, mut link) = s.link().await;
+    let mut uni = conn.open_uni().await.unwrap();
+    uni.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert!(matches!(link.recv_frame().await, Err(LinkError::Lost(_))));
+    assert!(matches!(
+        conn.closed().await,
+        quinn::ConnectionError::ApplicationClosed(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_second_stream_is_held_back_by_the_stream_limit() {
     let s = setup().await;
-    let conn = s.connect().await;
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&LINK_PREAMBLE).await.unwrap();
-    let _link = s.server.accept().await.unwrap();
+    let (conn, _send, _link) = s.link().await;
     let second = tokio::time::timeout(Duration::from_secs(5), conn.open_bi()).await;
     assert!(second.is_err(), "the peer may open exactly one stream");
-    let uni = tokio::time::timeout(Duration::from_secs(1), conn.open_uni()).await;
-    assert!(
-        uni.is_err(),
-        "unidirectional streams are not allowed at all"
-    );
+    // Rollover streams: a few at once, then the limit holds the next one back.
+    let mut uni = Vec::new();
+    for _ in 0..crate::config::MAX_ROLLOVER_STREAMS {
+        uni.push(conn.open_uni().await.unwrap());
+    }
+    let more = tokio::time::timeout(Duration::from_secs(1), conn.open_uni()).await;
+    assert!(more.is_err(), "the rollover stream limit holds");
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,7 @@
-//! A direct link: one QUIC connection carrying one bidirectional stream of
-//! length-delimited frames (u32 big-endian length, then the sealed frame).
+//! A direct link: one QUIC connection carrying length-delimited frames (u32 big-endian
+//! length, then the sealed frame) on one bidirectional stream, and, after the peer
+//! changed address, on the fresh unidirectional streams each side moves its sending to
+//! (a stream rollover, see [`LinkSender::send_frame`]).
 //!
 //! A [`Link`] splits into a cloneable [`LinkSender`] and a [`LinkReceiver`], so the
 //! session layer can run a reader task while any number of writers send. A
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::error::{LinkError, LostReason};
 use crate::framing::{frame_header, FrameDecoder};
@@ -24,6 +28,18 @@ use crate::sync::lock;
 /// once data flows on it, so the dialler must write something; a magic value also lets
 /// the acceptor reject streams that are not Tether links.
 pub(crate) const LINK_PREAMBLE: [u8; 4] = *b"TLK1";
+
+/// First bytes of a rollover stream: lets the receiver reject streams that are not.
+pub(crate) const ROLLOVER_PREAMBLE: [u8; 4] = *b"TLR1";
+
+/// Stream reset code of a stream its sender left for a fresh one: not the end of the
+/// link, only of that stream.
+const ROLLED_OVER: u32 = 1;
+
+/// Frames a link's readers hand over ahead of the session layer: one (plus the one a
+/// reader waits to hand over), so a reader that does not keep up pushes back on QUIC
+/// flow control at once, and a link pins at most two frames beyond the stream window.
+const READ_AHEAD_FRAMES: usize = 1;
 
 /// Application close codes of link connections.
 pub(crate) mod close_code {
@@ -189,6 +205,10 @@ impl LinkHandle {
 struct SendState {
     stream: SendStream,
     broken: bool,
+    /// The peer's address when `stream` was opened.
+    remote: SocketAddr,
+    /// `stream` is a rollover stream whose preamble is not written yet.
+    preamble_pending: bool,
 }
 
 /// The sending half of a link; clones share the stream and never interleave frames.
@@ -229,6 +249,12 @@ impl LinkSender {
     /// Sends one sealed frame. Waits while QUIC flow control or congestion control
     /// holds data back (back-pressure).
     ///
+    /// When the peer's address changed since the current stream was opened, the frame
+    /// goes on a fresh stream and the old one is reset. Bytes sent to the old address
+    /// shortly before the peer moved are lost, and QUIC notices that only a round trip
+    /// after the new path answers; on the old stream they would hold back every later
+    /// frame until then. The session layer resends what such a reset may have cost.
+    ///
     /// Cancelling this future before any byte of the frame was written is harmless;
     /// cancelling it half-way through a frame closes the link (the peer could never
     /// find the next frame boundary) and later sends fail with [`LinkError::Broken`].
@@ -237,16 +263,40 @@ impl LinkSender {
         let header = frame_header(frame.len(), shared.max_frame_len)?;
         let len = frame.len();
         let mut state = self.state.lock().await;
-        let SendState { stream, broken } = &mut *state;
-        if *broken {
+        if state.broken {
             return Err(LinkError::Broken);
         }
+        let remote = shared.conn.remote_address();
+        if remote != state.remote {
+            let fresh = shared
+                .conn
+                .open_uni()
+                .await
+                .map_err(|e| LinkError::Lost(shared.lost_reason(e)))?;
+            let mut old = std::mem::replace(&mut state.stream, fresh);
+            // Already finished or reset streams refuse this; nothing is lost then.
+            let _ = old.reset(VarInt::from_u32(ROLLED_OVER));
+            state.remote = remote;
+            state.preamble_pending = true;
+            bump(&shared.counters.stream_rollovers);
+        }
+        let SendState {
+            stream,
+            broken,
+            preamble_pending,
+            ..
+        } = &mut *state;
         let mut guard = CancelGuard {
             broken,
             shared,
             armed: false,
         };
-        let mut chunks = [Bytes::copy_from_slice(&header), frame];
+        let preamble = if *preamble_pending {
+            Bytes::from_static(&ROLLOVER_PREAMBLE)
+        } else {
+            Bytes::new()
+        };
+        let mut chunks = [preamble, Bytes::copy_from_slice(&header), frame];
         let mut rest: &mut [Bytes] = &mut chunks;
         while !rest.is_empty() {
             // `write_chunks` is cancel-safe: if it does not resolve, nothing was written.
@@ -262,6 +312,7 @@ impl LinkSender {
             }
         }
         guard.armed = false;
+        *preamble_pending = false;
         bump(&shared.counters.frames_sent);
         add(&shared.counters.bytes_sent, len64(len));
         Ok(())
@@ -288,11 +339,21 @@ fn write_error(shared: &LinkShared, e: WriteError) -> LinkError {
     }
 }
 
-/// The receiving half of a link.
+/// What a stream reader hands the receiver.
+enum StreamEvent {
+    Frame(Bytes),
+    /// The peer finished its stream: the link ended cleanly.
+    Finished,
+    Failed(LinkError),
+}
+
+/// The receiving half of a link: frames from the frame stream and from every rollover
+/// stream the peer opens, each read by its own task (dropping the receiver stops them).
 pub struct LinkReceiver {
     handle: LinkHandle,
-    stream: RecvStream,
-    decoder: FrameDecoder,
+    events: mpsc::Receiver<StreamEvent>,
+    done: bool,
+    _readers: JoinSet<()>,
 }
 
 impl fmt::Debug for LinkReceiver {
@@ -302,26 +363,46 @@ impl fmt::Debug for LinkReceiver {
 }
 
 impl LinkReceiver {
+    fn start(handle: LinkHandle, recv: RecvStream) -> Self {
+        let (tx, events) = mpsc::channel(READ_AHEAD_FRAMES);
+        let mut readers = JoinSet::new();
+        let shared = handle.shared.clone();
+        readers.spawn(read_stream(recv, false, tx.clone(), shared.clone()));
+        readers.spawn(accept_rollovers(tx, shared));
+        Self {
+            handle,
+            events,
+            done: false,
+            _readers: readers,
+        }
+    }
+
     /// The next frame; `Ok(None)` when the peer finished its stream cleanly.
     ///
-    /// Cancel-safe: dropping the future loses no data. Oversized, empty and truncated
-    /// frames are dropped and counted, never returned.
+    /// Frames of one stream come in order; after a rollover, frames of the new stream
+    /// may overtake the last ones of the old (the session layer orders by its own
+    /// sequence numbers). Cancel-safe: dropping the future loses no data. Oversized,
+    /// empty and truncated frames are dropped and counted, never returned.
     pub async fn recv_frame(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if self.done {
+            return Ok(None);
+        }
         let shared = &self.handle.shared;
-        loop {
-            if let Some(frame) = self.decoder.next_frame() {
+        match self.events.recv().await {
+            Some(StreamEvent::Frame(frame)) => {
                 bump(&shared.counters.frames_received);
                 add(&shared.counters.bytes_received, len64(frame.len()));
-                return Ok(Some(frame));
+                Ok(Some(frame))
             }
-            match self.stream.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => self.decoder.push(chunk.bytes),
-                Ok(None) => {
-                    self.decoder.finish();
-                    return Ok(None);
-                }
-                Err(e) => return Err(read_error(shared, e)),
+            Some(StreamEvent::Finished) => {
+                self.done = true;
+                Ok(None)
             }
+            Some(StreamEvent::Failed(error)) => Err(error),
+            // Every reader ended without a verdict: the connection is gone.
+            None => Err(LinkError::Lost(
+                shared.lost_reason(shared.conn.closed().await),
+            )),
         }
     }
 
@@ -329,6 +410,61 @@ impl LinkReceiver {
     pub fn handle(&self) -> &LinkHandle {
         &self.handle
     }
+}
+
+/// Reads frames from one stream until it ends. A rollover stream must start with
+/// [`ROLLOVER_PREAMBLE`]; one that does not closes the connection (not a Tether peer).
+async fn read_stream(
+    mut stream: RecvStream,
+    rollover: bool,
+    tx: mpsc::Sender<StreamEvent>,
+    shared: Arc<LinkShared>,
+) {
+    if rollover {
+        let mut preamble = [0_u8; ROLLOVER_PREAMBLE.len()];
+        if stream.read_exact(&mut preamble).await.is_err() || preamble != ROLLOVER_PREAMBLE {
+            shared.close_with(
+                LostReason::ClosedLocally,
+                close_code::BAD_PREAMBLE,
+                b"bad rollover stream",
+            );
+            return;
+        }
+    }
+    let mut decoder = FrameDecoder::new(shared.max_frame_len, shared.counters.clone());
+    loop {
+        while let Some(frame) = decoder.next_frame() {
+            if tx.send(StreamEvent::Frame(frame)).await.is_err() {
+                return;
+            }
+        }
+        let event = match stream.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                decoder.push(chunk.bytes);
+                continue;
+            }
+            Ok(None) => {
+                decoder.finish();
+                StreamEvent::Finished
+            }
+            // The sender moved to a fresh stream; this one simply ends.
+            Err(ReadError::Reset(code)) if code == VarInt::from_u32(ROLLED_OVER) => return,
+            Err(e) => StreamEvent::Failed(read_error(&shared, e)),
+        };
+        let _ = tx.send(event).await;
+        return;
+    }
+}
+
+/// Accepts the rollover streams the peer opens and reads each one.
+async fn accept_rollovers(tx: mpsc::Sender<StreamEvent>, shared: Arc<LinkShared>) {
+    let mut readers = JoinSet::new();
+    while let Ok(stream) = shared.conn.accept_uni().await {
+        while readers.try_join_next().is_some() {}
+        readers.spawn(read_stream(stream, true, tx.clone(), shared.clone()));
+    }
+    // The connection ended: readers see it too and report it.
+    while readers.join_next().await.is_some() {}
 }
 
 fn read_error(shared: &LinkShared, e: ReadError) -> LinkError {
@@ -375,19 +511,18 @@ impl Link {
         let handle = LinkHandle {
             shared: shared.clone(),
         };
+        let remote = shared.conn.remote_address();
         let link = Self {
             sender: LinkSender {
                 handle: handle.clone(),
                 state: Arc::new(tokio::sync::Mutex::new(SendState {
                     stream: send,
                     broken: false,
+                    remote,
+                    preamble_pending: false,
                 })),
             },
-            receiver: LinkReceiver {
-                handle,
-                stream: recv,
-                decoder: FrameDecoder::new(max_frame_len, counters),
-            },
+            receiver: LinkReceiver::start(handle, recv),
         };
         (link, shared)
     }

@@ -83,6 +83,9 @@ counters! {
         empty_frames_dropped,
         /// A partial frame at the end of the stream: dropped.
         truncated_frames_dropped,
+        /// Times the sending side moved to a fresh stream because the peer's address
+        /// changed (see [`LinkSender::send_frame`](crate::LinkSender::send_frame)).
+        stream_rollovers,
     }
 }
 

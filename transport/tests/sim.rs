@@ -151,6 +151,60 @@ async fn dialler_address_change_migrates_and_receiver_sees_new_address() {
     assert_eq!(ea.stats().rebinds, 1);
 }
 
+/// Frames the acceptor sent to the dialler's old address just before it moved are lost
+/// on the way; on the old stream they would hold every later frame back until QUIC
+/// noticed the loss. The acceptor's first frame after it sees the new address goes on a
+/// fresh stream instead and arrives one way later.
+#[tokio::test(start_paused = true)]
+async fn the_acceptor_rolls_to_a_fresh_stream_when_the_dialler_moves() {
+    const ONE_WAY: Duration = Duration::from_millis(50);
+    let net = SimNetwork::new(SEED);
+    net.set_default_conditions(LinkConditions {
+        latency: ONE_WAY,
+        ..LinkConditions::default()
+    });
+    let a = net.add_host("phone", [ip("10.0.0.1")]);
+    let b = net.add_host("laptop", [ip("10.0.0.2")]);
+    let ea = endpoint(&net, a, "10.0.0.1:0").await;
+    let eb = endpoint(&net, b, "10.0.0.2:4433").await;
+    let (mut la, mut lb) = connect(&ea, &eb).await;
+    lb.send_frame(frame(0)).await.unwrap();
+    assert_eq!(la.recv_frame().await.unwrap(), Some(frame(0)));
+
+    // In flight to the old address when the phone moves: lost. (Small, as messages
+    // are: QUIC may retransmit them on the new path before the rollover resets their
+    // stream, and that counts against the anti-amplification budget there.)
+    for i in 1..4_u8 {
+        lb.send_frame(Bytes::from(vec![i; 100])).await.unwrap();
+    }
+    net.set_address(a, ip("10.0.0.1"), ip("100.64.0.7"))
+        .unwrap();
+    ea.rebind(sa("100.64.0.7:0")).unwrap();
+    // Big enough that QUIC's anti-amplification limit lets the answer out before the
+    // new address is validated (the session layer pads its migration ping likewise).
+    let hello = Bytes::from(vec![5_u8; 2000]);
+    la.send_frame(hello.clone()).await.unwrap();
+    assert_eq!(lb.recv_frame().await.unwrap(), Some(hello));
+    assert_eq!(lb.remote_addr().ip(), ip("100.64.0.7"));
+
+    let sent_at = Instant::now();
+    let answer = Bytes::from_static(b"after the move");
+    lb.send_frame(answer.clone()).await.unwrap();
+    let got = la.recv_frame().await.unwrap();
+    assert_eq!(got, Some(answer), "the fresh stream is not held back");
+    assert!(
+        sent_at.elapsed() <= ONE_WAY + Duration::from_millis(5),
+        "arrived {:?} after it was sent",
+        sent_at.elapsed()
+    );
+    assert_eq!(lb.stats().stream_rollovers, 1);
+    assert_eq!(
+        la.stats().stream_rollovers,
+        0,
+        "the mover's peer did not move"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn acceptor_address_change_is_reported_as_lost_and_a_redial_works() {
     let net = SimNetwork::new(SEED);
@@ -440,10 +494,14 @@ async fn a_peer_that_sends_too_fast_is_held_back_by_flow_control() {
         }
         assert!(accepted < 64 * 1024 * 1024, "no back-pressure");
     }
-    // The receiver never read, so the sender got exactly the receiver's stream window
-    // of credit (less the partial frame that did not fit), not one byte more.
+    // The receiver never read, so the sender got the receiver's stream window of credit
+    // (less the partial frame that did not fit) and the frames the link's reader holds
+    // ahead of the session layer (two at most), not one byte more.
     let window = TransportConfig::default().stream_receive_window as usize;
-    assert!(accepted <= window, "{accepted} > {window}");
+    assert!(
+        accepted <= window + 2 * chunk.len(),
+        "{accepted} > {window} + read-ahead"
+    );
     assert!(
         accepted + 2 * chunk.len() >= window,
         "{accepted} far below {window}"
