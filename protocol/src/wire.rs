@@ -131,6 +131,15 @@ pub enum SessionFrame {
         /// below it was acknowledged by the receiver, possibly before a restart).
         first_unacked: u64,
     },
+    /// Filler the receiver discards. The moving side sends it after a migration ping
+    /// on a migrated QUIC connection: the peer may answer an unvalidated address with
+    /// only three times the bytes it received there, and its own path challenge is
+    /// 1200 bytes, so without filler the peer's answer waits a round trip.
+    Padding {
+        /// Ignored bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The sender dropped the session (or a channel); the receiver stops using it.
     Reset {
         /// Why.

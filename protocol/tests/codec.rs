@@ -203,6 +203,7 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
                 first_unacked: 4,
             },
         ),
+        ("padding", SessionFrame::Padding { bytes: vec![0; 4] }),
         (
             "reset",
             SessionFrame::Reset {
@@ -501,6 +502,7 @@ fn arb_session_frame() -> impl Strategy<Value = SessionFrame> {
                 first_unacked,
             }
         ),
+        arb_bytes(64).prop_map(|bytes| SessionFrame::Padding { bytes }),
         arb_reset().prop_map(|reason| SessionFrame::Reset { reason }),
     ]
 }
