@@ -234,6 +234,19 @@ impl<K: Ord + Clone> PathChallenger<K> {
         Ok(())
     }
 
+    /// Whether an unexpired challenge to `address` awaits its answer (a challenge sent
+    /// on a reliable stream needs no second copy).
+    pub fn is_pending(&self, address: &K, now_ms: u64) -> bool {
+        self.outstanding
+            .get(address)
+            .is_some_and(|o| now_ms < o.expires_at_ms)
+    }
+
+    /// Drops the challenge to `address` (it moved: a new one must be answered there).
+    pub fn forget(&mut self, address: &K) {
+        self.outstanding.remove(address);
+    }
+
     /// Drops expired challenges.
     pub fn prune(&mut self, now_ms: u64) {
         self.outstanding.retain(|_, o| now_ms < o.expires_at_ms);
@@ -337,6 +350,22 @@ mod tests {
         // The wrong answer did not cancel the genuine one.
         assert_eq!(challenger.verify(&1, &a, 6), Ok(()));
         assert_eq!(challenger.verify(&2, &b, 6), Ok(()));
+    }
+
+    #[test]
+    fn a_pending_challenge_is_known_until_answered_expired_or_forgotten() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut challenger = PathChallenger::new(1_000, 4);
+        let a = challenger.issue(&1_u32, 0, &mut rng);
+        challenger.issue(&2_u32, 0, &mut rng);
+        assert!(challenger.is_pending(&1, 999));
+        assert!(!challenger.is_pending(&1, 1_000), "expired");
+        assert!(!challenger.is_pending(&3, 0), "never issued");
+        assert_eq!(challenger.verify(&1, &a, 10), Ok(()));
+        assert!(!challenger.is_pending(&1, 10), "answered");
+        challenger.forget(&2);
+        assert!(!challenger.is_pending(&2, 10), "forgotten");
+        assert_ne!(challenger.issue(&2, 10, &mut rng), a, "a fresh one follows");
     }
 
     #[test]

@@ -35,6 +35,13 @@ const SEALED_OVERHEAD: u64 = 64;
 /// this many times the bytes it received from it (QUIC's rule, RFC 9000 §8).
 pub const AMPLIFICATION_FACTOR: u64 = 3;
 
+/// Filler sent after a migration ping on a migrated link. The peer's QUIC stack may send
+/// our new address three times what it received from it until the address validates;
+/// its path challenge takes 1200 bytes of that, and every packet it sends meanwhile is
+/// padded to 1200 bytes. A ping and a few small packets buy less than that, so the
+/// peer's acknowledgement would wait a round trip; 1200 bytes more buy it three packets.
+const MIGRATION_PADDING_LEN: usize = 1200;
+
 /// What the core is told.
 #[derive(Debug)]
 pub enum Input {
@@ -547,6 +554,15 @@ impl DirectConnection {
         // migration), then every direct candidate, then (later) the relay queue.
         let links: Vec<LinkId> = self.links_of(device);
         for link in links {
+            // The filler first: when the ping arrives, the peer's answer is already
+            // within the budget the filler bought.
+            self.send_frame(
+                device,
+                Via::Link(link),
+                &SessionFrame::Padding {
+                    bytes: vec![0; MIGRATION_PADDING_LEN],
+                },
+            );
             self.send_frame(
                 device,
                 Via::Link(link),
@@ -806,7 +822,13 @@ impl DirectConnection {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
+        if peer.challenger.is_pending(&via, now_ms) {
+            // Links and the relay connection are reliable streams: the first copy of
+            // the challenge arrives unless the path dies.
+            return;
+        }
         let challenge = peer.challenger.issue(&via, now_ms, &mut self.rng);
+        tracing::debug!(peer = %device, ?via, "path challenge sent");
         self.send_frame(
             device,
             via,
@@ -835,6 +857,7 @@ impl DirectConnection {
         };
         let changed = peer.bound != Some(via);
         let was_tentative = !changed && peer.migration.is_some();
+        tracing::debug!(peer = %device, ?via, changed, "session bound to path");
         peer.bound = Some(via);
         // On the relay, look for a direct path at once (the peer may have just told us
         // where it is), then every probe interval.
@@ -882,6 +905,27 @@ impl DirectConnection {
             self.send_markers(device, via);
         }
         self.pump(now, device);
+        if let (Via::Link(link), Some(remote)) = (via, remote) {
+            self.ensure_standby(device, link, remote);
+        }
+    }
+
+    /// Bound to a link the peer dialled: dial one of our own to the same address, so a
+    /// change of our address finds a link QUIC migrates (the accepted one dies with
+    /// our old address, and a fresh dial would cost the migration a round trip).
+    fn ensure_standby(&mut self, device: DeviceId, bound: LinkId, remote: SocketAddr) {
+        let accepted = self.links.get(&bound).is_some_and(|l| !l.dialled);
+        let have_own = self
+            .links
+            .values()
+            .any(|l| l.peer == Some(device) && l.dialled);
+        let dialling = self
+            .dials
+            .values()
+            .any(|d| d.device == device && d.purpose == DialPurpose::Standby);
+        if accepted && !have_own && !dialling {
+            self.dial(device, DialPurpose::Standby, vec![remote]);
+        }
     }
 
     /// Whether an authenticated frame arrived on a direct link from the peer since `at`.
@@ -893,7 +937,7 @@ impl DirectConnection {
 
     /// Puts the session's data on `via` without reporting a path change (a tentative
     /// path while a migration is unanswered).
-    fn carry(&mut self, now: Instant, device: DeviceId, via: Via) {
+    pub(crate) fn carry(&mut self, now: Instant, device: DeviceId, via: Via) {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
@@ -975,6 +1019,7 @@ impl DirectConnection {
                         // An address we dialled is one we chose; an accepted one must
                         // prove itself before it gets more than the amplification budget.
                         validated: dial.is_some(),
+                        dialled: dial.is_some(),
                         bytes_in: 0,
                         bytes_out_unvalidated: 0,
                         last_heard: None,
@@ -1001,7 +1046,8 @@ impl DirectConnection {
                     Some((device, DialPurpose::Probe)) => {
                         self.challenge(now, device, Via::Link(link));
                     }
-                    None => {}
+                    // Kept open by QUIC keep-alives; it carries our next migration ping.
+                    Some((_, DialPurpose::Standby)) | None => {}
                 }
             }
             TransportEvent::DialFailed { request, reason } => {
@@ -1053,6 +1099,10 @@ impl DirectConnection {
                     state.validated = false;
                     state.bytes_in = 0;
                     state.bytes_out_unvalidated = 0;
+                    let peer = state.peer.and_then(|device| self.peers.get_mut(&device));
+                    if let Some(peer) = peer {
+                        peer.challenger.forget(&Via::Link(link));
+                    }
                 }
             }
             TransportEvent::FrameReceived { link, frame } => {
@@ -1324,6 +1374,9 @@ impl DirectConnection {
         // A new epoch may follow a restart of either side: line the channels up.
         self.send_markers(device, via);
         self.pump(now, device);
+        if let (Via::Link(link), Some(remote)) = (via, remote) {
+            self.ensure_standby(device, link, remote);
+        }
     }
 
     // ----- Sending ---------------------------------------------------------------------

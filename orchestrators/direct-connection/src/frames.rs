@@ -20,6 +20,7 @@ impl DirectConnection {
         via: Via,
         frame: SessionFrame,
     ) {
+        tracing::trace!(peer = %device, ?via, frame = frame_kind(&frame), "session frame");
         match frame {
             SessionFrame::Data {
                 channel,
@@ -72,6 +73,7 @@ impl DirectConnection {
                 }
                 self.send_ack(device, via, channel);
             }
+            SessionFrame::Padding { .. } => {}
             SessionFrame::Reset { .. } => {
                 self.outputs
                     .push_back(Output::PeerReset(PeerReset { peer: device }));
@@ -245,6 +247,11 @@ impl DirectConnection {
             if stale_bound {
                 // The peer left the address this link goes to: it carries nothing now.
                 peer.bound = None;
+            } else if peer.bound == Some(via) && via != Via::Relay {
+                // The peer moved under the bound link: what we sent towards its old
+                // address is lost, and the transport dropped that stream for a fresh
+                // one. Resend what is unacknowledged (the peer drops duplicates).
+                peer.resend_all = true;
             }
             peer.highest_ping_received = ping.counter;
             peer.announced = ping.endpoints.clone();
@@ -269,6 +276,13 @@ impl DirectConnection {
         // Every copy is acknowledged on the path it came by, so the mover hears back on
         // whichever of its paths works.
         self.send_frame(device, via, &ack);
+        if first_copy && stale_bound && via != Via::Relay {
+            // The link the ping came by reaches the peer where it is now: let the data
+            // follow at once, within the anti-amplification budget, while the address
+            // answers its challenge (Ready waits for that).
+            self.carry(now, device, via);
+        }
+        self.pump(now, device);
 
         // A ping that came through the relay means the relay works: carry the session
         // there until a direct path validates.
@@ -315,6 +329,7 @@ impl DirectConnection {
         match via {
             Via::Link(link) => {
                 let validated = self.links.get(&link).is_some_and(|l| l.validated);
+                tracing::debug!(peer = %device, ?link, validated, "migration acknowledged");
                 if validated {
                     self.bind(now, device, via);
                 } else {
@@ -344,9 +359,11 @@ impl DirectConnection {
             self.counters.bad_path_responses += 1;
             return;
         }
+        let mut remote = None;
         if let Via::Link(link) = via {
             if let Some(state) = self.links.get_mut(&link) {
                 state.validated = true;
+                remote = state.remote;
             }
         }
         // A validated direct path always wins over the relay; the relay is bound only
@@ -354,12 +371,30 @@ impl DirectConnection {
         let bound_is_direct =
             matches!(peer.bound, Some(Via::Link(l)) if self.links.contains_key(&l));
         let in_progress = peer.connect.is_some() || peer.migration.is_some();
+        // Carried tentatively (the peer moved), not yet reported Ready there.
+        let tentative = peer.bound == Some(via) && peer.reported.is_none_or(|r| r.remote != remote);
         let take = match via {
             Via::Link(_) => true,
             Via::Relay => !bound_is_direct,
         };
-        if take && (in_progress || peer.bound != Some(via)) {
+        if take && (in_progress || tentative || peer.bound != Some(via)) {
             self.bind(now, device, via);
         }
+    }
+}
+
+fn frame_kind(frame: &SessionFrame) -> &'static str {
+    match frame {
+        SessionFrame::Data { .. } => "data",
+        SessionFrame::Ack { .. } => "ack",
+        SessionFrame::Ping { .. } => "ping",
+        SessionFrame::Pong { .. } => "pong",
+        SessionFrame::MigrationPing(_) => "migration-ping",
+        SessionFrame::MigrationAck(_) => "migration-ack",
+        SessionFrame::PathChallenge { .. } => "path-challenge",
+        SessionFrame::PathResponse { .. } => "path-response",
+        SessionFrame::Migrate { .. } => "migrate",
+        SessionFrame::Padding { .. } => "padding",
+        SessionFrame::Reset { .. } => "reset",
     }
 }

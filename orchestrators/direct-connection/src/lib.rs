@@ -29,8 +29,15 @@
 //!   relay when nothing direct validates in time. A new path is challenged under the
 //!   session keys before the session moves; until then at most 3× the bytes received
 //!   from it are sent to it.
-//! - our migration: ping sent on every link and candidate → relay queue after a short
-//!   bound → acknowledged → bound to a validated path → Ready.
+//! - standby link: bound to a link the peer dialled, we dial one of our own to it too,
+//!   so that when we move QUIC migrates a link of ours (an accepted one dies with our
+//!   old address).
+//! - our migration: padding, then the ping, on every link (so the peer's answer fits
+//!   its QUIC anti-amplification budget) and every candidate → relay queue after a
+//!   short bound → acknowledged → bound to a validated path → Ready.
+//! - the peer's migration: ping verified → acknowledged on the path it came by; the
+//!   unacknowledged data is resent at once on the link that reaches the peer's new
+//!   address (within the 3× budget) while that address answers its challenge → Ready.
 //! - evicted: keys kept for epoch numbering but unused until a newer epoch commits;
 //!   queued messages survive and are resent, and the receiver dedupes by sequence.
 

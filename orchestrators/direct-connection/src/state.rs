@@ -188,6 +188,8 @@ pub struct LinkState {
     pub remote: Option<SocketAddr>,
     /// Whether the address is validated: dialled by us, or answered a challenge.
     pub validated: bool,
+    /// We dialled it: QUIC carries it across a change of our own address.
+    pub dialled: bool,
     /// Bytes received since the last address change (anti-amplification budget).
     pub bytes_in: u64,
     /// Bytes sent while unvalidated.
@@ -216,4 +218,7 @@ pub enum DialPurpose {
     Migration,
     /// Looking for a direct path while the session runs over the relay.
     Probe,
+    /// A link of our own next to one the peer dialled: if we move, QUIC migrates a link
+    /// we dialled, while one we accepted dies with our old address.
+    Standby,
 }

@@ -350,7 +350,9 @@ impl Net {
             .map(|(k, v)| (*k, *v))
             .collect();
         for ((_, mine), (other, theirs)) in pairs {
-            if self.dialled_by[&(node, mine)] {
+            // A link we dialled follows us (QUIC migration), unless the new network
+            // cannot reach the peer directly.
+            if self.dialled_by[&(node, mine)] && !self.direct_blocked {
                 let remote = addr(new);
                 self.later(
                     other,
