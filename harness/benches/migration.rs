@@ -8,6 +8,8 @@
 //! - `TETHER_BENCH_FIRST_SEED`: first seed (default 1000; seeds are consecutive);
 //! - `TETHER_BENCH_MESSAGES`: messages sent each way after the change (default 5; 0
 //!   measures the time to both Ready alone);
+//! - `TETHER_BENCH_ONLY`: run only the scenarios whose name contains this text
+//!   (e.g. `single`, `relay`, `both`, `baseline`);
 //! - `TETHER_BENCH_VERBOSE=1`: print every row's distribution and slowest seeds to stderr;
 //! - `TETHER_BENCH_TRACE=1`: for the first seed of every row, print the phase timeline
 //!   and the packet log from the change on to stderr.
@@ -410,10 +412,14 @@ fn main() {
     let messages = env_usize("TETHER_BENCH_MESSAGES", 5);
     let trace = std::env::var("TETHER_BENCH_TRACE").is_ok_and(|v| v == "1");
     let verbose = std::env::var("TETHER_BENCH_VERBOSE").is_ok_and(|v| v == "1");
+    let only = std::env::var("TETHER_BENCH_ONLY").unwrap_or_default();
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     for rtt_ms in [40_u64, 200] {
         for scenario in Scenario::ALL {
+            if !scenario.name().contains(only.as_str()) {
+                continue;
+            }
             let samples: Vec<Sample> = (first_seed..first_seed + seeds)
                 .map(|seed| {
                     let settings = Settings {
