@@ -10,9 +10,10 @@
 //!   socket, over real UDP or over the simulated network. It dials, accepts and
 //!   [`rebind`](Endpoint::rebind)s to a new local address when the device changes
 //!   networks.
-//! - [`Link`]: one QUIC connection carrying one bidirectional stream of
-//!   length-delimited frames, split into a cloneable [`LinkSender`] and a
-//!   [`LinkReceiver`] so a reader task and writers can run concurrently.
+//! - [`Link`]: one QUIC connection carrying length-delimited frames on one
+//!   bidirectional stream (and on a fresh stream after the peer's address changed),
+//!   split into a cloneable [`LinkSender`] and a [`LinkReceiver`] so a reader task and
+//!   writers can run concurrently.
 //! - [`dial_any`]: happy-eyeballs dialling of several candidates, first success wins.
 //! - [`FrameSink`] / [`FrameSource`]: the face that a direct QUIC link and the relay
 //!   path both present, so the session layer does not care which path a frame took.
