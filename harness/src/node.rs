@@ -13,14 +13,19 @@ use tether_connection_blueprint::{
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
     DcConfig, DcCounters, DcLimits, DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots,
-    PeerConfig,
+    PathTraffic, PeerConfig,
 };
-use tether_pms::{PmsOrchestrator, PmsRecipients, RendezvousClientConfig};
+use tether_pms::{
+    GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients, RendezvousClientConfig,
+    RendezvousClientCounters,
+};
 use tether_presence::{PresenceConfig, PresenceOrchestrator, PresenceRecipients};
 use tether_protocol::{
     ChannelId, DeviceId, PathKind, RequestId, SendError, SendMessage, SessionStatus, Shutdown,
 };
-use tether_rcs::{RcsOrchestrator, RcsRecipients, RelayClientConfig};
+use tether_rcs::{
+    GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig, RelayClientCounters,
+};
 use tether_transport::Endpoint;
 use tokio::sync::{mpsc, oneshot};
 
@@ -94,6 +99,14 @@ pub struct PeerStatus {
     pub delivered: u64,
     /// Duplicate data frames dropped.
     pub duplicates: u64,
+    /// Session frames over direct links.
+    pub direct: PathTraffic,
+    /// Session frames through the relay.
+    pub relay: PathTraffic,
+    /// Connects with a handshake that no path answered in time.
+    pub handshake_timeouts: u64,
+    /// Transport-only reconnects that no path answered in time.
+    pub reconnect_timeouts: u64,
     /// Migrations completed, and the last one's duration.
     pub migrations: u64,
     /// Duration of the last migration.
@@ -350,6 +363,10 @@ impl Node {
                     sent: s.counters.sent,
                     delivered: s.counters.delivered,
                     duplicates: s.counters.duplicates,
+                    direct: s.counters.direct,
+                    relay: s.counters.relay,
+                    handshake_timeouts: s.counters.handshake_timeouts,
+                    reconnect_timeouts: s.counters.reconnect_timeouts,
                     migrations: view.migrations,
                     last_migration: view.last_migration,
                 }
@@ -364,6 +381,21 @@ impl Node {
             .await
             .map(|(_, counters)| counters)
             .unwrap_or_default()
+    }
+
+    /// What the relay and rendezvous clients counted.
+    pub async fn server_client_counters(&self) -> (RelayClientCounters, RendezvousClientCounters) {
+        let relay = self
+            .rcs
+            .send(GetRelayClientCounters)
+            .await
+            .unwrap_or_default();
+        let rendezvous = self
+            .pms
+            .send(GetRendezvousClientCounters)
+            .await
+            .unwrap_or_default();
+        (relay, rendezvous)
     }
 
     /// The device changed networks: move the endpoint to `addr` and let the session

@@ -39,6 +39,11 @@ fn an_unknown_device_is_refused_counted_and_disturbs_nothing() {
             Some(SessionStatus::Ready),
             "the stranger never got a session"
         );
+        let stranger = cluster.peer_status(STRANGER, B).await.unwrap();
+        assert!(
+            stranger.handshake_timeouts >= 1,
+            "the stranger counts its unanswered handshakes: {stranger:?}"
+        );
         let after = cluster.peer_status(A, B).await.unwrap();
         assert_eq!(cluster.status(A, B), Some(SessionStatus::Ready));
         assert_eq!(after.peer_secret, before.peer_secret);

@@ -240,6 +240,13 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
         );
         assert_eq!(after["path"], "direct", "{name}");
         assert_eq!(after["delivered"], total as u64, "{name}: delivered count");
+        let direct = &after["traffic"]["direct"];
+        let sent = direct["frames_sent"].as_u64().unwrap_or(0);
+        let received = direct["frames_received"].as_u64().unwrap_or(0);
+        assert!(
+            sent >= total as u64 && received >= total as u64,
+            "{name}: frames counted on the direct path: {direct}"
+        );
     }
     assert_eq!(after_a["peer_secret"], after_b["peer_secret"]);
     let remote = after_b["remote"].as_str().unwrap_or_default();
@@ -272,6 +279,20 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     assert!(
         page.contains("tether_session_ready{peer=\"b\",status=\"Ready\",path=\"direct\"} 1"),
         "{page}"
+    );
+    let value = |series: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    assert!(
+        value("tether_session_frames_total{peer=\"b\",path=\"direct\",direction=\"sent\"}")
+            >= total as u64
+    );
+    assert!(value("tether_relay_client_events_total{kind=\"connects\"}") >= 1);
+    assert_eq!(
+        value("tether_handshake_failures_total{reason=\"timeout\"}"),
+        0
     );
 
     // A's JSON log lets one follow the migration: its lines carry the session and the

@@ -95,6 +95,19 @@ fn establish_over_a_direct_path() {
         let a = cluster.peer_status(A, B).await.unwrap();
         assert_eq!(a.path, Some(PathKind::Direct));
         exchange(&mut cluster, "direct", 20).await;
+        // Traffic is counted on the path kind it took, and nothing went by the relay.
+        let a = cluster.peer_status(A, B).await.unwrap();
+        let b = cluster.peer_status(B, A).await.unwrap();
+        assert!(a.direct.frames_sent >= 20, "{:?}", a.direct);
+        assert!(b.direct.frames_received >= 20, "{:?}", b.direct);
+        assert!(b.direct.frames_received <= a.direct.frames_sent);
+        assert!(
+            a.direct.bytes_sent > a.direct.frames_sent * 20,
+            "{:?}",
+            a.direct
+        );
+        assert_eq!((a.relay.frames_sent, b.relay.frames_received), (0, 0));
+        assert_eq!((a.handshake_timeouts, b.handshake_timeouts), (0, 0));
         cluster.timeline(&[A, B], Duration::ZERO)
     });
     insta::assert_snapshot!(timeline);
@@ -114,6 +127,11 @@ fn establish_when_direct_udp_is_blocked() {
         let a = cluster.peer_status(A, B).await.unwrap();
         assert_eq!(a.path, Some(PathKind::Relay));
         exchange(&mut cluster, "relayed", 20).await;
+        let a = cluster.peer_status(A, B).await.unwrap();
+        let b = cluster.peer_status(B, A).await.unwrap();
+        assert!(a.relay.frames_sent >= 20, "{:?}", a.relay);
+        assert!(b.relay.frames_received >= 20, "{:?}", b.relay);
+        assert_eq!((a.direct.frames_sent, b.direct.frames_received), (0, 0));
     });
 }
 

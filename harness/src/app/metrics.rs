@@ -3,9 +3,8 @@
 //! events (session start/stop, handshakes, migrations, time on each path), and its
 //! rendering as Prometheus text, served by a tiny HTTP listener.
 //!
-//! Everything here is measured, nothing estimated: counters the node does not expose
-//! (frames per path, the reasons of handshakes this device gave up on) are absent
-//! rather than approximated.
+//! Everything here is measured, nothing estimated: time on each path is accounted from
+//! the session's path events, frames and bytes per path are DirectConnection's counts.
 
 use crate::hub::NodeEvent;
 use serde::{Deserialize, Serialize};
@@ -13,9 +12,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_direct_connection::DcCounters;
+use tether_direct_connection::{DcCounters, PathTraffic};
+use tether_pms::RendezvousClientCounters;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
-use tether_rcs::RelayServerCounters;
+use tether_rcs::{RefusalCounters, RelayClientCounters, RelayServerCounters};
 use tether_transport::EndpointStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -40,6 +40,8 @@ pub struct NodeStatusReport {
     pub transport: TransportReport,
     /// Input dropped and counted (never acted on).
     pub rejected: RejectedReport,
+    /// The relay and rendezvous clients' counters.
+    pub server_clients: ServerClientsReport,
 }
 
 /// One peer's session, as `tether status` shows it.
@@ -73,12 +75,52 @@ pub struct PeerReport {
     pub delivered: u64,
     /// Duplicate data frames dropped (the transport's, not the application's).
     pub duplicate_frames: u64,
+    /// Sealed session frames and their bytes, per kind of path.
+    pub traffic: TrafficReport,
+    /// Connects with a handshake (establishment, recovery) this device gave up on: no
+    /// path answered in time.
+    pub handshake_timeouts: u64,
+    /// Transport-only reconnects this device gave up on.
+    pub reconnect_timeouts: u64,
     /// Migrations completed (as the node counts them).
     pub migrations: u64,
     /// Duration of the last migration.
     pub last_migration_ms: Option<u64>,
     /// Session lifecycle counters.
     pub session: SessionMetrics,
+}
+
+/// A session's frames per kind of path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    /// Over direct links.
+    pub direct: PathTrafficReport,
+    /// Through the relay.
+    pub relay: PathTrafficReport,
+}
+
+/// Sealed session frames on one kind of path (received: authentic ones only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTrafficReport {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Their encoded bytes.
+    pub bytes_sent: u64,
+    /// Authentic frames received.
+    pub frames_received: u64,
+    /// Their encoded bytes.
+    pub bytes_received: u64,
+}
+
+impl From<PathTraffic> for PathTrafficReport {
+    fn from(t: PathTraffic) -> Self {
+        Self {
+            frames_sent: t.frames_sent,
+            bytes_sent: t.bytes_sent,
+            frames_received: t.frames_received,
+            bytes_received: t.bytes_received,
+        }
+    }
 }
 
 /// Lifecycle counters of one peer's session, measured from the node's events.
@@ -221,31 +263,85 @@ pub struct RelayStatusReport {
 impl RelayStatusReport {
     /// Flattens the server counters (refusals by reason as `refused_<reason>`).
     pub fn counters_of(c: &RelayServerCounters, endpoint: &EndpointStats) -> BTreeMap<String, u64> {
-        let r = &c.refused;
-        [
+        let mut counters = named([
             ("envelopes_stored", c.stored),
             ("envelopes_delivered", c.delivered),
             ("envelopes_expired", c.expired),
             ("pushed", c.pushed),
             ("forwarded", c.forwarded),
             ("authenticated", c.authenticated),
-            ("refused_not_authenticated", r.not_authenticated),
-            ("refused_bad_proof", r.bad_proof),
-            ("refused_queue_full", r.queue_full),
-            ("refused_quota_exceeded", r.quota_exceeded),
-            ("refused_too_large", r.too_large),
-            ("refused_not_connected", r.not_connected),
-            ("refused_not_yours", r.not_yours),
             ("bad_frames", c.bad_frames),
             ("evicted_connections", c.evicted_connections),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), *v))
-        .collect()
+        ]);
+        counters.extend(refusals(&c.refused));
+        counters
     }
+}
+
+/// What a node's clients of the relay and rendezvous server counted: connections,
+/// traffic, and the server's and the network's misbehaviour (dropped, never acted on).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerClientsReport {
+    /// The relay client, by kind (refusals as `refused_<reason>`).
+    pub relay: BTreeMap<String, u64>,
+    /// The rendezvous client, by kind.
+    pub rendezvous: BTreeMap<String, u64>,
+}
+
+impl ServerClientsReport {
+    /// Flattens both clients' counters.
+    pub fn of(relay: &RelayClientCounters, rendezvous: &RendezvousClientCounters) -> Self {
+        let r = relay;
+        let mut relay = named([
+            ("connects", r.connects),
+            ("dial_failures", r.dial_failures),
+            ("connect_timeouts", r.connect_timeouts),
+            ("links_lost", r.links_lost),
+            ("pushes", r.pushes),
+            ("forwarded_in", r.forwarded_in),
+            ("forwards_dropped", r.forwards_dropped),
+            ("pending_overflow", r.pending_overflow),
+            ("encode_errors", r.encode_errors),
+            ("decode_errors", r.decode_errors),
+            ("unexpected_frames", r.unexpected_frames),
+        ]);
+        relay.extend(refusals(&r.refused));
+        let z = rendezvous;
+        let rendezvous = named([
+            ("connects", z.connects),
+            ("dial_failures", z.dial_failures),
+            ("connect_timeouts", z.connect_timeouts),
+            ("links_lost", z.links_lost),
+            ("published", z.published),
+            ("refused", z.refused),
+            ("lookups_dropped", z.lookups_dropped),
+            ("lookups_without_hint", z.lookups_without_hint),
+            ("tampered_hints", z.tampered_hints),
+            ("rejected_hints", z.rejected_hints),
+            ("expired_hints", z.expired_hints),
+            ("own_hints", z.own_hints),
+            ("unknown_peer", z.unknown_peer),
+            ("unknown_rendezvous", z.unknown_rendezvous),
+            ("relay_traffic_ignored", z.relay_traffic_ignored),
+            ("seal_errors", z.seal_errors),
+            ("decode_errors", z.decode_errors),
+            ("unexpected_frames", z.unexpected_frames),
+        ]);
+        Self { relay, rendezvous }
+    }
+}
+
+fn named<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+}
+
+fn refusals(r: &RefusalCounters) -> impl Iterator<Item = (String, u64)> {
+    r.by_reason()
+        .into_iter()
+        .map(|(reason, n)| (format!("refused_{reason}"), n))
 }
 
 /// Lower-case name of a path kind, as reports print it.
@@ -361,8 +457,8 @@ impl SessionTracker {
         }
     }
 
-    /// Updates the current path from a status poll (a relay → direct switch may come
-    /// without an event) and accounts time up to `now`.
+    /// Accounts time up to `now` so a report is current, and takes the path from a
+    /// status poll (the same path the last path event gave, unless one is in flight).
     pub fn sample(&mut self, peer: DeviceId, path: Option<PathKind>, now: Instant) {
         let t = self.peers.entry(peer).or_default();
         t.account(now);
@@ -536,7 +632,8 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
     p.family(
         "tether_handshake_failures_total",
         "counter",
-        "Inbound handshake messages refused, by reason.",
+        "Handshakes that failed, by reason: inbound messages refused, and our own \
+         handshakes no path answered in time (timeout).",
     );
     for (reason, key) in [
         ("unknown_device", "handshake_unknown_device"),
@@ -550,6 +647,19 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
             value,
         );
     }
+    let timeouts = report.peers.iter().map(|x| x.handshake_timeouts).sum();
+    p.sample(
+        "tether_handshake_failures_total",
+        &[("reason", "timeout")],
+        timeouts,
+    );
+    p.per_peer(
+        report,
+        "tether_reconnect_failures_total",
+        "counter",
+        "Transport-only reconnects no path answered in time.",
+        |x| x.reconnect_timeouts,
+    );
     p.family(
         "tether_path_seconds_total",
         "counter",
@@ -658,6 +768,24 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
         "Duplicate data frames dropped.",
         |x| x.duplicate_frames,
     );
+    traffic_prometheus(&mut p, report);
+    for (name, help, counters) in [
+        (
+            "tether_relay_client_events_total",
+            "What the relay client counted, by kind.",
+            &report.server_clients.relay,
+        ),
+        (
+            "tether_rendezvous_client_events_total",
+            "What the rendezvous client counted, by kind.",
+            &report.server_clients.rendezvous,
+        ),
+    ] {
+        p.family(name, "counter", help);
+        for (kind, value) in counters {
+            p.sample(name, &[("kind", kind)], *value);
+        }
+    }
     transport_prometheus(&mut p, &report.transport);
     p.family(
         "tether_rejected_input_total",
@@ -816,6 +944,49 @@ where
             let _ = stream.write_all(body.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+/// Frames and bytes per peer, kind of path and direction.
+fn traffic_prometheus(p: &mut Prom, report: &NodeStatusReport) {
+    type Pick = fn(&PathTrafficReport) -> (u64, u64);
+    let directions: [(&str, Pick); 2] = [
+        ("sent", |t| (t.frames_sent, t.bytes_sent)),
+        ("received", |t| (t.frames_received, t.bytes_received)),
+    ];
+    for (name, help, bytes) in [
+        (
+            "tether_session_frames_total",
+            "Sealed session frames, by path kind and direction (received: authentic only).",
+            false,
+        ),
+        (
+            "tether_session_bytes_total",
+            "Encoded bytes of those frames, by path kind and direction.",
+            true,
+        ),
+    ] {
+        p.family(name, "counter", help);
+        for peer in &report.peers {
+            for (path, traffic) in [
+                ("direct", &peer.traffic.direct),
+                ("relay", &peer.traffic.relay),
+            ] {
+                for (direction, pick) in directions {
+                    let (frames, byte_count) = pick(traffic);
+                    let value = if bytes { byte_count } else { frames };
+                    p.sample(
+                        name,
+                        &[
+                            ("peer", &peer.name),
+                            ("path", path),
+                            ("direction", direction),
+                        ],
+                        value,
+                    );
+                }
+            }
+        }
     }
 }
 

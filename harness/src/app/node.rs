@@ -19,7 +19,7 @@ use super::config::{NodeSettings, PeerSettings};
 use super::control::{self, Request, WatchEvent};
 use super::metrics::{
     self, millis, path_name, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
-    SessionTracker, TransportReport,
+    ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
 };
 use crate::hub::NodeEvent;
 use crate::node::{Node, NodeConfig};
@@ -602,6 +602,7 @@ impl NodeState {
         let now = Instant::now();
         let statuses = self.node.status().await;
         let counters = self.node.counters().await;
+        let (relay_client, rendezvous_client) = self.node.server_client_counters().await;
         let stats = self.endpoint.stats();
         let mut peers = Vec::new();
         for s in statuses {
@@ -621,6 +622,12 @@ impl NodeState {
                 sent: s.sent,
                 delivered: s.delivered,
                 duplicate_frames: s.duplicates,
+                traffic: TrafficReport {
+                    direct: s.direct.into(),
+                    relay: s.relay.into(),
+                },
+                handshake_timeouts: s.handshake_timeouts,
+                reconnect_timeouts: s.reconnect_timeouts,
                 migrations: s.migrations,
                 last_migration_ms: s.last_migration.map(millis),
                 session: self.tracker.metrics(s.peer, now),
@@ -633,6 +640,7 @@ impl NodeState {
             peers,
             transport: TransportReport::from(stats),
             rejected: RejectedReport::of_node(&counters, &stats),
+            server_clients: ServerClientsReport::of(&relay_client, &rendezvous_client),
         }
     }
 }

@@ -490,6 +490,13 @@ fn render_status(r: &NodeStatusReport) -> String {
             p.name, s.sessions_started, s.sessions_evicted, s.sessions_closed, s.handshakes_completed,
             s.migrations_started, s.migrations_completed, s.migrations_failed, s.direct_ms / 1000, s.relay_ms / 1000
         ));
+        let (d, r) = (&p.traffic.direct, &p.traffic.relay);
+        out.push_str(&format!(
+            "{}: frames direct sent {} ({} B) received {} ({} B), relay sent {} ({} B) received {} ({} B); gave up on {} handshakes, {} reconnects\n",
+            p.name, d.frames_sent, d.bytes_sent, d.frames_received, d.bytes_received,
+            r.frames_sent, r.bytes_sent, r.frames_received, r.bytes_received,
+            p.handshake_timeouts, p.reconnect_timeouts
+        ));
     }
     let t = &r.transport;
     out.push_str(&format!(

@@ -479,6 +479,11 @@ impl DirectConnection {
         };
         if connect.deadline <= now {
             let request = connect.request;
+            if connect.permit.is_some() {
+                peer.counters.handshake_timeouts += 1;
+            } else {
+                peer.counters.reconnect_timeouts += 1;
+            }
             peer.connect = None;
             self.outputs.push_back(Output::ConnectFailed(ConnectFailed {
                 request,
@@ -598,6 +603,9 @@ impl DirectConnection {
             // The relay queue pushes at once to a connected peer and keeps the ping for
             // one that is offline; the peer dedupes copies by counter.
             if let Some(envelope) = self.seal_wire(device, &SessionFrame::MigrationPing(ping)) {
+                if let Some(peer) = self.peers.get_mut(&device) {
+                    peer.counters.relay.sent(envelope.len() as u64);
+                }
                 let request = self.request_id();
                 self.outputs.push_back(Output::RelayEnqueue(RelayEnqueue {
                     request,
@@ -1305,6 +1313,7 @@ impl DirectConnection {
                 return;
             }
         };
+        peer.counters.traffic(via).received(wire_len);
         // Authentic: these bytes count towards the link's anti-amplification budget.
         self.credit_link(via, wire_len);
         let session_frame = match tether_protocol::decode_session(&opened.plaintext) {
@@ -1414,6 +1423,9 @@ impl DirectConnection {
         let Some(bytes) = self.seal_wire(device, frame) else {
             return;
         };
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.counters.traffic(via).sent(bytes.len() as u64);
+        }
         self.deliver_bytes(device, via, bytes);
     }
 

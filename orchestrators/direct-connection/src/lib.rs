@@ -52,7 +52,7 @@ pub use actor::{DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots};
 pub use channels::{Inbound, Outbound, Received};
 pub use config::{DcConfig, DcLimits, PeerConfig};
 pub use core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot, AMPLIFICATION_FACTOR};
-pub use state::PeerCounters;
+pub use state::{PathTraffic, PeerCounters};
 
 #[cfg(test)]
 mod tests;

@@ -115,6 +115,53 @@ pub struct PeerCounters {
     pub duplicates: u64,
     /// Channels resynchronised because one side had lost its state (a restart).
     pub resyncs: u64,
+    /// Session frames exchanged over direct links.
+    pub direct: PathTraffic,
+    /// Session frames exchanged through the relay (live or queued).
+    pub relay: PathTraffic,
+    /// Connects with a handshake (establishment, recovery) that no path answered in
+    /// time.
+    pub handshake_timeouts: u64,
+    /// Transport-only reconnects that no path answered in time.
+    pub reconnect_timeouts: u64,
+}
+
+/// Sealed session frames on one kind of path: sent, and received authentic (frames
+/// that fail authentication are counted as rejected input instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathTraffic {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Encoded bytes of those frames.
+    pub bytes_sent: u64,
+    /// Authentic frames received.
+    pub frames_received: u64,
+    /// Encoded bytes of those frames.
+    pub bytes_received: u64,
+}
+
+impl PathTraffic {
+    /// Counts a frame of `len` bytes sent.
+    pub fn sent(&mut self, len: u64) {
+        self.frames_sent += 1;
+        self.bytes_sent = self.bytes_sent.saturating_add(len);
+    }
+
+    /// Counts an authentic frame of `len` bytes received.
+    pub fn received(&mut self, len: u64) {
+        self.frames_received += 1;
+        self.bytes_received = self.bytes_received.saturating_add(len);
+    }
+}
+
+impl PeerCounters {
+    /// The traffic counters of the path kind `via` is.
+    pub(crate) fn traffic(&mut self, via: Via) -> &mut PathTraffic {
+        match via {
+            Via::Link(_) => &mut self.direct,
+            Via::Relay => &mut self.relay,
+        }
+    }
 }
 
 /// Everything the core holds for one paired peer.

@@ -37,6 +37,19 @@ impl RefusalCounters {
         *slot = slot.saturating_add(1);
     }
 
+    /// Each reason's count, named in snake case, for reports.
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("not_authenticated", self.not_authenticated),
+            ("bad_proof", self.bad_proof),
+            ("queue_full", self.queue_full),
+            ("quota_exceeded", self.quota_exceeded),
+            ("too_large", self.too_large),
+            ("not_connected", self.not_connected),
+            ("not_yours", self.not_yours),
+        ]
+    }
+
     /// All refusals together.
     pub fn total(&self) -> u64 {
         self.not_authenticated
