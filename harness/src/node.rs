@@ -230,7 +230,7 @@ impl Node {
             config.server.addr,
             derive_seed(config.seed, 2),
         );
-        relay_config.first_dial_request = RequestId(1);
+        relay_config.server.first_dial_request = RequestId(1);
         rcs_ctx.run(RcsOrchestrator::new(
             relay_config,
             RcsRecipients {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tether_direct_connection::{DcCounters, PathTraffic};
 use tether_pms::RendezvousClientCounters;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
-use tether_rcs::{RefusalCounters, RelayClientCounters, RelayServerCounters};
+use tether_rcs::{ConnectionCounters, RefusalCounters, RelayClientCounters, RelayServerCounters};
 use tether_transport::EndpointStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -296,10 +296,6 @@ impl ServerClientsReport {
     pub fn of(relay: &RelayClientCounters, rendezvous: &RendezvousClientCounters) -> Self {
         let r = relay;
         let mut relay = named([
-            ("connects", r.connects),
-            ("dial_failures", r.dial_failures),
-            ("connect_timeouts", r.connect_timeouts),
-            ("links_lost", r.links_lost),
             ("pushes", r.pushes),
             ("forwarded_in", r.forwarded_in),
             ("forwards_dropped", r.forwards_dropped),
@@ -309,12 +305,9 @@ impl ServerClientsReport {
             ("unexpected_frames", r.unexpected_frames),
         ]);
         relay.extend(refusals(&r.refused));
+        relay.extend(connection(&r.connection));
         let z = rendezvous;
-        let rendezvous = named([
-            ("connects", z.connects),
-            ("dial_failures", z.dial_failures),
-            ("connect_timeouts", z.connect_timeouts),
-            ("links_lost", z.links_lost),
+        let mut rendezvous = named([
             ("published", z.published),
             ("refused", z.refused),
             ("lookups_dropped", z.lookups_dropped),
@@ -330,8 +323,19 @@ impl ServerClientsReport {
             ("decode_errors", z.decode_errors),
             ("unexpected_frames", z.unexpected_frames),
         ]);
+        rendezvous.extend(connection(&z.connection));
         Self { relay, rendezvous }
     }
+}
+
+/// A server connection's own counters.
+fn connection(c: &ConnectionCounters) -> BTreeMap<String, u64> {
+    named([
+        ("connects", c.connects),
+        ("dial_failures", c.dial_failures),
+        ("connect_timeouts", c.connect_timeouts),
+        ("links_lost", c.links_lost),
+    ])
 }
 
 fn named<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {

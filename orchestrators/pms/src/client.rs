@@ -1,13 +1,9 @@
 //! The device side of the rendezvous service ([`RendezvousClient`]), sans-IO.
 //!
 //! # Connection
-//! Its own connection to the server, authenticated exactly like the relay client's:
-//! `Dial` the server → link up → the server's `Challenge { nonce }` → `Authenticate {
-//! device, proof }` ([`tether_crypto::server_auth_proof`]) → `Welcome`. States `Idle →
-//! Dialling → Authenticating → Connected`, and `Disconnected` (jittered exponential
-//! backoff) after a failed dial, a lost link, a refused proof or no progress within
-//! [`RendezvousClientConfig::connect_timeout`]. The server may push relay envelopes on
-//! this connection too (it is authenticated as the device); they are ignored, never
+//! Its own connection to the server, dialled, authenticated and backed off exactly like
+//! the relay client's ([`ServerLink`]). The server may push relay envelopes on this
+//! connection too (it is authenticated as the device); they are ignored, never
 //! acknowledged, so the relay client's connection still receives them.
 //!
 //! # Requests
@@ -35,18 +31,20 @@
 //! `unix_ms_at_start + (now - start)`, where `start` is the `now` given to
 //! [`RendezvousClient::new`].
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{
-    open_hint, seal_hint, server_auth_proof, HintError, PublicKey, RelationshipKey, RendezvousId,
-    StaticKeypair,
+    open_hint, seal_hint, HintError, PublicKey, RelationshipKey, RendezvousId, StaticKeypair,
 };
 use tether_protocol::{
     DeviceId, LinkId, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, RelayMessage,
     RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
+};
+use tether_server_link::{
+    Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
 };
 use tracing::debug;
 
@@ -57,20 +55,12 @@ use crate::endpoints::{decode_endpoints, encode_endpoints};
 /// orchestrator's dials if they share a driver.
 pub const DEFAULT_FIRST_DIAL_REQUEST: RequestId = RequestId(0x504d_0000_0000_0000);
 
-/// Dials abandoned after a timeout that we still remember, to close their links if they
-/// come up late. A handful is enough: each timeout adds one and dials are slow.
-const MAX_STALE_DIALS: usize = 16;
-
 /// Settings of the rendezvous client. `Debug` redacts the seed (the RKs redact
 /// themselves).
 #[derive(Clone)]
 pub struct RendezvousClientConfig {
-    /// This device's static keypair (its id, and the key it proves to the server).
-    pub keypair: StaticKeypair,
-    /// The rendezvous (relay) server's public key.
-    pub server_key: PublicKey,
-    /// Where the server listens.
-    pub server_addr: SocketAddr,
+    /// How to reach and prove ourselves to the rendezvous (relay) server.
+    pub server: ServerLinkConfig,
     /// The paired peers and their relationship keys: each pair's rendezvous id is
     /// [`RendezvousId::from_rk`], and its hints are sealed under the RK.
     pub peers: BTreeMap<DeviceId, RelationshipKey>,
@@ -78,12 +68,6 @@ pub struct RendezvousClientConfig {
     pub hint_ttl: Duration,
     /// Unix time, in milliseconds, at the `now` given to [`RendezvousClient::new`].
     pub unix_ms_at_start: u64,
-    /// First reconnect delay.
-    pub backoff_base: Duration,
-    /// Longest reconnect delay.
-    pub backoff_max: Duration,
-    /// How long a dial plus authentication may take before the attempt is abandoned.
-    pub connect_timeout: Duration,
     /// Most lookups held while disconnected.
     pub max_queued_lookups: usize,
     /// Seed of the RNG that draws hint nonces and backoff jitter (ChaCha20). In
@@ -92,25 +76,17 @@ pub struct RendezvousClientConfig {
     /// seed is mixed with the device key and `unix_ms_at_start`, so a constant seed on
     /// one device still differs between starts at different times.
     pub seed: [u8; 32],
-    /// Request id of the first dial; later dials count up from it.
-    pub first_dial_request: RequestId,
 }
 
 impl std::fmt::Debug for RendezvousClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RendezvousClientConfig")
-            .field("keypair", &self.keypair)
-            .field("server_key", &self.server_key)
-            .field("server_addr", &self.server_addr)
+            .field("server", &self.server)
             .field("peers", &self.peers)
             .field("hint_ttl", &self.hint_ttl)
             .field("unix_ms_at_start", &self.unix_ms_at_start)
-            .field("backoff_base", &self.backoff_base)
-            .field("backoff_max", &self.backoff_max)
-            .field("connect_timeout", &self.connect_timeout)
             .field("max_queued_lookups", &self.max_queued_lookups)
             .field("seed", &format_args!("<redacted>"))
-            .field("first_dial_request", &self.first_dial_request)
             .finish()
     }
 }
@@ -126,24 +102,20 @@ impl RendezvousClientConfig {
         seed: [u8; 32],
     ) -> Self {
         Self {
-            keypair,
-            server_key,
-            server_addr,
+            server: ServerLinkConfig::new(
+                keypair,
+                server_key,
+                server_addr,
+                DEFAULT_FIRST_DIAL_REQUEST,
+            ),
             peers,
             // 10 minutes: outlives a migration window many times over, and a refresh
             // every 5 minutes costs one small frame per peer.
             hint_ttl: Duration::from_secs(600),
             unix_ms_at_start,
-            // 250 ms: hints matter most right after a network change.
-            backoff_base: Duration::from_millis(250),
-            // 30 s: a server that is down is not hammered by every device.
-            backoff_max: Duration::from_secs(30),
-            // 10 s: several round trips on a slow mobile link.
-            connect_timeout: Duration::from_secs(10),
             // 64: one pending lookup per peer for dozens of peers.
             max_queued_lookups: 64,
             seed,
-            first_dial_request: DEFAULT_FIRST_DIAL_REQUEST,
         }
     }
 }
@@ -170,37 +142,6 @@ pub enum ClientOutput {
     /// A peer's endpoints from an authentic, unexpired hint (to Presence and
     /// ConnectionBlueprint).
     Hint(PeerEndpointHint),
-}
-
-/// Where the client's connection to the server stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientState {
-    /// Not started.
-    Idle,
-    /// Waiting to redial.
-    Disconnected {
-        /// When the next dial goes out.
-        retry_at: Instant,
-    },
-    /// A dial is out.
-    Dialling {
-        /// The dial.
-        request: RequestId,
-        /// Abandon it then.
-        deadline: Instant,
-    },
-    /// Link up; proving our key.
-    Authenticating {
-        /// The link.
-        link: LinkId,
-        /// Abandon it then.
-        deadline: Instant,
-    },
-    /// Authenticated: requests flow.
-    Connected {
-        /// The link.
-        link: LinkId,
-    },
 }
 
 /// What the client counted. Peer- and server-caused problems land here.
@@ -233,14 +174,8 @@ pub struct RendezvousClientCounters {
     pub seal_errors: u64,
     /// Refusals received from the server.
     pub refused: u64,
-    /// Dials that failed.
-    pub dial_failures: u64,
-    /// Connection attempts abandoned after `connect_timeout`.
-    pub connect_timeouts: u64,
-    /// Links lost (after they came up).
-    pub links_lost: u64,
-    /// Successful authentications.
-    pub connects: u64,
+    /// The connection's own: dials, timeouts, lost links, authentications.
+    pub connection: ConnectionCounters,
     /// Hints published (re-publishes and refreshes included).
     pub published: u64,
 }
@@ -265,11 +200,9 @@ pub struct RendezvousClient {
     config: RendezvousClientConfig,
     device: DeviceId,
     start: Instant,
+    /// Draws hint nonces and the connection's backoff jitter.
     rng: ChaCha20Rng,
-    state: ClientState,
-    attempts: u32,
-    next_dial_request: u64,
-    stale_dials: BTreeSet<RequestId>,
+    link: ServerLink,
     peers: BTreeMap<DeviceId, Peer>,
     by_rendezvous: BTreeMap<[u8; 32], DeviceId>,
     /// Lookups waiting for a connection, oldest first.
@@ -283,7 +216,7 @@ pub struct RendezvousClient {
 impl RendezvousClient {
     /// A client that does nothing until [`ClientInput::Start`].
     pub fn new(config: RendezvousClientConfig, now: Instant) -> Self {
-        let public = *config.keypair.public();
+        let public = *config.server.keypair.public();
         let device = DeviceId(*public.as_bytes());
         let mut seed = config.seed;
         for (byte, key) in seed.iter_mut().zip(public.as_bytes()) {
@@ -308,16 +241,13 @@ impl RendezvousClient {
                 },
             );
         }
-        let next_dial_request = config.first_dial_request.0;
+        let link = ServerLink::new(config.server.clone());
         Self {
             config,
             device,
             start: now,
             rng: ChaCha20Rng::from_seed(seed),
-            state: ClientState::Idle,
-            attempts: 0,
-            next_dial_request,
-            stale_dials: BTreeSet::new(),
+            link,
             peers,
             by_rendezvous,
             queued_lookups: VecDeque::new(),
@@ -333,18 +263,21 @@ impl RendezvousClient {
     }
 
     /// Where the connection stands.
-    pub fn state(&self) -> ClientState {
-        self.state
+    pub fn state(&self) -> ConnectionState {
+        self.link.state()
     }
 
     /// Whether the client is authenticated to the server.
     pub fn is_connected(&self) -> bool {
-        matches!(self.state, ClientState::Connected { .. })
+        self.link.connected().is_some()
     }
 
     /// What the client counted so far.
     pub fn counters(&self) -> RendezvousClientCounters {
-        self.counters
+        RendezvousClientCounters {
+            connection: self.link.counters(),
+            ..self.counters
+        }
     }
 
     /// Unix time in milliseconds at `now`, on the clock given in the config.
@@ -358,48 +291,33 @@ impl RendezvousClient {
     /// Feeds one input.
     pub fn handle(&mut self, now: Instant, input: ClientInput) {
         match input {
-            ClientInput::Start => {
-                if self.state == ClientState::Idle {
-                    self.dial(now);
-                }
+            ClientInput::Start => self.link.start(now),
+            ClientInput::Transport(event) => {
+                let change = self.link.transport(now, event, &mut self.rng);
+                self.apply(now, change);
             }
-            ClientInput::Transport(event) => self.transport(now, event),
             ClientInput::Publish(publish) => self.publish(now, publish),
             ClientInput::Lookup(lookup) => self.lookup(lookup),
         }
+        self.drain_link();
     }
 
     /// Redials, abandons a stuck attempt or refreshes hints when due. Spurious calls are
     /// harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            ClientState::Disconnected { retry_at } if now >= retry_at => self.dial(now),
-            ClientState::Dialling { request, deadline } if now >= deadline => {
-                self.counters.connect_timeouts += 1;
-                if self.stale_dials.len() >= MAX_STALE_DIALS {
-                    self.stale_dials.pop_first();
-                }
-                self.stale_dials.insert(request);
-                self.disconnect(now);
+        if let Some(link) = self.link.connected() {
+            let due: Vec<DeviceId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.refresh_at.is_some_and(|at| at <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            for peer in due {
+                self.send_publish(now, link, peer);
             }
-            ClientState::Authenticating { link, deadline } if now >= deadline => {
-                self.counters.connect_timeouts += 1;
-                self.close(link);
-                self.disconnect(now);
-            }
-            ClientState::Connected { link } => {
-                let due: Vec<DeviceId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.refresh_at.is_some_and(|at| at <= now))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for peer in due {
-                    self.send_publish(now, link, peer);
-                }
-            }
-            _ => {}
         }
+        let change = self.link.handle_timeout(now, &mut self.rng);
+        self.apply(now, change);
     }
 
     /// Next output to deliver.
@@ -409,123 +327,53 @@ impl RendezvousClient {
 
     /// The next instant at which [`RendezvousClient::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            ClientState::Disconnected { retry_at } => Some(retry_at),
-            ClientState::Dialling { deadline, .. }
-            | ClientState::Authenticating { deadline, .. } => Some(deadline),
-            ClientState::Connected { .. } => self.peers.values().filter_map(|p| p.refresh_at).min(),
-            ClientState::Idle => None,
+        match self.link.connected() {
+            Some(_) => self.peers.values().filter_map(|p| p.refresh_at).min(),
+            None => self.link.poll_timeout(),
         }
     }
 
-    fn dial(&mut self, now: Instant) {
-        let request = RequestId(self.next_dial_request);
-        self.next_dial_request = self.next_dial_request.wrapping_add(1);
-        self.state = ClientState::Dialling {
-            request,
-            deadline: now + self.config.connect_timeout,
-        };
-        self.outputs
-            .push_back(ClientOutput::Transport(TransportCommand::Dial {
-                request,
-                addrs: vec![self.config.server_addr],
-            }));
-    }
-
-    fn close(&mut self, link: LinkId) {
-        self.outputs
-            .push_back(ClientOutput::Transport(TransportCommand::Close { link }));
-    }
-
-    fn disconnect(&mut self, now: Instant) {
-        // Lookups in flight go back in front of the queue, in the order they were sent.
-        let in_flight: Vec<LookupEndpointHint> = std::mem::take(&mut self.in_flight)
-            .into_values()
-            .flatten()
-            .collect();
-        let mut in_flight = in_flight;
-        in_flight.sort_by_key(|l| l.request);
-        for lookup in in_flight.into_iter().rev() {
-            self.queued_lookups.push_front(lookup);
+    /// The connection's transport commands, in order after what the client queued.
+    fn drain_link(&mut self) {
+        while let Some(command) = self.link.poll_command() {
+            self.outputs.push_back(ClientOutput::Transport(command));
         }
-        self.trim_queue();
-        for peer in self.peers.values_mut() {
-            peer.refresh_at = None;
-        }
-        let delay = self.backoff();
-        self.attempts = self.attempts.saturating_add(1);
-        self.state = ClientState::Disconnected {
-            retry_at: now + delay,
-        };
     }
 
-    fn backoff(&mut self) -> Duration {
-        let exponent = self.attempts.min(16);
-        let delay = self
-            .config
-            .backoff_base
-            .saturating_mul(1_u32 << exponent)
-            .min(self.config.backoff_max);
-        let half = delay / 2;
-        let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
-        let jitter = if spread == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_micros(self.rng.gen_range(0..spread))
-        };
-        half + jitter
-    }
-
-    fn our_link(&self, link: LinkId) -> bool {
-        matches!(
-            self.state,
-            ClientState::Authenticating { link: l, .. } | ClientState::Connected { link: l }
-                if l == link
-        )
-    }
-
-    fn transport(&mut self, now: Instant, event: TransportEvent) {
-        match event {
-            TransportEvent::LinkUp {
-                request: Some(request),
-                link,
-                ..
-            } => match self.state {
-                ClientState::Dialling {
-                    request: current, ..
-                } if current == request => {
-                    self.state = ClientState::Authenticating {
-                        link,
-                        deadline: now + self.config.connect_timeout,
-                    };
+    /// Passes on the connection's commands, then acts on what it did.
+    fn apply(&mut self, now: Instant, change: Change) {
+        self.drain_link();
+        match change {
+            Change::None => {}
+            Change::Frame(link, frame) => self.frame(now, link, &frame),
+            Change::Up(link) => {
+                let published: Vec<DeviceId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.published.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for peer in published {
+                    self.send_publish(now, link, peer);
                 }
-                _ => {
-                    if self.stale_dials.remove(&request) {
-                        self.close(link);
-                    }
-                }
-            },
-            TransportEvent::DialFailed { request, reason } => {
-                self.stale_dials.remove(&request);
-                if matches!(self.state, ClientState::Dialling { request: r, .. } if r == request) {
-                    debug!(%reason, "rendezvous client: dial failed");
-                    self.counters.dial_failures += 1;
-                    self.disconnect(now);
+                while let Some(lookup) = self.queued_lookups.pop_front() {
+                    self.send_lookup(link, lookup);
                 }
             }
-            TransportEvent::LinkDown { link, reason } => {
-                if self.our_link(link) {
-                    debug!(%reason, "rendezvous client: link lost");
-                    self.counters.links_lost += 1;
-                    self.disconnect(now);
+            Change::Down { .. } => {
+                // Lookups in flight go back in front of the queue, in the order sent.
+                let mut in_flight: Vec<LookupEndpointHint> = std::mem::take(&mut self.in_flight)
+                    .into_values()
+                    .flatten()
+                    .collect();
+                in_flight.sort_by_key(|l| l.request);
+                for lookup in in_flight.into_iter().rev() {
+                    self.queued_lookups.push_front(lookup);
                 }
-            }
-            TransportEvent::FrameReceived { link, frame } => {
-                if self.our_link(link) {
-                    self.frame(now, link, &frame);
+                self.trim_queue();
+                for peer in self.peers.values_mut() {
+                    peer.refresh_at = None;
                 }
-            }
-            TransportEvent::LinkUp { request: None, .. } | TransportEvent::RemoteChanged { .. } => {
             }
         }
     }
@@ -543,45 +391,19 @@ impl RendezvousClient {
     }
 
     fn relay_message(&mut self, now: Instant, link: LinkId, message: RelayMessage) {
-        let connected = self.is_connected();
+        if let Some(change) = self.link.server_message(link, &message) {
+            self.apply(now, change);
+            return;
+        }
         match message {
-            RelayMessage::Challenge { nonce } if !connected => {
-                let proof =
-                    server_auth_proof(&self.config.keypair, &self.config.server_key, &nonce);
-                let device = self.device;
-                self.transmit(
-                    link,
-                    WireFrame::Relay(RelayMessage::Authenticate {
-                        device,
-                        proof: proof.to_vec(),
-                    }),
-                );
-            }
-            RelayMessage::Welcome if !connected => {
-                self.state = ClientState::Connected { link };
-                self.attempts = 0;
-                self.counters.connects += 1;
-                let published: Vec<DeviceId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.published.is_some())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for peer in published {
-                    self.send_publish(now, link, peer);
-                }
-                while let Some(lookup) = self.queued_lookups.pop_front() {
-                    self.send_lookup(link, lookup);
-                }
-            }
-            RelayMessage::Refused { reason, .. } if !connected => {
+            RelayMessage::Refused { reason, .. } if !self.is_connected() => {
                 self.counters.refused += 1;
                 if matches!(
                     reason,
                     ServerRefusal::BadProof | ServerRefusal::NotAuthenticated
                 ) {
-                    self.close(link);
-                    self.disconnect(now);
+                    let change = self.link.refused(now, link, &mut self.rng);
+                    self.apply(now, change);
                 }
             }
             RelayMessage::Push { .. } | RelayMessage::Forwarded { .. } => {
@@ -621,7 +443,7 @@ impl RendezvousClient {
             return;
         };
         peer.published = Some(publish.endpoints);
-        if let ClientState::Connected { link } = self.state {
+        if let Some(link) = self.link.connected() {
             self.send_publish(now, link, publish.peer);
         }
     }
@@ -630,7 +452,7 @@ impl RendezvousClient {
     fn send_publish(&mut self, now: Instant, link: LinkId, peer_id: DeviceId) {
         let unix_now = self.unix_ms(now);
         let ttl_ms = u64::try_from(self.config.hint_ttl.as_millis()).unwrap_or(u64::MAX);
-        let public = *self.config.keypair.public();
+        let public = *self.config.server.keypair.public();
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -665,9 +487,9 @@ impl RendezvousClient {
             self.counters.unknown_peer += 1;
             return;
         }
-        match self.state {
-            ClientState::Connected { link } => self.send_lookup(link, lookup),
-            _ => {
+        match self.link.connected() {
+            Some(link) => self.send_lookup(link, lookup),
+            None => {
                 self.queued_lookups.push_back(lookup);
                 self.trim_queue();
             }
@@ -707,7 +529,7 @@ impl RendezvousClient {
             .and_then(VecDeque::pop_front)
             .map(|lookup| lookup.request);
         let unix_now = self.unix_ms(now);
-        let our_key = *self.config.keypair.public();
+        let our_key = *self.config.server.keypair.public();
         let Some(peer) = self.peers.get(&peer_id) else {
             return;
         };

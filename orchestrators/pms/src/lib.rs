@@ -40,11 +40,12 @@ pub mod table;
 
 pub use actor::{GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients};
 pub use client::{
-    ClientInput, ClientOutput, ClientState, RendezvousClient, RendezvousClientConfig,
-    RendezvousClientCounters, DEFAULT_FIRST_DIAL_REQUEST,
+    ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousClientCounters,
+    DEFAULT_FIRST_DIAL_REQUEST,
 };
 pub use endpoints::{decode_endpoints, encode_endpoints, EndpointsError};
 pub use table::{RendezvousTable, RendezvousTableConfig, TableCounters};
+pub use tether_server_link::{ConnectionCounters, ConnectionState, ServerLinkConfig};
 
 #[cfg(test)]
 mod tests;

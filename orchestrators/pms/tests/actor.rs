@@ -100,7 +100,7 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
 
     let frame = |f: WireFrame| tether_protocol::encode(&f).unwrap();
     actor.do_send(TransportEvent::LinkUp {
-        request: Some(config.first_dial_request),
+        request: Some(config.server.first_dial_request),
         link: LinkId(1),
         path: PathKind::Direct,
         remote: None,
@@ -137,7 +137,7 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
     let counters = actor.send(GetRendezvousClientCounters).await.unwrap();
     recorder.send(Flush).await.unwrap();
     second.send(Flush).await.unwrap();
-    assert_eq!(counters.connects, 1);
+    assert_eq!(counters.connection.connects, 1);
     assert_eq!(
         log.lock().unwrap().as_slice(),
         [

@@ -1,12 +1,8 @@
 //! The device side of the relay ([`RelayClient`]), sans-IO.
 //!
-//! # States
-//! `Idle` (before [`ClientInput::Start`]) → `Dialling` (a `Dial` of the server address
-//! is out) → `Authenticating` (link up; waiting for the server's `Challenge`, then for
-//! `Welcome`) → `Connected`. A failed dial, a lost link, a refused proof or no progress
-//! within [`RelayClientConfig::connect_timeout`] lead to `Disconnected`, which redials
-//! after a jittered exponential backoff (base doubling up to the max; the delay is
-//! drawn uniformly from its upper half).
+//! # Connection
+//! Dialling, authenticating, backing off: [`ServerLink`], shared with the rendezvous
+//! client. The relay client reports `RelayStatus` when it comes up or goes down.
 //!
 //! # Requests
 //! - `Enqueue`: sent at once when connected; otherwise buffered and sent after
@@ -27,15 +23,18 @@
 //! Bad input from the link (undecodable bytes, frames that make no sense in the current
 //! state) is counted and dropped ([`RelayClientCounters`]).
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{server_auth_proof, PublicKey, StaticKeypair};
+use tether_crypto::{PublicKey, StaticKeypair};
 use tether_protocol::{
     DeviceId, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayMessage,
     RelayPoll, RelayStatus, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
+};
+use tether_server_link::{
+    Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
 };
 use tracing::debug;
 
@@ -46,25 +45,11 @@ use crate::counters::RefusalCounters;
 /// orchestrator's dials if they share a driver.
 pub const DEFAULT_FIRST_DIAL_REQUEST: RequestId = RequestId(0x5243_0000_0000_0000);
 
-/// Dials abandoned after a timeout that we still remember, to close their links if they
-/// come up late. A handful is enough: each timeout adds one and dials are slow.
-const MAX_STALE_DIALS: usize = 16;
-
 /// Settings of the relay client.
 #[derive(Debug, Clone)]
 pub struct RelayClientConfig {
-    /// This device's static keypair (its id, and the key it proves to the server).
-    pub keypair: StaticKeypair,
-    /// The relay server's public key.
-    pub server_key: PublicKey,
-    /// Where the relay server listens.
-    pub server_addr: SocketAddr,
-    /// First reconnect delay.
-    pub backoff_base: Duration,
-    /// Longest reconnect delay.
-    pub backoff_max: Duration,
-    /// How long a dial plus authentication may take before the attempt is abandoned.
-    pub connect_timeout: Duration,
+    /// How to reach and prove ourselves to the relay server.
+    pub server: ServerLinkConfig,
     /// TTL asked of the server for each envelope.
     pub enqueue_ttl: Duration,
     /// Most envelopes held by the client (buffered while disconnected, or sent and not
@@ -74,8 +59,6 @@ pub struct RelayClientConfig {
     pub fetch_batch: u32,
     /// Seed of the backoff jitter RNG.
     pub seed: u64,
-    /// Request id of the first dial; later dials count up from it.
-    pub first_dial_request: RequestId,
 }
 
 impl RelayClientConfig {
@@ -87,15 +70,12 @@ impl RelayClientConfig {
         seed: u64,
     ) -> Self {
         Self {
-            keypair,
-            server_key,
-            server_addr,
-            // 250 ms: a lost relay link is retried quickly, as it is the last path.
-            backoff_base: Duration::from_millis(250),
-            // 30 s: a server that is down is not hammered by every device.
-            backoff_max: Duration::from_secs(30),
-            // 10 s: several handshakes' worth of round trips on a slow mobile link.
-            connect_timeout: Duration::from_secs(10),
+            server: ServerLinkConfig::new(
+                keypair,
+                server_key,
+                server_addr,
+                DEFAULT_FIRST_DIAL_REQUEST,
+            ),
             // 10 minutes: long enough for a peer to come back online after a migration,
             // short enough that stale frames do not pile up at the server.
             enqueue_ttl: Duration::from_secs(600),
@@ -104,7 +84,6 @@ impl RelayClientConfig {
             // 64 envelopes per fetch keeps a fetch answer well under the frame budget.
             fetch_batch: 64,
             seed,
-            first_dial_request: DEFAULT_FIRST_DIAL_REQUEST,
         }
     }
 }
@@ -138,37 +117,6 @@ pub enum ClientOutput {
     Status(RelayStatus),
 }
 
-/// Where the client's connection to the server stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientState {
-    /// Not started.
-    Idle,
-    /// Waiting to redial.
-    Disconnected {
-        /// When the next dial goes out.
-        retry_at: Instant,
-    },
-    /// A dial is out.
-    Dialling {
-        /// The dial.
-        request: RequestId,
-        /// Abandon it then.
-        deadline: Instant,
-    },
-    /// Link up; proving our key.
-    Authenticating {
-        /// The link.
-        link: LinkId,
-        /// Abandon it then.
-        deadline: Instant,
-    },
-    /// Authenticated: requests flow.
-    Connected {
-        /// The link.
-        link: LinkId,
-    },
-}
-
 /// What the client counted. Peer-caused problems land here, never in an error.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayClientCounters {
@@ -188,28 +136,17 @@ pub struct RelayClientCounters {
     pub encode_errors: u64,
     /// Refusals received from the server, by reason.
     pub refused: RefusalCounters,
-    /// Dials that failed.
-    pub dial_failures: u64,
-    /// Connection attempts abandoned after `connect_timeout`.
-    pub connect_timeouts: u64,
-    /// Links lost (after they came up).
-    pub links_lost: u64,
-    /// Successful authentications.
-    pub connects: u64,
+    /// The connection's own: dials, timeouts, lost links, authentications.
+    pub connection: ConnectionCounters,
 }
 
 /// The relay client core. See the module docs.
 #[derive(Debug)]
 pub struct RelayClient {
     config: RelayClientConfig,
-    device: DeviceId,
+    link: ServerLink,
+    /// Draws the backoff jitter.
     rng: ChaCha8Rng,
-    state: ClientState,
-    /// Consecutive failed attempts (the backoff exponent).
-    attempts: u32,
-    next_dial_request: u64,
-    /// Dials abandoned after a timeout; a late LinkUp for one is closed.
-    stale_dials: BTreeSet<RequestId>,
     /// Enqueues waiting for a connection, oldest first.
     buffered: VecDeque<RelayEnqueue>,
     /// Enqueues sent and not answered, by their wire request number.
@@ -223,16 +160,11 @@ impl RelayClient {
     /// A client that does nothing until [`ClientInput::Start`].
     pub fn new(config: RelayClientConfig, _now: Instant) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let device = DeviceId(*config.keypair.public().as_bytes());
-        let next_dial_request = config.first_dial_request.0;
+        let link = ServerLink::new(config.server.clone());
         Self {
             config,
-            device,
+            link,
             rng,
-            state: ClientState::Idle,
-            attempts: 0,
-            next_dial_request,
-            stale_dials: BTreeSet::new(),
             buffered: VecDeque::new(),
             in_flight: BTreeMap::new(),
             next_wire_request: 1,
@@ -243,22 +175,25 @@ impl RelayClient {
 
     /// This device's id.
     pub fn device(&self) -> DeviceId {
-        self.device
+        self.link.device()
     }
 
     /// Where the connection stands.
-    pub fn state(&self) -> ClientState {
-        self.state
+    pub fn state(&self) -> ConnectionState {
+        self.link.state()
     }
 
     /// Whether the client is authenticated to the server.
     pub fn is_connected(&self) -> bool {
-        matches!(self.state, ClientState::Connected { .. })
+        self.link.connected().is_some()
     }
 
     /// What the client counted so far.
     pub fn counters(&self) -> RelayClientCounters {
-        self.counters
+        RelayClientCounters {
+            connection: self.link.counters(),
+            ..self.counters
+        }
     }
 
     /// Envelopes held: buffered plus sent and unanswered.
@@ -269,15 +204,14 @@ impl RelayClient {
     /// Feeds one input.
     pub fn handle(&mut self, now: Instant, input: ClientInput) {
         match input {
-            ClientInput::Start => {
-                if self.state == ClientState::Idle {
-                    self.dial(now);
-                }
+            ClientInput::Start => self.link.start(now),
+            ClientInput::Transport(event) => {
+                let change = self.link.transport(now, event, &mut self.rng);
+                self.apply(now, change);
             }
-            ClientInput::Transport(event) => self.transport(now, event),
             ClientInput::Enqueue(request) => self.enqueue(request),
             ClientInput::Forward(forward) => {
-                if let ClientState::Connected { link } = self.state {
+                if let Some(link) = self.link.connected() {
                     let message = RelayMessage::Forward {
                         to: forward.to,
                         frame: forward.frame,
@@ -290,33 +224,19 @@ impl RelayClient {
                 }
             }
             ClientInput::Poll(_) => {
-                if let ClientState::Connected { link } = self.state {
+                if let Some(link) = self.link.connected() {
                     let max = self.config.fetch_batch;
                     self.transmit(link, RelayMessage::Fetch { max });
                 }
             }
         }
+        self.drain_link();
     }
 
     /// Redials or abandons a stuck attempt when due. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            ClientState::Disconnected { retry_at } if now >= retry_at => self.dial(now),
-            ClientState::Dialling { request, deadline } if now >= deadline => {
-                self.counters.connect_timeouts += 1;
-                if self.stale_dials.len() >= MAX_STALE_DIALS {
-                    self.stale_dials.pop_first();
-                }
-                self.stale_dials.insert(request);
-                self.disconnect(now);
-            }
-            ClientState::Authenticating { link, deadline } if now >= deadline => {
-                self.counters.connect_timeouts += 1;
-                self.close(link);
-                self.disconnect(now);
-            }
-            _ => {}
-        }
+        let change = self.link.handle_timeout(now, &mut self.rng);
+        self.apply(now, change);
     }
 
     /// Next output to deliver.
@@ -326,119 +246,39 @@ impl RelayClient {
 
     /// The next instant at which [`RelayClient::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            ClientState::Disconnected { retry_at } => Some(retry_at),
-            ClientState::Dialling { deadline, .. }
-            | ClientState::Authenticating { deadline, .. } => Some(deadline),
-            ClientState::Idle | ClientState::Connected { .. } => None,
+        self.link.poll_timeout()
+    }
+
+    /// The connection's transport commands, in order after what the client queued.
+    fn drain_link(&mut self) {
+        while let Some(command) = self.link.poll_command() {
+            self.outputs.push_back(ClientOutput::Transport(command));
         }
     }
 
-    fn dial(&mut self, now: Instant) {
-        let request = RequestId(self.next_dial_request);
-        self.next_dial_request = self.next_dial_request.wrapping_add(1);
-        self.state = ClientState::Dialling {
-            request,
-            deadline: now + self.config.connect_timeout,
-        };
-        self.outputs
-            .push_back(ClientOutput::Transport(TransportCommand::Dial {
-                request,
-                addrs: vec![self.config.server_addr],
-            }));
-    }
-
-    fn close(&mut self, link: LinkId) {
-        self.outputs
-            .push_back(ClientOutput::Transport(TransportCommand::Close { link }));
-    }
-
-    /// Leaves the current attempt or connection and schedules a redial.
-    fn disconnect(&mut self, now: Instant) {
-        if self.is_connected() {
-            self.outputs
-                .push_back(ClientOutput::Status(RelayStatus { connected: false }));
-        }
-        // Unanswered envelopes go back in front of the buffer, oldest first.
-        let in_flight = std::mem::take(&mut self.in_flight);
-        for (_, request) in in_flight.into_iter().rev() {
-            self.buffered.push_front(request);
-        }
-        let delay = self.backoff();
-        self.attempts = self.attempts.saturating_add(1);
-        self.state = ClientState::Disconnected {
-            retry_at: now + delay,
-        };
-    }
-
-    fn backoff(&mut self) -> Duration {
-        let exponent = self.attempts.min(16);
-        let delay = self
-            .config
-            .backoff_base
-            .saturating_mul(1_u32 << exponent)
-            .min(self.config.backoff_max);
-        let half = delay / 2;
-        let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
-        let jitter = if spread == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_micros(self.rng.gen_range(0..spread))
-        };
-        half + jitter
-    }
-
-    fn our_link(&self, link: LinkId) -> bool {
-        matches!(
-            self.state,
-            ClientState::Authenticating { link: l, .. } | ClientState::Connected { link: l }
-                if l == link
-        )
-    }
-
-    fn transport(&mut self, now: Instant, event: TransportEvent) {
-        match event {
-            TransportEvent::LinkUp {
-                request: Some(request),
-                link,
-                ..
-            } => match self.state {
-                ClientState::Dialling {
-                    request: current, ..
-                } if current == request => {
-                    self.state = ClientState::Authenticating {
-                        link,
-                        deadline: now + self.config.connect_timeout,
-                    };
-                }
-                _ => {
-                    if self.stale_dials.remove(&request) {
-                        // A dial we gave up on came up late: not ours any more.
-                        self.close(link);
-                    }
-                }
-            },
-            TransportEvent::DialFailed { request, reason } => {
-                self.stale_dials.remove(&request);
-                if matches!(self.state, ClientState::Dialling { request: r, .. } if r == request) {
-                    debug!(%reason, "relay client: dial failed");
-                    self.counters.dial_failures += 1;
-                    self.disconnect(now);
+    /// Passes on the connection's commands, then acts on what it did.
+    fn apply(&mut self, now: Instant, change: Change) {
+        self.drain_link();
+        match change {
+            Change::None => {}
+            Change::Frame(link, frame) => self.frame(now, link, &frame),
+            Change::Up(link) => {
+                self.outputs
+                    .push_back(ClientOutput::Status(RelayStatus { connected: true }));
+                while let Some(request) = self.buffered.pop_front() {
+                    self.send_enqueue(link, request);
                 }
             }
-            TransportEvent::LinkDown { link, reason } => {
-                if self.our_link(link) {
-                    debug!(%reason, "relay client: link lost");
-                    self.counters.links_lost += 1;
-                    self.disconnect(now);
+            Change::Down { was_connected } => {
+                if was_connected {
+                    self.outputs
+                        .push_back(ClientOutput::Status(RelayStatus { connected: false }));
                 }
-            }
-            TransportEvent::FrameReceived { link, frame } => {
-                if self.our_link(link) {
-                    self.frame(now, link, &frame);
+                // Unanswered envelopes go back in front of the buffer, oldest first.
+                let in_flight = std::mem::take(&mut self.in_flight);
+                for (_, request) in in_flight.into_iter().rev() {
+                    self.buffered.push_front(request);
                 }
-            }
-            TransportEvent::LinkUp { request: None, .. } | TransportEvent::RemoteChanged { .. } => {
             }
         }
     }
@@ -456,30 +296,12 @@ impl RelayClient {
                 return;
             }
         };
+        if let Some(change) = self.link.server_message(link, &message) {
+            self.apply(now, change);
+            return;
+        }
         let connected = self.is_connected();
         match message {
-            RelayMessage::Challenge { nonce } if !connected => {
-                let proof =
-                    server_auth_proof(&self.config.keypair, &self.config.server_key, &nonce);
-                let device = self.device;
-                self.transmit(
-                    link,
-                    RelayMessage::Authenticate {
-                        device,
-                        proof: proof.to_vec(),
-                    },
-                );
-            }
-            RelayMessage::Welcome if !connected => {
-                self.state = ClientState::Connected { link };
-                self.attempts = 0;
-                self.counters.connects += 1;
-                self.outputs
-                    .push_back(ClientOutput::Status(RelayStatus { connected: true }));
-                while let Some(request) = self.buffered.pop_front() {
-                    self.send_enqueue(link, request);
-                }
-            }
             RelayMessage::Push {
                 from,
                 envelope_id,
@@ -517,11 +339,10 @@ impl RelayClient {
                         if matches!(
                             reason,
                             ServerRefusal::BadProof | ServerRefusal::NotAuthenticated
-                        ) && !connected
-                        {
+                        ) {
                             // The server does not accept us on this link: start over.
-                            self.close(link);
-                            self.disconnect(now);
+                            let change = self.link.refused(now, link, &mut self.rng);
+                            self.apply(now, change);
                         }
                     }
                 }
@@ -543,9 +364,9 @@ impl RelayClient {
             );
             return;
         }
-        match self.state {
-            ClientState::Connected { link } => self.send_enqueue(link, request),
-            _ => self.buffered.push_back(request),
+        match self.link.connected() {
+            Some(link) => self.send_enqueue(link, request),
+            None => self.buffered.push_back(request),
         }
     }
 

@@ -42,13 +42,14 @@ pub mod server;
 
 pub use actor::{GetRelayClientCounters, RcsOrchestrator, RcsRecipients};
 pub use client::{
-    ClientInput, ClientOutput, ClientState, RelayClient, RelayClientConfig, RelayClientCounters,
+    ClientInput, ClientOutput, RelayClient, RelayClientConfig, RelayClientCounters,
     DEFAULT_FIRST_DIAL_REQUEST,
 };
 pub use counters::RefusalCounters;
 pub use server::{
     ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
 };
+pub use tether_server_link::{ConnectionCounters, ConnectionState, ServerLinkConfig};
 
 #[cfg(test)]
 mod tests;

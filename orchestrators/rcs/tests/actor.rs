@@ -86,7 +86,7 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
     assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
 
     actor.do_send(TransportEvent::LinkUp {
-        request: Some(config.first_dial_request),
+        request: Some(config.server.first_dial_request),
         link: LinkId(1),
         path: PathKind::Direct,
         remote: None,
@@ -116,6 +116,6 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
             "Status true"
         ]
     );
-    assert_eq!(counters.connects, 1);
+    assert_eq!(counters.connection.connects, 1);
     assert_eq!(counters.decode_errors, 1);
 }

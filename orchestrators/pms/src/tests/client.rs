@@ -2,10 +2,10 @@
 
 use super::Keys;
 use crate::client::{
-    ClientInput, ClientOutput, ClientState, RendezvousClient, RendezvousClientConfig,
-    DEFAULT_FIRST_DIAL_REQUEST,
+    ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, DEFAULT_FIRST_DIAL_REQUEST,
 };
 use crate::endpoints::{decode_endpoints, encode_endpoints};
+use crate::ConnectionState;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -499,11 +499,14 @@ fn a_refused_proof_backs_off_and_redials() {
             reason: tether_protocol::ServerRefusal::BadProof,
         }),
     );
-    assert!(matches!(d.client.state(), ClientState::Disconnected { .. }));
+    assert!(matches!(
+        d.client.state(),
+        ConnectionState::Disconnected { .. }
+    ));
     d.advance_to(1_000);
     assert!(matches!(
         d.client.state(),
-        ClientState::Dialling { request, .. } if request == dial(1)
+        ConnectionState::Dialling { request, .. } if request == dial(1)
     ));
 }
 

@@ -2,9 +2,9 @@
 
 use super::{Keys, Names};
 use crate::client::{
-    ClientInput, ClientOutput, ClientState, RelayClient, RelayClientConfig,
-    DEFAULT_FIRST_DIAL_REQUEST,
+    ClientInput, ClientOutput, RelayClient, RelayClientConfig, DEFAULT_FIRST_DIAL_REQUEST,
 };
+use crate::ConnectionState;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::verify_server_auth;
@@ -409,7 +409,10 @@ fn a_refused_proof_closes_the_link_and_backs_off() {
             reason: ServerRefusal::BadProof,
         },
     );
-    assert!(matches!(d.client.state(), ClientState::Disconnected { .. }));
+    assert!(matches!(
+        d.client.state(),
+        ConnectionState::Disconnected { .. }
+    ));
     assert!(d
         .outputs
         .contains(&ClientOutput::Transport(TransportCommand::Close {
@@ -420,11 +423,14 @@ fn a_refused_proof_closes_the_link_and_backs_off() {
 
 #[test]
 fn a_stuck_attempt_times_out_and_a_late_link_is_closed() {
-    let mut d = Driver::new(|c| c.connect_timeout = Duration::from_secs(1));
+    let mut d = Driver::new(|c| c.server.connect_timeout = Duration::from_secs(1));
     d.start();
     d.at(1_000);
-    assert!(matches!(d.client.state(), ClientState::Disconnected { .. }));
-    assert_eq!(d.client.counters().connect_timeouts, 1);
+    assert!(matches!(
+        d.client.state(),
+        ConnectionState::Disconnected { .. }
+    ));
+    assert_eq!(d.client.counters().connection.connect_timeouts, 1);
     // The abandoned dial comes up late: closed, not adopted.
     d.link_up(dial(0), 4);
     assert_eq!(
@@ -433,12 +439,15 @@ fn a_stuck_attempt_times_out_and_a_late_link_is_closed() {
             link: LinkId(4)
         }))
     );
-    assert!(matches!(d.client.state(), ClientState::Disconnected { .. }));
+    assert!(matches!(
+        d.client.state(),
+        ConnectionState::Disconnected { .. }
+    ));
     // The redial goes out after the backoff.
     d.at(1_500);
     assert!(matches!(
         d.client.state(),
-        ClientState::Dialling { request, .. } if request == dial(1)
+        ConnectionState::Dialling { request, .. } if request == dial(1)
     ));
     // A link that never sends the challenge times out too.
     d.link_up(dial(1), 5);
@@ -448,14 +457,14 @@ fn a_stuck_attempt_times_out_and_a_late_link_is_closed() {
         .contains(&ClientOutput::Transport(TransportCommand::Close {
             link: LinkId(5)
         })));
-    assert_eq!(d.client.counters().connect_timeouts, 2);
+    assert_eq!(d.client.counters().connection.connect_timeouts, 2);
 }
 
 #[test]
 fn backoff_grows_and_is_capped() {
     let mut d = Driver::new(|c| {
-        c.backoff_base = Duration::from_millis(100);
-        c.backoff_max = Duration::from_millis(1_000);
+        c.server.backoff_base = Duration::from_millis(100);
+        c.server.backoff_max = Duration::from_millis(1_000);
     });
     d.start();
     let mut delays = Vec::new();
@@ -498,7 +507,7 @@ fn pushes_before_welcome_and_events_of_other_dials_are_ignored() {
             remote: None,
         }),
     );
-    assert!(matches!(d.client.state(), ClientState::Dialling { .. }));
+    assert!(matches!(d.client.state(), ConnectionState::Dialling { .. }));
     d.link_up(dial(0), 1);
     d.server(
         1,
