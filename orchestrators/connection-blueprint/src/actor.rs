@@ -3,7 +3,7 @@
 
 use crate::core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
 use actix::{Actor, Context, Recipient};
-use tether_protocol::shell::runtime_now;
+use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     BlueprintCompiled, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
 };
@@ -18,6 +18,8 @@ pub struct BlueprintRecipients {
 pub struct ConnectionBlueprintOrchestrator {
     core: ConnectionBlueprint,
     recipients: BlueprintRecipients,
+    /// Never armed (the core sets no timers); the shared shell loop expects one.
+    timer: CoreTimer,
 }
 
 impl ConnectionBlueprintOrchestrator {
@@ -26,15 +28,25 @@ impl ConnectionBlueprintOrchestrator {
         Self {
             core: ConnectionBlueprint::new(config, runtime_now()),
             recipients,
+            timer: CoreTimer::default(),
         }
     }
+}
 
-    fn feed(&mut self, input: Input, _ctx: &mut Context<Self>) {
-        self.core.handle(runtime_now(), input);
-        while let Some(output) = self.core.poll_output() {
-            match output {
-                Output::Compiled(message) => self.recipients.compiled.do_send(message),
-            }
+impl CoreShell for ConnectionBlueprintOrchestrator {
+    type Core = ConnectionBlueprint;
+
+    fn core(&mut self) -> &mut ConnectionBlueprint {
+        &mut self.core
+    }
+
+    fn timer(&mut self) -> &mut CoreTimer {
+        &mut self.timer
+    }
+
+    fn route(&mut self, output: Output) {
+        match output {
+            Output::Compiled(message) => self.recipients.compiled.do_send(message),
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::policy::{order_candidates, AddressRecord, FAILURES_TO_DEMOTE};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     BlueprintCompiled, CandidateSource, DeviceId, Endpoint, PathKind, PathMeasured,
     PeerEndpointHint, RecompileBlueprint, SessionReady,
@@ -76,9 +77,14 @@ impl ConnectionBlueprint {
             outputs: VecDeque::new(),
         }
     }
+}
+
+impl SansIoCore for ConnectionBlueprint {
+    type Input = Input;
+    type Output = Output;
 
     /// Feeds one input.
-    pub fn handle(&mut self, now: Instant, input: Input) {
+    fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::AddPeer { peer, configured } => {
                 let records = self.peers.entry(peer).or_default();
@@ -111,18 +117,20 @@ impl ConnectionBlueprint {
     }
 
     /// The core sets no timers; spurious calls are harmless.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    fn handle_timeout(&mut self, _now: Instant) {}
 
     /// Next output to deliver.
-    pub fn poll_output(&mut self) -> Option<Output> {
+    fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
     /// The core never needs waking.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         None
     }
+}
 
+impl ConnectionBlueprint {
     fn compile(&mut self, now: Instant, request: RecompileBlueprint) {
         let records = self.peers.entry(request.peer).or_default();
         for record in records.iter_mut() {

@@ -4,7 +4,7 @@
 use crate::config::DcConfig;
 use crate::core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot};
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
-use tether_protocol::shell::{runtime_now, CoreTimer};
+use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     ConnectFailed, ConnectPeer, ConnectivityChanged, EvictSession, HandshakeStarted,
     InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured,
@@ -66,45 +66,41 @@ impl DirectConnectionOrchestrator {
             timer: CoreTimer::default(),
         }
     }
+}
 
-    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
-        self.core.handle(runtime_now(), input);
-        self.drain(ctx);
+impl CoreShell for DirectConnectionOrchestrator {
+    type Core = DirectConnection;
+
+    fn core(&mut self) -> &mut DirectConnection {
+        &mut self.core
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(output) = self.core.poll_output() {
-            let r = &self.recipients;
-            match output {
-                Output::Transport(m) => r.transport.do_send(m),
-                Output::RelayForward(m) => r.relay_forward.do_send(m),
-                Output::RelayEnqueue(m) => r.relay_enqueue.do_send(m),
-                Output::HandshakeStarted(m) => r.handshake_started.do_send(m),
-                Output::SessionReady(m) => {
-                    for recipient in &r.session_ready {
-                        recipient.do_send(m.clone());
-                    }
+    fn timer(&mut self) -> &mut CoreTimer {
+        &mut self.timer
+    }
+
+    fn route(&mut self, output: Output) {
+        let r = &self.recipients;
+        match output {
+            Output::Transport(m) => r.transport.do_send(m),
+            Output::RelayForward(m) => r.relay_forward.do_send(m),
+            Output::RelayEnqueue(m) => r.relay_enqueue.do_send(m),
+            Output::HandshakeStarted(m) => r.handshake_started.do_send(m),
+            Output::SessionReady(m) => {
+                for recipient in &r.session_ready {
+                    recipient.do_send(m.clone());
                 }
-                Output::ConnectFailed(m) => r.connect_failed.do_send(m),
-                Output::InboundMigrationPing(m) => r.inbound_migration_ping.do_send(m),
-                Output::MigrationAcked(m) => r.migration_acked.do_send(m),
-                Output::PathLost(m) => r.path_lost.do_send(m),
-                Output::PeerReset(m) => r.peer_reset.do_send(m),
-                Output::Liveness(m) => r.liveness.do_send(m),
-                Output::PathMeasured(m) => r.path_measured.do_send(m),
-                Output::SendResult(m) => r.send_result.do_send(m),
-                Output::Delivered(m) => r.delivered.do_send(m),
             }
+            Output::ConnectFailed(m) => r.connect_failed.do_send(m),
+            Output::InboundMigrationPing(m) => r.inbound_migration_ping.do_send(m),
+            Output::MigrationAcked(m) => r.migration_acked.do_send(m),
+            Output::PathLost(m) => r.path_lost.do_send(m),
+            Output::PeerReset(m) => r.peer_reset.do_send(m),
+            Output::Liveness(m) => r.liveness.do_send(m),
+            Output::PathMeasured(m) => r.path_measured.do_send(m),
+            Output::SendResult(m) => r.send_result.do_send(m),
+            Output::Delivered(m) => r.delivered.do_send(m),
         }
-        self.rearm(ctx);
-    }
-
-    fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let deadline = self.core.poll_timeout();
-        self.timer.rearm(ctx, deadline, |actor, ctx| {
-            actor.core.handle_timeout(runtime_now());
-            actor.drain(ctx);
-        });
     }
 }
 

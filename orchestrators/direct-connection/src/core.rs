@@ -15,6 +15,7 @@ use tether_crypto::{
     Fingerprint, Handshake, HandshakeError, KeyRing, PathChallenger, RendezvousId, Sealed,
     StaticKeypair,
 };
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     canonical_endpoints, ChannelId, ConnectFailed, ConnectPeer, DeviceId, Endpoint, EvictSession,
     HandshakeMessage, HandshakeStarted, InboundMigrationPing, LinkId, LivenessReport,
@@ -258,9 +259,14 @@ impl DirectConnection {
     pub fn snapshots(&self) -> Vec<PeerSnapshot> {
         self.peers.keys().filter_map(|p| self.snapshot(p)).collect()
     }
+}
+
+impl SansIoCore for DirectConnection {
+    type Input = Input;
+    type Output = Output;
 
     /// Feeds one input.
-    pub fn handle(&mut self, now: Instant, input: Input) {
+    fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Connect(connect) => self.connect(now, connect),
             Input::SendMigrationPing(request) => self.send_migration_ping(now, request),
@@ -277,7 +283,7 @@ impl DirectConnection {
     }
 
     /// Fires whatever is due. Spurious calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         let devices: Vec<DeviceId> = self.peers.keys().copied().collect();
         for device in devices {
             self.connect_timers(now, device);
@@ -289,12 +295,12 @@ impl DirectConnection {
     }
 
     /// Next output to deliver.
-    pub fn poll_output(&mut self) -> Option<Output> {
+    fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
-    /// The next instant at which [`DirectConnection::handle_timeout`] has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next instant at which [`SansIoCore::handle_timeout`] has work.
+    fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |at: Option<Instant>| {
             if let Some(at) = at {
@@ -321,7 +327,9 @@ impl DirectConnection {
         }
         next
     }
+}
 
+impl DirectConnection {
     pub(crate) fn request_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{RelationshipKey, StaticKeypair};
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     Candidate, CandidateSource, ChannelId, ConnectPeer, DeviceId, Endpoint, LinkId, PathKind,
     RelayDelivered, RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand,

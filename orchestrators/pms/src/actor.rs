@@ -6,7 +6,7 @@ use crate::client::{
     ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousClientCounters,
 };
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
-use tether_protocol::shell::{runtime_now, CoreTimer};
+use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportCommand, TransportEvent,
 };
@@ -41,32 +41,28 @@ impl PmsOrchestrator {
             timer: CoreTimer::default(),
         }
     }
+}
 
-    fn feed(&mut self, input: ClientInput, ctx: &mut Context<Self>) {
-        self.core.handle(runtime_now(), input);
-        self.drain(ctx);
+impl CoreShell for PmsOrchestrator {
+    type Core = RendezvousClient;
+
+    fn core(&mut self) -> &mut RendezvousClient {
+        &mut self.core
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(output) = self.core.poll_output() {
-            match output {
-                ClientOutput::Transport(m) => self.recipients.transport.do_send(m),
-                ClientOutput::Hint(m) => {
-                    for recipient in &self.recipients.hint {
-                        recipient.do_send(m.clone());
-                    }
+    fn timer(&mut self) -> &mut CoreTimer {
+        &mut self.timer
+    }
+
+    fn route(&mut self, output: ClientOutput) {
+        match output {
+            ClientOutput::Transport(m) => self.recipients.transport.do_send(m),
+            ClientOutput::Hint(m) => {
+                for recipient in &self.recipients.hint {
+                    recipient.do_send(m.clone());
                 }
             }
         }
-        self.rearm(ctx);
-    }
-
-    fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let deadline = self.core.poll_timeout();
-        self.timer.rearm(ctx, deadline, |actor, ctx| {
-            actor.core.handle_timeout(runtime_now());
-            actor.drain(ctx);
-        });
     }
 }
 

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use tether_crypto::{
     open_hint, seal_hint, HintError, PublicKey, RelationshipKey, RendezvousId, StaticKeypair,
 };
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkId, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, RelayMessage,
     RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
@@ -287,9 +288,14 @@ impl RendezvousClient {
             .unix_ms_at_start
             .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
     }
+}
+
+impl SansIoCore for RendezvousClient {
+    type Input = ClientInput;
+    type Output = ClientOutput;
 
     /// Feeds one input.
-    pub fn handle(&mut self, now: Instant, input: ClientInput) {
+    fn handle(&mut self, now: Instant, input: ClientInput) {
         match input {
             ClientInput::Start => self.link.start(now),
             ClientInput::Transport(event) => {
@@ -304,7 +310,7 @@ impl RendezvousClient {
 
     /// Redials, abandons a stuck attempt or refreshes hints when due. Spurious calls are
     /// harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if let Some(link) = self.link.connected() {
             let due: Vec<DeviceId> = self
                 .peers
@@ -321,18 +327,20 @@ impl RendezvousClient {
     }
 
     /// Next output to deliver.
-    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+    fn poll_output(&mut self) -> Option<ClientOutput> {
         self.outputs.pop_front()
     }
 
-    /// The next instant at which [`RendezvousClient::handle_timeout`] has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next instant at which [`SansIoCore::handle_timeout`] has something to do.
+    fn poll_timeout(&self) -> Option<Instant> {
         match self.link.connected() {
             Some(_) => self.peers.values().filter_map(|p| p.refresh_at).min(),
             None => self.link.poll_timeout(),
         }
     }
+}
 
+impl RendezvousClient {
     /// The connection's transport commands, in order after what the client queued.
     fn drain_link(&mut self) {
         while let Some(command) = self.link.poll_command() {

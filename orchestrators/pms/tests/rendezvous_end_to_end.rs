@@ -17,6 +17,7 @@ use tether_pms::{
     ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousTable,
     RendezvousTableConfig,
 };
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint, PublishEndpointHint,
     RelayMessage, RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent,

@@ -4,7 +4,7 @@
 use crate::core::{Input, MigrationCompleted, Output, Presence, PresenceConfig};
 use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
-use tether_protocol::shell::{runtime_now, CoreTimer};
+use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};
 use tether_protocol::{
     BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, EvictSession,
     HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint, MigrationAcked,
@@ -66,38 +66,34 @@ impl PresenceOrchestrator {
             timer: CoreTimer::default(),
         }
     }
+}
 
-    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
-        self.core.handle(runtime_now(), input);
-        self.drain(ctx);
+impl CoreShell for PresenceOrchestrator {
+    type Core = Presence;
+
+    fn core(&mut self) -> &mut Presence {
+        &mut self.core
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(output) = self.core.poll_output() {
-            let r = &self.recipients;
-            match output {
-                Output::RecompileBlueprint(m) => r.recompile.do_send(m),
-                Output::ConnectPeer(m) => r.connect.do_send(m),
-                Output::SendMigrationPing(m) => r.migration_ping.do_send(m),
-                Output::EvictSession(m) => r.evict.do_send(m),
-                Output::PublishEndpointHint(m) => r.publish_hint.do_send(m),
-                Output::LookupEndpointHint(m) => r.lookup_hint.do_send(m),
-                Output::RelayPoll(m) => r.relay_poll.do_send(m),
-                Output::StatusChanged(m) => r.status.do_send(m),
-                Output::MigrationCompleted(m) => {
-                    r.migration_completed.do_send(MigrationCompletedEvent(m))
-                }
+    fn timer(&mut self) -> &mut CoreTimer {
+        &mut self.timer
+    }
+
+    fn route(&mut self, output: Output) {
+        let r = &self.recipients;
+        match output {
+            Output::RecompileBlueprint(m) => r.recompile.do_send(m),
+            Output::ConnectPeer(m) => r.connect.do_send(m),
+            Output::SendMigrationPing(m) => r.migration_ping.do_send(m),
+            Output::EvictSession(m) => r.evict.do_send(m),
+            Output::PublishEndpointHint(m) => r.publish_hint.do_send(m),
+            Output::LookupEndpointHint(m) => r.lookup_hint.do_send(m),
+            Output::RelayPoll(m) => r.relay_poll.do_send(m),
+            Output::StatusChanged(m) => r.status.do_send(m),
+            Output::MigrationCompleted(m) => {
+                r.migration_completed.do_send(MigrationCompletedEvent(m))
             }
         }
-        self.rearm(ctx);
-    }
-
-    fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let deadline = self.core.poll_timeout();
-        self.timer.rearm(ctx, deadline, |actor, ctx| {
-            actor.core.handle_timeout(runtime_now());
-            actor.drain(ctx);
-        });
     }
 }
 

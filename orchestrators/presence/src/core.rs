@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, Epoch,
     EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
@@ -230,9 +231,14 @@ impl Presence {
     pub fn illegal_transitions(&self) -> u64 {
         self.illegal_transitions
     }
+}
+
+impl SansIoCore for Presence {
+    type Input = Input;
+    type Output = Output;
 
     /// Feeds one input.
-    pub fn handle(&mut self, now: Instant, input: Input) {
+    fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::AddPeer(peer) => self.add_peer(now, peer),
             Input::LocalEndpoints(endpoints) => {
@@ -264,7 +270,7 @@ impl Presence {
     }
 
     /// Fires whatever is due at `now`. Spurious calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_relay_poll {
             self.next_relay_poll = now + self.config.relay_poll_interval;
             let request = self.request_id();
@@ -282,12 +288,12 @@ impl Presence {
     }
 
     /// Next output to deliver.
-    pub fn poll_output(&mut self) -> Option<Output> {
+    fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
-    /// The next instant at which [`Presence::handle_timeout`] has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next instant at which [`SansIoCore::handle_timeout`] has something to do.
+    fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.next_relay_poll;
         let slots_full = self.peers.values().filter(|p| p.connecting).count()
             >= self.config.max_concurrent_connects;
@@ -307,7 +313,9 @@ impl Presence {
         }
         Some(next)
     }
+}
 
+impl Presence {
     fn request_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;

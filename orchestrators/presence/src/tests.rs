@@ -4,6 +4,7 @@
 use crate::core::{Input, Output, Presence, PresenceConfig};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     BlueprintCompiled, Candidate, CandidateSource, ConnectFailed, ConnectivityChanged, DeviceId,
     Endpoint, Epoch, HandshakeStarted, InboundMigrationPing, PathKind, RequestId, SessionId,

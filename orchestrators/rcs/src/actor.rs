@@ -6,7 +6,7 @@ use crate::client::{
     ClientInput, ClientOutput, RelayClient, RelayClientConfig, RelayClientCounters,
 };
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
-use tether_protocol::shell::{runtime_now, CoreTimer};
+use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus,
     TransportCommand, TransportEvent,
@@ -45,35 +45,31 @@ impl RcsOrchestrator {
             timer: CoreTimer::default(),
         }
     }
+}
 
-    fn feed(&mut self, input: ClientInput, ctx: &mut Context<Self>) {
-        self.core.handle(runtime_now(), input);
-        self.drain(ctx);
+impl CoreShell for RcsOrchestrator {
+    type Core = RelayClient;
+
+    fn core(&mut self) -> &mut RelayClient {
+        &mut self.core
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(output) = self.core.poll_output() {
-            let r = &self.recipients;
-            match output {
-                ClientOutput::Transport(m) => r.transport.do_send(m),
-                ClientOutput::Delivered(m) => r.delivered.do_send(m),
-                ClientOutput::EnqueueResult(m) => r.enqueue_result.do_send(m),
-                ClientOutput::Status(m) => {
-                    for recipient in &r.status {
-                        recipient.do_send(m.clone());
-                    }
+    fn timer(&mut self) -> &mut CoreTimer {
+        &mut self.timer
+    }
+
+    fn route(&mut self, output: ClientOutput) {
+        let r = &self.recipients;
+        match output {
+            ClientOutput::Transport(m) => r.transport.do_send(m),
+            ClientOutput::Delivered(m) => r.delivered.do_send(m),
+            ClientOutput::EnqueueResult(m) => r.enqueue_result.do_send(m),
+            ClientOutput::Status(m) => {
+                for recipient in &r.status {
+                    recipient.do_send(m.clone());
                 }
             }
         }
-        self.rearm(ctx);
-    }
-
-    fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let deadline = self.core.poll_timeout();
-        self.timer.rearm(ctx, deadline, |actor, ctx| {
-            actor.core.handle_timeout(runtime_now());
-            actor.drain(ctx);
-        });
     }
 }
 

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{PublicKey, StaticKeypair};
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayMessage,
     RelayPoll, RelayStatus, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
@@ -200,9 +201,14 @@ impl RelayClient {
     pub fn pending(&self) -> usize {
         self.buffered.len() + self.in_flight.len()
     }
+}
+
+impl SansIoCore for RelayClient {
+    type Input = ClientInput;
+    type Output = ClientOutput;
 
     /// Feeds one input.
-    pub fn handle(&mut self, now: Instant, input: ClientInput) {
+    fn handle(&mut self, now: Instant, input: ClientInput) {
         match input {
             ClientInput::Start => self.link.start(now),
             ClientInput::Transport(event) => {
@@ -234,21 +240,23 @@ impl RelayClient {
     }
 
     /// Redials or abandons a stuck attempt when due. Spurious calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         let change = self.link.handle_timeout(now, &mut self.rng);
         self.apply(now, change);
     }
 
     /// Next output to deliver.
-    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+    fn poll_output(&mut self) -> Option<ClientOutput> {
         self.outputs.pop_front()
     }
 
-    /// The next instant at which [`RelayClient::handle_timeout`] has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next instant at which [`SansIoCore::handle_timeout`] has something to do.
+    fn poll_timeout(&self) -> Option<Instant> {
         self.link.poll_timeout()
     }
+}
 
+impl RelayClient {
     /// The connection's transport commands, in order after what the client queued.
     fn drain_link(&mut self) {
         while let Some(command) = self.link.poll_command() {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::StaticKeypair;
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkId, PathKind, RelayDelivered, RelayEnqueue, RelayForward, RelayMessage,
     RequestId, TransportCommand, TransportEvent, WireFrame,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{open_hint, seal_hint, verify_server_auth, RendezvousId};
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint, PublishEndpointHint,
     RelayMessage, RendezvousMessage, RequestId, TransportCommand, TransportEvent, WireFrame,

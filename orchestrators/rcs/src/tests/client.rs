@@ -8,6 +8,7 @@ use crate::ConnectionState;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::verify_server_auth;
+use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkId, PathKind, RelayEnqueue, RelayForward, RelayMessage, RelayPoll, RequestId,
     ServerRefusal, TransportCommand, TransportEvent, WireFrame,
