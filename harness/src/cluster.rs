@@ -6,7 +6,7 @@
 //! run until a condition holds or a virtual deadline passes. Every node event is logged
 //! with its virtual time for phase timelines.
 
-use crate::hub::NodeEvent;
+use crate::hub::{phase_timeline, NodeEvent};
 use crate::node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
 use crate::relay_server::{RelayServer, RelayServerHandle};
 use rand::SeedableRng;
@@ -497,49 +497,10 @@ impl SimCluster {
             .map(|d| (d.device, d.name.clone()))
             .collect();
         let name = |id: &DeviceId| names.get(id).cloned().unwrap_or_else(|| id.short());
-        let mut lines: Vec<(Duration, usize, String)> = Vec::new();
-        for &i in devices {
+        let logs = devices.iter().map(|&i| {
             let device = &self.devices[i];
-            for (order, (at, event)) in device.log.iter().enumerate() {
-                if *at < since {
-                    continue;
-                }
-                let text = match event {
-                    NodeEvent::Status { peer, from, to } => format!(
-                        "{}: {} {} -> {}",
-                        device.name,
-                        name(peer),
-                        from.map_or("-".to_string(), |s| s.to_string()),
-                        to
-                    ),
-                    NodeEvent::Ready(ready) => format!(
-                        "{}: {} ready e{} {:?}{}",
-                        device.name,
-                        name(&ready.peer),
-                        ready.epoch.0,
-                        ready.path,
-                        if ready.after_handshake {
-                            " (handshake)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    NodeEvent::MigrationCompleted { peer, outbound, .. } => format!(
-                        "{}: {} migration complete ({})",
-                        device.name,
-                        name(peer),
-                        if *outbound { "moved" } else { "peer moved" }
-                    ),
-                    NodeEvent::Delivered { .. } => continue,
-                };
-                lines.push((*at - since, i * 1_000_000 + order, text));
-            }
-        }
-        lines.sort();
-        lines
-            .into_iter()
-            .map(|(at, _, text)| format!("{:>7}ms {text}", at.as_millis()))
-            .collect::<Vec<_>>()
-            .join("\n")
+            (device.name.as_str(), device.log.as_slice())
+        });
+        phase_timeline(logs, name, since)
     }
 }

@@ -54,6 +54,55 @@ pub enum NodeEvent {
     },
 }
 
+/// The phase timeline of several devices' event logs: one line per event since `since`
+/// (`   105ms A: B ReconnectingOutbound -> Ready`), in time order, devices in the given
+/// order at equal times; peers are named by `name`. Deliveries are left out.
+pub fn phase_timeline<'a>(
+    logs: impl IntoIterator<Item = (&'a str, &'a [(Duration, NodeEvent)])>,
+    name: impl Fn(&DeviceId) -> String,
+    since: Duration,
+) -> String {
+    let mut lines: Vec<(Duration, usize, String)> = Vec::new();
+    for (i, (device, log)) in logs.into_iter().enumerate() {
+        for (order, (at, event)) in log.iter().enumerate() {
+            if *at < since {
+                continue;
+            }
+            let text = match event {
+                NodeEvent::Status { peer, from, to } => format!(
+                    "{device}: {} {} -> {to}",
+                    name(peer),
+                    from.map_or("-".to_string(), |s| s.to_string()),
+                ),
+                NodeEvent::Ready(ready) => format!(
+                    "{device}: {} ready e{} {:?}{}",
+                    name(&ready.peer),
+                    ready.epoch.0,
+                    ready.path,
+                    if ready.after_handshake {
+                        " (handshake)"
+                    } else {
+                        ""
+                    }
+                ),
+                NodeEvent::MigrationCompleted { peer, outbound, .. } => format!(
+                    "{device}: {} migration complete ({})",
+                    name(peer),
+                    if *outbound { "moved" } else { "peer moved" }
+                ),
+                NodeEvent::Delivered { .. } => continue,
+            };
+            lines.push((*at - since, i * 1_000_000 + order, text));
+        }
+    }
+    lines.sort();
+    lines
+        .into_iter()
+        .map(|(at, _, text)| format!("{:>7}ms {text}", at.as_millis()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The node registers a pending `send` before asking DirectConnection.
 #[derive(Message)]
 #[rtype(result = "()")]

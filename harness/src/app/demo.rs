@@ -14,7 +14,7 @@
 
 use super::metrics::{millis, path_name};
 use crate::cluster::{run_simulation, ClusterBuilder, SimCluster};
-use crate::hub::NodeEvent;
+use crate::hub::{phase_timeline, NodeEvent};
 use crate::node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
 use crate::relay_server::RelayServer;
 use rand::SeedableRng;
@@ -924,49 +924,11 @@ fn real_timeline(devices: &[RealDevice; 2], ids: [DeviceId; 2], since: Duration)
             .position(|x| x == id)
             .map_or_else(|| id.short(), |i| names[i].to_string())
     };
-    let mut lines = Vec::new();
-    for (i, device) in devices.iter().enumerate() {
-        for (order, (at, event)) in device.log.iter().enumerate() {
-            if *at < since {
-                continue;
-            }
-            let text = match event {
-                NodeEvent::Status { peer, from, to } => format!(
-                    "{}: {} {} -> {}",
-                    names[i],
-                    name(peer),
-                    from.map_or("-".to_string(), |s| s.to_string()),
-                    to
-                ),
-                NodeEvent::Ready(r) => format!(
-                    "{}: {} ready e{} {:?}{}",
-                    names[i],
-                    name(&r.peer),
-                    r.epoch.0,
-                    r.path,
-                    if r.after_handshake {
-                        " (handshake)"
-                    } else {
-                        ""
-                    }
-                ),
-                NodeEvent::MigrationCompleted { peer, outbound, .. } => format!(
-                    "{}: {} migration complete ({})",
-                    names[i],
-                    name(peer),
-                    if *outbound { "moved" } else { "peer moved" }
-                ),
-                NodeEvent::Delivered { .. } => continue,
-            };
-            lines.push((*at - since, i * 1_000_000 + order, text));
-        }
-    }
-    lines.sort();
-    let mut out = String::new();
-    for (at, _, text) in lines {
-        let _ = writeln!(out, "{:>7}ms {text}", at.as_millis());
-    }
-    out.trim_end().to_string()
+    let logs = names
+        .iter()
+        .zip(devices)
+        .map(|(name, device)| (*name, device.log.as_slice()));
+    phase_timeline(logs, name, since)
 }
 
 /// Why the real-sockets demo could not set up.
