@@ -1166,6 +1166,22 @@ impl DirectConnection {
         }
     }
 
+    /// The peer whose session a frame names, if it is known and the frame came from it
+    /// (both failures are counted).
+    fn session_peer(
+        &mut self,
+        session: SessionId,
+        via: Via,
+        relay_from: Option<DeviceId>,
+    ) -> Option<DeviceId> {
+        let Some(&device) = self.by_session.get(&session) else {
+            self.counters.unknown_session += 1;
+            return None;
+        };
+        self.sender_matches(via, relay_from, device)
+            .then_some(device)
+    }
+
     /// The sender of a frame must be the session's peer: the link's peer once known, or
     /// the relay's authenticated sender.
     fn sender_matches(&mut self, via: Via, relay_from: Option<DeviceId>, device: DeviceId) -> bool {
@@ -1262,13 +1278,9 @@ impl DirectConnection {
         relay_from: Option<DeviceId>,
         message: HandshakeMessage,
     ) {
-        let Some(&device) = self.by_session.get(&message.session) else {
-            self.counters.unknown_session += 1;
+        let Some(device) = self.session_peer(message.session, via, relay_from) else {
             return;
         };
-        if !self.sender_matches(via, relay_from, device) {
-            return;
-        }
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
@@ -1297,13 +1309,9 @@ impl DirectConnection {
         frame: SealedFrame,
         wire_len: u64,
     ) {
-        let Some(&device) = self.by_session.get(&frame.session) else {
-            self.counters.unknown_session += 1;
+        let Some(device) = self.session_peer(frame.session, via, relay_from) else {
             return;
         };
-        if !self.sender_matches(via, relay_from, device) {
-            return;
-        }
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
