@@ -11,6 +11,7 @@
 //! | [`relay`] | `tether relay`: the relay and rendezvous server |
 //! | [`control`] | the control socket protocol (`status`, `send`, `watch`, `migrate`) |
 //! | [`metrics`] | status reports, session metrics, Prometheus text |
+//! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
 
 pub mod config;
 pub mod control;
@@ -19,3 +20,4 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod relay;
+pub mod run;

@@ -21,6 +21,7 @@ use super::metrics::{
     self, millis, path_name, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
     ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
 };
+use super::run::{self, RunError, StopSignals};
 use crate::hub::NodeEvent;
 use crate::node::{Node, NodeConfig};
 use std::collections::BTreeMap;
@@ -34,31 +35,6 @@ use tether_transport::Endpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Span;
-
-/// Why the node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeRunError {
-    /// The UDP endpoint could not be bound.
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-    /// The node's actors could not start.
-    #[error("cannot start the node: {0}")]
-    Start(std::io::Error),
-    /// The control socket could not be opened.
-    #[error(transparent)]
-    Control(#[from] control::BindError),
-    /// The metrics listener could not be opened.
-    #[error(transparent)]
-    Metrics(#[from] metrics::MetricsBindError),
-    /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-}
 
 /// What a started node tells its caller (the binary prints it).
 #[derive(Debug, Clone)]
@@ -100,17 +76,15 @@ pub fn unix_ms() -> u64 {
 pub async fn run_node(
     settings: NodeSettings,
     ready: impl FnOnce(&NodeReady),
-) -> Result<(), NodeRunError> {
+) -> Result<(), RunError> {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let endpoint = Endpoint::bind_udp(settings.listen, settings.transport.clone())
-        .await
-        .map_err(|e| NodeRunError::Listen {
-            addr: settings.listen,
-            reason: e.to_string(),
-        })?;
-    let local = endpoint.local_addr().map_err(NodeRunError::Start)?;
+    let endpoint = run::bind(settings.listen, settings.transport.clone()).await?;
+    let local = endpoint.local_addr().map_err(|source| RunError::Start {
+        what: "node",
+        source,
+    })?;
     let config = NodeConfig {
         keypair: settings.keypair.clone(),
         peers: settings.peers.iter().map(|p| p.peer.clone()).collect(),
@@ -121,7 +95,10 @@ pub async fn run_node(
         seed: rand::random(),
         unix_ms_at_start: unix_ms(),
     };
-    let node = Node::start(config, endpoint.clone()).map_err(NodeRunError::Start)?;
+    let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
+        what: "node",
+        source,
+    })?;
     let listener = control::bind(&settings.control_socket).await?;
     let metrics_listener = match settings.metrics_addr {
         Some(addr) => Some(metrics::bind_metrics(addr).await?),
@@ -131,10 +108,7 @@ pub async fn run_node(
         Some(l) => l.local_addr().ok(),
         None => None,
     };
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(NodeRunError::Signals)?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(NodeRunError::Signals)?;
+    let mut stop = StopSignals::install()?;
 
     let (commands, mut command_rx) = mpsc::channel::<Command>(64);
     let (watchers, _) = broadcast::channel::<String>(4096);
@@ -216,8 +190,7 @@ pub async fn run_node(
                 None => watching = false,
             },
             _ = tick.tick() => state.sample().await,
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            () = stop.received() => break,
         }
     }
     root.in_scope(|| tracing::info!("node stopping"));

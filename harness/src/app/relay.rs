@@ -4,6 +4,7 @@
 use super::config::RelaySettings;
 use super::control::{self, Request};
 use super::metrics::{self, millis, RelayStatusReport, TransportReport};
+use super::run::{self, RunError, StopSignals};
 use crate::relay_server::{GetServerCounters, RelayServer, RelayServerHandle};
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -11,31 +12,6 @@ use std::rc::Rc;
 use std::time::Instant;
 use tether_transport::Endpoint;
 use tokio::io::{AsyncWriteExt, BufReader};
-
-/// Why the relay could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayRunError {
-    /// The UDP endpoint could not be bound.
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-    /// The server could not start.
-    #[error("cannot start the relay: {0}")]
-    Start(std::io::Error),
-    /// The control socket could not be opened.
-    #[error(transparent)]
-    Control(#[from] control::BindError),
-    /// The metrics listener could not be opened.
-    #[error(transparent)]
-    Metrics(#[from] metrics::MetricsBindError),
-    /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-}
 
 /// What a started relay tells its caller.
 #[derive(Debug, Clone)]
@@ -77,17 +53,17 @@ impl Shared {
 pub async fn run_relay(
     settings: RelaySettings,
     ready: impl FnOnce(&RelayReady),
-) -> Result<(), RelayRunError> {
-    let endpoint = Endpoint::bind_udp(settings.listen, settings.transport.clone())
-        .await
-        .map_err(|e| RelayRunError::Listen {
-            addr: settings.listen,
-            reason: e.to_string(),
-        })?;
+) -> Result<(), RunError> {
+    let endpoint = run::bind(settings.listen, settings.transport.clone()).await?;
     let mut seed = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    let handle = RelayServer::start(endpoint.clone(), settings.keypair.clone(), seed)
-        .map_err(RelayRunError::Start)?;
+    let handle =
+        RelayServer::start(endpoint.clone(), settings.keypair.clone(), seed).map_err(|source| {
+            RunError::Start {
+                what: "relay",
+                source,
+            }
+        })?;
     let shared = Rc::new(Shared {
         handle,
         endpoint,
@@ -107,10 +83,7 @@ pub async fn run_relay(
             async move { Some(metrics::relay_prometheus(&shared.report().await)) }
         }));
     }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(RelayRunError::Signals)?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(RelayRunError::Signals)?;
+    let mut stop = StopSignals::install()?;
     let public_key = shared.handle.public.to_hex();
     let listen = shared.handle.local_addr;
     tracing::info!(%listen, public_key = %public_key, "relay started");
@@ -119,10 +92,7 @@ pub async fn run_relay(
         listen,
         metrics: metrics_addr,
     });
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    stop.received().await;
     tracing::info!("relay stopping");
     shared.handle.addr.do_send(tether_protocol::Shutdown);
     if let Some(path) = &settings.control_socket {

@@ -1,0 +1,72 @@
+//! What `tether node` and `tether relay` share to run: their start-up errors, the UDP
+//! endpoint they bind, and the signals that stop them.
+
+use super::{control, metrics};
+use std::net::SocketAddr;
+use tether_transport::{Endpoint, TransportConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// Why a node or the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The UDP endpoint could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node's actors or the server could not start.
+    #[error("cannot start the {what}: {source}")]
+    Start {
+        /// `node` or `relay`.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The control socket could not be opened.
+    #[error(transparent)]
+    Control(#[from] control::BindError),
+    /// The metrics listener could not be opened.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsBindError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Binds the UDP endpoint at `addr`.
+pub async fn bind(addr: SocketAddr, transport: TransportConfig) -> Result<Endpoint, RunError> {
+    Endpoint::bind_udp(addr, transport)
+        .await
+        .map_err(|e| RunError::Listen {
+            addr,
+            reason: e.to_string(),
+        })
+}
+
+/// SIGTERM and SIGINT, either of which stops the process cleanly.
+pub struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers (before the process says it is ready, so no signal is
+    /// missed).
+    pub fn install() -> Result<Self, RunError> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+            interrupt: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+        })
+    }
+
+    /// Resolves when either signal arrives.
+    pub async fn received(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
