@@ -13,7 +13,7 @@ use tether_connection_blueprint::{
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
     DcConfig, DcCounters, DcLimits, DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots,
-    PathTraffic, PeerConfig,
+    PeerConfig, PeerCounters,
 };
 use tether_pms::{
     GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients, RendezvousClientConfig,
@@ -93,20 +93,8 @@ pub struct PeerStatus {
     pub rtt_ms: Option<u64>,
     /// Messages queued.
     pub queued: usize,
-    /// Messages accepted by `send`.
-    pub sent: u64,
-    /// Messages delivered from the peer.
-    pub delivered: u64,
-    /// Duplicate data frames dropped.
-    pub duplicates: u64,
-    /// Session frames over direct links.
-    pub direct: PathTraffic,
-    /// Session frames through the relay.
-    pub relay: PathTraffic,
-    /// Connects with a handshake that no path answered in time.
-    pub handshake_timeouts: u64,
-    /// Transport-only reconnects that no path answered in time.
-    pub reconnect_timeouts: u64,
+    /// Messages sent and delivered, duplicates, frames per path kind, connects given up.
+    pub counters: PeerCounters,
     /// Migrations completed, and the last one's duration.
     pub migrations: u64,
     /// Duration of the last migration.
@@ -360,13 +348,7 @@ impl Node {
                     remote: s.remote,
                     rtt_ms: s.rtt_ms,
                     queued: s.queued,
-                    sent: s.counters.sent,
-                    delivered: s.counters.delivered,
-                    duplicates: s.counters.duplicates,
-                    direct: s.counters.direct,
-                    relay: s.counters.relay,
-                    handshake_timeouts: s.counters.handshake_timeouts,
-                    reconnect_timeouts: s.counters.reconnect_timeouts,
+                    counters: s.counters,
                     migrations: view.migrations,
                     last_migration: view.last_migration,
                 }

@@ -41,7 +41,7 @@ fn an_unknown_device_is_refused_counted_and_disturbs_nothing() {
         );
         let stranger = cluster.peer_status(STRANGER, B).await.unwrap();
         assert!(
-            stranger.handshake_timeouts >= 1,
+            stranger.counters.handshake_timeouts >= 1,
             "the stranger counts its unanswered handshakes: {stranger:?}"
         );
         let after = cluster.peer_status(A, B).await.unwrap();

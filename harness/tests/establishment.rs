@@ -98,16 +98,33 @@ fn establish_over_a_direct_path() {
         // Traffic is counted on the path kind it took, and nothing went by the relay.
         let a = cluster.peer_status(A, B).await.unwrap();
         let b = cluster.peer_status(B, A).await.unwrap();
-        assert!(a.direct.frames_sent >= 20, "{:?}", a.direct);
-        assert!(b.direct.frames_received >= 20, "{:?}", b.direct);
-        assert!(b.direct.frames_received <= a.direct.frames_sent);
         assert!(
-            a.direct.bytes_sent > a.direct.frames_sent * 20,
+            a.counters.direct.frames_sent >= 20,
             "{:?}",
-            a.direct
+            a.counters.direct
         );
-        assert_eq!((a.relay.frames_sent, b.relay.frames_received), (0, 0));
-        assert_eq!((a.handshake_timeouts, b.handshake_timeouts), (0, 0));
+        assert!(
+            b.counters.direct.frames_received >= 20,
+            "{:?}",
+            b.counters.direct
+        );
+        assert!(b.counters.direct.frames_received <= a.counters.direct.frames_sent);
+        assert!(
+            a.counters.direct.bytes_sent > a.counters.direct.frames_sent * 20,
+            "{:?}",
+            a.counters.direct
+        );
+        assert_eq!(
+            (
+                a.counters.relay.frames_sent,
+                b.counters.relay.frames_received
+            ),
+            (0, 0)
+        );
+        assert_eq!(
+            (a.counters.handshake_timeouts, b.counters.handshake_timeouts),
+            (0, 0)
+        );
         cluster.timeline(&[A, B], Duration::ZERO)
     });
     insta::assert_snapshot!(timeline);
@@ -129,9 +146,19 @@ fn establish_when_direct_udp_is_blocked() {
         exchange(&mut cluster, "relayed", 20).await;
         let a = cluster.peer_status(A, B).await.unwrap();
         let b = cluster.peer_status(B, A).await.unwrap();
-        assert!(a.relay.frames_sent >= 20, "{:?}", a.relay);
-        assert!(b.relay.frames_received >= 20, "{:?}", b.relay);
-        assert_eq!((a.direct.frames_sent, b.direct.frames_received), (0, 0));
+        assert!(a.counters.relay.frames_sent >= 20, "{:?}", a.counters.relay);
+        assert!(
+            b.counters.relay.frames_received >= 20,
+            "{:?}",
+            b.counters.relay
+        );
+        assert_eq!(
+            (
+                a.counters.direct.frames_sent,
+                b.counters.direct.frames_received
+            ),
+            (0, 0)
+        );
     });
 }
 
