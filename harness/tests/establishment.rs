@@ -22,6 +22,17 @@ fn wan() -> LinkConditions {
     }
 }
 
+/// A and B on the WAN path, with a short migration window (eviction comes sooner).
+fn pair_with_window(seed: u64, migration_window: Duration) -> ClusterBuilder {
+    ClusterBuilder::new(seed, 2)
+        .pair(A, B)
+        .conditions(wan())
+        .presence(PresenceConfig {
+            migration_window,
+            ..PresenceConfig::default()
+        })
+}
+
 async fn ready(cluster: &mut SimCluster, within: Duration) {
     assert!(
         cluster.run_until(within, |c| c.both_ready(A, B)).await,
@@ -257,16 +268,7 @@ fn lost_and_duplicated_handshake_messages_still_establish() {
 #[test]
 fn eviction_then_recovery_keeps_every_message() {
     let timeline = run_simulation(|| async {
-        let presence = PresenceConfig {
-            migration_window: Duration::from_secs(10),
-            ..PresenceConfig::default()
-        };
-        let mut cluster = ClusterBuilder::new(5, 2)
-            .pair(A, B)
-            .conditions(wan())
-            .presence(presence)
-            .start()
-            .await;
+        let mut cluster = pair_with_window(5, Duration::from_secs(10)).start().await;
         ready(&mut cluster, Duration::from_secs(10)).await;
         let (epoch_before, _) = assert_same_session(&cluster).await;
         let fingerprint_before = cluster.peer_status(A, B).await.unwrap().peer_secret;
@@ -312,16 +314,7 @@ fn eviction_then_recovery_keeps_every_message() {
 #[test]
 fn a_crashed_and_restarted_device_resynchronises_without_loss() {
     run_simulation(|| async {
-        let presence = PresenceConfig {
-            migration_window: Duration::from_secs(8),
-            ..PresenceConfig::default()
-        };
-        let mut cluster = ClusterBuilder::new(6, 2)
-            .pair(A, B)
-            .conditions(wan())
-            .presence(presence)
-            .start()
-            .await;
+        let mut cluster = pair_with_window(6, Duration::from_secs(8)).start().await;
         ready(&mut cluster, Duration::from_secs(10)).await;
         exchange(&mut cluster, "before", 10).await;
         let (epoch_before, _) = assert_same_session(&cluster).await;
