@@ -147,18 +147,22 @@ pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:7300";
 
 /// Reads and checks a node config: the file, then `TETHER_*` overrides.
 pub fn load_node(path: &Path) -> Result<NodeSettings, ConfigError> {
-    let env = env_overrides();
-    let mut root = Fields::root(read_sources(path, &env)?, path, &env);
-    let settings = node_from(&mut root, path)?;
-    root.finish()?;
-    Ok(settings)
+    load(path, node_from)
 }
 
 /// Reads and checks a relay config: the file, then `TETHER_*` overrides.
 pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
+    load(path, relay_from)
+}
+
+/// Reads the file and the overrides, builds the settings, and refuses unknown keys.
+fn load<T>(
+    path: &Path,
+    settings_from: fn(&mut Fields, &Path) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
     let env = env_overrides();
     let mut root = Fields::root(read_sources(path, &env)?, path, &env);
-    let settings = relay_from(&mut root, path)?;
+    let settings = settings_from(&mut root, path)?;
     root.finish()?;
     Ok(settings)
 }
