@@ -36,9 +36,10 @@ pub(crate) const ROLLOVER_PREAMBLE: [u8; 4] = *b"TLR1";
 /// link, only of that stream.
 const ROLLED_OVER: u32 = 1;
 
-/// Frames a link's readers hand over ahead of the session layer: one (plus the one a
-/// reader waits to hand over), so a reader that does not keep up pushes back on QUIC
-/// flow control at once, and a link pins at most two frames beyond the stream window.
+/// Frames a link's readers hand over ahead of the session layer: one (plus the one each
+/// stream's reader waits to hand over), so a session layer that does not keep up pushes
+/// back on QUIC flow control at once, and each stream pins at most two frames beyond
+/// its stream window.
 const READ_AHEAD_FRAMES: usize = 1;
 
 /// Application close codes of link connections.
