@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tether_connection_blueprint::BlueprintConfig;
 use tether_crypto::{RelationshipKey, StaticKeypair};
-use tether_direct_connection::DcLimits;
+use tether_direct_connection::Limits;
 use tether_presence::PresenceConfig;
 use tether_protocol::{DeviceId, SessionStatus};
 use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
@@ -67,7 +67,7 @@ pub struct ClusterBuilder {
     one_way: Vec<(usize, usize)>,
     conditions: LinkConditions,
     presence: PresenceConfig,
-    limits: DcLimits,
+    limits: Limits,
 }
 
 impl ClusterBuilder {
@@ -83,7 +83,7 @@ impl ClusterBuilder {
             one_way: Vec::new(),
             conditions: LinkConditions::default(),
             presence: PresenceConfig::default(),
-            limits: DcLimits::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -132,7 +132,7 @@ impl ClusterBuilder {
     }
 
     /// DirectConnection limits for every device.
-    pub fn limits(mut self, limits: DcLimits) -> Self {
+    pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }

@@ -12,8 +12,7 @@ use tether_connection_blueprint::{
 };
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
-    DcConfig, DcCounters, DcLimits, DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots,
-    PeerConfig, PeerCounters,
+    self as direct_connection, GetPeerSnapshots, PeerConfig, PeerCounters,
 };
 use tether_pms::{
     GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients, RendezvousClientConfig,
@@ -61,7 +60,7 @@ pub struct NodeConfig {
     /// Presence settings.
     pub presence: PresenceConfig,
     /// DirectConnection limits.
-    pub limits: DcLimits,
+    pub limits: direct_connection::Limits,
     /// Candidate ordering settings.
     pub blueprint: BlueprintConfig,
     /// Seed of every RNG in the node (each actor derives its own).
@@ -104,7 +103,7 @@ pub struct PeerStatus {
 /// A running device node.
 pub struct Node {
     device: DeviceId,
-    dc: Addr<DirectConnectionOrchestrator>,
+    dc: Addr<direct_connection::Orchestrator>,
     presence: Addr<PresenceOrchestrator>,
     blueprint: Addr<ConnectionBlueprintOrchestrator>,
     rcs: Addr<RcsOrchestrator>,
@@ -132,7 +131,7 @@ impl Node {
             .collect();
 
         let presence_ctx = Context::<PresenceOrchestrator>::new();
-        let dc_ctx = Context::<DirectConnectionOrchestrator>::new();
+        let dc_ctx = Context::<direct_connection::Orchestrator>::new();
         let blueprint_ctx = Context::<ConnectionBlueprintOrchestrator>::new();
         let rcs_ctx = Context::<RcsOrchestrator>::new();
         let pms_ctx = Context::<PmsOrchestrator>::new();
@@ -174,8 +173,8 @@ impl Node {
             ));
         }
 
-        dc_ctx.run(DirectConnectionOrchestrator::new(
-            DcConfig {
+        dc_ctx.run(direct_connection::Orchestrator::new(
+            direct_connection::Config {
                 local: config.keypair.clone(),
                 peers: config
                     .peers
@@ -190,7 +189,7 @@ impl Node {
                 unix_ms_at_start: config.unix_ms_at_start,
                 limits: config.limits.clone(),
             },
-            DcRecipients {
+            direct_connection::Recipients {
                 transport: dc_port.recipient(),
                 relay_forward: rcs.clone().recipient(),
                 relay_enqueue: rcs.clone().recipient(),
@@ -357,7 +356,7 @@ impl Node {
     }
 
     /// DirectConnection's counters of dropped input.
-    pub async fn counters(&self) -> DcCounters {
+    pub async fn counters(&self) -> direct_connection::Counters {
         self.dc
             .send(GetPeerSnapshots)
             .await

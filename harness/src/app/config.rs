@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tether_crypto::{KeyFileError, PublicKey, RelationshipKey, StaticKeypair};
-use tether_direct_connection::DcLimits;
+use tether_direct_connection::Limits;
 use tether_presence::PresenceConfig;
 use tether_transport::TransportConfig;
 
@@ -114,7 +114,7 @@ pub struct NodeSettings {
     /// Presence settings.
     pub presence: PresenceConfig,
     /// DirectConnection limits.
-    pub limits: DcLimits,
+    pub limits: Limits,
     /// QUIC transport settings.
     pub transport: TransportConfig,
     /// Problems that do not stop the node (logged at start).
@@ -268,7 +268,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         table.duration("relay_poll_interval_ms", &mut presence.relay_poll_interval)?;
         table.finish()?;
     }
-    let mut limits = DcLimits::default();
+    let mut limits = Limits::default();
     if let Some(mut table) = root.table("limits")? {
         table.duration("heartbeat_interval_ms", &mut limits.heartbeat_interval)?;
         if let Some(n) = table.positive("missed_heartbeats")? {

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tether_connection_blueprint::BlueprintConfig;
 use tether_crypto::{RelationshipKey, StaticKeypair};
-use tether_direct_connection::DcLimits;
+use tether_direct_connection::Limits;
 use tether_presence::PresenceConfig;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
 use tether_transport::sim::LinkConditions;
@@ -1003,7 +1003,7 @@ async fn real_single_side_move(seed: u64) -> Result<(Recorder, String), RealDemo
                 public: relay.public,
             },
             presence: PresenceConfig::default(),
-            limits: DcLimits::default(),
+            limits: Limits::default(),
             blueprint: BlueprintConfig::default(),
             seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
             unix_ms_at_start: unix_ms,

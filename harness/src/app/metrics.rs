@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_direct_connection::{DcCounters, PathTraffic};
+use tether_direct_connection::{Counters, PathTraffic};
 use tether_pms::RendezvousClientCounters;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
 use tether_rcs::{ConnectionCounters, RefusalCounters, RelayClientCounters, RelayServerCounters};
@@ -220,7 +220,7 @@ pub struct RejectedReport {
 
 impl RejectedReport {
     /// The node's counters: DirectConnection's and the endpoint's.
-    pub fn of_node(dc: &DcCounters, endpoint: &EndpointStats) -> Self {
+    pub fn of_node(dc: &Counters, endpoint: &EndpointStats) -> Self {
         let pairs = [
             ("malformed_frames", dc.malformed_frames),
             ("unknown_session", dc.unknown_session),

@@ -1,8 +1,8 @@
 //! The actix shell around [`DirectConnection`]: feeds messages in with the runtime's
 //! clock, forwards outputs, and keeps one timer armed at the core's next deadline.
 
-use crate::config::DcConfig;
-use crate::core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot};
+use crate::config::Config;
+use crate::core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
@@ -13,7 +13,7 @@ use tether_protocol::{
 };
 
 /// Where DirectConnection's outputs go.
-pub struct DcRecipients {
+pub struct Recipients {
     /// The transport driver.
     pub transport: Recipient<TransportCommand>,
     /// Rcs.
@@ -47,19 +47,19 @@ pub struct DcRecipients {
 /// Asks for every peer's status and the drop counters (answered directly: only the
 /// node, never another actor, awaits it).
 #[derive(Debug, Clone, Copy, actix::Message)]
-#[rtype(result = "(Vec<PeerSnapshot>, DcCounters)")]
+#[rtype(result = "(Vec<PeerSnapshot>, Counters)")]
 pub struct GetPeerSnapshots;
 
 /// The DirectConnection actor.
-pub struct DirectConnectionOrchestrator {
+pub struct Orchestrator {
     core: DirectConnection,
-    recipients: DcRecipients,
+    recipients: Recipients,
     timer: CoreTimer,
 }
 
-impl DirectConnectionOrchestrator {
+impl Orchestrator {
     /// An actor around a fresh core.
-    pub fn new(config: DcConfig, recipients: DcRecipients) -> Self {
+    pub fn new(config: Config, recipients: Recipients) -> Self {
         Self {
             core: DirectConnection::new(config, runtime_now()),
             recipients,
@@ -68,7 +68,7 @@ impl DirectConnectionOrchestrator {
     }
 }
 
-impl CoreShell for DirectConnectionOrchestrator {
+impl CoreShell for Orchestrator {
     type Core = DirectConnection;
 
     fn core(&mut self) -> &mut DirectConnection {
@@ -104,11 +104,11 @@ impl CoreShell for DirectConnectionOrchestrator {
     }
 }
 
-impl Actor for DirectConnectionOrchestrator {
+impl Actor for Orchestrator {
     type Context = Context<Self>;
 }
 
-tether_protocol::feed_messages!(DirectConnectionOrchestrator {
+tether_protocol::feed_messages!(Orchestrator {
     ConnectPeer => Input::Connect,
     SendMigrationPing => Input::SendMigrationPing,
     EvictSession => Input::Evict,
@@ -118,7 +118,7 @@ tether_protocol::feed_messages!(DirectConnectionOrchestrator {
     RelayStatus => Input::RelayStatus,
 });
 
-impl Handler<ConnectivityChanged> for DirectConnectionOrchestrator {
+impl Handler<ConnectivityChanged> for Orchestrator {
     type Result = ();
 
     fn handle(&mut self, change: ConnectivityChanged, ctx: &mut Self::Context) {
@@ -126,7 +126,7 @@ impl Handler<ConnectivityChanged> for DirectConnectionOrchestrator {
     }
 }
 
-impl Handler<GetPeerSnapshots> for DirectConnectionOrchestrator {
+impl Handler<GetPeerSnapshots> for Orchestrator {
     type Result = MessageResult<GetPeerSnapshots>;
 
     fn handle(&mut self, _message: GetPeerSnapshots, _ctx: &mut Self::Context) -> Self::Result {
@@ -134,4 +134,4 @@ impl Handler<GetPeerSnapshots> for DirectConnectionOrchestrator {
     }
 }
 
-tether_protocol::stops_on_shutdown!(DirectConnectionOrchestrator);
+tether_protocol::stops_on_shutdown!(Orchestrator);

@@ -22,7 +22,7 @@ impl PeerConfig {
 }
 
 /// Everything the core needs to know at start.
-pub struct DcConfig {
+pub struct Config {
     /// This device's static keypair.
     pub local: StaticKeypair,
     /// Paired peers.
@@ -34,12 +34,12 @@ pub struct DcConfig {
     /// Unix time in milliseconds at the core's start `now` (handshake timestamps).
     pub unix_ms_at_start: u64,
     /// Timing and limits.
-    pub limits: DcLimits,
+    pub limits: Limits,
 }
 
 /// Timing and limits of the DirectConnection core, each with the reason for its default.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DcLimits {
+pub struct Limits {
     /// How long before an unanswered handshake is retried with a fresh message 1.
     pub handshake_retry: Duration,
     /// How long a PresenceConnect may take before it is reported failed.
@@ -65,7 +65,7 @@ pub struct DcLimits {
     pub direct_probe_interval: Duration,
 }
 
-impl Default for DcLimits {
+impl Default for Limits {
     fn default() -> Self {
         Self {
             // One second: well above any RTT a handshake should see, short enough that

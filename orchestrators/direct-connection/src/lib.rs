@@ -9,8 +9,22 @@
 //! everything a migration does, hold none, so a migration cannot handshake by
 //! construction.
 //!
-//! The sans-IO core is [`DirectConnection`]; [`DirectConnectionOrchestrator`] is its
-//! actor.
+//! The sans-IO core is [`DirectConnection`]; [`Orchestrator`] is its actor.
+//!
+//! # Parts
+//! The core routes each input to the state it concerns, in the spirit of quinn-proto's
+//! endpoint and connections:
+//! - the link table (`links.rs`): links, dials, which peer each carries, path
+//!   validation and the anti-amplification budget; indexed by peer;
+//! - the timer table (`timers.rs`): every deadline of every peer, indexed by deadline;
+//! - per peer (`state.rs`): the key ring, channels, liveness and what Presence was told;
+//! - establishment (`establish.rs`), migration in both roles (`migration.rs`), binding a
+//!   session to a path (`paths.rs`), sending and liveness (`sending.rs`), and the
+//!   authenticated session frames (`frames.rs`).
+//!
+//! An input touches only the peer it names (or the peer of the link it came on), and a
+//! timeout runs only the timers that are due, so the work per event does not grow with
+//! the number of peers.
 //!
 //! # Messages
 //! - in: `ConnectPeer`, `SendMigrationPing`, `EvictSession` (Presence); `SendMessage`
@@ -40,18 +54,37 @@
 //!   address (within the 3× budget) while that address answers its challenge → Ready.
 //! - evicted: keys kept for epoch numbering but unused until a newer epoch commits;
 //!   queued messages survive and are resent, and the receiver dedupes by sequence.
+//!
+//! # Timers (per peer)
+//! | timer | armed | when it fires |
+//! |---|---|---|
+//! | `ConnectDeadline` | a connect starts (`connect_timeout`) | the connect is reported failed |
+//! | `ConnectRelay` | a connect with the relay among its candidates (`relay_fallback_after`, or at once without direct candidates or when the dial fails) | the relay carries the connect (re-armed while the relay is down) |
+//! | `HandshakeRetry` | message 1 sent (`handshake_retry`) | a fresh message 1 |
+//! | `MigrationRelayCopy` | our migration ping sent (1.5 × RTT, at most `relay_fallback_after`; at once when the dial fails) | the ping goes into the relay queue unless acknowledged |
+//! | `MigrationCarry` | our migration ping sent (half a relay delay after the copy, at least 20 ms) | queued data follows the ping through the relay if nothing direct answered |
+//! | `Heartbeat` | a path is bound (`heartbeat_interval`) | a liveness ping; `missed_heartbeats` in a row report the path dead |
+//! | `Probe` | bound to the relay (at once, then `direct_probe_interval`) | the peer's direct addresses are dialled |
+//! | `Retransmit` | data is unacknowledged on a bound path (`rto`) | the due messages are resent |
 
 mod actor;
 mod channels;
 mod config;
 mod core;
+mod establish;
 mod frames;
+mod links;
+mod migration;
+mod paths;
+mod sending;
 mod state;
+mod timers;
 
-pub use actor::{DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots};
+pub use actor::{GetPeerSnapshots, Orchestrator, Recipients};
 pub use channels::{Inbound, Outbound, Received};
-pub use config::{DcConfig, DcLimits, PeerConfig};
-pub use core::{DcCounters, DirectConnection, Input, Output, PeerSnapshot, AMPLIFICATION_FACTOR};
+pub use config::{Config, Limits, PeerConfig};
+pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
+pub use links::AMPLIFICATION_FACTOR;
 pub use state::{PathTraffic, PeerCounters};
 
 #[cfg(test)]

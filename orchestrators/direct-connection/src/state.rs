@@ -1,11 +1,12 @@
-//! The per-peer and per-link state the core keeps.
+//! The state the core keeps per peer. Its deadlines live in the core's
+//! [`TimerTable`](crate::timers::TimerTable), never here.
 
 use crate::channels::{Inbound, Outbound};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tether_crypto::{KeyRing, PathChallenger};
-use tether_protocol::{ChannelId, DeviceId, LinkId, MigrationPing, PathKind, RequestId, SessionId};
+use tether_protocol::{ChannelId, LinkId, MigrationPing, PathKind, RequestId, SessionId};
 
 /// A way a frame reaches the peer: a transport link, or the relay (forwarded to the
 /// peer's device id).
@@ -15,6 +16,16 @@ pub enum Via {
     Link(LinkId),
     /// The relay server.
     Relay,
+}
+
+impl Via {
+    /// The kind of path this is.
+    pub fn kind(self) -> PathKind {
+        match self {
+            Via::Link(_) => PathKind::Direct,
+            Via::Relay => PathKind::Relay,
+        }
+    }
 }
 
 /// Proof that a connect is on the establishment path (PresenceConnect without
@@ -32,14 +43,8 @@ pub struct Connect {
     pub request: RequestId,
     /// Present only for an establishment connect; absent for transport-only.
     pub permit: Option<EstablishmentPermit>,
-    /// Reported failed at this instant.
-    pub deadline: Instant,
     /// The path the handshake (or the path challenge) runs on.
     pub via: Option<Via>,
-    /// When the relay joins the attempt, if it is a candidate and not yet used.
-    pub relay_at: Option<Instant>,
-    /// When the handshake is retried.
-    pub retry_at: Option<Instant>,
 }
 
 /// Our own migration (this device moved): the ping we announce.
@@ -49,10 +54,6 @@ pub struct OutMigration {
     pub request: RequestId,
     /// The sealed ping's contents.
     pub ping: MigrationPing,
-    /// When the relay queue carries the ping too, if no ack came by then.
-    pub relay_at: Option<Instant>,
-    /// When the queued data follows through the relay, if nothing direct answered.
-    pub carry_at: Option<Instant>,
     /// When this ping was first sent (our move): a link heard from since then is
     /// known to work from our new address.
     pub started: Instant,
@@ -63,8 +64,6 @@ pub struct OutMigration {
 /// Liveness of the bound path.
 #[derive(Debug, Clone, Default)]
 pub struct Heartbeat {
-    /// Next ping at.
-    pub next_at: Option<Instant>,
     /// The outstanding ping id and when it left.
     pub outstanding: Option<(u64, Instant)>,
     /// Pings unanswered in a row.
@@ -92,13 +91,9 @@ pub struct Reported {
 impl Reported {
     /// The report for `epoch` on `via`, reaching the peer at `remote`.
     pub fn new(epoch: u64, via: Via, remote: Option<SocketAddr>) -> Self {
-        let path = match via {
-            Via::Link(_) => PathKind::Direct,
-            Via::Relay => PathKind::Relay,
-        };
         Self {
             epoch,
-            path,
+            path: via.kind(),
             remote,
         }
     }
@@ -191,8 +186,6 @@ pub struct PeerState {
     pub announced: Vec<SocketAddr>,
     /// Direct addresses of the peer from the last blueprint given to us.
     pub known_direct: Vec<SocketAddr>,
-    /// While bound to the relay: when direct addresses are probed next.
-    pub probe_at: Option<Instant>,
     /// Outstanding path challenges, per path.
     pub challenger: PathChallenger<Via>,
     /// Sending halves of channels.
@@ -224,48 +217,4 @@ impl PeerState {
             Some(evicted) => self.ring.committed_epoch().is_some_and(|e| e > evicted),
         }
     }
-}
-
-/// One transport link as the core sees it.
-#[derive(Debug, Clone)]
-pub struct LinkState {
-    /// The peer it carries, once an authenticated frame or handshake told.
-    pub peer: Option<DeviceId>,
-    /// The remote address.
-    pub remote: Option<SocketAddr>,
-    /// Whether the address is validated: dialled by us, or answered a challenge.
-    pub validated: bool,
-    /// We dialled it: QUIC carries it across a change of our own address.
-    pub dialled: bool,
-    /// Bytes received since the last address change (anti-amplification budget).
-    pub bytes_in: u64,
-    /// Bytes sent while unvalidated.
-    pub bytes_out_unvalidated: u64,
-    /// When an authenticated frame last arrived on it.
-    pub last_heard: Option<Instant>,
-}
-
-/// A dial the transport driver is working on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingDial {
-    /// The peer it is for.
-    pub device: DeviceId,
-    /// What it is for.
-    pub purpose: DialPurpose,
-    /// The candidates, reported failed together if none answers.
-    pub addrs: Vec<SocketAddr>,
-}
-
-/// What a dial was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialPurpose {
-    /// A PresenceConnect (establishment or transport-only).
-    Connect,
-    /// Carrying our migration ping.
-    Migration,
-    /// Looking for a direct path while the session runs over the relay.
-    Probe,
-    /// A link of our own next to one the peer dialled: if we move, QUIC migrates a link
-    /// we dialled, while one we accepted dies with our old address.
-    Standby,
 }

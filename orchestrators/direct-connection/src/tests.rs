@@ -3,7 +3,7 @@
 //! (moving dialler, moving acceptor, relay delivery, transport-only reconnect), with a
 //! transition trace per scenario. Presence's role is played by the test.
 
-use crate::config::{DcConfig, DcLimits, PeerConfig};
+use crate::config::{Config, Limits, PeerConfig};
 use crate::core::{DirectConnection, Input, Output};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -73,7 +73,7 @@ impl Net {
         let t0 = Instant::now();
         let make = |local: StaticKeypair, other: &StaticKeypair, at: &str, seed: u64| {
             let device = DeviceId(*local.public().as_bytes());
-            let config = DcConfig {
+            let config = Config {
                 peers: vec![PeerConfig {
                     public: *other.public(),
                     rk: rk.clone(),
@@ -82,7 +82,7 @@ impl Net {
                 local_endpoints: vec![addr(at)],
                 seed,
                 unix_ms_at_start: 1_700_000_000_000,
-                limits: DcLimits::default(),
+                limits: Limits::default(),
             };
             Node {
                 core: DirectConnection::new(config, t0),
@@ -762,7 +762,7 @@ fn send_refusals_are_typed_and_queue_nothing() {
     );
     assert_eq!(result(&net), Some(Err(SendError::UnknownPeer)));
     // Too large.
-    let max = DcLimits::default().max_message_len;
+    let max = Limits::default().max_message_len;
     net.input(
         A,
         Input::Send(SendMessage {
@@ -779,7 +779,7 @@ fn send_refusals_are_typed_and_queue_nothing() {
     // Queue full: cut B off so nothing is acknowledged, then fill the queue.
     net.direct_blocked = true;
     net.links.clear();
-    let limit = DcLimits::default().max_queued;
+    let limit = Limits::default().max_queued;
     for i in 0..limit {
         net.input(
             A,
@@ -840,7 +840,7 @@ fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
     net.move_to(A, "10.9.0.1:4433");
     net.migration_ping(A);
     net.run_until(3000);
-    let state = &net.nodes[B].core.links[&b_link];
+    let state = net.nodes[B].core.links.get(b_link).unwrap();
     assert!(!state.validated, "the address never answered the challenge");
     let sent: usize = net.outputs[B][sent_before..]
         .iter()

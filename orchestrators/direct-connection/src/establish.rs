@@ -1,0 +1,401 @@
+//! Establishment: PresenceConnect (with a handshake, or transport-only), the Noise
+//! handshake in both roles, the commit of a new generation, and eviction.
+//!
+//! This is the only module that runs a handshake, and [`DirectConnection::send_initiation`]
+//! does nothing unless the connect holds an [`EstablishmentPermit`], which only an
+//! establishment PresenceConnect creates.
+
+use crate::core::{DirectConnection, Output};
+use crate::links::DialPurpose;
+use crate::state::{Connect, EstablishmentPermit, Heartbeat, Reported, Via};
+use crate::timers::Timer;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tether_crypto::{Handshake, HandshakeError};
+use tether_protocol::{
+    ConnectFailed, ConnectPeer, DeviceId, Endpoint, EvictSession, HandshakeMessage,
+    HandshakeStarted, SessionFrame, SessionReady, WireFrame,
+};
+
+/// The timers of a connect in progress.
+const CONNECT_TIMERS: [Timer; 3] = [
+    Timer::ConnectDeadline,
+    Timer::ConnectRelay,
+    Timer::HandshakeRetry,
+];
+
+/// The timers of our own migration in progress.
+const MIGRATION_TIMERS: [Timer; 2] = [Timer::MigrationRelayCopy, Timer::MigrationCarry];
+
+impl DirectConnection {
+    /// PresenceConnect.
+    pub(crate) fn connect(&mut self, now: Instant, request: ConnectPeer) {
+        let Some(peer) = self.peers.get(&request.peer) else {
+            self.outputs.push_back(Output::ConnectFailed(ConnectFailed {
+                request: request.request,
+                peer: request.peer,
+                reason: "unknown peer".into(),
+            }));
+            return;
+        };
+        if request.transport_only && peer.ring.committed().is_none() {
+            self.outputs.push_back(Output::ConnectFailed(ConnectFailed {
+                request: request.request,
+                peer: request.peer,
+                reason: "transport-only reconnect without a session".into(),
+            }));
+            return;
+        }
+        let permit = if request.transport_only {
+            None
+        } else {
+            Some(EstablishmentPermit(()))
+        };
+        self.start_connect(now, request, permit);
+    }
+
+    /// Starts a connect. With a permit it establishes (handshake); without, it only
+    /// finds and validates a path for the existing session keys.
+    fn start_connect(
+        &mut self,
+        now: Instant,
+        request: ConnectPeer,
+        permit: Option<EstablishmentPermit>,
+    ) {
+        let device = request.peer;
+        let addrs: Vec<SocketAddr> = request
+            .candidates
+            .iter()
+            .filter_map(|c| match c.endpoint {
+                Endpoint::Direct(addr) => Some(addr),
+                Endpoint::Relay => None,
+            })
+            .collect();
+        let has_relay = request
+            .candidates
+            .iter()
+            .any(|c| c.endpoint == Endpoint::Relay);
+        let relay_at = has_relay.then(|| {
+            if addrs.is_empty() {
+                now
+            } else {
+                now + self.limits.relay_fallback_after
+            }
+        });
+        // A link the peer already holds to us (it dialled us) is tried at once.
+        let existing = self.links.live_of(device);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        peer.known_direct.clone_from(&addrs);
+        peer.connect = Some(Connect {
+            request: request.request,
+            permit,
+            via: None,
+        });
+        self.timers.set(
+            device,
+            Timer::ConnectDeadline,
+            now + self.limits.connect_timeout,
+        );
+        self.timers
+            .set_or_stop(device, Timer::ConnectRelay, relay_at);
+        self.timers.stop(device, Timer::HandshakeRetry);
+        if !addrs.is_empty() {
+            self.dial(device, DialPurpose::Connect, addrs);
+        }
+        if let Some(link) = existing {
+            self.connect_on(now, device, Via::Link(link));
+        }
+    }
+
+    /// Runs the connect's next step on a path that just became available.
+    pub(crate) fn connect_on(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let Some(connect) = self.peers.get_mut(&device).and_then(|p| p.connect.as_mut()) else {
+            return;
+        };
+        if connect.via.is_some() {
+            return;
+        }
+        connect.via = Some(via);
+        if connect.permit.is_some() {
+            self.send_initiation(now, device);
+        } else {
+            self.challenge(now, device, via);
+        }
+    }
+
+    /// Sends a fresh handshake message 1 on the connect's path. Only reachable with the
+    /// connect's [`EstablishmentPermit`]: a transport-only connect has none.
+    pub(crate) fn send_initiation(&mut self, now: Instant, device: DeviceId) {
+        let wall_ms = self.wall_ms(now);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(connect) = peer.connect.as_mut() else {
+            return;
+        };
+        let (Some(_permit), Some(via)) = (connect.permit.as_ref(), connect.via) else {
+            return;
+        };
+        let request = connect.request;
+        self.timers.set(
+            device,
+            Timer::HandshakeRetry,
+            now + self.limits.handshake_retry,
+        );
+        let message1 = match peer.ring.initiate(&self.local, wall_ms, &mut self.rng) {
+            Ok(message1) => message1,
+            Err(error) => {
+                tracing::warn!(peer = %device, %error, "cannot start a handshake");
+                return;
+            }
+        };
+        peer.handshakes += 1;
+        let frame = WireFrame::HandshakeInit(HandshakeMessage {
+            session: peer.session,
+            noise: message1,
+        });
+        self.deliver_wire(device, via, &frame);
+        self.outputs
+            .push_back(Output::HandshakeStarted(HandshakeStarted {
+                request: Some(request),
+                peer: device,
+            }));
+    }
+
+    /// No path answered the connect in time.
+    pub(crate) fn connect_deadline(&mut self, device: DeviceId) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(connect) = peer.connect.take() else {
+            return;
+        };
+        if connect.permit.is_some() {
+            peer.counters.handshake_timeouts += 1;
+        } else {
+            peer.counters.reconnect_timeouts += 1;
+        }
+        self.end_connect(device);
+        self.outputs.push_back(Output::ConnectFailed(ConnectFailed {
+            request: connect.request,
+            peer: device,
+            reason: "no path answered in time".into(),
+        }));
+    }
+
+    /// The relay's turn in a connect that no direct path completed.
+    pub(crate) fn connect_relay_due(&mut self, now: Instant, device: DeviceId) {
+        let Some(connect) = self.peers.get_mut(&device).and_then(|p| p.connect.as_mut()) else {
+            return;
+        };
+        if !self.relay_connected {
+            // The relay is not up yet: look again after another fallback interval.
+            self.timers.set(
+                device,
+                Timer::ConnectRelay,
+                now + self.limits.relay_fallback_after,
+            );
+            return;
+        }
+        // No direct path completed the connect in time (it would be gone): the relay
+        // carries it from now on; a direct path that answers later still wins.
+        connect.via = None;
+        self.connect_on(now, device, Via::Relay);
+    }
+
+    /// The connect is over (done or failed): its timers go with it.
+    fn end_connect(&mut self, device: DeviceId) {
+        for timer in CONNECT_TIMERS {
+            self.timers.stop(device, timer);
+        }
+    }
+
+    /// Takes the connect a path or a commit completed.
+    pub(crate) fn take_connect(&mut self, device: DeviceId) -> Option<Connect> {
+        let connect = self.peers.get_mut(&device)?.connect.take()?;
+        self.end_connect(device);
+        Some(connect)
+    }
+
+    /// Our own migration is over (answered, superseded by a handshake, or evicted).
+    pub(crate) fn end_migration(&mut self, device: DeviceId) {
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.migration = None;
+        }
+        for timer in MIGRATION_TIMERS {
+            self.timers.stop(device, timer);
+        }
+    }
+
+    /// Drops the session's keys and path (queued messages are kept).
+    pub(crate) fn evict(&mut self, evict: EvictSession) {
+        let device = evict.peer;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        peer.evicted_at_epoch = peer.ring.committed_epoch();
+        peer.bound = None;
+        peer.connect = None;
+        peer.reported = None;
+        peer.heartbeat = Heartbeat::default();
+        self.end_connect(device);
+        self.end_migration(device);
+        self.timers.stop(device, Timer::Heartbeat);
+        self.timers.stop(device, Timer::Retransmit);
+    }
+
+    /// Handshake message 1 from a device that may be one of our peers.
+    pub(crate) fn handshake_init(
+        &mut self,
+        via: Via,
+        relay_from: Option<DeviceId>,
+        message: HandshakeMessage,
+        wire_len: u64,
+    ) -> Option<DeviceId> {
+        let peers = &self.peers;
+        let responded = Handshake::respond(
+            &self.local,
+            &message.noise,
+            |public| {
+                peers
+                    .get(&DeviceId(*public.as_bytes()))
+                    .map(|p| p.ring.peer_params())
+            },
+            &mut self.rng,
+        );
+        let responded = match responded {
+            Ok(responded) => responded,
+            Err(HandshakeError::UnknownPeer(_)) => {
+                self.counters.unknown_device_handshakes += 1;
+                return None;
+            }
+            Err(HandshakeError::ReplayedInitiation { .. }) => {
+                self.counters.replayed_initiations += 1;
+                return None;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "refused handshake initiation");
+                self.counters.refused_handshakes += 1;
+                return None;
+            }
+        };
+        let device = DeviceId(*responded.peer.as_bytes());
+        if !self.sender_matches(via, relay_from, device) {
+            return None;
+        }
+        let peer = self.peers.get_mut(&device)?;
+        if message.session != peer.session {
+            self.counters.refused_handshakes += 1;
+            return None;
+        }
+        let message2 = match peer.ring.accept(responded) {
+            Ok(message2) => message2,
+            Err(error) => {
+                tracing::debug!(peer = %device, %error, "refused handshake");
+                self.counters.refused_handshakes += 1;
+                return None;
+            }
+        };
+        peer.handshakes += 1;
+        let session = peer.session;
+        self.credit_link(via, wire_len);
+        if let Via::Link(link) = via {
+            // The initiator proved its static key and the relationship key, fresh.
+            self.links.attribute(link, device);
+            self.links.validate(link);
+        }
+        self.deliver_wire(
+            device,
+            via,
+            &WireFrame::HandshakeResponse(HandshakeMessage {
+                session,
+                noise: message2,
+            }),
+        );
+        Some(device)
+    }
+
+    /// Handshake message 2: our candidate becomes sendable, and the first frame under
+    /// it lets the responder commit.
+    pub(crate) fn handshake_response(
+        &mut self,
+        now: Instant,
+        via: Via,
+        relay_from: Option<DeviceId>,
+        message: HandshakeMessage,
+    ) -> Option<DeviceId> {
+        let device = self.session_peer(message.session, via, relay_from)?;
+        let peer = self.peers.get_mut(&device)?;
+        if let Err(error) = peer.ring.confirm(&message.noise) {
+            tracing::debug!(peer = %device, %error, "refused handshake response");
+            self.counters.refused_handshakes += 1;
+            return None;
+        }
+        if let Some(connect) = peer.connect.as_mut() {
+            connect.via = Some(via);
+            self.timers.stop(device, Timer::HandshakeRetry);
+        }
+        // The first frame under the new keys lets the responder commit them; its answer
+        // lets us commit.
+        peer.heartbeat.next_id += 1;
+        let id = peer.heartbeat.next_id;
+        peer.heartbeat.outstanding = Some((id, now));
+        self.send_frame(device, via, &SessionFrame::Ping { id });
+        Some(device)
+    }
+
+    /// A new generation was committed (a handshake completed on this side).
+    pub(crate) fn committed(&mut self, now: Instant, device: DeviceId, via: Via, epoch: u64) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let newer = peer.reported.is_none_or(|r| epoch > r.epoch);
+        if !newer {
+            return;
+        }
+        peer.evicted_at_epoch = None;
+        self.end_migration(device);
+        // The handshake's path is the session's path from now on.
+        let request = self.take_connect(device).map(|c| c.request);
+        let remote = self.remote_of(via);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let session = peer.session;
+        peer.bound = Some(via);
+        peer.resend_all = true;
+        let report = Reported::new(epoch, via, remote);
+        peer.reported = Some(report);
+        self.timers.set(
+            device,
+            Timer::Heartbeat,
+            now + self.limits.heartbeat_interval,
+        );
+        // Migration ping counters belong to an epoch (the tag binds it).
+        peer.ping_counter_sent = 0;
+        peer.highest_ping_received = 0;
+        self.timers
+            .set_or_stop(device, Timer::Probe, (via == Via::Relay).then_some(now));
+        self.outputs.push_back(Output::SessionReady(SessionReady {
+            request,
+            peer: device,
+            session,
+            epoch: tether_protocol::Epoch(epoch),
+            path: report.path,
+            remote,
+            after_handshake: true,
+        }));
+        // Answer at once so the initiator commits the same generation.
+        peer.heartbeat.next_id += 1;
+        let id = peer.heartbeat.next_id;
+        self.send_frame(device, via, &SessionFrame::Ping { id });
+        // A new epoch may follow a restart of either side: line the channels up.
+        self.send_markers(device, via);
+        self.pump(now, device);
+        if let (Via::Link(link), Some(remote)) = (via, remote) {
+            self.ensure_standby(device, link, remote);
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Migration, in both roles, and the paths it leans on.
+//!
+//! - The moving side (phase 2): padding and the ping on every link and every direct
+//!   candidate, the relay-queue copy after about one RTT, queued data following it
+//!   through the relay if nothing direct answered, then the acknowledgement.
+//! - The receiving side (phase 3): PeerSecret resolution of the ping, the replay check
+//!   by counter, the acknowledgement on the path the ping came by, and the data carried
+//!   to the peer's new address within the anti-amplification budget.
+//! - While on the relay, direct addresses are probed; next to a link the peer dialled,
+//!   a standby link of our own is kept for our next move.
+
+use crate::core::{DirectConnection, Output};
+use crate::links::DialPurpose;
+use crate::state::{OutMigration, Via};
+use crate::timers::Timer;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tether_crypto::MigrationTag;
+use tether_protocol::{
+    canonical_endpoints, Candidate, DeviceId, Endpoint, InboundMigrationPing, LinkId, MigrationAck,
+    MigrationAcked, MigrationPing, RelayEnqueue, SendMigrationPing, SessionFrame,
+};
+
+/// Filler sent after a migration ping on a migrated link. The peer's QUIC stack may send
+/// our new address three times what it received from it until the address validates;
+/// its path challenge takes 1200 bytes of that, and every packet it sends meanwhile is
+/// padded to 1200 bytes. A ping and a few small packets buy less than that, so the
+/// peer's acknowledgement would wait a round trip; 1200 bytes more buy it three packets.
+const MIGRATION_PADDING_LEN: usize = 1200;
+
+/// The least delay between the relay copy of a ping and the data that follows it:
+/// timer slack, so the two do not race.
+const CARRY_FLOOR: Duration = Duration::from_millis(20);
+
+/// The direct addresses among a blueprint's candidates, in order.
+pub(crate) fn direct_addrs(candidates: &[Candidate]) -> Vec<SocketAddr> {
+    candidates
+        .iter()
+        .filter_map(|c| match c.endpoint {
+            Endpoint::Direct(addr) => Some(addr),
+            Endpoint::Relay => None,
+        })
+        .collect()
+}
+
+impl DirectConnection {
+    /// Migration phase 2: this device moved; announce its new endpoints.
+    pub(crate) fn send_migration_ping(&mut self, now: Instant, request: SendMigrationPing) {
+        let device = request.peer;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(epoch) = peer.ring.committed_epoch() else {
+            return;
+        };
+        // The relay copy follows after about one RTT of the old path: long enough for a
+        // migrated link to answer first, short enough that a blocked one costs little.
+        let relay_fallback = peer
+            .heartbeat
+            .srtt_ms
+            .map_or(self.limits.relay_fallback_after, |srtt| {
+                Duration::from_millis(srtt.saturating_mul(3) / 2)
+            })
+            .min(self.limits.relay_fallback_after);
+        peer.ping_counter_sent += 1;
+        let counter = peer.ping_counter_sent;
+        let endpoints = request.new_endpoints.clone();
+        let canonical = canonical_endpoints(&endpoints);
+        let Some(tag) = peer
+            .ring
+            .migration_tag(peer.session.as_bytes(), counter, &canonical)
+        else {
+            return;
+        };
+        let ping = MigrationPing {
+            epoch: tether_protocol::Epoch(epoch),
+            counter,
+            endpoints,
+            tag: tag.0,
+        };
+        peer.migration = Some(OutMigration {
+            request: request.request,
+            ping: ping.clone(),
+            started: now,
+            acked: false,
+        });
+        let addrs = direct_addrs(&request.candidates);
+        peer.known_direct.clone_from(&addrs);
+        self.timers
+            .set(device, Timer::MigrationRelayCopy, now + relay_fallback);
+        // The data follows half a fallback later, by when a working direct path has
+        // usually answered.
+        self.timers.set(
+            device,
+            Timer::MigrationCarry,
+            now + relay_fallback + (relay_fallback / 2).max(CARRY_FLOOR),
+        );
+        // Every live link to the peer (a dialled one survives the move by QUIC
+        // migration), then every direct candidate, then (later) the relay queue.
+        for link in self.links.of_peer(device) {
+            // The filler first: when the ping arrives, the peer's answer is already
+            // within the budget the filler bought.
+            self.send_frame(
+                device,
+                Via::Link(link),
+                &SessionFrame::Padding {
+                    bytes: vec![0; MIGRATION_PADDING_LEN],
+                },
+            );
+            self.send_frame(
+                device,
+                Via::Link(link),
+                &SessionFrame::MigrationPing(ping.clone()),
+            );
+        }
+        if !addrs.is_empty() {
+            self.dial(device, DialPurpose::Migration, addrs);
+        }
+    }
+
+    /// A link dialled for our migration came up: the ping goes on it.
+    pub(crate) fn migration_link_up(&mut self, device: DeviceId, link: LinkId) {
+        let ping = self
+            .peers
+            .get(&device)
+            .and_then(|p| p.migration.as_ref())
+            .map(|m| m.ping.clone());
+        if let Some(ping) = ping {
+            self.send_frame(device, Via::Link(link), &SessionFrame::MigrationPing(ping));
+        }
+    }
+
+    /// No acknowledgement yet: the relay queue carries the ping too. It pushes at once
+    /// to a connected peer and keeps the ping for one that is offline; the peer dedupes
+    /// copies by counter.
+    pub(crate) fn migration_relay_copy(&mut self, device: DeviceId) {
+        let Some(migration) = self.peers.get(&device).and_then(|p| p.migration.as_ref()) else {
+            return;
+        };
+        if migration.acked {
+            return;
+        }
+        let ping = SessionFrame::MigrationPing(migration.ping.clone());
+        let Some(envelope) = self.seal_wire(device, &ping) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.counters.relay.sent(envelope.len() as u64);
+        }
+        let request = self.request_id();
+        self.outputs.push_back(Output::RelayEnqueue(RelayEnqueue {
+            request,
+            to: device,
+            envelope,
+        }));
+    }
+
+    /// Still nothing direct since we moved, a round trip after the relay copy left: the
+    /// queued messages follow it through the relay rather than wait for its
+    /// acknowledgement (the receiver dedupes whatever the direct path delivers too).
+    /// Not reported as Ready: that waits for the peer.
+    pub(crate) fn migration_carry(&mut self, now: Instant, device: DeviceId) {
+        let Some(migration) = self.peers.get(&device).and_then(|p| p.migration.as_ref()) else {
+            return;
+        };
+        let unanswered =
+            !migration.acked && !self.links.heard_directly_since(device, migration.started);
+        if unanswered && self.relay_connected {
+            self.carry(now, device, Via::Relay);
+        }
+    }
+
+    /// While the session runs over the relay, dial the peer's direct addresses now and
+    /// then; a link that answers a path challenge replaces the relay.
+    pub(crate) fn probe(&mut self, now: Instant, device: DeviceId) {
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        if peer.bound != Some(Via::Relay) {
+            return;
+        }
+        let mut addrs = peer.announced.clone();
+        for addr in &peer.known_direct {
+            if !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        self.timers.set(
+            device,
+            Timer::Probe,
+            now + self.limits.direct_probe_interval,
+        );
+        if !addrs.is_empty() {
+            self.dial(device, DialPurpose::Probe, addrs);
+        }
+    }
+
+    /// Bound to a link the peer dialled: dial one of our own to the same address, so a
+    /// change of our address finds a link QUIC migrates (the accepted one dies with
+    /// our old address, and a fresh dial would cost the migration a round trip).
+    pub(crate) fn ensure_standby(&mut self, device: DeviceId, bound: LinkId, remote: SocketAddr) {
+        let accepted = self.links.get(bound).is_some_and(|l| !l.dialled);
+        if accepted
+            && !self.links.has_dialled(device)
+            && !self.links.dialling(device, DialPurpose::Standby)
+        {
+            self.dial(device, DialPurpose::Standby, vec![remote]);
+        }
+    }
+
+    /// Puts the session's data on `via` without reporting a path change (a tentative
+    /// path while a migration is unanswered).
+    pub(crate) fn carry(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if !peer.usable() || peer.bound == Some(via) {
+            return;
+        }
+        peer.bound = Some(via);
+        peer.resend_all = true;
+        // On the relay, look for a direct path at once (as `bind` does).
+        self.timers
+            .set_or_stop(device, Timer::Probe, (via == Via::Relay).then_some(now));
+        self.send_markers(device, via);
+        self.pump(now, device);
+    }
+
+    /// Migration phase 3 on the receiving device: PeerSecret resolution, the replay
+    /// check by counter, then the ack and a challenge of the new path.
+    pub(crate) fn inbound_migration_ping(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        ping: MigrationPing,
+    ) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let canonical = canonical_endpoints(&ping.endpoints);
+        let verified = peer.ring.resolve_migration_tag(
+            peer.session.as_bytes(),
+            ping.counter,
+            &canonical,
+            &MigrationTag(ping.tag),
+        );
+        if verified.is_none() {
+            self.counters.bad_migration_tags += 1;
+            return;
+        }
+        // A ping of an older epoch predates the last handshake (e.g. queued at the relay
+        // before an eviction): the move it announced is over. Counters restart per epoch.
+        let current_epoch = peer.ring.committed_epoch().unwrap_or(0);
+        if ping.epoch.0 < current_epoch || ping.counter < peer.highest_ping_received {
+            self.counters.stale_migration_pings += 1;
+            return;
+        }
+        let first_copy = ping.counter > peer.highest_ping_received;
+        let ack = SessionFrame::MigrationAck(MigrationAck {
+            epoch: ping.epoch,
+            counter: ping.counter,
+            endpoints: self.local_endpoints.clone(),
+        });
+        let stale_bound = match peer.bound {
+            Some(Via::Link(link)) => self
+                .links
+                .remote(link)
+                .is_none_or(|remote| !ping.endpoints.contains(&remote)),
+            _ => false,
+        };
+        if first_copy {
+            if stale_bound {
+                // The peer left the address this link goes to: it carries nothing now.
+                peer.bound = None;
+            } else if peer.bound == Some(via) && via != Via::Relay {
+                // The peer moved under the bound link: what we sent towards its old
+                // address is lost, and the transport dropped that stream for a fresh
+                // one. Resend what is unacknowledged (the peer drops duplicates).
+                peer.resend_all = true;
+            }
+            peer.highest_ping_received = ping.counter;
+            peer.announced = ping.endpoints.clone();
+            if peer.bound == Some(Via::Relay) {
+                // New direct endpoints while on the relay: probe them now.
+                self.timers.set(device, Timer::Probe, now);
+            }
+            let session = peer.session;
+            self.outputs
+                .push_back(Output::InboundMigrationPing(InboundMigrationPing {
+                    peer: device,
+                    session,
+                    epoch: ping.epoch,
+                    counter: ping.counter,
+                    endpoints: ping.endpoints,
+                    via: via.kind(),
+                }));
+        }
+        // Every copy is acknowledged on the path it came by, so the mover hears back on
+        // whichever of its paths works.
+        self.send_frame(device, via, &ack);
+        if first_copy && stale_bound && via != Via::Relay {
+            // The link the ping came by reaches the peer where it is now: let the data
+            // follow at once, within the anti-amplification budget, while the address
+            // answers its challenge (Ready waits for that).
+            self.carry(now, device, via);
+        }
+        self.pump(now, device);
+
+        // A ping that came through the relay means the relay works: carry the session
+        // there until a direct path validates (also when our own unanswered migration
+        // already carries data there).
+        let unbound = self
+            .peers
+            .get(&device)
+            .is_some_and(|p| matches!(p.bound, None | Some(Via::Relay)));
+        if via == Via::Relay && unbound && self.relay_connected {
+            self.bind(now, device, Via::Relay);
+        }
+    }
+
+    /// The peer acknowledged our migration ping on `via`.
+    pub(crate) fn migration_ack(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        ack: MigrationAck,
+    ) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(migration) = peer.migration.as_mut() else {
+            return;
+        };
+        if ack.counter != migration.ping.counter || ack.epoch != migration.ping.epoch {
+            return;
+        }
+        let first = !migration.acked;
+        migration.acked = true;
+        let moved_at = migration.started;
+        let request = migration.request;
+        if !ack.endpoints.is_empty() {
+            peer.announced = ack.endpoints.clone();
+        }
+        if first {
+            self.outputs
+                .push_back(Output::MigrationAcked(MigrationAcked {
+                    request,
+                    peer: device,
+                    counter: ack.counter,
+                    peer_endpoints: ack.endpoints,
+                    via: via.kind(),
+                }));
+        }
+        match via {
+            Via::Link(link) => {
+                let validated = self.links.is_validated(link);
+                tracing::debug!(peer = %device, ?link, validated, "migration acknowledged");
+                if validated {
+                    self.bind(now, device, via);
+                } else {
+                    self.challenge(now, device, via);
+                }
+            }
+            Via::Relay => {
+                // The relay answered: use it unless a direct link has been heard from
+                // since we moved (that one will carry the session instead).
+                if !self.links.heard_directly_since(device, moved_at) {
+                    self.bind(now, device, Via::Relay);
+                }
+            }
+        }
+    }
+}

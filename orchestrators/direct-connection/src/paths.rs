@@ -1,0 +1,228 @@
+//! Binding a session to a path: challenges, validation, the choice of the bound path,
+//! and losing it.
+
+use crate::core::{DirectConnection, Output};
+use crate::state::{Heartbeat, Reported, Via};
+use crate::timers::Timer;
+use std::time::Instant;
+use tether_crypto::PathChallenge;
+use tether_protocol::{DeviceId, LinkId, PathLost, SessionFrame, SessionReady};
+
+impl DirectConnection {
+    /// Sends a path challenge on `via` (single value per path until it expires).
+    pub(crate) fn challenge(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let now_ms = self.now_ms(now);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer.challenger.is_pending(&via, now_ms) {
+            // Links and the relay connection are reliable streams: the first copy of
+            // the challenge arrives unless the path dies.
+            return;
+        }
+        let challenge = peer.challenger.issue(&via, now_ms, &mut self.rng);
+        tracing::debug!(peer = %device, ?via, "path challenge sent");
+        self.send_frame(
+            device,
+            via,
+            &SessionFrame::PathChallenge { data: challenge.0 },
+        );
+    }
+
+    /// Moves the session onto a validated path and resends what is unacknowledged there,
+    /// after a Migrate marker per channel. Reports Ready when this completes a connect,
+    /// a migration, or changes the reported path.
+    pub(crate) fn bind(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let remote = self.remote_of(via);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if !peer.usable() {
+            return;
+        }
+        let Some(epoch) = peer.ring.committed_epoch() else {
+            return;
+        };
+        let changed = peer.bound != Some(via);
+        let was_tentative = !changed && peer.migration.is_some();
+        tracing::debug!(peer = %device, ?via, changed, "session bound to path");
+        peer.bound = Some(via);
+        // On the relay, look for a direct path at once (the peer may have just told us
+        // where it is), then every probe interval.
+        match via {
+            Via::Relay if changed => self.timers.set(device, Timer::Probe, now),
+            Via::Relay => {
+                if !self.timers.is_armed(device, Timer::Probe) {
+                    let at = now + self.limits.direct_probe_interval;
+                    self.timers.set(device, Timer::Probe, at);
+                }
+            }
+            Via::Link(_) => self.timers.stop(device, Timer::Probe),
+        }
+        if was_tentative {
+            // Data went here before the path was confirmed; resend what is unacknowledged.
+            peer.resend_all = true;
+        }
+        if changed {
+            peer.resend_all = true;
+            peer.heartbeat = Heartbeat {
+                srtt_ms: peer.heartbeat.srtt_ms,
+                next_id: peer.heartbeat.next_id,
+                ..Heartbeat::default()
+            };
+            let at = now + self.limits.heartbeat_interval;
+            self.timers.set(device, Timer::Heartbeat, at);
+        }
+        let session = peer.session;
+        // A path completes a transport-only connect; an establishment connect completes
+        // only when its handshake commits (see `committed`).
+        let transport_only = peer.connect.as_ref().is_some_and(|c| c.permit.is_none());
+        let migrated = peer.migration.is_some();
+        let connect = if transport_only {
+            self.take_connect(device)
+        } else {
+            None
+        };
+        self.end_migration(device);
+        let report = Reported::new(epoch, via, remote);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let must_report = connect.is_some() || migrated || peer.reported != Some(report);
+        if must_report {
+            peer.reported = Some(report);
+            self.outputs.push_back(Output::SessionReady(SessionReady {
+                request: connect.map(|c| c.request),
+                peer: device,
+                session,
+                epoch: tether_protocol::Epoch(epoch),
+                path: report.path,
+                remote,
+                after_handshake: false,
+            }));
+        }
+        if changed {
+            self.send_markers(device, via);
+        }
+        self.pump(now, device);
+        if let (Via::Link(link), Some(remote)) = (via, remote) {
+            self.ensure_standby(device, link, remote);
+        }
+    }
+
+    /// Authenticated traffic arrived on a path that is not the bound one: bind it if it
+    /// is already validated and nothing is bound, else challenge it.
+    pub(crate) fn adopt_validated_path(&mut self, now: Instant, device: DeviceId, via: Via) {
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        if !peer.usable() {
+            return;
+        }
+        let validated = match via {
+            Via::Link(link) => self.links.is_validated(link),
+            // The relay is chosen by timers (it is the path of last resort).
+            Via::Relay => return,
+        };
+        if peer.bound == Some(via) {
+            // The bound link's remote moved (QUIC migration): validate it again.
+            if !validated {
+                self.challenge(now, device, via);
+            }
+            return;
+        }
+        let bound_is_direct = matches!(peer.bound, Some(Via::Link(_)));
+        if validated && !bound_is_direct {
+            self.bind(now, device, via);
+        } else if !validated {
+            self.challenge(now, device, via);
+        }
+    }
+
+    /// The answer to one of our path challenges.
+    pub(crate) fn path_response(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        data: [u8; 16],
+    ) {
+        let now_ms = self.now_ms(now);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer
+            .challenger
+            .verify(&via, &PathChallenge(data), now_ms)
+            .is_err()
+        {
+            self.counters.bad_path_responses += 1;
+            return;
+        }
+        let remote = match via {
+            Via::Link(link) => self.links.validate(link),
+            Via::Relay => None,
+        };
+        // A validated direct path always wins over the relay; the relay is bound only
+        // when nothing direct is.
+        let bound_is_direct = matches!(peer.bound, Some(Via::Link(l)) if self.links.contains(l));
+        let in_progress = peer.connect.is_some() || peer.migration.is_some();
+        // Carried tentatively (the peer moved), not yet reported Ready there.
+        let tentative = peer.bound == Some(via) && peer.reported.is_none_or(|r| r.remote != remote);
+        let take = match via {
+            Via::Link(_) => true,
+            Via::Relay => !bound_is_direct,
+        };
+        if take && (in_progress || tentative || peer.bound != Some(via)) {
+            self.bind(now, device, via);
+        }
+    }
+
+    /// One Migrate marker per outbound channel on `via`: where we stand.
+    pub(crate) fn send_markers(&mut self, device: DeviceId, via: Via) {
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        let markers: Vec<SessionFrame> = peer
+            .outbound
+            .iter()
+            .map(|(channel, outbound)| SessionFrame::Migrate {
+                channel: *channel,
+                incarnation: outbound.incarnation(),
+                next_seq: outbound.next_seq(),
+                first_unacked: outbound.first_unacked(),
+            })
+            .collect();
+        for marker in markers {
+            self.send_frame(device, via, &marker);
+        }
+    }
+
+    /// Drops the path after its link went down; tells Presence when it was the bound one.
+    pub(crate) fn unbind_link(&mut self, device: DeviceId, link: LinkId, reason: &str) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer.bound == Some(Via::Link(link)) {
+            peer.bound = None;
+            peer.heartbeat = Heartbeat {
+                srtt_ms: peer.heartbeat.srtt_ms,
+                next_id: peer.heartbeat.next_id,
+                ..Heartbeat::default()
+            };
+            self.timers.stop(device, Timer::Heartbeat);
+            self.timers.stop(device, Timer::Retransmit);
+            if peer.reported.is_some() {
+                self.outputs.push_back(Output::PathLost(PathLost {
+                    peer: device,
+                    reason: reason.to_string(),
+                }));
+            }
+        }
+        if let Some(connect) = peer.connect.as_mut() {
+            if connect.via == Some(Via::Link(link)) {
+                connect.via = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Sending: accepting application messages, putting due data on the bound path with its
+//! retransmission timer, sealing frames within the anti-amplification budget, and the
+//! liveness pings of the bound path.
+
+use crate::channels::Outbound;
+use crate::core::{duration_ms, DirectConnection, Output};
+use crate::state::Via;
+use crate::timers::Timer;
+use std::collections::btree_map::Entry;
+use std::time::Instant;
+use tether_protocol::{
+    ChannelId, DeviceId, Endpoint, LivenessReport, PathMeasured, RelayForward, SealedFrame,
+    SendError, SendMessage, SendResult, SessionFrame, TransportCommand, WireFrame,
+};
+
+/// Bytes a sealed frame adds to its plaintext (AEAD tag, ids, nonce, framing),
+/// rounded up: used to check the anti-amplification budget before sealing.
+const SEALED_OVERHEAD: u64 = 64;
+
+impl DirectConnection {
+    /// The application sends a message: accepted into the peer's queue, or refused with
+    /// the reason.
+    pub(crate) fn send(&mut self, now: Instant, message: SendMessage) {
+        let result = self.accept_message(message.peer, message.channel, message.payload);
+        self.outputs.push_back(Output::SendResult(SendResult {
+            request: message.request,
+            result,
+        }));
+        self.pump(now, message.peer);
+    }
+
+    fn accept_message(
+        &mut self,
+        device: DeviceId,
+        channel: ChannelId,
+        payload: Vec<u8>,
+    ) -> Result<u64, SendError> {
+        let credit = self.limits.credit;
+        let max_queued = self.limits.max_queued;
+        let max_len = self.limits.max_message_len;
+        let peer = self.peers.get_mut(&device).ok_or(SendError::UnknownPeer)?;
+        if payload.len() > max_len {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                max: max_len,
+            });
+        }
+        if peer.queued() >= max_queued {
+            return Err(SendError::QueueFull { limit: max_queued });
+        }
+        peer.counters.sent += 1;
+        let outbound = match peer.outbound.entry(channel) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let incarnation = rand::RngCore::next_u64(&mut self.rng);
+                entry.insert(Outbound::new(credit, incarnation))
+            }
+        };
+        Ok(outbound.push(payload))
+    }
+
+    /// Puts due data frames on the bound path and re-arms the retransmission timer.
+    pub(crate) fn pump(&mut self, now: Instant, device: DeviceId) {
+        let rto = self.limits.rto;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(via) = peer.bound.filter(|_| peer.usable()) else {
+            self.timers.stop(device, Timer::Retransmit);
+            return;
+        };
+        let resend_all = std::mem::take(&mut peer.resend_all);
+        let mut frames = Vec::new();
+        for (channel, outbound) in peer.outbound.iter_mut() {
+            if outbound.take_announcement() {
+                frames.push(SessionFrame::Migrate {
+                    channel: *channel,
+                    incarnation: outbound.incarnation(),
+                    next_seq: outbound.next_seq(),
+                    first_unacked: outbound.first_unacked(),
+                });
+            }
+            for (seq, payload) in outbound.due(now, rto, resend_all) {
+                frames.push(SessionFrame::Data {
+                    channel: *channel,
+                    seq,
+                    payload,
+                });
+            }
+        }
+        let retransmit = peer
+            .outbound
+            .values()
+            .filter_map(|channel| channel.next_retransmit(rto))
+            .min();
+        self.timers
+            .set_or_stop(device, Timer::Retransmit, retransmit);
+        for frame in frames {
+            self.send_frame(device, via, &frame);
+        }
+    }
+
+    /// Seals a session frame into an encoded wire frame, or None when no key is usable.
+    pub(crate) fn seal_wire(&mut self, device: DeviceId, frame: &SessionFrame) -> Option<Vec<u8>> {
+        let peer = self.peers.get_mut(&device)?;
+        let plaintext = tether_protocol::encode_session(frame).ok()?;
+        let sealed = peer.ring.seal(&plaintext).ok()?;
+        tether_protocol::encode(&WireFrame::Sealed(SealedFrame {
+            session: peer.session,
+            key_id: sealed.key_id.0,
+            nonce: sealed.nonce,
+            ciphertext: sealed.ciphertext,
+        }))
+        .ok()
+    }
+
+    /// Seals and sends a session frame on a path, within the anti-amplification budget
+    /// of an unvalidated address (a frame beyond it is dropped and counted).
+    pub(crate) fn send_frame(&mut self, device: DeviceId, via: Via, frame: &SessionFrame) {
+        if let Via::Link(link) = via {
+            match self.links.budget_allows(link, estimated_len(frame)) {
+                None => return,
+                Some(false) => {
+                    self.counters.amplification_blocked += 1;
+                    return;
+                }
+                Some(true) => {}
+            }
+        }
+        let Some(bytes) = self.seal_wire(device, frame) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.counters.traffic(via).sent(bytes.len() as u64);
+        }
+        self.deliver_bytes(device, via, bytes);
+    }
+
+    /// Sends an unsealed wire frame (handshake messages).
+    pub(crate) fn deliver_wire(&mut self, device: DeviceId, via: Via, frame: &WireFrame) {
+        match tether_protocol::encode(frame) {
+            Ok(bytes) => self.deliver_bytes(device, via, bytes),
+            Err(error) => tracing::warn!(%error, "cannot encode a handshake frame"),
+        }
+    }
+
+    fn deliver_bytes(&mut self, device: DeviceId, via: Via, bytes: Vec<u8>) {
+        match via {
+            Via::Link(link) => {
+                self.links.record_sent(link, bytes.len() as u64);
+                self.outputs
+                    .push_back(Output::Transport(TransportCommand::Transmit {
+                        link,
+                        frame: bytes,
+                    }));
+            }
+            Via::Relay => self.outputs.push_back(Output::RelayForward(RelayForward {
+                to: device,
+                frame: bytes,
+            })),
+        }
+    }
+
+    /// A liveness ping on the bound path; after enough misses in a row, Presence hears
+    /// that the path is dead.
+    pub(crate) fn heartbeat(&mut self, now: Instant, device: DeviceId) {
+        let missed_limit = self.limits.missed_heartbeats;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some(via) = peer.bound else {
+            return;
+        };
+        let beat = &mut peer.heartbeat;
+        if beat.outstanding.take().is_some() {
+            beat.missed += 1;
+        }
+        let report_dead = beat.missed >= missed_limit && !beat.reported_dead;
+        if report_dead {
+            beat.reported_dead = true;
+        }
+        beat.next_id += 1;
+        let id = beat.next_id;
+        beat.outstanding = Some((id, now));
+        let rtt_ms = beat.srtt_ms;
+        self.timers.set(
+            device,
+            Timer::Heartbeat,
+            now + self.limits.heartbeat_interval,
+        );
+        if report_dead {
+            self.outputs.push_back(Output::Liveness(LivenessReport {
+                peer: device,
+                alive: false,
+                rtt_ms,
+            }));
+        }
+        self.send_frame(device, via, &SessionFrame::Ping { id });
+    }
+
+    /// The answer to a liveness ping: an RTT sample, and news of a path back alive.
+    pub(crate) fn pong(&mut self, now: Instant, device: DeviceId, via: Via, id: u64) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let beat = &mut peer.heartbeat;
+        let Some((outstanding, sent_at)) = beat.outstanding else {
+            return;
+        };
+        if outstanding != id {
+            return;
+        }
+        beat.outstanding = None;
+        beat.missed = 0;
+        let sample = duration_ms(now.saturating_duration_since(sent_at));
+        let srtt = beat.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8);
+        beat.srtt_ms = Some(srtt);
+        let was_dead = std::mem::take(&mut beat.reported_dead);
+        if was_dead {
+            self.outputs.push_back(Output::Liveness(LivenessReport {
+                peer: device,
+                alive: true,
+                rtt_ms: Some(srtt),
+            }));
+        }
+        let endpoint = match via {
+            Via::Link(link) => self.links.remote(link).map(Endpoint::Direct),
+            Via::Relay => Some(Endpoint::Relay),
+        };
+        if let Some(endpoint) = endpoint {
+            self.outputs.push_back(Output::PathMeasured(PathMeasured {
+                peer: device,
+                endpoint,
+                rtt_ms: Some(sample),
+            }));
+        }
+    }
+}
+
+fn estimated_len(frame: &SessionFrame) -> u64 {
+    let plaintext = tether_protocol::encode_session(frame).map_or(0, |b| b.len() as u64);
+    plaintext + SEALED_OVERHEAD
+}
