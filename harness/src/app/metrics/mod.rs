@@ -1,0 +1,386 @@
+//! What a node and the relay report about themselves: the status report that
+//! `tether status --json` prints, the per-session bookkeeping that fills it from node
+//! events (session start/stop, handshakes, migrations, time on each path), and its
+//! rendering as Prometheus text, served by a tiny HTTP listener.
+//!
+//! - this module: the reports and their parts;
+//! - [`sessions`]: the per-session bookkeeping ([`SessionTracker`]);
+//! - [`prometheus`]: Prometheus text and the listener that serves it.
+//!
+//! Everything here is measured, nothing estimated: time on each path is accounted from
+//! the session's path events, frames and bytes per path are DirectConnection's counts.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tether_direct_connection::{Counters, PathTraffic};
+use tether_pms::RendezvousClientCounters;
+use tether_protocol::PathKind;
+use tether_rcs::{ConnectionCounters, RefusalCounters, RelayClientCounters, RelayServerCounters};
+use tether_transport::EndpointStats;
+
+mod prometheus;
+mod sessions;
+
+pub use prometheus::{
+    bind_metrics, node_prometheus, relay_prometheus, serve_metrics, MetricsBindError,
+};
+pub use sessions::{Lifecycle, SessionTracker};
+
+/// Upper bounds (ms) of the migration duration histogram buckets: from well under one
+/// RTT of a LAN to the default 30 s migration window.
+pub const MIGRATION_BUCKETS_MS: [u64; 10] =
+    [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000];
+
+/// A node's full status: identity, every peer, and its counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatusReport {
+    /// This device's public key (hex).
+    pub device: String,
+    /// The local UDP address.
+    pub listen: String,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// One entry per paired peer.
+    pub peers: Vec<PeerReport>,
+    /// UDP traffic of the endpoint.
+    pub transport: TransportReport,
+    /// Input dropped and counted (never acted on).
+    pub rejected: RejectedReport,
+    /// The relay and rendezvous clients' counters.
+    pub server_clients: ServerClientsReport,
+}
+
+/// One peer's session, as `tether status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The name from the config.
+    pub name: String,
+    /// The peer's public key (hex).
+    pub device: String,
+    /// Session status (`Ready`, `ReconnectingOutbound`, …).
+    pub status: Option<String>,
+    /// `direct` or `relay`.
+    pub path: Option<String>,
+    /// The peer's address on a direct path.
+    pub remote: Option<String>,
+    /// Committed epoch.
+    pub epoch: Option<u64>,
+    /// Handshakes started or answered with this peer.
+    pub handshakes: u64,
+    /// Fingerprint of the committed PeerSecret.
+    pub peer_secret: Option<String>,
+    /// Fingerprint of the committed session keys.
+    pub session_keys: Option<String>,
+    /// Smoothed RTT of the bound path.
+    pub rtt_ms: Option<u64>,
+    /// Messages waiting for the peer's acknowledgement.
+    pub queued: usize,
+    /// Messages accepted by `send`.
+    pub sent: u64,
+    /// Messages delivered from the peer.
+    pub delivered: u64,
+    /// Duplicate data frames dropped (the transport's, not the application's).
+    pub duplicate_frames: u64,
+    /// Sealed session frames and their bytes, per kind of path.
+    pub traffic: TrafficReport,
+    /// Connects with a handshake (establishment, recovery) this device gave up on: no
+    /// path answered in time.
+    pub handshake_timeouts: u64,
+    /// Transport-only reconnects this device gave up on.
+    pub reconnect_timeouts: u64,
+    /// Migrations completed (as the node counts them).
+    pub migrations: u64,
+    /// Duration of the last migration.
+    pub last_migration_ms: Option<u64>,
+    /// Session lifecycle counters.
+    pub session: SessionMetrics,
+}
+
+/// A session's frames per kind of path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    /// Over direct links.
+    pub direct: PathTrafficReport,
+    /// Through the relay.
+    pub relay: PathTrafficReport,
+}
+
+/// Sealed session frames on one kind of path (received: authentic ones only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTrafficReport {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Their encoded bytes.
+    pub bytes_sent: u64,
+    /// Authentic frames received.
+    pub frames_received: u64,
+    /// Their encoded bytes.
+    pub bytes_received: u64,
+}
+
+impl From<PathTraffic> for PathTrafficReport {
+    fn from(t: PathTraffic) -> Self {
+        Self {
+            frames_sent: t.frames_sent,
+            bytes_sent: t.bytes_sent,
+            frames_received: t.frames_received,
+            bytes_received: t.bytes_received,
+        }
+    }
+}
+
+/// Lifecycle counters of one peer's session, measured from the node's events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionMetrics {
+    /// Unix ms when the session last became Ready from not established.
+    pub started_at_unix_ms: Option<u64>,
+    /// Unix ms when the session was last evicted or closed.
+    pub stopped_at_unix_ms: Option<u64>,
+    /// Times the session became established (first Ready, and after each recovery).
+    pub sessions_started: u64,
+    /// Times the session was evicted.
+    pub sessions_evicted: u64,
+    /// Times the session was closed.
+    pub sessions_closed: u64,
+    /// Handshakes that completed (a session bound after a handshake).
+    pub handshakes_completed: u64,
+    /// Migrations started (a Reconnecting state entered).
+    pub migrations_started: u64,
+    /// Migrations that ended Ready.
+    pub migrations_completed: u64,
+    /// Migrations that ended in eviction (the window expired).
+    pub migrations_failed: u64,
+    /// Completed migration durations.
+    pub migration_duration: Histogram,
+    /// Milliseconds the session was up on a direct path.
+    pub direct_ms: u64,
+    /// Milliseconds the session was up on the relay.
+    pub relay_ms: u64,
+}
+
+/// A cumulative histogram in Prometheus's shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Observations at or below each of [`MIGRATION_BUCKETS_MS`].
+    pub buckets: Vec<u64>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of observations in ms.
+    pub sum_ms: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: u64) {
+        if self.buckets.len() != MIGRATION_BUCKETS_MS.len() {
+            self.buckets = vec![0; MIGRATION_BUCKETS_MS.len()];
+        }
+        for (bound, slot) in MIGRATION_BUCKETS_MS.iter().zip(self.buckets.iter_mut()) {
+            if ms <= *bound {
+                *slot += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
+}
+
+/// UDP traffic of one endpoint, across rebinds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransportReport {
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes in those datagrams.
+    pub bytes_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Bytes in those datagrams.
+    pub bytes_received: u64,
+    /// QUIC connections dialled.
+    pub links_dialled: u64,
+    /// QUIC connections accepted.
+    pub links_accepted: u64,
+    /// Rebinds to a new local address (network changes).
+    pub rebinds: u64,
+}
+
+impl From<EndpointStats> for TransportReport {
+    fn from(s: EndpointStats) -> Self {
+        Self {
+            datagrams_sent: s.datagrams_sent,
+            bytes_sent: s.bytes_sent,
+            datagrams_received: s.datagrams_received,
+            bytes_received: s.bytes_received,
+            links_dialled: s.links_dialled,
+            links_accepted: s.links_accepted,
+            rebinds: s.rebinds,
+        }
+    }
+}
+
+/// Bad or unwanted input, dropped and counted, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RejectedReport {
+    /// By reason: `malformed_frames`, `rejected_frames` (authentication or replay), …
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl RejectedReport {
+    /// The node's counters: DirectConnection's and the endpoint's.
+    pub fn of_node(dc: &Counters, endpoint: &EndpointStats) -> Self {
+        let pairs = [
+            ("malformed_frames", dc.malformed_frames),
+            ("unknown_session", dc.unknown_session),
+            ("rejected_frames", dc.rejected_frames),
+            ("malformed_session_frames", dc.malformed_session_frames),
+            ("handshake_unknown_device", dc.unknown_device_handshakes),
+            ("handshake_replayed_initiation", dc.replayed_initiations),
+            ("handshake_refused", dc.refused_handshakes),
+            ("bad_migration_tags", dc.bad_migration_tags),
+            ("stale_migration_pings", dc.stale_migration_pings),
+            ("bad_path_responses", dc.bad_path_responses),
+            ("amplification_blocked", dc.amplification_blocked),
+            ("wrong_sender", dc.wrong_sender),
+            ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
+            ("incoming_refused", endpoint.incoming_refused),
+            ("accept_failures", endpoint.accept_failures),
+            ("bad_streams", endpoint.bad_streams),
+        ];
+        Self {
+            by_reason: pairs.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        }
+    }
+}
+
+/// The relay's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatusReport {
+    /// The server's public key (hex).
+    pub public_key: String,
+    /// The local UDP address.
+    pub listen: String,
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Queue and rendezvous counters.
+    pub counters: BTreeMap<String, u64>,
+    /// UDP traffic of the endpoint.
+    pub transport: TransportReport,
+}
+
+impl RelayStatusReport {
+    /// Flattens the server counters (refusals by reason as `refused_<reason>`).
+    pub fn counters_of(c: &RelayServerCounters, endpoint: &EndpointStats) -> BTreeMap<String, u64> {
+        let mut counters = named([
+            ("envelopes_stored", c.stored),
+            ("envelopes_delivered", c.delivered),
+            ("envelopes_expired", c.expired),
+            ("pushed", c.pushed),
+            ("forwarded", c.forwarded),
+            ("authenticated", c.authenticated),
+            ("bad_frames", c.bad_frames),
+            ("evicted_connections", c.evicted_connections),
+            ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
+            ("incoming_refused", endpoint.incoming_refused),
+            ("accept_failures", endpoint.accept_failures),
+        ]);
+        counters.extend(refusals(&c.refused));
+        counters
+    }
+}
+
+/// What a node's clients of the relay and rendezvous server counted: connections,
+/// traffic, and the server's and the network's misbehaviour (dropped, never acted on).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerClientsReport {
+    /// The relay client, by kind (refusals as `refused_<reason>`).
+    pub relay: BTreeMap<String, u64>,
+    /// The rendezvous client, by kind.
+    pub rendezvous: BTreeMap<String, u64>,
+}
+
+impl ServerClientsReport {
+    /// Flattens both clients' counters.
+    pub fn of(relay: &RelayClientCounters, rendezvous: &RendezvousClientCounters) -> Self {
+        let r = relay;
+        let mut relay = named([
+            ("pushes", r.pushes),
+            ("forwarded_in", r.forwarded_in),
+            ("forwards_dropped", r.forwards_dropped),
+            ("pending_overflow", r.pending_overflow),
+            ("encode_errors", r.encode_errors),
+            ("decode_errors", r.decode_errors),
+            ("unexpected_frames", r.unexpected_frames),
+        ]);
+        relay.extend(refusals(&r.refused));
+        relay.extend(connection(&r.connection));
+        let z = rendezvous;
+        let mut rendezvous = named([
+            ("published", z.published),
+            ("refused", z.refused),
+            ("lookups_dropped", z.lookups_dropped),
+            ("lookups_without_hint", z.lookups_without_hint),
+            ("tampered_hints", z.tampered_hints),
+            ("rejected_hints", z.rejected_hints),
+            ("expired_hints", z.expired_hints),
+            ("own_hints", z.own_hints),
+            ("unknown_peer", z.unknown_peer),
+            ("unknown_rendezvous", z.unknown_rendezvous),
+            ("relay_traffic_ignored", z.relay_traffic_ignored),
+            ("seal_errors", z.seal_errors),
+            ("decode_errors", z.decode_errors),
+            ("unexpected_frames", z.unexpected_frames),
+        ]);
+        rendezvous.extend(connection(&z.connection));
+        Self { relay, rendezvous }
+    }
+}
+
+/// A server connection's own counters.
+fn connection(c: &ConnectionCounters) -> BTreeMap<String, u64> {
+    named([
+        ("connects", c.connects),
+        ("dial_failures", c.dial_failures),
+        ("connect_timeouts", c.connect_timeouts),
+        ("links_lost", c.links_lost),
+    ])
+}
+
+fn named<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+}
+
+fn refusals(r: &RefusalCounters) -> impl Iterator<Item = (String, u64)> {
+    r.by_reason()
+        .into_iter()
+        .map(|(reason, n)| (format!("refused_{reason}"), n))
+}
+
+/// Lower-case name of a path kind, as reports print it.
+pub fn path_name(path: PathKind) -> &'static str {
+    match path {
+        PathKind::Direct => "direct",
+        PathKind::Relay => "relay",
+    }
+}
+
+/// Milliseconds of a duration, saturating.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::default();
+        h.observe(30);
+        h.observe(700);
+        assert_eq!(h.count, 2);
+        assert_eq!(h.sum_ms, 730);
+        assert_eq!(h.buckets[0], 0); // <= 25
+        assert_eq!(h.buckets[1], 1); // <= 50
+        assert_eq!(h.buckets[5], 2); // <= 1000
+    }
+}
