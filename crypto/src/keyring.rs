@@ -459,11 +459,6 @@ impl KeyRing {
         self.committed_epoch().is_some_and(|c| c >= epoch)
     }
 
-    /// Whether a frame with this key id has a generation to try.
-    pub fn holds_key(&self, key_id: KeyId) -> bool {
-        !self.positions_with_key_id(key_id).is_empty()
-    }
-
     /// Tags a migration signal with the committed PeerSecret and epoch; `None` before
     /// anything is committed.
     pub fn migration_tag(

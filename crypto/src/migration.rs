@@ -32,14 +32,6 @@ pub const MIGRATION_TAG_LEN: usize = 16;
 /// attacker who wants a session moved to an address it does not control.
 pub const PATH_CHALLENGE_LEN: usize = 16;
 
-/// A suggested challenge lifetime: several round trips on a slow mobile link,
-/// retransmissions included, yet short enough that a stale answer is useless.
-pub const DEFAULT_PATH_CHALLENGE_TTL_MS: u64 = 5_000;
-
-/// A suggested bound on outstanding challenges: a peer has a handful of candidate
-/// paths, and the table must not grow with signals from the network.
-pub const DEFAULT_MAX_PENDING_CHALLENGES: usize = 16;
-
 /// The MAC on a migration signal.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MigrationTag(pub [u8; MIGRATION_TAG_LEN]);

@@ -26,7 +26,7 @@
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
 //! | [`PeerEndpointHint`] | Pms → Presence | migration 2 |
 //! | [`LivenessReport`] | DirectConnection → Presence | runtime |
-//! | [`EvictSession`] / [`SessionEvicted`] | Presence → DirectConnection, node | failure |
+//! | [`EvictSession`] | Presence → DirectConnection | failure |
 //! | [`StatusChanged`] | Presence → node | all |
 //! | [`Shutdown`] | node → every actor | teardown |
 //! | [`SendMessage`] / [`SendResult`] / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
@@ -381,18 +381,6 @@ pub enum EvictionReason {
 pub struct EvictSession {
     /// The peer.
     pub peer: DeviceId,
-    /// Why.
-    pub reason: EvictionReason,
-}
-
-/// A session was evicted (to the node's event stream).
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
-pub struct SessionEvicted {
-    /// The peer.
-    pub peer: DeviceId,
-    /// The evicted session.
-    pub session: SessionId,
     /// Why.
     pub reason: EvictionReason,
 }

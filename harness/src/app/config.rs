@@ -12,7 +12,7 @@
 use crate::node::{NodePeer, ServerInfo};
 use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -141,9 +141,10 @@ pub struct RelaySettings {
 }
 
 /// Default listen address of a node: every interface, a port the OS picks.
-pub const DEFAULT_NODE_LISTEN: &str = "0.0.0.0:0";
+pub const DEFAULT_NODE_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 /// Default listen address of the relay.
-pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:7300";
+pub const DEFAULT_RELAY_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7300);
 
 /// Reads and checks a node config: the file, then `TETHER_*` overrides.
 pub fn load_node(path: &Path) -> Result<NodeSettings, ConfigError> {
@@ -184,9 +185,7 @@ pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
 
 fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError> {
     let (key_file, keypair) = key_file(root, path)?;
-    let listen = root
-        .socket_addr("listen")?
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let listen = root.socket_addr("listen")?.unwrap_or(DEFAULT_NODE_LISTEN);
     let control_socket = root
         .string("control_socket")?
         .map(|p| resolve(path, &p))
@@ -326,12 +325,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
 
 fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigError> {
     let (key_file, keypair) = key_file(root, path)?;
-    let listen = match root.socket_addr("listen")? {
-        Some(addr) => addr,
-        None => DEFAULT_RELAY_LISTEN
-            .parse()
-            .map_err(|_| root.error("listen", "bad built-in default"))?,
-    };
+    let listen = root.socket_addr("listen")?.unwrap_or(DEFAULT_RELAY_LISTEN);
     let control_socket = root.string("control_socket")?.map(|p| resolve(path, &p));
     let metrics_addr = root.socket_addr("metrics_addr")?;
     let log_format = log_format(root)?;
