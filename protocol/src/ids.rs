@@ -170,6 +170,17 @@ impl fmt::Display for ChannelId {
     }
 }
 
+/// Identifies one transport link (a QUIC connection) within the endpoint or driver
+/// that numbered it; never reused there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LinkId(pub u64);
+
+impl fmt::Display for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link#{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@
 //! | [`SendMessage`] / [`SendResult`] / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
 //! | [`TransportCommand`] / [`TransportEvent`] | DirectConnection ↔ transport driver | all |
 
-use crate::ids::{ChannelId, DeviceId, Epoch, RequestId, SessionId};
+use crate::ids::{ChannelId, DeviceId, Epoch, LinkId, RequestId, SessionId};
 use crate::status::SessionStatus;
 use actix::Message;
 use serde::{Deserialize, Serialize};
@@ -459,11 +459,6 @@ pub struct MessageDelivered {
     /// Application bytes.
     pub payload: Vec<u8>,
 }
-
-/// Identifies one transport link (a QUIC connection or the relay connection) in the
-/// transport driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LinkId(pub u64);
 
 /// What DirectConnection asks of the transport driver.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
