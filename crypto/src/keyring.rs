@@ -20,7 +20,7 @@ use crate::handshake::{
     Responded, Role, SessionKeys,
 };
 use crate::keys::{PublicKey, RelationshipKey, StaticKeypair};
-use crate::migration::{verify_migration_tag, MigrationTag, SessionId};
+use crate::migration::{verify_migration_tag, MigrationTag};
 use crate::peer_secret::KeyId;
 use crate::replay::ReplayWindow;
 use crate::session::{OpenError, SealError, Sealed, Session};
@@ -463,7 +463,7 @@ impl KeyRing {
     /// anything is committed.
     pub fn migration_tag(
         &self,
-        session_id: &SessionId,
+        session_id: &[u8; 16],
         counter: u64,
         endpoints: &[u8],
     ) -> Option<MigrationTag> {
@@ -486,7 +486,7 @@ impl KeyRing {
     /// difference during an upgrade never rejects a legitimate signal.
     pub fn resolve_migration_tag(
         &self,
-        session_id: &SessionId,
+        session_id: &[u8; 16],
         counter: u64,
         endpoints: &[u8],
         tag: &MigrationTag,

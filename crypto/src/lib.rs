@@ -142,7 +142,7 @@ pub use keyring::{GenerationId, KeyRing, Opened, RingError, RingSnapshot, Secret
 pub use keys::{KeyError, PublicKey, RelationshipKey, StaticKeypair};
 pub use migration::{
     migration_tag, verify_migration_tag, MigrationError, MigrationTag, PathChallenge,
-    PathChallenger, PathError, SessionId,
+    PathChallenger, PathError,
 };
 pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
