@@ -51,7 +51,7 @@ mod sync;
 #[cfg(test)]
 mod hostile_tests;
 
-pub use config::{TransportConfig, MAX_FRAME_LEN};
+pub use config::TransportConfig;
 pub use dial::dial_any;
 pub use endpoint::{Endpoint, RebindOutcome};
 pub use error::{ConfigError, DialError, DialFailure, EndpointError, LinkError, LostReason};
