@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
-/// Length of a device's static X25519 public key, which is its identity.
+/// Length of a device's static X25519 public key, which is its identity: crypto's
+/// `KEY_LEN` (this crate does not depend on crypto; `tether-harness` asserts that the
+/// two agree).
 pub const DEVICE_ID_LEN: usize = 32;
 
 /// Bytes of the public key shown in the short printable form. 10 bytes give 16 base32
