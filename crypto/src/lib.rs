@@ -148,6 +148,6 @@ pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
 pub use server_auth::{server_auth_proof, verify_server_auth, SERVER_AUTH_PROOF_LEN};
 pub use session::{
-    OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, REJECT_AFTER_MESSAGES,
-    REKEY_AFTER_MESSAGES,
+    OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, NOISE_MAX_MESSAGE_LEN,
+    REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES,
 };

@@ -16,13 +16,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tether_crypto::{KeyFileError, PublicKey, RelationshipKey, StaticKeypair};
+use tether_crypto::{
+    KeyFileError, PublicKey, RelationshipKey, StaticKeypair, NOISE_MAX_MESSAGE_LEN,
+};
 use tether_direct_connection::DcLimits;
 use tether_presence::PresenceConfig;
 use tether_transport::TransportConfig;
 
 /// Environment variables with the `TETHER_` prefix that belong to the command line.
 pub const CLI_ENV_VARS: [&str; 2] = ["TETHER_CONFIG", "TETHER_SOCKET"];
+
+/// Largest `limits.max_message_len` a config may set: a message travels in one sealed
+/// frame, which Noise caps at [`NOISE_MAX_MESSAGE_LEN`] bytes; 1 KiB of that is kept for
+/// the session frame's fields around the payload and the AEAD tag.
+const MAX_MESSAGE_LEN_CEILING: u64 = NOISE_MAX_MESSAGE_LEN as u64 - 1024;
 
 /// Prefix of environment variables that override config keys.
 const ENV_PREFIX: &str = "TETHER_";
@@ -281,11 +288,10 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
             limits.max_queued = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = table.positive("max_message_len")? {
-            const NOISE_MAX: u64 = 65_535 - 1024;
-            if n > NOISE_MAX {
+            if n > MAX_MESSAGE_LEN_CEILING {
                 return Err(table.error(
                     "max_message_len",
-                    &format!("{n} is above {NOISE_MAX} (one sealed Noise frame)"),
+                    &format!("{n} is above {MAX_MESSAGE_LEN_CEILING} (one sealed Noise frame)"),
                 ));
             }
             limits.max_message_len = usize::try_from(n).unwrap_or(usize::MAX);
