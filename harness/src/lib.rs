@@ -16,7 +16,7 @@ mod node;
 mod relay_server;
 
 pub use cluster::{run_simulation, ClusterBuilder, SimCluster, SimDevice};
-pub use driver::{Owner, Rebind, TransportDriver};
+pub use driver::{Rebind, TransportDriver};
 pub use hub::{NodeEvent, PresenceView};
 pub use node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
 pub use relay_server::{GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap};

@@ -1,7 +1,7 @@
 //! A device node: the five orchestrator actors, the transport driver and the event hub,
 //! wired together, behind a small async API (`send`, events, `status`, `rebind`).
 
-use crate::driver::{DriverRecipients, Owner, OwnerPort, Rebind, TransportDriver};
+use crate::driver::{DriverRecipients, Rebind, TransportDriver};
 use crate::hub::{EventHub, ExpectSend, GetPresence, NodeEvent, PresenceView};
 use actix::{Actor, Addr, AsyncContext, Context};
 use std::net::SocketAddr;
@@ -21,7 +21,8 @@ use tether_pms::{
 };
 use tether_presence::{PresenceConfig, PresenceOrchestrator, PresenceRecipients};
 use tether_protocol::{
-    ChannelId, DeviceId, PathKind, RequestId, SendError, SendMessage, SessionStatus, Shutdown,
+    ChannelId, DeviceId, LinkOwner, PathKind, RequestId, SendError, SendMessage, SessionStatus,
+    Shutdown, TransportPort,
 };
 use tether_rcs::{
     GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig, RelayClientCounters,
@@ -145,9 +146,7 @@ impl Node {
         let driver = driver_ctx.address();
         let (events_tx, events) = mpsc::unbounded_channel();
         let hub = EventHub::new(events_tx).start();
-        let dc_port = OwnerPort::new(Owner::DirectConnection, driver.clone()).start();
-        let rcs_port = OwnerPort::new(Owner::Rcs, driver.clone()).start();
-        let pms_port = OwnerPort::new(Owner::Pms, driver.clone()).start();
+        let port = |owner| TransportPort::new(owner, driver.clone().recipient());
 
         driver_ctx.run(TransportDriver::new(
             endpoint,
@@ -191,7 +190,7 @@ impl Node {
                 limits: config.limits.clone(),
             },
             DcRecipients {
-                transport: dc_port.recipient(),
+                transport: port(LinkOwner::DirectConnection),
                 relay_forward: rcs.clone().recipient(),
                 relay_enqueue: rcs.clone().recipient(),
                 handshake_started: presence.clone().recipient(),
@@ -222,7 +221,7 @@ impl Node {
         rcs_ctx.run(RcsOrchestrator::new(
             relay_config,
             RcsRecipients {
-                transport: rcs_port.recipient(),
+                transport: port(LinkOwner::Rcs),
                 delivered: dc.clone().recipient(),
                 // The queue's answers are advisory: the session layer retransmits.
                 enqueue_result: hub_sink(),
@@ -244,7 +243,7 @@ impl Node {
                 seed_bytes(derive_seed(config.seed, 3)),
             ),
             PmsRecipients {
-                transport: pms_port.recipient(),
+                transport: port(LinkOwner::Pms),
                 hint: vec![presence.clone().recipient(), blueprint.clone().recipient()],
             },
         ));

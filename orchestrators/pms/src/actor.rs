@@ -8,13 +8,13 @@ use crate::client::{
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportCommand, TransportEvent,
+    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportEvent, TransportPort,
 };
 
 /// Where the Pms orchestrator's outputs go (wired by the harness).
 pub struct PmsRecipients {
     /// The transport driver: dials, frames and closes of the rendezvous link.
-    pub transport: Recipient<TransportCommand>,
+    pub transport: TransportPort,
     /// Everyone who wants the peer's endpoints (Presence and ConnectionBlueprint).
     pub hint: Vec<Recipient<PeerEndpointHint>>,
 }

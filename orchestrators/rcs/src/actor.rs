@@ -9,13 +9,13 @@ use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus,
-    TransportCommand, TransportEvent,
+    TransportEvent, TransportPort,
 };
 
 /// Where the Rcs orchestrator's outputs go (wired by the harness).
 pub struct RcsRecipients {
     /// The transport driver: dials, frames and closes of the relay link.
-    pub transport: Recipient<TransportCommand>,
+    pub transport: TransportPort,
     /// DirectConnection: envelopes and frames that arrived through the relay.
     pub delivered: Recipient<RelayDelivered>,
     /// DirectConnection: answers to its enqueue requests.
