@@ -7,26 +7,17 @@ use actix::{Actor, Addr, AsyncContext, Context};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tether_connection_blueprint::{
-    AddBlueprintPeer, BlueprintConfig, BlueprintRecipients, ConnectionBlueprintOrchestrator,
-};
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
     DcConfig, DcCounters, DcLimits, DcRecipients, DirectConnectionOrchestrator, GetPeerSnapshots,
     PeerConfig, PeerCounters,
 };
-use tether_pms::{
-    GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients, RendezvousClientConfig,
-    RendezvousClientCounters,
-};
-use tether_presence::{PresenceConfig, PresenceOrchestrator, PresenceRecipients};
+use tether_pms::{GetRendezvousClientCounters, RendezvousClientConfig, RendezvousClientCounters};
 use tether_protocol::{
     ChannelId, DeviceId, LinkOwner, PathKind, RequestId, SendError, SendMessage, SessionStatus,
     Shutdown, TransportPort,
 };
-use tether_rcs::{
-    GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig, RelayClientCounters,
-};
+use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
 use tether_transport::Endpoint;
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,11 +51,11 @@ pub struct NodeConfig {
     /// The relay and rendezvous server.
     pub server: ServerInfo,
     /// Presence settings.
-    pub presence: PresenceConfig,
+    pub presence: tether_presence::Config,
     /// DirectConnection limits.
     pub limits: DcLimits,
     /// Candidate ordering settings.
-    pub blueprint: BlueprintConfig,
+    pub blueprint: tether_connection_blueprint::Config,
     /// Seed of every RNG in the node (each actor derives its own).
     pub seed: u64,
     /// Unix time in ms at start (handshake timestamps, hint expiry).
@@ -106,10 +97,10 @@ pub struct PeerStatus {
 pub struct Node {
     device: DeviceId,
     dc: Addr<DirectConnectionOrchestrator>,
-    presence: Addr<PresenceOrchestrator>,
-    blueprint: Addr<ConnectionBlueprintOrchestrator>,
-    rcs: Addr<RcsOrchestrator>,
-    pms: Addr<PmsOrchestrator>,
+    presence: Addr<tether_presence::Orchestrator>,
+    blueprint: Addr<tether_connection_blueprint::Orchestrator>,
+    rcs: Addr<tether_rcs::Orchestrator>,
+    pms: Addr<tether_pms::Orchestrator>,
     driver: Addr<TransportDriver>,
     hub: Addr<EventHub>,
     events: mpsc::UnboundedReceiver<NodeEvent>,
@@ -132,11 +123,11 @@ impl Node {
             .map(|p| DeviceId(*p.public.as_bytes()))
             .collect();
 
-        let presence_ctx = Context::<PresenceOrchestrator>::new();
+        let presence_ctx = Context::<tether_presence::Orchestrator>::new();
         let dc_ctx = Context::<DirectConnectionOrchestrator>::new();
-        let blueprint_ctx = Context::<ConnectionBlueprintOrchestrator>::new();
-        let rcs_ctx = Context::<RcsOrchestrator>::new();
-        let pms_ctx = Context::<PmsOrchestrator>::new();
+        let blueprint_ctx = Context::<tether_connection_blueprint::Orchestrator>::new();
+        let rcs_ctx = Context::<tether_rcs::Orchestrator>::new();
+        let pms_ctx = Context::<tether_pms::Orchestrator>::new();
         let driver_ctx = Context::<TransportDriver>::new();
         let presence = presence_ctx.address();
         let dc = dc_ctx.address();
@@ -158,19 +149,17 @@ impl Node {
             },
         ));
 
-        let blueprint_addr = blueprint_ctx.run(ConnectionBlueprintOrchestrator::new(
+        let blueprint_addr = blueprint_ctx.run(tether_connection_blueprint::Orchestrator::new(
             config.blueprint.clone(),
-            BlueprintRecipients {
+            tether_connection_blueprint::Recipients {
                 compiled: presence.clone().recipient(),
             },
         ));
         for peer in &config.peers {
-            blueprint_addr.do_send(AddBlueprintPeer(
-                tether_connection_blueprint::Input::AddPeer {
-                    peer: DeviceId(*peer.public.as_bytes()),
-                    configured: peer.addrs.clone(),
-                },
-            ));
+            blueprint_addr.do_send(tether_connection_blueprint::AddPeer {
+                peer: DeviceId(*peer.public.as_bytes()),
+                configured: peer.addrs.clone(),
+            });
         }
 
         dc_ctx.run(DirectConnectionOrchestrator::new(
@@ -218,9 +207,9 @@ impl Node {
             derive_seed(config.seed, 2),
         );
         relay_config.server.first_dial_request = RequestId(1);
-        rcs_ctx.run(RcsOrchestrator::new(
+        rcs_ctx.run(tether_rcs::Orchestrator::new(
             relay_config,
-            RcsRecipients {
+            tether_rcs::Recipients {
                 transport: port(LinkOwner::Rcs),
                 delivered: dc.clone().recipient(),
                 // The queue's answers are advisory: the session layer retransmits.
@@ -229,7 +218,7 @@ impl Node {
             },
         ));
 
-        pms_ctx.run(PmsOrchestrator::new(
+        pms_ctx.run(tether_pms::Orchestrator::new(
             RendezvousClientConfig::new(
                 config.keypair.clone(),
                 config.server.public,
@@ -242,20 +231,20 @@ impl Node {
                 config.unix_ms_at_start,
                 seed_bytes(derive_seed(config.seed, 3)),
             ),
-            PmsRecipients {
+            tether_pms::Recipients {
                 transport: port(LinkOwner::Pms),
                 hint: vec![presence.clone().recipient(), blueprint.clone().recipient()],
             },
         ));
 
-        presence_ctx.run(PresenceOrchestrator::new(
-            PresenceConfig {
+        presence_ctx.run(tether_presence::Orchestrator::new(
+            tether_presence::Config {
                 seed: derive_seed(config.seed, 4),
                 ..config.presence.clone()
             },
             peers,
             vec![local],
-            PresenceRecipients {
+            tether_presence::Recipients {
                 recompile: blueprint.clone().recipient(),
                 connect: dc.clone().recipient(),
                 migration_ping: dc.clone().recipient(),

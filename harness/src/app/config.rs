@@ -20,7 +20,6 @@ use tether_crypto::{
     KeyFileError, PublicKey, RelationshipKey, StaticKeypair, NOISE_MAX_MESSAGE_LEN,
 };
 use tether_direct_connection::DcLimits;
-use tether_presence::PresenceConfig;
 use tether_transport::TransportConfig;
 
 /// Environment variables with the `TETHER_` prefix that belong to the command line.
@@ -119,7 +118,7 @@ pub struct NodeSettings {
     /// Paired peers.
     pub peers: Vec<PeerSettings>,
     /// Presence settings.
-    pub presence: PresenceConfig,
+    pub presence: tether_presence::Config,
     /// DirectConnection limits.
     pub limits: DcLimits,
     /// QUIC transport settings.
@@ -264,7 +263,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         ));
     }
 
-    let mut presence = PresenceConfig::default();
+    let mut presence = tether_presence::Config::default();
     if let Some(mut table) = root.table("presence")? {
         table.duration("migration_window_ms", &mut presence.migration_window)?;
         table.duration(

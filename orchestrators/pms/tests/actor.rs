@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tether_crypto::{seal_hint, RelationshipKey, RendezvousId, StaticKeypair};
 use tether_pms::{
-    encode_endpoints, GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients,
-    RendezvousClientConfig,
+    encode_endpoints, GetRendezvousClientCounters, Orchestrator, Recipients, RendezvousClientConfig,
 };
 use tether_protocol::{
     DeviceId, LinkId, LinkOwner, LookupEndpointHint, OwnedCommand, PathKind, PeerEndpointHint,
@@ -89,9 +88,9 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
         unix,
         [1; 32],
     );
-    let actor = PmsOrchestrator::new(
+    let actor = Orchestrator::new(
         config.clone(),
-        PmsRecipients {
+        Recipients {
             transport: TransportPort::new(LinkOwner::Pms, recorder.clone().recipient()),
             hint: vec![recorder.clone().recipient(), second.clone().recipient()],
         },

@@ -13,7 +13,7 @@ use tether_protocol::{
     LinkId, LinkOwner, OwnedCommand, PathKind, RelayDelivered, RelayEnqueueResult, RelayMessage,
     RelayStatus, TransportCommand, TransportEvent, TransportPort, WireFrame,
 };
-use tether_rcs::{GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig};
+use tether_rcs::{GetRelayClientCounters, Orchestrator, Recipients, RelayClientConfig};
 
 /// Records every message it receives, as text.
 struct Recorder(Arc<Mutex<Vec<String>>>);
@@ -71,9 +71,9 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
         "203.0.113.1:443".parse().unwrap(),
         1,
     );
-    let actor = RcsOrchestrator::new(
+    let actor = Orchestrator::new(
         config.clone(),
-        RcsRecipients {
+        Recipients {
             transport: TransportPort::new(LinkOwner::Rcs, recorder.clone().recipient()),
             delivered: recorder.clone().recipient(),
             enqueue_result: recorder.clone().recipient(),
