@@ -20,7 +20,7 @@ use crate::handshake::{
     Responded, Role, SessionKeys,
 };
 use crate::keys::{PublicKey, RelationshipKey, StaticKeypair};
-use crate::migration::{verify_migration_tag, MigrationTag, SessionId};
+use crate::migration::{verify_migration_tag, MigrationTag};
 use crate::peer_secret::KeyId;
 use crate::replay::ReplayWindow;
 use crate::session::{OpenError, SealError, Sealed, Session};
@@ -459,16 +459,11 @@ impl KeyRing {
         self.committed_epoch().is_some_and(|c| c >= epoch)
     }
 
-    /// Whether a frame with this key id has a generation to try.
-    pub fn holds_key(&self, key_id: KeyId) -> bool {
-        !self.positions_with_key_id(key_id).is_empty()
-    }
-
     /// Tags a migration signal with the committed PeerSecret and epoch; `None` before
     /// anything is committed.
     pub fn migration_tag(
         &self,
-        session_id: &SessionId,
+        session_id: &[u8; 16],
         counter: u64,
         endpoints: &[u8],
     ) -> Option<MigrationTag> {
@@ -491,7 +486,7 @@ impl KeyRing {
     /// difference during an upgrade never rejects a legitimate signal.
     pub fn resolve_migration_tag(
         &self,
-        session_id: &SessionId,
+        session_id: &[u8; 16],
         counter: u64,
         endpoints: &[u8],
         tag: &MigrationTag,

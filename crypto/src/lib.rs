@@ -142,12 +142,12 @@ pub use keyring::{GenerationId, KeyRing, Opened, RingError, RingSnapshot, Secret
 pub use keys::{KeyError, PublicKey, RelationshipKey, StaticKeypair};
 pub use migration::{
     migration_tag, verify_migration_tag, MigrationError, MigrationTag, PathChallenge,
-    PathChallenger, PathError, SessionId,
+    PathChallenger, PathError,
 };
 pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
 pub use server_auth::{server_auth_proof, verify_server_auth, SERVER_AUTH_PROOF_LEN};
 pub use session::{
-    OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, REJECT_AFTER_MESSAGES,
-    REKEY_AFTER_MESSAGES,
+    OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, NOISE_MAX_MESSAGE_LEN,
+    REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES,
 };

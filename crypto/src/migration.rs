@@ -21,9 +21,6 @@ use thiserror::Error;
 use crate::kdf::{derive, label};
 use crate::peer_secret::PeerSecret;
 
-/// A session's 16-byte id, as the protocol crate defines it (a UUID's bytes).
-pub type SessionId = [u8; 16];
-
 /// Length of a migration tag. 128 bits: a forger needs ~2^128 tries, and the tag
 /// rides in every migration ping, which should stay small.
 pub const MIGRATION_TAG_LEN: usize = 16;
@@ -31,14 +28,6 @@ pub const MIGRATION_TAG_LEN: usize = 16;
 /// Length of a path challenge. 128 random bits cannot be guessed by an off-path
 /// attacker who wants a session moved to an address it does not control.
 pub const PATH_CHALLENGE_LEN: usize = 16;
-
-/// A suggested challenge lifetime: several round trips on a slow mobile link,
-/// retransmissions included, yet short enough that a stale answer is useless.
-pub const DEFAULT_PATH_CHALLENGE_TTL_MS: u64 = 5_000;
-
-/// A suggested bound on outstanding challenges: a peer has a handful of candidate
-/// paths, and the table must not grow with signals from the network.
-pub const DEFAULT_MAX_PENDING_CHALLENGES: usize = 16;
 
 /// The MAC on a migration signal.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -75,12 +64,13 @@ pub enum MigrationError {
     InvalidTag,
 }
 
-/// Computes the tag of a migration signal. `endpoints` is the caller's canonical
+/// Computes the tag of a migration signal. `session_id` is the bytes of the session's
+/// id (a UUID: `tether_protocol::SessionId::as_bytes`). `endpoints` is the caller's canonical
 /// encoding of the new endpoint list; `counter` is the signal's sequence number (the
 /// caller refuses counters it has seen, the MAC binds it).
 pub fn migration_tag(
     peer_secret: &PeerSecret,
-    session_id: &SessionId,
+    session_id: &[u8; 16],
     epoch: u64,
     counter: u64,
     endpoints: &[u8],
@@ -99,7 +89,7 @@ pub fn migration_tag(
 /// Verifies a migration tag in constant time.
 pub fn verify_migration_tag(
     peer_secret: &PeerSecret,
-    session_id: &SessionId,
+    session_id: &[u8; 16],
     epoch: u64,
     counter: u64,
     endpoints: &[u8],
@@ -274,7 +264,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    const SESSION: SessionId = [5; 16];
+    const SESSION: [u8; 16] = [5; 16];
 
     fn secret(byte: u8) -> PeerSecret {
         PeerSecret::from_bytes_for_test([byte; 32])

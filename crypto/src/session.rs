@@ -13,8 +13,9 @@ use crate::handshake::SessionKeys;
 use crate::peer_secret::KeyId;
 use crate::replay::{ReplayError, ReplayWindow};
 
-/// Largest message Noise handles (its transport messages are capped at 65535 bytes).
-const NOISE_MAX_MESSAGE_LEN: usize = 65535;
+/// Largest message Noise handles, tag included: the Noise spec caps every message at
+/// 65 535 bytes. A sealed frame, and so anything that carries one, is bounded by it.
+pub const NOISE_MAX_MESSAGE_LEN: usize = 65535;
 
 /// Length of the ChaCha20-Poly1305 tag added to every frame.
 pub const TAG_LEN: usize = 16;

@@ -15,10 +15,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use tether_connection_blueprint::BlueprintConfig;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
-use tether_presence::PresenceConfig;
 use tether_protocol::{DeviceId, SessionStatus};
 use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
 use tether_transport::{Endpoint, TransportConfig};
@@ -66,7 +64,7 @@ pub struct ClusterBuilder {
     stale_one_way: Vec<(usize, usize)>,
     one_way: Vec<(usize, usize)>,
     conditions: LinkConditions,
-    presence: PresenceConfig,
+    presence: tether_presence::Config,
     limits: Limits,
 }
 
@@ -82,7 +80,7 @@ impl ClusterBuilder {
             stale_one_way: Vec::new(),
             one_way: Vec::new(),
             conditions: LinkConditions::default(),
-            presence: PresenceConfig::default(),
+            presence: tether_presence::Config::default(),
             limits: Limits::default(),
         }
     }
@@ -126,7 +124,7 @@ impl ClusterBuilder {
     }
 
     /// Presence settings for every device.
-    pub fn presence(mut self, presence: PresenceConfig) -> Self {
+    pub fn presence(mut self, presence: tether_presence::Config) -> Self {
         self.presence = presence;
         self
     }
@@ -210,7 +208,7 @@ impl ClusterBuilder {
                 },
                 presence: self.presence.clone(),
                 limits: self.limits.clone(),
-                blueprint: BlueprintConfig::default(),
+                blueprint: tether_connection_blueprint::Config::default(),
                 seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 unix_ms_at_start: SIM_UNIX_MS,
             };

@@ -4,8 +4,10 @@
 //! link. It holds no domain logic: routing is by owner, nothing else.
 //!
 //! # Messages
-//! - in: [`OwnedCommand`] (from the [`OwnerPort`] of DirectConnection, Rcs or Pms),
-//!   [`Rebind`] (a network change), internal completions of dials, accepts and reads.
+//! - in: [`OwnedCommand`] (from the [`TransportPort`](tether_protocol::TransportPort) of
+//!   DirectConnection, Rcs or Pms, which tags each command with its [`LinkOwner`] on
+//!   the way, without an actor hop), [`Rebind`] (a network change), internal
+//!   completions of dials, accepts and reads.
 //! - out: [`TransportEvent`] to the link's owner; [`ConnectivityChanged`] after a
 //!   rebind to Presence and DirectConnection.
 //!
@@ -23,31 +25,11 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use tether_protocol::{
-    ConnectivityChanged, LinkId, PathKind, RequestId, TransportCommand, TransportEvent,
+    ConnectivityChanged, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId, TransportCommand,
+    TransportEvent,
 };
 use tether_transport::{dial_any, Endpoint, Link};
 use tokio::sync::mpsc;
-
-/// Which orchestrator a link or a dial belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Owner {
-    /// DirectConnection: peer links.
-    DirectConnection,
-    /// Rcs: the relay server link.
-    Rcs,
-    /// Pms: the rendezvous server link.
-    Pms,
-}
-
-/// A command tagged with the orchestrator that sent it.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct OwnedCommand {
-    /// Who sent it.
-    pub owner: Owner,
-    /// What it asks.
-    pub command: TransportCommand,
-}
 
 /// The device changed networks: move the endpoint to `addr`.
 #[derive(Debug, Clone, Copy, Message)]
@@ -70,17 +52,17 @@ pub struct DriverRecipients {
 }
 
 impl DriverRecipients {
-    fn of(&self, owner: Owner) -> &Recipient<TransportEvent> {
+    fn of(&self, owner: LinkOwner) -> &Recipient<TransportEvent> {
         match owner {
-            Owner::DirectConnection => &self.direct_connection,
-            Owner::Rcs => &self.rcs,
-            Owner::Pms => &self.pms,
+            LinkOwner::DirectConnection => &self.direct_connection,
+            LinkOwner::Rcs => &self.rcs,
+            LinkOwner::Pms => &self.pms,
         }
     }
 }
 
 struct DriverLink {
-    owner: Owner,
+    owner: LinkOwner,
     writer: mpsc::UnboundedSender<Bytes>,
     handle: tether_transport::LinkHandle,
 }
@@ -116,7 +98,7 @@ impl TransportDriver {
     fn register(
         &mut self,
         link: Link,
-        owner: Owner,
+        owner: LinkOwner,
         request: Option<RequestId>,
         ctx: &mut Context<Self>,
     ) {
@@ -194,7 +176,7 @@ impl Handler<Accepted> for TransportDriver {
     type Result = ();
 
     fn handle(&mut self, message: Accepted, ctx: &mut Self::Context) {
-        self.register(message.0, Owner::DirectConnection, None, ctx);
+        self.register(message.0, LinkOwner::DirectConnection, None, ctx);
     }
 }
 
@@ -270,35 +252,6 @@ impl Handler<Rebind> for TransportDriver {
             recipient.do_send(change.clone());
         }
         Ok(outcome.new)
-    }
-}
-
-/// Tags the commands of one orchestrator with its [`Owner`] for the driver, so the
-/// orchestrators need not know the driver exists.
-pub struct OwnerPort {
-    owner: Owner,
-    driver: Addr<TransportDriver>,
-}
-
-impl OwnerPort {
-    /// A port for `owner` in front of `driver`.
-    pub fn new(owner: Owner, driver: Addr<TransportDriver>) -> Self {
-        Self { owner, driver }
-    }
-}
-
-impl Actor for OwnerPort {
-    type Context = Context<Self>;
-}
-
-impl Handler<TransportCommand> for OwnerPort {
-    type Result = ();
-
-    fn handle(&mut self, command: TransportCommand, _ctx: &mut Self::Context) {
-        self.driver.do_send(OwnedCommand {
-            owner: self.owner,
-            command,
-        });
     }
 }
 

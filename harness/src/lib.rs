@@ -16,7 +16,18 @@ mod node;
 mod relay_server;
 
 pub use cluster::{run_simulation, ClusterBuilder, SimCluster, SimDevice};
-pub use driver::{Owner, Rebind, TransportDriver};
+pub use driver::{Rebind, TransportDriver};
 pub use hub::{NodeEvent, PresenceView};
 pub use node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
 pub use relay_server::{GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap};
+
+// `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has
+// fixed-size fields for crypto's values. Crypto owns the sizes (and the reasons for
+// them); this crate links both, so it checks at compile time that protocol agrees.
+const _: () = {
+    use tether_crypto::{hints::RendezvousId, keys::KEY_LEN, migration};
+    assert!(tether_protocol::wire::MIGRATION_TAG_LEN == migration::MIGRATION_TAG_LEN);
+    assert!(tether_protocol::wire::PATH_CHALLENGE_LEN == migration::PATH_CHALLENGE_LEN);
+    assert!(tether_protocol::wire::RENDEZVOUS_ID_LEN == std::mem::size_of::<RendezvousId>());
+    assert!(tether_protocol::ids::DEVICE_ID_LEN == KEY_LEN);
+};

@@ -1,30 +1,22 @@
 //! A device node: the five orchestrator actors, the transport driver and the event hub,
 //! wired together, behind a small async API (`send`, events, `status`, `rebind`).
 
-use crate::driver::{DriverRecipients, Owner, OwnerPort, Rebind, TransportDriver};
+use crate::driver::{DriverRecipients, Rebind, TransportDriver};
 use crate::hub::{EventHub, ExpectSend, GetPresence, NodeEvent, PresenceView};
 use actix::{Actor, Addr, AsyncContext, Context};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tether_connection_blueprint::{
-    AddBlueprintPeer, BlueprintConfig, BlueprintRecipients, ConnectionBlueprintOrchestrator,
-};
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
     self as direct_connection, GetPeerSnapshots, PeerConfig, PeerCounters,
 };
-use tether_pms::{
-    GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients, RendezvousClientConfig,
-    RendezvousClientCounters,
-};
-use tether_presence::{PresenceConfig, PresenceOrchestrator, PresenceRecipients};
+use tether_pms::{GetRendezvousClientCounters, RendezvousClientConfig, RendezvousClientCounters};
 use tether_protocol::{
-    ChannelId, DeviceId, PathKind, RequestId, SendError, SendMessage, SessionStatus, Shutdown,
+    ChannelId, DeviceId, LinkOwner, PathKind, RequestId, SendError, SendMessage, SessionStatus,
+    Shutdown, TransportPort,
 };
-use tether_rcs::{
-    GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig, RelayClientCounters,
-};
+use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
 use tether_transport::Endpoint;
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,11 +50,11 @@ pub struct NodeConfig {
     /// The relay and rendezvous server.
     pub server: ServerInfo,
     /// Presence settings.
-    pub presence: PresenceConfig,
+    pub presence: tether_presence::Config,
     /// DirectConnection limits.
     pub limits: direct_connection::Limits,
     /// Candidate ordering settings.
-    pub blueprint: BlueprintConfig,
+    pub blueprint: tether_connection_blueprint::Config,
     /// Seed of every RNG in the node (each actor derives its own).
     pub seed: u64,
     /// Unix time in ms at start (handshake timestamps, hint expiry).
@@ -104,10 +96,10 @@ pub struct PeerStatus {
 pub struct Node {
     device: DeviceId,
     dc: Addr<direct_connection::Orchestrator>,
-    presence: Addr<PresenceOrchestrator>,
-    blueprint: Addr<ConnectionBlueprintOrchestrator>,
-    rcs: Addr<RcsOrchestrator>,
-    pms: Addr<PmsOrchestrator>,
+    presence: Addr<tether_presence::Orchestrator>,
+    blueprint: Addr<tether_connection_blueprint::Orchestrator>,
+    rcs: Addr<tether_rcs::Orchestrator>,
+    pms: Addr<tether_pms::Orchestrator>,
     driver: Addr<TransportDriver>,
     hub: Addr<EventHub>,
     events: mpsc::UnboundedReceiver<NodeEvent>,
@@ -130,11 +122,11 @@ impl Node {
             .map(|p| DeviceId(*p.public.as_bytes()))
             .collect();
 
-        let presence_ctx = Context::<PresenceOrchestrator>::new();
+        let presence_ctx = Context::<tether_presence::Orchestrator>::new();
         let dc_ctx = Context::<direct_connection::Orchestrator>::new();
-        let blueprint_ctx = Context::<ConnectionBlueprintOrchestrator>::new();
-        let rcs_ctx = Context::<RcsOrchestrator>::new();
-        let pms_ctx = Context::<PmsOrchestrator>::new();
+        let blueprint_ctx = Context::<tether_connection_blueprint::Orchestrator>::new();
+        let rcs_ctx = Context::<tether_rcs::Orchestrator>::new();
+        let pms_ctx = Context::<tether_pms::Orchestrator>::new();
         let driver_ctx = Context::<TransportDriver>::new();
         let presence = presence_ctx.address();
         let dc = dc_ctx.address();
@@ -144,9 +136,7 @@ impl Node {
         let driver = driver_ctx.address();
         let (events_tx, events) = mpsc::unbounded_channel();
         let hub = EventHub::new(events_tx).start();
-        let dc_port = OwnerPort::new(Owner::DirectConnection, driver.clone()).start();
-        let rcs_port = OwnerPort::new(Owner::Rcs, driver.clone()).start();
-        let pms_port = OwnerPort::new(Owner::Pms, driver.clone()).start();
+        let port = |owner| TransportPort::new(owner, driver.clone().recipient());
 
         driver_ctx.run(TransportDriver::new(
             endpoint,
@@ -158,19 +148,17 @@ impl Node {
             },
         ));
 
-        let blueprint_addr = blueprint_ctx.run(ConnectionBlueprintOrchestrator::new(
+        let blueprint_addr = blueprint_ctx.run(tether_connection_blueprint::Orchestrator::new(
             config.blueprint.clone(),
-            BlueprintRecipients {
+            tether_connection_blueprint::Recipients {
                 compiled: presence.clone().recipient(),
             },
         ));
         for peer in &config.peers {
-            blueprint_addr.do_send(AddBlueprintPeer(
-                tether_connection_blueprint::Input::AddPeer {
-                    peer: DeviceId(*peer.public.as_bytes()),
-                    configured: peer.addrs.clone(),
-                },
-            ));
+            blueprint_addr.do_send(tether_connection_blueprint::AddPeer {
+                peer: DeviceId(*peer.public.as_bytes()),
+                configured: peer.addrs.clone(),
+            });
         }
 
         dc_ctx.run(direct_connection::Orchestrator::new(
@@ -190,7 +178,7 @@ impl Node {
                 limits: config.limits.clone(),
             },
             direct_connection::Recipients {
-                transport: dc_port.recipient(),
+                transport: port(LinkOwner::DirectConnection),
                 relay_forward: rcs.clone().recipient(),
                 relay_enqueue: rcs.clone().recipient(),
                 handshake_started: presence.clone().recipient(),
@@ -218,10 +206,10 @@ impl Node {
             derive_seed(config.seed, 2),
         );
         relay_config.server.first_dial_request = RequestId(1);
-        rcs_ctx.run(RcsOrchestrator::new(
+        rcs_ctx.run(tether_rcs::Orchestrator::new(
             relay_config,
-            RcsRecipients {
-                transport: rcs_port.recipient(),
+            tether_rcs::Recipients {
+                transport: port(LinkOwner::Rcs),
                 delivered: dc.clone().recipient(),
                 // The queue's answers are advisory: the session layer retransmits.
                 enqueue_result: hub_sink(),
@@ -229,7 +217,7 @@ impl Node {
             },
         ));
 
-        pms_ctx.run(PmsOrchestrator::new(
+        pms_ctx.run(tether_pms::Orchestrator::new(
             RendezvousClientConfig::new(
                 config.keypair.clone(),
                 config.server.public,
@@ -242,20 +230,20 @@ impl Node {
                 config.unix_ms_at_start,
                 seed_bytes(derive_seed(config.seed, 3)),
             ),
-            PmsRecipients {
-                transport: pms_port.recipient(),
+            tether_pms::Recipients {
+                transport: port(LinkOwner::Pms),
                 hint: vec![presence.clone().recipient(), blueprint.clone().recipient()],
             },
         ));
 
-        presence_ctx.run(PresenceOrchestrator::new(
-            PresenceConfig {
+        presence_ctx.run(tether_presence::Orchestrator::new(
+            tether_presence::Config {
                 seed: derive_seed(config.seed, 4),
                 ..config.presence.clone()
             },
             peers,
             vec![local],
-            PresenceRecipients {
+            tether_presence::Recipients {
                 recompile: blueprint.clone().recipient(),
                 connect: dc.clone().recipient(),
                 migration_ping: dc.clone().recipient(),

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 use tether_harness::{run_simulation, ClusterBuilder, SimCluster};
-use tether_presence::PresenceConfig;
 use tether_protocol::{PathKind, SessionStatus};
 use tether_transport::sim::LinkConditions;
 
@@ -27,9 +26,9 @@ fn pair_with_window(seed: u64, migration_window: Duration) -> ClusterBuilder {
     ClusterBuilder::new(seed, 2)
         .pair(A, B)
         .conditions(wan())
-        .presence(PresenceConfig {
+        .presence(tether_presence::Config {
             migration_window,
-            ..PresenceConfig::default()
+            ..tether_presence::Config::default()
         })
 }
 
@@ -207,9 +206,9 @@ fn crossing_initiations_converge_on_one_peer_secret_over_many_seeds() {
     for seed in 0..CROSSING_SEEDS {
         run_simulation(|| async move {
             // Zero connect jitter: both devices initiate at the same virtual instant.
-            let presence = PresenceConfig {
+            let presence = tether_presence::Config {
                 connect_retry_base: Duration::ZERO,
-                ..PresenceConfig::default()
+                ..tether_presence::Config::default()
             };
             let mut cluster = ClusterBuilder::new(100 + seed, 2)
                 .pair(A, B)

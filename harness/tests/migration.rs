@@ -10,7 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tether_harness::cluster::DEVICE_PORT;
 use tether_harness::{run_simulation, ClusterBuilder, GetTap, PeerStatus, SimCluster, StartTap};
-use tether_presence::PresenceConfig;
 use tether_protocol::{DeviceId, PathKind, RelayMessage, SealedFrame, SessionStatus, WireFrame};
 use tether_transport::sim::LinkConditions;
 use tether_transport::{Endpoint, TransportConfig};
@@ -241,9 +240,9 @@ fn window_expiry_evicts_then_recovers_without_losing_messages() {
     let mut timeline = String::new();
     for (name, conditions, seed) in runs() {
         let text = run_simulation(|| async move {
-            let presence = PresenceConfig {
+            let presence = tether_presence::Config {
                 migration_window: Duration::from_secs(8),
-                ..PresenceConfig::default()
+                ..tether_presence::Config::default()
             };
             let (mut cluster, base) = established_with(
                 ClusterBuilder::new(40_000 + seed, 2)

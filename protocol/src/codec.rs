@@ -24,7 +24,8 @@ pub const WIRE_VERSION: u8 = 1;
 
 /// Largest encoded frame accepted, version byte included. 256 KiB holds the largest
 /// sealed frame (a Noise message is at most 65 535 bytes) and a relay batch with room to
-/// spare, while bounding what a peer can make a node buffer per frame.
+/// spare, while bounding what a peer can make a node buffer per frame. Transport links
+/// use it as their frame limit too, so an oversized frame is refused before it is read.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
 
 /// Deepest nesting accepted while decoding. Tether's frames nest at most 4 levels; the

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
-/// Length of a device's static X25519 public key, which is its identity.
+/// Length of a device's static X25519 public key, which is its identity: crypto's
+/// `KEY_LEN` (this crate does not depend on crypto; `tether-harness` asserts that the
+/// two agree).
 pub const DEVICE_ID_LEN: usize = 32;
 
 /// Bytes of the public key shown in the short printable form. 10 bytes give 16 base32
@@ -167,6 +169,17 @@ pub struct ChannelId(pub u32);
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c{}", self.0)
+    }
+}
+
+/// Identifies one transport link (a QUIC connection) within the endpoint or driver
+/// that numbered it; never reused there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LinkId(pub u64);
+
+impl fmt::Display for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link#{}", self.0)
     }
 }
 

@@ -28,7 +28,7 @@ pub use codec::{
     decode, decode_session, encode, encode_session, DecodeError, EncodeError, MAX_FRAME_LEN,
     WIRE_VERSION,
 };
-pub use ids::{ChannelId, DeviceId, Epoch, IdParseError, RequestId, SessionId};
+pub use ids::{ChannelId, DeviceId, Epoch, IdParseError, LinkId, RequestId, SessionId};
 pub use messages::*;
 pub use status::{IllegalTransition, SessionStatus};
 pub use wire::{

@@ -26,15 +26,15 @@
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
 //! | [`PeerEndpointHint`] | Pms → Presence | migration 2 |
 //! | [`LivenessReport`] | DirectConnection → Presence | runtime |
-//! | [`EvictSession`] / [`SessionEvicted`] | Presence → DirectConnection, node | failure |
+//! | [`EvictSession`] | Presence → DirectConnection | failure |
 //! | [`StatusChanged`] | Presence → node | all |
 //! | [`Shutdown`] | node → every actor | teardown |
 //! | [`SendMessage`] / [`SendResult`] / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
-//! | [`TransportCommand`] / [`TransportEvent`] | DirectConnection ↔ transport driver | all |
+//! | [`TransportCommand`] (in an [`OwnedCommand`], through a [`TransportPort`]) / [`TransportEvent`] | DirectConnection, Rcs, Pms ↔ transport driver | all |
 
-use crate::ids::{ChannelId, DeviceId, Epoch, RequestId, SessionId};
+use crate::ids::{ChannelId, DeviceId, Epoch, LinkId, RequestId, SessionId};
 use crate::status::SessionStatus;
-use actix::Message;
+use actix::{Message, Recipient};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -385,18 +385,6 @@ pub struct EvictSession {
     pub reason: EvictionReason,
 }
 
-/// A session was evicted (to the node's event stream).
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
-pub struct SessionEvicted {
-    /// The peer.
-    pub peer: DeviceId,
-    /// The evicted session.
-    pub session: SessionId,
-    /// Why.
-    pub reason: EvictionReason,
-}
-
 /// A peer's session status changed (to the node's event stream).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
@@ -472,14 +460,9 @@ pub struct MessageDelivered {
     pub payload: Vec<u8>,
 }
 
-/// Identifies one transport link (a QUIC connection or the relay connection) in the
-/// transport driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct LinkId(pub u64);
-
-/// What DirectConnection asks of the transport driver.
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
+/// What DirectConnection, Rcs or Pms asks of the transport driver, through its
+/// [`TransportPort`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportCommand {
     /// Dial these addresses in parallel (staggered); first success wins.
     Dial {
@@ -502,7 +485,63 @@ pub enum TransportCommand {
     },
 }
 
-/// What the transport driver reports to DirectConnection.
+/// Which orchestrator a transport link or dial belongs to: the transport driver sends
+/// the link's [`TransportEvent`]s to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkOwner {
+    /// DirectConnection: peer links (and every accepted link: only peers dial a device).
+    DirectConnection,
+    /// Rcs: the relay server link.
+    Rcs,
+    /// Pms: the rendezvous server link.
+    Pms,
+}
+
+/// A [`TransportCommand`] tagged with the orchestrator that sent it, as the transport
+/// driver receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct OwnedCommand {
+    /// Who sent it.
+    pub owner: LinkOwner,
+    /// What it asks.
+    pub command: TransportCommand,
+}
+
+/// Where an orchestrator sends its [`TransportCommand`]s: the transport driver's
+/// recipient plus the orchestrator's [`LinkOwner`], attached to each command on the
+/// way. A plain value, not an actor, so tagging adds no mailbox hop between an
+/// orchestrator and the wire, and orchestrators need not know the driver's type.
+#[derive(Clone)]
+pub struct TransportPort {
+    owner: LinkOwner,
+    driver: Recipient<OwnedCommand>,
+}
+
+impl TransportPort {
+    /// A port that tags commands with `owner` and hands them to `driver`.
+    pub fn new(owner: LinkOwner, driver: Recipient<OwnedCommand>) -> Self {
+        Self { owner, driver }
+    }
+
+    /// Sends `command` to the driver, fire-and-forget (dropped if the driver stopped).
+    pub fn do_send(&self, command: TransportCommand) {
+        self.driver.do_send(OwnedCommand {
+            owner: self.owner,
+            command,
+        });
+    }
+}
+
+impl std::fmt::Debug for TransportPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportPort")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the transport driver reports to the owner of a link or dial.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub enum TransportEvent {

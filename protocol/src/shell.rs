@@ -91,7 +91,7 @@ impl CoreTimer {
 /// message to its core as the given input variant.
 ///
 /// ```ignore
-/// tether_protocol::feed_messages!(PresenceOrchestrator {
+/// tether_protocol::feed_messages!(Orchestrator {
 ///     ConnectivityChanged => Input::ConnectivityChanged,
 /// });
 /// ```

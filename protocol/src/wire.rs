@@ -15,14 +15,18 @@ use crate::ids::{ChannelId, DeviceId, Epoch, SessionId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-/// Bytes of the PeerSecret tag on a migration ping (a truncated keyed BLAKE2s MAC):
-/// 128 bits make forging infeasible while keeping pings small.
+// The sizes below are cryptographic choices owned by `tether-crypto`, whose constants
+// give the reasons. This crate does not depend on crypto, so its fixed-size wire
+// fields repeat the sizes; `tether-harness`, which links both crates, asserts at
+// compile time that each pair agrees.
+
+/// Bytes of the PeerSecret tag on a migration ping: crypto's `MIGRATION_TAG_LEN`.
 pub const MIGRATION_TAG_LEN: usize = 16;
 
-/// Bytes of a path challenge: 128 random bits, unguessable by an off-path attacker.
+/// Bytes of a path challenge: crypto's `PATH_CHALLENGE_LEN`.
 pub const PATH_CHALLENGE_LEN: usize = 16;
 
-/// Bytes of a rendezvous id (a BLAKE2s hash of the relationship key).
+/// Bytes of a rendezvous id: the BLAKE2s output of crypto's `RendezvousId`.
 pub const RENDEZVOUS_ID_LEN: usize = 32;
 
 /// Everything a link carries.

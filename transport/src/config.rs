@@ -8,13 +8,6 @@ use quinn::{IdleTimeout, VarInt};
 
 use crate::error::ConfigError;
 
-/// Largest frame payload a link accepts, in bytes.
-///
-/// The session layer's largest message is 1 MiB; 4 KiB of margin covers the sealing
-/// overhead (nonce, tag, frame header of the wire codec). A length prefix above this is
-/// rejected before anything is allocated for it.
-pub const MAX_FRAME_LEN: usize = 1024 * 1024 + 4096;
-
 /// Rollover streams a peer may have open towards us at once. A sender opens one each
 /// time our address changes and resets the one before, which frees its slot; four
 /// cover a flapping network without letting a peer pin many streams.
@@ -48,7 +41,14 @@ pub struct TransportConfig {
     /// Default 5 s: generous for any real RTT; a peer slower than this is either gone or
     /// hostile, and holds one of `max_pending_accepts` slots meanwhile.
     pub accept_timeout: Duration,
-    /// Largest frame payload accepted or sent on a link; defaults to [`MAX_FRAME_LEN`].
+    /// Largest frame payload accepted or sent on a link, in bytes; a length prefix above
+    /// it is rejected before anything is allocated for it.
+    ///
+    /// Default [`tether_protocol::MAX_FRAME_LEN`]: every payload a link carries is one
+    /// encoded wire frame, which the codec never produces nor accepts above that size, so
+    /// a larger payload could only be dropped after being buffered. The limit counts the
+    /// payload alone; the 4-byte length prefix in front of it
+    /// ([`FRAME_HEADER_LEN`](crate::framing::FRAME_HEADER_LEN)) is not part of the frame.
     pub max_frame_len: usize,
     /// Bytes the peer may send on our stream before we read them (QUIC stream flow
     /// control).
@@ -88,7 +88,7 @@ impl Default for TransportConfig {
             dial_stagger: Duration::from_millis(250),
             dial_timeout: Duration::from_secs(10),
             accept_timeout: Duration::from_secs(5),
-            max_frame_len: MAX_FRAME_LEN,
+            max_frame_len: tether_protocol::MAX_FRAME_LEN,
             stream_receive_window: 2 * 1024 * 1024,
             connection_receive_window: 4 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,

@@ -62,11 +62,6 @@ impl ConnectivityEvents {
     pub async fn next(&mut self) -> Option<ConnectivityChanged> {
         self.rx.recv().await
     }
-
-    /// A change already waiting, if any.
-    pub fn try_next(&mut self) -> Option<ConnectivityChanged> {
-        self.rx.try_recv().ok()
-    }
 }
 
 /// Which local addresses count, and how changes are batched.

@@ -12,12 +12,13 @@ use tokio::task::AbortHandle;
 
 use crate::config::TransportConfig;
 use crate::error::{DialError, EndpointError, LostReason};
-use crate::link::{close_code, Link, LinkId, LinkRole, LinkShared, LINK_PREAMBLE};
+use crate::link::{close_code, Link, LinkRole, LinkShared, LINK_PREAMBLE};
 use crate::quic;
 use crate::sim::{HostId, SimNetwork};
 use crate::socket::SocketFactory;
 use crate::stats::{bump, EndpointCounters, EndpointStats};
 use crate::sync::lock;
+use tether_protocol::LinkId;
 
 /// Accepted links waiting for [`Endpoint::accept`]. 16 is plenty for a device with a
 /// handful of peers; when full, finished handshakes wait (back-pressure) rather than

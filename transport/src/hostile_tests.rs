@@ -95,9 +95,9 @@ async fn an_oversized_length_prefix_is_skipped_and_the_link_survives() {
     let s = setup().await;
     let (_conn, mut send, mut link) = s.link().await;
 
-    let too_long = u32::try_from(crate::MAX_FRAME_LEN + 1).unwrap();
+    let too_long = u32::try_from(tether_protocol::MAX_FRAME_LEN + 1).unwrap();
     send.write_all(&too_long.to_be_bytes()).await.unwrap();
-    let junk = vec![0xEE; crate::MAX_FRAME_LEN + 1];
+    let junk = vec![0xEE; tether_protocol::MAX_FRAME_LEN + 1];
     let good = b"after the junk";
     let feeding = tokio::spawn(async move {
         send.write_all(&junk).await.unwrap();

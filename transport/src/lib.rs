@@ -15,8 +15,6 @@
 //!   split into a cloneable [`LinkSender`] and a [`LinkReceiver`] so a reader task and
 //!   writers can run concurrently.
 //! - [`dial_any`]: happy-eyeballs dialling of several candidates, first success wins.
-//! - [`FrameSink`] / [`FrameSource`]: the face that a direct QUIC link and the relay
-//!   path both present, so the session layer does not care which path a frame took.
 //! - [`sim`]: an in-process simulated network implementing quinn's `AsyncUdpSocket`,
 //!   deterministic and driven by tokio's (pausable) clock.
 //! - [`connectivity`]: local interface watching and a manual trigger, both yielding
@@ -42,23 +40,21 @@ pub mod connectivity;
 mod dial;
 mod endpoint;
 mod error;
-pub mod frame_link;
 pub mod framing;
 mod link;
 pub mod quic;
 pub mod sim;
 mod socket;
 pub mod stats;
-pub mod stream_link;
 mod sync;
 
 #[cfg(test)]
 mod hostile_tests;
 
-pub use config::{TransportConfig, MAX_FRAME_LEN};
+pub use config::TransportConfig;
 pub use dial::dial_any;
 pub use endpoint::{Endpoint, RebindOutcome};
 pub use error::{ConfigError, DialError, DialFailure, EndpointError, LinkError, LostReason};
-pub use frame_link::{FrameLink, FrameSink, FrameSource, PathInfo, PathKind};
-pub use link::{Link, LinkHandle, LinkId, LinkReceiver, LinkRole, LinkSender, PathStats};
+pub use link::{Link, LinkHandle, LinkReceiver, LinkRole, LinkSender, PathStats};
 pub use stats::{EndpointStats, LinkStats};
+pub use tether_protocol::LinkId;

@@ -23,6 +23,7 @@ use crate::error::{LinkError, LostReason};
 use crate::framing::{frame_header, FrameDecoder};
 use crate::stats::{add, bump, len64, LinkCounters, LinkStats};
 use crate::sync::lock;
+use tether_protocol::LinkId;
 
 /// First bytes the dialler writes on the frame stream. QUIC only announces a stream
 /// once data flows on it, so the dialler must write something; a magic value also lets
@@ -52,16 +53,6 @@ pub(crate) mod close_code {
     pub(crate) const BAD_PREAMBLE: u32 = 2;
     /// A send was cancelled half-way through a frame: the stream is unframeable.
     pub(crate) const CANCELLED_SEND: u32 = 3;
-}
-
-/// Identifies a link within its endpoint (never reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LinkId(pub(crate) u64);
-
-impl fmt::Display for LinkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "link#{}", self.0)
-    }
 }
 
 /// Which side of the QUIC connection this device is; it decides what happens when this

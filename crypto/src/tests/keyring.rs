@@ -3,11 +3,10 @@
 use crate::handshake::{HandshakeError, Role};
 use crate::keyring::{GenerationId, KeyRing, RingError, Slot, MAX_CANDIDATES};
 use crate::keys::StaticKeypair;
-use crate::migration::SessionId;
 use crate::session::{OpenError, SealError, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES};
 use crate::test_support::{committed_rings, pair, respond, Pair};
 
-const SESSION: SessionId = [9; 16];
+const SESSION: [u8; 16] = [9; 16];
 
 /// Runs a full upgrade handshake initiated by `alice`'s ring (`alice` first), through
 /// both commits. Returns the new generation.

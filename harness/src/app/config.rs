@@ -12,17 +12,23 @@
 use crate::node::{NodePeer, ServerInfo};
 use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tether_crypto::{KeyFileError, PublicKey, RelationshipKey, StaticKeypair};
+use tether_crypto::{
+    KeyFileError, PublicKey, RelationshipKey, StaticKeypair, NOISE_MAX_MESSAGE_LEN,
+};
 use tether_direct_connection::Limits;
-use tether_presence::PresenceConfig;
 use tether_transport::TransportConfig;
 
 /// Environment variables with the `TETHER_` prefix that belong to the command line.
 pub const CLI_ENV_VARS: [&str; 2] = ["TETHER_CONFIG", "TETHER_SOCKET"];
+
+/// Largest `limits.max_message_len` a config may set: a message travels in one sealed
+/// frame, which Noise caps at [`NOISE_MAX_MESSAGE_LEN`] bytes; 1 KiB of that is kept for
+/// the session frame's fields around the payload and the AEAD tag.
+const MAX_MESSAGE_LEN_CEILING: u64 = NOISE_MAX_MESSAGE_LEN as u64 - 1024;
 
 /// Prefix of environment variables that override config keys.
 const ENV_PREFIX: &str = "TETHER_";
@@ -112,7 +118,7 @@ pub struct NodeSettings {
     /// Paired peers.
     pub peers: Vec<PeerSettings>,
     /// Presence settings.
-    pub presence: PresenceConfig,
+    pub presence: tether_presence::Config,
     /// DirectConnection limits.
     pub limits: Limits,
     /// QUIC transport settings.
@@ -141,9 +147,10 @@ pub struct RelaySettings {
 }
 
 /// Default listen address of a node: every interface, a port the OS picks.
-pub const DEFAULT_NODE_LISTEN: &str = "0.0.0.0:0";
+pub const DEFAULT_NODE_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 /// Default listen address of the relay.
-pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:7300";
+pub const DEFAULT_RELAY_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7300);
 
 /// Reads and checks a node config: the file, then `TETHER_*` overrides.
 pub fn load_node(path: &Path) -> Result<NodeSettings, ConfigError> {
@@ -184,9 +191,7 @@ pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
 
 fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError> {
     let (key_file, keypair) = key_file(root, path)?;
-    let listen = root
-        .socket_addr("listen")?
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let listen = root.socket_addr("listen")?.unwrap_or(DEFAULT_NODE_LISTEN);
     let control_socket = root
         .string("control_socket")?
         .map(|p| resolve(path, &p))
@@ -258,7 +263,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         ));
     }
 
-    let mut presence = PresenceConfig::default();
+    let mut presence = tether_presence::Config::default();
     if let Some(mut table) = root.table("presence")? {
         table.duration("migration_window_ms", &mut presence.migration_window)?;
         table.duration(
@@ -282,11 +287,10 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
             limits.max_queued = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = table.positive("max_message_len")? {
-            const NOISE_MAX: u64 = 65_535 - 1024;
-            if n > NOISE_MAX {
+            if n > MAX_MESSAGE_LEN_CEILING {
                 return Err(table.error(
                     "max_message_len",
-                    &format!("{n} is above {NOISE_MAX} (one sealed Noise frame)"),
+                    &format!("{n} is above {MAX_MESSAGE_LEN_CEILING} (one sealed Noise frame)"),
                 ));
             }
             limits.max_message_len = usize::try_from(n).unwrap_or(usize::MAX);
@@ -326,12 +330,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
 
 fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigError> {
     let (key_file, keypair) = key_file(root, path)?;
-    let listen = match root.socket_addr("listen")? {
-        Some(addr) => addr,
-        None => DEFAULT_RELAY_LISTEN
-            .parse()
-            .map_err(|_| root.error("listen", "bad built-in default"))?,
-    };
+    let listen = root.socket_addr("listen")?.unwrap_or(DEFAULT_RELAY_LISTEN);
     let control_socket = root.string("control_socket")?.map(|p| resolve(path, &p));
     let metrics_addr = root.socket_addr("metrics_addr")?;
     let log_format = log_format(root)?;

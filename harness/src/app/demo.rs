@@ -24,10 +24,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tether_connection_blueprint::BlueprintConfig;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
-use tether_presence::PresenceConfig;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
 use tether_transport::sim::LinkConditions;
 use tether_transport::{Endpoint, TransportConfig};
@@ -588,9 +586,9 @@ async fn simulate(scenario: Scenario, opts: &DemoOptions) -> (Recorder, String) 
         .pair(A, B)
         .conditions(conditions);
     if scenario == Scenario::WindowExpiry {
-        builder = builder.presence(PresenceConfig {
+        builder = builder.presence(tether_presence::Config {
             migration_window: Duration::from_secs(8),
-            ..PresenceConfig::default()
+            ..tether_presence::Config::default()
         });
     }
     let mut cluster = builder.start().await;
@@ -1002,9 +1000,9 @@ async fn real_single_side_move(seed: u64) -> Result<(Recorder, String), RealDemo
                 addr: relay.local_addr,
                 public: relay.public,
             },
-            presence: PresenceConfig::default(),
+            presence: tether_presence::Config::default(),
             limits: Limits::default(),
-            blueprint: BlueprintConfig::default(),
+            blueprint: tether_connection_blueprint::Config::default(),
             seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
             unix_ms_at_start: unix_ms,
         };

@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tether_connection_blueprint::BlueprintConfig;
 use tether_protocol::{DeviceId, SessionStatus};
 use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
 use tether_transport::Endpoint;
@@ -91,7 +90,7 @@ pub async fn run_node(
         server: settings.relay,
         presence: settings.presence.clone(),
         limits: settings.limits.clone(),
-        blueprint: BlueprintConfig::default(),
+        blueprint: tether_connection_blueprint::Config::default(),
         seed: rand::random(),
         unix_ms_at_start: unix_ms(),
     };

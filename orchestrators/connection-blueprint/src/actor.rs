@@ -1,30 +1,31 @@
 //! The actix shell around [`ConnectionBlueprint`]: feeds messages in with the runtime's
 //! clock and forwards outputs. No policy lives here.
 
-use crate::core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
+use crate::core::{Config, ConnectionBlueprint, Input, Output};
 use actix::{Actor, Context, Recipient};
+use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    BlueprintCompiled, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
+    BlueprintCompiled, DeviceId, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
 };
 
 /// Where the orchestrator's outputs go.
-pub struct BlueprintRecipients {
+pub struct Recipients {
     /// Presence receives compiled blueprints.
     pub compiled: Recipient<BlueprintCompiled>,
 }
 
 /// The ConnectionBlueprint actor.
-pub struct ConnectionBlueprintOrchestrator {
+pub struct Orchestrator {
     core: ConnectionBlueprint,
-    recipients: BlueprintRecipients,
+    recipients: Recipients,
     /// Never armed (the core sets no timers); the shared shell loop expects one.
     timer: CoreTimer,
 }
 
-impl ConnectionBlueprintOrchestrator {
+impl Orchestrator {
     /// An actor around a fresh core.
-    pub fn new(config: BlueprintConfig, recipients: BlueprintRecipients) -> Self {
+    pub fn new(config: Config, recipients: Recipients) -> Self {
         Self {
             core: ConnectionBlueprint::new(config, runtime_now()),
             recipients,
@@ -33,7 +34,7 @@ impl ConnectionBlueprintOrchestrator {
     }
 }
 
-impl CoreShell for ConnectionBlueprintOrchestrator {
+impl CoreShell for Orchestrator {
     type Core = ConnectionBlueprint;
 
     fn core(&mut self) -> &mut ConnectionBlueprint {
@@ -51,21 +52,26 @@ impl CoreShell for ConnectionBlueprintOrchestrator {
     }
 }
 
-impl Actor for ConnectionBlueprintOrchestrator {
+impl Actor for Orchestrator {
     type Context = Context<Self>;
 }
 
-/// Registers a peer's configured addresses.
-#[derive(Debug, Clone, actix::Message)]
+/// Registers a paired peer and the addresses its config lists (the node, at start).
+#[derive(Debug, Clone, PartialEq, Eq, actix::Message)]
 #[rtype(result = "()")]
-pub struct AddBlueprintPeer(pub Input);
+pub struct AddPeer {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Its configured addresses, best first.
+    pub configured: Vec<SocketAddr>,
+}
 
-tether_protocol::feed_messages!(ConnectionBlueprintOrchestrator {
+tether_protocol::feed_messages!(Orchestrator {
     RecompileBlueprint => Input::Recompile,
     PathMeasured => Input::Measured,
     PeerEndpointHint => Input::Hint,
     SessionReady => Input::Ready,
-    AddBlueprintPeer => |message: AddBlueprintPeer| message.0,
+    AddPeer => |AddPeer { peer, configured }| Input::AddPeer { peer, configured },
 });
 
-tether_protocol::stops_on_shutdown!(ConnectionBlueprintOrchestrator);
+tether_protocol::stops_on_shutdown!(Orchestrator);

@@ -19,12 +19,12 @@ const MAX_RECORDS_PER_PEER: usize = 32;
 
 /// Settings of the ordering policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlueprintConfig {
+pub struct Config {
     /// How long an address announced by the peer or read from a hint keeps its rank.
     pub fresh_for: Duration,
 }
 
-impl Default for BlueprintConfig {
+impl Default for Config {
     fn default() -> Self {
         Self {
             // Five minutes: longer than any migration window, shorter than a DHCP lease.
@@ -63,14 +63,14 @@ pub enum Output {
 /// The ConnectionBlueprint core. See the crate docs.
 #[derive(Debug)]
 pub struct ConnectionBlueprint {
-    config: BlueprintConfig,
+    config: Config,
     peers: BTreeMap<DeviceId, Vec<AddressRecord>>,
     outputs: VecDeque<Output>,
 }
 
 impl ConnectionBlueprint {
     /// A core with no peers yet.
-    pub fn new(config: BlueprintConfig, _now: Instant) -> Self {
+    pub fn new(config: Config, _now: Instant) -> Self {
         Self {
             config,
             peers: BTreeMap::new(),
@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn transition_trace() {
         let t0 = Instant::now();
-        let mut core = ConnectionBlueprint::new(BlueprintConfig::default(), t0);
+        let mut core = ConnectionBlueprint::new(Config::default(), t0);
         let mut trace = Vec::new();
         let mut step = |core: &mut ConnectionBlueprint, at: u64, label: &str, input: Input| {
             core.handle(t0 + Duration::from_millis(at), input);
@@ -368,7 +368,7 @@ mod tests {
     #[test]
     fn measurements_of_unknown_peers_or_addresses_are_ignored() {
         let t0 = Instant::now();
-        let mut core = ConnectionBlueprint::new(BlueprintConfig::default(), t0);
+        let mut core = ConnectionBlueprint::new(Config::default(), t0);
         core.handle(
             t0,
             Input::Measured(PathMeasured {
@@ -384,7 +384,7 @@ mod tests {
     #[test]
     fn records_per_peer_are_bounded() {
         let t0 = Instant::now();
-        let mut core = ConnectionBlueprint::new(BlueprintConfig::default(), t0);
+        let mut core = ConnectionBlueprint::new(Config::default(), t0);
         for i in 0..100u16 {
             core.handle(
                 t0 + Duration::from_millis(u64::from(i)),

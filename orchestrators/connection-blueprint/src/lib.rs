@@ -3,7 +3,7 @@
 //! The policy is a pure function, [`order_candidates`], over what is known of each of a
 //! peer's addresses: how it was learned, when, whether it worked and how fast. The
 //! sans-IO core [`ConnectionBlueprint`] keeps those records per peer and answers
-//! [`RecompileBlueprint`] requests; the actor [`ConnectionBlueprintOrchestrator`] only
+//! [`RecompileBlueprint`] requests; the actor [`Orchestrator`] only
 //! feeds it messages with the runtime's clock and forwards its outputs.
 //!
 //! # Messages
@@ -25,6 +25,6 @@ mod actor;
 mod core;
 mod policy;
 
-pub use actor::{AddBlueprintPeer, BlueprintRecipients, ConnectionBlueprintOrchestrator};
-pub use core::{BlueprintConfig, ConnectionBlueprint, Input, Output};
+pub use actor::{AddPeer, Orchestrator, Recipients};
+pub use core::{Config, ConnectionBlueprint, Input, Output};
 pub use policy::{order_candidates, AddressRecord, MAX_DIRECT_CANDIDATES};

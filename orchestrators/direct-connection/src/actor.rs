@@ -9,13 +9,13 @@ use tether_protocol::{
     ConnectFailed, ConnectPeer, ConnectivityChanged, EvictSession, HandshakeStarted,
     InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured,
     PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, SendMessage,
-    SendMigrationPing, SendResult, SessionReady, TransportCommand, TransportEvent,
+    SendMigrationPing, SendResult, SessionReady, TransportEvent, TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
 pub struct Recipients {
     /// The transport driver.
-    pub transport: Recipient<TransportCommand>,
+    pub transport: TransportPort,
     /// Rcs.
     pub relay_forward: Recipient<RelayForward>,
     /// Rcs.

@@ -137,13 +137,6 @@ impl Outbound {
             .min()
             .map(|at| at + rto)
     }
-
-    /// Whether a message is waiting for credit or for its first send.
-    pub fn has_unsent(&self) -> bool {
-        self.unacked
-            .iter()
-            .any(|m| m.last_sent.is_none() && m.seq < self.send_limit)
-    }
 }
 
 /// What the receiver did with one data frame.

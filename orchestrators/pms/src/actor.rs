@@ -8,13 +8,13 @@ use crate::client::{
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportCommand, TransportEvent,
+    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportEvent, TransportPort,
 };
 
 /// Where the Pms orchestrator's outputs go (wired by the harness).
-pub struct PmsRecipients {
+pub struct Recipients {
     /// The transport driver: dials, frames and closes of the rendezvous link.
-    pub transport: Recipient<TransportCommand>,
+    pub transport: TransportPort,
     /// Everyone who wants the peer's endpoints (Presence and ConnectionBlueprint).
     pub hint: Vec<Recipient<PeerEndpointHint>>,
 }
@@ -25,16 +25,16 @@ pub struct PmsRecipients {
 pub struct GetRendezvousClientCounters;
 
 /// The Pms actor: the device's rendezvous client.
-pub struct PmsOrchestrator {
+pub struct Orchestrator {
     core: RendezvousClient,
-    recipients: PmsRecipients,
+    recipients: Recipients,
     timer: CoreTimer,
 }
 
-impl PmsOrchestrator {
+impl Orchestrator {
     /// An actor around a fresh client; it dials the server when started. The config's
     /// `unix_ms_at_start` must be the wall clock now.
-    pub fn new(config: RendezvousClientConfig, recipients: PmsRecipients) -> Self {
+    pub fn new(config: RendezvousClientConfig, recipients: Recipients) -> Self {
         Self {
             core: RendezvousClient::new(config, runtime_now()),
             recipients,
@@ -43,7 +43,7 @@ impl PmsOrchestrator {
     }
 }
 
-impl CoreShell for PmsOrchestrator {
+impl CoreShell for Orchestrator {
     type Core = RendezvousClient;
 
     fn core(&mut self) -> &mut RendezvousClient {
@@ -66,7 +66,7 @@ impl CoreShell for PmsOrchestrator {
     }
 }
 
-impl Actor for PmsOrchestrator {
+impl Actor for Orchestrator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -74,17 +74,17 @@ impl Actor for PmsOrchestrator {
     }
 }
 
-tether_protocol::feed_messages!(PmsOrchestrator {
+tether_protocol::feed_messages!(Orchestrator {
     PublishEndpointHint => ClientInput::Publish,
     LookupEndpointHint => ClientInput::Lookup,
     TransportEvent => ClientInput::Transport,
 });
 
-impl Handler<GetRendezvousClientCounters> for PmsOrchestrator {
+impl Handler<GetRendezvousClientCounters> for Orchestrator {
     type Result = MessageResult<GetRendezvousClientCounters>;
     fn handle(&mut self, _: GetRendezvousClientCounters, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.core.counters())
     }
 }
 
-tether_protocol::stops_on_shutdown!(PmsOrchestrator);
+tether_protocol::stops_on_shutdown!(Orchestrator);

@@ -6,7 +6,7 @@
 //!
 //! - [`RendezvousClient`] is the device side, a sans-IO core: its own authenticated
 //!   connection to the server, publishing this device's endpoints sealed under each
-//!   peer's RK and looking up the peer's. [`PmsOrchestrator`] is its actix actor.
+//!   peer's RK and looking up the peer's. [`Orchestrator`] is its actix actor.
 //! - [`RendezvousTable`] is the server's table logic, also sans-IO: membership (two
 //!   devices per id), the latest hint per member with a TTL, bounded sizes. It stores
 //!   ciphertext only (invariant 7).
@@ -38,7 +38,7 @@ pub mod client;
 pub mod endpoints;
 pub mod table;
 
-pub use actor::{GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients};
+pub use actor::{GetRendezvousClientCounters, Orchestrator, Recipients};
 pub use client::{
     ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousClientCounters,
     DEFAULT_FIRST_DIAL_REQUEST,

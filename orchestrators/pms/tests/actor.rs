@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tether_crypto::{seal_hint, RelationshipKey, RendezvousId, StaticKeypair};
 use tether_pms::{
-    encode_endpoints, GetRendezvousClientCounters, PmsOrchestrator, PmsRecipients,
-    RendezvousClientConfig,
+    encode_endpoints, GetRendezvousClientCounters, Orchestrator, Recipients, RendezvousClientConfig,
 };
 use tether_protocol::{
-    DeviceId, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint, RelayMessage,
-    RendezvousMessage, RequestId, TransportCommand, TransportEvent, WireFrame,
+    DeviceId, LinkId, LinkOwner, LookupEndpointHint, OwnedCommand, PathKind, PeerEndpointHint,
+    RelayMessage, RendezvousMessage, RequestId, TransportCommand, TransportEvent, TransportPort,
+    WireFrame,
 };
 
 /// Records every message it receives, as text.
@@ -35,10 +35,13 @@ impl Handler<Flush> for Recorder {
     fn handle(&mut self, _message: Flush, _ctx: &mut Self::Context) {}
 }
 
-impl Handler<TransportCommand> for Recorder {
+impl Handler<OwnedCommand> for Recorder {
     type Result = ();
-    fn handle(&mut self, message: TransportCommand, _ctx: &mut Self::Context) {
-        let text = match message {
+    fn handle(&mut self, message: OwnedCommand, _ctx: &mut Self::Context) {
+        let text = match message.command {
+            _ if message.owner != LinkOwner::Pms => {
+                format!("{:?} from {:?}", message.command, message.owner)
+            }
             TransportCommand::Dial { .. } => "Dial".to_string(),
             TransportCommand::Transmit { frame, .. } => match tether_protocol::decode(&frame) {
                 Ok(WireFrame::Relay(RelayMessage::Authenticate { .. })) => {
@@ -85,10 +88,10 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
         unix,
         [1; 32],
     );
-    let actor = PmsOrchestrator::new(
+    let actor = Orchestrator::new(
         config.clone(),
-        PmsRecipients {
-            transport: recorder.clone().recipient(),
+        Recipients {
+            transport: TransportPort::new(LinkOwner::Pms, recorder.clone().recipient()),
             hint: vec![recorder.clone().recipient(), second.clone().recipient()],
         },
     )

@@ -1,7 +1,7 @@
 //! The actix shell around [`Presence`]: feeds messages in with the runtime's clock,
 //! forwards outputs, and keeps one timer armed at the core's next deadline.
 
-use crate::core::{Input, MigrationCompleted, Output, Presence, PresenceConfig};
+use crate::core::{Config, Input, MigrationCompleted, Output, Presence};
 use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};
@@ -13,7 +13,7 @@ use tether_protocol::{
 };
 
 /// Where Presence's outputs go.
-pub struct PresenceRecipients {
+pub struct Recipients {
     /// ConnectionBlueprint.
     pub recompile: Recipient<RecompileBlueprint>,
     /// DirectConnection.
@@ -40,19 +40,19 @@ pub struct PresenceRecipients {
 pub struct MigrationCompletedEvent(pub MigrationCompleted);
 
 /// The Presence actor.
-pub struct PresenceOrchestrator {
+pub struct Orchestrator {
     core: Presence,
-    recipients: PresenceRecipients,
+    recipients: Recipients,
     timer: CoreTimer,
 }
 
-impl PresenceOrchestrator {
+impl Orchestrator {
     /// An actor around a fresh core, with its peers and the device's endpoints.
     pub fn new(
-        config: PresenceConfig,
+        config: Config,
         peers: Vec<DeviceId>,
         local_endpoints: Vec<SocketAddr>,
-        recipients: PresenceRecipients,
+        recipients: Recipients,
     ) -> Self {
         let now = runtime_now();
         let mut core = Presence::new(config, now);
@@ -68,7 +68,7 @@ impl PresenceOrchestrator {
     }
 }
 
-impl CoreShell for PresenceOrchestrator {
+impl CoreShell for Orchestrator {
     type Core = Presence;
 
     fn core(&mut self) -> &mut Presence {
@@ -97,7 +97,7 @@ impl CoreShell for PresenceOrchestrator {
     }
 }
 
-impl Actor for PresenceOrchestrator {
+impl Actor for Orchestrator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -105,7 +105,7 @@ impl Actor for PresenceOrchestrator {
     }
 }
 
-tether_protocol::feed_messages!(PresenceOrchestrator {
+tether_protocol::feed_messages!(Orchestrator {
     ConnectivityChanged => Input::ConnectivityChanged,
     BlueprintCompiled => Input::BlueprintCompiled,
     HandshakeStarted => Input::HandshakeStarted,
@@ -119,4 +119,4 @@ tether_protocol::feed_messages!(PresenceOrchestrator {
     PeerEndpointHint => Input::PeerEndpointHint,
 });
 
-tether_protocol::stops_on_shutdown!(PresenceOrchestrator);
+tether_protocol::stops_on_shutdown!(Orchestrator);

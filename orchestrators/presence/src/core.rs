@@ -18,11 +18,11 @@ use tether_protocol::{
 
 /// Settings of the Presence core. Every duration is virtual under paused time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceConfig {
+pub struct Config {
     /// How long a migration may take before both sides evict (the seed's window).
     pub migration_window: Duration,
     /// First interval between migration ping rounds; doubles up to
-    /// [`PresenceConfig::migration_ping_max_interval`].
+    /// [`Config::migration_ping_max_interval`].
     pub migration_ping_interval: Duration,
     /// Longest interval between migration ping rounds.
     pub migration_ping_max_interval: Duration,
@@ -48,7 +48,7 @@ pub struct PresenceConfig {
 /// keeps even a device with hundreds of peers from bursting while adding little delay.
 pub const MAX_FIRST_PING_SPREAD: Duration = Duration::from_millis(500);
 
-impl Default for PresenceConfig {
+impl Default for Config {
     fn default() -> Self {
         Self {
             migration_window: Duration::from_secs(30),
@@ -194,7 +194,7 @@ struct Peer {
 /// The Presence core. See the crate docs for its messages and states.
 #[derive(Debug)]
 pub struct Presence {
-    config: PresenceConfig,
+    config: Config,
     rng: ChaCha8Rng,
     peers: BTreeMap<DeviceId, Peer>,
     local_endpoints: Vec<SocketAddr>,
@@ -207,7 +207,7 @@ pub struct Presence {
 
 impl Presence {
     /// A core with no peers.
-    pub fn new(config: PresenceConfig, now: Instant) -> Self {
+    pub fn new(config: Config, now: Instant) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
         let next_relay_poll = now + config.relay_poll_interval;
         Self {

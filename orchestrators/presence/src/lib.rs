@@ -3,7 +3,7 @@
 //! Owns each peer's [`SessionStatus`](tether_protocol::SessionStatus) machine, the
 //! migration window, the migration ping rounds, the heartbeat fallback poll of the relay
 //! queue, and when to connect and recover (with jitter and a bound on concurrent
-//! connects). The sans-IO core is [`Presence`]; [`PresenceOrchestrator`] is its actor.
+//! connects). The sans-IO core is [`Presence`]; [`Orchestrator`] is its actor.
 //!
 //! # Messages
 //! - in: `ConnectivityChanged` (transport), `BlueprintCompiled` (ConnectionBlueprint),
@@ -32,10 +32,8 @@
 mod actor;
 mod core;
 
-pub use actor::{MigrationCompletedEvent, PresenceOrchestrator, PresenceRecipients};
-pub use core::{
-    Input, MigrationCompleted, Output, Presence, PresenceConfig, MAX_FIRST_PING_SPREAD,
-};
+pub use actor::{MigrationCompletedEvent, Orchestrator, Recipients};
+pub use core::{Config, Input, MigrationCompleted, Output, Presence, MAX_FIRST_PING_SPREAD};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Transition traces of the Presence core, with a stand-in ConnectionBlueprint that
 //! answers every recompile at once (configured address, announced ones first, relay).
 
-use crate::core::{Input, Output, Presence, PresenceConfig};
+use crate::core::{Config, Input, Output, Presence};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
@@ -33,7 +33,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(config: PresenceConfig) -> Self {
+    fn new(config: Config) -> Self {
         let t0 = Instant::now();
         Self {
             core: Presence::new(config, t0),
@@ -198,7 +198,7 @@ fn moved(driver: &mut Driver) {
 
 #[test]
 fn establishment_trace() {
-    let mut driver = Driver::new(PresenceConfig::default());
+    let mut driver = Driver::new(Config::default());
     driver.input(
         "LocalEndpoints",
         Input::LocalEndpoints(vec![addr("192.0.2.9:4433")]),
@@ -210,7 +210,7 @@ fn establishment_trace() {
 
 #[test]
 fn outbound_migration_trace_never_connects() {
-    let mut driver = Driver::new(PresenceConfig::default());
+    let mut driver = Driver::new(Config::default());
     driver.establish(1);
     let connects_before = driver.count(|o| matches!(o, Output::ConnectPeer(_)));
     driver.trace.clear();
@@ -234,7 +234,7 @@ fn outbound_migration_trace_never_connects() {
 
 #[test]
 fn inbound_migration_trace_is_transport_only() {
-    let mut driver = Driver::new(PresenceConfig::default());
+    let mut driver = Driver::new(Config::default());
     driver.establish(1);
     driver.trace.clear();
     driver.advance_to(1000);
@@ -270,7 +270,7 @@ fn inbound_migration_trace_is_transport_only() {
 
 #[test]
 fn window_expiry_evicts_then_recovers_with_a_handshake() {
-    let mut driver = Driver::new(PresenceConfig::default());
+    let mut driver = Driver::new(Config::default());
     driver.establish(1);
     driver.trace.clear();
     driver.advance_to(1000);
@@ -294,7 +294,7 @@ fn window_expiry_evicts_then_recovers_with_a_handshake() {
 
 #[test]
 fn a_second_change_during_a_migration_restarts_the_rounds() {
-    let mut driver = Driver::new(PresenceConfig::default());
+    let mut driver = Driver::new(Config::default());
     driver.establish(1);
     driver.advance_to(1000);
     moved(&mut driver);
@@ -327,7 +327,7 @@ fn a_second_change_during_a_migration_restarts_the_rounds() {
 
 #[test]
 fn connects_are_bounded_and_jittered_for_many_peers() {
-    let config = PresenceConfig::default();
+    let config = Config::default();
     let bound = config.max_concurrent_connects;
     let mut driver = Driver::new(config);
     for n in 1..=50 {
@@ -362,7 +362,7 @@ fn connects_are_bounded_and_jittered_for_many_peers() {
 
 #[test]
 fn many_peers_migrate_with_spread_first_pings() {
-    let mut driver = Driver::new(PresenceConfig::default());
+    let mut driver = Driver::new(Config::default());
     for n in 1..=50 {
         driver.input("AddPeer", Input::AddPeer(peer(n)));
         driver.ready(n, true, 1);
@@ -386,7 +386,7 @@ fn many_peers_migrate_with_spread_first_pings() {
 #[test]
 fn same_seed_same_trace() {
     let run = || {
-        let mut driver = Driver::new(PresenceConfig::default());
+        let mut driver = Driver::new(Config::default());
         for n in 1..=5 {
             driver.input("AddPeer", Input::AddPeer(peer(n)));
         }

@@ -9,13 +9,13 @@ use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus,
-    TransportCommand, TransportEvent,
+    TransportEvent, TransportPort,
 };
 
 /// Where the Rcs orchestrator's outputs go (wired by the harness).
-pub struct RcsRecipients {
+pub struct Recipients {
     /// The transport driver: dials, frames and closes of the relay link.
-    pub transport: Recipient<TransportCommand>,
+    pub transport: TransportPort,
     /// DirectConnection: envelopes and frames that arrived through the relay.
     pub delivered: Recipient<RelayDelivered>,
     /// DirectConnection: answers to its enqueue requests.
@@ -30,15 +30,15 @@ pub struct RcsRecipients {
 pub struct GetRelayClientCounters;
 
 /// The Rcs actor: the device's relay client.
-pub struct RcsOrchestrator {
+pub struct Orchestrator {
     core: RelayClient,
-    recipients: RcsRecipients,
+    recipients: Recipients,
     timer: CoreTimer,
 }
 
-impl RcsOrchestrator {
+impl Orchestrator {
     /// An actor around a fresh client; it dials the server when started.
-    pub fn new(config: RelayClientConfig, recipients: RcsRecipients) -> Self {
+    pub fn new(config: RelayClientConfig, recipients: Recipients) -> Self {
         Self {
             core: RelayClient::new(config, runtime_now()),
             recipients,
@@ -47,7 +47,7 @@ impl RcsOrchestrator {
     }
 }
 
-impl CoreShell for RcsOrchestrator {
+impl CoreShell for Orchestrator {
     type Core = RelayClient;
 
     fn core(&mut self) -> &mut RelayClient {
@@ -73,7 +73,7 @@ impl CoreShell for RcsOrchestrator {
     }
 }
 
-impl Actor for RcsOrchestrator {
+impl Actor for Orchestrator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -81,18 +81,18 @@ impl Actor for RcsOrchestrator {
     }
 }
 
-tether_protocol::feed_messages!(RcsOrchestrator {
+tether_protocol::feed_messages!(Orchestrator {
     RelayEnqueue => ClientInput::Enqueue,
     RelayForward => ClientInput::Forward,
     RelayPoll => ClientInput::Poll,
     TransportEvent => ClientInput::Transport,
 });
 
-impl Handler<GetRelayClientCounters> for RcsOrchestrator {
+impl Handler<GetRelayClientCounters> for Orchestrator {
     type Result = MessageResult<GetRelayClientCounters>;
     fn handle(&mut self, _: GetRelayClientCounters, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.core.counters())
     }
 }
 
-tether_protocol::stops_on_shutdown!(RcsOrchestrator);
+tether_protocol::stops_on_shutdown!(Orchestrator);

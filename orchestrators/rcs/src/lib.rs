@@ -4,7 +4,7 @@
 //!   the relay server over which DirectConnection's sealed envelopes are queued for an
 //!   offline peer or forwarded live to a connected one, and through which the peer's
 //!   envelopes arrive (pushed, or fetched on Presence's heartbeat poll).
-//!   [`RcsOrchestrator`] is its actix actor.
+//!   [`Orchestrator`] is its actix actor.
 //! - [`RelayQueueServer`] is the server's queue logic, also sans-IO: the harness runs it
 //!   behind a QUIC endpoint (`tether relay`). It authenticates devices by a proof of
 //!   static-key ownership ([`tether_crypto::server_auth`]), keeps bounded per-device
@@ -40,7 +40,7 @@ pub mod client;
 mod counters;
 pub mod server;
 
-pub use actor::{GetRelayClientCounters, RcsOrchestrator, RcsRecipients};
+pub use actor::{GetRelayClientCounters, Orchestrator, Recipients};
 pub use client::{
     ClientInput, ClientOutput, RelayClient, RelayClientConfig, RelayClientCounters,
     DEFAULT_FIRST_DIAL_REQUEST,

@@ -76,9 +76,10 @@ pub const DEFAULT_MAX_QUEUED_PER_RECIPIENT: usize = 1024;
 /// holding a thousand frames of several KiB.
 pub const DEFAULT_MAX_QUEUED_BYTES_PER_RECIPIENT: usize = 8 * 1024 * 1024;
 
-/// Largest envelope: a Noise message or sealed frame is at most 65 535 bytes; 1 KiB more
-/// leaves room for the sealed frame's header fields.
-pub const DEFAULT_MAX_ENVELOPE_LEN: usize = 65_535 + 1024;
+/// Largest envelope: a Noise message or sealed frame is at most
+/// [`NOISE_MAX_MESSAGE_LEN`](tether_crypto::NOISE_MAX_MESSAGE_LEN) (65 535) bytes; 1 KiB
+/// more leaves room for the sealed frame's header fields.
+pub const DEFAULT_MAX_ENVELOPE_LEN: usize = tether_crypto::NOISE_MAX_MESSAGE_LEN + 1024;
 
 /// Longest an envelope is kept: one day lets a device that was offline overnight still
 /// receive its migration ping and queued data; longer would keep garbage for no one.

@@ -10,10 +10,10 @@ use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, Mutex};
 use tether_crypto::StaticKeypair;
 use tether_protocol::{
-    LinkId, PathKind, RelayDelivered, RelayEnqueueResult, RelayMessage, RelayStatus,
-    TransportCommand, TransportEvent, WireFrame,
+    LinkId, LinkOwner, OwnedCommand, PathKind, RelayDelivered, RelayEnqueueResult, RelayMessage,
+    RelayStatus, TransportCommand, TransportEvent, TransportPort, WireFrame,
 };
-use tether_rcs::{GetRelayClientCounters, RcsOrchestrator, RcsRecipients, RelayClientConfig};
+use tether_rcs::{GetRelayClientCounters, Orchestrator, Recipients, RelayClientConfig};
 
 /// Records every message it receives, as text.
 struct Recorder(Arc<Mutex<Vec<String>>>);
@@ -44,7 +44,8 @@ macro_rules! record {
     };
 }
 
-record!(TransportCommand, |m| match m {
+record!(OwnedCommand, |m| match &m.command {
+    _ if m.owner != LinkOwner::Rcs => format!("{:?} from {:?}", m.command, m.owner),
     TransportCommand::Dial { .. } => "Dial".into(),
     TransportCommand::Transmit { frame, .. } => match tether_protocol::decode(frame) {
         Ok(WireFrame::Relay(RelayMessage::Authenticate { .. })) => "Transmit Authenticate".into(),
@@ -70,10 +71,10 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
         "203.0.113.1:443".parse().unwrap(),
         1,
     );
-    let actor = RcsOrchestrator::new(
+    let actor = Orchestrator::new(
         config.clone(),
-        RcsRecipients {
-            transport: recorder.clone().recipient(),
+        Recipients {
+            transport: TransportPort::new(LinkOwner::Rcs, recorder.clone().recipient()),
             delivered: recorder.clone().recipient(),
             enqueue_result: recorder.clone().recipient(),
             status: vec![recorder.clone().recipient(), second.clone().recipient()],

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -118,14 +117,6 @@ impl SimSocket {
     /// unconnected UDP socket, a datagram the network drops is not an error.
     pub fn send_to(&self, data: &[u8], to: SocketAddr) {
         self.net.send(self.host, self.local, None, to, data);
-    }
-
-    /// Receives one datagram into `buf`, returning its length and source. Datagrams
-    /// larger than `buf` are dropped and counted.
-    pub async fn recv_from(&self, buf: &mut [u8]) -> (usize, SocketAddr) {
-        let (from, _to, data) = poll_fn(|cx| self.queue.poll_pop(cx, buf.len())).await;
-        buf[..data.len()].copy_from_slice(&data);
-        (data.len(), from)
     }
 }
 
