@@ -4,8 +4,8 @@
 //! rendering as Prometheus text, served by a tiny HTTP listener.
 //!
 //! - this module: the reports and their parts;
-//! - [`sessions`]: the per-session bookkeeping ([`SessionTracker`]);
-//! - [`prometheus`]: Prometheus text and the listener that serves it.
+//! - `sessions`: the per-session bookkeeping ([`SessionTracker`]);
+//! - `prometheus`: Prometheus text and the listener that serves it.
 //!
 //! Everything here is measured, nothing estimated: time on each path is accounted from
 //! the session's path events, frames and bytes per path are DirectConnection's counts.
