@@ -3,7 +3,7 @@
 //! with their results, and remembers each peer's status for `status()`.
 //!
 //! # Messages
-//! - in: `StatusChanged` (Presence), `MigrationCompletedEvent` (Presence),
+//! - in: `StatusChanged` (Presence), `MigrationEvent` (Presence),
 //!   `SessionReady`, `MessageDelivered`, `SendResult` (DirectConnection), [`ExpectSend`]
 //!   and [`GetPresence`] (the node).
 //! - out: [`NodeEvent`]s on the node's channel.
@@ -11,7 +11,7 @@
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tether_presence::MigrationCompletedEvent;
+use tether_presence::MigrationEvent;
 use tether_protocol::{
     ChannelId, DeviceId, MessageDelivered, RequestId, SendError, SendResult, SessionReady,
     SessionStatus, StatusChanged,
@@ -32,6 +32,22 @@ pub enum NodeEvent {
     },
     /// A session was bound to a path.
     Ready(SessionReady),
+    /// A migration began (Presence's [`MigrationEvent::Started`]).
+    MigrationStarted {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether this device moved.
+        outbound: bool,
+    },
+    /// A migration ended in eviction (Presence's [`MigrationEvent::Failed`]).
+    MigrationFailed {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether this device moved.
+        outbound: bool,
+        /// From the change (or the signal) to the eviction.
+        duration: Duration,
+    },
     /// A migration finished.
     MigrationCompleted {
         /// The peer.
@@ -90,7 +106,10 @@ pub fn phase_timeline<'a>(
                     name(peer),
                     if *outbound { "moved" } else { "peer moved" }
                 ),
-                NodeEvent::Delivered { .. } => continue,
+                // The status lines already show a migration start and an eviction.
+                NodeEvent::MigrationStarted { .. }
+                | NodeEvent::MigrationFailed { .. }
+                | NodeEvent::Delivered { .. } => continue,
             };
             lines.push((*at - since, i * 1_000_000 + order, text));
         }
@@ -169,19 +188,39 @@ impl Handler<StatusChanged> for EventHub {
     }
 }
 
-impl Handler<MigrationCompletedEvent> for EventHub {
+impl Handler<MigrationEvent> for EventHub {
     type Result = ();
 
-    fn handle(&mut self, message: MigrationCompletedEvent, _ctx: &mut Self::Context) {
-        let completed = message.0;
-        let view = self.peers.entry(completed.peer).or_default();
-        view.last_migration = Some(completed.duration);
-        view.migrations += 1;
-        self.emit(NodeEvent::MigrationCompleted {
-            peer: completed.peer,
-            outbound: completed.outbound,
-            duration: completed.duration,
-        });
+    fn handle(&mut self, message: MigrationEvent, _ctx: &mut Self::Context) {
+        let event = match message {
+            MigrationEvent::Started { peer, outbound } => {
+                NodeEvent::MigrationStarted { peer, outbound }
+            }
+            MigrationEvent::Completed {
+                peer,
+                outbound,
+                duration,
+            } => {
+                let view = self.peers.entry(peer).or_default();
+                view.last_migration = Some(duration);
+                view.migrations += 1;
+                NodeEvent::MigrationCompleted {
+                    peer,
+                    outbound,
+                    duration,
+                }
+            }
+            MigrationEvent::Failed {
+                peer,
+                outbound,
+                duration,
+            } => NodeEvent::MigrationFailed {
+                peer,
+                outbound,
+                duration,
+            },
+        };
+        self.emit(event);
     }
 }
 

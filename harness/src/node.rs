@@ -252,7 +252,7 @@ impl Node {
                 lookup_hint: pms.clone().recipient(),
                 relay_poll: rcs.clone().recipient(),
                 status: hub.clone().recipient(),
-                migration_completed: hub.clone().recipient(),
+                migration: hub.clone().recipient(),
             },
         ));
 

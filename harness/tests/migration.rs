@@ -9,7 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tether_harness::cluster::DEVICE_PORT;
-use tether_harness::{run_simulation, ClusterBuilder, GetTap, PeerStatus, SimCluster, StartTap};
+use tether_harness::{
+    run_simulation, ClusterBuilder, GetTap, NodeEvent, PeerStatus, SimCluster, StartTap,
+};
 use tether_protocol::{DeviceId, PathKind, RelayMessage, SealedFrame, SessionStatus, WireFrame};
 use tether_transport::sim::LinkConditions;
 use tether_transport::{Endpoint, TransportConfig};
@@ -133,6 +135,34 @@ async fn assert_recovered(
     assert_eq!(got(A, b), expect("b"), "B -> A exactly once, in order");
     let after = baseline(cluster, A, B).await;
     assert_eq!(&after, base, "same session, no handshake");
+    for side in [A, B] {
+        let counts = migration_events(cluster, side);
+        assert!(
+            counts.started >= 1 && counts.started == counts.completed && counts.failed == 0,
+            "Presence reports every migration it starts as completed: {counts:?}"
+        );
+    }
+}
+
+/// Presence's migration events in one device's log.
+#[derive(Debug, Default)]
+struct MigrationEvents {
+    started: usize,
+    completed: usize,
+    failed: usize,
+}
+
+fn migration_events(cluster: &SimCluster, side: usize) -> MigrationEvents {
+    let mut counts = MigrationEvents::default();
+    for (_, event) in &cluster.devices[side].log {
+        match event {
+            NodeEvent::MigrationStarted { .. } => counts.started += 1,
+            NodeEvent::MigrationCompleted { .. } => counts.completed += 1,
+            NodeEvent::MigrationFailed { .. } => counts.failed += 1,
+            _ => {}
+        }
+    }
+    counts
 }
 
 /// Seeds per path: each seed changes the network's randomness (loss, jitter) and the
@@ -263,7 +293,7 @@ fn window_expiry_evicts_then_recovers_without_losing_messages() {
                         *at >= since
                             && matches!(
                                 e,
-                                tether_harness::NodeEvent::Status {
+                                NodeEvent::Status {
                                     to: SessionStatus::Evicted,
                                     ..
                                 }
@@ -272,6 +302,19 @@ fn window_expiry_evicts_then_recovers_without_losing_messages() {
                 })
                 .await;
             assert!(evicted, "{}", cluster.timeline(&[A, B], since));
+            let failed = cluster.devices[A].log.iter().find_map(|(_, e)| match e {
+                NodeEvent::MigrationFailed {
+                    outbound, duration, ..
+                } => Some((*outbound, *duration)),
+                _ => None,
+            });
+            let window = Duration::from_secs(8);
+            assert!(
+                failed.is_some_and(|(outbound, after)| outbound
+                    && after >= window
+                    && after < window + Duration::from_millis(10)),
+                "Presence reports A's migration failed when its window expired: {failed:?}"
+            );
             cluster.net.heal_all();
             let (a, b) = (cluster.id(A), cluster.id(B));
             let done = cluster

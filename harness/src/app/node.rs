@@ -343,16 +343,13 @@ impl NodeState {
                 let span = log.span();
                 let from_text = from.map_or("-".to_string(), |s| s.to_string());
                 match lifecycle {
-                    Lifecycle::Started => {
-                        span.in_scope(|| tracing::info!(from = %from_text, to = %to, "session established"))
-                    }
-                    Lifecycle::MigrationFailed => {
-                        span.in_scope(|| tracing::warn!(from = %from_text, to = %to, "migration failed: window expired, session evicted"))
-                    }
-                    Lifecycle::Stopped => {
-                        span.in_scope(|| tracing::warn!(from = %from_text, to = %to, "session stopped"))
-                    }
-                    Lifecycle::MigrationStarted | Lifecycle::None => {
+                    Lifecycle::Started => span.in_scope(
+                        || tracing::info!(from = %from_text, to = %to, "session established"),
+                    ),
+                    Lifecycle::Stopped => span.in_scope(
+                        || tracing::warn!(from = %from_text, to = %to, "session stopped"),
+                    ),
+                    Lifecycle::None => {
                         span.in_scope(|| tracing::info!(from = %from_text, to = %to, "status"))
                     }
                 }
@@ -383,6 +380,24 @@ impl NodeState {
                     remote: ready.remote.map(|r| r.to_string()),
                     after_handshake: ready.after_handshake,
                     at_ms,
+                });
+            }
+            NodeEvent::MigrationStarted { peer, outbound } => {
+                let span = self.log_for(*peer).span();
+                span.in_scope(|| tracing::info!(outbound = *outbound, "migration started"));
+            }
+            NodeEvent::MigrationFailed {
+                peer,
+                outbound,
+                duration,
+            } => {
+                let span = self.log_for(*peer).span();
+                span.in_scope(|| {
+                    tracing::warn!(
+                        outbound = *outbound,
+                        after_ms = millis(*duration),
+                        "migration failed: the session was evicted before a path answered"
+                    )
                 });
             }
             NodeEvent::MigrationCompleted {

@@ -1,7 +1,7 @@
 //! The actix shell around [`Presence`]: feeds messages in with the runtime's clock,
 //! forwards outputs, and keeps one timer armed at the core's next deadline.
 
-use crate::core::{Config, Input, MigrationCompleted, Output, Presence};
+use crate::core::{Config, Input, MigrationEvent, Output, Presence};
 use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};
@@ -31,13 +31,8 @@ pub struct Recipients {
     /// The node's event stream.
     pub status: Recipient<StatusChanged>,
     /// The node's event stream.
-    pub migration_completed: Recipient<MigrationCompletedEvent>,
+    pub migration: Recipient<MigrationEvent>,
 }
-
-/// [`MigrationCompleted`] as an actix message for the node.
-#[derive(Debug, Clone, actix::Message)]
-#[rtype(result = "()")]
-pub struct MigrationCompletedEvent(pub MigrationCompleted);
 
 /// The Presence actor.
 pub struct Orchestrator {
@@ -90,9 +85,7 @@ impl CoreShell for Orchestrator {
             Output::LookupEndpointHint(m) => r.lookup_hint.do_send(m),
             Output::RelayPoll(m) => r.relay_poll.do_send(m),
             Output::StatusChanged(m) => r.status.do_send(m),
-            Output::MigrationCompleted(m) => {
-                r.migration_completed.do_send(MigrationCompletedEvent(m))
-            }
+            Output::Migration(m) => r.migration.do_send(m),
         }
     }
 }

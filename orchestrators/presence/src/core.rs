@@ -117,19 +117,43 @@ pub enum Output {
     RelayPoll(RelayPoll),
     /// To the node's event stream.
     StatusChanged(StatusChanged),
-    /// A migration finished: to the node's event stream and metrics.
-    MigrationCompleted(MigrationCompleted),
+    /// A migration started, completed or failed: to the node's event stream and metrics.
+    Migration(MigrationEvent),
 }
 
-/// A finished migration, for metrics and the phase timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationCompleted {
-    /// The peer.
-    pub peer: DeviceId,
-    /// Whether this device was the one that moved.
-    pub outbound: bool,
-    /// From the network change (or the inbound signal) to Ready.
-    pub duration: Duration,
+/// A migration's lifecycle as Presence decides it. Presence owns the migration window
+/// and the status machine, so it alone says when a migration starts and how it ends;
+/// the node reports these events and derives nothing from status changes.
+#[derive(Debug, Clone, PartialEq, Eq, actix::Message)]
+#[rtype(result = "()")]
+pub enum MigrationEvent {
+    /// A migration began: this device's network changed (`outbound`), or the peer
+    /// announced a move. A further change during a migration does not start another.
+    Started {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether this device is the one that moved.
+        outbound: bool,
+    },
+    /// The session is Ready again.
+    Completed {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether this device was the one that moved.
+        outbound: bool,
+        /// From the network change (or the inbound signal) to Ready.
+        duration: Duration,
+    },
+    /// The session was evicted before the migration completed (its window expired, or
+    /// the peer reset the session).
+    Failed {
+        /// The peer.
+        peer: DeviceId,
+        /// Whether this device was the one that moved.
+        outbound: bool,
+        /// From the network change (or the inbound signal) to the eviction.
+        duration: Duration,
+    },
 }
 
 /// Why a blueprint was requested: what to do with it when it arrives.
@@ -541,7 +565,7 @@ impl Presence {
         }
         if let Some(migration) = migration {
             self.outputs
-                .push_back(Output::MigrationCompleted(MigrationCompleted {
+                .push_back(Output::Migration(MigrationEvent::Completed {
                     peer: ready.peer,
                     outbound: migration.outbound.is_some(),
                     duration: now.saturating_duration_since(migration.started),
@@ -621,18 +645,26 @@ impl Presence {
         let first_round = now + self.jitter(spread);
         let request = self.request_id();
         let window = self.config.migration_window;
-        if let Some(peer) = self.peers.get_mut(&id) {
-            peer.scheduled = None;
-            peer.pending_blueprint = None;
-            peer.deadline = Some(now + window);
-            peer.migration = Some(Migration {
-                started: now,
-                outbound: Some(PingRounds {
-                    request,
-                    sent: 0,
-                    next: first_round,
-                }),
-            });
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        peer.scheduled = None;
+        peer.pending_blueprint = None;
+        peer.deadline = Some(now + window);
+        let previous = peer.migration.replace(Migration {
+            started: now,
+            outbound: Some(PingRounds {
+                request,
+                sent: 0,
+                next: first_round,
+            }),
+        });
+        if previous.is_none() {
+            self.outputs
+                .push_back(Output::Migration(MigrationEvent::Started {
+                    peer: id,
+                    outbound: true,
+                }));
         }
     }
 
@@ -680,12 +712,19 @@ impl Presence {
             Some(SessionStatus::Ready | SessionStatus::Degraded) => {
                 let window = self.config.migration_window;
                 peer.deadline = Some(now + window);
-                peer.migration = Some(Migration {
+                let previous = peer.migration.replace(Migration {
                     started: now,
                     outbound: None,
                 });
                 peer.scheduled = None;
                 self.set_status(ping.peer, SessionStatus::ReconnectingInbound);
+                if previous.is_none() {
+                    self.outputs
+                        .push_back(Output::Migration(MigrationEvent::Started {
+                            peer: ping.peer,
+                            outbound: false,
+                        }));
+                }
                 self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
             }
             Some(SessionStatus::ReconnectingInbound) => {
@@ -797,15 +836,24 @@ impl Presence {
         if !self.set_status(id, SessionStatus::Evicted) {
             return;
         }
+        let mut migration = None;
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.deadline = None;
-            peer.migration = None;
+            migration = peer.migration.take();
             peer.pending_blueprint = None;
             peer.connecting = false;
             peer.attempts = 0;
         }
         self.outputs
             .push_back(Output::EvictSession(EvictSession { peer: id, reason }));
+        if let Some(migration) = migration {
+            self.outputs
+                .push_back(Output::Migration(MigrationEvent::Failed {
+                    peer: id,
+                    outbound: migration.outbound.is_some(),
+                    duration: now.saturating_duration_since(migration.started),
+                }));
+        }
         let delay = self.backoff(0);
         self.schedule(id, now + delay, Purpose::Connect);
     }

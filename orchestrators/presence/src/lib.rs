@@ -13,7 +13,8 @@
 //! - out: `RecompileBlueprint` (ConnectionBlueprint); `ConnectPeer` (PresenceConnect),
 //!   `SendMigrationPing`, `EvictSession` (DirectConnection); `PublishEndpointHint`,
 //!   `LookupEndpointHint` (Pms); `RelayPoll` (Rcs); `StatusChanged` and
-//!   [`MigrationCompleted`] (the node).
+//!   [`MigrationEvent`] (the node: a migration started, completed or failed; nothing
+//!   else derives these).
 //!
 //! # States (per peer)
 //! `Connecting → Handshaking → Ready ⇄ Degraded → ReconnectingOutbound |
@@ -32,8 +33,8 @@
 mod actor;
 mod core;
 
-pub use actor::{MigrationCompletedEvent, Orchestrator, Recipients};
-pub use core::{Config, Input, MigrationCompleted, Output, Presence, MAX_FIRST_PING_SPREAD};
+pub use actor::{Orchestrator, Recipients};
+pub use core::{Config, Input, MigrationEvent, Output, Presence, MAX_FIRST_PING_SPREAD};
 
 #[cfg(test)]
 mod tests;

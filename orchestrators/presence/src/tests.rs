@@ -1,7 +1,7 @@
 //! Transition traces of the Presence core, with a stand-in ConnectionBlueprint that
 //! answers every recompile at once (configured address, announced ones first, relay).
 
-use crate::core::{Config, Input, Output, Presence};
+use crate::core::{Config, Input, MigrationEvent, Output, Presence};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
@@ -177,11 +177,26 @@ fn describe(output: &Output) -> Option<String> {
             m.from.map_or("-".to_string(), |s| s.to_string()),
             m.to
         ),
-        Output::MigrationCompleted(m) => format!(
-            "MigrationCompleted {} outbound={} in {}ms",
-            peer_name(&m.peer),
-            m.outbound,
-            m.duration.as_millis()
+        Output::Migration(MigrationEvent::Started { peer, outbound }) => {
+            format!("MigrationStarted {} outbound={outbound}", peer_name(peer))
+        }
+        Output::Migration(MigrationEvent::Completed {
+            peer,
+            outbound,
+            duration,
+        }) => format!(
+            "MigrationCompleted {} outbound={outbound} in {}ms",
+            peer_name(peer),
+            duration.as_millis()
+        ),
+        Output::Migration(MigrationEvent::Failed {
+            peer,
+            outbound,
+            duration,
+        }) => format!(
+            "MigrationFailed {} outbound={outbound} after {}ms",
+            peer_name(peer),
+            duration.as_millis()
         ),
     })
 }

@@ -27,17 +27,14 @@ struct Tracked {
     since: Option<Instant>,
 }
 
-/// What a status event meant for the session's lifecycle, for logs.
+/// What a status event meant for the session's lifecycle, for logs. Migrations have
+/// events of their own (Presence's), so they are not derived here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifecycle {
     /// Nothing notable.
     None,
     /// The session became established.
     Started,
-    /// A migration began.
-    MigrationStarted,
-    /// A migration failed: the window expired.
-    MigrationFailed,
     /// The session was evicted or closed.
     Stopped,
 }
@@ -66,22 +63,10 @@ impl SessionTracker {
                         t.metrics.started_at_unix_ms = Some(unix_ms);
                         Lifecycle::Started
                     }
-                    SessionStatus::Ready => Lifecycle::None,
-                    SessionStatus::ReconnectingOutbound | SessionStatus::ReconnectingInbound
-                        if !from.is_some_and(SessionStatus::is_migrating) =>
-                    {
-                        t.metrics.migrations_started += 1;
-                        Lifecycle::MigrationStarted
-                    }
                     SessionStatus::Evicted => {
                         t.metrics.sessions_evicted += 1;
                         t.metrics.stopped_at_unix_ms = Some(unix_ms);
-                        if from.is_some_and(SessionStatus::is_migrating) {
-                            t.metrics.migrations_failed += 1;
-                            Lifecycle::MigrationFailed
-                        } else {
-                            Lifecycle::Stopped
-                        }
+                        Lifecycle::Stopped
                     }
                     SessionStatus::Closed => {
                         t.metrics.sessions_closed += 1;
@@ -98,6 +83,22 @@ impl SessionTracker {
                 if ready.after_handshake {
                     t.metrics.handshakes_completed += 1;
                 }
+                Lifecycle::None
+            }
+            NodeEvent::MigrationStarted { peer, .. } => {
+                self.peers
+                    .entry(*peer)
+                    .or_default()
+                    .metrics
+                    .migrations_started += 1;
+                Lifecycle::None
+            }
+            NodeEvent::MigrationFailed { peer, .. } => {
+                self.peers
+                    .entry(*peer)
+                    .or_default()
+                    .metrics
+                    .migrations_failed += 1;
                 Lifecycle::None
             }
             NodeEvent::MigrationCompleted { peer, duration, .. } => {
@@ -143,5 +144,72 @@ impl Tracked {
             }
         }
         self.since = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn migrations_are_counted_from_presence_events_not_from_status_changes() {
+        let peer = DeviceId([7; 32]);
+        let now = Instant::now();
+        let mut tracker = SessionTracker::default();
+        let status = |from, to| NodeEvent::Status {
+            peer,
+            from: Some(from),
+            to,
+        };
+        // Status changes alone are no migration.
+        tracker.observe(
+            &status(SessionStatus::Ready, SessionStatus::ReconnectingOutbound),
+            now,
+            0,
+        );
+        tracker.observe(
+            &status(SessionStatus::ReconnectingOutbound, SessionStatus::Evicted),
+            now,
+            0,
+        );
+        let metrics = |t: &SessionTracker| t.peers[&peer].metrics.clone();
+        assert_eq!(metrics(&tracker).migrations_started, 0);
+        assert_eq!(metrics(&tracker).migrations_failed, 0);
+        assert_eq!(metrics(&tracker).sessions_evicted, 1);
+
+        let started = NodeEvent::MigrationStarted {
+            peer,
+            outbound: true,
+        };
+        tracker.observe(&started, now, 0);
+        tracker.observe(
+            &NodeEvent::MigrationFailed {
+                peer,
+                outbound: true,
+                duration: Duration::from_secs(30),
+            },
+            now,
+            0,
+        );
+        tracker.observe(&started, now, 0);
+        tracker.observe(
+            &NodeEvent::MigrationCompleted {
+                peer,
+                outbound: true,
+                duration: Duration::from_millis(60),
+            },
+            now,
+            0,
+        );
+        let m = metrics(&tracker);
+        assert_eq!(
+            (
+                m.migrations_started,
+                m.migrations_failed,
+                m.migrations_completed
+            ),
+            (2, 1, 1)
+        );
     }
 }
