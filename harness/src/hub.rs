@@ -1,11 +1,11 @@
 //! The node's event hub: the actor that receives what the orchestrators report to "the
-//! node" and turns it into one ordered stream of [`NodeEvent`]s, answers `send` calls
-//! with their results, and remembers each peer's status for `status()`.
+//! node" and turns it into one ordered stream of [`NodeEvent`]s, and remembers each
+//! peer's status for `status()`. (A `send` is answered by DirectConnection itself.)
 //!
 //! # Messages
 //! - in: `StatusChanged` (Presence), `MigrationEvent` (Presence),
-//!   `SessionReady`, `MessageDelivered`, `SendResult` (DirectConnection), [`ExpectSend`]
-//!   and [`GetPresence`] (the node).
+//!   `SessionReady`, `MessageDelivered` (DirectConnection), and [`GetPresence`] (the
+//!   node).
 //! - out: [`NodeEvent`]s on the node's channel.
 
 use actix::{Actor, Context, Handler, Message, MessageResult};
@@ -13,10 +13,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tether_presence::MigrationEvent;
 use tether_protocol::{
-    ChannelId, DeviceId, MessageDelivered, RequestId, SendError, SendResult, SessionReady,
-    SessionStatus, StatusChanged,
+    ChannelId, DeviceId, MessageDelivered, SessionReady, SessionStatus, StatusChanged,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Something that happened on the node, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,16 +121,6 @@ pub fn phase_timeline<'a>(
         .join("\n")
 }
 
-/// The node registers a pending `send` before asking DirectConnection.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ExpectSend {
-    /// The SendMessage's request id.
-    pub request: RequestId,
-    /// Where the result goes.
-    pub reply: oneshot::Sender<Result<u64, SendError>>,
-}
-
 /// What the hub knows per peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PresenceView {
@@ -151,7 +140,6 @@ pub struct GetPresence;
 /// The hub actor.
 pub struct EventHub {
     events: mpsc::UnboundedSender<NodeEvent>,
-    pending: BTreeMap<RequestId, oneshot::Sender<Result<u64, SendError>>>,
     peers: BTreeMap<DeviceId, PresenceView>,
 }
 
@@ -160,7 +148,6 @@ impl EventHub {
     pub fn new(events: mpsc::UnboundedSender<NodeEvent>) -> Self {
         Self {
             events,
-            pending: BTreeMap::new(),
             peers: BTreeMap::new(),
         }
     }
@@ -242,24 +229,6 @@ impl Handler<MessageDelivered> for EventHub {
             seq: message.seq,
             payload: message.payload,
         });
-    }
-}
-
-impl Handler<SendResult> for EventHub {
-    type Result = ();
-
-    fn handle(&mut self, message: SendResult, _ctx: &mut Self::Context) {
-        if let Some(reply) = self.pending.remove(&message.request) {
-            let _ = reply.send(message.result);
-        }
-    }
-}
-
-impl Handler<ExpectSend> for EventHub {
-    type Result = ();
-
-    fn handle(&mut self, message: ExpectSend, _ctx: &mut Self::Context) {
-        self.pending.insert(message.request, message.reply);
     }
 }
 

@@ -2,10 +2,9 @@
 //! wired together, behind a small async API (`send`, events, `status`, `rebind`).
 
 use crate::driver::{DriverRecipients, Rebind, TransportDriver};
-use crate::hub::{EventHub, ExpectSend, GetPresence, NodeEvent, PresenceView};
+use crate::hub::{EventHub, GetPresence, NodeEvent, PresenceView};
 use actix::{Actor, Addr, AsyncContext, Context};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
@@ -18,7 +17,7 @@ use tether_protocol::{
 };
 use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
 use tether_transport::Endpoint;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// A paired peer as the node's config lists it.
 #[derive(Clone)]
@@ -103,7 +102,6 @@ pub struct Node {
     driver: Addr<TransportDriver>,
     hub: Addr<EventHub>,
     events: mpsc::UnboundedReceiver<NodeEvent>,
-    next_request: AtomicU64,
 }
 
 /// Derives a per-actor seed from the node seed, so actors do not share random streams.
@@ -194,7 +192,6 @@ impl Node {
                 peer_reset: presence.clone().recipient(),
                 liveness: presence.clone().recipient(),
                 path_measured: blueprint.clone().recipient(),
-                send_result: hub.clone().recipient(),
                 delivered: hub.clone().recipient(),
             },
         ));
@@ -266,7 +263,6 @@ impl Node {
             driver,
             hub,
             events,
-            next_request: AtomicU64::new(1),
         })
     }
 
@@ -288,19 +284,14 @@ impl Node {
         channel: ChannelId,
         payload: Vec<u8>,
     ) -> Result<u64, SendError> {
-        let request = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
-        let (reply, result) = oneshot::channel();
-        self.hub
-            .send(ExpectSend { request, reply })
+        self.dc
+            .send(SendMessage {
+                peer,
+                channel,
+                payload,
+            })
             .await
-            .map_err(|_| SendError::Closed)?;
-        self.dc.do_send(SendMessage {
-            request,
-            peer,
-            channel,
-            payload,
-        });
-        result.await.map_err(|_| SendError::Closed)?
+            .map_err(|_| SendError::Closed)?
     }
 
     /// The next event, in order. None once the node stopped.

@@ -29,7 +29,7 @@
 //! | [`EvictSession`] | Presence → DirectConnection | failure |
 //! | [`StatusChanged`] | Presence → node | all |
 //! | [`Shutdown`] | node → every actor | teardown |
-//! | [`SendMessage`] / [`SendResult`] / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
+//! | [`SendMessage`] (answered directly) / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
 //! | [`TransportCommand`] (in an [`OwnedCommand`], through a [`TransportPort`]) / [`TransportEvent`] | DirectConnection, Rcs, Pms ↔ transport driver | all |
 
 use crate::ids::{ChannelId, DeviceId, Epoch, LinkId, RequestId, SessionId};
@@ -397,12 +397,12 @@ pub struct StatusChanged {
     pub to: SessionStatus,
 }
 
-/// The application asks to send bytes to a peer.
+/// The application asks to send bytes to a peer. Answered at once with the sequence
+/// number assigned (the message is queued for exactly-once delivery) or why it was
+/// refused.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<u64, SendError>")]
 pub struct SendMessage {
-    /// Answered by [`SendResult`].
-    pub request: RequestId,
     /// The peer.
     pub peer: DeviceId,
     /// The channel.
@@ -434,16 +434,6 @@ pub enum SendError {
     /// The session was closed by the application.
     #[error("session closed")]
     Closed,
-}
-
-/// Whether a [`SendMessage`] was accepted (queued for exactly-once delivery).
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
-pub struct SendResult {
-    /// The request.
-    pub request: RequestId,
-    /// The sequence number assigned, or why it was refused.
-    pub result: Result<u64, SendError>,
 }
 
 /// A message reached the application, exactly once and in order per channel.

@@ -9,7 +9,7 @@ use tether_protocol::{
     ConnectFailed, ConnectPeer, ConnectivityChanged, EvictSession, HandshakeStarted,
     InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured,
     PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, SendMessage,
-    SendMigrationPing, SendResult, SessionReady, TransportEvent, TransportPort,
+    SendMigrationPing, SessionReady, TransportEvent, TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
@@ -38,8 +38,6 @@ pub struct Recipients {
     pub liveness: Recipient<LivenessReport>,
     /// ConnectionBlueprint.
     pub path_measured: Recipient<PathMeasured>,
-    /// The application.
-    pub send_result: Recipient<SendResult>,
     /// The application.
     pub delivered: Recipient<MessageDelivered>,
 }
@@ -98,7 +96,6 @@ impl CoreShell for Orchestrator {
             Output::PeerReset(m) => r.peer_reset.do_send(m),
             Output::Liveness(m) => r.liveness.do_send(m),
             Output::PathMeasured(m) => r.path_measured.do_send(m),
-            Output::SendResult(m) => r.send_result.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
         }
     }
@@ -112,7 +109,6 @@ tether_protocol::feed_messages!(Orchestrator {
     ConnectPeer => Input::Connect,
     SendMigrationPing => Input::SendMigrationPing,
     EvictSession => Input::Evict,
-    SendMessage => Input::Send,
     TransportEvent => Input::Transport,
     RelayDelivered => Input::Relay,
     RelayStatus => Input::RelayStatus,
@@ -123,6 +119,16 @@ impl Handler<ConnectivityChanged> for Orchestrator {
 
     fn handle(&mut self, change: ConnectivityChanged, ctx: &mut Self::Context) {
         self.feed(Input::LocalEndpoints(change.new), ctx);
+    }
+}
+
+impl Handler<SendMessage> for Orchestrator {
+    type Result = MessageResult<SendMessage>;
+
+    fn handle(&mut self, message: SendMessage, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.core.send(runtime_now(), message);
+        self.drain(ctx);
+        MessageResult(result)
     }
 }
 

@@ -23,8 +23,8 @@ use tether_protocol::{
     ConnectFailed, ConnectPeer, DeviceId, Endpoint, EvictSession, HandshakeStarted,
     InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathKind, PathLost,
     PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, RequestId,
-    SealedFrame, SendMessage, SendMigrationPing, SendResult, SessionId, SessionReady,
-    TransportCommand, TransportEvent, WireFrame,
+    SealedFrame, SendMigrationPing, SessionId, SessionReady, TransportCommand, TransportEvent,
+    WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -39,8 +39,6 @@ pub enum Input {
     SendMigrationPing(SendMigrationPing),
     /// Drop the session's keys and path (queued messages are kept).
     Evict(EvictSession),
-    /// The application sends a message.
-    Send(SendMessage),
     /// A link event from the transport driver.
     Transport(TransportEvent),
     /// A frame that came through the relay.
@@ -78,8 +76,6 @@ pub enum Output {
     Liveness(LivenessReport),
     /// To ConnectionBlueprint.
     PathMeasured(PathMeasured),
-    /// To the application.
-    SendResult(SendResult),
     /// To the application.
     Delivered(MessageDelivered),
 }
@@ -264,11 +260,6 @@ impl SansIoCore for DirectConnection {
             Input::Evict(evict) => {
                 let peer = evict.peer;
                 self.evict(evict);
-                Some(peer)
-            }
-            Input::Send(message) => {
-                let peer = message.peer;
-                self.send(now, message);
                 Some(peer)
             }
             Input::Transport(event) => self.transport_event(now, event),

@@ -28,13 +28,13 @@
 //!
 //! # Messages
 //! - in: `ConnectPeer`, `SendMigrationPing`, `EvictSession` (Presence); `SendMessage`
-//!   (application); `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus`
-//!   (Rcs).
+//!   (application: answered at once with the sequence number or the refusal);
+//!   `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus` (Rcs).
 //! - out: `TransportCommand` (transport driver); `RelayForward`, `RelayEnqueue` (Rcs);
 //!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
 //!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport` (Presence);
-//!   `SessionReady`, `PathMeasured` (ConnectionBlueprint); `SendResult`,
-//!   `MessageDelivered` (application).
+//!   `SessionReady`, `PathMeasured` (ConnectionBlueprint); `MessageDelivered`
+//!   (application).
 //!
 //! # States (per peer)
 //! - no keys → handshake pending (message 1 sent, retried) → candidate confirmed →

@@ -10,7 +10,7 @@ use std::collections::btree_map::Entry;
 use std::time::Instant;
 use tether_protocol::{
     ChannelId, DeviceId, Endpoint, LivenessReport, PathMeasured, RelayForward, SealedFrame,
-    SendError, SendMessage, SendResult, SessionFrame, TransportCommand, WireFrame,
+    SendError, SendMessage, SessionFrame, TransportCommand, WireFrame,
 };
 
 /// Bytes a sealed frame adds to its plaintext (AEAD tag, ids, nonce, framing),
@@ -18,15 +18,13 @@ use tether_protocol::{
 const SEALED_OVERHEAD: u64 = 64;
 
 impl DirectConnection {
-    /// The application sends a message: accepted into the peer's queue, or refused with
-    /// the reason.
-    pub(crate) fn send(&mut self, now: Instant, message: SendMessage) {
+    /// The application sends a message: accepted into the peer's queue (the sequence
+    /// number it was given) and put on the wire if a path and credit allow, or refused
+    /// with the reason. Answered at once, so the caller needs no reply message.
+    pub fn send(&mut self, now: Instant, message: SendMessage) -> Result<u64, SendError> {
         let result = self.accept_message(message.peer, message.channel, message.payload);
-        self.outputs.push_back(Output::SendResult(SendResult {
-            request: message.request,
-            result,
-        }));
         self.pump(now, message.peer);
+        result
     }
 
     fn accept_message(

@@ -245,7 +245,7 @@ impl Net {
             Output::Delivered(message) => {
                 self.delivered[from].push(message.payload.clone());
             }
-            Output::SendResult(_) | Output::PathMeasured(_) => {}
+            Output::PathMeasured(_) => {}
             other_output => {
                 let line = describe(other_output);
                 self.trace.push(format!("{:>6}ms {who} {line}", self.ms()));
@@ -328,15 +328,26 @@ impl Net {
 
     fn send(&mut self, node: usize, text: &str) {
         let peer = self.device(1 - node);
-        self.input(
+        let accepted = self.send_message(
             node,
-            Input::Send(SendMessage {
-                request: RequestId(0),
+            SendMessage {
                 peer,
                 channel: ChannelId(1),
                 payload: text.as_bytes().to_vec(),
-            }),
+            },
         );
+        assert!(accepted.is_ok(), "{accepted:?}");
+    }
+
+    /// The application's send on `node`: answered at once, then the outputs flow.
+    fn send_message(
+        &mut self,
+        node: usize,
+        message: SendMessage,
+    ) -> Result<u64, tether_protocol::SendError> {
+        let result = self.nodes[node].core.send(self.now, message);
+        self.drain(node);
+        result
     }
 
     /// Node moves to a new address: links it accepted die on both sides (QUIC cannot
@@ -744,64 +755,51 @@ fn send_refusals_are_typed_and_queue_nothing() {
     use tether_protocol::SendError;
     let mut net = established(13);
     let peer = net.device(B);
-    let result = |net: &Net| {
-        net.outputs[A].iter().rev().find_map(|o| match o {
-            Output::SendResult(r) => Some(r.result.clone()),
-            _ => None,
-        })
-    };
     // Unknown peer.
-    net.input(
+    let result = net.send_message(
         A,
-        Input::Send(SendMessage {
-            request: RequestId(1),
+        SendMessage {
             peer: DeviceId([9; 32]),
             channel: ChannelId(1),
             payload: vec![1],
-        }),
+        },
     );
-    assert_eq!(result(&net), Some(Err(SendError::UnknownPeer)));
+    assert_eq!(result, Err(SendError::UnknownPeer));
     // Too large.
     let max = Limits::default().max_message_len;
-    net.input(
+    let result = net.send_message(
         A,
-        Input::Send(SendMessage {
-            request: RequestId(2),
+        SendMessage {
             peer,
             channel: ChannelId(1),
             payload: vec![0; max + 1],
-        }),
+        },
     );
-    assert_eq!(
-        result(&net),
-        Some(Err(SendError::TooLarge { len: max + 1, max }))
-    );
+    assert_eq!(result, Err(SendError::TooLarge { len: max + 1, max }));
     // Queue full: cut B off so nothing is acknowledged, then fill the queue.
     net.direct_blocked = true;
     net.links.clear();
     let limit = Limits::default().max_queued;
-    for i in 0..limit {
-        net.input(
+    for _ in 0..limit {
+        let result = net.send_message(
             A,
-            Input::Send(SendMessage {
-                request: RequestId(10 + i as u64),
+            SendMessage {
                 peer,
                 channel: ChannelId(1),
                 payload: vec![1],
-            }),
+            },
         );
-        assert!(matches!(result(&net), Some(Ok(_))));
+        assert!(result.is_ok(), "{result:?}");
     }
-    net.input(
+    let result = net.send_message(
         A,
-        Input::Send(SendMessage {
-            request: RequestId(99_999),
+        SendMessage {
             peer,
             channel: ChannelId(1),
             payload: vec![1],
-        }),
+        },
     );
-    assert_eq!(result(&net), Some(Err(SendError::QueueFull { limit })));
+    assert_eq!(result, Err(SendError::QueueFull { limit }));
     assert_eq!(
         net.snapshot(A).queued,
         limit,
