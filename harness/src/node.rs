@@ -191,7 +191,8 @@ impl Node {
                 path_lost: presence.clone().recipient(),
                 peer_reset: presence.clone().recipient(),
                 liveness: presence.clone().recipient(),
-                path_measured: blueprint.clone().recipient(),
+                path_measured: vec![blueprint.clone().recipient(), presence.clone().recipient()],
+                direct_dial_failed: presence.clone().recipient(),
                 delivered: hub.clone().recipient(),
             },
         ));
@@ -244,6 +245,8 @@ impl Node {
                 recompile: blueprint.clone().recipient(),
                 connect: dc.clone().recipient(),
                 migration_ping: dc.clone().recipient(),
+                relay_migration_ping: dc.clone().recipient(),
+                carry_over_relay: dc.clone().recipient(),
                 evict: dc.clone().recipient(),
                 publish_hint: pms.clone().recipient(),
                 lookup_hint: pms.clone().recipient(),

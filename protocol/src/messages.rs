@@ -1,9 +1,10 @@
 //! Typed messages exchanged between the orchestrators, the transport driver and the
 //! application, named after the roles in DESIGN.md.
 //!
-//! Every message is fire-and-forget (`rtype = "()"`): an actor never awaits another
-//! actor's answer. A request that expects an answer carries a [`RequestId`], and the
-//! answer is a separate message carrying the same id.
+//! Every message between actors is fire-and-forget (`rtype = "()"`): an actor never
+//! awaits another actor's answer. A request that expects an answer carries a
+//! [`RequestId`], and the answer is a separate message carrying the same id. Only the
+//! application's [`SendMessage`] is answered directly (the node awaits it; no actor does).
 //!
 //! | message | from → to | phase |
 //! |---|---|---|
@@ -14,10 +15,12 @@
 //! | [`PathLost`] / [`PeerReset`] | DirectConnection → Presence | runtime, failure |
 //! | [`SessionReady`] | DirectConnection → Presence | establishment, migration 4 |
 //! | [`SendMigrationPing`] | Presence → DirectConnection | migration 2 |
+//! | [`RelayMigrationPing`] / [`CarryOverRelay`] | Presence → DirectConnection | migration 2, when no direct path answered in time |
+//! | [`DirectDialFailed`] | DirectConnection → Presence | migration 2 |
 //! | [`InboundMigrationPing`] | DirectConnection → Presence | migration 3 |
 //! | [`MigrationAcked`] | DirectConnection → Presence | migration 2 → 4 |
 //! | [`RecompileBlueprint`] / [`BlueprintCompiled`] | Presence ↔ ConnectionBlueprint | establishment, migration 3 |
-//! | [`PathMeasured`] | DirectConnection → ConnectionBlueprint | scores |
+//! | [`PathMeasured`] | DirectConnection → ConnectionBlueprint, Presence | scores, migration timing |
 //! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
 //! | [`RelayForward`] | DirectConnection → Rcs | relay path |
 //! | [`RelayDelivered`] | Rcs → DirectConnection | migration 2, relay fallback |
@@ -182,6 +185,36 @@ pub struct SendMigrationPing {
     pub new_endpoints: Vec<SocketAddr>,
     /// Where to send the pings, in parallel.
     pub candidates: Vec<Candidate>,
+}
+
+/// Migration phase 2, when no direct path answered in time: the relay queue carries the
+/// current migration ping too. It is pushed at once to a connected peer and kept for one
+/// that is offline; the peer dedupes copies by counter. Nothing is sent when the ping
+/// was acknowledged meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RelayMigrationPing {
+    /// The peer.
+    pub peer: DeviceId,
+}
+
+/// Migration phase 2, a round trip after the relay copy: the queued messages follow the
+/// migration ping through the relay rather than wait for its acknowledgement, unless
+/// the ping was acknowledged or a direct path was heard from since the move.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct CarryOverRelay {
+    /// The peer.
+    pub peer: DeviceId,
+}
+
+/// A dial to the peer's direct candidates failed on every one of them: a migration ping
+/// waiting for a direct answer should go to the relay at once.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct DirectDialFailed {
+    /// The peer.
+    pub peer: DeviceId,
 }
 
 /// Migration phase 3: an authenticated, non-replayed migration ping arrived.

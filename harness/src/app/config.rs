@@ -271,6 +271,10 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
             &mut presence.migration_ping_interval,
         )?;
         table.duration("relay_poll_interval_ms", &mut presence.relay_poll_interval)?;
+        table.duration(
+            "migration_relay_after_ms",
+            &mut presence.migration_relay_after,
+        )?;
         table.finish()?;
     }
     let mut limits = Limits::default();

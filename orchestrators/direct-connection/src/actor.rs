@@ -6,10 +6,11 @@ use crate::core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    ConnectFailed, ConnectPeer, ConnectivityChanged, EvictSession, HandshakeStarted,
-    InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathLost, PathMeasured,
-    PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, SendMessage,
-    SendMigrationPing, SessionReady, TransportEvent, TransportPort,
+    CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DirectDialFailed,
+    EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport, MessageDelivered,
+    MigrationAcked, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    RelayMigrationPing, RelayStatus, SendMessage, SendMigrationPing, SessionReady, TransportEvent,
+    TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
@@ -36,8 +37,10 @@ pub struct Recipients {
     pub peer_reset: Recipient<PeerReset>,
     /// Presence.
     pub liveness: Recipient<LivenessReport>,
-    /// ConnectionBlueprint.
-    pub path_measured: Recipient<PathMeasured>,
+    /// ConnectionBlueprint, Presence.
+    pub path_measured: Vec<Recipient<PathMeasured>>,
+    /// Presence.
+    pub direct_dial_failed: Recipient<DirectDialFailed>,
     /// The application.
     pub delivered: Recipient<MessageDelivered>,
 }
@@ -95,7 +98,12 @@ impl CoreShell for Orchestrator {
             Output::PathLost(m) => r.path_lost.do_send(m),
             Output::PeerReset(m) => r.peer_reset.do_send(m),
             Output::Liveness(m) => r.liveness.do_send(m),
-            Output::PathMeasured(m) => r.path_measured.do_send(m),
+            Output::PathMeasured(m) => {
+                for recipient in &r.path_measured {
+                    recipient.do_send(m.clone());
+                }
+            }
+            Output::DirectDialFailed(m) => r.direct_dial_failed.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
         }
     }
@@ -108,6 +116,8 @@ impl Actor for Orchestrator {
 tether_protocol::feed_messages!(Orchestrator {
     ConnectPeer => Input::Connect,
     SendMigrationPing => Input::SendMigrationPing,
+    RelayMigrationPing => Input::RelayMigrationPing,
+    CarryOverRelay => Input::CarryOverRelay,
     EvictSession => Input::Evict,
     TransportEvent => Input::Transport,
     RelayDelivered => Input::Relay,

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use tether_crypto::{Fingerprint, KeyRing, PathChallenger, RendezvousId, Sealed, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    ConnectFailed, ConnectPeer, DeviceId, Endpoint, EvictSession, HandshakeStarted,
-    InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked, PathKind, PathLost,
-    PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayStatus, RequestId,
-    SealedFrame, SendMigrationPing, SessionId, SessionReady, TransportCommand, TransportEvent,
-    WireFrame,
+    CarryOverRelay, ConnectFailed, ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession,
+    HandshakeStarted, InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked,
+    PathKind, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SessionId,
+    SessionReady, TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -37,6 +37,10 @@ pub enum Input {
     Connect(ConnectPeer),
     /// Migration phase 2: announce our new endpoints.
     SendMigrationPing(SendMigrationPing),
+    /// Migration phase 2: the relay queue carries the ping too.
+    RelayMigrationPing(RelayMigrationPing),
+    /// Migration phase 2: the queued data follows the ping through the relay.
+    CarryOverRelay(CarryOverRelay),
     /// Drop the session's keys and path (queued messages are kept).
     Evict(EvictSession),
     /// A link event from the transport driver.
@@ -74,8 +78,10 @@ pub enum Output {
     PeerReset(PeerReset),
     /// To Presence.
     Liveness(LivenessReport),
-    /// To ConnectionBlueprint.
+    /// To ConnectionBlueprint and Presence.
     PathMeasured(PathMeasured),
+    /// To Presence.
+    DirectDialFailed(DirectDialFailed),
     /// To the application.
     Delivered(MessageDelivered),
 }
@@ -257,6 +263,14 @@ impl SansIoCore for DirectConnection {
                 self.send_migration_ping(now, request);
                 Some(peer)
             }
+            Input::RelayMigrationPing(request) => {
+                self.migration_relay_copy(request.peer);
+                Some(request.peer)
+            }
+            Input::CarryOverRelay(request) => {
+                self.migration_carry(now, request.peer);
+                Some(request.peer)
+            }
             Input::Evict(evict) => {
                 let peer = evict.peer;
                 self.evict(evict);
@@ -293,8 +307,6 @@ impl SansIoCore for DirectConnection {
                 Timer::ConnectDeadline => self.connect_deadline(device),
                 Timer::ConnectRelay => self.connect_relay_due(now, device),
                 Timer::HandshakeRetry => self.send_initiation(now, device),
-                Timer::MigrationRelayCopy => self.migration_relay_copy(device),
-                Timer::MigrationCarry => self.migration_carry(now, device),
                 Timer::Heartbeat => self.heartbeat(now, device),
                 Timer::Probe => self.probe(now, device),
                 // The pump below resends what is due.
@@ -387,13 +399,13 @@ impl DirectConnection {
                         rtt_ms: None,
                     }));
                 }
-                // Nothing direct answered: let the relay carry the connect or the
-                // migration ping now, if it is still to join.
-                for timer in [Timer::ConnectRelay, Timer::MigrationRelayCopy] {
-                    if self.timers.is_armed(device, timer) {
-                        self.timers.set(device, timer, now);
-                    }
+                // Nothing direct answered: let the relay carry the connect now, if it is
+                // still to join; Presence does the same for a migration ping.
+                if self.timers.is_armed(device, Timer::ConnectRelay) {
+                    self.timers.set(device, Timer::ConnectRelay, now);
                 }
+                self.outputs
+                    .push_back(Output::DirectDialFailed(DirectDialFailed { peer: device }));
                 Some(device)
             }
             TransportEvent::LinkDown { link, reason } => {

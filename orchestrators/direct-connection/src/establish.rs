@@ -24,9 +24,6 @@ const CONNECT_TIMERS: [Timer; 3] = [
     Timer::HandshakeRetry,
 ];
 
-/// The timers of our own migration in progress.
-const MIGRATION_TIMERS: [Timer; 2] = [Timer::MigrationRelayCopy, Timer::MigrationCarry];
-
 impl DirectConnection {
     /// PresenceConnect.
     pub(crate) fn connect(&mut self, now: Instant, request: ConnectPeer) {
@@ -223,9 +220,6 @@ impl DirectConnection {
     pub(crate) fn end_migration(&mut self, device: DeviceId) {
         if let Some(peer) = self.peers.get_mut(&device) {
             peer.migration = None;
-        }
-        for timer in MIGRATION_TIMERS {
-            self.timers.stop(device, timer);
         }
     }
 

@@ -1,8 +1,9 @@
 //! Migration, in both roles, and the paths it leans on.
 //!
 //! - The moving side (phase 2): padding and the ping on every link and every direct
-//!   candidate, the relay-queue copy after about one RTT, queued data following it
-//!   through the relay if nothing direct answered, then the acknowledgement.
+//!   candidate; when Presence says so (its timers: about one RTT without an answer),
+//!   the relay-queue copy and then the queued data through the relay; then the
+//!   acknowledgement.
 //! - The receiving side (phase 3): PeerSecret resolution of the ping, the replay check
 //!   by counter, the acknowledgement on the path the ping came by, and the data carried
 //!   to the peer's new address within the anti-amplification budget.
@@ -14,7 +15,7 @@ use crate::links::DialPurpose;
 use crate::state::{OutMigration, Via};
 use crate::timers::Timer;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tether_crypto::MigrationTag;
 use tether_protocol::{
     canonical_endpoints, Candidate, DeviceId, Endpoint, InboundMigrationPing, LinkId, MigrationAck,
@@ -27,10 +28,6 @@ use tether_protocol::{
 /// padded to 1200 bytes. A ping and a few small packets buy less than that, so the
 /// peer's acknowledgement would wait a round trip; 1200 bytes more buy it three packets.
 const MIGRATION_PADDING_LEN: usize = 1200;
-
-/// The least delay between the relay copy of a ping and the data that follows it:
-/// timer slack, so the two do not race.
-const CARRY_FLOOR: Duration = Duration::from_millis(20);
 
 /// The direct addresses among a blueprint's candidates, in order.
 pub(crate) fn direct_addrs(candidates: &[Candidate]) -> Vec<SocketAddr> {
@@ -53,15 +50,6 @@ impl DirectConnection {
         let Some(epoch) = peer.ring.committed_epoch() else {
             return;
         };
-        // The relay copy follows after about one RTT of the old path: long enough for a
-        // migrated link to answer first, short enough that a blocked one costs little.
-        let relay_fallback = peer
-            .heartbeat
-            .srtt_ms
-            .map_or(self.limits.relay_fallback_after, |srtt| {
-                Duration::from_millis(srtt.saturating_mul(3) / 2)
-            })
-            .min(self.limits.relay_fallback_after);
         peer.ping_counter_sent += 1;
         let counter = peer.ping_counter_sent;
         let endpoints = request.new_endpoints.clone();
@@ -86,15 +74,6 @@ impl DirectConnection {
         });
         let addrs = direct_addrs(&request.candidates);
         peer.known_direct.clone_from(&addrs);
-        self.timers
-            .set(device, Timer::MigrationRelayCopy, now + relay_fallback);
-        // The data follows half a fallback later, by when a working direct path has
-        // usually answered.
-        self.timers.set(
-            device,
-            Timer::MigrationCarry,
-            now + relay_fallback + (relay_fallback / 2).max(CARRY_FLOOR),
-        );
         // Every live link to the peer (a dialled one survives the move by QUIC
         // migration), then every direct candidate, then (later) the relay queue.
         for link in self.links.of_peer(device) {
@@ -130,9 +109,10 @@ impl DirectConnection {
         }
     }
 
-    /// No acknowledgement yet: the relay queue carries the ping too. It pushes at once
-    /// to a connected peer and keeps the ping for one that is offline; the peer dedupes
-    /// copies by counter.
+    /// Presence's word that no direct path answered in time: unless the ping was
+    /// acknowledged meanwhile, the relay queue carries it too. It pushes at once to a
+    /// connected peer and keeps the ping for one that is offline; the peer dedupes copies
+    /// by counter.
     pub(crate) fn migration_relay_copy(&mut self, device: DeviceId) {
         let Some(migration) = self.peers.get(&device).and_then(|p| p.migration.as_ref()) else {
             return;
@@ -155,10 +135,11 @@ impl DirectConnection {
         }));
     }
 
-    /// Still nothing direct since we moved, a round trip after the relay copy left: the
-    /// queued messages follow it through the relay rather than wait for its
-    /// acknowledgement (the receiver dedupes whatever the direct path delivers too).
-    /// Not reported as Ready: that waits for the peer.
+    /// Presence's word that the data should follow the relay copy: unless the ping was
+    /// acknowledged or a direct link was heard from since we moved, the queued messages
+    /// go through the relay rather than wait for the acknowledgement (the receiver
+    /// dedupes whatever the direct path delivers too). Not reported as Ready: that waits
+    /// for the peer.
     pub(crate) fn migration_carry(&mut self, now: Instant, device: DeviceId) {
         let Some(migration) = self.peers.get(&device).and_then(|p| p.migration.as_ref()) else {
             return;

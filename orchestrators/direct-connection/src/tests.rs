@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    Candidate, CandidateSource, ChannelId, ConnectPeer, DeviceId, Endpoint, LinkId, PathKind,
-    RelayDelivered, RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand,
-    TransportEvent,
+    Candidate, CandidateSource, CarryOverRelay, ChannelId, ConnectPeer, DeviceId, Endpoint, LinkId,
+    PathKind, RelayDelivered, RelayMigrationPing, RelayStatus, RequestId, SendMessage,
+    SendMigrationPing, TransportCommand, TransportEvent,
 };
 
 const A: usize = 0;
@@ -37,6 +37,8 @@ struct Node {
 enum Event {
     /// Deliver an input to a node.
     Input(usize, Input),
+    /// Presence's relay-copy timer of a node's migration (if still pending).
+    RelayCopy(usize),
 }
 
 /// Drops a frame sent by a node when it returns true.
@@ -61,6 +63,9 @@ struct Net {
     trace: Vec<String>,
     /// Every output per node (for assertions).
     outputs: Vec<Vec<Output>>,
+    /// Per node, whether Presence's relay copy of the migration ping is still to go
+    /// (Presence's role is played by the test).
+    relay_copy_pending: [bool; 2],
     delivered: Vec<Vec<Vec<u8>>>,
 }
 
@@ -105,6 +110,7 @@ impl Net {
             drop_if: None,
             trace: Vec::new(),
             outputs: vec![Vec::new(), Vec::new()],
+            relay_copy_pending: [false; 2],
             delivered: vec![Vec::new(), Vec::new()],
         };
         for node in [A, B] {
@@ -246,6 +252,12 @@ impl Net {
                 self.delivered[from].push(message.payload.clone());
             }
             Output::PathMeasured(_) => {}
+            // As Presence does: a migration ping no direct path can carry goes to the
+            // relay at once.
+            Output::DirectDialFailed(_) => {
+                let at = self.now;
+                self.schedule(at, Event::RelayCopy(from));
+            }
             other_output => {
                 let line = describe(other_output);
                 self.trace.push(format!("{:>6}ms {who} {line}", self.ms()));
@@ -278,11 +290,14 @@ impl Net {
                 if key.0 > end {
                     break;
                 }
-                let Some(Event::Input(node, input)) = self.queue.remove(&key) else {
+                let Some(event) = self.queue.remove(&key) else {
                     break;
                 };
                 self.now = self.now.max(key.0);
-                self.input(node, input);
+                match event {
+                    Event::Input(node, input) => self.input(node, input),
+                    Event::RelayCopy(node) => self.relay_copy(node),
+                }
             } else if let Some((at, node)) = next_timer {
                 if at > end {
                     break;
@@ -395,10 +410,21 @@ impl Net {
         self.input(node, Input::LocalEndpoints(vec![addr(new)]));
     }
 
+    /// Presence's migration phase 2 on `node`: the ping, then the relay copy after 1.5
+    /// RTT (at most 250 ms) and the data half that later (at least 20 ms), as
+    /// Presence's defaults schedule them.
     fn migration_ping(&mut self, node: usize) {
         let peer = self.device(1 - node);
         let new = self.nodes[node].addr;
         let candidates = self.candidates(1 - node);
+        let relay_after = self
+            .snapshot(node)
+            .rtt_ms
+            .map_or(Duration::from_millis(250), |rtt| {
+                Duration::from_millis(rtt * 3 / 2)
+            })
+            .min(Duration::from_millis(250));
+        let carry_after = relay_after + (relay_after / 2).max(Duration::from_millis(20));
         self.input(
             node,
             Input::SendMigrationPing(SendMigrationPing {
@@ -408,6 +434,20 @@ impl Net {
                 candidates,
             }),
         );
+        self.relay_copy_pending[node] = true;
+        self.schedule(self.now + relay_after, Event::RelayCopy(node));
+        self.schedule(
+            self.now + carry_after,
+            Event::Input(node, Input::CarryOverRelay(CarryOverRelay { peer })),
+        );
+    }
+
+    /// Presence's relay copy, once per migration ping.
+    fn relay_copy(&mut self, node: usize) {
+        if std::mem::take(&mut self.relay_copy_pending[node]) {
+            let peer = self.device(1 - node);
+            self.input(node, Input::RelayMigrationPing(RelayMigrationPing { peer }));
+        }
     }
 
     fn snapshot(&self, node: usize) -> crate::core::PeerSnapshot {

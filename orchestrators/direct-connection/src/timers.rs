@@ -19,10 +19,6 @@ pub enum Timer {
     ConnectRelay,
     /// An unanswered handshake message 1 is sent again, fresh.
     HandshakeRetry,
-    /// The relay queue carries our migration ping too (no acknowledgement yet).
-    MigrationRelayCopy,
-    /// Our queued data follows the migration ping through the relay.
-    MigrationCarry,
     /// A liveness ping on the bound path.
     Heartbeat,
     /// While on the relay, the peer's direct addresses are dialled again.

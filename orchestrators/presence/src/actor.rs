@@ -6,10 +6,11 @@ use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};
 use tether_protocol::{
-    BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, EvictSession,
-    HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint, MigrationAcked,
-    PathLost, PeerEndpointHint, PeerReset, PublishEndpointHint, RecompileBlueprint, RelayPoll,
-    SendMigrationPing, SessionReady, StatusChanged,
+    BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
+    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
+    LookupEndpointHint, MigrationAcked, PathLost, PathMeasured, PeerEndpointHint, PeerReset,
+    PublishEndpointHint, RecompileBlueprint, RelayMigrationPing, RelayPoll, SendMigrationPing,
+    SessionReady, StatusChanged,
 };
 
 /// Where Presence's outputs go.
@@ -20,6 +21,10 @@ pub struct Recipients {
     pub connect: Recipient<ConnectPeer>,
     /// DirectConnection.
     pub migration_ping: Recipient<SendMigrationPing>,
+    /// DirectConnection.
+    pub relay_migration_ping: Recipient<RelayMigrationPing>,
+    /// DirectConnection.
+    pub carry_over_relay: Recipient<CarryOverRelay>,
     /// DirectConnection.
     pub evict: Recipient<EvictSession>,
     /// Pms.
@@ -80,6 +85,8 @@ impl CoreShell for Orchestrator {
             Output::RecompileBlueprint(m) => r.recompile.do_send(m),
             Output::ConnectPeer(m) => r.connect.do_send(m),
             Output::SendMigrationPing(m) => r.migration_ping.do_send(m),
+            Output::RelayMigrationPing(m) => r.relay_migration_ping.do_send(m),
+            Output::CarryOverRelay(m) => r.carry_over_relay.do_send(m),
             Output::EvictSession(m) => r.evict.do_send(m),
             Output::PublishEndpointHint(m) => r.publish_hint.do_send(m),
             Output::LookupEndpointHint(m) => r.lookup_hint.do_send(m),
@@ -110,6 +117,8 @@ tether_protocol::feed_messages!(Orchestrator {
     PeerReset => Input::PeerReset,
     LivenessReport => Input::Liveness,
     PeerEndpointHint => Input::PeerEndpointHint,
+    PathMeasured => Input::PathMeasured,
+    DirectDialFailed => Input::DirectDialFailed,
 });
 
 tether_protocol::stops_on_shutdown!(Orchestrator);

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, Epoch,
-    EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
-    LookupEndpointHint, MigrationAcked, PathKind, PathLost, PeerEndpointHint, PeerReset,
-    PublishEndpointHint, RecompileBlueprint, RelayPoll, RequestId, SendMigrationPing, SessionId,
-    SessionReady, SessionStatus, StatusChanged,
+    BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
+    DirectDialFailed, Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing,
+    LivenessReport, LookupEndpointHint, MigrationAcked, PathKind, PathLost, PathMeasured,
+    PeerEndpointHint, PeerReset, PublishEndpointHint, RecompileBlueprint, RelayMigrationPing,
+    RelayPoll, RequestId, SendMigrationPing, SessionId, SessionReady, SessionStatus, StatusChanged,
 };
 
 /// Settings of the Presence core. Every duration is virtual under paused time.
@@ -40,6 +40,9 @@ pub struct Config {
     pub path_lost_reconnect_after: Duration,
     /// Heartbeat fallback: how often the relay queue is polled.
     pub relay_poll_interval: Duration,
+    /// Longest wait, after a migration ping, before the relay queue carries it too (the
+    /// wait is 1.5 RTT of the session's path when one was measured).
+    pub migration_relay_after: Duration,
     /// Seed of the jitter RNG.
     pub seed: u64,
 }
@@ -62,6 +65,9 @@ impl Default for Config {
             max_concurrent_connects: 8,
             path_lost_reconnect_after: Duration::from_millis(200),
             relay_poll_interval: Duration::from_secs(5),
+            // A quarter second: a migrated direct link answers well within it, and a
+            // blocked one then costs at most this much before the relay carries the ping.
+            migration_relay_after: Duration::from_millis(250),
             seed: 0,
         }
     }
@@ -96,6 +102,10 @@ pub enum Input {
     Liveness(LivenessReport),
     /// The peer's endpoints from the rendezvous server.
     PeerEndpointHint(PeerEndpointHint),
+    /// A round-trip sample of the session's path (the relay-copy wait follows it).
+    PathMeasured(PathMeasured),
+    /// A dial to the peer's direct candidates failed: no direct path answers now.
+    DirectDialFailed(DirectDialFailed),
 }
 
 /// What the core asks to be sent.
@@ -107,6 +117,10 @@ pub enum Output {
     ConnectPeer(ConnectPeer),
     /// To DirectConnection (migration phase 2).
     SendMigrationPing(SendMigrationPing),
+    /// To DirectConnection: no direct answer in time, the relay queue carries the ping.
+    RelayMigrationPing(RelayMigrationPing),
+    /// To DirectConnection: the queued data follows the ping through the relay.
+    CarryOverRelay(CarryOverRelay),
     /// To DirectConnection.
     EvictSession(EvictSession),
     /// To Pms.
@@ -181,7 +195,26 @@ struct Migration {
     started: Instant,
     /// Outbound only: ping rounds sent so far, and when the next is due.
     outbound: Option<PingRounds>,
+    /// After our last migration ping: when the relay queue carries it too.
+    relay_copy_at: Option<Instant>,
+    /// After our last migration ping: when the queued data follows it through the relay.
+    carry_at: Option<Instant>,
 }
+
+impl Migration {
+    fn new(started: Instant, outbound: Option<PingRounds>) -> Self {
+        Self {
+            started,
+            outbound,
+            relay_copy_at: None,
+            carry_at: None,
+        }
+    }
+}
+
+/// The least wait between the relay copy of a migration ping and the data that follows
+/// it: timer slack, so the two do not race.
+const CARRY_FLOOR: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PingRounds {
@@ -213,6 +246,9 @@ struct Peer {
     /// Endpoints a direct path was last tried at while the session ran over the relay
     /// (so each announcement is tried once, not on every report).
     direct_tried: Vec<SocketAddr>,
+    /// Smoothed round-trip time of the session's path (from DirectConnection's
+    /// samples), which sets how long a migration ping waits for a direct answer.
+    srtt_ms: Option<u64>,
 }
 
 /// The Presence core. See the crate docs for its messages and states.
@@ -270,7 +306,7 @@ impl SansIoCore for Presence {
                 self.publish_hints();
             }
             Input::ConnectivityChanged(change) => self.connectivity_changed(now, change),
-            Input::BlueprintCompiled(compiled) => self.blueprint_compiled(compiled),
+            Input::BlueprintCompiled(compiled) => self.blueprint_compiled(now, compiled),
             Input::HandshakeStarted(started) => {
                 if self.status(&started.peer) == Some(SessionStatus::Connecting) {
                     self.set_status(started.peer, SessionStatus::Handshaking);
@@ -290,6 +326,20 @@ impl SansIoCore for Presence {
             Input::PeerReset(reset) => self.evict(now, reset.peer, EvictionReason::PeerReset),
             Input::Liveness(report) => self.liveness(now, report),
             Input::PeerEndpointHint(hint) => self.peer_endpoint_hint(hint),
+            Input::PathMeasured(measured) => self.path_measured(measured),
+            Input::DirectDialFailed(failed) => {
+                // No direct path answers: a migration ping still waiting for one goes to
+                // the relay now.
+                if let Some(migration) = self
+                    .peers
+                    .get_mut(&failed.peer)
+                    .and_then(|p| p.migration.as_mut())
+                {
+                    if migration.relay_copy_at.is_some() {
+                        migration.relay_copy_at = Some(now);
+                    }
+                }
+            }
         }
     }
 
@@ -307,6 +357,7 @@ impl SansIoCore for Presence {
         }
         for id in &ids {
             self.run_migration_round(now, *id);
+            self.relay_fallback(now, *id);
         }
         self.start_due_attempts(now, &ids);
     }
@@ -330,6 +381,8 @@ impl SansIoCore for Presence {
                 peer.migration
                     .and_then(|m| m.outbound)
                     .map(|rounds| rounds.next),
+                peer.migration.and_then(|m| m.relay_copy_at),
+                peer.migration.and_then(|m| m.carry_at),
             ];
             for at in candidates.into_iter().flatten() {
                 next = next.min(at);
@@ -476,7 +529,7 @@ impl Presence {
         }
     }
 
-    fn blueprint_compiled(&mut self, compiled: BlueprintCompiled) {
+    fn blueprint_compiled(&mut self, now: Instant, compiled: BlueprintCompiled) {
         let Some(peer) = self.peers.get_mut(&compiled.peer) else {
             return;
         };
@@ -497,9 +550,25 @@ impl Presence {
                 }));
             }
             Purpose::MigrationPing => {
-                let Some(rounds) = peer.migration.and_then(|m| m.outbound) else {
+                let Some(migration) = peer.migration.as_mut() else {
                     return;
                 };
+                let Some(rounds) = migration.outbound else {
+                    return;
+                };
+                // The relay copy follows after about one RTT of the old path: long
+                // enough for a migrated link to answer first, short enough that a
+                // blocked one costs little. The data follows half that later, by when a
+                // working direct path has usually answered.
+                let cap = self.config.migration_relay_after;
+                let relay_after = peer
+                    .srtt_ms
+                    .map_or(cap, |srtt| {
+                        Duration::from_millis(srtt.saturating_mul(3) / 2)
+                    })
+                    .min(cap);
+                migration.relay_copy_at = Some(now + relay_after);
+                migration.carry_at = Some(now + relay_after + (relay_after / 2).max(CARRY_FLOOR));
                 self.outputs
                     .push_back(Output::SendMigrationPing(SendMigrationPing {
                         request: rounds.request,
@@ -651,14 +720,14 @@ impl Presence {
         peer.scheduled = None;
         peer.pending_blueprint = None;
         peer.deadline = Some(now + window);
-        let previous = peer.migration.replace(Migration {
-            started: now,
-            outbound: Some(PingRounds {
+        let previous = peer.migration.replace(Migration::new(
+            now,
+            Some(PingRounds {
                 request,
                 sent: 0,
                 next: first_round,
             }),
-        });
+        ));
         if previous.is_none() {
             self.outputs
                 .push_back(Output::Migration(MigrationEvent::Started {
@@ -712,10 +781,7 @@ impl Presence {
             Some(SessionStatus::Ready | SessionStatus::Degraded) => {
                 let window = self.config.migration_window;
                 peer.deadline = Some(now + window);
-                let previous = peer.migration.replace(Migration {
-                    started: now,
-                    outbound: None,
-                });
+                let previous = peer.migration.replace(Migration::new(now, None));
                 peer.scheduled = None;
                 self.set_status(ping.peer, SessionStatus::ReconnectingInbound);
                 if previous.is_none() {
@@ -840,6 +906,8 @@ impl Presence {
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.deadline = None;
             migration = peer.migration.take();
+            // The session's keys and path are gone; a new one is measured afresh.
+            peer.srtt_ms = None;
             peer.pending_blueprint = None;
             peer.connecting = false;
             peer.attempts = 0;
@@ -856,6 +924,34 @@ impl Presence {
         }
         let delay = self.backoff(0);
         self.schedule(id, now + delay, Purpose::Connect);
+    }
+
+    /// Our migration ping had no direct answer in time: first the relay queue carries
+    /// it, then the queued data follows it (DirectConnection skips either when the ping
+    /// was acknowledged meanwhile).
+    fn relay_fallback(&mut self, now: Instant, id: DeviceId) {
+        let Some(migration) = self.peers.get_mut(&id).and_then(|p| p.migration.as_mut()) else {
+            return;
+        };
+        if migration.relay_copy_at.is_some_and(|at| at <= now) {
+            migration.relay_copy_at = None;
+            self.outputs
+                .push_back(Output::RelayMigrationPing(RelayMigrationPing { peer: id }));
+        }
+        if migration.carry_at.is_some_and(|at| at <= now) {
+            migration.carry_at = None;
+            self.outputs
+                .push_back(Output::CarryOverRelay(CarryOverRelay { peer: id }));
+        }
+    }
+
+    /// A round-trip sample of the session's path, smoothed as RFC 6298 does (7/8 old).
+    fn path_measured(&mut self, measured: PathMeasured) {
+        let (Some(sample), Some(peer)) = (measured.rtt_ms, self.peers.get_mut(&measured.peer))
+        else {
+            return;
+        };
+        peer.srtt_ms = Some(peer.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8));
     }
 
     fn publish_hints(&mut self) {

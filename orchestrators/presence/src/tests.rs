@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     BlueprintCompiled, Candidate, CandidateSource, ConnectFailed, ConnectivityChanged, DeviceId,
-    Endpoint, Epoch, HandshakeStarted, InboundMigrationPing, PathKind, RequestId, SessionId,
-    SessionReady, SessionStatus,
+    DirectDialFailed, Endpoint, Epoch, HandshakeStarted, InboundMigrationPing, PathKind,
+    PathMeasured, RequestId, SessionId, SessionReady, SessionStatus,
 };
 
 fn peer(n: u8) -> DeviceId {
@@ -155,6 +155,8 @@ fn describe(output: &Output) -> Option<String> {
             m.transport_only,
             m.candidates.first().map(|c| c.endpoint)
         ),
+        Output::RelayMigrationPing(m) => format!("RelayMigrationPing {}", peer_name(&m.peer)),
+        Output::CarryOverRelay(m) => format!("CarryOverRelay {}", peer_name(&m.peer)),
         Output::SendMigrationPing(m) => format!(
             "SendMigrationPing {} {} new={:?} candidates={}",
             peer_name(&m.peer),
@@ -245,6 +247,73 @@ fn outbound_migration_trace_never_connects() {
         connects_before
     );
     insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+/// Moves at 1 s, then returns the instant the first migration round went out (its
+/// first-ping jitter is at most 5 ms with one peer).
+fn moved_and_pinged(driver: &mut Driver) -> Instant {
+    driver.advance_to(1000);
+    moved(driver);
+    let mut at = 1000;
+    while driver.count(|o| matches!(o, Output::SendMigrationPing(_))) == 0 {
+        at += 1;
+        assert!(at <= 1005, "{}", driver.trace.join("\n"));
+        driver.advance_to(at);
+    }
+    driver.now
+}
+
+fn relay_copies(driver: &Driver) -> usize {
+    driver.count(|o| matches!(o, Output::RelayMigrationPing(_)))
+}
+
+#[test]
+fn the_relay_copy_waits_one_and_a_half_measured_rtt() {
+    let mut driver = Driver::new(Config::default());
+    driver.establish(1);
+    driver.input(
+        "PathMeasured p1 40ms",
+        Input::PathMeasured(PathMeasured {
+            peer: peer(1),
+            endpoint: Endpoint::Direct(addr("192.0.2.1:4433")),
+            rtt_ms: Some(40),
+        }),
+    );
+    let sent = moved_and_pinged(&mut driver);
+    let t0 = driver.t0;
+    let ms_after = |ms: u64| {
+        u64::try_from((sent - t0 + Duration::from_millis(ms)).as_millis()).unwrap_or(u64::MAX)
+    };
+    driver.advance_to(ms_after(59));
+    assert_eq!(relay_copies(&driver), 0, "not before 1.5 RTT");
+    driver.advance_to(ms_after(60));
+    assert_eq!(relay_copies(&driver), 1, "{}", driver.trace.join("\n"));
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::CarryOverRelay(_))),
+        0,
+        "the data follows later (half the wait, at least 20 ms)"
+    );
+    driver.advance_to(ms_after(60 + 30));
+    assert_eq!(driver.count(|o| matches!(o, Output::CarryOverRelay(_))), 1);
+}
+
+#[test]
+fn a_failed_direct_dial_sends_the_relay_copy_at_once_and_only_once() {
+    let mut driver = Driver::new(Config::default());
+    driver.establish(1);
+    moved_and_pinged(&mut driver);
+    // No RTT measured: the copy would wait the whole 250 ms.
+    let now_ms = u64::try_from(driver.ms()).unwrap_or(u64::MAX);
+    driver.advance_to(now_ms + 10);
+    assert_eq!(relay_copies(&driver), 0);
+    driver.input(
+        "DirectDialFailed p1",
+        Input::DirectDialFailed(DirectDialFailed { peer: peer(1) }),
+    );
+    driver.advance_to(now_ms + 10);
+    assert_eq!(relay_copies(&driver), 1, "{}", driver.trace.join("\n"));
+    driver.advance_to(now_ms + 400);
+    assert_eq!(relay_copies(&driver), 1, "one copy per ping round");
 }
 
 #[test]
