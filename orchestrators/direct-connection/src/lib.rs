@@ -27,14 +27,15 @@
 //! the number of peers.
 //!
 //! # Messages
-//! - in: `ConnectPeer`, `SendMigrationPing`, `EvictSession` (Presence); `SendMessage`
+//! - in: `ConnectPeer`, `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`,
+//!   `EvictSession` (Presence); `SendMessage`
 //!   (application: answered at once with the sequence number or the refusal);
 //!   `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus` (Rcs).
 //! - out: `TransportCommand` (transport driver); `RelayForward`, `RelayEnqueue` (Rcs);
 //!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
-//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport` (Presence);
-//!   `SessionReady`, `PathMeasured` (ConnectionBlueprint); `MessageDelivered`
-//!   (application).
+//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport`, `DirectDialFailed`,
+//!   `PathMeasured` (Presence); `SessionReady`, `PathMeasured` (ConnectionBlueprint);
+//!   `MessageDelivered` (application).
 //!
 //! # States (per peer)
 //! - no keys → handshake pending (message 1 sent, retried) → candidate confirmed →
@@ -47,8 +48,11 @@
 //!   so that when we move QUIC migrates a link of ours (an accepted one dies with our
 //!   old address).
 //! - our migration: padding, then the ping, on every link (so the peer's answer fits
-//!   its QUIC anti-amplification budget) and every candidate → relay queue after a
-//!   short bound → acknowledged → bound to a validated path → Ready.
+//!   its QUIC anti-amplification budget) and every candidate → relay queue and then the
+//!   queued data through the relay when Presence says no direct answer came in time
+//!   (skipped once acknowledged) → acknowledged → bound to a validated path → Ready.
+//!   When to signal, when to fall back to the relay, and when the migration has failed
+//!   are Presence's decisions; this crate executes them and keeps the paths.
 //! - the peer's migration: ping verified → acknowledged on the path it came by; the
 //!   unacknowledged data is resent at once on the link that reaches the peer's new
 //!   address (within the 3× budget) while that address answers its challenge → Ready.
@@ -61,8 +65,6 @@
 //! | `ConnectDeadline` | a connect starts (`connect_timeout`) | the connect is reported failed |
 //! | `ConnectRelay` | a connect with the relay among its candidates (`relay_fallback_after`, or at once without direct candidates or when the dial fails) | the relay carries the connect (re-armed while the relay is down) |
 //! | `HandshakeRetry` | message 1 sent (`handshake_retry`) | a fresh message 1 |
-//! | `MigrationRelayCopy` | our migration ping sent (1.5 × RTT, at most `relay_fallback_after`; at once when the dial fails) | the ping goes into the relay queue unless acknowledged |
-//! | `MigrationCarry` | our migration ping sent (half a relay delay after the copy, at least 20 ms) | queued data follows the ping through the relay if nothing direct answered |
 //! | `Heartbeat` | a path is bound (`heartbeat_interval`) | a liveness ping; `missed_heartbeats` in a row report the path dead |
 //! | `Probe` | bound to the relay (at once, then `direct_probe_interval`) | the peer's direct addresses are dialled |
 //! | `Retransmit` | data is unacknowledged on a bound path (`rto`) | the due messages are resent |

@@ -8,10 +8,11 @@
 //! # Messages
 //! - in: `ConnectivityChanged` (transport), `BlueprintCompiled` (ConnectionBlueprint),
 //!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
-//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport` (DirectConnection),
-//!   `PeerEndpointHint` (Pms).
+//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport`, `PathMeasured`,
+//!   `DirectDialFailed` (DirectConnection), `PeerEndpointHint` (Pms).
 //! - out: `RecompileBlueprint` (ConnectionBlueprint); `ConnectPeer` (PresenceConnect),
-//!   `SendMigrationPing`, `EvictSession` (DirectConnection); `PublishEndpointHint`,
+//!   `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`, `EvictSession`
+//!   (DirectConnection); `PublishEndpointHint`,
 //!   `LookupEndpointHint` (Pms); `RelayPoll` (Rcs); `StatusChanged` and
 //!   [`MigrationEvent`] (the node: a migration started, completed or failed; nothing
 //!   else derives these).
@@ -29,6 +30,21 @@
 //!   redirected to the peer's new endpoints instead; no connect.
 //! - When the window passes without Ready: Evicted, `EvictSession`, then Recovering
 //!   after a jittered delay: a full handshake with a new epoch.
+//!
+//! Presence is the one owner of the migration policy: it says when a migration starts,
+//! when each ping round goes out, when an unanswered ping falls back to the relay, and
+//! whether the migration completed or failed. DirectConnection executes these and keeps
+//! the paths.
+//!
+//! # Timers (per peer)
+//! | timer | armed | when it fires |
+//! |---|---|---|
+//! | connect / recovery (`scheduled`) | a connect is due (jittered, with capped exponential backoff after failures) | a blueprint is requested, then `ConnectPeer` |
+//! | migration window (`deadline`) | a migration starts, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
+//! | ping round | ReconnectingOutbound (first round jittered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | a blueprint is requested, then `SendMigrationPing`; from the second round the rendezvous is asked too |
+//! | relay copy | a ping round sent (1.5 × smoothed RTT, at most `migration_relay_after`; at once on `DirectDialFailed`) | `RelayMigrationPing` |
+//! | data carry | a ping round sent (half the relay-copy wait after it, at least 20 ms) | `CarryOverRelay` |
+//! | relay poll (node-wide) | every `relay_poll_interval` | `RelayPoll` |
 
 mod actor;
 mod core;
