@@ -1,7 +1,8 @@
 //! The actix shell around [`Presence`]: feeds messages in with the runtime's clock,
 //! forwards outputs, and keeps one timer armed at the core's next deadline.
 
-use crate::core::{Config, Input, MigrationEvent, Output, Presence};
+use crate::config::Config;
+use crate::core::{Input, MigrationEvent, Output, Presence};
 use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};

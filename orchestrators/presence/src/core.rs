@@ -2,6 +2,10 @@
 //! window, migration ping rounds, and connect/recovery scheduling with jitter and a
 //! concurrency bound.
 
+mod migration;
+
+use crate::config::{Config, MAX_FIRST_PING_SPREAD};
+use migration::Migration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, VecDeque};
@@ -15,63 +19,6 @@ use tether_protocol::{
     PeerEndpointHint, PeerReset, PublishEndpointHint, RecompileBlueprint, RelayMigrationPing,
     RelayPoll, RequestId, SendMigrationPing, SessionId, SessionReady, SessionStatus, StatusChanged,
 };
-
-/// Settings of the Presence core. Every duration is virtual under paused time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// How long a migration may take before both sides evict (the seed's window).
-    pub migration_window: Duration,
-    /// First interval between migration ping rounds; doubles up to
-    /// [`Config::migration_ping_max_interval`].
-    pub migration_ping_interval: Duration,
-    /// Longest interval between migration ping rounds.
-    pub migration_ping_max_interval: Duration,
-    /// Spread of the first migration ping per peer after a network change, per peer
-    /// (capped at [`MAX_FIRST_PING_SPREAD`]): avoids a burst when many peers exist.
-    pub first_ping_spread_per_peer: Duration,
-    /// First connect/recovery retry delay; doubles up to `connect_retry_max`.
-    pub connect_retry_base: Duration,
-    /// Longest connect/recovery retry delay.
-    pub connect_retry_max: Duration,
-    /// Connect attempts (handshakes) in flight at once, so a restart with many peers is
-    /// not a reconnection storm.
-    pub max_concurrent_connects: usize,
-    /// Delay before a transport-only reconnect after the bound path was lost.
-    pub path_lost_reconnect_after: Duration,
-    /// Heartbeat fallback: how often the relay queue is polled.
-    pub relay_poll_interval: Duration,
-    /// Longest wait, after a migration ping, before the relay queue carries it too (the
-    /// wait is 1.5 RTT of the session's path when one was measured).
-    pub migration_relay_after: Duration,
-    /// Seed of the jitter RNG.
-    pub seed: u64,
-}
-
-/// Largest spread of first migration pings after one network change: half a second
-/// keeps even a device with hundreds of peers from bursting while adding little delay.
-pub const MAX_FIRST_PING_SPREAD: Duration = Duration::from_millis(500);
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            migration_window: Duration::from_secs(30),
-            // One second: several RTTs on any real path, so a round is not resent while
-            // its answer is still in flight.
-            migration_ping_interval: Duration::from_secs(1),
-            migration_ping_max_interval: Duration::from_secs(8),
-            first_ping_spread_per_peer: Duration::from_millis(5),
-            connect_retry_base: Duration::from_millis(250),
-            connect_retry_max: Duration::from_secs(10),
-            max_concurrent_connects: 8,
-            path_lost_reconnect_after: Duration::from_millis(200),
-            relay_poll_interval: Duration::from_secs(5),
-            // A quarter second: a migrated direct link answers well within it, and a
-            // blocked one then costs at most this much before the relay carries the ping.
-            migration_relay_after: Duration::from_millis(250),
-            seed: 0,
-        }
-    }
-}
 
 /// What the core is told.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,42 +133,6 @@ enum Purpose {
 struct Scheduled {
     at: Instant,
     purpose: Purpose,
-}
-
-/// A migration in progress, on either side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Migration {
-    /// The network change (outbound) or the inbound signal.
-    started: Instant,
-    /// Outbound only: ping rounds sent so far, and when the next is due.
-    outbound: Option<PingRounds>,
-    /// After our last migration ping: when the relay queue carries it too.
-    relay_copy_at: Option<Instant>,
-    /// After our last migration ping: when the queued data follows it through the relay.
-    carry_at: Option<Instant>,
-}
-
-impl Migration {
-    fn new(started: Instant, outbound: Option<PingRounds>) -> Self {
-        Self {
-            started,
-            outbound,
-            relay_copy_at: None,
-            carry_at: None,
-        }
-    }
-}
-
-/// The least wait between the relay copy of a migration ping and the data that follows
-/// it: timer slack, so the two do not race.
-const CARRY_FLOOR: Duration = Duration::from_millis(20);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PingRounds {
-    /// Correlates SendMigrationPing and MigrationAcked.
-    request: RequestId,
-    sent: u32,
-    next: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -550,25 +461,10 @@ impl Presence {
                 }));
             }
             Purpose::MigrationPing => {
-                let Some(migration) = peer.migration.as_mut() else {
+                let Some(rounds) = peer.migration.and_then(|m| m.outbound) else {
                     return;
                 };
-                let Some(rounds) = migration.outbound else {
-                    return;
-                };
-                // The relay copy follows after about one RTT of the old path: long
-                // enough for a migrated link to answer first, short enough that a
-                // blocked one costs little. The data follows half that later, by when a
-                // working direct path has usually answered.
-                let cap = self.config.migration_relay_after;
-                let relay_after = peer
-                    .srtt_ms
-                    .map_or(cap, |srtt| {
-                        Duration::from_millis(srtt.saturating_mul(3) / 2)
-                    })
-                    .min(cap);
-                migration.relay_copy_at = Some(now + relay_after);
-                migration.carry_at = Some(now + relay_after + (relay_after / 2).max(CARRY_FLOOR));
+                self.arm_relay_fallback(now, compiled.peer);
                 self.outputs
                     .push_back(Output::SendMigrationPing(SendMigrationPing {
                         request: rounds.request,
@@ -669,140 +565,6 @@ impl Presence {
         }
         let delay = self.backoff(attempts);
         self.schedule(failed.peer, now + delay, purpose);
-    }
-
-    fn connectivity_changed(&mut self, now: Instant, change: ConnectivityChanged) {
-        self.local_endpoints = change.new;
-        let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
-        let spread_total = self
-            .config
-            .first_ping_spread_per_peer
-            .saturating_mul(u32::try_from(ids.len()).unwrap_or(u32::MAX))
-            .min(MAX_FIRST_PING_SPREAD);
-        for id in ids {
-            let status = self.status(&id);
-            match status {
-                Some(SessionStatus::Ready) => {
-                    self.set_status(id, SessionStatus::Degraded);
-                    self.start_outbound_migration(now, id, spread_total);
-                }
-                Some(
-                    SessionStatus::Degraded
-                    | SessionStatus::ReconnectingInbound
-                    | SessionStatus::ReconnectingOutbound,
-                ) => self.start_outbound_migration(now, id, spread_total),
-                Some(
-                    SessionStatus::Connecting
-                    | SessionStatus::Handshaking
-                    | SessionStatus::Evicted
-                    | SessionStatus::Recovering,
-                ) => {
-                    // Not established: our old attempts used the old network.
-                    let in_flight = self.peers.get(&id).is_some_and(|p| p.connecting);
-                    if !in_flight {
-                        self.schedule(id, now, Purpose::Connect);
-                    }
-                }
-                Some(SessionStatus::Closed) | None => {}
-            }
-        }
-        self.publish_hints();
-    }
-
-    fn start_outbound_migration(&mut self, now: Instant, id: DeviceId, spread: Duration) {
-        self.set_status(id, SessionStatus::ReconnectingOutbound);
-        let first_round = now + self.jitter(spread);
-        let request = self.request_id();
-        let window = self.config.migration_window;
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        peer.scheduled = None;
-        peer.pending_blueprint = None;
-        peer.deadline = Some(now + window);
-        let previous = peer.migration.replace(Migration::new(
-            now,
-            Some(PingRounds {
-                request,
-                sent: 0,
-                next: first_round,
-            }),
-        ));
-        if previous.is_none() {
-            self.outputs
-                .push_back(Output::Migration(MigrationEvent::Started {
-                    peer: id,
-                    outbound: true,
-                }));
-        }
-    }
-
-    /// Migration phase 2 on the migrating device: one round of pings on every candidate,
-    /// repeated with a doubling interval until the session is Ready or the window ends.
-    fn run_migration_round(&mut self, now: Instant, id: DeviceId) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        let Some(rounds) = peer.migration.as_mut().and_then(|m| m.outbound.as_mut()) else {
-            return;
-        };
-        if rounds.next > now {
-            return;
-        }
-        rounds.sent += 1;
-        let exponent = (rounds.sent - 1).min(16);
-        let interval = self
-            .config
-            .migration_ping_interval
-            .saturating_mul(1u32 << exponent)
-            .min(self.config.migration_ping_max_interval);
-        rounds.next = now + interval;
-        let sent = rounds.sent;
-        let announced = peer.announced.clone();
-        if sent > 1 {
-            // A whole round went unanswered: the peer may have moved too. Ask the
-            // rendezvous server where it is now.
-            let request = self.request_id();
-            self.outputs
-                .push_back(Output::LookupEndpointHint(LookupEndpointHint {
-                    request,
-                    peer: id,
-                }));
-        }
-        self.request_blueprint(id, Purpose::MigrationPing, announced);
-    }
-
-    fn inbound_migration_ping(&mut self, now: Instant, ping: InboundMigrationPing) {
-        let Some(peer) = self.peers.get_mut(&ping.peer) else {
-            return;
-        };
-        peer.announced = ping.endpoints.clone();
-        match peer.status {
-            Some(SessionStatus::Ready | SessionStatus::Degraded) => {
-                let window = self.config.migration_window;
-                peer.deadline = Some(now + window);
-                let previous = peer.migration.replace(Migration::new(now, None));
-                peer.scheduled = None;
-                self.set_status(ping.peer, SessionStatus::ReconnectingInbound);
-                if previous.is_none() {
-                    self.outputs
-                        .push_back(Output::Migration(MigrationEvent::Started {
-                            peer: ping.peer,
-                            outbound: false,
-                        }));
-                }
-                self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
-            }
-            Some(SessionStatus::ReconnectingInbound) => {
-                // The peer moved again: reconnect towards its newest endpoints.
-                self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
-            }
-            Some(SessionStatus::ReconnectingOutbound) => {
-                // Both moved: we now know where the peer is; ping it there. No connect.
-                self.request_blueprint(ping.peer, Purpose::MigrationPing, ping.endpoints);
-            }
-            _ => {}
-        }
     }
 
     fn path_lost(&mut self, now: Instant, id: DeviceId) {
@@ -924,34 +686,6 @@ impl Presence {
         }
         let delay = self.backoff(0);
         self.schedule(id, now + delay, Purpose::Connect);
-    }
-
-    /// Our migration ping had no direct answer in time: first the relay queue carries
-    /// it, then the queued data follows it (DirectConnection skips either when the ping
-    /// was acknowledged meanwhile).
-    fn relay_fallback(&mut self, now: Instant, id: DeviceId) {
-        let Some(migration) = self.peers.get_mut(&id).and_then(|p| p.migration.as_mut()) else {
-            return;
-        };
-        if migration.relay_copy_at.is_some_and(|at| at <= now) {
-            migration.relay_copy_at = None;
-            self.outputs
-                .push_back(Output::RelayMigrationPing(RelayMigrationPing { peer: id }));
-        }
-        if migration.carry_at.is_some_and(|at| at <= now) {
-            migration.carry_at = None;
-            self.outputs
-                .push_back(Output::CarryOverRelay(CarryOverRelay { peer: id }));
-        }
-    }
-
-    /// A round-trip sample of the session's path, smoothed as RFC 6298 does (7/8 old).
-    fn path_measured(&mut self, measured: PathMeasured) {
-        let (Some(sample), Some(peer)) = (measured.rtt_ms, self.peers.get_mut(&measured.peer))
-        else {
-            return;
-        };
-        peer.srtt_ms = Some(peer.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8));
     }
 
     fn publish_hints(&mut self) {

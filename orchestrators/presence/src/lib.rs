@@ -47,10 +47,12 @@
 //! | relay poll (node-wide) | every `relay_poll_interval` | `RelayPoll` |
 
 mod actor;
+mod config;
 mod core;
 
 pub use actor::{Orchestrator, Recipients};
-pub use core::{Config, Input, MigrationEvent, Output, Presence, MAX_FIRST_PING_SPREAD};
+pub use config::{Config, MAX_FIRST_PING_SPREAD};
+pub use core::{Input, MigrationEvent, Output, Presence};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! Transition traces of the Presence core, with a stand-in ConnectionBlueprint that
 //! answers every recompile at once (configured address, announced ones first, relay).
 
-use crate::core::{Config, Input, MigrationEvent, Output, Presence};
+use crate::config::Config;
+use crate::core::{Input, MigrationEvent, Output, Presence};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;

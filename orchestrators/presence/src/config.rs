@@ -1,0 +1,60 @@
+//! Settings of the Presence core, each with the reason for its default.
+
+use std::time::Duration;
+
+/// Settings of the Presence core. Every duration is virtual under paused time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// How long a migration may take before both sides evict (the seed's window).
+    pub migration_window: Duration,
+    /// First interval between migration ping rounds; doubles up to
+    /// [`Config::migration_ping_max_interval`].
+    pub migration_ping_interval: Duration,
+    /// Longest interval between migration ping rounds.
+    pub migration_ping_max_interval: Duration,
+    /// Spread of the first migration ping per peer after a network change, per peer
+    /// (capped at [`MAX_FIRST_PING_SPREAD`]): avoids a burst when many peers exist.
+    pub first_ping_spread_per_peer: Duration,
+    /// First connect/recovery retry delay; doubles up to `connect_retry_max`.
+    pub connect_retry_base: Duration,
+    /// Longest connect/recovery retry delay.
+    pub connect_retry_max: Duration,
+    /// Connect attempts (handshakes) in flight at once, so a restart with many peers is
+    /// not a reconnection storm.
+    pub max_concurrent_connects: usize,
+    /// Delay before a transport-only reconnect after the bound path was lost.
+    pub path_lost_reconnect_after: Duration,
+    /// Heartbeat fallback: how often the relay queue is polled.
+    pub relay_poll_interval: Duration,
+    /// Longest wait, after a migration ping, before the relay queue carries it too (the
+    /// wait is 1.5 RTT of the session's path when one was measured).
+    pub migration_relay_after: Duration,
+    /// Seed of the jitter RNG.
+    pub seed: u64,
+}
+
+/// Largest spread of first migration pings after one network change: half a second
+/// keeps even a device with hundreds of peers from bursting while adding little delay.
+pub const MAX_FIRST_PING_SPREAD: Duration = Duration::from_millis(500);
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            migration_window: Duration::from_secs(30),
+            // One second: several RTTs on any real path, so a round is not resent while
+            // its answer is still in flight.
+            migration_ping_interval: Duration::from_secs(1),
+            migration_ping_max_interval: Duration::from_secs(8),
+            first_ping_spread_per_peer: Duration::from_millis(5),
+            connect_retry_base: Duration::from_millis(250),
+            connect_retry_max: Duration::from_secs(10),
+            max_concurrent_connects: 8,
+            path_lost_reconnect_after: Duration::from_millis(200),
+            relay_poll_interval: Duration::from_secs(5),
+            // A quarter second: a migrated direct link answers well within it, and a
+            // blocked one then costs at most this much before the relay carries the ping.
+            migration_relay_after: Duration::from_millis(250),
+            seed: 0,
+        }
+    }
+}

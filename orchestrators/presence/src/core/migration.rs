@@ -1,0 +1,231 @@
+//! The migration side of Presence: a network change starts an outbound migration (ping
+//! rounds with a relay fallback each), an inbound ping starts an inbound one, and the
+//! round-trip samples that time the relay fallback.
+
+use super::*;
+
+/// A migration in progress, on either side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Migration {
+    /// The network change (outbound) or the inbound signal.
+    pub(super) started: Instant,
+    /// Outbound only: ping rounds sent so far, and when the next is due.
+    pub(super) outbound: Option<PingRounds>,
+    /// After our last migration ping: when the relay queue carries it too.
+    pub(super) relay_copy_at: Option<Instant>,
+    /// After our last migration ping: when the queued data follows it through the relay.
+    pub(super) carry_at: Option<Instant>,
+}
+
+impl Migration {
+    pub(super) fn new(started: Instant, outbound: Option<PingRounds>) -> Self {
+        Self {
+            started,
+            outbound,
+            relay_copy_at: None,
+            carry_at: None,
+        }
+    }
+}
+
+/// The least wait between the relay copy of a migration ping and the data that follows
+/// it: timer slack, so the two do not race.
+const CARRY_FLOOR: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PingRounds {
+    /// Correlates SendMigrationPing and MigrationAcked.
+    pub(super) request: RequestId,
+    pub(super) sent: u32,
+    pub(super) next: Instant,
+}
+
+impl Presence {
+    /// A ping round goes out: the relay copy follows after about one RTT of the old
+    /// path (long enough for a migrated link to answer first, short enough that a
+    /// blocked one costs little), and the data half that later, by when a working
+    /// direct path has usually answered.
+    pub(super) fn arm_relay_fallback(&mut self, now: Instant, id: DeviceId) {
+        let cap = self.config.migration_relay_after;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let relay_after = peer
+            .srtt_ms
+            .map_or(cap, |srtt| {
+                Duration::from_millis(srtt.saturating_mul(3) / 2)
+            })
+            .min(cap);
+        if let Some(migration) = peer.migration.as_mut() {
+            migration.relay_copy_at = Some(now + relay_after);
+            migration.carry_at = Some(now + relay_after + (relay_after / 2).max(CARRY_FLOOR));
+        }
+    }
+
+    pub(super) fn connectivity_changed(&mut self, now: Instant, change: ConnectivityChanged) {
+        self.local_endpoints = change.new;
+        let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
+        let spread_total = self
+            .config
+            .first_ping_spread_per_peer
+            .saturating_mul(u32::try_from(ids.len()).unwrap_or(u32::MAX))
+            .min(MAX_FIRST_PING_SPREAD);
+        for id in ids {
+            let status = self.status(&id);
+            match status {
+                Some(SessionStatus::Ready) => {
+                    self.set_status(id, SessionStatus::Degraded);
+                    self.start_outbound_migration(now, id, spread_total);
+                }
+                Some(
+                    SessionStatus::Degraded
+                    | SessionStatus::ReconnectingInbound
+                    | SessionStatus::ReconnectingOutbound,
+                ) => self.start_outbound_migration(now, id, spread_total),
+                Some(
+                    SessionStatus::Connecting
+                    | SessionStatus::Handshaking
+                    | SessionStatus::Evicted
+                    | SessionStatus::Recovering,
+                ) => {
+                    // Not established: our old attempts used the old network.
+                    let in_flight = self.peers.get(&id).is_some_and(|p| p.connecting);
+                    if !in_flight {
+                        self.schedule(id, now, Purpose::Connect);
+                    }
+                }
+                Some(SessionStatus::Closed) | None => {}
+            }
+        }
+        self.publish_hints();
+    }
+
+    pub(super) fn start_outbound_migration(
+        &mut self,
+        now: Instant,
+        id: DeviceId,
+        spread: Duration,
+    ) {
+        self.set_status(id, SessionStatus::ReconnectingOutbound);
+        let first_round = now + self.jitter(spread);
+        let request = self.request_id();
+        let window = self.config.migration_window;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        peer.scheduled = None;
+        peer.pending_blueprint = None;
+        peer.deadline = Some(now + window);
+        let previous = peer.migration.replace(Migration::new(
+            now,
+            Some(PingRounds {
+                request,
+                sent: 0,
+                next: first_round,
+            }),
+        ));
+        if previous.is_none() {
+            self.outputs
+                .push_back(Output::Migration(MigrationEvent::Started {
+                    peer: id,
+                    outbound: true,
+                }));
+        }
+    }
+
+    /// Migration phase 2 on the migrating device: one round of pings on every candidate,
+    /// repeated with a doubling interval until the session is Ready or the window ends.
+    pub(super) fn run_migration_round(&mut self, now: Instant, id: DeviceId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(rounds) = peer.migration.as_mut().and_then(|m| m.outbound.as_mut()) else {
+            return;
+        };
+        if rounds.next > now {
+            return;
+        }
+        rounds.sent += 1;
+        let exponent = (rounds.sent - 1).min(16);
+        let interval = self
+            .config
+            .migration_ping_interval
+            .saturating_mul(1u32 << exponent)
+            .min(self.config.migration_ping_max_interval);
+        rounds.next = now + interval;
+        let sent = rounds.sent;
+        let announced = peer.announced.clone();
+        if sent > 1 {
+            // A whole round went unanswered: the peer may have moved too. Ask the
+            // rendezvous server where it is now.
+            let request = self.request_id();
+            self.outputs
+                .push_back(Output::LookupEndpointHint(LookupEndpointHint {
+                    request,
+                    peer: id,
+                }));
+        }
+        self.request_blueprint(id, Purpose::MigrationPing, announced);
+    }
+
+    pub(super) fn inbound_migration_ping(&mut self, now: Instant, ping: InboundMigrationPing) {
+        let Some(peer) = self.peers.get_mut(&ping.peer) else {
+            return;
+        };
+        peer.announced = ping.endpoints.clone();
+        match peer.status {
+            Some(SessionStatus::Ready | SessionStatus::Degraded) => {
+                let window = self.config.migration_window;
+                peer.deadline = Some(now + window);
+                let previous = peer.migration.replace(Migration::new(now, None));
+                peer.scheduled = None;
+                self.set_status(ping.peer, SessionStatus::ReconnectingInbound);
+                if previous.is_none() {
+                    self.outputs
+                        .push_back(Output::Migration(MigrationEvent::Started {
+                            peer: ping.peer,
+                            outbound: false,
+                        }));
+                }
+                self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
+            }
+            Some(SessionStatus::ReconnectingInbound) => {
+                // The peer moved again: reconnect towards its newest endpoints.
+                self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
+            }
+            Some(SessionStatus::ReconnectingOutbound) => {
+                // Both moved: we now know where the peer is; ping it there. No connect.
+                self.request_blueprint(ping.peer, Purpose::MigrationPing, ping.endpoints);
+            }
+            _ => {}
+        }
+    }
+
+    /// Our migration ping had no direct answer in time: first the relay queue carries
+    /// it, then the queued data follows it (DirectConnection skips either when the ping
+    /// was acknowledged meanwhile).
+    pub(super) fn relay_fallback(&mut self, now: Instant, id: DeviceId) {
+        let Some(migration) = self.peers.get_mut(&id).and_then(|p| p.migration.as_mut()) else {
+            return;
+        };
+        if migration.relay_copy_at.is_some_and(|at| at <= now) {
+            migration.relay_copy_at = None;
+            self.outputs
+                .push_back(Output::RelayMigrationPing(RelayMigrationPing { peer: id }));
+        }
+        if migration.carry_at.is_some_and(|at| at <= now) {
+            migration.carry_at = None;
+            self.outputs
+                .push_back(Output::CarryOverRelay(CarryOverRelay { peer: id }));
+        }
+    }
+
+    /// A round-trip sample of the session's path, smoothed as RFC 6298 does (7/8 old).
+    pub(super) fn path_measured(&mut self, measured: PathMeasured) {
+        let (Some(sample), Some(peer)) = (measured.rtt_ms, self.peers.get_mut(&measured.peer))
+        else {
+            return;
+        };
+        peer.srtt_ms = Some(peer.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8));
+    }
+}
