@@ -13,6 +13,10 @@ pub(crate) struct Accepted(pub Link);
 
 /// Forwards every link `endpoint` accepts to `owner`, until the endpoint closes or the
 /// actor is gone.
+///
+/// A busy owner (a full mailbox) makes the loop wait, never stop: the accepted links
+/// wait in the endpoint's bounded queue meanwhile, and the endpoint's handshake slots
+/// are returned as the queue drains. Only the owner's end stops the loop.
 pub(crate) fn forward_accepted<A>(endpoint: Endpoint, owner: Addr<A>)
 where
     A: Actor + Handler<Accepted>,
@@ -20,7 +24,8 @@ where
 {
     tokio::spawn(async move {
         while let Some(link) = endpoint.accept().await {
-            if owner.try_send(Accepted(link)).is_err() {
+            if owner.send(Accepted(link)).await.is_err() {
+                // The owner stopped: nobody will take links from this endpoint again.
                 break;
             }
         }
@@ -43,4 +48,105 @@ pub(crate) fn spawn_writer(
         }
     });
     writer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::{AsyncContext, Context, WrapFuture};
+    use std::time::Duration;
+    use tether_transport::TransportConfig;
+    use tokio::sync::oneshot;
+
+    /// Links sent to the owner before it is released; each is handed to the test.
+    const LINKS: usize = 6;
+
+    /// An owner whose mailbox holds one message and which handles nothing until it is
+    /// released, as an actor busy with other work would.
+    struct BusyOwner {
+        release: Option<oneshot::Receiver<()>>,
+        handed: mpsc::UnboundedSender<Link>,
+    }
+
+    impl Actor for BusyOwner {
+        type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.set_mailbox_capacity(1);
+            if let Some(release) = self.release.take() {
+                ctx.wait(
+                    async move {
+                        let _ = release.await;
+                    }
+                    .into_actor(self),
+                );
+            }
+        }
+    }
+
+    impl Handler<Accepted> for BusyOwner {
+        type Result = ();
+
+        fn handle(&mut self, accepted: Accepted, _ctx: &mut Self::Context) {
+            let _ = self.handed.send(accepted.0);
+        }
+    }
+
+    fn loopback() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[actix_rt::test]
+    async fn a_busy_owner_delays_accepted_links_but_never_stops_their_flow() {
+        let config = TransportConfig::default();
+        let server = Endpoint::bind_udp(loopback(), config.clone())
+            .await
+            .expect("a loopback endpoint binds");
+        let client = Endpoint::bind_udp(loopback(), config)
+            .await
+            .expect("a loopback endpoint binds");
+        let addr = server.local_addr().expect("bound");
+        let (release, released) = oneshot::channel();
+        let (handed, mut links) = mpsc::unbounded_channel();
+        let owner = BusyOwner {
+            release: Some(released),
+            handed,
+        }
+        .start();
+        forward_accepted(server.clone(), owner);
+
+        // More links than the owner's mailbox holds, while it is busy.
+        let mut dialled = Vec::new();
+        for _ in 0..LINKS {
+            dialled.push(client.dial(addr).await.expect("loopback dial"));
+        }
+        let mut turns = 0;
+        while server.stats().links_accepted < LINKS as u64 {
+            turns += 1;
+            assert!(
+                turns < 100_000,
+                "the endpoint accepted {:?}",
+                server.stats()
+            );
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            // Let the forwarding loop meet the full mailbox.
+            tokio::task::yield_now().await;
+        }
+        let _ = release.send(());
+
+        let bound = Duration::from_secs(10);
+        for n in 0..LINKS {
+            let link = tokio::time::timeout(bound, links.recv()).await;
+            assert!(
+                matches!(link, Ok(Some(_))),
+                "link {n} of {LINKS} never reached the owner"
+            );
+        }
+        // And the endpoint still hands over a link that comes later.
+        dialled.push(client.dial(addr).await.expect("loopback dial"));
+        let late = tokio::time::timeout(bound, links.recv()).await;
+        assert!(matches!(late, Ok(Some(_))), "a later link never arrived");
+    }
 }
