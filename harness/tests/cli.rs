@@ -258,6 +258,68 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn start_failures_are_one_line_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = |name: &str| {
+        let out = tether(&["keygen", "--out", name], d, &[]);
+        assert!(out.status.success());
+        stdout(&out).trim().to_string()
+    };
+    key("node.key");
+    let relay = key("relay.key");
+    let peer = key("peer.key");
+    let good = GOOD
+        .replace("{RELAY}", &relay)
+        .replace("{PEER}", &peer)
+        .replace("{RK}", &"ab".repeat(32));
+    // A port that is taken for as long as the test runs.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap();
+    let metrics_taken = format!("metrics_addr = \"{taken}\"\nlisten =");
+    let cases = [
+        (
+            "node: control socket in a missing folder",
+            "node",
+            good.replace("node.sock", "missing/node.sock"),
+            "error: cannot create control socket",
+        ),
+        (
+            "node: metrics port in use",
+            "node",
+            good.replace("listen =", &metrics_taken),
+            "error: cannot listen for metrics",
+        ),
+        (
+            "relay: metrics port in use",
+            "relay",
+            format!(
+                "key_file = \"relay.key\"\nmetrics_addr = \"{taken}\"\nlisten = \"127.0.0.1:0\"\n"
+            ),
+            "error: cannot listen for metrics",
+        ),
+        (
+            "relay: control socket in a missing folder",
+            "relay",
+            "key_file = \"relay.key\"\ncontrol_socket = \"missing/relay.sock\"\nlisten = \"127.0.0.1:0\"\n"
+                .to_string(),
+            "error: cannot create control socket",
+        ),
+    ];
+    for (i, (name, command, text, expected)) in cases.iter().enumerate() {
+        let file = format!("start{i}.toml");
+        std::fs::write(d.join(&file), text).unwrap();
+        std::fs::set_permissions(d.join(&file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = tether(&[command, "--config", &file], d, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: one line, got:\n{err}");
+        assert!(err.starts_with(expected), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for args in [

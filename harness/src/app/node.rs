@@ -94,20 +94,23 @@ pub async fn run_node(
         seed: rand::random(),
         unix_ms_at_start: unix_ms(),
     };
-    let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
-        what: "node",
-        source,
-    })?;
-    let listener = control::bind(&settings.control_socket).await?;
+    // Everything that can fail is opened before the actors start, so a failure is one
+    // error line and nothing is left half started.
     let metrics_listener = match settings.metrics_addr {
         Some(addr) => Some(metrics::bind_metrics(addr).await?),
         None => None,
     };
+    // Last: it leaves a socket file behind.
+    let listener = control::bind(&settings.control_socket).await?;
     let metrics_addr = match &metrics_listener {
         Some(l) => l.local_addr().ok(),
         None => None,
     };
     let mut stop = StopSignals::install()?;
+    let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
+        what: "node",
+        source,
+    })?;
 
     let (commands, mut command_rx) = mpsc::channel::<Command>(64);
     let (watchers, _) = broadcast::channel::<String>(4096);

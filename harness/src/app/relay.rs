@@ -55,6 +55,18 @@ pub async fn run_relay(
     ready: impl FnOnce(&RelayReady),
 ) -> Result<(), RunError> {
     let endpoint = run::bind(settings.listen, settings.transport.clone()).await?;
+    // Everything that can fail is opened before the server starts, so a failure is one
+    // error line and nothing is left half started.
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(metrics::bind_metrics(addr).await?),
+        None => None,
+    };
+    let mut stop = StopSignals::install()?;
+    // Last: it leaves a socket file behind.
+    let control_listener = match &settings.control_socket {
+        Some(path) => Some(control::bind(path).await?),
+        None => None,
+    };
     let mut seed = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let handle =
@@ -69,13 +81,11 @@ pub async fn run_relay(
         endpoint,
         started: Instant::now(),
     });
-    if let Some(path) = &settings.control_socket {
-        let listener = control::bind(path).await?;
+    if let Some(listener) = control_listener {
         actix_rt::spawn(accept_control(listener, shared.clone()));
     }
     let mut metrics_addr = None;
-    if let Some(addr) = settings.metrics_addr {
-        let listener = metrics::bind_metrics(addr).await?;
+    if let Some(listener) = metrics_listener {
         metrics_addr = listener.local_addr().ok();
         let shared = shared.clone();
         actix_rt::spawn(metrics::serve_metrics(listener, move || {
@@ -83,7 +93,6 @@ pub async fn run_relay(
             async move { Some(metrics::relay_prometheus(&shared.report().await)) }
         }));
     }
-    let mut stop = StopSignals::install()?;
     let public_key = shared.handle.public.to_hex();
     let listen = shared.handle.local_addr;
     tracing::info!(%listen, public_key = %public_key, "relay started");
