@@ -138,10 +138,16 @@ addresses = ["127.0.0.1:7001"]
 /// A named config text and the environment it runs with.
 type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
 
-#[test]
-fn bad_configs_fail_with_one_line_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A folder's keys (`node.key`, `relay.key`, `peer.key`) and a valid node config using
+/// them.
+struct Setup {
+    own: String,
+    peer: String,
+    rk: String,
+    good: String,
+}
+
+fn setup(d: &Path) -> Setup {
     let key = |name: &str| {
         let out = tether(&["keygen", "--out", name], d, &[]);
         assert!(out.status.success());
@@ -155,6 +161,24 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
         .replace("{RELAY}", &relay)
         .replace("{PEER}", &peer)
         .replace("{RK}", &rk);
+    Setup {
+        own,
+        peer,
+        rk,
+        good,
+    }
+}
+
+#[test]
+fn bad_configs_fail_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Setup {
+        own,
+        peer,
+        rk,
+        good,
+    } = setup(d);
     let loose = d.join("loose.key");
     std::fs::copy(d.join("peer.key"), &loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -261,18 +285,7 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
 fn start_failures_are_one_line_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = |name: &str| {
-        let out = tether(&["keygen", "--out", name], d, &[]);
-        assert!(out.status.success());
-        stdout(&out).trim().to_string()
-    };
-    key("node.key");
-    let relay = key("relay.key");
-    let peer = key("peer.key");
-    let good = GOOD
-        .replace("{RELAY}", &relay)
-        .replace("{PEER}", &peer)
-        .replace("{RK}", &"ab".repeat(32));
+    let good = setup(d).good;
     // A port that is taken for as long as the test runs.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap();
