@@ -16,7 +16,7 @@ use tether_protocol::{
     Shutdown, TransportPort,
 };
 use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
-use tether_transport::Endpoint;
+use tether_transport::{Endpoint, EndpointStats};
 use tokio::sync::mpsc;
 
 /// A paired peer as the node's config lists it.
@@ -89,6 +89,8 @@ pub struct PeerStatus {
     pub migrations: u64,
     /// Duration of the last migration.
     pub last_migration: Option<Duration>,
+    /// Open transport links DirectConnection holds to this peer.
+    pub links: usize,
 }
 
 /// A running device node.
@@ -102,6 +104,8 @@ pub struct Node {
     driver: Addr<TransportDriver>,
     hub: Addr<EventHub>,
     events: mpsc::UnboundedReceiver<NodeEvent>,
+    /// A handle for reading the endpoint's counters (the driver owns and closes it).
+    endpoint: Endpoint,
 }
 
 /// Derives a per-actor seed from the node seed, so actors do not share random streams.
@@ -136,6 +140,7 @@ impl Node {
         let hub = EventHub::new(events_tx).start();
         let port = |owner| TransportPort::new(owner, driver.clone().recipient());
 
+        let endpoint_handle = endpoint.clone();
         driver_ctx.run(TransportDriver::new(
             endpoint,
             DriverRecipients {
@@ -266,6 +271,7 @@ impl Node {
             driver,
             hub,
             events,
+            endpoint: endpoint_handle,
         })
     }
 
@@ -332,9 +338,15 @@ impl Node {
                     counters: s.counters,
                     migrations: view.migrations,
                     last_migration: view.last_migration,
+                    links: s.links,
                 }
             })
             .collect()
+    }
+
+    /// The transport endpoint's counters (links dialled and accepted, rebinds, …).
+    pub fn endpoint_stats(&self) -> EndpointStats {
+        self.endpoint.stats()
     }
 
     /// DirectConnection's counters of dropped input.

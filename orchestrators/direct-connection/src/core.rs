@@ -140,6 +140,8 @@ pub struct PeerSnapshot {
     pub queued: usize,
     /// Messages accepted / delivered / dropped as duplicates.
     pub counters: PeerCounters,
+    /// Open transport links that carry this peer.
+    pub links: usize,
 }
 
 /// The DirectConnection core. See the crate docs.
@@ -237,6 +239,7 @@ impl DirectConnection {
             rtt_ms: state.heartbeat.srtt_ms,
             queued: state.queued(),
             counters: state.counters,
+            links: self.links.links_of_peer_count(*peer),
         })
     }
 

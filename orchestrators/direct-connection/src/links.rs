@@ -188,6 +188,12 @@ impl LinkTable {
         self.peer_links(device).map(|(id, _)| id).collect()
     }
 
+    /// How many open links carry `device` (accepted links count once an authenticated
+    /// frame or a handshake attributed them).
+    pub fn links_of_peer_count(&self, device: DeviceId) -> usize {
+        self.peer_links(device).count()
+    }
+
     /// The newest validated link that carries `device`.
     pub fn live_of(&self, device: DeviceId) -> Option<LinkId> {
         self.peer_links(device)
