@@ -209,7 +209,6 @@ impl ClusterBuilder {
                 presence: self.presence.clone(),
                 limits: self.limits.clone(),
                 blueprint: tether_connection_blueprint::Config::default(),
-                seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 unix_ms_at_start: SIM_UNIX_MS,
             };
             devices.push(SimDevice {
@@ -219,6 +218,7 @@ impl ClusterBuilder {
                 moves: 0,
                 device: DeviceId(*config.keypair.public().as_bytes()),
                 config,
+                seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 node: None,
                 log: Vec::new(),
             });
@@ -280,6 +280,8 @@ pub struct SimDevice {
     pub device: DeviceId,
     /// The config it (re)starts with.
     pub config: NodeConfig,
+    /// The seed of its node's RNGs (a restart reuses it).
+    pub seed: u64,
     /// The running node; None while crashed.
     pub node: Option<Node>,
     /// Every event with its virtual time since the cluster started.
@@ -346,7 +348,7 @@ impl SimCluster {
             .await
             // INVARIANT: the host owns `ip` (set when it was added or moved).
             .expect("device endpoint");
-        let node = Node::start(device.config.clone(), endpoint)
+        let node = Node::start_simulated(device.config.clone(), endpoint, device.seed)
             // INVARIANT: a freshly bound sim endpoint has a local address.
             .expect("node");
         device.node = Some(node);

@@ -4,6 +4,8 @@
 use crate::driver::{DriverRecipients, Rebind, TransportDriver};
 use crate::hub::{EventHub, GetPresence, NodeEvent, PresenceView};
 use actix::{Actor, Addr, AsyncContext, Context};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
@@ -54,8 +56,6 @@ pub struct NodeConfig {
     pub limits: direct_connection::Limits,
     /// Candidate ordering settings.
     pub blueprint: tether_connection_blueprint::Config,
-    /// Seed of every RNG in the node (each actor derives its own).
-    pub seed: u64,
     /// Unix time in ms at start (handshake timestamps, hint expiry).
     pub unix_ms_at_start: u64,
 }
@@ -108,14 +108,82 @@ pub struct Node {
     endpoint: Endpoint,
 }
 
-/// Derives a per-actor seed from the node seed, so actors do not share random streams.
-fn derive_seed(seed: u64, actor: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(actor)
+/// Where a node's randomness comes from.
+#[derive(Debug, Clone, Copy)]
+enum Randomness {
+    /// The operating system: every actor's RNG gets 256 fresh bits.
+    Os,
+    /// A simulation's seed: the same seed gives the same run.
+    Seeded(u64),
+}
+
+/// The RNG seeds of a node's actors (each its own, so no two share a stream).
+struct ActorSeeds {
+    direct_connection: [u8; 32],
+    relay: [u8; 32],
+    rendezvous: [u8; 32],
+    presence: [u8; 32],
+}
+
+impl ActorSeeds {
+    fn new(randomness: Randomness) -> Self {
+        match randomness {
+            Randomness::Os => {
+                let os = || {
+                    let mut seed = [0_u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut seed);
+                    seed
+                };
+                Self {
+                    direct_connection: os(),
+                    relay: os(),
+                    rendezvous: os(),
+                    presence: os(),
+                }
+            }
+            Randomness::Seeded(seed) => {
+                // Each actor's stream from its own 64-bit derivation of the seed.
+                let derive =
+                    |actor: u64| seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(actor);
+                let expand = |actor| ChaCha20Rng::seed_from_u64(derive(actor)).get_seed();
+                let mut rendezvous = [0_u8; 32];
+                rendezvous[..8].copy_from_slice(&derive(3).to_le_bytes());
+                Self {
+                    direct_connection: expand(1),
+                    relay: expand(2),
+                    rendezvous,
+                    presence: expand(4),
+                }
+            }
+        }
+    }
 }
 
 impl Node {
-    /// Starts the node's actors on the current actix system, on `endpoint`.
+    /// Starts the node's actors on the current actix system, on `endpoint`. Every
+    /// random value the node draws (Noise ephemeral keys, path challenges, jitter) comes
+    /// from RNGs seeded with 256 bits from the operating system.
     pub fn start(config: NodeConfig, endpoint: Endpoint) -> Result<Self, std::io::Error> {
+        Self::start_with(config, endpoint, Randomness::Os)
+    }
+
+    /// [`Node::start`] for the simulator: every RNG is derived from `seed`, so the same
+    /// seed replays the same run. Never for a device on a real network: its keys would
+    /// be as guessable as the seed.
+    pub fn start_simulated(
+        config: NodeConfig,
+        endpoint: Endpoint,
+        seed: u64,
+    ) -> Result<Self, std::io::Error> {
+        Self::start_with(config, endpoint, Randomness::Seeded(seed))
+    }
+
+    fn start_with(
+        config: NodeConfig,
+        endpoint: Endpoint,
+        randomness: Randomness,
+    ) -> Result<Self, std::io::Error> {
+        let seeds = ActorSeeds::new(randomness);
         let local = endpoint.local_addr()?;
         let device = DeviceId(*config.keypair.public().as_bytes());
         let peers: Vec<DeviceId> = config
@@ -176,7 +244,7 @@ impl Node {
                     })
                     .collect(),
                 local_endpoints: vec![local],
-                seed: derive_seed(config.seed, 1),
+                rng_seed: seeds.direct_connection,
                 unix_ms_at_start: config.unix_ms_at_start,
                 limits: config.limits.clone(),
             },
@@ -206,7 +274,7 @@ impl Node {
             config.keypair.clone(),
             config.server.public,
             config.server.addr,
-            derive_seed(config.seed, 2),
+            seeds.relay,
         );
         relay_config.server.first_dial_request = RequestId(1);
         rcs_ctx.run(tether_rcs::Orchestrator::new(
@@ -231,7 +299,7 @@ impl Node {
                     .map(|p| (DeviceId(*p.public.as_bytes()), p.rk.clone()))
                     .collect(),
                 config.unix_ms_at_start,
-                seed_bytes(derive_seed(config.seed, 3)),
+                seeds.rendezvous,
             ),
             tether_pms::Recipients {
                 transport: port(LinkOwner::Pms),
@@ -240,10 +308,8 @@ impl Node {
         ));
 
         presence_ctx.run(tether_presence::Orchestrator::new(
-            tether_presence::Config {
-                seed: derive_seed(config.seed, 4),
-                ..config.presence.clone()
-            },
+            config.presence.clone(),
+            seeds.presence,
             peers,
             vec![local],
             tether_presence::Recipients {
@@ -391,13 +457,6 @@ impl Node {
         self.pms.do_send(Shutdown);
         self.driver.do_send(Shutdown);
     }
-}
-
-/// A 32-byte seed from a 64-bit one (for cores seeded with ChaCha20's full seed).
-fn seed_bytes(seed: u64) -> [u8; 32] {
-    let mut bytes = [0_u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    bytes
 }
 
 /// A recipient that drops what it gets (for outputs nobody needs to act on).

@@ -91,7 +91,6 @@ pub async fn run_node(
         presence: settings.presence.clone(),
         limits: settings.limits.clone(),
         blueprint: tether_connection_blueprint::Config::default(),
-        seed: rand::random(),
         unix_ms_at_start: unix_ms(),
     };
     // Everything that can fail is opened before the actors start, so a failure is one

@@ -29,8 +29,10 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// This device's endpoints, announced in migration acks.
     pub local_endpoints: Vec<SocketAddr>,
-    /// Seed of the RNG for handshakes and path challenges.
-    pub seed: u64,
+    /// Seed of the RNG for Noise ephemeral keys, path challenges and channel
+    /// incarnations: 256 bits from the OS in a production node, from a test's seed in
+    /// the simulator.
+    pub rng_seed: [u8; 32],
     /// Unix time in milliseconds at the core's start `now` (handshake timestamps).
     pub unix_ms_at_start: u64,
     /// Timing and limits.

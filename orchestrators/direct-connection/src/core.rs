@@ -199,7 +199,7 @@ impl DirectConnection {
         Self {
             limits: config.limits,
             local: config.local,
-            rng: ChaCha20Rng::seed_from_u64(config.seed),
+            rng: ChaCha20Rng::from_seed(config.rng_seed),
             start: now,
             unix_ms_at_start: config.unix_ms_at_start,
             peers,

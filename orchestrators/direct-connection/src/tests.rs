@@ -85,7 +85,7 @@ impl Net {
                 }],
                 local,
                 local_endpoints: vec![addr(at)],
-                seed,
+                rng_seed: ChaCha20Rng::seed_from_u64(seed).get_seed(),
                 unix_ms_at_start: 1_700_000_000_000,
                 limits: Limits::default(),
             };

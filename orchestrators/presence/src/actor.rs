@@ -51,12 +51,13 @@ impl Orchestrator {
     /// An actor around a fresh core, with its peers and the device's endpoints.
     pub fn new(
         config: Config,
+        rng_seed: [u8; 32],
         peers: Vec<DeviceId>,
         local_endpoints: Vec<SocketAddr>,
         recipients: Recipients,
     ) -> Self {
         let now = runtime_now();
-        let mut core = Presence::new(config, now);
+        let mut core = Presence::new(config, rng_seed, now);
         core.handle(now, Input::LocalEndpoints(local_endpoints));
         for peer in peers {
             core.handle(now, Input::AddPeer(peer));

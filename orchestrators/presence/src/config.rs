@@ -29,8 +29,6 @@ pub struct Config {
     /// Longest wait, after a migration ping, before the relay queue carries it too (the
     /// wait is 1.5 RTT of the session's path when one was measured).
     pub migration_relay_after: Duration,
-    /// Seed of the jitter RNG.
-    pub seed: u64,
 }
 
 /// Largest spread of first migration pings after one network change: half a second
@@ -54,7 +52,6 @@ impl Default for Config {
             // A quarter second: a migrated direct link answers well within it, and a
             // blocked one then costs at most this much before the relay carries the ping.
             migration_relay_after: Duration::from_millis(250),
-            seed: 0,
         }
     }
 }

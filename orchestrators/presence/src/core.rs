@@ -177,9 +177,10 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// A core with no peers.
-    pub fn new(config: Config, now: Instant) -> Self {
-        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+    /// A core with no peers. `rng_seed` seeds the jitter RNG: from the OS in a
+    /// production node, from a test's seed in the simulator.
+    pub fn new(config: Config, rng_seed: [u8; 32], now: Instant) -> Self {
+        let rng = ChaCha8Rng::from_seed(rng_seed);
         let next_relay_poll = now + config.relay_poll_interval;
         Self {
             config,

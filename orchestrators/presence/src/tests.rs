@@ -3,6 +3,8 @@
 
 use crate::config::Config;
 use crate::core::{Input, MigrationEvent, Output, Presence};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
@@ -37,7 +39,7 @@ impl Driver {
     fn new(config: Config) -> Self {
         let t0 = Instant::now();
         Self {
-            core: Presence::new(config, t0),
+            core: Presence::new(config, ChaCha8Rng::seed_from_u64(0).get_seed(), t0),
             t0,
             now: t0,
             trace: Vec::new(),

@@ -58,8 +58,9 @@ pub struct RelayClientConfig {
     pub max_pending: usize,
     /// Envelopes asked for per `Fetch`.
     pub fetch_batch: u32,
-    /// Seed of the backoff jitter RNG.
-    pub seed: u64,
+    /// Seed of the RNG for backoff jitter and the server handshake: from the OS in a
+    /// production node, from a test's seed in the simulator.
+    pub rng_seed: [u8; 32],
 }
 
 impl RelayClientConfig {
@@ -68,7 +69,7 @@ impl RelayClientConfig {
         keypair: StaticKeypair,
         server_key: PublicKey,
         server_addr: SocketAddr,
-        seed: u64,
+        rng_seed: [u8; 32],
     ) -> Self {
         Self {
             server: ServerLinkConfig::new(
@@ -84,7 +85,7 @@ impl RelayClientConfig {
             max_pending: 256,
             // 64 envelopes per fetch keeps a fetch answer well under the frame budget.
             fetch_batch: 64,
-            seed,
+            rng_seed,
         }
     }
 }
@@ -160,7 +161,7 @@ pub struct RelayClient {
 impl RelayClient {
     /// A client that does nothing until [`ClientInput::Start`].
     pub fn new(config: RelayClientConfig, _now: Instant) -> Self {
-        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let rng = ChaCha8Rng::from_seed(config.rng_seed);
         let link = ServerLink::new(config.server.clone());
         Self {
             config,

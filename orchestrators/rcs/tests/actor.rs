@@ -69,7 +69,7 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
         device,
         *server.public(),
         "203.0.113.1:443".parse().unwrap(),
-        1,
+        ChaCha8Rng::seed_from_u64(1).get_seed(),
     );
     let actor = Orchestrator::new(
         config.clone(),

@@ -48,7 +48,8 @@ impl Net {
         for seed in 0..2 {
             let keys = StaticKeypair::generate(&mut rng);
             ids.push(DeviceId(*keys.public().as_bytes()));
-            let config = RelayClientConfig::new(keys, *server_keys.public(), addr, seed);
+            let rng_seed = ChaCha8Rng::seed_from_u64(seed).get_seed();
+            let config = RelayClientConfig::new(keys, *server_keys.public(), addr, rng_seed);
             clients.push(RelayClient::new(config, t0));
         }
         Self {

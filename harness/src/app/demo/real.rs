@@ -152,7 +152,6 @@ async fn real_single_side_move(seed: u64) -> Result<(Recorder, String), RealDemo
             presence: tether_presence::Config::default(),
             limits: Limits::default(),
             blueprint: tether_connection_blueprint::Config::default(),
-            seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
             unix_ms_at_start: unix_ms,
         };
         nodes.push(Node::start(config, endpoint).map_err(|e| err("node", &e))?);

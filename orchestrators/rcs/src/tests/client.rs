@@ -5,6 +5,8 @@ use crate::client::{
     ClientInput, ClientOutput, RelayClient, RelayClientConfig, DEFAULT_FIRST_DIAL_REQUEST,
 };
 use crate::ConnectionState;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::verify_server_auth;
@@ -39,7 +41,7 @@ impl Driver {
             keys.device(1).clone(),
             *keys.server.public(),
             server_addr(),
-            7,
+            ChaCha8Rng::seed_from_u64(7).get_seed(),
         );
         config.enqueue_ttl = Duration::from_secs(60);
         config.fetch_batch = 16;
