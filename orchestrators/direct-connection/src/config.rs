@@ -65,6 +65,8 @@ pub struct Limits {
     /// While the session runs over the relay, how often direct addresses are probed
     /// (a validated direct path replaces the relay).
     pub direct_probe_interval: Duration,
+    /// How long a link the session does not need may stay quiet before it is closed.
+    pub idle_link_close_after: Duration,
 }
 
 impl Default for Limits {
@@ -97,6 +99,10 @@ impl Default for Limits {
             // Five seconds: a blocked path costs one dial per interval, and a path that
             // opens up is used within seconds.
             direct_probe_interval: Duration::from_secs(5),
+            // Three seconds, one and a half heartbeat intervals: the peer pings on its
+            // bound link every interval, so a link it uses is never quiet this long,
+            // while the links a rebind or a migration left behind go within seconds.
+            idle_link_close_after: Duration::from_secs(3),
         }
     }
 }

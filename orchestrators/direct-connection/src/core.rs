@@ -294,6 +294,7 @@ impl SansIoCore for DirectConnection {
         };
         if let Some(device) = touched {
             self.pump(now, device);
+            self.close_unneeded_links(now, device);
         }
     }
 
@@ -321,6 +322,7 @@ impl SansIoCore for DirectConnection {
         }
         for device in touched {
             self.pump(now, device);
+            self.close_unneeded_links(now, device);
         }
     }
 
@@ -378,7 +380,7 @@ impl DirectConnection {
             } => {
                 let dial = request.and_then(|r| self.links.take_dial(r));
                 self.links
-                    .link_up(link, remote, dial.as_ref().map(|d| d.device));
+                    .link_up(now, link, remote, dial.as_ref().map(|d| d.device));
                 let dial = dial?;
                 let device = dial.device;
                 match dial.purpose {

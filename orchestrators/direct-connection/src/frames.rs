@@ -48,7 +48,13 @@ impl DirectConnection {
             SessionFrame::PathChallenge { data } => {
                 self.send_frame(device, via, &SessionFrame::PathResponse { data });
             }
-            SessionFrame::PathResponse { data } => self.path_response(now, device, via, data),
+            SessionFrame::PathResponse { data } => {
+                // A response binds what it validates (or is refused); it never starts a
+                // challenge of its own: a refused one must not buy a new challenge, or
+                // challenges and stale answers feed each other.
+                self.path_response(now, device, via, data);
+                return;
+            }
             SessionFrame::Migrate {
                 channel,
                 incarnation,

@@ -31,6 +31,18 @@ pub struct LinkState {
     pub bytes_out_unvalidated: u64,
     /// When an authenticated frame last arrived on it.
     pub last_heard: Option<Instant>,
+    /// When it came up.
+    pub opened_at: Instant,
+}
+
+impl LinkState {
+    /// When the link last showed it is in use: its last authenticated frame, or its
+    /// opening.
+    pub fn last_active(&self) -> Instant {
+        self.last_heard
+            .unwrap_or(self.opened_at)
+            .max(self.opened_at)
+    }
 }
 
 /// A dial the transport driver is working on.
@@ -69,7 +81,13 @@ pub struct LinkTable {
 
 impl LinkTable {
     /// A link came up: dialled by us for `dial` (its peer and purpose), or accepted.
-    pub fn link_up(&mut self, link: LinkId, remote: Option<SocketAddr>, dial: Option<DeviceId>) {
+    pub fn link_up(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        remote: Option<SocketAddr>,
+        dial: Option<DeviceId>,
+    ) {
         self.links.insert(
             link,
             LinkState {
@@ -82,6 +100,7 @@ impl LinkTable {
                 bytes_in: 0,
                 bytes_out_unvalidated: 0,
                 last_heard: None,
+                opened_at: now,
             },
         );
         if let Some(device) = dial {
@@ -258,7 +277,7 @@ mod tests {
     #[test]
     fn an_accepted_link_gets_three_times_what_it_sent_until_validated() {
         let mut table = LinkTable::default();
-        table.link_up(LinkId(1), "10.0.0.1:1".parse().ok(), None);
+        table.link_up(Instant::now(), LinkId(1), "10.0.0.1:1".parse().ok(), None);
         assert_eq!(table.budget_allows(LinkId(1), 1), Some(false));
         table.credit(LinkId(1), 100);
         assert_eq!(table.budget_allows(LinkId(1), 300), Some(true));
@@ -275,9 +294,9 @@ mod tests {
     #[test]
     fn links_and_dials_are_found_by_peer() {
         let mut table = LinkTable::default();
-        table.link_up(LinkId(1), None, Some(peer(1)));
-        table.link_up(LinkId(2), None, None);
-        table.link_up(LinkId(3), None, Some(peer(2)));
+        table.link_up(Instant::now(), LinkId(1), None, Some(peer(1)));
+        table.link_up(Instant::now(), LinkId(2), None, None);
+        table.link_up(Instant::now(), LinkId(3), None, Some(peer(2)));
         table.attribute(LinkId(2), peer(1));
         assert_eq!(table.of_peer(peer(1)), vec![LinkId(1), LinkId(2)]);
         assert_eq!(table.live_of(peer(1)), Some(LinkId(1)));

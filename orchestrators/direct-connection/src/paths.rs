@@ -1,12 +1,20 @@
 //! Binding a session to a path: challenges, validation, the choice of the bound path,
-//! and losing it.
+//! losing it, and closing the links the session no longer needs.
 
 use crate::core::{DirectConnection, Output};
 use crate::state::{Heartbeat, Reported, Via};
 use crate::timers::Timer;
 use std::time::Instant;
 use tether_crypto::PathChallenge;
-use tether_protocol::{DeviceId, LinkId, PathLost, SessionFrame, SessionReady};
+use tether_protocol::{DeviceId, LinkId, PathLost, SessionFrame, SessionReady, TransportCommand};
+
+/// Most links held to one peer, on either side. A session needs at most four at once:
+/// the bound link, a standby link of our own next to a bound link the peer dialled, a
+/// migration dial and a probe dial; twice four lets the previous generation of each
+/// drain while its replacement validates. Beyond it the least recently active links the
+/// session does not need are closed at once, so a burst of network changes cannot pile
+/// links up (each migrated link costs a ping and a challenge on every later move).
+pub(crate) const MAX_LINKS_PER_PEER: usize = 8;
 
 impl DirectConnection {
     /// Sends a path challenge on `via` (single value per path until it expires).
@@ -169,9 +177,23 @@ impl DirectConnection {
         let in_progress = peer.connect.is_some() || peer.migration.is_some();
         // Carried tentatively (the peer moved), not yet reported Ready there.
         let tentative = peer.bound == Some(via) && peer.reported.is_none_or(|r| r.remote != remote);
-        let take = match via {
-            Via::Link(_) => true,
-            Via::Relay => !bound_is_direct,
+        let take = match (via, peer.bound) {
+            // Hysteresis: a validated bound link to where the peer last said it is keeps
+            // the session; another link that answers takes over only while a connect or
+            // a migration is in progress, or when it reaches the peer's newest address
+            // and the bound one does not.
+            (Via::Link(new), Some(Via::Link(bound))) if new != bound => {
+                let reaches_peer = |link| {
+                    self.links.remote(link).is_some_and(|addr| {
+                        peer.announced.is_empty() || peer.announced.contains(&addr)
+                    })
+                };
+                in_progress
+                    || !self.links.is_validated(bound)
+                    || (reaches_peer(new) && !reaches_peer(bound))
+            }
+            (Via::Link(_), _) => true,
+            (Via::Relay, _) => !bound_is_direct,
         };
         if take && (in_progress || tentative || peer.bound != Some(via)) {
             self.bind(now, device, via);
@@ -223,6 +245,63 @@ impl DirectConnection {
             if connect.via == Some(Via::Link(link)) {
                 connect.via = None;
             }
+        }
+    }
+
+    /// The links the session needs now: the bound link, our newest dialled link when the
+    /// bound one is a link the peer dialled (the standby that QUIC migrates when we
+    /// move), and the link a connect in progress runs on.
+    fn needed_links(&self, device: DeviceId) -> Vec<LinkId> {
+        let Some(peer) = self.peers.get(&device) else {
+            return Vec::new();
+        };
+        let mut needed = Vec::new();
+        if let Some(Via::Link(bound)) = peer.bound {
+            needed.push(bound);
+            if self.links.get(bound).is_some_and(|l| !l.dialled) {
+                let standby = self
+                    .links
+                    .of_peer(device)
+                    .into_iter()
+                    .rev()
+                    .find(|link| self.links.get(*link).is_some_and(|l| l.dialled));
+                needed.extend(standby);
+            }
+        }
+        if let Some(Via::Link(link)) = peer.connect.as_ref().and_then(|c| c.via) {
+            needed.push(link);
+        }
+        needed
+    }
+
+    /// Closes the peer's links the session does not need once they have been quiet for
+    /// `idle_link_close_after`, and, beyond [`MAX_LINKS_PER_PEER`], the least recently
+    /// active ones at once.
+    pub(crate) fn close_unneeded_links(&mut self, now: Instant, device: DeviceId) {
+        let needed = self.needed_links(device);
+        let mut spare: Vec<(Instant, LinkId)> = self
+            .links
+            .of_peer(device)
+            .into_iter()
+            .filter(|link| !needed.contains(link))
+            .filter_map(|link| self.links.get(link).map(|l| (l.last_active(), link)))
+            .collect();
+        spare.sort();
+        let mut open = self.links.of_peer(device).len();
+        let quiet_since = now.checked_sub(self.limits.idle_link_close_after);
+        for (active, link) in spare {
+            let idle = quiet_since.is_some_and(|since| active <= since);
+            if !idle && open <= MAX_LINKS_PER_PEER {
+                continue;
+            }
+            tracing::debug!(peer = %device, ?link, idle, "closing a link the session does not need");
+            self.links.remove(link);
+            if let Some(peer) = self.peers.get_mut(&device) {
+                peer.challenger.forget(&Via::Link(link));
+            }
+            self.outputs
+                .push_back(Output::Transport(TransportCommand::Close { link }));
+            open -= 1;
         }
     }
 }

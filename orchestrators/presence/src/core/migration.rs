@@ -190,7 +190,10 @@ impl Presence {
                 self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
             }
             Some(SessionStatus::ReconnectingInbound) => {
-                // The peer moved again: reconnect towards its newest endpoints.
+                // The peer moved again: an authenticated ping proves it alive and holding
+                // the session, so the window runs from its newest move, and the
+                // reconnect goes towards its newest endpoints.
+                peer.deadline = Some(now + self.config.migration_window);
                 self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
             }
             Some(SessionStatus::ReconnectingOutbound) => {
