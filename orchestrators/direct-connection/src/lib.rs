@@ -56,6 +56,12 @@
 //! - the peer's migration: ping verified → acknowledged on the path it came by; the
 //!   unacknowledged data is resent at once on the link that reaches the peer's new
 //!   address (within the 3× budget) while that address answers its challenge → Ready.
+//! - links: a link the session does not need (not the bound link, a connect's link,
+//!   nor the newest link in each direction, the standbys QUIC migrates when either side
+//!   moves) is closed once quiet for `idle_link_close_after`; beyond
+//!   `MAX_LINKS_PER_PEER` (8) the least recently active go at once. A validated bound
+//!   link is left only during a connect or migration, or for a link that reaches the
+//!   peer's newest address when the bound one does not.
 //! - evicted: keys kept for epoch numbering but unused until a newer epoch commits;
 //!   queued messages survive and are resent, and the receiver dedupes by sequence.
 //!

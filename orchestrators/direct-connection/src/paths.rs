@@ -9,8 +9,8 @@ use tether_crypto::PathChallenge;
 use tether_protocol::{DeviceId, LinkId, PathLost, SessionFrame, SessionReady, TransportCommand};
 
 /// Most links held to one peer, on either side. A session needs at most four at once:
-/// the bound link, a standby link of our own next to a bound link the peer dialled, a
-/// migration dial and a probe dial; twice four lets the previous generation of each
+/// the bound link, a standby in each direction (the links QUIC migrates when either side
+/// moves) and a migration or probe dial; twice four lets the previous generation of each
 /// drain while its replacement validates. Beyond it the least recently active links the
 /// session does not need are closed at once, so a burst of network changes cannot pile
 /// links up (each migrated link costs a ping and a challenge on every later move).
@@ -248,9 +248,10 @@ impl DirectConnection {
         }
     }
 
-    /// The links the session needs now: the bound link, our newest dialled link when the
-    /// bound one is a link the peer dialled (the standby that QUIC migrates when we
-    /// move), and the link a connect in progress runs on.
+    /// The links the session needs now: the bound link, the link a connect in progress
+    /// runs on, and the newest link in each direction. Those last two are standbys,
+    /// silent until a move: ours is the link QUIC migrates when we move, the peer's the
+    /// one it migrates when it moves (a link only survives its dialler's move).
     fn needed_links(&self, device: DeviceId) -> Vec<LinkId> {
         let Some(peer) = self.peers.get(&device) else {
             return Vec::new();
@@ -258,18 +259,17 @@ impl DirectConnection {
         let mut needed = Vec::new();
         if let Some(Via::Link(bound)) = peer.bound {
             needed.push(bound);
-            if self.links.get(bound).is_some_and(|l| !l.dialled) {
-                let standby = self
-                    .links
-                    .of_peer(device)
-                    .into_iter()
-                    .rev()
-                    .find(|link| self.links.get(*link).is_some_and(|l| l.dialled));
-                needed.extend(standby);
-            }
         }
         if let Some(Via::Link(link)) = peer.connect.as_ref().and_then(|c| c.via) {
             needed.push(link);
+        }
+        let links = self.links.of_peer(device);
+        for dialled in [true, false] {
+            let newest = links
+                .iter()
+                .rev()
+                .find(|link| self.links.get(**link).is_some_and(|l| l.dialled == dialled));
+            needed.extend(newest);
         }
         needed
     }
