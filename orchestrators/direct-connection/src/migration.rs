@@ -74,9 +74,11 @@ impl DirectConnection {
         });
         let addrs = direct_addrs(&request.candidates);
         peer.known_direct.clone_from(&addrs);
-        // Every live link to the peer (a dialled one survives the move by QUIC
-        // migration), then every direct candidate, then (later) the relay queue.
-        for link in self.links.of_peer(device) {
+        // Every link the session keeps (the bound link and the standbys: a link we
+        // dialled survives the move by QUIC migration), then every direct candidate,
+        // then (when Presence says so) the relay queue. Spare links the lifecycle is
+        // about to close would only multiply the ping, its answers and their challenges.
+        for link in self.needed_links(device) {
             // The filler first: when the ping arrives, the peer's answer is already
             // within the budget the filler bought.
             self.send_frame(
@@ -92,8 +94,22 @@ impl DirectConnection {
                 &SessionFrame::MigrationPing(ping.clone()),
             );
         }
-        if !addrs.is_empty() {
-            self.dial(device, DialPurpose::Migration, addrs);
+        // An address a link we dialled already reaches needs no new dial: that link
+        // moved with us (QUIC migration) and carries the ping there.
+        let reached: Vec<SocketAddr> = self
+            .links
+            .of_peer(device)
+            .into_iter()
+            .filter_map(|link| self.links.get(link))
+            .filter(|l| l.dialled)
+            .filter_map(|l| l.remote)
+            .collect();
+        let to_dial: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|addr| !reached.contains(addr))
+            .collect();
+        if !to_dial.is_empty() {
+            self.dial(device, DialPurpose::Migration, to_dial);
         }
     }
 

@@ -248,11 +248,11 @@ impl DirectConnection {
         }
     }
 
-    /// The links the session needs now: the bound link, the link a connect in progress
-    /// runs on, and the newest link in each direction. Those last two are standbys,
+    /// The links the session needs now, in id order: the bound link, the link a connect
+    /// in progress runs on, and the newest link in each direction. Those last two are standbys,
     /// silent until a move: ours is the link QUIC migrates when we move, the peer's the
     /// one it migrates when it moves (a link only survives its dialler's move).
-    fn needed_links(&self, device: DeviceId) -> Vec<LinkId> {
+    pub(crate) fn needed_links(&self, device: DeviceId) -> Vec<LinkId> {
         let Some(peer) = self.peers.get(&device) else {
             return Vec::new();
         };
@@ -271,6 +271,8 @@ impl DirectConnection {
                 .find(|link| self.links.get(**link).is_some_and(|l| l.dialled == dialled));
             needed.extend(newest);
         }
+        needed.sort_unstable();
+        needed.dedup();
         needed
     }
 
