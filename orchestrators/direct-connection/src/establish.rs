@@ -79,8 +79,17 @@ impl DirectConnection {
                 now + self.limits.relay_fallback_after
             }
         });
-        // A link the peer already holds to us (it dialled us) is tried at once.
-        let existing = self.links.live_of(device);
+        // A link that already works is tried at once: for a transport-only reconnect the
+        // validated bound link first (its fresh answer completes the reconnect, and no
+        // other link's answer would replace it), else the newest validated link (one the
+        // peer dialled to us).
+        let bound = self.peers.get(&device).and_then(|p| match p.bound {
+            Some(Via::Link(link)) if permit.is_none() && self.links.is_validated(link) => {
+                Some(link)
+            }
+            _ => None,
+        });
+        let existing = bound.or_else(|| self.links.live_of(device));
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };

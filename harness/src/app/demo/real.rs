@@ -16,6 +16,20 @@ use tether_direct_connection::Limits;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
 use tether_transport::{Endpoint, TransportConfig};
 
+/// Longest a single-side move on loopback may take until both sides have completed it
+/// (the mover its outbound migration, the peer its inbound one). Loopback round trips
+/// take well under a millisecond; a second leaves room for a loaded machine and still
+/// fails a reconnect that waits out a timeout (the 10 s connect timeout, for one).
+const REAL_MIGRATION_BOUND: Duration = Duration::from_secs(1);
+
+/// When each side's last migration completed (Presence's event), since `since`.
+fn migration_completed_at(log: &[(Duration, NodeEvent)], since: Duration) -> Option<Duration> {
+    log.iter()
+        .filter(|(at, event)| *at >= since && matches!(event, NodeEvent::MigrationCompleted { .. }))
+        .map(|(at, _)| at.saturating_sub(since))
+        .next_back()
+}
+
 /// A device of the real-sockets demo: a node and its event log.
 struct RealDevice {
     node: Node,
@@ -270,6 +284,18 @@ async fn real_single_side_move(seed: u64) -> Result<(Recorder, String), RealDemo
             "B sends to {}, A is at {}",
             b1.remote.map_or("-".into(), |r| r.to_string()),
             new_a.map_or("-".into(), |r| r.to_string())
+        ),
+    );
+    let completed = [A, B].map(|side| migration_completed_at(&devices[side].log, since));
+    let slowest = completed[0].zip(completed[1]).map(|(a, b)| a.max(b));
+    rec.check(
+        "both sides completed the migration in time",
+        slowest.is_some_and(|at| at <= REAL_MIGRATION_BOUND),
+        format!(
+            "A's outbound at {}, B's inbound at {} (bound {} ms)",
+            completed[0].map_or("-".into(), |at| format!("{} ms", millis(at))),
+            completed[1].map_or("-".into(), |at| format!("{} ms", millis(at))),
+            millis(REAL_MIGRATION_BOUND)
         ),
     );
     let timeline = real_timeline(&devices, ids, since);
