@@ -66,6 +66,7 @@ pub struct ClusterBuilder {
     conditions: LinkConditions,
     presence: tether_presence::Config,
     limits: Limits,
+    wildcard: Vec<usize>,
 }
 
 impl ClusterBuilder {
@@ -75,6 +76,7 @@ impl ClusterBuilder {
             seed,
             devices,
             pairs: Vec::new(),
+            wildcard: Vec::new(),
             blocked: Vec::new(),
             stale: Vec::new(),
             stale_one_way: Vec::new(),
@@ -114,6 +116,14 @@ impl ClusterBuilder {
     /// key), but `of` does not know `holder`: an unknown device knocking.
     pub fn one_way(mut self, holder: usize, of: usize) -> Self {
         self.one_way.push((holder, of));
+        self
+    }
+
+    /// Device `i` binds the wildcard address, as `tether node` does with its default
+    /// `listen`, and announces its host's address; each network change rebinds it to
+    /// the wildcard address and a new port.
+    pub fn wildcard(mut self, i: usize) -> Self {
+        self.wildcard.push(i);
         self
     }
 
@@ -210,6 +220,7 @@ impl ClusterBuilder {
                 limits: self.limits.clone(),
                 blueprint: tether_connection_blueprint::Config::default(),
                 unix_ms_at_start: SIM_UNIX_MS,
+                interfaces: vec![ips[i]],
             };
             devices.push(SimDevice {
                 name,
@@ -219,6 +230,7 @@ impl ClusterBuilder {
                 device: DeviceId(*config.keypair.public().as_bytes()),
                 config,
                 seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                wildcard: self.wildcard.contains(&i),
                 node: None,
                 log: Vec::new(),
             });
@@ -282,6 +294,9 @@ pub struct SimDevice {
     pub config: NodeConfig,
     /// The seed of its node's RNGs (a restart reuses it).
     pub seed: u64,
+    /// Bound to the wildcard address (announcing its host's address) rather than to
+    /// its address.
+    pub wildcard: bool,
     /// The running node; None while crashed.
     pub node: Option<Node>,
     /// Every event with its virtual time since the cluster started.
@@ -342,7 +357,13 @@ impl SimCluster {
         let device = &mut self.devices[i];
         // The wall clock goes on across a restart (handshake timestamps must grow).
         device.config.unix_ms_at_start = wall_ms;
-        let addr = SocketAddr::new(device.ip, DEVICE_PORT);
+        device.config.interfaces = vec![device.ip];
+        let ip = if device.wildcard {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            device.ip
+        };
+        let addr = SocketAddr::new(ip, DEVICE_PORT);
         let transport = TransportConfig::seeded(self.seed.wrapping_add(i as u64 * 7919));
         let endpoint = Endpoint::bind_sim(&self.net, device.host, addr, transport)
             .await
@@ -444,6 +465,11 @@ impl SimCluster {
             .map_err(|error| error.to_string())?;
         device.ip = new;
         let node = device.node.as_ref().ok_or("node is crashed")?;
+        if device.wildcard {
+            // As `tether node` does: the wildcard address again, on a new port.
+            let wildcard = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+            return node.rebind_announcing(wildcard, vec![new]).await;
+        }
         node.rebind(SocketAddr::new(new, DEVICE_PORT)).await
     }
 

@@ -17,13 +17,14 @@
 //! before the frame that revealed it → a writer task sends frames in order → the link
 //! ends (either task fails) and `LinkDown` goes to the owner once.
 
+use crate::announce::announced_endpoints;
 use crate::link_tasks::{forward_accepted, spawn_writer, Accepted};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, WrapFuture,
 };
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use tether_protocol::{
     ConnectivityChanged, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId, TransportCommand,
     TransportEvent,
@@ -32,11 +33,14 @@ use tether_transport::{dial_any, Endpoint, Link};
 use tokio::sync::mpsc;
 
 /// The device changed networks: move the endpoint to `addr`.
-#[derive(Debug, Clone, Copy, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<SocketAddr, String>")]
 pub struct Rebind {
     /// The new local address (port 0 picks one).
     pub addr: SocketAddr,
+    /// The device's interface addresses now, announced in place of a wildcard `addr`
+    /// (see [`announced_endpoints`]).
+    pub interfaces: Vec<IpAddr>,
 }
 
 /// Where the driver's events go.
@@ -70,6 +74,8 @@ struct DriverLink {
 /// The transport driver actor. See the module docs.
 pub struct TransportDriver {
     endpoint: Endpoint,
+    /// What the device announces now (never a wildcard address).
+    announced: Vec<SocketAddr>,
     recipients: DriverRecipients,
     links: BTreeMap<LinkId, DriverLink>,
     next_link: u64,
@@ -84,10 +90,15 @@ struct LinkEnded {
 }
 
 impl TransportDriver {
-    /// A driver for `endpoint`.
-    pub fn new(endpoint: Endpoint, recipients: DriverRecipients) -> Self {
+    /// A driver for `endpoint`, which the device announces as `announced`.
+    pub fn new(
+        endpoint: Endpoint,
+        announced: Vec<SocketAddr>,
+        recipients: DriverRecipients,
+    ) -> Self {
         Self {
             endpoint,
+            announced,
             recipients,
             links: BTreeMap::new(),
             next_link: 1,
@@ -244,9 +255,10 @@ impl Handler<Rebind> for TransportDriver {
             .endpoint
             .rebind(message.addr)
             .map_err(|error| error.to_string())?;
+        let announced = announced_endpoints(outcome.new, &message.interfaces);
         let change = ConnectivityChanged {
-            old: vec![outcome.old],
-            new: vec![outcome.new],
+            old: std::mem::replace(&mut self.announced, announced.clone()),
+            new: announced,
         };
         for recipient in &self.recipients.connectivity {
             recipient.do_send(change.clone());

@@ -7,6 +7,7 @@
 //! - [`cluster`]: the simulated cluster for scenario tests: whole nodes on the
 //!   simulated network under tokio's paused clock.
 
+mod announce;
 pub mod app;
 pub mod cluster;
 mod driver;
@@ -15,6 +16,7 @@ mod link_tasks;
 mod node;
 mod relay_server;
 
+pub use announce::announced_endpoints;
 pub use cluster::{run_simulation, ClusterBuilder, SimCluster, SimDevice};
 pub use driver::{Rebind, TransportDriver};
 pub use hub::{NodeEvent, PresenceView};

@@ -1,12 +1,13 @@
 //! A device node: the five orchestrator actors, the transport driver and the event hub,
 //! wired together, behind a small async API (`send`, events, `status`, `rebind`).
 
+use crate::announce::announced_endpoints;
 use crate::driver::{DriverRecipients, Rebind, TransportDriver};
 use crate::hub::{EventHub, GetPresence, NodeEvent, PresenceView};
 use actix::{Actor, Addr, AsyncContext, Context};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
@@ -58,6 +59,10 @@ pub struct NodeConfig {
     pub blueprint: tether_connection_blueprint::Config,
     /// Unix time in ms at start (handshake timestamps, hint expiry).
     pub unix_ms_at_start: u64,
+    /// The device's interface addresses, announced in place of a wildcard endpoint
+    /// address (see [`announced_endpoints`]); unused when the endpoint is bound to one
+    /// address.
+    pub interfaces: Vec<IpAddr>,
 }
 
 /// One peer's status, as `tether status` shows it.
@@ -184,7 +189,7 @@ impl Node {
         randomness: Randomness,
     ) -> Result<Self, std::io::Error> {
         let seeds = ActorSeeds::new(randomness);
-        let local = endpoint.local_addr()?;
+        let announced = announced_endpoints(endpoint.local_addr()?, &config.interfaces);
         let device = DeviceId(*config.keypair.public().as_bytes());
         let peers: Vec<DeviceId> = config
             .peers
@@ -211,6 +216,7 @@ impl Node {
         let endpoint_handle = endpoint.clone();
         driver_ctx.run(TransportDriver::new(
             endpoint,
+            announced.clone(),
             DriverRecipients {
                 direct_connection: dc.clone().recipient(),
                 rcs: rcs.clone().recipient(),
@@ -243,7 +249,7 @@ impl Node {
                         rk: p.rk.clone(),
                     })
                     .collect(),
-                local_endpoints: vec![local],
+                local_endpoints: announced.clone(),
                 rng_seed: seeds.direct_connection,
                 unix_ms_at_start: config.unix_ms_at_start,
                 limits: config.limits.clone(),
@@ -311,7 +317,7 @@ impl Node {
             config.presence.clone(),
             seeds.presence,
             peers,
-            vec![local],
+            announced.clone(),
             tether_presence::Recipients {
                 recompile: blueprint.clone().recipient(),
                 connect: dc.clone().recipient(),
@@ -442,8 +448,18 @@ impl Node {
     /// The device changed networks: move the endpoint to `addr` and let the session
     /// layer migrate.
     pub async fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
+        self.rebind_announcing(addr, Vec::new()).await
+    }
+
+    /// [`Node::rebind`] for a device whose interface addresses are `interfaces` now:
+    /// those are announced in place of a wildcard `addr`.
+    pub async fn rebind_announcing(
+        &self,
+        addr: SocketAddr,
+        interfaces: Vec<IpAddr>,
+    ) -> Result<SocketAddr, String> {
         self.driver
-            .send(Rebind { addr })
+            .send(Rebind { addr, interfaces })
             .await
             .map_err(|error| error.to_string())?
     }

@@ -63,6 +63,7 @@ fn ephemeral_keys(start: Start) -> [Vec<u8>; 2] {
             limits: tether_direct_connection::Limits::default(),
             blueprint: tether_connection_blueprint::Config::default(),
             unix_ms_at_start: 1_700_000_000_000,
+            interfaces: Vec::new(),
         };
         let mut nodes = Vec::new();
         for i in 0..2_u8 {

@@ -84,15 +84,6 @@ pub async fn run_node(
         what: "node",
         source,
     })?;
-    let config = NodeConfig {
-        keypair: settings.keypair.clone(),
-        peers: settings.peers.iter().map(|p| p.peer.clone()).collect(),
-        server: settings.relay,
-        presence: settings.presence.clone(),
-        limits: settings.limits.clone(),
-        blueprint: tether_connection_blueprint::Config::default(),
-        unix_ms_at_start: unix_ms(),
-    };
     // Everything that can fail is opened before the actors start, so a failure is one
     // error line and nothing is left half started.
     let metrics_listener = match settings.metrics_addr {
@@ -106,6 +97,48 @@ pub async fn run_node(
         None => None,
     };
     let mut stop = StopSignals::install()?;
+    let (trigger, mut changes) = connectivity::channel();
+    let watcher = if settings.watch_interfaces {
+        match InterfaceWatcher::start(trigger, WatchOptions::default()).await {
+            Ok(watcher) => {
+                tracing::info!(addresses = ?watcher.addresses(), "watching network interfaces");
+                Some(watcher)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch network interfaces; only `tether migrate` moves this node");
+                None
+            }
+        }
+    } else {
+        drop(trigger);
+        None
+    };
+    // The addresses announced in place of a wildcard `listen`: the watcher's, or (with
+    // the watcher off) the interfaces as they are at start.
+    let interfaces: Vec<std::net::IpAddr> = match &watcher {
+        Some(watcher) => watcher.addresses(),
+        None if settings.listen.ip().is_unspecified() => {
+            let (trigger, _) = connectivity::channel();
+            InterfaceWatcher::start(trigger, WatchOptions::default())
+                .await
+                .map(|snapshot| snapshot.addresses())
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    }
+    .into_iter()
+    .map(|addr| addr.ip())
+    .collect();
+    let config = NodeConfig {
+        keypair: settings.keypair.clone(),
+        peers: settings.peers.iter().map(|p| p.peer.clone()).collect(),
+        server: settings.relay,
+        presence: settings.presence.clone(),
+        limits: settings.limits.clone(),
+        blueprint: tether_connection_blueprint::Config::default(),
+        unix_ms_at_start: unix_ms(),
+        interfaces: interfaces.clone(),
+    };
     let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
         what: "node",
         source,
@@ -126,23 +159,6 @@ pub async fn run_node(
         }));
     }
 
-    let (trigger, mut changes) = connectivity::channel();
-    let _watcher = if settings.watch_interfaces {
-        match InterfaceWatcher::start(trigger, WatchOptions::default()).await {
-            Ok(watcher) => {
-                tracing::info!(addresses = ?watcher.addresses(), "watching network interfaces");
-                Some(watcher)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch network interfaces; only `tether migrate` moves this node");
-                None
-            }
-        }
-    } else {
-        drop(trigger);
-        None
-    };
-
     let device_hex = settings.keypair.public().to_hex();
     let root = tracing::info_span!("node", device = %DeviceId(*settings.keypair.public().as_bytes()).short());
     let mut state = NodeState {
@@ -150,6 +166,7 @@ pub async fn run_node(
         endpoint,
         local,
         configured_ip: settings.listen.ip(),
+        interfaces,
         device_hex: device_hex.clone(),
         started: Instant::now(),
         peers: settings.peers.clone(),
@@ -294,6 +311,8 @@ struct NodeState {
     endpoint: Endpoint,
     local: SocketAddr,
     configured_ip: std::net::IpAddr,
+    /// The interface addresses, announced in place of a wildcard endpoint address.
+    interfaces: Vec<std::net::IpAddr>,
     device_hex: String,
     started: Instant,
     peers: Vec<PeerSettings>,
@@ -533,7 +552,11 @@ impl NodeState {
     ) -> Result<(SocketAddr, SocketAddr), String> {
         let old = self.local;
         let span = tracing::info_span!(parent: &self.root, "rebind", cause = cause);
-        match self.node.rebind(addr).await {
+        match self
+            .node
+            .rebind_announcing(addr, self.interfaces.clone())
+            .await
+        {
             Ok(new) => {
                 self.local = new;
                 span.in_scope(
@@ -555,6 +578,7 @@ impl NodeState {
     }
 
     async fn on_interfaces(&mut self, addresses: Vec<SocketAddr>) {
+        self.interfaces = addresses.iter().map(|a| a.ip()).collect();
         let wildcard = SocketAddr::new(
             if self.configured_ip.is_ipv4() {
                 std::net::Ipv4Addr::UNSPECIFIED.into()
