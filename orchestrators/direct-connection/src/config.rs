@@ -67,6 +67,9 @@ pub struct Limits {
     pub direct_probe_interval: Duration,
     /// How long a link the session does not need may stay quiet before it is closed.
     pub idle_link_close_after: Duration,
+    /// How long an accepted link may go without a handshake or an authenticated frame
+    /// (which show whose it is) before it is closed.
+    pub unclaimed_link_close_after: Duration,
 }
 
 impl Default for Limits {
@@ -103,6 +106,10 @@ impl Default for Limits {
             // bound link every interval, so a link it uses is never quiet this long,
             // while the links a rebind or a migration left behind go within seconds.
             idle_link_close_after: Duration::from_secs(3),
+            // Five seconds: a peer sends its handshake or a sealed frame as soon as its
+            // dial completes, so this covers many QUIC retransmissions of a lost first
+            // packet, while a client that never says who it is holds the link briefly.
+            unclaimed_link_close_after: Duration::from_secs(5),
         }
     }
 }

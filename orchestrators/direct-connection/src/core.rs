@@ -23,8 +23,8 @@ use tether_protocol::{
     CarryOverRelay, ConnectFailed, ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession,
     HandshakeStarted, InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked,
     PathKind, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SessionId,
-    SessionReady, TransportCommand, TransportEvent, WireFrame,
+    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SessionFrame,
+    SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -113,6 +113,8 @@ pub struct Counters {
     pub amplification_blocked: u64,
     /// Frames from a link or relay sender that is not the session's peer.
     pub wrong_sender: u64,
+    /// Accepted links closed because nobody proved to be a peer on them in time.
+    pub unclaimed_links_closed: u64,
 }
 
 /// What a peer's session looks like, for `status()`.
@@ -300,6 +302,11 @@ impl SansIoCore for DirectConnection {
 
     /// Runs the timers that are due, and only those. Spurious calls are harmless.
     fn handle_timeout(&mut self, now: Instant) {
+        for link in self.links.unclaimed_expired(now) {
+            self.counters.unclaimed_links_closed += 1;
+            self.outputs
+                .push_back(Output::Transport(TransportCommand::Close { link }));
+        }
         let due = self.timers.expired(now);
         let mut touched = Vec::new();
         for (device, timer) in due {
@@ -333,7 +340,11 @@ impl SansIoCore for DirectConnection {
 
     /// The next instant at which [`SansIoCore::handle_timeout`] has work.
     fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_timeout()
+        let links = self.links.next_unclaimed_deadline();
+        match (self.timers.next_timeout(), links) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -379,8 +390,9 @@ impl DirectConnection {
                 ..
             } => {
                 let dial = request.and_then(|r| self.links.take_dial(r));
-                self.links
-                    .link_up(now, link, remote, dial.as_ref().map(|d| d.device));
+                let claim_by = now + self.limits.unclaimed_link_close_after;
+                let dialled_for = dial.as_ref().map(|d| d.device);
+                self.links.link_up(now, claim_by, link, remote, dialled_for);
                 let dial = dial?;
                 let device = dial.device;
                 match dial.purpose {
@@ -388,7 +400,13 @@ impl DirectConnection {
                     DialPurpose::Migration => self.migration_link_up(device, link),
                     DialPurpose::Probe => self.challenge(now, device, Via::Link(link)),
                     // Kept open by QUIC keep-alives; it carries our next migration ping.
-                    DialPurpose::Standby => {}
+                    // An empty authenticated frame claims it at once, or the peer would
+                    // close it as a link nobody proved to be theirs.
+                    DialPurpose::Standby => self.send_frame(
+                        device,
+                        Via::Link(link),
+                        &SessionFrame::Padding { bytes: Vec::new() },
+                    ),
                 }
                 Some(device)
             }

@@ -33,6 +33,8 @@ pub struct LinkState {
     pub last_heard: Option<Instant>,
     /// When it came up.
     pub opened_at: Instant,
+    /// An accepted link no peer has claimed yet: when it is closed if none does.
+    pub claim_by: Option<Instant>,
 }
 
 impl LinkState {
@@ -77,13 +79,19 @@ pub struct LinkTable {
     links_by_peer: BTreeSet<(DeviceId, LinkId)>,
     dials: BTreeMap<RequestId, PendingDial>,
     dials_by_peer: BTreeSet<(DeviceId, RequestId)>,
+    /// Accepted links no peer has claimed yet, by the instant they are closed if none
+    /// does (see [`LinkTable::unclaimed_expired`]).
+    unclaimed: BTreeSet<(Instant, LinkId)>,
 }
 
 impl LinkTable {
     /// A link came up: dialled by us for `dial` (its peer and purpose), or accepted.
+    /// An accepted link must carry a handshake or an authenticated frame by
+    /// `claim_by`, or it is closed then.
     pub fn link_up(
         &mut self,
         now: Instant,
+        claim_by: Instant,
         link: LinkId,
         remote: Option<SocketAddr>,
         dial: Option<DeviceId>,
@@ -101,20 +109,53 @@ impl LinkTable {
                 bytes_out_unvalidated: 0,
                 last_heard: None,
                 opened_at: now,
+                claim_by: dial.is_none().then_some(claim_by),
             },
         );
-        if let Some(device) = dial {
-            self.links_by_peer.insert((device, link));
+        match dial {
+            Some(device) => {
+                self.links_by_peer.insert((device, link));
+            }
+            None => {
+                self.unclaimed.insert((claim_by, link));
+            }
         }
     }
 
     /// Forgets a link that went down; returns what it was.
     pub fn remove(&mut self, link: LinkId) -> Option<LinkState> {
         let state = self.links.remove(&link)?;
-        if let Some(device) = state.peer {
-            self.links_by_peer.remove(&(device, link));
+        match state.peer {
+            Some(device) => {
+                self.links_by_peer.remove(&(device, link));
+            }
+            None => {
+                if let Some(at) = state.claim_by {
+                    self.unclaimed.remove(&(at, link));
+                }
+            }
         }
         Some(state)
+    }
+
+    /// When the next unclaimed accepted link is due to close.
+    pub fn next_unclaimed_deadline(&self) -> Option<Instant> {
+        self.unclaimed.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the accepted links still unclaimed at `now`: nobody proved
+    /// to be a peer on them in time (a slow or hostile client), so they are closed.
+    pub fn unclaimed_expired(&mut self, now: Instant) -> Vec<LinkId> {
+        let mut expired = Vec::new();
+        while let Some(&(at, link)) = self.unclaimed.first() {
+            if at > now {
+                break;
+            }
+            self.unclaimed.pop_first();
+            self.links.remove(&link);
+            expired.push(link);
+        }
+        expired
     }
 
     /// A link's state.
@@ -142,6 +183,9 @@ impl LinkTable {
         if let Some(state) = self.links.get_mut(&link) {
             if let Some(old) = state.peer.replace(device) {
                 self.links_by_peer.remove(&(old, link));
+            }
+            if let Some(at) = state.claim_by.take() {
+                self.unclaimed.remove(&(at, link));
             }
             self.links_by_peer.insert((device, link));
         }
@@ -277,7 +321,13 @@ mod tests {
     #[test]
     fn an_accepted_link_gets_three_times_what_it_sent_until_validated() {
         let mut table = LinkTable::default();
-        table.link_up(Instant::now(), LinkId(1), "10.0.0.1:1".parse().ok(), None);
+        table.link_up(
+            Instant::now(),
+            Instant::now(),
+            LinkId(1),
+            "10.0.0.1:1".parse().ok(),
+            None,
+        );
         assert_eq!(table.budget_allows(LinkId(1), 1), Some(false));
         table.credit(LinkId(1), 100);
         assert_eq!(table.budget_allows(LinkId(1), 300), Some(true));
@@ -294,9 +344,21 @@ mod tests {
     #[test]
     fn links_and_dials_are_found_by_peer() {
         let mut table = LinkTable::default();
-        table.link_up(Instant::now(), LinkId(1), None, Some(peer(1)));
-        table.link_up(Instant::now(), LinkId(2), None, None);
-        table.link_up(Instant::now(), LinkId(3), None, Some(peer(2)));
+        table.link_up(
+            Instant::now(),
+            Instant::now(),
+            LinkId(1),
+            None,
+            Some(peer(1)),
+        );
+        table.link_up(Instant::now(), Instant::now(), LinkId(2), None, None);
+        table.link_up(
+            Instant::now(),
+            Instant::now(),
+            LinkId(3),
+            None,
+            Some(peer(2)),
+        );
         table.attribute(LinkId(2), peer(1));
         assert_eq!(table.of_peer(peer(1)), vec![LinkId(1), LinkId(2)]);
         assert_eq!(table.live_of(peer(1)), Some(LinkId(1)));

@@ -975,3 +975,40 @@ fn a_failed_dial_reports_its_candidates_as_failed() {
         .count();
     assert_eq!(failed, dials, "one failure report per failed dial");
 }
+
+#[test]
+fn an_accepted_link_nobody_claims_is_closed_and_a_claimed_one_is_kept() {
+    let mut net = established(15);
+    net.run_until(1000);
+    // A client that completes QUIC and says nothing, next to the established session.
+    let silent = LinkId(9_001);
+    net.input(
+        B,
+        Input::Transport(TransportEvent::LinkUp {
+            request: None,
+            link: silent,
+            path: PathKind::Direct,
+            remote: Some(addr("192.0.2.99:5000")),
+        }),
+    );
+    let closed = |net: &Net, link| {
+        net.count(
+            B,
+            |o| matches!(o, Output::Transport(TransportCommand::Close { link: l }) if *l == link),
+        )
+    };
+    let deadline = Limits::default().unclaimed_link_close_after;
+    let deadline_ms = u64::try_from(deadline.as_millis()).unwrap();
+    net.run_until(1000 + deadline_ms - 1);
+    assert_eq!(closed(&net, silent), 0, "not before its deadline");
+    net.run_until(1000 + deadline_ms + 1);
+    assert_eq!(closed(&net, silent), 1, "closed at its deadline");
+    assert_eq!(net.nodes[B].core.counters().unclaimed_links_closed, 1);
+    // The session's own links were claimed at once: none of them closed.
+    let session_links_closed = net.count(
+        B,
+        |o| matches!(o, Output::Transport(TransportCommand::Close { link }) if *link != silent),
+    );
+    assert_eq!(session_links_closed, 0);
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
+}

@@ -241,6 +241,7 @@ impl RejectedReport {
             ("bad_path_responses", dc.bad_path_responses),
             ("amplification_blocked", dc.amplification_blocked),
             ("wrong_sender", dc.wrong_sender),
+            ("unclaimed_links_closed", dc.unclaimed_links_closed),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
