@@ -73,6 +73,13 @@ pub struct TransportConfig {
     /// Default 64: a device has a handful of peers; 64 is room for reconnect storms and
     /// happy-eyeballs duplicates, and a hard cap against handshake floods.
     pub max_pending_accepts: usize,
+    /// Of those, how many one source address may hold at once; more from it are refused.
+    ///
+    /// Default 8: a device dials a peer a few times at once at most (a connect, a
+    /// migration, a probe, a standby link), so 8 leaves room for several devices behind
+    /// one NAT address, while one address opening half-done connections can take only
+    /// an eighth of the slots and never lock well-behaved peers out.
+    pub max_pending_accepts_per_source: usize,
     /// Seed for quinn's internal randomness (connection ids, packet number skips).
     ///
     /// `None` (default) uses the OS RNG. Tests on the simulated network set it so that
@@ -93,6 +100,7 @@ impl Default for TransportConfig {
             connection_receive_window: 4 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
             max_pending_accepts: 64,
+            max_pending_accepts_per_source: 8,
             rng_seed: None,
         }
     }
@@ -118,7 +126,7 @@ impl TransportConfig {
         if self.max_frame_len == 0 || u32::try_from(self.max_frame_len).is_err() {
             return Err(ConfigError::BadMaxFrameLen(self.max_frame_len));
         }
-        if self.max_pending_accepts == 0 {
+        if self.max_pending_accepts == 0 || self.max_pending_accepts_per_source == 0 {
             return Err(ConfigError::NoPendingAccepts);
         }
         if self.dial_timeout.is_zero() || self.accept_timeout.is_zero() {

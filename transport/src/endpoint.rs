@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -311,10 +311,58 @@ struct Acceptor {
     ready: mpsc::Sender<Link>,
 }
 
+/// Pending accepts per source address, each returned when its [`SourceSlot`] drops.
+#[derive(Debug, Default)]
+struct PendingBySource(Mutex<BTreeMap<IpAddr, usize>>);
+
+impl PendingBySource {
+    /// A slot for `source`, unless it already holds `limit`.
+    fn take(self: &Arc<Self>, source: IpAddr, limit: usize) -> Option<SourceSlot> {
+        let mut pending = lock(&self.0);
+        let held = pending.entry(source).or_default();
+        if *held >= limit {
+            return None;
+        }
+        *held += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            source,
+        })
+    }
+}
+
+/// One pending accept of one source address; returned on drop, on every path.
+struct SourceSlot {
+    table: Arc<PendingBySource>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.table.0);
+        if let Some(held) = pending.get_mut(&self.source) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                pending.remove(&self.source);
+            }
+        }
+    }
+}
+
 impl Acceptor {
     async fn run(self) {
         let slots = Arc::new(Semaphore::new(self.config.max_pending_accepts));
+        let by_source = Arc::new(PendingBySource::default());
         while let Some(incoming) = self.quinn.accept().await {
+            let source = incoming.remote_address().ip();
+            let Some(source_slot) =
+                by_source.take(source, self.config.max_pending_accepts_per_source)
+            else {
+                bump(&self.counters.incoming_refused);
+                tracing::debug!(%source, "refusing incoming: too many pending from this address");
+                incoming.refuse();
+                continue;
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 bump(&self.counters.incoming_refused);
                 tracing::debug!(remote = %incoming.remote_address(), "refusing incoming: too many pending");
@@ -331,6 +379,7 @@ impl Acceptor {
             tokio::spawn(async move {
                 task.run(incoming).await;
                 drop(permit);
+                drop(source_slot);
             });
         }
     }

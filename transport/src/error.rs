@@ -21,7 +21,7 @@ pub enum ConfigError {
     #[error("max frame length {0} must be between 1 and u32::MAX")]
     BadMaxFrameLen(usize),
     /// At least one incoming handshake must be allowed at a time.
-    #[error("max_pending_accepts must be at least 1")]
+    #[error("max_pending_accepts and max_pending_accepts_per_source must be at least 1")]
     NoPendingAccepts,
     /// Dial and accept deadlines must be positive.
     #[error("dial and accept timeouts must be non-zero")]

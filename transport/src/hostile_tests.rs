@@ -230,3 +230,41 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
             .supported_schemes()
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_address_full_of_half_open_connections_leaves_room_for_everyone_else() {
+    let s = setup().await;
+    let config = TransportConfig::seeded(99);
+    // Mallory opens every handshake slot's worth of QUIC connections and never opens the
+    // frame stream: each would hold its slot until the accept timeout.
+    let mut held = Vec::new();
+    for _ in 0..config.max_pending_accepts {
+        let connecting = s
+            .raw
+            .connect_with(s.client_config.clone(), s.server_addr, quic::SERVER_NAME)
+            .unwrap();
+        if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), connecting).await {
+            held.push(conn);
+        }
+    }
+    let refused = s.server.stats().incoming_refused;
+    assert!(
+        refused >= (config.max_pending_accepts - config.max_pending_accepts_per_source) as u64,
+        "one address holds at most {} pending accepts; refused {refused}",
+        config.max_pending_accepts_per_source
+    );
+    // A well-behaved device at another address still gets in, at once.
+    let net = &s._net;
+    let honest = net.add_host("honest", ["10.0.0.3".parse().unwrap()]);
+    let client = Endpoint::bind_sim(net, honest, "10.0.0.3:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let dialled = tokio::time::timeout(Duration::from_secs(2), client.dial(s.server_addr)).await;
+    assert!(matches!(dialled, Ok(Ok(_))), "the honest dial: {dialled:?}");
+    let accepted = tokio::time::timeout(Duration::from_secs(2), s.server.accept()).await;
+    assert!(
+        matches!(accepted, Ok(Some(_))),
+        "the honest link is accepted"
+    );
+    drop(held);
+}
