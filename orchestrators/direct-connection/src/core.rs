@@ -10,7 +10,7 @@
 
 use crate::config::{Config, Limits};
 use crate::links::{DialPurpose, LinkTable, PendingDial};
-use crate::state::{Heartbeat, PeerCounters, PeerState, Via};
+use crate::state::{Heartbeat, InitiationBudget, PeerCounters, PeerState, Via};
 use crate::timers::{Timer, TimerTable};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -115,6 +115,9 @@ pub struct Counters {
     pub wrong_sender: u64,
     /// Accepted links closed because nobody proved to be a peer on them in time.
     pub unclaimed_links_closed: u64,
+    /// Handshake initiations dropped, before any Diffie-Hellman, because their session
+    /// had used its budget.
+    pub rate_limited_initiations: u64,
 }
 
 /// What a peer's session looks like, for `status()`.
@@ -190,6 +193,7 @@ impl DirectConnection {
                     announced: Vec::new(),
                     known_direct: Vec::new(),
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),
+                    initiation_budget: InitiationBudget::new(now),
                     outbound: BTreeMap::new(),
                     inbound: BTreeMap::new(),
                     resend_all: false,
@@ -468,7 +472,7 @@ impl DirectConnection {
         let wire_len = bytes.len() as u64;
         match frame {
             WireFrame::HandshakeInit(message) => {
-                self.handshake_init(via, relay_from, message, wire_len)
+                self.handshake_init(now, via, relay_from, message, wire_len)
             }
             WireFrame::HandshakeResponse(message) => {
                 self.handshake_response(now, via, relay_from, message)

@@ -252,11 +252,28 @@ impl DirectConnection {
     /// Handshake message 1 from a device that may be one of our peers.
     pub(crate) fn handshake_init(
         &mut self,
+        now: Instant,
         via: Via,
         relay_from: Option<DeviceId>,
         message: HandshakeMessage,
         wire_len: u64,
     ) -> Option<DeviceId> {
+        // Cheap checks before the two Diffie-Hellman operations of a response: the
+        // initiation must name the session of one of our pairs (an id only paired
+        // devices derive, though it is visible on the wire), and that session must have
+        // budget left, so replaying a seen initiation cannot make us compute at will.
+        let Some(&claimed) = self.by_session.get(&message.session) else {
+            self.counters.unknown_device_handshakes += 1;
+            return None;
+        };
+        let within_budget = self
+            .peers
+            .get_mut(&claimed)
+            .is_some_and(|peer| peer.initiation_budget.take(now));
+        if !within_budget {
+            self.counters.rate_limited_initiations += 1;
+            return None;
+        }
         let peers = &self.peers;
         let responded = Handshake::respond(
             &self.local,

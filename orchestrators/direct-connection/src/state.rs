@@ -4,7 +4,7 @@
 use crate::channels::{Inbound, Outbound};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tether_crypto::{KeyRing, PathChallenger};
 use tether_protocol::{ChannelId, LinkId, MigrationPing, PathKind, RequestId, SessionId};
 
@@ -188,6 +188,8 @@ pub struct PeerState {
     pub known_direct: Vec<SocketAddr>,
     /// Outstanding path challenges, per path.
     pub challenger: PathChallenger<Via>,
+    /// Handshake initiations for this session we may still answer now.
+    pub initiation_budget: InitiationBudget,
     /// Sending halves of channels.
     pub outbound: BTreeMap<ChannelId, Outbound>,
     /// Receiving halves of channels.
@@ -216,5 +218,71 @@ impl PeerState {
             None => true,
             Some(evicted) => self.ring.committed_epoch().is_some_and(|e| e > evicted),
         }
+    }
+}
+
+/// Handshake initiations one session may make us answer in a burst: each costs two
+/// Diffie-Hellman operations before it can be told from a replay. A peer's retries (one
+/// a second), a crossing pair and a restart fit well within it.
+const INITIATION_BURST: u32 = 8;
+
+/// One more initiation becomes answerable every this long: four a second, far above
+/// what a well-behaved peer sends and far below what a CPU core computes.
+const INITIATION_REFILL: Duration = Duration::from_millis(250);
+
+/// A token bucket of handshake initiations for one session (its budget of
+/// Diffie-Hellman work).
+#[derive(Debug, Clone)]
+pub struct InitiationBudget {
+    tokens: u32,
+    refilled_at: Instant,
+}
+
+impl InitiationBudget {
+    /// A full bucket at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            tokens: INITIATION_BURST,
+            refilled_at: now,
+        }
+    }
+
+    /// Takes one initiation's worth at `now`, if any is left.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        let earned = elapsed.as_nanos() / INITIATION_REFILL.as_nanos().max(1);
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(INITIATION_BURST);
+            self.refilled_at += INITIATION_REFILL * earned.min(INITIATION_BURST);
+            if self.tokens == INITIATION_BURST {
+                self.refilled_at = now;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initiation_budget_allows_a_burst_then_four_a_second() {
+        let t0 = Instant::now();
+        let mut budget = InitiationBudget::new(t0);
+        let burst = (0..100).filter(|_| budget.take(t0)).count();
+        assert_eq!(burst, INITIATION_BURST as usize);
+        let after_a_second = t0 + Duration::from_secs(1);
+        let refilled = (0..100).filter(|_| budget.take(after_a_second)).count();
+        assert_eq!(refilled, 4);
+        // A long quiet time refills up to the burst, not beyond.
+        let much_later = t0 + Duration::from_secs(3600);
+        let again = (0..100).filter(|_| budget.take(much_later)).count();
+        assert_eq!(again, INITIATION_BURST as usize);
     }
 }

@@ -1012,3 +1012,72 @@ fn an_accepted_link_nobody_claims_is_closed_and_a_claimed_one_is_kept() {
     assert_eq!(session_links_closed, 0);
     assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
 }
+
+#[test]
+fn a_replayed_initiation_flood_costs_a_bounded_number_of_responses() {
+    let mut net = Net::new(16);
+    // Capture A's first handshake initiation on its way to B.
+    net.connect(A, false);
+    net.run_until(100);
+    let initiation = net.outputs[A]
+        .iter()
+        .find_map(|o| match o {
+            Output::Transport(TransportCommand::Transmit { frame, .. })
+                if matches!(
+                    tether_protocol::decode(frame),
+                    Ok(tether_protocol::WireFrame::HandshakeInit(_))
+                ) =>
+            {
+                Some(frame.clone())
+            }
+            _ => None,
+        })
+        .expect("A sent a handshake initiation");
+    // An attacker replays it a thousand times within one second on a link of its own.
+    let link = LinkId(9_002);
+    net.input(
+        B,
+        Input::Transport(TransportEvent::LinkUp {
+            request: None,
+            link,
+            path: PathKind::Direct,
+            remote: Some(addr("192.0.2.66:5000")),
+        }),
+    );
+    let before = net.nodes[B].core.counters();
+    for _ in 0..1000 {
+        net.input(
+            B,
+            Input::Transport(TransportEvent::FrameReceived {
+                link,
+                frame: initiation.clone(),
+            }),
+        );
+    }
+    let after = net.nodes[B].core.counters();
+    let answered = (after.replayed_initiations - before.replayed_initiations)
+        + (after.refused_handshakes - before.refused_handshakes);
+    let limited = after.rate_limited_initiations - before.rate_limited_initiations;
+    assert!(
+        answered <= 8,
+        "at most a burst of initiations reach the Diffie-Hellman work: {answered}"
+    );
+    assert!(limited >= 990, "the rest is dropped before it: {limited}");
+    // An initiation for a session B does not hold is dropped before any work too.
+    let mut foreign = tether_protocol::decode(&initiation).unwrap();
+    if let tether_protocol::WireFrame::HandshakeInit(message) = &mut foreign {
+        message.session = tether_protocol::SessionId::from_random_bytes([7; 16]);
+    }
+    let unknown_before = net.nodes[B].core.counters().unknown_device_handshakes;
+    net.input(
+        B,
+        Input::Transport(TransportEvent::FrameReceived {
+            link,
+            frame: tether_protocol::encode(&foreign).unwrap(),
+        }),
+    );
+    assert_eq!(
+        net.nodes[B].core.counters().unknown_device_handshakes,
+        unknown_before + 1
+    );
+}

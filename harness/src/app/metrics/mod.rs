@@ -242,6 +242,7 @@ impl RejectedReport {
             ("amplification_blocked", dc.amplification_blocked),
             ("wrong_sender", dc.wrong_sender),
             ("unclaimed_links_closed", dc.unclaimed_links_closed),
+            ("handshake_rate_limited", dc.rate_limited_initiations),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
