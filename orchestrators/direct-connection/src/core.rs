@@ -113,7 +113,8 @@ pub struct Counters {
     pub amplification_blocked: u64,
     /// Frames from a link or relay sender that is not the session's peer.
     pub wrong_sender: u64,
-    /// Accepted links closed because nobody proved to be a peer on them in time.
+    /// Accepted links closed because nobody proved to be a peer on them in time, or to
+    /// keep at most `MAX_UNCLAIMED_LINKS` of them.
     pub unclaimed_links_closed: u64,
     /// Handshake initiations dropped, before any Diffie-Hellman, because their session
     /// had used its budget.
@@ -396,7 +397,15 @@ impl DirectConnection {
                 let dial = request.and_then(|r| self.links.take_dial(r));
                 let claim_by = now + self.limits.unclaimed_link_close_after;
                 let dialled_for = dial.as_ref().map(|d| d.device);
-                self.links.link_up(now, claim_by, link, remote, dialled_for);
+                if let Some(displaced) =
+                    self.links.link_up(now, claim_by, link, remote, dialled_for)
+                {
+                    self.counters.unclaimed_links_closed += 1;
+                    self.outputs
+                        .push_back(Output::Transport(TransportCommand::Close {
+                            link: displaced,
+                        }));
+                }
                 let dial = dial?;
                 let device = dial.device;
                 match dial.purpose {

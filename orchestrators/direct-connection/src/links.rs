@@ -72,6 +72,12 @@ pub enum DialPurpose {
     Standby,
 }
 
+/// Most accepted links held at once that no peer has claimed yet. Well-behaved peers
+/// claim a link within a round trip, so only a burst of new peers or a flood fills it;
+/// 64 matches the transport's pending accepts, and beyond it the oldest unclaimed link
+/// is closed, so a flood of silent clients costs a bounded amount of memory.
+pub const MAX_UNCLAIMED_LINKS: usize = 64;
+
 /// Links and dials, indexed by id and by peer.
 #[derive(Debug, Default)]
 pub struct LinkTable {
@@ -87,7 +93,8 @@ pub struct LinkTable {
 impl LinkTable {
     /// A link came up: dialled by us for `dial` (its peer and purpose), or accepted.
     /// An accepted link must carry a handshake or an authenticated frame by
-    /// `claim_by`, or it is closed then.
+    /// `claim_by`, or it is closed then. Returns the unclaimed link it displaced, if
+    /// [`MAX_UNCLAIMED_LINKS`] were held already (the oldest: to be closed).
     pub fn link_up(
         &mut self,
         now: Instant,
@@ -95,7 +102,7 @@ impl LinkTable {
         link: LinkId,
         remote: Option<SocketAddr>,
         dial: Option<DeviceId>,
-    ) {
+    ) -> Option<LinkId> {
         self.links.insert(
             link,
             LinkState {
@@ -120,6 +127,12 @@ impl LinkTable {
                 self.unclaimed.insert((claim_by, link));
             }
         }
+        if self.unclaimed.len() <= MAX_UNCLAIMED_LINKS {
+            return None;
+        }
+        let (_, oldest) = self.unclaimed.pop_first()?;
+        self.links.remove(&oldest);
+        Some(oldest)
     }
 
     /// Forgets a link that went down; returns what it was.
@@ -321,7 +334,7 @@ mod tests {
     #[test]
     fn an_accepted_link_gets_three_times_what_it_sent_until_validated() {
         let mut table = LinkTable::default();
-        table.link_up(
+        let _ = table.link_up(
             Instant::now(),
             Instant::now(),
             LinkId(1),
@@ -344,15 +357,15 @@ mod tests {
     #[test]
     fn links_and_dials_are_found_by_peer() {
         let mut table = LinkTable::default();
-        table.link_up(
+        let _ = table.link_up(
             Instant::now(),
             Instant::now(),
             LinkId(1),
             None,
             Some(peer(1)),
         );
-        table.link_up(Instant::now(), Instant::now(), LinkId(2), None, None);
-        table.link_up(
+        let _ = table.link_up(Instant::now(), Instant::now(), LinkId(2), None, None);
+        let _ = table.link_up(
             Instant::now(),
             Instant::now(),
             LinkId(3),
@@ -378,5 +391,32 @@ mod tests {
         assert!(!table.dialling(peer(1), DialPurpose::Standby));
         assert_eq!(table.take_dial(RequestId(7)), Some(dial));
         assert!(!table.dialling(peer(2), DialPurpose::Standby));
+    }
+
+    #[test]
+    fn unclaimed_links_are_bounded_and_the_oldest_goes_first() {
+        let t0 = Instant::now();
+        let mut table = LinkTable::default();
+        let at = |n: u64| t0 + std::time::Duration::from_millis(n);
+        for n in 0..MAX_UNCLAIMED_LINKS as u64 {
+            assert_eq!(
+                table.link_up(at(n), at(n + 5000), LinkId(n), None, None),
+                None
+            );
+        }
+        // One more displaces the oldest unclaimed link.
+        let next = MAX_UNCLAIMED_LINKS as u64;
+        assert_eq!(
+            table.link_up(at(next), at(next + 5000), LinkId(next), None, None),
+            Some(LinkId(0))
+        );
+        assert!(!table.contains(LinkId(0)));
+        // A claimed link leaves the unclaimed set and is never displaced.
+        table.attribute(LinkId(1), peer(1));
+        for n in next + 1..next + 200 {
+            let _ = table.link_up(at(n), at(n + 5000), LinkId(n), None, None);
+        }
+        assert!(table.contains(LinkId(1)));
+        assert_eq!(table.unclaimed.len(), MAX_UNCLAIMED_LINKS);
     }
 }
