@@ -275,7 +275,8 @@ pub struct BlueprintCompiled {
     pub candidates: Vec<Candidate>,
 }
 
-/// A measurement of a path, feeding the blueprint's scores.
+/// A measurement of a path, feeding the blueprint's scores and Presence's migration
+/// timing.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct PathMeasured {
@@ -285,6 +286,9 @@ pub struct PathMeasured {
     pub endpoint: Endpoint,
     /// Round-trip time in milliseconds, when it answered.
     pub rtt_ms: Option<u64>,
+    /// DirectConnection's smoothed round-trip time of the session after this sample
+    /// (the one estimate; receivers keep it rather than smooth again).
+    pub srtt_ms: Option<u64>,
 }
 
 /// Store a sealed envelope for a device at the relay queue.

@@ -349,6 +349,7 @@ mod tests {
                     peer: peer(),
                     endpoint: Endpoint::Direct(addr("192.0.2.2:4433")),
                     rtt_ms: None,
+                    srtt_ms: None,
                 }),
             );
         }
@@ -375,6 +376,7 @@ mod tests {
                 peer: peer(),
                 endpoint: Endpoint::Direct(addr("10.0.0.1:1")),
                 rtt_ms: Some(5),
+                srtt_ms: Some(5),
             }),
         );
         assert!(core.poll_output().is_none());

@@ -230,6 +230,7 @@ impl DirectConnection {
                 peer: device,
                 endpoint,
                 rtt_ms: Some(sample),
+                srtt_ms: Some(srtt),
             }));
         }
     }

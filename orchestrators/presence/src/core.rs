@@ -49,7 +49,7 @@ pub enum Input {
     Liveness(LivenessReport),
     /// The peer's endpoints from the rendezvous server.
     PeerEndpointHint(PeerEndpointHint),
-    /// A round-trip sample of the session's path (the relay-copy wait follows it).
+    /// DirectConnection measured the session's path (its smoothed RTT sets the relay-copy wait).
     PathMeasured(PathMeasured),
     /// A dial to the peer's direct candidates failed: no direct path answers now.
     DirectDialFailed(DirectDialFailed),
@@ -157,8 +157,8 @@ struct Peer {
     /// Endpoints a direct path was last tried at while the session ran over the relay
     /// (so each announcement is tried once, not on every report).
     direct_tried: Vec<SocketAddr>,
-    /// Smoothed round-trip time of the session's path (from DirectConnection's
-    /// samples), which sets how long a migration ping waits for a direct answer.
+    /// DirectConnection's smoothed round-trip time of the session's path, as last
+    /// reported: it sets how long a migration ping waits for a direct answer.
     srtt_ms: Option<u64>,
 }
 

@@ -280,6 +280,7 @@ fn the_relay_copy_waits_one_and_a_half_measured_rtt() {
             peer: peer(1),
             endpoint: Endpoint::Direct(addr("192.0.2.1:4433")),
             rtt_ms: Some(40),
+            srtt_ms: Some(40),
         }),
     );
     let sent = moved_and_pinged(&mut driver);

@@ -223,12 +223,13 @@ impl Presence {
         }
     }
 
-    /// A round-trip sample of the session's path, smoothed as RFC 6298 does (7/8 old).
+    /// DirectConnection measured the session's path: keep its smoothed RTT (a failed
+    /// dial carries none and changes nothing).
     pub(super) fn path_measured(&mut self, measured: PathMeasured) {
-        let (Some(sample), Some(peer)) = (measured.rtt_ms, self.peers.get_mut(&measured.peer))
+        let (Some(srtt), Some(peer)) = (measured.srtt_ms, self.peers.get_mut(&measured.peer))
         else {
             return;
         };
-        peer.srtt_ms = Some(peer.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8));
+        peer.srtt_ms = Some(srtt);
     }
 }
