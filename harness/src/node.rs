@@ -446,7 +446,8 @@ impl Node {
     }
 
     /// The device changed networks: move the endpoint to `addr` and let the session
-    /// layer migrate.
+    /// layer migrate. For an `addr` of one address, which is what the device announces;
+    /// a wildcard `addr` needs the interface addresses, see [`Node::rebind_announcing`].
     pub async fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
         self.rebind_announcing(addr, Vec::new()).await
     }

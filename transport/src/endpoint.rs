@@ -311,7 +311,9 @@ struct Acceptor {
     ready: mpsc::Sender<Link>,
 }
 
-/// Pending accepts per source address, each returned when its [`SourceSlot`] drops.
+/// Pending accepts per source address, each returned when its [`SourceSlot`] drops. It
+/// holds at most `max_pending_accepts` + 1 entries: an entry lives only while one of its
+/// slots is held, and a slot outlives the accept loop's turn only with a global permit.
 #[derive(Debug, Default)]
 struct PendingBySource(Mutex<BTreeMap<IpAddr, usize>>);
 

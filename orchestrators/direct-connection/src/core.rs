@@ -21,10 +21,10 @@ use tether_crypto::{Fingerprint, KeyRing, PathChallenger, RendezvousId, Sealed, 
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     CarryOverRelay, ConnectFailed, ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession,
-    HandshakeStarted, InboundMigrationPing, LivenessReport, MessageDelivered, MigrationAcked,
-    PathKind, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SessionFrame,
-    SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
+    HandshakeStarted, InboundMigrationPing, LinkId, LivenessReport, MessageDelivered,
+    MigrationAcked, PathKind, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue,
+    RelayForward, RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing,
+    SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -308,9 +308,7 @@ impl SansIoCore for DirectConnection {
     /// Runs the timers that are due, and only those. Spurious calls are harmless.
     fn handle_timeout(&mut self, now: Instant) {
         for link in self.links.unclaimed_expired(now) {
-            self.counters.unclaimed_links_closed += 1;
-            self.outputs
-                .push_back(Output::Transport(TransportCommand::Close { link }));
+            self.close_unclaimed(link);
         }
         let due = self.timers.expired(now);
         let mut touched = Vec::new();
@@ -400,11 +398,7 @@ impl DirectConnection {
                 if let Some(displaced) =
                     self.links.link_up(now, claim_by, link, remote, dialled_for)
                 {
-                    self.counters.unclaimed_links_closed += 1;
-                    self.outputs
-                        .push_back(Output::Transport(TransportCommand::Close {
-                            link: displaced,
-                        }));
+                    self.close_unclaimed(displaced);
                 }
                 let dial = dial?;
                 let device = dial.device;
@@ -433,6 +427,7 @@ impl DirectConnection {
                         peer: device,
                         endpoint: Endpoint::Direct(addr),
                         rtt_ms: None,
+                        srtt_ms: None,
                     }));
                 }
                 // Nothing direct answered: let the relay carry the connect now, if it is
@@ -493,6 +488,14 @@ impl DirectConnection {
                 None
             }
         }
+    }
+
+    /// Closes an accepted link the link table gave up on: nobody claimed it in time, or
+    /// newer unclaimed links displaced it.
+    fn close_unclaimed(&mut self, link: LinkId) {
+        self.counters.unclaimed_links_closed += 1;
+        self.outputs
+            .push_back(Output::Transport(TransportCommand::Close { link }));
     }
 
     /// Bytes that authenticated on a link count towards its anti-amplification budget.

@@ -41,9 +41,7 @@ impl LinkState {
     /// When the link last showed it is in use: its last authenticated frame, or its
     /// opening.
     pub fn last_active(&self) -> Instant {
-        self.last_heard
-            .unwrap_or(self.opened_at)
-            .max(self.opened_at)
+        self.last_heard.unwrap_or(self.opened_at)
     }
 }
 

@@ -281,15 +281,14 @@ impl DirectConnection {
     /// active ones at once.
     pub(crate) fn close_unneeded_links(&mut self, now: Instant, device: DeviceId) {
         let needed = self.needed_links(device);
-        let mut spare: Vec<(Instant, LinkId)> = self
-            .links
-            .of_peer(device)
+        let links = self.links.of_peer(device);
+        let mut open = links.len();
+        let mut spare: Vec<(Instant, LinkId)> = links
             .into_iter()
             .filter(|link| !needed.contains(link))
             .filter_map(|link| self.links.get(link).map(|l| (l.last_active(), link)))
             .collect();
         spare.sort();
-        let mut open = self.links.of_peer(device).len();
         let quiet_since = now.checked_sub(self.limits.idle_link_close_after);
         for (active, link) in spare {
             let idle = quiet_since.is_some_and(|since| active <= since);
