@@ -228,7 +228,7 @@ impl Node {
         let blueprint_addr = blueprint_ctx.run(tether_connection_blueprint::Orchestrator::new(
             config.blueprint.clone(),
             tether_connection_blueprint::Recipients {
-                compiled: presence.clone().recipient(),
+                compiled: dc.clone().recipient(),
             },
         ));
         for peer in &config.peers {
@@ -266,12 +266,13 @@ impl Node {
                 ],
                 connect_failed: presence.clone().recipient(),
                 inbound_migration_ping: presence.clone().recipient(),
-                migration_acked: presence.clone().recipient(),
                 path_lost: presence.clone().recipient(),
                 peer_reset: presence.clone().recipient(),
                 liveness: presence.clone().recipient(),
                 path_measured: vec![blueprint.clone().recipient(), presence.clone().recipient()],
                 direct_dial_failed: presence.clone().recipient(),
+                peer_announced: blueprint.clone().recipient(),
+                peer_endpoints_changed: presence.clone().recipient(),
                 delivered: hub.clone().recipient(),
             },
         ));
@@ -309,7 +310,7 @@ impl Node {
             ),
             tether_pms::Recipients {
                 transport: port(LinkOwner::Pms),
-                hint: vec![presence.clone().recipient(), blueprint.clone().recipient()],
+                hint: vec![dc.clone().recipient()],
             },
         ));
 
@@ -319,7 +320,6 @@ impl Node {
             peers,
             announced.clone(),
             tether_presence::Recipients {
-                recompile: blueprint.clone().recipient(),
                 connect: dc.clone().recipient(),
                 migration_ping: dc.clone().recipient(),
                 relay_migration_ping: dc.clone().recipient(),

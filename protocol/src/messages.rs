@@ -10,6 +10,9 @@
 //! |---|---|---|
 //! | [`ConnectivityChanged`] | transport → Presence | migration 1 |
 //! | [`ConnectPeer`] | Presence → DirectConnection | establishment, migration 3 |
+//! | [`BlueprintCompiled`] | ConnectionBlueprint → DirectConnection | whenever a peer's candidate order changes |
+//! | [`PeerAnnounced`] | DirectConnection → ConnectionBlueprint | the peer said where it is |
+//! | [`PeerEndpointsChanged`] | DirectConnection → Presence | the peer said where it is |
 //! | [`HandshakeStarted`] | DirectConnection → Presence | establishment |
 //! | [`ConnectFailed`] | DirectConnection → Presence | establishment |
 //! | [`PathLost`] / [`PeerReset`] | DirectConnection → Presence | runtime, failure |
@@ -18,8 +21,6 @@
 //! | [`RelayMigrationPing`] / [`CarryOverRelay`] | Presence → DirectConnection | migration 2, when no direct path answered in time |
 //! | [`DirectDialFailed`] | DirectConnection → Presence | migration 2 |
 //! | [`InboundMigrationPing`] | DirectConnection → Presence | migration 3 |
-//! | [`MigrationAcked`] | DirectConnection → Presence | migration 2 → 4 |
-//! | [`RecompileBlueprint`] / [`BlueprintCompiled`] | Presence ↔ ConnectionBlueprint | establishment, migration 3 |
 //! | [`PathMeasured`] | DirectConnection → ConnectionBlueprint, Presence | scores, migration timing |
 //! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
 //! | [`RelayForward`] | DirectConnection → Rcs | relay path |
@@ -27,7 +28,7 @@
 //! | [`RelayStatus`] | Rcs → DirectConnection | relay path |
 //! | [`RelayPoll`] | Presence → Rcs | heartbeat fallback |
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
-//! | [`PeerEndpointHint`] | Pms → Presence | migration 2 |
+//! | [`PeerEndpointHint`] | Pms → DirectConnection | migration 2 |
 //! | [`LivenessReport`] | DirectConnection → Presence | runtime |
 //! | [`EvictSession`] | Presence → DirectConnection | failure |
 //! | [`StatusChanged`] | Presence → node | all |
@@ -58,6 +59,11 @@ pub enum Endpoint {
     /// The relay server.
     Relay,
 }
+
+/// Direct candidates dialled for one connect or migration. A device dials them in
+/// parallel during a migration; 8 covers dual-stack WiFi plus mobile plus stale ones
+/// without a storm.
+pub const MAX_DIRECT_CANDIDATES: usize = 8;
 
 /// How a candidate address became known; feeds the ordering policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,7 +99,8 @@ pub struct ConnectivityChanged {
     pub new: Vec<SocketAddr>,
 }
 
-/// PresenceConnect: reach this peer over the candidates, in order.
+/// PresenceConnect: reach this peer. DirectConnection tries the peer's newest
+/// announcement first, then the latest [`BlueprintCompiled`] order, then the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct ConnectPeer {
@@ -104,8 +111,6 @@ pub struct ConnectPeer {
     /// True from ReconnectingInbound: reconnect the transport of the existing session,
     /// never run a handshake.
     pub transport_only: bool,
-    /// The blueprint to try, best first.
-    pub candidates: Vec<Candidate>,
 }
 
 /// A [`ConnectPeer`] found no working path.
@@ -173,18 +178,15 @@ pub struct SessionReady {
     pub after_handshake: bool,
 }
 
-/// Migration phase 2: announce our new endpoints to the peer on every candidate.
+/// Migration phase 2: announce our new endpoints to the peer on every link the session
+/// keeps and every candidate (as for [`ConnectPeer`]).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct SendMigrationPing {
-    /// Correlates [`MigrationAcked`].
-    pub request: RequestId,
     /// The peer.
     pub peer: DeviceId,
     /// Our endpoints after the change.
     pub new_endpoints: Vec<SocketAddr>,
-    /// Where to send the pings, in parallel.
-    pub candidates: Vec<Candidate>,
 }
 
 /// Migration phase 2, when no direct path answered in time: the relay queue carries the
@@ -229,50 +231,45 @@ pub struct InboundMigrationPing {
     pub epoch: Epoch,
     /// The ping's counter.
     pub counter: u64,
-    /// The peer's new endpoints, as it announced them.
-    pub endpoints: Vec<SocketAddr>,
     /// The path the ping came over.
     pub via: PathKind,
 }
 
-/// The peer acknowledged our migration ping.
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
-pub struct MigrationAcked {
-    /// The [`SendMigrationPing`] request.
-    pub request: RequestId,
-    /// The peer.
-    pub peer: DeviceId,
-    /// The acknowledged counter.
-    pub counter: u64,
-    /// The peer's endpoints as it announced them in the ack.
-    pub peer_endpoints: Vec<SocketAddr>,
-    /// The path the ack came over.
-    pub via: PathKind,
-}
-
-/// Ask ConnectionBlueprint for a fresh candidate order for a peer.
-#[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "()")]
-pub struct RecompileBlueprint {
-    /// Answered by [`BlueprintCompiled`].
-    pub request: RequestId,
-    /// The peer.
-    pub peer: DeviceId,
-    /// Endpoints the peer just announced; they go first.
-    pub peer_endpoints_first: Vec<SocketAddr>,
-}
-
-/// The ordered candidates for a peer.
+/// A peer's candidates in ConnectionBlueprint's order, sent when the order changes
+/// (a new address, a measurement, an address going stale), so DirectConnection dials
+/// without asking first.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct BlueprintCompiled {
-    /// The request.
-    pub request: RequestId,
     /// The peer.
     pub peer: DeviceId,
     /// Best first; the relay last.
     pub candidates: Vec<Candidate>,
+}
+
+/// The peer said where it is: an authenticated migration ping or ack, or a sealed
+/// rendezvous hint. DirectConnection keeps the newest announcement (it dials it first);
+/// ConnectionBlueprint remembers and ranks the addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PeerAnnounced {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Its endpoints, in the order it gave them (never empty).
+    pub endpoints: Vec<SocketAddr>,
+    /// [`CandidateSource::LearnedFromPeer`] or [`CandidateSource::Rendezvous`].
+    pub source: CandidateSource,
+}
+
+/// The peer's announced endpoints changed: Presence decides whether to try a direct
+/// path now. It carries no addresses: DirectConnection holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PeerEndpointsChanged {
+    /// The peer.
+    pub peer: DeviceId,
+    /// The change came from a rendezvous hint (not from the session itself).
+    pub hinted: bool,
 }
 
 /// A measurement of a path, feeding the blueprint's scores and Presence's migration

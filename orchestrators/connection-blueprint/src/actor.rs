@@ -5,13 +5,11 @@ use crate::core::{Config, ConnectionBlueprint, Input, Output};
 use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
-use tether_protocol::{
-    BlueprintCompiled, DeviceId, PathMeasured, PeerEndpointHint, RecompileBlueprint, SessionReady,
-};
+use tether_protocol::{BlueprintCompiled, DeviceId, PathMeasured, PeerAnnounced, SessionReady};
 
 /// Where the orchestrator's outputs go.
 pub struct Recipients {
-    /// Presence receives compiled blueprints.
+    /// DirectConnection receives each peer's candidate order when it changes.
     pub compiled: Recipient<BlueprintCompiled>,
 }
 
@@ -19,7 +17,7 @@ pub struct Recipients {
 pub struct Orchestrator {
     core: ConnectionBlueprint,
     recipients: Recipients,
-    /// Never armed (the core sets no timers); the shared shell loop expects one.
+    /// Armed at the moment the next fresh address goes stale.
     timer: CoreTimer,
 }
 
@@ -67,9 +65,8 @@ pub struct AddPeer {
 }
 
 tether_protocol::feed_messages!(Orchestrator {
-    RecompileBlueprint => Input::Recompile,
+    PeerAnnounced => Input::Announced,
     PathMeasured => Input::Measured,
-    PeerEndpointHint => Input::Hint,
     SessionReady => Input::Ready,
     AddPeer => |AddPeer { peer, configured }| Input::AddPeer { peer, configured },
 });

@@ -1,4 +1,5 @@
-//! The sans-IO core: per-peer address records and blueprint compilation.
+//! The sans-IO core: per-peer address records, and the candidate order compiled from
+//! them and pushed to DirectConnection whenever it changes.
 
 use crate::policy::{order_candidates, AddressRecord, FAILURES_TO_DEMOTE};
 use std::collections::{BTreeMap, VecDeque};
@@ -6,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, CandidateSource, DeviceId, Endpoint, PathKind, PathMeasured,
-    PeerEndpointHint, RecompileBlueprint, SessionReady,
+    BlueprintCompiled, Candidate, CandidateSource, DeviceId, Endpoint, PathKind, PathMeasured,
+    PeerAnnounced, SessionReady,
 };
 
 /// Weight of a new RTT sample in the smoothed RTT, as TCP's SRTT (RFC 6298: 1/8).
@@ -43,12 +44,10 @@ pub enum Input {
         /// Configured addresses.
         configured: Vec<SocketAddr>,
     },
-    /// Compile a blueprint now.
-    Recompile(RecompileBlueprint),
+    /// The peer said where it is (its newest announcement ranks first).
+    Announced(PeerAnnounced),
     /// A path answered (or not).
     Measured(PathMeasured),
-    /// The peer's endpoints from a rendezvous hint.
-    Hint(PeerEndpointHint),
     /// A session became ready on a path.
     Ready(SessionReady),
 }
@@ -56,15 +55,25 @@ pub enum Input {
 /// What the core asks to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// A compiled blueprint for Presence.
+    /// A peer's new candidate order, for DirectConnection.
     Compiled(BlueprintCompiled),
+}
+
+/// What the core knows of one peer.
+#[derive(Debug, Default)]
+struct PeerRecords {
+    records: Vec<AddressRecord>,
+    /// The order last sent (sent again only when it changes).
+    compiled: Vec<Candidate>,
+    /// When a fresh announced or hinted address goes stale, which may change the order.
+    next_staleness: Option<Instant>,
 }
 
 /// The ConnectionBlueprint core. See the crate docs.
 #[derive(Debug)]
 pub struct ConnectionBlueprint {
     config: Config,
-    peers: BTreeMap<DeviceId, Vec<AddressRecord>>,
+    peers: BTreeMap<DeviceId, PeerRecords>,
     outputs: VecDeque<Output>,
 }
 
@@ -83,84 +92,114 @@ impl SansIoCore for ConnectionBlueprint {
     type Input = Input;
     type Output = Output;
 
-    /// Feeds one input.
+    /// Feeds one input; the peer's order is sent if it changed.
     fn handle(&mut self, now: Instant, input: Input) {
-        match input {
+        let peer = match input {
             Input::AddPeer { peer, configured } => {
-                let records = self.peers.entry(peer).or_default();
+                let records = &mut self.peers.entry(peer).or_default().records;
                 for addr in configured {
                     upsert(records, addr, CandidateSource::Configured, now);
                 }
+                peer
             }
-            Input::Recompile(request) => self.compile(now, request),
-            Input::Measured(measured) => self.measured(now, measured),
-            Input::Hint(hint) => {
-                let records = self.peers.entry(hint.peer).or_default();
-                for addr in hint.endpoints {
-                    upsert(records, addr, CandidateSource::Rendezvous, now);
+            Input::Announced(announced) => {
+                let records = &mut self.peers.entry(announced.peer).or_default().records;
+                for record in records.iter_mut() {
+                    record.announced_rank = None;
+                }
+                for (rank, addr) in announced.endpoints.iter().enumerate() {
+                    let record = upsert(records, *addr, announced.source, now);
+                    record.announced_rank = Some(rank);
                 }
                 trim(records);
+                announced.peer
+            }
+            Input::Measured(measured) => {
+                if !self.measured(now, &measured) {
+                    return;
+                }
+                measured.peer
             }
             Input::Ready(ready) => {
-                if let (PathKind::Direct, Some(remote)) = (ready.path, ready.remote) {
-                    let records = self.peers.entry(ready.peer).or_default();
-                    for record in records.iter_mut() {
-                        if record.source == CandidateSource::LastKnownGood {
-                            record.source = CandidateSource::LearnedFromPeer;
-                        }
+                let (PathKind::Direct, Some(remote)) = (ready.path, ready.remote) else {
+                    return;
+                };
+                let records = &mut self.peers.entry(ready.peer).or_default().records;
+                for record in records.iter_mut() {
+                    if record.source == CandidateSource::LastKnownGood {
+                        record.source = CandidateSource::LearnedFromPeer;
                     }
-                    let record = upsert(records, remote, CandidateSource::LastKnownGood, now);
-                    record.failures = 0;
                 }
+                let record = upsert(records, remote, CandidateSource::LastKnownGood, now);
+                record.failures = 0;
+                ready.peer
             }
-        }
+        };
+        self.compile(now, peer);
     }
 
-    /// The core sets no timers; spurious calls are harmless.
-    fn handle_timeout(&mut self, _now: Instant) {}
+    /// Recompiles the peers whose fresh addresses went stale.
+    fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_staleness.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.compile(now, peer);
+        }
+    }
 
     /// Next output to deliver.
     fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
-    /// The core never needs waking.
+    /// When the next fresh address goes stale.
     fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.peers.values().filter_map(|p| p.next_staleness).min()
     }
 }
 
 impl ConnectionBlueprint {
-    fn compile(&mut self, now: Instant, request: RecompileBlueprint) {
-        let records = self.peers.entry(request.peer).or_default();
-        for record in records.iter_mut() {
-            record.announced_rank = None;
+    fn compile(&mut self, now: Instant, peer: DeviceId) {
+        let fresh_for = self.config.fresh_for;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // An address is fresh while `now - learned_at <= fresh_for`: it goes stale just
+        // after that.
+        state.next_staleness = state
+            .records
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.source,
+                    CandidateSource::LearnedFromPeer | CandidateSource::Rendezvous
+                )
+            })
+            .map(|r| r.learned_at + fresh_for + Duration::from_millis(1))
+            .filter(|at| *at > now)
+            .min();
+        let candidates = order_candidates(&state.records, now, fresh_for);
+        if candidates != state.compiled {
+            state.compiled.clone_from(&candidates);
+            self.outputs
+                .push_back(Output::Compiled(BlueprintCompiled { peer, candidates }));
         }
-        for (rank, addr) in request.peer_endpoints_first.iter().enumerate() {
-            let record = upsert(records, *addr, CandidateSource::LearnedFromPeer, now);
-            record.announced_rank = Some(rank);
-        }
-        trim(records);
-        let candidates = order_candidates(records, now, self.config.fresh_for);
-        for record in records.iter_mut() {
-            record.announced_rank = None;
-        }
-        self.outputs.push_back(Output::Compiled(BlueprintCompiled {
-            request: request.request,
-            peer: request.peer,
-            candidates,
-        }));
     }
 
-    fn measured(&mut self, now: Instant, measured: PathMeasured) {
+    /// Records a measurement; false when it concerns no known address.
+    fn measured(&mut self, now: Instant, measured: &PathMeasured) -> bool {
         let Endpoint::Direct(addr) = measured.endpoint else {
-            return;
+            return false;
         };
-        let Some(records) = self.peers.get_mut(&measured.peer) else {
-            return;
+        let Some(state) = self.peers.get_mut(&measured.peer) else {
+            return false;
         };
-        let Some(record) = records.iter_mut().find(|r| r.addr == addr) else {
-            return;
+        let Some(record) = state.records.iter_mut().find(|r| r.addr == addr) else {
+            return false;
         };
         match measured.rtt_ms {
             Some(sample) => {
@@ -176,6 +215,7 @@ impl ConnectionBlueprint {
             }
             None => record.failures = record.failures.saturating_add(1).min(FAILURES_TO_DEMOTE),
         }
+        true
     }
 }
 
@@ -262,46 +302,60 @@ mod tests {
                 Endpoint::Relay => "relay".into(),
             })
             .collect();
-        format!("compiled {} -> {}", compiled.request, parts.join(" "))
+        format!("compiled -> {}", parts.join(" "))
     }
 
-    /// The trace of a peer through establishment, a migration signal and a hint.
+    fn announced(endpoints: &[&str], source: CandidateSource) -> Input {
+        Input::Announced(PeerAnnounced {
+            peer: peer(),
+            endpoints: endpoints.iter().map(|a| addr(a)).collect(),
+            source,
+        })
+    }
+
+    fn failed(at: &str) -> Input {
+        Input::Measured(PathMeasured {
+            peer: peer(),
+            endpoint: Endpoint::Direct(addr(at)),
+            rtt_ms: None,
+            srtt_ms: None,
+        })
+    }
+
+    /// The trace of a peer through establishment, a migration signal, a hint, failures
+    /// and its announcement going stale. An input that leaves the order as it was sends
+    /// nothing.
     #[test]
     fn transition_trace() {
         let t0 = Instant::now();
         let mut core = ConnectionBlueprint::new(Config::default(), t0);
         let mut trace = Vec::new();
-        let mut step = |core: &mut ConnectionBlueprint, at: u64, label: &str, input: Input| {
-            core.handle(t0 + Duration::from_millis(at), input);
-            trace.push(format!("{at:>6}ms {label}"));
-            while let Some(out) = core.poll_output() {
-                trace.push(format!("        {}", line(&out)));
-            }
-        };
+        let mut step =
+            |core: &mut ConnectionBlueprint, at: u64, label: &str, input: Option<Input>| {
+                let now = t0 + Duration::from_millis(at);
+                match input {
+                    Some(input) => core.handle(now, input),
+                    None => core.handle_timeout(now),
+                }
+                trace.push(format!("{at:>6}ms {label}"));
+                while let Some(out) = core.poll_output() {
+                    trace.push(format!("        {}", line(&out)));
+                }
+            };
         step(
             &mut core,
             0,
             "add peer with two configured addresses",
-            Input::AddPeer {
+            Some(Input::AddPeer {
                 peer: peer(),
                 configured: vec![addr("192.0.2.1:4433"), addr("192.0.2.2:4433")],
-            },
-        );
-        step(
-            &mut core,
-            1,
-            "recompile for establishment",
-            Input::Recompile(RecompileBlueprint {
-                request: RequestId(1),
-                peer: peer(),
-                peer_endpoints_first: vec![],
             }),
         );
         step(
             &mut core,
             40,
             "session ready on 192.0.2.2",
-            Input::Ready(SessionReady {
+            Some(Input::Ready(SessionReady {
                 request: Some(RequestId(1)),
                 peer: peer(),
                 session: SessionId::from_random_bytes([0; 16]),
@@ -309,60 +363,57 @@ mod tests {
                 path: PathKind::Direct,
                 remote: Some(addr("192.0.2.2:4433")),
                 after_handshake: true,
-            }),
+            })),
         );
         step(
             &mut core,
             50,
-            "recompile",
-            Input::Recompile(RecompileBlueprint {
-                request: RequestId(2),
+            "session ready on 192.0.2.2 again (no change)",
+            Some(Input::Ready(SessionReady {
+                request: None,
                 peer: peer(),
-                peer_endpoints_first: vec![],
-            }),
+                session: SessionId::from_random_bytes([0; 16]),
+                epoch: tether_protocol::Epoch(1),
+                path: PathKind::Direct,
+                remote: Some(addr("192.0.2.2:4433")),
+                after_handshake: false,
+            })),
         );
         step(
             &mut core,
             9000,
             "migration signal: peer now at 198.51.100.7",
-            Input::Recompile(RecompileBlueprint {
-                request: RequestId(3),
-                peer: peer(),
-                peer_endpoints_first: vec![addr("198.51.100.7:4433")],
-            }),
+            Some(announced(
+                &["198.51.100.7:4433"],
+                CandidateSource::LearnedFromPeer,
+            )),
         );
         step(
             &mut core,
             9100,
-            "rendezvous hint 203.0.113.9, old address failed 3 times",
-            Input::Hint(PeerEndpointHint {
-                request: None,
-                peer: peer(),
-                endpoints: vec![addr("203.0.113.9:4433")],
-                issued_at_ms: 0,
-            }),
+            "rendezvous hint 203.0.113.9",
+            Some(announced(
+                &["203.0.113.9:4433"],
+                CandidateSource::Rendezvous,
+            )),
         );
-        for _ in 0..3 {
-            core.handle(
-                t0 + Duration::from_millis(9100),
-                Input::Measured(PathMeasured {
-                    peer: peer(),
-                    endpoint: Endpoint::Direct(addr("192.0.2.2:4433")),
-                    rtt_ms: None,
-                    srtt_ms: None,
-                }),
-            );
+        for _ in 0..2 {
+            core.handle(t0 + Duration::from_millis(9150), failed("192.0.2.2:4433"));
         }
         step(
             &mut core,
             9200,
-            "recompile",
-            Input::Recompile(RecompileBlueprint {
-                request: RequestId(4),
-                peer: peer(),
-                peer_endpoints_first: vec![],
-            }),
+            "old address failed a third time",
+            Some(failed("192.0.2.2:4433")),
         );
+        let stale = 9100 + Config::default().fresh_for.as_millis() as u64 + 1;
+        assert_eq!(
+            core.poll_timeout(),
+            Some(t0 + Duration::from_millis(9000 + 300_000 + 1))
+        );
+        step(&mut core, 309_001, "the migration signal goes stale", None);
+        step(&mut core, stale, "the hint goes stale", None);
+        assert_eq!(core.poll_timeout(), None);
         insta::assert_snapshot!(trace.join("\n"));
     }
 
@@ -390,17 +441,17 @@ mod tests {
         for i in 0..100u16 {
             core.handle(
                 t0 + Duration::from_millis(u64::from(i)),
-                Input::Hint(PeerEndpointHint {
-                    request: None,
+                Input::Announced(PeerAnnounced {
                     peer: peer(),
                     endpoints: vec![SocketAddr::from(([10, 0, 0, 1], i))],
-                    issued_at_ms: 0,
+                    source: CandidateSource::Rendezvous,
                 }),
             );
         }
-        assert_eq!(core.peers[&peer()].len(), MAX_RECORDS_PER_PEER);
+        let records = &core.peers[&peer()].records;
+        assert_eq!(records.len(), MAX_RECORDS_PER_PEER);
         // The newest survive.
-        assert!(core.peers[&peer()].iter().any(|r| r.addr.port() == 99));
-        assert!(!core.peers[&peer()].iter().any(|r| r.addr.port() == 0));
+        assert!(records.iter().any(|r| r.addr.port() == 99));
+        assert!(!records.iter().any(|r| r.addr.port() == 0));
     }
 }

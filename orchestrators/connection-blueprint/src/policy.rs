@@ -4,7 +4,7 @@
 //!
 //! | tier | what |
 //! |---|---|
-//! | 0 | addresses the peer announced in the request being compiled (a migration signal), in the order it gave |
+//! | 0 | the peer's newest announcement (migration ping or ack, or rendezvous hint), in the order it gave |
 //! | 1 | addresses the peer announced recently (authenticated migration ping or ack) |
 //! | 2 | the address the session last worked on |
 //! | 3 | addresses from a recent rendezvous hint |
@@ -16,11 +16,7 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_protocol::{Candidate, CandidateSource, Endpoint};
-
-/// Direct candidates in one blueprint. A device dials them in parallel during a
-/// migration; 8 covers dual-stack WiFi plus mobile plus stale ones without a storm.
-pub const MAX_DIRECT_CANDIDATES: usize = 8;
+use tether_protocol::{Candidate, CandidateSource, Endpoint, MAX_DIRECT_CANDIDATES};
 
 /// Consecutive failures after which an address sinks below every other: three misses
 /// separate a dead address from one lost packet.
@@ -39,7 +35,7 @@ pub struct AddressRecord {
     pub srtt_ms: Option<u64>,
     /// Consecutive failures since it last answered.
     pub failures: u32,
-    /// Position in the peer's own announcement being compiled, if any (tier 0).
+    /// Position in the peer's newest announcement, if it is in it (tier 0).
     pub announced_rank: Option<usize>,
 }
 

@@ -6,9 +6,10 @@ use crate::core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DirectDialFailed,
-    EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport, MessageDelivered,
-    MigrationAcked, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
+    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
+    MessageDelivered, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
+    PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
     RelayMigrationPing, RelayStatus, SendMessage, SendMigrationPing, SessionReady, TransportEvent,
     TransportPort,
 };
@@ -30,8 +31,6 @@ pub struct Recipients {
     /// Presence.
     pub inbound_migration_ping: Recipient<InboundMigrationPing>,
     /// Presence.
-    pub migration_acked: Recipient<MigrationAcked>,
-    /// Presence.
     pub path_lost: Recipient<PathLost>,
     /// Presence.
     pub peer_reset: Recipient<PeerReset>,
@@ -41,6 +40,10 @@ pub struct Recipients {
     pub path_measured: Vec<Recipient<PathMeasured>>,
     /// Presence.
     pub direct_dial_failed: Recipient<DirectDialFailed>,
+    /// ConnectionBlueprint.
+    pub peer_announced: Recipient<PeerAnnounced>,
+    /// Presence.
+    pub peer_endpoints_changed: Recipient<PeerEndpointsChanged>,
     /// The application.
     pub delivered: Recipient<MessageDelivered>,
 }
@@ -94,7 +97,6 @@ impl CoreShell for Orchestrator {
             }
             Output::ConnectFailed(m) => r.connect_failed.do_send(m),
             Output::InboundMigrationPing(m) => r.inbound_migration_ping.do_send(m),
-            Output::MigrationAcked(m) => r.migration_acked.do_send(m),
             Output::PathLost(m) => r.path_lost.do_send(m),
             Output::PeerReset(m) => r.peer_reset.do_send(m),
             Output::Liveness(m) => r.liveness.do_send(m),
@@ -104,6 +106,8 @@ impl CoreShell for Orchestrator {
                 }
             }
             Output::DirectDialFailed(m) => r.direct_dial_failed.do_send(m),
+            Output::PeerAnnounced(m) => r.peer_announced.do_send(m),
+            Output::PeerEndpointsChanged(m) => r.peer_endpoints_changed.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
         }
     }
@@ -122,6 +126,8 @@ tether_protocol::feed_messages!(Orchestrator {
     TransportEvent => Input::Transport,
     RelayDelivered => Input::Relay,
     RelayStatus => Input::RelayStatus,
+    BlueprintCompiled => Input::Blueprint,
+    PeerEndpointHint => Input::Hint,
 });
 
 impl Handler<ConnectivityChanged> for Orchestrator {

@@ -10,6 +10,7 @@
 
 use crate::config::{Config, Limits};
 use crate::links::{DialPurpose, LinkTable, PendingDial};
+use crate::migration::direct_addrs;
 use crate::state::{Heartbeat, InitiationBudget, PeerCounters, PeerState, Via};
 use crate::timers::{Timer, TimerTable};
 use rand::SeedableRng;
@@ -20,11 +21,12 @@ use std::time::{Duration, Instant};
 use tether_crypto::{Fingerprint, KeyRing, PathChallenger, RendezvousId, Sealed, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    CarryOverRelay, ConnectFailed, ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession,
-    HandshakeStarted, InboundMigrationPing, LinkId, LivenessReport, MessageDelivered,
-    MigrationAcked, PathKind, PathLost, PathMeasured, PeerReset, RelayDelivered, RelayEnqueue,
-    RelayForward, RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing,
-    SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
+    BlueprintCompiled, CandidateSource, CarryOverRelay, ConnectFailed, ConnectPeer, DeviceId,
+    DirectDialFailed, Endpoint, EvictSession, HandshakeStarted, InboundMigrationPing, LinkId,
+    LivenessReport, MessageDelivered, PathKind, PathLost, PathMeasured, PeerAnnounced,
+    PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SessionFrame,
+    SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -51,6 +53,10 @@ pub enum Input {
     RelayStatus(RelayStatus),
     /// This device's endpoints changed.
     LocalEndpoints(Vec<SocketAddr>),
+    /// ConnectionBlueprint's new candidate order for a peer.
+    Blueprint(BlueprintCompiled),
+    /// The peer's endpoints from a rendezvous hint.
+    Hint(PeerEndpointHint),
 }
 
 /// What the core asks to be sent.
@@ -71,8 +77,6 @@ pub enum Output {
     /// To Presence.
     InboundMigrationPing(InboundMigrationPing),
     /// To Presence.
-    MigrationAcked(MigrationAcked),
-    /// To Presence.
     PathLost(PathLost),
     /// To Presence.
     PeerReset(PeerReset),
@@ -82,6 +86,10 @@ pub enum Output {
     PathMeasured(PathMeasured),
     /// To Presence.
     DirectDialFailed(DirectDialFailed),
+    /// To ConnectionBlueprint.
+    PeerAnnounced(PeerAnnounced),
+    /// To Presence.
+    PeerEndpointsChanged(PeerEndpointsChanged),
     /// To the application.
     Delivered(MessageDelivered),
 }
@@ -192,7 +200,7 @@ impl DirectConnection {
                     ping_counter_sent: 0,
                     highest_ping_received: 0,
                     announced: Vec::new(),
-                    known_direct: Vec::new(),
+                    blueprint: Vec::new(),
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),
                     initiation_budget: InitiationBudget::new(now),
                     outbound: BTreeMap::new(),
@@ -296,6 +304,16 @@ impl SansIoCore for DirectConnection {
             }
             Input::LocalEndpoints(endpoints) => {
                 self.local_endpoints = endpoints;
+                None
+            }
+            Input::Blueprint(compiled) => {
+                if let Some(peer) = self.peers.get_mut(&compiled.peer) {
+                    peer.blueprint = direct_addrs(&compiled.candidates);
+                }
+                None
+            }
+            Input::Hint(hint) => {
+                self.peer_announced(hint.peer, hint.endpoints, CandidateSource::Rendezvous);
                 None
             }
         };

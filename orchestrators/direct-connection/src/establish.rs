@@ -9,12 +9,11 @@ use crate::core::{DirectConnection, Output};
 use crate::links::DialPurpose;
 use crate::state::{Connect, EstablishmentPermit, Heartbeat, Reported, Via};
 use crate::timers::Timer;
-use std::net::SocketAddr;
 use std::time::Instant;
 use tether_crypto::{Handshake, HandshakeError};
 use tether_protocol::{
-    ConnectFailed, ConnectPeer, DeviceId, Endpoint, EvictSession, HandshakeMessage,
-    HandshakeStarted, SessionFrame, SessionReady, WireFrame,
+    ConnectFailed, ConnectPeer, DeviceId, EvictSession, HandshakeMessage, HandshakeStarted,
+    SessionFrame, SessionReady, WireFrame,
 };
 
 /// The timers of a connect in progress.
@@ -60,25 +59,13 @@ impl DirectConnection {
         permit: Option<EstablishmentPermit>,
     ) {
         let device = request.peer;
-        let addrs: Vec<SocketAddr> = request
-            .candidates
-            .iter()
-            .filter_map(|c| match c.endpoint {
-                Endpoint::Direct(addr) => Some(addr),
-                Endpoint::Relay => None,
-            })
-            .collect();
-        let has_relay = request
-            .candidates
-            .iter()
-            .any(|c| c.endpoint == Endpoint::Relay);
-        let relay_at = has_relay.then(|| {
-            if addrs.is_empty() {
-                now
-            } else {
-                now + self.limits.relay_fallback_after
-            }
-        });
+        let addrs = self.direct_candidates(device);
+        // The relay is always a candidate, last: at once when no direct one is known.
+        let relay_at = if addrs.is_empty() {
+            now
+        } else {
+            now + self.limits.relay_fallback_after
+        };
         // A link that already works is tried at once: for a transport-only reconnect the
         // validated bound link first (its fresh answer completes the reconnect, and no
         // other link's answer would replace it), else the newest validated link (one the
@@ -93,7 +80,6 @@ impl DirectConnection {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
-        peer.known_direct.clone_from(&addrs);
         peer.connect = Some(Connect {
             request: request.request,
             permit,
@@ -104,8 +90,7 @@ impl DirectConnection {
             Timer::ConnectDeadline,
             now + self.limits.connect_timeout,
         );
-        self.timers
-            .set_or_stop(device, Timer::ConnectRelay, relay_at);
+        self.timers.set(device, Timer::ConnectRelay, relay_at);
         self.timers.stop(device, Timer::HandshakeRetry);
         if !addrs.is_empty() {
             self.dial(device, DialPurpose::Connect, addrs);

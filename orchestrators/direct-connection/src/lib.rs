@@ -30,12 +30,21 @@
 //! - in: `ConnectPeer`, `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`,
 //!   `EvictSession` (Presence); `SendMessage`
 //!   (application: answered at once with the sequence number or the refusal);
-//!   `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus` (Rcs).
+//!   `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus` (Rcs);
+//!   `BlueprintCompiled` (ConnectionBlueprint: the peer's candidate order, whenever it
+//!   changes); `PeerEndpointHint` (Pms).
 //! - out: `TransportCommand` (transport driver); `RelayForward`, `RelayEnqueue` (Rcs);
 //!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
-//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport`, `DirectDialFailed`,
-//!   `PathMeasured` (Presence); `SessionReady`, `PathMeasured` (ConnectionBlueprint);
-//!   `MessageDelivered` (application).
+//!   `PathLost`, `PeerReset`, `LivenessReport`, `DirectDialFailed`, `PathMeasured`,
+//!   `PeerEndpointsChanged` (Presence); `SessionReady`, `PathMeasured`, `PeerAnnounced`
+//!   (ConnectionBlueprint); `MessageDelivered` (application).
+//!
+//! # Where to dial
+//! The peer's newest announcement (an authenticated migration ping or ack, or a sealed
+//! rendezvous hint) first, then ConnectionBlueprint's latest order, at most
+//! `MAX_DIRECT_CANDIDATES`, and the relay last. A new announcement goes to
+//! ConnectionBlueprint (`PeerAnnounced`, to rank and remember) and to Presence
+//! (`PeerEndpointsChanged`, to decide whether to try it now).
 //!
 //! # States (per peer)
 //! - no keys → handshake pending (message 1 sent, retried) → candidate confirmed →

@@ -18,8 +18,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 use tether_crypto::MigrationTag;
 use tether_protocol::{
-    canonical_endpoints, Candidate, DeviceId, Endpoint, InboundMigrationPing, LinkId, MigrationAck,
-    MigrationAcked, MigrationPing, RelayEnqueue, SendMigrationPing, SessionFrame,
+    canonical_endpoints, Candidate, CandidateSource, DeviceId, Endpoint, InboundMigrationPing,
+    LinkId, MigrationAck, MigrationPing, PeerAnnounced, PeerEndpointsChanged, RelayEnqueue,
+    SendMigrationPing, SessionFrame, MAX_DIRECT_CANDIDATES,
 };
 
 /// Filler sent after a migration ping on a migrated link. The peer's QUIC stack may send
@@ -41,6 +42,50 @@ pub(crate) fn direct_addrs(candidates: &[Candidate]) -> Vec<SocketAddr> {
 }
 
 impl DirectConnection {
+    /// Where to reach the peer directly, best first: its newest announcement, then
+    /// ConnectionBlueprint's order (which ranks that announcement first too once it has
+    /// it), at most [`MAX_DIRECT_CANDIDATES`].
+    pub(crate) fn direct_candidates(&self, device: DeviceId) -> Vec<SocketAddr> {
+        let Some(peer) = self.peers.get(&device) else {
+            return Vec::new();
+        };
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for addr in peer.announced.iter().chain(&peer.blueprint) {
+            if addrs.len() < MAX_DIRECT_CANDIDATES && !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        addrs
+    }
+
+    /// The peer said where it is (an authenticated ping or ack, or a hint). A new,
+    /// non-empty announcement replaces the last one and is passed on: to
+    /// ConnectionBlueprint to rank, to Presence to decide on a direct attempt.
+    pub(crate) fn peer_announced(
+        &mut self,
+        device: DeviceId,
+        endpoints: Vec<SocketAddr>,
+        source: CandidateSource,
+    ) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if endpoints.is_empty() || peer.announced == endpoints {
+            return;
+        }
+        peer.announced.clone_from(&endpoints);
+        self.outputs.push_back(Output::PeerAnnounced(PeerAnnounced {
+            peer: device,
+            endpoints,
+            source,
+        }));
+        self.outputs
+            .push_back(Output::PeerEndpointsChanged(PeerEndpointsChanged {
+                peer: device,
+                hinted: source == CandidateSource::Rendezvous,
+            }));
+    }
+
     /// Migration phase 2: this device moved; announce its new endpoints.
     pub(crate) fn send_migration_ping(&mut self, now: Instant, request: SendMigrationPing) {
         let device = request.peer;
@@ -67,13 +112,10 @@ impl DirectConnection {
             tag: tag.0,
         };
         peer.migration = Some(OutMigration {
-            request: request.request,
             ping: ping.clone(),
             started: now,
             acked: false,
         });
-        let addrs = direct_addrs(&request.candidates);
-        peer.known_direct.clone_from(&addrs);
         // Every link the session keeps (the bound link and the standbys: a link we
         // dialled survives the move by QUIC migration), then every direct candidate,
         // then (when Presence says so) the relay queue. Spare links the lifecycle is
@@ -104,7 +146,8 @@ impl DirectConnection {
             .filter(|l| l.dialled)
             .filter_map(|l| l.remote)
             .collect();
-        let to_dial: Vec<SocketAddr> = addrs
+        let to_dial: Vec<SocketAddr> = self
+            .direct_candidates(device)
             .into_iter()
             .filter(|addr| !reached.contains(addr))
             .collect();
@@ -176,12 +219,7 @@ impl DirectConnection {
         if peer.bound != Some(Via::Relay) {
             return;
         }
-        let mut addrs = peer.announced.clone();
-        for addr in &peer.known_direct {
-            if !addrs.contains(addr) {
-                addrs.push(*addr);
-            }
-        }
+        let addrs = self.direct_candidates(device);
         self.timers.set(
             device,
             Timer::Probe,
@@ -277,19 +315,18 @@ impl DirectConnection {
                 peer.resend_all = true;
             }
             peer.highest_ping_received = ping.counter;
-            peer.announced = ping.endpoints.clone();
             if peer.bound == Some(Via::Relay) {
                 // New direct endpoints while on the relay: probe them now.
                 self.timers.set(device, Timer::Probe, now);
             }
             let session = peer.session;
+            self.peer_announced(device, ping.endpoints, CandidateSource::LearnedFromPeer);
             self.outputs
                 .push_back(Output::InboundMigrationPing(InboundMigrationPing {
                     peer: device,
                     session,
                     epoch: ping.epoch,
                     counter: ping.counter,
-                    endpoints: ping.endpoints,
                     via: via.kind(),
                 }));
         }
@@ -333,23 +370,9 @@ impl DirectConnection {
         if ack.counter != migration.ping.counter || ack.epoch != migration.ping.epoch {
             return;
         }
-        let first = !migration.acked;
         migration.acked = true;
         let moved_at = migration.started;
-        let request = migration.request;
-        if !ack.endpoints.is_empty() {
-            peer.announced = ack.endpoints.clone();
-        }
-        if first {
-            self.outputs
-                .push_back(Output::MigrationAcked(MigrationAcked {
-                    request,
-                    peer: device,
-                    counter: ack.counter,
-                    peer_endpoints: ack.endpoints,
-                    via: via.kind(),
-                }));
-        }
+        self.peer_announced(device, ack.endpoints, CandidateSource::LearnedFromPeer);
         match via {
             Via::Link(link) => {
                 let validated = self.links.is_validated(link);

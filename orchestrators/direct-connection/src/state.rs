@@ -50,8 +50,6 @@ pub struct Connect {
 /// Our own migration (this device moved): the ping we announce.
 #[derive(Debug, Clone)]
 pub struct OutMigration {
-    /// Presence's request.
-    pub request: RequestId,
     /// The sealed ping's contents.
     pub ping: MigrationPing,
     /// When this ping was first sent (our move): a link heard from since then is
@@ -182,10 +180,11 @@ pub struct PeerState {
     pub ping_counter_sent: u64,
     /// Highest migration ping counter accepted from the peer.
     pub highest_ping_received: u64,
-    /// The peer's endpoints as it last announced them.
+    /// The peer's newest announcement (authenticated migration ping or ack, or sealed
+    /// rendezvous hint): where it says it is now. Dialled first.
     pub announced: Vec<SocketAddr>,
-    /// Direct addresses of the peer from the last blueprint given to us.
-    pub known_direct: Vec<SocketAddr>,
+    /// Direct candidates in ConnectionBlueprint's latest order.
+    pub blueprint: Vec<SocketAddr>,
     /// Outstanding path challenges, per path.
     pub challenger: PathChallenger<Via>,
     /// Handshake initiations for this session we may still answer now.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    Candidate, CandidateSource, CarryOverRelay, ChannelId, ConnectPeer, DeviceId, Endpoint, LinkId,
-    PathKind, RelayDelivered, RelayMigrationPing, RelayStatus, RequestId, SendMessage,
-    SendMigrationPing, TransportCommand, TransportEvent,
+    BlueprintCompiled, Candidate, CandidateSource, CarryOverRelay, ChannelId, ConnectPeer,
+    DeviceId, Endpoint, LinkId, PathKind, RelayDelivered, RelayMigrationPing, RelayStatus,
+    RequestId, SendMessage, SendMigrationPing, TransportCommand, TransportEvent,
 };
 
 const A: usize = 0;
@@ -251,7 +251,8 @@ impl Net {
             Output::Delivered(message) => {
                 self.delivered[from].push(message.payload.clone());
             }
-            Output::PathMeasured(_) => {}
+            // Presence's and ConnectionBlueprint's concern.
+            Output::PathMeasured(_) | Output::PeerEndpointsChanged(_) => {}
             // As Presence does: a migration ping no direct path can carry goes to the
             // relay at once.
             Output::DirectDialFailed(_) => {
@@ -323,9 +324,20 @@ impl Net {
         ]
     }
 
-    fn connect(&mut self, node: usize, transport_only: bool) {
+    /// ConnectionBlueprint's order on `node` for the other node: its address, then the
+    /// relay.
+    fn blueprint(&mut self, node: usize) {
         let peer = self.device(1 - node);
         let candidates = self.candidates(1 - node);
+        self.input(
+            node,
+            Input::Blueprint(BlueprintCompiled { peer, candidates }),
+        );
+    }
+
+    fn connect(&mut self, node: usize, transport_only: bool) {
+        let peer = self.device(1 - node);
+        self.blueprint(node);
         self.note(&format!(
             "{} ConnectPeer transport_only={transport_only}",
             Self::name(node)
@@ -336,7 +348,6 @@ impl Net {
                 request: RequestId(100 + node as u64),
                 peer,
                 transport_only,
-                candidates,
             }),
         );
     }
@@ -416,7 +427,7 @@ impl Net {
     fn migration_ping(&mut self, node: usize) {
         let peer = self.device(1 - node);
         let new = self.nodes[node].addr;
-        let candidates = self.candidates(1 - node);
+        self.blueprint(node);
         let relay_after = self
             .snapshot(node)
             .rtt_ms
@@ -428,10 +439,8 @@ impl Net {
         self.input(
             node,
             Input::SendMigrationPing(SendMigrationPing {
-                request: RequestId(200),
                 peer,
                 new_endpoints: vec![new],
-                candidates,
             }),
         );
         self.relay_copy_pending[node] = true;
@@ -484,7 +493,7 @@ fn describe(output: &Output) -> String {
         Output::InboundMigrationPing(m) => {
             format!("InboundMigrationPing #{} via {:?}", m.counter, m.via)
         }
-        Output::MigrationAcked(m) => format!("MigrationAcked #{} via {:?}", m.counter, m.via),
+        Output::PeerAnnounced(m) => format!("PeerAnnounced {:?}", m.endpoints),
         Output::PathLost(_) => "PathLost".into(),
         Output::PeerReset(_) => "PeerReset".into(),
         Output::Liveness(m) => format!("Liveness alive={}", m.alive),
@@ -630,7 +639,7 @@ fn transport_only_reconnect_never_handshakes() {
     // B learns A moved (via the relay, say) and reconnects transport-only.
     net.run_until(1000);
     net.move_to(A, "10.9.0.1:4433");
-    let candidates = net.candidates(A);
+    net.blueprint(B);
     let peer = net.device(A);
     net.input(
         B,
@@ -638,7 +647,6 @@ fn transport_only_reconnect_never_handshakes() {
             request: RequestId(7),
             peer,
             transport_only: true,
-            candidates,
         }),
     );
     net.run_until(2000);
@@ -1080,4 +1088,47 @@ fn a_replayed_initiation_flood_costs_a_bounded_number_of_responses() {
         net.nodes[B].core.counters().unknown_device_handshakes,
         unknown_before + 1
     );
+}
+
+#[test]
+fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() {
+    let mut net = established(17);
+    net.run_until(1000);
+    let peer = net.device(A);
+    let hinted = addr("203.0.113.9:4433");
+    let hint = |net: &mut Net| {
+        net.input(
+            B,
+            Input::Hint(tether_protocol::PeerEndpointHint {
+                request: None,
+                peer,
+                endpoints: vec![hinted],
+                issued_at_ms: 0,
+            }),
+        );
+    };
+    hint(&mut net);
+    let announced = |net: &Net| {
+        net.count(B, |o| {
+            matches!(o, Output::PeerAnnounced(m)
+                if m.endpoints == vec![hinted] && m.source == CandidateSource::Rendezvous)
+        })
+    };
+    let changed = |net: &Net| {
+        net.count(
+            B,
+            |o| matches!(o, Output::PeerEndpointsChanged(m) if m.hinted && m.peer == peer),
+        )
+    };
+    assert_eq!((announced(&net), changed(&net)), (1, 1));
+    // The same hint again is no news.
+    hint(&mut net);
+    assert_eq!((announced(&net), changed(&net)), (1, 1));
+    // A connect dials the announcement first, then the blueprint's order.
+    net.connect(B, true);
+    let dial = net.outputs[B].iter().rev().find_map(|o| match o {
+        Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
+        _ => None,
+    });
+    assert_eq!(dial, Some(vec![hinted, net.nodes[A].addr]));
 }

@@ -14,8 +14,8 @@
 //! # Messages (the actor)
 //! - in: [`PublishEndpointHint`], [`LookupEndpointHint`] (Presence); [`TransportEvent`]
 //!   (the transport driver, for the rendezvous link).
-//! - out: [`TransportCommand`] (the transport driver); [`PeerEndpointHint`] (Presence,
-//!   ConnectionBlueprint).
+//! - out: [`TransportCommand`] (the transport driver); [`PeerEndpointHint`]
+//!   (DirectConnection, which passes a new announcement on).
 //!
 //! # States (the client)
 //! `Idle → Dialling → Authenticating → Connected`, and `Disconnected` (waiting for a

@@ -7,17 +7,14 @@ use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};
 use tether_protocol::{
-    BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
-    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
-    LookupEndpointHint, MigrationAcked, PathLost, PathMeasured, PeerEndpointHint, PeerReset,
-    PublishEndpointHint, RecompileBlueprint, RelayMigrationPing, RelayPoll, SendMigrationPing,
-    SessionReady, StatusChanged,
+    CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
+    EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint,
+    PathLost, PathMeasured, PeerEndpointsChanged, PeerReset, PublishEndpointHint,
+    RelayMigrationPing, RelayPoll, SendMigrationPing, SessionReady, StatusChanged,
 };
 
 /// Where Presence's outputs go.
 pub struct Recipients {
-    /// ConnectionBlueprint.
-    pub recompile: Recipient<RecompileBlueprint>,
     /// DirectConnection.
     pub connect: Recipient<ConnectPeer>,
     /// DirectConnection.
@@ -84,7 +81,6 @@ impl CoreShell for Orchestrator {
     fn route(&mut self, output: Output) {
         let r = &self.recipients;
         match output {
-            Output::RecompileBlueprint(m) => r.recompile.do_send(m),
             Output::ConnectPeer(m) => r.connect.do_send(m),
             Output::SendMigrationPing(m) => r.migration_ping.do_send(m),
             Output::RelayMigrationPing(m) => r.relay_migration_ping.do_send(m),
@@ -109,16 +105,14 @@ impl Actor for Orchestrator {
 
 tether_protocol::feed_messages!(Orchestrator {
     ConnectivityChanged => Input::ConnectivityChanged,
-    BlueprintCompiled => Input::BlueprintCompiled,
     HandshakeStarted => Input::HandshakeStarted,
     SessionReady => Input::SessionReady,
     ConnectFailed => Input::ConnectFailed,
     InboundMigrationPing => Input::InboundMigrationPing,
-    MigrationAcked => Input::MigrationAcked,
     PathLost => Input::PathLost,
     PeerReset => Input::PeerReset,
     LivenessReport => Input::Liveness,
-    PeerEndpointHint => Input::PeerEndpointHint,
+    PeerEndpointsChanged => Input::PeerEndpointsChanged,
     PathMeasured => Input::PathMeasured,
     DirectDialFailed => Input::DirectDialFailed,
 });

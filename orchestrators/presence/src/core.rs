@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
-    DirectDialFailed, Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing,
-    LivenessReport, LookupEndpointHint, MigrationAcked, PathKind, PathLost, PathMeasured,
-    PeerEndpointHint, PeerReset, PublishEndpointHint, RecompileBlueprint, RelayMigrationPing,
-    RelayPoll, RequestId, SendMigrationPing, SessionId, SessionReady, SessionStatus, StatusChanged,
+    CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
+    Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
+    LookupEndpointHint, PathKind, PathLost, PathMeasured, PeerEndpointsChanged, PeerReset,
+    PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, SendMigrationPing, SessionId,
+    SessionReady, SessionStatus, StatusChanged,
 };
 
 /// What the core is told.
@@ -29,8 +29,6 @@ pub enum Input {
     LocalEndpoints(Vec<SocketAddr>),
     /// The local network changed (migration phase 1).
     ConnectivityChanged(ConnectivityChanged),
-    /// ConnectionBlueprint answered.
-    BlueprintCompiled(BlueprintCompiled),
     /// DirectConnection started a handshake.
     HandshakeStarted(HandshakeStarted),
     /// DirectConnection bound a session to a path.
@@ -39,16 +37,14 @@ pub enum Input {
     ConnectFailed(ConnectFailed),
     /// An authenticated migration ping arrived (migration phase 3).
     InboundMigrationPing(InboundMigrationPing),
-    /// The peer acknowledged our migration ping.
-    MigrationAcked(MigrationAcked),
     /// The bound path went away.
     PathLost(PathLost),
     /// The peer dropped the session.
     PeerReset(PeerReset),
     /// Heartbeat outcome.
     Liveness(LivenessReport),
-    /// The peer's endpoints from the rendezvous server.
-    PeerEndpointHint(PeerEndpointHint),
+    /// The peer announced new endpoints (DirectConnection holds them).
+    PeerEndpointsChanged(PeerEndpointsChanged),
     /// DirectConnection measured the session's path (its smoothed RTT sets the relay-copy wait).
     PathMeasured(PathMeasured),
     /// A dial to the peer's direct candidates failed: no direct path answers now.
@@ -58,8 +54,6 @@ pub enum Input {
 /// What the core asks to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// To ConnectionBlueprint.
-    RecompileBlueprint(RecompileBlueprint),
     /// PresenceConnect, to DirectConnection.
     ConnectPeer(ConnectPeer),
     /// To DirectConnection (migration phase 2).
@@ -117,7 +111,7 @@ pub enum MigrationEvent {
     },
 }
 
-/// Why a blueprint was requested: what to do with it when it arrives.
+/// What an attempt on a peer does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     /// PresenceConnect with a handshake (establishment or recovery).
@@ -140,9 +134,7 @@ struct Peer {
     status: Option<SessionStatus>,
     session: Option<SessionId>,
     epoch: Option<Epoch>,
-    /// The blueprint request we are waiting for, and what it is for.
-    pending_blueprint: Option<(RequestId, Purpose)>,
-    /// A connect (blueprint or handshake) in flight: counts against the concurrency bound.
+    /// A connect in flight: counts against the concurrency bound.
     connecting: bool,
     scheduled: Option<Scheduled>,
     /// Consecutive failed connect attempts (backoff exponent).
@@ -150,13 +142,11 @@ struct Peer {
     migration: Option<Migration>,
     /// Evict when this passes without a path (degraded or migrating).
     deadline: Option<Instant>,
-    /// Endpoints the peer last announced (migration ping, ack, or hint).
-    announced: Vec<SocketAddr>,
     /// The path the session was last reported Ready on.
     path: Option<PathKind>,
-    /// Endpoints a direct path was last tried at while the session ran over the relay
-    /// (so each announcement is tried once, not on every report).
-    direct_tried: Vec<SocketAddr>,
+    /// The peer announced endpoints that no direct attempt from the relay has tried
+    /// yet (each announcement is tried once, not on every report).
+    untried_announcement: bool,
     /// DirectConnection's smoothed round-trip time of the session's path, as last
     /// reported: it sets how long a migration ping waits for a direct answer.
     srtt_ms: Option<u64>,
@@ -218,7 +208,6 @@ impl SansIoCore for Presence {
                 self.publish_hints();
             }
             Input::ConnectivityChanged(change) => self.connectivity_changed(now, change),
-            Input::BlueprintCompiled(compiled) => self.blueprint_compiled(now, compiled),
             Input::HandshakeStarted(started) => {
                 if self.status(&started.peer) == Some(SessionStatus::Connecting) {
                     self.set_status(started.peer, SessionStatus::Handshaking);
@@ -227,17 +216,10 @@ impl SansIoCore for Presence {
             Input::SessionReady(ready) => self.session_ready(now, ready),
             Input::ConnectFailed(failed) => self.connect_failed(now, failed),
             Input::InboundMigrationPing(ping) => self.inbound_migration_ping(now, ping),
-            Input::MigrationAcked(acked) => {
-                if let Some(peer) = self.peers.get_mut(&acked.peer) {
-                    if !acked.peer_endpoints.is_empty() {
-                        peer.announced = acked.peer_endpoints;
-                    }
-                }
-            }
             Input::PathLost(lost) => self.path_lost(now, lost.peer),
             Input::PeerReset(reset) => self.evict(now, reset.peer, EvictionReason::PeerReset),
             Input::Liveness(report) => self.liveness(now, report),
-            Input::PeerEndpointHint(hint) => self.peer_endpoint_hint(hint),
+            Input::PeerEndpointsChanged(changed) => self.peer_endpoints_changed(now, changed),
             Input::PathMeasured(measured) => self.path_measured(measured),
             Input::DirectDialFailed(failed) => {
                 // No direct path answers: a migration ping still waiting for one goes to
@@ -292,7 +274,7 @@ impl SansIoCore for Presence {
                 peer.scheduled.filter(|s| !waiting(s)).map(|s| s.at),
                 peer.migration
                     .and_then(|m| m.outbound)
-                    .map(|rounds| rounds.next),
+                    .map(|rounds| rounds.redirect_at.unwrap_or(rounds.next).min(rounds.next)),
                 peer.migration.and_then(|m| m.relay_copy_at),
                 peer.migration.and_then(|m| m.carry_at),
             ];
@@ -378,17 +360,35 @@ impl Presence {
         delay / 2 + self.jitter(delay / 2)
     }
 
-    fn request_blueprint(&mut self, id: DeviceId, purpose: Purpose, first: Vec<SocketAddr>) {
-        let request = self.request_id();
-        if let Some(peer) = self.peers.get_mut(&id) {
-            peer.pending_blueprint = Some((request, purpose));
+    /// Sends what `purpose` asks of DirectConnection now. The candidates are
+    /// DirectConnection's: the peer's newest announcement, then ConnectionBlueprint's order.
+    fn attempt(&mut self, now: Instant, id: DeviceId, purpose: Purpose) {
+        match purpose {
+            Purpose::Connect | Purpose::TransportOnly => {
+                let request = self.request_id();
+                self.outputs.push_back(Output::ConnectPeer(ConnectPeer {
+                    request,
+                    peer: id,
+                    transport_only: purpose == Purpose::TransportOnly,
+                }));
+            }
+            Purpose::MigrationPing => {
+                let outbound = self
+                    .peers
+                    .get(&id)
+                    .and_then(|p| p.migration)
+                    .is_some_and(|m| m.outbound.is_some());
+                if !outbound {
+                    return;
+                }
+                self.arm_relay_fallback(now, id);
+                self.outputs
+                    .push_back(Output::SendMigrationPing(SendMigrationPing {
+                        peer: id,
+                        new_endpoints: self.local_endpoints.clone(),
+                    }));
+            }
         }
-        self.outputs
-            .push_back(Output::RecompileBlueprint(RecompileBlueprint {
-                request,
-                peer: id,
-                peer_endpoints_first: first,
-            }));
     }
 
     fn start_due_attempts(&mut self, now: Instant, ids: &[DeviceId]) {
@@ -419,15 +419,10 @@ impl Presence {
             if scheduled.purpose == Purpose::Connect && status == SessionStatus::Evicted {
                 self.set_status(*id, SessionStatus::Recovering);
             }
-            let announced = self
-                .peers
-                .get_mut(id)
-                .map(|peer| {
-                    peer.scheduled = None;
-                    peer.connecting |= scheduled.purpose == Purpose::Connect;
-                    peer.announced.clone()
-                })
-                .unwrap_or_default();
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.scheduled = None;
+                peer.connecting |= scheduled.purpose == Purpose::Connect;
+            }
             if scheduled.purpose == Purpose::Connect {
                 // The configured addresses may be stale: ask the rendezvous server too.
                 let request = self.request_id();
@@ -437,43 +432,7 @@ impl Presence {
                         peer: *id,
                     }));
             }
-            self.request_blueprint(*id, scheduled.purpose, announced);
-        }
-    }
-
-    fn blueprint_compiled(&mut self, now: Instant, compiled: BlueprintCompiled) {
-        let Some(peer) = self.peers.get_mut(&compiled.peer) else {
-            return;
-        };
-        let Some((request, purpose)) = peer.pending_blueprint else {
-            return;
-        };
-        if request != compiled.request {
-            return;
-        }
-        peer.pending_blueprint = None;
-        match purpose {
-            Purpose::Connect | Purpose::TransportOnly => {
-                self.outputs.push_back(Output::ConnectPeer(ConnectPeer {
-                    request,
-                    peer: compiled.peer,
-                    transport_only: purpose == Purpose::TransportOnly,
-                    candidates: compiled.candidates,
-                }));
-            }
-            Purpose::MigrationPing => {
-                let Some(rounds) = peer.migration.and_then(|m| m.outbound) else {
-                    return;
-                };
-                self.arm_relay_fallback(now, compiled.peer);
-                self.outputs
-                    .push_back(Output::SendMigrationPing(SendMigrationPing {
-                        request: rounds.request,
-                        peer: compiled.peer,
-                        new_endpoints: self.local_endpoints.clone(),
-                        candidates: compiled.candidates,
-                    }));
-            }
+            self.attempt(now, *id, scheduled.purpose);
         }
     }
 
@@ -488,7 +447,6 @@ impl Presence {
         peer.path = Some(ready.path);
         peer.connecting = false;
         peer.scheduled = None;
-        peer.pending_blueprint = None;
         peer.attempts = 0;
         peer.deadline = None;
         let migration = peer.migration.take();
@@ -518,16 +476,11 @@ impl Presence {
         let untried = self
             .peers
             .get_mut(&ready.peer)
-            .filter(|p| p.announced != p.direct_tried)
-            .map(|p| {
-                p.direct_tried = p.announced.clone();
-                p.announced.clone()
-            })
-            .unwrap_or_default();
-        if ready.path == PathKind::Relay && !untried.is_empty() {
+            .is_some_and(|p| std::mem::take(&mut p.untried_announcement));
+        if ready.path == PathKind::Relay && untried {
             // Ready over the relay while the peer's direct endpoints are known: try them
             // (a transport-only reconnect: no handshake).
-            self.request_blueprint(ready.peer, Purpose::TransportOnly, untried);
+            self.attempt(now, ready.peer, Purpose::TransportOnly);
         }
         if let Some(migration) = migration {
             self.outputs
@@ -614,28 +567,30 @@ impl Presence {
         }
     }
 
-    fn peer_endpoint_hint(&mut self, hint: PeerEndpointHint) {
-        let Some(peer) = self.peers.get_mut(&hint.peer) else {
+    fn peer_endpoints_changed(&mut self, now: Instant, changed: PeerEndpointsChanged) {
+        let Some(peer) = self.peers.get_mut(&changed.peer) else {
             return;
         };
-        if hint.endpoints.is_empty() || peer.announced == hint.endpoints {
+        peer.untried_announcement = true;
+        if !changed.hinted {
+            // The session itself told us (a migration ping or ack): its own handling
+            // follows with InboundMigrationPing or SessionReady.
             return;
         }
-        peer.announced = hint.endpoints.clone();
         match peer.status {
             Some(SessionStatus::ReconnectingOutbound) => {
-                self.request_blueprint(hint.peer, Purpose::MigrationPing, hint.endpoints);
+                self.attempt(now, changed.peer, Purpose::MigrationPing);
             }
             Some(SessionStatus::ReconnectingInbound | SessionStatus::Degraded) => {
-                self.request_blueprint(hint.peer, Purpose::TransportOnly, hint.endpoints);
+                self.attempt(now, changed.peer, Purpose::TransportOnly);
             }
             Some(SessionStatus::Ready) if peer.path == Some(PathKind::Relay) => {
                 // Running over the relay: try the hinted direct path (no handshake).
-                peer.direct_tried = hint.endpoints.clone();
-                self.request_blueprint(hint.peer, Purpose::TransportOnly, hint.endpoints);
+                peer.untried_announcement = false;
+                self.attempt(now, changed.peer, Purpose::TransportOnly);
             }
-            // Otherwise (connecting) the next attempt's blueprint has the hint first; an
-            // attempt in flight is not interrupted (it may already be answering).
+            // Otherwise (connecting) the next attempt has the hint first; an attempt in
+            // flight is not interrupted (it may already be answering).
             _ => {}
         }
     }
@@ -671,7 +626,6 @@ impl Presence {
             migration = peer.migration.take();
             // The session's keys and path are gone; a new one is measured afresh.
             peer.srtt_ms = None;
-            peer.pending_blueprint = None;
             peer.connecting = false;
             peer.attempts = 0;
         }

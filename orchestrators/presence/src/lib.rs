@@ -6,11 +6,10 @@
 //! connects). The sans-IO core is [`Presence`]; [`Orchestrator`] is its actor.
 //!
 //! # Messages
-//! - in: `ConnectivityChanged` (transport), `BlueprintCompiled` (ConnectionBlueprint),
-//!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
-//!   `MigrationAcked`, `PathLost`, `PeerReset`, `LivenessReport`, `PathMeasured`,
-//!   `DirectDialFailed` (DirectConnection), `PeerEndpointHint` (Pms).
-//! - out: `RecompileBlueprint` (ConnectionBlueprint); `ConnectPeer` (PresenceConnect),
+//! - in: `ConnectivityChanged` (transport), `HandshakeStarted`, `SessionReady`,
+//!   `ConnectFailed`, `InboundMigrationPing`, `PathLost`, `PeerReset`, `LivenessReport`,
+//!   `PathMeasured`, `DirectDialFailed`, `PeerEndpointsChanged` (DirectConnection).
+//! - out: `ConnectPeer` (PresenceConnect),
 //!   `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`, `EvictSession`
 //!   (DirectConnection); `PublishEndpointHint`,
 //!   `LookupEndpointHint` (Pms); `RelayPoll` (Rcs); `StatusChanged` and
@@ -24,10 +23,17 @@
 //!   ReconnectingOutbound: the window starts, migration ping rounds run (first one
 //!   jittered per peer), PresenceConnect is blocked, and after an unanswered round the
 //!   rendezvous hints are looked up.
-//! - On an authenticated inbound migration ping: ReconnectingInbound, the blueprint is
-//!   recompiled with the peer's new endpoints first and a `ConnectPeer` with
-//!   `transport_only = true` is sent. In ReconnectingOutbound (both moved) the pings are
-//!   redirected to the peer's new endpoints instead; no connect.
+//! - On an authenticated inbound migration ping: ReconnectingInbound and a `ConnectPeer`
+//!   with `transport_only = true` (DirectConnection dials the endpoints the ping
+//!   announced first). In ReconnectingOutbound (both moved) a new ping round goes out
+//!   instead, to the peer's new endpoints; no connect.
+//! - On `PeerEndpointsChanged` from a rendezvous hint: a ping round in
+//!   ReconnectingOutbound, a transport-only connect in ReconnectingInbound or Degraded or
+//!   while Ready over the relay. Ready over the relay with an announcement not yet tried
+//!   directly: one transport-only connect.
+//!
+//! Presence holds no addresses: what to dial is DirectConnection's (the peer's newest
+//! announcement) and ConnectionBlueprint's (the order of everything else known).
 //! - When the window passes without Ready: Evicted, `EvictSession`, then Recovering
 //!   after a jittered delay: a full handshake with a new epoch.
 //!
@@ -39,9 +45,9 @@
 //! # Timers (per peer)
 //! | timer | armed | when it fires |
 //! |---|---|---|
-//! | connect / recovery (`scheduled`) | a connect is due (jittered, with capped exponential backoff after failures) | a blueprint is requested, then `ConnectPeer` |
+//! | connect / recovery (`scheduled`) | a connect is due (jittered, with capped exponential backoff after failures) | `ConnectPeer` |
 //! | migration window (`deadline`) | a migration starts, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
-//! | ping round | ReconnectingOutbound (first round jittered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | a blueprint is requested, then `SendMigrationPing`; from the second round the rendezvous is asked too |
+//! | ping round | ReconnectingOutbound (first round jittered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | `SendMigrationPing`; from the second round the rendezvous is asked too |
 //! | relay copy | a ping round sent (1.5 × smoothed RTT, at most `migration_relay_after`; at once on `DirectDialFailed`) | `RelayMigrationPing` |
 //! | data carry | a ping round sent (half the relay-copy wait after it, at least 20 ms) | `CarryOverRelay` |
 //! | relay poll (node-wide) | every `relay_poll_interval` | `RelayPoll` |

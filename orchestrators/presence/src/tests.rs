@@ -1,5 +1,5 @@
-//! Transition traces of the Presence core, with a stand-in ConnectionBlueprint that
-//! answers every recompile at once (configured address, announced ones first, relay).
+//! Transition traces of the Presence core. Where to connect is DirectConnection's
+//! concern: Presence's outputs say only what to do and when.
 
 use crate::config::Config;
 use crate::core::{Input, MigrationEvent, Output, Presence};
@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, Candidate, CandidateSource, ConnectFailed, ConnectivityChanged, DeviceId,
-    DirectDialFailed, Endpoint, Epoch, HandshakeStarted, InboundMigrationPing, PathKind,
-    PathMeasured, RequestId, SessionId, SessionReady, SessionStatus,
+    ConnectFailed, ConnectivityChanged, DeviceId, DirectDialFailed, Endpoint, Epoch,
+    HandshakeStarted, InboundMigrationPing, PathKind, PathMeasured, PeerEndpointsChanged,
+    RequestId, SessionId, SessionReady, SessionStatus,
 };
 
 fn peer(n: u8) -> DeviceId {
@@ -80,35 +80,7 @@ impl Driver {
     fn drain(&mut self) {
         while let Some(output) = self.core.poll_output() {
             let line = describe(&output);
-            if let Some(line) = line {
-                self.trace.push(format!("{:>6}ms out {line}", self.ms()));
-            }
-            if let Output::RecompileBlueprint(request) = &output {
-                let mut candidates: Vec<Candidate> = request
-                    .peer_endpoints_first
-                    .iter()
-                    .map(|a| Candidate {
-                        endpoint: Endpoint::Direct(*a),
-                        source: CandidateSource::LearnedFromPeer,
-                    })
-                    .collect();
-                candidates.push(Candidate {
-                    endpoint: Endpoint::Direct(addr("192.0.2.1:4433")),
-                    source: CandidateSource::Configured,
-                });
-                candidates.push(Candidate {
-                    endpoint: Endpoint::Relay,
-                    source: CandidateSource::Relay,
-                });
-                self.core.handle(
-                    self.now,
-                    Input::BlueprintCompiled(BlueprintCompiled {
-                        request: request.request,
-                        peer: request.peer,
-                        candidates,
-                    }),
-                );
-            }
+            self.trace.push(format!("{:>6}ms out {line}", self.ms()));
             self.outputs.push(output);
         }
     }
@@ -146,26 +118,21 @@ impl Driver {
     }
 }
 
-fn describe(output: &Output) -> Option<String> {
+fn describe(output: &Output) -> String {
     let peer_name = |id: &DeviceId| format!("p{}", id.0[0]);
-    Some(match output {
-        // Answered at once by the stand-in; its ConnectPeer/SendMigrationPing shows it.
-        Output::RecompileBlueprint(_) => return None,
+    match output {
         Output::RelayPoll(_) => "RelayPoll".into(),
         Output::ConnectPeer(m) => format!(
-            "ConnectPeer {} transport_only={} first={:?}",
+            "ConnectPeer {} transport_only={}",
             peer_name(&m.peer),
             m.transport_only,
-            m.candidates.first().map(|c| c.endpoint)
         ),
         Output::RelayMigrationPing(m) => format!("RelayMigrationPing {}", peer_name(&m.peer)),
         Output::CarryOverRelay(m) => format!("CarryOverRelay {}", peer_name(&m.peer)),
         Output::SendMigrationPing(m) => format!(
-            "SendMigrationPing {} {} new={:?} candidates={}",
+            "SendMigrationPing {} new={:?}",
             peer_name(&m.peer),
-            m.request,
             m.new_endpoints,
-            m.candidates.len()
         ),
         Output::EvictSession(m) => format!("EvictSession {} {:?}", peer_name(&m.peer), m.reason),
         Output::PublishEndpointHint(m) => {
@@ -203,7 +170,7 @@ fn describe(output: &Output) -> Option<String> {
             peer_name(peer),
             duration.as_millis()
         ),
-    })
+    }
 }
 
 fn moved(driver: &mut Driver) {
@@ -333,7 +300,6 @@ fn inbound_migration_trace_is_transport_only() {
             session: session(),
             epoch: Epoch(1),
             counter: 1,
-            endpoints: vec![addr("203.0.113.7:4433")],
             via: PathKind::Direct,
         }),
     );
@@ -347,13 +313,54 @@ fn inbound_migration_trace_is_transport_only() {
     });
     let connect = last_connect.expect("a transport-only connect");
     assert!(connect.transport_only);
-    assert_eq!(
-        connect.candidates[0].endpoint,
-        Endpoint::Direct(addr("203.0.113.7:4433"))
-    );
     driver.advance_to(1100);
     driver.ready(1, false, 1);
     insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+#[test]
+fn a_new_announcement_while_on_the_relay_is_tried_directly_once() {
+    let mut driver = Driver::new(Config::default());
+    driver.establish(1);
+    let transport_only =
+        |driver: &Driver| driver.count(|o| matches!(o, Output::ConnectPeer(c) if c.transport_only));
+    let changed = |driver: &mut Driver, hinted: bool| {
+        driver.input(
+            &format!("PeerEndpointsChanged p1 hinted={hinted}"),
+            Input::PeerEndpointsChanged(PeerEndpointsChanged {
+                peer: peer(1),
+                hinted,
+            }),
+        );
+    };
+    let ready_on_relay = |driver: &mut Driver| {
+        driver.input(
+            "SessionReady p1 over the relay",
+            Input::SessionReady(SessionReady {
+                request: None,
+                peer: peer(1),
+                session: session(),
+                epoch: Epoch(1),
+                path: PathKind::Relay,
+                remote: None,
+                after_handshake: false,
+            }),
+        );
+    };
+    // An announcement by the session itself while direct: nothing to try yet.
+    changed(&mut driver, false);
+    assert_eq!(transport_only(&driver), 0);
+    // Ready over the relay with that announcement untried: one direct attempt...
+    ready_on_relay(&mut driver);
+    assert_eq!(transport_only(&driver), 1);
+    // ...and none for the next report over the relay.
+    ready_on_relay(&mut driver);
+    assert_eq!(transport_only(&driver), 1);
+    // A rendezvous hint while on the relay is tried at once, and only once.
+    changed(&mut driver, true);
+    assert_eq!(transport_only(&driver), 2);
+    ready_on_relay(&mut driver);
+    assert_eq!(transport_only(&driver), 2);
 }
 
 #[test]

@@ -34,10 +34,10 @@ const CARRY_FLOOR: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct PingRounds {
-    /// Correlates SendMigrationPing and MigrationAcked.
-    pub(super) request: RequestId,
     pub(super) sent: u32,
     pub(super) next: Instant,
+    /// A ping outside the round schedule, to where the peer just said it is (both moved).
+    pub(super) redirect_at: Option<Instant>,
 }
 
 impl Presence {
@@ -108,20 +108,18 @@ impl Presence {
     ) {
         self.set_status(id, SessionStatus::ReconnectingOutbound);
         let first_round = now + self.jitter(spread);
-        let request = self.request_id();
         let window = self.config.migration_window;
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         peer.scheduled = None;
-        peer.pending_blueprint = None;
         peer.deadline = Some(now + window);
         let previous = peer.migration.replace(Migration::new(
             now,
             Some(PingRounds {
-                request,
                 sent: 0,
                 next: first_round,
+                redirect_at: None,
             }),
         ));
         if previous.is_none() {
@@ -142,9 +140,15 @@ impl Presence {
         let Some(rounds) = peer.migration.as_mut().and_then(|m| m.outbound.as_mut()) else {
             return;
         };
+        if rounds.redirect_at.is_some_and(|at| at <= now) && rounds.next > now {
+            rounds.redirect_at = None;
+            self.attempt(now, id, Purpose::MigrationPing);
+            return;
+        }
         if rounds.next > now {
             return;
         }
+        rounds.redirect_at = None;
         rounds.sent += 1;
         let exponent = (rounds.sent - 1).min(16);
         let interval = self
@@ -154,7 +158,6 @@ impl Presence {
             .min(self.config.migration_ping_max_interval);
         rounds.next = now + interval;
         let sent = rounds.sent;
-        let announced = peer.announced.clone();
         if sent > 1 {
             // A whole round went unanswered: the peer may have moved too. Ask the
             // rendezvous server where it is now.
@@ -165,14 +168,13 @@ impl Presence {
                     peer: id,
                 }));
         }
-        self.request_blueprint(id, Purpose::MigrationPing, announced);
+        self.attempt(now, id, Purpose::MigrationPing);
     }
 
     pub(super) fn inbound_migration_ping(&mut self, now: Instant, ping: InboundMigrationPing) {
         let Some(peer) = self.peers.get_mut(&ping.peer) else {
             return;
         };
-        peer.announced = ping.endpoints.clone();
         match peer.status {
             Some(SessionStatus::Ready | SessionStatus::Degraded) => {
                 let window = self.config.migration_window;
@@ -187,18 +189,25 @@ impl Presence {
                             outbound: false,
                         }));
                 }
-                self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
+                self.attempt(now, ping.peer, Purpose::TransportOnly);
             }
             Some(SessionStatus::ReconnectingInbound) => {
                 // The peer moved again: an authenticated ping proves it alive and holding
                 // the session, so the window runs from its newest move, and the
                 // reconnect goes towards its newest endpoints.
                 peer.deadline = Some(now + self.config.migration_window);
-                self.request_blueprint(ping.peer, Purpose::TransportOnly, ping.endpoints);
+                self.attempt(now, ping.peer, Purpose::TransportOnly);
             }
             Some(SessionStatus::ReconnectingOutbound) => {
-                // Both moved: we now know where the peer is; ping it there. No connect.
-                self.request_blueprint(ping.peer, Purpose::MigrationPing, ping.endpoints);
+                // Both moved: we now know where the peer is; the next ping round goes
+                // there now (no connect). It goes from the timer, after the inputs
+                // already waiting: when the ping came by the relay, DirectConnection bound
+                // the relay with it and the SessionReady that follows ends the migration
+                // (the peer's direct address is probed from there), so no round is sent
+                // that would start a migration on the peer's side.
+                if let Some(rounds) = peer.migration.as_mut().and_then(|m| m.outbound.as_mut()) {
+                    rounds.redirect_at = Some(now);
+                }
             }
             _ => {}
         }
