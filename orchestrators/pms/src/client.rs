@@ -140,8 +140,7 @@ pub enum ClientInput {
 pub enum ClientOutput {
     /// To the transport driver.
     Transport(TransportCommand),
-    /// A peer's endpoints from an authentic, unexpired hint (to Presence and
-    /// ConnectionBlueprint).
+    /// A peer's endpoints from an authentic, unexpired hint (to DirectConnection).
     Hint(PeerEndpointHint),
 }
 

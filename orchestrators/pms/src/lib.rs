@@ -21,6 +21,13 @@
 //! `Idle → Dialling → Authenticating → Connected`, and `Disconnected` (waiting for a
 //! jittered exponential backoff) after any failure; see [`client`].
 //!
+//! # Timers (the client)
+//! | timer | armed | on expiry |
+//! |---|---|---|
+//! | connect deadline | dialling or authenticating (`connect_timeout`, 10 s) | the attempt is abandoned: Disconnected |
+//! | reconnect | Disconnected (jittered exponential backoff, 250 ms up to 30 s) | dial again |
+//! | hint refresh (per peer) | connected, a hint published (half `hint_ttl`) | the hint is published again |
+//!
 //! # Wire (device ↔ server)
 //! Authentication uses the relay's messages ([`tether_protocol::RelayMessage`]:
 //! `Challenge`, `Authenticate`, `Welcome`, `Refused`); then

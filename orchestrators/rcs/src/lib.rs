@@ -21,6 +21,12 @@
 //! `Idle → Dialling → Authenticating → Connected`, and `Disconnected` (waiting for a
 //! jittered exponential backoff) after any failure; see [`client`].
 //!
+//! # Timers (the client)
+//! | timer | armed | on expiry |
+//! |---|---|---|
+//! | connect deadline | dialling or authenticating (`connect_timeout`, 10 s) | the attempt is abandoned: Disconnected |
+//! | reconnect | Disconnected (jittered exponential backoff, 250 ms up to 30 s) | dial again |
+//!
 //! # Wire (device ↔ server)
 //! [`tether_protocol::RelayMessage`] inside [`tether_protocol::WireFrame::Relay`]:
 //! `Challenge` → `Authenticate` → `Welcome`, then `Enqueue`/`Enqueued`, `Push`/`Delivered`,
