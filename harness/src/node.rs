@@ -273,6 +273,7 @@ impl Node {
                 direct_dial_failed: presence.clone().recipient(),
                 peer_announced: blueprint.clone().recipient(),
                 peer_endpoints_changed: presence.clone().recipient(),
+                send_waiting: presence.clone().recipient(),
                 delivered: hub.clone().recipient(),
             },
         ));

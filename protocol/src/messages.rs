@@ -20,6 +20,7 @@
 //! | [`SendMigrationPing`] | Presence → DirectConnection | migration 2 |
 //! | [`RelayMigrationPing`] / [`CarryOverRelay`] | Presence → DirectConnection | migration 2, when no direct path answered in time |
 //! | [`DirectDialFailed`] | DirectConnection → Presence | migration 2 |
+//! | [`SendWaiting`] | DirectConnection → Presence | a send while the peer is unreachable |
 //! | [`InboundMigrationPing`] | DirectConnection → Presence | migration 3 |
 //! | [`PathMeasured`] | DirectConnection → ConnectionBlueprint, Presence | scores, migration timing |
 //! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
@@ -215,6 +216,16 @@ pub struct CarryOverRelay {
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct DirectDialFailed {
+    /// The peer.
+    pub peer: DeviceId,
+}
+
+/// A message was accepted for a peer the session cannot reach now (no usable path):
+/// a connect retry that is backing off should run at once, since the application is
+/// waiting. Sent once until the session carries data again.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SendWaiting {
     /// The peer.
     pub peer: DeviceId,
 }

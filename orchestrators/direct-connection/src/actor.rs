@@ -10,8 +10,8 @@ use tether_protocol::{
     DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
     MessageDelivered, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
     PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, SendMessage, SendMigrationPing, SessionReady, TransportEvent,
-    TransportPort,
+    RelayMigrationPing, RelayStatus, SendMessage, SendMigrationPing, SendWaiting, SessionReady,
+    TransportEvent, TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
@@ -44,6 +44,8 @@ pub struct Recipients {
     pub peer_announced: Recipient<PeerAnnounced>,
     /// Presence.
     pub peer_endpoints_changed: Recipient<PeerEndpointsChanged>,
+    /// Presence.
+    pub send_waiting: Recipient<SendWaiting>,
     /// The application.
     pub delivered: Recipient<MessageDelivered>,
 }
@@ -108,6 +110,7 @@ impl CoreShell for Orchestrator {
             Output::DirectDialFailed(m) => r.direct_dial_failed.do_send(m),
             Output::PeerAnnounced(m) => r.peer_announced.do_send(m),
             Output::PeerEndpointsChanged(m) => r.peer_endpoints_changed.do_send(m),
+            Output::SendWaiting(m) => r.send_waiting.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
         }
     }

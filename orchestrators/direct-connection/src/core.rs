@@ -25,8 +25,8 @@ use tether_protocol::{
     DirectDialFailed, Endpoint, EvictSession, HandshakeStarted, InboundMigrationPing, LinkId,
     LivenessReport, MessageDelivered, PathKind, PathLost, PathMeasured, PeerAnnounced,
     PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SessionFrame,
-    SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
+    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SendWaiting,
+    SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -88,6 +88,8 @@ pub enum Output {
     DirectDialFailed(DirectDialFailed),
     /// To ConnectionBlueprint.
     PeerAnnounced(PeerAnnounced),
+    /// To Presence.
+    SendWaiting(SendWaiting),
     /// To Presence.
     PeerEndpointsChanged(PeerEndpointsChanged),
     /// To the application.
@@ -206,6 +208,7 @@ impl DirectConnection {
                     outbound: BTreeMap::new(),
                     inbound: BTreeMap::new(),
                     resend_all: false,
+                    send_waiting_reported: false,
                     heartbeat: Heartbeat::default(),
                     counters: PeerCounters::default(),
                 },

@@ -36,7 +36,7 @@
 //! - out: `TransportCommand` (transport driver); `RelayForward`, `RelayEnqueue` (Rcs);
 //!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
 //!   `PathLost`, `PeerReset`, `LivenessReport`, `DirectDialFailed`, `PathMeasured`,
-//!   `PeerEndpointsChanged` (Presence); `SessionReady`, `PathMeasured`, `PeerAnnounced`
+//!   `PeerEndpointsChanged`, `SendWaiting` (Presence); `SessionReady`, `PathMeasured`, `PeerAnnounced`
 //!   (ConnectionBlueprint); `MessageDelivered` (application).
 //!
 //! # Where to dial

@@ -10,7 +10,7 @@ use std::collections::btree_map::Entry;
 use std::time::Instant;
 use tether_protocol::{
     ChannelId, DeviceId, Endpoint, LivenessReport, PathMeasured, RelayForward, SealedFrame,
-    SendError, SendMessage, SessionFrame, TransportCommand, WireFrame,
+    SendError, SendMessage, SendWaiting, SessionFrame, TransportCommand, WireFrame,
 };
 
 /// Bytes a sealed frame adds to its plaintext (AEAD tag, ids, nonce, framing),
@@ -22,9 +22,27 @@ impl DirectConnection {
     /// number it was given) and put on the wire if a path and credit allow, or refused
     /// with the reason. Answered at once, so the caller needs no reply message.
     pub fn send(&mut self, now: Instant, message: SendMessage) -> Result<u64, SendError> {
-        let result = self.accept_message(message.peer, message.channel, message.payload);
-        self.pump(now, message.peer);
+        let device = message.peer;
+        let result = self.accept_message(device, message.channel, message.payload);
+        self.pump(now, device);
+        if result.is_ok() {
+            self.report_send_waiting(device);
+        }
         result
+    }
+
+    /// Tells Presence, once, that a message waits for a session that cannot carry it.
+    fn report_send_waiting(&mut self, device: DeviceId) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let carried = peer.bound.is_some() && peer.usable();
+        if carried || peer.send_waiting_reported {
+            return;
+        }
+        peer.send_waiting_reported = true;
+        self.outputs
+            .push_back(Output::SendWaiting(SendWaiting { peer: device }));
     }
 
     fn accept_message(
@@ -67,6 +85,7 @@ impl DirectConnection {
             self.timers.stop(device, Timer::Retransmit);
             return;
         };
+        peer.send_waiting_reported = false;
         let resend_all = std::mem::take(&mut peer.resend_all);
         let mut frames = Vec::new();
         for (channel, outbound) in peer.outbound.iter_mut() {

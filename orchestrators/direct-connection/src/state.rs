@@ -195,6 +195,9 @@ pub struct PeerState {
     pub inbound: BTreeMap<ChannelId, Inbound>,
     /// Resend every unacknowledged message on the next pump (the path changed).
     pub resend_all: bool,
+    /// Presence was told a message waits for a usable path (`SendWaiting`); cleared
+    /// when the session carries data again.
+    pub send_waiting_reported: bool,
     /// Liveness.
     pub heartbeat: Heartbeat,
     /// Counters.

@@ -252,7 +252,7 @@ impl Net {
                 self.delivered[from].push(message.payload.clone());
             }
             // Presence's and ConnectionBlueprint's concern.
-            Output::PathMeasured(_) | Output::PeerEndpointsChanged(_) => {}
+            Output::PathMeasured(_) | Output::PeerEndpointsChanged(_) | Output::SendWaiting(_) => {}
             // As Presence does: a migration ping no direct path can carry goes to the
             // relay at once.
             Output::DirectDialFailed(_) => {
@@ -1131,4 +1131,25 @@ fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() 
         _ => None,
     });
     assert_eq!(dial, Some(vec![hinted, net.nodes[A].addr]));
+}
+
+#[test]
+fn a_send_the_session_cannot_carry_is_reported_once_until_it_can() {
+    let mut net = Net::new(18);
+    let waiting = |net: &Net| net.count(A, |o| matches!(o, Output::SendWaiting(_)));
+    // No session yet: the first send says so, the next ones do not repeat it.
+    net.send(A, "one");
+    net.send(A, "two");
+    assert_eq!(waiting(&net), 1);
+    net.connect(A, false);
+    net.run_until(500);
+    net.assert_same_session();
+    net.send(A, "three");
+    assert_eq!(
+        waiting(&net),
+        1,
+        "a session that carries data waits for nothing"
+    );
+    net.run_until(1000);
+    assert_eq!(net.delivered[B].len(), 3);
 }

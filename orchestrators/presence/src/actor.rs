@@ -10,7 +10,7 @@ use tether_protocol::{
     CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
     EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint,
     PathLost, PathMeasured, PeerEndpointsChanged, PeerReset, PublishEndpointHint,
-    RelayMigrationPing, RelayPoll, SendMigrationPing, SessionReady, StatusChanged,
+    RelayMigrationPing, RelayPoll, SendMigrationPing, SendWaiting, SessionReady, StatusChanged,
 };
 
 /// Where Presence's outputs go.
@@ -115,6 +115,7 @@ tether_protocol::feed_messages!(Orchestrator {
     PeerEndpointsChanged => Input::PeerEndpointsChanged,
     PathMeasured => Input::PathMeasured,
     DirectDialFailed => Input::DirectDialFailed,
+    SendWaiting => Input::SendWaiting,
 });
 
 tether_protocol::stops_on_shutdown!(Orchestrator);

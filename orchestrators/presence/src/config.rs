@@ -45,7 +45,11 @@ impl Default for Config {
             migration_ping_max_interval: Duration::from_secs(8),
             first_ping_spread_per_peer: Duration::from_millis(5),
             connect_retry_base: Duration::from_millis(250),
-            connect_retry_max: Duration::from_secs(10),
+            // Five minutes: a peer that is gone costs one attempt (a dial and a few
+            // handshake initiations) every few minutes, not a phone's battery, and any
+            // sign it may be back (a network change, a send, its own handshake) retries
+            // at once.
+            connect_retry_max: Duration::from_secs(300),
             max_concurrent_connects: 8,
             path_lost_reconnect_after: Duration::from_millis(200),
             relay_poll_interval: Duration::from_secs(5),

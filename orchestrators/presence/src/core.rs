@@ -3,11 +3,13 @@
 //! concurrency bound.
 
 mod migration;
+mod reachability;
 
 use crate::config::{Config, MAX_FIRST_PING_SPREAD};
 use migration::Migration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use reachability::RetryReason;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,8 +18,8 @@ use tether_protocol::{
     CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
     Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
     LookupEndpointHint, PathKind, PathLost, PathMeasured, PeerEndpointsChanged, PeerReset,
-    PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, SendMigrationPing, SessionId,
-    SessionReady, SessionStatus, StatusChanged,
+    PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, SendMigrationPing, SendWaiting,
+    SessionId, SessionReady, SessionStatus, StatusChanged,
 };
 
 /// What the core is told.
@@ -49,6 +51,8 @@ pub enum Input {
     PathMeasured(PathMeasured),
     /// A dial to the peer's direct candidates failed: no direct path answers now.
     DirectDialFailed(DirectDialFailed),
+    /// A message waits for a session that cannot carry it: retry a backing-off peer now.
+    SendWaiting(SendWaiting),
 }
 
 /// What the core asks to be sent.
@@ -150,6 +154,9 @@ struct Peer {
     /// DirectConnection's smoothed round-trip time of the session's path, as last
     /// reported: it sets how long a migration ping waits for a direct answer.
     srtt_ms: Option<u64>,
+    /// When the first of the connect attempts failing in a row failed (the peer is
+    /// unreachable since then); cleared when the session is Ready.
+    unreachable_since: Option<Instant>,
 }
 
 /// The Presence core. See the crate docs for its messages and states.
@@ -215,6 +222,9 @@ impl SansIoCore for Presence {
             }
             Input::SessionReady(ready) => self.session_ready(now, ready),
             Input::ConnectFailed(failed) => self.connect_failed(now, failed),
+            Input::SendWaiting(waiting) => {
+                self.retry_now(now, waiting.peer, RetryReason::SendWaiting);
+            }
             Input::InboundMigrationPing(ping) => self.inbound_migration_ping(now, ping),
             Input::PathLost(lost) => self.path_lost(now, lost.peer),
             Input::PeerReset(reset) => self.evict(now, reset.peer, EvictionReason::PeerReset),
@@ -350,16 +360,6 @@ impl Presence {
         }
     }
 
-    fn backoff(&mut self, attempts: u32) -> Duration {
-        let exponent = attempts.min(16);
-        let delay = self
-            .config
-            .connect_retry_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.config.connect_retry_max);
-        delay / 2 + self.jitter(delay / 2)
-    }
-
     /// Sends what `purpose` asks of DirectConnection now. The candidates are
     /// DirectConnection's: the peer's newest announcement, then ConnectionBlueprint's order.
     fn attempt(&mut self, now: Instant, id: DeviceId, purpose: Purpose) {
@@ -473,6 +473,7 @@ impl Presence {
             self.set_status(ready.peer, SessionStatus::Recovering);
         }
         self.set_status(ready.peer, SessionStatus::Ready);
+        self.reachable_again(now, ready.peer);
         let untried = self
             .peers
             .get_mut(&ready.peer)
@@ -490,35 +491,6 @@ impl Presence {
                     duration: now.saturating_duration_since(migration.started),
                 }));
         }
-    }
-
-    fn connect_failed(&mut self, now: Instant, failed: ConnectFailed) {
-        let Some(peer) = self.peers.get_mut(&failed.peer) else {
-            return;
-        };
-        if peer.status == Some(SessionStatus::Ready) {
-            return;
-        }
-        peer.connecting = false;
-        peer.attempts = peer.attempts.saturating_add(1);
-        let attempts = peer.attempts;
-        let status = peer.status;
-        let purpose = if status.is_some_and(SessionStatus::is_migrating)
-            || status == Some(SessionStatus::Degraded)
-        {
-            Purpose::TransportOnly
-        } else {
-            Purpose::Connect
-        };
-        if status == Some(SessionStatus::Handshaking) {
-            self.set_status(failed.peer, SessionStatus::Connecting);
-        }
-        if status == Some(SessionStatus::ReconnectingOutbound) {
-            // The pings keep going; no connect is ours to retry.
-            return;
-        }
-        let delay = self.backoff(attempts);
-        self.schedule(failed.peer, now + delay, purpose);
     }
 
     fn path_lost(&mut self, now: Instant, id: DeviceId) {

@@ -8,7 +8,8 @@
 //! # Messages
 //! - in: `ConnectivityChanged` (transport), `HandshakeStarted`, `SessionReady`,
 //!   `ConnectFailed`, `InboundMigrationPing`, `PathLost`, `PeerReset`, `LivenessReport`,
-//!   `PathMeasured`, `DirectDialFailed`, `PeerEndpointsChanged` (DirectConnection).
+//!   `PathMeasured`, `DirectDialFailed`, `PeerEndpointsChanged`, `SendWaiting`
+//!   (DirectConnection).
 //! - out: `ConnectPeer` (PresenceConnect),
 //!   `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`, `EvictSession`
 //!   (DirectConnection); `PublishEndpointHint`,
@@ -45,7 +46,7 @@
 //! # Timers (per peer)
 //! | timer | armed | when it fires |
 //! |---|---|---|
-//! | connect / recovery (`scheduled`) | a connect is due (jittered, with capped exponential backoff after failures) | `ConnectPeer` |
+//! | connect / recovery (`scheduled`) | a connect is due (jittered; after failures a capped exponential backoff, 250 ms doubling up to 5 min, started over by a network change or `SendWaiting`) | `ConnectPeer` |
 //! | migration window (`deadline`) | a migration starts, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
 //! | ping round | ReconnectingOutbound (first round jittered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | `SendMigrationPing`; from the second round the rendezvous is asked too |
 //! | relay copy | a ping round sent (1.5 × smoothed RTT, at most `migration_relay_after`; at once on `DirectDialFailed`) | `RelayMigrationPing` |

@@ -490,3 +490,70 @@ fn same_seed_same_trace() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn failed_connects_back_off_to_the_cap_and_a_waiting_send_retries_at_once() {
+    let config = Config::default();
+    let mut driver = Driver::new(config.clone());
+    driver.input("AddPeer p1", Input::AddPeer(peer(1)));
+    let connects = |driver: &Driver| driver.count(|o| matches!(o, Output::ConnectPeer(_)));
+    let mut waits = Vec::new();
+    driver.advance_to(config.connect_retry_base.as_millis() as u64);
+    for attempt in 0..14u64 {
+        assert_eq!(
+            connects(&driver),
+            attempt as usize + 1,
+            "one connect per wait"
+        );
+        let started = driver.now;
+        driver.input(
+            "ConnectFailed p1",
+            Input::ConnectFailed(ConnectFailed {
+                request: RequestId(attempt),
+                peer: peer(1),
+                reason: "no path answered".into(),
+            }),
+        );
+        // Step through every wake-up (the relay poll's too) until the next connect.
+        let mut at = started;
+        while connects(&driver) == attempt as usize + 1 {
+            at = driver.core.poll_timeout().unwrap().max(at);
+            driver.now = at;
+            driver.core.handle_timeout(at);
+            driver.drain();
+        }
+        waits.push(at - started);
+    }
+    // Doubling from connect_retry_base with equal jitter ([d/2, d]), capped.
+    for (failed, wait) in waits.iter().enumerate() {
+        let full = config
+            .connect_retry_base
+            .saturating_mul(1 << (failed + 1))
+            .min(config.connect_retry_max);
+        assert!(
+            *wait >= full / 2 && *wait <= full,
+            "wait {failed}: {wait:?} outside [{:?}, {full:?}]",
+            full / 2
+        );
+    }
+    assert!(waits[13] >= config.connect_retry_max / 2);
+    // Backing off: a send waiting for the peer makes the next attempt run now.
+    driver.input(
+        "ConnectFailed p1",
+        Input::ConnectFailed(ConnectFailed {
+            request: RequestId(99),
+            peer: peer(1),
+            reason: "no path answered".into(),
+        }),
+    );
+    let before = connects(&driver);
+    driver.input(
+        "SendWaiting p1",
+        Input::SendWaiting(tether_protocol::SendWaiting { peer: peer(1) }),
+    );
+    let due = driver.core.poll_timeout().unwrap();
+    assert_eq!(due, driver.now, "due at once");
+    driver.core.handle_timeout(due);
+    driver.drain();
+    assert_eq!(connects(&driver), before + 1);
+}

@@ -2,6 +2,7 @@
 //! rounds with a relay fallback each), an inbound ping starts an inbound one, and the
 //! round-trip samples that time the relay fallback.
 
+use super::reachability::RetryReason;
 use super::*;
 
 /// A migration in progress, on either side.
@@ -87,13 +88,7 @@ impl Presence {
                     | SessionStatus::Handshaking
                     | SessionStatus::Evicted
                     | SessionStatus::Recovering,
-                ) => {
-                    // Not established: our old attempts used the old network.
-                    let in_flight = self.peers.get(&id).is_some_and(|p| p.connecting);
-                    if !in_flight {
-                        self.schedule(id, now, Purpose::Connect);
-                    }
-                }
+                ) => self.retry_now(now, id, RetryReason::NetworkChanged),
                 Some(SessionStatus::Closed) | None => {}
             }
         }
