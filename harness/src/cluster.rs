@@ -509,6 +509,14 @@ impl SimCluster {
         }
     }
 
+    /// Stops device `i` on purpose, as SIGTERM does: its peers are told goodbye first.
+    pub async fn close(&mut self, i: usize) {
+        self.collect_events();
+        if let Some(node) = self.devices[i].node.take() {
+            node.close().await;
+        }
+    }
+
     /// Restarts a crashed device with its config (empty session state).
     pub async fn restart(&mut self, i: usize) {
         self.start_node(i).await;

@@ -29,7 +29,7 @@ use tether_protocol::{
     ConnectivityChanged, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId, TransportCommand,
     TransportEvent,
 };
-use tether_transport::{dial_any, Endpoint, Link};
+use tether_transport::{dial_any, Endpoint, Link, LostReason};
 use tokio::sync::mpsc;
 
 /// The device changed networks: move the endpoint to `addr`.
@@ -146,6 +146,10 @@ impl TransportDriver {
                     Err(error) => break error.to_string(),
                 }
             };
+            // A farewell is the peer's last frame, carried in its close.
+            if let Some(LostReason::Farewell { frame }) = receiver.handle().lost_reason() {
+                reader_events.do_send(TransportEvent::FrameReceived { link: id, frame });
+            }
             reader_me.do_send(LinkEnded { link: id, reason });
         });
 
@@ -241,6 +245,11 @@ impl Handler<OwnedCommand> for TransportDriver {
             TransportCommand::Close { link } => {
                 if let Some(state) = self.links.remove(&link) {
                     state.handle.close();
+                }
+            }
+            TransportCommand::Farewell { link, frame } => {
+                if let Some(state) = self.links.remove(&link) {
+                    state.handle.close_with_farewell(&frame);
                 }
             }
         }

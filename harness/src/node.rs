@@ -466,6 +466,27 @@ impl Node {
             .map_err(|error| error.to_string())?
     }
 
+    /// Stops the node on purpose: every peer with a usable session is told first (a
+    /// sealed goodbye, in the QUIC close of its link), so it shows the session as closed
+    /// at once instead of Ready until its heartbeats fail; then every actor stops, and
+    /// this waits (at most [`CLOSE_LINGER`]) until the closes have gone out. Returns how
+    /// many peers were told.
+    pub async fn close(&self) -> usize {
+        let told = self
+            .dc
+            .send(direct_connection::CloseSessions)
+            .await
+            .unwrap_or(0);
+        self.stop();
+        if tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("links still closing after {CLOSE_LINGER:?}; stopping anyway");
+        }
+        told
+    }
+
     /// Stops every actor of the node (its endpoint closes with the driver).
     pub fn stop(&self) {
         self.presence.do_send(Shutdown);
@@ -476,6 +497,11 @@ impl Node {
         self.driver.do_send(Shutdown);
     }
 }
+
+/// Longest wait, in [`Node::close`], for the links' closes (and the goodbyes in them)
+/// to go out: QUIC sends a close at once and lingers about three round trips for
+/// retransmissions, so one second is enough on any path a session keeps.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// A recipient that drops what it gets (for outputs nobody needs to act on).
 fn hub_sink<M>() -> actix::Recipient<M>

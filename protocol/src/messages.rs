@@ -39,6 +39,7 @@
 
 use crate::ids::{ChannelId, DeviceId, Epoch, LinkId, RequestId, SessionId};
 use crate::status::SessionStatus;
+use crate::wire::ResetReason;
 use actix::{Message, Recipient};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -156,6 +157,9 @@ pub struct PathLost {
 pub struct PeerReset {
     /// The peer.
     pub peer: DeviceId,
+    /// Why: [`ResetReason::Closed`] is a goodbye (the peer stopped on purpose and comes
+    /// back with a handshake of its own), anything else a session the peer dropped.
+    pub reason: ResetReason,
 }
 
 /// A session is usable on a path (after a handshake, a transport-only reconnect, or a
@@ -413,6 +417,8 @@ pub enum EvictionReason {
     MigrationWindowExpired,
     /// The peer reset the session.
     PeerReset,
+    /// The peer said goodbye (it stopped on purpose).
+    PeerClosed,
     /// Heartbeats failed past the liveness limit.
     LivenessLost,
     /// Local policy.
@@ -517,6 +523,15 @@ pub enum TransportCommand {
     Close {
         /// The link.
         link: LinkId,
+    },
+    /// Close a link with a farewell: the encoded [`crate::WireFrame`] travels in the
+    /// transport's close itself, and the peer's transport hands it over as the link's
+    /// last [`TransportEvent::FrameReceived`].
+    Farewell {
+        /// The link.
+        link: LinkId,
+        /// The encoded frame.
+        frame: Vec<u8>,
     },
 }
 

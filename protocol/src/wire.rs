@@ -179,7 +179,8 @@ pub struct MigrationAck {
 /// Why a session was reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResetReason {
-    /// The application closed the session.
+    /// The sender stopped on purpose (a goodbye): the receiver shows the session
+    /// closed, retries nothing, and takes the sender back when it returns.
     Closed,
     /// The migration window expired without a working path.
     MigrationWindowExpired,

@@ -283,6 +283,13 @@ impl Endpoint {
         );
         self.inner.accept_task.abort();
     }
+
+    /// Resolves once every connection has finished closing (its close packets sent and
+    /// its draining period over). A process that exits right after [`Endpoint::close`]
+    /// may otherwise never send the close, or a farewell, at all.
+    pub async fn wait_idle(&self) {
+        self.inner.quinn.wait_idle().await;
+    }
 }
 
 fn register(links: &Registry, shared: &Arc<LinkShared>) {

@@ -1,6 +1,7 @@
 //! Error types of the transport, one enum per operation, so callers match on what
 //! actually went wrong (unreachable, timed out, refused, lost) instead of on strings.
 
+use crate::link::close_code;
 use std::io;
 use std::net::SocketAddr;
 
@@ -173,6 +174,12 @@ pub enum LostReason {
     LocalAddressChanged,
     /// The peer answered with a stateless reset: it no longer knows this connection.
     Reset,
+    /// The peer closed the connection with a farewell: its session layer's last frame,
+    /// carried in the close itself so that it needs no stream data to get through.
+    Farewell {
+        /// The encoded frame.
+        frame: Vec<u8>,
+    },
     /// A QUIC protocol error.
     Transport(String),
 }
@@ -185,6 +192,9 @@ impl std::fmt::Display for LostReason {
             Self::ClosedLocally => write!(f, "closed locally"),
             Self::LocalAddressChanged => write!(f, "local address changed on the accepting side"),
             Self::Reset => write!(f, "stateless reset"),
+            Self::Farewell { frame } => {
+                write!(f, "closed by peer with a farewell of {} bytes", frame.len())
+            }
             Self::Transport(e) => write!(f, "transport error: {e}"),
         }
     }
@@ -197,6 +207,13 @@ impl From<quinn::ConnectionError> for LostReason {
             E::TimedOut => Self::IdleTimeout,
             E::LocallyClosed => Self::ClosedLocally,
             E::Reset => Self::Reset,
+            E::ApplicationClosed(c)
+                if c.error_code.into_inner() == u64::from(close_code::FAREWELL) =>
+            {
+                Self::Farewell {
+                    frame: c.reason.to_vec(),
+                }
+            }
             E::ApplicationClosed(c) => Self::ClosedByPeer {
                 code: c.error_code.into_inner(),
                 reason: String::from_utf8_lossy(&c.reason).into_owned(),

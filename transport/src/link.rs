@@ -53,7 +53,13 @@ pub(crate) mod close_code {
     pub(crate) const BAD_PREAMBLE: u32 = 2;
     /// A send was cancelled half-way through a frame: the stream is unframeable.
     pub(crate) const CANCELLED_SEND: u32 = 3;
+    /// The session layer said goodbye: the close's reason is its farewell frame.
+    pub(crate) const FAREWELL: u32 = 4;
 }
+
+/// Longest farewell frame: QUIC carries the close reason in one packet, and 1000 bytes
+/// leave room for the packet's own headers within the 1200 every path carries.
+pub const MAX_FAREWELL_LEN: usize = 1000;
 
 /// Which side of the QUIC connection this device is; it decides what happens when this
 /// device changes address (see [`Endpoint::rebind`](crate::Endpoint::rebind)).
@@ -191,6 +197,19 @@ impl LinkHandle {
     pub fn close(&self) {
         self.shared
             .close_with(LostReason::ClosedLocally, close_code::NORMAL, b"closed");
+    }
+
+    /// Closes the link with a farewell: `frame` travels in the QUIC close itself (one
+    /// packet, resent by QUIC while the connection drains), and the peer reads it as
+    /// [`LostReason::Farewell`]. Pending stream data may be lost, as with
+    /// [`LinkHandle::close`]. A frame over [`MAX_FAREWELL_LEN`] closes without it.
+    pub fn close_with_farewell(&self, frame: &[u8]) {
+        if frame.len() > MAX_FAREWELL_LEN {
+            self.close();
+            return;
+        }
+        self.shared
+            .close_with(LostReason::ClosedLocally, close_code::FAREWELL, frame);
     }
 }
 

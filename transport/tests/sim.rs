@@ -240,6 +240,31 @@ async fn acceptor_address_change_is_reported_as_lost_and_a_redial_works() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_farewell_travels_in_the_close_and_an_oversized_one_is_left_out() {
+    let net = SimNetwork::new(SEED);
+    let a = net.add_host("a", [ip("10.0.0.1")]);
+    let b = net.add_host("b", [ip("10.0.0.2")]);
+    let ea = endpoint(&net, a, "10.0.0.1:0").await;
+    let eb = endpoint(&net, b, "10.0.0.2:4433").await;
+    let (la, lb) = connect(&ea, &eb).await;
+    la.handle().close_with_farewell(b"goodbye");
+    assert_eq!(
+        lb.handle().lost().await,
+        LostReason::Farewell {
+            frame: b"goodbye".to_vec()
+        }
+    );
+
+    let (la, lb) = connect(&ea, &eb).await;
+    la.handle()
+        .close_with_farewell(&vec![0; tether_transport::MAX_FAREWELL_LEN + 1]);
+    assert!(matches!(
+        lb.handle().lost().await,
+        LostReason::ClosedByPeer { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn endpoint_independent_nat_maps_on_first_packet_and_admits_any_remote() {
     let net = SimNetwork::new(SEED);
     net.enable_packet_log();

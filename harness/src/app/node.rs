@@ -212,7 +212,8 @@ pub async fn run_node(
         }
     }
     root.in_scope(|| tracing::info!("node stopping"));
-    state.node.stop();
+    let told = state.node.close().await;
+    root.in_scope(|| tracing::info!(peers = told, "node stopped; peers told goodbye"));
     let _ = std::fs::remove_file(&settings.control_socket);
     Ok(())
 }

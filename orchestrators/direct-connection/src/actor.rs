@@ -141,6 +141,23 @@ impl Handler<ConnectivityChanged> for Orchestrator {
     }
 }
 
+/// This device is stopping: say goodbye to every peer with a usable session (answered
+/// directly with how many were told, once the farewells are on their way to the
+/// transport driver; only the node awaits it).
+#[derive(Debug, Clone, Copy, actix::Message)]
+#[rtype(result = "usize")]
+pub struct CloseSessions;
+
+impl Handler<CloseSessions> for Orchestrator {
+    type Result = usize;
+
+    fn handle(&mut self, _: CloseSessions, ctx: &mut Self::Context) -> usize {
+        let told = self.core.close_sessions();
+        self.drain(ctx);
+        told
+    }
+}
+
 impl Handler<SendMessage> for Orchestrator {
     type Result = MessageResult<SendMessage>;
 

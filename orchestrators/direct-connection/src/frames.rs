@@ -76,9 +76,11 @@ impl DirectConnection {
                 self.send_ack(device, via, channel);
             }
             SessionFrame::Padding { .. } => {}
-            SessionFrame::Reset { .. } => {
-                self.outputs
-                    .push_back(Output::PeerReset(PeerReset { peer: device }));
+            SessionFrame::Reset { reason } => {
+                self.outputs.push_back(Output::PeerReset(PeerReset {
+                    peer: device,
+                    reason,
+                }));
             }
         }
         self.adopt_validated_path(now, device, via);

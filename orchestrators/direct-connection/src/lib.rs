@@ -86,6 +86,7 @@
 
 mod actor;
 mod channels;
+mod closing;
 mod config;
 mod core;
 mod establish;
@@ -97,7 +98,7 @@ mod sending;
 mod state;
 mod timers;
 
-pub use actor::{GetPeerSnapshots, Orchestrator, Recipients};
+pub use actor::{CloseSessions, GetPeerSnapshots, Orchestrator, Recipients};
 pub use channels::{Inbound, Outbound, Received};
 pub use config::{Config, Limits, PeerConfig};
 pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot};

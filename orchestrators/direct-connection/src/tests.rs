@@ -226,6 +226,25 @@ impl Net {
                 }
             }
             Output::Transport(TransportCommand::Close { .. }) => {}
+            Output::Transport(TransportCommand::Farewell { link, frame }) => {
+                // As QUIC does: the frame rides in the close, then the link is gone.
+                if let Some(&(to, their_link)) = self.links.get(&(from, *link)) {
+                    self.later(
+                        to,
+                        Input::Transport(TransportEvent::FrameReceived {
+                            link: their_link,
+                            frame: frame.clone(),
+                        }),
+                    );
+                    self.later(
+                        to,
+                        Input::Transport(TransportEvent::LinkDown {
+                            link: their_link,
+                            reason: "closed by peer with a farewell".into(),
+                        }),
+                    );
+                }
+            }
             Output::RelayForward(forward) => {
                 let from_device = self.device(from);
                 self.later(
@@ -1152,4 +1171,34 @@ fn a_send_the_session_cannot_carry_is_reported_once_until_it_can() {
     );
     net.run_until(1000);
     assert_eq!(net.delivered[B].len(), 3);
+}
+
+#[test]
+fn a_goodbye_rides_in_the_link_close_and_the_peer_hears_it_as_closed() {
+    let mut net = established(19);
+    net.run_until(1000);
+    let told = net.nodes[A].core.close_sessions();
+    net.drain(A);
+    assert_eq!(told, 1);
+    net.run_until(1100);
+    let closed = |net: &Net| {
+        net.count(B, |o| {
+            matches!(o, Output::PeerReset(r) if r.reason == tether_protocol::ResetReason::Closed)
+        })
+    };
+    assert_eq!(closed(&net), 1);
+    // A replayed goodbye is refused by the replay window: nothing more is heard.
+    let replayed = net.outputs[A].iter().rev().find_map(|o| match o {
+        Output::Transport(TransportCommand::Farewell { frame, .. }) => Some(frame.clone()),
+        _ => None,
+    });
+    let relay_from = net.device(A);
+    net.input(
+        B,
+        Input::Relay(RelayDelivered {
+            from: relay_from,
+            envelope: replayed.unwrap(),
+        }),
+    );
+    assert_eq!(closed(&net), 1);
 }

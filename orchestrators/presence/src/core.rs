@@ -18,8 +18,8 @@ use tether_protocol::{
     CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
     Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
     LookupEndpointHint, PathKind, PathLost, PathMeasured, PeerEndpointsChanged, PeerReset,
-    PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, SendMigrationPing, SendWaiting,
-    SessionId, SessionReady, SessionStatus, StatusChanged,
+    PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, ResetReason, SendMigrationPing,
+    SendWaiting, SessionId, SessionReady, SessionStatus, StatusChanged,
 };
 
 /// What the core is told.
@@ -227,6 +227,9 @@ impl SansIoCore for Presence {
             }
             Input::InboundMigrationPing(ping) => self.inbound_migration_ping(now, ping),
             Input::PathLost(lost) => self.path_lost(now, lost.peer),
+            Input::PeerReset(reset) if reset.reason == ResetReason::Closed => {
+                self.closed_by_peer(now, reset.peer);
+            }
             Input::PeerReset(reset) => self.evict(now, reset.peer, EvictionReason::PeerReset),
             Input::Liveness(report) => self.liveness(now, report),
             Input::PeerEndpointsChanged(changed) => self.peer_endpoints_changed(now, changed),
@@ -440,7 +443,7 @@ impl Presence {
         let Some(peer) = self.peers.get_mut(&ready.peer) else {
             return;
         };
-        let status = peer.status;
+        let mut status = peer.status;
         let newer_epoch = peer.epoch.is_some_and(|epoch| ready.epoch > epoch);
         peer.session = Some(ready.session);
         peer.epoch = Some(ready.epoch);
@@ -459,6 +462,11 @@ impl Presence {
                     | SessionStatus::ReconnectingOutbound
             )
         );
+        if status == Some(SessionStatus::Closed) {
+            // The peer that said goodbye is back.
+            self.set_status(ready.peer, SessionStatus::Connecting);
+            status = Some(SessionStatus::Connecting);
+        }
         if ready.after_handshake && newer_epoch && established {
             // The peer ran a fresh handshake with us (it restarted or evicted us): our
             // old session is gone, and this is its recovery.
@@ -580,6 +588,37 @@ impl Presence {
             EvictionReason::LivenessLost
         };
         self.evict(now, id, reason);
+    }
+
+    /// The peer said goodbye (it stopped on purpose): the session shows Closed at once,
+    /// its keys and path are dropped as in an eviction (the queued messages stay), and
+    /// nothing is retried: the peer comes back with a handshake of its own.
+    fn closed_by_peer(&mut self, now: Instant, id: DeviceId) {
+        if !self.set_status(id, SessionStatus::Closed) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        peer.deadline = None;
+        peer.scheduled = None;
+        peer.connecting = false;
+        peer.attempts = 0;
+        peer.srtt_ms = None;
+        let migration = peer.migration.take();
+        tracing::info!(peer = %id, "the peer closed the session");
+        self.outputs.push_back(Output::EvictSession(EvictSession {
+            peer: id,
+            reason: EvictionReason::PeerClosed,
+        }));
+        if let Some(migration) = migration {
+            self.outputs
+                .push_back(Output::Migration(MigrationEvent::Failed {
+                    peer: id,
+                    outbound: migration.outbound.is_some(),
+                    duration: now.saturating_duration_since(migration.started),
+                }));
+        }
     }
 
     fn evict(&mut self, now: Instant, id: DeviceId, reason: EvictionReason) {

@@ -557,3 +557,33 @@ fn failed_connects_back_off_to_the_cap_and_a_waiting_send_retries_at_once() {
     driver.drain();
     assert_eq!(connects(&driver), before + 1);
 }
+
+#[test]
+fn a_goodbye_closes_the_session_retries_nothing_and_a_return_readies_it() {
+    let mut driver = Driver::new(Config::default());
+    driver.establish(1);
+    driver.input(
+        "PeerReset p1 Closed",
+        Input::PeerReset(tether_protocol::PeerReset {
+            peer: peer(1),
+            reason: tether_protocol::ResetReason::Closed,
+        }),
+    );
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Closed));
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::EvictSession(e)
+            if e.reason == tether_protocol::EvictionReason::PeerClosed)),
+        1
+    );
+    let connects = driver.count(|o| matches!(o, Output::ConnectPeer(_)));
+    driver.advance_to(600_000);
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::ConnectPeer(_))),
+        connects,
+        "nothing is retried while the peer is away"
+    );
+    // It comes back with a handshake of its own.
+    driver.ready(1, true, 2);
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
+    assert_eq!(driver.core.illegal_transitions(), 0);
+}
