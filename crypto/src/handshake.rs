@@ -9,13 +9,25 @@
 //! Message 1 carries an encrypted [`InitiationPayload`]: the epoch the initiator
 //! proposes and a timestamp that must be strictly greater than the last one accepted
 //! from that peer, so a recorded message 1 cannot be replayed (as WireGuard's TAI64N
-//! timestamp). Message 2 carries nothing but proof of the RK.
+//! timestamp). Message 2 carries, encrypted and authenticated by the RK and both
+//! static keys, a [`ResponsePayload`]: the epoch the generation gets, which both sides
+//! then use.
+//!
+//! The responder decides the epoch. Usually it is the proposal. When the proposal is
+//! not above the epoch the responder has committed, the initiator has lost the session
+//! the responder still holds (it restarted: a fresh process proposes
+//! [`crate::keyring::FIRST_EPOCH`]); the responder then *raises* the epoch above every
+//! generation it holds, so the new handshake outranks the old session on both sides
+//! and the pair is back in session after this one handshake, instead of waiting for the
+//! responder to give the old session up. Nothing about the old session changes until
+//! the new generation commits, which takes a frame only the holder of the initiator's
+//! ephemeral key can seal: a replayed message 1 gets a message 2 and nothing more.
 //!
 //! ```text
 //! initiator                                   responder
-//!   Handshake::initiate  ── message 1 ──▶  Handshake::respond (lookup peer → RK)
-//!   InitiatorHandshake::confirm ◀── message 2 ──
-//!   both: SessionKeys (same PeerSecret, KeyId and session fingerprint)
+//!   Handshake::initiate  ── message 1 ──▶  Handshake::respond (lookup peer → RK, epoch)
+//!   InitiatorHandshake::confirm ◀── message 2 (epoch) ──
+//!   both: SessionKeys (same epoch, PeerSecret, KeyId and session fingerprint)
 //! ```
 
 use std::fmt;
@@ -38,8 +50,9 @@ use crate::rng::resolver_from;
 pub const NOISE_PROTOCOL: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 
 /// Noise prologue: binds both sides to this protocol and version, so a handshake
-/// between two incompatible versions fails instead of producing mismatched keys.
-const PROLOGUE: &[u8] = b"tether noise v1";
+/// between two incompatible versions fails instead of producing mismatched keys. v2:
+/// message 2 carries the generation's epoch ([`ResponsePayload`]).
+const PROLOGUE: &[u8] = b"tether noise v2";
 
 /// Position of the PSK token in the pattern (the `2` of `psk2`).
 const PSK_LOCATION: u8 = 2;
@@ -50,11 +63,14 @@ const TAG_LEN: usize = 16;
 /// Length of the encoded [`InitiationPayload`]: two little-endian u64.
 pub const INITIATION_PAYLOAD_LEN: usize = 16;
 
+/// Length of the encoded [`ResponsePayload`]: one little-endian u64.
+pub const RESPONSE_PAYLOAD_LEN: usize = 8;
+
 /// Exact length of message 1: ephemeral key, encrypted static key, encrypted payload.
 pub const MESSAGE1_LEN: usize = KEY_LEN + (KEY_LEN + TAG_LEN) + (INITIATION_PAYLOAD_LEN + TAG_LEN);
 
-/// Exact length of message 2: ephemeral key and the tag of an empty payload.
-pub const MESSAGE2_LEN: usize = KEY_LEN + TAG_LEN;
+/// Exact length of message 2: ephemeral key and the encrypted [`ResponsePayload`].
+pub const MESSAGE2_LEN: usize = KEY_LEN + (RESPONSE_PAYLOAD_LEN + TAG_LEN);
 
 /// Why a handshake message was refused. No variant carries secret material.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -74,8 +90,9 @@ pub enum HandshakeError {
     /// The initiator's static key is not a valid public key.
     #[error("initiator's static key is invalid: {0}")]
     BadStaticKey(KeyError),
-    /// The initiation payload does not decode.
-    #[error("initiation payload is malformed")]
+    /// The initiation or response payload does not decode, or message 2 gives the
+    /// generation an epoch below the one proposed (a responder only ever raises it).
+    #[error("handshake payload is malformed")]
     BadPayload,
     /// The initiator is not a paired device.
     #[error("initiation from unknown device {0}")]
@@ -88,14 +105,18 @@ pub enum HandshakeError {
         /// Last timestamp accepted from this peer.
         last_accepted_ms: u64,
     },
-    /// The proposed epoch is not after the committed one.
+    /// The handshake's epoch is not after the committed one: a handshake result
+    /// computed against other [`PeerParams`] than the ring's own.
     #[error("stale epoch {proposed}: epoch {committed} is already committed")]
     StaleEpoch {
-        /// Epoch in the message.
+        /// Epoch of the handshake.
         proposed: u64,
         /// Epoch committed with this peer.
         committed: u64,
     },
+    /// The epoch cannot be raised above the ones held (u64::MAX reached).
+    #[error("epoch counter exhausted")]
+    EpochExhausted,
     /// `confirm` was called again after it succeeded.
     #[error("handshake already confirmed")]
     AlreadyConfirmed,
@@ -123,7 +144,9 @@ pub enum Role {
 /// What the initiator proposes, encrypted inside message 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitiationPayload {
-    /// Epoch of the generation this handshake creates (committed epoch + 1).
+    /// Epoch proposed for the generation this handshake creates (committed epoch + 1,
+    /// or [`crate::keyring::FIRST_EPOCH`] with nothing committed); the responder may
+    /// raise it ([`ResponsePayload`]).
     pub epoch: u64,
     /// Strictly increasing per initiator and peer; lets the responder refuse replays.
     pub timestamp_ms: u64,
@@ -155,6 +178,31 @@ impl InitiationPayload {
     }
 }
 
+/// What the responder answers, encrypted inside message 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponsePayload {
+    /// Epoch of the generation this handshake creates, on both sides: the proposal,
+    /// or above every generation the responder holds when the proposal was not above
+    /// its committed epoch (the initiator lost its state).
+    pub epoch: u64,
+}
+
+impl ResponsePayload {
+    /// Encodes `epoch` as a little-endian u64.
+    pub fn encode(&self) -> [u8; RESPONSE_PAYLOAD_LEN] {
+        self.epoch.to_le_bytes()
+    }
+
+    /// Decodes exactly [`RESPONSE_PAYLOAD_LEN`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, HandshakeError> {
+        let bytes: [u8; RESPONSE_PAYLOAD_LEN] =
+            bytes.try_into().map_err(|_| HandshakeError::BadPayload)?;
+        Ok(Self {
+            epoch: u64::from_le_bytes(bytes),
+        })
+    }
+}
+
 /// What the responder knows about a paired device, returned by the lookup in
 /// [`Handshake::respond`] (usually [`crate::KeyRing::peer_params`]).
 #[derive(Debug, Clone)]
@@ -163,8 +211,11 @@ pub struct PeerParams {
     pub rk: RelationshipKey,
     /// Timestamp of the last initiation accepted from this peer, if any.
     pub last_initiation_timestamp_ms: Option<u64>,
-    /// Epoch committed with this peer, if any: only later epochs are accepted.
+    /// Epoch committed with this peer, if any: a proposal not above it is raised.
     pub committed_epoch: Option<u64>,
+    /// Highest epoch among the generations held with this peer (committed and
+    /// candidates), if any: a raised epoch goes one above it.
+    pub highest_epoch: Option<u64>,
 }
 
 /// The result of a successful [`Handshake::respond`]: send `message2`, then hand the
@@ -174,6 +225,10 @@ pub struct Responded {
     pub peer: PublicKey,
     /// The initiator's proposal.
     pub payload: InitiationPayload,
+    /// True when the proposal was not above the committed epoch and the epoch was
+    /// raised (`keys.epoch()` is the generation's epoch): the initiator lost the session
+    /// this side holds, most likely because it restarted.
+    pub epoch_raised: bool,
     /// Message 2, to send to the initiator.
     pub message2: Vec<u8>,
     /// The new generation's keys (a candidate until the initiator uses them).
@@ -185,6 +240,7 @@ impl fmt::Debug for Responded {
         f.debug_struct("Responded")
             .field("peer", &self.peer)
             .field("payload", &self.payload)
+            .field("epoch_raised", &self.epoch_raised)
             .field("message2_len", &self.message2.len())
             .field("keys", &self.keys)
             .finish()
@@ -254,34 +310,50 @@ impl Handshake {
             .map_err(HandshakeError::BadStaticKey)?;
         let proposal = InitiationPayload::decode(&payload[..payload_len])?;
         let params = lookup(&peer).ok_or(HandshakeError::UnknownPeer(peer.fingerprint()))?;
-        check_initiation(&proposal, &params)?;
+        let agreed = check_initiation(&proposal, &params)?;
         state
             .set_psk(usize::from(PSK_LOCATION), params.rk.as_bytes())
             .map_err(noise_error)?;
         let mut message2 = vec![0_u8; MESSAGE2_LEN];
+        let response = ResponsePayload {
+            epoch: agreed.epoch,
+        };
         let written = state
-            .write_message(&[], &mut message2)
+            .write_message(&response.encode(), &mut message2)
             .map_err(noise_error)?;
         if written != MESSAGE2_LEN {
             return Err(HandshakeError::Noise(format!(
                 "message 2 has {written} bytes, expected {MESSAGE2_LEN}"
             )));
         }
-        let keys = SessionKeys::from_finished(state, Role::Responder, peer, peer, proposal)?;
+        let keys =
+            SessionKeys::from_finished(state, Role::Responder, peer, peer, agreed.epoch, proposal)?;
         Ok(Responded {
             peer,
             payload: proposal,
+            epoch_raised: agreed.raised,
             message2,
             keys,
         })
     }
 }
 
-/// Refuses a replayed initiation or one for an epoch that is already committed.
+/// The epoch a responder gives a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AgreedEpoch {
+    /// The generation's epoch.
+    pub(crate) epoch: u64,
+    /// Raised above the proposal (the initiator lost its state).
+    pub(crate) raised: bool,
+}
+
+/// Refuses a replayed initiation and decides the generation's epoch: the proposal if
+/// it is above the committed epoch, else one above every epoch held (see the module
+/// docs: the initiator restarted).
 pub(crate) fn check_initiation(
     proposal: &InitiationPayload,
     params: &PeerParams,
-) -> Result<(), HandshakeError> {
+) -> Result<AgreedEpoch, HandshakeError> {
     if let Some(last) = params.last_initiation_timestamp_ms {
         if proposal.timestamp_ms <= last {
             return Err(HandshakeError::ReplayedInitiation {
@@ -290,15 +362,22 @@ pub(crate) fn check_initiation(
             });
         }
     }
-    if let Some(committed) = params.committed_epoch {
-        if proposal.epoch <= committed {
-            return Err(HandshakeError::StaleEpoch {
-                proposed: proposal.epoch,
-                committed,
-            });
+    match params.committed_epoch {
+        Some(committed) if proposal.epoch <= committed => {
+            let highest = params.highest_epoch.map_or(committed, |h| h.max(committed));
+            let epoch = highest
+                .checked_add(1)
+                .ok_or(HandshakeError::EpochExhausted)?;
+            Ok(AgreedEpoch {
+                epoch,
+                raised: true,
+            })
         }
+        _ => Ok(AgreedEpoch {
+            epoch: proposal.epoch,
+            raised: false,
+        }),
     }
-    Ok(())
 }
 
 fn check_len(message: &[u8], expected: usize) -> Result<(), HandshakeError> {
@@ -329,8 +408,10 @@ pub struct InitiatorHandshake {
 }
 
 impl InitiatorHandshake {
-    /// Reads message 2 and returns the new generation's keys. A corrupted or forged
-    /// message 2 returns an error and leaves this state able to read the genuine one.
+    /// Reads message 2 and returns the new generation's keys, with the epoch the
+    /// responder gave it (the proposal, or above it if the responder raised it). A
+    /// corrupted or forged message 2 returns an error and leaves this state able to
+    /// read the genuine one.
     pub fn confirm(&mut self, message2: &[u8]) -> Result<SessionKeys, HandshakeError> {
         check_len(message2, MESSAGE2_LEN)?;
         let state = self
@@ -341,15 +422,21 @@ impl InitiatorHandshake {
         // with the responder's ephemeral key, which a later read overwrites: a failed
         // read leaves the handshake as it was.
         let mut payload = [0_u8; MESSAGE2_LEN];
-        state
+        let payload_len = state
             .read_message(message2, &mut payload)
             .map_err(noise_error)?;
+        // Authentic from here on: the state is finished either way.
         let state = self.state.take().ok_or(HandshakeError::AlreadyConfirmed)?;
+        let response = ResponsePayload::decode(&payload[..payload_len])?;
+        if response.epoch < self.payload.epoch {
+            return Err(HandshakeError::BadPayload);
+        }
         SessionKeys::from_finished(
             state,
             Role::Initiator,
             self.local,
             self.remote,
+            response.epoch,
             self.payload,
         )
     }
@@ -381,6 +468,9 @@ pub struct SessionKeys {
     peer_secret: PeerSecret,
     key_id: KeyId,
     session_fingerprint: Fingerprint,
+    /// The generation's epoch (message 2's, maybe raised above the proposal).
+    epoch: u64,
+    /// The initiator's proposal in message 1.
     payload: InitiationPayload,
     role: Role,
     initiator: PublicKey,
@@ -393,6 +483,7 @@ impl SessionKeys {
         role: Role,
         initiator: PublicKey,
         remote: PublicKey,
+        epoch: u64,
         payload: InitiationPayload,
     ) -> Result<Self, HandshakeError> {
         let hash: [u8; 32] = state
@@ -411,6 +502,7 @@ impl SessionKeys {
                 label::SESSION_FINGERPRINT,
                 &[],
             )),
+            epoch,
             payload,
             role,
             initiator,
@@ -438,9 +530,20 @@ impl SessionKeys {
         self.session_fingerprint
     }
 
-    /// The epoch the initiator proposed.
+    /// The generation's epoch: the one message 2 carried, equal on both sides.
     pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The epoch the initiator proposed in message 1.
+    pub fn proposed_epoch(&self) -> u64 {
         self.payload.epoch
+    }
+
+    /// True when the responder raised the epoch above the proposal: the initiator had
+    /// lost the session the responder held (it restarted). Equal on both sides.
+    pub fn epoch_raised(&self) -> bool {
+        self.epoch > self.payload.epoch
     }
 
     /// The initiator's timestamp (orders retries of one initiator within an epoch).
@@ -467,7 +570,8 @@ impl SessionKeys {
 impl fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionKeys")
-            .field("epoch", &self.payload.epoch)
+            .field("epoch", &self.epoch)
+            .field("proposed_epoch", &self.payload.epoch)
             .field("role", &self.role)
             .field("key_id", &self.key_id)
             .field("initiator", &self.initiator)

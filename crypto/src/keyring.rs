@@ -164,6 +164,9 @@ pub struct Opened {
     /// True when this frame committed `generation`. A responder that sees this should
     /// send a frame back soon, so the initiator commits the same generation.
     pub newly_committed: bool,
+    /// True when `generation`'s epoch was raised by its responder: one side had
+    /// restarted and lost the session the other held (see [`crate::handshake`]).
+    pub epoch_raised: bool,
 }
 
 /// Which held secret verified a migration tag.
@@ -284,10 +287,23 @@ impl KeyRing {
             rk: self.rk.clone(),
             last_initiation_timestamp_ms: self.last_initiation_accepted_ms,
             committed_epoch: self.committed_epoch(),
+            highest_epoch: self.highest_epoch(),
         }
     }
 
-    /// Starts a handshake proposing epoch committed + 1 and returns message 1. Replaces
+    /// The highest epoch of the generations held (committed, previous, candidates).
+    fn highest_epoch(&self) -> Option<u64> {
+        self.committed
+            .iter()
+            .chain(self.previous.iter())
+            .chain(self.candidates.iter())
+            .map(|g| g.id().epoch)
+            .max()
+    }
+
+    /// Starts a handshake proposing epoch committed + 1 (or [`FIRST_EPOCH`] with nothing
+    /// committed, as after a restart) and returns message 1; the responder may raise
+    /// the epoch (see [`crate::handshake`]). Replaces
     /// any pending initiation (a retry). The timestamp is `now_ms`, raised if needed to
     /// stay strictly above the last one sent, so the peer never takes it for a replay.
     pub fn initiate<R: RngCore + CryptoRng>(
@@ -316,8 +332,10 @@ impl KeyRing {
 
     /// Takes the result of [`Handshake::respond`] for this peer: records the
     /// initiation (so a replay of it is refused) and keeps its keys as a candidate that
-    /// is *not* sendable. Returns message 2 for the caller to send; if this fails,
-    /// message 2 must not be sent.
+    /// is *not* sendable. Nothing else changes: even when the epoch was raised (the
+    /// peer restarted), the committed generation stays until the new one commits.
+    /// Returns message 2 for the caller to send; if this fails, message 2 must not be
+    /// sent.
     pub fn accept(&mut self, responded: Responded) -> Result<Vec<u8>, RingError> {
         if responded.peer != self.peer {
             return Err(RingError::WrongPeer {
@@ -325,7 +343,15 @@ impl KeyRing {
                 found: responded.peer.fingerprint(),
             });
         }
-        check_initiation(&responded.payload, &self.peer_params())?;
+        let agreed = check_initiation(&responded.payload, &self.peer_params())?;
+        if responded.keys.epoch() < agreed.epoch {
+            // Computed against other parameters than this ring's: it could not commit.
+            return Err(HandshakeError::StaleEpoch {
+                proposed: responded.keys.epoch(),
+                committed: self.committed_epoch().unwrap_or_default(),
+            }
+            .into());
+        }
         let id = responded.keys.generation_id();
         self.make_room_for(&id)?;
         self.last_initiation_accepted_ms = Some(responded.payload.timestamp_ms);
@@ -384,6 +410,7 @@ impl KeyRing {
             match generation.session.open_unmarked(sealed) {
                 Ok(plaintext) => {
                     let id = generation.id();
+                    let epoch_raised = generation.session.keys().epoch_raised();
                     if let Some(generation) = self.generation_mut(position) {
                         generation.session.mark_received(sealed.nonce);
                     }
@@ -399,6 +426,7 @@ impl KeyRing {
                         generation: id,
                         slot: slot_of(position),
                         newly_committed,
+                        epoch_raised,
                     });
                 }
                 Err(error) => {

@@ -81,11 +81,28 @@
 //!    ones stay. Success under a worse candidate changes nothing about commitment.
 //!    Failure changes nothing at all. A responder that commits sends a frame back, so
 //!    the initiator commits too.
-//! 5. **Epochs.** An initiator proposes committed epoch + 1; a responder accepts only
-//!    epochs above its committed one ([`HandshakeError::StaleEpoch`]). Committing epoch
-//!    `e` cancels a pending initiation of epoch `<= e`
-//!    ([`KeyRing::is_initiation_moot`]), so the caller stops retrying it.
-//! 6. **Resolution.** Migration signals are verified against the committed, candidate
+//! 5. **Epochs.** An initiator proposes committed epoch + 1 ([`keyring::FIRST_EPOCH`]
+//!    with nothing committed). The responder decides the epoch and sends it in message
+//!    2, so both sides give the generation the same [`GenerationId`]: the proposal when
+//!    it is above the responder's committed epoch, else one above every epoch the
+//!    responder holds (*raised*, [`Responded::epoch_raised`]). A proposal that is not
+//!    above the committed epoch comes from a peer that lost the session (it restarted
+//!    with an empty ring), or from a late initiation of a handshake the other side
+//!    already finished. Committing epoch `e` cancels a pending initiation that proposed
+//!    `<= e` ([`KeyRing::is_initiation_moot`]), so the caller stops retrying it.
+//! 6. **Restarts.** A device that restarts has lost its ring; its first handshake
+//!    proposes [`keyring::FIRST_EPOCH`] and the peer raises it above the session it
+//!    still holds, so that one handshake brings the pair back (rather than the peer
+//!    refusing every initiation until it gives its session up). A raised handshake is
+//!    an ordinary one from there: a fresh generation, a fresh PeerSecret, a candidate
+//!    on both sides until a frame under it opens, so the old session keeps working
+//!    until the new one commits and the restarted device never resumes the old keys.
+//!    The initiation's timestamp must still be above the last accepted one (the
+//!    restarted device's wall clock continues), so replaying a message 1 that was
+//!    accepted is refused, and replaying one that never was (an attacker held it back)
+//!    yields a non-sendable candidate and a message 2 that only the holder of the
+//!    initiation's ephemeral key can use: the live session is untouched.
+//! 7. **Resolution.** Migration signals are verified against the committed, candidate
 //!    and previous secrets ([`KeyRing::resolve_migration_tag`]), so the transient
 //!    difference while a new generation is being committed never rejects a genuine
 //!    signal.
@@ -104,6 +121,15 @@
 //! X make A commit it too. Both end with the same committed generation and PeerSecret.
 //! Keys held by one side only (message 2 lost) are never sent under by that side's
 //! peer and so are never committed by anyone.
+//!
+//! A restart breaks one premise: the restarted side drops what it held without
+//! committing anything, so the survivor may hold, even as its best sendable generation,
+//! keys nobody else has any more; its frames under them fail. The argument holds again
+//! from the restarted side's next handshake that the survivor answers once the old
+//! process's messages are gone: the survivor raises it above everything it holds, so
+//! the restarted side's next frame commits it there, and from then on every generation
+//! either side holds is one both held. Until its session commits, a restarted device
+//! keeps initiating (the caller retries, as for any connect).
 //!
 //! Bounded memory has one cost: with more than [`keyring::MAX_CANDIDATES`] uncommitted
 //! handshakes, the worst candidate is evicted; if its initiator later sends under it,
@@ -133,8 +159,8 @@ mod tests;
 
 pub use fingerprint::Fingerprint;
 pub use handshake::{
-    Handshake, HandshakeError, InitiationPayload, InitiatorHandshake, PeerParams, Responded, Role,
-    SessionKeys,
+    Handshake, HandshakeError, InitiationPayload, InitiatorHandshake, PeerParams, Responded,
+    ResponsePayload, Role, SessionKeys,
 };
 pub use hints::{open_hint, seal_hint, Hint, HintError, RendezvousId};
 pub use key_file::{KeyFileError, KeyFileFormatError};

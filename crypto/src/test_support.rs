@@ -39,6 +39,7 @@ pub(crate) fn fresh_params(rk: &RelationshipKey) -> PeerParams {
         rk: rk.clone(),
         last_initiation_timestamp_ms: None,
         committed_epoch: None,
+        highest_epoch: None,
     }
 }
 

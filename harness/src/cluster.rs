@@ -230,6 +230,7 @@ impl ClusterBuilder {
                 device: DeviceId(*config.keypair.public().as_bytes()),
                 config,
                 seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                restarts: 0,
                 wildcard: self.wildcard.contains(&i),
                 node: None,
                 log: Vec::new(),
@@ -292,8 +293,12 @@ pub struct SimDevice {
     pub device: DeviceId,
     /// The config it (re)starts with.
     pub config: NodeConfig,
-    /// The seed of its node's RNGs (a restart reuses it).
+    /// The seed of its node's RNGs on its first start.
     pub seed: u64,
+    /// Restarts so far. Each run draws from its own seed, as a real process draws from
+    /// the OS: a restarted process that repeated its predecessor's randomness would
+    /// reuse Noise ephemeral keys and channel incarnations, which no real restart does.
+    pub restarts: u64,
     /// Bound to the wildcard address (announcing its host's address) rather than to
     /// its address.
     pub wildcard: bool,
@@ -364,12 +369,20 @@ impl SimCluster {
             device.ip
         };
         let addr = SocketAddr::new(ip, DEVICE_PORT);
-        let transport = TransportConfig::seeded(self.seed.wrapping_add(i as u64 * 7919));
+        // A first start (no restart) keeps the seeds it always had.
+        let transport = TransportConfig::seeded(
+            self.seed
+                .wrapping_add(i as u64 * 7919)
+                .wrapping_add(device.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        );
         let endpoint = Endpoint::bind_sim(&self.net, device.host, addr, transport)
             .await
             // INVARIANT: the host owns `ip` (set when it was added or moved).
             .expect("device endpoint");
-        let node = Node::start_simulated(device.config.clone(), endpoint, device.seed)
+        let seed = device
+            .seed
+            .wrapping_add(device.restarts.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let node = Node::start_simulated(device.config.clone(), endpoint, seed)
             // INVARIANT: a freshly bound sim endpoint has a local address.
             .expect("node");
         device.node = Some(node);
@@ -517,8 +530,10 @@ impl SimCluster {
         }
     }
 
-    /// Restarts a crashed device with its config (empty session state).
+    /// Restarts a crashed or closed device with its config (empty session state, fresh
+    /// randomness).
     pub async fn restart(&mut self, i: usize) {
+        self.devices[i].restarts += 1;
         self.start_node(i).await;
     }
 

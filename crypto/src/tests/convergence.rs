@@ -4,11 +4,19 @@
 //!
 //! Two devices start with a committed generation. A random schedule then acts on a
 //! multiset of in-flight messages: either device initiates, a message (chosen at
-//! random, so delivery order is arbitrary) is delivered, dropped or duplicated, or a
-//! device sends a data frame under its best sendable generation. Devices behave as the
-//! direct-connection orchestrator will: answer message 1, send a frame right after
-//! `confirm`, and send a frame back after committing. Then a quiescence phase delivers
-//! everything and lets both send until nothing changes.
+//! random, so delivery order is arbitrary) is delivered, dropped or duplicated, a
+//! device sends a data frame under its best sendable generation, a device restarts
+//! (its ring is replaced by an empty one: at any point, mid-handshake included, with
+//! its old messages still in flight), or an attacker replays any message ever sent.
+//! Devices behave as the direct-connection orchestrator will: answer message 1, send a
+//! frame right after `confirm`, send a frame back after committing, and keep
+//! initiating while nothing is committed (a restarted device reconnecting). Then a
+//! quiescence phase delivers everything and lets both send until nothing changes.
+//!
+//! Checked after every step: commitment only moves up (per incarnation), a side
+//! commits only a generation the other side sealed under, and a restarted device
+//! never holds a generation of its earlier incarnations (no old keys resumed). At
+//! the end: one committed generation and PeerSecret on both sides.
 
 use std::collections::BTreeSet;
 
@@ -27,8 +35,10 @@ use crate::test_support::{committed_rings, pair, respond};
 /// MAX_CANDIDATES, so the property tested is the commit rule, not eviction.
 const MAX_INITIATIONS: u32 = 8;
 
-/// Rounds of the quiescence phase; convergence needs at most a few.
-const MAX_QUIET_ROUNDS: usize = 8;
+/// Rounds of the quiescence phase; convergence needs at most a few (a restarted
+/// device may need one handshake more when its survivor sends under keys the old
+/// process took with it).
+const MAX_QUIET_ROUNDS: usize = 12;
 
 #[derive(Debug, Clone, Copy)]
 enum Action {
@@ -39,6 +49,8 @@ enum Action {
     Duplicate(Index),
     Send(usize),
     Tick(u16),
+    Restart(usize),
+    Replay(Index),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -49,8 +61,10 @@ fn action() -> impl Strategy<Value = Action> {
         6 => any::<Index>().prop_map(Action::Deliver),
         2 => any::<Index>().prop_map(Action::Drop),
         2 => any::<Index>().prop_map(Action::Duplicate),
-        3 => side.prop_map(Action::Send),
+        3 => side.clone().prop_map(Action::Send),
         1 => any::<u16>().prop_map(Action::Tick),
+        1 => side.prop_map(Action::Restart),
+        1 => any::<Index>().prop_map(Action::Replay),
     ]
 }
 
@@ -78,13 +92,19 @@ struct Device {
     sealed_under: BTreeSet<GenerationId>,
     /// Frames this device opened: (generation, nonce).
     opened: BTreeSet<(GenerationId, u64)>,
-    /// Best committed generation seen so far (commitment only moves up).
+    /// Best committed generation seen so far in this incarnation (commitment only
+    /// moves up).
     high_water: Option<GenerationId>,
+    /// Every generation earlier incarnations held: never held again.
+    lost: BTreeSet<GenerationId>,
+    restarts: u32,
 }
 
 struct World {
     devices: [Device; 2],
     in_flight: Vec<InFlight>,
+    /// Every message ever sent, for the attacker to replay.
+    history: Vec<InFlight>,
     now_ms: u64,
     rng: ChaCha8Rng,
 }
@@ -111,30 +131,66 @@ impl World {
             ring,
             initiations: 0,
             opened: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            restarts: 0,
         };
         Self {
             devices: [device(p.alice, alice), device(p.bob, bob)],
             in_flight: Vec::new(),
+            history: Vec::new(),
             now_ms: 10_000,
             rng: p.rng,
         }
     }
 
+    fn post(&mut self, message: InFlight) {
+        self.history.push(message.clone());
+        self.in_flight.push(message);
+    }
+
+    /// Sends a data frame under the best sendable generation; a device that has none
+    /// (restarted, no handshake confirmed yet) sends nothing.
     fn send(&mut self, from: usize) -> Result<(), TestCaseError> {
         let device = &mut self.devices[from];
-        let generation = device.ring.best_sendable_generation();
-        let sealed = device.ring.seal(b"data");
-        let (Some(generation), Ok(sealed)) = (generation, sealed) else {
+        let Some(generation) = device.ring.best_sendable_generation() else {
+            prop_assert!(device.ring.committed().is_none());
+            return Ok(());
+        };
+        let Ok(sealed) = device.ring.seal(b"data") else {
             return Err(TestCaseError::fail(
-                "a device with a committed generation cannot seal",
+                "a device with a sendable generation cannot seal",
             ));
         };
         device.sealed_under.insert(generation);
-        self.in_flight.push(InFlight {
+        self.post(InFlight {
             to: 1 - from,
             payload: Payload::Frame(sealed, generation),
         });
         Ok(())
+    }
+
+    fn initiate(&mut self, side: usize) -> Result<(), TestCaseError> {
+        let device = &mut self.devices[side];
+        let message1 = device
+            .ring
+            .initiate(&device.keys, self.now_ms, &mut self.rng)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        self.post(InFlight {
+            to: 1 - side,
+            payload: Payload::Message1(message1),
+        });
+        Ok(())
+    }
+
+    /// The device's process restarts: keys and pairing stay, the ring starts empty.
+    /// Its messages in flight stay in flight.
+    fn restart(&mut self, side: usize) {
+        let device = &mut self.devices[side];
+        let lost = std::mem::take(&mut device.ever_held);
+        device.lost.extend(lost);
+        device.ring = KeyRing::new(*device.ring.peer(), device.ring.peer_params().rk);
+        device.high_water = None;
+        device.restarts += 1;
     }
 
     fn deliver(&mut self, index: usize) -> Result<(), TestCaseError> {
@@ -143,14 +199,12 @@ impl World {
             Payload::Message1(message1) => {
                 let device = &mut self.devices[to];
                 match respond(&device.keys, &mut device.ring, &message1, &mut self.rng) {
-                    Ok(message2) => self.in_flight.push(InFlight {
+                    Ok(message2) => self.post(InFlight {
                         to: 1 - to,
                         payload: Payload::Message2(message2),
                     }),
-                    Err(RingError::Handshake(
-                        HandshakeError::ReplayedInitiation { .. }
-                        | HandshakeError::StaleEpoch { .. },
-                    )) => {}
+                    // A stale epoch is raised now, never refused: only replays are.
+                    Err(RingError::Handshake(HandshakeError::ReplayedInitiation { .. })) => {}
                     Err(other) => {
                         return Err(TestCaseError::fail(format!("message 1 refused: {other}")))
                     }
@@ -204,19 +258,9 @@ impl World {
     fn step(&mut self, action: Action) -> Result<(), TestCaseError> {
         self.now_ms += 1;
         match action {
-            Action::Initiate(side) => {
-                let device = &mut self.devices[side];
-                if device.initiations < MAX_INITIATIONS {
-                    device.initiations += 1;
-                    let message1 = device
-                        .ring
-                        .initiate(&device.keys, self.now_ms, &mut self.rng)
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    self.in_flight.push(InFlight {
-                        to: 1 - side,
-                        payload: Payload::Message1(message1),
-                    });
-                }
+            Action::Initiate(side) if self.devices[side].initiations < MAX_INITIATIONS => {
+                self.devices[side].initiations += 1;
+                self.initiate(side)?;
             }
             Action::DeliverOldest if !self.in_flight.is_empty() => self.deliver(0)?,
             Action::Deliver(index) if !self.in_flight.is_empty() => {
@@ -231,6 +275,11 @@ impl World {
             }
             Action::Send(side) => self.send(side)?,
             Action::Tick(ms) => self.now_ms += u64::from(ms),
+            Action::Restart(side) => self.restart(side),
+            Action::Replay(index) if !self.history.is_empty() => {
+                let copy = self.history[index.index(self.history.len())].clone();
+                self.in_flight.push(copy);
+            }
             _ => {}
         }
         self.check_invariants()
@@ -241,6 +290,11 @@ impl World {
         for side in 0..2 {
             let committed = self.devices[side].ring.committed();
             for id in held(&self.devices[side].ring) {
+                // A restarted device never resumes the keys of an earlier incarnation.
+                prop_assert!(
+                    !self.devices[side].lost.contains(&id),
+                    "a restarted device holds old keys: {id:?}"
+                );
                 self.devices[side].ever_held.insert(id);
             }
             // Commitment never moves down the order.
@@ -249,8 +303,9 @@ impl World {
             // A side commits only what the other side sealed under (so held).
             if let Some(id) = committed {
                 let other = &self.devices[1 - side];
+                // (A late frame from a process that has since restarted still counts.)
                 prop_assert!(other.sealed_under.contains(&id));
-                prop_assert!(other.ever_held.contains(&id));
+                prop_assert!(other.ever_held.contains(&id) || other.lost.contains(&id));
             }
         }
         Ok(())
@@ -278,8 +333,13 @@ impl World {
         self.deliver_all()?;
         for _ in 0..MAX_QUIET_ROUNDS {
             let before = self.commit_state();
-            self.send(0)?;
-            self.send(1)?;
+            for side in 0..2 {
+                // The orchestrator keeps connecting while nothing is committed.
+                if self.devices[side].ring.committed().is_none() {
+                    self.initiate(side)?;
+                }
+                self.send(side)?;
+            }
             self.deliver_all()?;
             if self.commit_state() == before {
                 return Ok(());
@@ -310,6 +370,9 @@ proptest! {
 
         let [a, b] = &mut world.devices;
         prop_assert!(a.ring.committed().is_some());
+        // A device that restarted is in session under keys of its last incarnation only.
+        prop_assert!(a.ring.committed().is_some_and(|id| !a.lost.contains(&id)));
+        prop_assert!(b.ring.committed().is_some_and(|id| !b.lost.contains(&id)));
         prop_assert_eq!(a.ring.committed(), b.ring.committed());
         prop_assert_eq!(a.ring.committed_fingerprint(), b.ring.committed_fingerprint());
         prop_assert_eq!(a.ring.session_fingerprint(), b.ring.session_fingerprint());
@@ -324,5 +387,9 @@ proptest! {
         let to_a = b.ring.seal(b"after").unwrap();
         let opened = a.ring.open(&to_a).unwrap();
         prop_assert!(!opened.newly_committed);
+        // Migration signals verify against the committed PeerSecret on both sides.
+        let tag = a.ring.migration_tag(&[7; 16], 1, b"endpoints").unwrap();
+        let resolved = b.ring.resolve_migration_tag(&[7; 16], 1, b"endpoints", &tag);
+        prop_assert_eq!(resolved.map(|m| m.generation), b.ring.committed());
     }
 }

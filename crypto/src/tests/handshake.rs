@@ -86,7 +86,7 @@ fn messages_have_fixed_lengths() {
     let responded =
         Handshake::respond(&p.bob, &message1, |_| Some(fresh_params(&p.rk)), &mut p.rng).unwrap();
     assert_eq!(responded.message2.len(), MESSAGE2_LEN);
-    assert_eq!(MESSAGE2_LEN, 48);
+    assert_eq!(MESSAGE2_LEN, 56);
     assert_eq!(responded.payload, PROPOSAL);
     assert_eq!(&responded.peer, p.alice.public());
     assert!(pending.confirm(&responded.message2).is_ok());
@@ -164,20 +164,59 @@ fn replayed_message1_is_rejected() {
 }
 
 #[test]
-fn stale_epoch_is_rejected() {
+fn a_proposal_not_above_the_committed_epoch_is_raised_above_every_held_epoch() {
     let mut p = pair(8);
+    let (mut pending, message1) =
+        Handshake::initiate(&p.alice, p.bob.public(), &p.rk, PROPOSAL, &mut p.rng).unwrap();
+    // Bob committed epoch 4 and holds a candidate of epoch 6; alice (restarted)
+    // proposes epoch 1.
+    let committed = PeerParams {
+        committed_epoch: Some(4),
+        highest_epoch: Some(6),
+        ..fresh_params(&p.rk)
+    };
+    let responded =
+        Handshake::respond(&p.bob, &message1, |_| Some(committed.clone()), &mut p.rng).unwrap();
+    assert!(responded.epoch_raised);
+    assert_eq!(responded.payload, PROPOSAL);
+    assert_eq!(responded.keys.epoch(), 7);
+    assert_eq!(responded.keys.proposed_epoch(), 1);
+    // The initiator learns the epoch from message 2: both sides agree on the generation.
+    let alice_keys = pending.confirm(&responded.message2).unwrap();
+    assert_eq!(alice_keys.epoch(), 7);
+    assert!(alice_keys.epoch_raised() && responded.keys.epoch_raised());
+    assert_eq!(alice_keys.generation_id(), responded.keys.generation_id());
+    // A proposal above the committed epoch is kept as it is.
+    let (mut pending, message1) = Handshake::initiate(
+        &p.alice,
+        p.bob.public(),
+        &p.rk,
+        InitiationPayload {
+            epoch: 5,
+            timestamp_ms: 2_000,
+        },
+        &mut p.rng,
+    )
+    .unwrap();
+    let responded = Handshake::respond(&p.bob, &message1, |_| Some(committed), &mut p.rng).unwrap();
+    assert!(!responded.epoch_raised);
+    assert_eq!(responded.keys.epoch(), 5);
+    assert_eq!(pending.confirm(&responded.message2).unwrap().epoch(), 5);
+}
+
+#[test]
+fn an_epoch_that_cannot_be_raised_is_refused() {
+    let mut p = pair(18);
     let (_, message1) =
         Handshake::initiate(&p.alice, p.bob.public(), &p.rk, PROPOSAL, &mut p.rng).unwrap();
-    let committed = PeerParams {
-        committed_epoch: Some(1),
+    let exhausted = PeerParams {
+        committed_epoch: Some(u64::MAX),
+        highest_epoch: Some(u64::MAX),
         ..fresh_params(&p.rk)
     };
     assert_eq!(
-        Handshake::respond(&p.bob, &message1, |_| Some(committed), &mut p.rng).unwrap_err(),
-        HandshakeError::StaleEpoch {
-            proposed: 1,
-            committed: 1
-        }
+        Handshake::respond(&p.bob, &message1, |_| Some(exhausted), &mut p.rng).unwrap_err(),
+        HandshakeError::EpochExhausted
     );
 }
 

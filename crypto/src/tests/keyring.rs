@@ -132,7 +132,7 @@ fn corrupted_message2_leaves_the_ring_unchanged() {
     let mut p = pair(4);
     let (mut alice, mut bob) = committed_rings(&mut p);
     assert_eq!(
-        alice.confirm(&[0; 48]).unwrap_err(),
+        alice.confirm(&[0; 56]).unwrap_err(),
         RingError::NoPendingInitiation
     );
     let message1 = alice.initiate(&p.alice, 2_000, &mut p.rng).unwrap();
@@ -153,7 +153,7 @@ fn corrupted_message2_leaves_the_ring_unchanged() {
 }
 
 #[test]
-fn stale_epoch_is_refused_and_pending_initiation_becomes_moot() {
+fn a_late_initiation_is_raised_and_its_moot_initiator_ignores_the_answer() {
     let mut p = pair(5);
     let (mut alice, mut bob) = committed_rings(&mut p);
     // Both initiate epoch 2; alice's completes first and is committed on both sides.
@@ -170,19 +170,98 @@ fn stale_epoch_is_refused_and_pending_initiation_becomes_moot() {
     assert_eq!(bob.pending_initiation(), None);
     let ack = bob.seal(b"ack").unwrap();
     assert!(alice.open(&ack).unwrap().newly_committed);
-    // Bob's stale epoch-2 initiation reaches alice, who committed epoch 2.
-    let before = alice.snapshot();
+    // Bob's late epoch-2 initiation reaches alice, who committed epoch 2: she cannot
+    // tell it from a restarted bob's, raises it to 3 and keeps a non-sendable
+    // candidate; her committed generation and what she seals under do not change.
+    let committed = alice.committed();
+    let message2 = respond(&p.alice, &mut alice, &bob_message1, &mut p.rng).unwrap();
+    assert_eq!(alice.committed(), committed);
+    assert_eq!(alice.best_sendable_generation(), committed);
+    let snapshot = alice.snapshot();
+    assert_eq!(snapshot.candidates.len(), 1);
+    assert_eq!(snapshot.candidates[0].id.epoch, 3);
+    assert!(!snapshot.candidates[0].sendable);
+    // Bob's initiation is moot: the answer changes nothing there.
+    let before = bob.snapshot();
     assert_eq!(
-        respond(&p.alice, &mut alice, &bob_message1, &mut p.rng).unwrap_err(),
-        RingError::Handshake(HandshakeError::StaleEpoch {
-            proposed: 2,
-            committed: 2
-        })
+        bob.confirm(&message2).unwrap_err(),
+        RingError::NoPendingInitiation
     );
-    assert_eq!(alice.snapshot(), before);
+    assert_eq!(bob.snapshot(), before);
     // The next initiation proposes epoch 3.
     alice.initiate(&p.alice, 3_000, &mut p.rng).unwrap();
     assert_eq!(alice.pending_initiation().map(|i| i.epoch), Some(3));
+}
+
+#[test]
+fn a_restarted_peer_is_back_in_one_handshake_under_new_keys() {
+    let mut p = pair(15);
+    let (mut alice, mut bob) = committed_rings(&mut p);
+    let (pa, pb) = (p.alice.clone(), p.bob.clone());
+    upgrade(&mut p, &mut alice, &pa, &mut bob, &pb, 2_000);
+    upgrade(&mut p, &mut bob, &pb, &mut alice, &pa, 3_000);
+    let old = bob.committed().unwrap();
+    let old_secret = bob.committed_fingerprint();
+    let old_frame = alice.seal(b"from the old process").unwrap();
+    // Alice restarts: an empty ring, proposing epoch 1.
+    let mut alice = KeyRing::new(*p.bob.public(), p.rk.clone());
+    let message1 = alice.initiate(&p.alice, 4_000, &mut p.rng).unwrap();
+    assert_eq!(alice.pending_initiation().map(|i| i.epoch), Some(1));
+    let message2 = respond(&p.bob, &mut bob, &message1, &mut p.rng).unwrap();
+    // Until the new generation commits, bob keeps the old session.
+    assert_eq!(bob.committed(), Some(old));
+    assert_eq!(bob.best_sendable_generation(), Some(old));
+    assert_eq!(bob.open(&old_frame).unwrap().generation, old);
+    let new = alice.confirm(&message2).unwrap();
+    assert_eq!(new.epoch, old.epoch + 1);
+    let frame = alice.seal(b"back").unwrap();
+    let opened = bob.open(&frame).unwrap();
+    assert!(opened.newly_committed && opened.epoch_raised);
+    let ack = bob.seal(b"welcome back").unwrap();
+    let opened = alice.open(&ack).unwrap();
+    assert!(opened.newly_committed && opened.epoch_raised);
+    assert_eq!(alice.committed(), Some(new));
+    assert_eq!(bob.committed(), Some(new));
+    assert_eq!(alice.committed_fingerprint(), bob.committed_fingerprint());
+    assert_ne!(bob.committed_fingerprint(), old_secret);
+    // An ordinary handshake afterwards is not raised.
+    let id = upgrade(&mut p, &mut bob, &pb, &mut alice, &pa, 5_000);
+    assert_eq!(id.epoch, new.epoch + 1);
+    let frame = alice.seal(b"x").unwrap();
+    assert!(!bob.open(&frame).unwrap().epoch_raised);
+}
+
+#[test]
+fn a_replayed_initiation_cannot_displace_the_live_session() {
+    let mut p = pair(16);
+    let (mut alice, mut bob) = committed_rings(&mut p);
+    // An attacker keeps alice's initiation from bob; alice gives up on it and bob's own
+    // handshake moves the pair to epoch 2.
+    let held_back = alice.initiate(&p.alice, 2_000, &mut p.rng).unwrap();
+    let (pa, pb) = (p.alice.clone(), p.bob.clone());
+    let live = upgrade(&mut p, &mut bob, &pb, &mut alice, &pa, 3_000);
+    // Replayed now, it is fresh to bob (no later initiation from alice was accepted):
+    // bob answers with a raised epoch, but only alice's ephemeral key could use the
+    // answer, and alice's initiation is moot.
+    let message2 = respond(&p.bob, &mut bob, &held_back, &mut p.rng).unwrap();
+    assert_eq!(
+        alice.confirm(&message2).unwrap_err(),
+        RingError::NoPendingInitiation
+    );
+    // Replayed again: refused outright.
+    let before = bob.snapshot();
+    assert!(matches!(
+        respond(&p.bob, &mut bob, &held_back, &mut p.rng).unwrap_err(),
+        RingError::Handshake(HandshakeError::ReplayedInitiation { .. })
+    ));
+    assert_eq!(bob.snapshot(), before);
+    // The live session is untouched and keeps working both ways.
+    assert_eq!(bob.committed(), Some(live));
+    assert_eq!(bob.best_sendable_generation(), Some(live));
+    let frame = alice.seal(b"still here").unwrap();
+    assert_eq!(bob.open(&frame).unwrap().generation, live);
+    let frame = bob.seal(b"still here").unwrap();
+    assert_eq!(alice.open(&frame).unwrap().generation, live);
 }
 
 #[test]

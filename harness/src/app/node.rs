@@ -642,6 +642,7 @@ impl NodeState {
                 },
                 handshake_timeouts: s.counters.handshake_timeouts,
                 reconnect_timeouts: s.counters.reconnect_timeouts,
+                restart_handshakes: s.counters.restart_handshakes,
                 migrations: s.migrations,
                 last_migration_ms: s.last_migration.map(millis),
                 session: self.tracker.metrics(s.peer, now),

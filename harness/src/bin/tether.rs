@@ -492,10 +492,10 @@ fn render_status(r: &NodeStatusReport) -> String {
         ));
         let (d, r) = (&p.traffic.direct, &p.traffic.relay);
         out.push_str(&format!(
-            "{}: frames direct sent {} ({} B) received {} ({} B), relay sent {} ({} B) received {} ({} B); gave up on {} handshakes, {} reconnects\n",
+            "{}: frames direct sent {} ({} B) received {} ({} B), relay sent {} ({} B) received {} ({} B); gave up on {} handshakes, {} reconnects; {} handshakes after a restart\n",
             p.name, d.frames_sent, d.bytes_sent, d.frames_received, d.bytes_received,
             r.frames_sent, r.bytes_sent, r.frames_received, r.bytes_received,
-            p.handshake_timeouts, p.reconnect_timeouts
+            p.handshake_timeouts, p.reconnect_timeouts, p.restart_handshakes
         ));
     }
     let t = &r.transport;

@@ -596,7 +596,13 @@ impl DirectConnection {
             self.links.heard(link, device, now);
         }
         if opened.newly_committed {
-            self.committed(now, device, via, opened.generation.epoch);
+            self.committed(
+                now,
+                device,
+                via,
+                opened.generation.epoch,
+                opened.epoch_raised,
+            );
         }
         self.session_frame(now, device, via, session_frame);
         Some(device)

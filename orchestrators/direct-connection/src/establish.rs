@@ -295,6 +295,8 @@ impl DirectConnection {
             self.counters.refused_handshakes += 1;
             return None;
         }
+        let epoch_raised = responded.epoch_raised;
+        let proposed = responded.payload.epoch;
         let message2 = match peer.ring.accept(responded) {
             Ok(message2) => message2,
             Err(error) => {
@@ -305,8 +307,20 @@ impl DirectConnection {
         };
         peer.handshakes += 1;
         let session = peer.session;
+        let committed = peer.ring.committed_epoch();
         self.credit_link(via, wire_len);
-        if let Via::Link(link) = via {
+        if epoch_raised {
+            // The peer proposed an epoch we are past: it lost the session we hold (it
+            // restarted), or this is a late or replayed initiation. Nothing changes until
+            // a frame under the new keys opens (`committed`); only that frame, which needs
+            // the initiator's ephemeral key, claims and validates this link.
+            tracing::debug!(
+                peer = %device,
+                proposed,
+                ?committed,
+                "answering a handshake for an epoch we are past, with a raised epoch"
+            );
+        } else if let Via::Link(link) = via {
             // The initiator proved its static key and the relationship key, fresh.
             self.links.attribute(link, device);
             self.links.validate(link);
@@ -352,10 +366,32 @@ impl DirectConnection {
     }
 
     /// A new generation was committed (a handshake completed on this side).
-    pub(crate) fn committed(&mut self, now: Instant, device: DeviceId, via: Via, epoch: u64) {
+    /// `epoch_raised`: its responder raised the epoch, so one side had restarted and lost
+    /// the session the other held; this commit ends that.
+    pub(crate) fn committed(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        epoch: u64,
+        epoch_raised: bool,
+    ) {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
+        if epoch_raised {
+            peer.counters.restart_handshakes += 1;
+            tracing::info!(
+                peer = %device,
+                epoch,
+                "back in session after a restart: a new handshake above the lost session"
+            );
+            if let Via::Link(link) = via {
+                // The frame that committed came under keys only the initiator's
+                // ephemeral key yields: the address it came from is the peer's.
+                self.links.validate(link);
+            }
+        }
         let newer = peer.reported.is_none_or(|r| epoch > r.epoch);
         if !newer {
             return;

@@ -117,6 +117,10 @@ pub struct PeerCounters {
     pub handshake_timeouts: u64,
     /// Transport-only reconnects that no path answered in time.
     pub reconnect_timeouts: u64,
+    /// Handshakes that committed with an epoch their responder raised: one side had
+    /// restarted and lost the session the other still held, and this handshake brought
+    /// the pair back (counted on both sides, once per such handshake).
+    pub restart_handshakes: u64,
 }
 
 /// Sealed session frames on one kind of path: sent, and received authentic (frames

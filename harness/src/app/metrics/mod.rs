@@ -89,6 +89,9 @@ pub struct PeerReport {
     pub handshake_timeouts: u64,
     /// Transport-only reconnects this device gave up on.
     pub reconnect_timeouts: u64,
+    /// Handshakes that brought the pair back after one side restarted and lost the
+    /// session the other still held (the responder raised the epoch).
+    pub restart_handshakes: u64,
     /// Migrations completed (as the node counts them).
     pub migrations: u64,
     /// Duration of the last migration.

@@ -175,6 +175,13 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
         "Transport-only reconnects no path answered in time.",
         |x| x.reconnect_timeouts,
     );
+    p.per_peer(
+        report,
+        "tether_restart_handshakes_total",
+        "counter",
+        "Handshakes that brought the session back after one side restarted and lost it.",
+        |x| x.restart_handshakes,
+    );
     p.family(
         "tether_path_seconds_total",
         "counter",
