@@ -7,17 +7,19 @@
 //! with its virtual time for phase timelines.
 
 use crate::hub::{phase_timeline, NodeEvent};
-use crate::node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+use crate::journal_writer::CommitOn;
+use crate::node::{DurableChannels, Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
 use crate::relay_server::{RelayServer, RelayServerHandle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
-use tether_protocol::{DeviceId, SessionStatus};
+use tether_protocol::{DeviceId, RestoredChannels, SessionStatus};
 use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
 use tether_transport::{Endpoint, TransportConfig};
 
@@ -67,6 +69,7 @@ pub struct ClusterBuilder {
     presence: tether_presence::Config,
     limits: Limits,
     wildcard: Vec<usize>,
+    volatile: Vec<usize>,
 }
 
 impl ClusterBuilder {
@@ -77,6 +80,7 @@ impl ClusterBuilder {
             devices,
             pairs: Vec::new(),
             wildcard: Vec::new(),
+            volatile: Vec::new(),
             blocked: Vec::new(),
             stale: Vec::new(),
             stale_one_way: Vec::new(),
@@ -124,6 +128,14 @@ impl ClusterBuilder {
     /// the wildcard address and a new port.
     pub fn wildcard(mut self, i: usize) -> Self {
         self.wildcard.push(i);
+        self
+    }
+
+    /// Device `i` keeps no channels across a restart (no store): a restart loses what
+    /// it had not delivered or had not been acknowledged. Every other device keeps them
+    /// in a memory store that outlives its node, as a data directory would.
+    pub fn volatile(mut self, i: usize) -> Self {
+        self.volatile.push(i);
         self
     }
 
@@ -221,6 +233,10 @@ impl ClusterBuilder {
                 blueprint: tether_connection_blueprint::Config::default(),
                 unix_ms_at_start: SIM_UNIX_MS,
                 interfaces: vec![ips[i]],
+                durable: (!self.volatile.contains(&i)).then(|| DurableChannels {
+                    store: Arc::new(Mutex::new(Box::new(RestoredChannels::default()))),
+                    commit_on: CommitOn::Inline,
+                }),
             };
             devices.push(SimDevice {
                 name,
@@ -514,12 +530,19 @@ impl SimCluster {
         self.net.partition(self.devices[i].host, self.relay_host);
     }
 
+    /// Reconnects a device to the relay server.
+    pub fn heal_relay(&self, i: usize) {
+        self.net.heal(self.devices[i].host, self.relay_host);
+    }
+
     /// Crashes device `i`: every actor stops and its endpoint closes.
     pub fn crash(&mut self, i: usize) {
         self.collect_events();
         if let Some(node) = self.devices[i].node.take() {
             node.stop();
         }
+        // The process is gone: so are its sockets, whatever QUIC was still draining.
+        self.net.release_sockets(self.devices[i].host);
     }
 
     /// Stops device `i` on purpose, as SIGTERM does: its peers are told goodbye first.
@@ -528,6 +551,7 @@ impl SimCluster {
         if let Some(node) = self.devices[i].node.take() {
             node.close().await;
         }
+        self.net.release_sockets(self.devices[i].host);
     }
 
     /// Restarts a crashed or closed device with its config (empty session state, fresh

@@ -12,6 +12,7 @@ pub mod app;
 pub mod cluster;
 mod driver;
 mod hub;
+mod journal_writer;
 mod link_tasks;
 mod node;
 mod relay_server;
@@ -20,7 +21,8 @@ pub use announce::announced_endpoints;
 pub use cluster::{run_simulation, ClusterBuilder, SimCluster, SimDevice};
 pub use driver::{Rebind, TransportDriver};
 pub use hub::{NodeEvent, PresenceView};
-pub use node::{Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+pub use journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
+pub use node::{DurableChannels, Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
 pub use relay_server::{GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap};
 
 // `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has

@@ -4,6 +4,7 @@
 use crate::announce::announced_endpoints;
 use crate::driver::{DriverRecipients, Rebind, TransportDriver};
 use crate::hub::{EventHub, GetPresence, NodeEvent, PresenceView};
+use crate::journal_writer::{CommitOn, Flush, JournalWriter, SharedChannelStore};
 use actix::{Actor, Addr, AsyncContext, Context};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -15,8 +16,8 @@ use tether_direct_connection::{
 };
 use tether_pms::{GetRendezvousClientCounters, RendezvousClientConfig, RendezvousClientCounters};
 use tether_protocol::{
-    ChannelId, DeviceId, LinkOwner, PathKind, RequestId, SendError, SendMessage, SessionStatus,
-    Shutdown, TransportPort,
+    ChannelId, ChannelStoreError, DeviceId, LinkOwner, PathKind, RequestId, RestoredChannels,
+    SendError, SendMessage, SessionStatus, Shutdown, TransportPort,
 };
 use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
 use tether_transport::{Endpoint, EndpointStats};
@@ -63,6 +64,18 @@ pub struct NodeConfig {
     /// address (see [`announced_endpoints`]); unused when the endpoint is bound to one
     /// address.
     pub interfaces: Vec<IpAddr>,
+    /// Where channels are kept across restarts; without one, a stop loses every message
+    /// not yet acknowledged.
+    pub durable: Option<DurableChannels>,
+}
+
+/// A node's channel store and where its commits run.
+#[derive(Clone)]
+pub struct DurableChannels {
+    /// The store.
+    pub store: SharedChannelStore,
+    /// Where its commits run.
+    pub commit_on: CommitOn,
 }
 
 /// One peer's status, as `tether status` shows it.
@@ -111,6 +124,8 @@ pub struct Node {
     events: mpsc::UnboundedReceiver<NodeEvent>,
     /// A handle for reading the endpoint's counters (the driver owns and closes it).
     endpoint: Endpoint,
+    /// The journal writer, when channels are kept across restarts.
+    journal: Option<Addr<JournalWriter>>,
 }
 
 /// Where a node's randomness comes from.
@@ -197,8 +212,28 @@ impl Node {
             .map(|p| DeviceId(*p.public.as_bytes()))
             .collect();
 
+        let (restored, journal) = match &config.durable {
+            Some(durable) => {
+                let restored = durable
+                    .store
+                    .lock()
+                    .map_err(|_| std::io::Error::other("the channel store's lock was poisoned"))?
+                    .load()
+                    .map_err(std::io::Error::other)?;
+                (restored, Some(durable))
+            }
+            None => (RestoredChannels::default(), None),
+        };
         let presence_ctx = Context::<tether_presence::Orchestrator>::new();
         let dc_ctx = Context::<direct_connection::Orchestrator>::new();
+        let journal = journal.map(|durable| {
+            JournalWriter::new(
+                durable.store.clone(),
+                durable.commit_on,
+                dc_ctx.address().recipient(),
+            )
+            .start()
+        });
         let blueprint_ctx = Context::<tether_connection_blueprint::Orchestrator>::new();
         let rcs_ctx = Context::<tether_rcs::Orchestrator>::new();
         let pms_ctx = Context::<tether_pms::Orchestrator>::new();
@@ -253,6 +288,8 @@ impl Node {
                 rng_seed: seeds.direct_connection,
                 unix_ms_at_start: config.unix_ms_at_start,
                 limits: config.limits.clone(),
+                restored,
+                journal: journal.is_some(),
             },
             direct_connection::Recipients {
                 transport: port(LinkOwner::DirectConnection),
@@ -274,6 +311,10 @@ impl Node {
                 peer_announced: blueprint.clone().recipient(),
                 peer_endpoints_changed: presence.clone().recipient(),
                 send_waiting: presence.clone().recipient(),
+                journal: match &journal {
+                    Some(writer) => writer.clone().recipient(),
+                    None => hub_sink(),
+                },
                 delivered: hub.clone().recipient(),
             },
         ));
@@ -345,6 +386,7 @@ impl Node {
             hub,
             events,
             endpoint: endpoint_handle,
+            journal,
         })
     }
 
@@ -366,14 +408,29 @@ impl Node {
         channel: ChannelId,
         payload: Vec<u8>,
     ) -> Result<u64, SendError> {
-        self.dc
+        let seq = self
+            .dc
             .send(SendMessage {
                 peer,
                 channel,
                 payload,
             })
             .await
-            .map_err(|_| SendError::Closed)?
+            .map_err(|_| SendError::Closed)??;
+        if let Some(writer) = &self.journal {
+            // Accepted means durable: wait for the commit that holds the message.
+            let committed = writer
+                .send(Flush)
+                .await
+                .unwrap_or_else(|_| Err(ChannelStoreError("the journal writer stopped".into())));
+            if let Err(error) = committed {
+                return Err(SendError::NotDurable {
+                    seq,
+                    reason: error.to_string(),
+                });
+            }
+        }
+        Ok(seq)
     }
 
     /// The next event, in order. None once the node stopped.
@@ -477,6 +534,14 @@ impl Node {
             .send(direct_connection::CloseSessions)
             .await
             .unwrap_or(0);
+        if let Some(writer) = &self.journal {
+            // What the journal holds is kept for the next start.
+            match writer.send(Flush).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "the channel store failed at stop"),
+                Err(_) => tracing::error!("the journal writer stopped before the node"),
+            }
+        }
         self.stop();
         if tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle())
             .await
@@ -495,6 +560,9 @@ impl Node {
         self.rcs.do_send(Shutdown);
         self.pms.do_send(Shutdown);
         self.driver.do_send(Shutdown);
+        if let Some(writer) = &self.journal {
+            writer.do_send(Shutdown);
+        }
     }
 }
 

@@ -64,6 +64,7 @@ fn ephemeral_keys(start: Start) -> [Vec<u8>; 2] {
             blueprint: tether_connection_blueprint::Config::default(),
             unix_ms_at_start: 1_700_000_000_000,
             interfaces: Vec::new(),
+            durable: None,
         };
         let mut nodes = Vec::new();
         for i in 0..2_u8 {

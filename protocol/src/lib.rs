@@ -12,6 +12,8 @@
 //! - [`codec`]: versioned, size-bounded encoding of both, with typed [`DecodeError`]s.
 //!   The encoding choice (compact MessagePack behind a version byte) is explained there.
 //!
+//! - [`journal`]: what DirectConnection records of each channel so that a restart loses
+//!   and repeats nothing, and what a store gives back at start.
 //! - [`shell`]: the runtime clock and the re-armable timer that every orchestrator's
 //!   actix shell shares.
 //!
@@ -19,6 +21,7 @@
 
 pub mod codec;
 pub mod ids;
+pub mod journal;
 pub mod messages;
 pub mod shell;
 pub mod status;
@@ -29,6 +32,10 @@ pub use codec::{
     WIRE_VERSION,
 };
 pub use ids::{ChannelId, DeviceId, Epoch, IdParseError, LinkId, RequestId, SessionId};
+pub use journal::{
+    ChannelStore, ChannelStoreError, JournalCommitted, JournalEntry, RestoredChannels,
+    RestoredInbound, RestoredOutbound,
+};
 pub use messages::*;
 pub use status::{IllegalTransition, SessionStatus};
 pub use wire::{

@@ -485,6 +485,15 @@ pub enum SendError {
     /// The session was closed by the application.
     #[error("session closed")]
     Closed,
+    /// The message was queued but could not be made durable (the store failed): it is
+    /// delivered if this node keeps running, and lost if it stops first.
+    #[error("message {seq} queued but not durable: {reason}")]
+    NotDurable {
+        /// The sequence number it was given.
+        seq: u64,
+        /// What the store reported.
+        reason: String,
+    },
 }
 
 /// A message reached the application, exactly once and in order per channel.

@@ -138,6 +138,7 @@ pub async fn run_node(
         blueprint: tether_connection_blueprint::Config::default(),
         unix_ms_at_start: unix_ms(),
         interfaces: interfaces.clone(),
+        durable: None,
     };
     let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
         what: "node",

@@ -7,9 +7,9 @@ use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
-    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
-    MessageDelivered, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
-    PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, JournalCommitted,
+    JournalEntry, LivenessReport, MessageDelivered, PathLost, PathMeasured, PeerAnnounced,
+    PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
     RelayMigrationPing, RelayStatus, SendMessage, SendMigrationPing, SendWaiting, SessionReady,
     TransportEvent, TransportPort,
 };
@@ -46,6 +46,8 @@ pub struct Recipients {
     pub peer_endpoints_changed: Recipient<PeerEndpointsChanged>,
     /// Presence.
     pub send_waiting: Recipient<SendWaiting>,
+    /// The store that keeps channels across restarts (journalling only).
+    pub journal: Recipient<JournalEntry>,
     /// The application.
     pub delivered: Recipient<MessageDelivered>,
 }
@@ -111,6 +113,7 @@ impl CoreShell for Orchestrator {
             Output::PeerAnnounced(m) => r.peer_announced.do_send(m),
             Output::PeerEndpointsChanged(m) => r.peer_endpoints_changed.do_send(m),
             Output::SendWaiting(m) => r.send_waiting.do_send(m),
+            Output::Journal(m) => r.journal.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
         }
     }
@@ -130,6 +133,7 @@ tether_protocol::feed_messages!(Orchestrator {
     RelayDelivered => Input::Relay,
     RelayStatus => Input::RelayStatus,
     BlueprintCompiled => Input::Blueprint,
+    JournalCommitted => Input::JournalCommitted,
     PeerEndpointHint => Input::Hint,
 });
 

@@ -50,6 +50,34 @@ impl Outbound {
         }
     }
 
+    /// A channel as a store kept it: the same incarnation and numbering, its
+    /// unacknowledged messages queued again (none sent yet on this run), and a Migrate
+    /// marker first so the receiver lines up with it.
+    pub fn restore(
+        credit: u64,
+        incarnation: u64,
+        next_seq: u64,
+        acked_below: u64,
+        unacked: Vec<(u64, Vec<u8>)>,
+    ) -> Self {
+        Self {
+            next_seq,
+            acked_below,
+            send_limit: acked_below.saturating_add(credit),
+            unacked: unacked
+                .into_iter()
+                .filter(|(seq, _)| *seq >= acked_below && *seq < next_seq)
+                .map(|(seq, payload)| Unacked {
+                    seq,
+                    payload,
+                    last_sent: None,
+                })
+                .collect(),
+            unannounced: true,
+            incarnation,
+        }
+    }
+
     /// This run's incarnation number.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
@@ -183,9 +211,23 @@ impl Inbound {
         Received::Deliver(deliver)
     }
 
+    /// A receiving half as a store kept it.
+    pub fn restore(sender_incarnation: Option<u64>, next_expected: u64) -> Self {
+        Self {
+            next_expected,
+            early: BTreeMap::new(),
+            sender_incarnation,
+        }
+    }
+
     /// The next sequence number expected (the cumulative acknowledgement).
     pub fn next_expected(&self) -> u64 {
         self.next_expected
+    }
+
+    /// The sender's incarnation of this channel, once a marker told it.
+    pub fn sender_incarnation(&self) -> Option<u64> {
+        self.sender_incarnation
     }
 
     /// Applies the sender's position from a Migrate marker. Returns true when it shows

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
-use tether_protocol::DeviceId;
+use tether_protocol::{DeviceId, RestoredChannels};
 
 /// A paired device: its identity and the relationship key shared with it.
 #[derive(Clone)]
@@ -37,6 +37,11 @@ pub struct Config {
     pub unix_ms_at_start: u64,
     /// Timing and limits.
     pub limits: Limits,
+    /// Channels as a store kept them at the last stop (empty without a store).
+    pub restored: RestoredChannels,
+    /// Emit a `JournalEntry` for each change to a channel's durable state (only when a
+    /// store keeps them: each accepted message is copied into its entry).
+    pub journal: bool,
 }
 
 /// Timing and limits of the DirectConnection core, each with the reason for its default.

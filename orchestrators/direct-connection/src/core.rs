@@ -8,6 +8,7 @@
 //! a path), [`crate::sending`] (sealing, queues, retransmission, liveness) and
 //! [`crate::frames`] (authenticated session frames).
 
+use crate::channels::{Inbound, Outbound};
 use crate::config::{Config, Limits};
 use crate::links::{DialPurpose, LinkTable, PendingDial};
 use crate::migration::direct_addrs;
@@ -21,12 +22,13 @@ use std::time::{Duration, Instant};
 use tether_crypto::{Fingerprint, KeyRing, PathChallenger, RendezvousId, Sealed, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, CandidateSource, CarryOverRelay, ConnectFailed, ConnectPeer, DeviceId,
-    DirectDialFailed, Endpoint, EvictSession, HandshakeStarted, InboundMigrationPing, LinkId,
-    LivenessReport, MessageDelivered, PathKind, PathLost, PathMeasured, PeerAnnounced,
-    PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendMigrationPing, SendWaiting,
-    SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent, WireFrame,
+    BlueprintCompiled, CandidateSource, CarryOverRelay, ChannelId, ConnectFailed, ConnectPeer,
+    DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted, InboundMigrationPing,
+    JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageDelivered, PathKind, PathLost,
+    PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered,
+    RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus, RequestId, SealedFrame,
+    SendMigrationPing, SendWaiting, SessionFrame, SessionId, SessionReady, TransportCommand,
+    TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -55,6 +57,8 @@ pub enum Input {
     LocalEndpoints(Vec<SocketAddr>),
     /// ConnectionBlueprint's new candidate order for a peer.
     Blueprint(BlueprintCompiled),
+    /// The store committed the first `through` journal entries.
+    JournalCommitted(JournalCommitted),
     /// The peer's endpoints from a rendezvous hint.
     Hint(PeerEndpointHint),
 }
@@ -90,6 +94,8 @@ pub enum Output {
     PeerAnnounced(PeerAnnounced),
     /// To Presence.
     SendWaiting(SendWaiting),
+    /// To the store that keeps channels across restarts (only when journalling).
+    Journal(JournalEntry),
     /// To Presence.
     PeerEndpointsChanged(PeerEndpointsChanged),
     /// To the application.
@@ -176,6 +182,13 @@ pub struct DirectConnection {
     pub(crate) local_endpoints: Vec<SocketAddr>,
     pub(crate) counters: Counters,
     pub(crate) outputs: VecDeque<Output>,
+    /// Whether channel changes are journalled (`Output::Journal`).
+    pub(crate) journal: bool,
+    /// Journal entries emitted so far (the number of the last one).
+    pub(crate) journal_emitted: u64,
+    /// Acks held back until the store commits the entry (by number) that records the
+    /// channel's position, with the path to send them on.
+    pub(crate) awaiting_commit: BTreeMap<(DeviceId, ChannelId), (u64, Via)>,
 }
 
 impl DirectConnection {
@@ -214,7 +227,33 @@ impl DirectConnection {
                 },
             );
         }
+        let credit = config.limits.credit;
+        for kept in config.restored.outbound {
+            if let Some(peer) = peers.get_mut(&kept.peer) {
+                peer.outbound.insert(
+                    kept.channel,
+                    Outbound::restore(
+                        credit,
+                        kept.incarnation,
+                        kept.next_seq,
+                        kept.acked_below,
+                        kept.unacked,
+                    ),
+                );
+            }
+        }
+        for kept in config.restored.inbound {
+            if let Some(peer) = peers.get_mut(&kept.peer) {
+                peer.inbound.insert(
+                    kept.channel,
+                    Inbound::restore(kept.sender_incarnation, kept.next_expected),
+                );
+            }
+        }
         Self {
+            journal: config.journal,
+            journal_emitted: 0,
+            awaiting_commit: BTreeMap::new(),
             limits: config.limits,
             local: config.local,
             rng: ChaCha20Rng::from_seed(config.rng_seed),
@@ -313,6 +352,10 @@ impl SansIoCore for DirectConnection {
                 if let Some(peer) = self.peers.get_mut(&compiled.peer) {
                     peer.blueprint = direct_addrs(&compiled.candidates);
                 }
+                None
+            }
+            Input::JournalCommitted(committed) => {
+                self.journal_committed(committed.through);
                 None
             }
             Input::Hint(hint) => {

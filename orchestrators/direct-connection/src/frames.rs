@@ -5,7 +5,9 @@ use crate::channels::{Inbound, Received};
 use crate::core::{DirectConnection, Output};
 use crate::state::Via;
 use std::time::Instant;
-use tether_protocol::{ChannelId, DeviceId, MessageDelivered, PeerReset, SessionFrame};
+use tether_protocol::{
+    ChannelId, DeviceId, JournalEntry, MessageDelivered, PeerReset, SessionFrame,
+};
 
 impl DirectConnection {
     /// Dispatches one opened session frame from `device` that came over `via`.
@@ -28,12 +30,21 @@ impl DirectConnection {
                 next_expected,
                 credit,
             } => {
-                if let Some(outbound) = self
+                // The new acknowledged point, when this ack released anything.
+                let released_below = self
                     .peers
                     .get_mut(&device)
                     .and_then(|p| p.outbound.get_mut(&channel))
-                {
-                    outbound.ack(next_expected, credit);
+                    .and_then(|outbound| {
+                        let released = outbound.ack(next_expected, credit);
+                        (released > 0).then(|| outbound.first_unacked())
+                    });
+                if let Some(below) = released_below {
+                    self.journal(JournalEntry::Acknowledged {
+                        peer: device,
+                        channel,
+                        below,
+                    });
                 }
                 self.pump(now, device);
             }
@@ -72,8 +83,11 @@ impl DirectConnection {
                     if resynced {
                         peer.counters.resyncs += 1;
                     }
+                    if resynced {
+                        self.journal_received(device, channel, via);
+                    }
                 }
-                self.send_ack(device, via, channel);
+                self.ack_when_durable(device, via, channel);
             }
             SessionFrame::Padding { .. } => {}
             SessionFrame::Reset { reason } => {
@@ -107,11 +121,38 @@ impl DirectConnection {
                         payload,
                     }));
                 }
+                self.journal_received(device, channel, via);
             }
             Received::Duplicate => peer.counters.duplicates += 1,
             Received::Buffered | Received::BeyondCredit => {}
         }
-        self.send_ack(device, via, channel);
+        self.ack_when_durable(device, via, channel);
+    }
+
+    /// Acknowledges a channel's position, once it is durable: while the entry that
+    /// records it waits for the store's commit, the ack waits too (on the path of the
+    /// latest frame), so a sender never forgets a message that a crash of this device
+    /// could make it deliver again.
+    fn ack_when_durable(&mut self, device: DeviceId, via: Via, channel: ChannelId) {
+        match self.awaiting_commit.get_mut(&(device, channel)) {
+            Some((_, ack_via)) => *ack_via = via,
+            None => self.send_ack(device, via, channel),
+        }
+    }
+
+    /// The store committed the first `through` journal entries: the acks they held
+    /// back go out.
+    pub(crate) fn journal_committed(&mut self, through: u64) {
+        let due: Vec<((DeviceId, ChannelId), Via)> = self
+            .awaiting_commit
+            .iter()
+            .filter(|(_, (entry, _))| *entry <= through)
+            .map(|(key, (_, via))| (*key, *via))
+            .collect();
+        for ((device, channel), via) in due {
+            self.awaiting_commit.remove(&(device, channel));
+            self.send_ack(device, via, channel);
+        }
     }
 
     fn send_ack(&mut self, device: DeviceId, via: Via, channel: ChannelId) {
@@ -146,5 +187,40 @@ fn frame_kind(frame: &SessionFrame) -> &'static str {
         SessionFrame::Migrate { .. } => "migrate",
         SessionFrame::Padding { .. } => "padding",
         SessionFrame::Reset { .. } => "reset",
+    }
+}
+
+impl DirectConnection {
+    /// Records a change to a channel's durable state, when a store keeps them; returns
+    /// the entry's number (entries are numbered from 1 in the order emitted).
+    pub(crate) fn journal(&mut self, entry: JournalEntry) -> Option<u64> {
+        if !self.journal {
+            return None;
+        }
+        self.journal_emitted += 1;
+        self.outputs.push_back(Output::Journal(entry));
+        Some(self.journal_emitted)
+    }
+
+    /// Records where the receiving side of a channel stands; its ack waits for the
+    /// commit.
+    fn journal_received(&mut self, device: DeviceId, channel: ChannelId, via: Via) {
+        let Some(inbound) = self
+            .peers
+            .get(&device)
+            .and_then(|p| p.inbound.get(&channel))
+        else {
+            return;
+        };
+        let entry = JournalEntry::Received {
+            peer: device,
+            channel,
+            sender_incarnation: inbound.sender_incarnation(),
+            next_expected: inbound.next_expected(),
+        };
+        if let Some(number) = self.journal(entry) {
+            self.awaiting_commit
+                .insert((device, channel), (number, via));
+        }
     }
 }

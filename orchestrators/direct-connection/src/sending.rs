@@ -9,8 +9,8 @@ use crate::timers::Timer;
 use std::collections::btree_map::Entry;
 use std::time::Instant;
 use tether_protocol::{
-    ChannelId, DeviceId, Endpoint, LivenessReport, PathMeasured, RelayForward, SealedFrame,
-    SendError, SendMessage, SendWaiting, SessionFrame, TransportCommand, WireFrame,
+    ChannelId, DeviceId, Endpoint, JournalEntry, LivenessReport, PathMeasured, RelayForward,
+    SealedFrame, SendError, SendMessage, SendWaiting, SessionFrame, TransportCommand, WireFrame,
 };
 
 /// Bytes a sealed frame adds to its plaintext (AEAD tag, ids, nonce, framing),
@@ -72,7 +72,19 @@ impl DirectConnection {
                 entry.insert(Outbound::new(credit, incarnation))
             }
         };
-        Ok(outbound.push(payload))
+        let journalled = self.journal.then(|| payload.clone());
+        let seq = outbound.push(payload);
+        let incarnation = outbound.incarnation();
+        if let Some(payload) = journalled {
+            self.journal(JournalEntry::Accepted {
+                peer: device,
+                channel,
+                incarnation,
+                seq,
+                payload,
+            });
+        }
+        Ok(seq)
     }
 
     /// Puts due data frames on the bound path and re-arms the retransmission timer.

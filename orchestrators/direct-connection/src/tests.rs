@@ -14,8 +14,8 @@ use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     BlueprintCompiled, Candidate, CandidateSource, CarryOverRelay, ChannelId, ConnectPeer,
-    DeviceId, Endpoint, LinkId, PathKind, RelayDelivered, RelayMigrationPing, RelayStatus,
-    RequestId, SendMessage, SendMigrationPing, TransportCommand, TransportEvent,
+    DeviceId, Endpoint, JournalEntry, LinkId, PathKind, RelayDelivered, RelayMigrationPing,
+    RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand, TransportEvent,
 };
 
 const A: usize = 0;
@@ -88,6 +88,8 @@ impl Net {
                 rng_seed: ChaCha20Rng::seed_from_u64(seed).get_seed(),
                 unix_ms_at_start: 1_700_000_000_000,
                 limits: Limits::default(),
+                restored: tether_protocol::RestoredChannels::default(),
+                journal: false,
             };
             Node {
                 core: DirectConnection::new(config, t0),
@@ -1201,4 +1203,36 @@ fn a_goodbye_rides_in_the_link_close_and_the_peer_hears_it_as_closed() {
         }),
     );
     assert_eq!(closed(&net), 1);
+}
+
+#[test]
+fn a_journalling_receiver_acks_only_what_its_store_committed() {
+    let mut net = established(20);
+    net.nodes[B].core.journal = true;
+    net.send(A, "kept");
+    net.run_until(1000);
+    assert_eq!(net.delivered[B].len(), 1);
+    let received = net.outputs[B]
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Journal(JournalEntry::Received {
+                    next_expected: 1,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(received, 1, "the new position is journalled");
+    // Not durable yet: A must keep the message (B could forget it delivered it).
+    assert_eq!(net.snapshot(A).queued, 1);
+    let emitted = net.nodes[B].core.journal_emitted;
+    net.input(
+        B,
+        Input::JournalCommitted(tether_protocol::JournalCommitted { through: emitted }),
+    );
+    net.run_until(1200);
+    assert_eq!(net.snapshot(A).queued, 0, "released once committed");
+    assert_eq!(net.delivered[B].len(), 1);
 }

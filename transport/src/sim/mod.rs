@@ -257,6 +257,13 @@ impl SimNetwork {
         })
     }
 
+    /// The process that held `host`'s sockets ended (it crashed or exited): every one of
+    /// them dies at once (it neither sends nor receives again) and its port is free, as
+    /// the kernel frees a dead process's sockets, whatever QUIC was still draining.
+    pub fn release_sockets(&self, host: HostId) {
+        self.state().release_sockets(host);
+    }
+
     /// Packet counters of a host.
     pub fn counters(&self, host: HostId) -> Result<HostCounters, SimError> {
         self.state()

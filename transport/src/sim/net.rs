@@ -197,6 +197,21 @@ impl NetState {
         Ok(())
     }
 
+    /// Every socket of `host` dies and its port is free again.
+    pub(crate) fn release_sockets(&mut self, host: HostId) {
+        let held: Vec<_> = self
+            .sockets
+            .keys()
+            .filter(|(h, _)| *h == host)
+            .copied()
+            .collect();
+        for key in held {
+            if let Some(q) = self.sockets.remove(&key) {
+                q.kill();
+            }
+        }
+    }
+
     /// Removes an address: sockets bound to it die, NAT mappings for it are forgotten.
     pub(crate) fn remove_address(&mut self, host: HostId, ip: IpAddr) -> Result<(), SimError> {
         let h = self.host_mut(host)?;

@@ -143,6 +143,10 @@ impl AsyncUdpSocket for SimSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if self.queue.is_dead() {
+            // Its address or its process is gone: nothing leaves it.
+            return Ok(());
+        }
         match transmit.segment_size {
             Some(size) if size > 0 && size < transmit.contents.len() => {
                 for segment in transmit.contents.chunks(size) {

@@ -169,6 +169,7 @@ async fn real_single_side_move(seed: u64) -> Result<(Recorder, String), RealDemo
             unix_ms_at_start: unix_ms,
             // Bound to one loopback address each: nothing to announce in its place.
             interfaces: Vec::new(),
+            durable: None,
         };
         nodes.push(Node::start(config, endpoint).map_err(|e| err("node", &e))?);
     }
