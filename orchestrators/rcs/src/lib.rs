@@ -8,7 +8,9 @@
 //! - [`RelayQueueServer`] is the server's queue logic, also sans-IO: the harness runs it
 //!   behind a QUIC endpoint (`tether relay`). It authenticates devices by a proof of
 //!   static-key ownership ([`tether_crypto::server_auth`]), keeps bounded per-device
-//!   queues with TTLs, and never looks inside an envelope (invariant 7).
+//!   queues with TTLs, and never looks inside an envelope (invariant 7). What it stores
+//!   is reported as [`QueueChange`]s for a [`RelayQueueStore`] (see [`store`]), so a
+//!   relay restart loses no envelope before its TTL.
 //!
 //! # Messages (the actor)
 //! - in: [`RelayEnqueue`], [`RelayForward`] (DirectConnection); [`RelayPoll`] (Presence);
@@ -45,6 +47,7 @@ mod actor;
 pub mod client;
 mod counters;
 pub mod server;
+pub mod store;
 
 pub use actor::{GetRelayClientCounters, Orchestrator, Recipients};
 pub use client::{
@@ -54,6 +57,10 @@ pub use client::{
 pub use counters::RefusalCounters;
 pub use server::{
     ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+};
+pub use store::{
+    LoadedQueue, MemoryRelayQueueStore, QueueChange, RelayQueueStore, RelayStoreError,
+    StoredEnvelope,
 };
 pub use tether_server_link::{ConnectionCounters, ConnectionState, ServerLinkConfig};
 

@@ -37,8 +37,20 @@
 //! Per recipient: at most `max_queued_per_recipient` envelopes and
 //! `max_queued_bytes_per_recipient` bytes. Per sender: at most `max_stored_per_sender`
 //! envelopes stored across all recipients. Per envelope: `max_envelope_len` bytes.
+//! All recipients together: at most `max_stored_bytes`, each envelope charged its length
+//! plus [`ENVELOPE_OVERHEAD`] (so many tiny envelopes are bounded too). The same bounds
+//! bound the store on disk, which only ever holds what the core holds.
 //! Nothing is ever dropped silently before its TTL: an envelope leaves the queue only
 //! when its recipient acknowledges it or its TTL passes (counted as expired).
+//!
+//! # Persistence
+//! Every envelope stored or removed is also reported as a [`QueueChange`]
+//! ([`RelayQueueServer::poll_change`]). The shell applies the changes of an input to its
+//! [`RelayQueueStore`](crate::store::RelayQueueStore) in one commit before it sends
+//! that input's outputs, so `Enqueued` means durable. At start,
+//! [`RelayQueueServer::restore`] takes over what the store held, dropping (and
+//! reporting) what has expired or no longer fits the configured bounds. See
+//! [`crate::store`].
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -50,6 +62,7 @@ use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
 use tracing::debug;
 
 use crate::counters::RefusalCounters;
+use crate::store::{LoadedQueue, QueueChange, StoredEnvelope};
 
 /// One transport connection to the server, numbered by the harness. The server keys its
 /// per-connection state (challenge, authenticated device) by it.
@@ -89,6 +102,16 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// full queues, so one device cannot fill the server on its own.
 pub const DEFAULT_MAX_STORED_PER_SENDER: usize = 4 * DEFAULT_MAX_QUEUED_PER_RECIPIENT;
 
+/// Bytes stored for all recipients together: 1 GiB bounds the relay's memory and its
+/// store on disk; with [`ENVELOPE_OVERHEAD`] charged per envelope it also bounds the
+/// count (at most 4 Mi envelopes).
+pub const DEFAULT_MAX_STORED_BYTES: usize = 1024 * 1024 * 1024;
+
+/// What each stored envelope is charged against `max_stored_bytes` on top of its
+/// length: its ids, expiry and index entries, in memory and in the store (about 150
+/// bytes), rounded up.
+pub const ENVELOPE_OVERHEAD: usize = 256;
+
 /// Authenticated connections per device: the relay client, the rendezvous client, and
 /// the two they are replacing after a network change.
 pub const DEFAULT_MAX_CONNS_PER_DEVICE: usize = 4;
@@ -110,6 +133,13 @@ pub struct RelayServerConfig {
     pub max_stored_per_sender: usize,
     /// Most authenticated connections kept per device.
     pub max_conns_per_device: usize,
+    /// Most bytes stored for all recipients together, each envelope charged its length
+    /// plus [`ENVELOPE_OVERHEAD`].
+    pub max_stored_bytes: usize,
+    /// Unix time in milliseconds at the `now` given to [`RelayQueueServer::new`]: stored
+    /// expiries are wall-clock times so that they keep their meaning across a restart.
+    /// The shell reads the wall clock once; the core reads none.
+    pub unix_ms_at_start: u64,
     /// Seed of the challenge RNG (ChaCha20). In production it MUST come from the OS's
     /// entropy: a repeated seed repeats the challenge nonces, and a recorded proof would
     /// then authenticate again.
@@ -129,13 +159,16 @@ impl fmt::Debug for RelayServerConfig {
             .field("max_ttl", &self.max_ttl)
             .field("max_stored_per_sender", &self.max_stored_per_sender)
             .field("max_conns_per_device", &self.max_conns_per_device)
+            .field("max_stored_bytes", &self.max_stored_bytes)
+            .field("unix_ms_at_start", &self.unix_ms_at_start)
             .field("seed", &format_args!("<redacted>"))
             .finish()
     }
 }
 
 impl RelayServerConfig {
-    /// A config with the default bounds.
+    /// A config with the default bounds, and a wall clock starting at Unix time 0 (set
+    /// `unix_ms_at_start` when envelopes are stored across restarts).
     pub fn new(keypair: StaticKeypair, seed: [u8; 32]) -> Self {
         Self {
             keypair,
@@ -145,6 +178,8 @@ impl RelayServerConfig {
             max_ttl: DEFAULT_MAX_TTL,
             max_stored_per_sender: DEFAULT_MAX_STORED_PER_SENDER,
             max_conns_per_device: DEFAULT_MAX_CONNS_PER_DEVICE,
+            max_stored_bytes: DEFAULT_MAX_STORED_BYTES,
+            unix_ms_at_start: 0,
             seed,
         }
     }
@@ -197,6 +232,16 @@ pub struct RelayServerCounters {
     pub unknown_connections: u64,
     /// Connections closed because the device opened more than the limit.
     pub evicted_connections: u64,
+    /// Envelopes taken over from the store at start.
+    pub restored: u64,
+    /// Envelopes in the store at start that no longer fit the configured bounds
+    /// (lowered since they were stored), removed.
+    pub restore_dropped: u64,
+    /// Records in the store at start that could not be decoded, skipped and removed.
+    pub store_undecodable: u64,
+    /// Store commits that failed (counted by the shell, which applies them): the
+    /// envelopes stay queued in memory but would not survive a restart.
+    pub store_failures: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,13 +282,19 @@ pub struct RelayQueueServer {
     /// Envelopes stored per sender.
     per_sender: BTreeMap<DeviceId, usize>,
     next_envelope_id: u64,
+    /// Bytes charged against `max_stored_bytes` (lengths plus overheads).
+    stored_bytes: usize,
+    /// The `now` of `new`, when the wall clock read `unix_ms_at_start`.
+    started: Instant,
     outputs: VecDeque<ServerOutput>,
+    /// Store changes not yet taken by the shell.
+    changes: VecDeque<QueueChange>,
     counters: RelayServerCounters,
 }
 
 impl RelayQueueServer {
     /// A server with no connections and empty queues.
-    pub fn new(config: RelayServerConfig, _now: Instant) -> Self {
+    pub fn new(config: RelayServerConfig, now: Instant) -> Self {
         let rng = ChaCha20Rng::from_seed(config.seed);
         Self {
             config,
@@ -255,7 +306,10 @@ impl RelayQueueServer {
             expiries: BTreeSet::new(),
             per_sender: BTreeMap::new(),
             next_envelope_id: 1,
+            stored_bytes: 0,
+            started: now,
             outputs: VecDeque::new(),
+            changes: VecDeque::new(),
             counters: RelayServerCounters::default(),
         }
     }
@@ -287,6 +341,66 @@ impl RelayQueueServer {
     /// Envelopes currently stored, all recipients together.
     pub fn total_queued(&self) -> usize {
         self.owners.len()
+    }
+
+    /// Bytes charged against `max_stored_bytes` now.
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
+
+    /// Takes over what the store held at start (call it before the first input). Each
+    /// envelope is kept only if it has not expired and still fits every bound of the
+    /// current config, oldest first, with its expiry capped at `now + max_ttl`; the
+    /// others are counted and reported as [`QueueChange::Remove`]. Ids handed out
+    /// later are above every id the store ever saw.
+    pub fn restore(&mut self, now: Instant, loaded: LoadedQueue) {
+        self.counters.store_undecodable += loaded.undecodable;
+        self.next_envelope_id = self.next_envelope_id.max(loaded.next_envelope_id);
+        let now_unix = self.unix_ms_at(now);
+        let mut envelopes = loaded.envelopes;
+        envelopes.sort_by_key(|stored| stored.id);
+        for stored in envelopes {
+            self.next_envelope_id = self.next_envelope_id.max(stored.id.saturating_add(1));
+            if stored.expires_at_unix_ms <= now_unix {
+                self.counters.expired += 1;
+                self.changes
+                    .push_back(QueueChange::Remove { id: stored.id });
+                continue;
+            }
+            let fits = stored.envelope.len() <= self.config.max_envelope_len
+                && self.admits(&stored.from, &stored.to, stored.envelope.len())
+                && !self.owners.contains_key(&stored.id);
+            if !fits {
+                debug!(
+                    id = stored.id,
+                    "relay server: stored envelope over a bound, dropped"
+                );
+                self.counters.restore_dropped += 1;
+                self.changes
+                    .push_back(QueueChange::Remove { id: stored.id });
+                continue;
+            }
+            let left = Duration::from_millis(stored.expires_at_unix_ms - now_unix);
+            let expires_at = now + left.min(self.config.max_ttl);
+            self.insert(
+                stored.id,
+                stored.to,
+                stored.from,
+                stored.envelope,
+                expires_at,
+            );
+            self.counters.restored += 1;
+            let recipients = self.devices.get(&stored.to).cloned().unwrap_or_default();
+            for recipient in recipients {
+                self.push(recipient, &stored.to, stored.id);
+            }
+        }
+    }
+
+    /// Next change for the store. The shell applies every change an input produced
+    /// before it sends that input's outputs.
+    pub fn poll_change(&mut self) -> Option<QueueChange> {
+        self.changes.pop_front()
     }
 
     /// Feeds one input.
@@ -457,19 +571,56 @@ impl RelayQueueServer {
         if self.per_sender.get(&from).copied().unwrap_or(0) >= self.config.max_stored_per_sender {
             return self.refuse(conn, Some(request), ServerRefusal::QuotaExceeded);
         }
-        let (count, bytes) = self
-            .queues
-            .get(&to)
-            .map_or((0, 0), |q| (q.envelopes.len(), q.bytes));
-        if count >= self.config.max_queued_per_recipient
-            || bytes.saturating_add(len) > self.config.max_queued_bytes_per_recipient
-        {
+        if !self.admits(&from, &to, len) {
             return self.refuse(conn, Some(request), ServerRefusal::QueueFull);
         }
         let ttl = Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let expires_at = now + ttl;
         let id = self.next_envelope_id;
         self.next_envelope_id += 1;
+        self.changes.push_back(QueueChange::Put(StoredEnvelope {
+            id,
+            to,
+            from,
+            expires_at_unix_ms: self.unix_ms_at(expires_at),
+            envelope: envelope.clone(),
+        }));
+        self.insert(id, to, from, envelope, expires_at);
+        self.counters.stored += 1;
+        self.send(conn, RelayMessage::Enqueued { request });
+        let recipients = self.devices.get(&to).cloned().unwrap_or_default();
+        for recipient in recipients {
+            self.push(recipient, &to, id);
+        }
+    }
+
+    /// Whether an envelope of `len` bytes from `from` to `to` fits every bound: the
+    /// sender's quota, the recipient's queue, the server's total.
+    fn admits(&self, from: &DeviceId, to: &DeviceId, len: usize) -> bool {
+        let (count, bytes) = self
+            .queues
+            .get(to)
+            .map_or((0, 0), |q| (q.envelopes.len(), q.bytes));
+        self.per_sender.get(from).copied().unwrap_or(0) < self.config.max_stored_per_sender
+            && count < self.config.max_queued_per_recipient
+            && bytes.saturating_add(len) <= self.config.max_queued_bytes_per_recipient
+            && self
+                .stored_bytes
+                .saturating_add(len)
+                .saturating_add(ENVELOPE_OVERHEAD)
+                <= self.config.max_stored_bytes
+    }
+
+    /// Adds an envelope to every index (bounds already checked).
+    fn insert(
+        &mut self,
+        id: u64,
+        to: DeviceId,
+        from: DeviceId,
+        envelope: Vec<u8>,
+        expires_at: Instant,
+    ) {
+        let len = envelope.len();
         let queue = self.queues.entry(to).or_default();
         queue.bytes += len;
         queue.envelopes.insert(
@@ -483,12 +634,15 @@ impl RelayQueueServer {
         self.owners.insert(id, to);
         self.expiries.insert((expires_at, id));
         *self.per_sender.entry(from).or_default() += 1;
-        self.counters.stored += 1;
-        self.send(conn, RelayMessage::Enqueued { request });
-        let recipients = self.devices.get(&to).cloned().unwrap_or_default();
-        for recipient in recipients {
-            self.push(recipient, &to, id);
-        }
+        self.stored_bytes += len + ENVELOPE_OVERHEAD;
+    }
+
+    /// The wall-clock time (Unix ms) of `at`, from the config's anchor.
+    fn unix_ms_at(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.started).as_millis();
+        self.config
+            .unix_ms_at_start
+            .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
     }
 
     /// Pushes envelope `id` of `device`'s queue on `conn`.
@@ -569,12 +723,16 @@ impl RelayQueueServer {
         }
     }
 
-    /// Removes an envelope from every index.
+    /// Removes an envelope from every index, and from the store.
     fn remove(&mut self, id: u64) -> Option<Stored> {
         let owner = self.owners.remove(&id)?;
+        self.changes.push_back(QueueChange::Remove { id });
         let queue = self.queues.get_mut(&owner)?;
         let stored = queue.envelopes.remove(&id)?;
         queue.bytes = queue.bytes.saturating_sub(stored.envelope.len());
+        self.stored_bytes = self
+            .stored_bytes
+            .saturating_sub(stored.envelope.len() + ENVELOPE_OVERHEAD);
         if queue.envelopes.is_empty() {
             self.queues.remove(&owner);
         }

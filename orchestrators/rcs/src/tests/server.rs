@@ -1,15 +1,25 @@
 //! The relay queue server: authentication, bounds, TTL, push/fetch/ack, forwarding.
 
 use super::{Keys, Names};
-use crate::server::{ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput};
+use crate::server::{
+    ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput, ENVELOPE_OVERHEAD,
+};
+use crate::store::{MemoryRelayQueueStore, QueueChange, RelayQueueStore, StoredEnvelope};
 use std::time::{Duration, Instant};
 use tether_crypto::server_auth_proof;
 use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
 
+/// Unix time of the driver's `t0`.
+const UNIX_T0: u64 = 1_700_000_000_000;
+
 struct Driver {
     keys: Keys,
     names: Names,
+    config: RelayServerConfig,
     server: RelayQueueServer,
+    /// Where every change the server reports is applied after each input, as the shell
+    /// does.
+    store: MemoryRelayQueueStore,
     t0: Instant,
     now: Instant,
     trace: Vec<String>,
@@ -21,12 +31,15 @@ impl Driver {
     fn new(tune: impl FnOnce(&mut RelayServerConfig)) -> Self {
         let keys = Keys::new();
         let mut config = RelayServerConfig::new(keys.server.clone(), [5; 32]);
+        config.unix_ms_at_start = UNIX_T0;
         tune(&mut config);
         let t0 = Instant::now();
         Self {
             names: keys.names(),
             keys,
-            server: RelayQueueServer::new(config, t0),
+            server: RelayQueueServer::new(config.clone(), t0),
+            config,
+            store: MemoryRelayQueueStore::new(),
             t0,
             now: t0,
             trace: Vec::new(),
@@ -51,6 +64,8 @@ impl Driver {
     }
 
     fn drain(&mut self) -> Vec<ServerOutput> {
+        let changes: Vec<QueueChange> = std::iter::from_fn(|| self.server.poll_change()).collect();
+        self.store.apply(&changes).unwrap();
         let mut outputs = Vec::new();
         while let Some(output) = self.server.poll_output() {
             let line = match &output {
@@ -76,6 +91,18 @@ impl Driver {
             self.drain();
         }
         self.now = target;
+    }
+
+    /// The relay restarts now: a new server (every connection gone) takes over the
+    /// store, with its wall clock going on from the old one's.
+    fn restart(&mut self, tune: impl FnOnce(&mut RelayServerConfig)) {
+        let mut config = self.config.clone();
+        config.unix_ms_at_start = UNIX_T0 + (self.now - self.t0).as_millis() as u64;
+        tune(&mut config);
+        self.server = RelayQueueServer::new(config, self.now);
+        let loaded = self.store.load().unwrap();
+        self.server.restore(self.now, loaded);
+        self.drain();
     }
 
     fn frame(&mut self, conn: u64, message: RelayMessage) -> Vec<ServerOutput> {
@@ -628,4 +655,173 @@ fn config_debug_redacts_the_challenge_seed() {
         !text.contains("171, 171"),
         "seed bytes (0xab = 171) must not print: {text}"
     );
+}
+
+#[test]
+fn every_stored_and_removed_envelope_is_a_store_change() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 10_000, 16);
+    let changes: Vec<QueueChange> = std::iter::from_fn(|| d.server.poll_change()).collect();
+    assert!(changes.is_empty(), "drained after each input");
+    let loaded = d.store.load().unwrap();
+    assert_eq!(
+        loaded.envelopes,
+        vec![StoredEnvelope {
+            id: 1,
+            to: d.keys.id(2),
+            from: d.keys.id(1),
+            expires_at_unix_ms: UNIX_T0 + 10_000,
+            envelope: vec![1; 16],
+        }]
+    );
+    assert_eq!(loaded.next_envelope_id, 2);
+    // Acknowledged: removed from the store too.
+    d.connect(2, 2);
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1],
+        },
+    );
+    assert!(d.store.is_empty());
+    // Expired: removed from the store too.
+    d.enqueue(1, 3, 2, 1_000, 16);
+    assert_eq!(d.store.len(), 1);
+    d.advance_to(1_000);
+    assert!(d.store.is_empty());
+}
+
+#[test]
+fn a_restarted_server_pushes_what_it_stored_in_order_and_never_reuses_an_id() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    for request in 1..=3 {
+        d.enqueue(1, 2, request, 60_000, 16);
+    }
+    // p2 receives and acknowledges the first; the other two wait.
+    let out = d.connect(2, 2);
+    assert_eq!(pushed_ids(&out, 2), vec![1, 2, 3]);
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1],
+        },
+    );
+    d.advance_to(30_000);
+    d.restart(|_| {});
+    assert_eq!(d.server.counters().restored, 2);
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 2);
+    // The reconnecting recipient gets them, oldest first, once.
+    let out = d.connect(3, 2);
+    assert_eq!(pushed_ids(&out, 3), vec![2, 3]);
+    let envelopes: Vec<Vec<u8>> = relay_to(&out, 3)
+        .into_iter()
+        .filter_map(|m| match m {
+            RelayMessage::Push { envelope, .. } => Some(envelope),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(envelopes, vec![vec![2; 16], vec![3; 16]]);
+    // Their TTL runs from when they were stored, not from the restart.
+    assert_eq!(
+        d.server.poll_timeout(),
+        Some(d.t0 + Duration::from_secs(60))
+    );
+    // A new envelope gets an id above every id handed out before, acknowledged or not.
+    d.connect(4, 1);
+    d.enqueue(4, 3, 9, 60_000, 16);
+    assert_eq!(d.store.load().unwrap().next_envelope_id, 5);
+    d.advance_to(60_000);
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 0);
+    assert_eq!(d.store.len(), 1, "only the new envelope is left");
+}
+
+#[test]
+fn a_restart_drops_what_expired_while_down_and_what_no_longer_fits() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 5_000, 16);
+    d.enqueue(1, 3, 2, 60_000, 16);
+    d.enqueue(1, 3, 3, 60_000, 16);
+    d.enqueue(1, 3, 4, 60_000, 16);
+    // Down for 10 s, back with lower bounds: p3's queue holds two, TTLs at most 20 s.
+    d.now = d.t0 + Duration::from_secs(10);
+    d.restart(|c| {
+        c.max_queued_per_recipient = 2;
+        c.max_ttl = Duration::from_secs(20);
+    });
+    let c = d.server.counters();
+    assert_eq!((c.restored, c.expired, c.restore_dropped), (2, 1, 1));
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), 0);
+    assert_eq!(d.server.queued_for(&d.keys.id(3)), 2);
+    let kept: Vec<u64> = d
+        .store
+        .load()
+        .unwrap()
+        .envelopes
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(kept, vec![2, 3], "the oldest are kept, the store agrees");
+    assert_eq!(
+        d.server.poll_timeout(),
+        Some(d.now + Duration::from_secs(20)),
+        "expiry capped by the new max_ttl"
+    );
+}
+
+/// The store never holds more than the per-recipient cap, and nothing past its TTL,
+/// however much is offered.
+#[test]
+fn the_store_is_bounded_by_the_queue_caps_and_the_ttl() {
+    let mut d = Driver::new(|c| {
+        c.max_queued_per_recipient = 8;
+        c.max_stored_per_sender = 1_000;
+    });
+    d.connect(1, 1);
+    for request in 0..100 {
+        d.enqueue(1, 2, request, 10_000, 100);
+        assert!(d.store.len() <= 8);
+    }
+    assert_eq!(d.store.len(), 8);
+    assert_eq!(d.server.counters().refused.queue_full, 92);
+    d.advance_to(10_000);
+    assert!(d.store.is_empty());
+    assert_eq!(d.server.stored_bytes(), 0);
+}
+
+#[test]
+fn the_total_of_all_queues_is_bounded_with_an_overhead_per_envelope() {
+    // Room for exactly three 100-byte envelopes, whoever they are for.
+    let mut d = Driver::new(|c| c.max_stored_bytes = 3 * (100 + ENVELOPE_OVERHEAD));
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 60_000, 100);
+    d.enqueue(1, 3, 2, 60_000, 100);
+    d.enqueue(1, 2, 3, 60_000, 100);
+    d.enqueue(1, 3, 4, 60_000, 1);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::QueueFull, Some(4))]
+    );
+    assert_eq!(d.store.len(), 3);
+    assert_eq!(d.server.stored_bytes(), 3 * (100 + ENVELOPE_OVERHEAD));
+}
+
+#[test]
+fn undecodable_records_reported_by_the_store_are_counted() {
+    let mut d = Driver::new(|_| {});
+    d.server = RelayQueueServer::new(d.config.clone(), d.now);
+    d.server.restore(
+        d.now,
+        crate::store::LoadedQueue {
+            envelopes: Vec::new(),
+            next_envelope_id: 40,
+            undecodable: 3,
+        },
+    );
+    assert_eq!(d.server.counters().store_undecodable, 3);
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 60_000, 8);
+    assert_eq!(d.store.load().unwrap().envelopes[0].id, 40);
 }
