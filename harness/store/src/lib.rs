@@ -1,0 +1,13 @@
+//! Tether's durable stores on disk, in [redb](https://www.redb.org) files (pure Rust,
+//! ACID, a stable file format).
+//!
+//! - [`relay_queue`]: the relay's queue of sealed envelopes for offline devices
+//!   ([`RedbRelayQueueStore`]), so that a relay restart loses no envelope before its
+//!   TTL. It implements [`tether_rcs::RelayQueueStore`]; the relay queue server core
+//!   decides what is kept, the store only keeps it.
+//!
+//! The crate holds file IO only: no sockets, no actors, no clock.
+
+pub mod relay_queue;
+
+pub use relay_queue::{RedbRelayQueueStore, RelayQueueDbError};
