@@ -2,8 +2,9 @@
 //! and a relay server on the simulated network, under tokio's paused clock, seeded.
 //!
 //! Build one with [`ClusterBuilder`] inside [`run_simulation`], then drive it: pair
-//! devices, partition, change addresses, block direct UDP, crash and restart nodes, and
-//! run until a condition holds or a virtual deadline passes. Every node event is logged
+//! devices, partition, change addresses, block direct UDP, crash and restart nodes,
+//! restart the relay with its queue kept, and run until a condition holds or a virtual
+//! deadline passes. Every node event is logged
 //! with its virtual time for phase timelines.
 
 use crate::hub::{phase_timeline, NodeEvent};
@@ -19,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
-use tether_protocol::{DeviceId, RestoredChannels, SessionStatus};
+use tether_protocol::{DeviceId, RestoredChannels, SessionStatus, Shutdown};
+use tether_rcs::MemoryRelayQueueStore;
 use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
 use tether_transport::{Endpoint, TransportConfig};
 
@@ -173,9 +175,17 @@ impl ClusterBuilder {
         .await
         // INVARIANT: the relay host was just given RELAY_ADDR; binding it cannot fail.
         .expect("relay endpoint");
-        let relay = RelayServer::start(relay_endpoint, relay_key, [self.seed as u8; 32])
-            // INVARIANT: a freshly bound sim endpoint has a local address.
-            .expect("relay server");
+        let relay_store = MemoryRelayQueueStore::new();
+        let relay = RelayServer::start_with_store(
+            relay_endpoint,
+            relay_key.clone(),
+            [self.seed as u8; 32],
+            Box::new(relay_store.clone()),
+            SIM_UNIX_MS,
+        )
+        // INVARIANT: a freshly bound sim endpoint has a local address, and an empty
+        // memory store loads.
+        .expect("relay server");
 
         let keys: Vec<StaticKeypair> = (0..self.devices)
             .map(|_| StaticKeypair::generate(&mut rng))
@@ -255,6 +265,9 @@ impl ClusterBuilder {
         let mut cluster = SimCluster {
             net,
             relay,
+            relay_key,
+            relay_store,
+            relay_restarts: 0,
             relay_host,
             devices,
             t0,
@@ -349,6 +362,11 @@ pub struct SimCluster {
     pub relay: RelayServerHandle,
     /// The relay's host.
     pub relay_host: HostId,
+    relay_key: StaticKeypair,
+    /// The relay's queue store: kept across [`SimCluster::restart_relay`], as a file on
+    /// disk would be.
+    pub relay_store: MemoryRelayQueueStore,
+    relay_restarts: u64,
     /// The devices, by index.
     pub devices: Vec<SimDevice>,
     t0: tokio::time::Instant,
@@ -559,6 +577,45 @@ impl SimCluster {
     pub async fn restart(&mut self, i: usize) {
         self.devices[i].restarts += 1;
         self.start_node(i).await;
+    }
+
+    /// Stops the relay server and starts a new one at the same address with the same
+    /// key, which takes over the queue store (as `tether relay` restarted on its
+    /// `data_dir` does): every connection to the old one is gone, its in-memory state
+    /// too; the stored envelopes are pushed when their recipients reconnect. An error
+    /// if the old relay's address did not come free within a second of virtual time.
+    pub async fn restart_relay(&mut self) -> Result<(), String> {
+        self.collect_events();
+        self.relay.addr.do_send(Shutdown);
+        self.relay_restarts += 1;
+        // The old endpoint lets go of the address once its tasks have ended: a few
+        // steps of virtual time.
+        let mut attempts = 0;
+        let endpoint = loop {
+            tokio::time::sleep(POLL_STEP).await;
+            let transport = TransportConfig::seeded((self.seed ^ 0xff) + self.relay_restarts);
+            match Endpoint::bind_sim(&self.net, self.relay_host, RELAY_ADDR, transport).await {
+                Ok(endpoint) => break endpoint,
+                Err(error) if attempts >= 200 => {
+                    return Err(format!("relay address still bound: {error}"))
+                }
+                Err(_) => attempts += 1,
+            }
+        };
+        self.collect_events();
+        let wall_ms = SIM_UNIX_MS
+            .saturating_add(u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX));
+        // A new challenge seed: a restarted relay must not repeat its nonces.
+        let seed = [(self.seed as u8).wrapping_add(self.relay_restarts as u8); 32];
+        self.relay = RelayServer::start_with_store(
+            endpoint,
+            self.relay_key.clone(),
+            seed,
+            Box::new(self.relay_store.clone()),
+            wall_ms,
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(())
     }
 
     /// The phase timeline of the events of `devices` (one line per event, virtual ms,

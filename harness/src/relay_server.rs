@@ -4,6 +4,16 @@
 //! relay protocol's challenge; rendezvous requests are served only on an authenticated
 //! connection, on behalf of the device it proved to be.
 //!
+//! # The queue's store
+//! The server keeps its queue in a [`RelayQueueStore`]: in memory ([`RelayServer::start`],
+//! what the simulator uses unless it restarts the relay), or any other backend
+//! ([`RelayServer::start_with_store`]: `tether relay` passes a redb file). At start it
+//! prunes expired envelopes from the store and hands the rest to the queue core; after
+//! every input it applies the changes the core reported in one commit, before it sends
+//! anything that input produced, so an `Enqueued` answer means the envelope is durable.
+//! A failed commit is logged and counted (`store_failures`); the envelopes stay queued
+//! in memory.
+//!
 //! # Messages
 //! - in: accepted links, frames read from them, link ends, timer ticks,
 //!   [`GetServerCounters`].
@@ -19,7 +29,8 @@ use tether_pms::RendezvousTable;
 use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{RendezvousMessage, ServerRefusal, WireFrame};
 use tether_rcs::{
-    ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+    ConnId, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
+    RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
 };
 use tether_transport::{Endpoint, LinkHandle};
 use tokio::sync::mpsc;
@@ -28,6 +39,9 @@ use tokio::sync::mpsc;
 pub struct RelayServer {
     endpoint: Endpoint,
     queue: RelayQueueServer,
+    store: Box<dyn RelayQueueStore>,
+    /// Store commits that failed.
+    store_failures: u64,
     table: RendezvousTable,
     conns: BTreeMap<ConnId, ServerConn>,
     next_conn: u64,
@@ -76,20 +90,67 @@ struct ConnBytes(ConnId, Bytes);
 struct ConnEnded(ConnId);
 
 impl RelayServer {
-    /// Starts a server on `endpoint` with its static keypair; `seed` seeds the
-    /// challenge RNG (use OS entropy in production).
+    /// Starts a server on `endpoint` with its static keypair and its queue in memory
+    /// only (lost when it stops); `seed` seeds the challenge RNG (use OS entropy in
+    /// production).
     pub fn start(
         endpoint: Endpoint,
         keypair: StaticKeypair,
         seed: [u8; 32],
     ) -> std::io::Result<RelayServerHandle> {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self::start_with_store(
+            endpoint,
+            keypair,
+            seed,
+            Box::new(MemoryRelayQueueStore::new()),
+            unix_ms,
+        )
+    }
+
+    /// Starts a server whose queue is kept in `store` and taken over from it: what the
+    /// store holds and has not expired is pushed to its recipients when they connect.
+    /// `unix_ms_at_start` is the wall clock now (Unix ms): stored expiries are wall-clock
+    /// times. A store that cannot be read is an error, and nothing is started.
+    pub fn start_with_store(
+        endpoint: Endpoint,
+        keypair: StaticKeypair,
+        seed: [u8; 32],
+        mut store: Box<dyn RelayQueueStore>,
+        unix_ms_at_start: u64,
+    ) -> std::io::Result<RelayServerHandle> {
         let local_addr = endpoint.local_addr()?;
         let public = *keypair.public();
-        let queue = RelayQueueServer::new(RelayServerConfig::new(keypair, seed), runtime_now());
-        let table = RendezvousTable::new(Default::default(), runtime_now());
+        let mut config = RelayServerConfig::new(keypair, seed);
+        config.unix_ms_at_start = unix_ms_at_start;
+        let now = runtime_now();
+        let mut queue = RelayQueueServer::new(config, now);
+        let pruned = store
+            .expire(unix_ms_at_start)
+            .map_err(std::io::Error::other)?;
+        let loaded = store.load().map_err(std::io::Error::other)?;
+        let found = loaded.envelopes.len();
+        queue.restore(now, loaded);
+        let changes: Vec<QueueChange> = std::iter::from_fn(|| queue.poll_change()).collect();
+        store.apply(&changes).map_err(std::io::Error::other)?;
+        let c = queue.counters();
+        if pruned + found as u64 + c.store_undecodable > 0 {
+            tracing::info!(
+                restored = c.restored,
+                expired = pruned + c.expired,
+                over_bounds = c.restore_dropped,
+                undecodable = c.store_undecodable,
+                "relay queue taken over from the store"
+            );
+        }
+        let table = RendezvousTable::new(Default::default(), now);
         let addr = RelayServer {
             endpoint,
             queue,
+            store,
+            store_failures: 0,
             table,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -104,7 +165,20 @@ impl RelayServer {
         })
     }
 
+    /// Applies the queue's store changes in one commit, then sends its outputs.
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        let changes: Vec<QueueChange> = std::iter::from_fn(|| self.queue.poll_change()).collect();
+        if !changes.is_empty() {
+            if let Err(error) = self.store.apply(&changes) {
+                self.store_failures += 1;
+                tracing::error!(
+                    %error,
+                    changes = changes.len(),
+                    "relay queue commit failed: these envelopes stay queued in memory but \
+                     would not survive a restart"
+                );
+            }
+        }
         while let Some(output) = self.queue.poll_output() {
             match output {
                 ServerOutput::Send(conn, frame) => self.send(conn, &frame),
@@ -141,6 +215,8 @@ impl Actor for RelayServer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         forward_accepted(self.endpoint.clone(), ctx.address());
+        // Arms the expiry timer of envelopes taken over from the store.
+        self.drain(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -236,7 +312,9 @@ impl Handler<GetServerCounters> for RelayServer {
     type Result = MessageResult<GetServerCounters>;
 
     fn handle(&mut self, _message: GetServerCounters, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.queue.counters())
+        let mut counters = self.queue.counters();
+        counters.store_failures = self.store_failures;
+        MessageResult(counters)
     }
 }
 

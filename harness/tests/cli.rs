@@ -20,6 +20,8 @@ fn tether(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
         }
     }
     command.env("RUST_BACKTRACE", "1");
+    // A relay without `data_dir` keeps its queue in the test's folder.
+    command.env("XDG_DATA_HOME", dir.join("xdg-data"));
     for (k, v) in env {
         command.env(k, v);
     }

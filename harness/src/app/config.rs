@@ -144,6 +144,8 @@ pub struct RelaySettings {
     pub log_format: LogFormat,
     /// QUIC transport settings.
     pub transport: TransportConfig,
+    /// Where the relay keeps its durable queue (in `relay/` below it).
+    pub data_dir: PathBuf,
 }
 
 /// Default listen address of a node: every interface, a port the OS picks.
@@ -339,6 +341,16 @@ fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigErr
     let metrics_addr = root.socket_addr("metrics_addr")?;
     let log_format = log_format(root)?;
     let transport = transport(root)?;
+    let data_dir = match root.string("data_dir")? {
+        Some(dir) if dir.is_empty() => return Err(root.error("data_dir", "must not be empty")),
+        Some(dir) => resolve(path, &dir),
+        None => default_data_dir().ok_or_else(|| {
+            root.error(
+                "data_dir",
+                "missing, and there is no default: neither XDG_DATA_HOME nor HOME is set",
+            )
+        })?,
+    };
     Ok(RelaySettings {
         key_file,
         keypair,
@@ -347,7 +359,22 @@ fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigErr
         metrics_addr,
         log_format,
         transport,
+        data_dir,
     })
+}
+
+/// The per-user data folder when `data_dir` is not set: `$XDG_DATA_HOME/tether`, else
+/// `$HOME/.local/share/tether` (the XDG base directory default).
+pub fn default_data_dir() -> Option<PathBuf> {
+    let set = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    set("XDG_DATA_HOME")
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| set("HOME").map(|home| home.join(".local/share")))
+        .map(|dir| dir.join("tether"))
 }
 
 fn key_file(root: &mut Fields, path: &Path) -> Result<(PathBuf, StaticKeypair), ConfigError> {

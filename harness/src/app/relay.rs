@@ -1,5 +1,7 @@
 //! `tether relay`: the relay queue and rendezvous server on a real UDP endpoint, with
-//! an optional control socket (`tether status`) and Prometheus metrics.
+//! an optional control socket (`tether status`) and Prometheus metrics. Its queue is
+//! kept in a redb file under `data_dir` ([`RELAY_QUEUE_FILE`]), so a restart, even
+//! after SIGKILL, loses no envelope before its TTL.
 
 use super::config::RelaySettings;
 use super::control::{self, Request};
@@ -8,10 +10,39 @@ use super::run::{self, RunError, StopSignals};
 use crate::relay_server::{GetServerCounters, RelayServer, RelayServerHandle};
 use rand::RngCore;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
+use tether_store::RedbRelayQueueStore;
 use tether_transport::Endpoint;
 use tokio::io::{AsyncWriteExt, BufReader};
+
+/// The relay's queue file, below `data_dir`: in a folder of its own, so a node's data
+/// can share the `data_dir` without sharing a file.
+pub const RELAY_QUEUE_FILE: &str = "relay/queue.redb";
+
+/// Where the relay with this `data_dir` keeps its queue.
+pub fn relay_queue_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(RELAY_QUEUE_FILE)
+}
+
+/// Creates the queue file's folder (mode 0700: envelopes are ciphertext, but who talks
+/// to whom is not for other users) and opens the store.
+fn open_queue_store(data_dir: &Path) -> Result<RedbRelayQueueStore, RunError> {
+    let path = relay_queue_path(data_dir);
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|error| RunError::DataDir {
+                path: dir.to_path_buf(),
+                reason: error.to_string(),
+            })?;
+    }
+    Ok(RedbRelayQueueStore::open(&path)?)
+}
 
 /// What a started relay tells its caller.
 #[derive(Debug, Clone)]
@@ -62,6 +93,8 @@ pub async fn run_relay(
         None => None,
     };
     let mut stop = StopSignals::install()?;
+    let store = open_queue_store(&settings.data_dir)?;
+    tracing::info!(path = %store.path().display(), "relay queue store opened");
     // Last: it leaves a socket file behind.
     let control_listener = match &settings.control_socket {
         Some(path) => Some(control::bind(path).await?),
@@ -69,13 +102,20 @@ pub async fn run_relay(
     };
     let mut seed = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    let handle =
-        RelayServer::start(endpoint.clone(), settings.keypair.clone(), seed).map_err(|source| {
-            RunError::Start {
-                what: "relay",
-                source,
-            }
-        })?;
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let handle = RelayServer::start_with_store(
+        endpoint.clone(),
+        settings.keypair.clone(),
+        seed,
+        Box::new(store),
+        unix_ms,
+    )
+    .map_err(|source| RunError::Start {
+        what: "relay",
+        source,
+    })?;
     let shared = Rc::new(Shared {
         handle,
         endpoint,

@@ -3,6 +3,7 @@
 
 use super::{control, metrics};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tether_transport::{Endpoint, TransportConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -34,6 +35,17 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The data folder could not be created.
+    #[error("cannot create data directory {path}: {reason}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The relay's queue store could not be opened (damaged, locked, unreadable).
+    #[error(transparent)]
+    RelayStore(#[from] tether_store::RelayQueueDbError),
 }
 
 /// Binds the UDP endpoint at `addr`.

@@ -288,9 +288,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = config::load_relay(&config)?;
             if check {
                 outln!(
-                    "config ok: relay {} listens on {}",
+                    "config ok: relay {} listens on {}, queue in {}",
                     settings.keypair.public().to_hex(),
-                    settings.listen
+                    settings.listen,
+                    relay::relay_queue_path(&settings.data_dir).display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }

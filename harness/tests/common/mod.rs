@@ -5,6 +5,8 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod relay_device;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +20,9 @@ pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 pub fn command(dir: &Path, program: &str, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command.args(args).current_dir(dir);
+    // A relay without `data_dir` keeps its queue in the test's folder, never in the
+    // user's (and two tests' relays never share a store).
+    command.env("XDG_DATA_HOME", dir.join("xdg-data"));
     for (name, _) in std::env::vars() {
         if name.starts_with("TETHER_") || name == "RUST_LOG" {
             command.env_remove(name);
@@ -76,6 +81,12 @@ impl Proc {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Everything the process wrote to stderr so far.

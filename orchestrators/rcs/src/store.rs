@@ -67,7 +67,7 @@ pub struct LoadedQueue {
 
 /// A store operation that failed: the backend's error, kept as the source.
 #[derive(Debug, thiserror::Error)]
-#[error("relay queue store: {source}")]
+#[error(transparent)]
 pub struct RelayStoreError {
     /// What the backend reported.
     #[from]

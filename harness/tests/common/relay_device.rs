@@ -1,0 +1,115 @@
+//! A device that speaks the relay protocol itself (challenge, proof, enqueue, push,
+//! acknowledge) over any [`Endpoint`], simulated or real: what the relay queue tests
+//! use to put exact envelopes in the queue and see exactly what comes out. (A node
+//! queues only migration pings at the relay.)
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tether_crypto::{server_auth_proof, PublicKey, StaticKeypair};
+use tether_protocol::{DeviceId, RelayMessage, WireFrame};
+use tether_transport::{Endpoint, LinkReceiver, LinkSender};
+
+/// A device with at most one authenticated connection to the relay.
+pub struct RelayDevice {
+    keys: StaticKeypair,
+    endpoint: Endpoint,
+    link: Option<(LinkSender, LinkReceiver)>,
+    /// How long [`recv`](Self::recv) waits for the next frame.
+    pub answer_within: Duration,
+}
+
+impl RelayDevice {
+    /// A device with `keys` on `endpoint`, not connected yet.
+    pub fn new(endpoint: Endpoint, keys: StaticKeypair, answer_within: Duration) -> Self {
+        Self {
+            keys,
+            endpoint,
+            link: None,
+            answer_within,
+        }
+    }
+
+    /// Its device id.
+    pub fn id(&self) -> DeviceId {
+        DeviceId(*self.keys.public().as_bytes())
+    }
+
+    /// Sends one relay message on the connection.
+    pub async fn send(&self, message: RelayMessage) {
+        let bytes = tether_protocol::encode(&WireFrame::Relay(message)).unwrap();
+        let (sender, _) = self.link.as_ref().expect("connected");
+        sender.send_frame(Bytes::from(bytes)).await.unwrap();
+    }
+
+    /// The next relay message, or None if the connection ends or nothing comes within
+    /// `answer_within`.
+    pub async fn recv(&mut self) -> Option<RelayMessage> {
+        let (_, receiver) = self.link.as_mut().expect("connected");
+        let frame = tokio::time::timeout(self.answer_within, receiver.recv_frame())
+            .await
+            .ok()?
+            .ok()??;
+        match tether_protocol::decode(&frame).unwrap() {
+            WireFrame::Relay(message) => Some(message),
+            other => panic!("not a relay frame: {other:?}"),
+        }
+    }
+
+    /// Dials the relay at `addr` and authenticates, up to its `Welcome`.
+    pub async fn connect(&mut self, addr: SocketAddr, relay: &PublicKey) {
+        let link = self.endpoint.dial(addr).await.unwrap();
+        self.link = Some(link.split());
+        let Some(RelayMessage::Challenge { nonce }) = self.recv().await else {
+            panic!("no challenge from the relay");
+        };
+        let proof = server_auth_proof(&self.keys, relay, &nonce).to_vec();
+        let device = self.id();
+        self.send(RelayMessage::Authenticate { device, proof })
+            .await;
+        assert_eq!(self.recv().await, Some(RelayMessage::Welcome));
+    }
+
+    /// Queues `envelopes` for `to` (requests numbered from `first_request`, a 10-minute
+    /// TTL as a node's relay client asks) and waits until every one is `Enqueued`.
+    pub async fn enqueue_all(&mut self, to: DeviceId, first_request: u64, envelopes: &[Vec<u8>]) {
+        for (i, envelope) in envelopes.iter().enumerate() {
+            self.send(RelayMessage::Enqueue {
+                to,
+                request: first_request + i as u64,
+                ttl_ms: 600_000,
+                envelope: envelope.clone(),
+            })
+            .await;
+        }
+        for i in 0..envelopes.len() as u64 {
+            assert_eq!(
+                self.recv().await,
+                Some(RelayMessage::Enqueued {
+                    request: first_request + i
+                }),
+                "every envelope is accepted"
+            );
+        }
+    }
+
+    /// Reads `n` pushes; returns (envelope ids, (sender, envelope)) in arrival order.
+    pub async fn pushes(&mut self, n: usize) -> (Vec<u64>, Vec<(DeviceId, Vec<u8>)>) {
+        let mut ids = Vec::new();
+        let mut received = Vec::new();
+        while received.len() < n {
+            match self.recv().await {
+                Some(RelayMessage::Push {
+                    from,
+                    envelope_id,
+                    envelope,
+                }) => {
+                    ids.push(envelope_id);
+                    received.push((from, envelope));
+                }
+                other => panic!("expected a push, got {other:?} after {}", received.len()),
+            }
+        }
+        (ids, received)
+    }
+}
