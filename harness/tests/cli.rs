@@ -320,7 +320,24 @@ fn start_failures_are_one_line_without_a_panic() {
                 .to_string(),
             "error: cannot create control socket",
         ),
+        (
+            "relay: data_dir below a file",
+            "relay",
+            "key_file = \"relay.key\"\ndata_dir = \"a-file/data\"\nlisten = \"127.0.0.1:0\"\n"
+                .to_string(),
+            "error: cannot create data directory",
+        ),
+        (
+            "relay: a damaged queue store",
+            "relay",
+            "key_file = \"relay.key\"\ndata_dir = \"damaged\"\nlisten = \"127.0.0.1:0\"\n"
+                .to_string(),
+            "error: cannot open relay queue store",
+        ),
     ];
+    std::fs::write(d.join("a-file"), "not a folder").unwrap();
+    std::fs::create_dir_all(d.join("damaged/relay")).unwrap();
+    std::fs::write(d.join("damaged/relay/queue.redb"), vec![0x5a; 64 * 1024]).unwrap();
     for (i, (name, command, text, expected)) in cases.iter().enumerate() {
         let file = format!("start{i}.toml");
         std::fs::write(d.join(&file), text).unwrap();

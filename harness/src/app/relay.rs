@@ -94,7 +94,7 @@ pub async fn run_relay(
     };
     let mut stop = StopSignals::install()?;
     let store = open_queue_store(&settings.data_dir)?;
-    tracing::info!(path = %store.path().display(), "relay queue store opened");
+    let queue_path = store.path().to_path_buf();
     // Last: it leaves a socket file behind.
     let control_listener = match &settings.control_socket {
         Some(path) => Some(control::bind(path).await?),
@@ -135,7 +135,7 @@ pub async fn run_relay(
     }
     let public_key = shared.handle.public.to_hex();
     let listen = shared.handle.local_addr;
-    tracing::info!(%listen, public_key = %public_key, "relay started");
+    tracing::info!(%listen, public_key = %public_key, queue = %queue_path.display(), "relay started");
     ready(&RelayReady {
         public_key,
         listen,
