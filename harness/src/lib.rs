@@ -22,7 +22,7 @@ pub use cluster::{run_simulation, ClusterBuilder, SimCluster, SimDevice};
 pub use driver::{Rebind, TransportDriver};
 pub use hub::{NodeEvent, PresenceView};
 pub use journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
-pub use node::{DurableChannels, Node, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+pub use node::{DurableChannels, Node, NodeConfig, NodePeer, PeerStatus, ServerInfo, CLOSE_LINGER};
 pub use relay_server::{GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap};
 
 // `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has

@@ -53,6 +53,7 @@ impl Handler<OwnedCommand> for Recorder {
                 other => format!("Transmit {other:?}"),
             },
             TransportCommand::Close { .. } => "Close".into(),
+            TransportCommand::Farewell { .. } => "Farewell".into(),
         };
         self.0.lock().unwrap().push(text);
     }

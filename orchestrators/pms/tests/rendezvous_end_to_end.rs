@@ -154,7 +154,9 @@ impl Net {
             ClientOutput::Transport(TransportCommand::Transmit { link, frame }) => {
                 self.server_receives(link.0, tether_protocol::decode(&frame).unwrap());
             }
-            ClientOutput::Transport(TransportCommand::Close { link }) => {
+            ClientOutput::Transport(
+                TransportCommand::Close { link } | TransportCommand::Farewell { link, .. },
+            ) => {
                 self.conns.remove(&link.0);
             }
             ClientOutput::Hint(hint) => self.hints[who].push(hint),

@@ -52,6 +52,7 @@ record!(OwnedCommand, |m| match &m.command {
         other => format!("Transmit {other:?}"),
     },
     TransportCommand::Close { .. } => "Close".into(),
+    TransportCommand::Farewell { .. } => "Farewell".into(),
 });
 record!(RelayDelivered, |_| "Delivered".into());
 record!(RelayEnqueueResult, |_| "EnqueueResult".into());

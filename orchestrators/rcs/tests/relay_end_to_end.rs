@@ -126,7 +126,9 @@ impl Net {
                 self.server
                     .handle(self.now, ServerInput::Bytes(ConnId(link.0), frame));
             }
-            ClientOutput::Transport(TransportCommand::Close { link }) => {
+            ClientOutput::Transport(
+                TransportCommand::Close { link } | TransportCommand::Farewell { link, .. },
+            ) => {
                 self.conns.remove(&ConnId(link.0));
                 self.server
                     .handle(self.now, ServerInput::Closed(ConnId(link.0)));

@@ -133,6 +133,9 @@ impl Driver {
             ClientOutput::Transport(TransportCommand::Close { link }) => {
                 format!("Close l{}", link.0)
             }
+            ClientOutput::Transport(TransportCommand::Farewell { link, .. }) => {
+                format!("Farewell l{}", link.0)
+            }
             ClientOutput::Hint(hint) => format!(
                 "Hint {} {:?} {:?} issued=+{}ms",
                 self.keys.alias(&hint.peer),

@@ -96,6 +96,9 @@ impl Driver {
             ClientOutput::Transport(TransportCommand::Close { link }) => {
                 format!("Close l{}", link.0)
             }
+            ClientOutput::Transport(TransportCommand::Farewell { link, .. }) => {
+                format!("Farewell l{}", link.0)
+            }
             ClientOutput::Delivered(m) => format!(
                 "Delivered from={} env[{}B]",
                 self.names.of(&m.from),
