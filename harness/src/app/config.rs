@@ -123,6 +123,9 @@ pub struct NodeSettings {
     pub limits: Limits,
     /// QUIC transport settings.
     pub transport: TransportConfig,
+    /// Where the node keeps its channels across restarts (in
+    /// `node-<device>/channels.redb` below it).
+    pub data_dir: PathBuf,
     /// Problems that do not stop the node (logged at start).
     pub warnings: Vec<String>,
 }
@@ -304,6 +307,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         table.finish()?;
     }
     let transport = transport(root)?;
+    let data_dir = data_dir(root, path)?;
 
     let mut warnings = Vec::new();
     if let Ok(meta) = std::fs::metadata(path) {
@@ -330,6 +334,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         presence,
         limits,
         transport,
+        data_dir,
         warnings,
     })
 }
@@ -341,16 +346,7 @@ fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigErr
     let metrics_addr = root.socket_addr("metrics_addr")?;
     let log_format = log_format(root)?;
     let transport = transport(root)?;
-    let data_dir = match root.string("data_dir")? {
-        Some(dir) if dir.is_empty() => return Err(root.error("data_dir", "must not be empty")),
-        Some(dir) => resolve(path, &dir),
-        None => default_data_dir().ok_or_else(|| {
-            root.error(
-                "data_dir",
-                "missing, and there is no default: neither XDG_DATA_HOME nor HOME is set",
-            )
-        })?,
-    };
+    let data_dir = data_dir(root, path)?;
     Ok(RelaySettings {
         key_file,
         keypair,
@@ -361,6 +357,20 @@ fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigErr
         transport,
         data_dir,
     })
+}
+
+/// The `data_dir` key: relative to the config file, or the per-user default.
+fn data_dir(root: &mut Fields, path: &Path) -> Result<PathBuf, ConfigError> {
+    match root.string("data_dir")? {
+        Some(dir) if dir.is_empty() => Err(root.error("data_dir", "must not be empty")),
+        Some(dir) => Ok(resolve(path, &dir)),
+        None => default_data_dir().ok_or_else(|| {
+            root.error(
+                "data_dir",
+                "missing, and there is no default: neither XDG_DATA_HOME nor HOME is set",
+            )
+        }),
+    }
 }
 
 /// The per-user data folder when `data_dir` is not set: `$XDG_DATA_HOME/tether`, else

@@ -23,12 +23,15 @@ use super::metrics::{
 };
 use super::run::{self, RunError, StopSignals};
 use crate::hub::NodeEvent;
-use crate::node::{Node, NodeConfig};
+use crate::journal_writer::CommitOn;
+use crate::node::{DurableChannels, Node, NodeConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tether_protocol::{DeviceId, SessionStatus};
+use tether_store::RedbChannelStore;
 use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
 use tether_transport::Endpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -90,6 +93,12 @@ pub async fn run_node(
         Some(addr) => Some(metrics::bind_metrics(addr).await?),
         None => None,
     };
+    let device = DeviceId(*settings.keypair.public().as_bytes());
+    let channels_path = channel_store_path(&settings.data_dir, &device);
+    if let Some(dir) = channels_path.parent() {
+        run::create_private_dir(dir)?;
+    }
+    let channel_store = RedbChannelStore::open(&channels_path)?;
     // Last: it leaves a socket file behind.
     let listener = control::bind(&settings.control_socket).await?;
     let metrics_addr = match &metrics_listener {
@@ -138,7 +147,10 @@ pub async fn run_node(
         blueprint: tether_connection_blueprint::Config::default(),
         unix_ms_at_start: unix_ms(),
         interfaces: interfaces.clone(),
-        durable: None,
+        durable: Some(DurableChannels {
+            store: Arc::new(Mutex::new(Box::new(channel_store))),
+            commit_on: CommitOn::BlockingPool,
+        }),
     };
     let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
         what: "node",
@@ -217,6 +229,13 @@ pub async fn run_node(
     root.in_scope(|| tracing::info!(peers = told, "node stopped; peers told goodbye"));
     let _ = std::fs::remove_file(&settings.control_socket);
     Ok(())
+}
+
+/// A node's channel file below `data_dir`: one folder per device key, so several nodes
+/// (and a relay) can share a `data_dir`.
+pub fn channel_store_path(data_dir: &std::path::Path, device: &DeviceId) -> PathBuf {
+    let hex: String = device.0[..8].iter().map(|b| format!("{b:02x}")).collect();
+    data_dir.join(format!("node-{hex}")).join("channels.redb")
 }
 
 /// Per-peer log spans: the session, and the phase it is in.

@@ -31,15 +31,7 @@ pub fn relay_queue_path(data_dir: &Path) -> PathBuf {
 fn open_queue_store(data_dir: &Path) -> Result<RedbRelayQueueStore, RunError> {
     let path = relay_queue_path(data_dir);
     if let Some(dir) = path.parent() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|error| RunError::DataDir {
-                path: dir.to_path_buf(),
-                reason: error.to_string(),
-            })?;
+        run::create_private_dir(dir)?;
     }
     Ok(RedbRelayQueueStore::open(&path)?)
 }

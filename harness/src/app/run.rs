@@ -46,6 +46,23 @@ pub enum RunError {
     /// The relay's queue store could not be opened (damaged, locked, unreadable).
     #[error(transparent)]
     RelayStore(#[from] tether_store::RelayQueueDbError),
+    /// The node's channel store could not be opened (damaged, locked, unreadable).
+    #[error(transparent)]
+    ChannelStore(#[from] tether_store::ChannelDbError),
+}
+
+/// Creates a folder below `data_dir` for a store, mode 0700: what it holds (who talks to
+/// whom, and the messages themselves) is not for other users.
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), RunError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| RunError::DataDir {
+            path: dir.to_path_buf(),
+            reason: error.to_string(),
+        })
 }
 
 /// Binds the UDP endpoint at `addr`.

@@ -15,6 +15,7 @@ use tether_harness::app::demo::{self, DemoOptions, Scenario};
 use tether_harness::app::keys;
 use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
 use tether_harness::app::{node, relay};
+use tether_protocol::DeviceId;
 
 /// Tether keeps an end-to-end encrypted session between two trusted devices alive
 /// while either of them changes networks: no handshake during a migration, every
@@ -251,8 +252,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node { config, check } => {
             let settings = config::load_node(&config)?;
             if check {
+                let device = DeviceId(*settings.keypair.public().as_bytes());
                 outln!(
-                    "config ok: device {} listens on {}, control socket {}, relay {}, peers: {}",
+                    "config ok: device {} listens on {}, control socket {}, relay {}, peers: {}, channels in {}",
                     settings.keypair.public().to_hex(),
                     settings.listen,
                     settings.control_socket.display(),
@@ -262,7 +264,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|p| p.name.as_str())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    node::channel_store_path(&settings.data_dir, &device).display()
                 );
                 for warning in &settings.warnings {
                     outln!("warning: {warning}");

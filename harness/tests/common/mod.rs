@@ -98,6 +98,13 @@ impl Proc {
         text
     }
 
+    /// The next stdout line if one comes before `deadline` (for checking that nothing
+    /// more comes).
+    pub fn next_line_before(&self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.lines.recv_timeout(left).ok()
+    }
+
     /// The next stdout line for which `wanted` returns Some, before `deadline`.
     pub fn wait_for<T>(&self, deadline: Instant, mut wanted: impl FnMut(&str) -> Option<T>) -> T {
         loop {
