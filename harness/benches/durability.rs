@@ -168,8 +168,8 @@ fn main() {
                 run(&mut pair, 200.min(count), in_flight).await;
                 let rate = run(&mut pair, count, in_flight).await;
                 println!("| {name} | {in_flight} | {rate:.0} |");
-                pair.a.stop();
-                pair.b.stop();
+                pair.a.abort();
+                pair.b.abort();
             }
         }
     });

@@ -557,7 +557,7 @@ impl SimCluster {
     pub fn crash(&mut self, i: usize) {
         self.collect_events();
         if let Some(node) = self.devices[i].node.take() {
-            node.stop();
+            node.abort();
         }
         // The process is gone: so are its sockets, whatever QUIC was still draining.
         self.net.release_sockets(self.devices[i].host);
@@ -567,7 +567,7 @@ impl SimCluster {
     pub async fn close(&mut self, i: usize) {
         self.collect_events();
         if let Some(node) = self.devices[i].node.take() {
-            node.close().await;
+            node.stop().await;
         }
         self.net.release_sockets(self.devices[i].host);
     }

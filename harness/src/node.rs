@@ -525,10 +525,11 @@ impl Node {
 
     /// Stops the node on purpose: every peer with a usable session is told first (a
     /// sealed goodbye, in the QUIC close of its link), so it shows the session as closed
-    /// at once instead of Ready until its heartbeats fail; then every actor stops, and
-    /// this waits (at most [`CLOSE_LINGER`]) until the closes have gone out. Returns how
-    /// many peers were told.
-    pub async fn close(&self) -> usize {
+    /// at once instead of Ready until its heartbeats fail; the channel journal is
+    /// committed (what is not acknowledged stays on disk for the next start); then every
+    /// actor stops, and this waits (at most [`CLOSE_LINGER`]) until the closes have gone
+    /// out. Returns how many peers were told.
+    pub async fn stop(&self) -> usize {
         let told = self
             .dc
             .send(direct_connection::CloseSessions)
@@ -542,7 +543,7 @@ impl Node {
                 Err(_) => tracing::error!("the journal writer stopped before the node"),
             }
         }
-        self.stop();
+        self.abort();
         if tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle())
             .await
             .is_err()
@@ -552,8 +553,10 @@ impl Node {
         told
     }
 
-    /// Stops every actor of the node (its endpoint closes with the driver).
-    pub fn stop(&self) {
+    /// Stops every actor of the node at once, telling nobody and committing nothing
+    /// more, as a crash would (its endpoint closes with the driver). [`Node::stop`] is
+    /// the orderly way.
+    pub fn abort(&self) {
         self.presence.do_send(Shutdown);
         self.dc.do_send(Shutdown);
         self.blueprint.do_send(Shutdown);
@@ -566,7 +569,7 @@ impl Node {
     }
 }
 
-/// Longest wait, in [`Node::close`], for the links' closes (and the goodbyes in them)
+/// Longest wait, in [`Node::stop`], for the links' closes (and the goodbyes in them)
 /// to go out: QUIC sends a close at once and lingers about three round trips for
 /// retransmissions, so one second is enough on any path a session keeps.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);

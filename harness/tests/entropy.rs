@@ -96,7 +96,7 @@ fn ephemeral_keys(start: Start) -> [Vec<u8>; 2] {
             }
         }
         for node in &nodes {
-            node.stop();
+            node.abort();
         }
         [keys[0].1.clone(), keys[1].1.clone()]
     })

@@ -225,7 +225,7 @@ pub async fn run_node(
         }
     }
     root.in_scope(|| tracing::info!("node stopping"));
-    let told = state.node.close().await;
+    let told = state.node.stop().await;
     root.in_scope(|| tracing::info!(peers = told, "node stopped; peers told goodbye"));
     let _ = std::fs::remove_file(&settings.control_socket);
     Ok(())

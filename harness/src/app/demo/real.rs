@@ -333,7 +333,7 @@ async fn real_send(
 
 fn stop(devices: &[RealDevice; 2], relay: &crate::relay_server::RelayServerHandle) {
     for d in devices {
-        d.node.stop();
+        d.node.abort();
     }
     relay.addr.do_send(tether_protocol::Shutdown);
 }
