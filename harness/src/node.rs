@@ -474,7 +474,7 @@ impl Node {
     /// Stops the node on purpose: every peer with a usable session is told first (a
     /// sealed goodbye, in the QUIC close of its link), so it shows the session as closed
     /// at once instead of Ready until its heartbeats fail; then every actor stops, and
-    /// this waits (at most [`CLOSE_LINGER`]) until the closes have gone out. Returns how
+    /// this waits (at most `CLOSE_LINGER`, 1 s) until the closes have gone out. Returns how
     /// many peers were told.
     pub async fn close(&self) -> usize {
         let told = self
