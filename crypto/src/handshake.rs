@@ -51,8 +51,9 @@ pub const NOISE_PROTOCOL: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 
 /// Noise prologue: binds both sides to this protocol and version, so a handshake
 /// between two incompatible versions fails instead of producing mismatched keys. v2:
-/// message 2 carries the generation's epoch ([`ResponsePayload`]).
-const PROLOGUE: &[u8] = b"tether noise v2";
+/// message 2 carries the generation's epoch ([`ResponsePayload`]); v3: message 1 says
+/// whether it rekeys a live session ([`HandshakePurpose`]).
+const PROLOGUE: &[u8] = b"tether noise v3";
 
 /// Position of the PSK token in the pattern (the `2` of `psk2`).
 const PSK_LOCATION: u8 = 2;
@@ -60,8 +61,9 @@ const PSK_LOCATION: u8 = 2;
 /// Length of the AEAD tag Noise appends to every encrypted field (ChaChaPoly).
 const TAG_LEN: usize = 16;
 
-/// Length of the encoded [`InitiationPayload`]: two little-endian u64.
-pub const INITIATION_PAYLOAD_LEN: usize = 16;
+/// Length of the encoded [`InitiationPayload`]: two little-endian u64 and the purpose
+/// byte.
+pub const INITIATION_PAYLOAD_LEN: usize = 17;
 
 /// Length of the encoded [`ResponsePayload`]: one little-endian u64.
 pub const RESPONSE_PAYLOAD_LEN: usize = 8;
@@ -141,6 +143,36 @@ pub enum Role {
     Responder,
 }
 
+/// Why the initiator runs a handshake, authenticated inside message 1 so both sides of
+/// the generation know it ([`SessionKeys::purpose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HandshakePurpose {
+    /// Establishes a session, or recovers one the initiator evicted or lost: the new
+    /// generation replaces a session that is gone or going.
+    #[default]
+    Establish,
+    /// Replaces the keys of a live session (time or volume limit reached): only the
+    /// keys change; path, status and any migration in progress are untouched.
+    Rekey,
+}
+
+impl HandshakePurpose {
+    fn to_byte(self) -> u8 {
+        match self {
+            HandshakePurpose::Establish => 0,
+            HandshakePurpose::Rekey => 1,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Self, HandshakeError> {
+        match byte {
+            0 => Ok(HandshakePurpose::Establish),
+            1 => Ok(HandshakePurpose::Rekey),
+            _ => Err(HandshakeError::BadPayload),
+        }
+    }
+}
+
 /// What the initiator proposes, encrypted inside message 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitiationPayload {
@@ -150,14 +182,18 @@ pub struct InitiationPayload {
     pub epoch: u64,
     /// Strictly increasing per initiator and peer; lets the responder refuse replays.
     pub timestamp_ms: u64,
+    /// Why the initiator runs this handshake.
+    pub purpose: HandshakePurpose,
 }
 
 impl InitiationPayload {
-    /// Encodes as `epoch` then `timestamp_ms`, each a little-endian u64.
+    /// Encodes as `epoch` then `timestamp_ms`, each a little-endian u64, then the
+    /// purpose byte (0 establish, 1 rekey).
     pub fn encode(&self) -> [u8; INITIATION_PAYLOAD_LEN] {
         let mut out = [0_u8; INITIATION_PAYLOAD_LEN];
         out[..8].copy_from_slice(&self.epoch.to_le_bytes());
-        out[8..].copy_from_slice(&self.timestamp_ms.to_le_bytes());
+        out[8..16].copy_from_slice(&self.timestamp_ms.to_le_bytes());
+        out[16] = self.purpose.to_byte();
         out
     }
 
@@ -165,7 +201,8 @@ impl InitiationPayload {
     pub fn decode(bytes: &[u8]) -> Result<Self, HandshakeError> {
         let bytes: &[u8; INITIATION_PAYLOAD_LEN] =
             bytes.try_into().map_err(|_| HandshakeError::BadPayload)?;
-        let (epoch, timestamp) = bytes.split_at(8);
+        let (epoch, rest) = bytes.split_at(8);
+        let (timestamp, purpose) = rest.split_at(8);
         let word = |b: &[u8]| -> Result<u64, HandshakeError> {
             Ok(u64::from_le_bytes(
                 b.try_into().map_err(|_| HandshakeError::BadPayload)?,
@@ -174,6 +211,7 @@ impl InitiationPayload {
         Ok(Self {
             epoch: word(epoch)?,
             timestamp_ms: word(timestamp)?,
+            purpose: HandshakePurpose::from_byte(purpose[0])?,
         })
     }
 }
@@ -544,6 +582,11 @@ impl SessionKeys {
     /// lost the session the responder held (it restarted). Equal on both sides.
     pub fn epoch_raised(&self) -> bool {
         self.epoch > self.payload.epoch
+    }
+
+    /// Why the initiator ran this handshake (from message 1). Equal on both sides.
+    pub fn purpose(&self) -> HandshakePurpose {
+        self.payload.purpose
     }
 
     /// The initiator's timestamp (orders retries of one initiator within an epoch).

@@ -16,8 +16,8 @@ use thiserror::Error;
 
 use crate::fingerprint::Fingerprint;
 use crate::handshake::{
-    check_initiation, Handshake, HandshakeError, InitiationPayload, InitiatorHandshake, PeerParams,
-    Responded, Role, SessionKeys,
+    check_initiation, Handshake, HandshakeError, HandshakePurpose, InitiationPayload,
+    InitiatorHandshake, PeerParams, Responded, Role, SessionKeys,
 };
 use crate::keys::{PublicKey, RelationshipKey, StaticKeypair};
 use crate::migration::{verify_migration_tag, MigrationTag};
@@ -167,6 +167,8 @@ pub struct Opened {
     /// True when `generation`'s epoch was raised by its responder: one side had
     /// restarted and lost the session the other held (see [`crate::handshake`]).
     pub epoch_raised: bool,
+    /// Why `generation`'s initiator ran its handshake (equal on both sides).
+    pub purpose: HandshakePurpose,
 }
 
 /// Which held secret verified a migration tag.
@@ -306,8 +308,22 @@ impl KeyRing {
     /// the epoch (see [`crate::handshake`]). Replaces
     /// any pending initiation (a retry). The timestamp is `now_ms`, raised if needed to
     /// stay strictly above the last one sent, so the peer never takes it for a replay.
+    /// The purpose is [`HandshakePurpose::Establish`]; see [`Self::initiate_for`].
     pub fn initiate<R: RngCore + CryptoRng>(
         &mut self,
+        local: &StaticKeypair,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RingError> {
+        self.initiate_for(HandshakePurpose::Establish, local, now_ms, rng)
+    }
+
+    /// [`Self::initiate`] with a purpose: [`HandshakePurpose::Rekey`] replaces the keys
+    /// of a live session. The commit rule is the same for every purpose; the purpose
+    /// only tells both sides' callers what the new generation means.
+    pub fn initiate_for<R: RngCore + CryptoRng>(
+        &mut self,
+        purpose: HandshakePurpose,
         local: &StaticKeypair,
         now_ms: u64,
         rng: &mut R,
@@ -323,6 +339,7 @@ impl KeyRing {
         let payload = InitiationPayload {
             epoch,
             timestamp_ms,
+            purpose,
         };
         let (handshake, message1) = Handshake::initiate(local, &self.peer, &self.rk, payload, rng)?;
         self.pending = Some(handshake);
@@ -411,6 +428,7 @@ impl KeyRing {
                 Ok(plaintext) => {
                     let id = generation.id();
                     let epoch_raised = generation.session.keys().epoch_raised();
+                    let purpose = generation.session.keys().purpose();
                     if let Some(generation) = self.generation_mut(position) {
                         generation.session.mark_received(sealed.nonce);
                     }
@@ -427,6 +445,7 @@ impl KeyRing {
                         slot: slot_of(position),
                         newly_committed,
                         epoch_raised,
+                        purpose,
                     });
                 }
                 Err(error) => {
@@ -443,6 +462,23 @@ impl KeyRing {
         self.best_sendable()
             .and_then(|p| self.generation(p))
             .is_some_and(|g| g.session.needs_rekey())
+    }
+
+    /// Frames sealed so far under the best sendable generation (its next nonce): the
+    /// volume a caller's own rekey limit is measured against.
+    pub fn sealed_under_best(&self) -> u64 {
+        self.best_sendable()
+            .and_then(|p| self.generation(p))
+            .map_or(0, |g| g.session.next_nonce())
+    }
+
+    /// Gives up the pending initiation, if any: a message 2 that answers it later is
+    /// refused ([`RingError::NoPendingInitiation`]), so this side never sends under its
+    /// keys and neither side commits them. What is committed, previous or a candidate
+    /// is untouched (a candidate the peer holds from answering it is never sent under
+    /// and is dropped by the next commit). Returns whether one was pending.
+    pub fn abandon_initiation(&mut self) -> bool {
+        self.pending.take().is_some()
     }
 
     /// The committed epoch, if any.

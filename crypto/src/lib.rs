@@ -106,6 +106,15 @@
 //!    and previous secrets ([`KeyRing::resolve_migration_tag`]), so the transient
 //!    difference while a new generation is being committed never rejects a genuine
 //!    signal.
+//! 8. **Rekeys.** A rekey is an ordinary handshake of a live session (committed + 1),
+//!    whose message 1 says so ([`HandshakePurpose::Rekey`], authenticated, known to both
+//!    sides as [`SessionKeys::purpose`] and [`Opened::purpose`]), so the callers can
+//!    tell it from a peer that evicted or lost the session. The commit rule is the
+//!    same: the old generation carries and opens frames until the new one commits,
+//!    then stays as *previous* and opens late frames until the next commit; crossing
+//!    rekeys converge like any crossing handshakes. [`KeyRing::abandon_initiation`]
+//!    gives up a rekey (a migration began): its message 2 is then refused, so nobody
+//!    ever sends under, or commits, its keys.
 //!
 //! **Why it converges.** Commitment only moves up the order, and a side commits a
 //! generation only after opening a frame the other side sealed under it, so the other
@@ -159,8 +168,8 @@ mod tests;
 
 pub use fingerprint::Fingerprint;
 pub use handshake::{
-    Handshake, HandshakeError, InitiationPayload, InitiatorHandshake, PeerParams, Responded,
-    ResponsePayload, Role, SessionKeys,
+    Handshake, HandshakeError, HandshakePurpose, InitiationPayload, InitiatorHandshake, PeerParams,
+    Responded, ResponsePayload, Role, SessionKeys,
 };
 pub use hints::{open_hint, seal_hint, Hint, HintError, RendezvousId};
 pub use key_file::{KeyFileError, KeyFileFormatError};

@@ -94,7 +94,9 @@ pub fn phase_timeline<'a>(
                     name(&ready.peer),
                     ready.epoch.0,
                     ready.path,
-                    if ready.after_handshake {
+                    if ready.rekey {
+                        " (rekey)"
+                    } else if ready.after_handshake {
                         " (handshake)"
                     } else {
                         ""

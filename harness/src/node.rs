@@ -87,8 +87,11 @@ pub struct PeerStatus {
     pub status: Option<SessionStatus>,
     /// Committed epoch.
     pub epoch: Option<u64>,
-    /// Handshakes started or answered.
+    /// Completed handshakes: generations committed with the peer, one per new epoch
+    /// (establishment, recovery, restart, rekey).
     pub handshakes: u64,
+    /// Handshake messages 1 sent to the peer (every retry counts) or answered.
+    pub handshake_attempts: u64,
     /// Fingerprint of the committed PeerSecret.
     pub peer_secret: Option<Fingerprint>,
     /// Fingerprint of the committed session keys.
@@ -367,6 +370,7 @@ impl Node {
                 relay_migration_ping: dc.clone().recipient(),
                 carry_over_relay: dc.clone().recipient(),
                 evict: dc.clone().recipient(),
+                allow_rekey: dc.clone().recipient(),
                 publish_hint: pms.clone().recipient(),
                 lookup_hint: pms.clone().recipient(),
                 relay_poll: rcs.clone().recipient(),
@@ -459,6 +463,7 @@ impl Node {
                     status: view.status,
                     epoch: s.epoch,
                     handshakes: s.handshakes,
+                    handshake_attempts: s.handshake_attempts,
                     peer_secret: s.peer_secret,
                     session_keys: s.session_keys,
                     path: s.path,

@@ -27,7 +27,10 @@ async fn peer_gone(seed: u64) -> SimCluster {
 /// sent B.
 async fn attempts(cluster: &SimCluster) -> (u64, u64) {
     let status = cluster.peer_status(A, B).await.unwrap();
-    (status.counters.handshake_timeouts, status.handshakes)
+    (
+        status.counters.handshake_timeouts,
+        status.handshake_attempts,
+    )
 }
 
 /// Runs until A's current attempt to reach B has timed out (its next one waits for the

@@ -42,12 +42,12 @@ fn a_closed_device_is_shown_closed_at_once_and_taken_back_when_it_returns() {
             cluster.timeline(&[A, B], before)
         );
         // Closed by the peer: nothing is retried while it is away.
-        let handshakes = cluster.peer_status(B, A).await.unwrap().handshakes;
+        let attempts = cluster.peer_status(B, A).await.unwrap().handshake_attempts;
         cluster.run_for(Duration::from_secs(60)).await;
         assert_eq!(cluster.status(B, A), Some(SessionStatus::Closed));
         assert_eq!(
-            cluster.peer_status(B, A).await.unwrap().handshakes,
-            handshakes
+            cluster.peer_status(B, A).await.unwrap().handshake_attempts,
+            attempts
         );
         // B queues for A meanwhile; A comes back and gets it.
         cluster

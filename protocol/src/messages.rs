@@ -181,6 +181,25 @@ pub struct SessionReady {
     pub remote: Option<SocketAddr>,
     /// Whether a handshake produced this (false for migrations and transport reconnects).
     pub after_handshake: bool,
+    /// True when that handshake was a rekey of the live session (time or volume limit,
+    /// either side initiating): only the keys and the epoch changed. The path, the
+    /// status and any migration in progress are untouched; it is neither a restart nor
+    /// an eviction by the peer (those are `after_handshake` without `rekey`).
+    pub rekey: bool,
+}
+
+/// Presence tells DirectConnection whether a rekey of this peer's session may run now:
+/// allowed while the session is Ready, refused from the moment it leaves Ready (a
+/// migration, a degraded path, an eviction). DirectConnection starts a due rekey only
+/// while allowed, answers the peer's rekey only while allowed, and gives up its own
+/// rekey in flight when refused. Sent on every change of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct AllowRekey {
+    /// The peer.
+    pub peer: DeviceId,
+    /// Whether a rekey may run.
+    pub allowed: bool,
 }
 
 /// Migration phase 2: announce our new endpoints to the peer on every link the session

@@ -106,6 +106,13 @@ impl SessionStatus {
         )
     }
 
+    /// Whether a rekey (a handshake that replaces the keys of a live session) may start
+    /// or be answered in this state: only in Ready, so never during a migration (nor
+    /// while degraded, evicted, recovering or closed).
+    pub fn allows_rekey(self) -> bool {
+        self == SessionStatus::Ready
+    }
+
     /// Whether the session is in one of the two migration states.
     pub fn is_migrating(self) -> bool {
         matches!(
@@ -167,6 +174,21 @@ mod tests {
         assert!(!SessionStatus::ReconnectingInbound.allows_handshake());
         assert!(!SessionStatus::Ready.allows_handshake());
         assert!(SessionStatus::Recovering.allows_handshake());
+    }
+
+    #[test]
+    fn only_ready_allows_a_rekey() {
+        for status in SessionStatus::ALL {
+            assert_eq!(
+                status.allows_rekey(),
+                status == SessionStatus::Ready,
+                "{status}"
+            );
+            assert!(
+                !(status.is_migrating() && status.allows_rekey()),
+                "{status}"
+            );
+        }
     }
 
     #[test]

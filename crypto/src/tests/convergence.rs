@@ -3,7 +3,9 @@
 //! committed PeerSecret, and nothing one side committed was unknown to the other.
 //!
 //! Two devices start with a committed generation. A random schedule then acts on a
-//! multiset of in-flight messages: either device initiates, a message (chosen at
+//! multiset of in-flight messages: either device initiates (to establish, or to rekey
+//! the live session: a rekey at any point, crossing the other side's or not), gives
+//! its pending initiation up (a migration began: the rekey is abandoned), a message (chosen at
 //! random, so delivery order is arbitrary) is delivered, dropped or duplicated, a
 //! device sends a data frame under its best sendable generation, a device restarts
 //! (its ring is replaced by an empty one: at any point, mid-handshake included, with
@@ -24,7 +26,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use rand_chacha::ChaCha8Rng;
 
-use crate::handshake::HandshakeError;
+use crate::handshake::{HandshakeError, HandshakePurpose};
 use crate::keyring::{GenerationId, KeyRing, RingError};
 use crate::keys::StaticKeypair;
 use crate::replay::ReplayError;
@@ -43,6 +45,8 @@ const MAX_QUIET_ROUNDS: usize = 12;
 #[derive(Debug, Clone, Copy)]
 enum Action {
     Initiate(usize),
+    Rekey(usize),
+    Abandon(usize),
     DeliverOldest,
     Deliver(Index),
     Drop(Index),
@@ -57,6 +61,8 @@ fn action() -> impl Strategy<Value = Action> {
     let side = 0..2_usize;
     prop_oneof![
         2 => side.clone().prop_map(Action::Initiate),
+        2 => side.clone().prop_map(Action::Rekey),
+        1 => side.clone().prop_map(Action::Abandon),
         3 => Just(Action::DeliverOldest),
         6 => any::<Index>().prop_map(Action::Deliver),
         2 => any::<Index>().prop_map(Action::Drop),
@@ -170,10 +176,18 @@ impl World {
     }
 
     fn initiate(&mut self, side: usize) -> Result<(), TestCaseError> {
+        self.initiate_for(side, HandshakePurpose::Establish)
+    }
+
+    fn initiate_for(
+        &mut self,
+        side: usize,
+        purpose: HandshakePurpose,
+    ) -> Result<(), TestCaseError> {
         let device = &mut self.devices[side];
         let message1 = device
             .ring
-            .initiate(&device.keys, self.now_ms, &mut self.rng)
+            .initiate_for(purpose, &device.keys, self.now_ms, &mut self.rng)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         self.post(InFlight {
             to: 1 - side,
@@ -261,6 +275,17 @@ impl World {
             Action::Initiate(side) if self.devices[side].initiations < MAX_INITIATIONS => {
                 self.devices[side].initiations += 1;
                 self.initiate(side)?;
+            }
+            // The orchestrator rekeys only a live session.
+            Action::Rekey(side)
+                if self.devices[side].initiations < MAX_INITIATIONS
+                    && self.devices[side].ring.committed().is_some() =>
+            {
+                self.devices[side].initiations += 1;
+                self.initiate_for(side, HandshakePurpose::Rekey)?;
+            }
+            Action::Abandon(side) => {
+                self.devices[side].ring.abandon_initiation();
             }
             Action::DeliverOldest if !self.in_flight.is_empty() => self.deliver(0)?,
             Action::Deliver(index) if !self.in_flight.is_empty() => {

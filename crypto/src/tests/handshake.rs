@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 
 use crate::handshake::{
-    Handshake, HandshakeError, InitiationPayload, PeerParams, Role, MESSAGE1_LEN, MESSAGE2_LEN,
+    Handshake, HandshakeError, HandshakePurpose, InitiationPayload, PeerParams, Role, MESSAGE1_LEN,
+    MESSAGE2_LEN,
 };
 use crate::session::Session;
 use crate::test_support::{fresh_params, handshake, pair, rng};
@@ -11,6 +12,7 @@ use crate::test_support::{fresh_params, handshake, pair, rng};
 const PROPOSAL: InitiationPayload = InitiationPayload {
     epoch: 1,
     timestamp_ms: 1_000,
+    purpose: HandshakePurpose::Establish,
 };
 
 #[test]
@@ -82,7 +84,7 @@ fn messages_have_fixed_lengths() {
     let (mut pending, message1) =
         Handshake::initiate(&p.alice, p.bob.public(), &p.rk, PROPOSAL, &mut p.rng).unwrap();
     assert_eq!(message1.len(), MESSAGE1_LEN);
-    assert_eq!(MESSAGE1_LEN, 112);
+    assert_eq!(MESSAGE1_LEN, 113);
     let responded =
         Handshake::respond(&p.bob, &message1, |_| Some(fresh_params(&p.rk)), &mut p.rng).unwrap();
     assert_eq!(responded.message2.len(), MESSAGE2_LEN);
@@ -194,6 +196,7 @@ fn a_proposal_not_above_the_committed_epoch_is_raised_above_every_held_epoch() {
         InitiationPayload {
             epoch: 5,
             timestamp_ms: 2_000,
+            purpose: HandshakePurpose::Establish,
         },
         &mut p.rng,
     )
@@ -278,6 +281,7 @@ fn initiation_payload_round_trips_and_rejects_wrong_lengths() {
     let payload = InitiationPayload {
         epoch: u64::MAX,
         timestamp_ms: 42,
+        purpose: HandshakePurpose::Establish,
     };
     assert_eq!(InitiationPayload::decode(&payload.encode()), Ok(payload));
     assert_eq!(

@@ -1,6 +1,6 @@
 //! The key ring: the commit rule, refusals that change nothing, resolution.
 
-use crate::handshake::{HandshakeError, Role};
+use crate::handshake::{HandshakeError, HandshakePurpose, Role};
 use crate::keyring::{GenerationId, KeyRing, RingError, Slot, MAX_CANDIDATES};
 use crate::keys::StaticKeypair;
 use crate::session::{OpenError, SealError, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES};
@@ -280,6 +280,65 @@ fn previous_generation_opens_late_frames_until_the_next_commit() {
         bob.open(&too_late).unwrap_err(),
         RingError::UnknownKeyId(too_late.key_id)
     );
+}
+
+#[test]
+fn a_rekey_is_known_as_one_on_both_sides_and_old_frames_still_open() {
+    let mut p = pair(21);
+    let (mut alice, mut bob) = committed_rings(&mut p);
+    let before = bob.committed_fingerprint();
+    // Frames sealed under the old keys, still in flight when the rekey commits.
+    let late_to_bob = alice.seal(b"late a").unwrap();
+    let late_to_alice = bob.seal(b"late b").unwrap();
+    let message1 = alice
+        .initiate_for(HandshakePurpose::Rekey, &p.alice, 2_000, &mut p.rng)
+        .unwrap();
+    let message2 = respond(&p.bob, &mut bob, &message1, &mut p.rng).unwrap();
+    alice.confirm(&message2).unwrap();
+    let confirming = alice.seal(b"new").unwrap();
+    let opened = bob.open(&confirming).unwrap();
+    assert!(opened.newly_committed && !opened.epoch_raised);
+    assert_eq!(opened.purpose, HandshakePurpose::Rekey);
+    let answer = bob.seal(b"ack").unwrap();
+    let opened = alice.open(&answer).unwrap();
+    assert!(opened.newly_committed);
+    assert_eq!(opened.purpose, HandshakePurpose::Rekey);
+    assert_ne!(bob.committed_fingerprint(), before, "a new PeerSecret");
+    assert_eq!(alice.committed_fingerprint(), bob.committed_fingerprint());
+    // The old generation is previous on both sides and still opens what was in flight.
+    assert_eq!(bob.open(&late_to_bob).unwrap().slot, Slot::Previous);
+    assert_eq!(alice.open(&late_to_alice).unwrap().slot, Slot::Previous);
+}
+
+#[test]
+fn an_abandoned_rekey_is_never_sent_under_nor_committed() {
+    let mut p = pair(22);
+    let (mut alice, mut bob) = committed_rings(&mut p);
+    let committed = alice.committed();
+    let message1 = alice
+        .initiate_for(HandshakePurpose::Rekey, &p.alice, 2_000, &mut p.rng)
+        .unwrap();
+    let message2 = respond(&p.bob, &mut bob, &message1, &mut p.rng).unwrap();
+    // A migration begins before message 2 arrives: the rekey is given up.
+    assert!(alice.abandon_initiation());
+    assert!(!alice.abandon_initiation());
+    assert_eq!(
+        alice.confirm(&message2),
+        Err(RingError::NoPendingInitiation)
+    );
+    // Both sides keep sending under, and committing, nothing but the old generation.
+    let frame = alice.seal(b"still old").unwrap();
+    assert!(!bob.open(&frame).unwrap().newly_committed);
+    let frame = bob.seal(b"still old").unwrap();
+    assert!(!alice.open(&frame).unwrap().newly_committed);
+    assert_eq!(alice.committed(), committed);
+    assert_eq!(bob.committed(), committed);
+    // The next rekey commits on both sides, above the candidate Bob kept.
+    let (pa, pb) = (p.alice.clone(), p.bob.clone());
+    let id = upgrade(&mut p, &mut alice, &pa, &mut bob, &pb, 3_000);
+    assert_eq!(alice.committed(), Some(id));
+    assert_eq!(bob.committed(), Some(id));
+    assert!(bob.snapshot().candidates.is_empty());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Sealing and opening under one generation: refusals leave no trace, limits hold.
 
-use crate::handshake::InitiationPayload;
+use crate::handshake::{HandshakePurpose, InitiationPayload};
 use crate::replay::{ReplayError, REPLAY_WINDOW_BITS};
 use crate::session::{
     OpenError, SealError, Session, MAX_PLAINTEXT_LEN, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES,
@@ -12,6 +12,7 @@ fn sessions(seed: u64) -> (Session, Session) {
     let payload = InitiationPayload {
         epoch: 1,
         timestamp_ms: 1,
+        purpose: HandshakePurpose::Establish,
     };
     let (a, b) = handshake(&p.alice, &p.bob, &p.rk, payload, &mut p.rng);
     (Session::new(a), Session::new(b))

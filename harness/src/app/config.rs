@@ -292,6 +292,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         table.duration("relay_fallback_after_ms", &mut limits.relay_fallback_after)?;
         table.duration("handshake_retry_ms", &mut limits.handshake_retry)?;
         table.duration("connect_timeout_ms", &mut limits.connect_timeout)?;
+        table.duration("rekey_after_ms", &mut limits.rekey_after)?;
         if let Some(n) = table.positive("max_queued")? {
             limits.max_queued = usize::try_from(n).unwrap_or(usize::MAX);
         }

@@ -70,6 +70,10 @@ pub enum WatchEvent {
         remote: Option<String>,
         /// Whether a handshake produced it.
         after_handshake: bool,
+        /// Whether that handshake was a rekey of the live session (only the keys
+        /// changed).
+        #[serde(default)]
+        rekey: bool,
         /// Unix time in ms.
         at_ms: u64,
     },

@@ -412,6 +412,7 @@ impl NodeState {
                         path = path_name(ready.path),
                         remote = ?ready.remote,
                         handshake = ready.after_handshake,
+                        rekey = ready.rekey,
                         "session bound to a path"
                     )
                 });
@@ -421,6 +422,7 @@ impl NodeState {
                     path: path_name(ready.path).into(),
                     remote: ready.remote.map(|r| r.to_string()),
                     after_handshake: ready.after_handshake,
+                    rekey: ready.rekey,
                     at_ms,
                 });
             }
@@ -649,6 +651,7 @@ impl NodeState {
                 remote: s.remote.map(|r| r.to_string()),
                 epoch: s.epoch,
                 handshakes: s.handshakes,
+                handshake_attempts: s.handshake_attempts,
                 peer_secret: s.peer_secret.map(|f| f.to_hex()),
                 session_keys: s.session_keys.map(|f| f.to_hex()),
                 rtt_ms: s.rtt_ms,
@@ -663,6 +666,8 @@ impl NodeState {
                 handshake_timeouts: s.counters.handshake_timeouts,
                 reconnect_timeouts: s.counters.reconnect_timeouts,
                 restart_handshakes: s.counters.restart_handshakes,
+                rekeys: s.counters.rekeys,
+                rekeys_refused: s.counters.rekeys_refused,
                 migrations: s.migrations,
                 last_migration_ms: s.last_migration.map(millis),
                 session: self.tracker.metrics(s.peer, now),

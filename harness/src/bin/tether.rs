@@ -501,6 +501,10 @@ fn render_status(r: &NodeStatusReport) -> String {
             r.frames_sent, r.bytes_sent, r.frames_received, r.bytes_received,
             p.handshake_timeouts, p.reconnect_timeouts, p.restart_handshakes
         ));
+        out.push_str(&format!(
+            "{}: handshakes completed {} (of them rekeys {}), attempts {} (initiations sent or answered); peer rekeys deferred while not Ready {}\n",
+            p.name, p.handshakes, p.rekeys, p.handshake_attempts, p.rekeys_refused
+        ));
     }
     let t = &r.transport;
     out.push_str(&format!(

@@ -363,6 +363,7 @@ mod tests {
                 path: PathKind::Direct,
                 remote: Some(addr("192.0.2.2:4433")),
                 after_handshake: true,
+                rekey: false,
             })),
         );
         step(
@@ -377,6 +378,7 @@ mod tests {
                 path: PathKind::Direct,
                 remote: Some(addr("192.0.2.2:4433")),
                 after_handshake: false,
+                rekey: false,
             })),
         );
         step(

@@ -6,7 +6,7 @@ use crate::core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
+    AllowRekey, BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
     DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, JournalCommitted,
     JournalEntry, LivenessReport, MessageDelivered, PathLost, PathMeasured, PeerAnnounced,
     PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
@@ -129,6 +129,7 @@ tether_protocol::feed_messages!(Orchestrator {
     RelayMigrationPing => Input::RelayMigrationPing,
     CarryOverRelay => Input::CarryOverRelay,
     EvictSession => Input::Evict,
+    AllowRekey => Input::AllowRekey,
     TransportEvent => Input::Transport,
     RelayDelivered => Input::Relay,
     RelayStatus => Input::RelayStatus,

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
+use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair, REKEY_AFTER_MESSAGES};
 use tether_protocol::{DeviceId, RestoredChannels};
 
 /// A paired device: its identity and the relationship key shared with it.
@@ -75,6 +75,11 @@ pub struct Limits {
     /// How long an accepted link may go without a handshake or an authenticated frame
     /// (which show whose it is) before it is closed.
     pub unclaimed_link_close_after: Duration,
+    /// Age of the committed generation after which the next application message
+    /// (sent or delivered) starts a rekey (a new handshake, new keys and PeerSecret).
+    pub rekey_after: Duration,
+    /// Frames sealed under one generation after which a rekey starts.
+    pub rekey_after_messages: u64,
 }
 
 impl Default for Limits {
@@ -115,6 +120,25 @@ impl Default for Limits {
             // dial completes, so this covers many QUIC retransmissions of a lost first
             // packet, while a client that never says who it is holds the link briefly.
             unclaimed_link_close_after: Duration::from_secs(5),
+            // Ten minutes of use. A rekey bounds what one leaked set of transport keys
+            // (and PeerSecret) exposes: the traffic of one generation, about ten
+            // minutes, plus the in-flight tail the previous generation still opens.
+            // WireGuard's two minutes suit a VPN that rekeys silently; here a rekey
+            // also replaces the PeerSecret a migration proves itself with, and is put
+            // off while either side migrates, so a longer period makes that overlap
+            // rare while its cost stays negligible (one handshake: two messages of
+            // about 100 bytes and four Diffie-Hellman operations per ten busy
+            // minutes). The age only counts while the session carries application
+            // messages: an idle session keeps its keys for days and is not woken for
+            // a rekey; the first message after the limit starts one (as WireGuard
+            // rekeys on send), and the old keys carry the traffic until the new ones
+            // commit. Well above the migration benchmark's runs, so it never fires
+            // there.
+            rekey_after: Duration::from_secs(600),
+            // WireGuard's 2^60 (crypto's `REKEY_AFTER_MESSAGES`): ChaCha20-Poly1305
+            // has no practical per-key volume limit at that scale, so this is a
+            // safety net far below nonce exhaustion (2^64 - 2^13), not a schedule.
+            rekey_after_messages: REKEY_AFTER_MESSAGES,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::channels::{Inbound, Outbound};
 use crate::config::{Config, Limits};
 use crate::links::{DialPurpose, LinkTable, PendingDial};
 use crate::migration::direct_addrs;
-use crate::state::{Heartbeat, InitiationBudget, PeerCounters, PeerState, Via};
+use crate::state::{Heartbeat, InitiationBudget, PeerCounters, PeerState, RekeyState, Via};
 use crate::timers::{Timer, TimerTable};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use tether_crypto::{Fingerprint, KeyRing, PathChallenger, RendezvousId, Sealed, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, CandidateSource, CarryOverRelay, ChannelId, ConnectFailed, ConnectPeer,
-    DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted, InboundMigrationPing,
-    JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageDelivered, PathKind, PathLost,
-    PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered,
-    RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus, RequestId, SealedFrame,
-    SendMigrationPing, SendWaiting, SessionFrame, SessionId, SessionReady, TransportCommand,
-    TransportEvent, WireFrame,
+    AllowRekey, BlueprintCompiled, CandidateSource, CarryOverRelay, ChannelId, ConnectFailed,
+    ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted,
+    InboundMigrationPing, JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageDelivered,
+    PathKind, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged,
+    PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus,
+    RequestId, SealedFrame, SendMigrationPing, SendWaiting, SessionFrame, SessionId, SessionReady,
+    TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Most outstanding path challenges per peer (one per path being validated).
@@ -47,6 +47,8 @@ pub enum Input {
     CarryOverRelay(CarryOverRelay),
     /// Drop the session's keys and path (queued messages are kept).
     Evict(EvictSession),
+    /// Presence allows or refuses a rekey (the session is Ready, or not).
+    AllowRekey(AllowRekey),
     /// A link event from the transport driver.
     Transport(TransportEvent),
     /// A frame that came through the relay.
@@ -146,8 +148,11 @@ pub struct PeerSnapshot {
     pub session: SessionId,
     /// Committed epoch.
     pub epoch: Option<u64>,
-    /// Handshakes started or answered with this peer.
+    /// Completed handshakes: generations committed with this peer, one per new epoch
+    /// (establishment, recovery, restart, rekey).
     pub handshakes: u64,
+    /// Handshake messages 1 sent to this peer (every retry counts) or answered.
+    pub handshake_attempts: u64,
     /// Fingerprint of the committed PeerSecret.
     pub peer_secret: Option<Fingerprint>,
     /// Fingerprint of the committed session keys.
@@ -206,7 +211,9 @@ impl DirectConnection {
                 PeerState {
                     session,
                     ring: KeyRing::new(peer.public, peer.rk),
-                    handshakes: 0,
+                    generations: 0,
+                    handshake_attempts: 0,
+                    rekey: RekeyState::default(),
                     bound: None,
                     evicted_at_epoch: None,
                     reported: None,
@@ -288,7 +295,8 @@ impl DirectConnection {
             peer: *peer,
             session: state.session,
             epoch: state.ring.committed_epoch(),
-            handshakes: state.handshakes,
+            handshakes: state.generations,
+            handshake_attempts: state.handshake_attempts,
             peer_secret: state.ring.committed_fingerprint(),
             session_keys: state.ring.session_fingerprint(),
             path,
@@ -336,6 +344,11 @@ impl SansIoCore for DirectConnection {
                 self.evict(evict);
                 Some(peer)
             }
+            Input::AllowRekey(message) => {
+                let peer = message.peer;
+                self.allow_rekey(now, message);
+                Some(peer)
+            }
             Input::Transport(event) => self.transport_event(now, event),
             Input::Relay(delivered) => {
                 self.wire_bytes(now, Via::Relay, Some(delivered.from), &delivered.envelope)
@@ -345,6 +358,8 @@ impl SansIoCore for DirectConnection {
                 None
             }
             Input::LocalEndpoints(endpoints) => {
+                // This device's network changed: a migration begins, so no rekey.
+                self.refuse_rekeys_on_move();
                 self.local_endpoints = endpoints;
                 None
             }
@@ -366,6 +381,7 @@ impl SansIoCore for DirectConnection {
         if let Some(device) = touched {
             self.pump(now, device);
             self.close_unneeded_links(now, device);
+            self.maybe_rekey(now, device);
         }
     }
 
@@ -382,13 +398,14 @@ impl SansIoCore for DirectConnection {
                 continue;
             }
             match timer {
-                Timer::ConnectDeadline => self.connect_deadline(device),
+                Timer::ConnectDeadline => self.connect_deadline(now, device),
                 Timer::ConnectRelay => self.connect_relay_due(now, device),
                 Timer::HandshakeRetry => self.send_initiation(now, device),
                 Timer::Heartbeat => self.heartbeat(now, device),
                 Timer::Probe => self.probe(now, device),
                 // The pump below resends what is due.
                 Timer::Retransmit => {}
+                Timer::Rekey => self.rekey_timer(now, device),
             }
             if touched.last() != Some(&device) {
                 touched.push(device);
@@ -397,6 +414,7 @@ impl SansIoCore for DirectConnection {
         for device in touched {
             self.pump(now, device);
             self.close_unneeded_links(now, device);
+            self.maybe_rekey(now, device);
         }
     }
 
@@ -645,6 +663,7 @@ impl DirectConnection {
                 via,
                 opened.generation.epoch,
                 opened.epoch_raised,
+                opened.purpose,
             );
         }
         self.session_frame(now, device, via, session_frame);

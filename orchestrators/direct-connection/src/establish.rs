@@ -10,7 +10,7 @@ use crate::links::DialPurpose;
 use crate::state::{Connect, EstablishmentPermit, Heartbeat, Reported, Via};
 use crate::timers::Timer;
 use std::time::Instant;
-use tether_crypto::{Handshake, HandshakeError};
+use tether_crypto::{Handshake, HandshakeError, HandshakePurpose};
 use tether_protocol::{
     ConnectFailed, ConnectPeer, DeviceId, EvictSession, HandshakeMessage, HandshakeStarted,
     SessionFrame, SessionReady, WireFrame,
@@ -26,6 +26,8 @@ const CONNECT_TIMERS: [Timer; 3] = [
 impl DirectConnection {
     /// PresenceConnect.
     pub(crate) fn connect(&mut self, now: Instant, request: ConnectPeer) {
+        // Presence's request comes first: a rekey in flight gives way.
+        self.abandon_rekey(request.peer);
         let Some(peer) = self.peers.get(&request.peer) else {
             self.outputs.push_back(Output::ConnectFailed(ConnectFailed {
                 request: request.request,
@@ -45,7 +47,7 @@ impl DirectConnection {
         let permit = if request.transport_only {
             None
         } else {
-            Some(EstablishmentPermit(()))
+            Some(EstablishmentPermit(HandshakePurpose::Establish))
         };
         self.start_connect(now, request, permit);
     }
@@ -126,28 +128,42 @@ impl DirectConnection {
         let Some(connect) = peer.connect.as_mut() else {
             return;
         };
-        let (Some(_permit), Some(via)) = (connect.permit.as_ref(), connect.via) else {
+        let (Some(permit), Some(via)) = (connect.permit.as_ref(), connect.via) else {
             return;
         };
+        let purpose = permit.purpose();
         let request = connect.request;
+        // A rekey follows the session's path if it moved meanwhile (a validated link
+        // replaced the bound one).
+        let via = match (purpose, peer.bound) {
+            (HandshakePurpose::Rekey, Some(bound)) => bound,
+            _ => via,
+        };
         self.timers.set(
             device,
             Timer::HandshakeRetry,
             now + self.limits.handshake_retry,
         );
-        let message1 = match peer.ring.initiate(&self.local, wall_ms, &mut self.rng) {
+        let message1 = match peer
+            .ring
+            .initiate_for(purpose, &self.local, wall_ms, &mut self.rng)
+        {
             Ok(message1) => message1,
             Err(error) => {
                 tracing::warn!(peer = %device, %error, "cannot start a handshake");
                 return;
             }
         };
-        peer.handshakes += 1;
+        peer.handshake_attempts += 1;
         let frame = WireFrame::HandshakeInit(HandshakeMessage {
             session: peer.session,
             noise: message1,
         });
         self.deliver_wire(device, via, &frame);
+        if purpose == HandshakePurpose::Rekey {
+            // Not a Presence request: the session stays Ready throughout.
+            return;
+        }
         self.outputs
             .push_back(Output::HandshakeStarted(HandshakeStarted {
                 request: Some(request),
@@ -156,13 +172,18 @@ impl DirectConnection {
     }
 
     /// No path answered the connect in time.
-    pub(crate) fn connect_deadline(&mut self, device: DeviceId) {
+    pub(crate) fn connect_deadline(&mut self, now: Instant, device: DeviceId) {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
         let Some(connect) = peer.connect.take() else {
             return;
         };
+        if connect.is_rekey() {
+            self.end_connect(device);
+            self.rekey_failed(now, device);
+            return;
+        }
         if connect.permit.is_some() {
             peer.counters.handshake_timeouts += 1;
         } else {
@@ -197,7 +218,7 @@ impl DirectConnection {
     }
 
     /// The connect is over (done or failed): its timers go with it.
-    fn end_connect(&mut self, device: DeviceId) {
+    pub(crate) fn end_connect(&mut self, device: DeviceId) {
         for timer in CONNECT_TIMERS {
             self.timers.stop(device, timer);
         }
@@ -297,6 +318,13 @@ impl DirectConnection {
         }
         let epoch_raised = responded.epoch_raised;
         let proposed = responded.payload.epoch;
+        if responded.payload.purpose == HandshakePurpose::Rekey && !peer.rekey.allowed {
+            // A rekey never runs while this side is not Ready (migrating, degraded):
+            // unanswered, it changes nothing here, and the peer tries again later.
+            peer.counters.rekeys_refused += 1;
+            tracing::debug!(peer = %device, "rekey not answered: the session is not Ready here");
+            return None;
+        }
         let message2 = match peer.ring.accept(responded) {
             Ok(message2) => message2,
             Err(error) => {
@@ -305,7 +333,7 @@ impl DirectConnection {
                 return None;
             }
         };
-        peer.handshakes += 1;
+        peer.handshake_attempts += 1;
         let session = peer.session;
         let committed = peer.ring.committed_epoch();
         self.credit_link(via, wire_len);
@@ -367,7 +395,9 @@ impl DirectConnection {
 
     /// A new generation was committed (a handshake completed on this side).
     /// `epoch_raised`: its responder raised the epoch, so one side had restarted and lost
-    /// the session the other held; this commit ends that.
+    /// the session the other held; this commit ends that. A rekey of a session that is
+    /// live here (reported, not evicted, not raised) changes only the keys
+    /// ([`Self::rekey_committed`]).
     pub(crate) fn committed(
         &mut self,
         now: Instant,
@@ -375,10 +405,16 @@ impl DirectConnection {
         via: Via,
         epoch: u64,
         epoch_raised: bool,
+        purpose: HandshakePurpose,
     ) {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
+        let live = peer.reported.is_some() && peer.evicted_at_epoch.is_none();
+        if purpose == HandshakePurpose::Rekey && !epoch_raised && live {
+            self.rekey_committed(now, device, via, epoch);
+            return;
+        }
         if epoch_raised {
             peer.counters.restart_handshakes += 1;
             tracing::info!(
@@ -397,9 +433,14 @@ impl DirectConnection {
             return;
         }
         peer.evicted_at_epoch = None;
+        peer.generations += 1;
         self.end_migration(device);
+        self.generation_started(now, device);
         // The handshake's path is the session's path from now on.
-        let request = self.take_connect(device).map(|c| c.request);
+        let request = self
+            .take_connect(device)
+            .filter(|c| !c.is_rekey())
+            .map(|c| c.request);
         let remote = self.remote_of(via);
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
@@ -427,6 +468,7 @@ impl DirectConnection {
             path: report.path,
             remote,
             after_handshake: true,
+            rekey: false,
         }));
         // Answer at once so the initiator commits the same generation.
         peer.heartbeat.next_id += 1;

@@ -4,10 +4,11 @@
 //! PeerSecret, candidates), the path the session is bound to, the outbound queues with
 //! sequence numbers, acknowledgements and retransmission, and in-order, deduplicated
 //! delivery to the application. It is the ONLY code that runs a handshake, and only on
-//! the establishment path: a handshake needs an `EstablishmentPermit`, which only a
-//! `ConnectPeer` without `transport_only` creates. A transport-only reconnect, and
-//! everything a migration does, hold none, so a migration cannot handshake by
-//! construction.
+//! the establishment path or for a rekey: a handshake needs an `EstablishmentPermit`,
+//! which only a `ConnectPeer` without `transport_only` creates, or a due rekey while
+//! Presence allows one (`AllowRekey`: the session is Ready). A transport-only
+//! reconnect, and everything a migration does, hold none, so a migration cannot
+//! handshake by construction.
 //!
 //! The sans-IO core is [`DirectConnection`]; [`Orchestrator`] is its actor.
 //!
@@ -18,7 +19,7 @@
 //!   validation and the anti-amplification budget; indexed by peer;
 //! - the timer table (`timers.rs`): every deadline of every peer, indexed by deadline;
 //! - per peer (`state.rs`): the key ring, channels, liveness and what Presence was told;
-//! - establishment (`establish.rs`), migration in both roles (`migration.rs`), binding a
+//! - establishment (`establish.rs`), rekeys (`rekey.rs`), migration in both roles (`migration.rs`), binding a
 //!   session to a path (`paths.rs`), sending and liveness (`sending.rs`), and the
 //!   authenticated session frames (`frames.rs`).
 //!
@@ -28,7 +29,7 @@
 //!
 //! # Messages
 //! - in: `ConnectPeer`, `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`,
-//!   `EvictSession` (Presence); `SendMessage`
+//!   `EvictSession`, `AllowRekey` (Presence); `SendMessage`
 //!   (application: answered at once with the sequence number or the refusal);
 //!   `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus` (Rcs);
 //!   `BlueprintCompiled` (ConnectionBlueprint: the peer's candidate order, whenever it
@@ -73,6 +74,14 @@
 //!   peer's newest address when the bound one does not.
 //! - evicted: keys kept for epoch numbering but unused until a newer epoch commits;
 //!   queued messages survive and are resent, and the receiver dedupes by sequence.
+//! - rekey (`rekey.rs`): the committed generation reached `rekey_after` and a message
+//!   went either way since, or `rekey_after_messages` frames were sealed under it →
+//!   while Presence allows (Ready) and nothing else is in progress, a handshake marked
+//!   as a rekey on the bound path → its commit replaces only the keys and the epoch
+//!   (`SessionReady { rekey: true }`; path, channels and status untouched; the old keys
+//!   open late frames until the next commit). Refused (the session left Ready, or this
+//!   device's network changed): the pending initiation is given up, and the peer's
+//!   rekey initiations go unanswered until allowed again.
 //!
 //! # Timers (per peer)
 //! | timer | armed | when it fires |
@@ -83,6 +92,7 @@
 //! | `Heartbeat` | a path is bound (`heartbeat_interval`) | a liveness ping; `missed_heartbeats` in a row report the path dead |
 //! | `Probe` | bound to the relay (at once, then `direct_probe_interval`) | the peer's direct addresses are dialled |
 //! | `Retransmit` | data is unacknowledged on a bound path (`rto`) | the due messages are resent |
+//! | `Rekey` | a generation commits (`rekey_after`), or a rekey went unanswered (`connect_timeout`) | the next application message (or this one, if allowed and one went since) starts a rekey |
 
 mod actor;
 mod channels;
@@ -94,6 +104,7 @@ mod frames;
 mod links;
 mod migration;
 mod paths;
+mod rekey;
 mod sending;
 mod state;
 mod timers;

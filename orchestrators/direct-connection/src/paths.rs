@@ -107,6 +107,7 @@ impl DirectConnection {
                 path: report.path,
                 remote,
                 after_handshake: false,
+                rekey: false,
             }));
         }
         if changed {

@@ -5,7 +5,7 @@ use crate::channels::{Inbound, Outbound};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{KeyRing, PathChallenger};
+use tether_crypto::{HandshakePurpose, KeyRing, PathChallenger};
 use tether_protocol::{ChannelId, LinkId, MigrationPing, PathKind, RequestId, SessionId};
 
 /// A way a frame reaches the peer: a transport link, or the relay (forwarded to the
@@ -28,13 +28,22 @@ impl Via {
     }
 }
 
-/// Proof that a connect is on the establishment path (PresenceConnect without
-/// `transport_only`, or a recovery). Only the PresenceConnect handler creates one, and
-/// only for an establishment connect; the only function that starts a handshake does
-/// nothing unless the connect holds it. A transport-only reconnect, and everything a
-/// migration does, hold none, so they cannot handshake.
+/// Proof that a connect may run a handshake, and for what. Only two places create one:
+/// the PresenceConnect handler, for an establishment connect (not `transport_only`:
+/// establishment or recovery), and the rekey starter, only while Presence allows a
+/// rekey ([`tether_protocol::AllowRekey`]: the session is Ready, so not migrating). The
+/// only function that starts a handshake does nothing unless the connect holds it. A
+/// transport-only reconnect, and everything a migration does, hold none, so they
+/// cannot handshake.
 #[derive(Debug)]
-pub struct EstablishmentPermit(pub(crate) ());
+pub struct EstablishmentPermit(pub(crate) HandshakePurpose);
+
+impl EstablishmentPermit {
+    /// What the handshake is for.
+    pub fn purpose(&self) -> HandshakePurpose {
+        self.0
+    }
+}
 
 /// A PresenceConnect in progress.
 #[derive(Debug)]
@@ -45,6 +54,31 @@ pub struct Connect {
     pub permit: Option<EstablishmentPermit>,
     /// The path the handshake (or the path challenge) runs on.
     pub via: Option<Via>,
+}
+
+impl Connect {
+    /// Whether this is a rekey of the live session (not a Presence request).
+    pub fn is_rekey(&self) -> bool {
+        self.permit
+            .as_ref()
+            .is_some_and(|p| p.purpose() == HandshakePurpose::Rekey)
+    }
+}
+
+/// Where the session's rekey stands (see [`crate::rekey`]).
+#[derive(Debug, Clone, Default)]
+pub struct RekeyState {
+    /// Presence allows a rekey now (the session is Ready): set only by
+    /// [`tether_protocol::AllowRekey`], cleared also by this device's network change.
+    pub allowed: bool,
+    /// When the committed generation was committed here (its age starts).
+    pub generation_since: Option<Instant>,
+    /// Set when the generation reached the time limit: the application traffic
+    /// (messages sent plus delivered) at that moment. The next message after it makes
+    /// the rekey due, so an idle session keeps its keys and is never woken for a rekey.
+    pub aged_at_traffic: Option<u64>,
+    /// A rekey attempt failed: no new one until the rekey timer fires again.
+    pub held: bool,
 }
 
 /// Our own migration (this device moved): the ping we announce.
@@ -121,6 +155,12 @@ pub struct PeerCounters {
     /// restarted and lost the session the other still held, and this handshake brought
     /// the pair back (counted on both sides, once per such handshake).
     pub restart_handshakes: u64,
+    /// Rekeys committed: new generations of the live session after a time or volume
+    /// limit, whichever side initiated (counted on both sides, once per epoch).
+    pub rekeys: u64,
+    /// Rekey initiations of the peer not answered because the session was not Ready
+    /// here (migrating, degraded): the peer tries again once both sides are Ready.
+    pub rekeys_refused: u64,
 }
 
 /// Sealed session frames on one kind of path: sent, and received authentic (frames
@@ -167,8 +207,13 @@ pub struct PeerState {
     pub session: SessionId,
     /// Key generations and the commit rule.
     pub ring: KeyRing,
-    /// Handshakes this device started or answered with the peer.
-    pub handshakes: u64,
+    /// Completed handshakes: generations committed with the peer, one per new epoch (a
+    /// crossing handshake that replaces a generation within its epoch is not another).
+    pub generations: u64,
+    /// Handshake messages 1 this device sent (every retry counts) or answered.
+    pub handshake_attempts: u64,
+    /// The rekey's state.
+    pub rekey: RekeyState,
     /// The path data goes on; `None` while there is none.
     pub bound: Option<Via>,
     /// Set by an eviction: the committed keys must not carry data until a newer epoch

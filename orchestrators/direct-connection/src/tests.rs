@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    BlueprintCompiled, Candidate, CandidateSource, CarryOverRelay, ChannelId, ConnectPeer,
-    DeviceId, Endpoint, JournalEntry, LinkId, PathKind, RelayDelivered, RelayMigrationPing,
-    RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand, TransportEvent,
+    AllowRekey, BlueprintCompiled, Candidate, CandidateSource, CarryOverRelay, ChannelId,
+    ConnectPeer, DeviceId, Endpoint, JournalEntry, LinkId, PathKind, RelayDelivered,
+    RelayMigrationPing, RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand,
+    TransportEvent,
 };
 
 const A: usize = 0;
@@ -71,6 +72,10 @@ struct Net {
 
 impl Net {
     fn new(seed: u64) -> Self {
+        Self::with_limits(seed, Limits::default())
+    }
+
+    fn with_limits(seed: u64, limits: Limits) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let a = StaticKeypair::generate(&mut rng);
         let b = StaticKeypair::generate(&mut rng);
@@ -87,7 +92,7 @@ impl Net {
                 local_endpoints: vec![addr(at)],
                 rng_seed: ChaCha20Rng::seed_from_u64(seed).get_seed(),
                 unix_ms_at_start: 1_700_000_000_000,
-                limits: Limits::default(),
+                limits: limits.clone(),
                 restored: tether_protocol::RestoredChannels::default(),
                 journal: false,
             };
@@ -507,8 +512,11 @@ fn describe(output: &Output) -> String {
     match output {
         Output::HandshakeStarted(_) => "HandshakeStarted".into(),
         Output::SessionReady(m) => format!(
-            "SessionReady e{} {:?} handshake={}",
-            m.epoch.0, m.path, m.after_handshake
+            "SessionReady e{} {:?} handshake={}{}",
+            m.epoch.0,
+            m.path,
+            m.after_handshake,
+            if m.rekey { " rekey" } else { "" }
         ),
         Output::ConnectFailed(m) => format!("ConnectFailed ({})", m.reason),
         Output::InboundMigrationPing(m) => {
@@ -782,8 +790,16 @@ fn a_lost_handshake_message_is_retried_with_a_fresh_initiation() {
     net.run_until(3000);
     assert_eq!(dropped.get(), 1, "the first message 1 was lost");
     net.assert_same_session();
-    // Two initiations by A (the lost one and the retry), one answer by B.
-    assert_eq!(net.handshakes(), (2, 1));
+    // One completed handshake; two initiations by A (the lost one and the retry),
+    // one answer by B.
+    assert_eq!(net.handshakes(), (1, 1));
+    assert_eq!(
+        (
+            net.snapshot(A).handshake_attempts,
+            net.snapshot(B).handshake_attempts
+        ),
+        (2, 1)
+    );
 }
 
 #[test]
@@ -1235,4 +1251,253 @@ fn a_journalling_receiver_acks_only_what_its_store_committed() {
     net.run_until(1200);
     assert_eq!(net.snapshot(A).queued, 0, "released once committed");
     assert_eq!(net.delivered[B].len(), 1);
+}
+
+/// A short rekey age for the rekey scenarios (the default is ten minutes).
+const TEST_REKEY_AFTER: Duration = Duration::from_secs(10);
+
+fn rekey_limits() -> Limits {
+    Limits {
+        rekey_after: TEST_REKEY_AFTER,
+        ..Limits::default()
+    }
+}
+
+impl Net {
+    /// Presence's answer on `node`: whether a rekey may run (the session is Ready).
+    fn allow_rekey(&mut self, node: usize, allowed: bool) {
+        let peer = self.device(1 - node);
+        self.note(&format!("{} AllowRekey {allowed}", Self::name(node)));
+        self.input(node, Input::AllowRekey(AllowRekey { peer, allowed }));
+    }
+
+    fn epochs(&self) -> (Option<u64>, Option<u64>) {
+        (self.snapshot(A).epoch, self.snapshot(B).epoch)
+    }
+
+    fn rekey_reports(&self, node: usize) -> usize {
+        self.count(node, |o| matches!(o, Output::SessionReady(r) if r.rekey))
+    }
+}
+
+/// An established pair whose Presence allows rekeys on both sides (both Ready).
+fn established_for_rekey(seed: u64, limits: Limits) -> Net {
+    let mut net = Net::with_limits(seed, limits);
+    net.connect(A, false);
+    net.run_until(500);
+    net.assert_same_session();
+    net.allow_rekey(A, true);
+    net.allow_rekey(B, true);
+    net
+}
+
+#[test]
+fn a_rekey_after_the_age_limit_replaces_only_the_keys() {
+    let mut net = established_for_rekey(40, rekey_limits());
+    let before = net.snapshot(A);
+    // Idle past the limit: heartbeats flow, but no message, so no rekey.
+    net.run_until(12_000);
+    assert_eq!(
+        net.epochs(),
+        (Some(1), Some(1)),
+        "an idle session keeps its keys"
+    );
+    net.trace.clear();
+    net.send(A, "first after the limit");
+    net.run_until(12_500);
+    net.assert_same_session();
+    assert_eq!(net.epochs(), (Some(2), Some(2)));
+    let after = net.snapshot(A);
+    assert_ne!(after.peer_secret, before.peer_secret, "a new PeerSecret");
+    assert_eq!(after.path, before.path, "the path is untouched");
+    assert_eq!(after.remote, before.remote);
+    assert_eq!(net.handshakes(), (2, 2), "two completed generations each");
+    // Both sides aged together and the message reached both: their rekeys may cross.
+    assert!(net.snapshot(A).handshake_attempts >= 2);
+    assert_eq!(net.snapshot(A).counters.rekeys, 1);
+    assert_eq!(net.snapshot(B).counters.rekeys, 1);
+    assert_eq!((net.rekey_reports(A), net.rekey_reports(B)), (1, 1));
+    assert_eq!(net.delivered[B], vec![b"first after the limit".to_vec()]);
+    insta::assert_snapshot!(net.trace.join("\n"));
+}
+
+#[test]
+fn frames_in_flight_under_the_old_keys_are_delivered_once_across_a_rekey() {
+    let mut net = established_for_rekey(41, rekey_limits());
+    net.run_until(11_000);
+    // A stream both ways, started just as the rekey becomes due: the first messages
+    // go under the old keys, the rest under the new ones, and the old ones that
+    // arrive after the commit still open (the ring keeps the previous generation).
+    for i in 0..200 {
+        net.send(A, &format!("a{i}"));
+        net.send(B, &format!("b{i}"));
+        net.run_until(11_000 + 5 * (i + 1));
+    }
+    net.run_until(14_000);
+    net.assert_same_session();
+    assert_eq!(net.epochs(), (Some(2), Some(2)));
+    let expect = |p: &str| {
+        (0..200)
+            .map(|i| format!("{p}{i}").into_bytes())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        net.delivered[B],
+        expect("a"),
+        "every message once, in order"
+    );
+    assert_eq!(net.delivered[A], expect("b"));
+    assert_eq!(net.snapshot(A).counters.duplicates, 0);
+    assert_eq!(net.snapshot(B).counters.duplicates, 0);
+}
+
+#[test]
+fn crossing_rekeys_converge_on_one_new_peer_secret() {
+    for seed in 0..20 {
+        let mut net = established_for_rekey(50 + seed, rekey_limits());
+        let before = net.snapshot(A).peer_secret;
+        net.run_until(11_000);
+        // Both due, both send: each starts a rekey, 0..19 ms apart.
+        net.send(A, "a");
+        net.run_until(11_000 + seed);
+        net.send(B, "b");
+        net.run_until(13_000);
+        net.assert_same_session();
+        assert_eq!(net.epochs(), (Some(2), Some(2)), "seed {seed}");
+        assert_ne!(net.snapshot(A).peer_secret, before, "seed {seed}");
+        assert_eq!(net.handshakes(), (2, 2), "seed {seed}");
+        assert_eq!(
+            (net.rekey_reports(A), net.rekey_reports(B)),
+            (1, 1),
+            "seed {seed}"
+        );
+        assert_eq!(net.delivered[B], vec![b"a".to_vec()], "seed {seed}");
+        assert_eq!(net.delivered[A], vec![b"b".to_vec()], "seed {seed}");
+    }
+}
+
+#[test]
+fn a_rekey_starts_after_the_volume_limit() {
+    let limits = Limits {
+        rekey_after_messages: 100,
+        ..Limits::default()
+    };
+    let mut net = established_for_rekey(42, limits);
+    for i in 0..60 {
+        net.send(A, &format!("m{i}"));
+        net.run_until(600 + 10 * i);
+    }
+    assert_eq!(net.epochs(), (Some(1), Some(1)), "below the limit");
+    for i in 60..150 {
+        net.send(A, &format!("m{i}"));
+        net.run_until(600 + 10 * i);
+    }
+    net.run_until(3_000);
+    net.assert_same_session();
+    assert_eq!(
+        net.epochs(),
+        (Some(2), Some(2)),
+        "one rekey after 100 frames"
+    );
+    assert_eq!(net.delivered[B].len(), 150);
+}
+
+#[test]
+fn no_rekey_runs_or_is_answered_unless_allowed_and_a_refused_one_commits_nothing() {
+    let mut net = established_for_rekey(43, rekey_limits());
+    // B is not Ready (say it migrates): A's rekey goes unanswered, then gives up.
+    net.allow_rekey(B, false);
+    net.run_until(11_000);
+    net.send(A, "due");
+    net.run_until(11_500);
+    assert!(net.snapshot(B).counters.rekeys_refused >= 1);
+    assert_eq!(net.epochs(), (Some(1), Some(1)));
+    assert_eq!(net.handshakes(), (1, 1));
+    // A's own migration starts mid-rekey: it is abandoned. B, Ready again, would
+    // answer a late message 1, but A no longer has an initiation to confirm.
+    net.allow_rekey(B, true);
+    net.allow_rekey(A, false);
+    net.run_until(14_000);
+    assert_eq!(
+        net.epochs(),
+        (Some(1), Some(1)),
+        "nothing commits while refused"
+    );
+    assert_eq!(net.handshakes(), (1, 1));
+    // Allowed again: the due rekey runs.
+    net.allow_rekey(A, true);
+    net.send(A, "again");
+    net.run_until(23_000);
+    net.send(A, "later");
+    net.run_until(26_000);
+    net.assert_same_session();
+    assert_eq!(net.epochs(), (Some(2), Some(2)));
+    assert_eq!(net.handshakes(), (2, 2));
+    let expect: Vec<Vec<u8>> = ["due", "again", "later"]
+        .iter()
+        .map(|m| m.as_bytes().to_vec())
+        .collect();
+    assert_eq!(net.delivered[B], expect);
+}
+
+#[test]
+fn a_move_during_a_rekey_runs_no_handshake_of_its_own() {
+    let mut net = established_for_rekey(44, rekey_limits());
+    net.run_until(11_000);
+    net.send(A, "due");
+    // The rekey starts at A's next input (B's ack); its message 1 is on its way to B
+    // when A moves: the rekey is given up at once.
+    let mut at = 11_000;
+    while net.snapshot(A).handshake_attempts < 2 {
+        at += 1;
+        assert!(at < 11_200, "the rekey did not start");
+        net.run_until(at);
+    }
+    net.run_until(at + 1);
+    let before = (net.handshakes(), fingerprints(&net));
+    net.move_to(A, "10.9.0.1:4433");
+    assert!(
+        net.snapshot(A).counters.rekeys == 0,
+        "A's own rekey is abandoned"
+    );
+    net.send(A, "during");
+    net.migration_ping(A);
+    net.run_until(13_000);
+    // B's crossing rekey, which A had answered just before it moved, may commit during
+    // the migration (B had confirmed it): that is the only handshake, a rekey that
+    // changes only the keys. The migration runs none of its own and completes.
+    net.assert_same_session();
+    let during = net.handshakes();
+    assert!(
+        during == before.0 || during == (before.0 .0 + 1, before.0 .1 + 1),
+        "{during:?}"
+    );
+    assert_eq!(net.snapshot(A).counters.rekeys, during.0 - before.0 .0);
+    assert_eq!(net.snapshot(B).remote, Some(addr("10.9.0.1:4433")));
+    assert_eq!(net.delivered[B], vec![b"due".to_vec(), b"during".to_vec()]);
+    // Presence allows it again once Ready: the next message rekeys, and the next
+    // migration proves itself with the new PeerSecret.
+    net.allow_rekey(A, true);
+    net.send(A, "after");
+    net.run_until(14_000);
+    net.assert_same_session();
+    assert_eq!(net.epochs(), (Some(2), Some(2)));
+    let rekeyed = (net.handshakes(), fingerprints(&net));
+    assert_ne!(rekeyed.1, before.1);
+    net.allow_rekey(A, false);
+    net.move_to(A, "10.9.0.2:4433");
+    net.migration_ping(A);
+    net.run_until(16_000);
+    net.assert_same_session();
+    assert_eq!(
+        net.handshakes(),
+        rekeyed.0,
+        "no handshake in the second migration"
+    );
+    assert_eq!(
+        fingerprints(&net),
+        rekeyed.1,
+        "the new PeerSecret carried it"
+    );
+    assert_eq!(net.snapshot(B).remote, Some(addr("10.9.0.2:4433")));
 }

@@ -25,6 +25,9 @@ pub enum Timer {
     Probe,
     /// The oldest unacknowledged message reaches its retransmission timeout.
     Retransmit,
+    /// The committed generation reaches the rekey age, or a failed rekey may be tried
+    /// again.
+    Rekey,
 }
 
 /// Armed timers: at most one deadline per peer and kind.

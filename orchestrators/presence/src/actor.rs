@@ -7,10 +7,11 @@ use actix::{Actor, Context, Recipient};
 use std::net::SocketAddr;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer, SansIoCore};
 use tether_protocol::{
-    CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
-    EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport, LookupEndpointHint,
-    PathLost, PathMeasured, PeerEndpointsChanged, PeerReset, PublishEndpointHint,
-    RelayMigrationPing, RelayPoll, SendMigrationPing, SendWaiting, SessionReady, StatusChanged,
+    AllowRekey, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
+    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
+    LookupEndpointHint, PathLost, PathMeasured, PeerEndpointsChanged, PeerReset,
+    PublishEndpointHint, RelayMigrationPing, RelayPoll, SendMigrationPing, SendWaiting,
+    SessionReady, StatusChanged,
 };
 
 /// Where Presence's outputs go.
@@ -25,6 +26,8 @@ pub struct Recipients {
     pub carry_over_relay: Recipient<CarryOverRelay>,
     /// DirectConnection.
     pub evict: Recipient<EvictSession>,
+    /// DirectConnection: whether a rekey may run.
+    pub allow_rekey: Recipient<AllowRekey>,
     /// Pms.
     pub publish_hint: Recipient<PublishEndpointHint>,
     /// Pms.
@@ -86,6 +89,7 @@ impl CoreShell for Orchestrator {
             Output::RelayMigrationPing(m) => r.relay_migration_ping.do_send(m),
             Output::CarryOverRelay(m) => r.carry_over_relay.do_send(m),
             Output::EvictSession(m) => r.evict.do_send(m),
+            Output::AllowRekey(m) => r.allow_rekey.do_send(m),
             Output::PublishEndpointHint(m) => r.publish_hint.do_send(m),
             Output::LookupEndpointHint(m) => r.lookup_hint.do_send(m),
             Output::RelayPoll(m) => r.relay_poll.do_send(m),

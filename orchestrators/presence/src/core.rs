@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId, DirectDialFailed,
-    Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing, LivenessReport,
-    LookupEndpointHint, PathKind, PathLost, PathMeasured, PeerEndpointsChanged, PeerReset,
-    PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, ResetReason, SendMigrationPing,
-    SendWaiting, SessionId, SessionReady, SessionStatus, StatusChanged,
+    AllowRekey, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
+    DirectDialFailed, Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing,
+    LivenessReport, LookupEndpointHint, PathKind, PathLost, PathMeasured, PeerEndpointsChanged,
+    PeerReset, PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, ResetReason,
+    SendMigrationPing, SendWaiting, SessionId, SessionReady, SessionStatus, StatusChanged,
 };
 
 /// What the core is told.
@@ -68,6 +68,10 @@ pub enum Output {
     CarryOverRelay(CarryOverRelay),
     /// To DirectConnection.
     EvictSession(EvictSession),
+    /// To DirectConnection: a rekey may run (the session became Ready) or may not (it
+    /// left Ready). Presence owns this decision; DirectConnection owns whether a rekey
+    /// is due.
+    AllowRekey(AllowRekey),
     /// To Pms.
     PublishEndpointHint(PublishEndpointHint),
     /// To Pms.
@@ -334,6 +338,11 @@ impl Presence {
         peer.status = Some(to);
         self.outputs
             .push_back(Output::StatusChanged(StatusChanged { peer: id, from, to }));
+        let allowed = to.allows_rekey();
+        if from.is_some_and(SessionStatus::allows_rekey) != allowed {
+            self.outputs
+                .push_back(Output::AllowRekey(AllowRekey { peer: id, allowed }));
+        }
         true
     }
 
@@ -443,6 +452,12 @@ impl Presence {
         let Some(peer) = self.peers.get_mut(&ready.peer) else {
             return;
         };
+        if ready.rekey {
+            // New keys for the live session: neither a restart nor an eviction. Only the
+            // epoch changes; the status, a migration in progress and its deadline stay.
+            peer.epoch = Some(ready.epoch);
+            return;
+        }
         let mut status = peer.status;
         let newer_epoch = peer.epoch.is_some_and(|epoch| ready.epoch > epoch);
         peer.session = Some(ready.session);

@@ -11,8 +11,8 @@
 //!   `PathMeasured`, `DirectDialFailed`, `PeerEndpointsChanged`, `SendWaiting`
 //!   (DirectConnection).
 //! - out: `ConnectPeer` (PresenceConnect),
-//!   `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`, `EvictSession`
-//!   (DirectConnection); `PublishEndpointHint`,
+//!   `SendMigrationPing`, `RelayMigrationPing`, `CarryOverRelay`, `EvictSession`,
+//!   `AllowRekey` (DirectConnection); `PublishEndpointHint`,
 //!   `LookupEndpointHint` (Pms); `RelayPoll` (Rcs); `StatusChanged` and
 //!   [`MigrationEvent`] (the node: a migration started, completed or failed; nothing
 //!   else derives these).
@@ -37,6 +37,13 @@
 //! announcement) and ConnectionBlueprint's (the order of everything else known).
 //! - When the window passes without Ready: Evicted, `EvictSession`, then Recovering
 //!   after a jittered delay: a full handshake with a new epoch.
+//!
+//! - Rekeys: Presence decides whether a rekey may run, DirectConnection whether one is
+//!   due (time or volume). On entering Ready Presence sends `AllowRekey { allowed:
+//!   true }`, on leaving it `false`, so no rekey starts or is answered during a
+//!   migration. A rekey's commit arrives as `SessionReady { rekey: true }`: only the
+//!   epoch is recorded; no status change, no eviction, no `MigrationEvent`, and a
+//!   migration in progress goes on.
 //!
 //! Presence is the one owner of the migration policy: it says when a migration starts,
 //! when each ping round goes out, when an unanswered ping falls back to the relay, and

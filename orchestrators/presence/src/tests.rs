@@ -86,8 +86,20 @@ impl Driver {
     }
 
     fn ready(&mut self, who: u8, after_handshake: bool, epoch: u64) {
+        self.ready_as(who, after_handshake, false, epoch);
+    }
+
+    /// DirectConnection committed a rekey of the live session.
+    fn rekeyed(&mut self, who: u8, epoch: u64) {
+        self.ready_as(who, true, true, epoch);
+    }
+
+    fn ready_as(&mut self, who: u8, after_handshake: bool, rekey: bool, epoch: u64) {
         self.input(
-            &format!("SessionReady p{who} e{epoch} handshake={after_handshake}"),
+            &format!(
+                "SessionReady p{who} e{epoch} handshake={after_handshake}{}",
+                if rekey { " rekey" } else { "" }
+            ),
             Input::SessionReady(SessionReady {
                 request: None,
                 peer: peer(who),
@@ -96,6 +108,7 @@ impl Driver {
                 path: PathKind::Direct,
                 remote: Some(addr("192.0.2.1:4433")),
                 after_handshake,
+                rekey,
             }),
         );
     }
@@ -135,6 +148,7 @@ fn describe(output: &Output) -> String {
             m.new_endpoints,
         ),
         Output::EvictSession(m) => format!("EvictSession {} {:?}", peer_name(&m.peer), m.reason),
+        Output::AllowRekey(m) => format!("AllowRekey {} {}", peer_name(&m.peer), m.allowed),
         Output::PublishEndpointHint(m) => {
             format!(
                 "PublishEndpointHint {} {:?}",
@@ -344,6 +358,7 @@ fn a_new_announcement_while_on_the_relay_is_tried_directly_once() {
                 path: PathKind::Relay,
                 remote: None,
                 after_handshake: false,
+                rekey: false,
             }),
         );
     };
@@ -586,4 +601,65 @@ fn a_goodbye_closes_the_session_retries_nothing_and_a_return_readies_it() {
     driver.ready(1, true, 2);
     assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
     assert_eq!(driver.core.illegal_transitions(), 0);
+}
+
+fn allowed(driver: &Driver) -> Vec<bool> {
+    driver
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::AllowRekey(m) => Some(m.allowed),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_rekey_is_allowed_only_while_ready_and_changes_nothing_but_the_epoch() {
+    let mut driver = Driver::new(Config::default());
+    driver.establish(1);
+    assert_eq!(allowed(&driver), vec![true], "allowed on entering Ready");
+    driver.trace.clear();
+    // Either side's rekey commits: no eviction, no flap, no migration event.
+    driver.advance_to(1000);
+    driver.rekeyed(1, 2);
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
+    // A migration refuses rekeys; a rekey that still commits during it (the peer had
+    // answered before the move) neither completes nor disturbs the migration.
+    moved(&mut driver);
+    assert_eq!(allowed(&driver), vec![true, false]);
+    driver.advance_to(1500);
+    driver.rekeyed(1, 3);
+    assert_eq!(
+        driver.core.status(&peer(1)),
+        Some(SessionStatus::ReconnectingOutbound)
+    );
+    driver.advance_to(2000);
+    driver.ready(1, false, 3);
+    assert_eq!(
+        allowed(&driver),
+        vec![true, false, true],
+        "allowed again once Ready"
+    );
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::Migration(MigrationEvent::Completed { .. }))),
+        1
+    );
+    assert_eq!(
+        driver.count(|o| matches!(o, Output::Migration(MigrationEvent::Failed { .. }))),
+        0
+    );
+    assert_eq!(driver.count(|o| matches!(o, Output::EvictSession(_))), 0);
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+#[test]
+fn a_peer_s_fresh_handshake_without_rekey_is_still_a_recovery() {
+    let mut driver = Driver::new(Config::default());
+    driver.establish(1);
+    driver.advance_to(1000);
+    driver.ready(1, true, 2);
+    // The peer restarted or evicted us: Evicted → Recovering → Ready, as before.
+    assert!(driver.trace.iter().any(|l| l.contains("Ready -> Evicted")));
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
 }

@@ -66,8 +66,11 @@ pub struct PeerReport {
     pub remote: Option<String>,
     /// Committed epoch.
     pub epoch: Option<u64>,
-    /// Handshakes started or answered with this peer.
+    /// Completed handshakes: generations committed with this peer, one per new epoch
+    /// (establishment, recovery, restart, rekey).
     pub handshakes: u64,
+    /// Handshake messages 1 sent to this peer (every retry counts) or answered.
+    pub handshake_attempts: u64,
     /// Fingerprint of the committed PeerSecret.
     pub peer_secret: Option<String>,
     /// Fingerprint of the committed session keys.
@@ -92,6 +95,11 @@ pub struct PeerReport {
     /// Handshakes that brought the pair back after one side restarted and lost the
     /// session the other still held (the responder raised the epoch).
     pub restart_handshakes: u64,
+    /// Rekeys committed (either side initiating): new keys and PeerSecret for the live
+    /// session after the time or volume limit.
+    pub rekeys: u64,
+    /// The peer's rekeys not answered because the session was not Ready here.
+    pub rekeys_refused: u64,
     /// Migrations completed (as the node counts them).
     pub migrations: u64,
     /// Duration of the last migration.

@@ -134,8 +134,22 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
         report,
         "tether_handshakes_total",
         "counter",
-        "Handshakes started or answered.",
+        "Completed handshakes: key generations committed, one per new epoch.",
         |x| x.handshakes,
+    );
+    p.per_peer(
+        report,
+        "tether_handshake_attempts_total",
+        "counter",
+        "Handshake initiations sent (every retry) or answered.",
+        |x| x.handshake_attempts,
+    );
+    p.per_peer(
+        report,
+        "tether_rekeys_total",
+        "counter",
+        "Rekeys committed: new keys for the live session after the time or volume limit.",
+        |x| x.rekeys,
     );
     p.per_peer(
         report,
