@@ -7,6 +7,9 @@
 //! Run: `cargo bench -p tether-harness --bench durability`
 //! (`TETHER_BENCH_MESSAGES` sets the messages per row, 2000 by default).
 
+// A benchmark that cannot set up has nothing to measure: it stops with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use futures_util::future::join_all;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;

@@ -8,6 +8,7 @@
 //! 2. A is killed in the middle of a burst of sends while B receives: after A starts
 //!    again, B has every accepted message once, in order (plus, at most, the one whose
 //!    send was cut off by the kill).
+//! 3. B is stopped with SIGTERM: A shows the session closed by the peer at once.
 //!
 //! Nothing sleeps: every wait reads output lines with a deadline.
 
@@ -75,7 +76,7 @@ fn send(d: &Path, socket: &str, text: &str) -> bool {
 }
 
 #[test]
-fn a_killed_node_loses_and_repeats_no_accepted_message() {
+fn a_killed_node_loses_no_accepted_message_and_a_stopped_one_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
@@ -144,7 +145,7 @@ fn a_killed_node_loses_and_repeats_no_accepted_message() {
     }
     a.kill();
     drop(watch_a);
-    let _b = start_node(d, "b2", "b2.toml");
+    let mut b = start_node(d, "b2", "b2.toml");
     let watch_b = Proc::start(d, "watch-b2", TETHER, &["watch", "--socket", "b2.sock"]);
     let mut a = start_node(d, "a2", "a2.toml");
     let a_up = Instant::now();
@@ -192,6 +193,7 @@ fn a_killed_node_loses_and_repeats_no_accepted_message() {
         attempted.load(Ordering::SeqCst)
     );
     let _a = start_node(d, "a3", "a3.toml");
+    let watch_a = Proc::start(d, "watch-a3", TETHER, &["watch", "--socket", "a3.sock"]);
     let missing = accepted.len().saturating_sub(seen.len());
     seen.extend(delivered(&watch_b, missing, deadline(30)).0);
     // Anything else that arrives within a moment is a duplicate (or the cut-off one).
@@ -212,5 +214,20 @@ fn a_killed_node_loses_and_repeats_no_accepted_message() {
         extra.is_empty() || extra == [cut_off.clone()],
         "beyond the accepted ones only the cut-off send may arrive: {extra:?}"
     );
+
+    // 3. An orderly stop says goodbye.
+    until_ready(&watch_a, deadline(30));
+    let stopping = Instant::now();
+    assert!(b.terminate().success(), "B exits cleanly on SIGTERM");
+    watch_a.wait_for(deadline(5), |l| {
+        let e = json(l);
+        (e["event"] == "status" && e["to"] == "Closed").then_some(())
+    });
+    let closed_after = stopping.elapsed();
+    eprintln!(
+        "SIGTERM to the peer showing Closed: {} ms",
+        closed_after.as_millis()
+    );
+    assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
     drop(relay);
 }

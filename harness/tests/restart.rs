@@ -297,3 +297,61 @@ fn a_restarted_peer_is_back_in_one_handshake() {
 fn both_restarted_are_back_in_one_handshake() {
     check("restart both", &[A, B]);
 }
+
+/// From a restart during a migration to both Ready. When the device that stayed put
+/// restarts, it has forgotten where the peer moved: its dial to the old address fails
+/// and its first packet reaches the peer through the relay, `relay_fallback_after`
+/// (250 ms) later; so on top of the connect jitter (at most 250 ms) and one handshake
+/// (here 2-3 RTT through the relay) it takes one such wait more than a plain restart.
+const FROM_RESTART_DURING_MIGRATION: Duration = Duration::from_secs(1);
+
+/// A migration is under way (`moved` changed networks 20 ms ago, its pings and the
+/// transport reconnect in flight) when `restarted` crashes; 2 s later it starts again.
+/// The pair is back in session, on a new PeerSecret, within the restart bound, and
+/// messages flow both ways exactly once.
+async fn restart_during_migration(seed: u64, moved: usize, restarted: usize) {
+    let mut cluster = ClusterBuilder::new(seed, 2)
+        .pair(A, B)
+        .conditions(wan())
+        .start()
+        .await;
+    assert!(
+        cluster
+            .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
+            .await
+    );
+    exchange(&mut cluster, "before", 5).await;
+    let (_, secret_before) = same_session(&cluster).await;
+    cluster.change_address(moved).await.unwrap();
+    cluster.run_for(Duration::from_millis(20)).await;
+    cluster.crash(restarted);
+    cluster.run_for(Duration::from_secs(2)).await;
+    let restart_at = cluster.elapsed();
+    cluster.restart(restarted).await;
+    let back = cluster
+        .run_until(FROM_RESTART_DURING_MIGRATION, |c| c.both_ready(A, B))
+        .await;
+    assert!(
+        back,
+        "seed {seed}, {moved} moved, {restarted} restarted: not back within \
+         {FROM_RESTART_DURING_MIGRATION:?}\n{}",
+        cluster.timeline(&[A, B], restart_at - Duration::from_millis(2020))
+    );
+    eprintln!(
+        "seed {seed}, device {moved} moved, device {restarted} restarted: back after {:?}",
+        cluster.elapsed() - restart_at,
+    );
+    cluster.run_for(Duration::from_millis(500)).await;
+    let (_, secret_after) = same_session(&cluster).await;
+    assert_ne!(secret_after, secret_before, "a new PeerSecret");
+    exchange(&mut cluster, "after", 5).await;
+}
+
+#[test]
+fn a_restart_in_the_middle_of_a_migration_is_back_in_one_handshake() {
+    for seed in SEEDS {
+        for (moved, restarted) in [(A, B), (A, A)] {
+            run_simulation(|| restart_during_migration(seed, moved, restarted));
+        }
+    }
+}

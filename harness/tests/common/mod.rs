@@ -89,6 +89,13 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (the orderly stop) and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().unwrap()
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         let mut text = String::new();
