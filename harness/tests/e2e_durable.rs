@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{command, field, run, Proc, TETHER};
+use common::{command, Deployment, Proc, TETHER};
 
 /// From the killed sender being up again to the first of its stored messages reaching
 /// the peer: its connect jitter (at most 250 ms) and one handshake on loopback, with a
@@ -80,32 +80,10 @@ fn a_killed_node_loses_no_accepted_message_and_a_stopped_one_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
-    let relay_public = run(d, TETHER, &["keygen", "--out", "relay.key"])
-        .trim()
-        .to_string();
-    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
-    let sections: Vec<&str> = pairing.split("# --- in ").collect();
-    let entry_for = |who: &str| {
-        sections
-            .iter()
-            .find(|s| s.starts_with(&format!("{who}'s config")))
-            .map(|s| s.split_once('\n').unwrap().1.to_string())
-            .unwrap()
-    };
-    std::fs::write(
-        d.join("relay.toml"),
-        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
-    )
-    .unwrap();
-    let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);
-    let relay_addr = relay.wait_for(deadline(30), |l| {
-        l.starts_with("tether relay ready:")
-            .then(|| field(l, "listen").unwrap().to_string())
-    });
+    let deployment = Deployment::start(d);
+    let entry_for = |who: &str| deployment.peers_entry(who);
     let config = |socket: &str, key: &str, listen: &str, peers: &str| {
-        format!(
-            "key_file = \"{key}.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"{socket}.sock\"\n\n[relay]\naddr = \"{relay_addr}\"\npublic_key = \"{relay_public}\"\n\n{peers}"
-        )
+        deployment.node_config(socket, key, listen, "", peers)
     };
     // B listens on a fixed port so that every run of A finds it; each run gets its own
     // control socket (a killed process leaves its socket file behind).
@@ -229,5 +207,5 @@ fn a_killed_node_loses_no_accepted_message_and_a_stopped_one_says_goodbye() {
         closed_after.as_millis()
     );
     assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
-    drop(relay);
+    drop(deployment);
 }

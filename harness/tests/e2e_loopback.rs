@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{field, run, tail, Proc, TETHER};
+use common::{field, run, tail, Deployment, Proc, TETHER};
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
@@ -43,38 +43,12 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     let d = dir.path();
     let deadline = |secs| Instant::now() + Duration::from_secs(secs);
 
-    // Keys.
-    let relay_public = run(d, TETHER, &["keygen", "--out", "relay.key"])
-        .trim()
-        .to_string();
-    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
-    let sections: Vec<&str> = pairing.split("# --- in ").collect();
-    let entry_for = |who: &str| {
-        sections
-            .iter()
-            .find(|s| s.starts_with(&format!("{who}'s config")))
-            .map(|s| s.split_once('\n').unwrap().1.to_string())
-            .unwrap()
-    };
-
-    // The relay.
-    std::fs::write(
-        d.join("relay.toml"),
-        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
-    )
-    .unwrap();
-    let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);
-    let relay_addr = relay.wait_for(deadline(30), |l| {
-        l.starts_with("tether relay ready:")
-            .then(|| field(l, "listen").unwrap().to_string())
-    });
-
+    let deployment = Deployment::start(d);
     // Node A first (it does not know B's address), then B (which knows A's).
     let node_config = |name: &str, peers: String, extra: &str| {
-        format!(
-            "key_file = \"{name}.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"{name}.sock\"\n{extra}\n[relay]\naddr = \"{relay_addr}\"\npublic_key = \"{relay_public}\"\n\n{peers}"
-        )
+        deployment.node_config(name, name, "127.0.0.1:0", extra, &peers)
     };
+    let entry_for = |who: &str| deployment.peers_entry(who);
     let a_config = node_config(
         "a",
         entry_for("a"),

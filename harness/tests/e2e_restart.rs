@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{field, run, Proc, TETHER};
+use common::{field, run, Deployment, Proc, TETHER};
 
 /// Issue 13's goal on loopback is "well under a second" from the restarted process
 /// being up to the session being back; the restarted node's first connect alone waits
@@ -54,32 +54,10 @@ fn a_killed_and_restarted_node_is_back_in_session_within_a_second() {
     let d = dir.path();
     let deadline = |secs| Instant::now() + Duration::from_secs(secs);
 
-    let relay_public = run(d, TETHER, &["keygen", "--out", "relay.key"])
-        .trim()
-        .to_string();
-    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
-    let sections: Vec<&str> = pairing.split("# --- in ").collect();
-    let entry_for = |who: &str| {
-        sections
-            .iter()
-            .find(|s| s.starts_with(&format!("{who}'s config")))
-            .map(|s| s.split_once('\n').unwrap().1.to_string())
-            .unwrap()
-    };
-    std::fs::write(
-        d.join("relay.toml"),
-        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
-    )
-    .unwrap();
-    let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);
-    let relay_addr = relay.wait_for(deadline(30), |l| {
-        l.starts_with("tether relay ready:")
-            .then(|| field(l, "listen").unwrap().to_string())
-    });
+    let deployment = Deployment::start(d);
+    let entry_for = |who: &str| deployment.peers_entry(who);
     let node_config = |socket: &str, key: &str, peers: String| {
-        format!(
-            "key_file = \"{key}.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"{socket}.sock\"\n\n[relay]\naddr = \"{relay_addr}\"\npublic_key = \"{relay_public}\"\n\n{peers}"
-        )
+        deployment.node_config(socket, key, "127.0.0.1:0", "", &peers)
     };
 
     // A (the survivor) first; B knows A's address.
@@ -151,5 +129,5 @@ fn a_killed_and_restarted_node_is_back_in_session_within_a_second() {
         &["send", "--socket", "a.sock", "b", "welcome back"],
     );
     until_delivered(&watch_b, "welcome back", deadline(10));
-    drop(relay);
+    drop(deployment);
 }

@@ -150,3 +150,68 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
 }
+
+/// What every two-node end-to-end test starts from, in `dir`: a relay key and a
+/// running `tether relay` on loopback, and a pair of device keys (`a.key`, `b.key`)
+/// with their relationship, from `tether keygen` and `tether pair`.
+pub struct Deployment {
+    /// The running relay (killed on drop).
+    pub relay: Proc,
+    /// Where it listens (`ip:port`).
+    pub relay_addr: String,
+    /// Its public key (hex).
+    pub relay_public: String,
+    /// `tether pair`'s output, one section per device.
+    pairing: String,
+}
+
+impl Deployment {
+    /// Generates the keys and starts the relay (its control socket `relay.sock`).
+    pub fn start(dir: &Path) -> Self {
+        let relay_public = run(dir, TETHER, &["keygen", "--out", "relay.key"])
+            .trim()
+            .to_string();
+        let pairing = run(dir, TETHER, &["pair", "a.key", "b.key"]);
+        std::fs::write(
+            dir.join("relay.toml"),
+            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
+        )
+        .unwrap();
+        let relay = Proc::start(dir, "relay", TETHER, &["relay", "--config", "relay.toml"]);
+        let relay_addr = relay.wait_for(Instant::now() + std::time::Duration::from_secs(30), |l| {
+            l.starts_with("tether relay ready:")
+                .then(|| field(l, "listen").unwrap().to_string())
+        });
+        Self {
+            relay,
+            relay_addr,
+            relay_public,
+            pairing,
+        }
+    }
+
+    /// The `[[peers]]` entry `tether pair` printed for `who`'s config (`"a"` or `"b"`).
+    pub fn peers_entry(&self, who: &str) -> String {
+        self.pairing
+            .split("# --- in ")
+            .find(|s| s.starts_with(&format!("{who}'s config")))
+            .map(|s| s.split_once('\n').unwrap().1.to_string())
+            .unwrap()
+    }
+
+    /// A node config: key file `KEY.key`, control socket `SOCKET.sock`, `listen`, any
+    /// `extra` top-level lines, this relay, then `peers`.
+    pub fn node_config(
+        &self,
+        socket: &str,
+        key: &str,
+        listen: &str,
+        extra: &str,
+        peers: &str,
+    ) -> String {
+        format!(
+            "key_file = \"{key}.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"{socket}.sock\"\n{extra}\n[relay]\naddr = \"{}\"\npublic_key = \"{}\"\n\n{peers}",
+            self.relay_addr, self.relay_public
+        )
+    }
+}
