@@ -24,7 +24,8 @@
 //! The store holds what DirectConnection holds: at most its `max_queued` unacknowledged
 //! messages per peer, and one row per channel in each direction.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use crate::file::StoreFile;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use tether_protocol::{
     ChannelId, ChannelStore, ChannelStoreError, DeviceId, JournalEntry, RestoredChannels,
@@ -79,17 +80,9 @@ pub enum ChannelDbError {
 }
 
 /// A device's channels in a redb file. See the module docs.
+#[derive(Debug)]
 pub struct RedbChannelStore {
-    db: Database,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for RedbChannelStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbChannelStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+    file: StoreFile,
 }
 
 impl RedbChannelStore {
@@ -97,17 +90,11 @@ impl RedbChannelStore {
     /// must). A damaged file, a file that is not a redb database, a file of another
     /// format or a file another process holds is an error, never a panic.
     pub fn open(path: &Path) -> Result<Self, ChannelDbError> {
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|source| ChannelDbError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let store = Self {
-            db,
+        let file = StoreFile::open(path).map_err(|source| ChannelDbError::Open {
             path: path.to_path_buf(),
-        };
+            source,
+        })?;
+        let store = Self { file };
         let found = store.write(|txn| {
             let mut meta = txn.open_table(META)?;
             let found = meta.get(FORMAT_KEY)?.map(|v| v.value());
@@ -121,7 +108,7 @@ impl RedbChannelStore {
         })?;
         match found {
             Some(found) if found != CHANNELS_FORMAT => Err(ChannelDbError::UnknownFormat {
-                path: store.path.clone(),
+                path: store.file.path.clone(),
                 found,
             }),
             _ => Ok(store),
@@ -130,7 +117,7 @@ impl RedbChannelStore {
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// Runs `f` in one write transaction and commits it.
@@ -138,14 +125,8 @@ impl RedbChannelStore {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, ChannelDbError> {
-        let run = || -> Result<T, redb::Error> {
-            let txn = self.db.begin_write()?;
-            let value = f(&txn)?;
-            txn.commit()?;
-            Ok(value)
-        };
-        run().map_err(|source| ChannelDbError::Db {
-            path: self.path.clone(),
+        self.file.write(f).map_err(|source| ChannelDbError::Db {
+            path: self.file.path.clone(),
             source,
         })
     }
@@ -240,9 +221,9 @@ fn remove_messages(
 
 impl ChannelStore for RedbChannelStore {
     fn load(&self) -> Result<RestoredChannels, ChannelStoreError> {
-        let path = self.path.clone();
+        let path = self.file.path.clone();
         let run = || -> Result<RestoredChannels, redb::Error> {
-            let txn = self.db.begin_read()?;
+            let txn = self.file.db.begin_read()?;
             let messages = txn.open_table(MESSAGES)?;
             let outbound = txn.open_table(OUTBOUND)?;
             let inbound = txn.open_table(INBOUND)?;
@@ -290,7 +271,7 @@ impl ChannelStore for RedbChannelStore {
         };
         run().map_err(|source| {
             store_error(ChannelDbError::Db {
-                path: self.path.clone(),
+                path: self.file.path.clone(),
                 source,
             })
         })
@@ -416,7 +397,7 @@ mod tests {
         }
         let loaded = store.load().unwrap();
         assert!(loaded.outbound[0].unacked.is_empty());
-        let txn = store.db.begin_read().unwrap();
+        let txn = store.file.db.begin_read().unwrap();
         use redb::ReadableTableMetadata;
         assert_eq!(txn.open_table(MESSAGES).unwrap().len().unwrap(), 0);
     }

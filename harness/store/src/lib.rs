@@ -14,6 +14,7 @@
 //! The crate holds file IO only: no sockets, no actors, no clock.
 
 pub mod channels;
+mod file;
 pub mod relay_queue;
 
 pub use channels::{ChannelDbError, RedbChannelStore, CHANNELS_FORMAT};

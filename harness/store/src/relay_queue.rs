@@ -25,7 +25,8 @@
 //! recipient, per sender, in total); pages freed by removals are reused by redb, so the
 //! file does not grow with churn beyond the largest queue it held.
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use crate::file::StoreFile;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 use tether_protocol::DeviceId;
 use tether_rcs::{LoadedQueue, QueueChange, RelayQueueStore, RelayStoreError, StoredEnvelope};
@@ -81,17 +82,9 @@ pub enum RelayQueueDbError {
 }
 
 /// The relay queue in a redb file. See the module docs.
+#[derive(Debug)]
 pub struct RedbRelayQueueStore {
-    db: Database,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for RedbRelayQueueStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbRelayQueueStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+    file: StoreFile,
 }
 
 impl RedbRelayQueueStore {
@@ -99,24 +92,18 @@ impl RedbRelayQueueStore {
     /// must). A damaged file, a file that is not a redb database, a file of a newer
     /// format or a file another process holds is an error, never a panic.
     pub fn open(path: &Path) -> Result<Self, RelayQueueDbError> {
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|source| RelayQueueDbError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let store = Self {
-            db,
+        let file = StoreFile::open(path).map_err(|source| RelayQueueDbError::Open {
             path: path.to_path_buf(),
-        };
+            source,
+        })?;
+        let store = Self { file };
         store.init()?;
         Ok(store)
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// Creates the tables of a new file and checks the format of an existing one.
@@ -133,7 +120,7 @@ impl RedbRelayQueueStore {
         })?;
         match found {
             Some(found) if found != FORMAT => Err(RelayQueueDbError::UnknownFormat {
-                path: self.path.clone(),
+                path: self.file.path.clone(),
                 found,
             }),
             _ => Ok(()),
@@ -145,18 +132,12 @@ impl RedbRelayQueueStore {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, RelayQueueDbError> {
-        let run = || -> Result<T, redb::Error> {
-            let txn = self.db.begin_write()?;
-            let value = f(&txn)?;
-            txn.commit()?;
-            Ok(value)
-        };
-        run().map_err(|source| self.db_error(source))
+        self.file.write(f).map_err(|source| self.db_error(source))
     }
 
     fn db_error(&self, source: redb::Error) -> RelayQueueDbError {
         RelayQueueDbError::Db {
-            path: self.path.clone(),
+            path: self.file.path.clone(),
             source,
         }
     }
@@ -164,7 +145,7 @@ impl RedbRelayQueueStore {
     /// Envelopes held now (for tests and status).
     pub fn len(&self) -> Result<u64, RelayQueueDbError> {
         let run = || -> Result<u64, redb::Error> {
-            let txn = self.db.begin_read()?;
+            let txn = self.file.db.begin_read()?;
             Ok(txn.open_table(ENVELOPES)?.len()?)
         };
         run().map_err(|source| self.db_error(source))
@@ -176,7 +157,7 @@ impl RedbRelayQueueStore {
     }
 
     fn load_all(&self) -> Result<LoadedQueue, RelayQueueDbError> {
-        let path = self.path.clone();
+        let path = self.file.path.clone();
         self.write(|txn| {
             let mut envelopes_table = txn.open_table(ENVELOPES)?;
             let mut expiries = txn.open_table(EXPIRIES)?;
