@@ -33,12 +33,14 @@
 //!   (application: answered at once with the sequence number or the refusal);
 //!   `TransportEvent` (transport driver); `RelayDelivered`, `RelayStatus` (Rcs);
 //!   `BlueprintCompiled` (ConnectionBlueprint: the peer's candidate order, whenever it
-//!   changes); `PeerEndpointHint` (Pms).
+//!   changes); `PeerEndpointHint` (Pms); `JournalCommitted` (the node's journal writer);
+//!   `CloseSessions` (the node, stopping: answered with how many peers were told).
 //! - out: `TransportCommand` (transport driver); `RelayForward`, `RelayEnqueue` (Rcs);
 //!   `HandshakeStarted`, `SessionReady`, `ConnectFailed`, `InboundMigrationPing`,
 //!   `PathLost`, `PeerReset`, `LivenessReport`, `DirectDialFailed`, `PathMeasured`,
-//!   `PeerEndpointsChanged`, `SendWaiting` (Presence); `SessionReady`, `PathMeasured`, `PeerAnnounced`
-//!   (ConnectionBlueprint); `MessageDelivered` (application).
+//!   `PeerEndpointsChanged`, `SendWaiting` (Presence); `SessionReady`, `PathMeasured`,
+//!   `PeerAnnounced` (ConnectionBlueprint); `MessageDelivered` (application);
+//!   `JournalEntry` (the node's journal writer, when a store keeps the channels).
 //!
 //! # Where to dial
 //! The peer's newest announcement (an authenticated migration ping or ack, or a sealed
@@ -74,6 +76,13 @@
 //!   peer's newest address when the bound one does not.
 //! - evicted: keys kept for epoch numbering but unused until a newer epoch commits;
 //!   queued messages survive and are resent, and the receiver dedupes by sequence.
+//! - journalled (a store keeps the channels): each accepted message, release by the
+//!   peer's ack and new receiving position becomes a `JournalEntry`; an ack this side
+//!   owes waits until the store committed the entry with the position it acknowledges.
+//!   At start the channels come back from the store (`Config::restored`).
+//! - closing (`closing.rs`): stopping on purpose, every peer with a usable session gets
+//!   a sealed `Reset { reason: Closed }` on its bound path (on a link, in the link's
+//!   QUIC close).
 //! - rekey (`rekey.rs`): the committed generation reached `rekey_after` and a message
 //!   went either way since, or `rekey_after_messages` frames were sealed under it →
 //!   while Presence allows (Ready) and nothing else is in progress, a handshake marked
