@@ -24,8 +24,13 @@ pub(crate) mod label {
     pub(crate) const HINT_KEY: &[u8] = b"tether hint key v1";
     /// Key of the migration-signal MAC, derived from a PeerSecret.
     pub(crate) const MIGRATION_TAG_KEY: &[u8] = b"tether migration-tag key v1";
-    /// Proof that a device owns its static key, for the relay/rendezvous server.
-    pub(crate) const SERVER_AUTH: &[u8] = b"tether server auth v1";
+    /// Proof that a device owns its static key, for the relay/rendezvous server (v2:
+    /// bound to the QUIC connection's exporter; v1 proofs were not).
+    pub(crate) const SERVER_AUTH: &[u8] = b"tether server auth v2";
+    /// Proof that the relay/rendezvous server owns its static key, for the device: the
+    /// other direction of [`SERVER_AUTH`], with its own label so neither proof can be
+    /// reflected as the other.
+    pub(crate) const SERVER_PROOF: &[u8] = b"tether server proof v1";
 }
 
 /// A keyed BLAKE2s-256 MAC over `label` followed by each of `parts`.

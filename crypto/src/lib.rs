@@ -18,7 +18,7 @@
 //! | [`keyring`] | per-peer generations and the PeerSecret commit rule ([`KeyRing`]) |
 //! | [`migration`] | migration-signal tags, PeerSecret resolution, path challenges |
 //! | [`hints`] | the rendezvous id and sealed endpoint hints |
-//! | [`server_auth`] | a device's proof of static-key ownership to the relay/rendezvous server |
+//! | [`server_auth`] | mutual proofs of static keys between a device and the relay/rendezvous server, bound to the connection |
 //!
 //! # How to use it
 //!
@@ -181,7 +181,10 @@ pub use migration::{
 };
 pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
-pub use server_auth::{server_auth_proof, verify_server_auth, SERVER_AUTH_PROOF_LEN};
+pub use server_auth::{
+    server_auth_proof, server_proof, verify_server_auth, verify_server_proof, CHANNEL_BINDING_LEN,
+    SERVER_AUTH_PROOF_LEN,
+};
 pub use session::{
     OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, NOISE_MAX_MESSAGE_LEN,
     REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES,

@@ -1,25 +1,33 @@
-//! Proof that a device owns its static X25519 key, for the relay and rendezvous server.
+//! Mutual proof of static keys between a device and the relay/rendezvous server, bound
+//! to the transport connection they travel on.
 //!
-//! The server has a static keypair too, whose public half every device is configured
-//! with. On connect the server sends a fresh random 32-byte nonce; the device answers
-//! with
+//! Both sides have a static X25519 keypair; every device is configured with (pins) the
+//! server's public key. Both ends of the QUIC connection derive the same 32-byte
+//! *channel binding* from its TLS 1.3 exporter (RFC 8446 §7.5): unique per connection,
+//! and different on the two connections of a man in the middle who terminates TLS on
+//! each side. On connect the server sends a fresh random 32-byte nonce (and names its
+//! public key); the device answers with
 //!
 //! ```text
-//! proof = BLAKE2s-MAC(key = X25519(device_private, server_public),
-//!                     "tether server auth v1" || nonce || device_public || server_public)
+//! key   = X25519(device_private, server_public) = X25519(server_private, device_public)
+//! proof = BLAKE2s-MAC(key, "tether server auth v2"  || nonce || binding || device_public || server_public)
 //! ```
 //!
-//! and the server recomputes it with `X25519(server_private, device_public)` (the same
-//! shared secret) and compares in constant time. No signature scheme is needed: only
-//! the holder of the device's private key (or of the server's) can compute the key.
-//! The nonce makes a recorded proof useless on another connection, provided the server
-//! never repeats a nonce (draw it from a CSPRNG seeded with real entropy).
+//! and the server, having checked it, answers with its own proof
 //!
-//! What it does not do: it does not authenticate the server to the device, and it is
-//! not bound to the transport connection. An active attacker who can impersonate the
-//! server at the transport level could relay a challenge and its proof; binding the
-//! proof to the connection (a TLS exporter) or pinning the server's certificate is the
-//! transport's job.
+//! ```text
+//! server proof = BLAKE2s-MAC(key, "tether server proof v1" || nonce || binding || device_public || server_public)
+//! ```
+//!
+//! which the device checks against the pinned key before it trusts anything the
+//! server says. Only a holder of one of the two private keys can compute `key`, so no
+//! signature scheme is needed; the distinct labels keep one direction's proof from
+//! being reflected as the other's. The nonce makes a recorded proof useless on a later
+//! connection (provided the server draws it from a CSPRNG with real entropy), and the
+//! binding makes a proof useless on any other connection: a man in the middle that
+//! relays the device's proof to the genuine server presents it on a connection with
+//! another binding, where it does not verify, and cannot produce the server's proof
+//! for the device's connection at all.
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -27,9 +35,13 @@ use zeroize::Zeroizing;
 use crate::kdf::{derive, label};
 use crate::keys::{PublicKey, StaticKeypair};
 
-/// Length of a proof: a full 256-bit BLAKE2s MAC (it is sent once per connection, so
-/// there is no reason to truncate it).
+/// Length of a proof in either direction: a full 256-bit BLAKE2s MAC (it is sent once
+/// per connection, so there is no reason to truncate it).
 pub const SERVER_AUTH_PROOF_LEN: usize = 32;
+
+/// Length of a connection's channel binding: 32 bytes of TLS exporter output, the
+/// security level of the X25519 keys it is combined with.
+pub const CHANNEL_BINDING_LEN: usize = 32;
 
 /// The static-static X25519 secret of two keypairs' halves, wiped on drop.
 fn shared_key(private: &StaticKeypair, public: &PublicKey) -> Zeroizing<[u8; 32]> {
@@ -40,41 +52,102 @@ fn shared_key(private: &StaticKeypair, public: &PublicKey) -> Zeroizing<[u8; 32]
 
 fn proof_under(
     key: &[u8; 32],
+    purpose: &[u8],
     nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
     device: &PublicKey,
     server: &PublicKey,
 ) -> Zeroizing<[u8; SERVER_AUTH_PROOF_LEN]> {
     derive(
         key,
-        label::SERVER_AUTH,
-        &[nonce, device.as_bytes(), server.as_bytes()],
+        purpose,
+        &[nonce, binding, device.as_bytes(), server.as_bytes()],
     )
 }
 
-/// The device's answer to the server's challenge `nonce`.
+fn equal(expected: &[u8; SERVER_AUTH_PROOF_LEN], proof: &[u8]) -> bool {
+    proof.len() == SERVER_AUTH_PROOF_LEN && bool::from(expected.ct_eq(proof))
+}
+
+/// The device's answer to the server's challenge `nonce` on the connection whose
+/// channel binding is `binding`.
 pub fn server_auth_proof(
     device: &StaticKeypair,
     server: &PublicKey,
     nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
 ) -> [u8; SERVER_AUTH_PROOF_LEN] {
     let key = shared_key(device, server);
-    *proof_under(&key, nonce, device.public(), server)
+    *proof_under(
+        &key,
+        label::SERVER_AUTH,
+        nonce,
+        binding,
+        device.public(),
+        server,
+    )
 }
 
-/// The server's check of a device's proof for `nonce`, in constant time. A proof of the
-/// wrong length is refused.
+/// The server's check of a device's proof for `nonce` on the connection whose channel
+/// binding is `binding`, in constant time. A proof of the wrong length is refused.
 pub fn verify_server_auth(
     server: &StaticKeypair,
     device: &PublicKey,
     nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
     proof: &[u8],
 ) -> bool {
-    if proof.len() != SERVER_AUTH_PROOF_LEN {
-        return false;
-    }
     let key = shared_key(server, device);
-    let expected = proof_under(&key, nonce, device, server.public());
-    bool::from(expected.ct_eq(proof))
+    let expected = proof_under(
+        &key,
+        label::SERVER_AUTH,
+        nonce,
+        binding,
+        device,
+        server.public(),
+    );
+    equal(&expected, proof)
+}
+
+/// The server's proof of its static key to `device`, for the challenge `nonce` on the
+/// connection whose channel binding is `binding` (sent in `Welcome`).
+pub fn server_proof(
+    server: &StaticKeypair,
+    device: &PublicKey,
+    nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
+) -> [u8; SERVER_AUTH_PROOF_LEN] {
+    let key = shared_key(server, device);
+    *proof_under(
+        &key,
+        label::SERVER_PROOF,
+        nonce,
+        binding,
+        device,
+        server.public(),
+    )
+}
+
+/// The device's check, in constant time, that the server on the connection whose
+/// channel binding is `binding` holds the private half of `server` (the pinned key).
+/// A proof of the wrong length is refused.
+pub fn verify_server_proof(
+    device: &StaticKeypair,
+    server: &PublicKey,
+    nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
+    proof: &[u8],
+) -> bool {
+    let key = shared_key(device, server);
+    let expected = proof_under(
+        &key,
+        label::SERVER_PROOF,
+        nonce,
+        binding,
+        device.public(),
+        server,
+    );
+    equal(&expected, proof)
 }
 
 #[cfg(test)]
@@ -88,6 +161,7 @@ mod tests {
         server: StaticKeypair,
         other: StaticKeypair,
         nonce: [u8; 32],
+        binding: [u8; CHANNEL_BINDING_LEN],
     }
 
     fn fixture() -> Fixture {
@@ -97,17 +171,19 @@ mod tests {
             server: StaticKeypair::generate(&mut rng),
             other: StaticKeypair::generate(&mut rng),
             nonce: [7; 32],
+            binding: [9; CHANNEL_BINDING_LEN],
         }
     }
 
     #[test]
     fn right_proof_verifies() {
         let f = fixture();
-        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce);
+        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce, &f.binding);
         assert!(verify_server_auth(
             &f.server,
             f.device.public(),
             &f.nonce,
+            &f.binding,
             &proof
         ));
     }
@@ -116,11 +192,12 @@ mod tests {
     fn proof_for_another_device_key_fails() {
         let f = fixture();
         // The other device computes a proof with its own key but claims the device's id.
-        let proof = server_auth_proof(&f.other, f.server.public(), &f.nonce);
+        let proof = server_auth_proof(&f.other, f.server.public(), &f.nonce, &f.binding);
         assert!(!verify_server_auth(
             &f.server,
             f.device.public(),
             &f.nonce,
+            &f.binding,
             &proof
         ));
     }
@@ -128,19 +205,21 @@ mod tests {
     #[test]
     fn proof_for_another_server_fails() {
         let f = fixture();
-        let proof = server_auth_proof(&f.device, f.other.public(), &f.nonce);
+        let proof = server_auth_proof(&f.device, f.other.public(), &f.nonce, &f.binding);
         assert!(!verify_server_auth(
             &f.server,
             f.device.public(),
             &f.nonce,
+            &f.binding,
             &proof
         ));
         // And a proof for this server does not verify at another one.
-        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce);
+        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce, &f.binding);
         assert!(!verify_server_auth(
             &f.other,
             f.device.public(),
             &f.nonce,
+            &f.binding,
             &proof
         ));
     }
@@ -148,13 +227,14 @@ mod tests {
     #[test]
     fn proof_for_another_nonce_fails() {
         let f = fixture();
-        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce);
+        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce, &f.binding);
         let mut other_nonce = f.nonce;
         other_nonce[31] ^= 1;
         assert!(!verify_server_auth(
             &f.server,
             f.device.public(),
             &other_nonce,
+            &f.binding,
             &proof
         ));
     }
@@ -162,9 +242,10 @@ mod tests {
     #[test]
     fn truncated_extended_or_flipped_proof_fails() {
         let f = fixture();
-        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce);
-        let verify =
-            |bytes: &[u8]| verify_server_auth(&f.server, f.device.public(), &f.nonce, bytes);
+        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce, &f.binding);
+        let verify = |bytes: &[u8]| {
+            verify_server_auth(&f.server, f.device.public(), &f.nonce, &f.binding, bytes)
+        };
         assert!(!verify(&proof[..SERVER_AUTH_PROOF_LEN - 1]));
         assert!(!verify(&[]));
         let mut longer = proof.to_vec();
@@ -180,9 +261,108 @@ mod tests {
     #[test]
     fn proofs_differ_per_nonce_and_are_deterministic() {
         let f = fixture();
-        let a = server_auth_proof(&f.device, f.server.public(), &[1; 32]);
-        let b = server_auth_proof(&f.device, f.server.public(), &[2; 32]);
+        let a = server_auth_proof(&f.device, f.server.public(), &[1; 32], &f.binding);
+        let b = server_auth_proof(&f.device, f.server.public(), &[2; 32], &f.binding);
         assert_ne!(a, b);
-        assert_eq!(a, server_auth_proof(&f.device, f.server.public(), &[1; 32]));
+        assert_eq!(
+            a,
+            server_auth_proof(&f.device, f.server.public(), &[1; 32], &f.binding)
+        );
+    }
+
+    #[test]
+    fn device_proof_bound_to_another_connection_fails() {
+        // A man in the middle relays the device's proof (made for its connection to
+        // the device) to the server over its own connection: another binding.
+        let f = fixture();
+        let proof = server_auth_proof(&f.device, f.server.public(), &f.nonce, &f.binding);
+        let mut other_binding = f.binding;
+        other_binding[0] ^= 1;
+        assert!(!verify_server_auth(
+            &f.server,
+            f.device.public(),
+            &f.nonce,
+            &other_binding,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn server_proof_verifies_with_the_pinned_key_on_the_same_connection() {
+        let f = fixture();
+        let proof = server_proof(&f.server, f.device.public(), &f.nonce, &f.binding);
+        assert!(verify_server_proof(
+            &f.device,
+            f.server.public(),
+            &f.nonce,
+            &f.binding,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn server_proof_bound_to_another_connection_fails() {
+        let f = fixture();
+        let mut other_binding = f.binding;
+        other_binding[31] ^= 1;
+        let proof = server_proof(&f.server, f.device.public(), &f.nonce, &other_binding);
+        assert!(!verify_server_proof(
+            &f.device,
+            f.server.public(),
+            &f.nonce,
+            &f.binding,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn server_proof_by_another_key_fails() {
+        // A relay with another key (or a fake one) cannot prove the pinned key.
+        let f = fixture();
+        let proof = server_proof(&f.other, f.device.public(), &f.nonce, &f.binding);
+        assert!(!verify_server_proof(
+            &f.device,
+            f.server.public(),
+            &f.nonce,
+            &f.binding,
+            &proof
+        ));
+        // Nor does a genuine proof for another device verify here.
+        let proof = server_proof(&f.server, f.other.public(), &f.nonce, &f.binding);
+        assert!(!verify_server_proof(
+            &f.device,
+            f.server.public(),
+            &f.nonce,
+            &f.binding,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn proofs_cannot_be_reflected_between_directions() {
+        let f = fixture();
+        let device_proof = server_auth_proof(&f.device, f.server.public(), &f.nonce, &f.binding);
+        assert!(!verify_server_proof(
+            &f.device,
+            f.server.public(),
+            &f.nonce,
+            &f.binding,
+            &device_proof
+        ));
+        let relay_proof = server_proof(&f.server, f.device.public(), &f.nonce, &f.binding);
+        assert!(!verify_server_auth(
+            &f.server,
+            f.device.public(),
+            &f.nonce,
+            &f.binding,
+            &relay_proof
+        ));
+        assert!(!verify_server_proof(
+            &f.device,
+            f.server.public(),
+            &f.nonce,
+            &f.binding,
+            &relay_proof[..SERVER_AUTH_PROOF_LEN - 1]
+        ));
     }
 }

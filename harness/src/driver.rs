@@ -8,7 +8,8 @@
 //!   DirectConnection, Rcs or Pms, which tags each command with its [`LinkOwner`] on
 //!   the way, without an actor hop), [`Rebind`] (a network change), internal
 //!   completions of dials, accepts and reads.
-//! - out: [`TransportEvent`] to the link's owner; [`ConnectivityChanged`] after a
+//! - out: [`TransportEvent`] to the link's owner, and before `LinkUp` the channel
+//!   binding of a server link ([`LinkBound`]) to its owner; [`ConnectivityChanged`] after a
 //!   rebind to Presence and DirectConnection.
 //!
 //! # Link lifecycle
@@ -26,8 +27,8 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use tether_protocol::{
-    ConnectivityChanged, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId, TransportCommand,
-    TransportEvent,
+    ConnectivityChanged, LinkBound, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId,
+    TransportCommand, TransportEvent,
 };
 use tether_transport::{dial_any, Endpoint, Link, LostReason};
 use tokio::sync::mpsc;
@@ -51,6 +52,10 @@ pub struct DriverRecipients {
     pub rcs: Recipient<TransportEvent>,
     /// Pms's link events.
     pub pms: Recipient<TransportEvent>,
+    /// Rcs's server links' channel bindings.
+    pub rcs_bindings: Recipient<LinkBound>,
+    /// Pms's server links' channel bindings.
+    pub pms_bindings: Recipient<LinkBound>,
     /// Network changes (Presence, DirectConnection).
     pub connectivity: Vec<Recipient<ConnectivityChanged>>,
 }
@@ -61,6 +66,16 @@ impl DriverRecipients {
             LinkOwner::DirectConnection => &self.direct_connection,
             LinkOwner::Rcs => &self.rcs,
             LinkOwner::Pms => &self.pms,
+        }
+    }
+
+    /// Who hears of a link's channel binding: the server links' owners (peers
+    /// authenticate with Noise, which needs none).
+    fn bindings_of(&self, owner: LinkOwner) -> Option<&Recipient<LinkBound>> {
+        match owner {
+            LinkOwner::DirectConnection => None,
+            LinkOwner::Rcs => Some(&self.rcs_bindings),
+            LinkOwner::Pms => Some(&self.pms_bindings),
         }
     }
 }
@@ -117,6 +132,7 @@ impl TransportDriver {
         self.next_link += 1;
         let remote = link.remote_addr();
         let handle = link.handle().clone();
+        let binding = handle.channel_binding();
         let (sender, mut receiver) = link.split();
         let events = self.recipients.of(owner).clone();
         let me: Addr<Self> = ctx.address();
@@ -166,6 +182,15 @@ impl TransportDriver {
                 handle,
             },
         );
+        // A server link's binding goes first, so its owner can answer the server's
+        // challenge at once (it accepts the two in either order). A link whose TLS
+        // cannot export (never once QUIC's handshake is done) gets none: its owner's
+        // attempt times out and is retried.
+        if let Some(bindings) = self.recipients.bindings_of(owner) {
+            if let Some(binding) = binding {
+                bindings.do_send(LinkBound { link: id, binding });
+            }
+        }
         events.do_send(TransportEvent::LinkUp {
             request,
             link: id,

@@ -34,4 +34,5 @@ const _: () = {
     assert!(tether_protocol::wire::PATH_CHALLENGE_LEN == migration::PATH_CHALLENGE_LEN);
     assert!(tether_protocol::wire::RENDEZVOUS_ID_LEN == std::mem::size_of::<RendezvousId>());
     assert!(tether_protocol::ids::DEVICE_ID_LEN == KEY_LEN);
+    assert!(tether_protocol::CHANNEL_BINDING_LEN == tether_crypto::CHANNEL_BINDING_LEN);
 };

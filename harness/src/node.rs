@@ -259,6 +259,8 @@ impl Node {
                 direct_connection: dc.clone().recipient(),
                 rcs: rcs.clone().recipient(),
                 pms: pms.clone().recipient(),
+                rcs_bindings: rcs.clone().recipient(),
+                pms_bindings: pms.clone().recipient(),
                 connectivity: vec![presence.clone().recipient(), dc.clone().recipient()],
             },
         ));

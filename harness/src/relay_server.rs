@@ -1,7 +1,8 @@
 //! The relay and rendezvous server: a QUIC endpoint in front of the relay queue logic
 //! (`tether_rcs::RelayQueueServer`) and the rendezvous table (`tether_pms`). It runs on
 //! any transport (real UDP or the simulated network). Connections authenticate with the
-//! relay protocol's challenge; rendezvous requests are served only on an authenticated
+//! relay protocol's challenge, both ways and bound to the QUIC connection (its TLS
+//! exporter, [`LinkHandle::channel_binding`]); rendezvous requests are served only on an authenticated
 //! connection, on behalf of the device it proved to be.
 //!
 //! # The queue's store
@@ -231,6 +232,12 @@ impl Handler<Accepted> for RelayServer {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let handle = message.0.handle().clone();
+        let Some(binding) = handle.channel_binding() else {
+            // Without a binding no proof can verify; never the case once QUIC's
+            // handshake is done.
+            handle.close();
+            return;
+        };
         let (sender, mut receiver) = message.0.split();
         let me = ctx.address();
         let reader_me = me.clone();
@@ -242,7 +249,8 @@ impl Handler<Accepted> for RelayServer {
         });
         let writer = spawn_writer(sender, move |_| me.do_send(ConnEnded(conn)));
         self.conns.insert(conn, ServerConn { writer, handle });
-        self.queue.handle(runtime_now(), ServerInput::Opened(conn));
+        self.queue
+            .handle(runtime_now(), ServerInput::Opened(conn, binding));
         self.drain(ctx);
     }
 }

@@ -619,6 +619,24 @@ impl std::fmt::Debug for TransportPort {
     }
 }
 
+/// Bytes of a link's channel binding: crypto's `CHANNEL_BINDING_LEN`.
+pub const CHANNEL_BINDING_LEN: usize = 32;
+
+/// The transport driver's report, to the relay and rendezvous clients, of a server
+/// link's channel binding: 32 bytes both ends of the QUIC connection derive from its
+/// TLS exporter, unique to that connection (not secret from either end). The server
+/// authentication proofs in both directions cover it, so a proof made on one
+/// connection is worthless on another (a man in the middle holds two). Sent just
+/// before the link's [`TransportEvent::LinkUp`]; the clients accept it in either order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct LinkBound {
+    /// The link.
+    pub link: LinkId,
+    /// Its channel binding.
+    pub binding: [u8; CHANNEL_BINDING_LEN],
+}
+
 /// What the transport driver reports to the owner of a link or dial.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]

@@ -193,11 +193,16 @@ pub enum ResetReason {
 /// Device ↔ relay server. The server only ever sees routing ids and opaque envelopes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayMessage {
-    /// Server → device on connect: prove ownership of your static key over this.
+    /// Server → device on connect: prove ownership of your static key over this (and
+    /// over the connection's channel binding).
     Challenge {
         /// Fresh random bytes from the server.
         #[serde(with = "serde_bytes")]
         nonce: [u8; 32],
+        /// The public key the server claims (unproven until `Welcome`): a device pinned
+        /// to another key stops here, without sending its proof, and can say why.
+        #[serde(with = "serde_bytes")]
+        server_key: [u8; 32],
     },
     /// Device → server: the proof for the challenge.
     Authenticate {
@@ -207,8 +212,15 @@ pub enum RelayMessage {
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
     },
-    /// Server → device: authenticated; queued envelopes follow as pushes.
-    Welcome,
+    /// Server → device: authenticated; queued envelopes follow as pushes. The device
+    /// trusts nothing from the server before this proof verifies.
+    Welcome {
+        /// The server's proof of its static key, over the challenge nonce, the
+        /// connection's channel binding and the device's key (see the crypto crate's
+        /// `server_auth`).
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
     /// Device → server: store this envelope for `to` until fetched or expired.
     Enqueue {
         /// Recipient device.

@@ -56,7 +56,10 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
         ),
         (
             "relay_challenge",
-            WireFrame::Relay(RelayMessage::Challenge { nonce: [3; 32] }),
+            WireFrame::Relay(RelayMessage::Challenge {
+                nonce: [3; 32],
+                server_key: [4; 32],
+            }),
         ),
         (
             "relay_authenticate",
@@ -65,7 +68,10 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
                 proof: vec![4; 4],
             }),
         ),
-        ("relay_welcome", WireFrame::Relay(RelayMessage::Welcome)),
+        (
+            "relay_welcome",
+            WireFrame::Relay(RelayMessage::Welcome { proof: vec![5; 32] }),
+        ),
         (
             "relay_enqueue",
             WireFrame::Relay(RelayMessage::Enqueue {
@@ -238,7 +244,10 @@ fn every_frame_starts_with_the_version_byte() {
 
 #[test]
 fn wrong_version_is_a_typed_error() {
-    let mut bytes = encode(&WireFrame::Relay(RelayMessage::Welcome)).unwrap();
+    let mut bytes = encode(&WireFrame::Relay(RelayMessage::Welcome {
+        proof: vec![5; 32],
+    }))
+    .unwrap();
     bytes[0] = WIRE_VERSION + 1;
     assert_eq!(
         decode(&bytes),
@@ -280,7 +289,10 @@ fn oversized_frame_cannot_be_encoded() {
 
 #[test]
 fn trailing_bytes_are_rejected() {
-    let mut bytes = encode(&WireFrame::Relay(RelayMessage::Welcome)).unwrap();
+    let mut bytes = encode(&WireFrame::Relay(RelayMessage::Welcome {
+        proof: vec![5; 32],
+    }))
+    .unwrap();
     bytes.push(0);
     assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(1)));
 }
@@ -365,10 +377,12 @@ fn arb_refusal() -> impl Strategy<Value = ServerRefusal> {
 
 fn arb_relay() -> impl Strategy<Value = RelayMessage> {
     prop_oneof![
-        any::<[u8; 32]>().prop_map(|nonce| RelayMessage::Challenge { nonce }),
+        (any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(nonce, server_key)| RelayMessage::Challenge { nonce, server_key }),
         (arb_device(), arb_bytes(64))
             .prop_map(|(device, proof)| RelayMessage::Authenticate { device, proof }),
-        Just(RelayMessage::Welcome),
+        proptest::collection::vec(any::<u8>(), 0..40)
+            .prop_map(|proof| RelayMessage::Welcome { proof }),
         (arb_device(), any::<u64>(), any::<u64>(), arb_bytes(256)).prop_map(
             |(to, request, ttl_ms, envelope)| RelayMessage::Enqueue {
                 to,

@@ -4,10 +4,25 @@
 //! # States
 //! `Idle` (before [`ServerLink::start`]) → `Dialling` (a `Dial` of the server address is
 //! out) → `Authenticating` (link up; waiting for the server's `Challenge`, then for
-//! `Welcome`) → `Connected`. A failed dial, a lost link, a refused proof or no progress
-//! within [`ServerLinkConfig::connect_timeout`] lead to `Disconnected`, which redials
-//! after a jittered exponential backoff (base doubling up to the max; the delay is drawn
-//! uniformly from its upper half).
+//! `Welcome`) → `Connected`. A failed dial, a lost link, a failed authentication (in
+//! either direction) or no progress within [`ServerLinkConfig::connect_timeout`] lead
+//! to `Disconnected`, which redials after a jittered exponential backoff (base doubling
+//! up to the max; the delay is drawn uniformly from its upper half).
+//!
+//! # Mutual authentication, bound to the connection
+//! Both proofs ([`tether_crypto::server_auth`]) cover the link's channel binding, which
+//! the transport driver reports with [`LinkBound`] (before or after `LinkUp`; a
+//! `Challenge` waits for it). The server's `Challenge` names its key: another key than
+//! the configured one ends the attempt there ([`ServerAuthFailure::WrongKey`]), before
+//! our proof is sent. Our proof goes out only when both the nonce and the binding are
+//! known. The server's `Welcome` carries its proof, checked against the configured key
+//! before the connection counts as up ([`ServerAuthFailure::BadServerProof`] if it does
+//! not verify: nothing was sent after our proof, and nothing is). A `Refused {
+//! BadProof }` from the server ([`ServerLink::refused`]) is
+//! [`ServerAuthFailure::ProofRefused`]. Each failure is
+//! counted, kept as [`ServerLink::auth_failure`] until an authentication succeeds,
+//! and logged once per change (not once per retry); the backoff applies as to any
+//! failed attempt.
 //!
 //! The clients keep their own requests and outputs. They hand this piece every
 //! transport event and every relay-protocol message, drain its transport commands, and
@@ -18,11 +33,12 @@ use rand::Rng;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{server_auth_proof, PublicKey, StaticKeypair};
+use tether_crypto::{server_auth_proof, verify_server_proof, PublicKey, StaticKeypair};
 use tether_protocol::{
-    DeviceId, LinkId, RelayMessage, RequestId, TransportCommand, TransportEvent, WireFrame,
+    DeviceId, LinkBound, LinkId, RelayMessage, RequestId, ServerRefusal, TransportCommand,
+    TransportEvent, WireFrame, CHANNEL_BINDING_LEN,
 };
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Dials abandoned after a timeout that we still remember, to close their links if they
 /// come up late. A handful is enough: each timeout adds one and dials are slow.
@@ -45,6 +61,8 @@ pub struct ServerLinkConfig {
     pub connect_timeout: Duration,
     /// Request id of the first dial; later dials count up from it.
     pub first_dial_request: RequestId,
+    /// Which client this connection serves (`relay`, `rendezvous`), for logs.
+    pub label: &'static str,
 }
 
 impl ServerLinkConfig {
@@ -67,6 +85,7 @@ impl ServerLinkConfig {
             // 10 s: several handshakes' worth of round trips on a slow mobile link.
             connect_timeout: Duration::from_secs(10),
             first_dial_request,
+            label: "server",
         }
     }
 }
@@ -113,6 +132,81 @@ pub struct ConnectionCounters {
     pub links_lost: u64,
     /// Successful authentications.
     pub connects: u64,
+    /// Attempts whose server named another key than the configured one.
+    pub wrong_server_key: u64,
+    /// Attempts whose server's `Welcome` proof did not verify against the configured
+    /// key (a server without that key, or a man in the middle).
+    pub bad_server_proofs: u64,
+    /// Attempts whose server refused our proof (it does not hold the configured key,
+    /// or the connection is intercepted).
+    pub proofs_refused: u64,
+    /// Why the server is not authenticated now; None once an authentication succeeds
+    /// (and before any failed).
+    pub auth_failure: Option<ServerAuthFailure>,
+}
+
+/// Why an attempt to authenticate with the server failed: what `status` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerAuthFailure {
+    /// The server named another public key than the configured one (our proof was
+    /// not sent).
+    WrongKey {
+        /// The key it named.
+        presented: [u8; 32],
+    },
+    /// The server claimed the configured key but could not prove it: a server without
+    /// that key, or a man in the middle.
+    BadServerProof,
+    /// The server refused our proof: it does not hold the configured key, or the
+    /// connection is intercepted (the proof is bound to it).
+    ProofRefused,
+}
+
+impl ServerAuthFailure {
+    /// A short name for reports: `wrong key` or `unauthenticated`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerAuthFailure::WrongKey { .. } => "wrong key",
+            ServerAuthFailure::BadServerProof | ServerAuthFailure::ProofRefused => {
+                "unauthenticated"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAuthFailure::WrongKey { presented } => {
+                write!(f, "the server presents key ")?;
+                for byte in presented {
+                    write!(f, "{byte:02x}")?;
+                }
+                write!(f, ", not the configured one")
+            }
+            ServerAuthFailure::BadServerProof => write!(
+                f,
+                "the server did not prove the configured key (another server, or a man in \
+                 the middle)"
+            ),
+            ServerAuthFailure::ProofRefused => write!(
+                f,
+                "the server refused our proof (it does not hold the configured key, or the \
+                 connection is intercepted)"
+            ),
+        }
+    }
+}
+
+/// What an attempt in `Authenticating` knows so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Handshake {
+    /// The link's channel binding, once the driver reported it.
+    binding: Option<[u8; CHANNEL_BINDING_LEN]>,
+    /// The server's challenge nonce, once it arrived.
+    nonce: Option<[u8; 32]>,
+    /// Whether our proof went out (then `Welcome` is checked against both).
+    proved: bool,
 }
 
 /// What a call did to the connection, for the client's own bookkeeping.
@@ -145,6 +239,10 @@ pub struct ServerLink {
     stale_dials: BTreeSet<RequestId>,
     commands: VecDeque<TransportCommand>,
     counters: ConnectionCounters,
+    /// The current attempt's authentication progress (reset on every link up).
+    handshake: Handshake,
+    /// A binding reported before its link's `LinkUp`.
+    early_binding: Option<LinkBound>,
 }
 
 impl ServerLink {
@@ -161,6 +259,25 @@ impl ServerLink {
             stale_dials: BTreeSet::new(),
             commands: VecDeque::new(),
             counters: ConnectionCounters::default(),
+            handshake: Handshake::default(),
+            early_binding: None,
+        }
+    }
+
+    /// Why the server is not authenticated now (None once authenticated).
+    pub fn auth_failure(&self) -> Option<ServerAuthFailure> {
+        self.counters.auth_failure
+    }
+
+    /// The driver's report of a link's channel binding; for a link that is not (yet)
+    /// ours it is kept until its `LinkUp`.
+    pub fn bound(&mut self, bound: LinkBound) {
+        match self.state {
+            ConnectionState::Authenticating { link, .. } if link == bound.link => {
+                self.handshake.binding = Some(bound.binding);
+                self.prove(link);
+            }
+            _ => self.early_binding = Some(bound),
         }
     }
 
@@ -248,6 +365,14 @@ impl ServerLink {
                         link,
                         deadline: now + self.config.connect_timeout,
                     };
+                    self.handshake = Handshake {
+                        binding: self
+                            .early_binding
+                            .take()
+                            .filter(|b| b.link == link)
+                            .map(|b| b.binding),
+                        ..Handshake::default()
+                    };
                     Change::None
                 }
                 _ => {
@@ -284,48 +409,157 @@ impl ServerLink {
         }
     }
 
-    /// The connection's part of the relay protocol: the server's `Challenge` (answered
-    /// with our proof) and `Welcome`, while not connected. None when `message` is the
-    /// client's to handle.
-    pub fn server_message(&mut self, link: LinkId, message: &RelayMessage) -> Option<Change> {
+    /// The connection's part of the relay protocol while not connected: the server's
+    /// `Challenge` (answered with our proof once the binding is known), its `Welcome`
+    /// (checked against the configured key). None when
+    /// `message` is the client's to handle.
+    pub fn server_message(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        message: &RelayMessage,
+        rng: &mut impl Rng,
+    ) -> Option<Change> {
         if self.connected().is_some() {
             return None;
         }
+        if !self.is_ours(link) {
+            // Not the link of the current attempt: nothing a server says there counts.
+            return matches!(
+                message,
+                RelayMessage::Challenge { .. } | RelayMessage::Welcome { .. }
+            )
+            .then_some(Change::None);
+        }
         match message {
-            RelayMessage::Challenge { nonce } => {
-                let proof = server_auth_proof(&self.config.keypair, &self.config.server_key, nonce);
-                let authenticate = RelayMessage::Authenticate {
-                    device: self.device,
-                    proof: proof.to_vec(),
-                };
-                match tether_protocol::encode(&WireFrame::Relay(authenticate)) {
-                    Ok(frame) => self
-                        .commands
-                        .push_back(TransportCommand::Transmit { link, frame }),
-                    // A fixed-size message always encodes; should it not, the attempt
-                    // times out and is retried.
-                    Err(err) => debug!(%err, "server link: cannot encode the proof"),
+            RelayMessage::Challenge { nonce, server_key } => {
+                if self.handshake.nonce.is_some() {
+                    // One challenge per connection; a second one is ignored.
+                    return Some(Change::None);
                 }
+                if server_key != self.config.server_key.as_bytes() {
+                    self.counters.wrong_server_key += 1;
+                    let failure = ServerAuthFailure::WrongKey {
+                        presented: *server_key,
+                    };
+                    return Some(self.auth_failed(now, link, failure, rng));
+                }
+                self.handshake.nonce = Some(*nonce);
+                self.prove(link);
                 Some(Change::None)
             }
-            RelayMessage::Welcome => {
+            RelayMessage::Welcome { proof } => {
+                let verified = match self.handshake {
+                    Handshake {
+                        binding: Some(binding),
+                        nonce: Some(nonce),
+                        proved: true,
+                    } => verify_server_proof(
+                        &self.config.keypair,
+                        &self.config.server_key,
+                        &nonce,
+                        &binding,
+                        proof,
+                    ),
+                    _ => false,
+                };
+                if !verified {
+                    self.counters.bad_server_proofs += 1;
+                    return Some(self.auth_failed(
+                        now,
+                        link,
+                        ServerAuthFailure::BadServerProof,
+                        rng,
+                    ));
+                }
                 self.state = ConnectionState::Connected { link };
                 self.attempts = 0;
                 self.counters.connects += 1;
+                if let Some(failure) = self.counters.auth_failure.take() {
+                    info!(
+                        client = self.config.label,
+                        server = %self.config.server_addr,
+                        previously = %failure,
+                        "server authenticated with the configured key"
+                    );
+                }
                 Some(Change::Up(link))
             }
             _ => None,
         }
     }
 
-    /// The server refused to authenticate us on `link`: start over.
-    pub fn refused(&mut self, now: Instant, link: LinkId, rng: &mut impl Rng) -> Change {
-        if self.is_ours(link) && self.connected().is_none() {
-            self.close(link);
-            self.disconnect(now, rng)
-        } else {
-            Change::None
+    /// The server refused to authenticate us on `link` for `reason`: start over. A
+    /// refused proof is an authentication failure ([`ServerAuthFailure::ProofRefused`]).
+    pub fn refused(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        reason: ServerRefusal,
+        rng: &mut impl Rng,
+    ) -> Change {
+        if !self.is_ours(link) || self.connected().is_some() {
+            return Change::None;
         }
+        if reason == ServerRefusal::BadProof && self.handshake.proved {
+            self.counters.proofs_refused += 1;
+            return self.auth_failed(now, link, ServerAuthFailure::ProofRefused, rng);
+        }
+        self.close(link);
+        self.disconnect(now, rng)
+    }
+
+    /// Sends our proof once both the challenge and the binding are known.
+    fn prove(&mut self, link: LinkId) {
+        let Handshake {
+            binding: Some(binding),
+            nonce: Some(nonce),
+            proved: false,
+        } = self.handshake
+        else {
+            return;
+        };
+        self.handshake.proved = true;
+        let proof = server_auth_proof(
+            &self.config.keypair,
+            &self.config.server_key,
+            &nonce,
+            &binding,
+        );
+        let authenticate = RelayMessage::Authenticate {
+            device: self.device,
+            proof: proof.to_vec(),
+        };
+        match tether_protocol::encode(&WireFrame::Relay(authenticate)) {
+            Ok(frame) => self
+                .commands
+                .push_back(TransportCommand::Transmit { link, frame }),
+            // A fixed-size message always encodes; should it not, the attempt times out
+            // and is retried.
+            Err(err) => debug!(%err, "server link: cannot encode the proof"),
+        }
+    }
+
+    /// Ends an attempt whose authentication failed: records and (once per change)
+    /// logs why, closes the link, backs off.
+    fn auth_failed(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        failure: ServerAuthFailure,
+        rng: &mut impl Rng,
+    ) -> Change {
+        if self.counters.auth_failure != Some(failure) {
+            warn!(
+                client = self.config.label,
+                server = %self.config.server_addr,
+                status = failure.kind(),
+                "{failure}; retrying with backoff"
+            );
+        }
+        self.counters.auth_failure = Some(failure);
+        self.close(link);
+        self.disconnect(now, rng)
     }
 
     fn dial(&mut self, now: Instant) {
@@ -387,7 +621,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-    use tether_crypto::verify_server_auth;
+    use tether_crypto::{server_proof, verify_server_auth};
     use tether_protocol::PathKind;
 
     const FIRST: RequestId = RequestId(100);
@@ -426,6 +660,56 @@ mod tests {
         std::iter::from_fn(|| link.poll_command()).collect()
     }
 
+    const BINDING: [u8; CHANNEL_BINDING_LEN] = [0xB1; CHANNEL_BINDING_LEN];
+
+    fn bound(link: u64) -> LinkBound {
+        LinkBound {
+            link: LinkId(link),
+            binding: BINDING,
+        }
+    }
+
+    fn challenge(s: &Setup, nonce: [u8; 32]) -> RelayMessage {
+        RelayMessage::Challenge {
+            nonce,
+            server_key: *s.server.public().as_bytes(),
+        }
+    }
+
+    /// Dials, brings link 9 up with its binding, answers a challenge; returns the
+    /// proof we sent.
+    fn up_and_proved(s: &mut Setup, nonce: [u8; 32]) -> Vec<u8> {
+        s.link.start(s.t0);
+        commands(&mut s.link);
+        s.link.bound(bound(9));
+        s.link.transport(s.t0, link_up(FIRST, 9), &mut s.rng);
+        let message = challenge(s, nonce);
+        assert_eq!(
+            s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng),
+            Some(Change::None)
+        );
+        let [TransportCommand::Transmit { link, frame }] = &commands(&mut s.link)[..] else {
+            panic!("one Authenticate expected");
+        };
+        assert_eq!(*link, LinkId(9));
+        let Ok(WireFrame::Relay(RelayMessage::Authenticate { device, proof })) =
+            tether_protocol::decode(frame)
+        else {
+            panic!("an Authenticate frame");
+        };
+        assert_eq!(device, s.link.device());
+        proof
+    }
+
+    fn welcome(s: &mut Setup, proof: Vec<u8>) -> Option<Change> {
+        let message = RelayMessage::Welcome { proof };
+        s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng)
+    }
+
+    fn genuine_welcome_proof(s: &Setup, nonce: [u8; 32]) -> Vec<u8> {
+        server_proof(&s.server, s.link.config.keypair.public(), &nonce, &BINDING).to_vec()
+    }
+
     #[test]
     fn dial_challenge_proof_welcome_connects() {
         let mut s = setup();
@@ -444,11 +728,14 @@ mod tests {
             }
         ));
         let nonce = [5_u8; 32];
-        let challenge = RelayMessage::Challenge { nonce };
+        let message = challenge(&s, nonce);
         assert_eq!(
-            s.link.server_message(LinkId(9), &challenge),
+            s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng),
             Some(Change::None)
         );
+        // No proof before the binding is known: it covers the binding.
+        assert!(commands(&mut s.link).is_empty());
+        s.link.bound(bound(9));
         let [TransportCommand::Transmit { link, frame }] = &commands(&mut s.link)[..] else {
             panic!("one Authenticate expected");
         };
@@ -458,18 +745,192 @@ mod tests {
         else {
             panic!("an Authenticate frame");
         };
-        assert_eq!(device, s.link.device());
         let device_key = PublicKey::from_bytes(device.0).unwrap();
-        assert!(verify_server_auth(&s.server, &device_key, &nonce, &proof));
-        assert_eq!(
-            s.link.server_message(LinkId(9), &RelayMessage::Welcome),
-            Some(Change::Up(LinkId(9)))
-        );
+        assert!(verify_server_auth(
+            &s.server,
+            &device_key,
+            &nonce,
+            &BINDING,
+            &proof
+        ));
+        let proof = genuine_welcome_proof(&s, nonce);
+        assert_eq!(welcome(&mut s, proof), Some(Change::Up(LinkId(9))));
         assert_eq!(s.link.connected(), Some(LinkId(9)));
         assert_eq!(s.link.poll_timeout(), None);
         // Connected: the connection's part of the protocol is over.
-        assert_eq!(s.link.server_message(LinkId(9), &challenge), None);
+        assert_eq!(
+            s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng),
+            None
+        );
         assert_eq!(s.link.counters().connects, 1);
+        assert_eq!(s.link.auth_failure(), None);
+    }
+
+    #[test]
+    fn a_binding_reported_before_link_up_is_used() {
+        let mut s = setup();
+        let nonce = [4_u8; 32];
+        let proof = up_and_proved(&mut s, nonce);
+        let device_key = *s.link.config.keypair.public();
+        assert!(verify_server_auth(
+            &s.server,
+            &device_key,
+            &nonce,
+            &BINDING,
+            &proof
+        ));
+    }
+
+    #[test]
+    fn a_welcome_without_a_valid_server_proof_is_refused_and_nothing_is_sent_after_it() {
+        let mut rng = ChaCha8Rng::seed_from_u64(99);
+        let impostor = StaticKeypair::generate(&mut rng);
+        let nonce = [6_u8; 32];
+        let device_key = *setup().link.config.keypair.public();
+        let mut other_binding = BINDING;
+        other_binding[0] ^= 1;
+        let bad_proofs: Vec<(&str, Vec<u8>)> = vec![
+            ("none", Vec::new()),
+            (
+                "by another key",
+                server_proof(&impostor, &device_key, &nonce, &BINDING).to_vec(),
+            ),
+            (
+                "for another connection",
+                server_proof(&setup().server, &device_key, &nonce, &other_binding).to_vec(),
+            ),
+            (
+                "for another nonce",
+                server_proof(&setup().server, &device_key, &[7; 32], &BINDING).to_vec(),
+            ),
+        ];
+        for (what, proof) in bad_proofs {
+            let mut s = setup();
+            up_and_proved(&mut s, nonce);
+            assert_eq!(
+                welcome(&mut s, proof),
+                Some(Change::Down {
+                    was_connected: false
+                }),
+                "{what}"
+            );
+            assert_eq!(s.link.connected(), None, "{what}");
+            assert!(
+                matches!(s.link.state(), ConnectionState::Disconnected { .. }),
+                "{what}"
+            );
+            assert_eq!(
+                commands(&mut s.link),
+                vec![TransportCommand::Close { link: LinkId(9) }],
+                "{what}: only the close goes out"
+            );
+            assert_eq!(s.link.counters().bad_server_proofs, 1, "{what}");
+            assert_eq!(s.link.counters().connects, 0, "{what}");
+            assert_eq!(
+                s.link.auth_failure(),
+                Some(ServerAuthFailure::BadServerProof),
+                "{what}"
+            );
+            // Frames on the closed link are not ours any more.
+            let late = TransportEvent::FrameReceived {
+                link: LinkId(9),
+                frame: vec![1],
+            };
+            assert_eq!(s.link.transport(s.t0, late, &mut s.rng), Change::None);
+        }
+    }
+
+    #[test]
+    fn a_welcome_before_our_proof_is_refused() {
+        let mut s = setup();
+        s.link.start(s.t0);
+        s.link.transport(s.t0, link_up(FIRST, 9), &mut s.rng);
+        commands(&mut s.link);
+        let proof = genuine_welcome_proof(&s, [0; 32]);
+        assert_eq!(
+            welcome(&mut s, proof),
+            Some(Change::Down {
+                was_connected: false
+            })
+        );
+        assert_eq!(
+            s.link.auth_failure(),
+            Some(ServerAuthFailure::BadServerProof)
+        );
+    }
+
+    #[test]
+    fn a_challenge_naming_another_key_ends_the_attempt_without_a_proof() {
+        let mut s = setup();
+        s.link.start(s.t0);
+        s.link.bound(bound(9));
+        s.link.transport(s.t0, link_up(FIRST, 9), &mut s.rng);
+        commands(&mut s.link);
+        let message = RelayMessage::Challenge {
+            nonce: [1; 32],
+            server_key: [0xEE; 32],
+        };
+        assert_eq!(
+            s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng),
+            Some(Change::Down {
+                was_connected: false
+            })
+        );
+        assert_eq!(
+            commands(&mut s.link),
+            vec![TransportCommand::Close { link: LinkId(9) }]
+        );
+        assert_eq!(s.link.counters().wrong_server_key, 1);
+        let failure = s.link.auth_failure().unwrap();
+        assert_eq!(
+            failure,
+            ServerAuthFailure::WrongKey {
+                presented: [0xEE; 32]
+            }
+        );
+        assert_eq!(failure.kind(), "wrong key");
+        assert!(failure.to_string().contains(&"ee".repeat(32)));
+        // The backoff applies: the redial waits.
+        let ConnectionState::Disconnected { retry_at } = s.link.state() else {
+            panic!("disconnected");
+        };
+        assert!(retry_at > s.t0);
+    }
+
+    #[test]
+    fn a_refused_proof_is_an_authentication_failure_until_a_welcome_verifies() {
+        let mut s = setup();
+        let nonce = [2_u8; 32];
+        up_and_proved(&mut s, nonce);
+        assert_eq!(
+            s.link
+                .refused(s.t0, LinkId(9), ServerRefusal::BadProof, &mut s.rng),
+            Change::Down {
+                was_connected: false
+            }
+        );
+        assert_eq!(s.link.auth_failure(), Some(ServerAuthFailure::ProofRefused));
+        assert_eq!(s.link.auth_failure().unwrap().kind(), "unauthenticated");
+        assert_eq!(s.link.counters().proofs_refused, 1);
+        // The next attempt succeeds: the failure is cleared.
+        let retry_at = s.link.poll_timeout().unwrap();
+        s.link.handle_timeout(retry_at, &mut s.rng);
+        let request = RequestId(FIRST.0 + 1);
+        commands(&mut s.link);
+        s.link.bound(bound(10));
+        s.link.transport(retry_at, link_up(request, 10), &mut s.rng);
+        let message = challenge(&s, nonce);
+        s.link
+            .server_message(retry_at, LinkId(10), &message, &mut s.rng);
+        let proof = genuine_welcome_proof(&s, nonce);
+        let message = RelayMessage::Welcome { proof };
+        assert_eq!(
+            s.link
+                .server_message(retry_at, LinkId(10), &message, &mut s.rng),
+            Some(Change::Up(LinkId(10)))
+        );
+        assert_eq!(s.link.auth_failure(), None);
+        assert_eq!(s.link.counters().proofs_refused, 1);
     }
 
     #[test]
@@ -553,9 +1014,13 @@ mod tests {
             reason: "x".into(),
         };
         assert_eq!(s.link.transport(s.t0, down, &mut s.rng), Change::None);
-        assert_eq!(s.link.refused(s.t0, LinkId(8), &mut s.rng), Change::None);
+        let refused = ServerRefusal::NotAuthenticated;
         assert_eq!(
-            s.link.refused(s.t0, LinkId(9), &mut s.rng),
+            s.link.refused(s.t0, LinkId(8), refused, &mut s.rng),
+            Change::None
+        );
+        assert_eq!(
+            s.link.refused(s.t0, LinkId(9), refused, &mut s.rng),
             Change::Down {
                 was_connected: false
             }

@@ -268,3 +268,39 @@ async fn one_address_full_of_half_open_connections_leaves_room_for_everyone_else
     );
     drop(held);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_man_in_the_middle_holds_two_connections_with_different_bindings() {
+    // A device dials what it takes for the relay (Mallory), who dials the relay: both
+    // ends of each connection derive the same binding, the two connections different
+    // ones, so a proof over the device's binding does not verify at the relay.
+    let net = SimNetwork::new(7);
+    let device_host = net.add_host("device", ["10.0.0.1".parse().unwrap()]);
+    let mallory_host = net.add_host("mallory", ["10.0.0.66".parse().unwrap()]);
+    let relay_host = net.add_host("relay", ["10.0.0.2".parse().unwrap()]);
+    let config = TransportConfig::seeded(7);
+    let bind =
+        |host, addr: &str| Endpoint::bind_sim(&net, host, addr.parse().unwrap(), config.clone());
+    let device = bind(device_host, "10.0.0.1:0").await.unwrap();
+    let mallory = bind(mallory_host, "10.0.0.66:4433").await.unwrap();
+    let relay = bind(relay_host, "10.0.0.2:4433").await.unwrap();
+
+    let (to_mallory, from_device) =
+        tokio::join!(device.dial(mallory.local_addr().unwrap()), mallory.accept());
+    let (to_relay, from_mallory) =
+        tokio::join!(mallory.dial(relay.local_addr().unwrap()), relay.accept());
+    let binding = |link: &crate::Link| link.handle().channel_binding().unwrap();
+    let device_side = binding(&to_mallory.unwrap());
+    let relay_side = binding(&from_mallory.unwrap());
+    assert_eq!(device_side, binding(&from_device.unwrap()));
+    assert_eq!(relay_side, binding(&to_relay.unwrap()));
+    assert_ne!(device_side, relay_side);
+
+    // A second connection between the same two endpoints has its own binding too.
+    let (again, again_accepted) =
+        tokio::join!(device.dial(relay.local_addr().unwrap()), relay.accept());
+    let again = binding(&again.unwrap());
+    assert_eq!(again, binding(&again_accepted.unwrap()));
+    assert_ne!(again, relay_side);
+    assert_ne!(again, device_side);
+}

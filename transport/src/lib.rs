@@ -55,6 +55,9 @@ pub use config::TransportConfig;
 pub use dial::dial_any;
 pub use endpoint::{Endpoint, RebindOutcome};
 pub use error::{ConfigError, DialError, DialFailure, EndpointError, LinkError, LostReason};
-pub use link::{Link, LinkHandle, LinkReceiver, LinkRole, LinkSender, PathStats, MAX_FAREWELL_LEN};
+pub use link::{
+    Link, LinkHandle, LinkReceiver, LinkRole, LinkSender, PathStats, CHANNEL_BINDING_LABEL,
+    CHANNEL_BINDING_LEN, MAX_FAREWELL_LEN,
+};
 pub use stats::{EndpointStats, LinkStats};
 pub use tether_protocol::LinkId;

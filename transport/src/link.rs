@@ -61,6 +61,14 @@ pub(crate) mod close_code {
 /// leave room for the packet's own headers within the 1200 every path carries.
 pub const MAX_FAREWELL_LEN: usize = 1000;
 
+/// Bytes of a link's channel binding ([`LinkHandle::channel_binding`]): the 32 the
+/// server authentication proofs cover (tether-protocol's `CHANNEL_BINDING_LEN`).
+pub const CHANNEL_BINDING_LEN: usize = tether_protocol::CHANNEL_BINDING_LEN;
+
+/// TLS exporter label of the channel binding; versioned so a future use of the
+/// exporter for something else cannot collide with it.
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-tether channel binding v1";
+
 /// Which side of the QUIC connection this device is; it decides what happens when this
 /// device changes address (see [`Endpoint::rebind`](crate::Endpoint::rebind)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -149,6 +157,22 @@ impl LinkHandle {
     /// Whether we dialled or accepted it.
     pub fn role(&self) -> LinkRole {
         self.shared.role
+    }
+
+    /// The connection's channel binding: [`CHANNEL_BINDING_LEN`] bytes of the TLS 1.3
+    /// exporter (RFC 8446 §7.5) under [`CHANNEL_BINDING_LABEL`]. Both ends of one QUIC
+    /// connection get the same bytes, and every other connection (the two of a man in
+    /// the middle included) different ones, so a proof computed over it is worthless
+    /// on any other connection. Not secret from the two ends. None only if the TLS
+    /// layer cannot export (it always can once the handshake is done, which it is for
+    /// every link).
+    pub fn channel_binding(&self) -> Option<[u8; CHANNEL_BINDING_LEN]> {
+        let mut out = [0_u8; CHANNEL_BINDING_LEN];
+        self.shared
+            .conn
+            .export_keying_material(&mut out, CHANNEL_BINDING_LABEL, b"")
+            .ok()
+            .map(|()| out)
     }
 
     /// The peer's current address; it changes when the peer migrates.

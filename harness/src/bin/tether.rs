@@ -506,6 +506,15 @@ fn render_status(r: &NodeStatusReport) -> String {
             p.name, p.handshakes, p.rekeys, p.handshake_attempts, p.rekeys_refused
         ));
     }
+    for (client, auth) in [
+        ("relay", &r.server_clients.relay_auth),
+        ("rendezvous", &r.server_clients.rendezvous_auth),
+    ] {
+        match &auth.reason {
+            Some(reason) => out.push_str(&format!("{client} server: {}: {reason}\n", auth.status)),
+            None => out.push_str(&format!("{client} server: {}\n", auth.status)),
+        }
+    }
     let t = &r.transport;
     out.push_str(&format!(
         "udp: sent {} datagrams / {} bytes, received {} / {}; rebinds {}\n",

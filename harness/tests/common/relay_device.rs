@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tether_crypto::{server_auth_proof, PublicKey, StaticKeypair};
+use tether_crypto::{server_auth_proof, verify_server_proof, PublicKey, StaticKeypair};
 use tether_protocol::{DeviceId, RelayMessage, WireFrame};
 use tether_transport::{Endpoint, LinkReceiver, LinkSender};
 
@@ -59,15 +59,22 @@ impl RelayDevice {
     /// Dials the relay at `addr` and authenticates, up to its `Welcome`.
     pub async fn connect(&mut self, addr: SocketAddr, relay: &PublicKey) {
         let link = self.endpoint.dial(addr).await.unwrap();
+        let binding = link.handle().channel_binding().unwrap();
         self.link = Some(link.split());
-        let Some(RelayMessage::Challenge { nonce }) = self.recv().await else {
+        let Some(RelayMessage::Challenge { nonce, server_key }) = self.recv().await else {
             panic!("no challenge from the relay");
         };
-        let proof = server_auth_proof(&self.keys, relay, &nonce).to_vec();
+        assert_eq!(&server_key, relay.as_bytes());
+        let proof = server_auth_proof(&self.keys, relay, &nonce, &binding).to_vec();
         let device = self.id();
         self.send(RelayMessage::Authenticate { device, proof })
             .await;
-        assert_eq!(self.recv().await, Some(RelayMessage::Welcome));
+        let Some(RelayMessage::Welcome { proof }) = self.recv().await else {
+            panic!("no Welcome from the relay");
+        };
+        assert!(verify_server_proof(
+            &self.keys, relay, &nonce, &binding, &proof
+        ));
     }
 
     /// Queues `envelopes` for `to` (requests numbered from `first_request`, a 10-minute

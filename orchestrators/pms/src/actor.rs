@@ -8,7 +8,8 @@ use crate::client::{
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportEvent, TransportPort,
+    LinkBound, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportEvent,
+    TransportPort,
 };
 
 /// Where the Pms orchestrator's outputs go (wired by the harness).
@@ -78,6 +79,7 @@ tether_protocol::feed_messages!(Orchestrator {
     PublishEndpointHint => ClientInput::Publish,
     LookupEndpointHint => ClientInput::Lookup,
     TransportEvent => ClientInput::Transport,
+    LinkBound => ClientInput::Bound,
 });
 
 impl Handler<GetRendezvousClientCounters> for Orchestrator {

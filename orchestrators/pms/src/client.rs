@@ -41,8 +41,9 @@ use tether_crypto::{
 };
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkId, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, RelayMessage,
-    RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
+    DeviceId, LinkBound, LinkId, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint,
+    RelayMessage, RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent,
+    WireFrame,
 };
 use tether_server_link::{
     Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
@@ -103,12 +104,15 @@ impl RendezvousClientConfig {
         seed: [u8; 32],
     ) -> Self {
         Self {
-            server: ServerLinkConfig::new(
-                keypair,
-                server_key,
-                server_addr,
-                DEFAULT_FIRST_DIAL_REQUEST,
-            ),
+            server: ServerLinkConfig {
+                label: "rendezvous",
+                ..ServerLinkConfig::new(
+                    keypair,
+                    server_key,
+                    server_addr,
+                    DEFAULT_FIRST_DIAL_REQUEST,
+                )
+            },
             peers,
             // 10 minutes: outlives a migration window many times over, and a refresh
             // every 5 minutes costs one small frame per peer.
@@ -129,6 +133,8 @@ pub enum ClientInput {
     /// A transport event; events for links and dials that are not the client's are
     /// ignored.
     Transport(TransportEvent),
+    /// The channel binding of a server link (the server proofs cover it).
+    Bound(LinkBound),
     /// Publish our endpoints for a peer.
     Publish(PublishEndpointHint),
     /// Look up a peer's endpoints.
@@ -301,6 +307,10 @@ impl SansIoCore for RendezvousClient {
                 let change = self.link.transport(now, event, &mut self.rng);
                 self.apply(now, change);
             }
+            ClientInput::Bound(bound) => {
+                self.link.bound(bound);
+                self.drain_link();
+            }
             ClientInput::Publish(publish) => self.publish(now, publish),
             ClientInput::Lookup(lookup) => self.lookup(lookup),
         }
@@ -398,7 +408,7 @@ impl RendezvousClient {
     }
 
     fn relay_message(&mut self, now: Instant, link: LinkId, message: RelayMessage) {
-        if let Some(change) = self.link.server_message(link, &message) {
+        if let Some(change) = self.link.server_message(now, link, &message, &mut self.rng) {
             self.apply(now, change);
             return;
         }
@@ -409,7 +419,7 @@ impl RendezvousClient {
                     reason,
                     ServerRefusal::BadProof | ServerRefusal::NotAuthenticated
                 ) {
-                    let change = self.link.refused(now, link, &mut self.rng);
+                    let change = self.link.refused(now, link, reason, &mut self.rng);
                     self.apply(now, change);
                 }
             }

@@ -52,7 +52,9 @@ pub use client::{
 };
 pub use endpoints::{decode_endpoints, encode_endpoints, EndpointsError};
 pub use table::{RendezvousTable, RendezvousTableConfig, TableCounters};
-pub use tether_server_link::{ConnectionCounters, ConnectionState, ServerLinkConfig};
+pub use tether_server_link::{
+    ConnectionCounters, ConnectionState, ServerAuthFailure, ServerLinkConfig,
+};
 
 #[cfg(test)]
 mod tests;

@@ -82,7 +82,7 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
     let peer_id = DeviceId(*peer.public().as_bytes());
     let unix = 1_700_000_000_000;
     let config = RendezvousClientConfig::new(
-        device,
+        device.clone(),
         *server.public(),
         "203.0.113.1:443".parse().unwrap(),
         BTreeMap::from([(peer_id, rk.clone())]),
@@ -103,6 +103,10 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
     assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
 
     let frame = |f: WireFrame| tether_protocol::encode(&f).unwrap();
+    actor.do_send(tether_protocol::LinkBound {
+        link: LinkId(1),
+        binding: [0xB1; 32],
+    });
     actor.do_send(TransportEvent::LinkUp {
         request: Some(config.server.first_dial_request),
         link: LinkId(1),
@@ -111,11 +115,17 @@ async fn actor_dials_on_start_and_sends_hints_to_every_recipient() {
     });
     actor.do_send(TransportEvent::FrameReceived {
         link: LinkId(1),
-        frame: frame(WireFrame::Relay(RelayMessage::Challenge { nonce: [1; 32] })),
+        frame: frame(WireFrame::Relay(RelayMessage::Challenge {
+            nonce: [1; 32],
+            server_key: *server.public().as_bytes(),
+        })),
     });
     actor.do_send(TransportEvent::FrameReceived {
         link: LinkId(1),
-        frame: frame(WireFrame::Relay(RelayMessage::Welcome)),
+        frame: frame(WireFrame::Relay(RelayMessage::Welcome {
+            proof: tether_crypto::server_proof(&server, device.public(), &[1; 32], &[0xB1; 32])
+                .to_vec(),
+        })),
     });
     actor.do_send(LookupEndpointHint {
         request: RequestId(1),

@@ -12,7 +12,14 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{verify_server_auth, PublicKey, RelationshipKey, StaticKeypair};
+use tether_crypto::{server_proof, verify_server_auth, PublicKey, RelationshipKey, StaticKeypair};
+
+/// The channel binding of connection `conn` (each connection has its own).
+fn binding(conn: u64) -> [u8; 32] {
+    let mut binding = [0xC0; 32];
+    binding[..8].copy_from_slice(&conn.to_be_bytes());
+    binding
+}
 use tether_pms::{
     ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousTable,
     RendezvousTableConfig,
@@ -142,6 +149,13 @@ impl Net {
                     .insert(conn, Conn::Challenged { owner: who, nonce });
                 self.clients[who].handle(
                     self.now,
+                    ClientInput::Bound(tether_protocol::LinkBound {
+                        link: LinkId(conn),
+                        binding: binding(conn),
+                    }),
+                );
+                self.clients[who].handle(
+                    self.now,
                     ClientInput::Transport(TransportEvent::LinkUp {
                         request: Some(request),
                         link: LinkId(conn),
@@ -149,7 +163,11 @@ impl Net {
                         remote: None,
                     }),
                 );
-                self.send_to_client(conn, WireFrame::Relay(RelayMessage::Challenge { nonce }));
+                let server_key = *self.server_keys.public().as_bytes();
+                self.send_to_client(
+                    conn,
+                    WireFrame::Relay(RelayMessage::Challenge { nonce, server_key }),
+                );
             }
             ClientOutput::Transport(TransportCommand::Transmit { link, frame }) => {
                 self.server_receives(link.0, tether_protocol::decode(&frame).unwrap());
@@ -171,10 +189,18 @@ impl Net {
             ) => {
                 let owner = *owner;
                 let key = PublicKey::from_bytes(device.0).unwrap();
-                assert!(verify_server_auth(&self.server_keys, &key, nonce, &proof));
+                let nonce = *nonce;
+                assert!(verify_server_auth(
+                    &self.server_keys,
+                    &key,
+                    &nonce,
+                    &binding(conn),
+                    &proof
+                ));
                 self.conns
                     .insert(conn, Conn::Authenticated { owner, device });
-                self.send_to_client(conn, WireFrame::Relay(RelayMessage::Welcome));
+                let proof = server_proof(&self.server_keys, &key, &nonce, &binding(conn)).to_vec();
+                self.send_to_client(conn, WireFrame::Relay(RelayMessage::Welcome { proof }));
             }
             (Some(Conn::Authenticated { device, .. }), WireFrame::Rendezvous(request)) => {
                 let device = *device;

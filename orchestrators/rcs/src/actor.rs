@@ -8,8 +8,8 @@ use crate::client::{
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus,
-    TransportEvent, TransportPort,
+    LinkBound, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll,
+    RelayStatus, TransportEvent, TransportPort,
 };
 
 /// Where the Rcs orchestrator's outputs go (wired by the harness).
@@ -86,6 +86,7 @@ tether_protocol::feed_messages!(Orchestrator {
     RelayForward => ClientInput::Forward,
     RelayPoll => ClientInput::Poll,
     TransportEvent => ClientInput::Transport,
+    LinkBound => ClientInput::Bound,
 });
 
 impl Handler<GetRelayClientCounters> for Orchestrator {

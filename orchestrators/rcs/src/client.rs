@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use tether_crypto::{PublicKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayMessage,
-    RelayPoll, RelayStatus, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
+    DeviceId, LinkBound, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward,
+    RelayMessage, RelayPoll, RelayStatus, RequestId, ServerRefusal, TransportCommand,
+    TransportEvent, WireFrame,
 };
 use tether_server_link::{
     Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
@@ -72,12 +73,15 @@ impl RelayClientConfig {
         rng_seed: [u8; 32],
     ) -> Self {
         Self {
-            server: ServerLinkConfig::new(
-                keypair,
-                server_key,
-                server_addr,
-                DEFAULT_FIRST_DIAL_REQUEST,
-            ),
+            server: ServerLinkConfig {
+                label: "relay",
+                ..ServerLinkConfig::new(
+                    keypair,
+                    server_key,
+                    server_addr,
+                    DEFAULT_FIRST_DIAL_REQUEST,
+                )
+            },
             // 10 minutes: long enough for a peer to come back online after a migration,
             // short enough that stale frames do not pile up at the server.
             enqueue_ttl: Duration::from_secs(600),
@@ -98,6 +102,8 @@ pub enum ClientInput {
     /// A transport event; events for links and dials that are not the client's are
     /// ignored.
     Transport(TransportEvent),
+    /// The channel binding of a server link (the server proofs cover it).
+    Bound(LinkBound),
     /// Store an envelope at the relay for a device.
     Enqueue(RelayEnqueue),
     /// Forward a frame live through the relay.
@@ -216,6 +222,10 @@ impl SansIoCore for RelayClient {
                 let change = self.link.transport(now, event, &mut self.rng);
                 self.apply(now, change);
             }
+            ClientInput::Bound(bound) => {
+                self.link.bound(bound);
+                self.drain_link();
+            }
             ClientInput::Enqueue(request) => self.enqueue(request),
             ClientInput::Forward(forward) => {
                 if let Some(link) = self.link.connected() {
@@ -305,7 +315,7 @@ impl RelayClient {
                 return;
             }
         };
-        if let Some(change) = self.link.server_message(link, &message) {
+        if let Some(change) = self.link.server_message(now, link, &message, &mut self.rng) {
             self.apply(now, change);
             return;
         }
@@ -350,7 +360,7 @@ impl RelayClient {
                             ServerRefusal::BadProof | ServerRefusal::NotAuthenticated
                         ) {
                             // The server does not accept us on this link: start over.
-                            let change = self.link.refused(now, link, &mut self.rng);
+                            let change = self.link.refused(now, link, reason, &mut self.rng);
                             self.apply(now, change);
                         }
                     }

@@ -62,7 +62,9 @@ pub use store::{
     LoadedQueue, MemoryRelayQueueStore, QueueChange, RelayQueueStore, RelayStoreError,
     StoredEnvelope,
 };
-pub use tether_server_link::{ConnectionCounters, ConnectionState, ServerLinkConfig};
+pub use tether_server_link::{
+    ConnectionCounters, ConnectionState, ServerAuthFailure, ServerLinkConfig,
+};
 
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,14 @@
 //! decoded [`RelayMessage`]s, and sends what it outputs.
 //!
 //! # Protocol
-//! - On [`ServerInput::Opened`] the server sends `Challenge { nonce }` (fresh random).
-//! - `Authenticate { device, proof }` with a proof that verifies
-//!   ([`tether_crypto::verify_server_auth`]) → `Welcome`, then a `Push` of everything
-//!   queued for the device. A wrong proof (or an invalid device key) → `Refused {
+//! - On [`ServerInput::Opened`] (with the connection's channel binding, from its TLS
+//!   exporter) the server sends `Challenge { nonce, server_key }` (a fresh random nonce
+//!   and its public key).
+//! - `Authenticate { device, proof }` with a proof over the nonce and this connection's
+//!   binding that verifies ([`tether_crypto::verify_server_auth`]) → `Welcome { proof }`
+//!   with the server's own proof ([`tether_crypto::server_proof`]), then a `Push` of
+//!   everything queued for the device. A wrong proof (an invalid device key, or a proof
+//!   made on another connection, as one relayed by a man in the middle) → `Refused {
 //!   BadProof }` and [`ServerOutput::Close`]. Anything else before authentication →
 //!   `Refused { NotAuthenticated }` (with the request number for an `Enqueue`).
 //! - `Enqueue { to, request, ttl_ms, envelope }` → `Enqueued { request }`, or `Refused {
@@ -57,7 +61,9 @@ use rand_chacha::ChaCha20Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
-use tether_crypto::{verify_server_auth, PublicKey, StaticKeypair};
+use tether_crypto::{
+    server_proof, verify_server_auth, PublicKey, StaticKeypair, CHANNEL_BINDING_LEN,
+};
 use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
 use tracing::debug;
 
@@ -188,8 +194,9 @@ impl RelayServerConfig {
 /// What the server is told by the harness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerInput {
-    /// A device connected.
-    Opened(ConnId),
+    /// A device connected, on a connection with this channel binding
+    /// (`tether_transport::LinkHandle::channel_binding`).
+    Opened(ConnId, [u8; CHANNEL_BINDING_LEN]),
     /// A connection closed (by either side).
     Closed(ConnId),
     /// A relay message arrived on a connection (the harness decoded the frame).
@@ -247,7 +254,10 @@ pub struct RelayServerCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
     /// Challenge sent, waiting for Authenticate.
-    Challenged { nonce: [u8; 32] },
+    Challenged {
+        nonce: [u8; 32],
+        binding: [u8; CHANNEL_BINDING_LEN],
+    },
     /// Proof verified.
     Authenticated { device: DeviceId },
 }
@@ -408,7 +418,7 @@ impl RelayQueueServer {
         // Expired envelopes are never pushed, even if the timer has not fired yet.
         self.expire(now);
         match input {
-            ServerInput::Opened(conn) => self.opened(conn),
+            ServerInput::Opened(conn, binding) => self.opened(conn, binding),
             ServerInput::Closed(conn) => self.closed(conn),
             ServerInput::Frame(conn, message) => self.frame(now, conn, message),
             ServerInput::Bytes(conn, bytes) => match tether_protocol::decode(&bytes) {
@@ -450,15 +460,17 @@ impl RelayQueueServer {
         self.send(conn, RelayMessage::Refused { request, reason });
     }
 
-    fn opened(&mut self, conn: ConnId) {
+    fn opened(&mut self, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
         if self.conns.contains_key(&conn) {
             // Reused id: forget the old connection's state first.
             self.closed(conn);
         }
         let mut nonce = [0_u8; 32];
         self.rng.fill_bytes(&mut nonce);
-        self.conns.insert(conn, ConnState::Challenged { nonce });
-        self.send(conn, RelayMessage::Challenge { nonce });
+        self.conns
+            .insert(conn, ConnState::Challenged { nonce, binding });
+        let server_key = *self.config.keypair.public().as_bytes();
+        self.send(conn, RelayMessage::Challenge { nonce, server_key });
     }
 
     fn closed(&mut self, conn: ConnId) {
@@ -483,9 +495,9 @@ impl RelayQueueServer {
             return;
         };
         match state {
-            ConnState::Challenged { nonce } => match message {
+            ConnState::Challenged { nonce, binding } => match message {
                 RelayMessage::Authenticate { device, proof } => {
-                    self.authenticate(conn, nonce, device, &proof)
+                    self.authenticate(conn, nonce, binding, device, &proof)
                 }
                 RelayMessage::Enqueue { request, .. } => {
                     self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
@@ -506,7 +518,7 @@ impl RelayQueueServer {
                 RelayMessage::Forward { to, frame } => self.forward(conn, device, to, frame),
                 RelayMessage::Authenticate { .. }
                 | RelayMessage::Challenge { .. }
-                | RelayMessage::Welcome
+                | RelayMessage::Welcome { .. }
                 | RelayMessage::Enqueued { .. }
                 | RelayMessage::Push { .. }
                 | RelayMessage::Forwarded { .. }
@@ -518,17 +530,24 @@ impl RelayQueueServer {
         }
     }
 
-    fn authenticate(&mut self, conn: ConnId, nonce: [u8; 32], device: DeviceId, proof: &[u8]) {
-        let verified = PublicKey::from_bytes(device.0)
-            .map(|key| verify_server_auth(&self.config.keypair, &key, &nonce, proof))
-            .unwrap_or(false);
-        if !verified {
+    fn authenticate(
+        &mut self,
+        conn: ConnId,
+        nonce: [u8; 32],
+        binding: [u8; CHANNEL_BINDING_LEN],
+        device: DeviceId,
+        proof: &[u8],
+    ) {
+        let key = PublicKey::from_bytes(device.0)
+            .ok()
+            .filter(|key| verify_server_auth(&self.config.keypair, key, &nonce, &binding, proof));
+        let Some(key) = key else {
             debug!(%conn, %device, "relay server: bad proof");
             self.refuse(conn, None, ServerRefusal::BadProof);
             self.conns.remove(&conn);
             self.outputs.push_back(ServerOutput::Close(conn));
             return;
-        }
+        };
         self.counters.authenticated += 1;
         self.conns.insert(conn, ConnState::Authenticated { device });
         let list = self.devices.entry(device).or_default();
@@ -542,7 +561,8 @@ impl RelayQueueServer {
             self.conns.remove(&old);
             self.outputs.push_back(ServerOutput::Close(old));
         }
-        self.send(conn, RelayMessage::Welcome);
+        let proof = server_proof(&self.config.keypair, &key, &nonce, &binding).to_vec();
+        self.send(conn, RelayMessage::Welcome { proof });
         let ids: Vec<u64> = self
             .queues
             .get(&device)

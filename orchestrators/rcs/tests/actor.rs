@@ -67,7 +67,7 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
     let device = StaticKeypair::generate(&mut rng);
     let server = StaticKeypair::generate(&mut rng);
     let config = RelayClientConfig::new(
-        device,
+        device.clone(),
         *server.public(),
         "203.0.113.1:443".parse().unwrap(),
         ChaCha8Rng::seed_from_u64(1).get_seed(),
@@ -87,6 +87,10 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
     second.send(Flush).await.unwrap();
     assert_eq!(log.lock().unwrap().as_slice(), ["Dial"]);
 
+    actor.do_send(tether_protocol::LinkBound {
+        link: LinkId(1),
+        binding: [0xB1; 32],
+    });
     actor.do_send(TransportEvent::LinkUp {
         request: Some(config.server.first_dial_request),
         link: LinkId(1),
@@ -96,11 +100,17 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
     let frame = |m| tether_protocol::encode(&WireFrame::Relay(m)).unwrap();
     actor.do_send(TransportEvent::FrameReceived {
         link: LinkId(1),
-        frame: frame(RelayMessage::Challenge { nonce: [1; 32] }),
+        frame: frame(RelayMessage::Challenge {
+            nonce: [1; 32],
+            server_key: *server.public().as_bytes(),
+        }),
     });
     actor.do_send(TransportEvent::FrameReceived {
         link: LinkId(1),
-        frame: frame(RelayMessage::Welcome),
+        frame: frame(RelayMessage::Welcome {
+            proof: tether_crypto::server_proof(&server, device.public(), &[1; 32], &[0xB1; 32])
+                .to_vec(),
+        }),
     });
     actor.do_send(TransportEvent::FrameReceived {
         link: LinkId(1),

@@ -104,7 +104,18 @@ impl Net {
                 let conn = ConnId(self.next_conn);
                 self.next_conn += 1;
                 self.conns.insert(conn, who);
-                self.server.handle(self.now, ServerInput::Opened(conn));
+                // Both ends of a connection share its binding; each connection has its own.
+                let mut binding = [0_u8; 32];
+                binding[..8].copy_from_slice(&conn.0.to_be_bytes());
+                self.server
+                    .handle(self.now, ServerInput::Opened(conn, binding));
+                self.clients[who].handle(
+                    self.now,
+                    ClientInput::Bound(tether_protocol::LinkBound {
+                        link: LinkId(conn.0),
+                        binding,
+                    }),
+                );
                 self.clients[who].handle(
                     self.now,
                     ClientInput::Transport(TransportEvent::LinkUp {

@@ -16,7 +16,10 @@ use std::time::Duration;
 use tether_direct_connection::{Counters, PathTraffic};
 use tether_pms::RendezvousClientCounters;
 use tether_protocol::PathKind;
-use tether_rcs::{ConnectionCounters, RefusalCounters, RelayClientCounters, RelayServerCounters};
+use tether_rcs::{
+    ConnectionCounters, RefusalCounters, RelayClientCounters, RelayServerCounters,
+    ServerAuthFailure,
+};
 use tether_transport::EndpointStats;
 
 mod prometheus;
@@ -313,6 +316,45 @@ pub struct ServerClientsReport {
     pub relay: BTreeMap<String, u64>,
     /// The rendezvous client, by kind.
     pub rendezvous: BTreeMap<String, u64>,
+    /// Whether the relay client's server proved the configured key.
+    #[serde(default)]
+    pub relay_auth: ServerAuthReport,
+    /// Whether the rendezvous client's server proved the configured key.
+    #[serde(default)]
+    pub rendezvous_auth: ServerAuthReport,
+}
+
+/// Whether a server connection authenticated the configured relay key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerAuthReport {
+    /// `ok` (authenticated, or no attempt failed yet), `wrong key` (the server named
+    /// another key) or `unauthenticated` (it did not prove the configured key, or
+    /// refused our proof).
+    pub status: String,
+    /// Why, when not `ok`.
+    pub reason: Option<String>,
+}
+
+impl Default for ServerAuthReport {
+    fn default() -> Self {
+        Self {
+            status: "ok".to_string(),
+            reason: None,
+        }
+    }
+}
+
+impl ServerAuthReport {
+    /// The report of a connection's current authentication failure.
+    pub fn of(failure: Option<ServerAuthFailure>) -> Self {
+        match failure {
+            None => Self::default(),
+            Some(failure) => Self {
+                status: failure.kind().to_string(),
+                reason: Some(failure.to_string()),
+            },
+        }
+    }
 }
 
 impl ServerClientsReport {
@@ -348,7 +390,12 @@ impl ServerClientsReport {
             ("unexpected_frames", z.unexpected_frames),
         ]);
         rendezvous.extend(connection(&z.connection));
-        Self { relay, rendezvous }
+        Self {
+            relay,
+            rendezvous,
+            relay_auth: ServerAuthReport::of(r.connection.auth_failure),
+            rendezvous_auth: ServerAuthReport::of(z.connection.auth_failure),
+        }
     }
 }
 
@@ -359,6 +406,9 @@ fn connection(c: &ConnectionCounters) -> BTreeMap<String, u64> {
         ("dial_failures", c.dial_failures),
         ("connect_timeouts", c.connect_timeouts),
         ("links_lost", c.links_lost),
+        ("wrong_server_key", c.wrong_server_key),
+        ("bad_server_proofs", c.bad_server_proofs),
+        ("proofs_refused", c.proofs_refused),
     ])
 }
 

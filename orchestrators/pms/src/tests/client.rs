@@ -9,11 +9,15 @@ use crate::ConnectionState;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{open_hint, seal_hint, verify_server_auth, RendezvousId};
+use tether_crypto::{open_hint, seal_hint, server_proof, verify_server_auth, RendezvousId};
+
+/// The channel binding of every link in these tests.
+const BINDING: [u8; 32] = [0xB1; 32];
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint, PublishEndpointHint,
-    RelayMessage, RendezvousMessage, RequestId, TransportCommand, TransportEvent, WireFrame,
+    DeviceId, LinkBound, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint,
+    PublishEndpointHint, RelayMessage, RendezvousMessage, RequestId, TransportCommand,
+    TransportEvent, WireFrame,
 };
 
 /// Wall clock at the start of every test: 2023-11-14.
@@ -79,6 +83,7 @@ impl Driver {
     fn describe_frame(&self, frame: &WireFrame) -> String {
         match frame {
             WireFrame::Relay(RelayMessage::Challenge { .. }) => "Challenge nonce[32B]".into(),
+            WireFrame::Relay(RelayMessage::Welcome { .. }) => "Welcome".into(),
             WireFrame::Relay(RelayMessage::Authenticate { device, proof }) => format!(
                 "Authenticate {} proof[{}B]",
                 self.keys.alias(device),
@@ -179,6 +184,14 @@ impl Driver {
     }
 
     fn link_up(&mut self, request: RequestId, link: u64) {
+        // The driver reports the binding first (no output of its own: not traced).
+        self.client.handle(
+            self.now,
+            ClientInput::Bound(LinkBound {
+                link: LinkId(link),
+                binding: BINDING,
+            }),
+        );
         self.event(
             format!(
                 "LinkUp d{} l{link}",
@@ -207,11 +220,17 @@ impl Driver {
 
     fn authenticate(&mut self, dial_n: u64, link: u64) {
         self.link_up(dial(dial_n), link);
+        let server_key = *self.keys.server.public().as_bytes();
         self.server(
             link,
-            WireFrame::Relay(RelayMessage::Challenge { nonce: [6; 32] }),
+            WireFrame::Relay(RelayMessage::Challenge {
+                nonce: [6; 32],
+                server_key,
+            }),
         );
-        self.server(link, WireFrame::Relay(RelayMessage::Welcome));
+        let device = self.keys.device(1).public();
+        let proof = server_proof(&self.keys.server, device, &[6; 32], &BINDING).to_vec();
+        self.server(link, WireFrame::Relay(RelayMessage::Welcome { proof }));
     }
 
     fn publish(&mut self, request: u64, peer: usize, endpoints: &[SocketAddr]) {
@@ -386,6 +405,7 @@ fn client_trace_publish_lookup_filter_refresh_and_reconnect() {
         &d.keys.server,
         d.keys.device(1).public(),
         &[6; 32],
+        &BINDING,
         &proof
     ));
 }
@@ -494,7 +514,10 @@ fn a_refused_proof_backs_off_and_redials() {
     d.link_up(dial(0), 1);
     d.server(
         1,
-        WireFrame::Relay(RelayMessage::Challenge { nonce: [1; 32] }),
+        WireFrame::Relay(RelayMessage::Challenge {
+            nonce: [1; 32],
+            server_key: *d.keys.server.public().as_bytes(),
+        }),
     );
     d.server(
         1,

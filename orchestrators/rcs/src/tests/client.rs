@@ -9,12 +9,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::verify_server_auth;
+use tether_crypto::{server_proof, verify_server_auth};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkId, PathKind, RelayEnqueue, RelayForward, RelayMessage, RelayPoll, RequestId,
-    ServerRefusal, TransportCommand, TransportEvent, WireFrame,
+    DeviceId, LinkBound, LinkId, PathKind, RelayEnqueue, RelayForward, RelayMessage, RelayPoll,
+    RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
 };
+
+/// The channel binding of every link in these tests.
+const BINDING: [u8; 32] = [0xB1; 32];
 
 fn server_addr() -> SocketAddr {
     "203.0.113.10:4433".parse().unwrap()
@@ -128,6 +131,14 @@ impl Driver {
     }
 
     fn link_up(&mut self, request: RequestId, link: u64) {
+        // The driver reports the binding first (no output of its own: not traced).
+        self.client.handle(
+            self.now,
+            ClientInput::Bound(LinkBound {
+                link: LinkId(link),
+                binding: BINDING,
+            }),
+        );
         self.input(
             format!(
                 "LinkUp d{} l{link}",
@@ -186,12 +197,28 @@ impl Driver {
         );
     }
 
+    /// The genuine server's challenge.
+    fn challenge(&self, nonce: [u8; 32]) -> RelayMessage {
+        RelayMessage::Challenge {
+            nonce,
+            server_key: *self.keys.server.public().as_bytes(),
+        }
+    }
+
+    /// The genuine server's Welcome after `challenge(nonce)`.
+    fn welcome(&self, nonce: [u8; 32]) -> RelayMessage {
+        let device = self.keys.device(1).public();
+        RelayMessage::Welcome {
+            proof: server_proof(&self.keys.server, device, &nonce, &BINDING).to_vec(),
+        }
+    }
+
     /// Brings the client from Idle to Connected on `link`.
     fn connect(&mut self, link: u64) {
         self.start();
         self.link_up(dial(0), link);
-        self.server(link, RelayMessage::Challenge { nonce: [3; 32] });
-        self.server(link, RelayMessage::Welcome);
+        self.server(link, self.challenge([3; 32]));
+        self.server(link, self.welcome([3; 32]));
         assert!(self.client.is_connected());
     }
 
@@ -231,9 +258,9 @@ fn client_trace_from_start_to_redial() {
     d.at(20);
     d.link_up(dial(0), 1);
     d.at(30);
-    d.server(1, RelayMessage::Challenge { nonce: [9; 32] });
+    d.server(1, d.challenge([9; 32]));
     d.at(40);
-    d.server(1, RelayMessage::Welcome);
+    d.server(1, d.welcome([9; 32]));
     d.at(50);
     d.server(1, RelayMessage::Enqueued { request: 1 });
     d.at(60);
@@ -284,8 +311,8 @@ fn client_trace_from_start_to_redial() {
     );
     d.at(5_000);
     d.link_up(dial(2), 2);
-    d.server(2, RelayMessage::Challenge { nonce: [8; 32] });
-    d.server(2, RelayMessage::Welcome);
+    d.server(2, d.challenge([8; 32]));
+    d.server(2, d.welcome([8; 32]));
     insta::assert_snapshot!(d.trace.join("\n"));
 
     // The proof it sent verifies at the server for the server's nonce.
@@ -305,6 +332,7 @@ fn client_trace_from_start_to_redial() {
         &d.keys.server,
         d.keys.device(1).public(),
         &[9; 32],
+        &BINDING,
         &proofs[0]
     ));
     // The envelope in flight at the link loss (r2) and the buffered one (r3) were sent
@@ -394,7 +422,7 @@ fn garbage_frames_are_counted_and_change_nothing() {
     // A relay message that makes no sense for a device.
     d.server(1, RelayMessage::Fetch { max: 3 });
     // Frames on a link that is not ours are ignored entirely.
-    d.server(7, RelayMessage::Welcome);
+    d.server(7, d.welcome([0; 32]));
     assert_eq!(d.outputs.len(), before, "no output for garbage");
     let c = d.client.counters();
     assert_eq!(c.decode_errors, 4);
@@ -407,7 +435,7 @@ fn a_refused_proof_closes_the_link_and_backs_off() {
     let mut d = Driver::new(|_| {});
     d.start();
     d.link_up(dial(0), 1);
-    d.server(1, RelayMessage::Challenge { nonce: [1; 32] });
+    d.server(1, d.challenge([1; 32]));
     d.server(
         1,
         RelayMessage::Refused {
@@ -528,4 +556,43 @@ fn pushes_before_welcome_and_events_of_other_dials_are_ignored() {
         .iter()
         .any(|o| matches!(o, ClientOutput::Delivered(_))));
     assert_eq!(d.client.counters().unexpected_frames, 1);
+}
+
+#[test]
+fn a_fake_relay_that_welcomes_without_proof_gets_nothing() {
+    // Buffered before the connection: must not go to a server that has not proved
+    // the configured key.
+    let mut d = Driver::new(|_| {});
+    d.enqueue(1, 2, 40);
+    d.start();
+    d.link_up(dial(0), 1);
+    d.server(1, d.challenge([4; 32]));
+    let before = d.transmitted().len();
+    d.server(1, RelayMessage::Welcome { proof: vec![0; 32] });
+    assert!(!d.client.is_connected());
+    assert_eq!(
+        d.transmitted().len(),
+        before,
+        "nothing sent after a bad Welcome"
+    );
+    // Pushes from it are not delivered either.
+    d.server(
+        1,
+        RelayMessage::Push {
+            from: d.keys.id(2),
+            envelope_id: 1,
+            envelope: vec![1; 8],
+        },
+    );
+    assert!(!d
+        .outputs
+        .iter()
+        .any(|o| matches!(o, ClientOutput::Delivered(_) | ClientOutput::Status(_))));
+    let c = d.client.counters().connection;
+    assert_eq!(c.bad_server_proofs, 1);
+    assert_eq!(c.connects, 0);
+    assert_eq!(
+        c.auth_failure,
+        Some(crate::ServerAuthFailure::BadServerProof)
+    );
 }

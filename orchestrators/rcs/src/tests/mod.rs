@@ -56,7 +56,7 @@ impl Names {
             RelayMessage::Authenticate { device, proof } => {
                 format!("Authenticate {} proof[{}B]", self.of(device), proof.len())
             }
-            RelayMessage::Welcome => "Welcome".into(),
+            RelayMessage::Welcome { .. } => "Welcome".into(),
             RelayMessage::Enqueue {
                 to,
                 request,

@@ -6,7 +6,7 @@ use crate::server::{
 };
 use crate::store::{MemoryRelayQueueStore, QueueChange, RelayQueueStore, StoredEnvelope};
 use std::time::{Duration, Instant};
-use tether_crypto::server_auth_proof;
+use tether_crypto::{server_auth_proof, verify_server_proof};
 use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
 
 /// Unix time of the driver's `t0`.
@@ -53,7 +53,7 @@ impl Driver {
 
     fn input(&mut self, input: ServerInput) -> Vec<ServerOutput> {
         let label = match &input {
-            ServerInput::Opened(c) => format!("{c} Opened"),
+            ServerInput::Opened(c, _) => format!("{c} Opened"),
             ServerInput::Closed(c) => format!("{c} Closed"),
             ServerInput::Frame(c, m) => format!("{c} {}", self.names.relay(m)),
             ServerInput::Bytes(c, b) => format!("{c} bytes[{}B]", b.len()),
@@ -111,11 +111,12 @@ impl Driver {
 
     /// Opens `conn` and returns the challenge nonce.
     fn open(&mut self, conn: u64) -> [u8; 32] {
-        let outputs = self.input(ServerInput::Opened(ConnId(conn)));
+        let outputs = self.input(ServerInput::Opened(ConnId(conn), binding(conn)));
         match outputs.as_slice() {
-            [ServerOutput::Send(c, WireFrame::Relay(RelayMessage::Challenge { nonce }))]
-                if *c == ConnId(conn) =>
-            {
+            [ServerOutput::Send(
+                c,
+                WireFrame::Relay(RelayMessage::Challenge { nonce, server_key }),
+            )] if *c == ConnId(conn) && server_key == self.keys.server.public().as_bytes() => {
                 *nonce
             }
             other => panic!("expected one challenge, got {other:?}"),
@@ -126,7 +127,12 @@ impl Driver {
     /// proof (Welcome and pushes).
     fn connect(&mut self, conn: u64, n: usize) -> Vec<ServerOutput> {
         let nonce = self.open(conn);
-        let proof = server_auth_proof(self.keys.device(n), self.keys.server.public(), &nonce);
+        let proof = server_auth_proof(
+            self.keys.device(n),
+            self.keys.server.public(),
+            &nonce,
+            &binding(conn),
+        );
         let device = self.keys.id(n);
         self.frame(
             conn,
@@ -199,7 +205,12 @@ fn bad_proof_is_refused_and_the_connection_closed() {
     let mut d = Driver::new(|_| {});
     let nonce = d.open(1);
     // Device 2 proves with its own key but claims to be device 1.
-    let proof = server_auth_proof(d.keys.device(2), d.keys.server.public(), &nonce);
+    let proof = server_auth_proof(
+        d.keys.device(2),
+        d.keys.server.public(),
+        &nonce,
+        &binding(1),
+    );
     let claimed = d.keys.id(1);
     let out = d.frame(
         1,
@@ -223,7 +234,12 @@ fn bad_proof_is_refused_and_the_connection_closed() {
     // A proof recorded on one connection does not work on another (fresh nonce).
     let nonce2 = d.open(2);
     assert_ne!(nonce, nonce2);
-    let replayed = server_auth_proof(d.keys.device(1), d.keys.server.public(), &nonce);
+    let replayed = server_auth_proof(
+        d.keys.device(1),
+        d.keys.server.public(),
+        &nonce,
+        &binding(1),
+    );
     let out = d.frame(
         2,
         RelayMessage::Authenticate {
@@ -251,7 +267,10 @@ fn bad_proof_is_refused_and_the_connection_closed() {
 fn good_proof_is_welcomed() {
     let mut d = Driver::new(|_| {});
     let out = d.connect(1, 1);
-    assert_eq!(relay_to(&out, 1), vec![RelayMessage::Welcome]);
+    assert!(matches!(
+        relay_to(&out, 1)[..],
+        [RelayMessage::Welcome { .. }]
+    ));
     assert_eq!(d.server.authenticated_device(ConnId(1)), Some(d.keys.id(1)));
     // A second Authenticate on an authenticated connection is a bad frame, nothing else.
     let out = d.frame(
@@ -377,7 +396,10 @@ fn offline_envelope_survives_until_ttl_is_pushed_on_connect_and_then_expires() {
     // Reconnecting finds nothing, and a fetch neither.
     d.input(ServerInput::Closed(ConnId(2)));
     let out = d.connect(3, 2);
-    assert_eq!(relay_to(&out, 3), vec![RelayMessage::Welcome]);
+    assert!(matches!(
+        relay_to(&out, 3)[..],
+        [RelayMessage::Welcome { .. }]
+    ));
     let out = d.frame(3, RelayMessage::Fetch { max: 10 });
     assert!(out.is_empty());
 }
@@ -576,7 +598,7 @@ fn garbage_and_misdirected_frames_are_counted_and_dropped() {
         assert!(out.is_empty());
     }
     // A server-to-device message sent by a device.
-    let out = d.frame(1, RelayMessage::Welcome);
+    let out = d.frame(1, RelayMessage::Welcome { proof: vec![0; 32] });
     assert!(out.is_empty());
     // A frame on a connection never opened.
     let out = d.frame(9, RelayMessage::Fetch { max: 1 });
@@ -824,4 +846,90 @@ fn undecodable_records_reported_by_the_store_are_counted() {
     d.connect(1, 1);
     d.enqueue(1, 2, 1, 60_000, 8);
     assert_eq!(d.store.load().unwrap().envelopes[0].id, 40);
+}
+
+/// The channel binding of connection `conn` (both of its ends derive the same bytes;
+/// every connection has its own).
+fn binding(conn: u64) -> [u8; 32] {
+    let mut binding = [0xC0; 32];
+    binding[..8].copy_from_slice(&conn.to_be_bytes());
+    binding
+}
+
+#[test]
+fn the_welcome_proves_the_server_key_on_this_connection_only() {
+    let mut d = Driver::new(|_| {});
+    let nonce = d.open(1);
+    let proof = server_auth_proof(
+        d.keys.device(1),
+        d.keys.server.public(),
+        &nonce,
+        &binding(1),
+    );
+    let out = d.frame(
+        1,
+        RelayMessage::Authenticate {
+            device: d.keys.id(1),
+            proof: proof.to_vec(),
+        },
+    );
+    let [RelayMessage::Welcome { proof }, ..] = &relay_to(&out, 1)[..] else {
+        panic!("a Welcome first, got {out:?}");
+    };
+    let server = d.keys.server.public();
+    assert!(verify_server_proof(
+        d.keys.device(1),
+        server,
+        &nonce,
+        &binding(1),
+        proof
+    ));
+    assert!(!verify_server_proof(
+        d.keys.device(1),
+        server,
+        &nonce,
+        &binding(2),
+        proof
+    ));
+    assert!(!verify_server_proof(
+        d.keys.device(2),
+        server,
+        &nonce,
+        &binding(1),
+        proof
+    ));
+}
+
+#[test]
+fn a_proof_relayed_by_a_man_in_the_middle_is_refused() {
+    // The man in the middle holds two connections: the device's to it (binding 1) and
+    // its own to the server (binding 2). It passes the server's challenge on; the
+    // device proves over its own connection; the proof is relayed on the other one.
+    let mut d = Driver::new(|_| {});
+    let nonce = d.open(2);
+    let proof = server_auth_proof(
+        d.keys.device(1),
+        d.keys.server.public(),
+        &nonce,
+        &binding(1),
+    );
+    let out = d.frame(
+        2,
+        RelayMessage::Authenticate {
+            device: d.keys.id(1),
+            proof: proof.to_vec(),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            ServerOutput::Send(
+                ConnId(2),
+                WireFrame::Relay(refused(ServerRefusal::BadProof, None))
+            ),
+            ServerOutput::Close(ConnId(2)),
+        ]
+    );
+    assert_eq!(d.server.authenticated_device(ConnId(2)), None);
+    assert_eq!(d.server.counters().authenticated, 0);
 }
