@@ -352,6 +352,63 @@ fn start_failures_are_one_line_without_a_panic() {
 }
 
 #[test]
+fn check_finds_what_would_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = setup(d).good;
+    // Ports that are taken for as long as the test runs.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = tcp.local_addr().unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp = udp.local_addr().unwrap();
+    let cases = [
+        (
+            "node",
+            good.replace("node.sock", "missing/node.sock"),
+            "control_socket missing/node.sock: folder missing does not exist",
+        ),
+        (
+            "node",
+            good.replace("listen =", &format!("metrics_addr = \"{tcp}\"\nlisten =")),
+            "cannot listen",
+        ),
+        (
+            "node",
+            good.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{udp}\"")),
+            "cannot bind",
+        ),
+        (
+            "relay",
+            format!("key_file = \"relay.key\"\nmetrics_addr = \"{tcp}\"\nlisten = \"127.0.0.1:0\"\n"),
+            "cannot listen",
+        ),
+        (
+            "relay",
+            "key_file = \"relay.key\"\ncontrol_socket = \"missing/relay.sock\"\nlisten = \"127.0.0.1:0\"\n"
+                .to_string(),
+            "folder missing does not exist",
+        ),
+    ];
+    for (i, (command, text, expected)) in cases.iter().enumerate() {
+        let file = format!("check{i}.toml");
+        std::fs::write(d.join(&file), text).unwrap();
+        std::fs::set_permissions(d.join(&file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = tether(&[command, "--config", &file, "--check"], d, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {err}");
+        assert_eq!(err.lines().count(), 1, "case {i}: one line, got:\n{err}");
+        assert!(err.contains(expected), "case {i}: {err}");
+        assert!(err.contains(&file), "case {i} names the file: {err}");
+        assert!(stdout(&out).is_empty(), "case {i}: no 'config ok'");
+    }
+    // The good config still checks out.
+    std::fs::write(d.join("good.toml"), &good).unwrap();
+    std::fs::set_permissions(d.join("good.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tether(&["node", "--config", "good.toml", "--check"], d, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for args in [

@@ -8,7 +8,8 @@
 //! 2. A is killed in the middle of a burst of sends while B receives: after A starts
 //!    again, B has every accepted message once, in order (plus, at most, the one whose
 //!    send was cut off by the kill).
-//! 3. B is stopped with SIGTERM: A shows the session closed by the peer at once.
+//! 3. B is stopped with SIGTERM: A shows the session closed by the peer at once, and a
+//!    `tether watch` on B exits with an error instead of silently.
 //!
 //! Nothing sleeps: every wait reads output lines with a deadline.
 
@@ -207,5 +208,17 @@ fn a_killed_node_loses_no_accepted_message_and_a_stopped_one_says_goodbye() {
         closed_after.as_millis()
     );
     assert!(closed_after < Duration::from_secs(2), "{closed_after:?}");
+    // A watch on the stopped node ends with an error, not silently.
+    let mut watch_b = watch_b;
+    let status = watch_b.wait_for_exit(deadline(5));
+    assert!(
+        !status.success(),
+        "a watch whose node went away exits non-zero"
+    );
+    assert!(
+        watch_b.stderr_text().contains("the node went away"),
+        "{}",
+        watch_b.stderr_text()
+    );
     drop(deployment);
 }

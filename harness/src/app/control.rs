@@ -143,6 +143,9 @@ pub enum ControlError {
     /// The server closed without answering.
     #[error("control socket {0}: closed without an answer")]
     NoAnswer(PathBuf),
+    /// The node closed a watch: it stopped (or crashed).
+    #[error("control socket {0}: the node went away")]
+    NodeGone(PathBuf),
     /// The answer is not JSON.
     #[error("control socket {path}: bad answer: {reason}")]
     BadAnswer {
@@ -232,8 +235,9 @@ pub async fn request(path: &Path, request: &Request) -> Result<serde_json::Value
         })?
 }
 
-/// Client: a watch; calls `line` with every event line (raw JSON) until the node
-/// closes the socket or `line` returns false.
+/// Client: a watch; calls `line` with every event line (raw JSON) until `line` returns
+/// false (`Ok`) or the node closes the socket (`NodeGone`: it stopped, so the watch
+/// did not end by choice).
 pub async fn watch(path: &Path, mut line: impl FnMut(&str) -> bool) -> Result<(), ControlError> {
     let mut reader = open(path, &Request::Watch).await?;
     read_reply(path, &mut reader).await?;
@@ -247,7 +251,11 @@ pub async fn watch(path: &Path, mut line: impl FnMut(&str) -> bool) -> Result<()
                 path: path.to_path_buf(),
                 source,
             })?;
-        if n == 0 || !line(buf.trim_end()) {
+        if n == 0 {
+            return Err(ControlError::NodeGone(path.to_path_buf()));
+        }
+        if !line(buf.trim_end()) {
+            // Whoever reads the lines stopped (e.g. a closed pipe): nothing went wrong.
             return Ok(());
         }
     }

@@ -99,3 +99,35 @@ impl StopSignals {
         }
     }
 }
+
+/// What `--check` can verify beyond the config's syntax without starting anything: the
+/// control socket's folder exists, and the UDP and metrics addresses can be bound now
+/// (each is bound and released at once). The first problem, in one line.
+pub fn check_resources(
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    control_socket: Option<&std::path::Path>,
+) -> Result<(), String> {
+    if let Some(socket) = control_socket {
+        let folder = match socket.parent() {
+            Some(folder) if !folder.as_os_str().is_empty() => folder,
+            _ => std::path::Path::new("."),
+        };
+        if !folder.is_dir() {
+            return Err(format!(
+                "control_socket {}: folder {} does not exist",
+                socket.display(),
+                folder.display()
+            ));
+        }
+    }
+    if listen.port() != 0 {
+        std::net::UdpSocket::bind(listen)
+            .map_err(|error| format!("listen {listen}: cannot bind: {error}"))?;
+    }
+    if let Some(metrics) = metrics {
+        std::net::TcpListener::bind(metrics)
+            .map_err(|error| format!("metrics_addr {metrics}: cannot listen: {error}"))?;
+    }
+    Ok(())
+}

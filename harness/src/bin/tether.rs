@@ -14,7 +14,7 @@ use tether_harness::app::control::{self, Request};
 use tether_harness::app::demo::{self, DemoOptions, Scenario};
 use tether_harness::app::keys;
 use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
-use tether_harness::app::{node, relay};
+use tether_harness::app::{node, relay, run};
 use tether_protocol::DeviceId;
 
 /// Tether keeps an end-to-end encrypted session between two trusted devices alive
@@ -190,6 +190,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// How a config file is named in an error: as given on the command line.
+fn config_name(path: &Path) -> String {
+    path.display().to_string()
+}
+
 /// The error and its causes on one line, skipping a cause its parent already quotes.
 fn one_line(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
@@ -252,6 +257,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node { config, check } => {
             let settings = config::load_node(&config)?;
             if check {
+                run::check_resources(
+                    settings.listen,
+                    settings.metrics_addr,
+                    Some(&settings.control_socket),
+                )
+                .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
                 let device = DeviceId(*settings.keypair.public().as_bytes());
                 outln!(
                     "config ok: device {} listens on {}, control socket {}, relay {}, peers: {}, channels in {}",
@@ -290,6 +301,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Relay { config, check } => {
             let settings = config::load_relay(&config)?;
             if check {
+                run::check_resources(
+                    settings.listen,
+                    settings.metrics_addr,
+                    settings.control_socket.as_deref(),
+                )
+                .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
                 outln!(
                     "config ok: relay {} listens on {}, queue in {}",
                     settings.keypair.public().to_hex(),

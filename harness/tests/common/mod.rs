@@ -89,6 +89,21 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Waits, until `deadline`, for the process to close its output and exit; its exit
+    /// status. Lines it still prints are dropped.
+    pub fn wait_for_exit(&mut self, deadline: Instant) -> std::process::ExitStatus {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.child.wait().unwrap(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{}: still running at the deadline", self.name)
+                }
+            }
+        }
+    }
+
     /// Sends SIGTERM (the orderly stop) and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
