@@ -99,28 +99,27 @@ async fn pair(durable: bool, seed: u64) -> Pair {
         b_id,
         _dir: dir,
     };
-    // Both Ready (and the crossing handshakes settled).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let a_ready = pair
-            .a
-            .status()
-            .await
-            .iter()
-            .any(|s| s.status == Some(SessionStatus::Ready));
-        let b_ready = pair
-            .b
-            .status()
-            .await
-            .iter()
-            .any(|s| s.status == Some(SessionStatus::Ready));
-        while pair.b.try_next_event().is_some() {}
-        if a_ready && b_ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no session");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    // Both Ready: each node's event stream says so.
+    for node in [&mut pair.a, &mut pair.b] {
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(event) = node.next_event().await {
+                if matches!(
+                    event,
+                    NodeEvent::Status {
+                        to: SessionStatus::Ready,
+                        ..
+                    }
+                ) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready, Ok(true), "no session");
     }
+    // Drop what B reported while connecting, so only deliveries are counted.
+    while pair.b.try_next_event().is_some() {}
     std::mem::forget(relay);
     pair
 }

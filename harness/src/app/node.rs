@@ -234,8 +234,10 @@ pub async fn run_node(
 /// A node's channel file below `data_dir`: one folder per device key, so several nodes
 /// (and a relay) can share a `data_dir`.
 pub fn channel_store_path(data_dir: &std::path::Path, device: &DeviceId) -> PathBuf {
-    let hex: String = device.0[..8].iter().map(|b| format!("{b:02x}")).collect();
-    data_dir.join(format!("node-{hex}")).join("channels.redb")
+    let hex = device.to_hex();
+    data_dir
+        .join(format!("node-{}", &hex[..16]))
+        .join("channels.redb")
 }
 
 /// Per-peer log spans: the session, and the phase it is in.
