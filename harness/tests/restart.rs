@@ -141,9 +141,8 @@ async fn exchange(cluster: &mut SimCluster, tag: &str, count: usize) {
     );
 }
 
-/// Establishes A and B with default timings, restarts `restarted` (crash, 2 s down,
-/// start with the same keys and config), and measures the way back.
-async fn restart_scenario(seed: u64, restarted: &[usize]) -> Timing {
+/// A and B on the 40 ms path with default timings, Ready, with messages exchanged.
+async fn established(seed: u64) -> SimCluster {
     let mut cluster = ClusterBuilder::new(seed, 2)
         .pair(A, B)
         .conditions(wan())
@@ -155,6 +154,13 @@ async fn restart_scenario(seed: u64, restarted: &[usize]) -> Timing {
             .await
     );
     exchange(&mut cluster, "before", 5).await;
+    cluster
+}
+
+/// Establishes A and B with default timings, restarts `restarted` (crash, 2 s down,
+/// start with the same keys and config), and measures the way back.
+async fn restart_scenario(seed: u64, restarted: &[usize]) -> Timing {
+    let mut cluster = established(seed).await;
     let (epoch_before, secret_before) = same_session(&cluster).await;
     for &i in restarted {
         cluster.crash(i);
@@ -310,17 +316,7 @@ const FROM_RESTART_DURING_MIGRATION: Duration = Duration::from_secs(1);
 /// The pair is back in session, on a new PeerSecret, within the restart bound, and
 /// messages flow both ways exactly once.
 async fn restart_during_migration(seed: u64, moved: usize, restarted: usize) {
-    let mut cluster = ClusterBuilder::new(seed, 2)
-        .pair(A, B)
-        .conditions(wan())
-        .start()
-        .await;
-    assert!(
-        cluster
-            .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
-            .await
-    );
-    exchange(&mut cluster, "before", 5).await;
+    let mut cluster = established(seed).await;
     let (_, secret_before) = same_session(&cluster).await;
     cluster.change_address(moved).await.unwrap();
     cluster.run_for(Duration::from_millis(20)).await;
