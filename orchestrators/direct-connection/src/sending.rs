@@ -161,6 +161,11 @@ impl DirectConnection {
         };
         if let Some(peer) = self.peers.get_mut(&device) {
             peer.counters.traffic(via).sent(bytes.len() as u64);
+            match frame {
+                SessionFrame::Data { .. } => peer.counters.data_frames_sent += 1,
+                SessionFrame::Ack { .. } => peer.counters.acks_sent += 1,
+                _ => {}
+            }
         }
         self.deliver_bytes(device, via, bytes);
     }

@@ -142,6 +142,11 @@ pub struct PeerCounters {
     pub duplicates: u64,
     /// Channels resynchronised because one side had lost its state (a restart).
     pub resyncs: u64,
+    /// Data frames sent (first sends and retransmissions), on any path.
+    pub data_frames_sent: u64,
+    /// Acknowledgements sent, on any path. What else was sent (the paths' `frames_sent`
+    /// minus these two) is control traffic: pings, migration signals, challenges.
+    pub acks_sent: u64,
     /// Session frames exchanged over direct links.
     pub direct: PathTraffic,
     /// Session frames exchanged through the relay (live or queued).
