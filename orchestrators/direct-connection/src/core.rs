@@ -31,6 +31,11 @@ use tether_protocol::{
     TransportCommand, TransportEvent, WireFrame,
 };
 
+/// Receiving channels a peer may open. Channels are an application's multiplexed
+/// streams: a thousand covers any app, and each costs a map entry, a journal row and
+/// an ack held for the store, so a peer cannot grow them without limit.
+pub const MAX_INBOUND_CHANNELS: usize = 1024;
+
 /// Most outstanding path challenges per peer (one per path being validated).
 const MAX_CHALLENGES_PER_PEER: usize = 8;
 
@@ -137,6 +142,8 @@ pub struct Counters {
     /// Handshake initiations dropped, before any Diffie-Hellman, because their session
     /// had used its budget.
     pub rate_limited_initiations: u64,
+    /// Frames for a channel the peer opened beyond `MAX_INBOUND_CHANNELS`, dropped.
+    pub channels_refused: u64,
 }
 
 /// What a peer's session looks like, for `status()`.

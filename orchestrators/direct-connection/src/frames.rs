@@ -2,7 +2,7 @@
 //! receiving half of the channels (in-order, exactly-once delivery and its acks).
 
 use crate::channels::{Inbound, Received};
-use crate::core::{DirectConnection, Output};
+use crate::core::{DirectConnection, Output, MAX_INBOUND_CHANNELS};
 use crate::state::Via;
 use std::time::Instant;
 use tether_protocol::{
@@ -74,6 +74,9 @@ impl DirectConnection {
             } => {
                 // The sender switched paths (or epochs): line our position up with its
                 // own, then tell it exactly where we are.
+                if !self.inbound_channel_allowed(device, channel) {
+                    return;
+                }
                 if let Some(peer) = self.peers.get_mut(&device) {
                     let resynced = peer
                         .inbound
@@ -100,7 +103,23 @@ impl DirectConnection {
         self.adopt_validated_path(now, device, via);
     }
 
+    /// Whether a frame for `channel` may be taken: a known channel, or a new one within
+    /// `MAX_INBOUND_CHANNELS` (beyond it the frame is dropped and counted, unacked).
+    fn inbound_channel_allowed(&mut self, device: DeviceId, channel: ChannelId) -> bool {
+        let Some(peer) = self.peers.get(&device) else {
+            return false;
+        };
+        if peer.inbound.contains_key(&channel) || peer.inbound.len() < MAX_INBOUND_CHANNELS {
+            return true;
+        }
+        self.counters.channels_refused += 1;
+        false
+    }
+
     fn data(&mut self, device: DeviceId, via: Via, channel: ChannelId, seq: u64, payload: Vec<u8>) {
+        if !self.inbound_channel_allowed(device, channel) {
+            return;
+        }
         let credit = self.limits.credit;
         let Some(peer) = self.peers.get_mut(&device) else {
             return;

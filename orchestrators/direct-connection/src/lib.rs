@@ -121,7 +121,7 @@ mod timers;
 pub use actor::{CloseSessions, GetPeerSnapshots, Orchestrator, Recipients};
 pub use channels::{Inbound, Outbound, Received};
 pub use config::{Config, Limits, PeerConfig};
-pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
+pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot, MAX_INBOUND_CHANNELS};
 pub use links::AMPLIFICATION_FACTOR;
 pub use state::{PathTraffic, PeerCounters};
 

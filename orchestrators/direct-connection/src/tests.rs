@@ -1501,3 +1501,35 @@ fn a_move_during_a_rekey_runs_no_handshake_of_its_own() {
     );
     assert_eq!(net.snapshot(B).remote, Some(addr("10.9.0.2:4433")));
 }
+
+#[test]
+fn a_peer_opens_at_most_the_bounded_number_of_channels() {
+    let mut net = established(21);
+    let peer = net.device(B);
+    let extra = 6;
+    let total = crate::MAX_INBOUND_CHANNELS as u32 + extra;
+    for channel in 0..total {
+        let sent = net.send_message(
+            A,
+            SendMessage {
+                peer,
+                channel: ChannelId(channel),
+                payload: vec![1],
+            },
+        );
+        assert!(sent.is_ok(), "{sent:?}");
+    }
+    net.run_until(3000);
+    let b = &net.nodes[B].core;
+    let a_device = net.device(A);
+    assert_eq!(
+        b.peers[&a_device].inbound.len(),
+        crate::MAX_INBOUND_CHANNELS
+    );
+    assert_eq!(net.delivered[B].len(), crate::MAX_INBOUND_CHANNELS);
+    assert!(
+        b.counters().channels_refused >= u64::from(extra),
+        "{:?}",
+        b.counters()
+    );
+}

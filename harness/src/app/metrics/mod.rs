@@ -257,6 +257,7 @@ impl RejectedReport {
             ("wrong_sender", dc.wrong_sender),
             ("unclaimed_links_closed", dc.unclaimed_links_closed),
             ("handshake_rate_limited", dc.rate_limited_initiations),
+            ("channels_refused", dc.channels_refused),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
