@@ -259,6 +259,7 @@ impl ClusterBuilder {
                 restarts: 0,
                 wildcard: self.wildcard.contains(&i),
                 node: None,
+                reading_paused: false,
                 log: Vec::new(),
             });
         }
@@ -333,6 +334,9 @@ pub struct SimDevice {
     pub wildcard: bool,
     /// The running node; None while crashed.
     pub node: Option<Node>,
+    /// While set, this device's application reads no events (a slow application):
+    /// they wait in the node, and its peers' credit does not come back.
+    pub reading_paused: bool,
     /// Every event with its virtual time since the cluster started.
     pub log: Vec<(Duration, NodeEvent)>,
 }
@@ -426,6 +430,9 @@ impl SimCluster {
     pub fn collect_events(&mut self) {
         let at = self.elapsed();
         for device in &mut self.devices {
+            if device.reading_paused {
+                continue;
+            }
             if let Some(node) = device.node.as_mut() {
                 while let Some(event) = node.try_next_event() {
                     device.log.push((at, event));

@@ -19,19 +19,20 @@
 //! ends (either task fails) and `LinkDown` goes to the owner once.
 
 use crate::announce::announced_endpoints;
-use crate::link_tasks::{forward_accepted, spawn_writer, Accepted};
+use crate::link_tasks::{forward_accepted, spawn_writer, Accepted, LinkWriter};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, WrapFuture,
 };
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use tether_protocol::{
     ConnectivityChanged, LinkBound, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId,
     TransportCommand, TransportEvent,
 };
 use tether_transport::{dial_any, Endpoint, Link, LostReason};
-use tokio::sync::mpsc;
 
 /// The device changed networks: move the endpoint to `addr`.
 #[derive(Debug, Clone, Message)]
@@ -82,7 +83,7 @@ impl DriverRecipients {
 
 struct DriverLink {
     owner: LinkOwner,
-    writer: mpsc::UnboundedSender<Bytes>,
+    writer: LinkWriter,
     handle: tether_transport::LinkHandle,
 }
 
@@ -94,6 +95,8 @@ pub struct TransportDriver {
     recipients: DriverRecipients,
     links: BTreeMap<LinkId, DriverLink>,
     next_link: u64,
+    /// Frames dropped because a link's writer queue was full.
+    writes_dropped: Arc<AtomicU64>,
 }
 
 /// A link ended (its reader or writer stopped).
@@ -105,11 +108,13 @@ struct LinkEnded {
 }
 
 impl TransportDriver {
-    /// A driver for `endpoint`, which the device announces as `announced`.
+    /// A driver for `endpoint`, which the device announces as `announced`; frames
+    /// dropped at a full writer queue are counted in `writes_dropped`.
     pub fn new(
         endpoint: Endpoint,
         announced: Vec<SocketAddr>,
         recipients: DriverRecipients,
+        writes_dropped: Arc<AtomicU64>,
     ) -> Self {
         Self {
             endpoint,
@@ -117,6 +122,7 @@ impl TransportDriver {
             recipients,
             links: BTreeMap::new(),
             next_link: 1,
+            writes_dropped,
         }
     }
 
@@ -137,7 +143,10 @@ impl TransportDriver {
         let events = self.recipients.of(owner).clone();
         let me: Addr<Self> = ctx.address();
 
-        // Reader: frames to the owner, a changed remote address first.
+        // Reader: frames to the owner, a changed remote address first. Each frame is
+        // handled before the next is read, so a busy owner leaves frames in QUIC, whose
+        // flow control then holds the peer back: what a peer can make this node hold is
+        // one frame per link, not whatever it sends.
         let reader_events = events.clone();
         let reader_me = me.clone();
         tokio::spawn(async move {
@@ -153,10 +162,15 @@ impl TransportDriver {
                                 remote: now_remote,
                             });
                         }
-                        reader_events.do_send(TransportEvent::FrameReceived {
-                            link: id,
-                            frame: frame.to_vec(),
-                        });
+                        let handled = reader_events
+                            .send(TransportEvent::FrameReceived {
+                                link: id,
+                                frame: frame.to_vec(),
+                            })
+                            .await;
+                        if handled.is_err() {
+                            break "the link's owner stopped".to_string();
+                        }
                     }
                     Ok(None) => break "stream finished".to_string(),
                     Err(error) => break error.to_string(),
@@ -170,7 +184,7 @@ impl TransportDriver {
         });
 
         // Writer: frames in order; a failed send ends the link.
-        let writer = spawn_writer(sender, move |reason| {
+        let writer = spawn_writer(sender, self.writes_dropped.clone(), move |reason| {
             me.do_send(LinkEnded { link: id, reason });
         });
 

@@ -4,18 +4,77 @@
 //!
 //! # Messages
 //! - in: `StatusChanged` (Presence), `MigrationEvent` (Presence),
-//!   `SessionReady`, `MessageDelivered` (DirectConnection), and [`GetPresence`] (the
-//!   node).
-//! - out: [`NodeEvent`]s on the node's channel.
+//!   `SessionReady`, `MessageDelivered`, `SendCapacity` (DirectConnection), and
+//!   [`GetPresence`] (the node).
+//! - out: [`NodeEvent`]s on the node's channel; a wake-up of the sends waiting for a
+//!   full queue.
+//!
+//! # Bounds
+//! The event channel holds what the application has not read yet. Deliveries in it are
+//! bounded by DirectConnection's receive budget (their credit returns only when the
+//! application takes them). Every other event is a notice of a state change; at most
+//! [`MAX_PENDING_NOTICES`] wait at once, and beyond that new ones are dropped and
+//! counted ([`EventBacklog::notices_dropped`]): an application that stops reading loses
+//! notices (the current state stays readable through `status()`), never messages.
 
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tether_presence::MigrationEvent;
 use tether_protocol::{
-    ChannelId, DeviceId, MessageDelivered, SessionReady, SessionStatus, StatusChanged,
+    ChannelId, DeviceId, MessageDelivered, SendCapacity, SessionReady, SessionStatus, StatusChanged,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+
+/// Notices (events other than deliveries) that may wait unread at once: thousands of
+/// state changes, far more than any burst of migrations produces, and a few hundred
+/// KiB at most.
+pub const MAX_PENDING_NOTICES: usize = 4096;
+
+/// What the hub and the node share about the event channel and waiting sends.
+#[derive(Debug, Default)]
+pub struct EventBacklog {
+    /// Notices sent and not yet read.
+    pending_notices: AtomicUsize,
+    /// Notices dropped because [`MAX_PENDING_NOTICES`] were unread.
+    notices_dropped: AtomicU64,
+    /// Wakes the sends that wait for room in a full queue.
+    capacity: Notify,
+    /// Set when the node stops: waiting sends give up.
+    stopped: AtomicBool,
+}
+
+impl EventBacklog {
+    /// Notices dropped because the application did not read them.
+    pub fn notices_dropped(&self) -> u64 {
+        self.notices_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The application read `event`.
+    pub(crate) fn read(&self, event: &NodeEvent) {
+        if !matches!(event, NodeEvent::Delivered { .. }) {
+            self.pending_notices.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The wake-up of sends waiting for capacity.
+    pub(crate) fn capacity(&self) -> &Notify {
+        &self.capacity
+    }
+
+    /// Whether the node stopped.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// The node stops: waiting sends wake and give up.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.capacity.notify_waiters();
+    }
+}
 
 /// Something that happened on the node, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,19 +201,29 @@ pub struct GetPresence;
 /// The hub actor.
 pub struct EventHub {
     events: mpsc::UnboundedSender<NodeEvent>,
+    backlog: Arc<EventBacklog>,
     peers: BTreeMap<DeviceId, PresenceView>,
 }
 
 impl EventHub {
-    /// A hub writing to `events`.
-    pub fn new(events: mpsc::UnboundedSender<NodeEvent>) -> Self {
+    /// A hub writing to `events`, sharing `backlog` with the reader.
+    pub fn new(events: mpsc::UnboundedSender<NodeEvent>, backlog: Arc<EventBacklog>) -> Self {
         Self {
             events,
+            backlog,
             peers: BTreeMap::new(),
         }
     }
 
     fn emit(&self, event: NodeEvent) {
+        if !matches!(event, NodeEvent::Delivered { .. }) {
+            let pending = &self.backlog.pending_notices;
+            if pending.load(Ordering::Relaxed) >= MAX_PENDING_NOTICES {
+                self.backlog.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            pending.fetch_add(1, Ordering::Relaxed);
+        }
         // A node whose owner dropped the receiver has no one to tell.
         let _ = self.events.send(event);
     }
@@ -231,6 +300,14 @@ impl Handler<MessageDelivered> for EventHub {
             seq: message.seq,
             payload: message.payload,
         });
+    }
+}
+
+impl Handler<SendCapacity> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, _message: SendCapacity, _ctx: &mut Self::Context) {
+        self.backlog.capacity.notify_waiters();
     }
 }
 

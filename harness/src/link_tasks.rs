@@ -3,8 +3,17 @@
 
 use actix::{Actor, Addr, Handler, Message};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tether_transport::{Endpoint, Link, LinkSender};
 use tokio::sync::mpsc;
+
+/// Bytes that may wait for one link's writer: 16 MiB, twice a peer's receive budget
+/// (`Limits::receive_budget`), so a session at full speed never meets it, while a link
+/// whose peer stops reading (QUIC's flow control then stops the writer) holds at most
+/// this much. Beyond it frames are dropped and counted, as a full network queue would
+/// drop them: the session layer resends what it needs.
+pub const MAX_WRITER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A link the endpoint accepted, for the actor that owns the endpoint.
 #[derive(Message)]
@@ -32,22 +41,63 @@ where
     });
 }
 
-/// Writes the frames queued on the returned sender to `sender`, in order; a failed
-/// write ends the loop and calls `on_error` with the reason.
+/// The queue in front of one link's writer task, bounded by
+/// [`MAX_WRITER_QUEUE_BYTES`].
+pub(crate) struct LinkWriter {
+    queue: mpsc::UnboundedSender<Bytes>,
+    queued_bytes: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Why a frame was not queued for a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteRefused {
+    /// The link's queue holds [`MAX_WRITER_QUEUE_BYTES`]: dropped and counted.
+    Full,
+    /// The writer stopped (the link is ending).
+    Closed,
+}
+
+impl LinkWriter {
+    /// Queues `frame`, unless the queue is full (dropped, counted) or the link ended.
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), WriteRefused> {
+        let len = frame.len();
+        if self.queued_bytes.load(Ordering::Relaxed) + len > MAX_WRITER_QUEUE_BYTES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(WriteRefused::Full);
+        }
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.queue.send(frame).map_err(|_| WriteRefused::Closed)
+    }
+}
+
+/// Writes the frames queued on the returned writer to `sender`, in order; a failed
+/// write ends the loop and calls `on_error` with the reason. Frames refused because
+/// the queue was full are counted in `dropped`.
 pub(crate) fn spawn_writer(
     sender: LinkSender,
+    dropped: Arc<AtomicU64>,
     on_error: impl FnOnce(String) + Send + 'static,
-) -> mpsc::UnboundedSender<Bytes> {
-    let (writer, mut queue) = mpsc::unbounded_channel::<Bytes>();
+) -> LinkWriter {
+    let (queue, mut frames) = mpsc::unbounded_channel::<Bytes>();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let written = queued_bytes.clone();
     tokio::spawn(async move {
-        while let Some(frame) = queue.recv().await {
-            if let Err(error) = sender.send_frame(frame).await {
+        while let Some(frame) = frames.recv().await {
+            let len = frame.len();
+            let result = sender.send_frame(frame).await;
+            written.fetch_sub(len, Ordering::Relaxed);
+            if let Err(error) = result {
                 on_error(error.to_string());
                 break;
             }
         }
     });
-    writer
+    LinkWriter {
+        queue,
+        queued_bytes,
+        dropped,
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 
 use crate::announce::announced_endpoints;
 use crate::driver::{DriverRecipients, Rebind, TransportDriver};
-use crate::hub::{EventHub, GetPresence, NodeEvent, PresenceView};
+use crate::hub::{EventBacklog, EventHub, GetPresence, NodeEvent, PresenceView};
 use crate::journal_writer::{CommitOn, Flush, JournalWriter, SharedChannelStore};
 use actix::{Actor, Addr, AsyncContext, Context};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::{
@@ -16,8 +18,8 @@ use tether_direct_connection::{
 };
 use tether_pms::{GetRendezvousClientCounters, RendezvousClientConfig, RendezvousClientCounters};
 use tether_protocol::{
-    ChannelId, ChannelStoreError, DeviceId, LinkOwner, PathKind, RequestId, RestoredChannels,
-    SendError, SendMessage, SessionStatus, Shutdown, TransportPort,
+    ChannelId, ChannelStoreError, DeviceId, LinkOwner, MessageConsumed, PathKind, RequestId,
+    RestoredChannels, SendError, SendMessage, SendRefused, SessionStatus, Shutdown, TransportPort,
 };
 use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
 use tether_transport::{Endpoint, EndpointStats};
@@ -104,6 +106,9 @@ pub struct PeerStatus {
     pub rtt_ms: Option<u64>,
     /// Messages queued.
     pub queued: usize,
+    /// Bytes of this peer's messages held for the application: delivered and not yet
+    /// read, or buffered ahead of a gap (at most `Limits::receive_budget`).
+    pub held_bytes: usize,
     /// Messages sent and delivered, duplicates, frames per path kind, connects given up.
     pub counters: PeerCounters,
     /// Migrations completed, and the last one's duration.
@@ -125,6 +130,10 @@ pub struct Node {
     driver: Addr<TransportDriver>,
     hub: Addr<EventHub>,
     events: mpsc::UnboundedReceiver<NodeEvent>,
+    /// What the hub and this handle share: unread notices, waiting sends.
+    backlog: Arc<EventBacklog>,
+    /// Frames dropped because a link's writer queue was full.
+    writes_dropped: Arc<AtomicU64>,
     /// A handle for reading the endpoint's counters (the driver owns and closes it).
     endpoint: Endpoint,
     /// The journal writer, when channels are kept across restarts.
@@ -248,10 +257,12 @@ impl Node {
         let pms = pms_ctx.address();
         let driver = driver_ctx.address();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let hub = EventHub::new(events_tx).start();
+        let backlog = Arc::new(EventBacklog::default());
+        let hub = EventHub::new(events_tx, backlog.clone()).start();
         let port = |owner| TransportPort::new(owner, driver.clone().recipient());
 
         let endpoint_handle = endpoint.clone();
+        let writes_dropped = Arc::new(AtomicU64::new(0));
         driver_ctx.run(TransportDriver::new(
             endpoint,
             announced.clone(),
@@ -263,6 +274,7 @@ impl Node {
                 pms_bindings: pms.clone().recipient(),
                 connectivity: vec![presence.clone().recipient(), dc.clone().recipient()],
             },
+            writes_dropped.clone(),
         ));
 
         let blueprint_addr = blueprint_ctx.run(tether_connection_blueprint::Orchestrator::new(
@@ -321,6 +333,7 @@ impl Node {
                     None => hub_sink(),
                 },
                 delivered: hub.clone().recipient(),
+                send_capacity: hub.clone().recipient(),
             },
         ));
 
@@ -391,6 +404,8 @@ impl Node {
             driver,
             hub,
             events,
+            backlog,
+            writes_dropped,
             endpoint: endpoint_handle,
             journal,
         })
@@ -402,7 +417,9 @@ impl Node {
     }
 
     /// Queues `payload` for `peer` on channel 0; Ok is its sequence number, and it will
-    /// be delivered exactly once and in order. Err says why it was not accepted.
+    /// be delivered exactly once and in order. While the peer's queue is full this
+    /// waits until it has room (the peer acknowledged); [`Node::try_send`] fails
+    /// instead. Err says why it was not accepted.
     pub async fn send(&self, peer: DeviceId, payload: Vec<u8>) -> Result<u64, SendError> {
         self.send_on(peer, ChannelId(0), payload).await
     }
@@ -414,15 +431,69 @@ impl Node {
         channel: ChannelId,
         payload: Vec<u8>,
     ) -> Result<u64, SendError> {
+        let mut payload = payload;
+        loop {
+            // Armed before the attempt, so room made in between is not missed.
+            let room = self.backlog.capacity().notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.offer(peer, channel, payload).await {
+                Err(SendRefused {
+                    error: SendError::QueueFull { .. },
+                    payload: refused,
+                }) if !self.backlog.stopped() => {
+                    payload = refused;
+                    room.await;
+                }
+                Err(refused) => return Err(refused.error),
+                Ok(seq) => return self.durable(seq).await,
+            }
+        }
+    }
+
+    /// [`Node::send_on`] that does not wait: a full queue is `SendError::QueueFull`.
+    pub async fn try_send(&self, peer: DeviceId, payload: Vec<u8>) -> Result<u64, SendError> {
+        self.try_send_on(peer, ChannelId(0), payload).await
+    }
+
+    /// [`Node::try_send`] on a given channel.
+    pub async fn try_send_on(
+        &self,
+        peer: DeviceId,
+        channel: ChannelId,
+        payload: Vec<u8>,
+    ) -> Result<u64, SendError> {
         let seq = self
-            .dc
-            .send(SendMessage {
-                peer,
-                channel,
-                payload,
-            })
+            .offer(peer, channel, payload)
             .await
-            .map_err(|_| SendError::Closed)??;
+            .map_err(|refused| refused.error)?;
+        self.durable(seq).await
+    }
+
+    /// Hands a message to DirectConnection once.
+    async fn offer(
+        &self,
+        peer: DeviceId,
+        channel: ChannelId,
+        payload: Vec<u8>,
+    ) -> Result<u64, SendRefused> {
+        let message = SendMessage {
+            peer,
+            channel,
+            payload,
+        };
+        match self.dc.send(message).await {
+            Ok(result) => result,
+            Err(_) => Err(SendRefused {
+                error: SendError::Closed,
+                payload: Vec::new(),
+            }),
+        }
+    }
+
+    /// Waits, when channels are kept across restarts, for the commit that holds the
+    /// accepted message `seq`: accepted means durable.
+    async fn durable(&self, seq: u64) -> Result<u64, SendError> {
         if let Some(writer) = &self.journal {
             // Accepted means durable: wait for the commit that holds the message.
             let committed = writer
@@ -439,14 +510,49 @@ impl Node {
         Ok(seq)
     }
 
-    /// The next event, in order. None once the node stopped.
+    /// The next event, in order. None once the node stopped. Taking a delivered
+    /// message returns its credit to the sender: a node whose application stops
+    /// reading holds at most its receive budget per peer.
     pub async fn next_event(&mut self) -> Option<NodeEvent> {
-        self.events.recv().await
+        let event = self.events.recv().await?;
+        self.taken(&event);
+        Some(event)
     }
 
     /// An event if one is waiting.
     pub fn try_next_event(&mut self) -> Option<NodeEvent> {
-        self.events.try_recv().ok()
+        let event = self.events.try_recv().ok()?;
+        self.taken(&event);
+        Some(event)
+    }
+
+    fn taken(&self, event: &NodeEvent) {
+        self.backlog.read(event);
+        if let NodeEvent::Delivered {
+            peer,
+            channel,
+            payload,
+            ..
+        } = event
+        {
+            self.dc.do_send(MessageConsumed {
+                peer: *peer,
+                channel: *channel,
+                len: payload.len(),
+            });
+        }
+    }
+
+    /// Frames dropped because a link's writer queue held
+    /// [`crate::link_tasks::MAX_WRITER_QUEUE_BYTES`] (the peer stopped reading).
+    pub fn writes_dropped(&self) -> u64 {
+        self.writes_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events other than deliveries dropped because the application left too many
+    /// unread (see [`crate::hub::MAX_PENDING_NOTICES`]).
+    pub fn notices_dropped(&self) -> u64 {
+        self.backlog.notices_dropped()
     }
 
     /// Every peer's status.
@@ -472,6 +578,7 @@ impl Node {
                     remote: s.remote,
                     rtt_ms: s.rtt_ms,
                     queued: s.queued,
+                    held_bytes: s.held_bytes,
                     counters: s.counters,
                     migrations: view.migrations,
                     last_migration: view.last_migration,
@@ -564,6 +671,7 @@ impl Node {
     /// more, as a crash would (its endpoint closes with the driver). [`Node::stop`] is
     /// the orderly way.
     pub fn abort(&self) {
+        self.backlog.stop();
         self.presence.do_send(Shutdown);
         self.dc.do_send(Shutdown);
         self.blueprint.do_send(Shutdown);

@@ -20,11 +20,13 @@
 //!   [`GetServerCounters`].
 //! - out: frames written to links; link closes.
 
-use crate::link_tasks::{forward_accepted, spawn_writer, Accepted};
+use crate::link_tasks::{forward_accepted, spawn_writer, Accepted, LinkWriter};
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use tether_crypto::{PublicKey, StaticKeypair};
 use tether_pms::RendezvousTable;
 use tether_protocol::shell::{runtime_now, CoreTimer};
@@ -34,7 +36,6 @@ use tether_rcs::{
     RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
 };
 use tether_transport::{Endpoint, LinkHandle};
-use tokio::sync::mpsc;
 
 /// The server actor. See the module docs.
 pub struct RelayServer {
@@ -49,6 +50,8 @@ pub struct RelayServer {
     timer: CoreTimer,
     /// Every frame received from devices, when an audit asked for it.
     tap: Option<Vec<Vec<u8>>>,
+    /// Frames dropped because a connection's writer queue was full.
+    writes_dropped: Arc<AtomicU64>,
 }
 
 /// Starts recording every frame the server receives (for tests that audit what a
@@ -63,7 +66,7 @@ pub struct StartTap;
 pub struct GetTap;
 
 struct ServerConn {
-    writer: mpsc::UnboundedSender<Bytes>,
+    writer: LinkWriter,
     handle: LinkHandle,
 }
 
@@ -152,6 +155,7 @@ impl RelayServer {
             queue,
             store,
             store_failures: 0,
+            writes_dropped: Arc::default(),
             table,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -247,7 +251,9 @@ impl Handler<Accepted> for RelayServer {
             }
             reader_me.do_send(ConnEnded(conn));
         });
-        let writer = spawn_writer(sender, move |_| me.do_send(ConnEnded(conn)));
+        let writer = spawn_writer(sender, self.writes_dropped.clone(), move |_| {
+            me.do_send(ConnEnded(conn))
+        });
         self.conns.insert(conn, ServerConn { writer, handle });
         self.queue
             .handle(runtime_now(), ServerInput::Opened(conn, binding));

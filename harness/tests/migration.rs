@@ -508,7 +508,27 @@ fn spoofed_and_replayed_migration_pings_are_rejected() {
                 cluster.run_for(Duration::from_millis(500)).await;
             }
             assert!(direct, "{name}: the direct path takes over from the relay");
-            cluster.run_for(Duration::from_secs(2)).await;
+            // The attack starts on a settled session: Ready on the direct path on both
+            // sides, with no status change for two seconds (the upgrade's spare links
+            // may still be closing).
+            let mut settled = false;
+            for _ in 0..10 {
+                let quiet_since = cluster.elapsed();
+                cluster.run_for(Duration::from_secs(2)).await;
+                let ready_direct = |status: Option<PeerStatus>| {
+                    status.is_some_and(|s| {
+                        s.path == Some(PathKind::Direct) && s.status == Some(SessionStatus::Ready)
+                    })
+                };
+                if cluster.timeline(&[A, B], quiet_since).is_empty()
+                    && ready_direct(cluster.peer_status(A, B).await)
+                    && ready_direct(cluster.peer_status(B, A).await)
+                {
+                    settled = true;
+                    break;
+                }
+            }
+            assert!(settled, "{name}: the session settles on the direct path");
             let before = cluster.peer_status(B, A).await.unwrap();
             let rejected_before = cluster.node(B).counters().await.rejected_frames;
 

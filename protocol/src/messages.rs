@@ -469,9 +469,9 @@ pub struct StatusChanged {
 
 /// The application asks to send bytes to a peer. Answered at once with the sequence
 /// number assigned (the message is queued for exactly-once delivery) or why it was
-/// refused.
+/// refused, with the payload handed back (a sender waiting for room sends it again).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
-#[rtype(result = "Result<u64, SendError>")]
+#[rtype(result = "Result<u64, SendRefused>")]
 pub struct SendMessage {
     /// The peer.
     pub peer: DeviceId,
@@ -481,17 +481,30 @@ pub struct SendMessage {
     pub payload: Vec<u8>,
 }
 
+/// A refused [`SendMessage`]: why, and its payload back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRefused {
+    /// Why it was refused.
+    pub error: SendError,
+    /// The payload, untouched.
+    pub payload: Vec<u8>,
+}
+
 /// Why a send was refused. Nothing is lost silently: a refused message was never queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum SendError {
     /// The peer is not paired with this device.
     #[error("unknown peer")]
     UnknownPeer,
-    /// The outbound queue for the peer is full.
-    #[error("outbound queue full ({limit} messages)")]
+    /// The outbound queue for the peer is full: it holds its most messages, or its
+    /// most bytes. It has room again once the peer acknowledges (`Node::send` waits
+    /// for that).
+    #[error("outbound queue full (at most {messages} messages and {bytes} bytes)")]
     QueueFull {
-        /// The queue's capacity.
-        limit: usize,
+        /// The queue's capacity in messages.
+        messages: usize,
+        /// The queue's capacity in bytes.
+        bytes: usize,
     },
     /// The payload is larger than one message may be.
     #[error("message of {len} bytes exceeds the maximum of {max}")]
@@ -527,6 +540,30 @@ pub struct MessageDelivered {
     pub seq: u64,
     /// Application bytes.
     pub payload: Vec<u8>,
+}
+
+/// The application took a delivered message (it left the node's event queue): the
+/// receive window and budget it held are free again, so the sender may send more.
+/// Credit follows what the application consumes, not what arrived, so a slow reader
+/// holds back its sender instead of growing the node's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct MessageConsumed {
+    /// Sender of the message.
+    pub peer: DeviceId,
+    /// Its channel.
+    pub channel: ChannelId,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// A peer's outbound queue refused a message as full and has room again: a `send`
+/// waiting for capacity may try again.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct SendCapacity {
+    /// The peer.
+    pub peer: DeviceId,
 }
 
 /// What DirectConnection, Rcs or Pms asks of the transport driver, through its

@@ -535,9 +535,11 @@ impl NodeState {
             Command::Send { peer, text, reply } => {
                 let result = match self.resolve_peer(&peer) {
                     Err(e) => Err(e),
+                    // Never waits for room: this loop also reads the node's events,
+                    // and the peer's credit comes back only as it does.
                     Ok(id) => self
                         .node
-                        .send(id, text.into_bytes())
+                        .try_send(id, text.into_bytes())
                         .await
                         .map(|seq| (self.name(&id), seq))
                         .map_err(|e| format!("send to {peer} refused: {e}")),

@@ -8,10 +8,10 @@ use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     AllowRekey, BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
     DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, JournalCommitted,
-    JournalEntry, LivenessReport, MessageDelivered, PathLost, PathMeasured, PeerAnnounced,
-    PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, SendMessage, SendMigrationPing, SendWaiting, SessionReady,
-    TransportEvent, TransportPort,
+    JournalEntry, LivenessReport, MessageConsumed, MessageDelivered, PathLost, PathMeasured,
+    PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue,
+    RelayForward, RelayMigrationPing, RelayStatus, SendCapacity, SendMessage, SendMigrationPing,
+    SendWaiting, SessionReady, TransportEvent, TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
@@ -50,6 +50,8 @@ pub struct Recipients {
     pub journal: Recipient<JournalEntry>,
     /// The application.
     pub delivered: Recipient<MessageDelivered>,
+    /// The application: a full queue has room again.
+    pub send_capacity: Recipient<SendCapacity>,
 }
 
 /// Asks for every peer's status and the drop counters (answered directly: only the
@@ -115,6 +117,7 @@ impl CoreShell for Orchestrator {
             Output::SendWaiting(m) => r.send_waiting.do_send(m),
             Output::Journal(m) => r.journal.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
+            Output::SendCapacity(m) => r.send_capacity.do_send(m),
         }
     }
 }
@@ -136,6 +139,7 @@ tether_protocol::feed_messages!(Orchestrator {
     BlueprintCompiled => Input::Blueprint,
     JournalCommitted => Input::JournalCommitted,
     PeerEndpointHint => Input::Hint,
+    MessageConsumed => Input::Consumed,
 });
 
 impl Handler<ConnectivityChanged> for Orchestrator {
@@ -167,7 +171,7 @@ impl Handler<SendMessage> for Orchestrator {
     type Result = MessageResult<SendMessage>;
 
     fn handle(&mut self, message: SendMessage, ctx: &mut Self::Context) -> Self::Result {
-        let result = self.core.send(runtime_now(), message);
+        let result = self.core.send_or_refuse(runtime_now(), message);
         self.drain(ctx);
         MessageResult(result)
     }

@@ -2,11 +2,19 @@
 //! generations.
 //!
 //! The sender numbers each message of a channel from 0 and keeps it until the peer's
-//! cumulative acknowledgement covers it; it may have at most `credit` messages beyond
-//! the acknowledged point in flight. The receiver delivers in sequence order, buffers
+//! cumulative acknowledgement covers it; it may send sequence numbers below the limit
+//! the peer's acknowledgements grant. The receiver delivers in sequence order, buffers
 //! what arrives early (within the credit it granted), and drops what it has already
 //! delivered. Retransmissions (on a timer, or all at once when the path changes) are
 //! therefore harmless: nothing is delivered twice and nothing acknowledged is resent.
+//!
+//! Credit follows consumption: a receiver grants `credit` messages beyond what the
+//! application has consumed, not beyond what arrived, so an application that reads
+//! slowly holds its sender back. The granted limit (next expected + credit − delivered
+//! and not yet consumed) never moves backwards. A sender whose next message is beyond
+//! the limit, with nothing in flight, probes with it every `rto` (as TCP's persist
+//! timer): the receiver drops it while the window stays shut and answers with its
+//! position, so a lost window update cannot stall the channel.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -36,6 +44,10 @@ pub struct Outbound {
     unannounced: bool,
     /// Random per channel and run of this device (see [`Inbound::resync`]).
     incarnation: u64,
+    /// Bytes of the unacknowledged messages.
+    queued_bytes: usize,
+    /// When the window is shut with messages waiting: when to probe it next.
+    probe_at: Option<Instant>,
 }
 
 impl Outbound {
@@ -75,7 +87,15 @@ impl Outbound {
                 .collect(),
             unannounced: true,
             incarnation,
+            queued_bytes: 0,
+            probe_at: None,
         }
+        .with_queued_bytes_counted()
+    }
+
+    fn with_queued_bytes_counted(mut self) -> Self {
+        self.queued_bytes = self.unacked.iter().map(|m| m.payload.len()).sum();
+        self
     }
 
     /// This run's incarnation number.
@@ -92,6 +112,7 @@ impl Outbound {
     pub fn push(&mut self, payload: Vec<u8>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.queued_bytes += payload.len();
         self.unacked.push_back(Unacked {
             seq,
             payload,
@@ -103,6 +124,11 @@ impl Outbound {
     /// Messages accepted and not yet acknowledged.
     pub fn queued(&self) -> usize {
         self.unacked.len()
+    }
+
+    /// Bytes of the messages accepted and not yet acknowledged.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     /// The next sequence number to be assigned.
@@ -126,7 +152,9 @@ impl Outbound {
         if next_expected > self.acked_below {
             self.acked_below = next_expected;
             while self.unacked.front().is_some_and(|m| m.seq < next_expected) {
-                self.unacked.pop_front();
+                if let Some(message) = self.unacked.pop_front() {
+                    self.queued_bytes -= message.payload.len();
+                }
                 released += 1;
             }
         }
@@ -135,11 +163,24 @@ impl Outbound {
     }
 
     /// Messages to put on the path now: never sent, or sent more than `rto` ago (all of
-    /// them when `resend_all` is set, after a path change), within the peer's credit.
-    /// Marks them sent at `now`.
+    /// them when `resend_all` is set, after a path change), within the peer's credit;
+    /// or, when the window is shut with nothing in flight, the first waiting message as
+    /// a probe once every `rto`. Marks them sent at `now`.
     pub fn due(&mut self, now: Instant, rto: Duration, resend_all: bool) -> Vec<(u64, Vec<u8>)> {
         let limit = self.send_limit;
         let mut out = Vec::new();
+        let shut = self.unacked.front().is_some_and(|m| m.seq >= limit);
+        if !shut {
+            self.probe_at = None;
+        } else if let Some(first) = self.unacked.front_mut() {
+            let probe_at = *self.probe_at.get_or_insert(now + rto);
+            if resend_all || now >= probe_at {
+                self.probe_at = Some(now + rto);
+                first.last_sent = Some(now);
+                out.push((first.seq, first.payload.clone()));
+            }
+            return out;
+        }
         for message in self.unacked.iter_mut() {
             if message.seq >= limit {
                 break;
@@ -156,8 +197,12 @@ impl Outbound {
         out
     }
 
-    /// When the oldest sent, unacknowledged message becomes due for retransmission.
+    /// When the oldest sent, unacknowledged message becomes due for retransmission, or
+    /// the shut window for its next probe.
     pub fn next_retransmit(&self, rto: Duration) -> Option<Instant> {
+        if self.probe_at.is_some() {
+            return self.probe_at;
+        }
         self.unacked
             .iter()
             .filter(|m| m.seq < self.send_limit)
@@ -187,36 +232,82 @@ pub struct Inbound {
     early: BTreeMap<u64, Vec<u8>>,
     /// The sender's incarnation of this channel, once a marker told it.
     sender_incarnation: Option<u64>,
+    /// Bytes buffered in `early`.
+    early_bytes: usize,
+    /// Messages delivered that the application has not consumed yet.
+    unconsumed: u64,
+    /// The limit the last acknowledgement granted (next expected + window).
+    advertised_limit: u64,
 }
 
 impl Inbound {
-    /// Takes one data frame; `credit` bounds how far ahead it may be buffered.
+    /// Whether `seq` would be delivered at once (it is the next expected).
+    pub fn is_next(&self, seq: u64) -> bool {
+        seq == self.next_expected
+    }
+
+    /// Takes one data frame; `credit` bounds how far beyond the consumed point it may
+    /// be taken.
     pub fn receive(&mut self, seq: u64, payload: Vec<u8>, credit: u64) -> Received {
         if seq < self.next_expected || self.early.contains_key(&seq) {
             return Received::Duplicate;
         }
-        if seq >= self.next_expected.saturating_add(credit) {
+        if seq >= self.next_expected.saturating_add(self.window(credit)) {
             return Received::BeyondCredit;
         }
         if seq > self.next_expected {
+            self.early_bytes += payload.len();
             self.early.insert(seq, payload);
             return Received::Buffered;
         }
         let mut deliver = vec![(seq, payload)];
         self.next_expected += 1;
         while let Some(payload) = self.early.remove(&self.next_expected) {
+            self.early_bytes -= payload.len();
             deliver.push((self.next_expected, payload));
             self.next_expected += 1;
         }
+        self.unconsumed += deliver.len() as u64;
         Received::Deliver(deliver)
+    }
+
+    /// The credit to grant now: `credit` less what was delivered and not consumed.
+    pub fn window(&self, credit: u64) -> u64 {
+        credit.saturating_sub(self.unconsumed)
+    }
+
+    /// The application consumed one delivered message. True when the sender should
+    /// hear of the wider window now: it opened by a quarter of `credit` since the last
+    /// acknowledgement, or at all while the sender has used everything granted.
+    pub fn consumed(&mut self, credit: u64) -> bool {
+        self.unconsumed = self.unconsumed.saturating_sub(1);
+        let limit = self.next_expected.saturating_add(self.window(credit));
+        let exhausted = self.next_expected >= self.advertised_limit;
+        limit > self.advertised_limit
+            && (exhausted || limit >= self.advertised_limit.saturating_add(credit / 4))
+    }
+
+    /// The acknowledgement to send now, `(next_expected, credit)`; remembered as the
+    /// limit granted.
+    pub fn acknowledgement(&mut self, credit: u64) -> (u64, u64) {
+        let window = self.window(credit);
+        self.advertised_limit = self
+            .advertised_limit
+            .max(self.next_expected.saturating_add(window));
+        (self.next_expected, window)
+    }
+
+    /// Bytes buffered ahead of a gap.
+    pub fn early_bytes(&self) -> usize {
+        self.early_bytes
     }
 
     /// A receiving half as a store kept it.
     pub fn restore(sender_incarnation: Option<u64>, next_expected: u64) -> Self {
         Self {
             next_expected,
-            early: BTreeMap::new(),
             sender_incarnation,
+            ..Self::default()
         }
     }
 
@@ -248,6 +339,7 @@ impl Inbound {
             self.next_expected = first_unacked;
             // Retransmissions refill it; a stale entry at the new start would block.
             self.early.clear();
+            self.early_bytes = 0;
             return true;
         }
         false
@@ -344,6 +436,56 @@ mod tests {
         assert_eq!(inbound.next_expected(), 2);
     }
 
+    #[test]
+    fn credit_follows_what_the_application_consumed() {
+        let t0 = Instant::now();
+        let mut out = Outbound::new(CREDIT, 1);
+        let mut inbound = Inbound::default();
+        for i in 0..10u8 {
+            out.push(vec![i]);
+        }
+        for (seq, payload) in out.due(t0, RTO, false) {
+            inbound.receive(seq, payload, CREDIT);
+        }
+        // Four delivered, none consumed: the window is shut.
+        assert_eq!(inbound.acknowledgement(CREDIT), (4, 0));
+        assert_eq!(out.ack(4, 0), 4);
+        assert_eq!(
+            inbound.receive(4, vec![4], CREDIT),
+            Received::BeyondCredit,
+            "beyond the window while nothing was consumed"
+        );
+        // Consuming one of four re-opens a shut window at once (the sender used all
+        // it was granted).
+        assert!(inbound.consumed(CREDIT));
+        let (next_expected, credit) = inbound.acknowledgement(CREDIT);
+        assert_eq!((next_expected, credit), (4, 1));
+        out.ack(next_expected, credit);
+        assert_eq!(seqs(&out.due(t0, RTO, false)), [4]);
+    }
+
+    #[test]
+    fn a_sender_facing_a_shut_window_probes_once_every_rto() {
+        let t0 = Instant::now();
+        let mut out = Outbound::new(CREDIT, 1);
+        for i in 0..6u8 {
+            out.push(vec![i]);
+        }
+        assert_eq!(seqs(&out.due(t0, RTO, false)), [0, 1, 2, 3]);
+        out.ack(4, 0);
+        assert!(out.due(t0, RTO, false).is_empty(), "shut: nothing at once");
+        assert_eq!(out.next_retransmit(RTO), Some(t0 + RTO));
+        assert!(out.due(t0 + RTO / 2, RTO, false).is_empty());
+        assert_eq!(seqs(&out.due(t0 + RTO, RTO, false)), [4], "one probe");
+        assert!(out.due(t0 + RTO, RTO, false).is_empty());
+        assert_eq!(out.next_retransmit(RTO), Some(t0 + 2 * RTO));
+        // The probe's answer opens the window: the probe counts as sent, the next one
+        // goes, and no more probes.
+        out.ack(4, 2);
+        assert_eq!(seqs(&out.due(t0 + RTO, RTO, false)), [5]);
+        assert_eq!(out.next_retransmit(RTO), Some(t0 + 2 * RTO));
+    }
+
     /// Any schedule of sends, losses, duplicates and reorderings delivers each message
     /// exactly once and in order once the sender has retransmitted enough.
     #[test]
@@ -378,8 +520,12 @@ mod tests {
                 }
                 if let Received::Deliver(batch) = inbound.receive(seq, payload, CREDIT) {
                     delivered.extend(seqs(&batch));
+                    for _ in &batch {
+                        inbound.consumed(CREDIT);
+                    }
                 }
-                out.ack(inbound.next_expected(), CREDIT);
+                let (next_expected, credit) = inbound.acknowledgement(CREDIT);
+                out.ack(next_expected, credit);
                 if out.queued() == 0 {
                     break;
                 }

@@ -63,8 +63,14 @@ pub struct Limits {
     pub credit: u64,
     /// Messages accepted by `send` and not yet acknowledged, per peer.
     pub max_queued: usize,
+    /// Bytes of the messages accepted by `send` and not yet acknowledged, per peer.
+    pub max_queued_bytes: usize,
     /// Largest application message.
     pub max_message_len: usize,
+    /// Bytes of one peer's messages held for the application at most: delivered and
+    /// not yet consumed, plus buffered ahead of a gap (at most half of it). Frames
+    /// beyond it are dropped unacknowledged and resent later.
+    pub receive_budget: usize,
     /// How long a path challenge stays answerable.
     pub path_challenge_ttl: Duration,
     /// While the session runs over the relay, how often direct addresses are probed
@@ -105,9 +111,17 @@ impl Default for Limits {
             // 4 096 queued messages per peer: minutes of chat, seconds of bulk data,
             // bounded memory. Beyond it `send` says QueueFull.
             max_queued: 4096,
+            // 16 MiB per peer: two receive budgets in flight, so a fast path stays
+            // full, while 4 096 of the largest messages (240 MiB) could not be queued.
+            max_queued_bytes: 16 * 1024 * 1024,
             // Fits one sealed frame with room for framing (Noise caps a message at
             // 65 535 bytes).
             max_message_len: 60 * 1024,
+            // 8 MiB per peer: a full window of 256 messages of 32 KiB, and 80 MiB/s at
+            // a 100 ms round trip, while a thousand peers whose applications stop
+            // reading pin at most 8 GiB in the worst case. At least four of the
+            // largest messages, so half of it holds two of them ahead of a gap.
+            receive_budget: 8 * 1024 * 1024,
             path_challenge_ttl: Duration::from_secs(5),
             // Five seconds: a blocked path costs one dial per interval, and a path that
             // opens up is used within seconds.

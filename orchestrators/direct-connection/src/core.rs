@@ -24,11 +24,12 @@ use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     AllowRekey, BlueprintCompiled, CandidateSource, CarryOverRelay, ChannelId, ConnectFailed,
     ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted,
-    InboundMigrationPing, JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageDelivered,
-    PathKind, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged,
-    PeerReset, RelayDelivered, RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus,
-    RequestId, SealedFrame, SendMigrationPing, SendWaiting, SessionFrame, SessionId, SessionReady,
-    TransportCommand, TransportEvent, WireFrame,
+    InboundMigrationPing, JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageConsumed,
+    MessageDelivered, PathKind, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
+    PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendCapacity, SendMigrationPing,
+    SendWaiting, SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent,
+    WireFrame,
 };
 
 /// Receiving channels a peer may open. Channels are an application's multiplexed
@@ -68,6 +69,8 @@ pub enum Input {
     JournalCommitted(JournalCommitted),
     /// The peer's endpoints from a rendezvous hint.
     Hint(PeerEndpointHint),
+    /// The application consumed a delivered message.
+    Consumed(MessageConsumed),
 }
 
 /// What the core asks to be sent.
@@ -107,6 +110,8 @@ pub enum Output {
     PeerEndpointsChanged(PeerEndpointsChanged),
     /// To the application.
     Delivered(MessageDelivered),
+    /// To the application: a full queue has room again.
+    SendCapacity(SendCapacity),
 }
 
 /// Peer- and network-caused problems, counted and dropped (invariant 8).
@@ -144,6 +149,9 @@ pub struct Counters {
     pub rate_limited_initiations: u64,
     /// Frames for a channel the peer opened beyond `MAX_INBOUND_CHANNELS`, dropped.
     pub channels_refused: u64,
+    /// Data frames dropped (unacknowledged, so resent later) because their peer's
+    /// messages held the receive budget: the application reads slower than it sends.
+    pub receive_budget_drops: u64,
 }
 
 /// What a peer's session looks like, for `status()`.
@@ -172,6 +180,9 @@ pub struct PeerSnapshot {
     pub rtt_ms: Option<u64>,
     /// Messages queued.
     pub queued: usize,
+    /// Bytes of this peer's messages the receive budget holds (delivered and not yet
+    /// consumed by the application, or buffered ahead of a gap).
+    pub held_bytes: usize,
     /// Messages accepted / delivered / dropped as duplicates.
     pub counters: PeerCounters,
     /// Open transport links that carry this peer.
@@ -236,6 +247,9 @@ impl DirectConnection {
                     inbound: BTreeMap::new(),
                     resend_all: false,
                     send_waiting_reported: false,
+                    queue_full_refused: false,
+                    unconsumed_bytes: 0,
+                    early_bytes: 0,
                     heartbeat: Heartbeat::default(),
                     counters: PeerCounters::default(),
                 },
@@ -310,6 +324,7 @@ impl DirectConnection {
             remote,
             rtt_ms: state.heartbeat.srtt_ms,
             queued: state.queued(),
+            held_bytes: state.held_bytes(),
             counters: state.counters,
             links: self.links.links_of_peer_count(*peer),
         })
@@ -382,6 +397,10 @@ impl SansIoCore for DirectConnection {
             }
             Input::Hint(hint) => {
                 self.peer_announced(hint.peer, hint.endpoints, CandidateSource::Rendezvous);
+                None
+            }
+            Input::Consumed(consumed) => {
+                self.consumed(consumed);
                 None
             }
         };

@@ -6,7 +6,8 @@ use crate::core::{DirectConnection, Output, MAX_INBOUND_CHANNELS};
 use crate::state::Via;
 use std::time::Instant;
 use tether_protocol::{
-    ChannelId, DeviceId, JournalEntry, MessageDelivered, PeerReset, SessionFrame,
+    ChannelId, DeviceId, JournalEntry, MessageConsumed, MessageDelivered, PeerReset, SendCapacity,
+    SessionFrame,
 };
 
 impl DirectConnection {
@@ -45,6 +46,7 @@ impl DirectConnection {
                         channel,
                         below,
                     });
+                    self.report_send_capacity(device);
                 }
                 self.pump(now, device);
             }
@@ -121,18 +123,32 @@ impl DirectConnection {
             return;
         }
         let credit = self.limits.credit;
+        let budget = self.limits.receive_budget;
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
-        let received = peer
-            .inbound
-            .entry(channel)
-            .or_insert_with(Inbound::default)
-            .receive(seq, payload, credit);
+        let inbound = peer.inbound.entry(channel).or_insert_with(Inbound::default);
+        // The next expected message may use the whole budget; one ahead of a gap only
+        // half, so what fills a gap always fits once the application has read.
+        let room = if inbound.is_next(seq) {
+            budget
+        } else {
+            budget / 2
+        };
+        let held = peer.unconsumed_bytes + peer.early_bytes;
+        let early_before = inbound.early_bytes();
+        let received = if held + payload.len() > room && seq >= inbound.next_expected() {
+            self.counters.receive_budget_drops += 1;
+            Received::BeyondCredit
+        } else {
+            inbound.receive(seq, payload, credit)
+        };
+        peer.early_bytes = peer.early_bytes + inbound.early_bytes() - early_before;
         match received {
             Received::Deliver(messages) => {
                 for (seq, payload) in messages {
                     peer.counters.delivered += 1;
+                    peer.unconsumed_bytes += payload.len();
                     self.outputs.push_back(Output::Delivered(MessageDelivered {
                         peer: device,
                         channel,
@@ -174,13 +190,50 @@ impl DirectConnection {
         }
     }
 
+    /// Tells the application, once, that a queue which refused a message has room.
+    fn report_send_capacity(&mut self, device: DeviceId) {
+        let max_queued = self.limits.max_queued;
+        let max_queued_bytes = self.limits.max_queued_bytes;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer.queue_full_refused
+            && peer.queued() < max_queued
+            && peer.queued_bytes() < max_queued_bytes
+        {
+            peer.queue_full_refused = false;
+            self.outputs
+                .push_back(Output::SendCapacity(SendCapacity { peer: device }));
+        }
+    }
+
+    /// The application consumed a delivered message: its window and budget are free
+    /// again. When that opens the window by a quarter of the credit, or at all while
+    /// the sender has used all it was granted, the new window goes to the sender at once
+    /// (its probes would find it within `rto` otherwise).
+    pub(crate) fn consumed(&mut self, consumed: MessageConsumed) {
+        let credit = self.limits.credit;
+        let Some(peer) = self.peers.get_mut(&consumed.peer) else {
+            return;
+        };
+        peer.unconsumed_bytes = peer.unconsumed_bytes.saturating_sub(consumed.len);
+        let Some(inbound) = peer.inbound.get_mut(&consumed.channel) else {
+            return;
+        };
+        let update = inbound.consumed(credit);
+        let via = peer.bound.filter(|_| peer.usable());
+        if let (true, Some(via)) = (update, via) {
+            self.ack_when_durable(consumed.peer, via, consumed.channel);
+        }
+    }
+
     fn send_ack(&mut self, device: DeviceId, via: Via, channel: ChannelId) {
         let credit = self.limits.credit;
-        let next_expected = self
+        let (next_expected, credit) = self
             .peers
-            .get(&device)
-            .and_then(|p| p.inbound.get(&channel))
-            .map_or(0, Inbound::next_expected);
+            .get_mut(&device)
+            .and_then(|p| p.inbound.get_mut(&channel))
+            .map_or((0, credit), |inbound| inbound.acknowledgement(credit));
         self.send_frame(
             device,
             via,

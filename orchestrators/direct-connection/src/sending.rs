@@ -10,7 +10,8 @@ use std::collections::btree_map::Entry;
 use std::time::Instant;
 use tether_protocol::{
     ChannelId, DeviceId, Endpoint, JournalEntry, LivenessReport, PathMeasured, RelayForward,
-    SealedFrame, SendError, SendMessage, SendWaiting, SessionFrame, TransportCommand, WireFrame,
+    SealedFrame, SendError, SendMessage, SendRefused, SendWaiting, SessionFrame, TransportCommand,
+    WireFrame,
 };
 
 /// Bytes a sealed frame adds to its plaintext (AEAD tag, ids, nonce, framing),
@@ -22,6 +23,16 @@ impl DirectConnection {
     /// number it was given) and put on the wire if a path and credit allow, or refused
     /// with the reason. Answered at once, so the caller needs no reply message.
     pub fn send(&mut self, now: Instant, message: SendMessage) -> Result<u64, SendError> {
+        self.send_or_refuse(now, message)
+            .map_err(|refused| refused.error)
+    }
+
+    /// [`DirectConnection::send`] that hands a refused message's payload back.
+    pub fn send_or_refuse(
+        &mut self,
+        now: Instant,
+        message: SendMessage,
+    ) -> Result<u64, SendRefused> {
         let device = message.peer;
         let result = self.accept_message(device, message.channel, message.payload);
         self.pump(now, device);
@@ -50,19 +61,29 @@ impl DirectConnection {
         device: DeviceId,
         channel: ChannelId,
         payload: Vec<u8>,
-    ) -> Result<u64, SendError> {
+    ) -> Result<u64, SendRefused> {
         let credit = self.limits.credit;
         let max_queued = self.limits.max_queued;
+        let max_queued_bytes = self.limits.max_queued_bytes;
         let max_len = self.limits.max_message_len;
-        let peer = self.peers.get_mut(&device).ok_or(SendError::UnknownPeer)?;
+        let refuse = |error, payload| Err(SendRefused { error, payload });
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return refuse(SendError::UnknownPeer, payload);
+        };
         if payload.len() > max_len {
-            return Err(SendError::TooLarge {
+            let error = SendError::TooLarge {
                 len: payload.len(),
                 max: max_len,
-            });
+            };
+            return refuse(error, payload);
         }
-        if peer.queued() >= max_queued {
-            return Err(SendError::QueueFull { limit: max_queued });
+        if peer.queued() >= max_queued || peer.queued_bytes() + payload.len() > max_queued_bytes {
+            peer.queue_full_refused = true;
+            let error = SendError::QueueFull {
+                messages: max_queued,
+                bytes: max_queued_bytes,
+            };
+            return refuse(error, payload);
         }
         peer.counters.sent += 1;
         let outbound = match peer.outbound.entry(channel) {

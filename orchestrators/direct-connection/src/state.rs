@@ -252,6 +252,13 @@ pub struct PeerState {
     /// Presence was told a message waits for a usable path (`SendWaiting`); cleared
     /// when the session carries data again.
     pub send_waiting_reported: bool,
+    /// A `send` was refused because the queue was full: tell the application
+    /// (`SendCapacity`) once it has room again.
+    pub queue_full_refused: bool,
+    /// Bytes of delivered messages the application has not consumed yet.
+    pub unconsumed_bytes: usize,
+    /// Bytes buffered ahead of a gap, over all channels.
+    pub early_bytes: usize,
     /// Liveness.
     pub heartbeat: Heartbeat,
     /// Counters.
@@ -262,6 +269,17 @@ impl PeerState {
     /// Messages queued (accepted, unacknowledged) over all channels.
     pub fn queued(&self) -> usize {
         self.outbound.values().map(Outbound::queued).sum()
+    }
+
+    /// Bytes queued (accepted, unacknowledged) over all channels.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.values().map(Outbound::queued_bytes).sum()
+    }
+
+    /// What this peer's messages hold of the receive budget: delivered and not
+    /// consumed, and buffered ahead of a gap.
+    pub fn held_bytes(&self) -> usize {
+        self.unconsumed_bytes + self.early_bytes
     }
 
     /// Whether the session may carry data now: a sendable generation exists, and after

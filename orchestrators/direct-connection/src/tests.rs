@@ -884,7 +884,13 @@ fn send_refusals_are_typed_and_queue_nothing() {
             payload: vec![1],
         },
     );
-    assert_eq!(result, Err(SendError::QueueFull { limit }));
+    assert_eq!(
+        result,
+        Err(SendError::QueueFull {
+            messages: limit,
+            bytes: Limits::default().max_queued_bytes
+        })
+    );
     assert_eq!(
         net.snapshot(A).queued,
         limit,

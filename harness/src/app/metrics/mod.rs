@@ -258,6 +258,7 @@ impl RejectedReport {
             ("unclaimed_links_closed", dc.unclaimed_links_closed),
             ("handshake_rate_limited", dc.rate_limited_initiations),
             ("channels_refused", dc.channels_refused),
+            ("receive_budget_drops", dc.receive_budget_drops),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
