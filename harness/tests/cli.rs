@@ -245,6 +245,11 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
             vec![],
         ),
         (
+            "receive budget below four messages",
+            format!("{good}\n[limits]\nreceive_budget = 100000\n"),
+            vec![],
+        ),
+        (
             "bad env override",
             good.clone(),
             vec![("TETHER_PRESENCE__MIGRATION_WINDOW_MS", "soon")],

@@ -37,6 +37,12 @@ pub trait CoreShell: Actor<Context = Context<Self>> {
     /// Delivers one output of the core.
     fn route(&mut self, output: <Self::Core as SansIoCore>::Output);
 
+    /// Delivers one output of the core, with the actor's context (a shell that must
+    /// wait for a recipient, to pass backpressure on, overrides this).
+    fn route_in(&mut self, output: <Self::Core as SansIoCore>::Output, _ctx: &mut Context<Self>) {
+        self.route(output);
+    }
+
     /// Feeds one input with the runtime's time, then drains.
     fn feed(&mut self, input: <Self::Core as SansIoCore>::Input, ctx: &mut Context<Self>) {
         self.core().handle(runtime_now(), input);
@@ -46,7 +52,7 @@ pub trait CoreShell: Actor<Context = Context<Self>> {
     /// Routes every waiting output, then re-arms the timer at the core's deadline.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         while let Some(output) = self.core().poll_output() {
-            self.route(output);
+            self.route_in(output, ctx);
         }
         let deadline = self.core().poll_timeout();
         self.timer().rearm(ctx, deadline, |actor, ctx| {

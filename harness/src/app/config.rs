@@ -296,6 +296,9 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         if let Some(n) = table.positive("max_queued")? {
             limits.max_queued = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        if let Some(n) = table.positive("max_queued_bytes")? {
+            limits.max_queued_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
         if let Some(n) = table.positive("max_message_len")? {
             if n > MAX_MESSAGE_LEN_CEILING {
                 return Err(table.error(
@@ -304,6 +307,20 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
                 ));
             }
             limits.max_message_len = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = table.positive("receive_budget")? {
+            limits.receive_budget = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        // What fills a gap must fit in half the budget, or a channel could stall.
+        if limits.receive_budget < 4 * limits.max_message_len {
+            return Err(table.error(
+                "receive_budget",
+                &format!(
+                    "{} is below four times max_message_len ({})",
+                    limits.receive_budget,
+                    4 * limits.max_message_len
+                ),
+            ));
         }
         table.finish()?;
     }

@@ -5,7 +5,7 @@
 use crate::client::{
     ClientInput, ClientOutput, RelayClient, RelayClientConfig, RelayClientCounters,
 };
-use actix::{Actor, Context, Handler, MessageResult, Recipient};
+use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     LinkBound, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll,
@@ -56,6 +56,23 @@ impl CoreShell for Orchestrator {
 
     fn timer(&mut self) -> &mut CoreTimer {
         &mut self.timer
+    }
+
+    /// What arrived through the relay is handed to DirectConnection and waited for
+    /// before this actor handles anything more: the relay link's reader then waits in
+    /// turn, and QUIC's flow control holds the relay back, so frames from the relay
+    /// cannot pile up in DirectConnection's mailbox faster than it handles them.
+    fn route_in(&mut self, output: ClientOutput, ctx: &mut Context<Self>) {
+        match output {
+            ClientOutput::Delivered(m) => {
+                let handled = self.recipients.delivered.send(m);
+                ctx.wait(actix::fut::wrap_future(async move {
+                    // A stopped DirectConnection means the node is stopping.
+                    let _ = handled.await;
+                }));
+            }
+            other => self.route(other),
+        }
     }
 
     fn route(&mut self, output: ClientOutput) {
