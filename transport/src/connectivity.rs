@@ -3,16 +3,18 @@
 //! [`ConnectivityChanged`] with the old and new addresses.
 //!
 //! Two sources feed one [`ConnectivityEvents`] stream:
-//! - [`InterfaceWatcher`], for real devices: watches the OS's interface addresses (via
-//!   the `if-watch` crate: netlink on Linux) and debounces bursts of changes into one
-//!   event;
+//! - [`InterfaceWatcher`], for real devices: watches the OS's interface addresses and,
+//!   on Linux, the state of their links (rtnetlink: an interface that goes down or loses
+//!   carrier stops counting even while it keeps its address; elsewhere addresses only,
+//!   via the `if-watch` crate), and debounces bursts of changes into one event;
 //! - [`ConnectivityTrigger`], the manual trigger: tests, the simulated network, and
 //!   loopback setups (rebind to 127.0.0.2) report changes themselves.
 //!
 //! Detection only reports; moving the endpoint is the caller's decision
 //! ([`Endpoint::rebind`](crate::Endpoint::rebind)).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+#[cfg(not(target_os = "linux"))]
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -91,13 +93,33 @@ impl Default for WatchOptions {
     }
 }
 
-/// One interface address event.
+/// One interface event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum InterfaceEvent {
-    /// An address appeared.
+    /// An address appeared (on an interface the source does not name).
     Up(IpAddr),
     /// An address went away.
     Down(IpAddr),
+    /// An address appeared on interface `index`: it counts while that interface has
+    /// carrier.
+    AddressOn {
+        /// The address.
+        ip: IpAddr,
+        /// The interface's index.
+        index: u32,
+    },
+    /// Interface `index` is up with carrier (`true`), or down or without carrier.
+    Link {
+        /// The interface's index.
+        index: u32,
+        /// Whether it can carry traffic.
+        carrier: bool,
+    },
+    /// Interface `index` was removed.
+    LinkGone {
+        /// The interface's index.
+        index: u32,
+    },
 }
 
 impl From<if_watch::IfEvent> for InterfaceEvent {
@@ -109,10 +131,14 @@ impl From<if_watch::IfEvent> for InterfaceEvent {
     }
 }
 
-/// The set of local addresses, updated by interface events (pure logic, no I/O).
+/// The set of usable local addresses, updated by interface events (pure logic, no
+/// I/O): every address the OS holds, less those on an interface without carrier.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressSet {
-    addrs: BTreeSet<IpAddr>,
+    /// Each address and, when the source says, the interface it is on.
+    addrs: BTreeMap<IpAddr, Option<u32>>,
+    /// Interfaces known to be down or without carrier.
+    links_down: BTreeSet<u32>,
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {
@@ -123,34 +149,63 @@ fn is_link_local(ip: &IpAddr) -> bool {
 }
 
 impl AddressSet {
-    /// Applies one event; returns whether the set changed.
+    /// Applies one event; returns whether the set of usable addresses changed.
     pub fn apply(&mut self, event: InterfaceEvent, options: &WatchOptions) -> bool {
-        let ip = match event {
-            InterfaceEvent::Up(ip) | InterfaceEvent::Down(ip) => ip,
+        let before = self.socket_addrs(0);
+        let counts = |ip: &IpAddr| {
+            !((ip.is_loopback() && !options.include_loopback)
+                || (is_link_local(ip) && !options.include_link_local)
+                || ip.is_unspecified())
         };
-        if (ip.is_loopback() && !options.include_loopback)
-            || (is_link_local(&ip) && !options.include_link_local)
-            || ip.is_unspecified()
-        {
-            return false;
-        }
         match event {
-            InterfaceEvent::Up(ip) => self.addrs.insert(ip),
-            InterfaceEvent::Down(ip) => self.addrs.remove(&ip),
+            InterfaceEvent::Up(ip) if counts(&ip) => {
+                self.addrs.insert(ip, None);
+            }
+            InterfaceEvent::AddressOn { ip, index } if counts(&ip) => {
+                self.addrs.insert(ip, Some(index));
+            }
+            InterfaceEvent::Up(_) | InterfaceEvent::AddressOn { .. } => {}
+            InterfaceEvent::Down(ip) => {
+                self.addrs.remove(&ip);
+            }
+            InterfaceEvent::Link { index, carrier } => {
+                if carrier {
+                    self.links_down.remove(&index);
+                } else {
+                    self.links_down.insert(index);
+                }
+            }
+            InterfaceEvent::LinkGone { index } => {
+                self.links_down.remove(&index);
+                self.addrs.retain(|_, on| *on != Some(index));
+            }
         }
+        self.socket_addrs(0) != before
     }
 
-    /// The addresses with `port`, in a stable order.
+    /// The usable addresses with `port`, in a stable order.
     pub fn socket_addrs(&self, port: u16) -> Vec<SocketAddr> {
         self.addrs
             .iter()
-            .map(|ip| SocketAddr::new(*ip, port))
+            .filter(|(_, on)| on.is_none_or(|index| !self.links_down.contains(&index)))
+            .map(|(ip, _)| SocketAddr::new(*ip, port))
             .collect()
     }
 }
 
+/// Where interface events come from: rtnetlink on Linux (addresses and link state),
+/// `if-watch` elsewhere (addresses).
+#[cfg(target_os = "linux")]
+type IfWatcher = crate::netlink_watch::NetlinkSource;
+#[cfg(not(target_os = "linux"))]
 type IfWatcher = if_watch::tokio::IfWatcher;
 
+#[cfg(target_os = "linux")]
+async fn next_event(watcher: &mut IfWatcher) -> io::Result<InterfaceEvent> {
+    watcher.next().await
+}
+
+#[cfg(not(target_os = "linux"))]
 async fn next_event(watcher: &mut IfWatcher) -> io::Result<InterfaceEvent> {
     poll_fn(|cx| watcher.poll_if_event(cx))
         .await
@@ -258,6 +313,70 @@ mod tests {
         );
         assert!(set.apply(InterfaceEvent::Down(ip("192.168.1.20")), &opts));
         assert_eq!(set.socket_addrs(1).len(), 1);
+    }
+
+    #[test]
+    fn an_interface_without_carrier_stops_counting_while_it_keeps_its_address() {
+        let opts = WatchOptions::default();
+        let mut set = AddressSet::default();
+        let wifi = 2;
+        let mobile = 3;
+        assert!(!set.apply(
+            InterfaceEvent::Link {
+                index: wifi,
+                carrier: true
+            },
+            &opts
+        ));
+        assert!(!set.apply(
+            InterfaceEvent::Link {
+                index: mobile,
+                carrier: true
+            },
+            &opts
+        ));
+        assert!(set.apply(
+            InterfaceEvent::AddressOn {
+                ip: ip("10.1.0.2"),
+                index: wifi
+            },
+            &opts
+        ));
+        assert!(set.apply(
+            InterfaceEvent::AddressOn {
+                ip: ip("10.2.0.2"),
+                index: mobile
+            },
+            &opts
+        ));
+        // WiFi loses carrier; its address stays configured.
+        assert!(set.apply(
+            InterfaceEvent::Link {
+                index: wifi,
+                carrier: false
+            },
+            &opts
+        ));
+        assert_eq!(set.socket_addrs(7), vec!["10.2.0.2:7".parse().unwrap()]);
+        assert!(!set.apply(
+            InterfaceEvent::Link {
+                index: wifi,
+                carrier: false
+            },
+            &opts
+        ));
+        // Carrier back: the address counts again.
+        assert!(set.apply(
+            InterfaceEvent::Link {
+                index: wifi,
+                carrier: true
+            },
+            &opts
+        ));
+        assert_eq!(set.socket_addrs(7).len(), 2);
+        // The interface is removed: its addresses go with it.
+        assert!(set.apply(InterfaceEvent::LinkGone { index: mobile }, &opts));
+        assert_eq!(set.socket_addrs(7), vec!["10.1.0.2:7".parse().unwrap()]);
     }
 
     #[tokio::test]

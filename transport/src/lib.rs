@@ -42,6 +42,8 @@ mod endpoint;
 mod error;
 pub mod framing;
 mod link;
+#[cfg(target_os = "linux")]
+mod netlink_watch;
 pub mod quic;
 pub mod sim;
 mod socket;
