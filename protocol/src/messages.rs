@@ -557,6 +557,19 @@ pub struct MessageConsumed {
     pub len: usize,
 }
 
+/// The peer acknowledged every message of a channel below `below`: it has them (and,
+/// with a store, durably), so they will never be sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct MessagesAcknowledged {
+    /// The peer.
+    pub peer: DeviceId,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Every sequence number below this is acknowledged.
+    pub below: u64,
+}
+
 /// A peer's outbound queue refused a message as full and has room again: a `send`
 /// waiting for capacity may try again.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]

@@ -30,6 +30,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub use tether::channel_store_path;
+use tether::rebind_target;
 use tether_protocol::{DeviceId, SessionStatus};
 use tether_store::RedbChannelStore;
 use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
@@ -229,15 +231,6 @@ pub async fn run_node(
     root.in_scope(|| tracing::info!(peers = told, "node stopped; peers told goodbye"));
     let _ = std::fs::remove_file(&settings.control_socket);
     Ok(())
-}
-
-/// A node's channel file below `data_dir`: one folder per device key, so several nodes
-/// (and a relay) can share a `data_dir`.
-pub fn channel_store_path(data_dir: &std::path::Path, device: &DeviceId) -> PathBuf {
-    let hex = device.to_hex();
-    data_dir
-        .join(format!("node-{}", &hex[..16]))
-        .join("channels.redb")
 }
 
 /// Per-peer log spans: the session, and the phase it is in.
@@ -471,6 +464,15 @@ impl NodeState {
                     at_ms,
                 });
             }
+            NodeEvent::Acknowledged {
+                peer,
+                channel,
+                below,
+            } => {
+                self.log_for(*peer).session.in_scope(|| {
+                    tracing::trace!(channel = channel.0, below = *below, "acknowledged")
+                });
+            }
             NodeEvent::Delivered {
                 peer,
                 channel,
@@ -606,23 +608,7 @@ impl NodeState {
 
     async fn on_interfaces(&mut self, addresses: Vec<SocketAddr>) {
         self.interfaces = addresses.iter().map(|a| a.ip()).collect();
-        let wildcard = SocketAddr::new(
-            if self.configured_ip.is_ipv4() {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            },
-            0,
-        );
-        // A wildcard socket rebinds on every change; a node bound to one IP only when
-        // that IP went away (then to the wildcard address).
-        // Loopback and link-local addresses are not watched (and do not go away).
-        let unwatched = self.configured_ip.is_loopback()
-            || matches!(self.configured_ip, std::net::IpAddr::V4(ip) if ip.is_link_local());
-        let own_ip_gone = !unwatched
-            && self.local.ip() == self.configured_ip
-            && !addresses.iter().any(|a| a.ip() == self.configured_ip);
-        let target = (self.configured_ip.is_unspecified() || own_ip_gone).then_some(wildcard);
+        let target = rebind_target(self.configured_ip, self.local, &addresses);
         self.root.in_scope(|| {
             tracing::info!(?addresses, rebind = ?target, "network interfaces changed");
         });

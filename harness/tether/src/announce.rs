@@ -10,6 +10,28 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// Where to move the endpoint when the interface addresses become `addresses`, or None
+/// to stay: a node configured with the wildcard address rebinds on every change (a new
+/// socket, so every session migrates from it); one configured with a specific IP only
+/// when that IP is gone, then to the wildcard address; one on loopback or a link-local
+/// address never (those are not watched and do not go away).
+pub fn rebind_target(
+    configured: IpAddr,
+    local: SocketAddr,
+    addresses: &[SocketAddr],
+) -> Option<SocketAddr> {
+    let wildcard = if configured.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    let unwatched =
+        configured.is_loopback() || matches!(configured, IpAddr::V4(ip) if ip.is_link_local());
+    let own_ip_gone =
+        !unwatched && local.ip() == configured && !addresses.iter().any(|a| a.ip() == configured);
+    (configured.is_unspecified() || own_ip_gone).then_some(SocketAddr::new(wildcard, 0))
+}
+
 /// The addresses to announce for an endpoint bound to `socket`, given the device's
 /// interface addresses. Empty when the endpoint is bound to the wildcard address and no
 /// interface address is known: announcing nothing is honest, announcing the wildcard

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tether_presence::MigrationEvent;
 use tether_protocol::{
-    ChannelId, DeviceId, MessageDelivered, SendCapacity, SessionReady, SessionStatus, StatusChanged,
+    ChannelId, DeviceId, MessageDelivered, MessagesAcknowledged, SendCapacity, SessionReady,
+    SessionStatus, StatusChanged,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -115,6 +116,16 @@ pub enum NodeEvent {
         /// From the change (or the signal) to Ready.
         duration: Duration,
     },
+    /// The peer acknowledged every message of `channel` below `below` (it has them;
+    /// with a store, durably): they will not be sent again.
+    Acknowledged {
+        /// The peer.
+        peer: DeviceId,
+        /// The channel.
+        channel: ChannelId,
+        /// Every sequence number below this is acknowledged.
+        below: u64,
+    },
     /// A message from a peer reached the application.
     Delivered {
         /// Sender.
@@ -169,6 +180,7 @@ pub fn phase_timeline<'a>(
                 // The status lines already show a migration start and an eviction.
                 NodeEvent::MigrationStarted { .. }
                 | NodeEvent::MigrationFailed { .. }
+                | NodeEvent::Acknowledged { .. }
                 | NodeEvent::Delivered { .. } => continue,
             };
             lines.push((*at - since, i * 1_000_000 + order, text));
@@ -299,6 +311,18 @@ impl Handler<MessageDelivered> for EventHub {
             channel: message.channel,
             seq: message.seq,
             payload: message.payload,
+        });
+    }
+}
+
+impl Handler<MessagesAcknowledged> for EventHub {
+    type Result = ();
+
+    fn handle(&mut self, message: MessagesAcknowledged, _ctx: &mut Self::Context) {
+        self.emit(NodeEvent::Acknowledged {
+            peer: message.peer,
+            channel: message.channel,
+            below: message.below,
         });
     }
 }

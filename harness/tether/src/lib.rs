@@ -1,12 +1,56 @@
 //! Tether: end-to-end encrypted sessions between paired devices that survive network
 //! changes.
 //!
-//! TODO crate docs
+//! Two devices that were paired (each knows the other's public key, and both hold a
+//! relationship key) keep one Noise session while either or both of them change
+//! networks: only the path changes, no handshake runs, and every message `send`
+//! accepted arrives exactly once and in order per channel — across reconnects, and
+//! across restarts with a `data_dir`. When no direct path works, a relay carries the
+//! signal and the data.
+//!
+//! ```no_run
+//! use tether::{Node, NodeEvent, PublicKey, RelationshipKey};
+//!
+//! # async fn chat() -> Result<(), Box<dyn std::error::Error>> {
+//! let relay_key = PublicKey::from_hex("<the relay's public key, hex>")?;
+//! let peer_key = PublicKey::from_hex("<the other device's public key, hex>")?;
+//! let relationship = RelationshipKey::from_hex("<the pair's relationship key, hex>")?;
+//!
+//! let mut node = Node::builder()
+//!     .key_file("device.key") // created on first start
+//!     .relay("203.0.113.7:7300".parse()?, relay_key)
+//!     .peer(peer_key, relationship)
+//!     .data_dir("tether-data") // accepted messages survive a crash
+//!     .start()
+//!     .await?;
+//! let peer = tether::device_id(&peer_key);
+//!
+//! node.send(peer, b"hello".to_vec()).await?; // waits while the peer's queue is full
+//! while let Some(event) = node.next_event().await {
+//!     match event {
+//!         NodeEvent::Delivered { payload, .. } => println!("{}", String::from_utf8_lossy(&payload)),
+//!         NodeEvent::Acknowledged { below, .. } => println!("the peer has everything below {below}"),
+//!         NodeEvent::Status { to, .. } => println!("session {to}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Node`] runs on any tokio runtime: its actors run on a thread of their own, and every
+//! random value it draws comes from the operating system. It watches the network
+//! interfaces and migrates its sessions when they change (`watch_interfaces`).
+//! `examples/chat.rs` is a chat two terminals can run. Programs that run an actix system
+//! of their own can use the actors directly ([`actors`]); the simulated cluster (whole
+//! nodes on a simulated network under a paused clock) is behind the `simulation`
+//! feature.
 
 mod announce;
 #[cfg(feature = "simulation")]
 pub mod cluster;
 mod driver;
+mod embedded;
 mod hub;
 mod journal_writer;
 mod link_tasks;
@@ -14,21 +58,28 @@ mod node;
 mod relay_server;
 
 /// The node as actix actors, for programs that run an actix system of their own (and
-/// for the simulator): the same node [`Node`](crate::Node) runs on a thread of its own.
+/// for the simulator): the same node [`crate::Node`] runs on a thread of its own.
 pub mod actors {
     pub use crate::announce::announced_endpoints;
     pub use crate::driver::{Rebind, TransportDriver};
     pub use crate::hub::{phase_timeline, PresenceView, MAX_PENDING_NOTICES};
     pub use crate::journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
     pub use crate::node::{
-        DurableChannels, Node, NodeConfig, NodePeer, PeerStatus, ServerInfo, CLOSE_LINGER,
+        DurableChannels, Node, NodeConfig, NodeEvents, NodePeer, PeerStatus, ServerInfo,
+        CLOSE_LINGER,
     };
     pub use crate::relay_server::{
         GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap,
     };
 }
 
+pub use announce::rebind_target;
+pub use embedded::{channel_store_path, device_id, Events, Node, NodeBuilder, StartError};
 pub use hub::NodeEvent;
+pub use node::{NodeEvents, PeerStatus};
+pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
+pub use tether_direct_connection::Limits;
+pub use tether_protocol::{ChannelId, DeviceId, SendError};
 
 // `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has
 // fixed-size fields for crypto's values. Crypto owns the sizes (and the reasons for

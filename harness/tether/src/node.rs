@@ -129,7 +129,7 @@ pub struct Node {
     pms: Addr<tether_pms::Orchestrator>,
     driver: Addr<TransportDriver>,
     hub: Addr<EventHub>,
-    events: mpsc::UnboundedReceiver<NodeEvent>,
+    events: NodeEvents,
     /// What the hub and this handle share: unread notices, waiting sends.
     backlog: Arc<EventBacklog>,
     /// Frames dropped because a link's writer queue was full.
@@ -334,6 +334,7 @@ impl Node {
                 },
                 delivered: hub.clone().recipient(),
                 send_capacity: hub.clone().recipient(),
+                acknowledged: hub.clone().recipient(),
             },
         ));
 
@@ -394,6 +395,11 @@ impl Node {
             },
         ));
 
+        let events = NodeEvents {
+            events,
+            backlog: backlog.clone(),
+            dc: dc.clone(),
+        };
         Ok(Self {
             device,
             dc,
@@ -514,13 +520,60 @@ impl Node {
     /// message returns its credit to the sender: a node whose application stops
     /// reading holds at most its receive budget per peer.
     pub async fn next_event(&mut self) -> Option<NodeEvent> {
+        self.events.next().await
+    }
+
+    /// An event if one is waiting.
+    pub fn try_next_event(&mut self) -> Option<NodeEvent> {
+        self.events.try_next()
+    }
+
+    /// Takes the event stream out of the node, so events can be read while the node is
+    /// shared (`send` takes `&self`); the node's own `next_event` then sees none.
+    pub fn take_events(&mut self) -> NodeEvents {
+        let (_, empty) = mpsc::unbounded_channel();
+        std::mem::replace(
+            &mut self.events,
+            NodeEvents {
+                events: empty,
+                backlog: self.backlog.clone(),
+                dc: self.dc.clone(),
+            },
+        )
+    }
+
+    /// Frames dropped because a link's writer queue held
+    /// `MAX_WRITER_QUEUE_BYTES` (16 MiB; the peer stopped reading).
+    pub fn writes_dropped(&self) -> u64 {
+        self.writes_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events other than deliveries dropped because the application left too many
+    /// unread (see [`crate::hub::MAX_PENDING_NOTICES`]).
+    pub fn notices_dropped(&self) -> u64 {
+        self.backlog.notices_dropped()
+    }
+}
+
+/// A node's events, in order; reading a delivered message returns its credit to the
+/// sender.
+#[derive(Debug)]
+pub struct NodeEvents {
+    events: mpsc::UnboundedReceiver<NodeEvent>,
+    backlog: Arc<EventBacklog>,
+    dc: Addr<direct_connection::Orchestrator>,
+}
+
+impl NodeEvents {
+    /// The next event; None once the node stopped.
+    pub async fn next(&mut self) -> Option<NodeEvent> {
         let event = self.events.recv().await?;
         self.taken(&event);
         Some(event)
     }
 
     /// An event if one is waiting.
-    pub fn try_next_event(&mut self) -> Option<NodeEvent> {
+    pub fn try_next(&mut self) -> Option<NodeEvent> {
         let event = self.events.try_recv().ok()?;
         self.taken(&event);
         Some(event)
@@ -542,19 +595,9 @@ impl Node {
             });
         }
     }
+}
 
-    /// Frames dropped because a link's writer queue held
-    /// [`crate::link_tasks::MAX_WRITER_QUEUE_BYTES`] (the peer stopped reading).
-    pub fn writes_dropped(&self) -> u64 {
-        self.writes_dropped.load(Ordering::Relaxed)
-    }
-
-    /// Events other than deliveries dropped because the application left too many
-    /// unread (see [`crate::hub::MAX_PENDING_NOTICES`]).
-    pub fn notices_dropped(&self) -> u64 {
-        self.backlog.notices_dropped()
-    }
-
+impl Node {
     /// Every peer's status.
     pub async fn status(&self) -> Vec<PeerStatus> {
         let (snapshots, _) = self.dc.send(GetPeerSnapshots).await.unwrap_or_default();

@@ -8,10 +8,10 @@ use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     AllowRekey, BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
     DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, JournalCommitted,
-    JournalEntry, LivenessReport, MessageConsumed, MessageDelivered, PathLost, PathMeasured,
-    PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue,
-    RelayForward, RelayMigrationPing, RelayStatus, SendCapacity, SendMessage, SendMigrationPing,
-    SendWaiting, SessionReady, TransportEvent, TransportPort,
+    JournalEntry, LivenessReport, MessageConsumed, MessageDelivered, MessagesAcknowledged,
+    PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset,
+    RelayDelivered, RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus, SendCapacity,
+    SendMessage, SendMigrationPing, SendWaiting, SessionReady, TransportEvent, TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
@@ -52,6 +52,8 @@ pub struct Recipients {
     pub delivered: Recipient<MessageDelivered>,
     /// The application: a full queue has room again.
     pub send_capacity: Recipient<SendCapacity>,
+    /// The application: the peer acknowledged messages.
+    pub acknowledged: Recipient<MessagesAcknowledged>,
 }
 
 /// Asks for every peer's status and the drop counters (answered directly: only the
@@ -118,6 +120,7 @@ impl CoreShell for Orchestrator {
             Output::Journal(m) => r.journal.do_send(m),
             Output::Delivered(m) => r.delivered.do_send(m),
             Output::SendCapacity(m) => r.send_capacity.do_send(m),
+            Output::Acknowledged(m) => r.acknowledged.do_send(m),
         }
     }
 }

@@ -25,8 +25,8 @@ use tether_protocol::{
     AllowRekey, BlueprintCompiled, CandidateSource, CarryOverRelay, ChannelId, ConnectFailed,
     ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted,
     InboundMigrationPing, JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageConsumed,
-    MessageDelivered, PathKind, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
-    PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
+    MessageDelivered, MessagesAcknowledged, PathKind, PathLost, PathMeasured, PeerAnnounced,
+    PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
     RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendCapacity, SendMigrationPing,
     SendWaiting, SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent,
     WireFrame,
@@ -112,6 +112,8 @@ pub enum Output {
     Delivered(MessageDelivered),
     /// To the application: a full queue has room again.
     SendCapacity(SendCapacity),
+    /// To the application: the peer acknowledged messages.
+    Acknowledged(MessagesAcknowledged),
 }
 
 /// Peer- and network-caused problems, counted and dropped (invariant 8).

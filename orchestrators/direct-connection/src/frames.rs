@@ -6,8 +6,8 @@ use crate::core::{DirectConnection, Output, MAX_INBOUND_CHANNELS};
 use crate::state::Via;
 use std::time::Instant;
 use tether_protocol::{
-    ChannelId, DeviceId, JournalEntry, MessageConsumed, MessageDelivered, PeerReset, SendCapacity,
-    SessionFrame,
+    ChannelId, DeviceId, JournalEntry, MessageConsumed, MessageDelivered, MessagesAcknowledged,
+    PeerReset, SendCapacity, SessionFrame,
 };
 
 impl DirectConnection {
@@ -46,6 +46,12 @@ impl DirectConnection {
                         channel,
                         below,
                     });
+                    self.outputs
+                        .push_back(Output::Acknowledged(MessagesAcknowledged {
+                            peer: device,
+                            channel,
+                            below,
+                        }));
                     self.report_send_capacity(device);
                 }
                 self.pump(now, device);

@@ -109,7 +109,7 @@ impl SessionTracker {
                     .observe(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
                 Lifecycle::None
             }
-            NodeEvent::Delivered { .. } => Lifecycle::None,
+            NodeEvent::Delivered { .. } | NodeEvent::Acknowledged { .. } => Lifecycle::None,
         }
     }
 

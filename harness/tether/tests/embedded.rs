@@ -1,0 +1,152 @@
+//! The library as an application uses it: two nodes built with `Node::builder` on a
+//! multi-threaded tokio runtime (the application's), a relay, messages both ways with
+//! their acknowledgements, a wait for room in a full queue, and an orderly stop. Real
+//! UDP on loopback.
+
+// A panic in a test is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tether::actors::RelayServer;
+use tether::{ChannelId, DeviceId, Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypair};
+use tether_transport::{Endpoint, TransportConfig};
+
+/// Starts a relay on loopback on a thread of its own; returns its address.
+fn start_relay(keypair: StaticKeypair) -> SocketAddr {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let system = actix_rt::System::new();
+        system.block_on(async move {
+            let endpoint =
+                Endpoint::bind_udp("127.0.0.1:0".parse().unwrap(), TransportConfig::default())
+                    .await
+                    .unwrap();
+            let addr = endpoint.local_addr().unwrap();
+            let _relay = RelayServer::start(endpoint, keypair, [7; 32]).unwrap();
+            addr_tx.send(addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    addr_rx.recv().unwrap()
+}
+
+/// Waits for the first event `pick` accepts.
+async fn until<T>(node: &mut Node, mut pick: impl FnMut(&NodeEvent) -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = node.next_event().await.expect("the node stopped");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("no such event within 20 s")
+}
+
+fn ready(peer: DeviceId) -> impl FnMut(&NodeEvent) -> Option<()> {
+    move |event| matches!(event, NodeEvent::Ready(r) if r.peer == peer).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_embedded_nodes_talk_through_the_builder_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::OsRng;
+    let relay_key = StaticKeypair::generate(&mut rng);
+    let relay_public = *relay_key.public();
+    let relay = start_relay(relay_key);
+    let b_key = StaticKeypair::generate(&mut rng);
+    let b_public = *b_key.public();
+    let rk = RelationshipKey::generate(&mut rng);
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+
+    // A keeps its key in a file (created on first start) and its channels on disk.
+    let key_file = dir.path().join("a.key");
+    let mut a = Node::builder()
+        .key_file(&key_file)
+        .relay(relay, relay_public)
+        .peer(b_public, rk.clone())
+        .listen(loopback)
+        .data_dir(dir.path().join("data"))
+        .watch_interfaces(false)
+        .start()
+        .await
+        .unwrap();
+    let a_public = PublicKey::from_bytes(a.device().0).unwrap();
+    assert_eq!(
+        StaticKeypair::load(&key_file).unwrap().public(),
+        &a_public,
+        "the key file holds the device's key"
+    );
+    let mut b = Node::builder()
+        .keypair(b_key)
+        .relay(relay, relay_public)
+        .peer_at(a_public, rk, vec![a.local_addr()])
+        .listen(loopback)
+        .watch_interfaces(false)
+        .start()
+        .await
+        .unwrap();
+    let (a_id, b_id) = (a.device(), b.device());
+    until(&mut a, ready(b_id)).await;
+    until(&mut b, ready(a_id)).await;
+
+    for i in 0..100u32 {
+        a.send_on(b_id, ChannelId(3), i.to_be_bytes())
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let payload = until(&mut b, |event| match event {
+            NodeEvent::Delivered {
+                peer,
+                channel,
+                payload,
+                ..
+            } if *peer == a_id && *channel == ChannelId(3) => Some(payload.clone()),
+            _ => None,
+        })
+        .await;
+        got.push(u32::from_be_bytes(payload.try_into().unwrap()));
+    }
+    assert_eq!(got, (0..100).collect::<Vec<_>>(), "each once, in order");
+    // A learns that B has them all.
+    until(&mut a, |event| match event {
+        NodeEvent::Acknowledged {
+            peer,
+            channel,
+            below,
+        } if *peer == b_id && *channel == ChannelId(3) && *below == 100 => Some(()),
+        _ => None,
+    })
+    .await;
+
+    b.send(a_id, b"hello back".to_vec()).await.unwrap();
+    let back = until(&mut a, |event| match event {
+        NodeEvent::Delivered { payload, .. } => Some(payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(back, b"hello back");
+    let status = a.status().await;
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].handshakes, 1);
+
+    a.stop().await;
+    b.stop().await;
+
+    // A restarts from its key file: the same device.
+    let a = Node::builder()
+        .key_file(&key_file)
+        .relay(relay, relay_public)
+        .peer(b_public, RelationshipKey::generate(&mut rng))
+        .listen(loopback)
+        .watch_interfaces(false)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(a.device(), a_id);
+    a.stop().await;
+}
