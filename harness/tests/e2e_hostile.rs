@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use common::hostile::{loopback_sources, Background, Held, Mallory};
 use common::relay_device::RelayDevice;
-use common::{field, peers_entry, run, tail, Deployment, DirectOnly, Proc, TETHER};
+use common::{
+    field, metrics_page, node_config, peers_entry, run, tail, Deployment, DirectOnly, Proc, TETHER,
+};
 use tether_crypto::{PublicKey, StaticKeypair};
 use tether_transport::{Endpoint, TransportConfig};
 
@@ -123,6 +125,22 @@ fn start_node_with_metrics(dir: &Path, name: &str) -> (Proc, SocketAddr, String)
     (node, listen, metrics)
 }
 
+/// Devices `a` and `b`, paired, with a relay that never answers, in `dir`.
+fn direct_pair(dir: &Path) -> (DirectOnly, String) {
+    let net = DirectOnly::new(dir);
+    let pairing = run(dir, TETHER, &["pair", "a.key", "b.key"]);
+    (net, pairing)
+}
+
+/// Starts node `b` of `pairing` on 127.0.0.1 (peer `a` at no known address), with
+/// `extra` config lines; its listen and metrics addresses.
+fn start_b(dir: &Path, net: &DirectOnly, pairing: &str, extra: &str) -> (Proc, SocketAddr, String) {
+    let peers = peers_entry(pairing, "b");
+    let config = node_config(net.relay(), "b", "b", "127.0.0.1:0", extra, &peers);
+    std::fs::write(dir.join("b.toml"), config).unwrap();
+    start_node_with_metrics(dir, "b")
+}
+
 /// Sends `signal` (`STOP`, `CONT`) to process `pid`.
 fn signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
@@ -134,14 +152,7 @@ fn signal(pid: u32, signal: &str) {
 
 /// The value of a Prometheus series without labels on the metrics page at `addr`.
 fn metric(addr: &str, series: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut http = std::net::TcpStream::connect(addr).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    http.read_to_string(&mut page).unwrap();
+    let page = metrics_page(addr);
     page.lines()
         .find_map(|l| l.strip_prefix(&format!("{series} "))?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{page}"))
@@ -229,11 +240,8 @@ fn closed_within(bg: &Background, held: &Held, n: usize, until: Instant) -> bool
 fn a_node_accepts_a_well_behaved_peer_after_connection_churn() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let net = DirectOnly::new(d);
-    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
-    let b_config = net.node_config("b", "b", "127.0.0.1:0", "", &peers_entry(&pairing, "b"));
-    std::fs::write(d.join("b.toml"), b_config).unwrap();
-    let (b, b_addr) = start_node(d, "b");
+    let (net, pairing) = direct_pair(d);
+    let (b, b_addr, _) = start_b(d, &net, &pairing, "");
 
     let bg = Background::start();
     let refused = churn(&bg, b.pid(), b_addr);
@@ -241,7 +249,8 @@ fn a_node_accepts_a_well_behaved_peer_after_connection_churn() {
 
     // A, which knows B's address and has no relay that answers, can only reach B on a
     // link B accepts.
-    let a_config = net.node_config(
+    let a_config = node_config(
+        net.relay(),
         "a",
         "a",
         "127.0.0.1:0",
@@ -314,12 +323,13 @@ fn handshake_only_connections_leave_room_for_a_well_behaved_peer(n: usize) {
     let ab = run(d, TETHER, &["pair", "a.key", "b.key"]);
     let bc = run(d, TETHER, &["pair", "b.key", "c.key"]);
     let b_peers = format!("{}\n{}", peers_entry(&ab, "b"), peers_entry(&bc, "b"));
-    let b_config = net.node_config("b", "b", "127.0.0.1:0", "", &b_peers);
+    let b_config = node_config(net.relay(), "b", "b", "127.0.0.1:0", "", &b_peers);
     std::fs::write(d.join("b.toml"), b_config).unwrap();
     let (b, b_addr) = start_node(d, "b");
     let watch_b = watch(d, "b");
     for (name, pairing) in [("a", &ab), ("c", &bc)] {
-        let config = net.node_config(
+        let config = node_config(
+            net.relay(),
             name,
             name,
             "127.0.0.1:0",
@@ -443,11 +453,8 @@ const SOURCES: std::ops::RangeInclusive<u8> = 66..=73;
 fn a_node_under_a_thousand_unauthenticated_connections_stays_within_its_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let net = DirectOnly::new(d);
-    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
-    let b_config = net.node_config("b", "b", "127.0.0.1:0", "", &peers_entry(&pairing, "b"));
-    std::fs::write(d.join("b.toml"), b_config).unwrap();
-    let (b, b_addr) = start_node(d, "b");
+    let (net, pairing) = direct_pair(d);
+    let (b, b_addr, _) = start_b(d, &net, &pairing, "");
     // Up and answering its control socket.
     status(d, "b");
     let rss_before = memory_kib(b.pid(), "VmRSS");
@@ -495,17 +502,8 @@ fn a_node_under_a_thousand_unauthenticated_connections_stays_within_its_memory_b
 fn a_flood_a_node_cannot_read_shows_as_receive_buffer_drops() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let net = DirectOnly::new(d);
-    let pairing = run(d, TETHER, &["pair", "a.key", "b.key"]);
-    let b_config = net.node_config(
-        "b",
-        "b",
-        "127.0.0.1:0",
-        "metrics_addr = \"127.0.0.1:0\"",
-        &peers_entry(&pairing, "b"),
-    );
-    std::fs::write(d.join("b.toml"), b_config).unwrap();
-    let (b, b_addr, metrics) = start_node_with_metrics(d, "b");
+    let (net, pairing) = direct_pair(d);
+    let (b, b_addr, metrics) = start_b(d, &net, &pairing, "metrics_addr = \"127.0.0.1:0\"");
     let before = status(d, "b");
     assert_eq!(before["transport"]["receive_buffer_drops"], 0, "{before}");
 
@@ -571,9 +569,10 @@ fn a_flood_a_node_cannot_read_shows_as_receive_buffer_drops() {
 /// without state, or displace the oldest link. A connection the node closed stays in
 /// quinn for three probe timeouts (about 0.1 s on loopback, where the 25 ms ack delay
 /// dominates), so at the 2 000-2 500 handshakes a second one core completes, up to
-/// about 250 more are still draining. Each connection costs about 48 KiB (QUIC and TLS
-/// state; for a link also two tasks and DirectConnection's entry: 46 held links took
-/// 1.8 MB above the idle node in the 64-connection test here): (64 + 64 + 250) x 48 KiB
-/// is about 18 MiB, and the bound leaves a third more for the allocator. Without the
-/// bounds, the 1 000 links stay until their 5 s deadline: about 47 MiB.
+/// about 250 more are still draining. Each connection costs about 40 KiB (QUIC and TLS
+/// state; for a link also two tasks and DirectConnection's entry: 46 held links and
+/// half-open connections took 1.7 MiB above the idle node in the 64-connection test),
+/// budgeted at 48 KiB: (64 + 64 + 250) x 48 KiB is about 18 MiB, and the bound leaves a
+/// third more for the allocator. Without the cap on unclaimed links the 1 000 stay
+/// until their 5 s deadline: +26.6 MiB measured.
 const MEMORY_BOUND_KIB: u64 = 24 * 1024;

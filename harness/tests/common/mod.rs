@@ -279,22 +279,21 @@ impl DirectOnly {
         }
     }
 
-    /// A node config as [`Deployment::node_config`], with the silent relay.
-    pub fn node_config(
-        &self,
-        socket: &str,
-        key: &str,
-        listen: &str,
-        extra: &str,
-        peers: &str,
-    ) -> String {
-        node_config(
-            (&self.relay_addr, &self.relay_public),
-            socket,
-            key,
-            listen,
-            extra,
-            peers,
-        )
+    /// The silent relay (address, public key), for [`node_config`].
+    pub fn relay(&self) -> (&str, &str) {
+        (&self.relay_addr, &self.relay_public)
     }
+}
+
+/// The page `GET /metrics` returns at `addr` (`ip:port`), status line included.
+pub fn metrics_page(addr: &str) -> String {
+    use std::io::Write;
+    let mut http = std::net::TcpStream::connect(addr).unwrap();
+    http.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    page
 }
