@@ -10,7 +10,6 @@
 // A panic in a test is a failed test, not a crashed node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -238,13 +237,7 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     assert!(relay_status.contains("authenticated"), "{relay_status}");
 
     // Prometheus text on A's metrics address.
-    let mut http = std::net::TcpStream::connect(&a_metrics).unwrap();
-    http.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    http.read_to_string(&mut page).unwrap();
+    let page = common::metrics_page(&a_metrics);
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     assert!(
         page.contains("tether_migrations_total{peer=\"b\",outcome=\"completed\"} 1"),

@@ -14,6 +14,7 @@ use crate::config::TransportConfig;
 use crate::error::{DialError, EndpointError, LostReason};
 use crate::link::{close_code, Link, LinkRole, LinkShared, LINK_PREAMBLE};
 use crate::quic;
+use crate::receive_drops::ReceiveDrops;
 use crate::sim::{HostId, SimNetwork};
 use crate::socket::SocketFactory;
 use crate::stats::{bump, EndpointCounters, EndpointStats};
@@ -33,6 +34,7 @@ struct Inner {
     client: quinn::ClientConfig,
     factory: SocketFactory,
     counters: Arc<EndpointCounters>,
+    receive_drops: Arc<ReceiveDrops>,
     links: Registry,
     next_link: Arc<AtomicU64>,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Link>>,
@@ -116,13 +118,16 @@ impl Endpoint {
     ) -> Result<Self, EndpointError> {
         config.validate()?;
         let counters = Arc::new(EndpointCounters::default());
+        let receive_drops = Arc::new(ReceiveDrops::default());
         let socket = factory
-            .bind(addr, counters.clone())
+            .bind(addr, counters.clone(), &receive_drops)
             .map_err(|source| EndpointError::Bind { addr, source })?;
         let server = quic::server_config(&config)?;
         let client = quic::client_config(&config)?;
+        let mut endpoint_config = quic::endpoint_config(&config);
+        endpoint_config.cid_generator(quic::counting_cid_generator(counters.clone()));
         let quinn = quinn::Endpoint::new_with_abstract_socket(
-            quic::endpoint_config(&config),
+            endpoint_config,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -148,6 +153,7 @@ impl Endpoint {
                 client,
                 factory,
                 counters,
+                receive_drops,
                 links,
                 next_link,
                 accepted: tokio::sync::Mutex::new(rx),
@@ -168,7 +174,14 @@ impl Endpoint {
     }
 
     /// Traffic and drop counters.
+    ///
+    /// On Linux this reads the kernel's receive-buffer drops of the endpoint's socket
+    /// (`/proc/self/net/udp` and `udp6`): a cheap call, but not one for a hot path.
     pub fn stats(&self) -> EndpointStats {
+        self.inner
+            .counters
+            .receive_buffer_drops
+            .store(self.inner.receive_drops.total(), Ordering::Relaxed);
         self.inner.counters.snapshot()
     }
 
@@ -241,7 +254,7 @@ impl Endpoint {
         let socket = self
             .inner
             .factory
-            .bind(addr, self.inner.counters.clone())
+            .bind(addr, self.inner.counters.clone(), &self.inner.receive_drops)
             .map_err(|source| EndpointError::Bind { addr, source })?;
         let new = socket
             .local_addr()

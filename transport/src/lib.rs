@@ -45,6 +45,7 @@ mod link;
 #[cfg(target_os = "linux")]
 mod netlink_watch;
 pub mod quic;
+mod receive_drops;
 pub mod sim;
 mod socket;
 pub mod stats;

@@ -32,6 +32,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::TransportConfig;
 use crate::error::EndpointError;
+use crate::stats::{bump, EndpointCounters};
 
 /// The ALPN protocol id of Tether links; a peer speaking anything else is refused.
 pub const ALPN: &[u8] = b"tether/1";
@@ -90,9 +91,10 @@ pub(crate) fn server_config(
 }
 
 /// The client side of an endpoint: dials links, accepts any server certificate.
-pub(crate) fn client_config(
-    config: &TransportConfig,
-) -> Result<quinn::ClientConfig, EndpointError> {
+///
+/// Public so that tools and tests can speak raw QUIC to a Tether endpoint (a hostile
+/// client, for one); an [`Endpoint`](crate::Endpoint) builds its own.
+pub fn client_config(config: &TransportConfig) -> Result<quinn::ClientConfig, EndpointError> {
     let provider = provider();
     let verifier = Arc::new(AcceptAnyServerCert {
         algorithms: provider.signature_verification_algorithms,
@@ -121,6 +123,50 @@ pub(crate) fn endpoint_config(config: &TransportConfig) -> quinn::EndpointConfig
     let mut endpoint = quinn::EndpointConfig::default();
     endpoint.grease_quic_bit(false).rng_seed(config.rng_seed);
     endpoint
+}
+
+/// The connection id generator of every endpoint: quinn's default (ids carrying a keyed
+/// hash, so that quinn can tell ids it never issued), which also counts the datagrams
+/// quinn drops for carrying such an id (`unknown_connection_dropped`). quinn asks
+/// [`validate`](quinn::ConnectionIdGenerator::validate) exactly when a short-header
+/// datagram matches no connection, and drops the datagram when it fails.
+pub(crate) fn counting_cid_generator(
+    counters: Arc<EndpointCounters>,
+) -> impl Fn() -> Box<dyn quinn::ConnectionIdGenerator> + Send + Sync + 'static {
+    move || {
+        Box::new(CountingCids {
+            inner: quinn_proto::HashedConnectionIdGenerator::new(),
+            counters: counters.clone(),
+        })
+    }
+}
+
+/// quinn's hashed connection ids, counting the ones that fail validation.
+struct CountingCids {
+    inner: quinn_proto::HashedConnectionIdGenerator,
+    counters: Arc<EndpointCounters>,
+}
+
+impl quinn::ConnectionIdGenerator for CountingCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        self.inner.generate_cid()
+    }
+
+    fn validate(&self, cid: &quinn::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        let valid = self.inner.validate(cid);
+        if valid.is_err() {
+            bump(&self.counters.unknown_connection_dropped);
+        }
+        valid
+    }
+
+    fn cid_len(&self) -> usize {
+        self.inner.cid_len()
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        self.inner.cid_lifetime()
+    }
 }
 
 /// A certificate verifier that accepts any server certificate but still verifies the

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 
+use crate::receive_drops::{socket_inode, OpenSocket, ReceiveDrops};
 use crate::sim::{HostId, SimNetwork};
 use crate::stats::{add, len64, EndpointCounters};
 
@@ -28,6 +29,18 @@ const MIN_QUIC_DATAGRAM: usize = 21;
 /// The QUIC fixed bit (RFC 9000 §17). We never advertise `grease_quic_bit`, so every
 /// packet addressed to us must have it set; anything else is not QUIC.
 const QUIC_FIXED_BIT: u8 = 0x40;
+
+/// The header form bit (RFC 9000 §17.2): set on long headers, which carry a version.
+const LONG_HEADER: u8 = 0x80;
+
+/// The version field of a long header that marks a version negotiation packet (RFC 9000
+/// §17.2.1): never dropped here, quinn's client side reads it.
+const VERSION_NEGOTIATION: u32 = 0;
+
+/// The smallest datagram a server answers with a version negotiation packet; quinn
+/// (RFC 9000 §5.2.2 and §14.1) drops shorter ones that name an unsupported version, so
+/// an answer can never be larger than the datagram that asked for it.
+const MIN_INITIAL_DATAGRAM: usize = 1200;
 
 /// Where an endpoint gets its sockets from, at creation and on every rebind.
 #[derive(Clone)]
@@ -53,27 +66,37 @@ impl fmt::Debug for SocketFactory {
 }
 
 impl SocketFactory {
-    /// Binds a new socket at `addr`, wrapped in the counting guard.
+    /// Binds a new socket at `addr`, wrapped in the counting guard; the kernel's drops
+    /// on a real socket are counted in `drops` while it is open.
     pub(crate) fn bind(
         &self,
         addr: SocketAddr,
         counters: Arc<EndpointCounters>,
+        drops: &Arc<ReceiveDrops>,
     ) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        let inner: Arc<dyn AsyncUdpSocket> = match self {
+        let (inner, kernel): (Arc<dyn AsyncUdpSocket>, _) = match self {
             Self::Udp => {
                 let socket = std::net::UdpSocket::bind(addr)?;
                 socket.set_nonblocking(true)?;
-                quinn::TokioRuntime.wrap_udp_socket(socket)?
+                let kernel = socket_inode(&socket).map(|inode| drops.register(inode));
+                (quinn::TokioRuntime.wrap_udp_socket(socket)?, kernel)
             }
-            Self::Sim { net, host } => Arc::new(net.bind(*host, addr)?),
+            Self::Sim { net, host } => (Arc::new(net.bind(*host, addr)?), None),
         };
-        Ok(Arc::new(GuardedSocket { inner, counters }))
+        Ok(Arc::new(GuardedSocket {
+            _kernel: kernel,
+            inner,
+            counters,
+        }))
     }
 }
 
 /// Counts datagrams in and out and drops received datagrams that cannot be QUIC before
 /// quinn parses them.
 struct GuardedSocket {
+    /// Counts the kernel's drops on a real socket. Declared before `inner` so that it
+    /// drops first, and its last reading finds the socket still open.
+    _kernel: Option<OpenSocket>,
     inner: Arc<dyn AsyncUdpSocket>,
     counters: Arc<EndpointCounters>,
 }
@@ -86,9 +109,37 @@ impl fmt::Debug for GuardedSocket {
     }
 }
 
-/// Whether one datagram can possibly be a QUIC packet for us.
-fn plausible_quic(datagram: &[u8]) -> bool {
-    datagram.len() >= MIN_QUIC_DATAGRAM && datagram[0] & QUIC_FIXED_BIT != 0
+/// What the socket guard makes of one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Possibly a QUIC packet for us: handed to quinn.
+    Quic,
+    /// Cannot be QUIC: too short, or the fixed bit is clear.
+    NotQuic,
+    /// A long header naming a version quinn does not speak, too short for quinn to
+    /// answer: quinn would drop it.
+    UnsupportedVersion,
+}
+
+/// Classifies one datagram (one GRO segment).
+fn classify(datagram: &[u8]) -> Verdict {
+    if datagram.len() < MIN_QUIC_DATAGRAM || datagram[0] & QUIC_FIXED_BIT == 0 {
+        return Verdict::NotQuic;
+    }
+    if datagram[0] & LONG_HEADER != 0 && datagram.len() < MIN_INITIAL_DATAGRAM {
+        let version = match datagram.get(1..5) {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+            _ => return Verdict::NotQuic,
+        };
+        // quinn's endpoint speaks exactly its default versions (`quic::endpoint_config`
+        // does not change them).
+        if version != VERSION_NEGOTIATION
+            && !quinn_proto::DEFAULT_SUPPORTED_VERSIONS.contains(&version)
+        {
+            return Verdict::UnsupportedVersion;
+        }
+    }
+    Verdict::Quic
 }
 
 impl AsyncUdpSocket for GuardedSocket {
@@ -123,17 +174,29 @@ impl AsyncUdpSocket for GuardedSocket {
             let stride = if m.stride == 0 { data.len() } else { m.stride };
             let segments = data.len().div_ceil(stride.max(1)).max(1);
             // With GRO one meta holds several datagrams of one sender; if any of them is
-            // garbage the whole batch is dropped (a peer that coalesces garbage with
-            // real packets loses both, which only hurts itself).
-            if !data.is_empty() && data.chunks(stride.max(1)).all(plausible_quic) {
-                add(&self.counters.datagrams_received, len64(segments));
-                add(&self.counters.bytes_received, len64(data.len()));
+            // dropped the whole batch is, counted under the first reason found (a peer
+            // that coalesces junk with real packets loses both, which only hurts itself).
+            let verdict = if data.is_empty() {
+                Verdict::NotQuic
             } else {
-                add(&self.counters.garbage_datagrams_dropped, len64(segments));
-                tracing::debug!(from = %m.addr, len = data.len(), "dropping non-QUIC datagram");
-                // quinn skips a zero-length buffer.
-                m.len = 0;
-            }
+                data.chunks(stride.max(1))
+                    .map(classify)
+                    .find(|v| *v != Verdict::Quic)
+                    .unwrap_or(Verdict::Quic)
+            };
+            let dropped = match verdict {
+                Verdict::Quic => {
+                    add(&self.counters.datagrams_received, len64(segments));
+                    add(&self.counters.bytes_received, len64(data.len()));
+                    continue;
+                }
+                Verdict::NotQuic => &self.counters.garbage_datagrams_dropped,
+                Verdict::UnsupportedVersion => &self.counters.unsupported_version_dropped,
+            };
+            add(dropped, len64(segments));
+            tracing::debug!(from = %m.addr, len = data.len(), ?verdict, "dropping datagram");
+            // quinn skips a zero-length buffer.
+            m.len = 0;
         }
         Poll::Ready(Ok(n))
     }
@@ -161,10 +224,34 @@ mod tests {
 
     #[test]
     fn plausibility() {
-        assert!(!plausible_quic(&[]));
-        assert!(!plausible_quic(&[0x40; 20]));
-        assert!(plausible_quic(&[0x40; 21]));
-        assert!(!plausible_quic(&[0x80; 100]));
-        assert!(plausible_quic(&[0xC3; 1200]));
+        assert_eq!(classify(&[]), Verdict::NotQuic);
+        assert_eq!(classify(&[0x40; 20]), Verdict::NotQuic);
+        assert_eq!(classify(&[0x40; 21]), Verdict::Quic);
+        assert_eq!(classify(&[0x80; 100]), Verdict::NotQuic);
+        assert_eq!(classify(&[0xC3; 1200]), Verdict::Quic);
+    }
+
+    #[test]
+    fn long_headers_of_versions_nobody_answers_are_dropped() {
+        let long = |version: u32, len: usize| {
+            let mut d = vec![0xC0; len];
+            d[1..5].copy_from_slice(&version.to_be_bytes());
+            d
+        };
+        assert_eq!(
+            classify(&long(0xdead_beef, 100)),
+            Verdict::UnsupportedVersion
+        );
+        assert_eq!(
+            classify(&long(0xdead_beef, 1199)),
+            Verdict::UnsupportedVersion
+        );
+        // Long enough for a version negotiation answer: quinn answers it.
+        assert_eq!(classify(&long(0xdead_beef, 1200)), Verdict::Quic);
+        // QUIC v1, and version negotiation packets, go to quinn at any size.
+        assert_eq!(classify(&long(1, 100)), Verdict::Quic);
+        assert_eq!(classify(&long(VERSION_NEGOTIATION, 100)), Verdict::Quic);
+        // A short header carries no version.
+        assert_eq!(classify(&[0x40; 100]), Verdict::Quic);
     }
 }

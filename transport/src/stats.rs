@@ -47,9 +47,27 @@ counters! {
         /// Bytes in those datagrams.
         bytes_received,
         /// Datagrams dropped before QUIC saw them: shorter than any QUIC packet, or with
-        /// the QUIC fixed bit clear (not QUIC at all). Datagrams that look like QUIC but do
-        /// not decrypt are dropped inside quinn and not counted here.
+        /// the QUIC fixed bit clear (not QUIC at all).
+        ///
+        /// Of the datagrams that do look like QUIC, two kinds are counted below; the rest
+        /// that quinn drops are not counted anywhere, since quinn reports no drops: long
+        /// headers of QUIC v1 for no connection of ours, malformed headers, Initials too
+        /// short or over quinn's buffer for pending handshakes, and packets of a live
+        /// connection that fail authentication.
         garbage_datagrams_dropped,
+        /// Long-header datagrams naming a QUIC version we do not speak, too short to be
+        /// answered with a version negotiation: dropped before QUIC saw them (quinn
+        /// would drop them too, as RFC 9000 §5.2.2 requires). Longer ones are answered.
+        unsupported_version_dropped,
+        /// Short-header datagrams whose connection id this endpoint never issued
+        /// (random bytes, or a connection of an earlier process): dropped inside quinn,
+        /// counted where quinn checks the id.
+        unknown_connection_dropped,
+        /// Datagrams the kernel dropped because the socket's receive buffer was full,
+        /// over every socket the endpoint used (Linux: the `drops` column of
+        /// `/proc/net/udp` and `/proc/net/udp6`, read when the counters are read).
+        /// Always 0 on other systems and on the simulated network.
+        receive_buffer_drops,
         /// Links this endpoint dialled successfully.
         links_dialled,
         /// Links this endpoint accepted successfully.

@@ -69,3 +69,53 @@ async fn dialling_a_silent_port_times_out_with_a_typed_error() {
     let err = client.dial(silent.local_addr().unwrap()).await.unwrap_err();
     assert_eq!(err.kind(), DialFailure::TimedOut, "{err}");
 }
+
+/// A flood the endpoint cannot read in time overflows its socket's receive buffer: the
+/// kernel's drops appear in the endpoint's counters, and every datagram of the flood is
+/// accounted for, read (and dropped as not QUIC) or dropped by the kernel.
+///
+/// The overflow is deterministic: this test's runtime has one thread, busy sending the
+/// whole flood before quinn can read anything.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_over_the_receive_buffer_shows_as_kernel_drops() {
+    use std::time::Instant;
+    let endpoint = Endpoint::bind_udp(sa("127.0.0.1:0"), TransportConfig::default())
+        .await
+        .unwrap();
+    let target = endpoint.local_addr().unwrap();
+    // Twice the default receive buffer in payload alone: each datagram also costs the
+    // buffer its kernel overhead, so this always overflows it.
+    let rmem_default: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992);
+    let flood = (2 * rmem_default / 1200).max(1000);
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let not_quic = [0_u8; 1200]; // fixed bit clear: counted as garbage when read
+    for _ in 0..flood {
+        sender.send_to(&not_quic, target).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = endpoint.stats();
+        if stats.garbage_datagrams_dropped + stats.receive_buffer_drops >= flood {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "flood of {flood} not accounted for: {stats:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    eprintln!(
+        "flood {flood}: read {}, dropped by the kernel {}",
+        stats.garbage_datagrams_dropped, stats.receive_buffer_drops
+    );
+    assert!(stats.receive_buffer_drops > 0, "{stats:?}");
+    assert_eq!(
+        stats.garbage_datagrams_dropped + stats.receive_buffer_drops,
+        flood,
+        "{stats:?}"
+    );
+}

@@ -303,6 +303,43 @@ async fn endpoint_independent_nat_maps_on_first_packet_and_admits_any_remote() {
         .all(|e| e.from == public));
 }
 
+/// Datagrams of random bytes with the QUIC fixed bit set: every one is counted as
+/// dropped, by the socket guard (unsupported version) or where quinn drops it (a
+/// connection id this endpoint never issued); none reaches a connection.
+#[tokio::test(start_paused = true)]
+async fn quic_looking_junk_is_dropped_and_every_datagram_counted() {
+    use rand::{Rng, SeedableRng};
+    const JUNK: u64 = 2000;
+    let net = SimNetwork::new(SEED);
+    let b = net.add_host("b", [ip("10.0.0.2")]);
+    let m = net.add_host("mallory", [ip("10.0.0.66")]);
+    let eb = endpoint(&net, b, "10.0.0.2:4433").await;
+    let target = eb.local_addr().unwrap();
+    let raw = net.bind(m, sa("10.0.0.66:0")).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(SEED);
+    // In rounds the simulated bottleneck queue and receive buffer take whole.
+    for _ in 0..JUNK / 100 {
+        for _ in 0..100 {
+            // Shorter than an Initial, so no version negotiation answers any of them.
+            let mut junk = vec![0_u8; rng.gen_range(21..1200)];
+            rng.fill(&mut junk[..]);
+            junk[0] |= 0x40;
+            raw.send_to(&junk, target);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = eb.stats();
+    assert!(stats.unsupported_version_dropped > JUNK / 3, "{stats:?}");
+    assert!(stats.unknown_connection_dropped > JUNK / 3, "{stats:?}");
+    assert_eq!(
+        stats.unsupported_version_dropped + stats.unknown_connection_dropped,
+        JUNK,
+        "{stats:?}"
+    );
+    assert_eq!(stats.garbage_datagrams_dropped, 0);
+    assert_eq!(stats.datagrams_sent, 0, "nothing answered");
+}
+
 #[tokio::test(start_paused = true)]
 async fn dialler_moving_from_one_nat_to_another_keeps_its_connection() {
     let net = SimNetwork::new(SEED);
@@ -478,10 +515,18 @@ async fn garbage_datagrams_are_dropped_and_counted_and_links_still_work() {
     raw.send_to(&[0x5A; 1200], target); // QUIC-shaped noise: quinn drops it
     let mut long_header = vec![0xC0; 1200];
     long_header[1..5].copy_from_slice(&[0xFF; 4]); // unknown version
-    raw.send_to(&long_header, target);
+    raw.send_to(&long_header, target); // answered with a version negotiation
+    raw.send_to(&long_header[..100], target); // too short to answer: dropped
     raw.send_to(&vec![0x40; 9000], target); // above the path MTU: the network drops it
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(eb.stats().garbage_datagrams_dropped, 3);
+    let stats = eb.stats();
+    assert_eq!(stats.garbage_datagrams_dropped, 3);
+    assert_eq!(stats.unsupported_version_dropped, 1);
+    assert_eq!(stats.unknown_connection_dropped, 1);
+    assert_eq!(
+        stats.receive_buffer_drops, 0,
+        "not counted on the simulated network"
+    );
     assert!(net
         .packet_log()
         .iter()

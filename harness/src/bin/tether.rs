@@ -534,8 +534,9 @@ fn render_status(r: &NodeStatusReport) -> String {
     }
     let t = &r.transport;
     out.push_str(&format!(
-        "udp: sent {} datagrams / {} bytes, received {} / {}; rebinds {}\n",
-        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received, t.rebinds
+        "udp: sent {} datagrams / {} bytes, received {} / {}; dropped by the kernel (receive buffer full) {}; rebinds {}\n",
+        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received,
+        t.receive_buffer_drops, t.rebinds
     ));
     let rejected: Vec<String> = r
         .rejected
@@ -567,8 +568,9 @@ fn render_relay(r: &RelayStatusReport) -> String {
     }
     let t = &r.transport;
     out.push_str(&format!(
-        "udp: sent {} datagrams / {} bytes, received {} / {}\n",
-        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received
+        "udp: sent {} datagrams / {} bytes, received {} / {}; dropped by the kernel (receive buffer full) {}\n",
+        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received,
+        t.receive_buffer_drops
     ));
     out
 }

@@ -5,6 +5,7 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod relay_device;
 
 use std::io::{BufRead, BufReader, Read};
@@ -207,11 +208,7 @@ impl Deployment {
 
     /// The `[[peers]]` entry `tether pair` printed for `who`'s config (`"a"` or `"b"`).
     pub fn peers_entry(&self, who: &str) -> String {
-        self.pairing
-            .split("# --- in ")
-            .find(|s| s.starts_with(&format!("{who}'s config")))
-            .map(|s| s.split_once('\n').unwrap().1.to_string())
-            .unwrap()
+        peers_entry(&self.pairing, who)
     }
 
     /// A node config: key file `KEY.key`, control socket `SOCKET.sock`, `listen`, any
@@ -224,9 +221,79 @@ impl Deployment {
         extra: &str,
         peers: &str,
     ) -> String {
-        format!(
-            "key_file = \"{key}.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"{socket}.sock\"\n{extra}\n[relay]\naddr = \"{}\"\npublic_key = \"{}\"\n\n{peers}",
-            self.relay_addr, self.relay_public
+        node_config(
+            (&self.relay_addr, &self.relay_public),
+            socket,
+            key,
+            listen,
+            extra,
+            peers,
         )
     }
+}
+
+/// The `[[peers]]` entry for `who`'s config in the output of `tether pair`.
+pub fn peers_entry(pairing: &str, who: &str) -> String {
+    pairing
+        .split("# --- in ")
+        .find(|s| s.starts_with(&format!("{who}'s config")))
+        .map(|s| s.split_once('\n').unwrap().1.to_string())
+        .unwrap()
+}
+
+/// A node config: key file `KEY.key`, control socket `SOCKET.sock`, `listen`, any
+/// `extra` top-level lines, the relay (address, public key), then `peers`.
+pub fn node_config(
+    (relay_addr, relay_public): (&str, &str),
+    socket: &str,
+    key: &str,
+    listen: &str,
+    extra: &str,
+    peers: &str,
+) -> String {
+    format!(
+        "key_file = \"{key}.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"{socket}.sock\"\n{extra}\n[relay]\naddr = \"{relay_addr}\"\npublic_key = \"{relay_public}\"\n\n{peers}"
+    )
+}
+
+/// Nodes whose relay never answers: the configured relay address is a UDP socket this
+/// test holds and never reads. The only way between two such nodes is a direct link
+/// one of them dials, so a session that is Ready shows that the dialled node accepted.
+pub struct DirectOnly {
+    _silent: std::net::UdpSocket,
+    relay_addr: String,
+    relay_public: String,
+}
+
+impl DirectOnly {
+    /// Binds the silent socket and makes a relay key nobody uses, in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let relay_public = run(dir, TETHER, &["keygen", "--out", "silent-relay.key"])
+            .trim()
+            .to_string();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self {
+            relay_addr: silent.local_addr().unwrap().to_string(),
+            _silent: silent,
+            relay_public,
+        }
+    }
+
+    /// The silent relay (address, public key), for [`node_config`].
+    pub fn relay(&self) -> (&str, &str) {
+        (&self.relay_addr, &self.relay_public)
+    }
+}
+
+/// The page `GET /metrics` returns at `addr` (`ip:port`), status line included.
+pub fn metrics_page(addr: &str) -> String {
+    use std::io::Write;
+    let mut http = std::net::TcpStream::connect(addr).unwrap();
+    http.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    page
 }

@@ -216,6 +216,10 @@ pub struct TransportReport {
     pub links_accepted: u64,
     /// Rebinds to a new local address (network changes).
     pub rebinds: u64,
+    /// Datagrams the kernel dropped for us, the socket's receive buffer being full
+    /// (Linux; 0 elsewhere).
+    #[serde(default)]
+    pub receive_buffer_drops: u64,
 }
 
 impl From<EndpointStats> for TransportReport {
@@ -228,6 +232,7 @@ impl From<EndpointStats> for TransportReport {
             links_dialled: s.links_dialled,
             links_accepted: s.links_accepted,
             rebinds: s.rebinds,
+            receive_buffer_drops: s.receive_buffer_drops,
         }
     }
 }
@@ -260,6 +265,14 @@ impl RejectedReport {
             ("channels_refused", dc.channels_refused),
             ("receive_budget_drops", dc.receive_budget_drops),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
+            (
+                "unsupported_version_datagrams",
+                endpoint.unsupported_version_dropped,
+            ),
+            (
+                "unknown_connection_datagrams",
+                endpoint.unknown_connection_dropped,
+            ),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
             ("bad_streams", endpoint.bad_streams),
@@ -302,6 +315,14 @@ impl RelayStatusReport {
             ("bad_frames", c.bad_frames),
             ("evicted_connections", c.evicted_connections),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
+            (
+                "unsupported_version_datagrams",
+                endpoint.unsupported_version_dropped,
+            ),
+            (
+                "unknown_connection_datagrams",
+                endpoint.unknown_connection_dropped,
+            ),
             ("incoming_refused", endpoint.incoming_refused),
             ("accept_failures", endpoint.accept_failures),
         ]);

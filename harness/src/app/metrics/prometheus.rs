@@ -366,6 +366,17 @@ fn transport_prometheus(p: &mut Prom, t: &TransportReport) {
         t.bytes_received,
     );
     p.family(
+        "tether_udp_receive_buffer_drops_total",
+        "counter",
+        "UDP datagrams the kernel dropped because the socket's receive buffer was full \
+         (Linux; 0 elsewhere).",
+    );
+    p.sample(
+        "tether_udp_receive_buffer_drops_total",
+        &[],
+        t.receive_buffer_drops,
+    );
+    p.family(
         "tether_links_total",
         "counter",
         "QUIC connections, by side.",
