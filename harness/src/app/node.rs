@@ -669,7 +669,7 @@ impl NodeState {
             uptime_ms: millis(now.saturating_duration_since(self.started)),
             peers,
             transport: TransportReport::from(stats),
-            rejected: RejectedReport::of_node(&counters, &stats),
+            rejected: RejectedReport::of_node(&counters, &stats, self.node.writes_dropped()),
             server_clients: ServerClientsReport::of(&relay_client, &rendezvous_client),
         }
     }

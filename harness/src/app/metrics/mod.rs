@@ -246,7 +246,8 @@ pub struct RejectedReport {
 
 impl RejectedReport {
     /// The node's counters: DirectConnection's and the endpoint's.
-    pub fn of_node(dc: &Counters, endpoint: &EndpointStats) -> Self {
+    /// `writes_dropped`: frames dropped at a full link writer (`Node::writes_dropped`).
+    pub fn of_node(dc: &Counters, endpoint: &EndpointStats, writes_dropped: u64) -> Self {
         let pairs = [
             ("malformed_frames", dc.malformed_frames),
             ("unknown_session", dc.unknown_session),
@@ -264,6 +265,7 @@ impl RejectedReport {
             ("handshake_rate_limited", dc.rate_limited_initiations),
             ("channels_refused", dc.channels_refused),
             ("receive_budget_drops", dc.receive_budget_drops),
+            ("writes_dropped", writes_dropped),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             (
                 "unsupported_version_datagrams",
