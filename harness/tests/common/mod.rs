@@ -184,13 +184,20 @@ pub struct Deployment {
 impl Deployment {
     /// Generates the keys and starts the relay (its control socket `relay.sock`).
     pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, "127.0.0.1:0")
+    }
+
+    /// [`Deployment::start`] with the relay listening on `listen`.
+    pub fn start_on(dir: &Path, listen: &str) -> Self {
         let relay_public = run(dir, TETHER, &["keygen", "--out", "relay.key"])
             .trim()
             .to_string();
         let pairing = run(dir, TETHER, &["pair", "a.key", "b.key"]);
         std::fs::write(
             dir.join("relay.toml"),
-            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
+            format!(
+                "key_file = \"relay.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"relay.sock\"\n"
+            ),
         )
         .unwrap();
         let relay = Proc::start(dir, "relay", TETHER, &["relay", "--config", "relay.toml"]);

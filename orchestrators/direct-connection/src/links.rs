@@ -31,7 +31,11 @@ pub struct LinkState {
     pub bytes_out_unvalidated: u64,
     /// When an authenticated frame last arrived on it.
     pub last_heard: Option<Instant>,
-    /// When it came up.
+    /// When it last carried an answer to something this device sent on it (a path
+    /// response, a migration ack): proof that it carries our frames, not only the
+    /// peer's.
+    pub last_answer: Option<Instant>,
+    /// When it came up (its QUIC handshake was a round trip of its own).
     pub opened_at: Instant,
     /// An accepted link no peer has claimed yet: when it is closed if none does.
     pub claim_by: Option<Instant>,
@@ -113,6 +117,7 @@ impl LinkTable {
                 bytes_in: 0,
                 bytes_out_unvalidated: 0,
                 last_heard: None,
+                last_answer: None,
                 opened_at: now,
                 claim_by: dial.is_none().then_some(claim_by),
             },
@@ -276,10 +281,29 @@ impl LinkTable {
             .next_back()
     }
 
-    /// Whether an authenticated frame arrived on a link from `device` since `at`.
-    pub fn heard_directly_since(&self, device: DeviceId, at: Instant) -> bool {
+    /// The link carried an answer to something this device sent on it, at `now`.
+    pub fn answered(&mut self, link: LinkId, now: Instant) {
+        if let Some(state) = self.links.get_mut(&link) {
+            state.last_answer = Some(now);
+        }
+    }
+
+    /// Whether the link has shown since `at` that it carries this device's frames: it
+    /// answered one, or it came up since (its QUIC handshake was a round trip). After
+    /// this device moved, a link the peer's frames still arrive on may not carry ours
+    /// (the old socket still receives; a new one of another address family cannot
+    /// send there).
+    pub fn answered_since(&self, link: LinkId, at: Instant) -> bool {
+        self.links
+            .get(&link)
+            .is_some_and(|l| l.opened_at >= at || l.last_answer.is_some_and(|answer| answer >= at))
+    }
+
+    /// Whether some link to `device` has answered since `at` (see
+    /// [`LinkTable::answered_since`]).
+    pub fn answered_directly_since(&self, device: DeviceId, at: Instant) -> bool {
         self.peer_links(device)
-            .any(|(_, l)| l.last_heard.is_some_and(|heard| heard >= at))
+            .any(|(link, _)| self.answered_since(link, at))
     }
 
     /// Whether some link to `device` is one we dialled.

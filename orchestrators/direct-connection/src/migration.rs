@@ -195,7 +195,7 @@ impl DirectConnection {
     }
 
     /// Presence's word that the data should follow the relay copy: unless the ping was
-    /// acknowledged or a direct link was heard from since we moved, the queued messages
+    /// acknowledged or a direct link has answered since we moved, the queued messages
     /// go through the relay rather than wait for the acknowledgement (the receiver
     /// dedupes whatever the direct path delivers too). Not reported as Ready: that waits
     /// for the peer.
@@ -203,8 +203,10 @@ impl DirectConnection {
         let Some(migration) = self.peers.get(&device).and_then(|p| p.migration.as_ref()) else {
             return;
         };
-        let unanswered =
-            !migration.acked && !self.links.heard_directly_since(device, migration.started);
+        let unanswered = !migration.acked
+            && !self
+                .links
+                .answered_directly_since(device, migration.started);
         if unanswered && self.relay_connected {
             self.carry(now, device, Via::Relay);
         }
@@ -375,6 +377,8 @@ impl DirectConnection {
         self.peer_announced(device, ack.endpoints, CandidateSource::LearnedFromPeer);
         match via {
             Via::Link(link) => {
+                // The ack answers a ping sent after the move: this link carries ours.
+                self.links.answered(link, now);
                 let validated = self.links.is_validated(link);
                 tracing::debug!(peer = %device, ?link, validated, "migration acknowledged");
                 if validated {
@@ -384,9 +388,9 @@ impl DirectConnection {
                 }
             }
             Via::Relay => {
-                // The relay answered: use it unless a direct link has been heard from
-                // since we moved (that one will carry the session instead).
-                if !self.links.heard_directly_since(device, moved_at) {
+                // The relay answered: use it unless a direct link has answered since we
+                // moved (that one will carry the session instead).
+                if !self.links.answered_directly_since(device, moved_at) {
                     self.bind(now, device, Via::Relay);
                 }
             }

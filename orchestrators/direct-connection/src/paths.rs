@@ -120,7 +120,9 @@ impl DirectConnection {
     }
 
     /// Authenticated traffic arrived on a path that is not the bound one: bind it if it
-    /// is already validated and nothing is bound, else challenge it.
+    /// is already validated and nothing is bound, else challenge it. While this device
+    /// migrates, a link must also have answered since the move: the peer's frames may
+    /// still arrive on a link ours can no longer leave by.
     pub(crate) fn adopt_validated_path(&mut self, now: Instant, device: DeviceId, via: Via) {
         let Some(peer) = self.peers.get(&device) else {
             return;
@@ -129,7 +131,13 @@ impl DirectConnection {
             return;
         }
         let validated = match via {
-            Via::Link(link) => self.links.is_validated(link),
+            Via::Link(link) => {
+                self.links.is_validated(link)
+                    && peer
+                        .migration
+                        .as_ref()
+                        .is_none_or(|moved| self.links.answered_since(link, moved.started))
+            }
             // The relay is chosen by timers (it is the path of last resort).
             Via::Relay => return,
         };
@@ -169,7 +177,10 @@ impl DirectConnection {
             return;
         }
         let remote = match via {
-            Via::Link(link) => self.links.validate(link),
+            Via::Link(link) => {
+                self.links.answered(link, now);
+                self.links.validate(link)
+            }
             Via::Relay => None,
         };
         // A validated direct path always wins over the relay; the relay is bound only
