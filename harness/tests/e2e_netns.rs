@@ -619,16 +619,24 @@ fn both_move_at_once(loss: u32) -> Duration {
         |a, b| direct_to(a, &b_mobile) && direct_to(b, &a_mobile),
     );
     let polled = direct_at - switched_at;
-    // The nodes' own time of the last bind to a direct path, for each side.
-    let bound_direct = |w: &Watch| {
-        w.seen
-            .iter()
+    // The nodes' own time of the last bind to a direct path, for each side (its event
+    // may still be on its way when the status shows it).
+    let bound_direct = |seen: &[Value]| {
+        seen.iter()
             .filter(|e| e["event"] == "ready" && e["path"] == "direct")
             .filter_map(|e| e["at_ms"].as_u64())
             .filter(|at| *at >= switched_at_ms)
             .max()
     };
-    let measured = match (bound_direct(&pair.watch_a), bound_direct(&pair.watch_b)) {
+    let soon = Instant::now() + Duration::from_secs(2);
+    pair.watch_a
+        .until(soon, |seen| bound_direct(seen).is_some());
+    pair.watch_b
+        .until(soon, |seen| bound_direct(seen).is_some());
+    let measured = match (
+        bound_direct(&pair.watch_a.seen),
+        bound_direct(&pair.watch_b.seen),
+    ) {
         (Some(a), Some(b)) => Duration::from_millis(a.max(b) - switched_at_ms),
         _ => polled,
     };
