@@ -21,23 +21,14 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
 
-use common::netns::{Device, Topology, Uplink};
+use common::netns::{works, Device, Topology, Uplink};
 use common::{command, field, run, tail, Deployment, Proc, TETHER};
-
-fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 #[test]
 fn a_node_rebinds_and_migrates_when_an_address_appears() {

@@ -31,17 +31,19 @@ use std::time::{Duration, Instant};
 
 use super::{command, Proc};
 
+/// Whether `program args…` runs and succeeds (its output dropped).
+pub fn works(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Fails the test, saying what is missing, unless this machine can build the topology.
 /// CI installs `nftables` and `iproute2` itself (`.ci/run`) and runs as root.
 pub fn require_tools() {
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     let missing: Vec<&str> = [
         ("unshare (util-linux)", works("unshare", &["--version"])),
         ("nsenter (util-linux)", works("nsenter", &["--version"])),
