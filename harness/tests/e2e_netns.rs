@@ -728,12 +728,15 @@ fn a_link_that_goes_down_while_its_address_stays_is_left_within_3_s() {
     let a_to_b = since_down(pair.watch_b.delivered_at("after down a 0"));
     let b_to_a = since_down(pair.watch_a.delivered_at("after down b 0"));
     let recovered = a_to_b.max(b_to_a);
+    let rebinds = |w: &Watch| w.seen.iter().filter(|e| e["event"] == "rebound").count();
     println!(
         "link down, address kept: A -> B after {} ms, B -> A after {} ms, both Ready (polled) \
-         after {} ms; paths: A {} {}, B {} {}",
+         after {} ms; rebinds: A {}, B {}; paths: A {} {}, B {} {}",
         a_to_b.as_millis(),
         b_to_a.as_millis(),
         (ready_at - down_at).as_millis(),
+        rebinds(&pair.watch_a),
+        rebinds(&pair.watch_b),
         after_a["path"],
         after_a["remote"],
         after_b["path"],
