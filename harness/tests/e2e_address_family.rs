@@ -27,7 +27,8 @@ fn a_move_to_a_family_nothing_answers_on_is_not_reported_complete() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let deadline = |secs| Instant::now() + Duration::from_secs(secs);
-    let deployment = Deployment::start_on(d, "[::1]:0");
+    let deployment =
+        Deployment::start_with(d, "[::1]:0", |args| Proc::start(d, "relay", TETHER, args));
     let config = |name: &str, extra: &str| {
         deployment.node_config(name, name, "[::1]:0", extra, &deployment.peers_entry(name))
     };

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod netns;
 pub mod relay_device;
 
 use std::io::{BufRead, BufReader, Read};
@@ -184,11 +185,14 @@ pub struct Deployment {
 impl Deployment {
     /// Generates the keys and starts the relay (its control socket `relay.sock`).
     pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, "127.0.0.1:0")
+        Self::start_with(dir, "127.0.0.1:0", |args| {
+            Proc::start(dir, "relay", TETHER, args)
+        })
     }
 
-    /// [`Deployment::start`] with the relay listening on `listen`.
-    pub fn start_on(dir: &Path, listen: &str) -> Self {
+    /// [`start`](Self::start) with the relay listening on `listen`, its process started
+    /// by `spawn` from the `tether` arguments (in a network namespace, say).
+    pub fn start_with(dir: &Path, listen: &str, spawn: impl FnOnce(&[&str]) -> Proc) -> Self {
         let relay_public = run(dir, TETHER, &["keygen", "--out", "relay.key"])
             .trim()
             .to_string();
@@ -200,7 +204,7 @@ impl Deployment {
             ),
         )
         .unwrap();
-        let relay = Proc::start(dir, "relay", TETHER, &["relay", "--config", "relay.toml"]);
+        let relay = spawn(&["relay", "--config", "relay.toml"]);
         let relay_addr = relay.wait_for(Instant::now() + std::time::Duration::from_secs(30), |l| {
             l.starts_with("tether relay ready:")
                 .then(|| field(l, "listen").unwrap().to_string())

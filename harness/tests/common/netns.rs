@@ -1,0 +1,328 @@
+//! Network namespaces for the end-to-end tests: a network that looks like the one a
+//! phone lives on, made of real interfaces and real routes.
+//!
+//! ```text
+//!              wifi   10.1.1.0/24 ┐                 ┌ 10.2.1.0/24  wifi
+//!   device A                      ├── router ───────┤                   device B
+//!              mobile 10.1.2.0/24 ┘     │           └ 10.2.2.0/24  mobile
+//!                                       │ 10.0.0.0/24
+//!                                     relay (10.0.0.2)
+//! ```
+//!
+//! Every namespace is held open by a sleeping `unshare -n` process ([`Netns`]); when its
+//! guard drops the process is killed and the kernel removes the namespace with its
+//! interfaces, so a failing test leaves nothing behind. On device `d` (A = 1, B = 2)
+//! uplink `u` (wifi = 1, mobile = 2) is the subnet `10.d.u.0/24`: the router is `.1`,
+//! the device `.2`. A device is *on* an uplink when the uplink has its address and the
+//! default route goes through it; changing networks is what a phone does: the old
+//! address goes away, the new one comes with a default route
+//! ([`Device::switch_command`]). Devices ignore routes over a link without carrier
+//! (`ignore_routes_with_linkdown`), as a phone's OS stops using a network it lost, so a
+//! link that goes down while its address stays ([`Topology::link_down`]) leaves traffic
+//! to the other uplink. Loss is an nftables rule on the router's forward hook
+//! ([`Topology::set_loss`]), both ways, for every forwarded packet.
+//!
+//! Needs `unshare`, `nsenter`, `ip` (iproute2), `nft` (nftables) and the right to create
+//! network namespaces: [`require_tools`] fails the test and names what is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{command, Proc};
+
+/// Whether `program args…` runs and succeeds (its output dropped).
+pub fn works(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Fails the test, saying what is missing, unless this machine can build the topology.
+/// CI installs `nftables` and `iproute2` itself (`.ci/run`) and runs as root.
+pub fn require_tools() {
+    let missing: Vec<&str> = [
+        ("unshare (util-linux)", works("unshare", &["--version"])),
+        ("nsenter (util-linux)", works("nsenter", &["--version"])),
+        ("ip (iproute2)", works("ip", &["-V"])),
+        ("nft (nftables)", works("nft", &["--version"])),
+        (
+            "the right to create a network namespace (unshare -n)",
+            works("unshare", &["-n", "true"]),
+        ),
+        (
+            "nftables in a fresh namespace (kernel nf_tables)",
+            works("unshare", &["-n", "nft", "list", "ruleset"]),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, ok)| (!ok).then_some(what))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "this machine cannot build the namespace topology; missing: {} (the test cannot run \
+         where it is meant to: CI runs as root and .ci/run installs nftables and iproute2)",
+        missing.join(", ")
+    );
+}
+
+/// One network namespace, held open by a sleeping process killed on drop.
+pub struct Netns {
+    /// Kept for its drop: the namespace lives as long as this process.
+    _holder: Proc,
+    pid: String,
+    dir: PathBuf,
+    name: String,
+}
+
+impl Netns {
+    /// A fresh namespace with only `lo`, up. Its processes run in `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        // The holder outlives any test by far; it is killed when the guard drops.
+        let holder = Proc::start(
+            dir,
+            &format!("netns-{name}"),
+            "unshare",
+            &["-n", "--", "sleep", "900"],
+        );
+        let ns = Self {
+            pid: holder.pid().to_string(),
+            _holder: holder,
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        };
+        // `unshare` may not have entered the namespace yet: wait until `nsenter` finds
+        // one whose only interface is lo.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let links = ns.output(&["ip", "-o", "link"]);
+            if links.status.success() && String::from_utf8_lossy(&links.stdout).lines().count() == 1
+            {
+                break;
+            }
+            assert!(Instant::now() < until, "namespace {name} not ready");
+            std::thread::yield_now();
+        }
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The pid whose namespace this is (what `ip link … netns PID` takes).
+    pub fn pid(&self) -> &str {
+        &self.pid
+    }
+
+    fn argv<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["-t", self.pid.as_str(), "-n", "--"];
+        all.extend_from_slice(args);
+        all
+    }
+
+    /// `args` run in the namespace, not waited for.
+    pub fn command(&self, args: &[&str]) -> Command {
+        command(&self.dir, "nsenter", &self.argv(args))
+    }
+
+    /// `args` run in the namespace to completion.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `args` run in the namespace; panics with the stderr if they fail.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "in namespace {}: {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell script run in the namespace (`set -e`: the first failing line fails it).
+    pub fn sh(&self, script: &str) -> String {
+        self.run(&["sh", "-ec", script])
+    }
+
+    /// A long-running `program args…` in the namespace, killed on drop.
+    pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Proc {
+        let mut all = vec![program];
+        all.extend_from_slice(args);
+        Proc::start(&self.dir, name, "nsenter", &self.argv(&all))
+    }
+}
+
+/// A device's two networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uplink {
+    Wifi,
+    Mobile,
+}
+
+impl Uplink {
+    /// The interface's name on the device.
+    pub fn name(self) -> &'static str {
+        match self {
+            Uplink::Wifi => "wifi",
+            Uplink::Mobile => "mobile",
+        }
+    }
+
+    fn index(self) -> u8 {
+        match self {
+            Uplink::Wifi => 1,
+            Uplink::Mobile => 2,
+        }
+    }
+}
+
+/// Device A or B: a namespace with two uplinks to the router.
+pub struct Device {
+    /// Its namespace.
+    pub ns: Netns,
+    /// `a` or `b`.
+    pub name: &'static str,
+    index: u8,
+}
+
+impl Device {
+    /// The device's address on `uplink` (`10.d.u.2`).
+    pub fn address(&self, uplink: Uplink) -> String {
+        format!("10.{}.{}.2", self.index, uplink.index())
+    }
+
+    /// The router's address on `uplink` (`10.d.u.1`), the device's gateway there.
+    pub fn gateway(&self, uplink: Uplink) -> String {
+        format!("10.{}.{}.1", self.index, uplink.index())
+    }
+
+    /// The name of the router's end of `uplink` (`a-wifi`, …).
+    pub fn router_side(&self, uplink: Uplink) -> String {
+        format!("{}-{}", self.name, uplink.name())
+    }
+
+    /// The script that gets the device on `uplink`: its address, and a default route
+    /// through it with `metric` (the lowest metric carries the traffic).
+    fn join_script(&self, uplink: Uplink, metric: u32) -> String {
+        format!(
+            "ip addr add {}/24 dev {}\nip route add default via {} metric {metric}\n",
+            self.address(uplink),
+            uplink.name(),
+            self.gateway(uplink)
+        )
+    }
+
+    /// Gets the device on `uplink` as well (address and default route, `metric`).
+    pub fn join(&self, uplink: Uplink, metric: u32) {
+        self.ns.sh(&self.join_script(uplink, metric));
+    }
+
+    /// The command that moves the device from `from` to `to` as a phone does: the old
+    /// network's address goes (its routes with it), the new one's address and default
+    /// route come. Spawn it to run two devices' moves at once.
+    pub fn switch_command(&self, from: Uplink, to: Uplink) -> Command {
+        let script = format!(
+            "ip addr del {}/24 dev {}\n{}",
+            self.address(from),
+            from.name(),
+            self.join_script(to, 100)
+        );
+        self.ns.command(&["sh", "-ec", &script])
+    }
+}
+
+/// The router, the relay's namespace and devices A and B, wired and routed.
+pub struct Topology {
+    /// Forwards between every subnet; where loss is added.
+    pub router: Netns,
+    /// Where the relay runs, at [`Topology::RELAY_IP`].
+    pub relay: Netns,
+    /// Device A.
+    pub a: Device,
+    /// Device B.
+    pub b: Device,
+}
+
+impl Topology {
+    /// The relay's address.
+    pub const RELAY_IP: &'static str = "10.0.0.2";
+
+    /// Builds the namespaces and links. Both uplinks of each device are up (carrier on)
+    /// but have no address yet: [`Device::join`] puts a device on a network.
+    pub fn build(dir: &Path) -> Self {
+        require_tools();
+        let router = Netns::new(dir, "router");
+        let relay = Netns::new(dir, "relay");
+        let a = Device {
+            ns: Netns::new(dir, "a"),
+            name: "a",
+            index: 1,
+        };
+        let b = Device {
+            ns: Netns::new(dir, "b"),
+            name: "b",
+            index: 2,
+        };
+        let mut script = String::from("echo 1 > /proc/sys/net/ipv4/ip_forward\n");
+        for device in [&a, &b] {
+            for uplink in [Uplink::Wifi, Uplink::Mobile] {
+                let outer = device.router_side(uplink);
+                script += &format!(
+                    "ip link add {outer} type veth peer name {} netns {}\n\
+                     ip addr add {}/24 dev {outer}\nip link set {outer} up\n",
+                    uplink.name(),
+                    device.ns.pid(),
+                    device.gateway(uplink)
+                );
+            }
+        }
+        script += &format!(
+            "ip link add relay type veth peer name eth0 netns {}\n\
+             ip addr add 10.0.0.1/24 dev relay\nip link set relay up\n",
+            relay.pid()
+        );
+        router.sh(&script);
+        relay.sh(&format!(
+            "ip addr add {}/24 dev eth0\nip link set eth0 up\nip route add default via 10.0.0.1\n",
+            Self::RELAY_IP
+        ));
+        for device in [&a, &b] {
+            device.ns.sh(
+                "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown\n\
+                 ip link set wifi up\nip link set mobile up\n",
+            );
+        }
+        Self {
+            router,
+            relay,
+            a,
+            b,
+        }
+    }
+
+    /// Drops `percent` % of the packets the router forwards, at random, both ways (0
+    /// removes the rule).
+    pub fn set_loss(&self, percent: u32) {
+        let mut script = String::from(
+            "nft add table inet tether_loss\nnft flush table inet tether_loss\n\
+             nft add chain inet tether_loss forward '{ type filter hook forward priority 0; }'\n",
+        );
+        if percent > 0 {
+            script += &format!(
+                "nft add rule inet tether_loss forward numgen random mod 100 '<' {percent} drop\n"
+            );
+        }
+        self.router.sh(&script);
+    }
+
+    /// Takes `device`'s `uplink` down from the router's side: the device keeps its
+    /// address there but loses carrier.
+    pub fn link_down(&self, device: &Device, uplink: Uplink) {
+        self.router
+            .run(&["ip", "link", "set", &device.router_side(uplink), "down"]);
+    }
+}
