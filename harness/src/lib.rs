@@ -23,7 +23,10 @@ pub use driver::{Rebind, TransportDriver};
 pub use hub::{NodeEvent, PresenceView};
 pub use journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
 pub use node::{DurableChannels, Node, NodeConfig, NodePeer, PeerStatus, ServerInfo, CLOSE_LINGER};
-pub use relay_server::{GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap};
+pub use relay_server::{
+    GetServerCounters, GetServerState, GetTap, RelayServer, RelayServerHandle, RelayServerState,
+    StartTap,
+};
 
 // `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has
 // fixed-size fields for crypto's values. Crypto owns the sizes (and the reasons for

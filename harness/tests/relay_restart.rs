@@ -45,7 +45,7 @@ async fn device(cluster: &SimCluster, name: &str, last: u8, rng: &mut ChaCha20Rn
 #[test]
 fn a_relay_restart_keeps_queued_envelopes_and_pushes_them_once_in_order_on_connect() {
     run_simulation(|| async {
-        let mut cluster = ClusterBuilder::new(31, 0).start().await;
+        let mut cluster = ClusterBuilder::new(31, 0).open_relay().start().await;
         let relay_key = cluster.relay.public;
         let mut rng = ChaCha20Rng::seed_from_u64(31);
         let mut sender = device(&cluster, "sender", 1, &mut rng).await;
@@ -97,7 +97,7 @@ fn a_relay_restart_keeps_queued_envelopes_and_pushes_them_once_in_order_on_conne
 #[test]
 fn envelopes_that_expire_while_the_relay_is_down_are_not_pushed() {
     run_simulation(|| async {
-        let mut cluster = ClusterBuilder::new(32, 0).start().await;
+        let mut cluster = ClusterBuilder::new(32, 0).open_relay().start().await;
         let relay_key = cluster.relay.public;
         let mut rng = ChaCha20Rng::seed_from_u64(32);
         let mut sender = device(&cluster, "sender", 1, &mut rng).await;

@@ -166,6 +166,15 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
 }
 
+/// The relay's `allow` line for both devices of a pairing (`tether pair`'s output).
+pub fn relay_allow(pairing: &str) -> String {
+    pairing
+        .lines()
+        .find_map(|l| l.strip_prefix("# in the relay's config, to admit both devices: "))
+        .expect("tether pair prints the relay's allow line")
+        .to_string()
+}
+
 /// What every two-node end-to-end test starts from, in `dir`: a relay key and a
 /// running `tether relay` on loopback, and a pair of device keys (`a.key`, `b.key`)
 /// with their relationship, from `tether keygen` and `tether pair`.
@@ -181,7 +190,8 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Generates the keys and starts the relay (its control socket `relay.sock`).
+    /// Generates the keys and starts the relay (its control socket `relay.sock`),
+    /// admitting both devices (the `allow` line `tether pair` prints).
     pub fn start(dir: &Path) -> Self {
         let relay_public = run(dir, TETHER, &["keygen", "--out", "relay.key"])
             .trim()
@@ -189,7 +199,10 @@ impl Deployment {
         let pairing = run(dir, TETHER, &["pair", "a.key", "b.key"]);
         std::fs::write(
             dir.join("relay.toml"),
-            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n",
+            format!(
+                "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"relay.sock\"\n{}\n",
+                relay_allow(&pairing)
+            ),
         )
         .unwrap();
         let relay = Proc::start(dir, "relay", TETHER, &["relay", "--config", "relay.toml"]);
