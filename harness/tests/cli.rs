@@ -408,10 +408,11 @@ fn a_relay_must_be_told_whom_it_serves() {
     for (i, (name, extra, expected)) in refused.iter().enumerate() {
         let file = format!("refused{i}.toml");
         std::fs::write(d.join(&file), format!("{base}{extra}")).unwrap();
-        // Not started, and `--check` says the same.
+        // `--check` refuses it, and the relay does not start (checked second: a relay
+        // that did start would not return).
         for args in [
-            &["relay", "--config", &file][..],
-            &["relay", "--config", &file, "--check"],
+            &["relay", "--config", &file, "--check"][..],
+            &["relay", "--config", &file],
         ] {
             let out = tether(args, d, &[]);
             let err = stderr(&out);

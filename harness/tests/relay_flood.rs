@@ -18,9 +18,8 @@ mod common;
 use common::relay_device::RelayDevice;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
-use tether_crypto::StaticKeypair;
 use tether_harness::cluster::RELAY_ADDR;
 use tether_harness::{run_simulation, ClusterBuilder, GetServerState, SimCluster};
 use tether_pms::RendezvousTableConfig;
@@ -29,7 +28,6 @@ use tether_protocol::{
 };
 use tether_rcs::server::ENVELOPE_OVERHEAD;
 use tether_rcs::RelayServerConfig;
-use tether_transport::{Endpoint, TransportConfig};
 
 /// How long a device waits for the relay's next frame (virtual time): far longer than
 /// any round trip of the simulated network.
@@ -65,17 +63,8 @@ fn small_table() -> RendezvousTableConfig {
 
 /// A device on its own host of the simulated network, not connected yet.
 async fn device(cluster: &SimCluster, name: &str, last: u8, rng: &mut ChaCha20Rng) -> RelayDevice {
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 2, 0, last));
-    let host = cluster.net.add_host(name, [ip]);
-    let endpoint = Endpoint::bind_sim(
-        &cluster.net,
-        host,
-        SocketAddr::new(ip, 4433),
-        TransportConfig::seeded(u64::from(last)),
-    )
-    .await
-    .unwrap();
-    RelayDevice::new(endpoint, StaticKeypair::generate(rng), ANSWER_WITHIN)
+    let ip = Ipv4Addr::new(10, 2, 0, last);
+    RelayDevice::on_sim_host(cluster, name, ip, rng, ANSWER_WITHIN).await
 }
 
 fn publish(rendezvous_id: [u8; 32], hint: &[u8]) -> WireFrame {

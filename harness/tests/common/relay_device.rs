@@ -4,11 +4,13 @@
 //! queues only migration pings at the relay.)
 
 use bytes::Bytes;
-use std::net::SocketAddr;
+use rand::{CryptoRng, RngCore};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tether_crypto::{server_auth_proof, verify_server_proof, PublicKey, StaticKeypair};
+use tether_harness::SimCluster;
 use tether_protocol::{DeviceId, RelayMessage, WireFrame};
-use tether_transport::{Endpoint, LinkReceiver, LinkSender, LostReason};
+use tether_transport::{Endpoint, LinkReceiver, LinkSender, LostReason, TransportConfig};
 
 /// A device with at most one authenticated connection to the relay.
 pub struct RelayDevice {
@@ -28,6 +30,28 @@ impl RelayDevice {
             link: None,
             answer_within,
         }
+    }
+
+    /// A device with a fresh key from `rng` on its own host at `ip` of the cluster's
+    /// simulated network (port 4433; QUIC seeded by the address's last byte), not
+    /// connected yet.
+    pub async fn on_sim_host(
+        cluster: &SimCluster,
+        name: &str,
+        ip: Ipv4Addr,
+        rng: &mut (impl RngCore + CryptoRng),
+        answer_within: Duration,
+    ) -> Self {
+        let host = cluster.net.add_host(name, [IpAddr::V4(ip)]);
+        let endpoint = Endpoint::bind_sim(
+            &cluster.net,
+            host,
+            SocketAddr::new(IpAddr::V4(ip), 4433),
+            TransportConfig::seeded(u64::from(ip.octets()[3])),
+        )
+        .await
+        .unwrap();
+        Self::new(endpoint, StaticKeypair::generate(rng), answer_within)
     }
 
     /// Its device id.
