@@ -45,7 +45,8 @@ relay_key=$("$TETHER" keygen --out relay.key 2>/dev/null)
 entry() { awk -v who="$1" '$0 ~ "^# --- in "who"'"'"'s config" {f=1; next} /^# --- in / {f=0} f' pairing.txt; }
 
 echo "== relay"
-printf 'key_file = "relay.key"\nlisten = "127.0.0.1:0"\ncontrol_socket = "relay.sock"\n' > relay.toml
+{ printf 'key_file = "relay.key"\nlisten = "127.0.0.1:0"\ncontrol_socket = "relay.sock"\n'
+  sed -n "s/^# in the relay's config, to admit both devices: //p" pairing.txt; } > relay.toml
 "$TETHER" relay --config relay.toml > relay.out 2> relay.log & pids+=($!)
 relay_addr=$(ready relay.out "tether relay ready:" listen)
 echo "relay on $relay_addr"

@@ -21,6 +21,7 @@ use tether_harness::{
     CommitOn, DurableChannels, Node, NodeConfig, NodeEvent, NodePeer, RelayServer, ServerInfo,
 };
 use tether_protocol::{DeviceId, SessionStatus};
+use tether_rcs::{Admission, RelayServerConfig};
 use tether_store::RedbChannelStore;
 use tether_transport::{Endpoint, TransportConfig};
 
@@ -43,12 +44,17 @@ async fn pair(durable: bool, seed: u64) -> Pair {
     let relay_endpoint = Endpoint::bind_udp(loopback, TransportConfig::default())
         .await
         .unwrap();
-    let relay =
-        RelayServer::start(relay_endpoint, StaticKeypair::generate(&mut rng), [1; 32]).unwrap();
+    let relay_key = StaticKeypair::generate(&mut rng);
     let keys = [
         StaticKeypair::generate(&mut rng),
         StaticKeypair::generate(&mut rng),
     ];
+    let admitted = keys
+        .iter()
+        .map(|k| DeviceId(*k.public().as_bytes()))
+        .collect();
+    let relay_config = RelayServerConfig::new(relay_key, [1; 32], Admission::Allowlist(admitted));
+    let relay = RelayServer::start(relay_endpoint, relay_config).unwrap();
     let rk = RelationshipKey::generate(&mut rng);
     let mut endpoints = Vec::new();
     for _ in 0..2 {

@@ -5,9 +5,10 @@
 pub mod app;
 
 pub use tether::actors::{
-    announced_endpoints, CommitOn, DurableChannels, GetServerCounters, GetTap, Node, NodeConfig,
-    NodePeer, PeerStatus, PresenceView, Rebind, RelayServer, RelayServerHandle, ServerInfo,
-    SharedChannelStore, StartTap, TransportDriver, CLOSE_LINGER, MAX_PENDING,
+    announced_endpoints, CommitOn, DurableChannels, GetServerCounters, GetServerState, GetTap,
+    Node, NodeConfig, NodePeer, PeerStatus, PresenceView, Rebind, RelayServer, RelayServerHandle,
+    RelayServerState, ServerInfo, SharedChannelStore, StartTap, TransportDriver, CLOSE_LINGER,
+    MAX_PENDING,
 };
 pub use tether::cluster::{self, run_simulation, ClusterBuilder, SimCluster, SimDevice};
 pub use tether::NodeEvent;
@@ -25,7 +26,9 @@ pub mod node {
 
 /// The relay server, as the `tether` library names it.
 pub mod relay_server {
-    pub use tether::actors::{GetServerCounters, RelayServer, RelayServerHandle};
+    pub use tether::actors::{
+        GetServerCounters, GetServerState, RelayServer, RelayServerHandle, RelayServerState,
+    };
 }
 
 /// The channel journal writer's settings.

@@ -314,28 +314,28 @@ fn start_failures_are_one_line_without_a_panic() {
             "relay: metrics port in use",
             "relay",
             format!(
-                "key_file = \"relay.key\"\nmetrics_addr = \"{taken}\"\nlisten = \"127.0.0.1:0\"\n"
+                "key_file = \"relay.key\"\nadmission = \"open\"\nmetrics_addr = \"{taken}\"\nlisten = \"127.0.0.1:0\"\n"
             ),
             "error: cannot listen for metrics",
         ),
         (
             "relay: control socket in a missing folder",
             "relay",
-            "key_file = \"relay.key\"\ncontrol_socket = \"missing/relay.sock\"\nlisten = \"127.0.0.1:0\"\n"
+            "key_file = \"relay.key\"\nadmission = \"open\"\ncontrol_socket = \"missing/relay.sock\"\nlisten = \"127.0.0.1:0\"\n"
                 .to_string(),
             "error: cannot create control socket",
         ),
         (
             "relay: data_dir below a file",
             "relay",
-            "key_file = \"relay.key\"\ndata_dir = \"a-file/data\"\nlisten = \"127.0.0.1:0\"\n"
+            "key_file = \"relay.key\"\nadmission = \"open\"\ndata_dir = \"a-file/data\"\nlisten = \"127.0.0.1:0\"\n"
                 .to_string(),
             "error: cannot create data directory",
         ),
         (
             "relay: a damaged queue store",
             "relay",
-            "key_file = \"relay.key\"\ndata_dir = \"damaged\"\nlisten = \"127.0.0.1:0\"\n"
+            "key_file = \"relay.key\"\nadmission = \"open\"\ndata_dir = \"damaged\"\nlisten = \"127.0.0.1:0\"\n"
                 .to_string(),
             "error: cannot open relay queue store",
         ),
@@ -354,6 +354,114 @@ fn start_failures_are_one_line_without_a_panic() {
         assert!(err.starts_with(expected), "{name}: {err}");
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
+}
+
+#[test]
+fn a_relay_must_be_told_whom_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Setup { own, peer, .. } = setup(d);
+    let base = "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        d.join("devices.txt"),
+        format!("# laptop\n{own}\n\n{peer}  # phone\n"),
+    )
+    .unwrap();
+    std::fs::write(d.join("bad-devices.txt"), format!("{own}\nnot-a-key\n")).unwrap();
+    let refused = [
+        (
+            "nothing said",
+            String::new(),
+            "key `admission`: missing: list the devices",
+        ),
+        (
+            "empty allowlist",
+            "allow = []\n".to_string(),
+            "key `admission`: missing",
+        ),
+        (
+            "explicit allowlist without keys",
+            "admission = \"allowlist\"\n".to_string(),
+            "key `allow`: the allowlist is empty",
+        ),
+        (
+            "open with an allowlist",
+            format!("admission = \"open\"\nallow = [\"{own}\"]\n"),
+            "key `allow`: not used with admission = \"open\"",
+        ),
+        (
+            "unknown mode",
+            "admission = \"closed\"\n".to_string(),
+            "key `admission`: expected \"allowlist\" or \"open\"",
+        ),
+        (
+            "bad key",
+            format!("allow = [\"{}\"]\n", &own[..60]),
+            "key `allow[0]`",
+        ),
+        (
+            "bad key in the file",
+            "allow_file = \"bad-devices.txt\"\n".to_string(),
+            "bad-devices.txt line 2",
+        ),
+        (
+            "missing file",
+            "allow_file = \"nope.txt\"\n".to_string(),
+            "key `allow_file`: cannot read",
+        ),
+    ];
+    for (i, (name, extra, expected)) in refused.iter().enumerate() {
+        let file = format!("refused{i}.toml");
+        std::fs::write(d.join(&file), format!("{base}{extra}")).unwrap();
+        // `--check` refuses it, and the relay does not start (checked second: a relay
+        // that did start would not return).
+        for args in [
+            &["relay", "--config", &file, "--check"][..],
+            &["relay", "--config", &file],
+        ] {
+            let out = tether(args, d, &[]);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: one line, got:\n{err}");
+            assert!(err.contains(expected), "{name}: {err}");
+            assert!(!err.contains("panicked"), "{name}: {err}");
+        }
+    }
+    let accepted = [
+        (
+            format!("allow = [\"{own}\"]\n"),
+            "serves an allowlist of 1 device,",
+        ),
+        (
+            "allow_file = \"devices.txt\"\n".to_string(),
+            "serves an allowlist of 2 devices,",
+        ),
+        (
+            format!("allow = [\"{own}\"]\nallow_file = \"devices.txt\"\n"),
+            "serves an allowlist of 2 devices,",
+        ),
+        (
+            "admission = \"open\"\n".to_string(),
+            "serves any device that proves a key (admission = \"open\")",
+        ),
+    ];
+    for (i, (extra, expected)) in accepted.iter().enumerate() {
+        let file = format!("accepted{i}.toml");
+        std::fs::write(d.join(&file), format!("{base}{extra}")).unwrap();
+        let out = tether(&["relay", "--config", &file, "--check"], d, &[]);
+        assert!(out.status.success(), "{extra}: {}", stderr(&out));
+        assert!(stdout(&out).contains(expected), "{extra}: {}", stdout(&out));
+    }
+    // From the environment, as a comma-separated list.
+    std::fs::write(d.join("env.toml"), base).unwrap();
+    let keys = format!("{own},{peer}");
+    let out = tether(
+        &["relay", "--config", "env.toml", "--check"],
+        d,
+        &[("TETHER_ALLOW", keys.as_str())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("serves an allowlist of 2 devices,"));
 }
 
 #[test]
@@ -384,12 +492,12 @@ fn check_finds_what_would_stop_the_start() {
         ),
         (
             "relay",
-            format!("key_file = \"relay.key\"\nmetrics_addr = \"{tcp}\"\nlisten = \"127.0.0.1:0\"\n"),
+            format!("key_file = \"relay.key\"\nadmission = \"open\"\nmetrics_addr = \"{tcp}\"\nlisten = \"127.0.0.1:0\"\n"),
             "cannot listen",
         ),
         (
             "relay",
-            "key_file = \"relay.key\"\ncontrol_socket = \"missing/relay.sock\"\nlisten = \"127.0.0.1:0\"\n"
+            "key_file = \"relay.key\"\nadmission = \"open\"\ncontrol_socket = \"missing/relay.sock\"\nlisten = \"127.0.0.1:0\"\n"
                 .to_string(),
             "folder missing does not exist",
         ),

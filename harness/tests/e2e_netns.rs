@@ -104,7 +104,10 @@ fn a_node_rebinds_and_migrates_when_an_address_appears() {
     };
     std::fs::write(
         d.join("relay.toml"),
-        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n",
+        format!(
+            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n{}\n",
+            common::relay_allow(&pairing)
+        ),
     )
     .unwrap();
     let tether_in_ns = |name: &str, args: &[&str]| {

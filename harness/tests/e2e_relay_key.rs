@@ -43,7 +43,10 @@ fn a_node_pinned_to_another_relay_key_refuses_the_relay_and_says_so_once() {
 
     std::fs::write(
         d.join("relay.toml"),
-        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n",
+        format!(
+            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n{}\n",
+            common::relay_allow(&pairing)
+        ),
     )
     .unwrap();
     let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);

@@ -52,7 +52,8 @@ fn a_relay_killed_with_sigkill_pushes_its_stored_envelopes_after_a_restart() {
     let relay_key = PublicKey::from_hex(relay_public.trim()).unwrap();
     std::fs::write(
         d.join("relay.toml"),
-        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+        // The devices make their own keys: an open relay.
+        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmission = \"open\"\n",
     )
     .unwrap();
     let (mut relay, addr) = start_relay(d, "relay");
@@ -79,7 +80,7 @@ fn a_relay_killed_with_sigkill_pushes_its_stored_envelopes_after_a_restart() {
     // Started again on the same folder and port.
     std::fs::write(
         d.join("relay.toml"),
-        format!("key_file = \"relay.key\"\nlisten = \"{addr}\"\ndata_dir = \"data\"\n"),
+        format!("key_file = \"relay.key\"\nlisten = \"{addr}\"\ndata_dir = \"data\"\nadmission = \"open\"\n"),
     )
     .unwrap();
     let (_relay, again) = start_relay(d, "relay-again");

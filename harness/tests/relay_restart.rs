@@ -15,13 +15,11 @@ mod common;
 use common::relay_device::RelayDevice;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
-use tether_crypto::StaticKeypair;
 use tether_harness::cluster::RELAY_ADDR;
 use tether_harness::{run_simulation, ClusterBuilder, GetServerCounters, SimCluster};
 use tether_protocol::RelayMessage;
-use tether_transport::{Endpoint, TransportConfig};
 
 /// How long a device waits for the relay's next frame (virtual time): far longer than
 /// any round trip of the simulated network.
@@ -29,23 +27,14 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// A device on its own host of the simulated network, not connected yet.
 async fn device(cluster: &SimCluster, name: &str, last: u8, rng: &mut ChaCha20Rng) -> RelayDevice {
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 1, 0, last));
-    let host = cluster.net.add_host(name, [ip]);
-    let endpoint = Endpoint::bind_sim(
-        &cluster.net,
-        host,
-        SocketAddr::new(ip, 4433),
-        TransportConfig::seeded(u64::from(last)),
-    )
-    .await
-    .unwrap();
-    RelayDevice::new(endpoint, StaticKeypair::generate(rng), ANSWER_WITHIN)
+    let ip = Ipv4Addr::new(10, 1, 0, last);
+    RelayDevice::on_sim_host(cluster, name, ip, rng, ANSWER_WITHIN).await
 }
 
 #[test]
 fn a_relay_restart_keeps_queued_envelopes_and_pushes_them_once_in_order_on_connect() {
     run_simulation(|| async {
-        let mut cluster = ClusterBuilder::new(31, 0).start().await;
+        let mut cluster = ClusterBuilder::new(31, 0).open_relay().start().await;
         let relay_key = cluster.relay.public;
         let mut rng = ChaCha20Rng::seed_from_u64(31);
         let mut sender = device(&cluster, "sender", 1, &mut rng).await;
@@ -97,7 +86,7 @@ fn a_relay_restart_keeps_queued_envelopes_and_pushes_them_once_in_order_on_conne
 #[test]
 fn envelopes_that_expire_while_the_relay_is_down_are_not_pushed() {
     run_simulation(|| async {
-        let mut cluster = ClusterBuilder::new(32, 0).start().await;
+        let mut cluster = ClusterBuilder::new(32, 0).open_relay().start().await;
         let relay_key = cluster.relay.public;
         let mut rng = ChaCha20Rng::seed_from_u64(32);
         let mut sender = device(&cluster, "sender", 1, &mut rng).await;

@@ -335,6 +335,12 @@ pub enum ServerRefusal {
     NotConnected,
     /// The request names something that belongs to another device.
     NotYours,
+    /// The device proved its key, but the relay's admission policy does not admit it
+    /// (its key is not on the relay's allowlist). The connection is closed.
+    NotAdmitted,
+    /// The device or connection sends this kind of request faster than the relay
+    /// allows; it may retry later.
+    RateLimited,
 }
 
 /// Canonical bytes of an endpoint list, as bound into migration tags: for each address,

@@ -372,6 +372,8 @@ fn arb_refusal() -> impl Strategy<Value = ServerRefusal> {
         Just(ServerRefusal::TooLarge),
         Just(ServerRefusal::NotConnected),
         Just(ServerRefusal::NotYours),
+        Just(ServerRefusal::NotAdmitted),
+        Just(ServerRefusal::RateLimited),
     ]
 }
 

@@ -19,7 +19,9 @@
 //! before the connection counts as up ([`ServerAuthFailure::BadServerProof`] if it does
 //! not verify: nothing was sent after our proof, and nothing is). A `Refused {
 //! BadProof }` from the server ([`ServerLink::refused`]) is
-//! [`ServerAuthFailure::ProofRefused`]. Each failure is
+//! [`ServerAuthFailure::ProofRefused`]; a `Refused { NotAdmitted }` after our proof
+//! (the relay's allowlist does not hold our key) is [`ServerAuthFailure::NotAdmitted`].
+//! Each failure is
 //! counted, kept as [`ServerLink::auth_failure`] until an authentication succeeds,
 //! and logged once per change (not once per retry); the backoff applies as to any
 //! failed attempt.
@@ -140,6 +142,9 @@ pub struct ConnectionCounters {
     /// Attempts whose server refused our proof (it does not hold the configured key,
     /// or the connection is intercepted).
     pub proofs_refused: u64,
+    /// Attempts whose server took our proof but does not admit this device (its key
+    /// is not on the relay's allowlist).
+    pub not_admitted: u64,
     /// Why the server is not authenticated now; None once an authentication succeeds
     /// (and before any failed).
     pub auth_failure: Option<ServerAuthFailure>,
@@ -160,16 +165,20 @@ pub enum ServerAuthFailure {
     /// The server refused our proof: it does not hold the configured key, or the
     /// connection is intercepted (the proof is bound to it).
     ProofRefused,
+    /// The server does not admit this device: its key is not on the relay's
+    /// allowlist.
+    NotAdmitted,
 }
 
 impl ServerAuthFailure {
-    /// A short name for reports: `wrong key` or `unauthenticated`.
+    /// A short name for reports: `wrong key`, `unauthenticated` or `not admitted`.
     pub fn kind(&self) -> &'static str {
         match self {
             ServerAuthFailure::WrongKey { .. } => "wrong key",
             ServerAuthFailure::BadServerProof | ServerAuthFailure::ProofRefused => {
                 "unauthenticated"
             }
+            ServerAuthFailure::NotAdmitted => "not admitted",
         }
     }
 }
@@ -193,6 +202,11 @@ impl std::fmt::Display for ServerAuthFailure {
                 f,
                 "the server refused our proof (it does not hold the configured key, or the \
                  connection is intercepted)"
+            ),
+            ServerAuthFailure::NotAdmitted => write!(
+                f,
+                "the relay does not admit this device (add its public key to the relay's \
+                 `allow` list)"
             ),
         }
     }
@@ -490,7 +504,8 @@ impl ServerLink {
     }
 
     /// The server refused to authenticate us on `link` for `reason`: start over. A
-    /// refused proof is an authentication failure ([`ServerAuthFailure::ProofRefused`]).
+    /// refused proof is an authentication failure ([`ServerAuthFailure::ProofRefused`]),
+    /// and so is a refused admission ([`ServerAuthFailure::NotAdmitted`]).
     pub fn refused(
         &mut self,
         now: Instant,
@@ -504,6 +519,10 @@ impl ServerLink {
         if reason == ServerRefusal::BadProof && self.handshake.proved {
             self.counters.proofs_refused += 1;
             return self.auth_failed(now, link, ServerAuthFailure::ProofRefused, rng);
+        }
+        if reason == ServerRefusal::NotAdmitted && self.handshake.proved {
+            self.counters.not_admitted += 1;
+            return self.auth_failed(now, link, ServerAuthFailure::NotAdmitted, rng);
         }
         self.close(link);
         self.disconnect(now, rng)
@@ -895,6 +914,28 @@ mod tests {
             panic!("disconnected");
         };
         assert!(retry_at > s.t0);
+    }
+
+    #[test]
+    fn a_refused_admission_is_an_authentication_failure_with_its_own_reason() {
+        let mut s = setup();
+        up_and_proved(&mut s, [3; 32]);
+        assert_eq!(
+            s.link
+                .refused(s.t0, LinkId(9), ServerRefusal::NotAdmitted, &mut s.rng),
+            Change::Down {
+                was_connected: false
+            }
+        );
+        let failure = s.link.auth_failure().unwrap();
+        assert_eq!(failure, ServerAuthFailure::NotAdmitted);
+        assert_eq!(failure.kind(), "not admitted");
+        assert!(failure.to_string().contains("allow"), "{failure}");
+        assert_eq!(s.link.counters().not_admitted, 1);
+        assert_eq!(
+            commands(&mut s.link),
+            vec![TransportCommand::Close { link: LinkId(9) }]
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tether_crypto::{
     KeyFileError, PublicKey, RelationshipKey, StaticKeypair, NOISE_MAX_MESSAGE_LEN,
 };
 use tether_direct_connection::Limits;
+use tether_protocol::DeviceId;
+use tether_rcs::Admission;
 use tether_transport::TransportConfig;
 
 /// Environment variables with the `TETHER_` prefix that belong to the command line.
@@ -149,6 +151,9 @@ pub struct RelaySettings {
     pub transport: TransportConfig,
     /// Where the relay keeps its durable queue (in `relay/` below it).
     pub data_dir: PathBuf,
+    /// Which devices the relay serves: the keys of `allow` and `allow_file`, or any
+    /// device with `admission = "open"`.
+    pub admission: Admission,
 }
 
 /// Default listen address of a node: every interface, a port the OS picks.
@@ -365,6 +370,7 @@ fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigErr
     let log_format = log_format(root)?;
     let transport = transport(root)?;
     let data_dir = data_dir(root, path)?;
+    let admission = admission(root, path)?;
     Ok(RelaySettings {
         key_file,
         keypair,
@@ -374,7 +380,84 @@ fn relay_from(root: &mut Fields, path: &Path) -> Result<RelaySettings, ConfigErr
         log_format,
         transport,
         data_dir,
+        admission,
     })
+}
+
+/// What to set when a relay config says nothing about who it serves.
+const ADMISSION_MISSING: &str = "missing: list the devices this relay serves with \
+    `allow = [\"<device public key>\", ...]` (or `allow_file`), or set `admission = \"open\"` \
+    to serve any device that proves a key";
+
+/// The `admission`, `allow` and `allow_file` keys of a relay config. An allowlist is
+/// the default; a relay with neither an allowlist nor `admission = "open"` does not
+/// start, so a fresh config never serves everyone by accident.
+fn admission(root: &mut Fields, path: &Path) -> Result<Admission, ConfigError> {
+    let mode = root.string("admission")?;
+    let listed = root.strings("allow")?;
+    let file = root.string("allow_file")?.map(|p| resolve(path, &p));
+    match mode.as_deref() {
+        Some("open") => {
+            if !listed.is_empty() {
+                return Err(root.error(
+                    "allow",
+                    "not used with admission = \"open\" (remove one of them)",
+                ));
+            }
+            if file.is_some() {
+                return Err(root.error(
+                    "allow_file",
+                    "not used with admission = \"open\" (remove one of them)",
+                ));
+            }
+            return Ok(Admission::Open);
+        }
+        None | Some("allowlist") => {}
+        Some(other) => {
+            return Err(root.error(
+                "admission",
+                &format!("expected \"allowlist\" or \"open\", found {other:?}"),
+            ))
+        }
+    }
+    if mode.is_none() && listed.is_empty() && file.is_none() {
+        return Err(root.error("admission", ADMISSION_MISSING));
+    }
+    let mut allowed = std::collections::BTreeSet::new();
+    for (i, hex) in listed.iter().enumerate() {
+        let key = PublicKey::from_hex(hex.trim())
+            .map_err(|e| root.error(&format!("allow[{i}]"), &e.to_string()))?;
+        allowed.insert(DeviceId(*key.as_bytes()));
+    }
+    if let Some(file) = &file {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            root.error(
+                "allow_file",
+                &format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let key = PublicKey::from_hex(line).map_err(|e| {
+                root.error(
+                    "allow_file",
+                    &format!("{} line {}: {e}", file.display(), n + 1),
+                )
+            })?;
+            allowed.insert(DeviceId(*key.as_bytes()));
+        }
+    }
+    if allowed.is_empty() {
+        return Err(root.error(
+            "allow",
+            "the allowlist is empty: list the public keys of the devices this relay serves, \
+             or set admission = \"open\"",
+        ));
+    }
+    Ok(Admission::Allowlist(allowed))
 }
 
 /// The `data_dir` key: relative to the config file, or the per-user default.

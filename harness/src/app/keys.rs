@@ -87,8 +87,12 @@ pub fn pair(a: &Path, b: &Path) -> Result<Pairing, PairError> {
     })
 }
 
+/// How `tether pair` starts its line with the relay's `allow` entry for both devices.
+pub const RELAY_ALLOW_PREFIX: &str = "in the relay's config, to admit both devices: ";
+
 impl Pairing {
-    /// The `[[peers]]` entries for both configs, as TOML with comments.
+    /// The `[[peers]]` entries for both configs, as TOML with comments, and the
+    /// relay's `allow` line for both devices.
     pub fn render(&self) -> String {
         let entry = |of: &PairedDevice| {
             format!(
@@ -113,9 +117,15 @@ impl Pairing {
             )
         };
         format!(
-            "{}{}# The relationship key is a secret: keep both config files mode 0600.\n\n# --- in {}'s config (key_file = \"{}\"):\n{}\n# --- in {}'s config (key_file = \"{}\"):\n{}",
+            "{}{}# The relationship key is a secret: keep both config files mode 0600.\n# {}{}\n\n# --- in {}'s config (key_file = \"{}\"):\n{}\n# --- in {}'s config (key_file = \"{}\"):\n{}",
             line(&self.a),
             line(&self.b),
+            RELAY_ALLOW_PREFIX,
+            format_args!(
+                "allow = [\"{}\", \"{}\"]",
+                self.a.public.to_hex(),
+                self.b.public.to_hex()
+            ),
             self.a.name,
             self.a.key_file.display(),
             entry(&self.b),

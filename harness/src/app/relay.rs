@@ -7,12 +7,13 @@ use super::config::RelaySettings;
 use super::control::{self, Request};
 use super::metrics::{self, millis, RelayStatusReport, TransportReport};
 use super::run::{self, RunError, StopSignals};
-use crate::relay_server::{GetServerCounters, RelayServer, RelayServerHandle};
+use crate::relay_server::{GetServerState, RelayServer, RelayServerHandle};
 use rand::RngCore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
+use tether_rcs::{Admission, RelayServerConfig};
 use tether_store::RedbRelayQueueStore;
 use tether_transport::Endpoint;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -55,10 +56,10 @@ struct Shared {
 
 impl Shared {
     async fn report(&self) -> RelayStatusReport {
-        let counters = self
+        let state = self
             .handle
             .addr
-            .send(GetServerCounters)
+            .send(GetServerState)
             .await
             .unwrap_or_default();
         let stats = self.endpoint.stats();
@@ -66,7 +67,7 @@ impl Shared {
             public_key: self.handle.public.to_hex(),
             listen: self.handle.local_addr.to_string(),
             uptime_ms: millis(self.started.elapsed()),
-            counters: RelayStatusReport::counters_of(&counters, &stats),
+            counters: RelayStatusReport::counters_of(&state.counters, &state.rendezvous, &stats),
             transport: TransportReport::from(stats),
         }
     }
@@ -97,12 +98,14 @@ pub async fn run_relay(
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let admission = describe_admission(&settings.admission);
+    let mut config = RelayServerConfig::new(settings.keypair.clone(), seed, settings.admission);
+    config.unix_ms_at_start = unix_ms;
     let handle = RelayServer::start_with_store(
         endpoint.clone(),
-        settings.keypair.clone(),
-        seed,
+        config,
+        Default::default(),
         Box::new(store),
-        unix_ms,
     )
     .map_err(|source| RunError::Start {
         what: "relay",
@@ -127,7 +130,7 @@ pub async fn run_relay(
     }
     let public_key = shared.handle.public.to_hex();
     let listen = shared.handle.local_addr;
-    tracing::info!(%listen, public_key = %public_key, queue = %queue_path.display(), "relay started");
+    tracing::info!(%listen, public_key = %public_key, queue = %queue_path.display(), %admission, "relay started");
     ready(&RelayReady {
         public_key,
         listen,
@@ -140,6 +143,15 @@ pub async fn run_relay(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// The admission policy in a few words, for the start line and `--check`.
+pub fn describe_admission(admission: &Admission) -> String {
+    match admission {
+        Admission::Open => "any device that proves a key (admission = \"open\")".to_string(),
+        Admission::Allowlist(allowed) if allowed.len() == 1 => "an allowlist of 1 device".into(),
+        Admission::Allowlist(allowed) => format!("an allowlist of {} devices", allowed.len()),
+    }
 }
 
 async fn accept_control(listener: tokio::net::UnixListener, shared: Rc<Shared>) {

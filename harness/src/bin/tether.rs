@@ -308,9 +308,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
                 outln!(
-                    "config ok: relay {} listens on {}, queue in {}",
+                    "config ok: relay {} listens on {}, serves {}, queue in {}",
                     settings.keypair.public().to_hex(),
                     settings.listen,
+                    relay::describe_admission(&settings.admission),
                     relay::relay_queue_path(&settings.data_dir).display()
                 );
                 return Ok(ExitCode::SUCCESS);

@@ -168,6 +168,15 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
 }
 
+/// The relay's `allow` line for both devices of a pairing (`tether pair`'s output).
+pub fn relay_allow(pairing: &str) -> String {
+    pairing
+        .lines()
+        .find_map(|l| l.strip_prefix("# in the relay's config, to admit both devices: "))
+        .expect("tether pair prints the relay's allow line")
+        .to_string()
+}
+
 /// What every two-node end-to-end test starts from, in `dir`: a relay key and a
 /// running `tether relay` on loopback, and a pair of device keys (`a.key`, `b.key`)
 /// with their relationship, from `tether keygen` and `tether pair`.
@@ -183,7 +192,8 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Generates the keys and starts the relay (its control socket `relay.sock`).
+    /// Generates the keys and starts the relay (its control socket `relay.sock`),
+    /// admitting both devices (the `allow` line `tether pair` prints).
     pub fn start(dir: &Path) -> Self {
         Self::start_with(dir, "127.0.0.1:0", |args| {
             Proc::start(dir, "relay", TETHER, args)
@@ -200,7 +210,8 @@ impl Deployment {
         std::fs::write(
             dir.join("relay.toml"),
             format!(
-                "key_file = \"relay.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"relay.sock\"\n"
+                "key_file = \"relay.key\"\nlisten = \"{listen}\"\ncontrol_socket = \"relay.sock\"\n{}\n",
+                relay_allow(&pairing)
             ),
         )
         .unwrap();

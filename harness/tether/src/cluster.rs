@@ -4,7 +4,9 @@
 //! Build one with [`ClusterBuilder`] inside [`run_simulation`], then drive it: pair
 //! devices, partition, change addresses, block direct UDP, crash and restart nodes,
 //! restart the relay with its queue kept, and run until a condition holds or a virtual
-//! deadline passes. Every node event is logged
+//! deadline passes. The relay admits the cluster's devices only (an allowlist, as a
+//! `tether relay` config has by default), unless the builder opens it
+//! ([`ClusterBuilder::open_relay`]) for tests whose devices make their own keys. Every node event is logged
 //! with its virtual time for phase timelines.
 
 use crate::hub::{phase_timeline, NodeEvent};
@@ -20,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
+use tether_pms::RendezvousTableConfig;
 use tether_protocol::{DeviceId, RestoredChannels, SessionStatus, Shutdown};
-use tether_rcs::MemoryRelayQueueStore;
+use tether_rcs::{Admission, MemoryRelayQueueStore, RelayServerConfig};
 use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
 use tether_transport::{Endpoint, TransportConfig};
 
@@ -72,6 +75,9 @@ pub struct ClusterBuilder {
     limits: Limits,
     wildcard: Vec<usize>,
     volatile: Vec<usize>,
+    open_relay: bool,
+    relay_tune: Option<fn(&mut RelayServerConfig)>,
+    rendezvous: RendezvousTableConfig,
 }
 
 impl ClusterBuilder {
@@ -90,7 +96,30 @@ impl ClusterBuilder {
             conditions: LinkConditions::default(),
             presence: tether_presence::Config::default(),
             limits: Limits::default(),
+            open_relay: false,
+            relay_tune: None,
+            rendezvous: RendezvousTableConfig::default(),
         }
+    }
+
+    /// The relay admits any device that proves a key (`admission = "open"`), not only
+    /// the cluster's devices: for tests whose devices make their own keys.
+    pub fn open_relay(mut self) -> Self {
+        self.open_relay = true;
+        self
+    }
+
+    /// The rendezvous table's bounds.
+    pub fn rendezvous_table(mut self, config: RendezvousTableConfig) -> Self {
+        self.rendezvous = config;
+        self
+    }
+
+    /// Changes the relay's settings (bounds, rates, deadlines) before it starts, and
+    /// at each restart.
+    pub fn relay_config(mut self, tune: fn(&mut RelayServerConfig)) -> Self {
+        self.relay_tune = Some(tune);
+        self
     }
 
     /// Pairs two devices (a relationship key for them, each in the other's config).
@@ -175,21 +204,33 @@ impl ClusterBuilder {
         .await
         // INVARIANT: the relay host was just given RELAY_ADDR; binding it cannot fail.
         .expect("relay endpoint");
+        let keys: Vec<StaticKeypair> = (0..self.devices)
+            .map(|_| StaticKeypair::generate(&mut rng))
+            .collect();
+        let admission = if self.open_relay {
+            Admission::Open
+        } else {
+            Admission::Allowlist(
+                keys.iter()
+                    .map(|k| DeviceId(*k.public().as_bytes()))
+                    .collect(),
+            )
+        };
+        let mut relay_config = RelayServerConfig::new(relay_key, [self.seed as u8; 32], admission);
+        relay_config.unix_ms_at_start = SIM_UNIX_MS;
+        if let Some(tune) = self.relay_tune {
+            tune(&mut relay_config);
+        }
         let relay_store = MemoryRelayQueueStore::new();
         let relay = RelayServer::start_with_store(
             relay_endpoint,
-            relay_key.clone(),
-            [self.seed as u8; 32],
+            relay_config.clone(),
+            self.rendezvous.clone(),
             Box::new(relay_store.clone()),
-            SIM_UNIX_MS,
         )
         // INVARIANT: a freshly bound sim endpoint has a local address, and an empty
         // memory store loads.
         .expect("relay server");
-
-        let keys: Vec<StaticKeypair> = (0..self.devices)
-            .map(|_| StaticKeypair::generate(&mut rng))
-            .collect();
         let ips: Vec<IpAddr> = (0..self.devices).map(|i| device_ip(i, 0)).collect();
         let mut peers: Vec<Vec<NodePeer>> = vec![Vec::new(); self.devices];
         for &(a, b) in &self.pairs {
@@ -266,7 +307,8 @@ impl ClusterBuilder {
         let mut cluster = SimCluster {
             net,
             relay,
-            relay_key,
+            relay_config,
+            rendezvous: self.rendezvous,
             relay_store,
             relay_restarts: 0,
             relay_host,
@@ -366,7 +408,9 @@ pub struct SimCluster {
     pub relay: RelayServerHandle,
     /// The relay's host.
     pub relay_host: HostId,
-    relay_key: StaticKeypair,
+    /// The relay's settings, for its restarts.
+    relay_config: RelayServerConfig,
+    rendezvous: RendezvousTableConfig,
     /// The relay's queue store: kept across [`SimCluster::restart_relay`], as a file on
     /// disk would be.
     pub relay_store: MemoryRelayQueueStore,
@@ -612,14 +656,15 @@ impl SimCluster {
         self.collect_events();
         let wall_ms = SIM_UNIX_MS
             .saturating_add(u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut config = self.relay_config.clone();
         // A new challenge seed: a restarted relay must not repeat its nonces.
-        let seed = [(self.seed as u8).wrapping_add(self.relay_restarts as u8); 32];
+        config.seed = [(self.seed as u8).wrapping_add(self.relay_restarts as u8); 32];
+        config.unix_ms_at_start = wall_ms;
         self.relay = RelayServer::start_with_store(
             endpoint,
-            self.relay_key.clone(),
-            seed,
+            config,
+            self.rendezvous.clone(),
             Box::new(self.relay_store.clone()),
-            wall_ms,
         )
         .map_err(|error| error.to_string())?;
         Ok(())

@@ -69,7 +69,8 @@ pub mod actors {
         CLOSE_LINGER,
     };
     pub use crate::relay_server::{
-        GetServerCounters, GetTap, RelayServer, RelayServerHandle, StartTap,
+        GetServerCounters, GetServerState, GetTap, RelayServer, RelayServerHandle,
+        RelayServerState, StartTap,
     };
 }
 

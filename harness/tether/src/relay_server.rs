@@ -3,7 +3,11 @@
 //! any transport (real UDP or the simulated network). Connections authenticate with the
 //! relay protocol's challenge, both ways and bound to the QUIC connection (its TLS
 //! exporter, [`LinkHandle::channel_binding`]); rendezvous requests are served only on an authenticated
-//! connection, on behalf of the device it proved to be.
+//! connection, on behalf of the device it proved to be. Who is admitted, how long a
+//! connection may stay unauthenticated, the quotas and the rate limits are the queue
+//! core's ([`RelayServerConfig`]); the rendezvous table keeps its own quotas. The
+//! shell asks the queue core about every rendezvous request
+//! ([`RelayQueueServer::rendezvous_request`]) before the table serves it.
 //!
 //! # The queue's store
 //! The server keeps its queue in a [`RelayQueueStore`]: in memory ([`RelayServer::start`],
@@ -17,7 +21,7 @@
 //!
 //! # Messages
 //! - in: accepted links, frames read from them, link ends, timer ticks,
-//!   [`GetServerCounters`].
+//!   [`GetServerCounters`], [`GetServerState`].
 //! - out: frames written to links; link closes.
 
 use crate::link_tasks::{forward_accepted, spawn_writer, Accepted, LinkWriter};
@@ -27,10 +31,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tether_crypto::{PublicKey, StaticKeypair};
-use tether_pms::RendezvousTable;
+use tether_crypto::PublicKey;
+use tether_pms::{RendezvousTable, RendezvousTableConfig, TableCounters};
 use tether_protocol::shell::{runtime_now, CoreTimer};
-use tether_protocol::{RendezvousMessage, ServerRefusal, WireFrame};
+use tether_protocol::{RendezvousMessage, WireFrame};
 use tether_rcs::{
     ConnId, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
     RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
@@ -85,6 +89,28 @@ pub struct RelayServerHandle {
 #[rtype(result = "RelayServerCounters")]
 pub struct GetServerCounters;
 
+/// Asks for the counters of the queue and the rendezvous table, and what they hold now.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "RelayServerState")]
+pub struct GetServerState;
+
+/// What [`GetServerState`] answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayServerState {
+    /// The queue core's counters (authentication, admission, rate limits, envelopes).
+    pub counters: RelayServerCounters,
+    /// The rendezvous table's counters.
+    pub rendezvous: TableCounters,
+    /// Bytes stored in the queue, charged as against its global bound.
+    pub stored_bytes: usize,
+    /// Envelopes stored in the queue.
+    pub stored_envelopes: usize,
+    /// Rendezvous ids in the table.
+    pub rendezvous_ids: usize,
+    /// Connections open, authenticated or not.
+    pub connections: usize,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ConnBytes(ConnId, Bytes);
@@ -94,41 +120,39 @@ struct ConnBytes(ConnId, Bytes);
 struct ConnEnded(ConnId);
 
 impl RelayServer {
-    /// Starts a server on `endpoint` with its static keypair and its queue in memory
-    /// only (lost when it stops); `seed` seeds the challenge RNG (use OS entropy in
-    /// production).
+    /// Starts a server on `endpoint` with `config` (its keypair, challenge seed from
+    /// OS entropy in production, admission policy and bounds) and its queue in memory
+    /// only (lost when it stops); the config's `unix_ms_at_start` is set from the wall
+    /// clock.
     pub fn start(
         endpoint: Endpoint,
-        keypair: StaticKeypair,
-        seed: [u8; 32],
+        mut config: RelayServerConfig,
     ) -> std::io::Result<RelayServerHandle> {
-        let unix_ms = std::time::SystemTime::now()
+        config.unix_ms_at_start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Self::start_with_store(
             endpoint,
-            keypair,
-            seed,
+            config,
+            RendezvousTableConfig::default(),
             Box::new(MemoryRelayQueueStore::new()),
-            unix_ms,
         )
     }
 
     /// Starts a server whose queue is kept in `store` and taken over from it: what the
     /// store holds and has not expired is pushed to its recipients when they connect.
-    /// `unix_ms_at_start` is the wall clock now (Unix ms): stored expiries are wall-clock
-    /// times. A store that cannot be read is an error, and nothing is started.
+    /// The config's `unix_ms_at_start` must be the wall clock now (Unix ms): stored
+    /// expiries are wall-clock times. `rendezvous` bounds the rendezvous table. A store
+    /// that cannot be read is an error, and nothing is started.
     pub fn start_with_store(
         endpoint: Endpoint,
-        keypair: StaticKeypair,
-        seed: [u8; 32],
+        config: RelayServerConfig,
+        rendezvous: RendezvousTableConfig,
         mut store: Box<dyn RelayQueueStore>,
-        unix_ms_at_start: u64,
     ) -> std::io::Result<RelayServerHandle> {
         let local_addr = endpoint.local_addr()?;
-        let public = *keypair.public();
-        let mut config = RelayServerConfig::new(keypair, seed);
-        config.unix_ms_at_start = unix_ms_at_start;
+        let public = *config.keypair.public();
+        let unix_ms_at_start = config.unix_ms_at_start;
         let now = runtime_now();
         let mut queue = RelayQueueServer::new(config, now);
         let pruned = store
@@ -149,7 +173,7 @@ impl RelayServer {
                 "relay queue taken over from the store"
             );
         }
-        let table = RendezvousTable::new(Default::default(), now);
+        let table = RendezvousTable::new(rendezvous, now);
         let addr = RelayServer {
             endpoint,
             queue,
@@ -187,6 +211,14 @@ impl RelayServer {
         while let Some(output) = self.queue.poll_output() {
             match output {
                 ServerOutput::Send(conn, frame) => self.send(conn, &frame),
+                ServerOutput::CloseWith(conn, frame) => {
+                    if let Some(state) = self.conns.remove(&conn) {
+                        match tether_protocol::encode(&frame) {
+                            Ok(bytes) => state.handle.close_with_farewell(&bytes),
+                            Err(_) => state.handle.close(),
+                        }
+                    }
+                }
                 ServerOutput::Close(conn) => {
                     if let Some(state) = self.conns.remove(&conn) {
                         state.handle.close();
@@ -274,11 +306,10 @@ impl Handler<ConnBytes> for RelayServer {
                     .handle(runtime_now(), ServerInput::Frame(conn, message));
             }
             Ok(WireFrame::Rendezvous(message)) => {
-                let answer = match self.queue.authenticated_device(conn) {
-                    Some(device) => self.table.handle(runtime_now(), device, message),
-                    None => Some(RendezvousMessage::Refused {
-                        reason: ServerRefusal::NotAuthenticated,
-                    }),
+                let now = runtime_now();
+                let answer = match self.queue.rendezvous_request(now, conn, &message) {
+                    Ok(device) => self.table.handle(now, device, message),
+                    Err(reason) => Some(RendezvousMessage::Refused { reason }),
                 };
                 if let Some(answer) = answer {
                     self.send(conn, &WireFrame::Rendezvous(answer));
@@ -329,6 +360,23 @@ impl Handler<GetServerCounters> for RelayServer {
         let mut counters = self.queue.counters();
         counters.store_failures = self.store_failures;
         MessageResult(counters)
+    }
+}
+
+impl Handler<GetServerState> for RelayServer {
+    type Result = MessageResult<GetServerState>;
+
+    fn handle(&mut self, _message: GetServerState, _ctx: &mut Self::Context) -> Self::Result {
+        let mut counters = self.queue.counters();
+        counters.store_failures = self.store_failures;
+        MessageResult(RelayServerState {
+            counters,
+            rendezvous: self.table.counters(),
+            stored_bytes: self.queue.stored_bytes(),
+            stored_envelopes: self.queue.total_queued(),
+            rendezvous_ids: self.table.ids(),
+            connections: self.queue.connections(),
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tether::actors::RelayServer;
 use tether::{ChannelId, DeviceId, Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypair};
+use tether_rcs::{Admission, RelayServerConfig};
 use tether_transport::{Endpoint, TransportConfig};
 
 /// Starts a relay on loopback on a thread of its own; returns its address.
@@ -23,7 +24,8 @@ fn start_relay(keypair: StaticKeypair) -> SocketAddr {
                     .await
                     .unwrap();
             let addr = endpoint.local_addr().unwrap();
-            let _relay = RelayServer::start(endpoint, keypair, [7; 32]).unwrap();
+            let config = RelayServerConfig::new(keypair, [7; 32], Admission::Open);
+            let _relay = RelayServer::start(endpoint, config).unwrap();
             addr_tx.send(addr).unwrap();
             std::future::pending::<()>().await;
         });

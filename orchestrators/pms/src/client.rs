@@ -417,7 +417,9 @@ impl RendezvousClient {
                 self.counters.refused += 1;
                 if matches!(
                     reason,
-                    ServerRefusal::BadProof | ServerRefusal::NotAuthenticated
+                    ServerRefusal::BadProof
+                        | ServerRefusal::NotAuthenticated
+                        | ServerRefusal::NotAdmitted
                 ) {
                     let change = self.link.refused(now, link, reason, &mut self.rng);
                     self.apply(now, change);

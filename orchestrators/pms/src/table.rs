@@ -18,9 +18,14 @@
 //! - At most [`RendezvousTableConfig::max_ids`] ids are kept. When full, expired ids are
 //!   pruned first; if none is, a publish under a new id is refused (`QuotaExceeded`).
 //!   Refusing rather than evicting the oldest is deliberate: with eviction, anyone able
-//!   to authenticate (any fresh keypair can) could flush every pair's hints by
-//!   publishing under random ids; with refusal, existing pairs keep working and only new
-//!   ids wait for expiries.
+//!   to authenticate could flush every pair's hints by publishing under random ids; with
+//!   refusal, existing pairs keep working and only new ids wait for expiries.
+//! - One device may be a member of at most [`RendezvousTableConfig::max_ids_per_device`]
+//!   ids; a publish that would make it a member of one more is refused
+//!   (`QuotaExceeded`). A device publishes one id per paired peer, so this is far above
+//!   what a device needs, and one identity can no longer fill the table and lock new
+//!   pairs out (on an open relay it takes `max_ids / max_ids_per_device` identities; on
+//!   a relay with an allowlist only admitted devices publish at all).
 //!
 //! The table only stores and returns the bytes it was given; it holds no key and could
 //! not open a hint if it wanted to (invariant 7).
@@ -45,6 +50,11 @@ pub const DEFAULT_MAX_HINT_TTL: Duration = Duration::from_secs(60 * 60);
 /// bound the table to a few hundred MiB in the worst case.
 pub const DEFAULT_MAX_IDS: usize = 100_000;
 
+/// Default number of ids one device may be a member of: a device publishes one id per
+/// paired peer, and 64 peers is far more than a person's devices pair with; it takes
+/// 1 563 identities to fill the table.
+pub const DEFAULT_MAX_IDS_PER_DEVICE: usize = 64;
+
 /// Settings of the rendezvous table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RendezvousTableConfig {
@@ -54,6 +64,8 @@ pub struct RendezvousTableConfig {
     pub max_hint_len: usize,
     /// Most rendezvous ids kept at once.
     pub max_ids: usize,
+    /// Most ids one device may be a member of at once.
+    pub max_ids_per_device: usize,
 }
 
 impl Default for RendezvousTableConfig {
@@ -63,6 +75,7 @@ impl Default for RendezvousTableConfig {
             // The largest hint a Tether device can seal; anything longer is not one.
             max_hint_len: MAX_SEALED_HINT_LEN,
             max_ids: DEFAULT_MAX_IDS,
+            max_ids_per_device: DEFAULT_MAX_IDS_PER_DEVICE,
         }
     }
 }
@@ -82,6 +95,9 @@ pub struct TableCounters {
     pub refused_too_large: u64,
     /// Publishes under a new id while the table was full.
     pub refused_quota: u64,
+    /// Publishes that would have made a device a member of more than
+    /// `max_ids_per_device` ids.
+    pub refused_device_quota: u64,
     /// Messages only the server sends (`Hints`, `Refused`), received from a device.
     pub bad_requests: u64,
 }
@@ -106,6 +122,8 @@ struct Member {
 pub struct RendezvousTable {
     config: RendezvousTableConfig,
     entries: BTreeMap<Id, Vec<Member>>,
+    /// Ids each device is a member of (devices with none are absent).
+    per_device: BTreeMap<DeviceId, usize>,
     /// (expiry, id, member), earliest first.
     expiries: BTreeSet<(Instant, Id, DeviceId)>,
     next_sequence: u64,
@@ -118,6 +136,7 @@ impl RendezvousTable {
         Self {
             config,
             entries: BTreeMap::new(),
+            per_device: BTreeMap::new(),
             expiries: BTreeSet::new(),
             next_sequence: 1,
             counters: TableCounters::default(),
@@ -132,6 +151,11 @@ impl RendezvousTable {
     /// Rendezvous ids currently known.
     pub fn ids(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Rendezvous ids `device` is a member of now.
+    pub fn ids_of(&self, device: &DeviceId) -> usize {
+        self.per_device.get(device).copied().unwrap_or(0)
     }
 
     /// The members of an id, in the order they joined.
@@ -200,17 +224,28 @@ impl RendezvousTable {
         if hint.len() > self.config.max_hint_len {
             return self.refuse(ServerRefusal::TooLarge);
         }
-        if !self.entries.contains_key(&id) && self.entries.len() >= self.config.max_ids {
-            return self.refuse(ServerRefusal::QuotaExceeded);
+        let members = self.entries.get(&id);
+        let member = members.is_some_and(|m| m.iter().any(|m| m.device == device));
+        if !member {
+            if members.is_some_and(|m| m.len() >= MEMBERS_PER_ID) {
+                return self.refuse(ServerRefusal::NotYours);
+            }
+            if self.ids_of(&device) >= self.config.max_ids_per_device {
+                self.counters.refused_device_quota += 1;
+                return Err(ServerRefusal::QuotaExceeded);
+            }
+            if members.is_none() && self.entries.len() >= self.config.max_ids {
+                return self.refuse(ServerRefusal::QuotaExceeded);
+            }
         }
         let members = self.entries.entry(id).or_default();
         let index = match members.iter().position(|m| m.device == device) {
             Some(index) => index,
-            None if members.len() < MEMBERS_PER_ID => {
+            None => {
                 members.push(Member { device, hint: None });
+                *self.per_device.entry(device).or_default() += 1;
                 members.len() - 1
             }
-            None => return self.refuse(ServerRefusal::NotYours),
         };
         let expires_at = now + Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let sequence = self.next_sequence;
@@ -270,7 +305,16 @@ impl RendezvousTable {
                 }
             }
             if members.iter().all(|m| m.hint.is_none()) {
-                self.entries.remove(&id);
+                if let Some(gone) = self.entries.remove(&id) {
+                    for member in gone {
+                        if let Some(count) = self.per_device.get_mut(&member.device) {
+                            *count = count.saturating_sub(1);
+                            if *count == 0 {
+                                self.per_device.remove(&member.device);
+                            }
+                        }
+                    }
+                }
             }
         }
     }

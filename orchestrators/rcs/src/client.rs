@@ -357,7 +357,9 @@ impl RelayClient {
                     None => {
                         if matches!(
                             reason,
-                            ServerRefusal::BadProof | ServerRefusal::NotAuthenticated
+                            ServerRefusal::BadProof
+                                | ServerRefusal::NotAuthenticated
+                                | ServerRefusal::NotAdmitted
                         ) {
                             // The server does not accept us on this link: start over.
                             let change = self.link.refused(now, link, reason, &mut self.rng);

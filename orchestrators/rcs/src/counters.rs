@@ -20,6 +20,10 @@ pub struct RefusalCounters {
     pub not_connected: u64,
     /// [`ServerRefusal::NotYours`].
     pub not_yours: u64,
+    /// [`ServerRefusal::NotAdmitted`].
+    pub not_admitted: u64,
+    /// [`ServerRefusal::RateLimited`].
+    pub rate_limited: u64,
 }
 
 impl RefusalCounters {
@@ -33,12 +37,14 @@ impl RefusalCounters {
             ServerRefusal::TooLarge => &mut self.too_large,
             ServerRefusal::NotConnected => &mut self.not_connected,
             ServerRefusal::NotYours => &mut self.not_yours,
+            ServerRefusal::NotAdmitted => &mut self.not_admitted,
+            ServerRefusal::RateLimited => &mut self.rate_limited,
         };
         *slot = slot.saturating_add(1);
     }
 
     /// Each reason's count, named in snake case, for reports.
-    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
         [
             ("not_authenticated", self.not_authenticated),
             ("bad_proof", self.bad_proof),
@@ -47,6 +53,8 @@ impl RefusalCounters {
             ("too_large", self.too_large),
             ("not_connected", self.not_connected),
             ("not_yours", self.not_yours),
+            ("not_admitted", self.not_admitted),
+            ("rate_limited", self.rate_limited),
         ]
     }
 
@@ -59,5 +67,7 @@ impl RefusalCounters {
             .saturating_add(self.too_large)
             .saturating_add(self.not_connected)
             .saturating_add(self.not_yours)
+            .saturating_add(self.not_admitted)
+            .saturating_add(self.rate_limited)
     }
 }

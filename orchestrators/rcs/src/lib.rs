@@ -46,6 +46,7 @@
 mod actor;
 pub mod client;
 mod counters;
+pub mod rate;
 pub mod server;
 pub mod store;
 
@@ -55,8 +56,10 @@ pub use client::{
     DEFAULT_FIRST_DIAL_REQUEST,
 };
 pub use counters::RefusalCounters;
+pub use rate::{Rate, RateLimits};
 pub use server::{
-    ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+    Admission, ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput,
+    ServerOutput,
 };
 pub use store::{
     LoadedQueue, MemoryRelayQueueStore, QueueChange, RelayQueueStore, RelayStoreError,

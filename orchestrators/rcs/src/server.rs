@@ -11,10 +11,15 @@
 //!   with the server's own proof ([`tether_crypto::server_proof`]), then a `Push` of
 //!   everything queued for the device. A wrong proof (an invalid device key, or a proof
 //!   made on another connection, as one relayed by a man in the middle) → `Refused {
-//!   BadProof }` and [`ServerOutput::Close`]. Anything else before authentication →
-//!   `Refused { NotAuthenticated }` (with the request number for an `Enqueue`).
+//!   BadProof }` in [`ServerOutput::CloseWith`] (the refusal travels in the close). A
+//!   proof that verifies for a device the [`Admission`] policy does not admit →
+//!   `Refused { NotAdmitted }`, the same way.
+//!   Anything else before authentication → `Refused { NotAuthenticated }` (with the
+//!   request number for an `Enqueue`). A connection that has not authenticated within
+//!   [`RelayServerConfig::auth_deadline`] of opening is closed (counted as
+//!   `auth_timeouts`).
 //! - `Enqueue { to, request, ttl_ms, envelope }` → `Enqueued { request }`, or `Refused {
-//!   request, TooLarge | QuotaExceeded | QueueFull }`. Stored envelopes get a
+//!   request, TooLarge | QuotaExceeded | QueueFull | RateLimited }`. Stored envelopes get a
 //!   server-assigned id and an expiry (`ttl_ms` capped by [`RelayServerConfig::max_ttl`]);
 //!   if the recipient is connected it is pushed at once and kept until acknowledged.
 //! - `Fetch { max }` → up to `max` pushes from the caller's own queue, oldest first,
@@ -24,7 +29,10 @@
 //!   `Refused { NotYours }`; unknown ids (already acknowledged or expired) are ignored, so
 //!   a repeated acknowledgement is harmless.
 //! - `Forward { to, frame }` → `Forwarded { from, frame }` to every authenticated
-//!   connection of `to`, or `Refused { NotConnected }`.
+//!   connection of `to`, or `Refused { NotConnected | RateLimited }`.
+//! - Rendezvous requests are served by the table in `tether-pms`; the shell asks
+//!   [`RelayQueueServer::rendezvous_request`] first, which checks that the connection
+//!   is authenticated and rate limits `Publish`.
 //!
 //! The server never looks inside envelopes or frames (invariant 7): it sees routing ids,
 //! lengths and opaque bytes.
@@ -39,11 +47,29 @@
 //!
 //! # Bounds
 //! Per recipient: at most `max_queued_per_recipient` envelopes and
-//! `max_queued_bytes_per_recipient` bytes. Per sender: at most `max_stored_per_sender`
-//! envelopes stored across all recipients. Per envelope: `max_envelope_len` bytes.
-//! All recipients together: at most `max_stored_bytes`, each envelope charged its length
-//! plus [`ENVELOPE_OVERHEAD`] (so many tiny envelopes are bounded too). The same bounds
-//! bound the store on disk, which only ever holds what the core holds.
+//! `max_queued_bytes_per_recipient` bytes. Of one recipient's queue, one sender may
+//! hold at most `max_queued_per_sender_recipient` envelopes and
+//! `max_queued_bytes_per_sender_recipient` bytes (its share), so no single sender can
+//! fill a victim's queue and block the migration pings of the victim's peers. Per
+//! sender: at most `max_stored_per_sender` envelopes and `max_stored_bytes_per_sender`
+//! bytes (each envelope charged its length plus [`ENVELOPE_OVERHEAD`]) stored across all
+//! recipients. Per envelope: `max_envelope_len` bytes. All recipients together: at most
+//! `max_stored_bytes`, each envelope charged its length plus [`ENVELOPE_OVERHEAD`] (so
+//! many tiny envelopes are bounded too). The same bounds bound the store on disk, which
+//! only ever holds what the core holds.
+//!
+//! # Admission and rate limits
+//! [`Admission::Allowlist`] admits only the listed device keys; [`Admission::Open`]
+//! admits any device that proves a key, so there any number of self-made identities
+//! share the global bounds. `Enqueue`, `Forward` and rendezvous `Publish` are rate
+//! limited per connection ([`RelayServerConfig::conn_rates`]) and per identity
+//! ([`RelayServerConfig::identity_rates`], across the device's connections) with token
+//! buckets driven by `now`; a request over either is answered `Refused { RateLimited }`
+//! and counted. An identity's buckets outlive its connections until they are full
+//! again, so reconnecting does not buy a fresh burst. One warning is logged when an
+//! identity starts being rate limited (again after [`RATE_LIMIT_QUIET`] without a
+//! refusal), and one per device refused admission (for at most
+//! [`MAX_LOGGED_NOT_ADMITTED`] devices; beyond that they are only counted).
 //! Nothing is ever dropped silently before its TTL: an envelope leaves the queue only
 //! when its recipient acknowledges it or its TTL passes (counted as expired).
 //!
@@ -64,10 +90,11 @@ use std::time::{Duration, Instant};
 use tether_crypto::{
     server_proof, verify_server_auth, PublicKey, StaticKeypair, CHANNEL_BINDING_LEN,
 };
-use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
-use tracing::debug;
+use tether_protocol::{DeviceId, RelayMessage, RendezvousMessage, ServerRefusal, WireFrame};
+use tracing::{debug, warn};
 
 use crate::counters::RefusalCounters;
+use crate::rate::{Buckets, Limited, Rate, RateLimits};
 use crate::store::{LoadedQueue, QueueChange, StoredEnvelope};
 
 /// One transport connection to the server, numbered by the harness. The server keys its
@@ -108,6 +135,107 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// full queues, so one device cannot fill the server on its own.
 pub const DEFAULT_MAX_STORED_PER_SENDER: usize = 4 * DEFAULT_MAX_QUEUED_PER_RECIPIENT;
 
+/// Bytes one sender may have stored at once across all recipients (each envelope
+/// charged its length plus [`ENVELOPE_OVERHEAD`]): 16 MiB is its envelope quota at 4 KiB
+/// each, while a device queues only migration pings (a few hundred bytes each). Without
+/// it one identity could store 4096 envelopes of 65 KiB, 270 MB.
+pub const DEFAULT_MAX_STORED_BYTES_PER_SENDER: usize = 16 * 1024 * 1024;
+
+/// Envelopes one sender may hold in one recipient's queue: an eighth of it. A device
+/// queues a migration ping about once a second while a migration window (30 s) lasts,
+/// so 128 covers four unacknowledged windows; eight senders at their share are needed
+/// to fill a queue, so one identity can never keep the recipient's peers' migration
+/// pings out.
+pub const DEFAULT_MAX_QUEUED_PER_SENDER_RECIPIENT: usize = DEFAULT_MAX_QUEUED_PER_RECIPIENT / 8;
+
+/// Bytes one sender may hold in one recipient's queue: the same eighth, 1 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES_PER_SENDER_RECIPIENT: usize =
+    DEFAULT_MAX_QUEUED_BYTES_PER_RECIPIENT / 8;
+
+/// How long a connection may stay unauthenticated: a device sends its proof as soon as
+/// it has the challenge (one round trip after QUIC's handshake), so 5 s covers a
+/// mobile link with a 1-2 s round trip and a lost packet, while a connection that
+/// never authenticates holds its state for no longer than that.
+pub const DEFAULT_AUTH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Rates of one connection. A device's relay traffic runs on one connection (its relay
+/// client's) and its rendezvous traffic on another, so each kind gets its device's full
+/// legitimate rate here, with a wide margin:
+/// - `Enqueue`: a device queues only migration pings, about one a second per peer
+///   while a migration lasts, and resends at most 256 held ones after a reconnect: 64
+///   a second with a burst of 512.
+/// - `Forward`: everything a session sends while the relay is its path, one frame per
+///   message plus coalesced acks. Its frame rate is bounded by how fast the application
+///   sends and by the path's bandwidth, not by Tether: in the simulator (no bandwidth
+///   limit, 4 ms relay round trip) a sender fed 41 000 messages of 1 KiB a second had
+///   them all forwarded. 50 000 a second (400 Mbit/s of 1 KiB messages; bulk data uses
+///   larger messages, so fewer frames) with a burst of 100 000 (two seconds) leaves
+///   that margin and bounds the relay's per-frame work (decoding, and copying to each
+///   of the recipient's connections) that one connection can cause.
+/// - `Publish`: one hint per peer after each connect, on each address change and every
+///   5 minutes; a device has at most 64 peers on the rendezvous server: 16 a second,
+///   burst 128 (two full republishes).
+pub const DEFAULT_CONN_RATES: RateLimits = RateLimits {
+    enqueue: Rate {
+        per_second: 64,
+        burst: 512,
+    },
+    forward: Rate {
+        per_second: 50_000,
+        burst: 100_000,
+    },
+    publish: Rate {
+        per_second: 16,
+        burst: 128,
+    },
+};
+
+/// Rates of one identity across all its connections: twice a connection's, for the
+/// device's two clients (the two older connections kept after a network change only
+/// linger), so a device that opens more connections gains nothing.
+pub const DEFAULT_IDENTITY_RATES: RateLimits = RateLimits {
+    enqueue: Rate {
+        per_second: 128,
+        burst: 1024,
+    },
+    forward: Rate {
+        per_second: 100_000,
+        burst: 200_000,
+    },
+    publish: Rate {
+        per_second: 32,
+        burst: 256,
+    },
+};
+
+/// How long an identity goes without a rate-limit refusal before the next one is
+/// logged again: one warning per episode, not one per refused frame.
+pub const RATE_LIMIT_QUIET: Duration = Duration::from_secs(10);
+
+/// Devices refused admission whose first refusal is logged: an attacker can make keys
+/// without end, so the log (and this set) must stop growing; later ones are counted.
+pub const MAX_LOGGED_NOT_ADMITTED: usize = 1024;
+
+/// Which devices the relay serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Any device that proves its key (`admission = "open"`): self-made identities
+    /// cost nothing, so only the global bounds and rate limits hold.
+    Open,
+    /// Only devices whose keys are listed (`allow = [...]`).
+    Allowlist(BTreeSet<DeviceId>),
+}
+
+impl Admission {
+    /// Whether `device` is admitted.
+    pub fn admits(&self, device: &DeviceId) -> bool {
+        match self {
+            Self::Open => true,
+            Self::Allowlist(allowed) => allowed.contains(device),
+        }
+    }
+}
+
 /// Bytes stored for all recipients together: 1 GiB bounds the relay's memory and its
 /// store on disk; with [`ENVELOPE_OVERHEAD`] charged per envelope it also bounds the
 /// count (at most 4 Mi envelopes).
@@ -137,6 +265,20 @@ pub struct RelayServerConfig {
     pub max_ttl: Duration,
     /// Most envelopes one sender may have stored at once.
     pub max_stored_per_sender: usize,
+    /// Most bytes one sender may have stored at once (lengths plus overheads).
+    pub max_stored_bytes_per_sender: usize,
+    /// Most envelopes one sender may hold in one recipient's queue.
+    pub max_queued_per_sender_recipient: usize,
+    /// Most bytes one sender may hold in one recipient's queue.
+    pub max_queued_bytes_per_sender_recipient: usize,
+    /// Which devices are served.
+    pub admission: Admission,
+    /// How long a connection may stay unauthenticated before it is closed.
+    pub auth_deadline: Duration,
+    /// Rate limits of each connection.
+    pub conn_rates: RateLimits,
+    /// Rate limits of each identity, across its connections.
+    pub identity_rates: RateLimits,
     /// Most authenticated connections kept per device.
     pub max_conns_per_device: usize,
     /// Most bytes stored for all recipients together, each envelope charged its length
@@ -164,6 +306,22 @@ impl fmt::Debug for RelayServerConfig {
             .field("max_envelope_len", &self.max_envelope_len)
             .field("max_ttl", &self.max_ttl)
             .field("max_stored_per_sender", &self.max_stored_per_sender)
+            .field(
+                "max_stored_bytes_per_sender",
+                &self.max_stored_bytes_per_sender,
+            )
+            .field(
+                "max_queued_per_sender_recipient",
+                &self.max_queued_per_sender_recipient,
+            )
+            .field(
+                "max_queued_bytes_per_sender_recipient",
+                &self.max_queued_bytes_per_sender_recipient,
+            )
+            .field("admission", &self.admission)
+            .field("auth_deadline", &self.auth_deadline)
+            .field("conn_rates", &self.conn_rates)
+            .field("identity_rates", &self.identity_rates)
             .field("max_conns_per_device", &self.max_conns_per_device)
             .field("max_stored_bytes", &self.max_stored_bytes)
             .field("unix_ms_at_start", &self.unix_ms_at_start)
@@ -173,9 +331,10 @@ impl fmt::Debug for RelayServerConfig {
 }
 
 impl RelayServerConfig {
-    /// A config with the default bounds, and a wall clock starting at Unix time 0 (set
-    /// `unix_ms_at_start` when envelopes are stored across restarts).
-    pub fn new(keypair: StaticKeypair, seed: [u8; 32]) -> Self {
+    /// A config with the default bounds and rates, the given admission policy, and a
+    /// wall clock starting at Unix time 0 (set `unix_ms_at_start` when envelopes are
+    /// stored across restarts).
+    pub fn new(keypair: StaticKeypair, seed: [u8; 32], admission: Admission) -> Self {
         Self {
             keypair,
             max_queued_per_recipient: DEFAULT_MAX_QUEUED_PER_RECIPIENT,
@@ -183,6 +342,13 @@ impl RelayServerConfig {
             max_envelope_len: DEFAULT_MAX_ENVELOPE_LEN,
             max_ttl: DEFAULT_MAX_TTL,
             max_stored_per_sender: DEFAULT_MAX_STORED_PER_SENDER,
+            max_stored_bytes_per_sender: DEFAULT_MAX_STORED_BYTES_PER_SENDER,
+            max_queued_per_sender_recipient: DEFAULT_MAX_QUEUED_PER_SENDER_RECIPIENT,
+            max_queued_bytes_per_sender_recipient: DEFAULT_MAX_QUEUED_BYTES_PER_SENDER_RECIPIENT,
+            admission,
+            auth_deadline: DEFAULT_AUTH_DEADLINE,
+            conn_rates: DEFAULT_CONN_RATES,
+            identity_rates: DEFAULT_IDENTITY_RATES,
             max_conns_per_device: DEFAULT_MAX_CONNS_PER_DEVICE,
             max_stored_bytes: DEFAULT_MAX_STORED_BYTES,
             unix_ms_at_start: 0,
@@ -213,6 +379,10 @@ pub enum ServerOutput {
     Send(ConnId, WireFrame),
     /// Close the connection (after sending what was queued before it).
     Close(ConnId),
+    /// Close the connection with this frame as its last word (a refusal that ends
+    /// it): the shell sends it in the close itself (a QUIC farewell), so it arrives
+    /// although the connection ends at once.
+    CloseWith(ConnId, WireFrame),
 }
 
 /// What the server counted. Everything peer-caused lands here, never in an error.
@@ -239,6 +409,11 @@ pub struct RelayServerCounters {
     pub unknown_connections: u64,
     /// Connections closed because the device opened more than the limit.
     pub evicted_connections: u64,
+    /// Connections closed because they did not authenticate within the deadline.
+    pub auth_timeouts: u64,
+    /// Times an identity started being rate limited (one per episode; each refused
+    /// request is counted in `refused.rate_limited`).
+    pub rate_limit_episodes: u64,
     /// Envelopes taken over from the store at start.
     pub restored: u64,
     /// Envelopes in the store at start that no longer fit the configured bounds
@@ -253,13 +428,49 @@ pub struct RelayServerCounters {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
-    /// Challenge sent, waiting for Authenticate.
+    /// Challenge sent, waiting for Authenticate until `deadline`.
     Challenged {
         nonce: [u8; 32],
         binding: [u8; CHANNEL_BINDING_LEN],
+        deadline: Instant,
     },
-    /// Proof verified.
-    Authenticated { device: DeviceId },
+    /// Proof verified and the device admitted.
+    Authenticated { device: DeviceId, buckets: Buckets },
+}
+
+/// What the server keeps per identity (device key).
+#[derive(Debug, Default)]
+struct Identity {
+    /// Authenticated connections, oldest first.
+    conns: Vec<ConnId>,
+    /// Rate limits across the connections.
+    buckets: Buckets,
+    /// Until when the current rate-limit episode lasts (extended by each refusal).
+    limited_until: Option<Instant>,
+    /// Without connections: when the buckets are full again and the entry goes (it
+    /// is also in `RelayQueueServer::idle_identities`).
+    idle_until: Option<Instant>,
+}
+
+/// Envelopes and bytes held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Usage {
+    count: usize,
+    bytes: usize,
+}
+
+impl Usage {
+    fn add(&mut self, bytes: usize) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+
+    /// Takes one envelope of `bytes` off; true when nothing is left.
+    fn sub(&mut self, bytes: usize) -> bool {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.count == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,6 +485,8 @@ struct Queue {
     /// By server-assigned id, which grows: iteration is oldest first.
     envelopes: BTreeMap<u64, Stored>,
     bytes: usize,
+    /// Envelopes and bytes (lengths) of each sender in this queue, for its share.
+    per_sender: BTreeMap<DeviceId, Usage>,
 }
 
 /// The relay queue server's state. See the module docs.
@@ -282,15 +495,22 @@ pub struct RelayQueueServer {
     config: RelayServerConfig,
     rng: ChaCha20Rng,
     conns: BTreeMap<ConnId, ConnState>,
-    /// Authenticated connections per device, oldest first.
-    devices: BTreeMap<DeviceId, Vec<ConnId>>,
+    /// (deadline, connection) of every connection not authenticated yet.
+    auth_deadlines: BTreeSet<(Instant, ConnId)>,
+    /// Identities with connections, and those without whose buckets are not full yet.
+    identities: BTreeMap<DeviceId, Identity>,
+    /// (when its buckets are full, identity) of identities without connections.
+    idle_identities: BTreeSet<(Instant, DeviceId)>,
+    /// Devices refused admission whose refusal was logged (at most
+    /// [`MAX_LOGGED_NOT_ADMITTED`]).
+    not_admitted_logged: BTreeSet<DeviceId>,
     queues: BTreeMap<DeviceId, Queue>,
     /// Envelope id → its recipient.
     owners: BTreeMap<u64, DeviceId>,
     /// (expiry, envelope id), earliest first.
     expiries: BTreeSet<(Instant, u64)>,
-    /// Envelopes stored per sender.
-    per_sender: BTreeMap<DeviceId, usize>,
+    /// Envelopes stored per sender, and their bytes (lengths plus overheads).
+    per_sender: BTreeMap<DeviceId, Usage>,
     next_envelope_id: u64,
     /// Bytes charged against `max_stored_bytes` (lengths plus overheads).
     stored_bytes: usize,
@@ -310,7 +530,10 @@ impl RelayQueueServer {
             config,
             rng,
             conns: BTreeMap::new(),
-            devices: BTreeMap::new(),
+            auth_deadlines: BTreeSet::new(),
+            identities: BTreeMap::new(),
+            idle_identities: BTreeSet::new(),
+            not_admitted_logged: BTreeSet::new(),
             queues: BTreeMap::new(),
             owners: BTreeMap::new(),
             expiries: BTreeSet::new(),
@@ -333,9 +556,33 @@ impl RelayQueueServer {
     /// rendezvous requests arriving on the same connection with it.
     pub fn authenticated_device(&self, conn: ConnId) -> Option<DeviceId> {
         match self.conns.get(&conn) {
-            Some(ConnState::Authenticated { device }) => Some(*device),
+            Some(ConnState::Authenticated { device, .. }) => Some(*device),
             _ => None,
         }
+    }
+
+    /// Checks a rendezvous request that arrived on `conn` before the table serves it:
+    /// the device the connection proved to be, or the refusal to answer with (counted):
+    /// `NotAuthenticated` on a connection that has not authenticated, `RateLimited` for
+    /// a `Publish` over the connection's or the identity's rate.
+    pub fn rendezvous_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: &RendezvousMessage,
+    ) -> Result<DeviceId, ServerRefusal> {
+        self.close_unauthenticated(now);
+        let Some(device) = self.authenticated_device(conn) else {
+            self.counters.refused.count(ServerRefusal::NotAuthenticated);
+            return Err(ServerRefusal::NotAuthenticated);
+        };
+        if matches!(message, RendezvousMessage::Publish { .. })
+            && !self.within_rates(now, conn, device, Limited::Publish)
+        {
+            self.counters.refused.count(ServerRefusal::RateLimited);
+            return Err(ServerRefusal::RateLimited);
+        }
+        Ok(device)
     }
 
     /// What the server counted so far.
@@ -346,6 +593,19 @@ impl RelayQueueServer {
     /// Envelopes currently queued for `device`.
     pub fn queued_for(&self, device: &DeviceId) -> usize {
         self.queues.get(device).map_or(0, |q| q.envelopes.len())
+    }
+
+    /// Envelopes `sender` has stored now, and their bytes charged against
+    /// `max_stored_bytes_per_sender`.
+    pub fn stored_by(&self, sender: &DeviceId) -> (usize, usize) {
+        self.per_sender
+            .get(sender)
+            .map_or((0, 0), |u| (u.count, u.bytes))
+    }
+
+    /// Connections open now, authenticated or not.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
     }
 
     /// Envelopes currently stored, all recipients together.
@@ -378,7 +638,9 @@ impl RelayQueueServer {
                 continue;
             }
             let fits = stored.envelope.len() <= self.config.max_envelope_len
-                && self.admits(&stored.from, &stored.to, stored.envelope.len())
+                && self
+                    .admits(&stored.from, &stored.to, stored.envelope.len())
+                    .is_ok()
                 && !self.owners.contains_key(&stored.id);
             if !fits {
                 debug!(
@@ -400,8 +662,7 @@ impl RelayQueueServer {
                 expires_at,
             );
             self.counters.restored += 1;
-            let recipients = self.devices.get(&stored.to).cloned().unwrap_or_default();
-            for recipient in recipients {
+            for recipient in self.conns_of(&stored.to) {
                 self.push(recipient, &stored.to, stored.id);
             }
         }
@@ -415,11 +676,14 @@ impl RelayQueueServer {
 
     /// Feeds one input.
     pub fn handle(&mut self, now: Instant, input: ServerInput) {
-        // Expired envelopes are never pushed, even if the timer has not fired yet.
+        // Expired envelopes are never pushed, even if the timer has not fired yet, and
+        // a late proof is not taken.
         self.expire(now);
+        self.close_unauthenticated(now);
+        self.forget_idle_identities(now);
         match input {
-            ServerInput::Opened(conn, binding) => self.opened(conn, binding),
-            ServerInput::Closed(conn) => self.closed(conn),
+            ServerInput::Opened(conn, binding) => self.opened(now, conn, binding),
+            ServerInput::Closed(conn) => self.closed(now, conn),
             ServerInput::Frame(conn, message) => self.frame(now, conn, message),
             ServerInput::Bytes(conn, bytes) => match tether_protocol::decode(&bytes) {
                 Ok(WireFrame::Relay(message)) => self.frame(now, conn, message),
@@ -435,9 +699,13 @@ impl RelayQueueServer {
         }
     }
 
-    /// Removes expired envelopes. Spurious calls are harmless.
+    /// Removes expired envelopes, closes connections past their authentication
+    /// deadline, forgets idle identities whose buckets are full. Spurious calls are
+    /// harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire(now);
+        self.close_unauthenticated(now);
+        self.forget_idle_identities(now);
     }
 
     /// Next output to deliver.
@@ -445,9 +713,17 @@ impl RelayQueueServer {
         self.outputs.pop_front()
     }
 
-    /// When the next envelope expires.
+    /// When the next envelope expires, authentication deadline passes, or idle
+    /// identity may be forgotten.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiries.first().map(|(at, _)| *at)
+        [
+            self.expiries.first().map(|(at, _)| *at),
+            self.auth_deadlines.first().map(|(at, _)| *at),
+            self.idle_identities.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn send(&mut self, conn: ConnId, message: RelayMessage) {
@@ -460,32 +736,152 @@ impl RelayQueueServer {
         self.send(conn, RelayMessage::Refused { request, reason });
     }
 
-    fn opened(&mut self, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
+    fn opened(&mut self, now: Instant, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
         if self.conns.contains_key(&conn) {
             // Reused id: forget the old connection's state first.
-            self.closed(conn);
+            self.closed(now, conn);
         }
         let mut nonce = [0_u8; 32];
         self.rng.fill_bytes(&mut nonce);
-        self.conns
-            .insert(conn, ConnState::Challenged { nonce, binding });
+        let deadline = now + self.config.auth_deadline;
+        self.conns.insert(
+            conn,
+            ConnState::Challenged {
+                nonce,
+                binding,
+                deadline,
+            },
+        );
+        self.auth_deadlines.insert((deadline, conn));
         let server_key = *self.config.keypair.public().as_bytes();
         self.send(conn, RelayMessage::Challenge { nonce, server_key });
     }
 
-    fn closed(&mut self, conn: ConnId) {
-        if let Some(ConnState::Authenticated { device }) = self.conns.remove(&conn) {
-            self.detach(device, conn);
+    fn closed(&mut self, now: Instant, conn: ConnId) {
+        match self.conns.remove(&conn) {
+            Some(ConnState::Authenticated { device, .. }) => self.detach(now, device, conn),
+            Some(ConnState::Challenged { deadline, .. }) => {
+                self.auth_deadlines.remove(&(deadline, conn));
+            }
+            None => {}
         }
     }
 
-    fn detach(&mut self, device: DeviceId, conn: ConnId) {
-        if let Some(list) = self.devices.get_mut(&device) {
-            list.retain(|c| *c != conn);
-            if list.is_empty() {
-                self.devices.remove(&device);
+    /// Forgets `conn` and closes it (after what was sent on it before).
+    fn close(&mut self, now: Instant, conn: ConnId) {
+        self.closed(now, conn);
+        self.outputs.push_back(ServerOutput::Close(conn));
+    }
+
+    /// Forgets `conn` and closes it with a refusal (counted) as its last frame.
+    fn refuse_and_close(&mut self, now: Instant, conn: ConnId, reason: ServerRefusal) {
+        self.counters.refused.count(reason);
+        self.closed(now, conn);
+        let refusal = RelayMessage::Refused {
+            request: None,
+            reason,
+        };
+        self.outputs
+            .push_back(ServerOutput::CloseWith(conn, WireFrame::Relay(refusal)));
+    }
+
+    fn detach(&mut self, now: Instant, device: DeviceId, conn: ConnId) {
+        let Some(identity) = self.identities.get_mut(&device) else {
+            return;
+        };
+        identity.conns.retain(|c| *c != conn);
+        if !identity.conns.is_empty() {
+            return;
+        }
+        // Its buckets outlive it until they are full: reconnecting buys no new burst.
+        match identity.buckets.full_at(now) {
+            Some(at) => {
+                identity.idle_until = Some(at);
+                self.idle_identities.insert((at, device));
+            }
+            None => {
+                self.identities.remove(&device);
             }
         }
+    }
+
+    /// The authenticated connections of `device`, oldest first.
+    fn conns_of(&self, device: &DeviceId) -> Vec<ConnId> {
+        self.identities
+            .get(device)
+            .map(|i| i.conns.clone())
+            .unwrap_or_default()
+    }
+
+    /// Closes every connection still unauthenticated at its deadline.
+    fn close_unauthenticated(&mut self, now: Instant) {
+        while let Some(&(deadline, conn)) = self.auth_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.auth_deadlines.remove(&(deadline, conn));
+            if !matches!(self.conns.get(&conn), Some(ConnState::Challenged { .. })) {
+                continue;
+            }
+            debug!(%conn, "relay server: no proof within the deadline, closed");
+            self.counters.auth_timeouts += 1;
+            self.close(now, conn);
+        }
+    }
+
+    /// Forgets identities without connections whose buckets are full again.
+    fn forget_idle_identities(&mut self, now: Instant) {
+        while let Some(&(at, device)) = self.idle_identities.first() {
+            if at > now {
+                break;
+            }
+            self.idle_identities.remove(&(at, device));
+            if self
+                .identities
+                .get(&device)
+                .is_some_and(|i| i.conns.is_empty())
+            {
+                self.identities.remove(&device);
+            }
+        }
+    }
+
+    /// Whether a request of `kind` from `device` on `conn` is within both the
+    /// connection's and the identity's rates; takes a token from each if it is. A
+    /// refusal starts (or extends) the identity's rate-limit episode; the first
+    /// refusal of an episode is logged.
+    fn within_rates(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        device: DeviceId,
+        kind: Limited,
+    ) -> bool {
+        let conn_rates = self.config.conn_rates;
+        let identity_rates = self.config.identity_rates;
+        let (Some(ConnState::Authenticated { buckets, .. }), Some(identity)) =
+            (self.conns.get_mut(&conn), self.identities.get_mut(&device))
+        else {
+            return false;
+        };
+        if buckets.allows(now, &conn_rates, kind)
+            && identity.buckets.allows(now, &identity_rates, kind)
+        {
+            buckets.take(now, &conn_rates, kind);
+            identity.buckets.take(now, &identity_rates, kind);
+            return true;
+        }
+        let new_episode = identity.limited_until.is_none_or(|until| until <= now);
+        identity.limited_until = Some(now + RATE_LIMIT_QUIET);
+        if new_episode {
+            self.counters.rate_limit_episodes += 1;
+            warn!(
+                %device,
+                request = kind.name(),
+                "relay: device rate limited; its requests over the rate are refused"
+            );
+        }
+        false
     }
 
     fn frame(&mut self, now: Instant, conn: ConnId, message: RelayMessage) {
@@ -495,16 +891,16 @@ impl RelayQueueServer {
             return;
         };
         match state {
-            ConnState::Challenged { nonce, binding } => match message {
+            ConnState::Challenged { nonce, binding, .. } => match message {
                 RelayMessage::Authenticate { device, proof } => {
-                    self.authenticate(conn, nonce, binding, device, &proof)
+                    self.authenticate(now, conn, nonce, binding, device, &proof)
                 }
                 RelayMessage::Enqueue { request, .. } => {
                     self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
                 }
                 _ => self.refuse(conn, None, ServerRefusal::NotAuthenticated),
             },
-            ConnState::Authenticated { device } => match message {
+            ConnState::Authenticated { device, .. } => match message {
                 RelayMessage::Enqueue {
                     to,
                     request,
@@ -515,7 +911,7 @@ impl RelayQueueServer {
                 RelayMessage::Delivered { envelope_ids } => {
                     self.delivered(conn, device, &envelope_ids)
                 }
-                RelayMessage::Forward { to, frame } => self.forward(conn, device, to, frame),
+                RelayMessage::Forward { to, frame } => self.forward(now, conn, device, to, frame),
                 RelayMessage::Authenticate { .. }
                 | RelayMessage::Challenge { .. }
                 | RelayMessage::Welcome { .. }
@@ -532,6 +928,7 @@ impl RelayQueueServer {
 
     fn authenticate(
         &mut self,
+        now: Instant,
         conn: ConnId,
         nonce: [u8; 32],
         binding: [u8; CHANNEL_BINDING_LEN],
@@ -543,19 +940,32 @@ impl RelayQueueServer {
             .filter(|key| verify_server_auth(&self.config.keypair, key, &nonce, &binding, proof));
         let Some(key) = key else {
             debug!(%conn, %device, "relay server: bad proof");
-            self.refuse(conn, None, ServerRefusal::BadProof);
-            self.conns.remove(&conn);
-            self.outputs.push_back(ServerOutput::Close(conn));
+            self.refuse_and_close(now, conn, ServerRefusal::BadProof);
             return;
         };
+        if !self.config.admission.admits(&device) {
+            self.not_admitted(now, conn, device);
+            return;
+        }
+        self.closed(now, conn);
         self.counters.authenticated += 1;
-        self.conns.insert(conn, ConnState::Authenticated { device });
-        let list = self.devices.entry(device).or_default();
-        list.push(conn);
-        let excess = list
+        self.conns.insert(
+            conn,
+            ConnState::Authenticated {
+                device,
+                buckets: Buckets::default(),
+            },
+        );
+        let identity = self.identities.entry(device).or_default();
+        if let Some(at) = identity.idle_until.take() {
+            self.idle_identities.remove(&(at, device));
+        }
+        identity.conns.push(conn);
+        let excess = identity
+            .conns
             .len()
             .saturating_sub(self.config.max_conns_per_device.max(1));
-        let evicted: Vec<ConnId> = list.drain(..excess).collect();
+        let evicted: Vec<ConnId> = identity.conns.drain(..excess).collect();
         for old in evicted {
             self.counters.evicted_connections += 1;
             self.conns.remove(&old);
@@ -570,6 +980,26 @@ impl RelayQueueServer {
             .unwrap_or_default();
         for id in ids {
             self.push(conn, &device, id);
+        }
+    }
+
+    /// Refuses a device that proved its key but is not admitted, closes the
+    /// connection, and logs the device's first refusal.
+    fn not_admitted(&mut self, now: Instant, conn: ConnId, device: DeviceId) {
+        self.refuse_and_close(now, conn, ServerRefusal::NotAdmitted);
+        if self.not_admitted_logged.len() < MAX_LOGGED_NOT_ADMITTED {
+            if self.not_admitted_logged.insert(device) {
+                warn!(%device, "relay: device not admitted (its key is not on the allowlist); connection closed");
+            }
+        } else if self.not_admitted_logged.len() == MAX_LOGGED_NOT_ADMITTED
+            && !self.not_admitted_logged.contains(&device)
+        {
+            // One marker entry past the cap: logged once, then only counted.
+            self.not_admitted_logged.insert(device);
+            warn!(
+                logged = MAX_LOGGED_NOT_ADMITTED,
+                "relay: more devices not admitted; from now on they are only counted (refused_not_admitted)"
+            );
         }
     }
 
@@ -588,11 +1018,11 @@ impl RelayQueueServer {
         if len > self.config.max_envelope_len {
             return self.refuse(conn, Some(request), ServerRefusal::TooLarge);
         }
-        if self.per_sender.get(&from).copied().unwrap_or(0) >= self.config.max_stored_per_sender {
-            return self.refuse(conn, Some(request), ServerRefusal::QuotaExceeded);
+        if !self.within_rates(now, conn, from, Limited::Enqueue) {
+            return self.refuse(conn, Some(request), ServerRefusal::RateLimited);
         }
-        if !self.admits(&from, &to, len) {
-            return self.refuse(conn, Some(request), ServerRefusal::QueueFull);
+        if let Err(reason) = self.admits(&from, &to, len) {
+            return self.refuse(conn, Some(request), reason);
         }
         let ttl = Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let expires_at = now + ttl;
@@ -608,27 +1038,38 @@ impl RelayQueueServer {
         self.insert(id, to, from, envelope, expires_at);
         self.counters.stored += 1;
         self.send(conn, RelayMessage::Enqueued { request });
-        let recipients = self.devices.get(&to).cloned().unwrap_or_default();
-        for recipient in recipients {
+        for recipient in self.conns_of(&to) {
             self.push(recipient, &to, id);
         }
     }
 
-    /// Whether an envelope of `len` bytes from `from` to `to` fits every bound: the
-    /// sender's quota, the recipient's queue, the server's total.
-    fn admits(&self, from: &DeviceId, to: &DeviceId, len: usize) -> bool {
-        let (count, bytes) = self
-            .queues
-            .get(to)
-            .map_or((0, 0), |q| (q.envelopes.len(), q.bytes));
-        self.per_sender.get(from).copied().unwrap_or(0) < self.config.max_stored_per_sender
-            && count < self.config.max_queued_per_recipient
-            && bytes.saturating_add(len) <= self.config.max_queued_bytes_per_recipient
-            && self
-                .stored_bytes
-                .saturating_add(len)
-                .saturating_add(ENVELOPE_OVERHEAD)
-                <= self.config.max_stored_bytes
+    /// Whether an envelope of `len` bytes from `from` to `to` fits every bound, or the
+    /// refusal: `QuotaExceeded` over the sender's own quota (envelopes or bytes in all,
+    /// or its share of the recipient's queue), `QueueFull` over the recipient's queue
+    /// or the server's total.
+    fn admits(&self, from: &DeviceId, to: &DeviceId, len: usize) -> Result<(), ServerRefusal> {
+        let c = &self.config;
+        let charged = len.saturating_add(ENVELOPE_OVERHEAD);
+        let sender = self.per_sender.get(from).copied().unwrap_or_default();
+        let queue = self.queues.get(to);
+        let (count, bytes) = queue.map_or((0, 0), |q| (q.envelopes.len(), q.bytes));
+        let share = queue
+            .and_then(|q| q.per_sender.get(from).copied())
+            .unwrap_or_default();
+        if sender.count >= c.max_stored_per_sender
+            || sender.bytes.saturating_add(charged) > c.max_stored_bytes_per_sender
+            || share.count >= c.max_queued_per_sender_recipient
+            || share.bytes.saturating_add(len) > c.max_queued_bytes_per_sender_recipient
+        {
+            return Err(ServerRefusal::QuotaExceeded);
+        }
+        if count >= c.max_queued_per_recipient
+            || bytes.saturating_add(len) > c.max_queued_bytes_per_recipient
+            || self.stored_bytes.saturating_add(charged) > c.max_stored_bytes
+        {
+            return Err(ServerRefusal::QueueFull);
+        }
+        Ok(())
     }
 
     /// Adds an envelope to every index (bounds already checked).
@@ -643,6 +1084,7 @@ impl RelayQueueServer {
         let len = envelope.len();
         let queue = self.queues.entry(to).or_default();
         queue.bytes += len;
+        queue.per_sender.entry(from).or_default().add(len);
         queue.envelopes.insert(
             id,
             Stored {
@@ -653,7 +1095,10 @@ impl RelayQueueServer {
         );
         self.owners.insert(id, to);
         self.expiries.insert((expires_at, id));
-        *self.per_sender.entry(from).or_default() += 1;
+        self.per_sender
+            .entry(from)
+            .or_default()
+            .add(len + ENVELOPE_OVERHEAD);
         self.stored_bytes += len + ENVELOPE_OVERHEAD;
     }
 
@@ -709,11 +1154,21 @@ impl RelayQueueServer {
         }
     }
 
-    fn forward(&mut self, conn: ConnId, from: DeviceId, to: DeviceId, frame: Vec<u8>) {
+    fn forward(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        from: DeviceId,
+        to: DeviceId,
+        frame: Vec<u8>,
+    ) {
         if frame.len() > self.config.max_envelope_len {
             return self.refuse(conn, None, ServerRefusal::TooLarge);
         }
-        let recipients = self.devices.get(&to).cloned().unwrap_or_default();
+        if !self.within_rates(now, conn, from, Limited::Forward) {
+            return self.refuse(conn, None, ServerRefusal::RateLimited);
+        }
+        let recipients = self.conns_of(&to);
         if recipients.is_empty() {
             return self.refuse(conn, None, ServerRefusal::NotConnected);
         }
@@ -749,7 +1204,13 @@ impl RelayQueueServer {
         self.changes.push_back(QueueChange::Remove { id });
         let queue = self.queues.get_mut(&owner)?;
         let stored = queue.envelopes.remove(&id)?;
-        queue.bytes = queue.bytes.saturating_sub(stored.envelope.len());
+        let len = stored.envelope.len();
+        queue.bytes = queue.bytes.saturating_sub(len);
+        if let Some(share) = queue.per_sender.get_mut(&stored.from) {
+            if share.sub(len) {
+                queue.per_sender.remove(&stored.from);
+            }
+        }
         self.stored_bytes = self
             .stored_bytes
             .saturating_sub(stored.envelope.len() + ENVELOPE_OVERHEAD);
@@ -757,9 +1218,8 @@ impl RelayQueueServer {
             self.queues.remove(&owner);
         }
         self.expiries.remove(&(stored.expires_at, id));
-        if let Some(count) = self.per_sender.get_mut(&stored.from) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(usage) = self.per_sender.get_mut(&stored.from) {
+            if usage.sub(len + ENVELOPE_OVERHEAD) {
                 self.per_sender.remove(&stored.from);
             }
         }

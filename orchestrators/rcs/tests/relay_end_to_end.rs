@@ -16,7 +16,7 @@ use tether_protocol::{
     RequestId, TransportCommand, TransportEvent, WireFrame,
 };
 use tether_rcs::{
-    ClientInput, ClientOutput, ConnId, RelayClient, RelayClientConfig, RelayQueueServer,
+    Admission, ClientInput, ClientOutput, ConnId, RelayClient, RelayClientConfig, RelayQueueServer,
     RelayServerConfig, ServerInput, ServerOutput,
 };
 
@@ -54,7 +54,10 @@ impl Net {
         }
         Self {
             now: t0,
-            server: RelayQueueServer::new(RelayServerConfig::new(server_keys, [9; 32]), t0),
+            server: RelayQueueServer::new(
+                RelayServerConfig::new(server_keys, [9; 32], Admission::Open),
+                t0,
+            ),
             clients,
             ids,
             conns: BTreeMap::new(),
@@ -166,6 +169,10 @@ impl Net {
                         frame,
                     }),
                 );
+            }
+            ServerOutput::CloseWith(conn, frame) => {
+                self.carry_server_output(ServerOutput::Send(conn, frame));
+                self.carry_server_output(ServerOutput::Close(conn));
             }
             ServerOutput::Close(conn) => {
                 if let Some(who) = self.conns.remove(&conn) {

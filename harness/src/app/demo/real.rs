@@ -14,6 +14,7 @@ use std::time::Duration;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
 use tether_protocol::{DeviceId, PathKind, SessionStatus};
+use tether_rcs::{Admission, RelayServerConfig};
 use tether_transport::{Endpoint, TransportConfig};
 
 /// Longest a single-side move on loopback may take until both sides have completed it
@@ -124,12 +125,18 @@ async fn real_single_side_move(seed: u64) -> Result<(Recorder, String), RealDemo
         .await
         .map_err(|e| err("relay endpoint", &e))?;
     let relay_key = StaticKeypair::generate(&mut rng);
-    let relay = RelayServer::start(relay_endpoint, relay_key, [seed as u8; 32])
-        .map_err(|e| err("relay server", &e))?;
     let keys = [
         StaticKeypair::generate(&mut rng),
         StaticKeypair::generate(&mut rng),
     ];
+    let admitted = keys
+        .iter()
+        .map(|k| DeviceId(*k.public().as_bytes()))
+        .collect();
+    let relay_config =
+        RelayServerConfig::new(relay_key, [seed as u8; 32], Admission::Allowlist(admitted));
+    let relay =
+        RelayServer::start(relay_endpoint, relay_config).map_err(|e| err("relay server", &e))?;
     let rk = RelationshipKey::generate(&mut rng);
     let mut endpoints = Vec::new();
     for _ in 0..2 {

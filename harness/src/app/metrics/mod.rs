@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tether_direct_connection::{Counters, PathTraffic};
-use tether_pms::RendezvousClientCounters;
+use tether_pms::{RendezvousClientCounters, TableCounters};
 use tether_protocol::PathKind;
 use tether_rcs::{
     ConnectionCounters, RefusalCounters, RelayClientCounters, RelayServerCounters,
@@ -301,8 +301,13 @@ pub struct RelayStatusReport {
 }
 
 impl RelayStatusReport {
-    /// Flattens the server counters (refusals by reason as `refused_<reason>`).
-    pub fn counters_of(c: &RelayServerCounters, endpoint: &EndpointStats) -> BTreeMap<String, u64> {
+    /// Flattens the server counters (refusals by reason as `refused_<reason>`, the
+    /// rendezvous table's as `rendezvous_<kind>`).
+    pub fn counters_of(
+        c: &RelayServerCounters,
+        z: &TableCounters,
+        endpoint: &EndpointStats,
+    ) -> BTreeMap<String, u64> {
         let mut counters = named([
             ("envelopes_stored", c.stored),
             ("envelopes_delivered", c.delivered),
@@ -316,6 +321,16 @@ impl RelayStatusReport {
             ("authenticated", c.authenticated),
             ("bad_frames", c.bad_frames),
             ("evicted_connections", c.evicted_connections),
+            ("auth_timeouts", c.auth_timeouts),
+            ("rate_limit_episodes", c.rate_limit_episodes),
+            ("rendezvous_published", z.published),
+            ("rendezvous_lookups", z.lookups),
+            ("rendezvous_expired", z.expired),
+            ("rendezvous_refused_not_yours", z.refused_not_yours),
+            ("rendezvous_refused_too_large", z.refused_too_large),
+            ("rendezvous_refused_table_full", z.refused_quota),
+            ("rendezvous_refused_device_quota", z.refused_device_quota),
+            ("rendezvous_bad_requests", z.bad_requests),
             ("garbage_datagrams", endpoint.garbage_datagrams_dropped),
             (
                 "unsupported_version_datagrams",
@@ -434,6 +449,7 @@ fn connection(c: &ConnectionCounters) -> BTreeMap<String, u64> {
         ("wrong_server_key", c.wrong_server_key),
         ("bad_server_proofs", c.bad_server_proofs),
         ("proofs_refused", c.proofs_refused),
+        ("not_admitted", c.not_admitted),
     ])
 }
 

@@ -241,3 +241,62 @@ fn server_only_messages_from_a_device_are_counted() {
     assert_eq!(t.table.counters().bad_requests, 2);
     assert_eq!(t.table.ids(), 0);
 }
+
+/// A rendezvous id made of a number.
+fn id_of(n: u32) -> [u8; 32] {
+    let mut id = [0xAA; 32];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    id
+}
+
+#[test]
+fn one_device_cannot_fill_the_table_and_a_new_pair_still_publishes() {
+    let mut t = Table::new(|c| c.max_ids = 1_000);
+    assert_eq!(
+        RendezvousTableConfig::default().max_ids_per_device,
+        64,
+        "the documented default"
+    );
+    // Device 9 publishes under as many fresh ids as the whole table holds.
+    let mut stored = 0;
+    for n in 0..1_000 {
+        match t.publish(0, 9, id_of(n), 600_000, b"junk") {
+            None => stored += 1,
+            refusal => assert_eq!(refusal, refused(ServerRefusal::QuotaExceeded)),
+        }
+    }
+    assert_eq!(stored, 64);
+    assert_eq!(t.table.ids(), 64);
+    assert_eq!(t.table.ids_of(&DeviceId([9; 32])), 64);
+    assert_eq!(t.table.counters().refused_device_quota, 1_000 - 64);
+    // A new pair publishes and finds each other.
+    assert_eq!(t.publish(1, 1, ID, 600_000, b"from 1"), None);
+    assert_eq!(t.publish(1, 2, ID, 600_000, b"from 2"), None);
+    assert_eq!(
+        t.hints(2, 1, ID),
+        vec![b"from 1".to_vec(), b"from 2".to_vec()]
+    );
+    // Device 9 may still refresh the ids it holds.
+    assert_eq!(t.publish(3, 9, id_of(0), 600_000, b"again"), None);
+}
+
+#[test]
+fn a_devices_quota_counts_memberships_and_frees_when_ids_expire() {
+    let mut t = Table::new(|c| c.max_ids_per_device = 2);
+    // Device 1 joins two ids (one it starts, one another device started).
+    assert_eq!(t.publish(0, 2, id_of(1), 600_000, b"2"), None);
+    assert_eq!(t.publish(0, 1, id_of(1), 1_000, b"1"), None);
+    assert_eq!(t.publish(0, 1, id_of(2), 1_000, b"1"), None);
+    assert_eq!(
+        t.publish(0, 1, id_of(3), 1_000, b"1"),
+        refused(ServerRefusal::QuotaExceeded)
+    );
+    // Its hint under id 2 expires: the id goes, and its seat with it.
+    assert_eq!(t.publish(1_000, 1, id_of(3), 1_000, b"1"), None);
+    assert_eq!(t.table.ids_of(&DeviceId([1; 32])), 2);
+    // Under id 1 it keeps its seat while device 2's hint lives.
+    assert_eq!(
+        t.table.members(&id_of(1)),
+        vec![DeviceId([2; 32]), DeviceId([1; 32])]
+    );
+}

@@ -1,13 +1,15 @@
 //! The relay queue server: authentication, bounds, TTL, push/fetch/ack, forwarding.
 
 use super::{Keys, Names};
+use crate::rate::{Rate, RateLimits};
 use crate::server::{
-    ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput, ENVELOPE_OVERHEAD,
+    Admission, ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput,
+    ENVELOPE_OVERHEAD, RATE_LIMIT_QUIET,
 };
 use crate::store::{MemoryRelayQueueStore, QueueChange, RelayQueueStore, StoredEnvelope};
 use std::time::{Duration, Instant};
 use tether_crypto::{server_auth_proof, verify_server_proof};
-use tether_protocol::{DeviceId, RelayMessage, ServerRefusal, WireFrame};
+use tether_protocol::{DeviceId, RelayMessage, RendezvousMessage, ServerRefusal, WireFrame};
 
 /// Unix time of the driver's `t0`.
 const UNIX_T0: u64 = 1_700_000_000_000;
@@ -30,7 +32,7 @@ struct Driver {
 impl Driver {
     fn new(tune: impl FnOnce(&mut RelayServerConfig)) -> Self {
         let keys = Keys::new();
-        let mut config = RelayServerConfig::new(keys.server.clone(), [5; 32]);
+        let mut config = RelayServerConfig::new(keys.server.clone(), [5; 32], Admission::Open);
         config.unix_ms_at_start = UNIX_T0;
         tune(&mut config);
         let t0 = Instant::now();
@@ -71,6 +73,9 @@ impl Driver {
             let line = match &output {
                 ServerOutput::Send(c, frame) => format!("{c} {}", self.names.wire(frame)),
                 ServerOutput::Close(c) => format!("{c} Close"),
+                ServerOutput::CloseWith(c, frame) => {
+                    format!("{c} Close with {}", self.names.wire(frame))
+                }
             };
             self.trace.push(format!("{:>6}ms out {line}", self.ms()));
             outputs.push(output);
@@ -161,7 +166,12 @@ fn relay_to(outputs: &[ServerOutput], conn: u64) -> Vec<RelayMessage> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            ServerOutput::Send(c, WireFrame::Relay(m)) if *c == ConnId(conn) => Some(m.clone()),
+            ServerOutput::Send(c, WireFrame::Relay(m))
+            | ServerOutput::CloseWith(c, WireFrame::Relay(m))
+                if *c == ConnId(conn) =>
+            {
+                Some(m.clone())
+            }
             _ => None,
         })
         .collect()
@@ -221,13 +231,10 @@ fn bad_proof_is_refused_and_the_connection_closed() {
     );
     assert_eq!(
         out,
-        vec![
-            ServerOutput::Send(
-                ConnId(1),
-                WireFrame::Relay(refused(ServerRefusal::BadProof, None))
-            ),
-            ServerOutput::Close(ConnId(1)),
-        ]
+        vec![ServerOutput::CloseWith(
+            ConnId(1),
+            WireFrame::Relay(refused(ServerRefusal::BadProof, None))
+        )]
     );
     assert_eq!(d.server.authenticated_device(ConnId(1)), None);
 
@@ -247,7 +254,13 @@ fn bad_proof_is_refused_and_the_connection_closed() {
             proof: replayed.to_vec(),
         },
     );
-    assert!(out.contains(&ServerOutput::Close(ConnId(2))));
+    assert_eq!(
+        out,
+        vec![ServerOutput::CloseWith(
+            ConnId(2),
+            WireFrame::Relay(refused(ServerRefusal::BadProof, None))
+        )]
+    );
 
     // An invalid device key (all zeros, low order) is a bad proof, not a crash.
     d.open(3);
@@ -258,7 +271,10 @@ fn bad_proof_is_refused_and_the_connection_closed() {
             proof: vec![0; 32],
         },
     );
-    assert!(out.contains(&ServerOutput::Close(ConnId(3))));
+    assert!(matches!(
+        out.as_slice(),
+        [ServerOutput::CloseWith(ConnId(3), _)]
+    ));
     assert_eq!(d.server.counters().refused.bad_proof, 3);
     assert_eq!(d.server.counters().authenticated, 0);
 }
@@ -670,7 +686,7 @@ fn two_device_exchange_trace() {
 #[test]
 fn config_debug_redacts_the_challenge_seed() {
     let keys = Keys::new();
-    let config = RelayServerConfig::new(keys.server.clone(), [0xab; 32]);
+    let config = RelayServerConfig::new(keys.server.clone(), [0xab; 32], Admission::Open);
     let text = format!("{config:?}");
     assert!(text.contains("<redacted>"));
     assert!(
@@ -922,14 +938,431 @@ fn a_proof_relayed_by_a_man_in_the_middle_is_refused() {
     );
     assert_eq!(
         out,
-        vec![
-            ServerOutput::Send(
-                ConnId(2),
-                WireFrame::Relay(refused(ServerRefusal::BadProof, None))
-            ),
-            ServerOutput::Close(ConnId(2)),
-        ]
+        vec![ServerOutput::CloseWith(
+            ConnId(2),
+            WireFrame::Relay(refused(ServerRefusal::BadProof, None))
+        )]
     );
     assert_eq!(d.server.authenticated_device(ConnId(2)), None);
     assert_eq!(d.server.counters().authenticated, 0);
+}
+
+/// Rates so high that no test of something else meets them.
+fn unlimited() -> RateLimits {
+    let rate = Rate {
+        per_second: 1_000_000,
+        burst: 1_000_000,
+    };
+    RateLimits {
+        enqueue: rate,
+        forward: rate,
+        publish: rate,
+    }
+}
+
+fn publish() -> RendezvousMessage {
+    RendezvousMessage::Publish {
+        rendezvous_id: [7; 32],
+        ttl_ms: 60_000,
+        hint: vec![1; 8],
+    }
+}
+
+fn forward(d: &mut Driver, conn: u64, to: usize) -> Vec<RelayMessage> {
+    let to = d.keys.id(to);
+    let out = d.frame(
+        conn,
+        RelayMessage::Forward {
+            to,
+            frame: vec![1; 30],
+        },
+    );
+    relay_to(&out, conn)
+}
+
+#[test]
+fn a_connection_without_a_proof_is_closed_at_the_auth_deadline() {
+    let mut d = Driver::new(|_| {});
+    assert_eq!(d.config.auth_deadline, Duration::from_secs(5));
+    d.open(1);
+    d.connect(2, 2);
+    assert_eq!(d.server.poll_timeout(), Some(d.t0 + Duration::from_secs(5)));
+    d.advance_to(4_999);
+    assert_eq!(d.server.connections(), 2);
+    d.advance_to(5_000);
+    assert_eq!(d.last, vec![ServerOutput::Close(ConnId(1))]);
+    assert_eq!(d.server.connections(), 1, "the authenticated one stays");
+    assert_eq!(d.server.authenticated_device(ConnId(2)), Some(d.keys.id(2)));
+    assert_eq!(d.server.counters().auth_timeouts, 1);
+    assert_eq!(d.server.poll_timeout(), None, "nothing left to time out");
+
+    // A proof that comes after the deadline is not taken, even before the timer fires.
+    let nonce = d.open(3);
+    d.now = d.t0 + Duration::from_millis(10_000);
+    let proof = server_auth_proof(
+        d.keys.device(3),
+        d.keys.server.public(),
+        &nonce,
+        &binding(3),
+    );
+    let device = d.keys.id(3);
+    let out = d.frame(
+        3,
+        RelayMessage::Authenticate {
+            device,
+            proof: proof.to_vec(),
+        },
+    );
+    assert_eq!(out, vec![ServerOutput::Close(ConnId(3))]);
+    assert_eq!(d.server.authenticated_device(ConnId(3)), None);
+    assert_eq!(d.server.counters().auth_timeouts, 2);
+    assert_eq!(d.server.counters().authenticated, 1);
+}
+
+#[test]
+fn a_device_not_on_the_allowlist_is_refused_after_its_proof_and_closed() {
+    let keys = Keys::new();
+    let admitted = [keys.id(1), keys.id(3)].into_iter().collect();
+    let mut d = Driver::new(|c| c.admission = Admission::Allowlist(admitted));
+    let out = d.connect(1, 1);
+    assert!(matches!(
+        relay_to(&out, 1).as_slice(),
+        [RelayMessage::Welcome { .. }]
+    ));
+    let out = d.connect(2, 2);
+    assert_eq!(
+        out,
+        vec![ServerOutput::CloseWith(
+            ConnId(2),
+            WireFrame::Relay(refused(ServerRefusal::NotAdmitted, None))
+        )]
+    );
+    assert_eq!(d.server.authenticated_device(ConnId(2)), None);
+    assert_eq!(d.server.connections(), 1);
+    // It stores nothing: its connection is gone, and a new one is refused again.
+    d.enqueue(2, 1, 9, 60_000, 10);
+    assert_eq!(d.server.total_queued(), 0);
+    d.connect(3, 2);
+    assert_eq!(d.server.authenticated_device(ConnId(3)), None);
+    assert_eq!(
+        d.server.rendezvous_request(d.now, ConnId(3), &publish()),
+        Err(ServerRefusal::NotAuthenticated)
+    );
+    let c = d.server.counters();
+    assert_eq!((c.refused.not_admitted, c.authenticated), (2, 1));
+    // An admitted device is served.
+    d.connect(4, 3);
+    d.enqueue(4, 1, 1, 60_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 4),
+        vec![RelayMessage::Enqueued { request: 1 }]
+    );
+}
+
+#[test]
+fn an_open_relay_admits_any_device_that_proves_a_key() {
+    let mut d = Driver::new(|c| c.admission = Admission::Open);
+    for n in 1..=3 {
+        d.connect(n as u64, n);
+        assert_eq!(
+            d.server.authenticated_device(ConnId(n as u64)),
+            Some(d.keys.id(n))
+        );
+    }
+    assert_eq!(d.server.counters().refused.not_admitted, 0);
+}
+
+#[test]
+fn one_sender_cannot_fill_a_victims_queue_and_the_victims_peer_still_enqueues() {
+    let mut d = Driver::new(|c| {
+        c.conn_rates = unlimited();
+        c.identity_rates = unlimited();
+    });
+    let share = d.config.max_queued_per_sender_recipient;
+    assert_eq!(share, 128);
+    // p1 floods p2's queue with more than the whole queue holds.
+    d.connect(1, 1);
+    let mut accepted = 0;
+    for request in 0..1_100 {
+        d.enqueue(1, 2, request, 600_000, 100);
+        match relay_to(&d.last, 1).as_slice() {
+            [RelayMessage::Enqueued { .. }] => accepted += 1,
+            [RelayMessage::Refused {
+                reason: ServerRefusal::QuotaExceeded,
+                ..
+            }] => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(accepted, share);
+    assert_eq!(d.server.queued_for(&d.keys.id(2)), share);
+    // p3, p2's peer, still queues its migration ping for p2.
+    d.connect(3, 3);
+    d.enqueue(3, 2, 5_000, 600_000, 200);
+    assert_eq!(
+        relay_to(&d.last, 3),
+        vec![RelayMessage::Enqueued { request: 5_000 }]
+    );
+    // p1's share of another queue is its own.
+    d.enqueue(1, 3, 6_000, 600_000, 100);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 6_000 }]
+    );
+}
+
+#[test]
+fn a_senders_share_of_one_queue_is_bounded_in_bytes_too() {
+    let mut d = Driver::new(|c| c.max_queued_bytes_per_sender_recipient = 1_000);
+    d.connect(1, 1);
+    for request in 0..10 {
+        d.enqueue(1, 2, request, 600_000, 100);
+    }
+    d.enqueue(1, 2, 10, 600_000, 1);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::QuotaExceeded, Some(10))]
+    );
+    d.connect(3, 3);
+    d.enqueue(3, 2, 11, 600_000, 100);
+    assert_eq!(
+        relay_to(&d.last, 3),
+        vec![RelayMessage::Enqueued { request: 11 }]
+    );
+    // Acknowledged envelopes give the share back.
+    let out = d.connect(2, 2);
+    let ids = pushed_ids(&out, 2);
+    d.frame(2, RelayMessage::Delivered { envelope_ids: ids });
+    d.enqueue(1, 2, 12, 600_000, 100);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 12 }]
+    );
+}
+
+#[test]
+fn a_senders_stored_bytes_are_bounded_across_recipients() {
+    let charged = 100 + ENVELOPE_OVERHEAD;
+    let mut d = Driver::new(|c| c.max_stored_bytes_per_sender = 3 * charged);
+    assert_eq!(
+        RelayServerConfig::new(d.keys.server.clone(), [0; 32], Admission::Open)
+            .max_stored_bytes_per_sender,
+        16 * 1024 * 1024
+    );
+    d.connect(1, 1);
+    d.enqueue(1, 2, 1, 600_000, 100);
+    d.enqueue(1, 3, 2, 600_000, 100);
+    d.enqueue(1, 2, 3, 600_000, 100);
+    d.enqueue(1, 3, 4, 600_000, 1);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::QuotaExceeded, Some(4))]
+    );
+    let p1 = d.keys.id(1);
+    assert_eq!(d.server.stored_by(&p1), (3, 3 * charged));
+    // Well below the count quota: bytes are what stopped it.
+    assert!(d.config.max_stored_per_sender > 3);
+    // Expiry gives the bytes back.
+    d.advance_to(600_000);
+    assert_eq!(d.server.stored_by(&p1), (0, 0));
+    d.enqueue(1, 3, 5, 600_000, 100);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 5 }]
+    );
+}
+
+#[test]
+fn enqueue_forward_and_publish_are_rate_limited_per_connection() {
+    let mut d = Driver::new(|c| {
+        c.identity_rates = unlimited();
+        c.conn_rates = RateLimits {
+            enqueue: Rate {
+                per_second: 2,
+                burst: 3,
+            },
+            forward: Rate {
+                per_second: 10,
+                burst: 2,
+            },
+            publish: Rate {
+                per_second: 1,
+                burst: 2,
+            },
+        };
+    });
+    d.connect(1, 1);
+    d.connect(2, 2);
+    for request in 0..3 {
+        d.enqueue(1, 2, request, 600_000, 10);
+        assert!(matches!(
+            relay_to(&d.last, 1).as_slice(),
+            [RelayMessage::Enqueued { .. }]
+        ));
+    }
+    d.enqueue(1, 2, 3, 600_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![refused(ServerRefusal::RateLimited, Some(3))]
+    );
+    // Half a second later one more token has come back.
+    d.advance_to(500);
+    d.enqueue(1, 2, 4, 600_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 1),
+        vec![RelayMessage::Enqueued { request: 4 }]
+    );
+    // Another connection has its own buckets.
+    d.enqueue(2, 1, 5, 600_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 2),
+        vec![RelayMessage::Enqueued { request: 5 }]
+    );
+
+    let frames: Vec<_> = (0..3).map(|_| forward(&mut d, 1, 2)).collect();
+    assert_eq!(
+        frames[0],
+        Vec::<RelayMessage>::new(),
+        "forwarded, no answer"
+    );
+    assert_eq!(frames[1], Vec::<RelayMessage>::new());
+    assert_eq!(frames[2], vec![refused(ServerRefusal::RateLimited, None)]);
+
+    let now = d.now;
+    let conn = ConnId(1);
+    assert_eq!(
+        d.server.rendezvous_request(now, conn, &publish()),
+        Ok(d.keys.id(1))
+    );
+    assert_eq!(
+        d.server.rendezvous_request(now, conn, &publish()),
+        Ok(d.keys.id(1))
+    );
+    assert_eq!(
+        d.server.rendezvous_request(now, conn, &publish()),
+        Err(ServerRefusal::RateLimited)
+    );
+    // Lookups are not limited.
+    let lookup = RendezvousMessage::Lookup {
+        rendezvous_id: [7; 32],
+    };
+    assert_eq!(
+        d.server.rendezvous_request(now, conn, &lookup),
+        Ok(d.keys.id(1))
+    );
+
+    let c = d.server.counters();
+    assert_eq!(c.refused.rate_limited, 3);
+    assert_eq!(
+        c.rate_limit_episodes, 1,
+        "one episode, however many refusals"
+    );
+}
+
+#[test]
+fn an_identitys_rate_spans_its_connections_and_outlives_them() {
+    let mut d = Driver::new(|c| {
+        c.conn_rates = unlimited();
+        c.identity_rates.enqueue = Rate {
+            per_second: 1,
+            burst: 4,
+        };
+    });
+    d.connect(1, 1);
+    d.connect(2, 1);
+    for (conn, request) in [(1, 0), (2, 1), (1, 2), (2, 3)] {
+        d.enqueue(conn, 2, request, 600_000, 10);
+        assert!(matches!(
+            relay_to(&d.last, conn).as_slice(),
+            [RelayMessage::Enqueued { .. }]
+        ));
+    }
+    d.enqueue(2, 2, 4, 600_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 2),
+        vec![refused(ServerRefusal::RateLimited, Some(4))]
+    );
+    // Reconnecting buys no fresh burst.
+    d.input(ServerInput::Closed(ConnId(1)));
+    d.input(ServerInput::Closed(ConnId(2)));
+    d.connect(3, 1);
+    d.enqueue(3, 2, 5, 600_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 3),
+        vec![refused(ServerRefusal::RateLimited, Some(5))]
+    );
+    // The rate is one a second.
+    d.advance_to(1_000);
+    d.enqueue(3, 2, 6, 600_000, 10);
+    assert_eq!(
+        relay_to(&d.last, 3),
+        vec![RelayMessage::Enqueued { request: 6 }]
+    );
+    // Once it has gone, the identity's state lasts until its buckets are full.
+    d.input(ServerInput::Closed(ConnId(3)));
+    assert_eq!(d.server.poll_timeout(), Some(d.t0 + Duration::from_secs(5)));
+    d.advance_to(5_000);
+    assert_eq!(
+        d.server.poll_timeout(),
+        Some(d.t0 + Duration::from_secs(600)),
+        "forgotten: only the envelopes' expiry is left"
+    );
+}
+
+#[test]
+fn a_new_rate_limit_episode_starts_after_a_quiet_time() {
+    let mut d = Driver::new(|c| {
+        c.identity_rates = unlimited();
+        c.conn_rates.forward = Rate {
+            per_second: 1,
+            burst: 1,
+        };
+    });
+    d.connect(1, 1);
+    d.connect(2, 2);
+    for _ in 0..20 {
+        forward(&mut d, 1, 2);
+    }
+    assert_eq!(d.server.counters().refused.rate_limited, 19);
+    assert_eq!(d.server.counters().rate_limit_episodes, 1);
+    // Refused again within the quiet time: the same episode.
+    d.advance_to(5_000);
+    forward(&mut d, 1, 2);
+    forward(&mut d, 1, 2);
+    assert_eq!(d.server.counters().rate_limit_episodes, 1);
+    // RATE_LIMIT_QUIET after the last refusal, the next one is a new episode.
+    d.advance_to(5_000 + RATE_LIMIT_QUIET.as_millis() as u64);
+    forward(&mut d, 1, 2);
+    assert_eq!(
+        forward(&mut d, 1, 2),
+        vec![refused(ServerRefusal::RateLimited, None)]
+    );
+    assert_eq!(d.server.counters().rate_limit_episodes, 2);
+}
+
+#[test]
+fn default_rates_let_a_busy_session_through() {
+    // Two seconds of the busiest relayed session measured in the simulator (41 000
+    // messages a second), then 64 peers' migration pings and hint publishes at once
+    // after a reconnect: nothing is refused.
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    for ms in 0..2_000_u64 {
+        d.advance_to(ms);
+        for _ in 0..41 {
+            forward(&mut d, 1, 2);
+        }
+    }
+    for request in 0..64 {
+        d.enqueue(1, 2, request, 600_000, 300);
+    }
+    for _ in 0..64 {
+        assert!(d
+            .server
+            .rendezvous_request(d.now, ConnId(1), &publish())
+            .is_ok());
+    }
+    assert_eq!(d.server.counters().refused.total(), 0);
+    assert_eq!(d.server.counters().forwarded, 82_000);
 }
