@@ -573,7 +573,7 @@ fn run_send(args: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
                 "first_seq": sent.first_seq,
                 "last_seq": sent.last_seq,
                 "seconds": seconds,
-                "per_second": rate.round(),
+                "per_second": rate.round() as u64,
             }))?;
         } else {
             let seqs = match (sent.first_seq, sent.last_seq) {
