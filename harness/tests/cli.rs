@@ -51,6 +51,8 @@ fn help_texts() {
         &["send", "--help"],
         &["watch", "--help"],
         &["migrate", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
     ] {
         let out = tether(args, dir.path(), &[]);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -220,7 +222,7 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
         ),
         (
             "bad relay address",
-            good.replace("127.0.0.1:7300", "relay.example:7300"),
+            good.replace("127.0.0.1:7300", "relay.example.org"),
             vec![],
         ),
         (
@@ -526,7 +528,9 @@ fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &["demo", "--scenario", "nope"][..],
-        &["status"],
+        &["send", "b", "--socket", "x.sock"],
+        &["send", "b", "hi", "--file", "f", "--socket", "x.sock"],
+        &["completions", "tcsh"],
         &["migrate", "--bind", "somewhere", "--socket", "x.sock"],
         &["frobnicate"],
     ] {
@@ -619,4 +623,222 @@ fn every_key_of_the_full_example_is_documented() {
         keys += 1;
     }
     assert!(keys >= 20, "{keys} keys found");
+}
+
+/// `text` with `dir`, every 64-hex key and 16-hex device id replaced, for a snapshot.
+fn redact(text: &str, dir: &Path) -> String {
+    let text = text.replace(&dir.display().to_string(), "[DIR]");
+    let hex = |run: &str| match run.len() {
+        64 => "[KEY]".to_string(),
+        16 => "[ID]".to_string(),
+        _ => run.to_string(),
+    };
+    let mut out = String::new();
+    let mut run = String::new();
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        out.push_str(&hex(&run));
+        run.clear();
+        out.push(c);
+    }
+    out.push_str(&hex(&run));
+    out
+}
+
+#[test]
+fn completions_and_man_page_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tether(&["completions", shell], dir.path(), &[]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["keygen", "status", "migrate", "completions", "stdin-lines"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = tether(&["man"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH tether 1"), "{page}");
+    for command in [
+        "keygen", "pair", "node", "relay", "status", "send", "watch", "migrate",
+    ] {
+        assert!(
+            page.contains(&format!("tether\\-{command}(1)"))
+                || page.contains(&format!("\\fB{command}\\fR")),
+            "the man page lacks {command}"
+        );
+    }
+}
+
+#[test]
+fn json_output_is_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut snapshot = String::new();
+    let Setup { good, .. } = setup(d);
+    std::fs::write(d.join("good.toml"), &good).unwrap();
+    std::fs::set_permissions(d.join("good.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        d.join("relay.toml"),
+        "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"relay-data\"\nadmission = \"open\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["keygen", "--out", "new.key", "--json"][..],
+        &["--json", "pair", "x.key", "y.key"],
+        &["node", "--config", "good.toml", "--check", "--json"],
+        &["relay", "--config", "relay.toml", "--check", "--json"],
+    ] {
+        let out = tether(args, d, &[]);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(value.is_object(), "{args:?}: {text}");
+        snapshot.push_str(&format!(
+            "$ tether {}\n{}",
+            args.join(" "),
+            redact(&text, d)
+        ));
+    }
+    insta::assert_snapshot!(snapshot);
+}
+
+#[test]
+fn send_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("huge.bin"), vec![0_u8; 70_000]).unwrap();
+    let mut snapshot = String::new();
+    for args in [
+        &["send", "b", "--socket", "x.sock"][..],
+        &["send", "b", "--file", "huge.bin", "--socket", "x.sock"],
+        &["send", "b", "--file", "missing.bin", "--socket", "x.sock"],
+        &["send", "b", "--stdin-lines", "--socket", "x.sock"],
+        &["send", "b", "--file", "-", "--socket", "x.sock", "--wait"],
+    ] {
+        let out = tether(args, d, &[]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        snapshot.push_str(&format!(
+            "$ tether {} -> exit {:?}\n{}\n",
+            args.join(" "),
+            out.status.code(),
+            redact(first, d)
+        ));
+    }
+    insta::assert_snapshot!(snapshot);
+}
+
+#[test]
+fn defaults_follow_xdg_when_no_config_or_socket_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = setup(d).good;
+    let config_home = d.join("config");
+    let runtime = d.join("runtime");
+    std::fs::create_dir_all(config_home.join("tether")).unwrap();
+    std::fs::create_dir_all(&runtime).unwrap();
+    let env = [
+        ("HOME", d.to_str().unwrap()),
+        ("XDG_CONFIG_HOME", config_home.to_str().unwrap()),
+        ("XDG_RUNTIME_DIR", runtime.to_str().unwrap()),
+    ];
+    // No config anywhere: the error says where it looked.
+    let out = tether(&["node", "--check"], d, &env);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        redact(&stderr(&out), d).starts_with(
+            "error: no config given (--config FILE or TETHER_CONFIG) and none at [DIR]/config/tether/node.toml or /etc/tether/node.toml"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // A client without a config looks for the user's socket.
+    let out = tether(&["status"], d, &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "control socket {}/tether/node.sock",
+            runtime.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // The user's config, without control_socket: the socket goes in the runtime folder,
+    // which is made 0700.
+    let config = config_home.join("tether/node.toml");
+    let keys = d.display().to_string();
+    std::fs::write(
+        &config,
+        good.replace("control_socket = \"node.sock\"\n", "")
+            .replace("\"node.key\"", &format!("\"{keys}/node.key\"")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tether(&["node", "--check"], d, &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "control socket {}/tether/node.sock",
+            runtime.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let mode = std::fs::metadata(runtime.join("tether"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // The client reads the same default config.
+    let out = tether(&["status"], d, &env);
+    assert!(
+        stderr(&out).contains(&format!("{}/tether/node.sock", runtime.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_relay_host_name_that_does_not_resolve_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = setup(d).good;
+    // `.invalid` never resolves (RFC 6761).
+    std::fs::write(
+        d.join("n.toml"),
+        good.replace("127.0.0.1:7300", "relay.tether.invalid:7300"),
+    )
+    .unwrap();
+    std::fs::set_permissions(d.join("n.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tether(&["node", "--config", "n.toml", "--check"], d, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(
+            "error: n.toml: key `relay.addr`: \"relay.tether.invalid:7300\" does not resolve: "
+        ),
+        "{err}"
+    );
+    // A name that resolves is taken, and --check shows what it resolved to.
+    std::fs::write(
+        d.join("n.toml"),
+        good.replace("127.0.0.1:7300", "localhost:7300"),
+    )
+    .unwrap();
+    let out = tether(&["node", "--config", "n.toml", "--check"], d, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("relay localhost:7300 (127.0.0.1:7300)"),
+        "{}",
+        stdout(&out)
+    );
 }

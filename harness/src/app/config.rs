@@ -9,6 +9,7 @@
 //! the file. `TETHER_CONFIG` and `TETHER_SOCKET` belong to the command line and are not
 //! config keys. Every key and its default is documented in `docs/config.md`.
 
+use super::paths;
 use crate::node::{NodePeer, ServerInfo};
 use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +31,7 @@ pub const CLI_ENV_VARS: [&str; 2] = ["TETHER_CONFIG", "TETHER_SOCKET"];
 /// Largest `limits.max_message_len` a config may set: a message travels in one sealed
 /// frame, which Noise caps at [`NOISE_MAX_MESSAGE_LEN`] bytes; 1 KiB of that is kept for
 /// the session frame's fields around the payload and the AEAD tag.
-const MAX_MESSAGE_LEN_CEILING: u64 = NOISE_MAX_MESSAGE_LEN as u64 - 1024;
+pub const MAX_MESSAGE_LEN_CEILING: usize = NOISE_MAX_MESSAGE_LEN - 1024;
 
 /// Prefix of environment variables that override config keys.
 const ENV_PREFIX: &str = "TETHER_";
@@ -115,8 +116,10 @@ pub struct NodeSettings {
     pub log_format: LogFormat,
     /// Whether to watch the OS's interfaces and rebind on a change.
     pub watch_interfaces: bool,
-    /// The relay and rendezvous server.
+    /// The relay and rendezvous server (its address resolved when the config was read).
     pub relay: ServerInfo,
+    /// The relay's address as the config gives it (`host:port` or `ip:port`).
+    pub relay_name: String,
     /// Paired peers.
     pub peers: Vec<PeerSettings>,
     /// Presence settings.
@@ -185,18 +188,20 @@ fn load<T>(
 }
 
 /// Only the `control_socket` key of a config (for the client commands), without
-/// loading keys or checking anything else.
+/// loading keys or checking anything else; a node's config (one with `[[peers]]`)
+/// without it has the default socket ([`paths::node_socket`]).
 pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
     let env = env_overrides();
     let mut root = Fields::root(read_sources(path, &env)?, path, &env);
-    root.string("control_socket")?
-        .map(|p| resolve(path, &p))
-        .ok_or_else(|| {
-            root.error(
-                "control_socket",
-                "missing (this config has no control socket)",
-            )
-        })
+    let is_node = root.map.contains_key("peers");
+    match root.string("control_socket")? {
+        Some(socket) => Ok(resolve(path, &socket)),
+        None if is_node => Ok(paths::node_socket(path)),
+        None => Err(root.error(
+            "control_socket",
+            "missing (this config has no control socket)",
+        )),
+    }
 }
 
 fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError> {
@@ -204,8 +209,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
     let listen = root.socket_addr("listen")?.unwrap_or(DEFAULT_NODE_LISTEN);
     let control_socket = root
         .string("control_socket")?
-        .map(|p| resolve(path, &p))
-        .ok_or_else(|| root.error("control_socket", "missing (the path of the control socket)"))?;
+        .map_or_else(|| paths::node_socket(path), |p| resolve(path, &p));
     let metrics_addr = root.socket_addr("metrics_addr")?;
     let log_format = log_format(root)?;
     let watch_interfaces = root.bool("watch_interfaces")?.unwrap_or(true);
@@ -213,10 +217,12 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
     let mut relay_fields = root
         .table("relay")?
         .ok_or_else(|| root.error("relay", "missing (the [relay] table: addr and public_key)"))?;
+    let relay_name = relay_fields
+        .string("addr")?
+        .ok_or_else(|| relay_fields.error("addr", "missing (the relay's host:port)"))?;
     let relay = ServerInfo {
-        addr: relay_fields
-            .socket_addr("addr")?
-            .ok_or_else(|| relay_fields.error("addr", "missing (the relay's ip:port)"))?,
+        addr: resolve_host(&relay_name, listen)
+            .map_err(|problem| relay_fields.error("addr", &problem))?,
         public: public_key(&mut relay_fields, "public_key")?,
     };
     relay_fields.finish()?;
@@ -305,7 +311,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
             limits.max_queued_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = table.positive("max_message_len")? {
-            if n > MAX_MESSAGE_LEN_CEILING {
+            if n > MAX_MESSAGE_LEN_CEILING as u64 {
                 return Err(table.error(
                     "max_message_len",
                     &format!("{n} is above {MAX_MESSAGE_LEN_CEILING} (one sealed Noise frame)"),
@@ -353,6 +359,7 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
         log_format,
         watch_interfaces,
         relay,
+        relay_name,
         peers,
         presence,
         limits,
@@ -465,7 +472,7 @@ fn data_dir(root: &mut Fields, path: &Path) -> Result<PathBuf, ConfigError> {
     match root.string("data_dir")? {
         Some(dir) if dir.is_empty() => Err(root.error("data_dir", "must not be empty")),
         Some(dir) => Ok(resolve(path, &dir)),
-        None => default_data_dir().ok_or_else(|| {
+        None => paths::data_dir(path).ok_or_else(|| {
             root.error(
                 "data_dir",
                 "missing, and there is no default: neither XDG_DATA_HOME nor HOME is set",
@@ -474,18 +481,32 @@ fn data_dir(root: &mut Fields, path: &Path) -> Result<PathBuf, ConfigError> {
     }
 }
 
-/// The per-user data folder when `data_dir` is not set: `$XDG_DATA_HOME/tether`, else
-/// `$HOME/.local/share/tether` (the XDG base directory default).
-pub fn default_data_dir() -> Option<PathBuf> {
-    let set = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    set("XDG_DATA_HOME")
-        .filter(|dir| dir.is_absolute())
-        .or_else(|| set("HOME").map(|home| home.join(".local/share")))
-        .map(|dir| dir.join("tether"))
+/// `host:port` or `ip:port` as one address: an IP as it is, a host name looked up
+/// (blocking, once), preferring an address of the family `listen` is bound to (a socket
+/// bound to an IPv4 address cannot reach an IPv6 one). Err says why in words.
+pub fn resolve_host(text: &str, listen: SocketAddr) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let well_formed = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !well_formed {
+        return Err(format!(
+            "{text:?} is not host:port or ip:port (e.g. \"relay.example.org:7300\")"
+        ));
+    }
+    let found: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} does not resolve: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4() == listen.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} does not resolve: no address"))
 }
 
 fn key_file(root: &mut Fields, path: &Path) -> Result<(PathBuf, StaticKeypair), ConfigError> {

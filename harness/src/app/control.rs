@@ -4,18 +4,28 @@
 //! Requests (`{"cmd": …}`):
 //! - `{"cmd":"status"}` → `{"ok":true,"status":{…}}` (a node's
 //!   [`NodeStatusReport`](super::metrics::NodeStatusReport)) or `{"ok":true,"relay":{…}}`
-//! - `{"cmd":"send","peer":"NAME","text":"…"}` → `{"ok":true,"peer":"NAME","seq":N}`
+//! - `{"cmd":"send","peer":"NAME","text":"…"}` → `{"ok":true,"peer":"NAME","seq":N}`; the
+//!   payload as `"data":"BASE64"` instead of `text` for any bytes; with `"wait":true`
+//!   the node waits for room in a full queue instead of answering "queue full".
+//! - `{"cmd":"send_stream","peer":"NAME"}` → `{"ok":true,"peer":"NAME","streaming":true}`,
+//!   then the client writes one message per line (`{"text":"…"}` or `{"data":"BASE64"}`)
+//!   and the node answers each with `{"ok":true,"seq":N}` in order, waiting for room in
+//!   a full queue (never "queue full"); when the client shuts its writing side the node
+//!   answers `{"ok":true,"done":true,"sent":N}` and closes. An error answer ends the
+//!   stream: the messages answered before it were accepted, the rest were not.
 //! - `{"cmd":"migrate","bind":"127.0.0.2"}` → `{"ok":true,"old":"…","new":"…"}`
 //! - `{"cmd":"watch"}` → `{"ok":true,"watching":true}`, then one [`WatchEvent`] per
 //!   line until the client goes away: first the current status of every peer, then
 //!   every event as it happens.
 //!
-//! Errors are `{"ok":false,"error":"…"}`.
+//! Errors are `{"ok":false,"error":"…"}`. Fields added later are optional, so a client
+//! written for an older node's requests still works.
 
+use data_encoding::BASE64;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// Longest request line a server reads (a `send` with the largest message, as JSON).
@@ -27,12 +37,25 @@ pub const MAX_REQUEST_LINE: usize = 256 * 1024;
 pub enum Request {
     /// The full status report.
     Status,
-    /// Send a text message to a peer.
+    /// Send a message to a peer.
     Send {
         /// Peer name, full public key hex, or a unique prefix of it.
         peer: String,
-        /// The message.
-        text: String,
+        /// The message, as text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// The message, as base64 (any bytes); instead of `text`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        /// Wait for room while the peer's queue is full (instead of an error).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        wait: bool,
+    },
+    /// Send many messages to a peer over this connection: one [`StreamMessage`] per
+    /// line follows the request.
+    SendStream {
+        /// Peer name, full public key hex, or a unique prefix of it.
+        peer: String,
     },
     /// Stream events and delivered messages.
     Watch,
@@ -41,6 +64,47 @@ pub enum Request {
         /// `IP` (any port) or `IP:PORT`.
         bind: String,
     },
+}
+
+/// One message of a `send_stream`: `text` or `data` (base64).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamMessage {
+    /// The message, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The message, as base64 (any bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl StreamMessage {
+    /// A message of `bytes`: as text when they are UTF-8 (shorter on the wire), else
+    /// as base64.
+    pub fn of(bytes: Vec<u8>) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(text) => Self {
+                text: Some(text),
+                data: None,
+            },
+            Err(error) => Self {
+                text: None,
+                data: Some(BASE64.encode(error.as_bytes())),
+            },
+        }
+    }
+}
+
+/// The bytes of a message given as `text` or `data` (base64): exactly one of them.
+pub fn payload_of(text: Option<String>, data: Option<&str>) -> Result<Vec<u8>, String> {
+    match (text, data) {
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(data)) => BASE64
+            .decode(data.as_bytes())
+            .map_err(|e| format!("`data` is not base64: {e}")),
+        (Some(_), Some(_)) => Err("give `text` or `data`, not both".into()),
+        (None, None) => Err("no message: give `text` or `data`".into()),
+    }
 }
 
 /// One line of `tether watch`.
@@ -98,6 +162,9 @@ pub enum WatchEvent {
         seq: u64,
         /// The payload as text (invalid UTF-8 replaced).
         text: String,
+        /// The payload, exactly, as base64.
+        #[serde(default)]
+        data: String,
         /// Payload length in bytes.
         len: usize,
         /// Unix time in ms.
@@ -157,6 +224,24 @@ pub enum ControlError {
     /// The server refused the request.
     #[error("{0}")]
     Refused(String),
+    /// The server refused a message of a stream; those before it were accepted.
+    #[error("{error} ({accepted} messages before it were accepted)")]
+    StreamRefused {
+        /// Messages accepted before the refusal.
+        accepted: u64,
+        /// The server's error.
+        error: String,
+    },
+    /// The messages to stream could not be read.
+    #[error(
+        "cannot read the messages to send: {source} ({accepted} messages before it were accepted)"
+    )]
+    Input {
+        /// Messages accepted before the input failed.
+        accepted: u64,
+        /// The read error.
+        source: io::Error,
+    },
 }
 
 /// Client: connects, sends `request`, returns the stream positioned after the request.
@@ -197,8 +282,13 @@ async fn read_reply(
     if n == 0 {
         return Err(ControlError::NoAnswer(path.to_path_buf()));
     }
+    parse_reply(path, &line)
+}
+
+/// An answer line: `{"ok":true,…}`, or the error it carried.
+fn parse_reply(path: &Path, line: &str) -> Result<serde_json::Value, ControlError> {
     let value: serde_json::Value =
-        serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer {
+        serde_json::from_str(line).map_err(|e| ControlError::BadAnswer {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -235,6 +325,16 @@ pub async fn request(path: &Path, request: &Request) -> Result<serde_json::Value
         })?
 }
 
+/// Client: one request whose answer may take as long as it takes (a send that waits
+/// for room in a full queue), so without [`REQUEST_TIMEOUT`].
+pub async fn request_waiting(
+    path: &Path,
+    request: &Request,
+) -> Result<serde_json::Value, ControlError> {
+    let mut reader = open(path, request).await?;
+    read_reply(path, &mut reader).await
+}
+
 /// Client: a watch; calls `line` with every event line (raw JSON) until `line` returns
 /// false (`Ok`) or the node closes the socket (`NodeGone`: it stopped, so the watch
 /// did not end by choice).
@@ -262,22 +362,149 @@ pub async fn watch(path: &Path, mut line: impl FnMut(&str) -> bool) -> Result<()
 }
 
 /// Server: reads one request line (bounded). `Err` carries the error reply to send.
-pub async fn read_request(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-) -> Result<Request, String> {
+pub async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Request, String> {
     let mut line = Vec::new();
+    if !read_line(reader, &mut line).await? {
+        return Err("empty request".into());
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Server: reads one line of at most [`MAX_REQUEST_LINE`] bytes into `line` (cleared
+/// first); false at the end of the input. `Err` carries the error reply to send.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> Result<bool, String> {
+    line.clear();
     let mut limited = AsyncReadExt::take(reader, MAX_REQUEST_LINE as u64);
     let n = limited
-        .read_until(b'\n', &mut line)
+        .read_until(b'\n', line)
         .await
         .map_err(|e| format!("cannot read request: {e}"))?;
     if n == 0 {
-        return Err("empty request".into());
+        return Ok(false);
     }
     if !line.ends_with(b"\n") && n >= MAX_REQUEST_LINE {
         return Err(format!("request longer than {MAX_REQUEST_LINE} bytes"));
     }
-    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+    Ok(true)
+}
+
+/// What a finished stream of messages did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamSent {
+    /// Messages accepted.
+    pub sent: u64,
+    /// Sequence number of the first one.
+    pub first_seq: Option<u64>,
+    /// Sequence number of the last one.
+    pub last_seq: Option<u64>,
+}
+
+/// Client: sends every message `messages` yields to `peer` over one connection (a
+/// `send_stream`), writing while the node answers, so the node takes them as fast as
+/// it commits them; returns the peer's name as the node knows it and what was sent.
+/// Blocking: the messages are read and written on a thread of their own.
+pub fn send_stream<I>(
+    path: &Path,
+    peer: &str,
+    messages: I,
+) -> Result<(String, StreamSent), ControlError>
+where
+    I: Iterator<Item = io::Result<Vec<u8>>> + Send + 'static,
+{
+    use std::io::{BufRead as _, Write as _};
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut writer = io::BufWriter::with_capacity(64 * 1024, stream.try_clone().map_err(io_err)?);
+    let request = serde_json::json!({ "cmd": "send_stream", "peer": peer });
+    writeln!(writer, "{request}")
+        .and_then(|()| writer.flush())
+        .map_err(io_err)?;
+    let mut reader = io::BufReader::with_capacity(64 * 1024, stream);
+    let mut line = String::new();
+    let mut next_reply =
+        |reader: &mut io::BufReader<_>| -> Result<serde_json::Value, ControlError> {
+            line.clear();
+            if reader.read_line(&mut line).map_err(io_err)? == 0 {
+                return Err(ControlError::NoAnswer(path.to_path_buf()));
+            }
+            parse_reply(path, &line)
+        };
+    let opened = next_reply(&mut reader)?;
+    let name = opened
+        .get("peer")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(peer)
+        .to_string();
+    // Writes every message, then shuts the writing side: the node's cue to finish.
+    // A write fails only when the node closed after an error, which the reader reports.
+    let feeder = std::thread::spawn(move || -> Result<u64, io::Error> {
+        let mut written = 0;
+        let mut outcome = Ok(());
+        for message in messages {
+            let bytes = match message {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            };
+            let Ok(json) = serde_json::to_string(&StreamMessage::of(bytes)) else {
+                continue;
+            };
+            if writeln!(writer, "{json}").is_err() {
+                break;
+            }
+            written += 1;
+        }
+        let _ = writer.flush();
+        let _ = writer.get_ref().shutdown(std::net::Shutdown::Write);
+        outcome.map(|()| written)
+    });
+    let mut sent = StreamSent::default();
+    let answers = loop {
+        match next_reply(&mut reader) {
+            Ok(reply) => {
+                if let Some(seq) = reply.get("seq").and_then(serde_json::Value::as_u64) {
+                    sent.sent += 1;
+                    sent.first_seq.get_or_insert(seq);
+                    sent.last_seq = Some(seq);
+                } else if reply.get("done").is_some() {
+                    break Ok(());
+                }
+            }
+            Err(ControlError::Refused(error)) => {
+                break Err(ControlError::StreamRefused {
+                    accepted: sent.sent,
+                    error,
+                })
+            }
+            Err(error) => break Err(error),
+        }
+    };
+    // The feeder ends once its input does or its writes fail (the node closed).
+    let fed = feeder.join().unwrap_or(Ok(0));
+    answers?;
+    match fed {
+        Err(source) => Err(ControlError::Input {
+            accepted: sent.sent,
+            source,
+        }),
+        Ok(written) if written != sent.sent => Err(ControlError::BadAnswer {
+            path: path.to_path_buf(),
+            reason: format!("{} of {written} messages answered", sent.sent),
+        }),
+        Ok(_) => Ok((name, sent)),
+    }
 }
 
 /// Server: an error reply line.
@@ -359,7 +586,9 @@ mod tests {
     fn requests_are_tagged_json() {
         let r = Request::Send {
             peer: "b".into(),
-            text: "hi".into(),
+            text: Some("hi".into()),
+            data: None,
+            wait: false,
         };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"cmd":"send","peer":"b","text":"hi"}"#);
@@ -368,6 +597,31 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
             Request::Status
         );
+    }
+
+    #[test]
+    fn older_send_requests_still_parse_and_payloads_are_binary_safe() {
+        // A client written before `data` and `wait` existed.
+        let old: Request =
+            serde_json::from_str(r#"{"cmd":"send","peer":"b","text":"hi"}"#).unwrap();
+        assert_eq!(
+            old,
+            Request::Send {
+                peer: "b".into(),
+                text: Some("hi".into()),
+                data: None,
+                wait: false,
+            }
+        );
+        let bytes = vec![0xff, 0x00, b'\n', 0xfe];
+        let message = StreamMessage::of(bytes.clone());
+        assert_eq!(message.text, None);
+        assert_eq!(payload_of(message.text, message.data.as_deref()), Ok(bytes));
+        let text = StreamMessage::of(b"plain".to_vec());
+        assert_eq!(text.text.as_deref(), Some("plain"));
+        assert!(payload_of(None, Some("not base64!")).is_err());
+        assert!(payload_of(Some("a".into()), Some("YQ==")).is_err());
+        assert!(payload_of(None, None).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | [`relay`] | `tether relay`: the relay and rendezvous server |
 //! | [`control`] | the control socket protocol (`status`, `send`, `watch`, `migrate`) |
 //! | [`metrics`] | status reports, session metrics, Prometheus text |
+//! | [`paths`] | default config, socket and data paths (XDG, or a system service's) |
 //! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
 
 pub mod config;
@@ -19,5 +20,6 @@ pub mod demo;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+pub mod paths;
 pub mod relay;
 pub mod run;

@@ -25,6 +25,7 @@ use super::run::{self, RunError, StopSignals};
 use crate::hub::NodeEvent;
 use crate::journal_writer::CommitOn;
 use crate::node::{DurableChannels, Node, NodeConfig};
+use data_encoding::BASE64;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use tether::channel_store_path;
 use tether::rebind_target;
-use tether_protocol::{DeviceId, SessionStatus};
+use tether_protocol::{ChannelId, DeviceId, SessionStatus};
 use tether_store::RedbChannelStore;
 use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
 use tether_transport::Endpoint;
@@ -56,11 +57,6 @@ pub struct NodeReady {
 /// A control connection's request to the node task.
 enum Command {
     Status(oneshot::Sender<NodeStatusReport>),
-    Send {
-        peer: String,
-        text: String,
-        reply: oneshot::Sender<Result<(String, u64), String>>,
-    },
     Migrate {
         addr: SocketAddr,
         reply: oneshot::Sender<Result<(SocketAddr, SocketAddr), String>>,
@@ -154,14 +150,26 @@ pub async fn run_node(
             commit_on: CommitOn::BlockingPool,
         }),
     };
-    let node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
+    let mut node = Node::start(config, endpoint.clone()).map_err(|source| RunError::Start {
         what: "node",
         source,
     })?;
+    // The node task reads the events; control connections send on their own tasks.
+    let mut events = node.take_events();
+    let node = Arc::new(node);
+    let senders = Arc::new(Senders {
+        node: node.clone(),
+        peers: settings.peers.clone(),
+    });
 
     let (commands, mut command_rx) = mpsc::channel::<Command>(64);
     let (watchers, _) = broadcast::channel::<String>(4096);
-    actix_rt::spawn(accept_control(listener, commands.clone(), watchers.clone()));
+    actix_rt::spawn(accept_control(
+        listener,
+        commands.clone(),
+        watchers.clone(),
+        senders,
+    ));
     if let Some(listener) = metrics_listener {
         let commands = commands.clone();
         actix_rt::spawn(metrics::serve_metrics(listener, move || {
@@ -213,7 +221,7 @@ pub async fn run_node(
     let mut watching = settings.watch_interfaces;
     loop {
         tokio::select! {
-            event = state.node.next_event() => match event {
+            event = events.next() => match event {
                 Some(event) => state.on_event(event),
                 None => break,
             },
@@ -323,7 +331,7 @@ fn phase_of(status: SessionStatus) -> Option<&'static str> {
 }
 
 struct NodeState {
-    node: Node,
+    node: Arc<Node>,
     endpoint: Endpoint,
     local: SocketAddr,
     configured_ip: std::net::IpAddr,
@@ -494,6 +502,7 @@ impl NodeState {
                     channel: channel.0,
                     seq: *seq,
                     text: String::from_utf8_lossy(payload).into_owned(),
+                    data: BASE64.encode(payload),
                     len: payload.len(),
                     at_ms,
                 });
@@ -501,52 +510,10 @@ impl NodeState {
         }
     }
 
-    fn resolve_peer(&self, wanted: &str) -> Result<DeviceId, String> {
-        if let Some(p) = self.peers.iter().find(|p| p.name == wanted) {
-            return Ok(DeviceId(*p.peer.public.as_bytes()));
-        }
-        let lower = wanted.to_ascii_lowercase();
-        let matches: Vec<&PeerSettings> = self
-            .peers
-            .iter()
-            .filter(|p| {
-                let id = DeviceId(*p.peer.public.as_bytes());
-                (lower.len() >= 4 && p.peer.public.to_hex().starts_with(&lower))
-                    || id.short() == lower
-            })
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(DeviceId(*one.peer.public.as_bytes())),
-            [] => Err(format!(
-                "unknown peer {wanted:?} (known: {})",
-                self.peers
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            _ => Err(format!("peer {wanted:?} is ambiguous")),
-        }
-    }
-
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Status(reply) => {
                 let _ = reply.send(self.report().await);
-            }
-            Command::Send { peer, text, reply } => {
-                let result = match self.resolve_peer(&peer) {
-                    Err(e) => Err(e),
-                    // Never waits for room: this loop also reads the node's events,
-                    // and the peer's credit comes back only as it does.
-                    Ok(id) => self
-                        .node
-                        .try_send(id, text.into_bytes())
-                        .await
-                        .map(|seq| (self.name(&id), seq))
-                        .map_err(|e| format!("send to {peer} refused: {e}")),
-                };
-                let _ = reply.send(result);
             }
             Command::Migrate { addr, reply } => {
                 let _ = reply.send(self.rebind(addr, "manual").await);
@@ -675,16 +642,149 @@ impl NodeState {
     }
 }
 
+/// What control connections send through: the node itself, so that a send that waits
+/// for room waits on the connection's own task and never on the node task (which must
+/// go on reading the events that bring the room back), and the peers by name.
+struct Senders {
+    node: Arc<Node>,
+    peers: Vec<PeerSettings>,
+}
+
+/// Messages a stream hands to the node at once at most (they share commits).
+const MAX_STREAM_BATCH: usize = 1024;
+
+impl Senders {
+    /// The peer named `wanted` (a name, a public key prefix of 4 or more hex digits,
+    /// or a short id), and its name.
+    fn resolve(&self, wanted: &str) -> Result<(DeviceId, String), String> {
+        let id_of = |p: &PeerSettings| DeviceId(*p.peer.public.as_bytes());
+        if let Some(p) = self.peers.iter().find(|p| p.name == wanted) {
+            return Ok((id_of(p), p.name.clone()));
+        }
+        let lower = wanted.to_ascii_lowercase();
+        let matches: Vec<&PeerSettings> = self
+            .peers
+            .iter()
+            .filter(|p| {
+                (lower.len() >= 4 && p.peer.public.to_hex().starts_with(&lower))
+                    || id_of(p).short() == lower
+            })
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((id_of(one), one.name.clone())),
+            [] => Err(format!(
+                "unknown peer {wanted:?} (known: {})",
+                self.peers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Err(format!("peer {wanted:?} is ambiguous")),
+        }
+    }
+
+    /// One message; with `wait`, waits for room in a full queue.
+    async fn send(
+        &self,
+        peer: &str,
+        payload: Result<Vec<u8>, String>,
+        wait: bool,
+    ) -> Result<(String, u64), String> {
+        let (id, name) = self.resolve(peer)?;
+        let payload = payload?;
+        let sent = if wait {
+            self.node.send(id, payload).await
+        } else {
+            self.node.try_send(id, payload).await
+        };
+        sent.map(|seq| (name, seq))
+            .map_err(|e| format!("send to {peer} refused: {e}"))
+    }
+
+    /// A `send_stream` after its request: reads the messages, hands each burst that
+    /// arrived together to the node at once (waiting for room as needed), and answers
+    /// each message with its sequence number, until the client's end of input or the
+    /// first error.
+    async fn stream<R, W>(&self, id: DeviceId, name: &str, reader: &mut BufReader<R>, write: &mut W)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let mut sent: u64 = 0;
+        let mut line = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            let mut error = None;
+            let mut ended = false;
+            loop {
+                match control::read_line(reader, &mut line).await {
+                    Ok(false) => ended = true,
+                    Ok(true) => match serde_json::from_slice::<control::StreamMessage>(&line)
+                        .map_err(|e| e.to_string())
+                        .and_then(|m| control::payload_of(m.text, m.data.as_deref()))
+                    {
+                        Ok(payload) => batch.push(payload),
+                        Err(e) => {
+                            let n = sent + batch.len() as u64 + 1;
+                            error = Some(format!("message {n}: {e}"));
+                        }
+                    },
+                    Err(e) => error = Some(e),
+                }
+                // Take what has already arrived, not more: a burst shares commits.
+                if ended
+                    || error.is_some()
+                    || batch.len() >= MAX_STREAM_BATCH
+                    || !reader.buffer().contains(&b'\n')
+                {
+                    break;
+                }
+            }
+            let mut out = String::new();
+            if !batch.is_empty() {
+                let accepted = match self.node.send_all_on(id, ChannelId(0), batch).await {
+                    Ok(accepted) => accepted,
+                    Err(refused) => {
+                        error = Some(format!("send to {name} refused: {}", refused.error));
+                        refused.accepted
+                    }
+                };
+                for seq in accepted {
+                    sent += 1;
+                    out.push_str(&control::ok_line(serde_json::json!({ "seq": seq })));
+                }
+            }
+            if let Some(error) = &error {
+                out.push_str(&control::error_line(error));
+            } else if ended {
+                out.push_str(&control::ok_line(
+                    serde_json::json!({ "done": true, "sent": sent }),
+                ));
+            }
+            if write.write_all(out.as_bytes()).await.is_err() || error.is_some() || ended {
+                return;
+            }
+        }
+    }
+}
+
 /// Accepts control connections; each runs as its own task.
 async fn accept_control(
     listener: tokio::net::UnixListener,
     commands: mpsc::Sender<Command>,
     watchers: broadcast::Sender<String>,
+    senders: Arc<Senders>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                actix_rt::spawn(serve_control(stream, commands.clone(), watchers.clone()));
+                actix_rt::spawn(serve_control(
+                    stream,
+                    commands.clone(),
+                    watchers.clone(),
+                    senders.clone(),
+                ));
             }
             Err(error) => {
                 tracing::warn!(%error, "control socket accept failed");
@@ -710,9 +810,10 @@ async fn serve_control(
     stream: tokio::net::UnixStream,
     commands: mpsc::Sender<Command>,
     watchers: broadcast::Sender<String>,
+    senders: Arc<Senders>,
 ) {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::with_capacity(64 * 1024, read);
     let request = match control::read_request(&mut reader).await {
         Ok(request) => request,
         Err(error) => {
@@ -727,13 +828,34 @@ async fn serve_control(
             Ok(report) => control::ok_line(serde_json::json!({ "status": report })),
             Err(e) => control::error_line(&e),
         },
-        Request::Send { peer, text } => {
-            match ask(&commands, |reply| Command::Send { peer, text, reply }).await {
-                Ok(Ok((peer, seq))) => {
+        Request::Send {
+            peer,
+            text,
+            data,
+            wait,
+        } => {
+            let payload = control::payload_of(text, data.as_deref());
+            match senders.send(&peer, payload, wait).await {
+                Ok((peer, seq)) => {
                     control::ok_line(serde_json::json!({ "peer": peer, "seq": seq }))
                 }
-                Ok(Err(e)) | Err(e) => control::error_line(&e),
+                Err(e) => control::error_line(&e),
             }
+        }
+        Request::SendStream { peer } => {
+            let line = match senders.resolve(&peer) {
+                Ok((id, name)) => {
+                    let opened =
+                        control::ok_line(serde_json::json!({ "peer": name, "streaming": true }));
+                    if write.write_all(opened.as_bytes()).await.is_ok() {
+                        senders.stream(id, &name, &mut reader, &mut write).await;
+                    }
+                    return;
+                }
+                Err(e) => control::error_line(&e),
+            };
+            let _ = write.write_all(line.as_bytes()).await;
+            return;
         }
         Request::Migrate { bind } => match control::parse_bind(&bind) {
             Err(e) => control::error_line(&e),

@@ -5,7 +5,7 @@
 //! stopped on an error, a control request was refused); 2 a usage or config error.
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ use tether_harness::app::control::{self, Request};
 use tether_harness::app::demo::{self, DemoOptions, Scenario};
 use tether_harness::app::keys;
 use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
-use tether_harness::app::{node, relay, run};
+use tether_harness::app::{node, paths, relay, run};
 use tether_protocol::DeviceId;
 
 /// Tether keeps an end-to-end encrypted session between two trusted devices alive
@@ -31,6 +31,10 @@ struct Cli {
     /// the config's `log_format`).
     #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Print each result as one JSON object on one line (errors stay one line of text
+    /// on stderr).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,39 +60,32 @@ enum Command {
     },
     /// Run one device: a node with its control socket (see docs/config.md).
     Node {
-        /// The node's config file (TOML; TETHER_* variables override keys).
+        /// The node's config file (TOML; TETHER_* variables override keys). Default:
+        /// $XDG_CONFIG_HOME/tether/node.toml, else /etc/tether/node.toml.
         #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Only check the config (and key files), print a summary and exit.
         #[arg(long)]
         check: bool,
     },
     /// Run the relay and rendezvous server (see docs/config.md).
     Relay {
-        /// The relay's config file (TOML; TETHER_* variables override keys).
+        /// The relay's config file (TOML; TETHER_* variables override keys). Default:
+        /// $XDG_CONFIG_HOME/tether/relay.toml, else /etc/tether/relay.toml.
         #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Only check the config (and key file), print a summary and exit.
         #[arg(long)]
         check: bool,
     },
     /// Show a running node's sessions (or a relay's counters).
     Status {
-        /// Print the full report as JSON.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         target: Target,
     },
-    /// Send a text message to a peer through a running node.
-    Send {
-        /// The peer: its name in the config, or a prefix of its public key.
-        peer: String,
-        /// The message.
-        text: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    /// Send a message to a peer through a running node: TEXT, a file's bytes, or one
+    /// message per line of standard input.
+    Send(SendArgs),
     /// Stream a running node's events and delivered messages as JSON lines.
     Watch {
         #[command(flatten)]
@@ -102,6 +99,39 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Install, e.g.: tether completions bash > /usr/share/bash-completion/completions/tether\n\
+        tether completions zsh > /usr/share/zsh/site-functions/_tether\n\
+        tether completions fish > /usr/share/fish/vendor_completions.d/tether.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: tether man > tether.1
+    Man,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("message").required(true).args(["text", "file", "stdin_lines"])))]
+struct SendArgs {
+    /// The peer: its name in the config, or a prefix of its public key.
+    peer: String,
+    /// The message, as text.
+    text: Option<String>,
+    /// Send the bytes of FILE as one message, whatever they are ("-": standard input).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Send each line of standard input as one message (without its newline), in order,
+    /// over one connection; waits while the peer's queue is full.
+    #[arg(long)]
+    stdin_lines: bool,
+    /// Wait while the peer's queue is full instead of failing with "queue full".
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -110,9 +140,6 @@ struct DemoArgs {
     #[arg(long, value_name = "NAME", default_value = "all",
           value_parser = ["all", "establish", "single-side-move", "direct-blocked-relay", "both-move", "window-expiry"])]
     scenario: String,
-    /// Print one JSON object per scenario instead of timelines and a table.
-    #[arg(long)]
-    json: bool,
     /// Play the single-side move over real UDP sockets on loopback (127.0.0.1 -> 127.0.0.2).
     #[arg(long)]
     real: bool,
@@ -127,7 +154,8 @@ struct DemoArgs {
     loss: f64,
 }
 
-/// Which running node (or relay) a client command talks to.
+/// Which running node (or relay) a client command talks to. Neither given: the default
+/// config's socket, else $XDG_RUNTIME_DIR/tether/node.sock or /run/tether/node.sock.
 #[derive(Debug, Args)]
 struct Target {
     /// The control socket.
@@ -234,28 +262,63 @@ fn init_logging(format: LogFormat, default_level: &str) {
     };
 }
 
+/// Prints `value` as one line of JSON.
+fn json_line(value: &serde_json::Value) -> anyhow::Result<()> {
+    outln!("{value}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
     match cli.command {
         Command::Demo(args) => {
             init_logging(log_format(&cli.log_format, LogFormat::Text), "warn");
-            run_demo(args)
+            run_demo(args, json)
         }
         Command::Keygen { out } => {
             let public = keys::keygen(&out)?;
-            outln!("{}", public.to_hex());
-            eprintln!(
-                "wrote {} (mode 0600); its public key is above",
-                out.display()
-            );
+            if json {
+                json_line(&serde_json::json!({
+                    "key_file": out.display().to_string(),
+                    "public_key": public.to_hex(),
+                }))?;
+            } else {
+                outln!("{}", public.to_hex());
+                eprintln!(
+                    "wrote {} (mode 0600); its public key is above",
+                    out.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Pair { a, b } => {
             let pairing = keys::pair(&a, &b)?;
-            out!("{}", pairing.render());
+            if json {
+                let device = |d: &keys::PairedDevice| {
+                    serde_json::json!({
+                        "name": d.name,
+                        "key_file": d.key_file.display().to_string(),
+                        "public_key": d.public.to_hex(),
+                        "created": d.created,
+                    })
+                };
+                json_line(&serde_json::json!({
+                    "devices": [device(&pairing.a), device(&pairing.b)],
+                    "relationship_key": pairing.rk.to_hex().as_str(),
+                }))?;
+            } else {
+                out!("{}", pairing.render());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Node { config, check } => {
+            let config = config_or_default(config, "node.toml")?;
             let settings = config::load_node(&config)?;
+            if settings.control_socket == paths::node_socket(&config) {
+                paths::ensure_socket_dir(&settings.control_socket).map_err(|problem| {
+                    UsageError(format!("{}: {problem}", config_name(&config)))
+                })?;
+            }
             if check {
                 run::check_resources(
                     settings.listen,
@@ -264,19 +327,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
                 let device = DeviceId(*settings.keypair.public().as_bytes());
+                let peers: Vec<&str> = settings.peers.iter().map(|p| p.name.as_str()).collect();
+                let channels = node::channel_store_path(&settings.data_dir, &device);
+                let relay = if settings.relay_name == settings.relay.addr.to_string() {
+                    settings.relay_name.clone()
+                } else {
+                    format!("{} ({})", settings.relay_name, settings.relay.addr)
+                };
+                if json {
+                    json_line(&serde_json::json!({
+                        "config_ok": true,
+                        "config": config.display().to_string(),
+                        "device": settings.keypair.public().to_hex(),
+                        "listen": settings.listen.to_string(),
+                        "control_socket": settings.control_socket.display().to_string(),
+                        "relay": settings.relay_name,
+                        "relay_addr": settings.relay.addr.to_string(),
+                        "peers": peers,
+                        "channels": channels.display().to_string(),
+                        "warnings": settings.warnings,
+                    }))?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 outln!(
-                    "config ok: device {} listens on {}, control socket {}, relay {}, peers: {}, channels in {}",
+                    "config ok: device {} listens on {}, control socket {}, relay {relay}, peers: {}, channels in {}",
                     settings.keypair.public().to_hex(),
                     settings.listen,
                     settings.control_socket.display(),
-                    settings.relay.addr,
-                    settings
-                        .peers
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    node::channel_store_path(&settings.data_dir, &device).display()
+                    peers.join(", "),
+                    channels.display()
                 );
                 for warning in &settings.warnings {
                     outln!("warning: {warning}");
@@ -286,19 +365,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(log_format(&cli.log_format, settings.log_format), "info");
             let system = actix_rt::System::new();
             system.block_on(node::run_node(settings, |ready| {
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "tether node ready: device={} listen={} control={} metrics={}",
-                    ready.device,
-                    ready.listen,
-                    ready.control_socket.display(),
-                    ready.metrics.map_or("off".to_string(), |m| m.to_string())
-                );
+                let metrics = ready.metrics.map_or("off".to_string(), |m| m.to_string());
+                let line = if json {
+                    serde_json::json!({
+                        "ready": "node",
+                        "device": ready.device,
+                        "listen": ready.listen.to_string(),
+                        "control": ready.control_socket.display().to_string(),
+                        "metrics": metrics,
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "tether node ready: device={} listen={} control={} metrics={metrics}",
+                        ready.device,
+                        ready.listen,
+                        ready.control_socket.display(),
+                    )
+                };
+                let _ = writeln!(std::io::stdout(), "{line}");
                 let _ = std::io::stdout().flush();
             }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Relay { config, check } => {
+            let config = config_or_default(config, "relay.toml")?;
             let settings = config::load_relay(&config)?;
             if check {
                 run::check_resources(
@@ -307,30 +398,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     settings.control_socket.as_deref(),
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
-                outln!(
-                    "config ok: relay {} listens on {}, serves {}, queue in {}",
-                    settings.keypair.public().to_hex(),
-                    settings.listen,
-                    relay::describe_admission(&settings.admission),
-                    relay::relay_queue_path(&settings.data_dir).display()
-                );
+                let queue = relay::relay_queue_path(&settings.data_dir);
+                let serves = relay::describe_admission(&settings.admission);
+                if json {
+                    json_line(&serde_json::json!({
+                        "config_ok": true,
+                        "config": config.display().to_string(),
+                        "public_key": settings.keypair.public().to_hex(),
+                        "listen": settings.listen.to_string(),
+                        "serves": serves,
+                        "queue": queue.display().to_string(),
+                    }))?;
+                } else {
+                    outln!(
+                        "config ok: relay {} listens on {}, serves {}, queue in {}",
+                        settings.keypair.public().to_hex(),
+                        settings.listen,
+                        serves,
+                        queue.display()
+                    );
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             init_logging(log_format(&cli.log_format, settings.log_format), "info");
             let system = actix_rt::System::new();
             system.block_on(relay::run_relay(settings, |ready| {
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "tether relay ready: public_key={} listen={} metrics={}",
-                    ready.public_key,
-                    ready.listen,
-                    ready.metrics.map_or("off".to_string(), |m| m.to_string())
-                );
+                let metrics = ready.metrics.map_or("off".to_string(), |m| m.to_string());
+                let line = if json {
+                    serde_json::json!({
+                        "ready": "relay",
+                        "public_key": ready.public_key,
+                        "listen": ready.listen.to_string(),
+                        "metrics": metrics,
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "tether relay ready: public_key={} listen={} metrics={metrics}",
+                        ready.public_key, ready.listen,
+                    )
+                };
+                let _ = writeln!(std::io::stdout(), "{line}");
                 let _ = std::io::stdout().flush();
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, target } => {
+        Command::Status { target } => {
             let socket = socket_of(&target)?;
             let reply = client(&socket, Request::Status)?;
             if json {
@@ -339,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .or_else(|| reply.get("relay"))
                     .cloned()
                     .unwrap_or(reply);
-                outln!("{}", serde_json::to_string_pretty(&body)?);
+                json_line(&body)?;
             } else if let Some(status) = reply.get("status") {
                 let report: NodeStatusReport =
                     serde_json::from_value(status.clone()).context("unexpected status report")?;
@@ -351,20 +464,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send { peer, text, target } => {
-            let socket = socket_of(&target)?;
-            let reply = client(&socket, Request::Send { peer, text })?;
-            outln!(
-                "queued for {} as message {}",
-                reply.get("peer").and_then(|p| p.as_str()).unwrap_or("?"),
-                reply
-                    .get("seq")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Send(args) => run_send(args, json),
         Command::Watch { target } => {
+            // Its lines are JSON already, with or without --json.
             let socket = socket_of(&target)?;
             let system = actix_rt::System::new();
             system.block_on(control::watch(&socket, |line| {
@@ -377,26 +479,147 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             control::parse_bind(&bind).map_err(UsageError)?;
             let socket = socket_of(&target)?;
             let reply = client(&socket, Request::Migrate { bind })?;
-            outln!(
-                "rebound {} -> {}; the sessions migrate",
-                reply.get("old").and_then(|p| p.as_str()).unwrap_or("?"),
-                reply.get("new").and_then(|p| p.as_str()).unwrap_or("?")
-            );
+            let old = reply.get("old").and_then(|p| p.as_str()).unwrap_or("?");
+            let new = reply.get("new").and_then(|p| p.as_str()).unwrap_or("?");
+            if json {
+                json_line(&serde_json::json!({ "old": old, "new": new }))?;
+            } else {
+                outln!("rebound {old} -> {new}; the sessions migrate");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut command, "tether", &mut out);
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn socket_of(target: &Target) -> anyhow::Result<PathBuf> {
-    match (&target.socket, &target.config) {
-        (Some(socket), _) => Ok(socket.clone()),
-        (None, Some(config)) => Ok(config::control_socket_of(config)?),
-        (None, None) => Err(UsageError(
-            "say which node: --socket PATH or --config FILE (or TETHER_SOCKET / TETHER_CONFIG)"
-                .into(),
-        )
-        .into()),
+/// The config file given, or the default one (see `tether_harness::app::paths`).
+fn config_or_default(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path),
+        None => Ok(paths::default_config(name).map_err(UsageError)?),
     }
+}
+
+/// Reads at most `limit + 1` bytes of `file` ("-": standard input).
+fn read_message_file(file: &Path, limit: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let read = if file == Path::new("-") {
+        std::io::stdin().lock().take(cap).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(cap).read_to_end(&mut bytes))
+    };
+    read.with_context(|| format!("cannot read {}", file.display()))?;
+    if bytes.len() > limit {
+        let size = std::fs::metadata(file)
+            .ok()
+            .filter(|m| m.is_file())
+            .map_or(format!("more than {limit} bytes"), |m| {
+                format!("{} bytes", m.len())
+            });
+        return Err(UsageError(format!(
+            "{} holds {size}; one message carries at most {limit} bytes (the node's limits.max_message_len may be lower)",
+            file.display()
+        ))
+        .into());
+    }
+    Ok(bytes)
+}
+
+/// The lines of standard input, as bytes without their newline.
+fn stdin_lines() -> impl Iterator<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    use std::io::BufRead as _;
+    let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin());
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                Some(Ok(line))
+            }
+            Err(error) => Some(Err(error)),
+        }
+    })
+}
+
+fn run_send(args: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let socket = socket_of(&args.target)?;
+    if args.stdin_lines {
+        let started = std::time::Instant::now();
+        let (peer, sent) = control::send_stream(&socket, &args.peer, stdin_lines())?;
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = if seconds > 0.0 {
+            sent.sent as f64 / seconds
+        } else {
+            0.0
+        };
+        if json {
+            json_line(&serde_json::json!({
+                "peer": peer,
+                "sent": sent.sent,
+                "first_seq": sent.first_seq,
+                "last_seq": sent.last_seq,
+                "seconds": seconds,
+                "per_second": rate.round() as u64,
+            }))?;
+        } else {
+            let seqs = match (sent.first_seq, sent.last_seq) {
+                (Some(first), Some(last)) => format!(" as messages {first}..{last}"),
+                _ => String::new(),
+            };
+            outln!(
+                "queued {} messages for {peer}{seqs} in {seconds:.2} s ({rate:.0}/s)",
+                sent.sent
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (text, data) = match (args.text, &args.file) {
+        (_, Some(file)) => {
+            let bytes = read_message_file(file, config::MAX_MESSAGE_LEN_CEILING)?;
+            (None, Some(data_encoding::BASE64.encode(&bytes)))
+        }
+        (text, None) => (text, None),
+    };
+    let request = Request::Send {
+        peer: args.peer,
+        text,
+        data,
+        wait: args.wait,
+    };
+    let reply = if args.wait {
+        let system = actix_rt::System::new();
+        system.block_on(control::request_waiting(&socket, &request))?
+    } else {
+        client(&socket, request)?
+    };
+    let peer = reply.get("peer").and_then(|p| p.as_str()).unwrap_or("?");
+    let seq = reply
+        .get("seq")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if json {
+        json_line(&serde_json::json!({ "peer": peer, "seq": seq }))?;
+    } else {
+        outln!("queued for {peer} as message {seq}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn client(socket: &Path, request: Request) -> anyhow::Result<serde_json::Value> {
@@ -404,7 +627,18 @@ fn client(socket: &Path, request: Request) -> anyhow::Result<serde_json::Value> 
     Ok(system.block_on(control::request(socket, &request))?)
 }
 
-fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+fn socket_of(target: &Target) -> anyhow::Result<PathBuf> {
+    match (&target.socket, &target.config) {
+        (Some(socket), _) => Ok(socket.clone()),
+        (None, Some(config)) => Ok(config::control_socket_of(config)?),
+        (None, None) => match paths::default_config("node.toml") {
+            Ok(config) => Ok(config::control_socket_of(&config)?),
+            Err(_) => Ok(paths::client_socket()),
+        },
+    }
+}
+
+fn run_demo(args: DemoArgs, json: bool) -> anyhow::Result<ExitCode> {
     if !(0.0..=0.5).contains(&args.loss) {
         return Err(UsageError(format!("--loss {} is not between 0 and 0.5", args.loss)).into());
     }
@@ -417,7 +651,7 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     if args.real {
         reports.push(demo::play_real(&opts)?);
-        emit(&reports, args.json)?;
+        emit(&reports, json)?;
     } else {
         let scenarios: Vec<Scenario> = match Scenario::from_name(&args.scenario) {
             Some(one) => vec![one],
@@ -426,7 +660,7 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let total = scenarios.len();
         for (i, scenario) in scenarios.into_iter().enumerate() {
             let report = demo::play(scenario, &opts);
-            if args.json {
+            if json {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {
                 outln!("{}", demo::render(&report, i, total));
@@ -435,7 +669,7 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             reports.push(report);
         }
     }
-    if !args.json {
+    if !json {
         out!("{}", demo::summary(&reports));
         outln!(
             "played in {:.1} s of real time",

@@ -65,8 +65,8 @@ pub mod actors {
     pub use crate::hub::{phase_timeline, PresenceView, MAX_PENDING_NOTICES};
     pub use crate::journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
     pub use crate::node::{
-        DurableChannels, Node, NodeConfig, NodeEvents, NodePeer, PeerStatus, ServerInfo,
-        CLOSE_LINGER,
+        DurableChannels, Node, NodeConfig, NodeEvents, NodePeer, PeerStatus, SendAllError,
+        ServerInfo, CLOSE_LINGER,
     };
     pub use crate::relay_server::{
         GetServerCounters, GetServerState, GetTap, RelayServer, RelayServerHandle,

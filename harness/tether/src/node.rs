@@ -119,6 +119,17 @@ pub struct PeerStatus {
     pub links: usize,
 }
 
+/// Why [`Node::send_all_on`] stopped before all of its messages were accepted and
+/// durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error} (after {} messages were accepted)", accepted.len())]
+pub struct SendAllError {
+    /// Sequence numbers of the messages accepted before the error, in order.
+    pub accepted: Vec<u64>,
+    /// What stopped the rest.
+    pub error: SendError,
+}
+
 /// A running device node.
 pub struct Node {
     device: DeviceId,
@@ -437,6 +448,51 @@ impl Node {
         channel: ChannelId,
         payload: Vec<u8>,
     ) -> Result<u64, SendError> {
+        let seq = self.offer_waiting(peer, channel, payload).await?;
+        self.durable(seq).await
+    }
+
+    /// [`Node::send_on`] for a burst: queues every payload in order, each waiting for
+    /// room as `send_on` does, then waits once for the commit that holds them all (so
+    /// they share commits instead of waiting for one each). Ok holds their sequence
+    /// numbers. Err holds the numbers of those accepted before the error (they will be
+    /// delivered) and the error that stopped the rest.
+    pub async fn send_all_on(
+        &self,
+        peer: DeviceId,
+        channel: ChannelId,
+        payloads: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<Vec<u64>, SendAllError> {
+        let mut accepted = Vec::new();
+        let mut error = None;
+        for payload in payloads {
+            match self.offer_waiting(peer, channel, payload).await {
+                Ok(seq) => accepted.push(seq),
+                Err(refused) => {
+                    error = Some(refused);
+                    break;
+                }
+            }
+        }
+        if let Some(&last) = accepted.last() {
+            if let Err(not_durable) = self.durable(last).await {
+                error = Some(not_durable);
+            }
+        }
+        match error {
+            None => Ok(accepted),
+            Some(error) => Err(SendAllError { accepted, error }),
+        }
+    }
+
+    /// Hands a message to DirectConnection, waiting while the peer's queue is full;
+    /// its sequence number once accepted (not yet durable).
+    async fn offer_waiting(
+        &self,
+        peer: DeviceId,
+        channel: ChannelId,
+        payload: Vec<u8>,
+    ) -> Result<u64, SendError> {
         let mut payload = payload;
         loop {
             // Armed before the attempt, so room made in between is not missed.
@@ -452,7 +508,7 @@ impl Node {
                     room.await;
                 }
                 Err(refused) => return Err(refused.error),
-                Ok(seq) => return self.durable(seq).await,
+                Ok(seq) => return Ok(seq),
             }
         }
     }

@@ -1,43 +1,74 @@
-//! Reports as Prometheus text (exposition format 0.0.4), and the small HTTP listener
-//! that serves them.
+//! Reports as Prometheus text (exposition format 0.0.4, encoded by `prometheus-client`),
+//! and the HTTP listener (`hyper`) that serves them.
+//!
+//! A report is a snapshot taken at scrape time, so its metrics are families of
+//! constant samples handed to the encoder through a [`Collector`], rather than live
+//! counters in a registry.
 
 use super::{
-    NodeStatusReport, PathTrafficReport, PeerReport, RelayStatusReport, TransportReport,
+    Histogram, NodeStatusReport, PathTrafficReport, PeerReport, RelayStatusReport, TransportReport,
     MIGRATION_BUCKETS_MS,
 };
-use std::fmt::Write as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A series' labels, in order.
+type Labels = Vec<(String, String)>;
+
+/// One metric family and its samples.
+#[derive(Debug)]
+struct Family {
+    /// The full name (a counter's with its `_total`).
+    name: String,
+    help: String,
+    kind: MetricType,
+    samples: Vec<(Labels, u64)>,
+    histograms: Vec<(Labels, Histogram)>,
 }
 
+/// The families of one report, in the order they are written.
+#[derive(Debug, Default)]
 struct Prom {
-    out: String,
+    families: Vec<Family>,
 }
 
 impl Prom {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        let kind = match kind {
+            "counter" => MetricType::Counter,
+            "histogram" => MetricType::Histogram,
+            _ => MetricType::Gauge,
+        };
+        self.families.push(Family {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind,
+            samples: Vec::new(),
+            histograms: Vec::new(),
+        });
     }
 
+    /// A sample of the family opened last.
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
-        } else {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
-                .collect();
-            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        if let Some(family) = self.families.last_mut() {
+            debug_assert_eq!(family.name, name);
+            family.samples.push((owned(labels), value));
+        }
+    }
+
+    /// A histogram series of the family opened last.
+    fn histogram(&mut self, labels: &[(&str, &str)], histogram: &Histogram) {
+        if let Some(family) = self.families.last_mut() {
+            family.histograms.push((owned(labels), histogram.clone()));
         }
     }
 
@@ -54,11 +85,73 @@ impl Prom {
             self.sample(name, &[("peer", &peer.name)], value(peer));
         }
     }
+
+    /// The families as Prometheus text.
+    fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing to a String fails only if a collector does, and ours do not.
+        let _ = prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+impl Collector for Prom {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in &self.families {
+            // The encoder adds a counter's `_total` itself.
+            let name = match family.kind {
+                MetricType::Counter => family.name.strip_suffix("_total").unwrap_or(&family.name),
+                _ => &family.name,
+            };
+            let mut metric = encoder.encode_descriptor(name, &family.help, None, family.kind)?;
+            for (labels, value) in &family.samples {
+                let mut series = metric.encode_family(labels)?;
+                match family.kind {
+                    MetricType::Counter => {
+                        series.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+                    }
+                    _ => series.encode_gauge(value)?,
+                }
+            }
+            for (labels, h) in &family.histograms {
+                // The report's buckets are cumulative; the encoder wants each bucket's own.
+                let mut below = 0;
+                let buckets: Vec<(f64, u64)> = MIGRATION_BUCKETS_MS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, bound)| {
+                        let at_or_below = h.buckets.get(i).copied().unwrap_or(below);
+                        let own = at_or_below.saturating_sub(below);
+                        below = at_or_below;
+                        (*bound as f64, own)
+                    })
+                    .collect();
+                let none: Option<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>> =
+                    None;
+                metric.encode_family(labels)?.encode_histogram(
+                    h.sum_ms as f64,
+                    h.count,
+                    &buckets,
+                    none,
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A node's report as Prometheus text (exposition format 0.0.4).
 pub fn node_prometheus(report: &NodeStatusReport) -> String {
-    let mut p = Prom { out: String::new() };
+    let mut p = Prom::default();
     p.family("tether_up", "gauge", "1 while the node runs.");
     p.sample("tether_up", &[("device", &report.device)], 1);
     p.family(
@@ -250,31 +343,7 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
         "Duration of completed migrations.",
     );
     for peer in &report.peers {
-        let h = &peer.session.migration_duration;
-        for (i, bound) in MIGRATION_BUCKETS_MS.iter().enumerate() {
-            let le = bound.to_string();
-            let count = h.buckets.get(i).copied().unwrap_or(0);
-            p.sample(
-                "tether_migration_duration_milliseconds_bucket",
-                &[("peer", &peer.name), ("le", &le)],
-                count,
-            );
-        }
-        p.sample(
-            "tether_migration_duration_milliseconds_bucket",
-            &[("peer", &peer.name), ("le", "+Inf")],
-            h.count,
-        );
-        p.sample(
-            "tether_migration_duration_milliseconds_sum",
-            &[("peer", &peer.name)],
-            h.sum_ms,
-        );
-        p.sample(
-            "tether_migration_duration_milliseconds_count",
-            &[("peer", &peer.name)],
-            h.count,
-        );
+        p.histogram(&[("peer", &peer.name)], &peer.session.migration_duration);
     }
     p.per_peer(
         report,
@@ -331,7 +400,7 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
     for (reason, value) in &report.rejected.by_reason {
         p.sample("tether_rejected_input_total", &[("reason", reason)], *value);
     }
-    p.out
+    p.render()
 }
 
 fn transport_prometheus(p: &mut Prom, t: &TransportReport) {
@@ -401,7 +470,7 @@ fn transport_prometheus(p: &mut Prom, t: &TransportReport) {
 
 /// The relay's report as Prometheus text.
 pub fn relay_prometheus(report: &RelayStatusReport) -> String {
-    let mut p = Prom { out: String::new() };
+    let mut p = Prom::default();
     p.family("tether_relay_up", "gauge", "1 while the relay runs.");
     p.sample("tether_relay_up", &[("public_key", &report.public_key)], 1);
     p.family(
@@ -419,7 +488,7 @@ pub fn relay_prometheus(report: &RelayStatusReport) -> String {
         p.sample("tether_relay_events_total", &[("kind", kind)], *value);
     }
     transport_prometheus(&mut p, &report.transport);
-    p.out
+    p.render()
 }
 
 /// Why the metrics listener could not start.
@@ -439,8 +508,12 @@ pub async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, MetricsBindEr
         .map_err(|source| MetricsBindError { addr, source })
 }
 
-/// Serves `GET /metrics` (and `/`) on `listener` with the text `render` produces; any
-/// other path is a 404. One request per connection; the request is read up to 8 KiB.
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` (and `/`) on `listener` with the text `render` produces (503
+/// when it gives none: the process is stopping); any other path is a 404, any other
+/// method a 405. One request per connection.
 pub async fn serve_metrics<F, Fut>(listener: TcpListener, render: F)
 where
     F: Fn() -> Fut + 'static,
@@ -448,50 +521,66 @@ where
 {
     let render = std::rc::Rc::new(render);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors or similar: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let render = render.clone();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let render = render.clone();
+            async move { Ok::<_, std::convert::Infallible>(respond(&request, &*render).await) }
+        });
         actix_rt::spawn(async move {
-            let mut buf = vec![0_u8; 8192];
-            let mut len = 0;
-            let head_done = |b: &[u8]| b.windows(4).any(|w| w == b"\r\n\r\n");
-            while len < buf.len() && !head_done(&buf[..len]) {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[len..]))
-                    .await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => len += n,
-                }
-            }
-            let request = String::from_utf8_lossy(&buf[..len]);
-            let target = request.split_whitespace().nth(1).unwrap_or("");
-            let method = request.split_whitespace().next().unwrap_or("");
-            let (status, body, kind) = if method != "GET" {
-                (
-                    "405 Method Not Allowed",
-                    "only GET\n".to_string(),
-                    "text/plain",
-                )
-            } else if target == "/metrics" || target == "/" {
-                match render().await {
-                    Some(body) => ("200 OK", body, "text/plain; version=0.0.4; charset=utf-8"),
-                    None => ("503 Service Unavailable", "stopping\n".into(), "text/plain"),
-                }
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string(), "text/plain")
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
     }
+}
+
+/// The answer to one request.
+async fn respond<F, Fut>(
+    request: &Request<hyper::body::Incoming>,
+    render: &F,
+) -> Response<Full<Bytes>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let (status, body, kind) = if request.method() != Method::GET {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET\n".to_string(),
+            "text/plain",
+        )
+    } else if matches!(request.uri().path(), "/metrics" | "/") {
+        match render().await {
+            Some(body) => (StatusCode::OK, body, prometheus_text::CONTENT_TYPE),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping\n".into(),
+                "text/plain",
+            ),
+        }
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "try /metrics\n".to_string(),
+            "text/plain",
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(kind) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
 }
 
 /// Frames and bytes per peer, kind of path and direction.
@@ -542,7 +631,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn families_keep_their_names_and_escape_label_values() {
+        let mut p = Prom::default();
+        p.family("tether_things_total", "counter", "Things.");
+        p.sample("tether_things_total", &[("peer", "a\"b\\c\nd")], 3);
+        p.family("tether_level", "gauge", "A level.");
+        p.sample("tether_level", &[], 7);
+        let mut h = Histogram::default();
+        h.observe(30);
+        h.observe(40_000);
+        p.family("tether_wait_milliseconds", "histogram", "Waits.");
+        p.histogram(&[("peer", "b")], &h);
+        let text = p.render();
+        assert!(
+            text.contains("# TYPE tether_things_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_things_total{peer=\"a\\\"b\\\\c\\nd\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("tether_level 7\n"), "{text}");
+        assert!(
+            text.contains("tether_wait_milliseconds_bucket{peer=\"b\",le=\"25\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_wait_milliseconds_bucket{peer=\"b\",le=\"50\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_wait_milliseconds_bucket{peer=\"b\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_wait_milliseconds_count{peer=\"b\"} 2\n"),
+            "{text}"
+        );
     }
 }
