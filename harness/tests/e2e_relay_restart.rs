@@ -80,11 +80,23 @@ fn a_relay_killed_with_sigkill_pushes_its_stored_envelopes_after_a_restart() {
     // Started again on the same folder and port.
     std::fs::write(
         d.join("relay.toml"),
-        format!("key_file = \"relay.key\"\nlisten = \"{addr}\"\ndata_dir = \"data\"\nadmission = \"open\"\n"),
+        format!("key_file = \"relay.key\"\nlisten = \"{addr}\"\ndata_dir = \"data\"\nadmission = \"open\"\ncontrol_socket = \"relay.sock\"\n"),
     )
     .unwrap();
     let (_relay, again) = start_relay(d, "relay-again");
     assert_eq!(again, addr);
+    // Its status shows what it holds: the 50 envelopes taken over from the store.
+    let status: serde_json::Value = serde_json::from_str(&run(
+        d,
+        TETHER,
+        &["status", "--socket", "relay.sock", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(status["holding"]["stored_envelopes"], 50, "{status}");
+    assert!(
+        status["holding"]["stored_bytes"].as_u64().unwrap() > 50 * 11,
+        "{status}"
+    );
 
     runtime.block_on(async {
         receiver.connect(addr, &relay_key).await;

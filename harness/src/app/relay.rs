@@ -67,7 +67,21 @@ impl Shared {
             public_key: self.handle.public.to_hex(),
             listen: self.handle.local_addr.to_string(),
             uptime_ms: millis(self.started.elapsed()),
-            counters: RelayStatusReport::counters_of(&state.counters, &state.rendezvous, &stats),
+            counters: {
+                let mut counters =
+                    RelayStatusReport::counters_of(&state.counters, &state.rendezvous, &stats);
+                counters.insert("writes_dropped".into(), state.writes_dropped);
+                counters
+            },
+            holding: [
+                ("stored_bytes", state.stored_bytes),
+                ("stored_envelopes", state.stored_envelopes),
+                ("rendezvous_ids", state.rendezvous_ids),
+                ("connections", state.connections),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), u64::try_from(v).unwrap_or(u64::MAX)))
+            .collect(),
             transport: TransportReport::from(stats),
         }
     }

@@ -798,6 +798,14 @@ fn render_relay(r: &RelayStatusReport) -> String {
         r.listen,
         r.uptime_ms / 1000
     );
+    let held = |k: &str| r.holding.get(k).copied().unwrap_or(0);
+    out.push_str(&format!(
+        "holding {} envelopes ({} bytes), {} rendezvous ids; {} connections\n",
+        held("stored_envelopes"),
+        held("stored_bytes"),
+        held("rendezvous_ids"),
+        held("connections")
+    ));
     for (k, v) in &r.counters {
         out.push_str(&format!("{k:<28} {v}\n"));
     }

@@ -109,6 +109,9 @@ pub struct RelayServerState {
     pub rendezvous_ids: usize,
     /// Connections open, authenticated or not.
     pub connections: usize,
+    /// Frames dropped because a connection's writer queue was full (its device stopped
+    /// reading).
+    pub writes_dropped: u64,
 }
 
 #[derive(Message)]
@@ -376,6 +379,9 @@ impl Handler<GetServerState> for RelayServer {
             stored_envelopes: self.queue.total_queued(),
             rendezvous_ids: self.table.ids(),
             connections: self.queue.connections(),
+            writes_dropped: self
+                .writes_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

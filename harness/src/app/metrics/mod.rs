@@ -296,6 +296,10 @@ pub struct RelayStatusReport {
     pub uptime_ms: u64,
     /// Queue and rendezvous counters.
     pub counters: BTreeMap<String, u64>,
+    /// What the relay holds now: `stored_bytes` (charged against the global bound),
+    /// `stored_envelopes`, `rendezvous_ids`, `connections`.
+    #[serde(default)]
+    pub holding: BTreeMap<String, u64>,
     /// UDP traffic of the endpoint.
     pub transport: TransportReport,
 }

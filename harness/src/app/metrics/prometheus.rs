@@ -487,6 +487,14 @@ pub fn relay_prometheus(report: &RelayStatusReport) -> String {
     for (kind, value) in &report.counters {
         p.sample("tether_relay_events_total", &[("kind", kind)], *value);
     }
+    p.family(
+        "tether_relay_holding",
+        "gauge",
+        "What the relay holds now: stored bytes and envelopes, rendezvous ids, connections.",
+    );
+    for (kind, value) in &report.holding {
+        p.sample("tether_relay_holding", &[("kind", kind)], *value);
+    }
     transport_prometheus(&mut p, &report.transport);
     p.render()
 }
