@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 pub use tether::channel_store_path;
 use tether::rebind_target;
 use tether_protocol::{ChannelId, DeviceId, SessionStatus};
@@ -64,13 +64,7 @@ enum Command {
     Snapshot(oneshot::Sender<Vec<WatchEvent>>),
 }
 
-/// Wall-clock Unix time in ms.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0)
-}
+pub use tether::unix_ms;
 
 /// Runs a node until SIGINT or SIGTERM. `ready` is called once everything listens.
 pub async fn run_node(

@@ -109,9 +109,7 @@ pub async fn run_relay(
     };
     let mut seed = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let unix_ms = tether::unix_ms();
     let admission = describe_admission(&settings.admission);
     let mut config = RelayServerConfig::new(settings.keypair.clone(), seed, settings.admission);
     config.unix_ms_at_start = unix_ms;

@@ -567,8 +567,9 @@ pub fn channel_store_path(data_dir: &Path, device: &DeviceId) -> PathBuf {
         .join("channels.redb")
 }
 
-/// Milliseconds since the Unix epoch, from the wall clock.
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, from the wall clock: what the shells give the
+/// cores that keep wall-clock times (stored expiries, hint timestamps).
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

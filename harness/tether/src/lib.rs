@@ -75,7 +75,7 @@ pub mod actors {
 }
 
 pub use announce::rebind_target;
-pub use embedded::{channel_store_path, device_id, Events, Node, NodeBuilder, StartError};
+pub use embedded::{channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, StartError};
 pub use hub::NodeEvent;
 pub use node::{NodeEvents, PeerStatus};
 pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};

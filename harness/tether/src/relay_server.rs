@@ -131,9 +131,7 @@ impl RelayServer {
         endpoint: Endpoint,
         mut config: RelayServerConfig,
     ) -> std::io::Result<RelayServerHandle> {
-        config.unix_ms_at_start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        config.unix_ms_at_start = crate::unix_ms();
         Self::start_with_store(
             endpoint,
             config,
