@@ -251,7 +251,6 @@ impl DirectConnection {
                     send_waiting_reported: false,
                     queue_full_refused: false,
                     unconsumed_bytes: 0,
-                    early_bytes: 0,
                     heartbeat: Heartbeat::default(),
                     counters: PeerCounters::default(),
                 },

@@ -133,6 +133,7 @@ impl DirectConnection {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
+        let held = peer.held_bytes();
         let inbound = peer.inbound.entry(channel).or_insert_with(Inbound::default);
         // The next expected message may use the whole budget; one ahead of a gap only
         // half, so what fills a gap always fits once the application has read.
@@ -141,15 +142,12 @@ impl DirectConnection {
         } else {
             budget / 2
         };
-        let held = peer.unconsumed_bytes + peer.early_bytes;
-        let early_before = inbound.early_bytes();
         let received = if held + payload.len() > room && seq >= inbound.next_expected() {
             self.counters.receive_budget_drops += 1;
             Received::BeyondCredit
         } else {
             inbound.receive(seq, payload, credit)
         };
-        peer.early_bytes = peer.early_bytes + inbound.early_bytes() - early_before;
         match received {
             Received::Deliver(messages) => {
                 for (seq, payload) in messages {

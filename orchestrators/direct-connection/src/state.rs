@@ -257,8 +257,6 @@ pub struct PeerState {
     pub queue_full_refused: bool,
     /// Bytes of delivered messages the application has not consumed yet.
     pub unconsumed_bytes: usize,
-    /// Bytes buffered ahead of a gap, over all channels.
-    pub early_bytes: usize,
     /// Liveness.
     pub heartbeat: Heartbeat,
     /// Counters.
@@ -279,7 +277,14 @@ impl PeerState {
     /// What this peer's messages hold of the receive budget: delivered and not
     /// consumed, and buffered ahead of a gap.
     pub fn held_bytes(&self) -> usize {
-        self.unconsumed_bytes + self.early_bytes
+        // Summed, not kept: a resynchronised channel drops its early messages, and a
+        // running total would miss that (at most `MAX_INBOUND_CHANNELS` terms).
+        self.unconsumed_bytes
+            + self
+                .inbound
+                .values()
+                .map(Inbound::early_bytes)
+                .sum::<usize>()
     }
 
     /// Whether the session may carry data now: a sendable generation exists, and after
