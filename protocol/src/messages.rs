@@ -26,8 +26,9 @@
 //! | [`RelayEnqueue`] / [`RelayEnqueueResult`] | DirectConnection ↔ Rcs | migration 2, relay fallback |
 //! | [`RelayForward`] | DirectConnection → Rcs | relay path |
 //! | [`RelayDelivered`] | Rcs → DirectConnection | migration 2, relay fallback |
-//! | [`RelayStatus`] | Rcs → DirectConnection | relay path |
+//! | [`RelayStatus`] | Rcs → DirectConnection, Pms | relay path, rendezvous |
 //! | [`RelayPoll`] | Presence → Rcs | heartbeat fallback |
+//! | [`RendezvousToServer`] / [`RendezvousFromServer`] | Pms ↔ Rcs | rendezvous on the device's one server connection |
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
 //! | [`PeerEndpointHint`] | Pms → DirectConnection | migration 2 |
 //! | [`LivenessReport`] | DirectConnection → Presence | runtime |
@@ -39,7 +40,7 @@
 
 use crate::ids::{ChannelId, DeviceId, Epoch, LinkId, RequestId, SessionId};
 use crate::status::SessionStatus;
-use crate::wire::ResetReason;
+use crate::wire::{RendezvousMessage, ResetReason};
 use actix::{Message, Recipient};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -363,6 +364,17 @@ pub struct RelayStatus {
     pub connected: bool,
 }
 
+/// A rendezvous request for the server, sent on the device's one connection to it,
+/// which the relay client owns.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RendezvousToServer(pub RendezvousMessage);
+
+/// A rendezvous answer the server sent on the device's connection.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RendezvousFromServer(pub RendezvousMessage);
+
 /// An envelope arrived through the relay (pushed, fetched or live-forwarded).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
@@ -619,10 +631,8 @@ pub enum TransportCommand {
 pub enum LinkOwner {
     /// DirectConnection: peer links (and every accepted link: only peers dial a device).
     DirectConnection,
-    /// Rcs: the relay server link.
+    /// Rcs: the device's link to the relay and rendezvous server.
     Rcs,
-    /// Pms: the rendezvous server link.
-    Pms,
 }
 
 /// A [`TransportCommand`] tagged with the orchestrator that sent it, as the transport
@@ -672,12 +682,12 @@ impl std::fmt::Debug for TransportPort {
 /// Bytes of a link's channel binding: crypto's `CHANNEL_BINDING_LEN`.
 pub const CHANNEL_BINDING_LEN: usize = 32;
 
-/// The transport driver's report, to the relay and rendezvous clients, of a server
+/// The transport driver's report, to the relay client, of a server
 /// link's channel binding: 32 bytes both ends of the QUIC connection derive from its
 /// TLS exporter, unique to that connection (not secret from either end). The server
 /// authentication proofs in both directions cover it, so a proof made on one
 /// connection is worthless on another (a man in the middle holds two). Sent just
-/// before the link's [`TransportEvent::LinkUp`]; the clients accept it in either order.
+/// before the link's [`TransportEvent::LinkUp`]; the client accepts it in either order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct LinkBound {

@@ -341,6 +341,10 @@ pub enum ServerRefusal {
     /// The device or connection sends this kind of request faster than the relay
     /// allows; it may retry later.
     RateLimited,
+    /// Another connection authenticated as this device, and the relay keeps one per
+    /// device: this one is closed. On a connection the device still uses, this means a
+    /// second instance runs with the same device key.
+    Replaced,
 }
 
 /// Canonical bytes of an endpoint list, as bound into migration tags: for each address,

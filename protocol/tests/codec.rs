@@ -374,6 +374,7 @@ fn arb_refusal() -> impl Strategy<Value = ServerRefusal> {
         Just(ServerRefusal::NotYours),
         Just(ServerRefusal::NotAdmitted),
         Just(ServerRefusal::RateLimited),
+        Just(ServerRefusal::Replaced),
     ]
 }
 

@@ -1,5 +1,7 @@
-//! A device's connection to the relay and rendezvous server, sans-IO: the part the relay
-//! client (Rcs) and the rendezvous client (Pms) share.
+//! A device's connection to the relay and rendezvous server, sans-IO. The relay client
+//! (Rcs) drives it; the rendezvous client (Pms) sends and receives on the same
+//! connection through the relay client, so a device holds one connection to the
+//! server.
 //!
 //! # States
 //! `Idle` (before [`ServerLink::start`]) → `Dialling` (a `Dial` of the server address is
@@ -26,10 +28,19 @@
 //! and logged once per change (not once per retry); the backoff applies as to any
 //! failed attempt.
 //!
-//! The clients keep their own requests and outputs. They hand this piece every
-//! transport event and every relay-protocol message, drain its transport commands, and
-//! learn from each call's [`Change`] when the connection came up or went down. The
-//! backoff jitter is drawn from the client's seeded RNG, passed in.
+//! # Replaced
+//! The server keeps one connection per device: when another connection authenticates
+//! with this device's key, it closes ours with `Refused { Replaced }`. This device
+//! never authenticates a second connection while it holds one, so on the connection in
+//! use that means a second instance runs with the same key. It is counted
+//! ([`ConnectionCounters::replaced`]), logged as a warning (once per
+//! [`REPLACED_QUIET`]), and the redial waits the longest backoff, so two instances
+//! take turns slowly instead of evicting each other several times a second.
+//!
+//! The client keeps its own requests and outputs. It hands this piece every transport
+//! event and every relay-protocol message, drains its transport commands, and learns
+//! from each call's [`Change`] when the connection came up or went down. The backoff
+//! jitter is drawn from the client's seeded RNG, passed in.
 
 use rand::Rng;
 use std::collections::{BTreeSet, VecDeque};
@@ -41,6 +52,10 @@ use tether_protocol::{
     TransportEvent, WireFrame, CHANNEL_BINDING_LEN,
 };
 use tracing::{debug, info, warn};
+
+/// How long after a replacement the next one is logged again: one warning per episode
+/// of two instances sharing a key, not one per turn they take.
+pub const REPLACED_QUIET: Duration = Duration::from_secs(300);
 
 /// Dials abandoned after a timeout that we still remember, to close their links if they
 /// come up late. A handful is enough: each timeout adds one and dials are slow.
@@ -63,8 +78,6 @@ pub struct ServerLinkConfig {
     pub connect_timeout: Duration,
     /// Request id of the first dial; later dials count up from it.
     pub first_dial_request: RequestId,
-    /// Which client this connection serves (`relay`, `rendezvous`), for logs.
-    pub label: &'static str,
 }
 
 impl ServerLinkConfig {
@@ -87,7 +100,6 @@ impl ServerLinkConfig {
             // 10 s: several handshakes' worth of round trips on a slow mobile link.
             connect_timeout: Duration::from_secs(10),
             first_dial_request,
-            label: "server",
         }
     }
 }
@@ -145,6 +157,9 @@ pub struct ConnectionCounters {
     /// Attempts whose server took our proof but does not admit this device (its key
     /// is not on the relay's allowlist).
     pub not_admitted: u64,
+    /// Connections the server closed because another connection authenticated with
+    /// this device's key (a second instance with the same key).
+    pub replaced: u64,
     /// Why the server is not authenticated now; None once an authentication succeeds
     /// (and before any failed).
     pub auth_failure: Option<ServerAuthFailure>,
@@ -257,6 +272,8 @@ pub struct ServerLink {
     handshake: Handshake,
     /// A binding reported before its link's `LinkUp`.
     early_binding: Option<LinkBound>,
+    /// When the server last replaced our connection (for the warning's quiet period).
+    last_replaced: Option<Instant>,
 }
 
 impl ServerLink {
@@ -275,6 +292,7 @@ impl ServerLink {
             counters: ConnectionCounters::default(),
             handshake: Handshake::default(),
             early_binding: None,
+            last_replaced: None,
         }
     }
 
@@ -491,7 +509,6 @@ impl ServerLink {
                 self.counters.connects += 1;
                 if let Some(failure) = self.counters.auth_failure.take() {
                     info!(
-                        client = self.config.label,
                         server = %self.config.server_addr,
                         previously = %failure,
                         "server authenticated with the configured key"
@@ -503,9 +520,11 @@ impl ServerLink {
         }
     }
 
-    /// The server refused to authenticate us on `link` for `reason`: start over. A
-    /// refused proof is an authentication failure ([`ServerAuthFailure::ProofRefused`]),
-    /// and so is a refused admission ([`ServerAuthFailure::NotAdmitted`]).
+    /// The server refused us on `link` for `reason` with no request named: start
+    /// over. A refused proof is an authentication failure
+    /// ([`ServerAuthFailure::ProofRefused`]), and so is a refused admission
+    /// ([`ServerAuthFailure::NotAdmitted`]). `Replaced` on the connected link ends it
+    /// (see the module docs).
     pub fn refused(
         &mut self,
         now: Instant,
@@ -513,6 +532,9 @@ impl ServerLink {
         reason: ServerRefusal,
         rng: &mut impl Rng,
     ) -> Change {
+        if reason == ServerRefusal::Replaced {
+            return self.replaced(now, link, rng);
+        }
         if !self.is_ours(link) || self.connected().is_some() {
             return Change::None;
         }
@@ -526,6 +548,35 @@ impl ServerLink {
         }
         self.close(link);
         self.disconnect(now, rng)
+    }
+
+    /// Another connection authenticated with our key and the server closed ours.
+    fn replaced(&mut self, now: Instant, link: LinkId, rng: &mut impl Rng) -> Change {
+        if self.connected() != Some(link) {
+            // An old link of ours: already given up.
+            return Change::None;
+        }
+        self.counters.replaced += 1;
+        if self
+            .last_replaced
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPLACED_QUIET)
+        {
+            warn!(
+                server = %self.config.server_addr,
+                device = %self.device,
+                "the relay closed our connection: another connection proved this device's \
+                 key (is a second instance running with the same key file?); reconnecting \
+                 in {:?}",
+                self.config.backoff_max
+            );
+        }
+        self.last_replaced = Some(now);
+        self.close(link);
+        let change = self.disconnect(now, rng);
+        self.state = ConnectionState::Disconnected {
+            retry_at: now + self.config.backoff_max,
+        };
+        change
     }
 
     /// Sends our proof once both the challenge and the binding are known.
@@ -570,7 +621,6 @@ impl ServerLink {
     ) -> Change {
         if self.counters.auth_failure != Some(failure) {
             warn!(
-                client = self.config.label,
                 server = %self.config.server_addr,
                 status = failure.kind(),
                 "{failure}; retrying with backoff"

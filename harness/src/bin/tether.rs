@@ -758,14 +758,17 @@ fn render_status(r: &NodeStatusReport) -> String {
             p.name, p.handshakes, p.rekeys, p.handshake_attempts, p.rekeys_refused
         ));
     }
-    for (client, auth) in [
-        ("relay", &r.server_clients.relay_auth),
-        ("rendezvous", &r.server_clients.rendezvous_auth),
-    ] {
-        match &auth.reason {
-            Some(reason) => out.push_str(&format!("{client} server: {}: {reason}\n", auth.status)),
-            None => out.push_str(&format!("{client} server: {}\n", auth.status)),
-        }
+    let auth = &r.server_clients.relay_auth;
+    match &auth.reason {
+        Some(reason) => out.push_str(&format!("relay server: {}: {reason}\n", auth.status)),
+        None => out.push_str(&format!("relay server: {}\n", auth.status)),
+    }
+    let replaced = r.server_clients.relay.get("replaced").copied().unwrap_or(0);
+    if replaced > 0 {
+        out.push_str(&format!(
+            "relay server: our connection was replaced {replaced} times by another connection \
+             with this device's key (a second instance with the same key file?)\n"
+        ));
     }
     let t = &r.transport;
     out.push_str(&format!(

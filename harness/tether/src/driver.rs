@@ -5,7 +5,7 @@
 //!
 //! # Messages
 //! - in: [`OwnedCommand`] (from the [`TransportPort`](tether_protocol::TransportPort) of
-//!   DirectConnection, Rcs or Pms, which tags each command with its [`LinkOwner`] on
+//!   DirectConnection or Rcs, which tags each command with its [`LinkOwner`] on
 //!   the way, without an actor hop), [`Rebind`] (a network change), internal
 //!   completions of dials, accepts and reads.
 //! - out: [`TransportEvent`] to the link's owner, and before `LinkUp` the channel
@@ -51,12 +51,8 @@ pub struct DriverRecipients {
     pub direct_connection: Recipient<TransportEvent>,
     /// Rcs's link events.
     pub rcs: Recipient<TransportEvent>,
-    /// Pms's link events.
-    pub pms: Recipient<TransportEvent>,
     /// Rcs's server links' channel bindings.
     pub rcs_bindings: Recipient<LinkBound>,
-    /// Pms's server links' channel bindings.
-    pub pms_bindings: Recipient<LinkBound>,
     /// Network changes (Presence, DirectConnection).
     pub connectivity: Vec<Recipient<ConnectivityChanged>>,
 }
@@ -66,17 +62,15 @@ impl DriverRecipients {
         match owner {
             LinkOwner::DirectConnection => &self.direct_connection,
             LinkOwner::Rcs => &self.rcs,
-            LinkOwner::Pms => &self.pms,
         }
     }
 
-    /// Who hears of a link's channel binding: the server links' owners (peers
+    /// Who hears of a link's channel binding: the server link's owner (peers
     /// authenticate with Noise, which needs none).
     fn bindings_of(&self, owner: LinkOwner) -> Option<&Recipient<LinkBound>> {
         match owner {
             LinkOwner::DirectConnection => None,
             LinkOwner::Rcs => Some(&self.rcs_bindings),
-            LinkOwner::Pms => Some(&self.pms_bindings),
         }
     }
 }

@@ -280,9 +280,7 @@ impl Node {
             DriverRecipients {
                 direct_connection: dc.clone().recipient(),
                 rcs: rcs.clone().recipient(),
-                pms: pms.clone().recipient(),
                 rcs_bindings: rcs.clone().recipient(),
-                pms_bindings: pms.clone().recipient(),
                 connectivity: vec![presence.clone().recipient(), dc.clone().recipient()],
             },
             writes_dropped.clone(),
@@ -363,15 +361,14 @@ impl Node {
                 delivered: dc.clone().recipient(),
                 // The queue's answers are advisory: the session layer retransmits.
                 enqueue_result: hub_sink(),
-                status: vec![dc.clone().recipient()],
+                status: vec![dc.clone().recipient(), pms.clone().recipient()],
+                rendezvous: pms.clone().recipient(),
             },
         ));
 
         pms_ctx.run(tether_pms::Orchestrator::new(
             RendezvousClientConfig::new(
                 config.keypair.clone(),
-                config.server.public,
-                config.server.addr,
                 config
                     .peers
                     .iter()
@@ -381,7 +378,7 @@ impl Node {
                 seeds.rendezvous,
             ),
             tether_pms::Recipients {
-                transport: port(LinkOwner::Pms),
+                to_server: rcs.clone().recipient(),
                 hint: vec![dc.clone().recipient()],
             },
         ));

@@ -8,14 +8,14 @@ use crate::client::{
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    LinkBound, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, TransportEvent,
-    TransportPort,
+    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, RelayStatus, RendezvousFromServer,
+    RendezvousToServer,
 };
 
 /// Where the Pms orchestrator's outputs go (wired by the harness).
 pub struct Recipients {
-    /// The transport driver: dials, frames and closes of the rendezvous link.
-    pub transport: TransportPort,
+    /// The relay client (Rcs), which sends requests on the device's server connection.
+    pub to_server: Recipient<RendezvousToServer>,
     /// Everyone who wants the peer's endpoints (Presence and ConnectionBlueprint).
     pub hint: Vec<Recipient<PeerEndpointHint>>,
 }
@@ -33,8 +33,9 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    /// An actor around a fresh client; it dials the server when started. The config's
-    /// `unix_ms_at_start` must be the wall clock now.
+    /// An actor around a fresh client; it publishes and looks up once the relay client
+    /// reports the server connection up. The config's `unix_ms_at_start` must be the
+    /// wall clock now.
     pub fn new(config: RendezvousClientConfig, recipients: Recipients) -> Self {
         Self {
             core: RendezvousClient::new(config, runtime_now()),
@@ -57,7 +58,7 @@ impl CoreShell for Orchestrator {
 
     fn route(&mut self, output: ClientOutput) {
         match output {
-            ClientOutput::Transport(m) => self.recipients.transport.do_send(m),
+            ClientOutput::ToServer(m) => self.recipients.to_server.do_send(RendezvousToServer(m)),
             ClientOutput::Hint(m) => {
                 for recipient in &self.recipients.hint {
                     recipient.do_send(m.clone());
@@ -69,18 +70,20 @@ impl CoreShell for Orchestrator {
 
 impl Actor for Orchestrator {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.feed(ClientInput::Start, ctx);
-    }
 }
 
 tether_protocol::feed_messages!(Orchestrator {
     PublishEndpointHint => ClientInput::Publish,
     LookupEndpointHint => ClientInput::Lookup,
-    TransportEvent => ClientInput::Transport,
-    LinkBound => ClientInput::Bound,
+    RelayStatus => ClientInput::Server,
 });
+
+impl Handler<RendezvousFromServer> for Orchestrator {
+    type Result = ();
+    fn handle(&mut self, message: RendezvousFromServer, ctx: &mut Self::Context) {
+        self.feed(ClientInput::FromServer(message.0), ctx);
+    }
+}
 
 impl Handler<GetRendezvousClientCounters> for Orchestrator {
     type Result = MessageResult<GetRendezvousClientCounters>;

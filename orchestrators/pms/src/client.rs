@@ -1,10 +1,13 @@
 //! The device side of the rendezvous service ([`RendezvousClient`]), sans-IO.
 //!
 //! # Connection
-//! Its own connection to the server, dialled, authenticated and backed off exactly like
-//! the relay client's ([`ServerLink`]). The server may push relay envelopes on this
-//! connection too (it is authenticated as the device); they are ignored, never
-//! acknowledged, so the relay client's connection still receives them.
+//! A device holds one connection to the relay and rendezvous server, and the relay
+//! client (Rcs) owns it: it dials, authenticates and backs off. This client learns
+//! when that connection comes up or goes down ([`ClientInput::Server`]), hands its
+//! requests to the relay client to send ([`ClientOutput::ToServer`]), and is given the
+//! server's rendezvous answers ([`ClientInput::FromServer`]). A request handed over
+//! just as the connection drops is lost with it; lookups in flight are sent again
+//! after the next connect, and publishes are re-sent then anyway.
 //!
 //! # Requests
 //! - `Publish`: the latest endpoints per peer are kept. When connected they are sealed
@@ -41,28 +44,19 @@ use tether_crypto::{
 };
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkBound, LinkId, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint,
-    RelayMessage, RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent,
-    WireFrame,
-};
-use tether_server_link::{
-    Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
+    DeviceId, LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, RelayStatus,
+    RendezvousMessage,
 };
 use tracing::debug;
 
 use crate::endpoints::{decode_endpoints, encode_endpoints};
 
-/// First request id of the rendezvous client's dials: a distinct range ("PM" in the top
-/// bytes) so the transport driver's answers cannot be confused with another
-/// orchestrator's dials if they share a driver.
-pub const DEFAULT_FIRST_DIAL_REQUEST: RequestId = RequestId(0x504d_0000_0000_0000);
-
 /// Settings of the rendezvous client. `Debug` redacts the seed (the RKs redact
 /// themselves).
 #[derive(Clone)]
 pub struct RendezvousClientConfig {
-    /// How to reach and prove ourselves to the rendezvous (relay) server.
-    pub server: ServerLinkConfig,
+    /// This device's static keypair: hints are sealed as sent by its public key.
+    pub keypair: StaticKeypair,
     /// The paired peers and their relationship keys: each pair's rendezvous id is
     /// [`RendezvousId::from_rk`], and its hints are sealed under the RK.
     pub peers: BTreeMap<DeviceId, RelationshipKey>,
@@ -83,7 +77,7 @@ pub struct RendezvousClientConfig {
 impl std::fmt::Debug for RendezvousClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RendezvousClientConfig")
-            .field("server", &self.server)
+            .field("device", &self.keypair.public())
             .field("peers", &self.peers)
             .field("hint_ttl", &self.hint_ttl)
             .field("unix_ms_at_start", &self.unix_ms_at_start)
@@ -97,22 +91,12 @@ impl RendezvousClientConfig {
     /// A config with default timings and bounds.
     pub fn new(
         keypair: StaticKeypair,
-        server_key: PublicKey,
-        server_addr: SocketAddr,
         peers: BTreeMap<DeviceId, RelationshipKey>,
         unix_ms_at_start: u64,
         seed: [u8; 32],
     ) -> Self {
         Self {
-            server: ServerLinkConfig {
-                label: "rendezvous",
-                ..ServerLinkConfig::new(
-                    keypair,
-                    server_key,
-                    server_addr,
-                    DEFAULT_FIRST_DIAL_REQUEST,
-                )
-            },
+            keypair,
             peers,
             // 10 minutes: outlives a migration window many times over, and a refresh
             // every 5 minutes costs one small frame per peer.
@@ -128,13 +112,11 @@ impl RendezvousClientConfig {
 /// What the rendezvous client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientInput {
-    /// Begin: dial the server.
-    Start,
-    /// A transport event; events for links and dials that are not the client's are
-    /// ignored.
-    Transport(TransportEvent),
-    /// The channel binding of a server link (the server proofs cover it).
-    Bound(LinkBound),
+    /// The device's connection to the server came up or went down (from the relay
+    /// client, which owns it).
+    Server(RelayStatus),
+    /// A rendezvous message from the server, received on that connection.
+    FromServer(RendezvousMessage),
     /// Publish our endpoints for a peer.
     Publish(PublishEndpointHint),
     /// Look up a peer's endpoints.
@@ -144,8 +126,9 @@ pub enum ClientInput {
 /// What the rendezvous client asks to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOutput {
-    /// To the transport driver.
-    Transport(TransportCommand),
+    /// A request for the server, to send on the device's connection (to the relay
+    /// client).
+    ToServer(RendezvousMessage),
     /// A peer's endpoints from an authentic, unexpired hint (to DirectConnection).
     Hint(PeerEndpointHint),
 }
@@ -153,12 +136,8 @@ pub enum ClientOutput {
 /// What the client counted. Peer- and server-caused problems land here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RendezvousClientCounters {
-    /// Frames from the server that could not be decoded.
-    pub decode_errors: u64,
-    /// Frames that decoded but made no sense here.
+    /// Messages from the server that made no sense here.
     pub unexpected_frames: u64,
-    /// Relay pushes or forwards that arrived on this connection (ignored, never acked).
-    pub relay_traffic_ignored: u64,
     /// Publishes and lookups naming a device that is not a configured peer.
     pub unknown_peer: u64,
     /// `Hints` for a rendezvous id of no configured peer.
@@ -176,12 +155,10 @@ pub struct RendezvousClientCounters {
     /// Authentic hints sealed by a device other than the peer (only possible if the RK
     /// leaked), or whose endpoint bytes could not be read.
     pub rejected_hints: u64,
-    /// Hints that could not be sealed or frames that could not be encoded (local).
+    /// Hints that could not be sealed (local).
     pub seal_errors: u64,
     /// Refusals received from the server.
     pub refused: u64,
-    /// The connection's own: dials, timeouts, lost links, authentications.
-    pub connection: ConnectionCounters,
     /// Hints published (re-publishes and refreshes included).
     pub published: u64,
 }
@@ -206,9 +183,10 @@ pub struct RendezvousClient {
     config: RendezvousClientConfig,
     device: DeviceId,
     start: Instant,
-    /// Draws hint nonces and the connection's backoff jitter.
+    /// Draws hint nonces.
     rng: ChaCha20Rng,
-    link: ServerLink,
+    /// Whether the device's connection to the server is up.
+    connected: bool,
     peers: BTreeMap<DeviceId, Peer>,
     by_rendezvous: BTreeMap<[u8; 32], DeviceId>,
     /// Lookups waiting for a connection, oldest first.
@@ -222,7 +200,7 @@ pub struct RendezvousClient {
 impl RendezvousClient {
     /// A client that does nothing until [`ClientInput::Start`].
     pub fn new(config: RendezvousClientConfig, now: Instant) -> Self {
-        let public = *config.server.keypair.public();
+        let public = *config.keypair.public();
         let device = DeviceId(*public.as_bytes());
         let mut seed = config.seed;
         for (byte, key) in seed.iter_mut().zip(public.as_bytes()) {
@@ -247,13 +225,12 @@ impl RendezvousClient {
                 },
             );
         }
-        let link = ServerLink::new(config.server.clone());
         Self {
             config,
             device,
             start: now,
             rng: ChaCha20Rng::from_seed(seed),
-            link,
+            connected: false,
             peers,
             by_rendezvous,
             queued_lookups: VecDeque::new(),
@@ -268,22 +245,14 @@ impl RendezvousClient {
         self.device
     }
 
-    /// Where the connection stands.
-    pub fn state(&self) -> ConnectionState {
-        self.link.state()
-    }
-
-    /// Whether the client is authenticated to the server.
+    /// Whether the device's connection to the server is up.
     pub fn is_connected(&self) -> bool {
-        self.link.connected().is_some()
+        self.connected
     }
 
     /// What the client counted so far.
     pub fn counters(&self) -> RendezvousClientCounters {
-        RendezvousClientCounters {
-            connection: self.link.counters(),
-            ..self.counters
-        }
+        self.counters
     }
 
     /// Unix time in milliseconds at `now`, on the clock given in the config.
@@ -302,37 +271,28 @@ impl SansIoCore for RendezvousClient {
     /// Feeds one input.
     fn handle(&mut self, now: Instant, input: ClientInput) {
         match input {
-            ClientInput::Start => self.link.start(now),
-            ClientInput::Transport(event) => {
-                let change = self.link.transport(now, event, &mut self.rng);
-                self.apply(now, change);
-            }
-            ClientInput::Bound(bound) => {
-                self.link.bound(bound);
-                self.drain_link();
-            }
+            ClientInput::Server(RelayStatus { connected: true }) => self.up(now),
+            ClientInput::Server(RelayStatus { connected: false }) => self.down(),
+            ClientInput::FromServer(message) => self.server_message(now, message),
             ClientInput::Publish(publish) => self.publish(now, publish),
             ClientInput::Lookup(lookup) => self.lookup(lookup),
         }
-        self.drain_link();
     }
 
-    /// Redials, abandons a stuck attempt or refreshes hints when due. Spurious calls are
-    /// harmless.
+    /// Refreshes hints when due. Spurious calls are harmless.
     fn handle_timeout(&mut self, now: Instant) {
-        if let Some(link) = self.link.connected() {
-            let due: Vec<DeviceId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.refresh_at.is_some_and(|at| at <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            for peer in due {
-                self.send_publish(now, link, peer);
-            }
+        if !self.connected {
+            return;
         }
-        let change = self.link.handle_timeout(now, &mut self.rng);
-        self.apply(now, change);
+        let due: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.refresh_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.send_publish(now, peer);
+        }
     }
 
     /// Next output to deliver.
@@ -342,102 +302,57 @@ impl SansIoCore for RendezvousClient {
 
     /// The next instant at which [`SansIoCore::handle_timeout`] has something to do.
     fn poll_timeout(&self) -> Option<Instant> {
-        match self.link.connected() {
-            Some(_) => self.peers.values().filter_map(|p| p.refresh_at).min(),
-            None => self.link.poll_timeout(),
+        if !self.connected {
+            return None;
         }
+        self.peers.values().filter_map(|p| p.refresh_at).min()
     }
 }
 
 impl RendezvousClient {
-    /// The connection's transport commands, in order after what the client queued.
-    fn drain_link(&mut self) {
-        while let Some(command) = self.link.poll_command() {
-            self.outputs.push_back(ClientOutput::Transport(command));
-        }
-    }
-
-    /// Passes on the connection's commands, then acts on what it did.
-    fn apply(&mut self, now: Instant, change: Change) {
-        self.drain_link();
-        match change {
-            Change::None => {}
-            Change::Frame(link, frame) => self.frame(now, link, &frame),
-            Change::Up(link) => {
-                let published: Vec<DeviceId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.published.is_some())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for peer in published {
-                    self.send_publish(now, link, peer);
-                }
-                while let Some(lookup) = self.queued_lookups.pop_front() {
-                    self.send_lookup(link, lookup);
-                }
-            }
-            Change::Down { .. } => {
-                // Lookups in flight go back in front of the queue, in the order sent.
-                let mut in_flight: Vec<LookupEndpointHint> = std::mem::take(&mut self.in_flight)
-                    .into_values()
-                    .flatten()
-                    .collect();
-                in_flight.sort_by_key(|l| l.request);
-                for lookup in in_flight.into_iter().rev() {
-                    self.queued_lookups.push_front(lookup);
-                }
-                self.trim_queue();
-                for peer in self.peers.values_mut() {
-                    peer.refresh_at = None;
-                }
-            }
-        }
-    }
-
-    fn frame(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
-        match tether_protocol::decode(bytes) {
-            Ok(WireFrame::Relay(message)) => self.relay_message(now, link, message),
-            Ok(WireFrame::Rendezvous(message)) => self.rendezvous_message(now, message),
-            Ok(_) => self.counters.unexpected_frames += 1,
-            Err(err) => {
-                debug!(%err, "rendezvous client: undecodable frame");
-                self.counters.decode_errors += 1;
-            }
-        }
-    }
-
-    fn relay_message(&mut self, now: Instant, link: LinkId, message: RelayMessage) {
-        if let Some(change) = self.link.server_message(now, link, &message, &mut self.rng) {
-            self.apply(now, change);
+    /// The connection came up: publish afresh for every peer, send queued lookups.
+    fn up(&mut self, now: Instant) {
+        if self.connected {
             return;
         }
-        match message {
-            RelayMessage::Refused { reason, .. } if !self.is_connected() => {
-                self.counters.refused += 1;
-                if matches!(
-                    reason,
-                    ServerRefusal::BadProof
-                        | ServerRefusal::NotAuthenticated
-                        | ServerRefusal::NotAdmitted
-                ) {
-                    let change = self.link.refused(now, link, reason, &mut self.rng);
-                    self.apply(now, change);
-                }
-            }
-            RelayMessage::Push { .. } | RelayMessage::Forwarded { .. } => {
-                // Meant for the relay client's connection; never acknowledged here.
-                self.counters.relay_traffic_ignored += 1;
-            }
-            other => {
-                debug!(?other, "rendezvous client: unexpected relay message");
-                self.counters.unexpected_frames += 1;
-            }
+        self.connected = true;
+        let published: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.published.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in published {
+            self.send_publish(now, peer);
+        }
+        while let Some(lookup) = self.queued_lookups.pop_front() {
+            self.send_lookup(lookup);
         }
     }
 
-    fn rendezvous_message(&mut self, now: Instant, message: RendezvousMessage) {
-        if !self.is_connected() {
+    /// The connection went down: lookups in flight go back in front of the queue, in
+    /// the order sent.
+    fn down(&mut self) {
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        let mut in_flight: Vec<LookupEndpointHint> = std::mem::take(&mut self.in_flight)
+            .into_values()
+            .flatten()
+            .collect();
+        in_flight.sort_by_key(|l| l.request);
+        for lookup in in_flight.into_iter().rev() {
+            self.queued_lookups.push_front(lookup);
+        }
+        self.trim_queue();
+        for peer in self.peers.values_mut() {
+            peer.refresh_at = None;
+        }
+    }
+
+    fn server_message(&mut self, now: Instant, message: RendezvousMessage) {
+        if !self.connected {
             self.counters.unexpected_frames += 1;
             return;
         }
@@ -462,16 +377,16 @@ impl RendezvousClient {
             return;
         };
         peer.published = Some(publish.endpoints);
-        if let Some(link) = self.link.connected() {
-            self.send_publish(now, link, publish.peer);
+        if self.connected {
+            self.send_publish(now, publish.peer);
         }
     }
 
     /// Seals our latest endpoints for `peer` now and sends them.
-    fn send_publish(&mut self, now: Instant, link: LinkId, peer_id: DeviceId) {
+    fn send_publish(&mut self, now: Instant, peer_id: DeviceId) {
         let unix_now = self.unix_ms(now);
         let ttl_ms = u64::try_from(self.config.hint_ttl.as_millis()).unwrap_or(u64::MAX);
-        let public = *self.config.server.keypair.public();
+        let public = *self.config.keypair.public();
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -485,14 +400,12 @@ impl RendezvousClient {
         match sealed {
             Ok(hint) => {
                 self.counters.published += 1;
-                self.transmit(
-                    link,
-                    WireFrame::Rendezvous(RendezvousMessage::Publish {
+                self.outputs
+                    .push_back(ClientOutput::ToServer(RendezvousMessage::Publish {
                         rendezvous_id,
                         ttl_ms,
                         hint,
-                    }),
-                );
+                    }));
             }
             Err(err) => {
                 debug!(%err, "rendezvous client: cannot seal");
@@ -506,12 +419,11 @@ impl RendezvousClient {
             self.counters.unknown_peer += 1;
             return;
         }
-        match self.link.connected() {
-            Some(link) => self.send_lookup(link, lookup),
-            None => {
-                self.queued_lookups.push_back(lookup);
-                self.trim_queue();
-            }
+        if self.connected {
+            self.send_lookup(lookup);
+        } else {
+            self.queued_lookups.push_back(lookup);
+            self.trim_queue();
         }
     }
 
@@ -522,19 +434,18 @@ impl RendezvousClient {
         }
     }
 
-    fn send_lookup(&mut self, link: LinkId, lookup: LookupEndpointHint) {
+    fn send_lookup(&mut self, lookup: LookupEndpointHint) {
         let Some(rendezvous_id) = self.peers.get(&lookup.peer).map(|p| p.rendezvous_id.0) else {
             return;
         };
-        if self.transmit(
-            link,
-            WireFrame::Rendezvous(RendezvousMessage::Lookup { rendezvous_id }),
-        ) {
-            self.in_flight
-                .entry(rendezvous_id)
-                .or_default()
-                .push_back(lookup);
-        }
+        self.outputs
+            .push_back(ClientOutput::ToServer(RendezvousMessage::Lookup {
+                rendezvous_id,
+            }));
+        self.in_flight
+            .entry(rendezvous_id)
+            .or_default()
+            .push_back(lookup);
     }
 
     fn hints(&mut self, now: Instant, rendezvous_id: [u8; 32], hints: &[impl AsRef<[u8]>]) {
@@ -548,7 +459,7 @@ impl RendezvousClient {
             .and_then(VecDeque::pop_front)
             .map(|lookup| lookup.request);
         let unix_now = self.unix_ms(now);
-        let our_key = *self.config.server.keypair.public();
+        let our_key = *self.config.keypair.public();
         let Some(peer) = self.peers.get(&peer_id) else {
             return;
         };
@@ -593,25 +504,6 @@ impl RendezvousClient {
                 }))
             }
             None => self.counters.lookups_without_hint += 1,
-        }
-    }
-
-    /// Encodes and sends; false (counted) when the frame cannot be encoded.
-    fn transmit(&mut self, link: LinkId, frame: WireFrame) -> bool {
-        match tether_protocol::encode(&frame) {
-            Ok(frame) => {
-                self.outputs
-                    .push_back(ClientOutput::Transport(TransportCommand::Transmit {
-                        link,
-                        frame,
-                    }));
-                true
-            }
-            Err(err) => {
-                debug!(%err, "rendezvous client: cannot encode");
-                self.counters.seal_errors += 1;
-                false
-            }
         }
     }
 }

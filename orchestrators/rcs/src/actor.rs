@@ -9,19 +9,22 @@ use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     LinkBound, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll,
-    RelayStatus, TransportEvent, TransportPort,
+    RelayStatus, RendezvousFromServer, RendezvousToServer, TransportEvent, TransportPort,
 };
 
 /// Where the Rcs orchestrator's outputs go (wired by the harness).
 pub struct Recipients {
-    /// The transport driver: dials, frames and closes of the relay link.
+    /// The transport driver: dials, frames and closes of the server link.
     pub transport: TransportPort,
     /// DirectConnection: envelopes and frames that arrived through the relay.
     pub delivered: Recipient<RelayDelivered>,
     /// DirectConnection: answers to its enqueue requests.
     pub enqueue_result: Recipient<RelayEnqueueResult>,
-    /// Whoever tracks the relay path (DirectConnection, Presence).
+    /// Whoever tracks the server connection (DirectConnection for the relay path, Pms
+    /// for rendezvous).
     pub status: Vec<Recipient<RelayStatus>>,
+    /// Pms: the server's rendezvous answers.
+    pub rendezvous: Recipient<RendezvousFromServer>,
 }
 
 /// Asks the orchestrator for its client's counters (for the status command and tests).
@@ -86,6 +89,7 @@ impl CoreShell for Orchestrator {
                     recipient.do_send(m.clone());
                 }
             }
+            ClientOutput::Rendezvous(m) => r.rendezvous.do_send(RendezvousFromServer(m)),
         }
     }
 }
@@ -105,6 +109,13 @@ tether_protocol::feed_messages!(Orchestrator {
     TransportEvent => ClientInput::Transport,
     LinkBound => ClientInput::Bound,
 });
+
+impl Handler<RendezvousToServer> for Orchestrator {
+    type Result = ();
+    fn handle(&mut self, message: RendezvousToServer, ctx: &mut Self::Context) {
+        self.feed(ClientInput::Rendezvous(message.0), ctx);
+    }
+}
 
 impl Handler<GetRelayClientCounters> for Orchestrator {
     type Result = MessageResult<GetRelayClientCounters>;

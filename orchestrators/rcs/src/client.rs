@@ -1,8 +1,12 @@
 //! The device side of the relay ([`RelayClient`]), sans-IO.
 //!
 //! # Connection
-//! Dialling, authenticating, backing off: [`ServerLink`], shared with the rendezvous
-//! client. The relay client reports `RelayStatus` when it comes up or goes down.
+//! Dialling, authenticating, backing off: [`ServerLink`]. This is the device's one
+//! connection to the relay and rendezvous server: the relay client reports
+//! `RelayStatus` when it comes up or goes down, sends the rendezvous client's requests
+//! on it ([`ClientInput::Rendezvous`]; dropped and counted while not connected: the
+//! rendezvous client holds what must survive a reconnect) and hands up the server's
+//! rendezvous answers ([`ClientOutput::Rendezvous`]).
 //!
 //! # Requests
 //! - `Enqueue`: sent at once when connected; otherwise buffered and sent after
@@ -32,8 +36,8 @@ use tether_crypto::{PublicKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkBound, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward,
-    RelayMessage, RelayPoll, RelayStatus, RequestId, ServerRefusal, TransportCommand,
-    TransportEvent, WireFrame,
+    RelayMessage, RelayPoll, RelayStatus, RendezvousMessage, RequestId, ServerRefusal,
+    TransportCommand, TransportEvent, WireFrame,
 };
 use tether_server_link::{
     Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
@@ -73,15 +77,12 @@ impl RelayClientConfig {
         rng_seed: [u8; 32],
     ) -> Self {
         Self {
-            server: ServerLinkConfig {
-                label: "relay",
-                ..ServerLinkConfig::new(
-                    keypair,
-                    server_key,
-                    server_addr,
-                    DEFAULT_FIRST_DIAL_REQUEST,
-                )
-            },
+            server: ServerLinkConfig::new(
+                keypair,
+                server_key,
+                server_addr,
+                DEFAULT_FIRST_DIAL_REQUEST,
+            ),
             // 10 minutes: long enough for a peer to come back online after a migration,
             // short enough that stale frames do not pile up at the server.
             enqueue_ttl: Duration::from_secs(600),
@@ -110,6 +111,8 @@ pub enum ClientInput {
     Forward(RelayForward),
     /// Fetch what the relay queue holds for us.
     Poll(RelayPoll),
+    /// A rendezvous request to send on the connection.
+    Rendezvous(RendezvousMessage),
 }
 
 /// What the relay client asks to be sent.
@@ -123,6 +126,8 @@ pub enum ClientOutput {
     EnqueueResult(RelayEnqueueResult),
     /// The authenticated connection came up or went down.
     Status(RelayStatus),
+    /// A rendezvous answer from the server, to the rendezvous client (Pms).
+    Rendezvous(RendezvousMessage),
 }
 
 /// What the client counted. Peer-caused problems land here, never in an error.
@@ -138,6 +143,8 @@ pub struct RelayClientCounters {
     pub forwarded_in: u64,
     /// Forwards dropped because the client was not connected.
     pub forwards_dropped: u64,
+    /// Rendezvous requests dropped because the client was not connected.
+    pub rendezvous_dropped: u64,
     /// Enqueues answered with an error because the client held too many.
     pub pending_overflow: u64,
     /// Requests that could not be encoded (too large): answered or dropped.
@@ -246,6 +253,12 @@ impl SansIoCore for RelayClient {
                     self.transmit(link, RelayMessage::Fetch { max });
                 }
             }
+            ClientInput::Rendezvous(message) => match self.link.connected() {
+                Some(link) => {
+                    self.transmit_frame(link, &WireFrame::Rendezvous(message));
+                }
+                None => self.counters.rendezvous_dropped += 1,
+            },
         }
         self.drain_link();
     }
@@ -305,6 +318,10 @@ impl RelayClient {
     fn frame(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
         let message = match tether_protocol::decode(bytes) {
             Ok(WireFrame::Relay(message)) => message,
+            Ok(WireFrame::Rendezvous(message)) if self.is_connected() => {
+                self.outputs.push_back(ClientOutput::Rendezvous(message));
+                return;
+            }
             Ok(_) => {
                 self.counters.unexpected_frames += 1;
                 return;
@@ -360,6 +377,7 @@ impl RelayClient {
                             ServerRefusal::BadProof
                                 | ServerRefusal::NotAuthenticated
                                 | ServerRefusal::NotAdmitted
+                                | ServerRefusal::Replaced
                         ) {
                             // The server does not accept us on this link: start over.
                             let change = self.link.refused(now, link, reason, &mut self.rng);
@@ -418,7 +436,12 @@ impl RelayClient {
 
     /// Encodes and sends; false (counted) when the frame cannot be encoded.
     fn transmit(&mut self, link: LinkId, message: RelayMessage) -> bool {
-        match tether_protocol::encode(&WireFrame::Relay(message)) {
+        self.transmit_frame(link, &WireFrame::Relay(message))
+    }
+
+    /// Encodes and sends any frame; false (counted) when it cannot be encoded.
+    fn transmit_frame(&mut self, link: LinkId, frame: &WireFrame) -> bool {
+        match tether_protocol::encode(frame) {
             Ok(frame) => {
                 self.outputs
                     .push_back(ClientOutput::Transport(TransportCommand::Transmit {

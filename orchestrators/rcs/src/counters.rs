@@ -24,6 +24,8 @@ pub struct RefusalCounters {
     pub not_admitted: u64,
     /// [`ServerRefusal::RateLimited`].
     pub rate_limited: u64,
+    /// [`ServerRefusal::Replaced`].
+    pub replaced: u64,
 }
 
 impl RefusalCounters {
@@ -39,12 +41,13 @@ impl RefusalCounters {
             ServerRefusal::NotYours => &mut self.not_yours,
             ServerRefusal::NotAdmitted => &mut self.not_admitted,
             ServerRefusal::RateLimited => &mut self.rate_limited,
+            ServerRefusal::Replaced => &mut self.replaced,
         };
         *slot = slot.saturating_add(1);
     }
 
     /// Each reason's count, named in snake case, for reports.
-    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
         [
             ("not_authenticated", self.not_authenticated),
             ("bad_proof", self.bad_proof),
@@ -55,6 +58,7 @@ impl RefusalCounters {
             ("not_yours", self.not_yours),
             ("not_admitted", self.not_admitted),
             ("rate_limited", self.rate_limited),
+            ("replaced", self.replaced),
         ]
     }
 
@@ -69,5 +73,6 @@ impl RefusalCounters {
             .saturating_add(self.not_yours)
             .saturating_add(self.not_admitted)
             .saturating_add(self.rate_limited)
+            .saturating_add(self.replaced)
     }
 }

@@ -1,10 +1,11 @@
 //! Rcs: the relay queue (RCS) of Tether, both sides.
 //!
-//! - [`RelayClient`] is the device side, a sans-IO core: one authenticated connection to
-//!   the relay server over which DirectConnection's sealed envelopes are queued for an
-//!   offline peer or forwarded live to a connected one, and through which the peer's
-//!   envelopes arrive (pushed, or fetched on Presence's heartbeat poll).
-//!   [`Orchestrator`] is its actix actor.
+//! - [`RelayClient`] is the device side, a sans-IO core: the device's one authenticated
+//!   connection to the relay and rendezvous server, over which DirectConnection's
+//!   sealed envelopes are queued for an offline peer or forwarded live to a connected
+//!   one, through which the peer's envelopes arrive (pushed, or fetched on Presence's
+//!   heartbeat poll), and which carries the rendezvous client's (Pms) requests and
+//!   answers. [`Orchestrator`] is its actix actor.
 //! - [`RelayQueueServer`] is the server's queue logic, also sans-IO: the harness runs it
 //!   behind a QUIC endpoint (`tether relay`). It authenticates devices by a proof of
 //!   static-key ownership ([`tether_crypto::server_auth`]), keeps bounded per-device
@@ -14,10 +15,11 @@
 //!
 //! # Messages (the actor)
 //! - in: [`RelayEnqueue`], [`RelayForward`] (DirectConnection); [`RelayPoll`] (Presence);
-//!   [`TransportEvent`] (the transport driver, for the relay link).
+//!   [`RendezvousToServer`] (Pms); [`TransportEvent`] (the transport driver, for the
+//!   server link).
 //! - out: [`TransportCommand`] (the transport driver: dial the server, transmit, close);
 //!   [`RelayDelivered`], [`RelayEnqueueResult`] (DirectConnection); [`RelayStatus`]
-//!   (DirectConnection, Presence).
+//!   (DirectConnection, Pms); [`RendezvousFromServer`] (Pms).
 //!
 //! # States (the client)
 //! `Idle → Dialling → Authenticating → Connected`, and `Disconnected` (waiting for a
@@ -42,6 +44,8 @@
 //! [`RelayDelivered`]: tether_protocol::RelayDelivered
 //! [`RelayEnqueueResult`]: tether_protocol::RelayEnqueueResult
 //! [`RelayStatus`]: tether_protocol::RelayStatus
+//! [`RendezvousToServer`]: tether_protocol::RendezvousToServer
+//! [`RendezvousFromServer`]: tether_protocol::RendezvousFromServer
 
 mod actor;
 pub mod client;

@@ -28,8 +28,8 @@
 //!   envelopes queued for another device are left untouched and answered with one
 //!   `Refused { NotYours }`; unknown ids (already acknowledged or expired) are ignored, so
 //!   a repeated acknowledgement is harmless.
-//! - `Forward { to, frame }` → `Forwarded { from, frame }` to every authenticated
-//!   connection of `to`, or `Refused { NotConnected | RateLimited }`.
+//! - `Forward { to, frame }` → `Forwarded { from, frame }` on the connection of `to`,
+//!   or `Refused { NotConnected | RateLimited }`.
 //! - Rendezvous requests are served by the table in `tether-pms`; the shell asks
 //!   [`RelayQueueServer::rendezvous_request`] first, which checks that the connection
 //!   is authenticated and rate limits `Publish`.
@@ -37,13 +37,13 @@
 //! The server never looks inside envelopes or frames (invariant 7): it sees routing ids,
 //! lengths and opaque bytes.
 //!
-//! # Several connections per device
-//! A device may hold more than one authenticated connection: its relay client and its
-//! rendezvous client each have one, and after a network change the old connection may
-//! linger until its idle timeout. Pushes and forwarded frames go to every authenticated
-//! connection of the recipient (the rendezvous client ignores them; receivers dedupe).
-//! At most [`RelayServerConfig::max_conns_per_device`] are kept: authenticating one more
-//! closes the oldest.
+//! # One connection per device
+//! A device's relay client and rendezvous client share one connection. When a device
+//! authenticates a new connection (after a network change, or a reconnect the server
+//! has not noticed as a loss yet), the older one is closed with `Refused { Replaced }`
+//! as its last frame, so every push and forwarded frame goes to exactly one
+//! connection. A device that sees `Replaced` on the connection it is using knows that
+//! another connection proved its key: a second instance running with the same key.
 //!
 //! # Bounds
 //! Per recipient: at most `max_queued_per_recipient` envelopes and
@@ -158,8 +158,7 @@ pub const DEFAULT_MAX_QUEUED_BYTES_PER_SENDER_RECIPIENT: usize =
 /// never authenticates holds its state for no longer than that.
 pub const DEFAULT_AUTH_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Rates of one connection. A device's relay traffic runs on one connection (its relay
-/// client's) and its rendezvous traffic on another, so each kind gets its device's full
+/// Rates of one connection, the device's only one, so each kind gets its device's full
 /// legitimate rate here, with a wide margin:
 /// - `Enqueue`: a device queues only migration pings, about one a second per peer
 ///   while a migration lasts, and resends at most 256 held ones after a reconnect: 64
@@ -170,8 +169,8 @@ pub const DEFAULT_AUTH_DEADLINE: Duration = Duration::from_secs(5);
 ///   limit, 4 ms relay round trip) a sender fed 41 000 messages of 1 KiB a second had
 ///   them all forwarded. 50 000 a second (400 Mbit/s of 1 KiB messages; bulk data uses
 ///   larger messages, so fewer frames) with a burst of 100 000 (two seconds) leaves
-///   that margin and bounds the relay's per-frame work (decoding, and copying to each
-///   of the recipient's connections) that one connection can cause.
+///   that margin and bounds the relay's per-frame work (decoding, and copying to the
+///   recipient's connection) that one connection can cause.
 /// - `Publish`: one hint per peer after each connect, on each address change and every
 ///   5 minutes; a device has at most 64 peers on the rendezvous server: 16 a second,
 ///   burst 128 (two full republishes).
@@ -190,23 +189,10 @@ pub const DEFAULT_CONN_RATES: RateLimits = RateLimits {
     },
 };
 
-/// Rates of one identity across all its connections: twice a connection's, for the
-/// device's two clients (the two older connections kept after a network change only
-/// linger), so a device that opens more connections gains nothing.
-pub const DEFAULT_IDENTITY_RATES: RateLimits = RateLimits {
-    enqueue: Rate {
-        per_second: 128,
-        burst: 1024,
-    },
-    forward: Rate {
-        per_second: 100_000,
-        burst: 200_000,
-    },
-    publish: Rate {
-        per_second: 32,
-        burst: 256,
-    },
-};
+/// Rates of one identity across its connections: the same as one connection's (a
+/// device holds one), and they outlive a connection, so a device that reconnects or
+/// opens more connections gains nothing.
+pub const DEFAULT_IDENTITY_RATES: RateLimits = DEFAULT_CONN_RATES;
 
 /// How long an identity goes without a rate-limit refusal before the next one is
 /// logged again: one warning per episode, not one per refused frame.
@@ -246,10 +232,6 @@ pub const DEFAULT_MAX_STORED_BYTES: usize = 1024 * 1024 * 1024;
 /// bytes), rounded up.
 pub const ENVELOPE_OVERHEAD: usize = 256;
 
-/// Authenticated connections per device: the relay client, the rendezvous client, and
-/// the two they are replacing after a network change.
-pub const DEFAULT_MAX_CONNS_PER_DEVICE: usize = 4;
-
 /// Settings of the relay queue server. `Debug` redacts the seed.
 #[derive(Clone)]
 pub struct RelayServerConfig {
@@ -279,8 +261,6 @@ pub struct RelayServerConfig {
     pub conn_rates: RateLimits,
     /// Rate limits of each identity, across its connections.
     pub identity_rates: RateLimits,
-    /// Most authenticated connections kept per device.
-    pub max_conns_per_device: usize,
     /// Most bytes stored for all recipients together, each envelope charged its length
     /// plus [`ENVELOPE_OVERHEAD`].
     pub max_stored_bytes: usize,
@@ -322,7 +302,6 @@ impl fmt::Debug for RelayServerConfig {
             .field("auth_deadline", &self.auth_deadline)
             .field("conn_rates", &self.conn_rates)
             .field("identity_rates", &self.identity_rates)
-            .field("max_conns_per_device", &self.max_conns_per_device)
             .field("max_stored_bytes", &self.max_stored_bytes)
             .field("unix_ms_at_start", &self.unix_ms_at_start)
             .field("seed", &format_args!("<redacted>"))
@@ -349,7 +328,6 @@ impl RelayServerConfig {
             auth_deadline: DEFAULT_AUTH_DEADLINE,
             conn_rates: DEFAULT_CONN_RATES,
             identity_rates: DEFAULT_IDENTITY_RATES,
-            max_conns_per_device: DEFAULT_MAX_CONNS_PER_DEVICE,
             max_stored_bytes: DEFAULT_MAX_STORED_BYTES,
             unix_ms_at_start: 0,
             seed,
@@ -407,8 +385,8 @@ pub struct RelayServerCounters {
     pub bad_frames: u64,
     /// Inputs naming a connection the server does not know (a harness ordering slip).
     pub unknown_connections: u64,
-    /// Connections closed because the device opened more than the limit.
-    pub evicted_connections: u64,
+    /// Connections closed because their device authenticated a newer one.
+    pub replaced_connections: u64,
     /// Connections closed because they did not authenticate within the deadline.
     pub auth_timeouts: u64,
     /// Times an identity started being rate limited (one per episode; each refused
@@ -441,8 +419,8 @@ enum ConnState {
 /// What the server keeps per identity (device key).
 #[derive(Debug, Default)]
 struct Identity {
-    /// Authenticated connections, oldest first.
-    conns: Vec<ConnId>,
+    /// Its authenticated connection (at most one: a newer one replaces it).
+    conn: Option<ConnId>,
     /// Rate limits across the connections.
     buckets: Buckets,
     /// Until when the current rate-limit episode lasts (extended by each refusal).
@@ -662,7 +640,7 @@ impl RelayQueueServer {
                 expires_at,
             );
             self.counters.restored += 1;
-            for recipient in self.conns_of(&stored.to) {
+            if let Some(recipient) = self.conn_of(&stored.to) {
                 self.push(recipient, &stored.to, stored.id);
             }
         }
@@ -789,10 +767,10 @@ impl RelayQueueServer {
         let Some(identity) = self.identities.get_mut(&device) else {
             return;
         };
-        identity.conns.retain(|c| *c != conn);
-        if !identity.conns.is_empty() {
+        if identity.conn != Some(conn) {
             return;
         }
+        identity.conn = None;
         // Its buckets outlive it until they are full: reconnecting buys no new burst.
         match identity.buckets.full_at(now) {
             Some(at) => {
@@ -805,12 +783,9 @@ impl RelayQueueServer {
         }
     }
 
-    /// The authenticated connections of `device`, oldest first.
-    fn conns_of(&self, device: &DeviceId) -> Vec<ConnId> {
-        self.identities
-            .get(device)
-            .map(|i| i.conns.clone())
-            .unwrap_or_default()
+    /// The authenticated connection of `device`.
+    fn conn_of(&self, device: &DeviceId) -> Option<ConnId> {
+        self.identities.get(device).and_then(|i| i.conn)
     }
 
     /// Closes every connection still unauthenticated at its deadline.
@@ -839,7 +814,7 @@ impl RelayQueueServer {
             if self
                 .identities
                 .get(&device)
-                .is_some_and(|i| i.conns.is_empty())
+                .is_some_and(|i| i.conn.is_none())
             {
                 self.identities.remove(&device);
             }
@@ -960,16 +935,15 @@ impl RelayQueueServer {
         if let Some(at) = identity.idle_until.take() {
             self.idle_identities.remove(&(at, device));
         }
-        identity.conns.push(conn);
-        let excess = identity
-            .conns
-            .len()
-            .saturating_sub(self.config.max_conns_per_device.max(1));
-        let evicted: Vec<ConnId> = identity.conns.drain(..excess).collect();
-        for old in evicted {
-            self.counters.evicted_connections += 1;
+        if let Some(old) = identity.conn.replace(conn) {
+            self.counters.replaced_connections += 1;
             self.conns.remove(&old);
-            self.outputs.push_back(ServerOutput::Close(old));
+            let refusal = RelayMessage::Refused {
+                request: None,
+                reason: ServerRefusal::Replaced,
+            };
+            self.outputs
+                .push_back(ServerOutput::CloseWith(old, WireFrame::Relay(refusal)));
         }
         let proof = server_proof(&self.config.keypair, &key, &nonce, &binding).to_vec();
         self.send(conn, RelayMessage::Welcome { proof });
@@ -1038,7 +1012,7 @@ impl RelayQueueServer {
         self.insert(id, to, from, envelope, expires_at);
         self.counters.stored += 1;
         self.send(conn, RelayMessage::Enqueued { request });
-        for recipient in self.conns_of(&to) {
+        if let Some(recipient) = self.conn_of(&to) {
             self.push(recipient, &to, id);
         }
     }
@@ -1168,20 +1142,11 @@ impl RelayQueueServer {
         if !self.within_rates(now, conn, from, Limited::Forward) {
             return self.refuse(conn, None, ServerRefusal::RateLimited);
         }
-        let recipients = self.conns_of(&to);
-        if recipients.is_empty() {
+        let Some(recipient) = self.conn_of(&to) else {
             return self.refuse(conn, None, ServerRefusal::NotConnected);
-        }
-        for recipient in recipients {
-            self.counters.forwarded += 1;
-            self.send(
-                recipient,
-                RelayMessage::Forwarded {
-                    from,
-                    frame: frame.clone(),
-                },
-            );
-        }
+        };
+        self.counters.forwarded += 1;
+        self.send(recipient, RelayMessage::Forwarded { from, frame });
     }
 
     fn expire(&mut self, now: Instant) {

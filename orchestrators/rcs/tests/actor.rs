@@ -1,5 +1,5 @@
-//! The Rcs actor shell: it dials on start, feeds transport events to the core and fans
-//! its outputs out to the recipients.
+//! The Rcs actor shell: it dials on start, feeds transport events to the core, fans
+//! its outputs out to the recipients, and carries the rendezvous client's messages.
 
 // Test code: a panic is a failed test, so unwrap and expect are fine here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use tether_crypto::StaticKeypair;
 use tether_protocol::{
     LinkId, LinkOwner, OwnedCommand, PathKind, RelayDelivered, RelayEnqueueResult, RelayMessage,
-    RelayStatus, TransportCommand, TransportEvent, TransportPort, WireFrame,
+    RelayStatus, RendezvousFromServer, RendezvousMessage, RendezvousToServer, TransportCommand,
+    TransportEvent, TransportPort, WireFrame,
 };
 use tether_rcs::{GetRelayClientCounters, Orchestrator, Recipients, RelayClientConfig};
 
@@ -49,6 +50,7 @@ record!(OwnedCommand, |m| match &m.command {
     TransportCommand::Dial { .. } => "Dial".into(),
     TransportCommand::Transmit { frame, .. } => match tether_protocol::decode(frame) {
         Ok(WireFrame::Relay(RelayMessage::Authenticate { .. })) => "Transmit Authenticate".into(),
+        Ok(WireFrame::Rendezvous(RendezvousMessage::Lookup { .. })) => "Transmit Lookup".into(),
         other => format!("Transmit {other:?}"),
     },
     TransportCommand::Close { .. } => "Close".into(),
@@ -57,6 +59,10 @@ record!(OwnedCommand, |m| match &m.command {
 record!(RelayDelivered, |_| "Delivered".into());
 record!(RelayEnqueueResult, |_| "EnqueueResult".into());
 record!(RelayStatus, |m| format!("Status {}", m.connected));
+record!(RendezvousFromServer, |m| match &m.0 {
+    RendezvousMessage::Hints { .. } => "Rendezvous Hints".into(),
+    other => format!("Rendezvous {other:?}"),
+});
 
 #[actix::test]
 async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipient() {
@@ -79,6 +85,7 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
             delivered: recorder.clone().recipient(),
             enqueue_result: recorder.clone().recipient(),
             status: vec![recorder.clone().recipient(), second.clone().recipient()],
+            rendezvous: recorder.clone().recipient(),
         },
     )
     .start();
@@ -116,6 +123,21 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
         link: LinkId(1),
         frame: vec![0xde, 0xad],
     });
+    // Both recorders have the status before the rendezvous traffic starts.
+    actor.send(GetRelayClientCounters).await.unwrap();
+    recorder.send(Flush).await.unwrap();
+    second.send(Flush).await.unwrap();
+    actor.do_send(RendezvousToServer(RendezvousMessage::Lookup {
+        rendezvous_id: [5; 32],
+    }));
+    actor.do_send(TransportEvent::FrameReceived {
+        link: LinkId(1),
+        frame: tether_protocol::encode(&WireFrame::Rendezvous(RendezvousMessage::Hints {
+            rendezvous_id: [5; 32],
+            hints: Vec::new(),
+        }))
+        .unwrap(),
+    });
     let counters = actor.send(GetRelayClientCounters).await.unwrap();
     recorder.send(Flush).await.unwrap();
     second.send(Flush).await.unwrap();
@@ -125,7 +147,9 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
             "Dial",
             "Transmit Authenticate",
             "Status true",
-            "Status true"
+            "Status true",
+            "Transmit Lookup",
+            "Rendezvous Hints"
         ]
     );
     assert_eq!(counters.connection.connects, 1);

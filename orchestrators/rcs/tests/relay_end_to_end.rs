@@ -151,7 +151,7 @@ impl Net {
             ClientOutput::EnqueueResult(result) => {
                 self.results[who].push((result.request, result.result))
             }
-            ClientOutput::Status(_) => {}
+            ClientOutput::Status(_) | ClientOutput::Rendezvous(_) => {}
         }
     }
 

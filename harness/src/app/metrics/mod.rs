@@ -324,7 +324,7 @@ impl RelayStatusReport {
             ("forwarded", c.forwarded),
             ("authenticated", c.authenticated),
             ("bad_frames", c.bad_frames),
-            ("evicted_connections", c.evicted_connections),
+            ("replaced_connections", c.replaced_connections),
             ("auth_timeouts", c.auth_timeouts),
             ("rate_limit_episodes", c.rate_limit_episodes),
             ("rendezvous_published", z.published),
@@ -352,20 +352,18 @@ impl RelayStatusReport {
     }
 }
 
-/// What a node's clients of the relay and rendezvous server counted: connections,
-/// traffic, and the server's and the network's misbehaviour (dropped, never acted on).
+/// What a node's clients of the relay and rendezvous server counted: the connection
+/// (one per device, the relay client's), traffic, and the server's and the network's
+/// misbehaviour (dropped, never acted on).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerClientsReport {
-    /// The relay client, by kind (refusals as `refused_<reason>`).
+    /// The relay client and the connection, by kind (refusals as `refused_<reason>`).
     pub relay: BTreeMap<String, u64>,
     /// The rendezvous client, by kind.
     pub rendezvous: BTreeMap<String, u64>,
-    /// Whether the relay client's server proved the configured key.
+    /// Whether the server proved the configured key.
     #[serde(default)]
     pub relay_auth: ServerAuthReport,
-    /// Whether the rendezvous client's server proved the configured key.
-    #[serde(default)]
-    pub rendezvous_auth: ServerAuthReport,
 }
 
 /// Whether a server connection authenticated the configured relay key.
@@ -409,6 +407,7 @@ impl ServerClientsReport {
             ("pushes", r.pushes),
             ("forwarded_in", r.forwarded_in),
             ("forwards_dropped", r.forwards_dropped),
+            ("rendezvous_dropped", r.rendezvous_dropped),
             ("pending_overflow", r.pending_overflow),
             ("encode_errors", r.encode_errors),
             ("decode_errors", r.decode_errors),
@@ -417,7 +416,7 @@ impl ServerClientsReport {
         relay.extend(refusals(&r.refused));
         relay.extend(connection(&r.connection));
         let z = rendezvous;
-        let mut rendezvous = named([
+        let rendezvous = named([
             ("published", z.published),
             ("refused", z.refused),
             ("lookups_dropped", z.lookups_dropped),
@@ -428,17 +427,13 @@ impl ServerClientsReport {
             ("own_hints", z.own_hints),
             ("unknown_peer", z.unknown_peer),
             ("unknown_rendezvous", z.unknown_rendezvous),
-            ("relay_traffic_ignored", z.relay_traffic_ignored),
             ("seal_errors", z.seal_errors),
-            ("decode_errors", z.decode_errors),
             ("unexpected_frames", z.unexpected_frames),
         ]);
-        rendezvous.extend(connection(&z.connection));
         Self {
             relay,
             rendezvous,
             relay_auth: ServerAuthReport::of(r.connection.auth_failure),
-            rendezvous_auth: ServerAuthReport::of(z.connection.auth_failure),
         }
     }
 }
@@ -454,6 +449,7 @@ fn connection(c: &ConnectionCounters) -> BTreeMap<String, u64> {
         ("bad_server_proofs", c.bad_server_proofs),
         ("proofs_refused", c.proofs_refused),
         ("not_admitted", c.not_admitted),
+        ("replaced", c.replaced),
     ])
 }
 

@@ -1,23 +1,17 @@
-//! The rendezvous client: connection, publish/lookup flow, hint filtering.
+//! The rendezvous client: requests held while the server connection is down, the
+//! publish/lookup flow on it, hint filtering.
 
 use super::Keys;
-use crate::client::{
-    ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, DEFAULT_FIRST_DIAL_REQUEST,
-};
+use crate::client::{ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig};
 use crate::endpoints::{decode_endpoints, encode_endpoints};
-use crate::ConnectionState;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{open_hint, seal_hint, server_proof, verify_server_auth, RendezvousId};
-
-/// The channel binding of every link in these tests.
-const BINDING: [u8; 32] = [0xB1; 32];
+use tether_crypto::{open_hint, seal_hint, RendezvousId};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkBound, LinkId, LookupEndpointHint, PathKind, PeerEndpointHint,
-    PublishEndpointHint, RelayMessage, RendezvousMessage, RequestId, TransportCommand,
-    TransportEvent, WireFrame,
+    LookupEndpointHint, PeerEndpointHint, PublishEndpointHint, RelayStatus, RendezvousMessage,
+    RequestId,
 };
 
 /// Wall clock at the start of every test: 2023-11-14.
@@ -25,10 +19,6 @@ const UNIX_START: u64 = 1_700_000_000_000;
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
-}
-
-fn dial(n: u64) -> RequestId {
-    RequestId(DEFAULT_FIRST_DIAL_REQUEST.0 + n)
 }
 
 struct Driver {
@@ -46,14 +36,8 @@ impl Driver {
     fn new(tune: impl FnOnce(&mut RendezvousClientConfig)) -> Self {
         let keys = Keys::new();
         let peers = BTreeMap::from([(keys.id(2), keys.rk.clone())]);
-        let mut config = RendezvousClientConfig::new(
-            keys.device(1).clone(),
-            *keys.server.public(),
-            addr("203.0.113.10:4433"),
-            peers,
-            UNIX_START,
-            [4; 32],
-        );
+        let mut config =
+            RendezvousClientConfig::new(keys.device(1).clone(), peers, UNIX_START, [4; 32]);
         config.hint_ttl = Duration::from_secs(60);
         tune(&mut config);
         let t0 = Instant::now();
@@ -80,35 +64,24 @@ impl Driver {
         }
     }
 
-    fn describe_frame(&self, frame: &WireFrame) -> String {
-        match frame {
-            WireFrame::Relay(RelayMessage::Challenge { .. }) => "Challenge nonce[32B]".into(),
-            WireFrame::Relay(RelayMessage::Welcome { .. }) => "Welcome".into(),
-            WireFrame::Relay(RelayMessage::Authenticate { device, proof }) => format!(
-                "Authenticate {} proof[{}B]",
-                self.keys.alias(device),
-                proof.len()
-            ),
-            WireFrame::Relay(RelayMessage::Push { envelope, .. }) => {
-                format!("Push env[{}B]", envelope.len())
-            }
-            WireFrame::Relay(other) => format!("{other:?}"),
-            WireFrame::Rendezvous(RendezvousMessage::Publish {
+    fn describe_message(&self, message: &RendezvousMessage) -> String {
+        match message {
+            RendezvousMessage::Publish {
                 rendezvous_id,
                 ttl_ms,
                 hint,
-            }) => format!(
+            } => format!(
                 "Publish {} ttl={ttl_ms}ms hint[{}B]",
                 self.rv(rendezvous_id),
                 hint.len()
             ),
-            WireFrame::Rendezvous(RendezvousMessage::Lookup { rendezvous_id }) => {
+            RendezvousMessage::Lookup { rendezvous_id } => {
                 format!("Lookup {}", self.rv(rendezvous_id))
             }
-            WireFrame::Rendezvous(RendezvousMessage::Hints {
+            RendezvousMessage::Hints {
                 rendezvous_id,
                 hints,
-            }) => format!(
+            } => format!(
                 "Hints {} [{}]",
                 self.rv(rendezvous_id),
                 hints
@@ -117,29 +90,14 @@ impl Driver {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            WireFrame::Rendezvous(other) => format!("{other:?}"),
             other => format!("{other:?}"),
         }
     }
 
     fn describe(&self, output: &ClientOutput) -> String {
         match output {
-            ClientOutput::Transport(TransportCommand::Dial { request, addrs }) => format!(
-                "Dial d{} {addrs:?}",
-                request.0 - DEFAULT_FIRST_DIAL_REQUEST.0
-            ),
-            ClientOutput::Transport(TransportCommand::Transmit { link, frame }) => {
-                let text = match tether_protocol::decode(frame) {
-                    Ok(frame) => self.describe_frame(&frame),
-                    Err(err) => format!("{err:?}"),
-                };
-                format!("Transmit l{} {text}", link.0)
-            }
-            ClientOutput::Transport(TransportCommand::Close { link }) => {
-                format!("Close l{}", link.0)
-            }
-            ClientOutput::Transport(TransportCommand::Farewell { link, .. }) => {
-                format!("Farewell l{}", link.0)
+            ClientOutput::ToServer(message) => {
+                format!("ToServer {}", self.describe_message(message))
             }
             ClientOutput::Hint(hint) => format!(
                 "Hint {} {:?} {:?} issued=+{}ms",
@@ -179,58 +137,23 @@ impl Driver {
         self.now = target;
     }
 
-    fn event(&mut self, label: String, event: TransportEvent) {
-        self.input(label, ClientInput::Transport(event));
-    }
-
-    fn link_up(&mut self, request: RequestId, link: u64) {
-        // The driver reports the binding first (no output of its own: not traced).
-        self.client.handle(
-            self.now,
-            ClientInput::Bound(LinkBound {
-                link: LinkId(link),
-                binding: BINDING,
-            }),
-        );
-        self.event(
-            format!(
-                "LinkUp d{} l{link}",
-                request.0 - DEFAULT_FIRST_DIAL_REQUEST.0
-            ),
-            TransportEvent::LinkUp {
-                request: Some(request),
-                link: LinkId(link),
-                path: PathKind::Direct,
-                remote: None,
-            },
+    fn up(&mut self) {
+        self.input(
+            "server connection up".into(),
+            ClientInput::Server(RelayStatus { connected: true }),
         );
     }
 
-    fn server(&mut self, link: u64, frame: WireFrame) {
-        let label = format!("l{link} {}", self.describe_frame(&frame));
-        let bytes = tether_protocol::encode(&frame).unwrap();
-        self.event(
-            label,
-            TransportEvent::FrameReceived {
-                link: LinkId(link),
-                frame: bytes,
-            },
+    fn down(&mut self) {
+        self.input(
+            "server connection down".into(),
+            ClientInput::Server(RelayStatus { connected: false }),
         );
     }
 
-    fn authenticate(&mut self, dial_n: u64, link: u64) {
-        self.link_up(dial(dial_n), link);
-        let server_key = *self.keys.server.public().as_bytes();
-        self.server(
-            link,
-            WireFrame::Relay(RelayMessage::Challenge {
-                nonce: [6; 32],
-                server_key,
-            }),
-        );
-        let device = self.keys.device(1).public();
-        let proof = server_proof(&self.keys.server, device, &[6; 32], &BINDING).to_vec();
-        self.server(link, WireFrame::Relay(RelayMessage::Welcome { proof }));
+    fn server(&mut self, message: RendezvousMessage) {
+        let label = format!("FromServer {}", self.describe_message(&message));
+        self.input(label, ClientInput::FromServer(message));
     }
 
     fn publish(&mut self, request: u64, peer: usize, endpoints: &[SocketAddr]) {
@@ -270,37 +193,39 @@ impl Driver {
         .unwrap()
     }
 
-    fn hints_in(&mut self, link: u64, hints: Vec<Vec<u8>>) {
+    fn hints_in(&mut self, hints: Vec<Vec<u8>>) {
         let rendezvous_id = self.rendezvous_id;
-        self.server(
-            link,
-            WireFrame::Rendezvous(RendezvousMessage::Hints {
-                rendezvous_id,
-                hints: hints.into_iter().map(Into::into).collect(),
-            }),
-        );
+        self.server(RendezvousMessage::Hints {
+            rendezvous_id,
+            hints: hints.into_iter().map(Into::into).collect(),
+        });
     }
 
-    fn transmitted(&self) -> Vec<WireFrame> {
+    fn sent(&self) -> Vec<RendezvousMessage> {
         self.outputs
             .iter()
             .filter_map(|o| match o {
-                ClientOutput::Transport(TransportCommand::Transmit { frame, .. }) => {
-                    tether_protocol::decode(frame).ok()
-                }
-                _ => None,
+                ClientOutput::ToServer(message) => Some(message.clone()),
+                ClientOutput::Hint(_) => None,
             })
             .collect()
     }
 
     fn published_hints(&self) -> Vec<Vec<u8>> {
-        self.transmitted()
+        self.sent()
             .into_iter()
-            .filter_map(|f| match f {
-                WireFrame::Rendezvous(RendezvousMessage::Publish { hint, .. }) => Some(hint),
+            .filter_map(|m| match m {
+                RendezvousMessage::Publish { hint, .. } => Some(hint),
                 _ => None,
             })
             .collect()
+    }
+
+    fn lookups_sent(&self) -> usize {
+        self.sent()
+            .iter()
+            .filter(|m| matches!(m, RendezvousMessage::Lookup { .. }))
+            .count()
     }
 
     fn emitted(&self) -> Vec<PeerEndpointHint> {
@@ -308,7 +233,7 @@ impl Driver {
             .iter()
             .filter_map(|o| match o {
                 ClientOutput::Hint(h) => Some(h.clone()),
-                _ => None,
+                ClientOutput::ToServer(_) => None,
             })
             .collect()
     }
@@ -320,12 +245,11 @@ fn client_trace_publish_lookup_filter_refresh_and_reconnect() {
     let ours = [addr("198.51.100.7:4433"), addr("[2001:db8::7]:4433")];
     let theirs_old = [addr("192.0.2.20:5000")];
     let theirs = [addr("203.0.113.5:5000")];
-    // Both asked for before the connection exists.
+    // Both asked for before the connection exists: nothing goes out.
     d.publish(1, 2, &ours);
     d.lookup(2, 2);
-    d.input("Start".into(), ClientInput::Start);
     d.advance_to(20);
-    d.authenticate(0, 1);
+    d.up();
     d.advance_to(50);
     // The server answers with: our own hint, an older and a newer one from p2, one of
     // p2's tampered with, and one of p2's that expired.
@@ -336,27 +260,13 @@ fn client_trace_publish_lookup_filter_refresh_and_reconnect() {
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
     let expired = d.sealed_by(2, &[addr("192.0.2.99:1")], UNIX_START - 120_000, 60_000);
-    d.hints_in(1, vec![own, old, new, tampered, expired]);
-    // Relay traffic on this connection is ignored, never acknowledged.
-    d.server(
-        1,
-        WireFrame::Relay(RelayMessage::Push {
-            from: DeviceId([9; 32]),
-            envelope_id: 1,
-            envelope: vec![0; 40],
-        }),
-    );
+    d.hints_in(vec![own, old, new, tampered, expired]);
     // Half the hint TTL later the hint is refreshed.
     d.advance_to(31_000);
-    d.event(
-        "LinkDown l1".into(),
-        TransportEvent::LinkDown {
-            link: LinkId(1),
-            reason: "moved".into(),
-        },
-    );
+    d.down();
+    // No refresh while down, and the next connect publishes afresh.
     d.advance_to(40_000);
-    d.authenticate(1, 2);
+    d.up();
     insta::assert_snapshot!(d.trace.join("\n"));
 
     let emitted = d.emitted();
@@ -371,11 +281,6 @@ fn client_trace_publish_lookup_filter_refresh_and_reconnect() {
     );
     let c = d.client.counters();
     assert_eq!((c.own_hints, c.tampered_hints, c.expired_hints), (1, 1, 1));
-    assert_eq!(c.relay_traffic_ignored, 1);
-    assert!(!d
-        .transmitted()
-        .iter()
-        .any(|f| matches!(f, WireFrame::Relay(RelayMessage::Delivered { .. }))));
     // Every publish (first, refresh, after reconnect) opens to our endpoints, issued at
     // the time it was sent.
     let hints = d.published_hints();
@@ -389,38 +294,19 @@ fn client_trace_publish_lookup_filter_refresh_and_reconnect() {
             hint.issued_at_ms - UNIX_START
         })
         .collect();
-    assert_eq!(issued[0], 20);
-    assert_eq!(issued[1], 30_020);
-    assert!(issued[2] >= 31_000 && issued[2] <= 40_000);
-    // The proof verifies at the server.
-    let proof = d
-        .transmitted()
-        .into_iter()
-        .find_map(|f| match f {
-            WireFrame::Relay(RelayMessage::Authenticate { proof, .. }) => Some(proof),
-            _ => None,
-        })
-        .unwrap();
-    assert!(verify_server_auth(
-        &d.keys.server,
-        d.keys.device(1).public(),
-        &[6; 32],
-        &BINDING,
-        &proof
-    ));
+    assert_eq!(issued, vec![20, 30_020, 40_000]);
 }
 
 #[test]
 fn hints_without_a_valid_one_from_the_peer_emit_nothing() {
     let mut d = Driver::new(|_| {});
-    d.input("Start".into(), ClientInput::Start);
-    d.authenticate(0, 1);
+    d.up();
     d.publish(1, 2, &[addr("198.51.100.7:1")]);
     d.lookup(2, 2);
     let own = d.published_hints()[0].clone();
     // A hint sealed under the right RK by a third device (the RK leaked) is rejected.
     let foreign = d.sealed_by(3, &[addr("6.6.6.6:6")], UNIX_START, 60_000);
-    d.hints_in(1, vec![own, foreign, vec![1, 2, 3]]);
+    d.hints_in(vec![own, foreign, vec![1, 2, 3]]);
     assert!(d.emitted().is_empty());
     let c = d.client.counters();
     assert_eq!(c.lookups_without_hint, 1);
@@ -430,7 +316,7 @@ fn hints_without_a_valid_one_from_the_peer_emit_nothing() {
 }
 
 #[test]
-fn lookups_queue_while_disconnected_bounded_and_requeue_on_link_loss() {
+fn lookups_queue_while_disconnected_bounded_and_requeue_when_the_connection_drops() {
     let mut d = Driver::new(|c| c.max_queued_lookups = 2);
     d.lookup(1, 2);
     d.lookup(2, 2);
@@ -440,101 +326,72 @@ fn lookups_queue_while_disconnected_bounded_and_requeue_on_link_loss() {
         1,
         "the oldest is dropped"
     );
-    d.input("Start".into(), ClientInput::Start);
-    d.authenticate(0, 1);
-    let lookups = |d: &Driver| {
-        d.transmitted()
-            .iter()
-            .filter(|f| matches!(f, WireFrame::Rendezvous(RendezvousMessage::Lookup { .. })))
-            .count()
-    };
-    assert_eq!(lookups(&d), 2);
-    // The link dies before the answers: both are asked again after reconnecting, and the
-    // answers keep the request ids in order.
-    d.event(
-        "LinkDown l1".into(),
-        TransportEvent::LinkDown {
-            link: LinkId(1),
-            reason: "x".into(),
-        },
-    );
+    assert_eq!(d.lookups_sent(), 0);
+    d.up();
+    assert_eq!(d.lookups_sent(), 2);
+    // The connection drops before the answers: both are asked again after it is back,
+    // and the answers keep the request ids in order.
+    d.down();
     d.advance_to(1_000);
-    d.authenticate(1, 2);
-    assert_eq!(lookups(&d), 4);
+    d.up();
+    assert_eq!(d.lookups_sent(), 4);
     let hint = d.sealed_by(2, &[addr("203.0.113.5:1")], UNIX_START, 60_000);
-    d.hints_in(2, vec![hint.clone()]);
-    d.hints_in(2, vec![hint]);
+    d.hints_in(vec![hint.clone()]);
+    d.hints_in(vec![hint]);
     let requests: Vec<Option<RequestId>> = d.emitted().iter().map(|h| h.request).collect();
     assert_eq!(requests, vec![Some(RequestId(2)), Some(RequestId(3))]);
 }
 
 #[test]
-fn unknown_peers_garbage_and_refusals_are_counted() {
+fn a_repeated_connection_report_sends_nothing_twice() {
+    let mut d = Driver::new(|_| {});
+    d.publish(1, 2, &[addr("10.0.0.1:1")]);
+    d.lookup(2, 2);
+    d.up();
+    let sent = d.sent().len();
+    assert_eq!(sent, 2);
+    d.up();
+    assert_eq!(d.sent().len(), sent, "already connected: nothing new");
+    d.down();
+    d.down();
+    d.up();
+    assert_eq!(
+        d.sent().len(),
+        sent + 2,
+        "the lookup again, and a fresh publish"
+    );
+}
+
+#[test]
+fn unknown_peers_stray_answers_and_refusals_are_counted() {
     let mut d = Driver::new(|_| {});
     d.publish(1, 3, &[addr("10.0.0.1:1")]);
     d.lookup(2, 3);
     assert_eq!(d.client.counters().unknown_peer, 2);
-    d.input("Start".into(), ClientInput::Start);
-    d.authenticate(0, 1);
+    // An answer while the client believes the connection down makes no sense.
+    d.server(RendezvousMessage::Hints {
+        rendezvous_id: [0; 32],
+        hints: vec![],
+    });
+    assert_eq!(d.client.counters().unexpected_frames, 1);
+    d.up();
     let before = d.outputs.len();
-    for bytes in [vec![], vec![7, 7], vec![1, 0xc1], vec![0; 300 * 1024]] {
-        d.event(
-            format!("garbage {}B", bytes.len()),
-            TransportEvent::FrameReceived {
-                link: LinkId(1),
-                frame: bytes,
-            },
-        );
-    }
-    d.server(
-        1,
-        WireFrame::Rendezvous(RendezvousMessage::Hints {
-            rendezvous_id: [0; 32],
-            hints: vec![],
-        }),
-    );
-    d.server(
-        1,
-        WireFrame::Rendezvous(RendezvousMessage::Refused {
-            reason: tether_protocol::ServerRefusal::NotYours,
-        }),
-    );
+    d.server(RendezvousMessage::Hints {
+        rendezvous_id: [0; 32],
+        hints: vec![],
+    });
+    d.server(RendezvousMessage::Refused {
+        reason: tether_protocol::ServerRefusal::NotYours,
+    });
+    d.server(RendezvousMessage::Lookup {
+        rendezvous_id: [0; 32],
+    });
     assert_eq!(d.outputs.len(), before);
     let c = d.client.counters();
-    assert_eq!(c.decode_errors, 4);
     assert_eq!(c.unknown_rendezvous, 1);
     assert_eq!(c.refused, 1);
+    assert_eq!(c.unexpected_frames, 2);
     assert!(d.client.is_connected());
-}
-
-#[test]
-fn a_refused_proof_backs_off_and_redials() {
-    let mut d = Driver::new(|_| {});
-    d.input("Start".into(), ClientInput::Start);
-    d.link_up(dial(0), 1);
-    d.server(
-        1,
-        WireFrame::Relay(RelayMessage::Challenge {
-            nonce: [1; 32],
-            server_key: *d.keys.server.public().as_bytes(),
-        }),
-    );
-    d.server(
-        1,
-        WireFrame::Relay(RelayMessage::Refused {
-            request: None,
-            reason: tether_protocol::ServerRefusal::BadProof,
-        }),
-    );
-    assert!(matches!(
-        d.client.state(),
-        ConnectionState::Disconnected { .. }
-    ));
-    d.advance_to(1_000);
-    assert!(matches!(
-        d.client.state(),
-        ConnectionState::Dialling { request, .. } if request == dial(1)
-    ));
 }
 
 #[test]
@@ -542,8 +399,7 @@ fn different_starts_draw_different_hint_nonces_from_the_same_seed() {
     let make = |unix: u64| {
         let mut d = Driver::new(|c| c.unix_ms_at_start = unix);
         d.publish(1, 2, &[addr("10.0.0.1:1")]);
-        d.input("Start".into(), ClientInput::Start);
-        d.authenticate(0, 1);
+        d.up();
         d.published_hints()[0].clone()
     };
     let a = make(UNIX_START);
@@ -562,8 +418,6 @@ fn config_debug_redacts_the_seed_and_keys() {
     let keys = Keys::new();
     let config = RendezvousClientConfig::new(
         keys.device(1).clone(),
-        *keys.server.public(),
-        addr("203.0.113.10:4433"),
         BTreeMap::from([(keys.id(2), keys.rk.clone())]),
         UNIX_START,
         [0xab; 32],

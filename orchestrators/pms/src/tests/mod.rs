@@ -8,9 +8,8 @@ use rand_chacha::ChaCha8Rng;
 use tether_crypto::{RelationshipKey, StaticKeypair};
 use tether_protocol::DeviceId;
 
-/// Deterministic keys: the server, devices p1, p2 (paired, sharing `rk`) and p3.
+/// Deterministic keys: devices p1, p2 (paired, sharing `rk`) and p3.
 pub(crate) struct Keys {
-    pub(crate) server: StaticKeypair,
     pub(crate) devices: Vec<StaticKeypair>,
     pub(crate) rk: RelationshipKey,
     pub(crate) rng: ChaCha8Rng,
@@ -19,15 +18,9 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn new() -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(77);
-        let server = StaticKeypair::generate(&mut rng);
         let devices = (0..3).map(|_| StaticKeypair::generate(&mut rng)).collect();
         let rk = RelationshipKey::generate(&mut rng);
-        Self {
-            server,
-            devices,
-            rk,
-            rng,
-        }
+        Self { devices, rk, rng }
     }
 
     /// Device `n` (1-based, as its alias pN).

@@ -13,7 +13,7 @@ use tether_crypto::{server_proof, verify_server_auth};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkBound, LinkId, PathKind, RelayEnqueue, RelayForward, RelayMessage, RelayPoll,
-    RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
+    RendezvousMessage, RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame,
 };
 
 /// The channel binding of every link in these tests.
@@ -109,6 +109,7 @@ impl Driver {
             ),
             ClientOutput::EnqueueResult(m) => format!("EnqueueResult {} {:?}", m.request, m.result),
             ClientOutput::Status(m) => format!("Status connected={}", m.connected),
+            ClientOutput::Rendezvous(m) => format!("Rendezvous {m:?}"),
         }
     }
 
@@ -409,16 +410,6 @@ fn garbage_frames_are_counted_and_change_nothing() {
     d.raw(1, vec![0x42, 1, 2]);
     d.raw(1, vec![1, 0xc1, 0xc1]);
     d.raw(1, vec![0; 300 * 1024]);
-    // A well-formed frame that is not a relay message.
-    d.raw(
-        1,
-        tether_protocol::encode(&WireFrame::Rendezvous(
-            tether_protocol::RendezvousMessage::Lookup {
-                rendezvous_id: [1; 32],
-            },
-        ))
-        .unwrap(),
-    );
     // A relay message that makes no sense for a device.
     d.server(1, RelayMessage::Fetch { max: 3 });
     // Frames on a link that is not ours are ignored entirely.
@@ -426,7 +417,7 @@ fn garbage_frames_are_counted_and_change_nothing() {
     assert_eq!(d.outputs.len(), before, "no output for garbage");
     let c = d.client.counters();
     assert_eq!(c.decode_errors, 4);
-    assert_eq!(c.unexpected_frames, 2);
+    assert_eq!(c.unexpected_frames, 1);
     assert!(d.client.is_connected());
 }
 
@@ -595,4 +586,81 @@ fn a_fake_relay_that_welcomes_without_proof_gets_nothing() {
         c.auth_failure,
         Some(crate::ServerAuthFailure::BadServerProof)
     );
+}
+
+#[test]
+fn rendezvous_requests_and_answers_ride_on_the_connection() {
+    let mut d = Driver::new(|_| {});
+    let lookup = RendezvousMessage::Lookup {
+        rendezvous_id: [5; 32],
+    };
+    let hints = RendezvousMessage::Hints {
+        rendezvous_id: [5; 32],
+        hints: vec![vec![1, 2, 3].into()],
+    };
+    let rendezvous_frame =
+        |m: &RendezvousMessage| tether_protocol::encode(&WireFrame::Rendezvous(m.clone())).unwrap();
+    // Not connected: the request is dropped (counted); the rendezvous client holds
+    // what must survive, and re-sends when it hears the connection is up.
+    d.input(
+        "Rendezvous Lookup".into(),
+        ClientInput::Rendezvous(lookup.clone()),
+    );
+    assert!(d.outputs.is_empty());
+    assert_eq!(d.client.counters().rendezvous_dropped, 1);
+    d.connect(1);
+    d.input(
+        "Rendezvous Lookup".into(),
+        ClientInput::Rendezvous(lookup.clone()),
+    );
+    assert_eq!(
+        d.outputs.last(),
+        Some(&ClientOutput::Transport(TransportCommand::Transmit {
+            link: LinkId(1),
+            frame: rendezvous_frame(&lookup),
+        }))
+    );
+    d.raw(1, rendezvous_frame(&hints));
+    assert_eq!(d.outputs.last(), Some(&ClientOutput::Rendezvous(hints)));
+    assert_eq!(d.client.counters().unexpected_frames, 0);
+}
+
+#[test]
+fn replaced_by_another_connection_with_our_key_waits_the_longest_backoff() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1);
+    // A refusal naming an old link of ours changes nothing.
+    d.server(
+        9,
+        RelayMessage::Refused {
+            request: None,
+            reason: ServerRefusal::Replaced,
+        },
+    );
+    assert!(d.client.is_connected());
+    d.server(
+        1,
+        RelayMessage::Refused {
+            request: None,
+            reason: ServerRefusal::Replaced,
+        },
+    );
+    let retry_at = match d.client.state() {
+        ConnectionState::Disconnected { retry_at } => retry_at,
+        other => panic!("expected Disconnected, got {other:?}"),
+    };
+    assert_eq!(retry_at - d.now, Duration::from_secs(30));
+    let c = d.client.counters();
+    assert_eq!(c.connection.replaced, 1);
+    assert_eq!(c.refused.replaced, 1);
+    assert!(d
+        .outputs
+        .contains(&ClientOutput::Status(tether_protocol::RelayStatus {
+            connected: false
+        })));
+    assert!(d
+        .outputs
+        .contains(&ClientOutput::Transport(TransportCommand::Close {
+            link: LinkId(1)
+        })));
 }

@@ -579,19 +579,57 @@ fn forward_reaches_a_connected_device_and_is_refused_otherwise() {
 }
 
 #[test]
-fn every_connection_of_a_device_gets_pushes_and_the_oldest_beyond_the_limit_is_closed() {
-    let mut d = Driver::new(|c| c.max_conns_per_device = 2);
+fn a_newer_connection_of_a_device_replaces_the_older_and_frames_go_out_once() {
+    let mut d = Driver::new(|_| {});
     d.connect(1, 1);
-    d.connect(2, 2); // p2's relay client
-    d.connect(3, 2); // p2's rendezvous client
-    d.enqueue(1, 2, 1, 60_000, 4);
-    assert_eq!(pushed_ids(&d.last, 2), vec![1]);
-    assert_eq!(pushed_ids(&d.last, 3), vec![1]);
-    let out = d.connect(4, 2);
-    assert!(out.contains(&ServerOutput::Close(ConnId(2))));
+    d.connect(2, 2);
+    let out = d.connect(3, 2); // p2 again: another network, or another instance
+    assert!(out.contains(&ServerOutput::CloseWith(
+        ConnId(2),
+        WireFrame::Relay(RelayMessage::Refused {
+            request: None,
+            reason: ServerRefusal::Replaced,
+        })
+    )));
     assert_eq!(d.server.authenticated_device(ConnId(2)), None);
-    assert_eq!(pushed_ids(&out, 4), vec![1]);
-    assert_eq!(d.server.counters().evicted_connections, 1);
+    assert_eq!(d.server.counters().replaced_connections, 1);
+    assert_eq!(d.server.connections(), 2);
+    d.enqueue(1, 2, 1, 60_000, 4);
+    assert_eq!(pushed_ids(&d.last, 3), vec![1]);
+    assert!(pushed_ids(&d.last, 2).is_empty());
+    let out = d.frame(
+        1,
+        RelayMessage::Forward {
+            to: d.keys.id(2),
+            frame: vec![7; 10],
+        },
+    );
+    let forwarded: Vec<ConnId> = out
+        .iter()
+        .filter_map(|o| match o {
+            ServerOutput::Send(c, WireFrame::Relay(RelayMessage::Forwarded { .. })) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![ConnId(3)],
+        "one copy, to the newest connection"
+    );
+    // The replaced connection closing later does not detach the device.
+    d.input(ServerInput::Closed(ConnId(2)));
+    assert_eq!(d.server.authenticated_device(ConnId(3)), Some(d.keys.id(2)));
+    let out = d.frame(
+        1,
+        RelayMessage::Forward {
+            to: d.keys.id(2),
+            frame: vec![7; 10],
+        },
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        ServerOutput::Send(ConnId(3), WireFrame::Relay(RelayMessage::Forwarded { .. }))
+    )));
 }
 
 #[test]
@@ -1269,8 +1307,11 @@ fn an_identitys_rate_spans_its_connections_and_outlives_them() {
         };
     });
     d.connect(1, 1);
-    d.connect(2, 1);
-    for (conn, request) in [(1, 0), (2, 1), (1, 2), (2, 3)] {
+    for (conn, request) in [(1, 0), (1, 1), (2, 2), (2, 3)] {
+        if conn == 2 && request == 2 {
+            // A second connection of the device replaces the first.
+            d.connect(2, 1);
+        }
         d.enqueue(conn, 2, request, 600_000, 10);
         assert!(matches!(
             relay_to(&d.last, conn).as_slice(),
