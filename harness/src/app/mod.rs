@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`demo`] | `tether demo`: the scenarios, in one process |
 //! | [`keys`] | `tether keygen`, `tether pair` |
+//! | [`pairing`] | `tether invite`, `tether accept`: pairing two machines with a one-time code |
 //! | [`peers_file`] | writing a `[[peers]]` entry into a node config, keeping its format |
 //! | [`config`] | the config files of `tether node` and `tether relay` |
 //! | [`node`] | `tether node`: one device, its control socket, interface watching |
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+pub mod pairing;
 pub mod paths;
 pub mod peers_file;
 pub mod relay;
