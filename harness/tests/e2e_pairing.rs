@@ -235,12 +235,8 @@ fn a_wrong_secret_a_garbled_code_or_a_tampered_code_does_not_pair() {
     // that answers to it sees records of another device and refuses, and the inviting
     // device, whose key the answer was not made for, ends the invitation.
     let mut tampered = real.clone();
-    tampered.inviter = PublicKey::from_hex(
-        &run(d, TETHER, &["keygen", "--out", "c.key"])
-            .trim()
-            .to_string(),
-    )
-    .unwrap();
+    let c_public = run(d, TETHER, &["keygen", "--out", "c.key"]);
+    tampered.inviter = PublicKey::from_hex(c_public.trim()).unwrap();
     let out = accept(d, &tampered.encode(), &["--timeout", "30s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
