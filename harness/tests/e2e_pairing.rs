@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{command, field, run, tail, Proc, TETHER};
+use common::{command, run, start_relay, tail, Proc, TETHER};
 use tether_crypto::{PairingCode, PairingSecret, PublicKey};
 
 fn deadline(secs: u64) -> Instant {
@@ -50,18 +50,7 @@ fn setup(d: &Path) -> Setup {
     let b_public = run(d, TETHER, &["keygen", "--out", "b.key"])
         .trim()
         .to_string();
-    std::fs::write(
-        d.join("relay.toml"),
-        format!(
-            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\nallow = [\"{a_public}\", \"{b_public}\"]\n"
-        ),
-    )
-    .unwrap();
-    let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);
-    let relay_addr = relay.wait_for(deadline(30), |l| {
-        l.starts_with("tether relay ready:")
-            .then(|| field(l, "listen").unwrap().to_string())
-    });
+    let (relay, relay_addr) = start_relay(d, &format!("allow = [\"{a_public}\", \"{b_public}\"]"));
     for name in ["a", "b"] {
         let file = d.join(format!("{name}.toml"));
         std::fs::write(
@@ -97,6 +86,20 @@ fn accept(d: &Path, code: &str, extra: &[&str]) -> Output {
     args.extend_from_slice(extra);
     args.push(code);
     command(d, TETHER, &args).output().unwrap()
+}
+
+/// Asserts that `out` exited with `code` and said `text` on stderr.
+fn fails_with(out: &Output, code: i32, text: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(stderr(out).contains(text), "{}", stderr(out));
+}
+
+/// Asserts that the invitation ended without a result, exit code 1, saying `text`.
+fn invite_fails_with(inviting: &mut Proc, text: &str) {
+    let (line, status) = invite_result(inviting);
+    assert_eq!((line, status.code()), (None, Some(1)));
+    let log = inviting.stderr_text();
+    assert!(log.contains(text), "{}", tail(&log));
 }
 
 /// The invite's result line (None if it printed none) and its exit status.
@@ -215,20 +218,14 @@ fn a_wrong_secret_a_garbled_code_or_a_tampered_code_does_not_pair() {
     let mut wrong = real.clone();
     wrong.secret = PairingSecret::generate(&mut rand::rngs::OsRng);
     let out = accept(d, &wrong.encode(), &["--timeout", "3s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the inviting device did not confirm"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, 1, "the inviting device did not confirm");
 
     // A changed character: refused at once, as the user's mistake (exit 2).
     let mut garbled = code.clone().into_bytes();
     let at = garbled.len() / 2;
     garbled[at] = if garbled[at] == b'a' { b'b' } else { b'a' };
     let out = accept(d, &String::from_utf8(garbled).unwrap(), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("garbled"), "{}", stderr(&out));
+    fails_with(&out, 2, "garbled");
     assert_eq!(stderr(&out).lines().count(), 1);
 
     // Another inviting key with a valid checksum (a deliberate forgery): the device
@@ -238,22 +235,8 @@ fn a_wrong_secret_a_garbled_code_or_a_tampered_code_does_not_pair() {
     let c_public = run(d, TETHER, &["keygen", "--out", "c.key"]);
     tampered.inviter = PublicKey::from_hex(c_public.trim()).unwrap();
     let out = accept(d, &tampered.encode(), &["--timeout", "30s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("come from another device than the code names"),
-        "{}",
-        stderr(&out)
-    );
-    let (line, status) = invite_result(&mut inviting);
-    assert_eq!(line, None);
-    assert_eq!(status.code(), Some(1));
-    assert!(
-        inviting
-            .stderr_text()
-            .contains("did not prove it holds the keys it claims"),
-        "{}",
-        tail(&inviting.stderr_text())
-    );
+    fails_with(&out, 1, "come from another device than the code names");
+    invite_fails_with(&mut inviting, "did not prove it holds the keys it claims");
 
     // Nothing was written on either side.
     assert_eq!(std::fs::read_to_string(d.join("b.toml")).unwrap(), b_before);
@@ -276,31 +259,17 @@ fn pairing_again_is_refused_without_force_and_replaces_the_key_with_it() {
     // so the invitation still waits.
     let (mut inviting, code) = invite(d, &[]);
     let out = accept(d, &code, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("has an entry for the inviting device already")
-            && stderr(&out).contains("--force"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, 2, "has an entry for the inviting device already");
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     // With --force there, the inviting device (without it) refuses in turn, and says so
     // to the other side.
     let out = accept(d, &code, &["--force"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the inviting device has an entry for this device already"),
-        "{}",
-        stderr(&out)
+    fails_with(
+        &out,
+        1,
+        "the inviting device has an entry for this device already",
     );
-    let (line, status) = invite_result(&mut inviting);
-    assert_eq!((line, status.code()), (None, Some(1)));
-    assert!(
-        inviting
-            .stderr_text()
-            .contains("run `tether invite --force`"),
-        "{}",
-        tail(&inviting.stderr_text())
-    );
+    invite_fails_with(&mut inviting, "run `tether invite --force`");
     assert_eq!(peers(d, "a.toml"), first, "nothing replaced");
 
     // Both with --force: the relationship key is replaced in place on both sides.
