@@ -304,15 +304,14 @@ impl PairingCode {
         {
             return Err(CodeError::BadCharacter(c.to_ascii_lowercase(), at));
         }
-        let bytes = Zeroizing::new(
-            BASE32_NOPAD
-                .decode(upper.as_bytes())
-                .map_err(|error| match error.kind {
+        let bytes =
+            Zeroizing::new(BASE32_NOPAD.decode(upper.as_bytes()).map_err(
+                |error| match error.kind {
                     // Bits beyond the last byte that are not zero: a changed character.
                     data_encoding::DecodeKind::Trailing => CodeError::Checksum,
                     _ => CodeError::Truncated(body.len()),
-                })?,
-        );
+                },
+            )?);
         if bytes.len() < FIXED_LEN {
             return Err(CodeError::Truncated(body.len()));
         }

@@ -1109,3 +1109,57 @@ pub fn host_name() -> Option<String> {
         .map(|name| name.trim().to_string())
         .find(|name| !name.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_malformed_ones_are_refused() {
+        let key = *StaticKeypair::generate(&mut rand::rngs::OsRng).public();
+        let records = [
+            Record::Offer {
+                name: "laptop".into(),
+            },
+            Record::Answer {
+                name: "phone".into(),
+                tag: [7; TAG_LEN],
+            },
+            Record::Confirm {
+                name: "laptop".into(),
+                acceptor: key,
+                tag: [9; TAG_LEN],
+            },
+            Record::Done { tag: [1; TAG_LEN] },
+            Record::Abort {
+                reason: AbortReason::AlreadyPaired,
+            },
+        ];
+        for record in records {
+            let bytes = record.encode();
+            assert_eq!(Record::decode(&bytes), Some(record.clone()));
+            // Every truncation, and one byte too many, is refused without a panic.
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Record::decode(&bytes[..cut]),
+                    None,
+                    "{record:?} cut at {cut}"
+                );
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            assert_eq!(Record::decode(&long), None);
+        }
+        assert_eq!(Record::decode(&[9, 1, 2]), None);
+        // A name longer than the bound is cut, not refused.
+        let long = Record::Offer {
+            name: "x".repeat(200),
+        };
+        assert_eq!(
+            Record::decode(&long.encode()),
+            Some(Record::Offer {
+                name: "x".repeat(MAX_NAME_LEN)
+            })
+        );
+    }
+}
