@@ -34,13 +34,17 @@ fn stderr(out: &Output) -> String {
 
 /// A relay admitting `a.key` and `b.key` (made here), and a node config for each with
 /// the relay and no peer: `a.toml`, `b.toml`.
+fn setup(d: &Path) -> Setup {
+    setup_admitting(d, true)
+}
 struct Setup {
     _relay: Proc,
     a_public: String,
     b_public: String,
 }
 
-fn setup(d: &Path) -> Setup {
+/// [`setup`], with `b.key` left off the relay's `allow` list unless `admit_b`.
+fn setup_admitting(d: &Path, admit_b: bool) -> Setup {
     let relay_public = run(d, TETHER, &["keygen", "--out", "relay.key"])
         .trim()
         .to_string();
@@ -50,7 +54,12 @@ fn setup(d: &Path) -> Setup {
     let b_public = run(d, TETHER, &["keygen", "--out", "b.key"])
         .trim()
         .to_string();
-    let (relay, relay_addr) = start_relay(d, &format!("allow = [\"{a_public}\", \"{b_public}\"]"));
+    let allow = if admit_b {
+        format!("allow = [\"{a_public}\", \"{b_public}\"]")
+    } else {
+        format!("allow = [\"{a_public}\"]")
+    };
+    let (relay, relay_addr) = start_relay(d, &allow);
     for name in ["a", "b"] {
         let file = d.join(format!("{name}.toml"));
         std::fs::write(
@@ -286,4 +295,30 @@ fn pairing_again_is_refused_without_force_and_replaces_the_key_with_it() {
     assert_eq!(at_a[0].1, at_b[0].1);
     assert_ne!(at_a[0].1, first[0].1, "a new relationship key");
     assert_eq!(at_a[0].0, first[0].0);
+}
+
+#[test]
+fn a_device_the_relay_does_not_admit_is_told_at_once_which_key_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = setup_admitting(d, false);
+    let (_inviting, code) = invite(d, &[]);
+    let started = Instant::now();
+    let out = accept(d, &code, &["--timeout", "60s"]);
+    fails_with(
+        &out,
+        1,
+        &format!("does not admit this device (public key {})", s.b_public),
+    );
+    assert!(
+        stderr(&out).contains("admission = \"open\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "told at once, not at the timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(peers(d, "b.toml").is_empty());
 }

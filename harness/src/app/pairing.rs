@@ -900,7 +900,7 @@ impl PairingCore {
         let seconds = self.config.timeout.as_secs();
         let waiting_for = if self.link.connected().is_none() && self.sealed.is_none() {
             format!(
-                "never reached the relay at {}{}; nothing was written",
+                "could not connect to the relay at {}{}; nothing was written",
                 self.config.relay_addr,
                 self.last_problem
                     .as_ref()
@@ -1063,6 +1063,13 @@ pub async fn run<T>(
                                     Err(error) => break error.to_string(),
                                 }
                             };
+                            // The relay's refusal (not admitted, say) is its last frame,
+                            // carried in its close.
+                            if let Some(tether_transport::LostReason::Farewell { frame }) =
+                                receiver.handle().lost_reason()
+                            {
+                                let _ = reader.send(Event::Frame(id, frame));
+                            }
                             let _ = reader.send(Event::Down(id, reason));
                         });
                         writers.insert(id, (writer, handle));
