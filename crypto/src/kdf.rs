@@ -31,6 +31,14 @@ pub(crate) mod label {
     /// other direction of [`SERVER_AUTH`], with its own label so neither proof can be
     /// reflected as the other.
     pub(crate) const SERVER_PROOF: &[u8] = b"tether server proof v1";
+    /// Key of a pairing's records on the rendezvous table (from the code's secret).
+    pub(crate) const PAIRING_CHANNEL: &[u8] = b"tether pairing channel v1";
+    /// Master key of a pairing (from the secret, the devices' DH and both keys).
+    pub(crate) const PAIRING_MASTER: &[u8] = b"tether pairing master v1";
+    /// The relationship key a pairing ends with (from the pairing's master key).
+    pub(crate) const PAIRING_RK: &[u8] = b"tether pairing relationship key v1";
+    /// A side's confirmation tag in a pairing (from the pairing's master key).
+    pub(crate) const PAIRING_CONFIRM: &[u8] = b"tether pairing confirm v1";
 }
 
 /// A keyed BLAKE2s-256 MAC over `label` followed by each of `parts`.

@@ -231,6 +231,11 @@ impl RelationshipKey {
         Ok(key)
     }
 
+    /// A key derived inside this crate: a BLAKE2s output, never all zeros in practice.
+    pub(crate) fn from_derived(bytes: &[u8; KEY_LEN]) -> Self {
+        Self(*bytes)
+    }
+
     /// The key as lowercase hex, in a buffer wiped on drop (for pairing export only).
     pub fn to_hex(&self) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(2 * KEY_LEN));

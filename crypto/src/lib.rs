@@ -18,6 +18,7 @@
 //! | [`keyring`] | per-peer generations and the PeerSecret commit rule ([`KeyRing`]) |
 //! | [`migration`] | migration-signal tags, PeerSecret resolution, path challenges |
 //! | [`hints`] | the rendezvous id and sealed endpoint hints |
+//! | [`pairing`] | one-time pairing codes, and the relationship key two devices derive from one |
 //! | [`server_auth`] | mutual proofs of static keys between a device and the relay/rendezvous server, bound to the connection |
 //!
 //! # How to use it
@@ -155,6 +156,7 @@ pub mod key_file;
 pub mod keyring;
 pub mod keys;
 pub mod migration;
+pub mod pairing;
 pub mod peer_secret;
 pub mod replay;
 mod rng;
@@ -179,6 +181,7 @@ pub use migration::{
     migration_tag, verify_migration_tag, MigrationError, MigrationTag, PathChallenge,
     PathChallenger, PathError,
 };
+pub use pairing::{CodeError, PairingCode, PairingKeys, PairingSecret};
 pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
 pub use server_auth::{

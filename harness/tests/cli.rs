@@ -45,6 +45,8 @@ fn help_texts() {
         &["demo", "--help"],
         &["keygen", "--help"],
         &["pair", "--help"],
+        &["invite", "--help"],
+        &["accept", "--help"],
         &["node", "--help"],
         &["relay", "--help"],
         &["status", "--help"],
@@ -655,7 +657,15 @@ fn completions_and_man_page_cover_every_command() {
         let out = tether(&["completions", shell], dir.path(), &[]);
         assert!(out.status.success(), "{shell}: {}", stderr(&out));
         let script = stdout(&out);
-        for word in ["keygen", "status", "migrate", "completions", "stdin-lines"] {
+        for word in [
+            "keygen",
+            "status",
+            "migrate",
+            "completions",
+            "stdin-lines",
+            "invite",
+            "accept",
+        ] {
             assert!(script.contains(word), "{shell} completion lacks {word}");
         }
     }
@@ -664,7 +674,7 @@ fn completions_and_man_page_cover_every_command() {
     let page = stdout(&out);
     assert!(page.contains(".TH tether 1"), "{page}");
     for command in [
-        "keygen", "pair", "node", "relay", "status", "send", "watch", "migrate",
+        "keygen", "pair", "invite", "accept", "node", "relay", "status", "send", "watch", "migrate",
     ] {
         assert!(
             page.contains(&format!("tether\\-{command}(1)"))
@@ -690,6 +700,14 @@ fn json_output_is_one_object_per_line() {
     for args in [
         &["keygen", "--out", "new.key", "--json"][..],
         &["--json", "pair", "x.key", "y.key"],
+        &[
+            "--json",
+            "pair",
+            "--key",
+            "z.key",
+            "--peer",
+            "a38ed4f09f87be14b1882037908926369aaf23e96e26ce2ebbe6deca5afcaa1b",
+        ],
         &["node", "--config", "good.toml", "--check", "--json"],
         &["relay", "--config", "relay.toml", "--check", "--json"],
     ] {
@@ -840,5 +858,145 @@ fn a_relay_host_name_that_does_not_resolve_is_one_line() {
         stdout(&out).contains("relay localhost:7300 (127.0.0.1:7300)"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn pair_with_a_public_key_creates_only_this_devices_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let peer = {
+        let out = tether(&["keygen", "--out", "peer.key"], d, &[]);
+        stdout(&out).trim().to_string()
+    };
+    let out = tether(&["pair", "--key", "mine.key", "--peer", &peer], d, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mine = std::fs::read_to_string(d.join("mine.key")).unwrap();
+    let mine = mine
+        .lines()
+        .find_map(|l| l.strip_prefix("public "))
+        .unwrap()
+        .to_string();
+    let entries: Vec<&str> = text.split("# --- in ").skip(1).collect();
+    assert_eq!(entries.len(), 2, "{text}");
+    assert!(entries[0].starts_with("mine's config (key_file = \"mine.key\")"));
+    assert!(entries[0].contains(&format!("public_key = \"{peer}\"")));
+    assert!(entries[1].starts_with("the peer's config"));
+    assert!(entries[1].contains(&format!("public_key = \"{mine}\"")));
+    let rk = |entry: &str| {
+        entry
+            .lines()
+            .find_map(|l| l.strip_prefix("relationship_key = \""))
+            .map(|l| l[..64].to_string())
+            .unwrap()
+    };
+    assert_eq!(rk(entries[0]), rk(entries[1]));
+    assert!(text.contains(&format!("allow = [\"{mine}\", \"{peer}\"]")));
+    // The first positional names this device's key file too, and only it is read.
+    let out = tether(&["pair", "mine.key", "--peer", &peer], d, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(existing)"));
+    assert!(stdout(&out).contains("replaces the old one"));
+    let files: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".key") || n.len() == 64)
+        .collect();
+    let mut files = files;
+    files.sort();
+    assert_eq!(files, ["mine.key", "peer.key"]);
+}
+
+#[test]
+fn pairing_mistakes_are_one_line_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Setup { own, good, .. } = setup(d);
+    std::fs::write(d.join("node.toml"), &good).unwrap();
+    std::fs::set_permissions(d.join("node.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hex = "a38ed4f09f87be14b1882037908926369aaf23e96e26ce2ebbe6deca5afcaa1b";
+    // A real code, for the variants below.
+    let code = {
+        let mut rng = rand::rngs::OsRng;
+        let key = tether_crypto::PublicKey::from_hex(hex).unwrap();
+        tether_crypto::PairingCode::new(key, "127.0.0.1:9", key, &mut rng)
+            .unwrap()
+            .encode()
+            .to_string()
+    };
+    let garbled = {
+        let mut bytes = code.clone().into_bytes();
+        let at = bytes.len() / 2;
+        bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
+        String::from_utf8(bytes).unwrap()
+    };
+    let own_code = {
+        let mut rng = rand::rngs::OsRng;
+        let key = tether_crypto::PublicKey::from_hex(&own).unwrap();
+        tether_crypto::PairingCode::new(key, "127.0.0.1:9", key, &mut rng)
+            .unwrap()
+            .encode()
+            .to_string()
+    };
+    let before = std::fs::read_to_string(d.join("node.toml")).unwrap();
+    let mut snapshot = String::new();
+    for args in [
+        &["pair", "x.key", hex][..],
+        &["pair", "--key", "x.key", "--peer", "abc123"],
+        &["pair", "--key", "x.key", "--peer", &"00".repeat(32)],
+        &["pair", "--key", "node.key", "--peer", &own],
+        &["pair", "x.key", "y.key", "--peer", hex],
+        &["accept", "--config", "node.toml", "hello"],
+        &[
+            "accept",
+            "--config",
+            "node.toml",
+            &code.replacen("tether1-", "tether7-", 1),
+        ],
+        &["accept", "--config", "node.toml", &code[..code.len() - 30]],
+        &["accept", "--config", "node.toml", &garbled],
+        &[
+            "accept",
+            "--config",
+            "node.toml",
+            &format!("{}!", &code[..20]),
+        ],
+        &["accept", "--config", "node.toml", &own_code],
+        &["accept", "--config", "node.toml", "--name", "b", &code],
+        &["accept", "--config", "node.toml", "--timeout", "0s", &code],
+        &["invite", "--config", "missing.toml"],
+    ] {
+        let out = tether(args, d, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if !args.contains(&"--timeout") && !args.contains(&"x.key") {
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("tether") && a.len() > 40 {
+                    format!("{}…", &a[..8])
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        snapshot.push_str(&format!(
+            "$ tether {}\n{}\n",
+            redact(&shown.join(" "), d),
+            redact(&err, d).lines().next().unwrap_or_default()
+        ));
+    }
+    insta::assert_snapshot!(snapshot);
+    // Nothing was created, and the config is untouched.
+    assert!(!d.join("x.key").exists());
+    assert!(!d.join(hex).exists());
+    assert_eq!(
+        std::fs::read_to_string(d.join("node.toml")).unwrap(),
+        before
     );
 }

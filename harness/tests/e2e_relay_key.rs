@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{field, run, tail, Proc, TETHER};
+use common::{run, tail, Proc, TETHER};
 
 fn status_json(dir: &Path) -> serde_json::Value {
     let text = run(dir, TETHER, &["status", "--json", "--socket", "a.sock"]);
@@ -41,19 +41,7 @@ fn a_node_pinned_to_another_relay_key_refuses_the_relay_and_says_so_once() {
         .map(|s| s.split_once('\n').unwrap().1.to_string())
         .unwrap();
 
-    std::fs::write(
-        d.join("relay.toml"),
-        format!(
-            "key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n{}\n",
-            common::relay_allow(&pairing)
-        ),
-    )
-    .unwrap();
-    let relay = Proc::start(d, "relay", TETHER, &["relay", "--config", "relay.toml"]);
-    let relay_addr = relay.wait_for(deadline(30), |l| {
-        l.starts_with("tether relay ready:")
-            .then(|| field(l, "listen").unwrap().to_string())
-    });
+    let (_relay, relay_addr) = common::start_relay(d, &common::relay_allow(&pairing));
 
     std::fs::write(
         d.join("a.toml"),

@@ -167,7 +167,22 @@ pub const DEFAULT_RELAY_LISTEN: SocketAddr =
 
 /// Reads and checks a node config: the file, then `TETHER_*` overrides.
 pub fn load_node(path: &Path) -> Result<NodeSettings, ConfigError> {
-    load(path, node_from)
+    load(path, |root, path| node_from(root, path, Peers::Required))
+}
+
+/// [`load_node`] for `tether invite` and `tether accept`: the same checks, except that
+/// a config without any `[[peers]]` (a device not paired yet) is valid.
+pub fn load_node_for_pairing(path: &Path) -> Result<NodeSettings, ConfigError> {
+    load(path, |root, path| node_from(root, path, Peers::Optional))
+}
+
+/// Whether a node config must list a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peers {
+    /// `tether node`: a node without peers has nothing to do.
+    Required,
+    /// Pairing: the config is about to get its first peer.
+    Optional,
 }
 
 /// Reads and checks a relay config: the file, then `TETHER_*` overrides.
@@ -178,7 +193,7 @@ pub fn load_relay(path: &Path) -> Result<RelaySettings, ConfigError> {
 /// Reads the file and the overrides, builds the settings, and refuses unknown keys.
 fn load<T>(
     path: &Path,
-    settings_from: fn(&mut Fields, &Path) -> Result<T, ConfigError>,
+    settings_from: impl FnOnce(&mut Fields, &Path) -> Result<T, ConfigError>,
 ) -> Result<T, ConfigError> {
     let env = env_overrides();
     let mut root = Fields::root(read_sources(path, &env)?, path, &env);
@@ -204,7 +219,7 @@ pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
     }
 }
 
-fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError> {
+fn node_from(root: &mut Fields, path: &Path, need: Peers) -> Result<NodeSettings, ConfigError> {
     let (key_file, keypair) = key_file(root, path)?;
     let listen = root.socket_addr("listen")?.unwrap_or(DEFAULT_NODE_LISTEN);
     let control_socket = root
@@ -272,10 +287,10 @@ fn node_from(root: &mut Fields, path: &Path) -> Result<NodeSettings, ConfigError
             peer: NodePeer { public, rk, addrs },
         });
     }
-    if peers.is_empty() {
+    if peers.is_empty() && need == Peers::Required {
         return Err(root.error(
             "peers",
-            "no peer configured (add a [[peers]] table; `tether pair` prints one)",
+            "no peer configured (pair with `tether invite` and `tether accept`, or add a [[peers]] table that `tether pair` prints)",
         ));
     }
 

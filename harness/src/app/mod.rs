@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`demo`] | `tether demo`: the scenarios, in one process |
 //! | [`keys`] | `tether keygen`, `tether pair` |
+//! | [`pairing`] | `tether invite`, `tether accept`: pairing two machines with a one-time code |
+//! | [`peers_file`] | writing a `[[peers]]` entry into a node config, keeping its format |
 //! | [`config`] | the config files of `tether node` and `tether relay` |
 //! | [`node`] | `tether node`: one device, its control socket, interface watching |
 //! | [`relay`] | `tether relay`: the relay and rendezvous server |
@@ -20,6 +22,8 @@ pub mod demo;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+pub mod pairing;
 pub mod paths;
+pub mod peers_file;
 pub mod relay;
 pub mod run;

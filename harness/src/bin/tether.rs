@@ -14,7 +14,7 @@ use tether_harness::app::control::{self, Request};
 use tether_harness::app::demo::{self, DemoOptions, Scenario};
 use tether_harness::app::keys;
 use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
-use tether_harness::app::{node, paths, relay, run};
+use tether_harness::app::{node, pairing, paths, peers_file, relay, run};
 use tether_protocol::DeviceId;
 
 /// Tether keeps an end-to-end encrypted session between two trusted devices alive
@@ -49,14 +49,49 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Pair two devices: make or read their key files, print both configs' `[[peers]]` entries with a fresh relationship key.
+    /// Pair two devices whose key files are both here, or this device with a public key
+    /// (--peer): print both configs' `[[peers]]` entries with a fresh relationship key.
+    #[command(
+        after_help = "To pair two machines without copying a key file or a relationship key, use `tether invite` on one and `tether accept` on the other."
+    )]
     Pair {
-        /// Key file of the first device (created with mode 0600 if missing).
-        #[arg(value_name = "KEY_FILE_A", default_value = "a.key")]
-        a: PathBuf,
-        /// Key file of the second device (created with mode 0600 if missing).
-        #[arg(value_name = "KEY_FILE_B", default_value = "b.key")]
-        b: PathBuf,
+        /// Key file of the first device (created with mode 0600 if missing) [default: a.key].
+        #[arg(value_name = "KEY_FILE_A")]
+        a: Option<PathBuf>,
+        /// Key file of the second device (created with mode 0600 if missing) [default: b.key].
+        #[arg(value_name = "KEY_FILE_B", conflicts_with = "peer")]
+        b: Option<PathBuf>,
+        /// Pair this device with the device of this public key (64 hex characters): only
+        /// this device's key file is read or created.
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        peer: Option<String>,
+        /// With --peer: this device's key file (created with mode 0600 if missing)
+        /// [default: KEY_FILE_A, else a.key].
+        #[arg(long, value_name = "FILE", requires = "peer", conflicts_with = "a")]
+        key: Option<PathBuf>,
+    },
+    /// Invite another machine to pair: print a one-time code, wait for `tether accept CODE`
+    /// there, then add the new peer to this node's config.
+    #[command(after_help = INVITE_AFTER_HELP)]
+    Invite {
+        #[command(flatten)]
+        pairing: PairingArgs,
+        /// How long to wait for the other machine (e.g. 90s, 10m, 1h).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Accept another machine's `tether invite` code: pair with it through the relay and
+    /// add it to this node's config.
+    #[command(after_help = ACCEPT_AFTER_HELP)]
+    Accept {
+        /// The code `tether invite` printed (without it, read from standard input, which
+        /// keeps it out of the shell's history).
+        code: Option<String>,
+        #[command(flatten)]
+        pairing: PairingArgs,
+        /// How long to wait for the inviting machine (e.g. 90s, 2m).
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Run one device: a node with its control socket (see docs/config.md).
     Node {
@@ -132,6 +167,53 @@ struct SendArgs {
     wait: bool,
     #[command(flatten)]
     target: Target,
+}
+
+const INVITE_AFTER_HELP: &str = "Both machines need a node config with `key_file` and `[relay]` (no peer yet is fine). \
+The relay must admit both device keys (its `allow` list), or run with admission = \"open\". \
+The code holds a secret: pass it over a private channel; it is good for one pairing, until the timeout. \
+A running node picks up the new peer when it restarts. With --json: one line with the code, then one with the result.";
+
+const ACCEPT_AFTER_HELP: &str = "The relay named in the code must admit this device's key (its `allow` list), or run with admission = \"open\". \
+A running node picks up the new peer when it restarts.";
+
+/// What `invite` and `accept` share.
+#[derive(Debug, Args)]
+struct PairingArgs {
+    /// This node's config file: its key_file and relay are used, and the new peer is
+    /// added to it. Default: $XDG_CONFIG_HOME/tether/node.toml, else /etc/tether/node.toml.
+    #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The other machine's name in this config [default: the name it announces, its host
+    /// name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Replace the relationship key of an existing entry for the other machine (it must
+    /// then pair with --force too).
+    #[arg(long)]
+    force: bool,
+}
+
+/// `90s`, `10m`, `1h` or a number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 10m, 1h)"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{text:?} is not a duration (e.g. 90s, 10m, 1h)")),
+    };
+    if seconds == 0 || seconds > 86_400 {
+        return Err(format!("{text:?} must be above 0 and at most a day"));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 #[derive(Debug, Args)]
@@ -291,8 +373,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pair { a, b } => {
-            let pairing = keys::pair(&a, &b)?;
+        Command::Pair {
+            a,
+            b,
+            peer: Some(peer),
+            key,
+        } => {
+            let key = key.or(a).unwrap_or_else(|| PathBuf::from("a.key"));
+            debug_assert!(b.is_none());
+            let pairing = keys::pair_with(&key, &peer).map_err(pair_error)?;
+            if json {
+                let d = &pairing.device;
+                json_line(&serde_json::json!({
+                    "device": {
+                        "name": d.name,
+                        "key_file": d.key_file.display().to_string(),
+                        "public_key": d.public.to_hex(),
+                        "created": d.created,
+                    },
+                    "peer": {
+                        "name": pairing.peer_name(),
+                        "public_key": pairing.peer.to_hex(),
+                    },
+                    "relationship_key": pairing.rk.to_hex().as_str(),
+                }))?;
+            } else {
+                out!("{}", pairing.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pair { a, b, .. } => {
+            let a = a.unwrap_or_else(|| PathBuf::from("a.key"));
+            let b = b.unwrap_or_else(|| PathBuf::from("b.key"));
+            let pairing = keys::pair(&a, &b).map_err(pair_error)?;
             if json {
                 let device = |d: &keys::PairedDevice| {
                     serde_json::json!({
@@ -311,6 +424,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Invite { pairing, timeout } => run_invite(pairing, timeout, json),
+        Command::Accept {
+            code,
+            pairing,
+            timeout,
+        } => run_accept(code, pairing, timeout, json),
         Command::Node { config, check } => {
             let config = config_or_default(config, "node.toml")?;
             let settings = config::load_node(&config)?;
@@ -502,6 +621,233 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `tether pair`'s mistakes in its arguments are usage errors (exit 2).
+fn pair_error(error: keys::PairError) -> anyhow::Error {
+    match error {
+        keys::PairError::KeyAsFile(_)
+        | keys::PairError::BadPeerKey(..)
+        | keys::PairError::PeerIsSelf(_) => UsageError(error.to_string()).into(),
+        other => other.into(),
+    }
+}
+
+/// An explicit `--name` for the new peer: a valid name no other peer has.
+fn check_peer_name(
+    name: &Option<String>,
+    settings: &config::NodeSettings,
+    config: &Path,
+) -> anyhow::Result<()> {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !valid {
+        return Err(UsageError(format!(
+            "--name {name:?}: use letters, digits, '.', '_' and '-' only"
+        ))
+        .into());
+    }
+    if settings.peers.iter().any(|p| &p.name == name) {
+        return Err(UsageError(format!(
+            "--name {name:?}: {} has a peer of that name already",
+            config_name(config)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// `invite`: print a code, wait for the other machine, write the entry.
+fn run_invite(
+    args: PairingArgs,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = config_or_default(args.config.clone(), "node.toml")?;
+    let settings = config::load_node_for_pairing(&config)?;
+    check_peer_name(&args.name, &settings, &config)?;
+    let code = tether_crypto::PairingCode::new(
+        *settings.keypair.public(),
+        &settings.relay_name,
+        settings.relay.public,
+        &mut rand::rngs::OsRng,
+    )
+    .map_err(|e| UsageError(format!("{}: key `relay.addr`: {e}", config_name(&config))))?;
+    let text = code.encode();
+    if json {
+        json_line(&serde_json::json!({
+            "code": text.as_str(),
+            "device": settings.keypair.public().to_hex(),
+            "relay": settings.relay_name,
+            "timeout_s": timeout.as_secs(),
+        }))?;
+    } else {
+        outln!("{}", text.as_str());
+        eprintln!(
+            "On the other machine, run `tether accept` with the code above (it holds a secret: pass it privately). Waiting up to {} s; Ctrl-C cancels.",
+            timeout.as_secs()
+        );
+    }
+    let core = pairing::PairingConfig {
+        keypair: settings.keypair.clone(),
+        relay_addr: settings.relay.addr,
+        relay_key: settings.relay.public,
+        secret: code.secret.clone(),
+        role: pairing::Role::Inviter,
+        name: announced_name(&settings),
+        known: settings.peers.iter().map(|p| p.peer.public).collect(),
+        force: args.force,
+        timeout,
+        unix_ms_at_start: tether::unix_ms(),
+        seed: pairing::os_seed(),
+    };
+    finish_pairing(core, &config, &settings, &args, Vec::new(), json)
+}
+
+/// `accept`: read the code, meet the inviting machine, write the entry.
+fn run_accept(
+    code: Option<String>,
+    args: PairingArgs,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = match code {
+        Some(code) => zeroize::Zeroizing::new(code),
+        None => {
+            use std::io::BufRead as _;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("pairing code: ");
+            }
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the code from standard input")?;
+            line
+        }
+    };
+    let code = tether_crypto::PairingCode::decode(&text).map_err(|e| UsageError(e.to_string()))?;
+    let config = config_or_default(args.config.clone(), "node.toml")?;
+    let settings = config::load_node_for_pairing(&config)?;
+    check_peer_name(&args.name, &settings, &config)?;
+    if &code.inviter == settings.keypair.public() {
+        return Err(UsageError(pairing::PairingFailure::SameDevice.to_string()).into());
+    }
+    if let Some(existing) = settings
+        .peers
+        .iter()
+        .find(|p| p.peer.public == code.inviter)
+    {
+        if !args.force {
+            return Err(UsageError(format!(
+                "{}: this device has an entry for the inviting device already ([[peers]] {:?}); `tether accept --force` replaces its relationship key, and the inviting device must then re-pair too (`tether invite --force`)",
+                config_name(&config),
+                existing.name
+            ))
+            .into());
+        }
+    }
+    let relay_addr = config::resolve_host(&code.relay_addr, settings.listen)
+        .map_err(|problem| UsageError(format!("the code's relay address: {problem}")))?;
+    let mut warnings = Vec::new();
+    if code.relay_key != settings.relay.public {
+        warnings.push(format!(
+            "{} uses another relay (relay.public_key) than the inviting device ({}, key {}): the pairing went through the inviting device's relay, but the two nodes share no relay to fall back on",
+            config_name(&config),
+            code.relay_addr,
+            code.relay_key.to_hex()
+        ));
+    }
+    let core = pairing::PairingConfig {
+        keypair: settings.keypair.clone(),
+        relay_addr,
+        relay_key: code.relay_key,
+        secret: code.secret.clone(),
+        role: pairing::Role::Acceptor {
+            inviter: code.inviter,
+        },
+        name: announced_name(&settings),
+        known: settings.peers.iter().map(|p| p.peer.public).collect(),
+        force: args.force,
+        timeout,
+        unix_ms_at_start: tether::unix_ms(),
+        seed: pairing::os_seed(),
+    };
+    finish_pairing(core, &config, &settings, &args, warnings, json)
+}
+
+/// The name this device announces: its host name, else its short id.
+fn announced_name(settings: &config::NodeSettings) -> String {
+    pairing::host_name().unwrap_or_else(|| DeviceId(*settings.keypair.public().as_bytes()).short())
+}
+
+/// Runs the pairing, writing the entry into `config` when the protocol asks, and prints
+/// the result.
+fn finish_pairing(
+    core: pairing::PairingConfig,
+    config: &Path,
+    settings: &config::NodeSettings,
+    args: &PairingArgs,
+    warnings: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let taken: Vec<String> = settings.peers.iter().map(|p| p.name.clone()).collect();
+    let save = |request: &pairing::SaveRequest| {
+        let short = DeviceId(*request.peer.as_bytes()).short();
+        let name = match &args.name {
+            Some(name) => name.clone(),
+            None => peers_file::unique_name(
+                &request.announced_name,
+                &short,
+                taken.iter().map(String::as_str),
+            ),
+        };
+        peers_file::write_peer(config, &request.entry(name)).map_err(|e| e.to_string())
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let relay = core.relay_addr;
+    let outcome = runtime.block_on(pairing::run(core, save))?;
+    let paired = outcome.result?;
+    let Some(written) = outcome.saved else {
+        anyhow::bail!("the pairing ended without writing the entry");
+    };
+    let name = written.name();
+    let (entry, verb) = match &written {
+        peers_file::Written::Added { .. } => ("added", "added [[peers]]"),
+        peers_file::Written::Replaced { .. } => {
+            ("replaced", "replaced the relationship key of [[peers]]")
+        }
+    };
+    if json {
+        json_line(&serde_json::json!({
+            "paired": true,
+            "peer": { "name": name, "public_key": paired.peer.to_hex() },
+            "config": config.display().to_string(),
+            "entry": entry,
+            "relay": relay.to_string(),
+            "restart_required": true,
+            "warnings": warnings,
+        }))?;
+    } else {
+        outln!(
+            "paired with {name} (public key {}) through the relay at {relay}",
+            paired.peer.to_hex()
+        );
+        outln!("{verb} {name:?} in {}", config_name(config));
+        outln!("a running node picks up the new peer when it restarts (`tether node`, or systemctl restart tether-node)");
+        for warning in &warnings {
+            outln!("warning: {warning}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The config file given, or the default one (see `tether_harness::app::paths`).

@@ -177,6 +177,23 @@ pub fn relay_allow(pairing: &str) -> String {
         .to_string()
 }
 
+/// Starts `tether relay` in `dir` with key file `relay.key` on a loopback port and the
+/// admission line `admission` (`allow = [...]`, say), its config in `relay.toml`; the
+/// process and the address it listens on, once it is ready.
+pub fn start_relay(dir: &Path, admission: &str) -> (Proc, String) {
+    std::fs::write(
+        dir.join("relay.toml"),
+        format!("key_file = \"relay.key\"\nlisten = \"127.0.0.1:0\"\n{admission}\n"),
+    )
+    .unwrap();
+    let relay = Proc::start(dir, "relay", TETHER, &["relay", "--config", "relay.toml"]);
+    let addr = relay.wait_for(Instant::now() + std::time::Duration::from_secs(30), |l| {
+        l.starts_with("tether relay ready:")
+            .then(|| field(l, "listen").unwrap().to_string())
+    });
+    (relay, addr)
+}
+
 /// What every two-node end-to-end test starts from, in `dir`: a relay key and a
 /// running `tether relay` on loopback, and a pair of device keys (`a.key`, `b.key`)
 /// with their relationship, from `tether keygen` and `tether pair`.
