@@ -3,7 +3,8 @@
 //! peer yet. Both must end with matching `[[peers]]` entries written into their own
 //! config files (comments kept), and the two nodes started from them must carry a
 //! message. A wrong secret, a garbled code and a tampered code must not pair, and
-//! pairing devices that are paired already must be refused without `--force`.
+//! pairing devices that are paired already must be refused without `--force`. Pairing
+//! while the nodes run must not disturb their own connections to the relay.
 //!
 //! Every process is killed when its guard drops. Nothing sleeps: every wait reads
 //! output with a deadline (the wrong-secret case waits for the command's own timeout).
@@ -211,6 +212,19 @@ fn invite_and_accept_pair_two_fresh_configs_and_the_nodes_carry_a_message() {
         (e["event"] == "delivered" && e["peer"] == "a")
             .then(|| assert_eq!(e["text"], "hello from a paired device", "{e}"))
     });
+
+    // Pairing again while both nodes run: the pairing connections are rendezvous-only,
+    // so they do not replace the nodes' own connections to the relay.
+    let (mut inviting, code) = invite(d, &["--force"]);
+    let out = accept(d, &code, &["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(invite_result(&mut inviting).1.success());
+    for (node, socket) in [(&a, "a.sock"), (&b, "b.sock")] {
+        let status = json(&run(d, TETHER, &["status", "--json", "--socket", socket]));
+        assert_eq!(status["server_clients"]["relay"]["replaced"], 0, "{status}");
+        assert_eq!(status["server_clients"]["relay"]["connects"], 1, "{status}");
+        assert!(!node.stderr_text().contains("another connection proved"));
+    }
 }
 
 #[test]

@@ -211,6 +211,11 @@ pub enum RelayMessage {
         /// Proof bytes (see the relay server docs for their construction).
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
+        /// A connection for rendezvous requests only (pairing, while the device's node
+        /// may hold its connection): it does not replace the device's connection and
+        /// receives no pushes or forwarded frames.
+        #[serde(default)]
+        rendezvous_only: bool,
     },
     /// Server → device: authenticated; queued envelopes follow as pushes. The device
     /// trusts nothing from the server before this proof verifies.

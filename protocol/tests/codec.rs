@@ -66,6 +66,7 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
             WireFrame::Relay(RelayMessage::Authenticate {
                 device,
                 proof: vec![4; 4],
+                rendezvous_only: false,
             }),
         ),
         (
@@ -382,8 +383,15 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
     prop_oneof![
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(nonce, server_key)| RelayMessage::Challenge { nonce, server_key }),
-        (arb_device(), arb_bytes(64))
-            .prop_map(|(device, proof)| RelayMessage::Authenticate { device, proof }),
+        (arb_device(), arb_bytes(64), any::<bool>()).prop_map(
+            |(device, proof, rendezvous_only)| {
+                RelayMessage::Authenticate {
+                    device,
+                    proof,
+                    rendezvous_only,
+                }
+            }
+        ),
         proptest::collection::vec(any::<u8>(), 0..40)
             .prop_map(|proof| RelayMessage::Welcome { proof }),
         (arb_device(), any::<u64>(), any::<u64>(), arb_bytes(256)).prop_map(

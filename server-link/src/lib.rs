@@ -78,6 +78,9 @@ pub struct ServerLinkConfig {
     pub connect_timeout: Duration,
     /// Request id of the first dial; later dials count up from it.
     pub first_dial_request: RequestId,
+    /// Authenticate a rendezvous-only connection (pairing): it does not replace the
+    /// device's own connection, which a running node may hold.
+    pub rendezvous_only: bool,
 }
 
 impl ServerLinkConfig {
@@ -100,6 +103,7 @@ impl ServerLinkConfig {
             // 10 s: several handshakes' worth of round trips on a slow mobile link.
             connect_timeout: Duration::from_secs(10),
             first_dial_request,
+            rendezvous_only: false,
         }
     }
 }
@@ -599,6 +603,7 @@ impl ServerLink {
         let authenticate = RelayMessage::Authenticate {
             device: self.device,
             proof: proof.to_vec(),
+            rendezvous_only: self.config.rendezvous_only,
         };
         match tether_protocol::encode(&WireFrame::Relay(authenticate)) {
             Ok(frame) => self
@@ -761,7 +766,7 @@ mod tests {
             panic!("one Authenticate expected");
         };
         assert_eq!(*link, LinkId(9));
-        let Ok(WireFrame::Relay(RelayMessage::Authenticate { device, proof })) =
+        let Ok(WireFrame::Relay(RelayMessage::Authenticate { device, proof, .. })) =
             tether_protocol::decode(frame)
         else {
             panic!("an Authenticate frame");
@@ -809,7 +814,7 @@ mod tests {
             panic!("one Authenticate expected");
         };
         assert_eq!(*link, LinkId(9));
-        let Ok(WireFrame::Relay(RelayMessage::Authenticate { device, proof })) =
+        let Ok(WireFrame::Relay(RelayMessage::Authenticate { device, proof, .. })) =
             tether_protocol::decode(frame)
         else {
             panic!("an Authenticate frame");

@@ -432,12 +432,17 @@ impl PairingCore {
     pub fn new(config: PairingConfig, now: Instant) -> Self {
         let channel = config.secret.channel_key();
         let rendezvous_id = RendezvousId::from_rk(&channel);
-        let link = ServerLink::new(ServerLinkConfig::new(
-            config.keypair.clone(),
-            config.relay_key,
-            config.relay_addr,
-            RequestId(1),
-        ));
+        // A rendezvous-only connection: the device's node may be running and holding
+        // the device's own connection to the relay, which this must not replace.
+        let link = ServerLink::new(ServerLinkConfig {
+            rendezvous_only: true,
+            ..ServerLinkConfig::new(
+                config.keypair.clone(),
+                config.relay_key,
+                config.relay_addr,
+                RequestId(1),
+            )
+        });
         // The acceptor's first record, its answer, is made at start.
         let record = Record::Offer {
             name: config.name.clone(),

@@ -126,8 +126,12 @@ impl RelayDevice {
         assert_eq!(&server_key, relay.as_bytes());
         let proof = server_auth_proof(&self.keys, relay, &nonce, &binding).to_vec();
         let device = self.id();
-        self.send(RelayMessage::Authenticate { device, proof })
-            .await;
+        self.send(RelayMessage::Authenticate {
+            device,
+            proof,
+            rendezvous_only: false,
+        })
+        .await;
         let answer = self.recv().await;
         if let Some(RelayMessage::Welcome { proof }) = &answer {
             assert!(verify_server_proof(

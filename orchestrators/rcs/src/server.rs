@@ -45,6 +45,12 @@
 //! connection. A device that sees `Replaced` on the connection it is using knows that
 //! another connection proved its key: a second instance running with the same key.
 //!
+//! An `Authenticate` with `rendezvous_only` (pairing, which may run while the device's
+//! node holds its connection) makes a side connection instead: it replaces nothing,
+//! gets no pushes or forwarded frames, and serves rendezvous requests only (relay
+//! requests on it are refused `NotAuthenticated`). At most
+//! [`MAX_RENDEZVOUS_ONLY_CONNS`] per device; a newer one closes the oldest the same way.
+//!
 //! # Bounds
 //! Per recipient: at most `max_queued_per_recipient` envelopes and
 //! `max_queued_bytes_per_recipient` bytes. Of one recipient's queue, one sender may
@@ -193,6 +199,11 @@ pub const DEFAULT_CONN_RATES: RateLimits = RateLimits {
 /// device holds one), and they outlive a connection, so a device that reconnects or
 /// opens more connections gains nothing.
 pub const DEFAULT_IDENTITY_RATES: RateLimits = DEFAULT_CONN_RATES;
+
+/// Rendezvous-only connections kept per device: a pairing runs one, and a second covers
+/// a retry while the first has not closed yet; a newer one beyond that replaces the
+/// oldest.
+pub const MAX_RENDEZVOUS_ONLY_CONNS: usize = 2;
 
 /// How long an identity goes without a rate-limit refusal before the next one is
 /// logged again: one warning per episode, not one per refused frame.
@@ -413,7 +424,12 @@ enum ConnState {
         deadline: Instant,
     },
     /// Proof verified and the device admitted.
-    Authenticated { device: DeviceId, buckets: Buckets },
+    Authenticated {
+        device: DeviceId,
+        buckets: Buckets,
+        /// A rendezvous-only connection (see the module docs).
+        rendezvous_only: bool,
+    },
 }
 
 /// What the server keeps per identity (device key).
@@ -421,6 +437,9 @@ enum ConnState {
 struct Identity {
     /// Its authenticated connection (at most one: a newer one replaces it).
     conn: Option<ConnId>,
+    /// Its rendezvous-only connections, oldest first (at most
+    /// [`MAX_RENDEZVOUS_ONLY_CONNS`]).
+    rendezvous_only: Vec<ConnId>,
     /// Rate limits across the connections.
     buckets: Buckets,
     /// Until when the current rate-limit episode lasts (extended by each refusal).
@@ -428,6 +447,21 @@ struct Identity {
     /// Without connections: when the buckets are full again and the entry goes (it
     /// is also in `RelayQueueServer::idle_identities`).
     idle_until: Option<Instant>,
+}
+
+impl Identity {
+    /// Without any connection: its entry lasts only until its buckets are full.
+    fn is_idle(&self) -> bool {
+        self.conn.is_none() && self.rendezvous_only.is_empty()
+    }
+}
+
+/// What an `Authenticate` claims on a challenged connection.
+struct Proved {
+    nonce: [u8; 32],
+    binding: [u8; CHANNEL_BINDING_LEN],
+    device: DeviceId,
+    rendezvous_only: bool,
 }
 
 /// Envelopes and bytes held.
@@ -737,7 +771,11 @@ impl RelayQueueServer {
 
     fn closed(&mut self, now: Instant, conn: ConnId) {
         match self.conns.remove(&conn) {
-            Some(ConnState::Authenticated { device, .. }) => self.detach(now, device, conn),
+            Some(ConnState::Authenticated {
+                device,
+                rendezvous_only,
+                ..
+            }) => self.detach(now, device, conn, rendezvous_only),
             Some(ConnState::Challenged { deadline, .. }) => {
                 self.auth_deadlines.remove(&(deadline, conn));
             }
@@ -763,14 +801,20 @@ impl RelayQueueServer {
             .push_back(ServerOutput::CloseWith(conn, WireFrame::Relay(refusal)));
     }
 
-    fn detach(&mut self, now: Instant, device: DeviceId, conn: ConnId) {
+    fn detach(&mut self, now: Instant, device: DeviceId, conn: ConnId, rendezvous_only: bool) {
         let Some(identity) = self.identities.get_mut(&device) else {
             return;
         };
-        if identity.conn != Some(conn) {
+        if rendezvous_only {
+            identity.rendezvous_only.retain(|c| *c != conn);
+        } else if identity.conn == Some(conn) {
+            identity.conn = None;
+        } else {
             return;
         }
-        identity.conn = None;
+        if !identity.is_idle() {
+            return;
+        }
         // Its buckets outlive it until they are full: reconnecting buys no new burst.
         match identity.buckets.full_at(now) {
             Some(at) => {
@@ -811,11 +855,7 @@ impl RelayQueueServer {
                 break;
             }
             self.idle_identities.remove(&(at, device));
-            if self
-                .identities
-                .get(&device)
-                .is_some_and(|i| i.conn.is_none())
-            {
+            if self.identities.get(&device).is_some_and(Identity::is_idle) {
                 self.identities.remove(&device);
             }
         }
@@ -867,9 +907,28 @@ impl RelayQueueServer {
         };
         match state {
             ConnState::Challenged { nonce, binding, .. } => match message {
-                RelayMessage::Authenticate { device, proof } => {
-                    self.authenticate(now, conn, nonce, binding, device, &proof)
+                RelayMessage::Authenticate {
+                    device,
+                    proof,
+                    rendezvous_only,
+                } => {
+                    let proved = Proved {
+                        nonce,
+                        binding,
+                        device,
+                        rendezvous_only,
+                    };
+                    self.authenticate(now, conn, proved, &proof)
                 }
+                RelayMessage::Enqueue { request, .. } => {
+                    self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
+                }
+                _ => self.refuse(conn, None, ServerRefusal::NotAuthenticated),
+            },
+            ConnState::Authenticated {
+                rendezvous_only: true,
+                ..
+            } => match message {
                 RelayMessage::Enqueue { request, .. } => {
                     self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
                 }
@@ -901,15 +960,13 @@ impl RelayQueueServer {
         }
     }
 
-    fn authenticate(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        nonce: [u8; 32],
-        binding: [u8; CHANNEL_BINDING_LEN],
-        device: DeviceId,
-        proof: &[u8],
-    ) {
+    fn authenticate(&mut self, now: Instant, conn: ConnId, proved: Proved, proof: &[u8]) {
+        let Proved {
+            nonce,
+            binding,
+            device,
+            rendezvous_only,
+        } = proved;
         let key = PublicKey::from_bytes(device.0)
             .ok()
             .filter(|key| verify_server_auth(&self.config.keypair, key, &nonce, &binding, proof));
@@ -929,13 +986,21 @@ impl RelayQueueServer {
             ConnState::Authenticated {
                 device,
                 buckets: Buckets::default(),
+                rendezvous_only,
             },
         );
         let identity = self.identities.entry(device).or_default();
         if let Some(at) = identity.idle_until.take() {
             self.idle_identities.remove(&(at, device));
         }
-        if let Some(old) = identity.conn.replace(conn) {
+        let replaced = if rendezvous_only {
+            identity.rendezvous_only.push(conn);
+            (identity.rendezvous_only.len() > MAX_RENDEZVOUS_ONLY_CONNS)
+                .then(|| identity.rendezvous_only.remove(0))
+        } else {
+            identity.conn.replace(conn)
+        };
+        if let Some(old) = replaced {
             self.counters.replaced_connections += 1;
             self.conns.remove(&old);
             let refusal = RelayMessage::Refused {
@@ -947,6 +1012,9 @@ impl RelayQueueServer {
         }
         let proof = server_proof(&self.config.keypair, &key, &nonce, &binding).to_vec();
         self.send(conn, RelayMessage::Welcome { proof });
+        if rendezvous_only {
+            return;
+        }
         let ids: Vec<u64> = self
             .queues
             .get(&device)

@@ -321,7 +321,7 @@ fn client_trace_from_start_to_redial() {
         .transmitted()
         .into_iter()
         .filter_map(|m| match m {
-            RelayMessage::Authenticate { device, proof } => {
+            RelayMessage::Authenticate { device, proof, .. } => {
                 assert_eq!(device, d.keys.id(1));
                 Some(proof)
             }

@@ -53,7 +53,7 @@ impl Names {
     pub(crate) fn relay(&self, message: &RelayMessage) -> String {
         match message {
             RelayMessage::Challenge { .. } => "Challenge nonce[32B]".into(),
-            RelayMessage::Authenticate { device, proof } => {
+            RelayMessage::Authenticate { device, proof, .. } => {
                 format!("Authenticate {} proof[{}B]", self.of(device), proof.len())
             }
             RelayMessage::Welcome { .. } => "Welcome".into(),

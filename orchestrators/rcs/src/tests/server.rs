@@ -131,6 +131,11 @@ impl Driver {
     /// Opens `conn` and authenticates device `n` on it; returns the outputs after the
     /// proof (Welcome and pushes).
     fn connect(&mut self, conn: u64, n: usize) -> Vec<ServerOutput> {
+        self.connect_as(conn, n, false)
+    }
+
+    /// [`connect`](Self::connect), for a rendezvous-only connection if asked.
+    fn connect_as(&mut self, conn: u64, n: usize, rendezvous_only: bool) -> Vec<ServerOutput> {
         let nonce = self.open(conn);
         let proof = server_auth_proof(
             self.keys.device(n),
@@ -144,6 +149,7 @@ impl Driver {
             RelayMessage::Authenticate {
                 device,
                 proof: proof.to_vec(),
+                rendezvous_only,
             },
         )
     }
@@ -227,6 +233,7 @@ fn bad_proof_is_refused_and_the_connection_closed() {
         RelayMessage::Authenticate {
             device: claimed,
             proof: proof.to_vec(),
+            rendezvous_only: false,
         },
     );
     assert_eq!(
@@ -252,6 +259,7 @@ fn bad_proof_is_refused_and_the_connection_closed() {
         RelayMessage::Authenticate {
             device: claimed,
             proof: replayed.to_vec(),
+            rendezvous_only: false,
         },
     );
     assert_eq!(
@@ -269,6 +277,7 @@ fn bad_proof_is_refused_and_the_connection_closed() {
         RelayMessage::Authenticate {
             device: DeviceId([0; 32]),
             proof: vec![0; 32],
+            rendezvous_only: false,
         },
     );
     assert!(matches!(
@@ -294,6 +303,7 @@ fn good_proof_is_welcomed() {
         RelayMessage::Authenticate {
             device: d.keys.id(2),
             proof: vec![0; 32],
+            rendezvous_only: false,
         },
     );
     assert!(out.is_empty());
@@ -633,6 +643,55 @@ fn a_newer_connection_of_a_device_replaces_the_older_and_frames_go_out_once() {
 }
 
 #[test]
+fn a_rendezvous_only_connection_replaces_nothing_and_gets_no_relay_traffic() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    d.enqueue(1, 2, 1, 60_000, 4);
+    // A pairing connection of p2 while p2's node holds its connection.
+    let out = d.connect_as(3, 2, true);
+    assert!(matches!(
+        relay_to(&out, 3).as_slice(),
+        [RelayMessage::Welcome { .. }]
+    ));
+    assert!(pushed_ids(&out, 3).is_empty(), "no pushes on it");
+    assert_eq!(d.server.counters().replaced_connections, 0);
+    assert_eq!(d.server.authenticated_device(ConnId(2)), Some(d.keys.id(2)));
+    // Pushes and forwarded frames still go to the device's own connection only.
+    d.enqueue(1, 2, 2, 60_000, 4);
+    assert_eq!(pushed_ids(&d.last, 2), vec![2]);
+    assert!(pushed_ids(&d.last, 3).is_empty());
+    // Relay requests on it are refused; rendezvous requests are served as p2.
+    d.enqueue(3, 1, 3, 60_000, 4);
+    assert_eq!(
+        relay_to(&d.last, 3),
+        vec![refused(ServerRefusal::NotAuthenticated, Some(3))]
+    );
+    let lookup = RendezvousMessage::Lookup {
+        rendezvous_id: [1; 32],
+    };
+    let now = d.now;
+    assert_eq!(
+        d.server.rendezvous_request(now, ConnId(3), &lookup),
+        Ok(d.keys.id(2))
+    );
+    // Two are kept per device; a third replaces the oldest of them, never the device's
+    // own connection.
+    d.connect_as(4, 2, true);
+    let out = d.connect_as(5, 2, true);
+    assert!(out.contains(&ServerOutput::CloseWith(
+        ConnId(3),
+        WireFrame::Relay(refused(ServerRefusal::Replaced, None))
+    )));
+    assert_eq!(d.server.authenticated_device(ConnId(2)), Some(d.keys.id(2)));
+    // Closing them leaves the device's connection in place.
+    d.input(ServerInput::Closed(ConnId(4)));
+    d.input(ServerInput::Closed(ConnId(5)));
+    d.enqueue(1, 2, 4, 60_000, 4);
+    assert_eq!(pushed_ids(&d.last, 2).len(), 1);
+}
+
+#[test]
 fn garbage_and_misdirected_frames_are_counted_and_dropped() {
     let mut d = Driver::new(|_| {});
     d.connect(1, 1);
@@ -925,6 +984,7 @@ fn the_welcome_proves_the_server_key_on_this_connection_only() {
         RelayMessage::Authenticate {
             device: d.keys.id(1),
             proof: proof.to_vec(),
+            rendezvous_only: false,
         },
     );
     let [RelayMessage::Welcome { proof }, ..] = &relay_to(&out, 1)[..] else {
@@ -972,6 +1032,7 @@ fn a_proof_relayed_by_a_man_in_the_middle_is_refused() {
         RelayMessage::Authenticate {
             device: d.keys.id(1),
             proof: proof.to_vec(),
+            rendezvous_only: false,
         },
     );
     assert_eq!(
@@ -1049,6 +1110,7 @@ fn a_connection_without_a_proof_is_closed_at_the_auth_deadline() {
         RelayMessage::Authenticate {
             device,
             proof: proof.to_vec(),
+            rendezvous_only: false,
         },
     );
     assert_eq!(out, vec![ServerOutput::Close(ConnId(3))]);
