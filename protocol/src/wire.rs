@@ -286,7 +286,22 @@ pub enum RelayMessage {
         /// Why.
         reason: ServerRefusal,
     },
+    /// Device → server, right after the device's network changed: ignored by the
+    /// server. Its size matters: QUIC lets a server send at most three times what it
+    /// received on a path it has not validated yet, and the server's path challenge
+    /// alone takes 1200 bytes, so without this the server could answer on the new path
+    /// (pushes, forwarded frames) only after a round trip of validation.
+    PathProbe {
+        /// Filler of [`PATH_PROBE_PADDING`] bytes.
+        #[serde(with = "serde_bytes")]
+        padding: Vec<u8>,
+    },
 }
+
+/// Bytes of filler in a [`RelayMessage::PathProbe`]: with the packets around it, enough
+/// for the server's 1200-byte path challenge and a few kilobytes of answers within
+/// QUIC's anti-amplification allowance (three times what the path received).
+pub const PATH_PROBE_PADDING: usize = 1200;
 
 /// Device ↔ rendezvous server. Hints are sealed with a key only the pair holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

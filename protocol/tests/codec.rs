@@ -126,6 +126,12 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
             }),
         ),
         (
+            "relay_path_probe",
+            WireFrame::Relay(RelayMessage::PathProbe {
+                padding: vec![0; 3],
+            }),
+        ),
+        (
             "rendezvous_publish",
             WireFrame::Rendezvous(RendezvousMessage::Publish {
                 rendezvous_id: [9; 32],
@@ -418,6 +424,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             .prop_map(|(from, frame)| RelayMessage::Forwarded { from, frame }),
         (any::<Option<u64>>(), arb_refusal())
             .prop_map(|(request, reason)| RelayMessage::Refused { request, reason }),
+        arb_bytes(64).prop_map(|padding| RelayMessage::PathProbe { padding }),
     ]
 }
 

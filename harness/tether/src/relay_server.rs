@@ -122,6 +122,11 @@ struct ConnBytes(ConnId, Bytes);
 #[rtype(result = "()")]
 struct ConnEnded(ConnId);
 
+/// The connection's remote address changed (sent before the frame that showed it).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnMoved(ConnId);
+
 impl RelayServer {
     /// Starts a server on `endpoint` with `config` (its keypair, challenge seed from
     /// OS entropy in production, admission policy and bounds) and its queue in memory
@@ -279,7 +284,13 @@ impl Handler<Accepted> for RelayServer {
         let me = ctx.address();
         let reader_me = me.clone();
         tokio::spawn(async move {
+            let mut last_remote = receiver.handle().remote_addr();
             while let Ok(Some(frame)) = receiver.recv_frame().await {
+                let remote = receiver.handle().remote_addr();
+                if remote != last_remote {
+                    last_remote = remote;
+                    reader_me.do_send(ConnMoved(conn));
+                }
                 reader_me.do_send(ConnBytes(conn, frame));
             }
             reader_me.do_send(ConnEnded(conn));
@@ -322,6 +333,15 @@ impl Handler<ConnBytes> for RelayServer {
                     .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
             }
         }
+        self.drain(ctx);
+    }
+}
+
+impl Handler<ConnMoved> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, ConnMoved(conn): ConnMoved, ctx: &mut Self::Context) {
+        self.queue.handle(runtime_now(), ServerInput::Moved(conn));
         self.drain(ctx);
     }
 }

@@ -200,6 +200,11 @@ pub const DEFAULT_CONN_RATES: RateLimits = RateLimits {
 /// opens more connections gains nothing.
 pub const DEFAULT_IDENTITY_RATES: RateLimits = DEFAULT_CONN_RATES;
 
+/// Queued envelopes pushed again when a device's connection moves: a device's queue
+/// holds mostly the migration pings of a migration in progress (one per peer), so 64
+/// covers them for dozens of peers while bounding the burst.
+pub const REPUSH_ON_MOVE: usize = 64;
+
 /// Rendezvous-only connections kept per device: a pairing runs one, and a second covers
 /// a retry while the first has not closed yet; a newer one beyond that replaces the
 /// oldest.
@@ -359,6 +364,9 @@ pub enum ServerInput {
     /// Raw bytes arrived: decoded with [`tether_protocol::decode`]; undecodable bytes
     /// and frames other than relay messages are counted as bad frames.
     Bytes(ConnId, Vec<u8>),
+    /// The connection's remote address changed (the device moved): the harness reports
+    /// it before the frame that revealed it.
+    Moved(ConnId),
 }
 
 /// What the server asks the harness to do.
@@ -391,6 +399,10 @@ pub struct RelayServerCounters {
     pub authenticated: u64,
     /// Refusals sent, by reason.
     pub refused: RefusalCounters,
+    /// Path probes received (a device's first frame after its network changed).
+    pub path_probes: u64,
+    /// Envelopes pushed again because their recipient's connection moved.
+    pub repushed: u64,
     /// Frames that could not be decoded, were not relay messages, or made no sense
     /// where they arrived (a server message from a device, a second Authenticate).
     pub bad_frames: u64,
@@ -696,6 +708,7 @@ impl RelayQueueServer {
         match input {
             ServerInput::Opened(conn, binding) => self.opened(now, conn, binding),
             ServerInput::Closed(conn) => self.closed(now, conn),
+            ServerInput::Moved(conn) => self.moved(conn),
             ServerInput::Frame(conn, message) => self.frame(now, conn, message),
             ServerInput::Bytes(conn, bytes) => match tether_protocol::decode(&bytes) {
                 Ok(WireFrame::Relay(message)) => self.frame(now, conn, message),
@@ -827,6 +840,33 @@ impl RelayQueueServer {
         }
     }
 
+    /// The device's connection moved to another address: what was pushed on it just
+    /// before may have gone to the old one and would wait for QUIC's loss detection,
+    /// so the device's oldest queued envelopes (at most [`REPUSH_ON_MOVE`]) are pushed
+    /// again. Receivers dedupe.
+    fn moved(&mut self, conn: ConnId) {
+        let Some(ConnState::Authenticated {
+            device,
+            rendezvous_only: false,
+            ..
+        }) = self.conns.get(&conn).copied()
+        else {
+            return;
+        };
+        if self.conn_of(&device) != Some(conn) {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .queues
+            .get(&device)
+            .map(|q| q.envelopes.keys().take(REPUSH_ON_MOVE).copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.counters.repushed += 1;
+            self.push(conn, &device, id);
+        }
+    }
+
     /// The authenticated connection of `device`.
     fn conn_of(&self, device: &DeviceId) -> Option<ConnId> {
         self.identities.get(device).and_then(|i| i.conn)
@@ -929,6 +969,7 @@ impl RelayQueueServer {
                 rendezvous_only: true,
                 ..
             } => match message {
+                RelayMessage::PathProbe { .. } => self.counters.path_probes += 1,
                 RelayMessage::Enqueue { request, .. } => {
                     self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
                 }
@@ -946,6 +987,7 @@ impl RelayQueueServer {
                     self.delivered(conn, device, &envelope_ids)
                 }
                 RelayMessage::Forward { to, frame } => self.forward(now, conn, device, to, frame),
+                RelayMessage::PathProbe { .. } => self.counters.path_probes += 1,
                 RelayMessage::Authenticate { .. }
                 | RelayMessage::Challenge { .. }
                 | RelayMessage::Welcome { .. }

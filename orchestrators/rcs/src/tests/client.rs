@@ -664,3 +664,20 @@ fn replaced_by_another_connection_with_our_key_waits_the_longest_backoff() {
             link: LinkId(1)
         })));
 }
+
+#[test]
+fn a_move_sends_a_path_probe_on_the_connection_and_nothing_while_down() {
+    let mut d = Driver::new(|_| {});
+    d.input("Moved".into(), ClientInput::Moved);
+    assert!(d.outputs.is_empty(), "not connected: nothing to probe");
+    d.connect(1);
+    d.input("Moved".into(), ClientInput::Moved);
+    let probe = d.transmitted().pop().unwrap();
+    assert_eq!(
+        probe,
+        RelayMessage::PathProbe {
+            padding: vec![0; tether_protocol::PATH_PROBE_PADDING]
+        }
+    );
+    assert_eq!(d.client.counters().path_probes, 1);
+}

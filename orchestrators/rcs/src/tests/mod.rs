@@ -57,6 +57,7 @@ impl Names {
                 format!("Authenticate {} proof[{}B]", self.of(device), proof.len())
             }
             RelayMessage::Welcome { .. } => "Welcome".into(),
+            RelayMessage::PathProbe { padding } => format!("PathProbe padding[{}B]", padding.len()),
             RelayMessage::Enqueue {
                 to,
                 request,

@@ -59,6 +59,7 @@ impl Driver {
             ServerInput::Closed(c) => format!("{c} Closed"),
             ServerInput::Frame(c, m) => format!("{c} {}", self.names.relay(m)),
             ServerInput::Bytes(c, b) => format!("{c} bytes[{}B]", b.len()),
+            ServerInput::Moved(c) => format!("{c} Moved"),
         };
         self.trace.push(format!("{:>6}ms in  {label}", self.ms()));
         self.server.handle(self.now, input);
@@ -689,6 +690,39 @@ fn a_rendezvous_only_connection_replaces_nothing_and_gets_no_relay_traffic() {
     d.input(ServerInput::Closed(ConnId(5)));
     d.enqueue(1, 2, 4, 60_000, 4);
     assert_eq!(pushed_ids(&d.last, 2).len(), 1);
+}
+
+#[test]
+fn a_moved_connection_gets_its_queued_envelopes_again_and_probes_are_ignored() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    d.enqueue(1, 2, 1, 60_000, 4);
+    d.enqueue(1, 2, 2, 60_000, 4);
+    assert_eq!(pushed_ids(&d.last, 2).len(), 1);
+    // p2's connection moves: the pushes may have gone to its old address.
+    let out = d.input(ServerInput::Moved(ConnId(2)));
+    assert_eq!(pushed_ids(&out, 2).len(), 2, "both queued envelopes again");
+    assert_eq!(d.server.counters().repushed, 2);
+    let out = d.frame(
+        2,
+        RelayMessage::PathProbe {
+            padding: vec![0; 1200],
+        },
+    );
+    assert!(out.is_empty(), "a probe is not answered");
+    assert_eq!(d.server.counters().path_probes, 1);
+    // Another device's move, or an unknown connection, pushes nothing.
+    assert!(d.input(ServerInput::Moved(ConnId(1))).is_empty());
+    assert!(d.input(ServerInput::Moved(ConnId(9))).is_empty());
+    // Acknowledged envelopes are not pushed again.
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1, 2],
+        },
+    );
+    assert!(d.input(ServerInput::Moved(ConnId(2))).is_empty());
 }
 
 #[test]
