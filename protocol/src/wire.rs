@@ -225,6 +225,16 @@ pub enum RelayMessage {
         /// `server_auth`).
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
+        /// The address the server sees the connection come from: the device's
+        /// reflexive address (its public address if it is behind a NAT).
+        #[serde(default)]
+        observed: Option<SocketAddr>,
+    },
+    /// Server → device: the connection now comes from another address (the device
+    /// moved, or its NAT rebound the mapping): its new reflexive address.
+    Observed {
+        /// The address the server sees.
+        addr: SocketAddr,
     },
     /// Device → server: store this envelope for `to` until fetched or expired.
     Enqueue {

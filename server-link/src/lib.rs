@@ -167,6 +167,9 @@ pub struct ConnectionCounters {
     /// Why the server is not authenticated now; None once an authentication succeeds
     /// (and before any failed).
     pub auth_failure: Option<ServerAuthFailure>,
+    /// The address the server sees this device's connection come from (its reflexive
+    /// address), as the server last said; None while not connected.
+    pub reflexive: Option<SocketAddr>,
 }
 
 /// Why an attempt to authenticate with the server failed: what `status` shows.
@@ -445,9 +448,10 @@ impl ServerLink {
         }
     }
 
-    /// The connection's part of the relay protocol while not connected: the server's
-    /// `Challenge` (answered with our proof once the binding is known), its `Welcome`
-    /// (checked against the configured key). None when
+    /// The connection's part of the relay protocol: while not connected, the server's
+    /// `Challenge` (answered with our proof once the binding is known) and its
+    /// `Welcome` (checked against the configured key, and holding our reflexive
+    /// address); while connected, `Observed` (our reflexive address changed). None when
     /// `message` is the client's to handle.
     pub fn server_message(
         &mut self,
@@ -456,8 +460,18 @@ impl ServerLink {
         message: &RelayMessage,
         rng: &mut impl Rng,
     ) -> Option<Change> {
-        if self.connected().is_some() {
-            return None;
+        if let Some(connected) = self.connected() {
+            return match message {
+                RelayMessage::Observed { addr } if connected == link => {
+                    if self.counters.reflexive != Some(*addr) {
+                        info!(server = %self.config.server_addr, reflexive = %addr, "the relay sees this device at a new address");
+                    }
+                    self.counters.reflexive = Some(*addr);
+                    Some(Change::None)
+                }
+                RelayMessage::Observed { .. } => Some(Change::None),
+                _ => None,
+            };
         }
         if !self.is_ours(link) {
             // Not the link of the current attempt: nothing a server says there counts.
@@ -484,7 +498,7 @@ impl ServerLink {
                 self.prove(link);
                 Some(Change::None)
             }
-            RelayMessage::Welcome { proof } => {
+            RelayMessage::Welcome { proof, observed } => {
                 let verified = match self.handshake {
                     Handshake {
                         binding: Some(binding),
@@ -511,6 +525,7 @@ impl ServerLink {
                 self.state = ConnectionState::Connected { link };
                 self.attempts = 0;
                 self.counters.connects += 1;
+                self.counters.reflexive = *observed;
                 if let Some(failure) = self.counters.auth_failure.take() {
                     info!(
                         server = %self.config.server_addr,
@@ -656,6 +671,7 @@ impl ServerLink {
     /// Leaves the current attempt or connection and schedules a redial.
     fn disconnect(&mut self, now: Instant, rng: &mut impl Rng) -> Change {
         let was_connected = self.connected().is_some();
+        self.counters.reflexive = None;
         let delay = self.backoff(rng);
         self.attempts = self.attempts.saturating_add(1);
         self.state = ConnectionState::Disconnected {
@@ -776,7 +792,10 @@ mod tests {
     }
 
     fn welcome(s: &mut Setup, proof: Vec<u8>) -> Option<Change> {
-        let message = RelayMessage::Welcome { proof };
+        let message = RelayMessage::Welcome {
+            proof,
+            observed: None,
+        };
         s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng)
     }
 
@@ -1019,7 +1038,10 @@ mod tests {
         s.link
             .server_message(retry_at, LinkId(10), &message, &mut s.rng);
         let proof = genuine_welcome_proof(&s, nonce);
-        let message = RelayMessage::Welcome { proof };
+        let message = RelayMessage::Welcome {
+            proof,
+            observed: None,
+        };
         assert_eq!(
             s.link
                 .server_message(retry_at, LinkId(10), &message, &mut s.rng),

@@ -122,10 +122,11 @@ struct ConnBytes(ConnId, Bytes);
 #[rtype(result = "()")]
 struct ConnEnded(ConnId);
 
-/// The connection's remote address changed (sent before the frame that showed it).
+/// The connection's remote address changed to this one (sent before the frame that
+/// showed it).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ConnMoved(ConnId);
+struct ConnMoved(ConnId, SocketAddr);
 
 impl RelayServer {
     /// Starts a server on `endpoint` with `config` (its keypair, challenge seed from
@@ -280,6 +281,7 @@ impl Handler<Accepted> for RelayServer {
             handle.close();
             return;
         };
+        let remote = handle.remote_addr();
         let (sender, mut receiver) = message.0.split();
         let me = ctx.address();
         let reader_me = me.clone();
@@ -289,7 +291,7 @@ impl Handler<Accepted> for RelayServer {
                 let remote = receiver.handle().remote_addr();
                 if remote != last_remote {
                     last_remote = remote;
-                    reader_me.do_send(ConnMoved(conn));
+                    reader_me.do_send(ConnMoved(conn, remote));
                 }
                 reader_me.do_send(ConnBytes(conn, frame));
             }
@@ -300,7 +302,7 @@ impl Handler<Accepted> for RelayServer {
         });
         self.conns.insert(conn, ServerConn { writer, handle });
         self.queue
-            .handle(runtime_now(), ServerInput::Opened(conn, binding));
+            .handle(runtime_now(), ServerInput::Opened(conn, binding, remote));
         self.drain(ctx);
     }
 }
@@ -340,8 +342,9 @@ impl Handler<ConnBytes> for RelayServer {
 impl Handler<ConnMoved> for RelayServer {
     type Result = ();
 
-    fn handle(&mut self, ConnMoved(conn): ConnMoved, ctx: &mut Self::Context) {
-        self.queue.handle(runtime_now(), ServerInput::Moved(conn));
+    fn handle(&mut self, ConnMoved(conn, remote): ConnMoved, ctx: &mut Self::Context) {
+        self.queue
+            .handle(runtime_now(), ServerInput::Moved(conn, remote));
         self.drain(ctx);
     }
 }
