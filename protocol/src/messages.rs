@@ -27,6 +27,7 @@
 //! | [`RelayForward`] | DirectConnection → Rcs | relay path |
 //! | [`RelayDelivered`] | Rcs → DirectConnection | migration 2, relay fallback |
 //! | [`RelayStatus`] | Rcs → DirectConnection, Pms | relay path, rendezvous |
+//! | [`ReflexiveAddress`] | Rcs → DirectConnection, Presence | announced endpoints |
 //! | [`RelayPoll`] | Presence → Rcs | heartbeat fallback |
 //! | [`RendezvousToServer`] / [`RendezvousFromServer`] | Pms ↔ Rcs | rendezvous on the device's one server connection |
 //! | [`PublishEndpointHint`] / [`LookupEndpointHint`] | Presence → Pms | migration 2 |
@@ -374,6 +375,15 @@ pub struct RendezvousToServer(pub RendezvousMessage);
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct RendezvousFromServer(pub RendezvousMessage);
+
+/// The address the relay sees this device at (its reflexive address), when the relay
+/// client learns it or it changes; None when the connection is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct ReflexiveAddress {
+    /// The address, if known.
+    pub addr: Option<SocketAddr>,
+}
 
 /// An envelope arrived through the relay (pushed, fetched or live-forwarded).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]

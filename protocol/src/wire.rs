@@ -149,6 +149,15 @@ pub enum SessionFrame {
         /// Why.
         reason: ResetReason,
     },
+    /// Where the sender can be reached directly: its interface addresses and the
+    /// reflexive address the relay sees it at. Sent over the relay while the session
+    /// runs there, and answered in kind once, so both sides dial each other's
+    /// addresses at about the same moment: a NAT lets the peer's packets in once its
+    /// own device has sent towards the peer.
+    Candidates {
+        /// At most `MAX_DIRECT_CANDIDATES` addresses.
+        endpoints: Vec<SocketAddr>,
+    },
 }
 
 /// The migrating device's authenticated announcement of its new endpoints.

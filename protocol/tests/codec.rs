@@ -227,6 +227,12 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
         ),
         ("padding", SessionFrame::Padding { bytes: vec![0; 4] }),
         (
+            "candidates",
+            SessionFrame::Candidates {
+                endpoints: vec!["198.51.100.7:40123".parse().unwrap()],
+            },
+        ),
+        (
             "reset",
             SessionFrame::Reset {
                 reason: ResetReason::MigrationWindowExpired,
@@ -548,6 +554,8 @@ fn arb_session_frame() -> impl Strategy<Value = SessionFrame> {
             }
         ),
         arb_bytes(64).prop_map(|bytes| SessionFrame::Padding { bytes }),
+        proptest::collection::vec(arb_addr(), 0..4)
+            .prop_map(|endpoints| SessionFrame::Candidates { endpoints }),
         arb_reset().prop_map(|reason| SessionFrame::Reset { reason }),
     ]
 }

@@ -75,6 +75,7 @@ pub struct ClusterBuilder {
     limits: Limits,
     wildcard: Vec<usize>,
     volatile: Vec<usize>,
+    behind_nat: Vec<usize>,
     open_relay: bool,
     relay_tune: Option<fn(&mut RelayServerConfig)>,
     rendezvous: RendezvousTableConfig,
@@ -89,6 +90,7 @@ impl ClusterBuilder {
             pairs: Vec::new(),
             wildcard: Vec::new(),
             volatile: Vec::new(),
+            behind_nat: Vec::new(),
             blocked: Vec::new(),
             stale: Vec::new(),
             stale_one_way: Vec::new(),
@@ -100,6 +102,14 @@ impl ClusterBuilder {
             relay_tune: None,
             rendezvous: RendezvousTableConfig::default(),
         }
+    }
+
+    /// Device `i` sits behind a NAT of its own (endpoint-independent mapping and
+    /// filtering, public address [`nat_public_ip`]): its interface address is private,
+    /// so no other device reaches it there, and the relay sees it at the NAT's side.
+    pub fn behind_nat(mut self, i: usize) -> Self {
+        self.behind_nat.push(i);
+        self
     }
 
     /// The relay admits any device that proves a key (`admission = "open"`), not only
@@ -271,7 +281,14 @@ impl ClusterBuilder {
         let mut devices = Vec::new();
         for (i, (keypair, peers)) in keys.into_iter().zip(peers).enumerate() {
             let name = device_name(i);
-            let host = net.add_host(&name, [ips[i]]);
+            let host = if self.behind_nat.contains(&i) {
+                let nat = net.add_nat(nat_public_ip(i));
+                net.add_host_behind_nat(&name, nat, [ips[i]])
+                    // INVARIANT: the NAT was just added.
+                    .expect("host behind a new NAT")
+            } else {
+                net.add_host(&name, [ips[i]])
+            };
             let config = NodeConfig {
                 keypair,
                 peers,
@@ -343,6 +360,13 @@ fn device_ip(i: usize, moves: usize) -> IpAddr {
         (i / 250) as u8,
         (i % 250 + 1) as u8,
     ))
+}
+
+/// The public address of the NAT in front of device `i` ([`ClusterBuilder::behind_nat`]):
+/// 198.51.x.y.
+pub fn nat_public_ip(i: usize) -> IpAddr {
+    let i = i as u32;
+    IpAddr::V4(Ipv4Addr::new(198, 51, (i / 250) as u8, (i % 250 + 1) as u8))
 }
 
 /// An address device `i` is configured with when its config is stale: 10.200.x.y.

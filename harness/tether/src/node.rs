@@ -367,6 +367,7 @@ impl Node {
                 enqueue_result: hub_sink(),
                 status: vec![dc.clone().recipient(), pms.clone().recipient()],
                 rendezvous: pms.clone().recipient(),
+                reflexive: vec![dc.clone().recipient(), presence.clone().recipient()],
             },
         ));
 

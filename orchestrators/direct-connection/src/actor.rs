@@ -10,8 +10,9 @@ use tether_protocol::{
     DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, JournalCommitted,
     JournalEntry, LivenessReport, MessageConsumed, MessageDelivered, MessagesAcknowledged,
     PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset,
-    RelayDelivered, RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus, SendCapacity,
-    SendMessage, SendMigrationPing, SendWaiting, SessionReady, TransportEvent, TransportPort,
+    ReflexiveAddress, RelayDelivered, RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus,
+    SendCapacity, SendMessage, SendMigrationPing, SendWaiting, SessionReady, TransportEvent,
+    TransportPort,
 };
 
 /// Where DirectConnection's outputs go.
@@ -143,6 +144,7 @@ tether_protocol::feed_messages!(Orchestrator {
     JournalCommitted => Input::JournalCommitted,
     PeerEndpointHint => Input::Hint,
     MessageConsumed => Input::Consumed,
+    ReflexiveAddress => Input::Reflexive,
 });
 
 impl Handler<ConnectivityChanged> for Orchestrator {

@@ -26,10 +26,10 @@ use tether_protocol::{
     ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted,
     InboundMigrationPing, JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageConsumed,
     MessageDelivered, MessagesAcknowledged, PathKind, PathLost, PathMeasured, PeerAnnounced,
-    PeerEndpointHint, PeerEndpointsChanged, PeerReset, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendCapacity, SendMigrationPing,
-    SendWaiting, SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent,
-    WireFrame,
+    PeerEndpointHint, PeerEndpointsChanged, PeerReset, ReflexiveAddress, RelayDelivered,
+    RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus, RequestId, SealedFrame,
+    SendCapacity, SendMigrationPing, SendWaiting, SessionFrame, SessionId, SessionReady,
+    TransportCommand, TransportEvent, WireFrame,
 };
 
 /// Receiving channels a peer may open. Channels are an application's multiplexed
@@ -63,6 +63,8 @@ pub enum Input {
     RelayStatus(RelayStatus),
     /// This device's endpoints changed.
     LocalEndpoints(Vec<SocketAddr>),
+    /// The address the relay sees this device at (None: not connected to it).
+    Reflexive(ReflexiveAddress),
     /// ConnectionBlueprint's new candidate order for a peer.
     Blueprint(BlueprintCompiled),
     /// The store committed the first `through` journal entries.
@@ -205,6 +207,8 @@ pub struct DirectConnection {
     pub(crate) next_request: u64,
     pub(crate) relay_connected: bool,
     pub(crate) local_endpoints: Vec<SocketAddr>,
+    /// The address the relay sees this device at, since the last move.
+    pub(crate) reflexive: Option<SocketAddr>,
     pub(crate) counters: Counters,
     pub(crate) outputs: VecDeque<Output>,
     /// Whether channel changes are journalled (`Output::Journal`).
@@ -241,6 +245,7 @@ impl DirectConnection {
                     migration: None,
                     ping_counter_sent: 0,
                     highest_ping_received: 0,
+                    candidates_sent_at: None,
                     announced: Vec::new(),
                     blueprint: Vec::new(),
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),
@@ -295,6 +300,7 @@ impl DirectConnection {
             next_request: 1,
             relay_connected: false,
             local_endpoints: config.local_endpoints,
+            reflexive: None,
             counters: Counters::default(),
             outputs: VecDeque::new(),
         }
@@ -384,6 +390,12 @@ impl SansIoCore for DirectConnection {
                 // This device's network changed: a migration begins, so no rekey.
                 self.refuse_rekeys_on_move();
                 self.local_endpoints = endpoints;
+                // The relay will say where it sees us now.
+                self.reflexive = None;
+                None
+            }
+            Input::Reflexive(ReflexiveAddress { addr }) => {
+                self.reflexive_changed(now, addr);
                 None
             }
             Input::Blueprint(compiled) => {

@@ -477,8 +477,11 @@ impl DirectConnection {
         // A new epoch may follow a restart of either side: line the channels up.
         self.send_markers(device, via);
         self.pump(now, device);
-        if let (Via::Link(link), Some(remote)) = (via, remote) {
-            self.ensure_standby(device, link, remote);
+        match (via, remote) {
+            (Via::Link(link), Some(remote)) => self.ensure_standby(device, link, remote),
+            // On the relay: tell the peer where we can be reached directly.
+            (Via::Relay, _) => self.send_candidates(now, device),
+            (Via::Link(_), None) => {}
         }
     }
 }

@@ -101,6 +101,9 @@ impl DirectConnection {
                 self.ack_when_durable(device, via, channel);
             }
             SessionFrame::Padding { .. } => {}
+            SessionFrame::Candidates { endpoints } => {
+                self.candidates_received(now, device, endpoints);
+            }
             SessionFrame::Reset { reason } => {
                 self.outputs.push_back(Output::PeerReset(PeerReset {
                     peer: device,
@@ -262,6 +265,7 @@ fn frame_kind(frame: &SessionFrame) -> &'static str {
         SessionFrame::PathResponse { .. } => "path-response",
         SessionFrame::Migrate { .. } => "migrate",
         SessionFrame::Padding { .. } => "padding",
+        SessionFrame::Candidates { .. } => "candidates",
         SessionFrame::Reset { .. } => "reset",
     }
 }

@@ -104,6 +104,7 @@
 //! | `Rekey` | a generation commits (`rekey_after`), or a rekey went unanswered (`connect_timeout`) | the next application message (or this one, if allowed and one went since) starts a rekey |
 
 mod actor;
+mod candidates;
 mod channels;
 mod closing;
 mod config;

@@ -272,6 +272,7 @@ impl DirectConnection {
         via: Via,
         ping: MigrationPing,
     ) {
+        let own_candidates = self.own_candidates();
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
@@ -297,7 +298,7 @@ impl DirectConnection {
         let ack = SessionFrame::MigrationAck(MigrationAck {
             epoch: ping.epoch,
             counter: ping.counter,
-            endpoints: self.local_endpoints.clone(),
+            endpoints: own_candidates,
         });
         let stale_bound = match peer.bound {
             Some(Via::Link(link)) => self

@@ -92,6 +92,10 @@ impl DirectConnection {
             None
         };
         self.end_migration(device);
+        if via == Via::Relay && changed {
+            // Tell the peer where we can be reached directly, so both probe at once.
+            self.send_candidates(now, device);
+        }
         let report = Reported::new(epoch, via, remote);
         let Some(peer) = self.peers.get_mut(&device) else {
             return;

@@ -10,8 +10,8 @@ use tether_protocol::{
     AllowRekey, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
     DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, LivenessReport,
     LookupEndpointHint, PathLost, PathMeasured, PeerEndpointsChanged, PeerReset,
-    PublishEndpointHint, RelayMigrationPing, RelayPoll, SendMigrationPing, SendWaiting,
-    SessionReady, StatusChanged,
+    PublishEndpointHint, ReflexiveAddress, RelayMigrationPing, RelayPoll, SendMigrationPing,
+    SendWaiting, SessionReady, StatusChanged,
 };
 
 /// Where Presence's outputs go.
@@ -120,6 +120,7 @@ tether_protocol::feed_messages!(Orchestrator {
     PathMeasured => Input::PathMeasured,
     DirectDialFailed => Input::DirectDialFailed,
     SendWaiting => Input::SendWaiting,
+    ReflexiveAddress => Input::Reflexive,
 });
 
 tether_protocol::stops_on_shutdown!(Orchestrator);

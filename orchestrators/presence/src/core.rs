@@ -18,8 +18,9 @@ use tether_protocol::{
     AllowRekey, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged, DeviceId,
     DirectDialFailed, Epoch, EvictSession, EvictionReason, HandshakeStarted, InboundMigrationPing,
     LivenessReport, LookupEndpointHint, PathKind, PathLost, PathMeasured, PeerEndpointsChanged,
-    PeerReset, PublishEndpointHint, RelayMigrationPing, RelayPoll, RequestId, ResetReason,
-    SendMigrationPing, SendWaiting, SessionId, SessionReady, SessionStatus, StatusChanged,
+    PeerReset, PublishEndpointHint, ReflexiveAddress, RelayMigrationPing, RelayPoll, RequestId,
+    ResetReason, SendMigrationPing, SendWaiting, SessionId, SessionReady, SessionStatus,
+    StatusChanged, MAX_DIRECT_CANDIDATES,
 };
 
 /// What the core is told.
@@ -31,6 +32,8 @@ pub enum Input {
     LocalEndpoints(Vec<SocketAddr>),
     /// The local network changed (migration phase 1).
     ConnectivityChanged(ConnectivityChanged),
+    /// The address the relay sees this device at (None: not connected to it).
+    Reflexive(ReflexiveAddress),
     /// DirectConnection started a handshake.
     HandshakeStarted(HandshakeStarted),
     /// DirectConnection bound a session to a path.
@@ -170,6 +173,8 @@ pub struct Presence {
     rng: ChaCha8Rng,
     peers: BTreeMap<DeviceId, Peer>,
     local_endpoints: Vec<SocketAddr>,
+    /// The address the relay sees this device at, since the last move.
+    reflexive: Option<SocketAddr>,
     next_request: u64,
     next_relay_poll: Instant,
     outputs: VecDeque<Output>,
@@ -188,6 +193,7 @@ impl Presence {
             rng,
             peers: BTreeMap::new(),
             local_endpoints: Vec::new(),
+            reflexive: None,
             next_request: 1,
             next_relay_poll,
             outputs: VecDeque::new(),
@@ -219,6 +225,14 @@ impl SansIoCore for Presence {
                 self.publish_hints();
             }
             Input::ConnectivityChanged(change) => self.connectivity_changed(now, change),
+            Input::Reflexive(ReflexiveAddress { addr }) => {
+                // Published next to the interface addresses, so a peer that looks us up
+                // finds where the relay sees us (a NAT's public side).
+                if addr.is_some() && addr != self.reflexive {
+                    self.reflexive = addr;
+                    self.publish_hints();
+                }
+            }
             Input::HandshakeStarted(started) => {
                 if self.status(&started.peer) == Some(SessionStatus::Connecting) {
                     self.set_status(started.peer, SessionStatus::Handshaking);
@@ -347,7 +361,7 @@ impl Presence {
                 .push_back(Output::PublishEndpointHint(PublishEndpointHint {
                     request,
                     peer: id,
-                    endpoints: self.local_endpoints.clone(),
+                    endpoints: self.published_endpoints(),
                 }));
         }
         let spread = self.jitter(self.config.connect_retry_base);
@@ -661,6 +675,7 @@ impl Presence {
         if self.local_endpoints.is_empty() {
             return;
         }
+        let endpoints = self.published_endpoints();
         let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
         for id in ids {
             let request = self.request_id();
@@ -668,8 +683,18 @@ impl Presence {
                 .push_back(Output::PublishEndpointHint(PublishEndpointHint {
                     request,
                     peer: id,
-                    endpoints: self.local_endpoints.clone(),
+                    endpoints: endpoints.clone(),
                 }));
         }
+    }
+
+    /// What a hint announces: the interface addresses, then the reflexive address.
+    fn published_endpoints(&self) -> Vec<SocketAddr> {
+        let mut endpoints = self.local_endpoints.clone();
+        if let Some(reflexive) = self.reflexive.filter(|r| !endpoints.contains(r)) {
+            endpoints.push(reflexive);
+        }
+        endpoints.truncate(MAX_DIRECT_CANDIDATES);
+        endpoints
     }
 }

@@ -665,3 +665,56 @@ fn a_peer_s_fresh_handshake_without_rekey_is_still_a_recovery() {
     assert!(driver.trace.iter().any(|l| l.contains("Ready -> Evicted")));
     assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
 }
+
+#[test]
+fn hints_announce_the_reflexive_address_until_the_next_move() {
+    let mut driver = Driver::new(Config::default());
+    driver.input(
+        "LocalEndpoints",
+        Input::LocalEndpoints(vec![addr("192.168.1.9:4433")]),
+    );
+    driver.establish(1);
+    let published = |driver: &Driver| -> Vec<Vec<std::net::SocketAddr>> {
+        driver
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::PublishEndpointHint(p) => Some(p.endpoints.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = published(&driver).len();
+    let reflexive = addr("198.51.100.9:20000");
+    driver.input(
+        "Reflexive",
+        Input::Reflexive(tether_protocol::ReflexiveAddress {
+            addr: Some(reflexive),
+        }),
+    );
+    let after = published(&driver);
+    assert_eq!(after.len(), before + 1, "published again");
+    assert_eq!(
+        after.last().unwrap(),
+        &vec![addr("192.168.1.9:4433"), reflexive]
+    );
+    // The same address again publishes nothing new.
+    driver.input(
+        "Reflexive",
+        Input::Reflexive(tether_protocol::ReflexiveAddress {
+            addr: Some(reflexive),
+        }),
+    );
+    assert_eq!(published(&driver).len(), before + 1);
+    // After a move the old reflexive address is not announced.
+    driver.input(
+        "ConnectivityChanged",
+        Input::ConnectivityChanged(ConnectivityChanged {
+            old: vec![addr("192.168.1.9:4433")],
+            new: vec![addr("10.0.0.9:4433")],
+        }),
+    );
+    let last = published(&driver);
+    assert!(last.len() > before + 1, "published after the move");
+    assert_eq!(last.last().unwrap(), &vec![addr("10.0.0.9:4433")]);
+}

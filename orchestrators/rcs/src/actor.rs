@@ -8,9 +8,9 @@ use crate::client::{
 use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    ConnectivityChanged, LinkBound, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward,
-    RelayPoll, RelayStatus, RendezvousFromServer, RendezvousToServer, TransportEvent,
-    TransportPort,
+    ConnectivityChanged, LinkBound, ReflexiveAddress, RelayDelivered, RelayEnqueue,
+    RelayEnqueueResult, RelayForward, RelayPoll, RelayStatus, RendezvousFromServer,
+    RendezvousToServer, TransportEvent, TransportPort,
 };
 
 /// Where the Rcs orchestrator's outputs go (wired by the harness).
@@ -26,6 +26,9 @@ pub struct Recipients {
     pub status: Vec<Recipient<RelayStatus>>,
     /// Pms: the server's rendezvous answers.
     pub rendezvous: Recipient<RendezvousFromServer>,
+    /// Whoever announces this device's endpoints (DirectConnection, Presence): the
+    /// reflexive address the server sees.
+    pub reflexive: Vec<Recipient<ReflexiveAddress>>,
 }
 
 /// Asks the orchestrator for its client's counters (for the status command and tests).
@@ -91,6 +94,11 @@ impl CoreShell for Orchestrator {
                 }
             }
             ClientOutput::Rendezvous(m) => r.rendezvous.do_send(RendezvousFromServer(m)),
+            ClientOutput::Reflexive(m) => {
+                for recipient in &r.reflexive {
+                    recipient.do_send(m);
+                }
+            }
         }
     }
 }

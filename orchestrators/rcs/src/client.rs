@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 use tether_crypto::{PublicKey, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    DeviceId, LinkBound, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward,
-    RelayMessage, RelayPoll, RelayStatus, RendezvousMessage, RequestId, ServerRefusal,
-    TransportCommand, TransportEvent, WireFrame, PATH_PROBE_PADDING,
+    DeviceId, LinkBound, LinkId, ReflexiveAddress, RelayDelivered, RelayEnqueue,
+    RelayEnqueueResult, RelayForward, RelayMessage, RelayPoll, RelayStatus, RendezvousMessage,
+    RequestId, ServerRefusal, TransportCommand, TransportEvent, WireFrame, PATH_PROBE_PADDING,
 };
 use tether_server_link::{
     Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
@@ -132,6 +132,9 @@ pub enum ClientOutput {
     Status(RelayStatus),
     /// A rendezvous answer from the server, to the rendezvous client (Pms).
     Rendezvous(RendezvousMessage),
+    /// The address the server sees this device at changed (or is unknown: not
+    /// connected), to DirectConnection and Presence, which announce it.
+    Reflexive(ReflexiveAddress),
 }
 
 /// What the client counted. Peer-caused problems land here, never in an error.
@@ -173,6 +176,8 @@ pub struct RelayClient {
     /// Enqueues sent and not answered, by their wire request number.
     in_flight: BTreeMap<u64, RelayEnqueue>,
     next_wire_request: u64,
+    /// The reflexive address last reported.
+    reflexive: Option<SocketAddr>,
     outputs: VecDeque<ClientOutput>,
     counters: RelayClientCounters,
 }
@@ -189,6 +194,7 @@ impl RelayClient {
             buffered: VecDeque::new(),
             in_flight: BTreeMap::new(),
             next_wire_request: 1,
+            reflexive: None,
             outputs: VecDeque::new(),
             counters: RelayClientCounters::default(),
         }
@@ -294,10 +300,19 @@ impl SansIoCore for RelayClient {
 }
 
 impl RelayClient {
-    /// The connection's transport commands, in order after what the client queued.
+    /// The connection's transport commands, in order after what the client queued,
+    /// and a change of the reflexive address.
     fn drain_link(&mut self) {
         while let Some(command) = self.link.poll_command() {
             self.outputs.push_back(ClientOutput::Transport(command));
+        }
+        let reflexive = self.link.counters().reflexive;
+        if reflexive != self.reflexive {
+            self.reflexive = reflexive;
+            self.outputs
+                .push_back(ClientOutput::Reflexive(ReflexiveAddress {
+                    addr: reflexive,
+                }));
         }
     }
 

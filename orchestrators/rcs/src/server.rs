@@ -1040,7 +1040,12 @@ impl RelayQueueServer {
             self.not_admitted(now, conn, device);
             return;
         }
+        // The challenge state goes; where the connection comes from stays.
+        let remote = self.remotes.get(&conn).copied();
         self.closed(now, conn);
+        if let Some(remote) = remote {
+            self.remotes.insert(conn, remote);
+        }
         self.counters.authenticated += 1;
         self.conns.insert(
             conn,
@@ -1072,8 +1077,13 @@ impl RelayQueueServer {
                 .push_back(ServerOutput::CloseWith(old, WireFrame::Relay(refusal)));
         }
         let proof = server_proof(&self.config.keypair, &key, &nonce, &binding).to_vec();
-        let observed = self.remotes.get(&conn).copied();
-        self.send(conn, RelayMessage::Welcome { proof, observed });
+        self.send(
+            conn,
+            RelayMessage::Welcome {
+                proof,
+                observed: remote,
+            },
+        );
         if rendezvous_only {
             return;
         }

@@ -86,6 +86,7 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
             enqueue_result: recorder.clone().recipient(),
             status: vec![recorder.clone().recipient(), second.clone().recipient()],
             rendezvous: recorder.clone().recipient(),
+            reflexive: Vec::new(),
         },
     )
     .start();

@@ -153,7 +153,7 @@ impl Net {
             ClientOutput::EnqueueResult(result) => {
                 self.results[who].push((result.request, result.result))
             }
-            ClientOutput::Status(_) | ClientOutput::Rendezvous(_) => {}
+            ClientOutput::Status(_) | ClientOutput::Rendezvous(_) | ClientOutput::Reflexive(_) => {}
         }
     }
 

@@ -81,6 +81,8 @@ impl Presence {
 
     pub(super) fn connectivity_changed(&mut self, now: Instant, change: ConnectivityChanged) {
         self.local_endpoints = change.new;
+        // The relay will say where it sees us now.
+        self.reflexive = None;
         let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
         let spread_total = self
             .config

@@ -115,6 +115,7 @@ impl Driver {
             ClientOutput::EnqueueResult(m) => format!("EnqueueResult {} {:?}", m.request, m.result),
             ClientOutput::Status(m) => format!("Status connected={}", m.connected),
             ClientOutput::Rendezvous(m) => format!("Rendezvous {m:?}"),
+            ClientOutput::Reflexive(m) => format!("Reflexive {:?}", m.addr),
         }
     }
 
@@ -707,8 +708,23 @@ fn the_server_tells_the_device_its_reflexive_address_and_its_changes() {
     let before = d.outputs.len();
     d.server(1, RelayMessage::Observed { addr: moved });
     assert_eq!(d.client.counters().connection.reflexive, Some(moved));
-    assert_eq!(d.outputs.len(), before, "nothing to send or report");
+    assert_eq!(
+        d.outputs[before..],
+        [ClientOutput::Reflexive(tether_protocol::ReflexiveAddress {
+            addr: Some(moved)
+        })],
+        "reported once, nothing sent"
+    );
+    d.server(1, RelayMessage::Observed { addr: moved });
+    assert_eq!(
+        d.outputs.len(),
+        before + 1,
+        "an unchanged address is not reported"
+    );
     assert_eq!(d.client.counters().unexpected_frames, 0);
     d.link_down(1);
     assert_eq!(d.client.counters().connection.reflexive, None);
+    assert!(d.outputs.contains(&ClientOutput::Reflexive(
+        tether_protocol::ReflexiveAddress { addr: None }
+    )));
 }

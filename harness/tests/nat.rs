@@ -1,0 +1,110 @@
+//! Two devices behind NATs of their own, on the simulated network: neither can reach the
+//! other's interface address, so the session starts over the relay. The relay tells each
+//! device where it sees it (its reflexive address, the NAT's public side); while on the
+//! relay, the sessions exchange `Candidates` and probe each other's addresses at once,
+//! and the session moves to a direct path through both NATs without a handshake and
+//! without losing or repeating a message.
+//!
+//! The simulator's NATs map and filter independently of the endpoint (RFC 4787 EIM/EIF):
+//! the kind hole punching is easiest for. Address-dependent filtering and port-dependent
+//! ("symmetric") mapping are not modelled yet.
+
+// A panic in a test is a failed test, not a crashed node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+use tether_harness::cluster::nat_public_ip;
+use tether_harness::{run_simulation, ClusterBuilder, NodeEvent, SimCluster};
+use tether_protocol::{PathKind, SessionStatus};
+use tether_transport::sim::LinkConditions;
+
+const A: usize = 0;
+const B: usize = 1;
+
+/// 40 ms between the devices, and to the relay.
+fn wan() -> LinkConditions {
+    LinkConditions {
+        latency: Duration::from_millis(20),
+        ..LinkConditions::default()
+    }
+}
+
+/// The path each side's session is bound to, as its status says.
+async fn paths(cluster: &SimCluster) -> (Option<PathKind>, Option<PathKind>) {
+    let a = cluster.peer_status(A, B).await.and_then(|s| s.path);
+    let b = cluster.peer_status(B, A).await.and_then(|s| s.path);
+    (a, b)
+}
+
+/// Steps in 10 ms slices until both sessions are bound to a direct path, or `within`.
+async fn until_direct(cluster: &mut SimCluster, within: Duration) -> Option<Duration> {
+    let start = cluster.elapsed();
+    while cluster.elapsed() - start < within {
+        if paths(cluster).await == (Some(PathKind::Direct), Some(PathKind::Direct)) {
+            return Some(cluster.elapsed());
+        }
+        cluster.run_for(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[test]
+fn two_devices_behind_nats_move_from_the_relay_to_a_direct_path() {
+    for seed in 0..20 {
+        run_simulation(|| async move {
+            let mut cluster = ClusterBuilder::new(50_000 + seed, 2)
+                .pair(A, B)
+                .behind_nat(A)
+                .behind_nat(B)
+                .conditions(wan())
+                .start()
+                .await;
+            assert!(
+                cluster
+                    .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
+                    .await,
+                "seed {seed}: no session at all"
+            );
+            let ready_at = cluster.elapsed();
+            let direct_at = until_direct(&mut cluster, Duration::from_secs(10)).await;
+            let timeline = cluster.timeline(&[A, B], Duration::ZERO);
+            let direct_at =
+                direct_at.unwrap_or_else(|| panic!("seed {seed}: never direct\n{timeline}"));
+            // The direct link goes through both NATs: each side reaches the other at its
+            // NAT's public address.
+            for (side, peer) in [(A, B), (B, A)] {
+                let status = cluster.peer_status(side, peer).await.unwrap();
+                let remote = status.remote.unwrap();
+                assert_eq!(remote.ip(), nat_public_ip(peer), "seed {seed}\n{timeline}");
+                assert_eq!(status.handshakes, 1, "seed {seed}: one handshake");
+            }
+            // Messages both ways arrive once, in order, on the direct path.
+            for i in 0..5u8 {
+                cluster.node(A).send(cluster.id(B), vec![i]).await.unwrap();
+                cluster.node(B).send(cluster.id(A), vec![i]).await.unwrap();
+            }
+            cluster.run_for(Duration::from_secs(2)).await;
+            for (side, peer) in [(A, B), (B, A)] {
+                let got = cluster.devices[side].delivered_from(cluster.id(peer));
+                assert_eq!(got, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
+            }
+            assert!(
+                !cluster.devices[A].log.iter().any(|(_, e)| matches!(
+                    e,
+                    NodeEvent::Status {
+                        to: SessionStatus::Evicted,
+                        ..
+                    }
+                )),
+                "seed {seed}: no eviction"
+            );
+            println!(
+                "seed {seed}: both Ready (over the relay) at {ready_at:?}, both direct {:?} later",
+                direct_at - ready_at
+            );
+            if seed == 0 {
+                println!("{timeline}");
+            }
+        });
+    }
+}

@@ -1,0 +1,111 @@
+//! Direct candidates exchanged over the relay, so that both sides dial each other at
+//! about the same moment: the first step of NAT traversal.
+//!
+//! This device's candidates are its interface addresses and the reflexive address the
+//! relay sees it at (learned since its last move). While a session runs over the relay
+//! they go to the peer in a `Candidates` frame: when the session binds the relay (a
+//! handshake over it included), when the reflexive address becomes known or changes,
+//! and in answer to the peer's own when they told us something new or we last sent
+//! ours more than [`CANDIDATES_ANSWER_AFTER`] ago (so an exchange completes both ways
+//! even if our first frame reached a peer that could not open it yet, and two devices
+//! never answer each other in a loop). A received `Candidates` frame is the peer's
+//! announcement, and on the relay every candidate is dialled at once, in parallel: the
+//! peer dials ours at about the same time, so a NAT in front of either device has seen
+//! its own device send towards the other when the other's packets arrive.
+
+use crate::core::DirectConnection;
+use crate::links::DialPurpose;
+use crate::state::Via;
+use crate::timers::Timer;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tether_protocol::{CandidateSource, DeviceId, SessionFrame, MAX_DIRECT_CANDIDATES};
+
+/// Least time between two `Candidates` frames sent in answer to the peer's when they
+/// told us nothing new: a peer cannot make this device answer more often.
+pub const CANDIDATES_ANSWER_AFTER: Duration = Duration::from_secs(1);
+
+impl DirectConnection {
+    /// Where this device can be reached directly: its interface addresses, then the
+    /// reflexive address, at most [`MAX_DIRECT_CANDIDATES`].
+    pub(crate) fn own_candidates(&self) -> Vec<SocketAddr> {
+        let mut own: Vec<SocketAddr> = Vec::new();
+        for addr in self.local_endpoints.iter().chain(&self.reflexive) {
+            if own.len() < MAX_DIRECT_CANDIDATES && !own.contains(addr) {
+                own.push(*addr);
+            }
+        }
+        own
+    }
+
+    /// The relay told us where it sees us: sessions on the relay tell their peers.
+    pub(crate) fn reflexive_changed(&mut self, now: Instant, addr: Option<SocketAddr>) {
+        if self.reflexive == addr {
+            return;
+        }
+        self.reflexive = addr;
+        if addr.is_none() {
+            return;
+        }
+        let on_relay: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.bound == Some(Via::Relay))
+            .map(|(id, _)| *id)
+            .collect();
+        for device in on_relay {
+            self.send_candidates(now, device);
+        }
+    }
+
+    /// Sends our candidates to `device` over the relay.
+    pub(crate) fn send_candidates(&mut self, now: Instant, device: DeviceId) {
+        let endpoints = self.own_candidates();
+        if endpoints.is_empty() {
+            return;
+        }
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.candidates_sent_at = Some(now);
+        }
+        self.send_frame(device, Via::Relay, &SessionFrame::Candidates { endpoints });
+    }
+
+    /// The peer's candidates: its announcement; on the relay, probe them now, and
+    /// answer with ours unless we sent them a moment ago.
+    pub(crate) fn candidates_received(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        mut endpoints: Vec<SocketAddr>,
+    ) {
+        endpoints.truncate(MAX_DIRECT_CANDIDATES);
+        let news = self
+            .peers
+            .get(&device)
+            .is_some_and(|p| p.announced != endpoints);
+        self.peer_announced(device, endpoints, CandidateSource::LearnedFromPeer);
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        if peer.bound != Some(Via::Relay) {
+            return;
+        }
+        let answer = news
+            || peer
+                .candidates_sent_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= CANDIDATES_ANSWER_AFTER);
+        if answer {
+            self.send_candidates(now, device);
+        }
+        // Every candidate at once, not one after another: which of them crosses the
+        // NATs is not known, and a staggered dial would wait on the unreachable ones.
+        for addr in self.direct_candidates(device) {
+            self.dial(device, DialPurpose::Probe, vec![addr]);
+        }
+        self.timers.set(
+            device,
+            Timer::Probe,
+            now + self.limits.direct_probe_interval,
+        );
+    }
+}
