@@ -70,8 +70,9 @@ impl DirectConnection {
         self.send_frame(device, Via::Relay, &SessionFrame::Candidates { endpoints });
     }
 
-    /// The peer's candidates: its announcement; on the relay, probe them now, and
-    /// answer with ours unless we sent them a moment ago.
+    /// The peer's candidates: its announcement; on the relay, answer with ours and dial
+    /// theirs now, unless they are what we knew and we answered a moment ago (so a peer
+    /// repeating them gets at most one answer and one round of dials a second).
     pub(crate) fn candidates_received(
         &mut self,
         now: Instant,
@@ -94,9 +95,10 @@ impl DirectConnection {
             || peer
                 .candidates_sent_at
                 .is_none_or(|at| now.saturating_duration_since(at) >= CANDIDATES_ANSWER_AFTER);
-        if answer {
-            self.send_candidates(now, device);
+        if !answer {
+            return;
         }
+        self.send_candidates(now, device);
         // Every candidate at once, not one after another: which of them crosses the
         // NATs is not known, and a staggered dial would wait on the unreachable ones.
         for addr in self.direct_candidates(device) {
