@@ -15,6 +15,7 @@
 //! | [`metrics`] | status reports, session metrics, Prometheus text |
 //! | [`paths`] | default config, socket and data paths (XDG, or a system service's) |
 //! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
+//! | [`server_session`] | driving a relay client of its own (pairing, netcheck) over a real UDP endpoint |
 
 pub mod config;
 pub mod control;
@@ -27,3 +28,4 @@ pub mod paths;
 pub mod peers_file;
 pub mod relay;
 pub mod run;
+pub mod server_session;
