@@ -60,16 +60,27 @@ fn start_node(dir: &Path, name: &str, config: &str) -> (Proc, String) {
     (node, listen)
 }
 
+/// Starts node `who` on loopback whose entry for its peer lists `peer_addr` (the
+/// peer's node listens there).
+fn start_node_knowing(
+    dir: &Path,
+    deployment: &Deployment,
+    who: &str,
+    peer_addr: &str,
+) -> (Proc, String) {
+    let entry = deployment
+        .peers_entry(who)
+        .replace("addresses = []", &format!("addresses = [\"{peer_addr}\"]"));
+    let config = deployment.node_config(who, who, "127.0.0.1:0", "", &entry);
+    start_node(dir, who, &config)
+}
+
 /// Two nodes `a` and `b` (b knows a's address) with a session Ready on both sides.
 fn two_ready_nodes(dir: &Path, deployment: &Deployment) -> (Proc, Proc) {
     let a_config =
         deployment.node_config("a", "a", "127.0.0.1:0", "", &deployment.peers_entry("a"));
     let (a, a_addr) = start_node(dir, "a", &a_config);
-    let b_entry = deployment
-        .peers_entry("b")
-        .replace("addresses = []", &format!("addresses = [\"{a_addr}\"]"));
-    let b_config = deployment.node_config("b", "b", "127.0.0.1:0", "", &b_entry);
-    let (b, _) = start_node(dir, "b", &b_config);
+    let (b, _) = start_node_knowing(dir, deployment, "b", &a_addr);
     let ready = |r: &serde_json::Value| r["peers"][0]["status"] == "Ready";
     status_until(dir, "a.sock", &a, deadline(30), ready);
     status_until(dir, "b.sock", &b, deadline(30), ready);
@@ -438,11 +449,7 @@ fn refused_handshakes_are_logged_once_with_the_reason() {
         &b_entry.replace(&rk, &other_rk),
     );
     let (b, b_addr) = start_node(d, "b", &b_config);
-    let a_entry = deployment
-        .peers_entry("a")
-        .replace("addresses = []", &format!("addresses = [\"{b_addr}\"]"));
-    let a_config = deployment.node_config("a", "a", "127.0.0.1:0", "", &a_entry);
-    let (_a, _) = start_node(d, "a", &a_config);
+    let (_a, _) = start_node_knowing(d, &deployment, "a", &b_addr);
     status_until(d, "b.sock", &b, deadline(60), |r| {
         r["rejected"]["by_reason"]["handshake_unknown_device"]
             .as_u64()
