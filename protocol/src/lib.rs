@@ -41,4 +41,5 @@ pub use status::{IllegalTransition, SessionStatus};
 pub use wire::{
     canonical_endpoints, HandshakeMessage, MigrationAck, MigrationPing, RelayMessage,
     RendezvousMessage, ResetReason, SealedFrame, ServerRefusal, SessionFrame, WireFrame,
+    PATH_PROBE_PADDING,
 };

@@ -225,6 +225,16 @@ pub enum RelayMessage {
         /// `server_auth`).
         #[serde(with = "serde_bytes")]
         proof: Vec<u8>,
+        /// The address the server sees the connection come from: the device's
+        /// reflexive address (its public address if it is behind a NAT).
+        #[serde(default)]
+        observed: Option<SocketAddr>,
+    },
+    /// Server → device: the connection now comes from another address (the device
+    /// moved, or its NAT rebound the mapping): its new reflexive address.
+    Observed {
+        /// The address the server sees.
+        addr: SocketAddr,
     },
     /// Device → server: store this envelope for `to` until fetched or expired.
     Enqueue {
@@ -286,7 +296,22 @@ pub enum RelayMessage {
         /// Why.
         reason: ServerRefusal,
     },
+    /// Device → server, right after the device's network changed: ignored by the
+    /// server. Its size matters: QUIC lets a server send at most three times what it
+    /// received on a path it has not validated yet, and the server's path challenge
+    /// alone takes 1200 bytes, so without this the server could answer on the new path
+    /// (pushes, forwarded frames) only after a round trip of validation.
+    PathProbe {
+        /// Filler of [`PATH_PROBE_PADDING`] bytes.
+        #[serde(with = "serde_bytes")]
+        padding: Vec<u8>,
+    },
 }
+
+/// Bytes of filler in a [`RelayMessage::PathProbe`]: with the packets around it, enough
+/// for the server's 1200-byte path challenge and a few kilobytes of answers within
+/// QUIC's anti-amplification allowance (three times what the path received).
+pub const PATH_PROBE_PADDING: usize = 1200;
 
 /// Device ↔ rendezvous server. Hints are sealed with a key only the pair holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

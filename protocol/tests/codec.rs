@@ -71,7 +71,16 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
         ),
         (
             "relay_welcome",
-            WireFrame::Relay(RelayMessage::Welcome { proof: vec![5; 32] }),
+            WireFrame::Relay(RelayMessage::Welcome {
+                proof: vec![5; 32],
+                observed: Some("198.51.100.7:40123".parse().unwrap()),
+            }),
+        ),
+        (
+            "relay_observed",
+            WireFrame::Relay(RelayMessage::Observed {
+                addr: "[2001:db8::7]:40123".parse().unwrap(),
+            }),
         ),
         (
             "relay_enqueue",
@@ -123,6 +132,12 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
             WireFrame::Relay(RelayMessage::Refused {
                 request: Some(9),
                 reason: ServerRefusal::QueueFull,
+            }),
+        ),
+        (
+            "relay_path_probe",
+            WireFrame::Relay(RelayMessage::PathProbe {
+                padding: vec![0; 3],
             }),
         ),
         (
@@ -247,6 +262,7 @@ fn every_frame_starts_with_the_version_byte() {
 fn wrong_version_is_a_typed_error() {
     let mut bytes = encode(&WireFrame::Relay(RelayMessage::Welcome {
         proof: vec![5; 32],
+        observed: None,
     }))
     .unwrap();
     bytes[0] = WIRE_VERSION + 1;
@@ -292,6 +308,7 @@ fn oversized_frame_cannot_be_encoded() {
 fn trailing_bytes_are_rejected() {
     let mut bytes = encode(&WireFrame::Relay(RelayMessage::Welcome {
         proof: vec![5; 32],
+        observed: None,
     }))
     .unwrap();
     bytes.push(0);
@@ -392,8 +409,10 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
                 }
             }
         ),
-        proptest::collection::vec(any::<u8>(), 0..40)
-            .prop_map(|proof| RelayMessage::Welcome { proof }),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|proof| RelayMessage::Welcome {
+            proof,
+            observed: None
+        }),
         (arb_device(), any::<u64>(), any::<u64>(), arb_bytes(256)).prop_map(
             |(to, request, ttl_ms, envelope)| RelayMessage::Enqueue {
                 to,
@@ -418,6 +437,7 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
             .prop_map(|(from, frame)| RelayMessage::Forwarded { from, frame }),
         (any::<Option<u64>>(), arb_refusal())
             .prop_map(|(request, reason)| RelayMessage::Refused { request, reason }),
+        arb_bytes(64).prop_map(|padding| RelayMessage::PathProbe { padding }),
     ]
 }
 

@@ -174,6 +174,9 @@ pub struct ConnectionCounters {
     pub unreachable_since: Option<Instant>,
     /// How the last attempt or connection ended, if one did.
     pub last_failure: Option<ConnectFailure>,
+    /// The address the server sees this device's connection come from (its reflexive
+    /// address), as the server last said; None while not connected.
+    pub reflexive: Option<SocketAddr>,
 }
 
 /// How an attempt to reach the server, or a connection, ended.
@@ -514,9 +517,10 @@ impl ServerLink {
         }
     }
 
-    /// The connection's part of the relay protocol while not connected: the server's
-    /// `Challenge` (answered with our proof once the binding is known), its `Welcome`
-    /// (checked against the configured key). None when
+    /// The connection's part of the relay protocol: while not connected, the server's
+    /// `Challenge` (answered with our proof once the binding is known) and its
+    /// `Welcome` (checked against the configured key, and holding our reflexive
+    /// address); while connected, `Observed` (our reflexive address changed). None when
     /// `message` is the client's to handle.
     pub fn server_message(
         &mut self,
@@ -525,8 +529,18 @@ impl ServerLink {
         message: &RelayMessage,
         rng: &mut impl Rng,
     ) -> Option<Change> {
-        if self.connected().is_some() {
-            return None;
+        if let Some(connected) = self.connected() {
+            return match message {
+                RelayMessage::Observed { addr } if connected == link => {
+                    if self.counters.reflexive != Some(*addr) {
+                        info!(server = %self.config.server_addr, reflexive = %addr, "the relay sees this device at a new address");
+                    }
+                    self.counters.reflexive = Some(*addr);
+                    Some(Change::None)
+                }
+                RelayMessage::Observed { .. } => Some(Change::None),
+                _ => None,
+            };
         }
         if !self.is_ours(link) {
             // Not the link of the current attempt: nothing a server says there counts.
@@ -553,7 +567,7 @@ impl ServerLink {
                 self.prove(link);
                 Some(Change::None)
             }
-            RelayMessage::Welcome { proof } => {
+            RelayMessage::Welcome { proof, observed } => {
                 let verified = match self.handshake {
                     Handshake {
                         binding: Some(binding),
@@ -580,6 +594,7 @@ impl ServerLink {
                 self.state = ConnectionState::Connected { link };
                 self.attempts = 0;
                 self.counters.connects += 1;
+                self.counters.reflexive = *observed;
                 if let Some(since) = self.counters.unreachable_since.take() {
                     info!(
                         server = %self.config.server_addr,
@@ -736,6 +751,7 @@ impl ServerLink {
     /// Leaves the current attempt or connection and schedules a redial.
     fn disconnect(&mut self, now: Instant, rng: &mut impl Rng) -> Change {
         let was_connected = self.connected().is_some();
+        self.counters.reflexive = None;
         let delay = self.backoff(rng);
         self.attempts = self.attempts.saturating_add(1);
         self.state = ConnectionState::Disconnected {
@@ -856,7 +872,10 @@ mod tests {
     }
 
     fn welcome(s: &mut Setup, proof: Vec<u8>) -> Option<Change> {
-        let message = RelayMessage::Welcome { proof };
+        let message = RelayMessage::Welcome {
+            proof,
+            observed: None,
+        };
         s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng)
     }
 
@@ -1099,7 +1118,10 @@ mod tests {
         s.link
             .server_message(retry_at, LinkId(10), &message, &mut s.rng);
         let proof = genuine_welcome_proof(&s, nonce);
-        let message = RelayMessage::Welcome { proof };
+        let message = RelayMessage::Welcome {
+            proof,
+            observed: None,
+        };
         assert_eq!(
             s.link
                 .server_message(retry_at, LinkId(10), &message, &mut s.rng),
@@ -1150,6 +1172,7 @@ mod tests {
             .server_message(retry_at, LinkId(10), &message, &mut s.rng);
         let message = RelayMessage::Welcome {
             proof: genuine_welcome_proof(&s, nonce),
+            observed: None,
         };
         assert_eq!(
             s.link

@@ -133,7 +133,7 @@ impl RelayDevice {
         })
         .await;
         let answer = self.recv().await;
-        if let Some(RelayMessage::Welcome { proof }) = &answer {
+        if let Some(RelayMessage::Welcome { proof, .. }) = &answer {
             assert!(verify_server_proof(
                 &self.keys, relay, &nonce, &binding, proof
             ));

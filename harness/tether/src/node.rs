@@ -326,7 +326,11 @@ impl Node {
                 direct_connection: dc.clone().recipient(),
                 rcs: rcs.clone().recipient(),
                 rcs_bindings: rcs.clone().recipient(),
-                connectivity: vec![presence.clone().recipient(), dc.clone().recipient()],
+                connectivity: vec![
+                    presence.clone().recipient(),
+                    dc.clone().recipient(),
+                    rcs.clone().recipient(),
+                ],
             },
             writes_dropped.clone(),
         ));

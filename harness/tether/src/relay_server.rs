@@ -122,6 +122,12 @@ struct ConnBytes(ConnId, Bytes);
 #[rtype(result = "()")]
 struct ConnEnded(ConnId);
 
+/// The connection's remote address changed to this one (sent before the frame that
+/// showed it).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnMoved(ConnId, SocketAddr);
+
 impl RelayServer {
     /// Starts a server on `endpoint` with `config` (its keypair, challenge seed from
     /// OS entropy in production, admission policy and bounds) and its queue in memory
@@ -275,11 +281,18 @@ impl Handler<Accepted> for RelayServer {
             handle.close();
             return;
         };
+        let remote = handle.remote_addr();
         let (sender, mut receiver) = message.0.split();
         let me = ctx.address();
         let reader_me = me.clone();
         tokio::spawn(async move {
+            let mut last_remote = receiver.handle().remote_addr();
             while let Ok(Some(frame)) = receiver.recv_frame().await {
+                let remote = receiver.handle().remote_addr();
+                if remote != last_remote {
+                    last_remote = remote;
+                    reader_me.do_send(ConnMoved(conn, remote));
+                }
                 reader_me.do_send(ConnBytes(conn, frame));
             }
             reader_me.do_send(ConnEnded(conn));
@@ -289,7 +302,7 @@ impl Handler<Accepted> for RelayServer {
         });
         self.conns.insert(conn, ServerConn { writer, handle });
         self.queue
-            .handle(runtime_now(), ServerInput::Opened(conn, binding));
+            .handle(runtime_now(), ServerInput::Opened(conn, binding, remote));
         self.drain(ctx);
     }
 }
@@ -322,6 +335,16 @@ impl Handler<ConnBytes> for RelayServer {
                     .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
             }
         }
+        self.drain(ctx);
+    }
+}
+
+impl Handler<ConnMoved> for RelayServer {
+    type Result = ();
+
+    fn handle(&mut self, ConnMoved(conn, remote): ConnMoved, ctx: &mut Self::Context) {
+        self.queue
+            .handle(runtime_now(), ServerInput::Moved(conn, remote));
         self.drain(ctx);
     }
 }

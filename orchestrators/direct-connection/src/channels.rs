@@ -358,6 +358,29 @@ mod tests {
     }
 
     #[test]
+    fn a_resynchronised_channel_frees_the_bytes_it_held_ahead_of_a_gap() {
+        let mut inbound = Inbound::default();
+        assert!(matches!(
+            inbound.receive(2, vec![0; 100], CREDIT),
+            Received::Buffered
+        ));
+        assert!(matches!(
+            inbound.receive(3, vec![0; 50], CREDIT),
+            Received::Buffered
+        ));
+        assert_eq!(inbound.early_bytes(), 150);
+        // The sender restarted (another incarnation): its old numbering is gone, and
+        // what was held for it must not stay charged to the peer's receive budget.
+        inbound.resync(1, 0);
+        assert!(inbound.resync(2, 0));
+        assert_eq!(inbound.early_bytes(), 0);
+        assert!(matches!(
+            inbound.receive(0, vec![0; 10], CREDIT),
+            Received::Deliver(_)
+        ));
+    }
+
+    #[test]
     fn sender_respects_credit_and_releases_on_ack() {
         let t0 = Instant::now();
         let mut out = Outbound::new(CREDIT, 1);

@@ -333,8 +333,16 @@ impl DirectConnection {
                 }));
         }
         // Every copy is acknowledged on the path it came by, so the mover hears back on
-        // whichever of its paths works.
-        self.send_frame(device, via, &ack);
+        // whichever of its paths works; except a repeated copy through the relay while
+        // a direct link carries the session: that link acknowledged the first copy (the
+        // mover sends the relay copy at once, so it usually arrives second).
+        let direct_bound = self
+            .peers
+            .get(&device)
+            .is_some_and(|p| matches!(p.bound, Some(Via::Link(_))));
+        if first_copy || via != Via::Relay || !direct_bound {
+            self.send_frame(device, via, &ack);
+        }
         if first_copy && stale_bound && via != Via::Relay {
             // The link the ping came by reaches the peer where it is now: let the data
             // follow at once, within the anti-amplification budget, while the address

@@ -198,7 +198,7 @@ pub struct RendezvousClient {
 }
 
 impl RendezvousClient {
-    /// A client that does nothing until [`ClientInput::Start`].
+    /// A client that sends nothing until the server connection is reported up.
     pub fn new(config: RendezvousClientConfig, now: Instant) -> Self {
         let public = *config.keypair.public();
         let device = DeviceId(*public.as_bytes());

@@ -26,8 +26,9 @@ pub struct Config {
     pub path_lost_reconnect_after: Duration,
     /// Heartbeat fallback: how often the relay queue is polled.
     pub relay_poll_interval: Duration,
-    /// Longest wait, after a migration ping, before the relay queue carries it too (the
-    /// wait is 1.5 RTT of the session's path when one was measured).
+    /// Longest wait, after a migration ping, for a direct answer before the queued data
+    /// follows over the relay (the wait is 1.5 RTT of the session's path when one was
+    /// measured, plus half of it; the relay copy of the ping itself goes at once).
     pub migration_relay_after: Duration,
 }
 

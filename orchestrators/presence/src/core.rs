@@ -238,19 +238,7 @@ impl SansIoCore for Presence {
             Input::Liveness(report) => self.liveness(now, report),
             Input::PeerEndpointsChanged(changed) => self.peer_endpoints_changed(now, changed),
             Input::PathMeasured(measured) => self.path_measured(measured),
-            Input::DirectDialFailed(failed) => {
-                // No direct path answers: a migration ping still waiting for one goes to
-                // the relay now.
-                if let Some(migration) = self
-                    .peers
-                    .get_mut(&failed.peer)
-                    .and_then(|p| p.migration.as_mut())
-                {
-                    if migration.relay_copy_at.is_some() {
-                        migration.relay_copy_at = Some(now);
-                    }
-                }
-            }
+            Input::DirectDialFailed(failed) => self.direct_dial_failed(now, failed.peer),
         }
     }
 

@@ -56,8 +56,8 @@
 //! | connect / recovery (`scheduled`) | a connect is due (jittered; after failures a capped exponential backoff, 250 ms doubling up to 5 min, started over by a network change or `SendWaiting`) | `ConnectPeer` |
 //! | migration window (`deadline`) | a migration starts, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
 //! | ping round | ReconnectingOutbound (first round jittered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | `SendMigrationPing`; from the second round the rendezvous is asked too |
-//! | relay copy | a ping round sent (1.5 × smoothed RTT, at most `migration_relay_after`; at once on `DirectDialFailed`) | `RelayMigrationPing` |
-//! | data carry | a ping round sent (half the relay-copy wait after it, at least 20 ms) | `CarryOverRelay` |
+//! | relay copy | a ping round sent (at once) | `RelayMigrationPing` |
+//! | data carry | a ping round sent (1.5 × smoothed RTT, at most `migration_relay_after`, plus half that, at least 20 ms; 20 ms after `DirectDialFailed`) | `CarryOverRelay` |
 //! | relay poll (node-wide) | every `relay_poll_interval` | `RelayPoll` |
 
 mod actor;

@@ -252,7 +252,7 @@ fn relay_copies(driver: &Driver) -> usize {
 }
 
 #[test]
-fn the_relay_copy_waits_one_and_a_half_measured_rtt() {
+fn the_relay_copy_goes_at_once_and_the_data_after_one_and_a_half_measured_rtt() {
     let mut driver = Driver::new(Config::default());
     driver.establish(1);
     driver.input(
@@ -269,35 +269,37 @@ fn the_relay_copy_waits_one_and_a_half_measured_rtt() {
     let ms_after = |ms: u64| {
         u64::try_from((sent - t0 + Duration::from_millis(ms)).as_millis()).unwrap_or(u64::MAX)
     };
-    driver.advance_to(ms_after(59));
-    assert_eq!(relay_copies(&driver), 0, "not before 1.5 RTT");
-    driver.advance_to(ms_after(60));
+    driver.advance_to(ms_after(0));
     assert_eq!(relay_copies(&driver), 1, "{}", driver.trace.join("\n"));
-    assert_eq!(
-        driver.count(|o| matches!(o, Output::CarryOverRelay(_))),
-        0,
-        "the data follows later (half the wait, at least 20 ms)"
-    );
+    let carries = |driver: &Driver| driver.count(|o| matches!(o, Output::CarryOverRelay(_)));
+    driver.advance_to(ms_after(60 + 29));
+    assert_eq!(carries(&driver), 0, "the data waits 1.5 RTT plus half that");
     driver.advance_to(ms_after(60 + 30));
-    assert_eq!(driver.count(|o| matches!(o, Output::CarryOverRelay(_))), 1);
+    assert_eq!(carries(&driver), 1);
+    assert_eq!(relay_copies(&driver), 1, "one copy per ping round");
 }
 
 #[test]
-fn a_failed_direct_dial_sends_the_relay_copy_at_once_and_only_once() {
+fn a_failed_direct_dial_brings_the_data_over_the_relay_forward() {
     let mut driver = Driver::new(Config::default());
     driver.establish(1);
     moved_and_pinged(&mut driver);
-    // No RTT measured: the copy would wait the whole 250 ms.
+    // No RTT measured: the data would wait 250 + 125 ms.
     let now_ms = u64::try_from(driver.ms()).unwrap_or(u64::MAX);
     driver.advance_to(now_ms + 10);
-    assert_eq!(relay_copies(&driver), 0);
+    assert_eq!(relay_copies(&driver), 1);
+    let carries = |driver: &Driver| driver.count(|o| matches!(o, Output::CarryOverRelay(_)));
+    assert_eq!(carries(&driver), 0);
     driver.input(
         "DirectDialFailed p1",
         Input::DirectDialFailed(DirectDialFailed { peer: peer(1) }),
     );
-    driver.advance_to(now_ms + 10);
-    assert_eq!(relay_copies(&driver), 1, "{}", driver.trace.join("\n"));
+    driver.advance_to(now_ms + 29);
+    assert_eq!(carries(&driver), 0, "the least gap after the copy");
+    driver.advance_to(now_ms + 30);
+    assert_eq!(carries(&driver), 1, "{}", driver.trace.join("\n"));
     driver.advance_to(now_ms + 400);
+    assert_eq!(carries(&driver), 1, "once per ping round");
     assert_eq!(relay_copies(&driver), 1, "one copy per ping round");
 }
 

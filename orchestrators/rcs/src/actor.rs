@@ -8,8 +8,9 @@ use crate::client::{
 use actix::{Actor, AsyncContext, Context, Handler, MessageResult, Recipient};
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
-    LinkBound, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward, RelayPoll,
-    RelayStatus, RendezvousFromServer, RendezvousToServer, TransportEvent, TransportPort,
+    ConnectivityChanged, LinkBound, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward,
+    RelayPoll, RelayStatus, RendezvousFromServer, RendezvousToServer, TransportEvent,
+    TransportPort,
 };
 
 /// Where the Rcs orchestrator's outputs go (wired by the harness).
@@ -109,6 +110,13 @@ tether_protocol::feed_messages!(Orchestrator {
     TransportEvent => ClientInput::Transport,
     LinkBound => ClientInput::Bound,
 });
+
+impl Handler<ConnectivityChanged> for Orchestrator {
+    type Result = ();
+    fn handle(&mut self, _message: ConnectivityChanged, ctx: &mut Self::Context) {
+        self.feed(ClientInput::Moved, ctx);
+    }
+}
 
 impl Handler<RendezvousToServer> for Orchestrator {
     type Result = ();

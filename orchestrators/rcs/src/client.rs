@@ -37,7 +37,7 @@ use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     DeviceId, LinkBound, LinkId, RelayDelivered, RelayEnqueue, RelayEnqueueResult, RelayForward,
     RelayMessage, RelayPoll, RelayStatus, RendezvousMessage, RequestId, ServerRefusal,
-    TransportCommand, TransportEvent, WireFrame,
+    TransportCommand, TransportEvent, WireFrame, PATH_PROBE_PADDING,
 };
 use tether_server_link::{
     Change, ConnectionCounters, ConnectionState, ServerLink, ServerLinkConfig,
@@ -113,6 +113,10 @@ pub enum ClientInput {
     Poll(RelayPoll),
     /// A rendezvous request to send on the connection.
     Rendezvous(RendezvousMessage),
+    /// This device's network changed: the connection follows QUIC's migration, and a
+    /// [`RelayMessage::PathProbe`] goes out at once on the new path so the server can
+    /// answer there before validating it.
+    Moved,
 }
 
 /// What the relay client asks to be sent.
@@ -145,6 +149,8 @@ pub struct RelayClientCounters {
     pub forwards_dropped: u64,
     /// Rendezvous requests dropped because the client was not connected.
     pub rendezvous_dropped: u64,
+    /// Path probes sent after this device's network changed.
+    pub path_probes: u64,
     /// Enqueues answered with an error because the client held too many.
     pub pending_overflow: u64,
     /// Requests that could not be encoded (too large): answered or dropped.
@@ -251,6 +257,13 @@ impl SansIoCore for RelayClient {
                 if let Some(link) = self.link.connected() {
                     let max = self.config.fetch_batch;
                     self.transmit(link, RelayMessage::Fetch { max });
+                }
+            }
+            ClientInput::Moved => {
+                if let Some(link) = self.link.connected() {
+                    self.counters.path_probes += 1;
+                    let padding = vec![0; PATH_PROBE_PADDING];
+                    self.transmit(link, RelayMessage::PathProbe { padding });
                 }
             }
             ClientInput::Rendezvous(message) => match self.link.connected() {

@@ -8,8 +8,10 @@
 //!   and its public key).
 //! - `Authenticate { device, proof }` with a proof over the nonce and this connection's
 //!   binding that verifies ([`tether_crypto::verify_server_auth`]) → `Welcome { proof }`
-//!   with the server's own proof ([`tether_crypto::server_proof`]), then a `Push` of
-//!   everything queued for the device. A wrong proof (an invalid device key, or a proof
+//!   with the server's own proof ([`tether_crypto::server_proof`]) and the address the
+//!   connection comes from (the device's reflexive address), then a `Push` of
+//!   everything queued for the device. When the connection's address changes later,
+//!   `Observed { addr }` tells the device its new one. A wrong proof (an invalid device key, or a proof
 //!   made on another connection, as one relayed by a man in the middle) → `Refused {
 //!   BadProof }` in [`ServerOutput::CloseWith`] (the refusal travels in the close). A
 //!   proof that verifies for a device the [`Admission`] policy does not admit →
@@ -92,6 +94,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{
     server_proof, verify_server_auth, PublicKey, StaticKeypair, CHANNEL_BINDING_LEN,
@@ -199,6 +202,11 @@ pub const DEFAULT_CONN_RATES: RateLimits = RateLimits {
 /// device holds one), and they outlive a connection, so a device that reconnects or
 /// opens more connections gains nothing.
 pub const DEFAULT_IDENTITY_RATES: RateLimits = DEFAULT_CONN_RATES;
+
+/// Queued envelopes pushed again when a device's connection moves: a device's queue
+/// holds mostly the migration pings of a migration in progress (one per peer), so 64
+/// covers them for dozens of peers while bounding the burst.
+pub const REPUSH_ON_MOVE: usize = 64;
 
 /// Rendezvous-only connections kept per device: a pairing runs one, and a second covers
 /// a retry while the first has not closed yet; a newer one beyond that replaces the
@@ -350,8 +358,8 @@ impl RelayServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerInput {
     /// A device connected, on a connection with this channel binding
-    /// (`tether_transport::LinkHandle::channel_binding`).
-    Opened(ConnId, [u8; CHANNEL_BINDING_LEN]),
+    /// (`tether_transport::LinkHandle::channel_binding`), from this address.
+    Opened(ConnId, [u8; CHANNEL_BINDING_LEN], SocketAddr),
     /// A connection closed (by either side).
     Closed(ConnId),
     /// A relay message arrived on a connection (the harness decoded the frame).
@@ -359,6 +367,9 @@ pub enum ServerInput {
     /// Raw bytes arrived: decoded with [`tether_protocol::decode`]; undecodable bytes
     /// and frames other than relay messages are counted as bad frames.
     Bytes(ConnId, Vec<u8>),
+    /// The connection's remote address changed to this one (the device moved, or its
+    /// NAT rebound it): the harness reports it before the frame that revealed it.
+    Moved(ConnId, SocketAddr),
 }
 
 /// What the server asks the harness to do.
@@ -391,6 +402,10 @@ pub struct RelayServerCounters {
     pub authenticated: u64,
     /// Refusals sent, by reason.
     pub refused: RefusalCounters,
+    /// Path probes received (a device's first frame after its network changed).
+    pub path_probes: u64,
+    /// Envelopes pushed again because their recipient's connection moved.
+    pub repushed: u64,
     /// Frames that could not be decoded, were not relay messages, or made no sense
     /// where they arrived (a server message from a device, a second Authenticate).
     pub bad_frames: u64,
@@ -507,6 +522,8 @@ pub struct RelayQueueServer {
     config: RelayServerConfig,
     rng: ChaCha20Rng,
     conns: BTreeMap<ConnId, ConnState>,
+    /// Where each open connection comes from now (its device's reflexive address).
+    remotes: BTreeMap<ConnId, SocketAddr>,
     /// (deadline, connection) of every connection not authenticated yet.
     auth_deadlines: BTreeSet<(Instant, ConnId)>,
     /// Identities with connections, and those without whose buckets are not full yet.
@@ -542,6 +559,7 @@ impl RelayQueueServer {
             config,
             rng,
             conns: BTreeMap::new(),
+            remotes: BTreeMap::new(),
             auth_deadlines: BTreeSet::new(),
             identities: BTreeMap::new(),
             idle_identities: BTreeSet::new(),
@@ -694,8 +712,12 @@ impl RelayQueueServer {
         self.close_unauthenticated(now);
         self.forget_idle_identities(now);
         match input {
-            ServerInput::Opened(conn, binding) => self.opened(now, conn, binding),
+            ServerInput::Opened(conn, binding, remote) => {
+                self.opened(now, conn, binding);
+                self.remotes.insert(conn, remote);
+            }
             ServerInput::Closed(conn) => self.closed(now, conn),
+            ServerInput::Moved(conn, remote) => self.moved(conn, remote),
             ServerInput::Frame(conn, message) => self.frame(now, conn, message),
             ServerInput::Bytes(conn, bytes) => match tether_protocol::decode(&bytes) {
                 Ok(WireFrame::Relay(message)) => self.frame(now, conn, message),
@@ -770,6 +792,7 @@ impl RelayQueueServer {
     }
 
     fn closed(&mut self, now: Instant, conn: ConnId) {
+        self.remotes.remove(&conn);
         match self.conns.remove(&conn) {
             Some(ConnState::Authenticated {
                 device,
@@ -824,6 +847,41 @@ impl RelayQueueServer {
             None => {
                 self.identities.remove(&device);
             }
+        }
+    }
+
+    /// The device's connection moved to another address: it is told its new reflexive
+    /// address, and what was pushed on it just before may have gone to the old one and
+    /// would wait for QUIC's loss detection, so the device's oldest queued envelopes
+    /// (at most [`REPUSH_ON_MOVE`]) are pushed again. Receivers dedupe.
+    fn moved(&mut self, conn: ConnId, remote: SocketAddr) {
+        let Some(state) = self.conns.get(&conn).copied() else {
+            return;
+        };
+        self.remotes.insert(conn, remote);
+        let ConnState::Authenticated {
+            device,
+            rendezvous_only,
+            ..
+        } = state
+        else {
+            return;
+        };
+        self.send(conn, RelayMessage::Observed { addr: remote });
+        if rendezvous_only {
+            return;
+        }
+        if self.conn_of(&device) != Some(conn) {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .queues
+            .get(&device)
+            .map(|q| q.envelopes.keys().take(REPUSH_ON_MOVE).copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.counters.repushed += 1;
+            self.push(conn, &device, id);
         }
     }
 
@@ -929,6 +987,7 @@ impl RelayQueueServer {
                 rendezvous_only: true,
                 ..
             } => match message {
+                RelayMessage::PathProbe { .. } => self.counters.path_probes += 1,
                 RelayMessage::Enqueue { request, .. } => {
                     self.refuse(conn, Some(request), ServerRefusal::NotAuthenticated)
                 }
@@ -946,9 +1005,11 @@ impl RelayQueueServer {
                     self.delivered(conn, device, &envelope_ids)
                 }
                 RelayMessage::Forward { to, frame } => self.forward(now, conn, device, to, frame),
+                RelayMessage::PathProbe { .. } => self.counters.path_probes += 1,
                 RelayMessage::Authenticate { .. }
                 | RelayMessage::Challenge { .. }
                 | RelayMessage::Welcome { .. }
+                | RelayMessage::Observed { .. }
                 | RelayMessage::Enqueued { .. }
                 | RelayMessage::Push { .. }
                 | RelayMessage::Forwarded { .. }
@@ -1011,7 +1072,8 @@ impl RelayQueueServer {
                 .push_back(ServerOutput::CloseWith(old, WireFrame::Relay(refusal)));
         }
         let proof = server_proof(&self.config.keypair, &key, &nonce, &binding).to_vec();
-        self.send(conn, RelayMessage::Welcome { proof });
+        let observed = self.remotes.get(&conn).copied();
+        self.send(conn, RelayMessage::Welcome { proof, observed });
         if rendezvous_only {
             return;
         }

@@ -117,6 +117,7 @@ async fn actor_dials_on_start_authenticates_and_reports_status_to_every_recipien
         frame: frame(RelayMessage::Welcome {
             proof: tether_crypto::server_proof(&server, device.public(), &[1; 32], &[0xB1; 32])
                 .to_vec(),
+            observed: None,
         }),
     });
     actor.do_send(TransportEvent::FrameReceived {

@@ -110,8 +110,10 @@ impl Net {
                 // Both ends of a connection share its binding; each connection has its own.
                 let mut binding = [0_u8; 32];
                 binding[..8].copy_from_slice(&conn.0.to_be_bytes());
-                self.server
-                    .handle(self.now, ServerInput::Opened(conn, binding));
+                self.server.handle(
+                    self.now,
+                    ServerInput::Opened(conn, binding, "203.0.113.50:40000".parse().unwrap()),
+                );
                 self.clients[who].handle(
                     self.now,
                     ClientInput::Bound(tether_protocol::LinkBound {

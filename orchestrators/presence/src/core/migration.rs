@@ -42,10 +42,15 @@ pub(super) struct PingRounds {
 }
 
 impl Presence {
-    /// A ping round goes out: the relay copy follows after about one RTT of the old
-    /// path (long enough for a migrated link to answer first, short enough that a
-    /// blocked one costs little), and the data half that later, by when a working
-    /// direct path has usually answered.
+    /// A ping round goes out: its relay copy goes at once, and the data follows over
+    /// the relay after about one and a half RTT of the old path (long enough for a
+    /// migrated link to answer first, short enough that a blocked one costs little).
+    ///
+    /// The copy does not wait for the direct answer: when the peer moved too, its old
+    /// address is dead and only the relay reaches it, and waiting cost the whole wait
+    /// on every such migration. A copy costs the relay one small envelope and the peer a
+    /// duplicate it drops by counter (DirectConnection skips it if the ping was already
+    /// acknowledged).
     pub(super) fn arm_relay_fallback(&mut self, now: Instant, id: DeviceId) {
         let cap = self.config.migration_relay_after;
         let Some(peer) = self.peers.get_mut(&id) else {
@@ -58,8 +63,19 @@ impl Presence {
             })
             .min(cap);
         if let Some(migration) = peer.migration.as_mut() {
-            migration.relay_copy_at = Some(now + relay_after);
+            migration.relay_copy_at = Some(now);
             migration.carry_at = Some(now + relay_after + (relay_after / 2).max(CARRY_FLOOR));
+        }
+    }
+
+    /// No direct path answers: the queued data of a migration still waiting for one
+    /// follows its relay copy now (after the least gap between the two).
+    pub(super) fn direct_dial_failed(&mut self, now: Instant, id: DeviceId) {
+        if let Some(migration) = self.peers.get_mut(&id).and_then(|p| p.migration.as_mut()) {
+            let soon = now + CARRY_FLOOR;
+            if migration.carry_at.is_some_and(|at| at > soon) {
+                migration.carry_at = Some(soon);
+            }
         }
     }
 

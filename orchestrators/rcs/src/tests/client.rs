@@ -23,6 +23,11 @@ fn server_addr() -> SocketAddr {
     "203.0.113.10:4433".parse().unwrap()
 }
 
+/// The address the genuine server says it sees this device at.
+fn observed() -> SocketAddr {
+    "198.51.100.20:40000".parse().unwrap()
+}
+
 fn dial(n: u64) -> RequestId {
     RequestId(DEFAULT_FIRST_DIAL_REQUEST.0 + n)
 }
@@ -211,6 +216,7 @@ impl Driver {
         let device = self.keys.device(1).public();
         RelayMessage::Welcome {
             proof: server_proof(&self.keys.server, device, &nonce, &BINDING).to_vec(),
+            observed: Some(observed()),
         }
     }
 
@@ -559,7 +565,13 @@ fn a_fake_relay_that_welcomes_without_proof_gets_nothing() {
     d.link_up(dial(0), 1);
     d.server(1, d.challenge([4; 32]));
     let before = d.transmitted().len();
-    d.server(1, RelayMessage::Welcome { proof: vec![0; 32] });
+    d.server(
+        1,
+        RelayMessage::Welcome {
+            proof: vec![0; 32],
+            observed: None,
+        },
+    );
     assert!(!d.client.is_connected());
     assert_eq!(
         d.transmitted().len(),
@@ -663,4 +675,40 @@ fn replaced_by_another_connection_with_our_key_waits_the_longest_backoff() {
         .contains(&ClientOutput::Transport(TransportCommand::Close {
             link: LinkId(1)
         })));
+}
+
+#[test]
+fn a_move_sends_a_path_probe_on_the_connection_and_nothing_while_down() {
+    let mut d = Driver::new(|_| {});
+    d.input("Moved".into(), ClientInput::Moved);
+    assert!(d.outputs.is_empty(), "not connected: nothing to probe");
+    d.connect(1);
+    d.input("Moved".into(), ClientInput::Moved);
+    let probe = d.transmitted().pop().unwrap();
+    assert_eq!(
+        probe,
+        RelayMessage::PathProbe {
+            padding: vec![0; tether_protocol::PATH_PROBE_PADDING]
+        }
+    );
+    assert_eq!(d.client.counters().path_probes, 1);
+}
+
+#[test]
+fn the_server_tells_the_device_its_reflexive_address_and_its_changes() {
+    let mut d = Driver::new(|_| {});
+    assert_eq!(d.client.counters().connection.reflexive, None);
+    d.connect(1);
+    assert_eq!(d.client.counters().connection.reflexive, Some(observed()));
+    let moved: SocketAddr = "198.51.100.20:40001".parse().unwrap();
+    // On another link (an old one of ours) it means nothing.
+    d.server(9, RelayMessage::Observed { addr: moved });
+    assert_eq!(d.client.counters().connection.reflexive, Some(observed()));
+    let before = d.outputs.len();
+    d.server(1, RelayMessage::Observed { addr: moved });
+    assert_eq!(d.client.counters().connection.reflexive, Some(moved));
+    assert_eq!(d.outputs.len(), before, "nothing to send or report");
+    assert_eq!(d.client.counters().unexpected_frames, 0);
+    d.link_down(1);
+    assert_eq!(d.client.counters().connection.reflexive, None);
 }

@@ -56,7 +56,12 @@ impl Names {
             RelayMessage::Authenticate { device, proof, .. } => {
                 format!("Authenticate {} proof[{}B]", self.of(device), proof.len())
             }
-            RelayMessage::Welcome { .. } => "Welcome".into(),
+            RelayMessage::Welcome { observed, .. } => match observed {
+                Some(addr) => format!("Welcome observed={addr}"),
+                None => "Welcome".into(),
+            },
+            RelayMessage::Observed { addr } => format!("Observed {addr}"),
+            RelayMessage::PathProbe { padding } => format!("PathProbe padding[{}B]", padding.len()),
             RelayMessage::Enqueue {
                 to,
                 request,

@@ -55,10 +55,11 @@ impl Driver {
 
     fn input(&mut self, input: ServerInput) -> Vec<ServerOutput> {
         let label = match &input {
-            ServerInput::Opened(c, _) => format!("{c} Opened"),
+            ServerInput::Opened(c, _, remote) => format!("{c} Opened from {remote}"),
             ServerInput::Closed(c) => format!("{c} Closed"),
             ServerInput::Frame(c, m) => format!("{c} {}", self.names.relay(m)),
             ServerInput::Bytes(c, b) => format!("{c} bytes[{}B]", b.len()),
+            ServerInput::Moved(c, remote) => format!("{c} Moved to {remote}"),
         };
         self.trace.push(format!("{:>6}ms in  {label}", self.ms()));
         self.server.handle(self.now, input);
@@ -116,7 +117,11 @@ impl Driver {
 
     /// Opens `conn` and returns the challenge nonce.
     fn open(&mut self, conn: u64) -> [u8; 32] {
-        let outputs = self.input(ServerInput::Opened(ConnId(conn), binding(conn)));
+        let outputs = self.input(ServerInput::Opened(
+            ConnId(conn),
+            binding(conn),
+            remote(conn),
+        ));
         match outputs.as_slice() {
             [ServerOutput::Send(
                 c,
@@ -692,6 +697,49 @@ fn a_rendezvous_only_connection_replaces_nothing_and_gets_no_relay_traffic() {
 }
 
 #[test]
+fn a_moved_connection_gets_its_queued_envelopes_again_and_probes_are_ignored() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    d.enqueue(1, 2, 1, 60_000, 4);
+    d.enqueue(1, 2, 2, 60_000, 4);
+    assert_eq!(pushed_ids(&d.last, 2).len(), 1);
+    // p2's connection moves: the pushes may have gone to its old address.
+    let out = d.input(ServerInput::Moved(ConnId(2), moved_remote(2)));
+    assert_eq!(pushed_ids(&out, 2).len(), 2, "both queued envelopes again");
+    assert_eq!(d.server.counters().repushed, 2);
+    let out = d.frame(
+        2,
+        RelayMessage::PathProbe {
+            padding: vec![0; 1200],
+        },
+    );
+    assert!(out.is_empty(), "a probe is not answered");
+    assert_eq!(d.server.counters().path_probes, 1);
+    // Another device's move pushes it nothing (its queue is empty) but tells it its
+    // new reflexive address; an unknown connection gets nothing.
+    let out = d.input(ServerInput::Moved(ConnId(1), moved_remote(1)));
+    assert_eq!(
+        relay_to(&out, 1),
+        vec![RelayMessage::Observed {
+            addr: moved_remote(1)
+        }]
+    );
+    assert!(d
+        .input(ServerInput::Moved(ConnId(9), moved_remote(9)))
+        .is_empty());
+    // Acknowledged envelopes are not pushed again (only the address is told).
+    d.frame(
+        2,
+        RelayMessage::Delivered {
+            envelope_ids: vec![1, 2],
+        },
+    );
+    let out = d.input(ServerInput::Moved(ConnId(2), moved_remote(2)));
+    assert!(pushed_ids(&out, 2).is_empty());
+}
+
+#[test]
 fn garbage_and_misdirected_frames_are_counted_and_dropped() {
     let mut d = Driver::new(|_| {});
     d.connect(1, 1);
@@ -711,7 +759,13 @@ fn garbage_and_misdirected_frames_are_counted_and_dropped() {
         assert!(out.is_empty());
     }
     // A server-to-device message sent by a device.
-    let out = d.frame(1, RelayMessage::Welcome { proof: vec![0; 32] });
+    let out = d.frame(
+        1,
+        RelayMessage::Welcome {
+            proof: vec![0; 32],
+            observed: None,
+        },
+    );
     assert!(out.is_empty());
     // A frame on a connection never opened.
     let out = d.frame(9, RelayMessage::Fetch { max: 1 });
@@ -969,6 +1023,16 @@ fn binding(conn: u64) -> [u8; 32] {
     binding
 }
 
+/// Where connection `conn` comes from when it opens.
+fn remote(conn: u64) -> std::net::SocketAddr {
+    format!("198.51.100.{}:40000", conn % 250).parse().unwrap()
+}
+
+/// Where connection `conn` comes from after its device moved.
+fn moved_remote(conn: u64) -> std::net::SocketAddr {
+    format!("203.0.113.{}:50000", conn % 250).parse().unwrap()
+}
+
 #[test]
 fn the_welcome_proves_the_server_key_on_this_connection_only() {
     let mut d = Driver::new(|_| {});
@@ -987,7 +1051,7 @@ fn the_welcome_proves_the_server_key_on_this_connection_only() {
             rendezvous_only: false,
         },
     );
-    let [RelayMessage::Welcome { proof }, ..] = &relay_to(&out, 1)[..] else {
+    let [RelayMessage::Welcome { proof, .. }, ..] = &relay_to(&out, 1)[..] else {
         panic!("a Welcome first, got {out:?}");
     };
     let server = d.keys.server.public();
