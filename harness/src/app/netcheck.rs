@@ -5,9 +5,10 @@
 //! UDP, then the mutual authentication of [`ServerLink`]), but rendezvous-only, so a
 //! node running with the same key keeps its own connection. It tells whether UDP to the
 //! relay works (the QUIC handshake completed) and how long that took, whether the relay
-//! proved the configured key and admits this device, and which local addresses the
-//! node would announce to its peers. What it cannot know yet is said so: this relay
-//! reports no reflexive address, so the NAT kind is unknown too.
+//! proved the configured key and admits this device, the reflexive address the relay
+//! sees (when it reports one), whether that shows a NAT, and which local addresses the
+//! node would announce to its peers. What it cannot know is said so: one observation
+//! from one server cannot tell the NAT's kind.
 
 use super::server_session::{self, CoreOutput, ServerClientCore};
 use rand::SeedableRng as _;
@@ -21,16 +22,34 @@ use tether_crypto::{PublicKey, StaticKeypair};
 use tether_protocol::{LinkBound, LinkId, RelayMessage, RequestId, TransportEvent, WireFrame};
 use tether_server_link::{Change, ServerAuthFailure, ServerLink, ServerLinkConfig};
 
-/// What is reported for the reflexive address and the NAT kind, which this relay does
-/// not observe for its clients.
+/// What is reported for the reflexive address (and the NAT) when the relay does not
+/// report it (an older relay, or one that did not get that far).
 pub const NOT_REPORTED: &str = "unknown (not reported by this relay)";
 
 /// What netcheck does not check, said with every report.
 pub const NOT_CHECKED: [&str; 3] = [
     "direct UDP between this machine and its peers (run `tether ping PEER` on a running node)",
-    "the reflexive (public) address and the NAT kind: this relay does not report them",
+    "the NAT's kind (how it maps and filters): one relay's observation cannot tell it",
     "the other address family than the relay's",
 ];
+
+/// What the reflexive address says about a NAT between this machine and the relay,
+/// given this machine's interface addresses.
+pub fn nat(reflexive: Option<SocketAddr>, interfaces: &[IpAddr]) -> String {
+    match reflexive {
+        None => NOT_REPORTED.to_string(),
+        Some(seen) if seen.ip().is_loopback() => {
+            "none seen (the relay is reached over loopback)".to_string()
+        }
+        Some(seen) if interfaces.contains(&seen.ip()) => {
+            "none seen (the relay sees one of this machine's own addresses)".to_string()
+        }
+        Some(_) => {
+            "behind a NAT (the relay sees another address than this machine's); its kind is unknown"
+                .to_string()
+        }
+    }
+}
 
 /// What to check.
 #[derive(Clone)]
@@ -57,6 +76,8 @@ pub enum RelayCheck {
         quic_ms: f64,
         /// From the dial to the end of the mutual authentication.
         authenticated_ms: f64,
+        /// The address the relay sees this connection come from, if it says.
+        reflexive: Option<SocketAddr>,
     },
     /// No QUIC connection: the dial failed.
     Unreachable {
@@ -107,6 +128,14 @@ impl RelayCheck {
             | RelayCheck::NotAdmitted { .. } => true,
             RelayCheck::TimedOut { quic_ms, .. } => quic_ms.is_some(),
             RelayCheck::Unreachable { .. } => false,
+        }
+    }
+
+    /// The reflexive address the relay reported, if it did.
+    pub fn reflexive(&self) -> Option<SocketAddr> {
+        match self {
+            RelayCheck::Ok { reflexive, .. } => *reflexive,
+            _ => None,
         }
     }
 
@@ -241,6 +270,7 @@ impl NetcheckCore {
                 let check = RelayCheck::Ok {
                     quic_ms: self.quic_ms(),
                     authenticated_ms: self.ms(now),
+                    reflexive: self.link.counters().reflexive,
                 };
                 self.finish(check);
             }
@@ -364,6 +394,7 @@ mod tests {
         let ok = RelayCheck::Ok {
             quic_ms: 1.0,
             authenticated_ms: 2.0,
+            reflexive: None,
         };
         assert!(ok.ok() && ok.udp_works() && ok.problem(relay).is_none());
         let wrong = RelayCheck::WrongKey {
@@ -378,5 +409,14 @@ mod tests {
         };
         assert!(!silent.udp_works());
         assert!(silent.problem(relay).unwrap().contains("unreachable"));
+    }
+
+    #[test]
+    fn the_reflexive_address_shows_a_nat_only_when_it_is_not_ours() {
+        let own: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(nat(None, &[own]), NOT_REPORTED);
+        assert!(nat(Some("192.0.2.7:5000".parse().unwrap()), &[own]).starts_with("none seen"));
+        assert!(nat(Some("127.0.0.1:5000".parse().unwrap()), &[]).starts_with("none seen"));
+        assert!(nat(Some("203.0.113.9:5000".parse().unwrap()), &[own]).starts_with("behind a NAT"));
     }
 }

@@ -131,7 +131,8 @@ enum Command {
     #[command(after_help = PING_AFTER_HELP)]
     Ping(PingArgs),
     /// Check this machine's network for a node, without a running node: the relay
-    /// reachable over UDP and proving the configured key, and the addresses to announce.
+    /// reachable over UDP and proving the configured key, the reflexive address, and the
+    /// addresses to announce.
     #[command(after_help = NETCHECK_AFTER_HELP)]
     Netcheck {
         /// The node's config file (its key_file, listen and relay are used). Default:
@@ -170,9 +171,9 @@ status) and one that is not answered in time says so (and whether it went on the
 Exit code 0 when at least one probe was answered, 1 otherwise.";
 
 const NETCHECK_AFTER_HELP: &str = "One connection attempt to the configured relay, as a node makes it, but \
-rendezvous-only: a node running with the same key keeps its connection. Not checked: direct UDP to peers \
-(use `tether ping`), the reflexive address and the NAT kind (this relay does not report them), the other \
-address family. Exit code 1, with a one-line reason, when the relay is unreachable, proves another key or \
+rendezvous-only: a node running with the same key keeps its connection. It shows the reflexive address \
+the relay reports. Not checked: direct UDP to peers (use `tether ping`), the NAT's kind (one relay's \
+observation cannot tell it), the other address family. Exit code 1, with a one-line reason, when the relay is unreachable, proves another key or \
 does not admit this device.";
 
 #[derive(Debug, Args)]
@@ -1169,8 +1170,8 @@ fn run_netcheck(
             },
             "listen": settings.listen.to_string(),
             "announce": announced.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "reflexive_address": netcheck::NOT_REPORTED,
-            "nat": netcheck::NOT_REPORTED,
+            "reflexive_address": check.reflexive().map(|a| a.to_string()),
+            "nat": netcheck::nat(check.reflexive(), &interfaces),
             "not_checked": netcheck::NOT_CHECKED,
         }))?;
     } else {
@@ -1203,8 +1204,11 @@ fn run_netcheck(
             "addresses to announce (listen {}): {listed}",
             settings.listen
         );
-        outln!("reflexive address: {}", netcheck::NOT_REPORTED);
-        outln!("NAT kind: {}", netcheck::NOT_REPORTED);
+        let reflexive = check
+            .reflexive()
+            .map_or(netcheck::NOT_REPORTED.to_string(), |a| a.to_string());
+        outln!("reflexive address (as the relay sees this machine): {reflexive}");
+        outln!("NAT: {}", netcheck::nat(check.reflexive(), &interfaces));
         outln!("not checked: {}", netcheck::NOT_CHECKED.join("; "));
     }
     match problem {
