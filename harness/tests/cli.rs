@@ -53,6 +53,8 @@ fn help_texts() {
         &["send", "--help"],
         &["watch", "--help"],
         &["migrate", "--help"],
+        &["ping", "--help"],
+        &["netcheck", "--help"],
         &["completions", "--help"],
         &["man", "--help"],
     ] {

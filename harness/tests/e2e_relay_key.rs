@@ -82,9 +82,13 @@ fn a_node_pinned_to_another_relay_key_refuses_the_relay_and_says_so_once() {
     let text = run(d, TETHER, &["status", "--socket", "a.sock"]);
     assert!(
         text.contains(&format!(
-            "relay server: wrong key: the server presents key {relay_public}"
+            ": refused: wrong server key? (the server presents key {relay_public}"
         )),
         "{text}"
+    );
+    assert_eq!(
+        report["server_clients"]["relay_connection"]["state"], "refused",
+        "{report}"
     );
 
     // Logged once, not once per retry.

@@ -1,6 +1,6 @@
 //! Identifiers shared by every crate: who a device is, which session, which epoch.
 
-use data_encoding::{BASE32_NOPAD, HEXLOWER};
+use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
@@ -10,14 +10,16 @@ use uuid::Uuid;
 /// two agree).
 pub const DEVICE_ID_LEN: usize = 32;
 
-/// Bytes of the public key shown in the short printable form. 10 bytes give 16 base32
-/// characters: short enough for logs, 80 bits so accidental collisions never happen.
-const SHORT_ID_BYTES: usize = 10;
+/// Bytes of the public key shown in the short printable form: 8 bytes, 16 hex
+/// characters, the start of the 64-character key the configs and the CLI show (so a
+/// log line's device can be found in a config with a prefix search); 64 bits, so
+/// accidental collisions between one's own devices do not happen.
+const SHORT_ID_BYTES: usize = 8;
 
 /// A device, identified by its static X25519 public key (the Noise `s` key).
 ///
-/// Printed (`Display`) as a short lowercase base32 prefix for logs; use
-/// [`DeviceId::to_hex`] for the full key in config files.
+/// Printed (`Display`) as its short id, the first 16 lowercase hex characters of the
+/// public key, for logs; use [`DeviceId::to_hex`] for the full key in config files.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeviceId(#[serde(with = "serde_bytes")] pub [u8; DEVICE_ID_LEN]);
 
@@ -47,11 +49,9 @@ impl DeviceId {
         Ok(Self(key))
     }
 
-    /// The short printable form (16 base32 characters of the key's first 10 bytes).
+    /// The short id: the first 16 hex characters of the key (its first 8 bytes).
     pub fn short(&self) -> String {
-        BASE32_NOPAD
-            .encode(&self.0[..SHORT_ID_BYTES])
-            .to_ascii_lowercase()
+        HEXLOWER.encode(&self.0[..SHORT_ID_BYTES])
     }
 }
 
@@ -193,6 +193,9 @@ mod tests {
         assert_eq!(DeviceId::from_hex(&id.to_hex()), Ok(id));
         assert_eq!(id.short().len(), 16);
         assert_eq!(id.to_string(), id.short());
+        // The short id is the start of the full key, as the CLI and configs show it.
+        assert!(id.to_hex().starts_with(&id.short()));
+        assert_eq!(format!("{id:?}"), "DeviceId(abababababababab)");
     }
 
     #[test]

@@ -167,9 +167,52 @@ pub struct ConnectionCounters {
     /// Why the server is not authenticated now; None once an authentication succeeds
     /// (and before any failed).
     pub auth_failure: Option<ServerAuthFailure>,
+    /// Whether the connection is authenticated now.
+    pub connected: bool,
+    /// Since when no attempt reached the server (a dial failed or timed out, since
+    /// the start or the last time it was reached); None while it is reachable.
+    pub unreachable_since: Option<Instant>,
+    /// How the last attempt or connection ended, if one did.
+    pub last_failure: Option<ConnectFailure>,
     /// The address the server sees this device's connection come from (its reflexive
     /// address), as the server last said; None while not connected.
     pub reflexive: Option<SocketAddr>,
+}
+
+/// How an attempt to reach the server, or a connection, ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The dial failed (no route, refused, a QUIC handshake error).
+    DialFailed,
+    /// No link came up, or the authentication did not finish, within
+    /// [`ServerLinkConfig::connect_timeout`].
+    TimedOut,
+    /// The link went down after it came up.
+    LinkLost,
+    /// The server refused us, or did not prove the configured key.
+    Refused(ServerAuthFailure),
+    /// The server closed our connection because another one proved this device's key.
+    Replaced,
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::DialFailed => f.write_str("dial failed"),
+            ConnectFailure::TimedOut => f.write_str("timed out"),
+            ConnectFailure::LinkLost => f.write_str("link lost"),
+            ConnectFailure::Refused(ServerAuthFailure::WrongKey { .. }) => {
+                f.write_str("refused: wrong server key?")
+            }
+            ConnectFailure::Refused(ServerAuthFailure::NotAdmitted) => {
+                f.write_str("refused: this device is not admitted")
+            }
+            ConnectFailure::Refused(_) => f.write_str("refused: the server did not authenticate"),
+            ConnectFailure::Replaced => {
+                f.write_str("replaced by another connection with this device's key")
+            }
+        }
+    }
 }
 
 /// Why an attempt to authenticate with the server failed: what `status` shows.
@@ -338,9 +381,26 @@ impl ServerLink {
         }
     }
 
-    /// What the connection counted so far.
+    /// What the connection counted so far, and where it stands.
     pub fn counters(&self) -> ConnectionCounters {
-        self.counters
+        ConnectionCounters {
+            connected: self.connected().is_some(),
+            ..self.counters
+        }
+    }
+
+    /// An attempt did not reach the server: recorded, and logged once when the server
+    /// becomes unreachable (not at every retry; [`ServerLink::server_message`] logs when
+    /// it is reached again).
+    fn unreachable(&mut self, now: Instant, failure: ConnectFailure, detail: &str) {
+        self.counters.last_failure = Some(failure);
+        if self.counters.unreachable_since.is_none() {
+            self.counters.unreachable_since = Some(now);
+            warn!(
+                server = %self.config.server_addr,
+                "relay unreachable: {failure} ({detail}); retrying with backoff"
+            );
+        }
     }
 
     /// Dials the server (once; later calls do nothing).
@@ -359,6 +419,8 @@ impl ServerLink {
             }
             ConnectionState::Dialling { request, deadline } if now >= deadline => {
                 self.counters.connect_timeouts += 1;
+                let waited = format!("no link within {:?}", self.config.connect_timeout);
+                self.unreachable(now, ConnectFailure::TimedOut, &waited);
                 if self.stale_dials.len() >= MAX_STALE_DIALS {
                     self.stale_dials.pop_first();
                 }
@@ -367,6 +429,11 @@ impl ServerLink {
             }
             ConnectionState::Authenticating { link, deadline } if now >= deadline => {
                 self.counters.connect_timeouts += 1;
+                let waited = format!(
+                    "the server did not finish authenticating within {:?}",
+                    self.config.connect_timeout
+                );
+                self.unreachable(now, ConnectFailure::TimedOut, &waited);
                 self.close(link);
                 self.disconnect(now, rng)
             }
@@ -428,6 +495,7 @@ impl ServerLink {
                 {
                     debug!(%reason, "server link: dial failed");
                     self.counters.dial_failures += 1;
+                    self.unreachable(now, ConnectFailure::DialFailed, &reason);
                     self.disconnect(now, rng)
                 } else {
                     Change::None
@@ -436,6 +504,7 @@ impl ServerLink {
             TransportEvent::LinkDown { link, reason } if self.is_ours(link) => {
                 debug!(%reason, "server link: link lost");
                 self.counters.links_lost += 1;
+                self.counters.last_failure = Some(ConnectFailure::LinkLost);
                 self.disconnect(now, rng)
             }
             TransportEvent::FrameReceived { link, frame } if self.is_ours(link) => {
@@ -526,6 +595,13 @@ impl ServerLink {
                 self.attempts = 0;
                 self.counters.connects += 1;
                 self.counters.reflexive = *observed;
+                if let Some(since) = self.counters.unreachable_since.take() {
+                    info!(
+                        server = %self.config.server_addr,
+                        after_s = now.saturating_duration_since(since).as_secs(),
+                        "relay reachable again"
+                    );
+                }
                 if let Some(failure) = self.counters.auth_failure.take() {
                     info!(
                         server = %self.config.server_addr,
@@ -590,6 +666,7 @@ impl ServerLink {
             );
         }
         self.last_replaced = Some(now);
+        self.counters.last_failure = Some(ConnectFailure::Replaced);
         self.close(link);
         let change = self.disconnect(now, rng);
         self.state = ConnectionState::Disconnected {
@@ -647,6 +724,9 @@ impl ServerLink {
             );
         }
         self.counters.auth_failure = Some(failure);
+        self.counters.last_failure = Some(ConnectFailure::Refused(failure));
+        // It answered: reachable, though not usable.
+        self.counters.unreachable_since = None;
         self.close(link);
         self.disconnect(now, rng)
     }
@@ -1049,6 +1129,77 @@ mod tests {
         );
         assert_eq!(s.link.auth_failure(), None);
         assert_eq!(s.link.counters().proofs_refused, 1);
+    }
+
+    #[test]
+    fn unreachable_is_kept_from_the_first_failed_attempt_until_the_server_is_reached() {
+        let mut s = setup();
+        s.link.start(s.t0);
+        assert_eq!(s.link.counters().unreachable_since, None);
+        // The first attempt times out: unreachable since then.
+        let deadline = s.link.poll_timeout().unwrap();
+        s.link.handle_timeout(deadline, &mut s.rng);
+        let counters = s.link.counters();
+        assert_eq!(counters.unreachable_since, Some(deadline));
+        assert_eq!(counters.last_failure, Some(ConnectFailure::TimedOut));
+        assert!(!counters.connected);
+        // The second one fails to dial: still unreachable since the first.
+        let retry_at = s.link.poll_timeout().unwrap();
+        s.link.handle_timeout(retry_at, &mut s.rng);
+        let failed = TransportEvent::DialFailed {
+            request: RequestId(FIRST.0 + 1),
+            reason: "no route".into(),
+        };
+        s.link.transport(retry_at, failed, &mut s.rng);
+        let counters = s.link.counters();
+        assert_eq!(counters.unreachable_since, Some(deadline));
+        assert_eq!(counters.last_failure, Some(ConnectFailure::DialFailed));
+        assert_eq!(
+            ConnectFailure::DialFailed.to_string(),
+            "dial failed",
+            "what status shows"
+        );
+        // The third one reaches it and authenticates.
+        let retry_at = s.link.poll_timeout().unwrap();
+        s.link.handle_timeout(retry_at, &mut s.rng);
+        commands(&mut s.link);
+        s.link.bound(bound(10));
+        s.link
+            .transport(retry_at, link_up(RequestId(FIRST.0 + 2), 10), &mut s.rng);
+        let nonce = [4_u8; 32];
+        let message = challenge(&s, nonce);
+        s.link
+            .server_message(retry_at, LinkId(10), &message, &mut s.rng);
+        let message = RelayMessage::Welcome {
+            proof: genuine_welcome_proof(&s, nonce),
+            observed: None,
+        };
+        assert_eq!(
+            s.link
+                .server_message(retry_at, LinkId(10), &message, &mut s.rng),
+            Some(Change::Up(LinkId(10)))
+        );
+        let counters = s.link.counters();
+        assert_eq!(counters.unreachable_since, None);
+        assert!(counters.connected);
+    }
+
+    #[test]
+    fn a_server_with_another_key_is_reachable_but_refused() {
+        let mut s = setup();
+        s.link.start(s.t0);
+        commands(&mut s.link);
+        s.link.bound(bound(9));
+        s.link.transport(s.t0, link_up(FIRST, 9), &mut s.rng);
+        let message = RelayMessage::Challenge {
+            nonce: [1; 32],
+            server_key: [9; 32],
+        };
+        s.link.server_message(s.t0, LinkId(9), &message, &mut s.rng);
+        let counters = s.link.counters();
+        assert_eq!(counters.unreachable_since, None);
+        let failure = counters.last_failure.unwrap();
+        assert_eq!(failure.to_string(), "refused: wrong server key?");
     }
 
     #[test]

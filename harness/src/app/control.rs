@@ -14,6 +14,13 @@
 //!   answers `{"ok":true,"done":true,"sent":N}` and closes. An error answer ends the
 //!   stream: the messages answered before it were accepted, the rest were not.
 //! - `{"cmd":"migrate","bind":"127.0.0.2"}` → `{"ok":true,"old":"…","new":"…"}`
+//! - `{"cmd":"ping","peer":"NAME","timeout_ms":2000}` → one round trip over the session
+//!   (a liveness ping sealed under the session keys, answered by the peer's session
+//!   layer): `{"ok":true,"peer":"NAME","answered":true,"rtt_ms":0.42,"path":"direct",
+//!   "remote":"ip:port"}`, or `{"ok":true,"peer":"NAME","answered":false,
+//!   "unanswered":"no_session"|"timeout","reason":"…"}` (a timeout also names the `path`
+//!   the ping went on). `timeout_ms` defaults to [`DEFAULT_PING_TIMEOUT`], at most
+//!   [`MAX_PING_TIMEOUT`].
 //! - `{"cmd":"watch"}` → `{"ok":true,"watching":true}`, then one [`WatchEvent`] per
 //!   line until the client goes away: first the current status of every peer, then
 //!   every event as it happens.
@@ -64,7 +71,21 @@ pub enum Request {
         /// `IP` (any port) or `IP:PORT`.
         bind: String,
     },
+    /// One round trip over the session with a peer.
+    Ping {
+        /// Peer name, full public key hex, or a unique prefix of it.
+        peer: String,
+        /// How long to wait for the answer (default [`DEFAULT_PING_TIMEOUT`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
 }
+
+/// How long a ping waits for its answer unless told.
+pub const DEFAULT_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest a ping may wait (well within [`REQUEST_TIMEOUT`]).
+pub const MAX_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One message of a `send_stream`: `text` or `data` (base64).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

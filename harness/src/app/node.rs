@@ -17,14 +17,15 @@
 
 use super::config::{NodeSettings, PeerSettings};
 use super::control::{self, Request, WatchEvent};
+use super::episodes::{EpisodeChange, Episodes, EPISODE_QUIET};
 use super::metrics::{
     self, millis, path_name, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
-    ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
+    RelayConnectionReport, ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
 };
 use super::run::{self, RunError, StopSignals};
 use crate::hub::NodeEvent;
 use crate::journal_writer::CommitOn;
-use crate::node::{DurableChannels, Node, NodeConfig};
+use crate::node::{DurableChannels, Node, NodeConfig, PeerStatus};
 use data_encoding::BASE64;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,8 +33,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 pub use tether::channel_store_path;
-use tether::rebind_target;
-use tether_protocol::{ChannelId, DeviceId, SessionStatus};
+use tether::{rebind_target, PingError};
+use tether_protocol::{ChannelId, DeviceId, PathKind, SessionStatus};
 use tether_store::RedbChannelStore;
 use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
 use tether_transport::Endpoint;
@@ -65,6 +66,19 @@ enum Command {
 }
 
 pub use tether::unix_ms;
+
+/// The OS's interface addresses now (loopback and link-local left out, as the
+/// interface watcher sees them); none when they cannot be read.
+pub async fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let (trigger, _) = connectivity::channel();
+    InterfaceWatcher::start(trigger, WatchOptions::default())
+        .await
+        .map(|snapshot| snapshot.addresses())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|addr| addr.ip())
+        .collect()
+}
 
 /// Runs a node until SIGINT or SIGTERM. `ready` is called once everything listens.
 pub async fn run_node(
@@ -117,19 +131,14 @@ pub async fn run_node(
     // The addresses announced in place of a wildcard `listen`: the watcher's, or (with
     // the watcher off) the interfaces as they are at start.
     let interfaces: Vec<std::net::IpAddr> = match &watcher {
-        Some(watcher) => watcher.addresses(),
-        None if settings.listen.ip().is_unspecified() => {
-            let (trigger, _) = connectivity::channel();
-            InterfaceWatcher::start(trigger, WatchOptions::default())
-                .await
-                .map(|snapshot| snapshot.addresses())
-                .unwrap_or_default()
-        }
+        Some(watcher) => watcher
+            .addresses()
+            .into_iter()
+            .map(|addr| addr.ip())
+            .collect(),
+        None if settings.listen.ip().is_unspecified() => interface_addresses().await,
         None => Vec::new(),
-    }
-    .into_iter()
-    .map(|addr| addr.ip())
-    .collect();
+    };
     let config = NodeConfig {
         keypair: settings.keypair.clone(),
         peers: settings.peers.iter().map(|p| p.peer.clone()).collect(),
@@ -180,6 +189,8 @@ pub async fn run_node(
     let root = tracing::info_span!("node", device = %DeviceId(*settings.keypair.public().as_bytes()).short());
     let mut state = NodeState {
         node,
+        episodes: Episodes::default(),
+        relay_addr: settings.relay.addr,
         endpoint,
         local,
         configured_ip: settings.listen.ip(),
@@ -326,6 +337,8 @@ fn phase_of(status: SessionStatus) -> Option<&'static str> {
 
 struct NodeState {
     node: Arc<Node>,
+    episodes: Episodes,
+    relay_addr: SocketAddr,
     endpoint: Endpoint,
     local: SocketAddr,
     configured_ip: std::net::IpAddr,
@@ -583,6 +596,26 @@ impl NodeState {
         for status in self.node.status().await {
             self.tracker.sample(status.peer, status.path, now);
         }
+        let counters = self.node.counters().await;
+        let (relay, _) = self.node.server_client_counters().await;
+        let rejected = RejectedReport::of_node(&counters, &self.endpoint.stats(), 0);
+        let changes = self.episodes.observe(now, |kind| match kind {
+            "relay_refused_rate_limited" => relay.refused.rate_limited,
+            _ => rejected.by_reason.get(kind).copied().unwrap_or(0),
+        });
+        for change in changes {
+            self.root.in_scope(|| match change {
+                EpisodeChange::Started { kind, reason } => {
+                    tracing::warn!(counter = kind, "{reason}");
+                }
+                EpisodeChange::Ended { kind, count } => tracing::info!(
+                    counter = kind,
+                    count,
+                    "no more of these for {} s",
+                    EPISODE_QUIET.as_secs()
+                ),
+            });
+        }
     }
 
     async fn report(&mut self) -> NodeStatusReport {
@@ -591,12 +624,16 @@ impl NodeState {
         let counters = self.node.counters().await;
         let (relay_client, rendezvous_client) = self.node.server_client_counters().await;
         let stats = self.endpoint.stats();
+        let unix_now = unix_ms();
+        let ago = |at: Option<Instant>| at.map(|at| millis(now.saturating_duration_since(at)));
         let mut peers = Vec::new();
         for s in statuses {
             self.tracker.sample(s.peer, s.path, now);
+            let path_reason = path_reason(&s, self.tracker.path_since(s.peer));
             peers.push(PeerReport {
                 name: self.name(&s.peer),
                 device: s.peer.to_hex(),
+                id: s.peer.short(),
                 status: s.status.map(|x| x.to_string()),
                 path: s.path.map(|p| path_name(p).to_string()),
                 remote: s.remote.map(|r| r.to_string()),
@@ -607,8 +644,15 @@ impl NodeState {
                 session_keys: s.session_keys.map(|f| f.to_hex()),
                 rtt_ms: s.rtt_ms,
                 queued: s.queued,
+                accepted: s.counters.sent,
+                acknowledged: s.counters.acknowledged,
+                received: s.counters.delivered,
                 sent: s.counters.sent,
                 delivered: s.counters.delivered,
+                last_seen_ms_ago: ago(s.last_received),
+                last_handshake_unix_ms: ago(s.last_handshake).map(|ms| unix_now.saturating_sub(ms)),
+                last_handshake_ms_ago: ago(s.last_handshake),
+                path_reason: Some(path_reason),
                 duplicate_frames: s.counters.duplicates,
                 traffic: TrafficReport {
                     direct: s.counters.direct.into(),
@@ -624,15 +668,42 @@ impl NodeState {
                 session: self.tracker.metrics(s.peer, now),
             });
         }
+        let mut server_clients = ServerClientsReport::of(&relay_client, &rendezvous_client);
+        server_clients.relay_connection =
+            RelayConnectionReport::of(self.relay_addr, &relay_client.connection, now, unix_now);
         NodeStatusReport {
             device: self.device_hex.clone(),
             listen: self.local.to_string(),
             uptime_ms: millis(now.saturating_duration_since(self.started)),
+            generated_unix_ms: unix_now,
             peers,
             transport: TransportReport::from(stats),
             rejected: RejectedReport::of_node(&counters, &stats, self.node.writes_dropped()),
-            server_clients: ServerClientsReport::of(&relay_client, &rendezvous_client),
+            server_clients,
         }
+    }
+}
+
+/// Why the session is on the path it is on, from what DirectConnection knows:
+/// `path_since` is when it moved to this kind of path (Unix ms).
+fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
+    let since = path_since.map_or(String::new(), |at| format!(" since {}", metrics::utc(at)));
+    match (s.path, s.path_validated) {
+        (Some(PathKind::Direct), Some(true)) => "direct: validated path".to_string(),
+        (Some(PathKind::Direct), _) => {
+            "direct: the peer's address has not answered its challenge yet".to_string()
+        }
+        (Some(PathKind::Relay), _) if s.direct_candidates == 0 => {
+            format!("relay: no direct address known for the peer{since}")
+        }
+        (Some(PathKind::Relay), _) => format!(
+            "relay: no direct path answered{since} ({} direct addresses known, dialled again while on the relay)",
+            s.direct_candidates
+        ),
+        (None, _) => match s.status {
+            Some(status) => format!("no path: the session is {status}"),
+            None => "no path: no session yet".to_string(),
+        },
     }
 }
 
@@ -676,6 +747,40 @@ impl Senders {
             )),
             _ => Err(format!("peer {wanted:?} is ambiguous")),
         }
+    }
+
+    /// One operator ping of `peer` (see [`Node::ping`]): the answer's fields, or why
+    /// it was not answered; Err only for a peer that is not known.
+    async fn ping(&self, peer: &str, timeout_ms: Option<u64>) -> Result<serde_json::Value, String> {
+        let (id, name) = self.resolve(peer)?;
+        let timeout = timeout_ms
+            .map_or(control::DEFAULT_PING_TIMEOUT, Duration::from_millis)
+            .clamp(Duration::from_millis(1), control::MAX_PING_TIMEOUT);
+        Ok(match self.node.ping(id, timeout).await {
+            Ok(answer) => serde_json::json!({
+                "peer": name,
+                "answered": true,
+                "rtt_ms": answer.rtt.as_secs_f64() * 1000.0,
+                "path": path_name(answer.path),
+                "remote": answer.remote.map(|r| r.to_string()),
+            }),
+            Err(error @ PingError::NoSession { .. }) => serde_json::json!({
+                "peer": name,
+                "answered": false,
+                "unanswered": "no_session",
+                "reason": error.to_string(),
+            }),
+            Err(error @ PingError::Timeout { path, .. }) => serde_json::json!({
+                "peer": name,
+                "answered": false,
+                "unanswered": "timeout",
+                "path": path_name(path),
+                "reason": error.to_string(),
+            }),
+            Err(error @ (PingError::UnknownPeer | PingError::Stopped)) => {
+                return Err(format!("ping {peer}: {error}"))
+            }
+        })
     }
 
     /// One message; with `wait`, waits for room in a full queue.
@@ -851,6 +956,10 @@ async fn serve_control(
             let _ = write.write_all(line.as_bytes()).await;
             return;
         }
+        Request::Ping { peer, timeout_ms } => match senders.ping(&peer, timeout_ms).await {
+            Ok(answer) => control::ok_line(answer),
+            Err(e) => control::error_line(&e),
+        },
         Request::Migrate { bind } => match control::parse_bind(&bind) {
             Err(e) => control::error_line(&e),
             Ok(addr) => match ask(&commands, |reply| Command::Migrate { addr, reply }).await {

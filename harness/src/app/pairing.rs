@@ -32,10 +32,13 @@
 //! [`run`] drives it over a real UDP endpoint.
 
 use crate::app::peers_file::NewPeer;
+pub use crate::app::server_session::BindError;
+use crate::app::server_session::{self, CoreOutput, ServerClientCore};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha20Rng;
 use std::collections::{BTreeSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 use tether_crypto::pairing::{Side, TAG_LEN};
 use tether_crypto::{
@@ -43,8 +46,8 @@ use tether_crypto::{
     StaticKeypair,
 };
 use tether_protocol::{
-    LinkBound, LinkId, PathKind, RelayMessage, RendezvousMessage, RequestId, ServerRefusal,
-    TransportCommand, TransportEvent, WireFrame,
+    LinkBound, LinkId, RelayMessage, RendezvousMessage, RequestId, ServerRefusal, TransportCommand,
+    TransportEvent, WireFrame,
 };
 use tether_server_link::{Change, ServerAuthFailure, ServerLink, ServerLinkConfig};
 
@@ -934,16 +937,6 @@ impl PairingCore {
     }
 }
 
-/// The wildcard address of `relay`'s family, any port: where the pairing connection
-/// is dialled from.
-pub fn local_bind_for(relay: SocketAddr) -> SocketAddr {
-    let ip = match relay.ip() {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
-    SocketAddr::new(ip, 0)
-}
-
 /// What [`run`] ends with: the result, and what the save callback returned if it ran.
 pub struct RunOutcome<T> {
     /// Success, or why not.
@@ -952,10 +945,32 @@ pub struct RunOutcome<T> {
     pub saved: Option<T>,
 }
 
-/// Why [`run`] could not even start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open a UDP socket for pairing: {0}")]
-pub struct BindError(String);
+impl ServerClientCore for PairingCore {
+    type Output = Output;
+
+    fn transport(&mut self, now: Instant, event: TransportEvent) {
+        self.handle(now, Input::Transport(event));
+    }
+
+    fn bound(&mut self, bound: LinkBound) {
+        self.handle(Instant::now(), Input::Bound(bound));
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        PairingCore::handle_timeout(self, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        PairingCore::poll_timeout(self)
+    }
+
+    fn poll_output(&mut self) -> Option<CoreOutput<Output>> {
+        PairingCore::poll_output(self).map(|output| match output {
+            Output::Transport(command) => CoreOutput::Transport(command),
+            other => CoreOutput::Other(other),
+        })
+    }
+}
 
 /// Runs a pairing over a real UDP endpoint until it ends. `save` writes the entry
 /// (Err: why not, in one line).
@@ -963,145 +978,26 @@ pub async fn run<T>(
     config: PairingConfig,
     mut save: impl FnMut(&SaveRequest) -> Result<T, String>,
 ) -> Result<RunOutcome<T>, BindError> {
-    use tokio::sync::mpsc;
-    let endpoint = tether_transport::Endpoint::bind_udp(
-        local_bind_for(config.relay_addr),
-        tether_transport::TransportConfig::default(),
-    )
-    .await
-    .map_err(|e| BindError(e.to_string()))?;
-
-    enum Event {
-        Dialled(RequestId, Result<tether_transport::Link, String>),
-        Frame(LinkId, Vec<u8>),
-        Down(LinkId, String),
-    }
-    let (events, mut incoming) = mpsc::unbounded_channel::<Event>();
-    let mut writers: std::collections::BTreeMap<
-        LinkId,
-        (mpsc::UnboundedSender<Vec<u8>>, tether_transport::LinkHandle),
-    > = std::collections::BTreeMap::new();
+    let relay = config.relay_addr;
     let mut core = PairingCore::new(config, Instant::now());
     core.handle(Instant::now(), Input::Start);
     let mut saved = None;
-    let result = loop {
-        let mut finished = None;
-        while let Some(output) = core.poll_output() {
-            match output {
-                Output::Transport(TransportCommand::Dial { request, addrs }) => {
-                    let endpoint = endpoint.clone();
-                    let events = events.clone();
-                    tokio::spawn(async move {
-                        let link = tether_transport::dial_any(&endpoint, &addrs)
-                            .await
-                            .map_err(|e| e.to_string());
-                        let _ = events.send(Event::Dialled(request, link));
-                    });
+    let result = server_session::drive(relay, &mut core, |core, output| match output {
+        Output::Save(request) => {
+            let answer = match save(&request) {
+                Ok(value) => {
+                    saved = Some(value);
+                    Ok(())
                 }
-                Output::Transport(TransportCommand::Transmit { link, frame }) => {
-                    if let Some((writer, _)) = writers.get(&link) {
-                        let _ = writer.send(frame);
-                    }
-                }
-                Output::Transport(
-                    TransportCommand::Close { link } | TransportCommand::Farewell { link, .. },
-                ) => {
-                    if let Some((_, handle)) = writers.remove(&link) {
-                        handle.close();
-                    }
-                }
-                Output::Save(request) => {
-                    let answer = match save(&request) {
-                        Ok(value) => {
-                            saved = Some(value);
-                            Ok(())
-                        }
-                        Err(reason) => Err(reason),
-                    };
-                    core.handle(Instant::now(), Input::Saved(answer));
-                }
-                Output::Finished(result) => finished = Some(result),
-            }
+                Err(reason) => Err(reason),
+            };
+            core.handle(Instant::now(), Input::Saved(answer));
+            ControlFlow::Continue(())
         }
-        if let Some(result) = finished {
-            break result;
-        }
-        let wake = core
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            event = incoming.recv() => {
-                let now = Instant::now();
-                match event {
-                    Some(Event::Dialled(request, Ok(link))) => {
-                        let id = link.id();
-                        let handle = link.handle().clone();
-                        let remote = link.remote_addr();
-                        if let Some(binding) = handle.channel_binding() {
-                            core.handle(now, Input::Bound(LinkBound { link: id, binding }));
-                        }
-                        let (sender, mut receiver) = link.split();
-                        let (writer, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
-                        let down = events.clone();
-                        tokio::spawn(async move {
-                            while let Some(frame) = queue.recv().await {
-                                if let Err(error) = sender.send_frame(frame.into()).await {
-                                    let _ = down.send(Event::Down(id, error.to_string()));
-                                    break;
-                                }
-                            }
-                        });
-                        let reader = events.clone();
-                        tokio::spawn(async move {
-                            let reason = loop {
-                                match receiver.recv_frame().await {
-                                    Ok(Some(frame)) => {
-                                        if reader.send(Event::Frame(id, frame.to_vec())).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Ok(None) => break "closed".to_string(),
-                                    Err(error) => break error.to_string(),
-                                }
-                            };
-                            // The relay's refusal (not admitted, say) is its last frame,
-                            // carried in its close.
-                            if let Some(tether_transport::LostReason::Farewell { frame }) =
-                                receiver.handle().lost_reason()
-                            {
-                                let _ = reader.send(Event::Frame(id, frame));
-                            }
-                            let _ = reader.send(Event::Down(id, reason));
-                        });
-                        writers.insert(id, (writer, handle));
-                        core.handle(now, Input::Transport(TransportEvent::LinkUp {
-                            request: Some(request),
-                            link: id,
-                            path: PathKind::Direct,
-                            remote: Some(remote),
-                        }));
-                    }
-                    Some(Event::Dialled(request, Err(reason))) => {
-                        core.handle(now, Input::Transport(TransportEvent::DialFailed { request, reason }));
-                    }
-                    Some(Event::Frame(link, frame)) => {
-                        core.handle(now, Input::Transport(TransportEvent::FrameReceived { link, frame }));
-                    }
-                    Some(Event::Down(link, reason)) if writers.remove(&link).is_some() => {
-                        core.handle(now, Input::Transport(TransportEvent::LinkDown { link, reason }));
-                    }
-                    Some(Event::Down(..)) | None => {}
-                }
-            }
-            () = tokio::time::sleep_until(wake) => core.handle_timeout(Instant::now()),
-        }
-    };
-    for (_, (_, handle)) in writers {
-        handle.close();
-    }
-    endpoint.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        Output::Finished(result) => ControlFlow::Break(result),
+        Output::Transport(_) => ControlFlow::Continue(()),
+    })
+    .await?;
     Ok(RunOutcome { result, saved })
 }
 

@@ -13,7 +13,7 @@ use tether_harness::app::config::{self, ConfigError, LogFormat};
 use tether_harness::app::control::{self, Request};
 use tether_harness::app::demo::{self, DemoOptions, Scenario};
 use tether_harness::app::keys;
-use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
+use tether_harness::app::metrics::{self, NodeStatusReport, RelayStatusReport};
 use tether_harness::app::{node, pairing, paths, peers_file, relay, run};
 use tether_protocol::DeviceId;
 
@@ -126,6 +126,23 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Measure round trips to a peer over its session through a running node: RTT and
+    /// path (direct or relay, and the peer's address) per probe.
+    #[command(after_help = PING_AFTER_HELP)]
+    Ping(PingArgs),
+    /// Check this machine's network for a node, without a running node: the relay
+    /// reachable over UDP and proving the configured key, the reflexive address, and the
+    /// addresses to announce.
+    #[command(after_help = NETCHECK_AFTER_HELP)]
+    Netcheck {
+        /// The node's config file (its key_file, listen and relay are used). Default:
+        /// $XDG_CONFIG_HOME/tether/node.toml, else /etc/tether/node.toml.
+        #[arg(short, long, value_name = "FILE", env = "TETHER_CONFIG")]
+        config: Option<PathBuf>,
+        /// How long the relay may take to answer and authenticate (e.g. 500ms, 5s).
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_probe_duration)]
+        timeout: std::time::Duration,
+    },
     /// Tell a running node its network changed: rebind it to ADDR (manual migration).
     Migrate {
         /// New local address: an IP (any port) or ip:port, e.g. 127.0.0.2.
@@ -146,6 +163,54 @@ enum Command {
     },
     /// Print the man page (roff) to stdout: tether man > tether.1
     Man,
+}
+
+const PING_AFTER_HELP: &str = "Each probe is a liveness ping sealed under the session keys and answered by the peer's \
+session layer, timed when its answer returns. A probe that cannot go says why (no session, and the session's \
+status) and one that is not answered in time says so (and whether it went on the relay). \
+Exit code 0 when at least one probe was answered, 1 otherwise.";
+
+const NETCHECK_AFTER_HELP: &str = "One connection attempt to the configured relay, as a node makes it, but \
+rendezvous-only: a node running with the same key keeps its connection. It shows the reflexive address \
+the relay reports. Not checked: direct UDP to peers (use `tether ping`), the NAT's kind (one relay's \
+observation cannot tell it), the other address family. Exit code 1, with a one-line reason, when the relay is unreachable, proves another key or \
+does not admit this device.";
+
+#[derive(Debug, Args)]
+struct PingArgs {
+    /// The peer: its name in the config, or its public key (hex; a unique prefix will do).
+    peer: String,
+    /// How many probes to send.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    count: u32,
+    /// Time between the starts of two probes (e.g. 200ms, 1s).
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_probe_duration)]
+    interval: std::time::Duration,
+    /// How long each probe waits for its answer (e.g. 500ms, 2s; at most 20s).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_probe_duration)]
+    timeout: std::time::Duration,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `250ms`, `2s` or a number of seconds: from 10 ms to 60 s.
+fn parse_probe_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let bad = || format!("{text:?} is not a duration (e.g. 250ms, 2s)");
+    let (number, millis_per_unit) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 1)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1000)
+    } else {
+        (text, 1000)
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms = n.saturating_mul(millis_per_unit);
+    if !(10..=60_000).contains(&ms) {
+        return Err(format!("{text:?} must be from 10ms to 60s"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 #[derive(Debug, Args)]
@@ -575,15 +640,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if let Some(status) = reply.get("status") {
                 let report: NodeStatusReport =
                     serde_json::from_value(status.clone()).context("unexpected status report")?;
-                out!("{}", render_status(&report));
+                out!("{}", metrics::render_node_status(&report));
             } else if let Some(relay) = reply.get("relay") {
                 let report: RelayStatusReport =
                     serde_json::from_value(relay.clone()).context("unexpected relay report")?;
-                out!("{}", render_relay(&report));
+                out!("{}", metrics::render_relay_status(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => run_send(args, json),
+        Command::Ping(args) => run_ping(args, json),
+        Command::Netcheck { config, timeout } => {
+            init_logging(log_format(&cli.log_format, LogFormat::Text), "error");
+            run_netcheck(config, timeout, json)
+        }
         Command::Watch { target } => {
             // Its lines are JSON already, with or without --json.
             let socket = socket_of(&target)?;
@@ -968,6 +1038,188 @@ fn run_send(args: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tether ping`: one control request per probe, `interval` apart (from start to
+/// start), then a summary.
+fn run_ping(args: PingArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let socket = socket_of(&args.target)?;
+    let timeout = args.timeout.min(control::MAX_PING_TIMEOUT);
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let system = actix_rt::System::new();
+    let mut rtts: Vec<f64> = Vec::new();
+    let mut name = args.peer.clone();
+    let mut last_reason = String::new();
+    for probe in 1..=args.count {
+        let started = tokio::time::Instant::now();
+        let request = Request::Ping {
+            peer: args.peer.clone(),
+            timeout_ms: Some(timeout_ms),
+        };
+        let reply = system.block_on(control::request(&socket, &request))?;
+        let text = |key: &str| reply.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        if let Some(peer) = text("peer") {
+            name = peer;
+        }
+        let answered = reply.get("answered").and_then(serde_json::Value::as_bool) == Some(true);
+        let rtt = reply.get("rtt_ms").and_then(serde_json::Value::as_f64);
+        if json {
+            let mut line = serde_json::json!({ "probe": probe });
+            if let (Some(line), Some(reply)) = (line.as_object_mut(), reply.as_object()) {
+                line.extend(
+                    reply
+                        .iter()
+                        .filter(|(k, _)| *k != "ok")
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+            json_line(&line)?;
+        }
+        match (answered, rtt) {
+            (true, Some(rtt)) => {
+                rtts.push(rtt);
+                if !json {
+                    let path = text("path").unwrap_or_default();
+                    let remote = text("remote").map_or(String::new(), |r| format!(" {r}"));
+                    outln!("pong from {name} via {path}{remote} in {rtt:.2} ms (probe {probe})");
+                }
+            }
+            _ => {
+                last_reason = text("reason").unwrap_or_else(|| "no answer".into());
+                if !json {
+                    outln!("no pong from {name} (probe {probe}): {last_reason}");
+                }
+            }
+        }
+        if probe < args.count {
+            let next = started + args.interval;
+            system.block_on(async move { tokio::time::sleep_until(next).await });
+        }
+    }
+    let sent = args.count;
+    let received = rtts.len();
+    let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rtts.iter().copied().fold(0.0, f64::max);
+    let avg = rtts.iter().sum::<f64>() / (received.max(1) as f64);
+    if json {
+        let stat = |v: f64| {
+            if received > 0 {
+                serde_json::json!(v)
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        json_line(&serde_json::json!({
+            "summary": true,
+            "peer": name,
+            "sent": sent,
+            "received": received,
+            "min_ms": stat(min),
+            "avg_ms": stat(avg),
+            "max_ms": stat(max),
+        }))?;
+    } else if received > 0 {
+        outln!("--- {name}: {sent} probes sent, {received} answered; rtt min/avg/max {min:.2}/{avg:.2}/{max:.2} ms");
+    } else {
+        outln!("--- {name}: {sent} probes sent, 0 answered");
+    }
+    if received == 0 {
+        anyhow::bail!("no probe to {name} was answered ({last_reason})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tether netcheck`: the relay, the addresses to announce, and what was not checked.
+fn run_netcheck(
+    config: Option<PathBuf>,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use tether_harness::app::netcheck;
+    let config = config_or_default(config, "node.toml")?;
+    let settings = config::load_node_for_pairing(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let relay = settings.relay.addr;
+    let check = runtime.block_on(netcheck::check_relay(netcheck::NetcheckConfig {
+        keypair: settings.keypair.clone(),
+        relay_addr: relay,
+        relay_key: settings.relay.public,
+        timeout,
+        seed: pairing::os_seed(),
+    }))?;
+    let interfaces = runtime.block_on(node::interface_addresses());
+    let announced = netcheck::announced_ips(settings.listen, &interfaces);
+    let problem = check.problem(relay);
+    let relay_name = if settings.relay_name == relay.to_string() {
+        relay.to_string()
+    } else {
+        format!("{} ({relay})", settings.relay_name)
+    };
+    if json {
+        json_line(&serde_json::json!({
+            "ok": problem.is_none(),
+            "relay": {
+                "addr": relay.to_string(),
+                "name": settings.relay_name,
+                "public_key": settings.relay.public.to_hex(),
+                "udp": check.udp_works(),
+                "quic_handshake_ms": check.quic_ms(),
+                "check": check,
+                "problem": problem,
+            },
+            "listen": settings.listen.to_string(),
+            "announce": announced.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "reflexive_address": check.reflexive().map(|a| a.to_string()),
+            "nat": netcheck::nat(check.reflexive(), &interfaces),
+            "not_checked": netcheck::NOT_CHECKED,
+        }))?;
+    } else {
+        outln!("relay {relay_name}, key {}", settings.relay.public.to_hex());
+        match check.quic_ms() {
+            Some(ms) => {
+                outln!("  udp: works (QUIC handshake with the relay completed in {ms:.1} ms)")
+            }
+            None => outln!("  udp: no QUIC connection to the relay"),
+        }
+        match &check {
+            netcheck::RelayCheck::Ok { authenticated_ms, .. } => outln!(
+                "  relay key: proved (mutual authentication done in {authenticated_ms:.1} ms); this device is admitted"
+            ),
+            netcheck::RelayCheck::Unreachable { .. } | netcheck::RelayCheck::TimedOut { .. } => {
+                outln!("  relay key: not checked (the relay did not get that far)")
+            }
+            _ => outln!("  relay key: {}", problem.as_deref().unwrap_or("")),
+        }
+        let listed = if announced.is_empty() {
+            "none (no interface address besides loopback and link-local)".to_string()
+        } else {
+            announced
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        outln!(
+            "addresses to announce (listen {}): {listed}",
+            settings.listen
+        );
+        let reflexive = check
+            .reflexive()
+            .map_or(netcheck::NOT_REPORTED.to_string(), |a| a.to_string());
+        outln!("reflexive address (as the relay sees this machine): {reflexive}");
+        outln!("NAT: {}", netcheck::nat(check.reflexive(), &interfaces));
+        outln!("not checked: {}", netcheck::NOT_CHECKED.join("; "));
+    }
+    match problem {
+        Some(problem) => {
+            eprintln!("error: {problem}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
 fn client(socket: &Path, request: Request) -> anyhow::Result<serde_json::Value> {
     let system = actix_rt::System::new();
     Ok(system.block_on(control::request(socket, &request))?)
@@ -1038,131 +1290,4 @@ fn emit(reports: &[demo::ScenarioReport], json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn opt<T: std::fmt::Display>(value: &Option<T>) -> String {
-    value.as_ref().map_or("-".to_string(), |v| v.to_string())
-}
-
-fn render_status(r: &NodeStatusReport) -> String {
-    let mut out = format!(
-        "device {} on {}, up {} s\n",
-        r.device,
-        r.listen,
-        r.uptime_ms / 1000
-    );
-    out.push_str(&format!(
-        "{:<12} {:<20} {:<6} {:<22} {:>5} {:>10} {:<16} {:>6} {:>6} {:>6} {:>9} {:>10} {:>14}\n",
-        "peer",
-        "status",
-        "path",
-        "remote",
-        "epoch",
-        "handshakes",
-        "PeerSecret",
-        "rtt",
-        "queued",
-        "sent",
-        "delivered",
-        "migrations",
-        "last migration"
-    ));
-    for p in &r.peers {
-        out.push_str(&format!(
-            "{:<12} {:<20} {:<6} {:<22} {:>5} {:>10} {:<16} {:>6} {:>6} {:>6} {:>9} {:>10} {:>14}\n",
-            p.name,
-            opt(&p.status),
-            opt(&p.path),
-            opt(&p.remote),
-            opt(&p.epoch),
-            p.handshakes,
-            opt(&p.peer_secret),
-            p.rtt_ms.map_or("-".into(), |v| format!("{v}ms")),
-            p.queued,
-            p.sent,
-            p.delivered,
-            p.session.migrations_completed,
-            p.last_migration_ms.map_or("-".into(), |v| format!("{v}ms")),
-        ));
-    }
-    for p in &r.peers {
-        let s = &p.session;
-        out.push_str(&format!(
-            "{}: sessions started {}, evicted {}, closed {}; handshakes completed {}; migrations started {}, completed {}, failed {}; up {} s direct, {} s relay\n",
-            p.name, s.sessions_started, s.sessions_evicted, s.sessions_closed, s.handshakes_completed,
-            s.migrations_started, s.migrations_completed, s.migrations_failed, s.direct_ms / 1000, s.relay_ms / 1000
-        ));
-        let (d, r) = (&p.traffic.direct, &p.traffic.relay);
-        out.push_str(&format!(
-            "{}: frames direct sent {} ({} B) received {} ({} B), relay sent {} ({} B) received {} ({} B); gave up on {} handshakes, {} reconnects; {} handshakes after a restart\n",
-            p.name, d.frames_sent, d.bytes_sent, d.frames_received, d.bytes_received,
-            r.frames_sent, r.bytes_sent, r.frames_received, r.bytes_received,
-            p.handshake_timeouts, p.reconnect_timeouts, p.restart_handshakes
-        ));
-        out.push_str(&format!(
-            "{}: handshakes completed {} (of them rekeys {}), attempts {} (initiations sent or answered); peer rekeys deferred while not Ready {}\n",
-            p.name, p.handshakes, p.rekeys, p.handshake_attempts, p.rekeys_refused
-        ));
-    }
-    let auth = &r.server_clients.relay_auth;
-    match &auth.reason {
-        Some(reason) => out.push_str(&format!("relay server: {}: {reason}\n", auth.status)),
-        None => out.push_str(&format!("relay server: {}\n", auth.status)),
-    }
-    let replaced = r.server_clients.relay.get("replaced").copied().unwrap_or(0);
-    if replaced > 0 {
-        out.push_str(&format!(
-            "relay server: our connection was replaced {replaced} times by another connection \
-             with this device's key (a second instance with the same key file?)\n"
-        ));
-    }
-    let t = &r.transport;
-    out.push_str(&format!(
-        "udp: sent {} datagrams / {} bytes, received {} / {}; dropped by the kernel (receive buffer full) {}; rebinds {}\n",
-        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received,
-        t.receive_buffer_drops, t.rebinds
-    ));
-    let rejected: Vec<String> = r
-        .rejected
-        .by_reason
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    out.push_str(&format!(
-        "rejected input: {}\n",
-        if rejected.is_empty() {
-            "none".to_string()
-        } else {
-            rejected.join(" ")
-        }
-    ));
-    out
-}
-
-fn render_relay(r: &RelayStatusReport) -> String {
-    let mut out = format!(
-        "relay {} on {}, up {} s\n",
-        r.public_key,
-        r.listen,
-        r.uptime_ms / 1000
-    );
-    let held = |k: &str| r.holding.get(k).copied().unwrap_or(0);
-    out.push_str(&format!(
-        "holding {} envelopes ({} bytes), {} rendezvous ids; {} connections\n",
-        held("stored_envelopes"),
-        held("stored_bytes"),
-        held("rendezvous_ids"),
-        held("connections")
-    ));
-    for (k, v) in &r.counters {
-        out.push_str(&format!("{k:<28} {v}\n"));
-    }
-    let t = &r.transport;
-    out.push_str(&format!(
-        "udp: sent {} datagrams / {} bytes, received {} / {}; dropped by the kernel (receive buffer full) {}\n",
-        t.datagrams_sent, t.bytes_sent, t.datagrams_received, t.bytes_received,
-        t.receive_buffer_drops
-    ));
-    out
 }

@@ -65,8 +65,8 @@ pub mod actors {
     pub use crate::hub::{phase_timeline, PresenceView, MAX_PENDING_NOTICES};
     pub use crate::journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
     pub use crate::node::{
-        DurableChannels, Node, NodeConfig, NodeEvents, NodePeer, PeerStatus, SendAllError,
-        ServerInfo, CLOSE_LINGER,
+        DurableChannels, Node, NodeConfig, NodeEvents, NodePeer, PeerStatus, PingAnswer, PingError,
+        SendAllError, ServerInfo, CLOSE_LINGER,
     };
     pub use crate::relay_server::{
         GetServerCounters, GetServerState, GetTap, RelayServer, RelayServerHandle,
@@ -77,7 +77,7 @@ pub mod actors {
 pub use announce::rebind_target;
 pub use embedded::{channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, StartError};
 pub use hub::NodeEvent;
-pub use node::{NodeEvents, PeerStatus};
+pub use node::{NodeEvents, PeerStatus, PingAnswer, PingError};
 pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
 pub use tether_direct_connection::Limits;
 pub use tether_protocol::{ChannelId, DeviceId, SendError};

@@ -117,6 +117,51 @@ pub struct PeerStatus {
     pub last_migration: Option<Duration>,
     /// Open transport links DirectConnection holds to this peer.
     pub links: usize,
+    /// When the last authenticated frame from the peer arrived.
+    pub last_received: Option<std::time::Instant>,
+    /// When the current session keys' handshake completed here.
+    pub last_handshake: Option<std::time::Instant>,
+    /// Whether the bound direct link's address answered a challenge (None unless bound
+    /// to a direct link).
+    pub path_validated: Option<bool>,
+    /// Direct addresses known for the peer (announced, configured or remembered).
+    pub direct_candidates: usize,
+}
+
+/// A [`Node::ping`] that was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingAnswer {
+    /// From sending the ping to its answer.
+    pub rtt: Duration,
+    /// The kind of path the answer came by.
+    pub path: PathKind,
+    /// The peer's address it came from, on a direct path.
+    pub remote: Option<SocketAddr>,
+}
+
+/// Why a [`Node::ping`] was not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    /// Not a paired peer.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// No session carries it: not established, or no path bound.
+    #[error("no session{}", .status.map_or(String::new(), |s| format!(" ({s})")))]
+    NoSession {
+        /// The session's status.
+        status: Option<SessionStatus>,
+    },
+    /// Sent, and not answered in time.
+    #[error("timeout: no answer within {} ms{}", .waited.as_millis(), match .path { PathKind::Relay => " (sent on the relay)", PathKind::Direct => "" })]
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+        /// The kind of path it was sent on.
+        path: PathKind,
+    },
+    /// The node stopped.
+    #[error("the node stopped")]
+    Stopped,
 }
 
 /// Why [`Node::send_all_on`] stopped before all of its messages were accepted and
@@ -684,9 +729,48 @@ impl Node {
                     migrations: view.migrations,
                     last_migration: view.last_migration,
                     links: s.links,
+                    last_received: s.last_received,
+                    last_handshake: s.last_handshake,
+                    path_validated: s.path_validated,
+                    direct_candidates: s.direct_candidates,
                 }
             })
             .collect()
+    }
+
+    /// One round trip over the session with `peer`, measured when the answer returns: a
+    /// liveness ping sealed under the session keys on the session's path, answered by
+    /// the peer's session layer (not by the transport), waiting at most `timeout`.
+    pub async fn ping(&self, peer: DeviceId, timeout: Duration) -> Result<PingAnswer, PingError> {
+        let reply = match self.dc.send(direct_connection::PingPeer { peer }).await {
+            Err(_) => return Err(PingError::Stopped),
+            Ok(Err(direct_connection::PingRefused::UnknownPeer)) => {
+                return Err(PingError::UnknownPeer)
+            }
+            Ok(Err(direct_connection::PingRefused::NoSession)) => {
+                let status = self
+                    .hub
+                    .send(GetPresence)
+                    .await
+                    .ok()
+                    .and_then(|presence| presence.get(&peer).and_then(|view| view.status));
+                return Err(PingError::NoSession { status });
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        let timed_out = PingError::Timeout {
+            waited: timeout,
+            path: reply.sent.path,
+        };
+        match tokio::time::timeout(timeout, reply.answer).await {
+            Ok(Ok(answer)) => Ok(PingAnswer {
+                rtt: answer.rtt,
+                path: answer.path,
+                remote: answer.remote,
+            }),
+            // Displaced by newer pings, or not answered in time.
+            Ok(Err(_)) | Err(_) => Err(timed_out),
+        }
     }
 
     /// The transport endpoint's counters (links dialled and accepted, rebinds, …).

@@ -3,17 +3,20 @@
 
 use crate::config::Config;
 use crate::core::{Counters, DirectConnection, Input, Output, PeerSnapshot};
+use crate::operator_ping::{PingAnswered, PingRefused, PingSent};
 use actix::{Actor, Context, Handler, MessageResult, Recipient};
+use std::collections::BTreeMap;
 use tether_protocol::shell::{runtime_now, CoreShell, CoreTimer};
 use tether_protocol::{
     AllowRekey, BlueprintCompiled, CarryOverRelay, ConnectFailed, ConnectPeer, ConnectivityChanged,
-    DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing, JournalCommitted,
-    JournalEntry, LivenessReport, MessageConsumed, MessageDelivered, MessagesAcknowledged,
-    PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged, PeerReset,
-    ReflexiveAddress, RelayDelivered, RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus,
-    SendCapacity, SendMessage, SendMigrationPing, SendWaiting, SessionReady, TransportEvent,
-    TransportPort,
+    DeviceId, DirectDialFailed, EvictSession, HandshakeStarted, InboundMigrationPing,
+    JournalCommitted, JournalEntry, LivenessReport, MessageConsumed, MessageDelivered,
+    MessagesAcknowledged, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
+    PeerEndpointsChanged, PeerReset, ReflexiveAddress, RelayDelivered, RelayEnqueue, RelayForward,
+    RelayMigrationPing, RelayStatus, SendCapacity, SendMessage, SendMigrationPing, SendWaiting,
+    SessionReady, TransportEvent, TransportPort,
 };
+use tokio::sync::oneshot;
 
 /// Where DirectConnection's outputs go.
 pub struct Recipients {
@@ -63,11 +66,33 @@ pub struct Recipients {
 #[rtype(result = "(Vec<PeerSnapshot>, Counters)")]
 pub struct GetPeerSnapshots;
 
+/// Sends an operator ping (`tether ping`) to a peer, answered directly (only the
+/// node awaits it): the ping on its way and where its answer will arrive, or why it
+/// was not sent. The answer's sender is dropped, unanswered, when newer pings displace
+/// it (see [`crate::MAX_PINGS_PER_PEER`]).
+#[derive(Debug, Clone, Copy, actix::Message)]
+#[rtype(result = "Result<PingReply, PingRefused>")]
+pub struct PingPeer {
+    /// The peer.
+    pub peer: DeviceId,
+}
+
+/// An operator ping on its way, and where its answer arrives.
+#[derive(Debug)]
+pub struct PingReply {
+    /// The ping.
+    pub sent: PingSent,
+    /// Its answer, when it comes.
+    pub answer: oneshot::Receiver<PingAnswered>,
+}
+
 /// The DirectConnection actor.
 pub struct Orchestrator {
     core: DirectConnection,
     recipients: Recipients,
     timer: CoreTimer,
+    /// Whoever waits for each operator ping's answer.
+    pings: BTreeMap<(DeviceId, u64), oneshot::Sender<PingAnswered>>,
 }
 
 impl Orchestrator {
@@ -77,6 +102,7 @@ impl Orchestrator {
             core: DirectConnection::new(config, runtime_now()),
             recipients,
             timer: CoreTimer::default(),
+            pings: BTreeMap::new(),
         }
     }
 }
@@ -122,6 +148,14 @@ impl CoreShell for Orchestrator {
             Output::Delivered(m) => r.delivered.do_send(m),
             Output::SendCapacity(m) => r.send_capacity.do_send(m),
             Output::Acknowledged(m) => r.acknowledged.do_send(m),
+            Output::PingAnswered(answer) => {
+                if let Some(waiting) = self.pings.remove(&(answer.peer, answer.id)) {
+                    let _ = waiting.send(answer);
+                }
+            }
+            Output::PingExpired { peer, id } => {
+                self.pings.remove(&(peer, id));
+            }
         }
     }
 }
@@ -187,6 +221,21 @@ impl Handler<GetPeerSnapshots> for Orchestrator {
 
     fn handle(&mut self, _message: GetPeerSnapshots, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult((self.core.snapshots(), self.core.counters()))
+    }
+}
+
+impl Handler<PingPeer> for Orchestrator {
+    type Result = Result<PingReply, PingRefused>;
+
+    fn handle(&mut self, message: PingPeer, ctx: &mut Self::Context) -> Self::Result {
+        let sent = self.core.operator_ping(runtime_now(), message.peer);
+        let reply = sent.map(|sent| {
+            let (waiting, answer) = oneshot::channel();
+            self.pings.insert((message.peer, sent.id), waiting);
+            PingReply { sent, answer }
+        });
+        self.drain(ctx);
+        reply
     }
 }
 

@@ -116,6 +116,16 @@ pub enum Output {
     SendCapacity(SendCapacity),
     /// To the application: the peer acknowledged messages.
     Acknowledged(MessagesAcknowledged),
+    /// To whoever asked: an operator ping was answered.
+    PingAnswered(crate::operator_ping::PingAnswered),
+    /// To whoever asked: an operator ping will not be answered (newer pings displaced
+    /// it).
+    PingExpired {
+        /// The peer.
+        peer: DeviceId,
+        /// The ping's id.
+        id: u64,
+    },
 }
 
 /// Peer- and network-caused problems, counted and dropped (invariant 8).
@@ -191,6 +201,17 @@ pub struct PeerSnapshot {
     pub counters: PeerCounters,
     /// Open transport links that carry this peer.
     pub links: usize,
+    /// When the last authentic frame from the peer arrived.
+    pub last_received: Option<Instant>,
+    /// When the committed generation (the current session keys) was committed here:
+    /// the last completed handshake.
+    pub last_handshake: Option<Instant>,
+    /// Whether the bound direct link answered a challenge (or an authenticated
+    /// handshake) from its address; None when not bound to a direct link.
+    pub path_validated: Option<bool>,
+    /// Direct addresses known for the peer: its newest announcement and the
+    /// blueprint's candidates.
+    pub direct_candidates: usize,
 }
 
 /// The DirectConnection core. See the crate docs.
@@ -257,6 +278,8 @@ impl DirectConnection {
                     queue_full_refused: false,
                     unconsumed_bytes: 0,
                     heartbeat: Heartbeat::default(),
+                    last_received: None,
+                    operator_pings: crate::operator_ping::Pings::default(),
                     counters: PeerCounters::default(),
                 },
             );
@@ -334,6 +357,13 @@ impl DirectConnection {
             held_bytes: state.held_bytes(),
             counters: state.counters,
             links: self.links.links_of_peer_count(*peer),
+            last_received: state.last_received,
+            last_handshake: state.rekey.generation_since,
+            path_validated: match state.bound {
+                Some(Via::Link(link)) => Some(self.links.is_validated(link)),
+                _ => None,
+            },
+            direct_candidates: state.announced.len() + state.blueprint.len(),
         })
     }
 
@@ -686,6 +716,7 @@ impl DirectConnection {
             return None;
         };
         peer.counters.traffic(via).received(wire_len);
+        peer.last_received = Some(now);
         // Authentic: these bytes count towards the link's anti-amplification budget.
         self.credit_link(via, wire_len);
         let Ok(session_frame) = tether_protocol::decode_session(&opened.plaintext) else {

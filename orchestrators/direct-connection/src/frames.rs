@@ -38,8 +38,14 @@ impl DirectConnection {
                     .and_then(|p| p.outbound.get_mut(&channel))
                     .and_then(|outbound| {
                         let released = outbound.ack(next_expected, credit);
-                        (released > 0).then(|| outbound.first_unacked())
+                        (released > 0).then(|| (released, outbound.first_unacked()))
                     });
+                let released_below = released_below.map(|(released, below)| {
+                    if let Some(peer) = self.peers.get_mut(&device) {
+                        peer.counters.acknowledged += released as u64;
+                    }
+                    below
+                });
                 if let Some(below) = released_below {
                     self.journal(JournalEntry::Acknowledged {
                         peer: device,

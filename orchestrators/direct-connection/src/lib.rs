@@ -80,6 +80,8 @@
 //!   peer's ack and new receiving position becomes a `JournalEntry`; an ack this side
 //!   owes waits until the store committed the entry with the position it acknowledges.
 //!   At start the channels come back from the store (`Config::restored`).
+//! - operator pings (`operator_ping.rs`): an operator's ping (`tether ping`) is a liveness ping of its
+//!   own id kind on the bound path, measured when the peer's ordinary pong returns.
 //! - closing (`closing.rs`): stopping on purpose, every peer with a usable session gets
 //!   a sealed `Reset { reason: Closed }` on its bound path (on a link, in the link's
 //!   QUIC close).
@@ -113,17 +115,19 @@ mod establish;
 mod frames;
 mod links;
 mod migration;
+mod operator_ping;
 mod paths;
 mod rekey;
 mod sending;
 mod state;
 mod timers;
 
-pub use actor::{CloseSessions, GetPeerSnapshots, Orchestrator, Recipients};
+pub use actor::{CloseSessions, GetPeerSnapshots, Orchestrator, PingPeer, PingReply, Recipients};
 pub use channels::{Inbound, Outbound, Received};
 pub use config::{Config, Limits, PeerConfig};
 pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot, MAX_INBOUND_CHANNELS};
 pub use links::AMPLIFICATION_FACTOR;
+pub use operator_ping::{PingAnswered, PingRefused, PingSent, MAX_PINGS_PER_PEER};
 pub use state::{PathTraffic, PeerCounters};
 
 #[cfg(test)]

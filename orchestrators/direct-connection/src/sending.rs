@@ -255,6 +255,10 @@ impl DirectConnection {
 
     /// The answer to a liveness ping: an RTT sample, and news of a path back alive.
     pub(crate) fn pong(&mut self, now: Instant, device: DeviceId, via: Via, id: u64) {
+        if crate::operator_ping::is_operator_ping(id) {
+            self.operator_ping_answered(now, device, via, id);
+            return;
+        }
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };

@@ -136,6 +136,8 @@ impl Reported {
 pub struct PeerCounters {
     /// Messages accepted by `send`.
     pub sent: u64,
+    /// Messages the peer acknowledged (released from the queue).
+    pub acknowledged: u64,
     /// Messages delivered to the application.
     pub delivered: u64,
     /// Data frames received again (dropped).
@@ -261,6 +263,10 @@ pub struct PeerState {
     pub unconsumed_bytes: usize,
     /// Liveness.
     pub heartbeat: Heartbeat,
+    /// When the last authentic frame from the peer arrived.
+    pub last_received: Option<Instant>,
+    /// Operator probes waiting for their answer (see `probe.rs`).
+    pub operator_pings: crate::operator_ping::Pings,
     /// Counters.
     pub counters: PeerCounters,
 }

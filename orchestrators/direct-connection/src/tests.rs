@@ -1539,3 +1539,79 @@ fn a_peer_opens_at_most_the_bounded_number_of_channels() {
         b.counters()
     );
 }
+
+#[test]
+fn an_operator_ping_is_answered_by_the_peers_pong_and_is_no_heartbeat() {
+    let mut net = established(31);
+    let peer = net.device(B);
+    let before = net.snapshot(A).rtt_ms;
+    let sent = net.nodes[A].core.operator_ping(net.now, peer).unwrap();
+    assert_eq!(sent.path, PathKind::Direct);
+    assert!(sent.remote.is_some());
+    net.drain(A);
+    net.run_until(600);
+    let answers: Vec<_> = net.outputs[A]
+        .iter()
+        .filter_map(|o| match o {
+            Output::PingAnswered(answer) => Some(*answer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "one answer");
+    assert_eq!(answers[0].id, sent.id);
+    assert_eq!(answers[0].peer, peer);
+    assert_eq!(answers[0].path, PathKind::Direct);
+    assert_eq!(answers[0].remote, sent.remote);
+    assert!(answers[0].rtt >= LATENCY * 2, "{:?}", answers[0].rtt);
+    // The heartbeat's state is the heartbeat's alone.
+    assert_eq!(net.snapshot(A).rtt_ms, before);
+    assert!(net.snapshot(A).last_received.is_some());
+    assert!(net.snapshot(A).last_handshake.is_some());
+    assert_eq!(net.snapshot(A).path_validated, Some(true));
+    // No session: refused at once, nothing sent.
+    let mut lone = Net::new(32);
+    let other = lone.device(B);
+    assert_eq!(
+        lone.nodes[A].core.operator_ping(lone.now, other),
+        Err(crate::PingRefused::NoSession)
+    );
+    assert_eq!(
+        lone.nodes[A]
+            .core
+            .operator_ping(lone.now, DeviceId([0xEE; 32])),
+        Err(crate::PingRefused::UnknownPeer)
+    );
+}
+
+#[test]
+fn operator_pings_beyond_the_bound_expire_the_oldest() {
+    let mut net = established(33);
+    let peer = net.device(B);
+    // Sent at once, before any answer can come back.
+    let first = net.nodes[A].core.operator_ping(net.now, peer).unwrap();
+    for _ in 0..crate::MAX_PINGS_PER_PEER {
+        net.nodes[A].core.operator_ping(net.now, peer).unwrap();
+    }
+    net.drain(A);
+    let expired: Vec<u64> = net.outputs[A]
+        .iter()
+        .filter_map(|o| match o {
+            Output::PingExpired { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expired, vec![first.id]);
+}
+
+#[test]
+fn acknowledged_messages_are_counted_once() {
+    let mut net = established(34);
+    for i in 0..5 {
+        net.send(A, &format!("m{i}"));
+    }
+    net.run_until(2000);
+    let a = net.snapshot(A);
+    assert_eq!(a.counters.sent, 5);
+    assert_eq!(a.counters.acknowledged, 5);
+    assert_eq!(net.snapshot(B).counters.delivered, 5);
+}

@@ -70,7 +70,7 @@ pub use store::{
     StoredEnvelope,
 };
 pub use tether_server_link::{
-    ConnectionCounters, ConnectionState, ServerAuthFailure, ServerLinkConfig,
+    ConnectFailure, ConnectionCounters, ConnectionState, ServerAuthFailure, ServerLinkConfig,
 };
 
 #[cfg(test)]

@@ -23,11 +23,13 @@ use tether_rcs::{
 use tether_transport::EndpointStats;
 
 mod prometheus;
+mod render;
 mod sessions;
 
 pub use prometheus::{
     bind_metrics, node_prometheus, relay_prometheus, serve_metrics, MetricsBindError,
 };
+pub use render::{render_node_status, render_relay_status, utc};
 pub use sessions::{Lifecycle, SessionTracker};
 
 /// Upper bounds (ms) of the migration duration histogram buckets: from well under one
@@ -44,6 +46,9 @@ pub struct NodeStatusReport {
     pub listen: String,
     /// Milliseconds since the node started.
     pub uptime_ms: u64,
+    /// When this report was made (Unix ms): the `…_ms_ago` fields count from it.
+    #[serde(default)]
+    pub generated_unix_ms: u64,
     /// One entry per paired peer.
     pub peers: Vec<PeerReport>,
     /// UDP traffic of the endpoint.
@@ -61,6 +66,10 @@ pub struct PeerReport {
     pub name: String,
     /// The peer's public key (hex).
     pub device: String,
+    /// The peer's short id: the first 16 hex characters of its public key, as logs
+    /// name it.
+    #[serde(default)]
+    pub id: String,
     /// Session status (`Ready`, `ReconnectingOutbound`, …).
     pub status: Option<String>,
     /// `direct` or `relay`.
@@ -82,10 +91,33 @@ pub struct PeerReport {
     pub rtt_ms: Option<u64>,
     /// Messages waiting for the peer's acknowledgement.
     pub queued: usize,
-    /// Messages accepted by `send`.
+    /// Messages accepted by `send` (since the node started).
+    #[serde(default)]
+    pub accepted: u64,
+    /// Messages the peer acknowledged (since the node started).
+    #[serde(default)]
+    pub acknowledged: u64,
+    /// Messages received from the peer and delivered to the application (since the
+    /// node started).
+    #[serde(default)]
+    pub received: u64,
+    /// `accepted`, under its older name.
     pub sent: u64,
-    /// Messages delivered from the peer.
+    /// `received`, under its older name.
     pub delivered: u64,
+    /// Milliseconds since the last authenticated frame from the peer arrived.
+    #[serde(default)]
+    pub last_seen_ms_ago: Option<u64>,
+    /// When the current session keys' handshake completed here (Unix ms).
+    #[serde(default)]
+    pub last_handshake_unix_ms: Option<u64>,
+    /// Milliseconds since then.
+    #[serde(default)]
+    pub last_handshake_ms_ago: Option<u64>,
+    /// Why the session is on this path (`direct: validated path`, `relay: no direct
+    /// path answered since …`, `no path: …`).
+    #[serde(default)]
+    pub path_reason: Option<String>,
     /// Duplicate data frames dropped (the transport's, not the application's).
     pub duplicate_frames: u64,
     /// Sealed session frames and their bytes, per kind of path.
@@ -364,6 +396,54 @@ pub struct ServerClientsReport {
     /// Whether the server proved the configured key.
     #[serde(default)]
     pub relay_auth: ServerAuthReport,
+    /// Whether the relay is reachable now, and since when not.
+    #[serde(default)]
+    pub relay_connection: RelayConnectionReport,
+}
+
+/// Where the node's connection to the relay stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayConnectionReport {
+    /// The relay's address.
+    pub addr: String,
+    /// `connected`, `connecting`, `unreachable` (no attempt reached it since
+    /// `since_unix_ms`) or `refused` (it answered, but refused us or did not prove the
+    /// configured key: see `relay_auth`).
+    pub state: String,
+    /// Since when it is unreachable (Unix ms).
+    pub since_unix_ms: Option<u64>,
+    /// How the last attempt or connection ended: `dial failed`, `timed out`, `link
+    /// lost`, `refused: wrong server key?`, …
+    pub last_failure: Option<String>,
+}
+
+impl RelayConnectionReport {
+    /// The report of a connection's state at `now` (`unix_now` on the wall clock).
+    pub fn of(
+        addr: std::net::SocketAddr,
+        c: &ConnectionCounters,
+        now: std::time::Instant,
+        unix_now: u64,
+    ) -> Self {
+        let since_unix_ms = c
+            .unreachable_since
+            .map(|since| unix_now.saturating_sub(millis(now.saturating_duration_since(since))));
+        let state = if c.connected {
+            "connected"
+        } else if c.auth_failure.is_some() {
+            "refused"
+        } else if c.unreachable_since.is_some() {
+            "unreachable"
+        } else {
+            "connecting"
+        };
+        Self {
+            addr: addr.to_string(),
+            state: state.to_string(),
+            since_unix_ms: if c.connected { None } else { since_unix_ms },
+            last_failure: c.last_failure.map(|f| f.to_string()),
+        }
+    }
 }
 
 /// Whether a server connection authenticated the configured relay key.
@@ -434,6 +514,7 @@ impl ServerClientsReport {
             relay,
             rendezvous,
             relay_auth: ServerAuthReport::of(r.connection.auth_failure),
+            relay_connection: RelayConnectionReport::default(),
         }
     }
 }

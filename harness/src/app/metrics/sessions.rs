@@ -25,6 +25,8 @@ struct Tracked {
     path: Option<PathKind>,
     /// When time on the current path was last accounted.
     since: Option<Instant>,
+    /// When the session last moved to the current kind of path (Unix ms).
+    path_since_unix_ms: Option<u64>,
 }
 
 /// What a status event meant for the session's lifecycle, for logs. Migrations have
@@ -79,6 +81,9 @@ impl SessionTracker {
             NodeEvent::Ready(ready) => {
                 let t = self.peers.entry(ready.peer).or_default();
                 t.account(now);
+                if t.path != Some(ready.path) {
+                    t.path_since_unix_ms = Some(unix_ms);
+                }
                 t.path = Some(ready.path);
                 if ready.after_handshake {
                     t.metrics.handshakes_completed += 1;
@@ -121,6 +126,11 @@ impl SessionTracker {
         if path.is_some() {
             t.path = path;
         }
+    }
+
+    /// When the session with `peer` last moved to the kind of path it is on (Unix ms).
+    pub fn path_since(&self, peer: DeviceId) -> Option<u64> {
+        self.peers.get(&peer).and_then(|t| t.path_since_unix_ms)
     }
 
     /// The metrics of `peer` as of `now`.
