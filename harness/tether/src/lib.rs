@@ -49,12 +49,14 @@
 mod announce;
 #[cfg(feature = "simulation")]
 pub mod cluster;
+pub mod config;
 mod driver;
 mod embedded;
 mod hub;
 mod journal_writer;
 mod link_tasks;
 mod node;
+pub mod paths;
 mod relay_server;
 
 /// The node as actix actors, for programs that run an actix system of their own (and

@@ -9,7 +9,7 @@
 //! the file. `TETHER_CONFIG` and `TETHER_SOCKET` belong to the command line and are not
 //! config keys. Every key and its default is documented in `docs/config.md`.
 
-use super::paths;
+use crate::paths;
 use crate::node::{NodePeer, ServerInfo};
 use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use std::collections::{BTreeMap, BTreeSet};
