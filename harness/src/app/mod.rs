@@ -19,7 +19,6 @@
 //! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
 //! | [`server_session`] | driving a relay client of its own (pairing, netcheck) over a real UDP endpoint |
 
-pub mod config;
 pub mod control;
 pub mod demo;
 pub mod episodes;
@@ -28,8 +27,11 @@ pub mod metrics;
 pub mod netcheck;
 pub mod node;
 pub mod pairing;
-pub mod paths;
 pub mod peers_file;
 pub mod relay;
 pub mod run;
 pub mod server_session;
+
+// The node config loader and the default paths live in the library, so an application
+// embedding `tether` reads the same config file.
+pub use tether::{config, paths};

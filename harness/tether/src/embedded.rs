@@ -19,6 +19,7 @@ use tether_transport::{Endpoint, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::announce::rebind_target;
+use crate::config::{self, ConfigError, NodeSettings};
 use crate::hub::NodeEvent;
 use crate::journal_writer::CommitOn;
 use crate::node::{self, DurableChannels, NodeConfig, NodePeer, PeerStatus, ServerInfo};
@@ -84,6 +85,7 @@ pub struct NodeBuilder {
     watch_interfaces: bool,
     limits: Limits,
     presence: tether_presence::Config,
+    transport: TransportConfig,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -173,6 +175,34 @@ impl NodeBuilder {
         self
     }
 
+    /// QUIC transport settings: keep-alive, idle and dial timeouts (the defaults suit
+    /// most applications).
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// A builder with everything a node config (the file `tether node` reads, see
+    /// [`config::load_node`]) sets for the node: its key (and key file), listen
+    /// address, relay, peers (with their addresses), data folder, interface watching,
+    /// presence, limits and transport settings. Its CLI-only keys (`control_socket`,
+    /// `metrics_addr`, `log_format`) are not the node's. Any setting can still be
+    /// changed on the builder before [`NodeBuilder::start`].
+    pub fn from_config(settings: &NodeSettings) -> Self {
+        let mut builder = Node::builder()
+            .keypair(settings.keypair.clone())
+            .key_file(settings.key_file.clone())
+            .relay(settings.relay.addr, settings.relay.public)
+            .listen(settings.listen)
+            .data_dir(settings.data_dir.clone())
+            .watch_interfaces(settings.watch_interfaces)
+            .limits(settings.limits.clone())
+            .presence(settings.presence.clone())
+            .transport(settings.transport.clone());
+        builder.peers = settings.peers.iter().map(|p| p.peer.clone()).collect();
+        builder
+    }
+
     /// Starts the node on a thread of its own; returns once it listens.
     pub async fn start(self) -> Result<Node, StartError> {
         let keypair = match (self.keypair, &self.key_file) {
@@ -203,6 +233,7 @@ impl NodeBuilder {
             },
             listen: self.listen,
             watch_interfaces: self.watch_interfaces,
+            transport: self.transport,
         };
         let (commands, command_rx) = mpsc::channel(COMMAND_BUFFER);
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
@@ -249,7 +280,17 @@ impl Node {
             watch_interfaces: true,
             limits: Limits::default(),
             presence: tether_presence::Config::default(),
+            transport: TransportConfig::default(),
         }
+    }
+
+    /// A builder from a node config file, the same TOML (with the same `TETHER_*`
+    /// environment overrides) `tether node` reads: see [`NodeBuilder::from_config`]
+    /// for what it sets. The relay's host name, if the config gives one, is looked up
+    /// here (blocking). A config that cannot be used is an [`ConfigError`] naming the
+    /// key and the problem.
+    pub fn builder_from_config_file(path: impl AsRef<Path>) -> Result<NodeBuilder, ConfigError> {
+        config::load_node(path.as_ref()).map(|settings| NodeBuilder::from_config(&settings))
     }
 
     /// This device's id (its public key).
@@ -394,6 +435,7 @@ struct Setup {
     config: NodeConfig,
     listen: SocketAddr,
     watch_interfaces: bool,
+    transport: TransportConfig,
 }
 
 /// The node's thread: starts the actors, then serves the application's requests and
@@ -408,8 +450,9 @@ async fn run(
         mut config,
         listen,
         watch_interfaces,
+        transport,
     } = setup;
-    let endpoint = match Endpoint::bind_udp(listen, TransportConfig::default()).await {
+    let endpoint = match Endpoint::bind_udp(listen, transport).await {
         Ok(endpoint) => endpoint,
         Err(error) => {
             let _ = started.send(Err(StartError::Listen {

@@ -38,6 +38,26 @@
 //! # }
 //! ```
 //!
+//! The node can also come from the config file `tether node` reads (`docs/config.md`,
+//! with the same `TETHER_*` environment overrides): [`Node::builder_from_config_file`]
+//! reads and checks it, and [`NodeBuilder::from_config`] turns [`config::NodeSettings`]
+//! (from [`config::load_node`]) into a builder the application may adjust before
+//! starting it. A config that cannot be used is a [`config::ConfigError`] naming the key
+//! and the problem.
+//!
+//! ```no_run
+//! # async fn from_file() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = tether::Node::builder_from_config_file("node.toml")?
+//!     .start()
+//!     .await?;
+//! println!("device {} on {}", node.device(), node.local_addr());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Node::status`] gives every peer's session and counters ([`PeerStatus`]); the
+//! Prometheus text of a node is the `tether` binary's (its `metrics_addr`).
+//!
 //! [`Node`] runs on any tokio runtime: its actors run on a thread of their own, and every
 //! random value it draws comes from the operating system. It watches the network
 //! interfaces and migrates its sessions when they change (`watch_interfaces`).
@@ -49,12 +69,14 @@
 mod announce;
 #[cfg(feature = "simulation")]
 pub mod cluster;
+pub mod config;
 mod driver;
 mod embedded;
 mod hub;
 mod journal_writer;
 mod link_tasks;
 mod node;
+pub mod paths;
 mod relay_server;
 
 /// The node as actix actors, for programs that run an actix system of their own (and

@@ -1,7 +1,7 @@
 //! The library as an application uses it: two nodes built with `Node::builder` on a
 //! multi-threaded tokio runtime (the application's), a relay, messages both ways with
-//! their acknowledgements, a wait for room in a full queue, and an orderly stop. Real
-//! UDP on loopback.
+//! their acknowledgements, a wait for room in a full queue, and an orderly stop; and a
+//! node started from the config file `tether node` reads. Real UDP on loopback.
 
 // A panic in a test is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -151,4 +151,92 @@ async fn two_embedded_nodes_talk_through_the_builder_api() {
         .unwrap();
     assert_eq!(a.device(), a_id);
     a.stop().await;
+}
+
+/// A free UDP port on loopback (bound, then let go).
+fn free_loopback_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A node config as `tether node` reads it (docs/config.md): key file, listen address,
+/// data folder, the relay, one paired peer.
+fn node_config(listen: SocketAddr, relay: SocketAddr, relay_public: &PublicKey) -> String {
+    let mut rng = rand::rngs::OsRng;
+    let peer = StaticKeypair::generate(&mut rng);
+    let rk = RelationshipKey::generate(&mut rng);
+    format!(
+        "key_file = \"device.key\"\nlisten = \"{listen}\"\ndata_dir = \"data\"\nwatch_interfaces = false\n\n\
+         [limits]\nheartbeat_interval_ms = 2000\n\n\
+         [relay]\naddr = \"{relay}\"\npublic_key = \"{}\"\n\n\
+         [[peers]]\nname = \"laptop\"\npublic_key = \"{}\"\nrelationship_key = \"{}\"\n",
+        relay_public.to_hex(),
+        peer.public().to_hex(),
+        rk.to_hex().as_str(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_from_the_config_file_the_cli_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let relay_public = *relay_key.public();
+    let relay = start_relay(relay_key);
+    let device_key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    device_key.save(&dir.path().join("device.key")).unwrap();
+    let listen = free_loopback_port();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, node_config(listen, relay, &relay_public)).unwrap();
+
+    let settings = tether::config::load_node(&config).unwrap();
+    assert_eq!(settings.limits.heartbeat_interval, Duration::from_secs(2));
+    let node = Node::builder_from_config_file(&config)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(node.device(), tether::device_id(device_key.public()));
+    assert_eq!(node.local_addr(), listen);
+    let peers = node.status().await;
+    assert_eq!(peers.len(), 1);
+    node.stop().await;
+    assert!(
+        tether::channel_store_path(
+            &dir.path().join("data"),
+            &tether::device_id(device_key.public())
+        )
+        .exists(),
+        "the channels live in the config's data_dir"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_public = *StaticKeypair::generate(&mut rand::rngs::OsRng).public();
+    StaticKeypair::generate(&mut rand::rngs::OsRng)
+        .save(&dir.path().join("device.key"))
+        .unwrap();
+    let config = dir.path().join("node.toml");
+    let text = node_config(free_loopback_port(), free_loopback_port(), &relay_public)
+        .replace("listen = \"127.0.0.1:", "listen = \"nowhere:");
+    std::fs::write(&config, text).unwrap();
+
+    let error = Node::builder_from_config_file(&config).unwrap_err();
+    assert!(
+        matches!(&error, tether::config::ConfigError::Key { key, .. } if key == "listen"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("is not an ip:port address"),
+        "{error}"
+    );
+
+    let missing = Node::builder_from_config_file(dir.path().join("absent.toml")).unwrap_err();
+    assert!(
+        matches!(missing, tether::config::ConfigError::Read { .. }),
+        "{missing}"
+    );
 }

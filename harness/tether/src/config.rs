@@ -9,8 +9,8 @@
 //! the file. `TETHER_CONFIG` and `TETHER_SOCKET` belong to the command line and are not
 //! config keys. Every key and its default is documented in `docs/config.md`.
 
-use super::paths;
 use crate::node::{NodePeer, ServerInfo};
+use crate::paths;
 use config::{Environment, File, FileFormat, Map, Value, ValueKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
