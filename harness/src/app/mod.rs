@@ -4,6 +4,7 @@
 //!
 //! | module | command |
 //! |---|---|
+//! | [`bench`] | `tether bench`: throughput, handshake cost, many idle sessions |
 //! | [`demo`] | `tether demo`: the scenarios, in one process |
 //! | [`keys`] | `tether keygen`, `tether pair` |
 //! | [`pairing`] | `tether invite`, `tether accept`: pairing two machines with a one-time code |
@@ -16,6 +17,7 @@
 //! | [`paths`] | default config, socket and data paths (XDG, or a system service's) |
 //! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod demo;

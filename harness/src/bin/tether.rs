@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tether_harness::app::config::{self, ConfigError, LogFormat};
 use tether_harness::app::control::{self, Request};
+use tether_harness::app::bench;
 use tether_harness::app::demo::{self, DemoOptions, Scenario};
 use tether_harness::app::keys;
 use tether_harness::app::metrics::{NodeStatusReport, RelayStatusReport};
@@ -146,6 +147,9 @@ enum Command {
     },
     /// Print the man page (roff) to stdout: tether man > tether.1
     Man,
+    /// Measure a session on this machine: throughput against bare quinn, handshake
+    /// cost, many idle sessions to one node.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +360,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => {
             init_logging(log_format(&cli.log_format, LogFormat::Text), "warn");
             run_demo(args, json)
+        }
+        Command::Bench(args) => {
+            init_logging(log_format(&cli.log_format, LogFormat::Text), "warn");
+            out!("{}", bench::run(args, json)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => {
             let public = keys::keygen(&out)?;
