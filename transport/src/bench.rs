@@ -79,8 +79,8 @@ pub async fn bare_quinn_transfer(
     amount: Amount,
 ) -> Result<BareTransfer, BareQuinnError> {
     let chunk = chunk.max(1);
-    let server = quinn::Endpoint::server(server_config, bind)
-        .map_err(|e| failed("bind")(e.to_string()))?;
+    let server =
+        quinn::Endpoint::server(server_config, bind).map_err(|e| failed("bind")(e.to_string()))?;
     let mut client = quinn::Endpoint::client(bind).map_err(|e| failed("bind")(e.to_string()))?;
     client.set_default_client_config(client_config);
     let addr = server
@@ -153,9 +153,7 @@ pub async fn bare_quinn_transfer(
         bytes += received.bytes.len();
     }
     let elapsed = start.elapsed();
-    let (send, chunks) = sender
-        .await
-        .map_err(|e| failed("send")(e.to_string()))??;
+    let (send, chunks) = sender.await.map_err(|e| failed("send")(e.to_string()))??;
     drop(send);
     let stats = client_conn.stats();
     client_conn.close(0u32.into(), b"done");

@@ -188,6 +188,37 @@ fn failed(step: &'static str) -> impl Fn(String) -> BenchError {
     move |e| BenchError::Setup(format!("handshake {step}: {e}"))
 }
 
+/// Runs one handshake from `a_ring` (device `a`) to `b_ring` (device `b`), as
+/// DirectConnection does; returns the initiator's and the responder's time on this
+/// thread's CPU clock.
+fn handshake(
+    (a, a_ring): (&StaticKeypair, &mut KeyRing),
+    (b, b_ring): (&StaticKeypair, &mut KeyRing),
+    rng: &mut ChaCha20Rng,
+) -> Result<(Duration, Duration), BenchError> {
+    let t0 = thread_time();
+    let message1 = a_ring
+        .initiate(a, tether::unix_ms(), rng)
+        .map_err(|e| failed("message 1")(e.to_string()))?;
+    let t1 = thread_time();
+    let responded = Handshake::respond(
+        b,
+        &message1,
+        |peer| (peer == b_ring.peer()).then(|| b_ring.peer_params()),
+        rng,
+    )
+    .map_err(|e| failed("response")(e.to_string()))?;
+    let message2 = b_ring
+        .accept(responded)
+        .map_err(|e| failed("message 2")(e.to_string()))?;
+    let t2 = thread_time();
+    a_ring
+        .confirm(&message2)
+        .map_err(|e| failed("confirm")(e.to_string()))?;
+    let t3 = thread_time();
+    Ok(((t1 - t0) + (t3 - t2), t2 - t1))
+}
+
 /// Times `count` handshakes between two fresh rings each.
 fn cpu(count: usize) -> Result<Cpu, BenchError> {
     let mut rng = ChaCha20Rng::from_entropy();
@@ -199,29 +230,10 @@ fn cpu(count: usize) -> Result<Cpu, BenchError> {
     for round in 0..=count {
         let mut a_ring = KeyRing::new(*b.public(), rk.clone());
         let mut b_ring = KeyRing::new(*a.public(), rk.clone());
-        let t0 = thread_time();
-        let message1 = a_ring
-            .initiate(&a, tether::unix_ms(), &mut rng)
-            .map_err(|e| failed("message 1")(e.to_string()))?;
-        let t1 = thread_time();
-        let responded = Handshake::respond(
-            &b,
-            &message1,
-            |peer| (peer == b_ring.peer()).then(|| b_ring.peer_params()),
-            &mut rng,
-        )
-        .map_err(|e| failed("response")(e.to_string()))?;
-        let message2 = b_ring
-            .accept(responded)
-            .map_err(|e| failed("message 2")(e.to_string()))?;
-        let t2 = thread_time();
-        a_ring
-            .confirm(&message2)
-            .map_err(|e| failed("confirm")(e.to_string()))?;
-        let t3 = thread_time();
+        let (i, r) = handshake((&a, &mut a_ring), (&b, &mut b_ring), &mut rng)?;
         if round > 0 {
-            initiator += (t1 - t0) + (t3 - t2);
-            responder += t2 - t1;
+            initiator += i;
+            responder += r;
         }
     }
     let per = |total: Duration| total.as_secs_f64() * 1e6 / count as f64;
@@ -245,17 +257,8 @@ pub(super) fn paired_rings() -> Result<(KeyRing, KeyRing), BenchError> {
     let rk = RelationshipKey::generate(&mut rng);
     let mut a_ring = KeyRing::new(*b.public(), rk.clone());
     let mut b_ring = KeyRing::new(*a.public(), rk);
-    let step = |e: tether_crypto::RingError| failed("pairing rings")(e.to_string());
-    let message1 = a_ring.initiate(&a, tether::unix_ms(), &mut rng).map_err(step)?;
-    let responded = Handshake::respond(
-        &b,
-        &message1,
-        |peer| (peer == b_ring.peer()).then(|| b_ring.peer_params()),
-        &mut rng,
-    )
-    .map_err(|e| failed("pairing rings")(e.to_string()))?;
-    let message2 = b_ring.accept(responded).map_err(step)?;
-    a_ring.confirm(&message2).map_err(step)?;
+    handshake((&a, &mut a_ring), (&b, &mut b_ring), &mut rng)?;
+    let step = |e: tether_crypto::RingError| failed("commit")(e.to_string());
     let frame = a_ring.seal(b"commit").map_err(step)?;
     b_ring.open(&frame).map_err(step)?;
     let frame = b_ring.seal(b"commit").map_err(step)?;

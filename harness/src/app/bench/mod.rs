@@ -29,6 +29,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Why a benchmark could not run to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// An argument is out of range.
+    #[error("{0}")]
+    Argument(String),
     /// A node, the relay or a socket could not be set up.
     #[error("setup: {0}")]
     Setup(String),
@@ -95,7 +98,7 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
     match args.command {
         BenchCommand::Throughput { seconds } => {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
-                return Err(BenchError::Setup(format!(
+                return Err(BenchError::Argument(format!(
                     "--seconds must be more than 0 and at most 3600, not {seconds}"
                 )));
             }
@@ -117,7 +120,7 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
         BenchCommand::Sessions { count } => {
             let counts = match count {
                 Some(0) => {
-                    return Err(BenchError::Setup("--count must be at least 1".into()));
+                    return Err(BenchError::Argument("--count must be at least 1".into()));
                 }
                 Some(n) => vec![n],
                 None => vec![100, 1000],
@@ -137,7 +140,8 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
 }
 
 fn to_json(value: &impl serde::Serialize) -> String {
-    let mut line = serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut line =
+        serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     line.push('\n');
     line
 }

@@ -64,6 +64,9 @@ pub struct SessionsRow {
     /// (VmRSS with every session established and idle − VmRSS before the node
     /// started) / N, KiB.
     pub rss_kib_per_session: f64,
+    /// (VmRSS with every session established and idle − VmRSS once the node
+    /// listened) / N, KiB: without the node's fixed cost.
+    pub rss_kib_per_session_since_start: f64,
     /// The hub's VmRSS before its node started, KiB.
     pub rss_before_kib: u64,
     /// Once its node listened (peers configured, no session yet), KiB.
@@ -152,10 +155,9 @@ impl Drop for Scratch {
 
 fn run_one(n: usize) -> Result<SessionsRow, BenchError> {
     let relay = start_relay(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let scratch = Scratch(std::env::temp_dir().join(format!(
-        "tether-bench-sessions-{}-{n}",
-        std::process::id()
-    )));
+    let scratch = Scratch(
+        std::env::temp_dir().join(format!("tether-bench-sessions-{}-{n}", std::process::id())),
+    );
     std::fs::create_dir_all(&scratch.0)?;
     let mut rng = rand::rngs::OsRng;
     let hub_key = StaticKeypair::generate(&mut rng);
@@ -173,7 +175,11 @@ fn run_one(n: usize) -> Result<SessionsRow, BenchError> {
         .collect();
     let mut setup = format!("{}\n{}\n", relay.addr, relay.public.to_hex());
     for (key, rk) in &peers {
-        setup.push_str(&format!("{} {}\n", key.public().to_hex(), rk.to_hex().as_str()));
+        setup.push_str(&format!(
+            "{} {}\n",
+            key.public().to_hex(),
+            rk.to_hex().as_str()
+        ));
     }
     let setup_path = scratch.0.join("setup");
     write_private(&setup_path, setup.as_bytes())?;
@@ -480,8 +486,10 @@ async fn wait(
     done: impl Fn(&Tracker) -> bool,
     done_status: impl Fn(&[tether::PeerStatus]) -> bool,
 ) -> (bool, Instant) {
+    let start = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut looks = 0_u64;
     loop {
         if done(tracker) {
             return (true, Instant::now());
@@ -497,8 +505,19 @@ async fn wait(
         }
         if look {
             let at = Instant::now();
-            if done_status(&node.status().await) {
+            let status = node.status().await;
+            if done_status(&status) {
                 return (true, at);
+            }
+            looks += 1;
+            if looks.is_multiple_of(10) {
+                eprintln!(
+                    "tether bench sessions: hub: {} of {} Ready, {} migrated since the mark, after {} ms",
+                    ready_count(&status),
+                    status.len(),
+                    tracker.migrated.len(),
+                    start.elapsed().as_millis()
+                );
             }
         }
     }
@@ -598,6 +617,9 @@ async fn hub(setup: HubSetup) -> Result<(), BenchError> {
         sessions: n,
         rss_kib_per_session: round2(
             rss_established.saturating_sub(rss_before) as f64 / n.max(1) as f64,
+        ),
+        rss_kib_per_session_since_start: round2(
+            rss_established.saturating_sub(rss_started) as f64 / n.max(1) as f64,
         ),
         rss_before_kib: rss_before,
         rss_started_kib: rss_started,

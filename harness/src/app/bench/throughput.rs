@@ -267,16 +267,17 @@ impl SessionPair {
             .recv()
             .map_err(|_| BenchError::Setup("the receiving node's thread ended".into()))??;
         let sender_runtime = runtime()?;
-        let mut sender = sender_runtime.block_on(
-            Node::builder()
-                .keypair(sender_key)
-                .relay(relay.addr, relay.public)
-                .peer_at(receiver_public, rk, vec![receiver_addr])
-                .listen(loopback)
-                .watch_interfaces(false)
-                .start(),
-        )
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let mut sender = sender_runtime
+            .block_on(
+                Node::builder()
+                    .keypair(sender_key)
+                    .relay(relay.addr, relay.public)
+                    .peer_at(receiver_public, rk, vec![receiver_addr])
+                    .listen(loopback)
+                    .watch_interfaces(false)
+                    .start(),
+            )
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
         let receiver_id = tether::device_id(&receiver_public);
         sender_runtime.block_on(wait_ready(&mut sender, receiver_id))?;
         let pair = SessionPair {
