@@ -19,7 +19,7 @@
 //!   deterministic and driven by tokio's (pausable) clock.
 //! - [`connectivity`]: local interface watching and a manual trigger, both yielding
 //!   `ConnectivityChanged`.
-//! - [`bench`]: bare quinn with a Tether endpoint's settings, the baseline that
+//! - [`bench`](mod@bench): bare quinn with a Tether endpoint's settings, the baseline that
 //!   benchmarks measure links and sessions against.
 //!
 //! # QUIC is transport only

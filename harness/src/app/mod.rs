@@ -4,7 +4,7 @@
 //!
 //! | module | command |
 //! |---|---|
-//! | [`bench`] | `tether bench`: throughput, handshake cost, many idle sessions |
+//! | [`bench`](mod@bench) | `tether bench`: throughput, handshake cost, many idle sessions |
 //! | [`demo`] | `tether demo`: the scenarios, in one process |
 //! | [`keys`] | `tether keygen`, `tether pair` |
 //! | [`pairing`] | `tether invite`, `tether accept`: pairing two machines with a one-time code |

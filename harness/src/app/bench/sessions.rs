@@ -11,7 +11,7 @@
 //! dials the hub directly; a relay (in this process, admitting anyone) serves them all.
 //!
 //! The hub reports: its VmRSS before its node started, once it listens, and after every
-//! session has been Ready and the node idle for [`SETTLE`]; the time from the peers'
+//! session has been Ready and the node idle for 2 s; the time from the peers'
 //! start to every session Ready; then it rebinds to 127.0.0.2 (`Node::rebind`) and
 //! reports the time until every session has completed its migration and is Ready
 //! again, how many are Ready after it, and the handshakes counted during it (all
