@@ -57,6 +57,10 @@ fn help_texts() {
         &["netcheck", "--help"],
         &["completions", "--help"],
         &["man", "--help"],
+        &["bench", "--help"],
+        &["bench", "throughput", "--help"],
+        &["bench", "handshake", "--help"],
+        &["bench", "sessions", "--help"],
     ] {
         let out = tether(args, dir.path(), &[]);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -667,6 +671,8 @@ fn completions_and_man_page_cover_every_command() {
             "stdin-lines",
             "invite",
             "accept",
+            "bench",
+            "throughput",
         ] {
             assert!(script.contains(word), "{shell} completion lacks {word}");
         }
@@ -676,7 +682,8 @@ fn completions_and_man_page_cover_every_command() {
     let page = stdout(&out);
     assert!(page.contains(".TH tether 1"), "{page}");
     for command in [
-        "keygen", "pair", "invite", "accept", "node", "relay", "status", "send", "watch", "migrate",
+        "keygen", "pair", "invite", "accept", "node", "relay", "status", "send", "watch",
+        "migrate", "bench",
     ] {
         assert!(
             page.contains(&format!("tether\\-{command}(1)"))

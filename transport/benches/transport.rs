@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tether_transport::bench::{bare_quinn_transfer, process_cpu_time, Amount};
 use tether_transport::{Endpoint, TransportConfig};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -72,65 +73,28 @@ async fn tether_run(total: usize, frame: usize) -> Duration {
 }
 
 /// The same transfer on bare quinn: one bidirectional stream, `write_chunk` of
-/// `frame`-sized `Bytes`, `read_chunk` on the other end.
+/// `frame`-sized `Bytes`, `read_chunk` on the other end (quinn's default transport
+/// configuration).
 async fn quinn_run(total: usize, frame: usize) -> Duration {
     let (server_config, client_config) = bare_configs();
-    let server = quinn::Endpoint::server(server_config, loopback()).expect("bind server");
-    let mut client = quinn::Endpoint::client(loopback()).expect("bind client");
-    client.set_default_client_config(client_config);
-    let addr = server.local_addr().expect("server address");
-    let accept = async {
-        let conn = server
-            .accept()
-            .await
-            .expect("incoming")
-            .await
-            .expect("handshake");
-        let (_send, recv) = conn.accept_bi().await.expect("stream");
-        (conn, recv)
-    };
-    let dial = async {
-        let conn = client
-            .connect(addr, "bench.invalid")
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (mut send, recv) = conn.open_bi().await.expect("stream");
-        send.write_all(b"go").await.expect("first bytes");
-        (conn, send, recv)
-    };
-    let ((_server_conn, mut recv), (client_conn, mut send, _recv)) = tokio::join!(accept, dial);
-    let mut first = [0u8; 2];
-    recv.read_exact(&mut first).await.expect("first bytes");
-    let payload = Bytes::from(vec![0x5A; frame]);
-    let frames = total / frame;
-
-    let start = Instant::now();
-    let sender = tokio::spawn(async move {
-        for _ in 0..frames {
-            send.write_chunk(payload.clone()).await.expect("send");
-        }
-        send
-    });
-    let mut received = 0usize;
-    while received < frames * frame {
-        let chunk = recv
-            .read_chunk(usize::MAX, true)
-            .await
-            .expect("recv")
-            .expect("chunk");
-        received += chunk.bytes.len();
-    }
-    let elapsed = start.elapsed();
-    drop(sender.await.expect("sender"));
+    let run = bare_quinn_transfer(
+        server_config,
+        client_config,
+        "bench.invalid",
+        loopback(),
+        frame,
+        Amount::Bytes(total),
+    )
+    .await
+    .expect("bare quinn transfer");
     if verbose() {
-        let p = client_conn.stats().path;
+        let p = run.stats.path;
         println!(
             "    quinn:  rtt {:?} cwnd {} packets {} lost {}",
             p.rtt, p.cwnd, p.sent_packets, p.lost_packets
         );
     }
-    elapsed
+    run.elapsed
 }
 
 /// Reassembles `total` bytes of `frame`-sized frames from packet-sized chunks with the
@@ -169,30 +133,15 @@ fn verbose() -> bool {
     std::env::var_os("TETHER_BENCH_VERBOSE").is_some()
 }
 
-/// CPU time (user + system) this process has used so far, from `/proc/self/stat`
-/// (Linux; `None` elsewhere). Wall-clock throughput on a shared machine swings with
-/// other processes' load; throughput per CPU-second is the steadier measure of how
-/// much work each stack does per byte.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // Linux reports these in USER_HZ ticks, which is 100 on every supported target.
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
 /// Runs one transfer; returns (wall-clock MiB/s, MiB per CPU-second).
 fn measure(
     runtime: &tokio::runtime::Runtime,
     sent: usize,
     run: impl std::future::Future<Output = Duration>,
 ) -> (f64, f64) {
-    let cpu_before = cpu_time();
+    let cpu_before = process_cpu_time();
     let wall = runtime.block_on(run);
-    let cpu = match (cpu_before, cpu_time()) {
+    let cpu = match (cpu_before, process_cpu_time()) {
         (Some(a), Some(b)) if b > a => b - a,
         _ => Duration::from_secs(1_000_000),
     };

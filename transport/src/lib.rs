@@ -19,6 +19,8 @@
 //!   deterministic and driven by tokio's (pausable) clock.
 //! - [`connectivity`]: local interface watching and a manual trigger, both yielding
 //!   `ConnectivityChanged`.
+//! - [`bench`](mod@bench): bare quinn with a Tether endpoint's settings, the baseline that
+//!   benchmarks measure links and sessions against.
 //!
 //! # QUIC is transport only
 //!
@@ -35,6 +37,7 @@
 //! packet need no fragmentation of our own. QUIC datagrams are disabled for now; small
 //! unreliable probes (migration pings) may use them later.
 
+pub mod bench;
 pub mod config;
 pub mod connectivity;
 mod dial;

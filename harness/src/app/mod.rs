@@ -4,6 +4,7 @@
 //!
 //! | module | command |
 //! |---|---|
+//! | [`bench`](mod@bench) | `tether bench`: throughput, handshake cost, many idle sessions |
 //! | [`demo`] | `tether demo`: the scenarios, in one process |
 //! | [`episodes`] | one log line when a kind of refusal starts, one when it stops |
 //! | [`keys`] | `tether keygen`, `tether pair` |
@@ -19,6 +20,7 @@
 //! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
 //! | [`server_session`] | driving a relay client of its own (pairing, netcheck) over a real UDP endpoint |
 
+pub mod bench;
 pub mod control;
 pub mod demo;
 pub mod episodes;

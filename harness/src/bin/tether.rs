@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tether_harness::app::bench;
 use tether_harness::app::config::{self, ConfigError, LogFormat};
 use tether_harness::app::control::{self, Request};
 use tether_harness::app::demo::{self, DemoOptions, Scenario};
@@ -163,6 +164,9 @@ enum Command {
     },
     /// Print the man page (roff) to stdout: tether man > tether.1
     Man,
+    /// Measure a session on this machine: throughput against bare quinn, handshake
+    /// cost, many idle sessions to one node.
+    Bench(bench::BenchArgs),
 }
 
 const PING_AFTER_HELP: &str = "Each probe is a liveness ping sealed under the session keys and answered by the peer's \
@@ -421,6 +425,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => {
             init_logging(log_format(&cli.log_format, LogFormat::Text), "warn");
             run_demo(args, json)
+        }
+        Command::Bench(args) => {
+            init_logging(log_format(&cli.log_format, LogFormat::Text), "warn");
+            out!("{}", bench::run(args, json)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => {
             let public = keys::keygen(&out)?;

@@ -1,0 +1,240 @@
+//! `tether bench`: what a session costs, measured on this machine.
+//!
+//! | subcommand | module | measures |
+//! |---|---|---|
+//! | `throughput` | [`throughput`] | one session over real loopback against bare quinn with the same QUIC settings, in the same run; the Noise transport cipher alone |
+//! | `handshake` | [`handshake`] | round trips to Ready (virtual time), CPU per side per handshake, handshakes per second per core |
+//! | `sessions` | [`sessions`] | many idle sessions to one node: memory per session, time to establish them, one network change of that node |
+//!
+//! Each prints a table, or with `--json` one JSON object (the field names are stable,
+//! so figures can be checked by script). Nothing here asserts a target: the figures
+//! are recorded in `docs/benchmarks.md` against the targets of the performance issue.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tether::actors::{RelayServer, RelayServerHandle};
+use tether::StaticKeypair;
+use tether_rcs::{Admission, RelayServerConfig};
+use tether_transport::{Endpoint, TransportConfig};
+
+pub mod handshake;
+pub mod sessions;
+pub mod throughput;
+
+/// Bytes in a MiB.
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Why a benchmark could not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An argument is out of range.
+    #[error("{0}")]
+    Argument(String),
+    /// A node, the relay or a socket could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// Something the benchmark waits for did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The hub process of `sessions` failed or said something unexpected.
+    #[error("hub process: {0}")]
+    Hub(String),
+    /// Reading or writing a file or pipe failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `tether bench`'s arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// One session over real loopback against bare quinn with the same QUIC settings,
+    /// in the same run, at 1 KiB, 16 KiB and 60 KiB messages; and the Noise transport
+    /// cipher's seal and open speed.
+    Throughput {
+        /// Seconds each contender sends at each message size.
+        #[arg(long, value_name = "S", default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Round trips to Ready of a fresh pair (virtual time, simulated network), CPU time
+    /// per side of the Noise handshake, and handshakes per second per core.
+    Handshake {
+        /// Handshakes to time on the CPU.
+        #[arg(long, value_name = "N", default_value_t = 2000)]
+        count: usize,
+        /// Fresh pairs (seeds) to run on the simulated network.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        seeds: u64,
+    },
+    /// Idle sessions to one node (N = 100 and 1 000, or --count N): memory per
+    /// session, time to establish them, then one network change of that node: time
+    /// until all are Ready again, and that no handshake ran.
+    #[command(
+        after_help = "The node holding the sessions runs in a child process, so its memory is its own; the peers run in this process. 10 000 sessions need about 10 000 file descriptors here (ulimit -n)."
+    )]
+    Sessions {
+        /// Run one N instead of 100 and 1 000.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
+    /// The node of `sessions`, in its own process (started by `sessions`).
+    #[command(hide = true)]
+    SessionsHub {
+        /// Its setup file.
+        #[arg(long, value_name = "FILE")]
+        setup: std::path::PathBuf,
+    },
+}
+
+/// Runs a benchmark; returns what to print: a table, or one line of JSON.
+pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
+    match args.command {
+        BenchCommand::Throughput { seconds } => {
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+                return Err(BenchError::Argument(format!(
+                    "--seconds must be more than 0 and at most 3600, not {seconds}"
+                )));
+            }
+            let report = throughput::run(Duration::from_secs_f64(seconds))?;
+            Ok(if json {
+                to_json(&report)
+            } else {
+                report.render()
+            })
+        }
+        BenchCommand::Handshake { count, seeds } => {
+            let report = handshake::run(count.max(1), seeds.max(1))?;
+            Ok(if json {
+                to_json(&report)
+            } else {
+                report.render()
+            })
+        }
+        BenchCommand::Sessions { count } => {
+            let counts = match count {
+                Some(0) => {
+                    return Err(BenchError::Argument("--count must be at least 1".into()));
+                }
+                Some(n) => vec![n],
+                None => vec![100, 1000],
+            };
+            let report = sessions::run(&counts)?;
+            Ok(if json {
+                to_json(&report)
+            } else {
+                report.render()
+            })
+        }
+        BenchCommand::SessionsHub { setup } => {
+            sessions::hub_process(&setup)?;
+            Ok(String::new())
+        }
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    let mut line =
+        serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    line.push('\n');
+    line
+}
+
+/// MiB per second for `bytes` in `time`.
+fn mib_per_s(bytes: usize, time: Duration) -> f64 {
+    bytes as f64 / MIB / time.as_secs_f64().max(1e-9)
+}
+
+/// Rounds to two decimals, for figures in JSON.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The resident memory of process `pid` (`self` for this one), in KiB, from
+/// `/proc/PID/status` (Linux).
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A relay server on `addr`, admitting any device, on a thread of its own (an actix
+/// system); returns its address, its public key, and a handle to stop it.
+fn start_relay(addr: SocketAddr) -> Result<RunningRelay, BenchError> {
+    let keypair = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let public = *keypair.public();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("bench-relay".into())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let started = async {
+                    let endpoint = Endpoint::bind_udp(addr, TransportConfig::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let config = RelayServerConfig::new(keypair, [7; 32], Admission::Open);
+                    RelayServer::start(endpoint, config).map_err(|e| e.to_string())
+                };
+                match started.await {
+                    Ok(relay) => {
+                        let _ = started_tx.send(Ok(relay.local_addr));
+                        let _ = stop_rx.await;
+                        stop_relay(&relay);
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    let addr = started_rx
+        .recv()
+        .map_err(|_| BenchError::Setup("the relay's thread ended".into()))?
+        .map_err(|e| BenchError::Setup(format!("relay: {e}")))?;
+    Ok(RunningRelay {
+        addr,
+        public,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+fn stop_relay(relay: &RelayServerHandle) {
+    relay.addr.do_send(tether_protocol::Shutdown);
+}
+
+/// A relay started by [`start_relay`]; stopped when dropped.
+struct RunningRelay {
+    addr: SocketAddr,
+    public: tether::PublicKey,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A current-thread tokio runtime with IO and timers.
+fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
