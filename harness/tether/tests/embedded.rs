@@ -6,32 +6,12 @@
 // A panic in a test is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::start_relay;
+
 use std::net::SocketAddr;
 use std::time::Duration;
-use tether::actors::RelayServer;
 use tether::{ChannelId, DeviceId, Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypair};
-use tether_rcs::{Admission, RelayServerConfig};
-use tether_transport::{Endpoint, TransportConfig};
-
-/// Starts a relay on loopback on a thread of its own; returns its address.
-fn start_relay(keypair: StaticKeypair) -> SocketAddr {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let system = actix_rt::System::new();
-        system.block_on(async move {
-            let endpoint =
-                Endpoint::bind_udp("127.0.0.1:0".parse().unwrap(), TransportConfig::default())
-                    .await
-                    .unwrap();
-            let addr = endpoint.local_addr().unwrap();
-            let config = RelayServerConfig::new(keypair, [7; 32], Admission::Open);
-            let _relay = RelayServer::start(endpoint, config).unwrap();
-            addr_tx.send(addr).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    addr_rx.recv().unwrap()
-}
 
 /// Waits for the first event `pick` accepts.
 async fn until<T>(node: &mut Node, mut pick: impl FnMut(&NodeEvent) -> Option<T>) -> T {

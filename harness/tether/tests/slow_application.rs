@@ -14,15 +14,15 @@
 // A panic in a test is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::start_relay;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tether::actors::RelayServer;
 use tether::{Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypair};
-use tether_rcs::{Admission, RelayServerConfig};
-use tether_transport::{Endpoint, TransportConfig};
 
 /// Set in the receiver process: the directory holding what it needs (see `receiver`).
 const RECEIVER: &str = "TETHER_TEST_SLOW_RECEIVER";
@@ -34,26 +34,6 @@ const MESSAGE: usize = 16 * 1024;
 /// Resident memory the receiver may add while the sender pushes: the stated worst case
 /// per peer (about 40 MiB) plus allocator slack.
 const MAX_GROWTH_KIB: u64 = 48 * 1024;
-
-/// Starts a relay on loopback on a thread of its own; returns its address.
-fn start_relay(keypair: StaticKeypair) -> SocketAddr {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let system = actix_rt::System::new();
-        system.block_on(async move {
-            let endpoint =
-                Endpoint::bind_udp("127.0.0.1:0".parse().unwrap(), TransportConfig::default())
-                    .await
-                    .unwrap();
-            let addr = endpoint.local_addr().unwrap();
-            let config = RelayServerConfig::new(keypair, [7; 32], Admission::Open);
-            let _relay = RelayServer::start(endpoint, config).unwrap();
-            addr_tx.send(addr).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    addr_rx.recv().unwrap()
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
