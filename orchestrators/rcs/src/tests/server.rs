@@ -1432,18 +1432,20 @@ fn an_identitys_rate_spans_its_connections_and_outlives_them() {
             burst: 4,
         };
     });
-    d.connect(1, 1);
-    for (conn, request) in [(1, 0), (1, 1), (2, 2), (2, 3)] {
-        if conn == 2 && request == 2 {
-            // A second connection of the device replaces the first.
-            d.connect(2, 1);
-        }
+    let enqueued = |d: &mut Driver, conn: u64, request: u64| {
         d.enqueue(conn, 2, request, 600_000, 10);
         assert!(matches!(
             relay_to(&d.last, conn).as_slice(),
             [RelayMessage::Enqueued { .. }]
         ));
-    }
+    };
+    d.connect(1, 1);
+    enqueued(&mut d, 1, 0);
+    enqueued(&mut d, 1, 1);
+    // A second connection of the device replaces the first; the bucket is the same.
+    d.connect(2, 1);
+    enqueued(&mut d, 2, 2);
+    enqueued(&mut d, 2, 3);
     d.enqueue(2, 2, 4, 600_000, 10);
     assert_eq!(
         relay_to(&d.last, 2),
