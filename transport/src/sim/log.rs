@@ -35,8 +35,12 @@ pub enum Verdict {
     TooBig,
     /// Dropped: the bottleneck queue was full.
     QueueFull,
-    /// Dropped: nobody owns the destination address (or a NAT had no mapping for it).
+    /// Dropped: nobody owns the destination address (or a NAT had no live mapping for
+    /// it, on sending or on arrival).
     NoRoute,
+    /// Dropped on arrival at a NAT: a mapping holds the port, but its filter does not
+    /// admit the sender (address- or port-dependent filtering).
+    NatFiltered,
     /// Dropped: the sending socket's address no longer belongs to its host.
     SourceGone,
     /// Dropped on arrival: no socket bound at the destination (any more).
@@ -73,6 +77,7 @@ impl fmt::Display for Verdict {
             Self::TooBig => write!(f, "dropped-mtu"),
             Self::QueueFull => write!(f, "dropped-queue"),
             Self::NoRoute => write!(f, "dropped-no-route"),
+            Self::NatFiltered => write!(f, "dropped-nat-filter"),
             Self::SourceGone => write!(f, "dropped-source-gone"),
             Self::NoSocket => write!(f, "dropped-no-socket"),
             Self::ReceiveBufferFull => write!(f, "dropped-rcvbuf"),

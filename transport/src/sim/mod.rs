@@ -2,8 +2,8 @@
 //! runs over latency, loss, reordering, partitions, address changes and NATs in tests.
 //!
 //! - [`SimNetwork`] is a cloneable handle; it owns hosts ([`HostId`]) with one or more
-//!   addresses, optional [`EndpointIndependentNat`](SimNetwork::add_nat)s, and per
-//!   host-pair [`LinkConditions`].
+//!   addresses, optional NATs ([`SimNetwork::add_nat_with`], of any [`NatBehavior`]),
+//!   and per host-pair [`LinkConditions`].
 //! - [`SimNetwork::bind`] gives a [`SimSocket`], which implements quinn's
 //!   `AsyncUdpSocket`; [`Endpoint::bind_sim`](crate::Endpoint::bind_sim) uses it.
 //! - Every timestamp comes from tokio's clock, so under paused time (`start_paused`)
@@ -20,9 +20,14 @@
 //!   Sockets bound to the unspecified address survive and send from the host's first
 //!   address of the right family.
 //! - A NAT maps an internal (address, port) to a public port on the first outbound
-//!   packet and lets any remote reach it afterwards (endpoint-independent mapping and
-//!   filtering); unsolicited packets to an unmapped port are dropped. Hosts behind the
-//!   same NAT reach each other directly on their internal addresses.
+//!   packet, one port for every destination or one per destination
+//!   ([`NatMapping`]), and lets through the remotes its [`NatFiltering`] admits;
+//!   unsolicited packets to an unmapped port are dropped. Whether an inbound packet
+//!   passes is decided when it arrives, with the mappings as they are then (so two
+//!   devices punching holes at about the same moment behave as on a real network).
+//!   Mappings may time out when idle and be rebound every period ([`NatBehavior`]).
+//!   Hosts behind the same NAT reach each other directly on their internal addresses,
+//!   and at the NAT's public address only if it hairpins.
 //! - [`SimNetwork::partition`] (an outage) and [`SimNetwork::block_direct`] (a firewall
 //!   that leaves only a relay path) both drop traffic between two hosts, whatever
 //!   addresses or NATs are involved; they log different verdicts.
@@ -47,6 +52,7 @@ use tokio::time::Instant;
 
 pub use conditions::{LinkConditions, MIN_MTU};
 pub use log::{PacketLogEntry, Verdict};
+pub use nat::{NatBehavior, NatFiltering, NatMapping};
 use net::{pair, NetState, Realm};
 pub use socket::SimSocket;
 
@@ -155,9 +161,16 @@ impl SimNetwork {
             .add_host(name, addrs.into_iter().collect(), Realm::Public)
     }
 
-    /// Adds an endpoint-independent-mapping NAT with a public address.
+    /// Adds a full-cone NAT (endpoint-independent mapping and filtering) with a public
+    /// address.
     pub fn add_nat(&self, public_ip: IpAddr) -> NatId {
-        self.state().add_nat(public_ip)
+        self.add_nat_with(public_ip, NatBehavior::full_cone())
+    }
+
+    /// Adds a NAT that behaves as `behavior` says, with a public address. Its rebinding
+    /// periods count from now.
+    pub fn add_nat_with(&self, public_ip: IpAddr, behavior: NatBehavior) -> NatId {
+        self.state().add_nat(public_ip, behavior, Instant::now())
     }
 
     /// Adds a host behind `nat` with internal addresses.

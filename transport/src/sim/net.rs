@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::conditions::LinkConditions;
 use super::log::{PacketLogEntry, Verdict};
-use super::nat::Nat;
+use super::nat::{InboundDrop, Nat, NatBehavior};
 use super::socket::RecvQueue;
 use super::{HostCounters, HostId, NatId, SimError};
 
@@ -43,7 +43,19 @@ struct InFlight {
     from: SocketAddr,
     to: SocketAddr,
     host: HostId,
+    /// The NAT whose public address `to` is: it decides on arrival, with its mappings
+    /// and filters as they are then, which internal socket (if any) gets the packet.
+    through: Option<NatId>,
     data: Bytes,
+}
+
+/// Where the network sends a packet: the host, the address there (internal, or a NAT's
+/// public one to resolve on arrival), and the source address as the destination sees it.
+struct Route {
+    host: HostId,
+    to: SocketAddr,
+    through: Option<NatId>,
+    wire_src: SocketAddr,
 }
 
 /// A host pair in canonical order (conditions, partitions and blocks are symmetric).
@@ -119,9 +131,14 @@ impl NetState {
         id
     }
 
-    pub(crate) fn add_nat(&mut self, public_ip: IpAddr) -> NatId {
+    pub(crate) fn add_nat(
+        &mut self,
+        public_ip: IpAddr,
+        behavior: NatBehavior,
+        now: Instant,
+    ) -> NatId {
         let id = NatId(u32::try_from(self.nats.len()).unwrap_or(u32::MAX));
-        self.nats.insert(id, Nat::new(public_ip));
+        self.nats.insert(id, Nat::new(public_ip, behavior, now));
         id
     }
 
@@ -232,7 +249,7 @@ impl NetState {
             }
         }
         for nat in self.nats.values_mut() {
-            nat.forget(|(h, a)| *h == host && a.ip() == ip);
+            nat.forget(|h, a| h == host && a.ip() == ip);
         }
         Ok(())
     }
@@ -250,7 +267,7 @@ impl NetState {
         h.realm = realm;
         if let Realm::Nat(n) = old {
             if let Some(nat) = self.nats.get_mut(&n) {
-                nat.forget(|(h, _)| *h == host);
+                nat.forget(|h, _| h == host);
             }
         }
         Ok(())
@@ -263,35 +280,54 @@ impl NetState {
             .map(|(id, _)| *id)
     }
 
-    /// Finds the destination host, the destination address inside its realm, and the
-    /// source address as the destination will see it (after NAT).
+    /// Finds where a packet from `src` on host `from` to `dst` goes; the NAT in front of
+    /// the sender (if any) maps it on the way out.
     fn route(
         &mut self,
+        now: Instant,
         from: HostId,
         src: SocketAddr,
         dst: SocketAddr,
-    ) -> Result<(HostId, SocketAddr, SocketAddr), (SocketAddr, Verdict)> {
+    ) -> Result<Route, (SocketAddr, Verdict)> {
         let realm = self.hosts.get(&from).map_or(Realm::Public, |h| h.realm);
-        if let Some(h) = self.host_in_realm(realm, dst.ip()) {
-            return Ok((h, dst, src));
+        if let Some(host) = self.host_in_realm(realm, dst.ip()) {
+            return Ok(Route {
+                host,
+                to: dst,
+                through: None,
+                wire_src: src,
+            });
         }
         let wire_src = match realm {
             Realm::Public => src,
             Realm::Nat(n) => match self.nats.get_mut(&n) {
-                Some(nat) => nat.map_outbound(from, src),
+                Some(nat) => nat.map_outbound(now, from, src, dst),
                 None => return Err((src, Verdict::NoRoute)),
             },
         };
-        if let Some(h) = self.host_in_realm(Realm::Public, dst.ip()) {
-            return Ok((h, dst, wire_src));
+        if let Some(host) = self.host_in_realm(Realm::Public, dst.ip()) {
+            return Ok(Route {
+                host,
+                to: dst,
+                through: None,
+                wire_src,
+            });
         }
-        let inbound = self
-            .nats
-            .values()
-            .find(|n| n.public_ip == dst.ip())
-            .and_then(|n| n.inbound(dst.port()));
-        match inbound {
-            Some((host, internal)) => Ok((host, internal, wire_src)),
+        let Some((&id, nat)) = self.nats.iter().find(|(_, n)| n.public_ip == dst.ip()) else {
+            return Err((wire_src, Verdict::NoRoute));
+        };
+        if realm == Realm::Nat(id) && !nat.behavior.hairpinning {
+            return Err((wire_src, Verdict::NoRoute));
+        }
+        // The host behind the port now sets the link conditions; whether the NAT lets
+        // the packet in is decided when it arrives.
+        match nat.host_behind(dst.port()) {
+            Some(host) => Ok(Route {
+                host,
+                to: dst,
+                through: Some(id),
+                wire_src,
+            }),
             None => Err((wire_src, Verdict::NoRoute)),
         }
     }
@@ -374,7 +410,12 @@ impl NetState {
             return (local, Verdict::SourceGone, false);
         };
         let src = SocketAddr::new(src_ip, local.port());
-        let (to_host, to, wire_src) = match self.route(from, src, dst) {
+        let Route {
+            host: to_host,
+            to,
+            through,
+            wire_src,
+        } = match self.route(now, from, src, dst) {
             Ok(r) => r,
             Err((wire_src, v)) => return (wire_src, v, false),
         };
@@ -383,6 +424,7 @@ impl NetState {
             from: wire_src,
             to,
             host: to_host,
+            through,
             data: Bytes::copy_from_slice(data),
         };
         if to_host == from {
@@ -476,9 +518,27 @@ impl NetState {
             from,
             to,
             host,
+            through,
             data,
         } = pkt;
         let len = data.len();
+        let (host, to) = match through.and_then(|id| self.nats.get_mut(&id)) {
+            None => (host, to),
+            Some(nat) => match nat.inbound(now, to.port(), from) {
+                Ok(inside) => inside,
+                Err(drop) => {
+                    let verdict = match drop {
+                        InboundDrop::NoMapping => Verdict::NoRoute,
+                        InboundDrop::Filtered => Verdict::NatFiltered,
+                    };
+                    if let Some(c) = self.counters.get_mut(&host) {
+                        c.packets_dropped_on_arrival += 1;
+                    }
+                    self.record(now, from, to, len, verdict);
+                    return;
+                }
+            },
+        };
         let owns = self
             .hosts
             .get(&host)
