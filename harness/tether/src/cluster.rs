@@ -25,7 +25,7 @@ use tether_direct_connection::Limits;
 use tether_pms::RendezvousTableConfig;
 use tether_protocol::{DeviceId, RestoredChannels, SessionStatus, Shutdown};
 use tether_rcs::{Admission, MemoryRelayQueueStore, RelayServerConfig};
-use tether_transport::sim::{HostId, LinkConditions, SimNetwork};
+use tether_transport::sim::{HostId, LinkConditions, NatBehavior, SimNetwork};
 use tether_transport::{Endpoint, TransportConfig};
 
 /// The UDP port every simulated device listens on.
@@ -75,7 +75,7 @@ pub struct ClusterBuilder {
     limits: Limits,
     wildcard: Vec<usize>,
     volatile: Vec<usize>,
-    behind_nat: Vec<usize>,
+    behind_nat: Vec<(usize, NatBehavior)>,
     open_relay: bool,
     relay_tune: Option<fn(&mut RelayServerConfig)>,
     rendezvous: RendezvousTableConfig,
@@ -104,11 +104,20 @@ impl ClusterBuilder {
         }
     }
 
-    /// Device `i` sits behind a NAT of its own (endpoint-independent mapping and
-    /// filtering, public address [`nat_public_ip`]): its interface address is private,
-    /// so no other device reaches it there, and the relay sees it at the NAT's side.
-    pub fn behind_nat(mut self, i: usize) -> Self {
-        self.behind_nat.push(i);
+    /// Device `i` sits behind a full-cone NAT of its own (endpoint-independent mapping
+    /// and filtering, public address [`nat_public_ip`]): its interface address is
+    /// private, so no other device reaches it there, and the relay sees it at the NAT's
+    /// side.
+    pub fn behind_nat(self, i: usize) -> Self {
+        self.behind_nat_of(i, NatBehavior::full_cone())
+    }
+
+    /// Device `i` sits behind a NAT of its own that behaves as `behavior` says. Every
+    /// network it moves to ([`SimCluster::change_address`]) has a NAT of the same kind
+    /// with a public address of its own ([`nat_public_ip_on`]).
+    pub fn behind_nat_of(mut self, i: usize, behavior: NatBehavior) -> Self {
+        self.behind_nat.retain(|(d, _)| *d != i);
+        self.behind_nat.push((i, behavior));
         self
     }
 
@@ -281,13 +290,19 @@ impl ClusterBuilder {
         let mut devices = Vec::new();
         for (i, (keypair, peers)) in keys.into_iter().zip(peers).enumerate() {
             let name = device_name(i);
-            let host = if self.behind_nat.contains(&i) {
-                let nat = net.add_nat(nat_public_ip(i));
-                net.add_host_behind_nat(&name, nat, [ips[i]])
-                    // INVARIANT: the NAT was just added.
-                    .expect("host behind a new NAT")
-            } else {
-                net.add_host(&name, [ips[i]])
+            let nat = self
+                .behind_nat
+                .iter()
+                .find(|(d, _)| *d == i)
+                .map(|(_, behavior)| *behavior);
+            let host = match nat {
+                Some(behavior) => {
+                    let nat = net.add_nat_with(nat_public_ip(i), behavior);
+                    net.add_host_behind_nat(&name, nat, [ips[i]])
+                        // INVARIANT: the NAT was just added.
+                        .expect("host behind a new NAT")
+                }
+                None => net.add_host(&name, [ips[i]]),
             };
             let config = NodeConfig {
                 keypair,
@@ -311,11 +326,13 @@ impl ClusterBuilder {
                 host,
                 ip: ips[i],
                 moves: 0,
+                network: 0,
                 device: DeviceId(*config.keypair.public().as_bytes()),
                 config,
                 seed: self.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 restarts: 0,
                 wildcard: self.wildcard.contains(&i),
+                nat,
                 node: None,
                 reading_paused: false,
                 log: Vec::new(),
@@ -362,11 +379,23 @@ fn device_ip(i: usize, moves: usize) -> IpAddr {
     ))
 }
 
-/// The public address of the NAT in front of device `i` ([`ClusterBuilder::behind_nat`]):
-/// 198.51.x.y.
+/// The public address of the NAT in front of device `i` on the network it started on
+/// ([`ClusterBuilder::behind_nat`]): 198.51.x.y.
 pub fn nat_public_ip(i: usize) -> IpAddr {
+    nat_public_ip_on(i, 0)
+}
+
+/// The public address of the NAT in front of device `i` on its network number
+/// `network` (0 is the one it started on): 198.(51 + network).x.y.
+pub fn nat_public_ip_on(i: usize, network: usize) -> IpAddr {
     let i = i as u32;
-    IpAddr::V4(Ipv4Addr::new(198, 51, (i / 250) as u8, (i % 250 + 1) as u8))
+    let network = u8::try_from(network).unwrap_or(u8::MAX).min(200);
+    IpAddr::V4(Ipv4Addr::new(
+        198,
+        51 + network,
+        (i / 250) as u8,
+        (i % 250 + 1) as u8,
+    ))
 }
 
 /// An address device `i` is configured with when its config is stale: 10.200.x.y.
@@ -385,6 +414,8 @@ pub struct SimDevice {
     pub ip: IpAddr,
     /// Network changes so far.
     pub moves: usize,
+    /// The number of the network it is on (0: the one it started on).
+    pub network: usize,
     /// Its device id.
     pub device: DeviceId,
     /// The config it (re)starts with.
@@ -398,6 +429,8 @@ pub struct SimDevice {
     /// Bound to the wildcard address (announcing its host's address) rather than to
     /// its address.
     pub wildcard: bool,
+    /// The kind of NAT in front of it on every network, if it is behind one.
+    pub nat: Option<NatBehavior>,
     /// The running node; None while crashed.
     pub node: Option<Node>,
     /// While set, this device's application reads no events (a slow application):
@@ -580,8 +613,18 @@ impl SimCluster {
     ) -> Result<SocketAddr, String> {
         let device = &mut self.devices[i];
         device.moves += 1;
+        device.network = network;
         let old = device.ip;
         let new = device_ip(i, network);
+        if let Some(behavior) = device.nat {
+            // A new network, a new NAT in front of it (of the same kind).
+            let nat = self
+                .net
+                .add_nat_with(nat_public_ip_on(i, network), behavior);
+            self.net
+                .set_nat(device.host, Some(nat))
+                .map_err(|error| error.to_string())?;
+        }
         self.net
             .set_address(device.host, old, new)
             .map_err(|error| error.to_string())?;
