@@ -180,6 +180,8 @@ pub struct Presence {
     outputs: VecDeque<Output>,
     /// Transitions the table forbids that inputs asked for (a bug if ever non-zero).
     illegal_transitions: u64,
+    /// Times the relay saw us at a new address while our interfaces stayed the same.
+    nat_rebindings: u64,
 }
 
 impl Presence {
@@ -198,6 +200,7 @@ impl Presence {
             next_relay_poll,
             outputs: VecDeque::new(),
             illegal_transitions: 0,
+            nat_rebindings: 0,
         }
     }
 
@@ -209,6 +212,12 @@ impl Presence {
     /// How many forbidden transitions were asked for and refused.
     pub fn illegal_transitions(&self) -> u64 {
         self.illegal_transitions
+    }
+
+    /// How many times the relay saw this device at a new address while its interfaces
+    /// stayed the same (a NAT rebinding), each of which migrated every session.
+    pub fn nat_rebindings(&self) -> u64 {
+        self.nat_rebindings
     }
 }
 
@@ -225,14 +234,7 @@ impl SansIoCore for Presence {
                 self.publish_hints();
             }
             Input::ConnectivityChanged(change) => self.connectivity_changed(now, change),
-            Input::Reflexive(ReflexiveAddress { addr }) => {
-                // Published next to the interface addresses, so a peer that looks us up
-                // finds where the relay sees us (a NAT's public side).
-                if addr.is_some() && addr != self.reflexive {
-                    self.reflexive = addr;
-                    self.publish_hints();
-                }
-            }
+            Input::Reflexive(ReflexiveAddress { addr }) => self.reflexive_learned(now, addr),
             Input::HandshakeStarted(started) => {
                 if self.status(&started.peer) == Some(SessionStatus::Connecting) {
                     self.set_status(started.peer, SessionStatus::Handshaking);

@@ -718,3 +718,46 @@ fn hints_announce_the_reflexive_address_until_the_next_move() {
     assert!(last.len() > before + 1, "published after the move");
     assert_eq!(last.last().unwrap(), &vec![addr("10.0.0.9:4433")]);
 }
+
+#[test]
+fn a_new_reflexive_address_without_a_move_migrates_every_session() {
+    let mut driver = Driver::new(Config::default());
+    driver.input(
+        "LocalEndpoints",
+        Input::LocalEndpoints(vec![addr("192.168.1.9:4433")]),
+    );
+    driver.establish(1);
+    let reflexive = |a: &str| {
+        Input::Reflexive(tether_protocol::ReflexiveAddress {
+            addr: Some(addr(a)),
+        })
+    };
+    // The first address after the start is only published.
+    driver.input("Reflexive", reflexive("198.51.100.9:20000"));
+    assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Ready));
+    assert_eq!(driver.core.nat_rebindings(), 0);
+    // The NAT moves us to another public port: the session migrates, no handshake.
+    driver.trace.clear();
+    driver.input("Reflexive", reflexive("198.51.100.9:20007"));
+    assert_eq!(driver.core.nat_rebindings(), 1);
+    assert_eq!(
+        driver.core.status(&peer(1)),
+        Some(SessionStatus::ReconnectingOutbound)
+    );
+    assert_eq!(
+        driver.count(|o| matches!(
+            o,
+            Output::Migration(MigrationEvent::Started { outbound: true, .. })
+        )),
+        1
+    );
+    assert_eq!(driver.count(|o| matches!(o, Output::EvictSession(_))), 0);
+    // Losing the relay (no address) and getting the same one back is no rebinding.
+    driver.input(
+        "Reflexive",
+        Input::Reflexive(tether_protocol::ReflexiveAddress { addr: None }),
+    );
+    driver.input("Reflexive", reflexive("198.51.100.9:20007"));
+    assert_eq!(driver.core.nat_rebindings(), 1);
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}

@@ -83,6 +83,32 @@ impl Presence {
         self.local_endpoints = change.new;
         // The relay will say where it sees us now.
         self.reflexive = None;
+        self.moved(now);
+    }
+
+    /// The relay says where it sees us. The first address after a start or a network
+    /// change is published next to the interface addresses, so a peer that looks us up
+    /// finds our NAT's public side. A different address while the interfaces stayed as
+    /// they were is the NAT rebinding us to a new public port: the peers' direct paths
+    /// point at a port that no longer leads here, so every session migrates as after a
+    /// network change of ours (no handshake; the pings carry the new address).
+    pub(super) fn reflexive_learned(&mut self, now: Instant, addr: Option<SocketAddr>) {
+        if addr.is_none() || addr == self.reflexive {
+            return;
+        }
+        let rebound = self.reflexive.is_some();
+        self.reflexive = addr;
+        if rebound {
+            self.nat_rebindings += 1;
+            self.moved(now);
+        } else {
+            self.publish_hints();
+        }
+    }
+
+    /// Our reachable addresses changed: every session migrates, then the hints are
+    /// published again.
+    fn moved(&mut self, now: Instant) {
         let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
         let spread_total = self
             .config
