@@ -9,9 +9,10 @@
 //! ours more than [`CANDIDATES_ANSWER_AFTER`] ago (so an exchange completes both ways
 //! even if our first frame reached a peer that could not open it yet, and two devices
 //! never answer each other in a loop). A received `Candidates` frame is the peer's
-//! announcement, and on the relay every candidate is dialled at once, in parallel: the
-//! peer dials ours at about the same time, so a NAT in front of either device has seen
-//! its own device send towards the other when the other's packets arrive.
+//! announcement, and on the relay every candidate is dialled at once, in parallel (as
+//! on binding the relay and on every probe): the peer dials ours at about the same
+//! time, so a NAT in front of either device has seen its own device send towards the
+//! other when the other's packets arrive.
 
 use crate::core::DirectConnection;
 use crate::links::DialPurpose;
@@ -71,8 +72,12 @@ impl DirectConnection {
     }
 
     /// The peer's candidates: its announcement; on the relay, answer with ours and dial
-    /// theirs now, unless they are what we knew and we answered a moment ago (so a peer
-    /// repeating them gets at most one answer and one round of dials a second).
+    /// theirs now. Answering and dialling are limited separately: an answer goes when
+    /// they told us something new or ours last went [`CANDIDATES_ANSWER_AFTER`] ago, a
+    /// round of dials when they are new or the last round was that long ago. So the
+    /// first frame of a session on the relay is always dialled at once (even when its
+    /// addresses were known from the rendezvous hint and ours just went out), and a
+    /// peer repeating them gets at most one answer and one round of dials a second.
     pub(crate) fn candidates_received(
         &mut self,
         now: Instant,
@@ -91,17 +96,30 @@ impl DirectConnection {
         if peer.bound != Some(Via::Relay) {
             return;
         }
-        let answer = news
-            || peer
-                .candidates_sent_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= CANDIDATES_ANSWER_AFTER);
-        if !answer {
-            return;
+        let a_while_ago = |at: Option<Instant>| {
+            at.is_none_or(|at| now.saturating_duration_since(at) >= CANDIDATES_ANSWER_AFTER)
+        };
+        let answer = news || a_while_ago(peer.candidates_sent_at);
+        let dial = news || a_while_ago(peer.candidates_dialled_at);
+        if answer {
+            self.send_candidates(now, device);
         }
-        self.send_candidates(now, device);
-        // Every candidate at once, not one after another: which of them crosses the
-        // NATs is not known, and a staggered dial would wait on the unreachable ones.
-        for addr in self.direct_candidates(device) {
+        if dial {
+            self.dial_every_candidate(now, device);
+        }
+    }
+
+    /// Dials each of the peer's direct candidates at once, in parallel, and looks again
+    /// after the probe interval. Which candidate crosses the NATs is not known, and a
+    /// staggered dial would wait on the unreachable ones (a private address first)
+    /// while the moment both NATs are open passes.
+    pub(crate) fn dial_every_candidate(&mut self, now: Instant, device: DeviceId) {
+        let addrs = self.direct_candidates(device);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        peer.candidates_dialled_at = Some(now);
+        for addr in addrs {
             self.dial(device, DialPurpose::Probe, vec![addr]);
         }
         self.timers.set(

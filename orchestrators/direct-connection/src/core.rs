@@ -267,6 +267,7 @@ impl DirectConnection {
                     ping_counter_sent: 0,
                     highest_ping_received: 0,
                     candidates_sent_at: None,
+                    candidates_dialled_at: None,
                     announced: Vec::new(),
                     blueprint: Vec::new(),
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),

@@ -221,15 +221,7 @@ impl DirectConnection {
         if peer.bound != Some(Via::Relay) {
             return;
         }
-        let addrs = self.direct_candidates(device);
-        self.timers.set(
-            device,
-            Timer::Probe,
-            now + self.limits.direct_probe_interval,
-        );
-        if !addrs.is_empty() {
-            self.dial(device, DialPurpose::Probe, addrs);
-        }
+        self.dial_every_candidate(now, device);
     }
 
     /// Bound to a link the peer dialled: dial one of our own to the same address, so a

@@ -238,6 +238,8 @@ pub struct PeerState {
     pub highest_ping_received: u64,
     /// When our direct candidates last went to the peer over the relay.
     pub candidates_sent_at: Option<Instant>,
+    /// When the peer's direct candidates were last dialled all at once.
+    pub candidates_dialled_at: Option<Instant>,
     /// The peer's newest announcement (authenticated migration ping or ack, or sealed
     /// rendezvous hint): where it says it is now. Dialled first.
     pub announced: Vec<SocketAddr>,
