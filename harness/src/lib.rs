@@ -3,6 +3,7 @@
 //! library crate, re-exported under the names the tests and benchmarks use.
 
 pub mod app;
+pub mod nat_matrix;
 
 pub use tether::actors::{
     announced_endpoints, CommitOn, DurableChannels, GetServerCounters, GetServerState, GetTap,

@@ -1,0 +1,89 @@
+//! The NAT traversal matrix in **virtual time** (`tether_harness::nat_matrix`): per
+//! cell, the share of seeds that reached a direct path and the time it took, from both
+//! devices being connected to the relay (establishment) or from the network change
+//! (moves, detected at once in the simulator), in milliseconds and in RTTs.
+//!
+//! Run: `cargo bench -p tether-harness --bench nat`
+//! Environment:
+//! - `TETHER_BENCH_SEEDS`: seeds per cell (default 20);
+//! - `TETHER_BENCH_RTT_MS`: the RTT of every link (default 40);
+//! - `TETHER_BENCH_ONLY`: run only the cells whose description contains this text
+//!   (e.g. `symmetric`, `both move`);
+//! - `TETHER_BENCH_TRACE=1`: print the first seed's phase timeline of every cell.
+//!
+//! Every run is also checked against the promises ([`CellRun::problems`]); the table
+//! counts the runs that broke one.
+
+// A benchmark binary, not node code: a broken expectation aborts the run loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+use tether_harness::nat_matrix::{run, Cell, CellRun};
+use tether_harness::run_simulation;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn main() {
+    let seeds = env_u64("TETHER_BENCH_SEEDS", 20);
+    let rtt = Duration::from_millis(env_u64("TETHER_BENCH_RTT_MS", 40));
+    let only = std::env::var("TETHER_BENCH_ONLY").ok();
+    let trace = std::env::var("TETHER_BENCH_TRACE").is_ok_and(|v| v == "1");
+    let in_rtt = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64();
+    println!(
+        "NAT matrix, RTT {} ms on every link, {seeds} seeds per cell\n",
+        rtt.as_millis()
+    );
+    println!("| A / B | scenario | expected | direct | p50 | p99 | max | broken promises |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for cell in Cell::all() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !cell.to_string().contains(o.as_str()))
+        {
+            continue;
+        }
+        let runs: Vec<CellRun> = (0..seeds)
+            .map(|s| run_simulation(|| run(cell, 80_000 + s, rtt)))
+            .collect();
+        if trace {
+            eprintln!("== {cell}, seed 80000\n{}", runs[0].timeline);
+        }
+        let mut times: Vec<Duration> = runs.iter().filter_map(|r| r.direct_after).collect();
+        times.sort();
+        let broken = runs.iter().filter(|r| !r.problems().is_empty()).count();
+        let show = |d: Option<Duration>| {
+            d.map_or("-".to_owned(), |d| {
+                format!("{} ms ({:.1} RTT)", d.as_millis(), in_rtt(d))
+            })
+        };
+        println!(
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} |",
+            cell.sides(),
+            cell.scenario,
+            if cell.expects_direct() {
+                "direct"
+            } else {
+                "relay"
+            },
+            times.len(),
+            runs.len(),
+            show(percentile(&times, 50.0)),
+            show(percentile(&times, 99.0)),
+            show(times.last().copied()),
+            broken,
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! The NAT traversal matrix on the simulated network: each NAT kind in front of one
+//! device and of both, and a symmetric NAT against each other kind; for establishment,
+//! one device changing networks, and both at once (`tether_harness::nat_matrix`).
+//!
+//! Every cell, over a few seeds, must reach a direct path exactly where
+//! [`Cell::expects_direct`] says (symmetric against port-restricted or symmetric stays
+//! on the relay), and everywhere keep the promises: Ready at the end, no handshake after
+//! the first, no eviction, every message once and in order. The times per cell are the
+//! benchmark's (`cargo bench -p tether-harness --bench nat`), not asserted here.
+
+// A panic in a test is a failed test, not a crashed node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+use tether_harness::nat_matrix::{run, Cell, NatKind, Scenario};
+use tether_harness::run_simulation;
+
+/// Seeds per cell: enough to catch an outcome that depends on timing.
+const SEEDS: u64 = 3;
+
+/// 40 ms between the devices, and to the relay.
+const RTT: Duration = Duration::from_millis(40);
+
+fn check(filter: impl Fn(&Cell) -> bool) {
+    let mut failures = Vec::new();
+    for cell in Cell::all().into_iter().filter(|c| filter(c)) {
+        for seed in 0..SEEDS {
+            let seed = 70_000 + seed;
+            let outcome = run_simulation(|| run(cell, seed, RTT));
+            let problems = outcome.problems();
+            println!(
+                "{cell} seed {seed}: direct after {:?}{}",
+                outcome.direct_after,
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!(" PROBLEMS {problems:?}")
+                }
+            );
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{cell} seed {seed}: {problems:?}\n{}",
+                    outcome.timeline
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn one_side_behind_each_kind_of_nat() {
+    check(|c| c.b.is_none());
+}
+
+#[test]
+fn both_sides_behind_the_same_kind_of_nat_establish() {
+    check(|c| c.b.is_some() && c.a == c.b && c.scenario == Scenario::Establish);
+}
+
+#[test]
+fn both_sides_behind_the_same_kind_of_nat_one_moves() {
+    check(|c| c.b.is_some() && c.a == c.b && c.scenario == Scenario::OneMoves);
+}
+
+#[test]
+fn both_sides_behind_the_same_kind_of_nat_both_move() {
+    check(|c| c.b.is_some() && c.a == c.b && c.scenario == Scenario::BothMove);
+}
+
+#[test]
+fn a_symmetric_nat_against_each_cone() {
+    check(|c| c.a == Some(NatKind::Symmetric) && c.b.is_some() && c.b != c.a);
+}
+
+#[test]
+fn the_expected_outcomes_are_written_down() {
+    // Symmetric against port-restricted or symmetric stays on the relay; every other
+    // cell goes direct.
+    let relay: Vec<String> = Cell::all()
+        .iter()
+        .filter(|c| !c.expects_direct() && c.scenario == Scenario::Establish)
+        .map(Cell::sides)
+        .collect();
+    assert_eq!(
+        relay,
+        ["symmetric / symmetric", "symmetric / port-restricted"]
+    );
+}
+
+mod mappings {
+    use std::time::Duration;
+    use tether_harness::{run_simulation, ClusterBuilder, SimCluster};
+    use tether_protocol::PathKind;
+    use tether_transport::sim::{LinkConditions, NatBehavior};
+
+    const A: usize = 0;
+    const B: usize = 1;
+
+    async fn both_direct(cluster: &SimCluster) -> bool {
+        let a = cluster.peer_status(A, B).await.and_then(|s| s.path);
+        let b = cluster.peer_status(B, A).await.and_then(|s| s.path);
+        (a, b) == (Some(PathKind::Direct), Some(PathKind::Direct))
+    }
+
+    async fn until_direct(cluster: &mut SimCluster, within: Duration) -> bool {
+        let end = cluster.elapsed() + within;
+        while cluster.elapsed() < end {
+            if both_direct(cluster).await {
+                return true;
+            }
+            cluster.run_for(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Starts A and B behind NATs of `behavior`, waits for a direct path; then, for
+    /// `span`, sends one message each way every `every` (none if `every` is zero);
+    /// checks delivery once and in order, one handshake, and a direct path at the end.
+    async fn keeps_its_session(seed: u64, behavior: NatBehavior, span: Duration, every: Duration) {
+        let mut cluster = ClusterBuilder::new(seed, 2)
+            .pair(A, B)
+            .behind_nat_of(A, behavior)
+            .behind_nat_of(B, behavior)
+            .conditions(LinkConditions {
+                latency: Duration::from_millis(20),
+                ..LinkConditions::default()
+            })
+            .start()
+            .await;
+        assert!(
+            until_direct(&mut cluster, Duration::from_secs(10)).await,
+            "seed {seed}: never direct"
+        );
+        let mut sent = 0u32;
+        let start = cluster.elapsed();
+        while cluster.elapsed() - start < span {
+            if every.is_zero() {
+                cluster.run_for(span).await;
+                break;
+            }
+            for (from, to) in [(A, B), (B, A)] {
+                cluster
+                    .node(from)
+                    .send(cluster.id(to), sent.to_be_bytes().to_vec())
+                    .await
+                    .unwrap();
+            }
+            sent += 1;
+            cluster.run_for(every).await;
+        }
+        for (from, to) in [(A, B), (B, A)] {
+            cluster
+                .node(from)
+                .send(cluster.id(to), sent.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+        }
+        sent += 1;
+        let timeline = cluster.timeline(&[A, B], start);
+        assert!(
+            until_direct(&mut cluster, Duration::from_secs(15)).await,
+            "seed {seed}: not direct at the end\n{timeline}"
+        );
+        cluster.run_for(Duration::from_secs(3)).await;
+        let expected: Vec<Vec<u8>> = (0..sent).map(|i| i.to_be_bytes().to_vec()).collect();
+        for (side, peer) in [(A, B), (B, A)] {
+            let got = cluster.devices[side].delivered_from(cluster.id(peer));
+            assert_eq!(got, expected, "seed {seed}: device {side}\n{timeline}");
+            let status = cluster.peer_status(side, peer).await.unwrap();
+            assert_eq!(
+                status.handshakes, 1,
+                "seed {seed}: one handshake\n{timeline}"
+            );
+        }
+        println!(
+            "seed {seed}, {behavior:?}:\n{}",
+            cluster.timeline(&[A, B], start)
+        );
+    }
+
+    /// NATs forget a mapping idle for 30 s (a common UDP timeout): an idle session's
+    /// keep-alives hold both the relay connection's and the direct path's mappings.
+    #[test]
+    fn an_idle_session_keeps_its_nat_mappings() {
+        for seed in 0..3 {
+            run_simulation(|| {
+                keeps_its_session(
+                    71_000 + seed,
+                    NatBehavior::port_restricted_cone()
+                        .with_mapping_timeout(Duration::from_secs(30)),
+                    Duration::from_secs(180),
+                    Duration::ZERO,
+                )
+            });
+        }
+    }
+
+    /// NATs that move every flow to a new public port every 20 s: the session follows
+    /// (the relay tells each device its new reflexive address, the direct path is
+    /// punched again), with no handshake and every message once, in order.
+    #[test]
+    fn nat_rebinding_every_20_seconds() {
+        for (i, behavior) in [
+            NatBehavior::full_cone(),
+            NatBehavior::port_restricted_cone(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for seed in 0..2 {
+                run_simulation(|| {
+                    keeps_its_session(
+                        72_000 + 10 * i as u64 + seed,
+                        behavior.with_rebinding(Duration::from_secs(20)),
+                        Duration::from_secs(70),
+                        Duration::from_millis(500),
+                    )
+                });
+            }
+        }
+    }
+}
