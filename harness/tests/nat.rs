@@ -5,9 +5,8 @@
 //! and the session moves to a direct path through both NATs without a handshake and
 //! without losing or repeating a message.
 //!
-//! The simulator's NATs map and filter independently of the endpoint (RFC 4787 EIM/EIF):
-//! the kind hole punching is easiest for. Address-dependent filtering and port-dependent
-//! ("symmetric") mapping are not modelled yet.
+//! These NATs map and filter independently of the endpoint (RFC 4787 EIM/EIF), the kind
+//! hole punching is easiest for; `nat_matrix.rs` covers every other kind.
 
 // A panic in a test is a failed test, not a crashed node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
