@@ -368,15 +368,22 @@ pub struct Nat {
     pub public: String,
     /// How it maps ports.
     pub ports: NatPorts,
+    /// Whether it drops what comes in on `wan` and is no reply (a home router's
+    /// firewall), or lets it through to itself (a bare masquerade).
+    pub firewall: bool,
 }
 
 impl Nat {
-    /// The rules: masquerade out of `wan`; from `wan`, only replies to what went out
-    /// (conntrack: a mapping answers only the address and port it was opened to); the
-    /// NAT itself answers nothing on `wan`, as a home router's firewall does (a packet
-    /// to its public address that is no reply is dropped, before conntrack keeps an
-    /// entry for it). Every rule counts.
+    /// The rules: masquerade out of `wan`; from `wan`, only replies to what went out are
+    /// forwarded (conntrack: a mapping answers only the address and port it was opened
+    /// to). With the firewall, the NAT itself answers nothing on `wan`, as a home
+    /// router's does: a packet to its public address that is no reply is dropped, before
+    /// conntrack keeps an entry for it. Without, such a packet reaches the NAT itself
+    /// (which answers ICMP port unreachable) and conntrack keeps its entry, which then
+    /// holds that address and port pair against the NAT's own later mapping. Every rule
+    /// counts.
     fn ruleset(&self) -> String {
+        let other = if self.firewall { "drop" } else { "accept" };
         format!(
             "table ip tether_nat {{\n\
              \tchain postrouting {{\n\
@@ -388,7 +395,7 @@ impl Nat {
              \tchain input {{\n\
              \t\ttype filter hook input priority 0; policy accept;\n\
              \t\tiifname \"wan\" ct state established,related counter accept\n\
-             \t\tiifname \"wan\" counter drop\n\
+             \t\tiifname \"wan\" counter {other}\n\
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority 0; policy accept;\n\
@@ -412,10 +419,11 @@ impl Nat {
             )
         };
         let mut report = format!(
-            "--- NAT {} (public {}, {:?}):\n{}",
+            "--- NAT {} (public {}, {:?}, firewall {}):\n{}",
             self.name,
             self.public,
             self.ports,
+            self.firewall,
             text(&["nft", "list", "ruleset"])
         );
         if works("conntrack", &["--version"]) {
@@ -456,10 +464,16 @@ pub struct NatTopology {
 }
 
 impl NatTopology {
-    /// Builds the namespaces, links, routes and NATs: A's NATs map ports as `a_ports`,
-    /// B's as `b_ports`. Both uplinks of each device are up but have no address yet:
-    /// [`Device::join`] puts a device on a network.
+    /// Builds the namespaces, links, routes and NATs (with a home router's firewall):
+    /// A's NATs map ports as `a_ports`, B's as `b_ports`. Both uplinks of each device
+    /// are up but have no address yet: [`Device::join`] puts a device on a network.
     pub fn build(dir: &Path, a_ports: NatPorts, b_ports: NatPorts) -> Self {
+        Self::build_with(dir, a_ports, b_ports, true)
+    }
+
+    /// [`build`](Self::build), the NATs with a firewall or bare masquerades
+    /// ([`Nat::firewall`]).
+    pub fn build_with(dir: &Path, a_ports: NatPorts, b_ports: NatPorts, firewall: bool) -> Self {
         require_tools();
         let router = Netns::new(dir, "router");
         let relay = Netns::new(dir, "relay");
@@ -485,6 +499,7 @@ impl NatTopology {
                     public: format!("{subnet}.2"),
                     name: name.clone(),
                     ports,
+                    firewall,
                 };
                 let rules = dir.join(format!("nat-{name}.nft"));
                 std::fs::write(&rules, nat.ruleset()).unwrap();
