@@ -22,6 +22,11 @@
 //! to the other uplink. Loss is an nftables rule on the router's forward hook
 //! ([`Topology::set_loss`]), both ways, for every forwarded packet.
 //!
+//! [`NatTopology`] puts every uplink of each device behind a NAT of its own (an nftables
+//! `masquerade` in a namespace between the device and the router, port-preserving or
+//! port-randomising, [`NatPorts`]), both devices on the same private subnets, the relay
+//! on the public side.
+//!
 //! Needs `unshare`, `nsenter`, `ip` (iproute2), `nft` (nftables) and the right to create
 //! network namespaces: [`require_tools`] fails the test and names what is missing.
 
@@ -180,24 +185,36 @@ impl Uplink {
     }
 }
 
-/// Device A or B: a namespace with two uplinks to the router.
+/// Device A or B: a namespace with two uplinks, each a /24 whose `.1` is the gateway
+/// (the router, or the uplink's NAT) and `.2` the device.
 pub struct Device {
     /// Its namespace.
     pub ns: Netns,
     /// `a` or `b`.
     pub name: &'static str,
-    index: u8,
+    /// The first three octets of the wifi and the mobile subnet.
+    prefixes: [String; 2],
 }
 
 impl Device {
-    /// The device's address on `uplink` (`10.d.u.2`).
-    pub fn address(&self, uplink: Uplink) -> String {
-        format!("10.{}.{}.2", self.index, uplink.index())
+    /// A device on the routed topology: uplink `u` of device `index` is `10.index.u.0/24`.
+    fn routed(ns: Netns, name: &'static str, index: u8) -> Self {
+        let prefixes = [Uplink::Wifi, Uplink::Mobile].map(|u| format!("10.{index}.{}", u.index()));
+        Self { ns, name, prefixes }
     }
 
-    /// The router's address on `uplink` (`10.d.u.1`), the device's gateway there.
+    fn prefix(&self, uplink: Uplink) -> &str {
+        &self.prefixes[usize::from(uplink.index() - 1)]
+    }
+
+    /// The device's address on `uplink` (`.2` of its subnet).
+    pub fn address(&self, uplink: Uplink) -> String {
+        format!("{}.2", self.prefix(uplink))
+    }
+
+    /// The gateway's address on `uplink` (`.1` of its subnet).
     pub fn gateway(&self, uplink: Uplink) -> String {
-        format!("10.{}.{}.1", self.index, uplink.index())
+        format!("{}.1", self.prefix(uplink))
     }
 
     /// The name of the router's end of `uplink` (`a-wifi`, …).
@@ -257,16 +274,8 @@ impl Topology {
         require_tools();
         let router = Netns::new(dir, "router");
         let relay = Netns::new(dir, "relay");
-        let a = Device {
-            ns: Netns::new(dir, "a"),
-            name: "a",
-            index: 1,
-        };
-        let b = Device {
-            ns: Netns::new(dir, "b"),
-            name: "b",
-            index: 2,
-        };
+        let a = Device::routed(Netns::new(dir, "a"), "a", 1);
+        let b = Device::routed(Netns::new(dir, "b"), "b", 2);
         let mut script = String::from("echo 1 > /proc/sys/net/ipv4/ip_forward\n");
         for device in [&a, &b] {
             for uplink in [Uplink::Wifi, Uplink::Mobile] {
@@ -324,5 +333,233 @@ impl Topology {
     pub fn link_down(&self, device: &Device, uplink: Uplink) {
         self.router
             .run(&["ip", "link", "set", &device.router_side(uplink), "down"]);
+    }
+}
+
+/// How a NAT picks the public port of a new mapping (a new conntrack entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatPorts {
+    /// `masquerade`: the device's own port when it is free on the public side, so one
+    /// socket is seen at one public address and port from every destination
+    /// (endpoint-independent mapping, in practice).
+    Preserving,
+    /// `masquerade fully-random`: a random port for every new mapping, so every
+    /// destination sees the socket at another port (port-dependent, "symmetric" mapping).
+    Random,
+}
+
+impl NatPorts {
+    fn flags(self) -> &'static str {
+        match self {
+            NatPorts::Preserving => "",
+            NatPorts::Random => " fully-random",
+        }
+    }
+}
+
+/// The NAT in front of one uplink of one device: a namespace between the device's
+/// interface (`lan`, the gateway's address) and the router (`wan`, the public address).
+pub struct Nat {
+    /// Its namespace.
+    pub ns: Netns,
+    /// `a-wifi`, …
+    pub name: String,
+    /// Its address on the public side: what the relay and the peer see the device at.
+    pub public: String,
+    /// How it maps ports.
+    pub ports: NatPorts,
+    /// Whether it drops what comes in on `wan` and is no reply (a home router's
+    /// firewall), or lets it through to itself (a bare masquerade).
+    pub firewall: bool,
+}
+
+impl Nat {
+    /// The rules: masquerade out of `wan`; from `wan`, only replies to what went out are
+    /// forwarded (conntrack: a mapping answers only the address and port it was opened
+    /// to). With the firewall, the NAT itself answers nothing on `wan`, as a home
+    /// router's does: a packet to its public address that is no reply is dropped, before
+    /// conntrack keeps an entry for it. Without, such a packet reaches the NAT itself
+    /// (which answers ICMP port unreachable) and conntrack keeps its entry, which then
+    /// holds that address and port pair against the NAT's own later mapping. Every rule
+    /// counts.
+    fn ruleset(&self) -> String {
+        let other = if self.firewall { "drop" } else { "accept" };
+        format!(
+            "table ip tether_nat {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority 100; policy accept;\n\
+             \t\toifname \"wan\" counter masquerade{}\n\
+             \t}}\n\
+             }}\n\
+             table inet tether_firewall {{\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority 0; policy accept;\n\
+             \t\tiifname \"wan\" ct state established,related counter accept\n\
+             \t\tiifname \"wan\" counter {other}\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority 0; policy accept;\n\
+             \t\tiifname \"wan\" ct state established,related counter accept\n\
+             \t\tiifname \"wan\" counter drop\n\
+             \t}}\n\
+             }}\n",
+            self.ports.flags()
+        )
+    }
+
+    /// Its rules with their counters, and its conntrack table when `conntrack` is
+    /// installed: what it let through and what it dropped.
+    pub fn diagnostics(&self) -> String {
+        let text = |args: &[&str]| {
+            let out = self.ns.output(args);
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let mut report = format!(
+            "--- NAT {} (public {}, {:?}, firewall {}):\n{}",
+            self.name,
+            self.public,
+            self.ports,
+            self.firewall,
+            text(&["nft", "list", "ruleset"])
+        );
+        if works("conntrack", &["--version"]) {
+            report += &text(&["conntrack", "-L", "-p", "udp"]);
+        }
+        report
+    }
+}
+
+/// Devices A and B behind NATs, one per uplink, and the relay on the public side.
+///
+/// ```text
+///            wifi   192.168.1.2 ── NAT a-wifi   (203.0.11.2) ┐
+///  device A                                                  │
+///            mobile 100.64.0.2  ── NAT a-mobile (203.0.12.2) ┤
+///                                                            ├── router ── relay (10.0.0.2)
+///            wifi   192.168.1.2 ── NAT b-wifi   (203.0.21.2) │
+///  device B                                                  │
+///            mobile 100.64.0.2  ── NAT b-mobile (203.0.22.2) ┘
+/// ```
+///
+/// Both devices use the same private subnets (192.168.1.0/24 on wifi, 100.64.0.0/24 on
+/// mobile, the NAT at `.1`, the device at `.2`), as two homes and two phones of one
+/// carrier do: neither can reach the other's private address. Every NAT has its own
+/// public address, `203.0.du.2` (device d, uplink u; the router is `.1`), so a device
+/// that changes uplinks is seen at a new public address. The NATs are [`Nat`]s.
+pub struct NatTopology {
+    /// Routes between the NATs' public sides and the relay.
+    pub router: Netns,
+    /// Where the relay runs, at [`Topology::RELAY_IP`].
+    pub relay: Netns,
+    /// Device A.
+    pub a: Device,
+    /// Device B.
+    pub b: Device,
+    /// A's wifi, A's mobile, B's wifi and B's mobile NAT.
+    pub nats: Vec<Nat>,
+}
+
+impl NatTopology {
+    /// Builds the namespaces, links, routes and NATs (with a home router's firewall):
+    /// A's NATs map ports as `a_ports`, B's as `b_ports`. Both uplinks of each device
+    /// are up but have no address yet: [`Device::join`] puts a device on a network.
+    pub fn build(dir: &Path, a_ports: NatPorts, b_ports: NatPorts) -> Self {
+        Self::build_with(dir, a_ports, b_ports, true)
+    }
+
+    /// [`build`](Self::build), the NATs with a firewall or bare masquerades
+    /// ([`Nat::firewall`]).
+    pub fn build_with(dir: &Path, a_ports: NatPorts, b_ports: NatPorts, firewall: bool) -> Self {
+        require_tools();
+        let router = Netns::new(dir, "router");
+        let relay = Netns::new(dir, "relay");
+        let private = || [String::from("192.168.1"), String::from("100.64.0")];
+        let a = Device {
+            ns: Netns::new(dir, "a"),
+            name: "a",
+            prefixes: private(),
+        };
+        let b = Device {
+            ns: Netns::new(dir, "b"),
+            name: "b",
+            prefixes: private(),
+        };
+        let mut router_script = String::from("echo 1 > /proc/sys/net/ipv4/ip_forward\n");
+        let mut nats = Vec::new();
+        for (device, index, ports) in [(&a, 1, a_ports), (&b, 2, b_ports)] {
+            for uplink in [Uplink::Wifi, Uplink::Mobile] {
+                let name = device.router_side(uplink);
+                let subnet = format!("203.0.{index}{}", uplink.index());
+                let nat = Nat {
+                    ns: Netns::new(dir, &format!("nat-{name}")),
+                    public: format!("{subnet}.2"),
+                    name: name.clone(),
+                    ports,
+                    firewall,
+                };
+                let rules = dir.join(format!("nat-{name}.nft"));
+                std::fs::write(&rules, nat.ruleset()).unwrap();
+                nat.ns.sh(&format!(
+                    "echo 1 > /proc/sys/net/ipv4/ip_forward\n\
+                     ip link add lan type veth peer name {uplink} netns {device_pid}\n\
+                     ip link add wan type veth peer name {name} netns {router_pid}\n\
+                     ip addr add {gateway}/24 dev lan\nip link set lan up\n\
+                     ip addr add {public}/24 dev wan\nip link set wan up\n\
+                     ip route add default via {subnet}.1\n\
+                     nft -f {rules}\n",
+                    uplink = uplink.name(),
+                    device_pid = device.ns.pid(),
+                    router_pid = router.pid(),
+                    gateway = device.gateway(uplink),
+                    public = nat.public,
+                    rules = rules.display(),
+                ));
+                router_script +=
+                    &format!("ip addr add {subnet}.1/24 dev {name}\nip link set {name} up\n");
+                nats.push(nat);
+            }
+        }
+        router_script += &format!(
+            "ip link add relay type veth peer name eth0 netns {}\n\
+             ip addr add 10.0.0.1/24 dev relay\nip link set relay up\n",
+            relay.pid()
+        );
+        router.sh(&router_script);
+        relay.sh(&format!(
+            "ip addr add {}/24 dev eth0\nip link set eth0 up\nip route add default via 10.0.0.1\n",
+            Topology::RELAY_IP
+        ));
+        for device in [&a, &b] {
+            device.ns.sh(
+                "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown\n\
+                 ip link set wifi up\nip link set mobile up\n",
+            );
+        }
+        Self {
+            router,
+            relay,
+            a,
+            b,
+            nats,
+        }
+    }
+
+    /// The NAT in front of `device`'s `uplink`.
+    pub fn nat(&self, device: &Device, uplink: Uplink) -> &Nat {
+        let name = device.router_side(uplink);
+        self.nats.iter().find(|n| n.name == name).unwrap()
+    }
+
+    /// Every NAT's [`Nat::diagnostics`].
+    pub fn diagnostics(&self) -> String {
+        self.nats
+            .iter()
+            .map(Nat::diagnostics)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
