@@ -398,10 +398,13 @@ impl Presence {
                     return;
                 }
                 self.arm_relay_fallback(now, id);
+                // After a NAT rebinding the reflexive address is the news; after a
+                // network change it is not known yet (the relay says it later).
+                let new_endpoints = self.published_endpoints();
                 self.outputs
                     .push_back(Output::SendMigrationPing(SendMigrationPing {
                         peer: id,
-                        new_endpoints: self.local_endpoints.clone(),
+                        new_endpoints,
                     }));
             }
         }
@@ -690,7 +693,8 @@ impl Presence {
         }
     }
 
-    /// What a hint announces: the interface addresses, then the reflexive address.
+    /// What a hint and a migration ping announce: the interface addresses, then the
+    /// reflexive address.
     fn published_endpoints(&self) -> Vec<SocketAddr> {
         let mut endpoints = self.local_endpoints.clone();
         if let Some(reflexive) = self.reflexive.filter(|r| !endpoints.contains(r)) {
