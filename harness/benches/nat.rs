@@ -1,7 +1,8 @@
 //! The NAT traversal matrix in **virtual time** (`tether_harness::nat_matrix`): per
 //! cell, the share of seeds that reached a direct path and the time it took, from both
 //! devices being connected to the relay (establishment) or from the network change
-//! (moves, detected at once in the simulator), in milliseconds and in RTTs.
+//! (moves, detected at once in the simulator), in milliseconds and in RTTs; for
+//! establishment also the upgrade alone, from both sessions Ready over the relay.
 //!
 //! Run: `cargo bench -p tether-harness --bench nat`
 //! Environment:
@@ -46,8 +47,10 @@ fn main() {
         "NAT matrix, RTT {} ms on every link, {seeds} seeds per cell\n",
         rtt.as_millis()
     );
-    println!("| A / B | scenario | expected | direct | p50 | p99 | max | broken promises |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| A / B | scenario | expected | direct | p50 | p99 | max | upgrade p50 / p99 | broken promises |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for cell in Cell::all() {
         if only
             .as_ref()
@@ -63,14 +66,26 @@ fn main() {
         }
         let mut times: Vec<Duration> = runs.iter().filter_map(|r| r.direct_after).collect();
         times.sort();
+        let mut upgrades: Vec<Duration> = runs.iter().filter_map(|r| r.upgrade_after).collect();
+        upgrades.sort();
         let broken = runs.iter().filter(|r| !r.problems().is_empty()).count();
         let show = |d: Option<Duration>| {
             d.map_or("-".to_owned(), |d| {
                 format!("{} ms ({:.1} RTT)", d.as_millis(), in_rtt(d))
             })
         };
+        let upgrade = match (percentile(&upgrades, 50.0), percentile(&upgrades, 99.0)) {
+            (Some(p50), Some(p99)) => format!(
+                "{} / {} ms ({:.1} / {:.1} RTT)",
+                p50.as_millis(),
+                p99.as_millis(),
+                in_rtt(p50),
+                in_rtt(p99)
+            ),
+            _ => "-".to_owned(),
+        };
         println!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |",
             cell.sides(),
             cell.scenario,
             if cell.expects_direct() {
@@ -83,6 +98,7 @@ fn main() {
             show(percentile(&times, 50.0)),
             show(percentile(&times, 99.0)),
             show(times.last().copied()),
+            upgrade,
             broken,
         );
     }

@@ -186,6 +186,9 @@ pub struct CellRun {
     /// From the reference moment (both on the relay, or the move) until both sides'
     /// sessions were bound to a direct path; `None` if they never were.
     pub direct_after: Option<Duration>,
+    /// Establishment only: from both sessions Ready (over the relay, unless a direct
+    /// path came first) until both were bound to a direct path: the upgrade alone.
+    pub upgrade_after: Option<Duration>,
     /// Whether both sessions were Ready at the end.
     pub ready: bool,
     /// Completed handshakes on each side at the end (1: none after the first).
@@ -315,6 +318,7 @@ pub async fn run(cell: Cell, seed: u64, rtt: Duration) -> CellRun {
     let mut cluster = builder.start().await;
     let on_relay = step_until(&mut cluster, PATIENCE, |c| Box::pin(both_on_relay(c))).await;
     let mut direct_after = None;
+    let mut upgrade_after = None;
     let mut rounds = 0u8;
     if let Some(on_relay) = on_relay {
         let watch = if cell.expects_direct() {
@@ -324,8 +328,13 @@ pub async fn run(cell: Cell, seed: u64, rtt: Duration) -> CellRun {
         };
         match cell.scenario {
             Scenario::Establish => {
+                let ready = step_until(&mut cluster, PATIENCE, |c| {
+                    Box::pin(std::future::ready(c.both_ready(A, B)))
+                })
+                .await;
                 let direct = step_until(&mut cluster, watch, |c| Box::pin(both_direct(c))).await;
                 direct_after = direct.map(|at| at - on_relay);
+                upgrade_after = direct.zip(ready).map(|(direct, ready)| direct - ready);
             }
             Scenario::OneMoves | Scenario::BothMove => {
                 // Settle first: the session up, and on a direct path where one is
@@ -382,6 +391,7 @@ pub async fn run(cell: Cell, seed: u64, rtt: Duration) -> CellRun {
         cell,
         seed,
         direct_after,
+        upgrade_after,
         ready,
         handshakes,
         evicted,
