@@ -55,8 +55,10 @@
 //! # }
 //! ```
 //!
-//! [`Node::status`] gives every peer's session and counters ([`PeerStatus`]); the
-//! Prometheus text of a node is the `tether` binary's (its `metrics_addr`).
+//! [`Node::status`] gives every peer's session and counters ([`PeerStatus`]);
+//! [`Node::status_report`] the full report `tether status` shows, and [`Node::metrics`]
+//! the same Prometheus text `tether node` serves at its `metrics_addr`, for the
+//! application to serve (module [`metrics`]).
 //!
 //! [`Node`] runs on any tokio runtime: its actors run on a thread of their own, and every
 //! random value it draws comes from the operating system. It watches the network
@@ -75,6 +77,7 @@ mod embedded;
 mod hub;
 mod journal_writer;
 mod link_tasks;
+pub mod metrics;
 mod node;
 pub mod paths;
 mod relay_server;
@@ -97,7 +100,9 @@ pub mod actors {
 }
 
 pub use announce::rebind_target;
-pub use embedded::{channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, StartError};
+pub use embedded::{
+    channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, NodeStopped, StartError,
+};
 pub use hub::NodeEvent;
 pub use node::{NodeEvents, PeerStatus, PingAnswer, PingError};
 pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
