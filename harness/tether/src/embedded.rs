@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tether_crypto::{KeyFileError, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
@@ -23,7 +23,9 @@ use crate::config::{self, ConfigError, NodeSettings};
 use crate::hub::NodeEvent;
 use crate::journal_writer::CommitOn;
 use crate::metrics::{self, NodeReporter, NodeSnapshot, NodeStatusReport};
-use crate::node::{self, DurableChannels, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+use crate::node::{
+    self, DurableChannels, NodeConfig, NodePeer, PeerStatus, PingAnswer, PingError, ServerInfo,
+};
 
 /// Events the node's thread may have handed over that the application has not read:
 /// a delivered message's credit returns when it enters this buffer, so it bounds what
@@ -417,6 +419,29 @@ impl Node {
             .map(|report| metrics::node_prometheus(&report))
     }
 
+    /// One probe of the session with `peer`: a liveness ping sealed under the session
+    /// keys, sent on the session's path and answered by the peer's session layer (not
+    /// by the transport), waiting at most `timeout`. Ok is its round-trip time and the
+    /// path the answer came by; call it again for each further probe (`tether ping`
+    /// does, `interval` apart).
+    ///
+    /// Not answered, it says why: [`PingError::NoSession`] (with the session's status)
+    /// while no session carries the peer, [`PingError::Timeout`] (and whether it went on
+    /// the relay), [`PingError::UnknownPeer`] for a device that is not paired, and
+    /// [`PingError::Stopped`] once the node stopped.
+    pub async fn ping(&self, peer: DeviceId, timeout: Duration) -> Result<PingAnswer, PingError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Ping {
+            peer,
+            timeout,
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(PingError::Stopped);
+        }
+        answer.await.unwrap_or(Err(PingError::Stopped))
+    }
+
     /// The device changed networks without the interface watcher seeing it: move to
     /// `addr` and migrate every session. Returns the new local address.
     pub async fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
@@ -464,6 +489,11 @@ enum Command {
     },
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Report(oneshot::Sender<NodeStatusReport>),
+    Ping {
+        peer: DeviceId,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<PingAnswer, PingError>>,
+    },
     Rebind {
         addr: SocketAddr,
         reply: oneshot::Sender<Result<SocketAddr, String>>,
@@ -561,6 +591,13 @@ async fn run(
                 Some(Command::Report(reply)) => {
                     let snapshot = NodeSnapshot::of(&node).await;
                     let _ = reply.send(reporter.report(snapshot, local, Instant::now(), unix_ms()));
+                }
+                Some(Command::Ping { peer, timeout, reply }) => {
+                    // The wait for the answer must not hold up the events.
+                    let node = node.clone();
+                    actix_rt::spawn(async move {
+                        let _ = reply.send(node.ping(peer, timeout).await);
+                    });
                 }
                 Some(Command::Rebind { addr, reply }) => {
                     let result = node.rebind_announcing(addr, interfaces.clone()).await;

@@ -58,7 +58,8 @@
 //! [`Node::status`] gives every peer's session and counters ([`PeerStatus`]);
 //! [`Node::status_report`] the full report `tether status` shows, and [`Node::metrics`]
 //! the same Prometheus text `tether node` serves at its `metrics_addr`, for the
-//! application to serve (module [`metrics`]).
+//! application to serve (module [`metrics`]). [`Node::ping`] measures one round trip
+//! over a session, and says why when no session carries it ([`PingError`]).
 //!
 //! [`Node`] runs on any tokio runtime: its actors run on a thread of their own, and every
 //! random value it draws comes from the operating system. It watches the network
@@ -107,7 +108,7 @@ pub use hub::NodeEvent;
 pub use node::{NodeEvents, PeerStatus, PingAnswer, PingError};
 pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
 pub use tether_direct_connection::Limits;
-pub use tether_protocol::{ChannelId, DeviceId, SendError};
+pub use tether_protocol::{ChannelId, DeviceId, PathKind, SendError, SessionStatus};
 
 // `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has
 // fixed-size fields for crypto's values. Crypto owns the sizes (and the reasons for

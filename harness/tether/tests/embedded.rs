@@ -11,7 +11,10 @@ use common::start_relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tether::{ChannelId, DeviceId, Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypair};
+use tether::{
+    ChannelId, DeviceId, Node, NodeEvent, PathKind, PingError, PublicKey, RelationshipKey,
+    StaticKeypair,
+};
 
 /// Waits for the first event `pick` accepts.
 async fn until<T>(node: &mut Node, mut pick: impl FnMut(&NodeEvent) -> Option<T>) -> T {
@@ -254,6 +257,47 @@ async fn pair() -> (Node, DeviceId, tether::NodeBuilder) {
         .listen(loopback)
         .watch_interfaces(false);
     (a, b_id, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_measures_the_session_and_says_why_when_there_is_none() {
+    let (mut a, b_id, b) = pair().await;
+    let probe = Duration::from_secs(2);
+
+    // B is not running: no session carries a ping, and the error says so at once.
+    let started = std::time::Instant::now();
+    let error = a.ping(b_id, probe).await.unwrap_err();
+    assert!(matches!(error, PingError::NoSession { .. }), "{error:?}");
+    assert!(started.elapsed() < probe, "no session is no wait");
+    assert!(error.to_string().starts_with("no session"), "{error}");
+    let stranger = tether::device_id(StaticKeypair::generate(&mut rand::rngs::OsRng).public());
+    assert_eq!(
+        a.ping(stranger, probe).await.unwrap_err(),
+        PingError::UnknownPeer
+    );
+
+    let mut b = b.start().await.unwrap();
+    until(&mut a, ready(b_id)).await;
+    until(&mut b, ready(a.device())).await;
+    // Each probe is one round trip, with the path its answer came by (the session may
+    // start on the relay and move to the direct path meanwhile).
+    for _ in 0..3 {
+        let answer = a.ping(b_id, probe).await.unwrap();
+        assert!(
+            answer.rtt > Duration::ZERO && answer.rtt < probe,
+            "{answer:?}"
+        );
+        let remote = match answer.path {
+            PathKind::Direct => Some(b.local_addr()),
+            PathKind::Relay => None,
+        };
+        assert_eq!(answer.remote, remote, "{answer:?}");
+    }
+    // And the other way.
+    let back = b.ping(a.device(), probe).await.unwrap();
+    assert!(back.rtt < probe, "{back:?}");
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
