@@ -15,7 +15,7 @@
 //! | [`relay`] | `tether relay`: the relay and rendezvous server |
 //! | [`control`] | the control socket protocol (`status`, `send`, `watch`, `migrate`) |
 //! | [`netcheck`] | `tether netcheck`: the relay reachable over UDP, its key, the addresses to announce |
-//! | [`metrics`] | status reports, session metrics, Prometheus text |
+//! | [`metrics`] | the HTTP listener of `metrics_addr`; the reports and Prometheus text are the library's |
 //! | [`paths`] | default config, socket and data paths (XDG, or a system service's) |
 //! | [`run`] | what `node` and `relay` share to run: errors, endpoint, stop signals |
 //! | [`server_session`] | driving a relay client of its own (pairing, netcheck) over a real UDP endpoint |

@@ -19,13 +19,13 @@ use super::config::{NodeSettings, PeerSettings};
 use super::control::{self, Request, WatchEvent};
 use super::episodes::{EpisodeChange, Episodes, EPISODE_QUIET};
 use super::metrics::{
-    self, millis, path_name, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
-    RelayConnectionReport, ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
+    self, millis, path_name, Lifecycle, NodeReporter, NodeSnapshot, NodeStatusReport,
+    RejectedReport,
 };
 use super::run::{self, RunError, StopSignals};
 use crate::hub::NodeEvent;
 use crate::journal_writer::CommitOn;
-use crate::node::{DurableChannels, Node, NodeConfig, PeerStatus};
+use crate::node::{DurableChannels, Node, NodeConfig};
 use data_encoding::BASE64;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,10 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 pub use tether::channel_store_path;
 use tether::{rebind_target, PingError};
-use tether_protocol::{ChannelId, DeviceId, PathKind, SessionStatus};
+use tether_protocol::{ChannelId, DeviceId, SessionStatus};
 use tether_store::RedbChannelStore;
 use tether_transport::connectivity::{self, InterfaceWatcher, WatchOptions};
-use tether_transport::Endpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Span;
@@ -186,24 +185,21 @@ pub async fn run_node(
     }
 
     let device_hex = settings.keypair.public().to_hex();
-    let root = tracing::info_span!("node", device = %DeviceId(*settings.keypair.public().as_bytes()).short());
+    let root = tracing::info_span!("node", device = %device.short());
+    let reporter = NodeReporter::new(device, settings.relay.addr, Instant::now()).with_names(
+        settings
+            .peers
+            .iter()
+            .map(|p| (DeviceId(*p.peer.public.as_bytes()), p.name.clone())),
+    );
     let mut state = NodeState {
         node,
         episodes: Episodes::default(),
-        relay_addr: settings.relay.addr,
-        endpoint,
         local,
         configured_ip: settings.listen.ip(),
         interfaces,
-        device_hex: device_hex.clone(),
-        started: Instant::now(),
         peers: settings.peers.clone(),
-        names: settings
-            .peers
-            .iter()
-            .map(|p| (DeviceId(*p.peer.public.as_bytes()), p.name.clone()))
-            .collect(),
-        tracker: SessionTracker::default(),
+        reporter,
         logs: BTreeMap::new(),
         last_status: BTreeMap::new(),
         watchers,
@@ -338,17 +334,13 @@ fn phase_of(status: SessionStatus) -> Option<&'static str> {
 struct NodeState {
     node: Arc<Node>,
     episodes: Episodes,
-    relay_addr: SocketAddr,
-    endpoint: Endpoint,
     local: SocketAddr,
     configured_ip: std::net::IpAddr,
     /// The interface addresses, announced in place of a wildcard endpoint address.
     interfaces: Vec<std::net::IpAddr>,
-    device_hex: String,
-    started: Instant,
     peers: Vec<PeerSettings>,
-    names: BTreeMap<DeviceId, String>,
-    tracker: SessionTracker,
+    /// The peers' names, and the status report's bookkeeping of the events.
+    reporter: NodeReporter,
     logs: BTreeMap<DeviceId, PeerLog>,
     last_status: BTreeMap<DeviceId, SessionStatus>,
     watchers: broadcast::Sender<String>,
@@ -357,10 +349,7 @@ struct NodeState {
 
 impl NodeState {
     fn name(&self, peer: &DeviceId) -> String {
-        self.names
-            .get(peer)
-            .cloned()
-            .unwrap_or_else(|| peer.short())
+        self.reporter.name(peer)
     }
 
     fn log_for(&mut self, peer: DeviceId) -> &mut PeerLog {
@@ -385,7 +374,7 @@ impl NodeState {
     fn on_event(&mut self, event: NodeEvent) {
         let now = Instant::now();
         let at_ms = unix_ms();
-        let lifecycle = self.tracker.observe(&event, now, at_ms);
+        let lifecycle = self.reporter.observe(&event, now, at_ms);
         match &event {
             NodeEvent::Status { peer, from, to } => {
                 self.last_status.insert(*peer, *to);
@@ -593,12 +582,10 @@ impl NodeState {
 
     async fn sample(&mut self) {
         let now = Instant::now();
-        for status in self.node.status().await {
-            self.tracker.sample(status.peer, status.path, now);
-        }
+        self.reporter.sample(&self.node.status().await, now);
         let counters = self.node.counters().await;
         let (relay, _) = self.node.server_client_counters().await;
-        let rejected = RejectedReport::of_node(&counters, &self.endpoint.stats(), 0);
+        let rejected = RejectedReport::of_node(&counters, &self.node.endpoint_stats(), 0);
         let changes = self.episodes.observe(now, |kind| match kind {
             "relay_refused_rate_limited" => relay.refused.rate_limited,
             _ => rejected.by_reason.get(kind).copied().unwrap_or(0),
@@ -619,91 +606,9 @@ impl NodeState {
     }
 
     async fn report(&mut self) -> NodeStatusReport {
-        let now = Instant::now();
-        let statuses = self.node.status().await;
-        let counters = self.node.counters().await;
-        let (relay_client, rendezvous_client) = self.node.server_client_counters().await;
-        let stats = self.endpoint.stats();
-        let unix_now = unix_ms();
-        let ago = |at: Option<Instant>| at.map(|at| millis(now.saturating_duration_since(at)));
-        let mut peers = Vec::new();
-        for s in statuses {
-            self.tracker.sample(s.peer, s.path, now);
-            let path_reason = path_reason(&s, self.tracker.path_since(s.peer));
-            peers.push(PeerReport {
-                name: self.name(&s.peer),
-                device: s.peer.to_hex(),
-                id: s.peer.short(),
-                status: s.status.map(|x| x.to_string()),
-                path: s.path.map(|p| path_name(p).to_string()),
-                remote: s.remote.map(|r| r.to_string()),
-                epoch: s.epoch,
-                handshakes: s.handshakes,
-                handshake_attempts: s.handshake_attempts,
-                peer_secret: s.peer_secret.map(|f| f.to_hex()),
-                session_keys: s.session_keys.map(|f| f.to_hex()),
-                rtt_ms: s.rtt_ms,
-                queued: s.queued,
-                accepted: s.counters.sent,
-                acknowledged: s.counters.acknowledged,
-                received: s.counters.delivered,
-                sent: s.counters.sent,
-                delivered: s.counters.delivered,
-                last_seen_ms_ago: ago(s.last_received),
-                last_handshake_unix_ms: ago(s.last_handshake).map(|ms| unix_now.saturating_sub(ms)),
-                last_handshake_ms_ago: ago(s.last_handshake),
-                path_reason: Some(path_reason),
-                duplicate_frames: s.counters.duplicates,
-                traffic: TrafficReport {
-                    direct: s.counters.direct.into(),
-                    relay: s.counters.relay.into(),
-                },
-                handshake_timeouts: s.counters.handshake_timeouts,
-                reconnect_timeouts: s.counters.reconnect_timeouts,
-                restart_handshakes: s.counters.restart_handshakes,
-                rekeys: s.counters.rekeys,
-                rekeys_refused: s.counters.rekeys_refused,
-                migrations: s.migrations,
-                last_migration_ms: s.last_migration.map(millis),
-                session: self.tracker.metrics(s.peer, now),
-            });
-        }
-        let mut server_clients = ServerClientsReport::of(&relay_client, &rendezvous_client);
-        server_clients.relay_connection =
-            RelayConnectionReport::of(self.relay_addr, &relay_client.connection, now, unix_now);
-        NodeStatusReport {
-            device: self.device_hex.clone(),
-            listen: self.local.to_string(),
-            uptime_ms: millis(now.saturating_duration_since(self.started)),
-            generated_unix_ms: unix_now,
-            peers,
-            transport: TransportReport::from(stats),
-            rejected: RejectedReport::of_node(&counters, &stats, self.node.writes_dropped()),
-            server_clients,
-        }
-    }
-}
-
-/// Why the session is on the path it is on, from what DirectConnection knows:
-/// `path_since` is when it moved to this kind of path (Unix ms).
-fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
-    let since = path_since.map_or(String::new(), |at| format!(" since {}", metrics::utc(at)));
-    match (s.path, s.path_validated) {
-        (Some(PathKind::Direct), Some(true)) => "direct: validated path".to_string(),
-        (Some(PathKind::Direct), _) => {
-            "direct: the peer's address has not answered its challenge yet".to_string()
-        }
-        (Some(PathKind::Relay), _) if s.direct_candidates == 0 => {
-            format!("relay: no direct address known for the peer{since}")
-        }
-        (Some(PathKind::Relay), _) => format!(
-            "relay: no direct path answered{since} ({} direct addresses known, dialled again while on the relay)",
-            s.direct_candidates
-        ),
-        (None, _) => match s.status {
-            Some(status) => format!("no path: the session is {status}"),
-            None => "no path: no session yet".to_string(),
-        },
+        let snapshot = NodeSnapshot::of(&self.node).await;
+        self.reporter
+            .report(snapshot, self.local, Instant::now(), unix_ms())
     }
 }
 

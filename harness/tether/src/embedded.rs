@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tether_crypto::{KeyFileError, PublicKey, RelationshipKey, StaticKeypair};
 use tether_direct_connection::Limits;
@@ -22,7 +22,10 @@ use crate::announce::rebind_target;
 use crate::config::{self, ConfigError, NodeSettings};
 use crate::hub::NodeEvent;
 use crate::journal_writer::CommitOn;
-use crate::node::{self, DurableChannels, NodeConfig, NodePeer, PeerStatus, ServerInfo};
+use crate::metrics::{self, NodeReporter, NodeSnapshot, NodeStatusReport};
+use crate::node::{
+    self, DurableChannels, NodeConfig, NodePeer, PeerStatus, PingAnswer, PingError, ServerInfo,
+};
 
 /// Events the node's thread may have handed over that the application has not read:
 /// a delivered message's credit returns when it enters this buffer, so it bounds what
@@ -74,12 +77,19 @@ pub enum StartError {
     Start(String),
 }
 
+/// The node's thread has ended: [`Node::stop`] was called elsewhere, or it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node stopped")]
+pub struct NodeStopped;
+
 /// Settings of a [`Node`], collected by [`Node::builder`].
 pub struct NodeBuilder {
     keypair: Option<StaticKeypair>,
     key_file: Option<PathBuf>,
     relay: Option<ServerInfo>,
     peers: Vec<NodePeer>,
+    /// The peers' names in a config file: the `peer` label of the metrics.
+    names: Vec<(DeviceId, String)>,
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     watch_interfaces: bool,
@@ -184,10 +194,11 @@ impl NodeBuilder {
 
     /// A builder with everything a node config (the file `tether node` reads, see
     /// [`config::load_node`]) sets for the node: its key (and key file), listen
-    /// address, relay, peers (with their addresses), data folder, interface watching,
-    /// presence, limits and transport settings. Its CLI-only keys (`control_socket`,
-    /// `metrics_addr`, `log_format`) are not the node's. Any setting can still be
-    /// changed on the builder before [`NodeBuilder::start`].
+    /// address, relay, peers (with their addresses, and their names for the metrics),
+    /// data folder, interface watching, presence, limits and transport settings. Its
+    /// CLI-only keys (`control_socket`, `metrics_addr`, `log_format`) are not the
+    /// node's. Any setting can still be changed on the builder before
+    /// [`NodeBuilder::start`].
     pub fn from_config(settings: &NodeSettings) -> Self {
         let mut builder = Node::builder()
             .keypair(settings.keypair.clone())
@@ -200,6 +211,11 @@ impl NodeBuilder {
             .presence(settings.presence.clone())
             .transport(settings.transport.clone());
         builder.peers = settings.peers.iter().map(|p| p.peer.clone()).collect();
+        builder.names = settings
+            .peers
+            .iter()
+            .map(|p| (device_id(&p.peer.public), p.name.clone()))
+            .collect();
         builder
     }
 
@@ -234,6 +250,7 @@ impl NodeBuilder {
             listen: self.listen,
             watch_interfaces: self.watch_interfaces,
             transport: self.transport,
+            names: self.names,
         };
         let (commands, command_rx) = mpsc::channel(COMMAND_BUFFER);
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
@@ -275,6 +292,7 @@ impl Node {
             key_file: None,
             relay: None,
             peers: Vec::new(),
+            names: Vec::new(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             data_dir: None,
             watch_interfaces: true,
@@ -377,6 +395,53 @@ impl Node {
         answer.await.unwrap_or_default()
     }
 
+    /// The node's full status, as `tether status --json` prints it: every peer's
+    /// session (status, path and why, RTT, last seen, handshakes, messages, migrations,
+    /// time on each path), the relay connection, UDP traffic and input dropped.
+    /// [`metrics::render_node_status`] renders it for people. Peers are named as in the
+    /// config file the node came from ([`NodeBuilder::from_config`]), else by their
+    /// short id.
+    pub async fn status_report(&self) -> Result<NodeStatusReport, NodeStopped> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Report(reply)).await.is_err() {
+            return Err(NodeStopped);
+        }
+        answer.await.map_err(|_| NodeStopped)
+    }
+
+    /// The node's metrics as Prometheus text (exposition format 0.0.4, the families
+    /// `tether node` serves at its `metrics_addr`: `docs/config.md` lists them), for the
+    /// application to serve from its own HTTP endpoint with the `Content-Type`
+    /// [`metrics::PROMETHEUS_CONTENT_TYPE`].
+    pub async fn metrics(&self) -> Result<String, NodeStopped> {
+        self.status_report()
+            .await
+            .map(|report| metrics::node_prometheus(&report))
+    }
+
+    /// One probe of the session with `peer`: a liveness ping sealed under the session
+    /// keys, sent on the session's path and answered by the peer's session layer (not
+    /// by the transport), waiting at most `timeout`. Ok is its round-trip time and the
+    /// path the answer came by; call it again for each further probe (`tether ping`
+    /// does, `interval` apart).
+    ///
+    /// Not answered, it says why: [`PingError::NoSession`] (with the session's status)
+    /// while no session carries the peer, [`PingError::Timeout`] (and whether it went on
+    /// the relay), [`PingError::UnknownPeer`] for a device that is not paired, and
+    /// [`PingError::Stopped`] once the node stopped.
+    pub async fn ping(&self, peer: DeviceId, timeout: Duration) -> Result<PingAnswer, PingError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Ping {
+            peer,
+            timeout,
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(PingError::Stopped);
+        }
+        answer.await.unwrap_or(Err(PingError::Stopped))
+    }
+
     /// The device changed networks without the interface watcher seeing it: move to
     /// `addr` and migrate every session. Returns the new local address.
     pub async fn rebind(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
@@ -423,6 +488,12 @@ enum Command {
         reply: oneshot::Sender<Result<u64, SendError>>,
     },
     Status(oneshot::Sender<Vec<PeerStatus>>),
+    Report(oneshot::Sender<NodeStatusReport>),
+    Ping {
+        peer: DeviceId,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<PingAnswer, PingError>>,
+    },
     Rebind {
         addr: SocketAddr,
         reply: oneshot::Sender<Result<SocketAddr, String>>,
@@ -436,6 +507,7 @@ struct Setup {
     listen: SocketAddr,
     watch_interfaces: bool,
     transport: TransportConfig,
+    names: Vec<(DeviceId, String)>,
 }
 
 /// The node's thread: starts the actors, then serves the application's requests and
@@ -446,11 +518,13 @@ async fn run(
     events: mpsc::Sender<NodeEvent>,
     started: oneshot::Sender<Result<SocketAddr, StartError>>,
 ) {
+    let relay = setup.config.server.addr;
     let Setup {
         mut config,
         listen,
         watch_interfaces,
         transport,
+        names,
     } = setup;
     let endpoint = match Endpoint::bind_udp(listen, transport).await {
         Ok(endpoint) => endpoint,
@@ -488,6 +562,9 @@ async fn run(
     };
     let mut local = endpoint.local_addr().unwrap_or(listen);
     let _ = started.send(Ok(local));
+    // Every event passes here on its way to the application: the report's bookkeeping
+    // sees them all.
+    let mut reporter = NodeReporter::new(node.device(), relay, Instant::now()).with_names(names);
     let mut node = node;
     let mut node_events = node.take_events();
     let node = std::rc::Rc::new(node);
@@ -510,6 +587,17 @@ async fn run(
                 }
                 Some(Command::Status(reply)) => {
                     let _ = reply.send(node.status().await);
+                }
+                Some(Command::Report(reply)) => {
+                    let snapshot = NodeSnapshot::of(&node).await;
+                    let _ = reply.send(reporter.report(snapshot, local, Instant::now(), unix_ms()));
+                }
+                Some(Command::Ping { peer, timeout, reply }) => {
+                    // The wait for the answer must not hold up the events.
+                    let node = node.clone();
+                    actix_rt::spawn(async move {
+                        let _ = reply.send(node.ping(peer, timeout).await);
+                    });
                 }
                 Some(Command::Rebind { addr, reply }) => {
                     let result = node.rebind_announcing(addr, interfaces.clone()).await;
@@ -551,7 +639,10 @@ async fn run(
                 }
             },
             event = node_events.next(), if pending.is_none() => match event {
-                Some(event) => pending = Some(event),
+                Some(event) => {
+                    reporter.observe(&event, Instant::now(), unix_ms());
+                    pending = Some(event);
+                }
                 None => break,
             },
         }

@@ -8,35 +8,95 @@
 //! across restarts with a `data_dir`. When no direct path works, a relay carries the
 //! signal and the data.
 //!
-//! ```no_run
-//! use tether::{Node, NodeEvent, PublicKey, RelationshipKey};
+//! Two devices on this machine, with a relay on loopback: Alice sends, Bob receives.
 //!
-//! # async fn chat() -> Result<(), Box<dyn std::error::Error>> {
-//! let relay_key = PublicKey::from_hex("<the relay's public key, hex>")?;
-//! let peer_key = PublicKey::from_hex("<the other device's public key, hex>")?;
-//! let relationship = RelationshipKey::from_hex("<the pair's relationship key, hex>")?;
+//! ```
+//! use tether::{Node, NodeEvent, RelationshipKey, StaticKeypair};
 //!
-//! let mut node = Node::builder()
-//!     .key_file("device.key") // created on first start
-//!     .relay("203.0.113.7:7300".parse()?, relay_key)
-//!     .peer(peer_key, relationship)
-//!     .data_dir("tether-data") // accepted messages survive a crash
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (relay_addr, relay_key) = relay_on_loopback();
+//! # tokio::time::timeout(std::time::Duration::from_secs(60), async {
+//! // What pairing gives two devices (`tether invite` and `tether accept`): each one's
+//! // key pair, the other's public key and a relationship key both hold.
+//! let mut rng = rand::rngs::OsRng;
+//! let alice_key = StaticKeypair::generate(&mut rng);
+//! let bob_key = StaticKeypair::generate(&mut rng);
+//! let (alice_public, bob_public) = (*alice_key.public(), *bob_key.public());
+//! let relationship = RelationshipKey::generate(&mut rng);
+//! let (alice_dir, bob_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+//!
+//! let alice = Node::builder()
+//!     .keypair(alice_key) // or .key_file(path): created on first start
+//!     .relay(relay_addr, relay_key)
+//!     .peer(bob_public, relationship.clone())
+//!     .data_dir(alice_dir.path()) // accepted messages survive a crash
+//!     .listen("127.0.0.1:0".parse()?) // default: every interface, any port
+//!     .watch_interfaces(false) // loopback never changes
 //!     .start()
 //!     .await?;
-//! let peer = tether::device_id(&peer_key);
+//! let mut bob = Node::builder()
+//!     .keypair(bob_key)
+//!     .relay(relay_addr, relay_key)
+//!     .peer(alice_public, relationship)
+//!     .data_dir(bob_dir.path())
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .watch_interfaces(false)
+//!     .start()
+//!     .await?;
 //!
-//! node.send(peer, b"hello".to_vec()).await?; // waits while the peer's queue is full
-//! while let Some(event) = node.next_event().await {
+//! // Accepted at once (waits only while Bob's queue is full), delivered once the
+//! // session is up: exactly once, in order.
+//! alice.send(tether::device_id(&bob_public), b"hello".to_vec()).await?;
+//! while let Some(event) = bob.next_event().await {
 //!     match event {
-//!         NodeEvent::Delivered { payload, .. } => println!("{}", String::from_utf8_lossy(&payload)),
-//!         NodeEvent::Acknowledged { below, .. } => println!("the peer has everything below {below}"),
-//!         NodeEvent::Status { to, .. } => println!("session {to}"),
+//!         NodeEvent::Delivered { peer, payload, .. } => {
+//!             assert_eq!(peer, alice.device());
+//!             assert_eq!(payload, b"hello");
+//!             break;
+//!         }
+//!         NodeEvent::Status { to, .. } => println!("session with Alice: {to}"),
 //!         _ => {}
 //!     }
 //! }
+//! alice.stop().await;
+//! bob.stop().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # .await??;
 //! # Ok(())
 //! # }
+//! #
+//! # /// A relay on loopback, on a thread of its own (as `tether relay` runs one).
+//! # fn relay_on_loopback() -> (std::net::SocketAddr, tether::PublicKey) {
+//! #     let keypair = StaticKeypair::generate(&mut rand::rngs::OsRng);
+//! #     let public = *keypair.public();
+//! #     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+//! #     std::thread::spawn(move || {
+//! #         actix_rt::System::new().block_on(async move {
+//! #             let endpoint = tether_transport::Endpoint::bind_udp(
+//! #                 "127.0.0.1:0".parse().unwrap(),
+//! #                 tether_transport::TransportConfig::default(),
+//! #             )
+//! #             .await
+//! #             .unwrap();
+//! #             addr_tx.send(endpoint.local_addr().unwrap()).unwrap();
+//! #             let config = tether_rcs::RelayServerConfig::new(
+//! #                 keypair,
+//! #                 [7; 32],
+//! #                 tether_rcs::Admission::Open,
+//! #             );
+//! #             let _relay = tether::actors::RelayServer::start(endpoint, config).unwrap();
+//! #             std::future::pending::<()>().await;
+//! #         });
+//! #     });
+//! #     (addr_rx.recv().unwrap(), public)
+//! # }
 //! ```
+//!
+//! Between two machines, the relay is the one `tether relay` runs (`.relay(addr,
+//! PublicKey::from_hex(..)?)`), and the keys come from a key file and the pairing.
+//! `examples/chat.rs` is a chat two terminals can run.
 //!
 //! The node can also come from the config file `tether node` reads (`docs/config.md`,
 //! with the same `TETHER_*` environment overrides): [`Node::builder_from_config_file`]
@@ -55,16 +115,18 @@
 //! # }
 //! ```
 //!
-//! [`Node::status`] gives every peer's session and counters ([`PeerStatus`]); the
-//! Prometheus text of a node is the `tether` binary's (its `metrics_addr`).
+//! [`Node::status`] gives every peer's session and counters ([`PeerStatus`]);
+//! [`Node::status_report`] the full report `tether status` shows, and [`Node::metrics`]
+//! the same Prometheus text `tether node` serves at its `metrics_addr`, for the
+//! application to serve (module [`metrics`]). [`Node::ping`] measures one round trip
+//! over a session, and says why when no session carries it ([`PingError`]).
 //!
 //! [`Node`] runs on any tokio runtime: its actors run on a thread of their own, and every
 //! random value it draws comes from the operating system. It watches the network
-//! interfaces and migrates its sessions when they change (`watch_interfaces`).
-//! `examples/chat.rs` is a chat two terminals can run. Programs that run an actix system
-//! of their own can use the actors directly ([`actors`]); the simulated cluster (whole
-//! nodes on a simulated network under a paused clock) is behind the `simulation`
-//! feature.
+//! interfaces and migrates its sessions when they change (`watch_interfaces`). Programs
+//! that run an actix system of their own can use the actors directly ([`actors`]); the
+//! simulated cluster (whole nodes on a simulated network under a paused clock) is behind
+//! the `simulation` feature.
 
 mod announce;
 #[cfg(feature = "simulation")]
@@ -75,6 +137,7 @@ mod embedded;
 mod hub;
 mod journal_writer;
 mod link_tasks;
+pub mod metrics;
 mod node;
 pub mod paths;
 mod relay_server;
@@ -97,12 +160,14 @@ pub mod actors {
 }
 
 pub use announce::rebind_target;
-pub use embedded::{channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, StartError};
+pub use embedded::{
+    channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, NodeStopped, StartError,
+};
 pub use hub::NodeEvent;
 pub use node::{NodeEvents, PeerStatus, PingAnswer, PingError};
 pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
 pub use tether_direct_connection::Limits;
-pub use tether_protocol::{ChannelId, DeviceId, SendError};
+pub use tether_protocol::{ChannelId, DeviceId, PathKind, SendError, SessionStatus};
 
 // `tether-protocol` and `tether-crypto` do not depend on each other, yet the wire has
 // fixed-size fields for crypto's values. Crypto owns the sizes (and the reasons for

@@ -11,7 +11,10 @@ use common::start_relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tether::{ChannelId, DeviceId, Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypair};
+use tether::{
+    ChannelId, DeviceId, Node, NodeEvent, PathKind, PingError, PublicKey, RelationshipKey,
+    StaticKeypair,
+};
 
 /// Waits for the first event `pick` accepts.
 async fn until<T>(node: &mut Node, mut pick: impl FnMut(&NodeEvent) -> Option<T>) -> T {
@@ -181,6 +184,11 @@ async fn a_node_starts_from_the_config_file_the_cli_reads() {
     assert_eq!(node.local_addr(), listen);
     let peers = node.status().await;
     assert_eq!(peers.len(), 1);
+    let report = node.status_report().await.unwrap();
+    assert_eq!(
+        report.peers[0].name, "laptop",
+        "the metrics name the config's peers"
+    );
     node.stop().await;
     assert!(
         tether::channel_store_path(
@@ -219,4 +227,126 @@ fn a_bad_config_file_is_an_error_naming_the_key() {
         matches!(missing, tether::config::ConfigError::Read { .. }),
         "{missing}"
     );
+}
+
+/// A relay on loopback, node A started, and B (its id, and its builder, paired with A
+/// and knowing A's address).
+async fn pair() -> (Node, DeviceId, tether::NodeBuilder) {
+    let mut rng = rand::rngs::OsRng;
+    let relay_key = StaticKeypair::generate(&mut rng);
+    let relay_public = *relay_key.public();
+    let relay = start_relay(relay_key);
+    let b_key = StaticKeypair::generate(&mut rng);
+    let b_id = tether::device_id(b_key.public());
+    let rk = RelationshipKey::generate(&mut rng);
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let a = Node::builder()
+        .keypair(StaticKeypair::generate(&mut rng))
+        .relay(relay, relay_public)
+        .peer(*b_key.public(), rk.clone())
+        .listen(loopback)
+        .watch_interfaces(false)
+        .start()
+        .await
+        .unwrap();
+    let a_public = PublicKey::from_bytes(a.device().0).unwrap();
+    let b = Node::builder()
+        .keypair(b_key)
+        .relay(relay, relay_public)
+        .peer_at(a_public, rk, vec![a.local_addr()])
+        .listen(loopback)
+        .watch_interfaces(false);
+    (a, b_id, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_measures_the_session_and_says_why_when_there_is_none() {
+    let (mut a, b_id, b) = pair().await;
+    let probe = Duration::from_secs(2);
+
+    // B is not running: no session carries a ping, and the error says so at once.
+    let started = std::time::Instant::now();
+    let error = a.ping(b_id, probe).await.unwrap_err();
+    assert!(matches!(error, PingError::NoSession { .. }), "{error:?}");
+    assert!(started.elapsed() < probe, "no session is no wait");
+    assert!(error.to_string().starts_with("no session"), "{error}");
+    let stranger = tether::device_id(StaticKeypair::generate(&mut rand::rngs::OsRng).public());
+    assert_eq!(
+        a.ping(stranger, probe).await.unwrap_err(),
+        PingError::UnknownPeer
+    );
+
+    let mut b = b.start().await.unwrap();
+    until(&mut a, ready(b_id)).await;
+    until(&mut b, ready(a.device())).await;
+    // Each probe is one round trip, with the path its answer came by (the session may
+    // start on the relay and move to the direct path meanwhile).
+    for _ in 0..3 {
+        let answer = a.ping(b_id, probe).await.unwrap();
+        assert!(
+            answer.rtt > Duration::ZERO && answer.rtt < probe,
+            "{answer:?}"
+        );
+        let remote = match answer.path {
+            PathKind::Direct => Some(b.local_addr()),
+            PathKind::Relay => None,
+        };
+        assert_eq!(answer.remote, remote, "{answer:?}");
+    }
+    // And the other way.
+    let back = b.ping(a.device(), probe).await.unwrap();
+    assert!(back.rtt < probe, "{back:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_gives_the_report_and_prometheus_text_tether_node_serves() {
+    let (mut a, b_id, b) = pair().await;
+    let mut b = b.start().await.unwrap();
+    until(&mut a, ready(b_id)).await;
+    a.send(b_id, b"counted".to_vec()).await.unwrap();
+    until(&mut b, |event| {
+        matches!(event, NodeEvent::Delivered { .. }).then_some(())
+    })
+    .await;
+    until(&mut a, |event| {
+        matches!(event, NodeEvent::Acknowledged { below: 1, .. }).then_some(())
+    })
+    .await;
+
+    let report = a.status_report().await.unwrap();
+    assert_eq!(report.device, a.device().to_hex());
+    assert_eq!(report.listen, a.local_addr().to_string());
+    let [peer] = report.peers.as_slice() else {
+        panic!("one peer: {report:?}")
+    };
+    assert_eq!(peer.name, b_id.short(), "peers are named by their short id");
+    assert_eq!(peer.status.as_deref(), Some("Ready"));
+    assert_eq!((peer.accepted, peer.acknowledged), (1, 1));
+    // The session's start came from the node's events, which the node's thread saw on
+    // their way to the application.
+    assert_eq!(peer.session.sessions_started, 1, "{peer:?}");
+    assert_eq!(report.server_clients.relay_connection.state, "connected");
+    let text = tether::metrics::render_node_status(&report);
+    assert!(text.contains(&b_id.short()), "{text}");
+
+    let metrics = a.metrics().await.unwrap();
+    let name = b_id.short();
+    for line in [
+        format!("tether_sessions_started_total{{peer=\"{name}\"}} 1\n"),
+        format!("tether_messages_sent_total{{peer=\"{name}\"}} 1\n"),
+        format!("tether_handshakes_total{{peer=\"{name}\"}} 1\n"),
+        "# TYPE tether_udp_datagrams_total counter\n".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains(&format!(
+            "tether_session_ready{{peer=\"{name}\",status=\"Ready\","
+        )),
+        "{metrics}"
+    );
+    a.stop().await;
+    b.stop().await;
 }

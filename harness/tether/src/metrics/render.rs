@@ -239,7 +239,7 @@ pub fn render_relay_status(r: &RelayStatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::metrics::{
+    use crate::metrics::{
         PathTrafficReport, RejectedReport, RelayConnectionReport, ServerAuthReport,
         ServerClientsReport, SessionMetrics, TrafficReport, TransportReport,
     };

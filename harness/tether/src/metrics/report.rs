@@ -1,0 +1,208 @@
+//! A node's status report, made from what the node holds at the moment
+//! ([`NodeSnapshot`]) and what its events told ([`NodeReporter`]'s per-session
+//! bookkeeping). Making it is a pure function of the two and the time: the snapshot is
+//! the only part that asks the node.
+
+use super::{
+    millis, path_name, render::utc, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
+    RelayConnectionReport, ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
+};
+use crate::hub::NodeEvent;
+use crate::node::{Node, PeerStatus};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tether_direct_connection::Counters;
+use tether_pms::RendezvousClientCounters;
+use tether_protocol::{DeviceId, PathKind};
+use tether_rcs::RelayClientCounters;
+use tether_transport::EndpointStats;
+
+/// What a node holds at one moment: every peer's session and the counters of its
+/// actors and endpoint.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    /// Every peer's session.
+    pub statuses: Vec<PeerStatus>,
+    /// DirectConnection's counters of dropped input.
+    pub counters: Counters,
+    /// The relay client's counters and its connection's state.
+    pub relay_client: RelayClientCounters,
+    /// The rendezvous client's counters.
+    pub rendezvous_client: RendezvousClientCounters,
+    /// The UDP endpoint's counters.
+    pub endpoint: EndpointStats,
+    /// Frames dropped at a full link writer.
+    pub writes_dropped: u64,
+}
+
+impl NodeSnapshot {
+    /// Asks `node` (its actors and endpoint) for everything a report shows.
+    pub async fn of(node: &Node) -> Self {
+        let statuses = node.status().await;
+        let counters = node.counters().await;
+        let (relay_client, rendezvous_client) = node.server_client_counters().await;
+        Self {
+            statuses,
+            counters,
+            relay_client,
+            rendezvous_client,
+            endpoint: node.endpoint_stats(),
+            writes_dropped: node.writes_dropped(),
+        }
+    }
+}
+
+/// Makes a node's [`NodeStatusReport`]: it names the peers and keeps the per-session
+/// bookkeeping ([`SessionTracker`]) that only the node's events can give (sessions
+/// started and stopped, migrations, time on each kind of path), so it must see every
+/// event ([`NodeReporter::observe`]).
+#[derive(Debug)]
+pub struct NodeReporter {
+    device: DeviceId,
+    relay: SocketAddr,
+    started: Instant,
+    names: BTreeMap<DeviceId, String>,
+    tracker: SessionTracker,
+}
+
+impl NodeReporter {
+    /// The reporter of the node `device`, whose relay is at `relay`, started at
+    /// `started`. Peers are named by their short id unless [`NodeReporter::with_names`]
+    /// names them.
+    pub fn new(device: DeviceId, relay: SocketAddr, started: Instant) -> Self {
+        Self {
+            device,
+            relay,
+            started,
+            names: BTreeMap::new(),
+            tracker: SessionTracker::default(),
+        }
+    }
+
+    /// Names for the peers (a config's names): the `peer` label of the metrics.
+    pub fn with_names(mut self, names: impl IntoIterator<Item = (DeviceId, String)>) -> Self {
+        self.names.extend(names);
+        self
+    }
+
+    /// The peer's name: the one it was given, or its short id.
+    pub fn name(&self, peer: &DeviceId) -> String {
+        self.names
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| peer.short())
+    }
+
+    /// Applies one event of the node, observed at `now` (monotonic) / `unix_ms` (wall
+    /// clock); says what it meant for the session's lifecycle.
+    pub fn observe(&mut self, event: &NodeEvent, now: Instant, unix_ms: u64) -> Lifecycle {
+        self.tracker.observe(event, now, unix_ms)
+    }
+
+    /// Accounts time on each path up to `now` from a status poll.
+    pub fn sample(&mut self, statuses: &[PeerStatus], now: Instant) {
+        for status in statuses {
+            self.tracker.sample(status.peer, status.path, now);
+        }
+    }
+
+    /// The report of the node as `snapshot` shows it, listening on `local`, at `now`
+    /// (monotonic; the snapshot's instants are compared with it) and `unix_now` (wall
+    /// clock, Unix ms).
+    pub fn report(
+        &mut self,
+        snapshot: NodeSnapshot,
+        local: SocketAddr,
+        now: Instant,
+        unix_now: u64,
+    ) -> NodeStatusReport {
+        let NodeSnapshot {
+            statuses,
+            counters,
+            relay_client,
+            rendezvous_client,
+            endpoint,
+            writes_dropped,
+        } = snapshot;
+        let ago = |at: Option<Instant>| at.map(|at| millis(now.saturating_duration_since(at)));
+        let mut peers = Vec::new();
+        for s in statuses {
+            self.tracker.sample(s.peer, s.path, now);
+            let path_reason = path_reason(&s, self.tracker.path_since(s.peer));
+            peers.push(PeerReport {
+                name: self.name(&s.peer),
+                device: s.peer.to_hex(),
+                id: s.peer.short(),
+                status: s.status.map(|x| x.to_string()),
+                path: s.path.map(|p| path_name(p).to_string()),
+                remote: s.remote.map(|r| r.to_string()),
+                epoch: s.epoch,
+                handshakes: s.handshakes,
+                handshake_attempts: s.handshake_attempts,
+                peer_secret: s.peer_secret.map(|f| f.to_hex()),
+                session_keys: s.session_keys.map(|f| f.to_hex()),
+                rtt_ms: s.rtt_ms,
+                queued: s.queued,
+                accepted: s.counters.sent,
+                acknowledged: s.counters.acknowledged,
+                received: s.counters.delivered,
+                sent: s.counters.sent,
+                delivered: s.counters.delivered,
+                last_seen_ms_ago: ago(s.last_received),
+                last_handshake_unix_ms: ago(s.last_handshake).map(|ms| unix_now.saturating_sub(ms)),
+                last_handshake_ms_ago: ago(s.last_handshake),
+                path_reason: Some(path_reason),
+                duplicate_frames: s.counters.duplicates,
+                traffic: TrafficReport {
+                    direct: s.counters.direct.into(),
+                    relay: s.counters.relay.into(),
+                },
+                handshake_timeouts: s.counters.handshake_timeouts,
+                reconnect_timeouts: s.counters.reconnect_timeouts,
+                restart_handshakes: s.counters.restart_handshakes,
+                rekeys: s.counters.rekeys,
+                rekeys_refused: s.counters.rekeys_refused,
+                migrations: s.migrations,
+                last_migration_ms: s.last_migration.map(millis),
+                session: self.tracker.metrics(s.peer, now),
+            });
+        }
+        let mut server_clients = ServerClientsReport::of(&relay_client, &rendezvous_client);
+        server_clients.relay_connection =
+            RelayConnectionReport::of(self.relay, &relay_client.connection, now, unix_now);
+        NodeStatusReport {
+            device: self.device.to_hex(),
+            listen: local.to_string(),
+            uptime_ms: millis(now.saturating_duration_since(self.started)),
+            generated_unix_ms: unix_now,
+            peers,
+            transport: TransportReport::from(endpoint),
+            rejected: RejectedReport::of_node(&counters, &endpoint, writes_dropped),
+            server_clients,
+        }
+    }
+}
+
+/// Why the session is on the path it is on, from what DirectConnection knows:
+/// `path_since` is when it moved to this kind of path (Unix ms).
+fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
+    let since = path_since.map_or(String::new(), |at| format!(" since {}", utc(at)));
+    match (s.path, s.path_validated) {
+        (Some(PathKind::Direct), Some(true)) => "direct: validated path".to_string(),
+        (Some(PathKind::Direct), _) => {
+            "direct: the peer's address has not answered its challenge yet".to_string()
+        }
+        (Some(PathKind::Relay), _) if s.direct_candidates == 0 => {
+            format!("relay: no direct address known for the peer{since}")
+        }
+        (Some(PathKind::Relay), _) => format!(
+            "relay: no direct path answered{since} ({} direct addresses known, dialled again while on the relay)",
+            s.direct_candidates
+        ),
+        (None, _) => match s.status {
+            Some(status) => format!("no path: the session is {status}"),
+            None => "no path: no session yet".to_string(),
+        },
+    }
+}
