@@ -136,6 +136,7 @@ pub enum PathError {
 
 struct Outstanding {
     challenge: PathChallenge,
+    issued_at_ms: u64,
     expires_at_ms: u64,
 }
 
@@ -190,13 +191,15 @@ impl<K: Ord + Clone> PathChallenger<K> {
             address.clone(),
             Outstanding {
                 challenge,
+                issued_at_ms: now_ms,
                 expires_at_ms: now_ms.saturating_add(self.ttl_ms),
             },
         );
         challenge
     }
 
-    /// Checks an answer received from `address`. Succeeds at most once per challenge:
+    /// Checks an answer received from `address`; on success, the milliseconds since the
+    /// challenge was issued (the path's round trip). Succeeds at most once per challenge:
     /// success removes it. A wrong answer leaves the challenge outstanding (it proves
     /// nothing and must not cancel the genuine one); an expired one is removed.
     pub fn verify(
@@ -204,7 +207,7 @@ impl<K: Ord + Clone> PathChallenger<K> {
         address: &K,
         response: &PathChallenge,
         now_ms: u64,
-    ) -> Result<(), PathError> {
+    ) -> Result<u64, PathError> {
         let outstanding = self
             .outstanding
             .get(address)
@@ -220,8 +223,9 @@ impl<K: Ord + Clone> PathChallenger<K> {
         if !bool::from(outstanding.challenge.0.ct_eq(&response.0)) {
             return Err(PathError::Mismatch);
         }
+        let round_trip_ms = now_ms.saturating_sub(outstanding.issued_at_ms);
         self.outstanding.remove(address);
-        Ok(())
+        Ok(round_trip_ms)
     }
 
     /// Whether an unexpired challenge to `address` awaits its answer (a challenge sent
@@ -321,7 +325,11 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut challenger = PathChallenger::new(1_000, 4);
         let challenge = challenger.issue(&"10.0.0.1:4433", 0, &mut rng);
-        assert_eq!(challenger.verify(&"10.0.0.1:4433", &challenge, 10), Ok(()));
+        assert_eq!(
+            challenger.verify(&"10.0.0.1:4433", &challenge, 10),
+            Ok(10),
+            "answered 10 ms after it was issued"
+        );
         assert_eq!(
             challenger.verify(&"10.0.0.1:4433", &challenge, 11),
             Err(PathError::NoChallenge)
@@ -338,8 +346,8 @@ mod tests {
         assert_eq!(challenger.verify(&1, &b, 5), Err(PathError::Mismatch));
         assert_eq!(challenger.verify(&3, &a, 5), Err(PathError::NoChallenge));
         // The wrong answer did not cancel the genuine one.
-        assert_eq!(challenger.verify(&1, &a, 6), Ok(()));
-        assert_eq!(challenger.verify(&2, &b, 6), Ok(()));
+        assert_eq!(challenger.verify(&1, &a, 6), Ok(6));
+        assert_eq!(challenger.verify(&2, &b, 6), Ok(6));
     }
 
     #[test]
@@ -351,7 +359,7 @@ mod tests {
         assert!(challenger.is_pending(&1, 999));
         assert!(!challenger.is_pending(&1, 1_000), "expired");
         assert!(!challenger.is_pending(&3, 0), "never issued");
-        assert_eq!(challenger.verify(&1, &a, 10), Ok(()));
+        assert_eq!(challenger.verify(&1, &a, 10), Ok(10));
         assert!(!challenger.is_pending(&1, 10), "answered");
         challenger.forget(&2);
         assert!(!challenger.is_pending(&2, 10), "forgotten");
@@ -376,7 +384,7 @@ mod tests {
         );
         // One millisecond before expiry still verifies.
         let challenge = challenger.issue(&1_u32, 2_000, &mut rng);
-        assert_eq!(challenger.verify(&1, &challenge, 2_999), Ok(()));
+        assert_eq!(challenger.verify(&1, &challenge, 2_999), Ok(999));
     }
 
     #[test]
