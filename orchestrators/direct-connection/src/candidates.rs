@@ -104,13 +104,16 @@ impl DirectConnection {
         if answer {
             self.send_candidates(now, device);
         }
+        if news {
+            self.probes_start_over(device);
+        }
         if dial {
             self.dial_every_candidate(now, device);
         }
     }
 
     /// Dials each of the peer's direct candidates at once, in parallel, and looks again
-    /// after the probe interval. Which candidate crosses the NATs is not known, and a
+    /// after the probe interval (backing off, see [`crate::path_choice`]). Which candidate crosses the NATs is not known, and a
     /// staggered dial would wait on the unreachable ones (a private address first)
     /// while the moment both NATs are open passes.
     pub(crate) fn dial_every_candidate(&mut self, now: Instant, device: DeviceId) {
@@ -122,10 +125,7 @@ impl DirectConnection {
         for addr in addrs {
             self.dial(device, DialPurpose::Probe, vec![addr]);
         }
-        self.timers.set(
-            device,
-            Timer::Probe,
-            now + self.limits.direct_probe_interval,
-        );
+        let next = self.next_probe_at(now, device);
+        self.timers.set(device, Timer::Probe, next);
     }
 }

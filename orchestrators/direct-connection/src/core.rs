@@ -151,6 +151,9 @@ pub struct Counters {
     pub stale_migration_pings: u64,
     /// Path responses that matched no challenge.
     pub bad_path_responses: u64,
+    /// Direct paths that answered while on the relay and were left unused for being
+    /// slower than the relay (`path_choice`).
+    pub direct_paths_declined: u64,
     /// Frames not sent to an unvalidated address (anti-amplification).
     pub amplification_blocked: u64,
     /// Frames from a link or relay sender that is not the session's peer.
@@ -212,6 +215,12 @@ pub struct PeerSnapshot {
     /// Direct addresses known for the peer: its newest announcement and the
     /// blueprint's candidates.
     pub direct_candidates: usize,
+    /// Smoothed round trip of the relay path, when measured (liveness pings answered
+    /// over the relay).
+    pub relay_rtt_ms: Option<u64>,
+    /// The last direct path left unused for being slower than the relay, since the
+    /// session last changed paths.
+    pub direct_declined: Option<crate::state::DeclinedDirect>,
 }
 
 /// The DirectConnection core. See the crate docs.
@@ -268,6 +277,10 @@ impl DirectConnection {
                     highest_ping_received: 0,
                     candidates_sent_at: None,
                     candidates_dialled_at: None,
+                    probe_rounds: 0,
+                    relay_rtt_ms: None,
+                    direct_declined: None,
+                    declined_link: None,
                     announced: Vec::new(),
                     blueprint: Vec::new(),
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),
@@ -365,6 +378,8 @@ impl DirectConnection {
                 _ => None,
             },
             direct_candidates: state.announced.len() + state.blueprint.len(),
+            relay_rtt_ms: state.relay_rtt_ms,
+            direct_declined: state.direct_declined,
         })
     }
 

@@ -101,7 +101,7 @@
 //! | `ConnectRelay` | a connect with the relay among its candidates (`relay_fallback_after`, or at once without direct candidates or when the dial fails) | the relay carries the connect (re-armed while the relay is down) |
 //! | `HandshakeRetry` | message 1 sent (`handshake_retry`) | a fresh message 1 |
 //! | `Heartbeat` | a path is bound (`heartbeat_interval`) | a liveness ping; `missed_heartbeats` in a row report the path dead |
-//! | `Probe` | bound to the relay (at once, then `direct_probe_interval`) | the peer's direct addresses are dialled, each at once, in parallel |
+//! | `Probe` | bound to the relay (at once, then `direct_probe_interval`, doubling up to `MAX_PROBE_DOUBLINGS` times) | the peer's direct addresses are dialled, each at once, in parallel |
 //! | `Retransmit` | data is unacknowledged on a bound path (`rto`) | the due messages are resent |
 //! | `Rekey` | a generation commits (`rekey_after`), or a rekey went unanswered (`connect_timeout`) | the next application message (or this one, if allowed and one went since) starts a rekey |
 
@@ -116,6 +116,7 @@ mod frames;
 mod links;
 mod migration;
 mod operator_ping;
+mod path_choice;
 mod paths;
 mod rekey;
 mod sending;
@@ -128,7 +129,8 @@ pub use config::{Config, Limits, PeerConfig};
 pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot, MAX_INBOUND_CHANNELS};
 pub use links::AMPLIFICATION_FACTOR;
 pub use operator_ping::{PingAnswered, PingRefused, PingSent, MAX_PINGS_PER_PEER};
-pub use state::{PathTraffic, PeerCounters};
+pub use path_choice::{DIRECT_SLOWER_TOLERANCE_MS, MAX_PROBE_DOUBLINGS};
+pub use state::{DeclinedDirect, PathTraffic, PeerCounters};
 
 #[cfg(test)]
 mod tests;

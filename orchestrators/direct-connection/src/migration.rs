@@ -312,6 +312,7 @@ impl DirectConnection {
             peer.highest_ping_received = ping.counter;
             if peer.bound == Some(Via::Relay) {
                 // New direct endpoints while on the relay: probe them now.
+                peer.probe_rounds = 0;
                 self.timers.set(device, Timer::Probe, now);
             }
             let session = peer.session;

@@ -57,6 +57,11 @@ impl DirectConnection {
         peer.bound = Some(via);
         // On the relay, look for a direct path at once (the peer may have just told us
         // where it is), then every probe interval.
+        if changed {
+            peer.direct_declined = None;
+            peer.declined_link = None;
+            peer.probe_rounds = 0;
+        }
         match via {
             Via::Relay if changed => self.timers.set(device, Timer::Probe, now),
             Via::Relay => {
@@ -124,7 +129,8 @@ impl DirectConnection {
     }
 
     /// Authenticated traffic arrived on a path that is not the bound one: bind it if it
-    /// is already validated and nothing is bound, else challenge it. While this device
+    /// is already validated and nothing direct is bound (unless it is a direct path
+    /// left unused for being slower than the relay), else challenge it. While this device
     /// migrates, a link must also have answered since the move: the peer's frames may
     /// still arrive on a link ours can no longer leave by.
     pub(crate) fn adopt_validated_path(&mut self, now: Instant, device: DeviceId, via: Via) {
@@ -153,6 +159,9 @@ impl DirectConnection {
             return;
         }
         let bound_is_direct = matches!(peer.bound, Some(Via::Link(_)));
+        if matches!(via, Via::Link(link) if self.declined(device, link)) {
+            return;
+        }
         if validated && !bound_is_direct {
             self.bind(now, device, via);
         } else if !validated {
@@ -172,14 +181,10 @@ impl DirectConnection {
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
-        if peer
-            .challenger
-            .verify(&via, &PathChallenge(data), now_ms)
-            .is_err()
-        {
+        let Ok(round_trip_ms) = peer.challenger.verify(&via, &PathChallenge(data), now_ms) else {
             self.counters.bad_path_responses += 1;
             return;
-        }
+        };
         let remote = match via {
             Via::Link(link) => {
                 self.links.answered(link, now);
@@ -187,8 +192,8 @@ impl DirectConnection {
             }
             Via::Relay => None,
         };
-        // A validated direct path always wins over the relay; the relay is bound only
-        // when nothing direct is.
+        // A validated direct path wins over the relay unless it is clearly slower
+        // (`path_choice`); the relay is bound only when nothing direct is.
         let bound_is_direct = matches!(peer.bound, Some(Via::Link(l)) if self.links.contains(l));
         let in_progress = peer.connect.is_some() || peer.migration.is_some();
         // Carried tentatively (the peer moved), not yet reported Ready there.
@@ -211,7 +216,17 @@ impl DirectConnection {
             (Via::Link(_), _) => true,
             (Via::Relay, _) => !bound_is_direct,
         };
-        if take && (in_progress || tentative || peer.bound != Some(via)) {
+        let bound = peer.bound;
+        // From the relay, by measured round trip (`path_choice`), unless a connect or
+        // a migration waits on a path.
+        let take = take
+            && match (via, bound) {
+                (Via::Link(link), Some(Via::Relay)) if !in_progress => {
+                    self.direct_beats_relay(device, link, round_trip_ms)
+                }
+                _ => true,
+            };
+        if take && (in_progress || tentative || bound != Some(via)) {
             self.bind(now, device, via);
         }
     }

@@ -271,7 +271,8 @@ impl DirectConnection {
         }
         beat.outstanding = None;
         beat.missed = 0;
-        let sample = duration_ms(now.saturating_duration_since(sent_at));
+        let elapsed = now.saturating_duration_since(sent_at);
+        let sample = duration_ms(elapsed);
         let srtt = beat.srtt_ms.map_or(sample, |srtt| (srtt * 7 + sample) / 8);
         beat.srtt_ms = Some(srtt);
         let was_dead = std::mem::take(&mut beat.reported_dead);
@@ -281,6 +282,9 @@ impl DirectConnection {
                 alive: true,
                 rtt_ms: Some(srtt),
             }));
+        }
+        if via == Via::Relay {
+            self.relay_rtt_sample(device, elapsed);
         }
         let endpoint = match via {
             Via::Link(link) => self.links.remote(link).map(Endpoint::Direct),

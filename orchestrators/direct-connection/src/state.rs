@@ -208,6 +208,17 @@ impl PeerCounters {
     }
 }
 
+/// A direct path the session did not take from the relay: it answered its challenge,
+/// but its round trip exceeded the relay's by more than
+/// [`DIRECT_SLOWER_TOLERANCE_MS`](crate::path_choice::DIRECT_SLOWER_TOLERANCE_MS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeclinedDirect {
+    /// The direct path's round trip (its challenge's), ms.
+    pub direct_rtt_ms: u64,
+    /// The relay path's smoothed round trip then, ms.
+    pub relay_rtt_ms: u64,
+}
+
 /// Everything the core holds for one paired peer.
 pub struct PeerState {
     /// The pair's session id (fixed per pair: it outlives epochs and paths).
@@ -240,6 +251,17 @@ pub struct PeerState {
     pub candidates_sent_at: Option<Instant>,
     /// When the peer's direct candidates were last dialled all at once.
     pub candidates_dialled_at: Option<Instant>,
+    /// Rounds of dials since the session last bound the relay or heard something new
+    /// about the peer's addresses: the probe interval doubles with each.
+    pub probe_rounds: u32,
+    /// Smoothed round trip of the relay path, from liveness pings answered over it.
+    pub relay_rtt_ms: Option<u64>,
+    /// The last direct path that answered while the session was on the relay and was
+    /// left unused for being slower: its round trip and the relay's (for `status`).
+    pub direct_declined: Option<DeclinedDirect>,
+    /// The link of [`PeerState::direct_declined`]: traffic on it does not move the
+    /// session off the relay either.
+    pub declined_link: Option<LinkId>,
     /// The peer's newest announcement (authenticated migration ping or ack, or sealed
     /// rendezvous hint): where it says it is now. Dialled first.
     pub announced: Vec<SocketAddr>,

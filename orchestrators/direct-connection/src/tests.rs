@@ -5,6 +5,7 @@
 
 use crate::config::{Config, Limits, PeerConfig};
 use crate::core::{DirectConnection, Input, Output};
+use crate::path_choice::DIRECT_SLOWER_TOLERANCE_MS;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ struct Net {
     next_link: u64,
     /// Direct UDP between the two nodes is blocked.
     direct_blocked: bool,
+    /// One-way delay a direct link adds to the relay's [`LATENCY`] (a direct path
+    /// slower than the relay).
+    direct_extra: Duration,
     /// Drop every frame matching this (node sending, bytes) predicate.
     drop_if: Option<DropRule>,
     trace: Vec<String>,
@@ -114,6 +118,7 @@ impl Net {
             dialled_by: BTreeMap::new(),
             next_link: 1,
             direct_blocked: false,
+            direct_extra: Duration::ZERO,
             drop_if: None,
             trace: Vec::new(),
             outputs: vec![Vec::new(), Vec::new()],
@@ -164,6 +169,12 @@ impl Net {
         self.schedule(at, Event::Input(node, input));
     }
 
+    /// As [`Net::later`], over a direct link.
+    fn later_direct(&mut self, node: usize, input: Input) {
+        let at = self.now + LATENCY + self.direct_extra;
+        self.schedule(at, Event::Input(node, input));
+    }
+
     fn route(&mut self, from: usize, output: &Output) {
         let other = 1 - from;
         let who = Self::name(from);
@@ -180,7 +191,7 @@ impl Net {
                     self.dialled_by.insert((other, theirs), false);
                     let remote_of_other = self.nodes[other].addr;
                     let remote_of_me = self.nodes[from].addr;
-                    self.later(
+                    self.later_direct(
                         other,
                         Input::Transport(TransportEvent::LinkUp {
                             request: None,
@@ -190,7 +201,7 @@ impl Net {
                         }),
                     );
                     // The dialler learns of the link after a round trip.
-                    let at = self.now + LATENCY * 2;
+                    let at = self.now + (LATENCY + self.direct_extra) * 2;
                     self.schedule(
                         at,
                         Event::Input(
@@ -223,7 +234,7 @@ impl Net {
                     return;
                 }
                 if let Some(&(to, their_link)) = self.links.get(&(from, *link)) {
-                    self.later(
+                    self.later_direct(
                         to,
                         Input::Transport(TransportEvent::FrameReceived {
                             link: their_link,
@@ -819,6 +830,67 @@ fn a_relayed_session_moves_to_a_direct_path_when_one_opens() {
     assert_eq!(net.snapshot(A).remote, Some(addr("10.9.0.2:4433")));
     assert_eq!(net.handshakes(), before);
     net.assert_same_session();
+}
+
+/// Established, then the direct path blocked and B moved: the session runs over the
+/// relay long enough for liveness pings to measure it.
+fn on_the_relay(seed: u64) -> Net {
+    let mut net = established(seed);
+    net.run_until(1000);
+    net.direct_blocked = true;
+    net.move_to(B, "10.9.0.2:4433");
+    net.migration_ping(B);
+    net.run_until(9000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Relay));
+    assert!(net.snapshot(A).relay_rtt_ms.is_some(), "relay measured");
+    net
+}
+
+#[test]
+fn a_direct_path_clearly_slower_than_the_relay_is_left_unused() {
+    let mut net = on_the_relay(14);
+    let before = net.handshakes();
+    // The direct path opens, 100 ms slower each way than the relay.
+    net.direct_blocked = false;
+    net.direct_extra = Duration::from_millis(100);
+    net.run_until(30_000);
+    for node in [A, B] {
+        let snapshot = net.snapshot(node);
+        assert_eq!(snapshot.path, Some(PathKind::Relay), "node {node}");
+        let declined = snapshot.direct_declined.expect("recorded");
+        assert!(
+            declined.direct_rtt_ms > declined.relay_rtt_ms + DIRECT_SLOWER_TOLERANCE_MS,
+            "{declined:?}"
+        );
+    }
+    // Within the tolerance it is taken (it spares the relay).
+    net.direct_extra = Duration::from_millis(2);
+    net.run_until(200_000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(A).direct_declined, None);
+    assert_eq!(net.handshakes(), before);
+    net.assert_same_session();
+}
+
+#[test]
+fn probes_back_off_while_nothing_direct_answers() {
+    let mut net = on_the_relay(15);
+    let dials = |net: &Net| {
+        net.count(A, |o| {
+            matches!(o, Output::Transport(TransportCommand::Dial { .. }))
+        })
+    };
+    let at_9s = dials(&net);
+    net.run_until(9_000 + 300_000);
+    let dials = dials(&net) - at_9s;
+    let candidates = net.snapshot(A).direct_candidates;
+    // Every 5 s for five minutes would be 60 rounds; doubling up to 80 s, 6 at most.
+    assert!(
+        dials <= 6 * candidates,
+        "{dials} dials of {candidates} candidates in 300 s while nothing direct answers"
+    );
+    assert!(dials >= 3, "it keeps looking: {dials} dials");
 }
 
 #[test]
