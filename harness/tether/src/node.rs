@@ -126,6 +126,11 @@ pub struct PeerStatus {
     pub path_validated: Option<bool>,
     /// Direct addresses known for the peer (announced, configured or remembered).
     pub direct_candidates: usize,
+    /// Smoothed round trip of the relay path, when measured.
+    pub relay_rtt_ms: Option<u64>,
+    /// The last direct path left unused for being slower than the relay, since the
+    /// session last changed paths.
+    pub direct_declined: Option<tether_direct_connection::DeclinedDirect>,
 }
 
 /// A [`Node::ping`] that was answered.
@@ -733,6 +738,8 @@ impl Node {
                     last_handshake: s.last_handshake,
                     path_validated: s.path_validated,
                     direct_candidates: s.direct_candidates,
+                    relay_rtt_ms: s.relay_rtt_ms,
+                    direct_declined: s.direct_declined,
                 }
             })
             .collect()

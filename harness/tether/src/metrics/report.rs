@@ -12,7 +12,7 @@ use crate::node::{Node, PeerStatus};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tether_direct_connection::Counters;
+use tether_direct_connection::{Counters, DIRECT_SLOWER_TOLERANCE_MS};
 use tether_pms::RendezvousClientCounters;
 use tether_protocol::{DeviceId, PathKind};
 use tether_rcs::RelayClientCounters;
@@ -188,8 +188,19 @@ impl NodeReporter {
 /// `path_since` is when it moved to this kind of path (Unix ms).
 fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
     let since = path_since.map_or(String::new(), |at| format!(" since {}", utc(at)));
+    if let (Some(PathKind::Relay), Some(declined)) = (s.path, s.direct_declined) {
+        return format!(
+            "relay: a direct path answered in {} ms, the relay in {} ms (a direct path is taken unless more than {} ms slower){since}",
+            declined.direct_rtt_ms, declined.relay_rtt_ms, DIRECT_SLOWER_TOLERANCE_MS
+        );
+    }
     match (s.path, s.path_validated) {
-        (Some(PathKind::Direct), Some(true)) => "direct: validated path".to_string(),
+        (Some(PathKind::Direct), Some(true)) => match (s.rtt_ms, s.relay_rtt_ms) {
+            (Some(rtt), Some(relay)) => {
+                format!("direct: validated path ({rtt} ms; the relay answered in {relay} ms)")
+            }
+            _ => "direct: validated path".to_string(),
+        },
         (Some(PathKind::Direct), _) => {
             "direct: the peer's address has not answered its challenge yet".to_string()
         }
@@ -197,12 +208,65 @@ fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
             format!("relay: no direct address known for the peer{since}")
         }
         (Some(PathKind::Relay), _) => format!(
-            "relay: no direct path answered{since} ({} direct addresses known, dialled again while on the relay)",
+            "relay: no direct path answered{since} ({} direct addresses known, dialled again while on the relay, less often as attempts fail)",
             s.direct_candidates
         ),
         (None, _) => match s.status {
             Some(status) => format!("no path: the session is {status}"),
             None => "no path: no session yet".to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_direct_connection::{DeclinedDirect, PeerCounters};
+    use tether_protocol::SessionStatus;
+
+    fn on(path: PathKind) -> PeerStatus {
+        PeerStatus {
+            peer: DeviceId([7; 32]),
+            status: Some(SessionStatus::Ready),
+            epoch: Some(1),
+            handshakes: 1,
+            handshake_attempts: 1,
+            peer_secret: None,
+            session_keys: None,
+            path: Some(path),
+            remote: None,
+            rtt_ms: Some(12),
+            queued: 0,
+            held_bytes: 0,
+            counters: PeerCounters::default(),
+            migrations: 0,
+            last_migration: None,
+            links: 1,
+            last_received: None,
+            last_handshake: None,
+            path_validated: (path == PathKind::Direct).then_some(true),
+            direct_candidates: 2,
+            relay_rtt_ms: Some(45),
+            direct_declined: None,
+        }
+    }
+
+    #[test]
+    fn the_path_reason_gives_the_measured_round_trips() {
+        assert_eq!(
+            path_reason(&on(PathKind::Direct), None),
+            "direct: validated path (12 ms; the relay answered in 45 ms)"
+        );
+        let mut relayed = on(PathKind::Relay);
+        relayed.direct_declined = Some(DeclinedDirect {
+            direct_rtt_ms: 240,
+            relay_rtt_ms: 45,
+        });
+        assert_eq!(
+            path_reason(&relayed, None),
+            "relay: a direct path answered in 240 ms, the relay in 45 ms (a direct path is taken unless more than 10 ms slower)"
+        );
+        relayed.direct_declined = None;
+        assert!(path_reason(&relayed, None).starts_with("relay: no direct path answered"));
     }
 }
