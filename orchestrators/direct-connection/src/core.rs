@@ -455,7 +455,9 @@ impl SansIoCore for DirectConnection {
                 None
             }
             Input::Hint(hint) => {
+                let before = self.direct_candidates(hint.peer);
                 self.peer_announced(hint.peer, hint.endpoints, CandidateSource::Rendezvous);
+                self.hinted_during_connect(hint.peer, &before);
                 None
             }
             Input::Consumed(consumed) => {

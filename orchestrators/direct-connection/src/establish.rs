@@ -9,6 +9,7 @@ use crate::core::{DirectConnection, Output};
 use crate::links::DialPurpose;
 use crate::state::{Connect, EstablishmentPermit, Heartbeat, Reported, Via};
 use crate::timers::Timer;
+use std::net::SocketAddr;
 use std::time::Instant;
 use tether_crypto::{Handshake, HandshakeError, HandshakePurpose};
 use tether_protocol::{
@@ -115,6 +116,27 @@ impl DirectConnection {
             self.send_initiation(now, device);
         } else {
             self.challenge(now, device, via);
+        }
+    }
+
+    /// The rendezvous hint came while a connect tries its direct candidates (before the
+    /// relay's turn): dial the addresses it adds at once, each on its own, rather than
+    /// after the candidates dialled before it. Behind a NAT the hint holds the peer's
+    /// reflexive address, which no configured address reaches; the peer does the same
+    /// with ours, so both NATs open within about one relay round trip.
+    pub(crate) fn hinted_during_connect(&mut self, device: DeviceId, known: &[SocketAddr]) {
+        let direct_phase = self
+            .peers
+            .get(&device)
+            .and_then(|p| p.connect.as_ref())
+            .is_some_and(|c| c.via.is_none() && c.permit.is_some());
+        if !direct_phase {
+            return;
+        }
+        for addr in self.direct_candidates(device) {
+            if !known.contains(&addr) {
+                self.dial(device, DialPurpose::Connect, vec![addr]);
+            }
         }
     }
 

@@ -1206,6 +1206,55 @@ fn a_replayed_initiation_flood_costs_a_bounded_number_of_responses() {
 }
 
 #[test]
+fn a_hint_that_comes_during_a_connect_is_dialled_at_once() {
+    let mut net = Net::new(18);
+    let peer = net.device(B);
+    // A knows only an address where B no longer is.
+    let stale = addr("10.200.0.2:4433");
+    let candidates = vec![
+        Candidate {
+            endpoint: Endpoint::Direct(stale),
+            source: CandidateSource::Configured,
+        },
+        Candidate {
+            endpoint: Endpoint::Relay,
+            source: CandidateSource::Relay,
+        },
+    ];
+    net.input(A, Input::Blueprint(BlueprintCompiled { peer, candidates }));
+    net.input(
+        A,
+        Input::Connect(ConnectPeer {
+            request: RequestId(100),
+            peer,
+            transport_only: false,
+        }),
+    );
+    net.run_until(10);
+    // The rendezvous server tells A where B is while the stale address is still being
+    // dialled (this test network fails that dial after 20 ms; real ones time out).
+    let real = net.nodes[B].addr;
+    net.input(
+        A,
+        Input::Hint(tether_protocol::PeerEndpointHint {
+            request: None,
+            peer,
+            endpoints: vec![real],
+            issued_at_ms: 0,
+        }),
+    );
+    let dialled_now = net.outputs[A].iter().rev().find_map(|o| match o {
+        Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
+        _ => None,
+    });
+    assert_eq!(dialled_now, Some(vec![real]), "dialled on its own, at once");
+    net.run_until(240);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(A).remote, Some(real));
+    assert_eq!(net.handshakes(), (1, 1));
+}
+
+#[test]
 fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() {
     let mut net = established(17);
     net.run_until(1000);
