@@ -252,6 +252,53 @@ impl Device {
     }
 }
 
+/// Moves each of `devices` from `from` to `to` at the same moment: every move
+/// ([`Device::switch_command`]) is one shell in its device's namespace, all started
+/// before any is waited for. Panics with a move's stderr if it fails.
+pub fn switch_at_once(devices: &[&Device], from: Uplink, to: Uplink) {
+    let moves: Vec<_> = devices
+        .iter()
+        .map(|device| {
+            device
+                .switch_command(from, to)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for m in moves {
+        let out = m.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// What both topologies finish with: the router runs `router_script` and its link to
+/// the relay (`10.0.0.1` on its side; [`Topology::RELAY_IP`] on the relay's, with the
+/// default route through the router), then both uplinks of each device come up, the
+/// device ignoring routes over a link without carrier.
+fn wire(router: &Netns, mut router_script: String, relay: &Netns, devices: [&Device; 2]) {
+    router_script += &format!(
+        "ip link add relay type veth peer name eth0 netns {}\n\
+         ip addr add 10.0.0.1/24 dev relay\nip link set relay up\n",
+        relay.pid()
+    );
+    router.sh(&router_script);
+    relay.sh(&format!(
+        "ip addr add {}/24 dev eth0\nip link set eth0 up\nip route add default via 10.0.0.1\n",
+        Topology::RELAY_IP
+    ));
+    for device in devices {
+        device.ns.sh(
+            "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown\n\
+             ip link set wifi up\nip link set mobile up\n",
+        );
+    }
+}
+
 /// The router, the relay's namespace and devices A and B, wired and routed.
 pub struct Topology {
     /// Forwards between every subnet; where loss is added.
@@ -289,22 +336,7 @@ impl Topology {
                 );
             }
         }
-        script += &format!(
-            "ip link add relay type veth peer name eth0 netns {}\n\
-             ip addr add 10.0.0.1/24 dev relay\nip link set relay up\n",
-            relay.pid()
-        );
-        router.sh(&script);
-        relay.sh(&format!(
-            "ip addr add {}/24 dev eth0\nip link set eth0 up\nip route add default via 10.0.0.1\n",
-            Self::RELAY_IP
-        ));
-        for device in [&a, &b] {
-            device.ns.sh(
-                "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown\n\
-                 ip link set wifi up\nip link set mobile up\n",
-            );
-        }
+        wire(&router, script, &relay, [&a, &b]);
         Self {
             router,
             relay,
@@ -523,22 +555,7 @@ impl NatTopology {
                 nats.push(nat);
             }
         }
-        router_script += &format!(
-            "ip link add relay type veth peer name eth0 netns {}\n\
-             ip addr add 10.0.0.1/24 dev relay\nip link set relay up\n",
-            relay.pid()
-        );
-        router.sh(&router_script);
-        relay.sh(&format!(
-            "ip addr add {}/24 dev eth0\nip link set eth0 up\nip route add default via 10.0.0.1\n",
-            Topology::RELAY_IP
-        ));
-        for device in [&a, &b] {
-            device.ns.sh(
-                "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown\n\
-                 ip link set wifi up\nip link set mobile up\n",
-            );
-        }
+        wire(&router, router_script, &relay, [&a, &b]);
         Self {
             router,
             relay,
