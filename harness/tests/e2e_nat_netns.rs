@@ -28,27 +28,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 mod common;
 
-use common::netns::{Device, NatPorts, NatTopology, Topology, Uplink};
+use common::netns::{switch_at_once, Device, NatPorts, NatTopology, Topology, Uplink};
+use common::nodes::{
+    assert_both_kept, assert_same_session, delivered, direct_to, json, node_status, numbered,
+    ready, unix_ms, Nodes, TwoNodes, Watch,
+};
 use common::{field, run, tail, Deployment, Proc, TETHER};
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or(Value::Null)
-}
 
 /// Unix ms of an RFC 3339 UTC timestamp (`2026-12-02T11:50:00.123456Z`, as the JSON
 /// log writes it).
@@ -72,84 +64,9 @@ fn rfc3339_ms(stamp: &str) -> Option<u64> {
     Some(((days * 24 + h) * 60 + min) * 60_000 + (seconds * 1000.0) as u64)
 }
 
-/// `tether status --json` of the node at `socket`.
-fn node_status(dir: &Path, socket: &str) -> Value {
-    json(&run(dir, TETHER, &["status", "--json", "--socket", socket]))
-}
-
 /// Whether the node at `socket` is connected to the relay, as its status says.
 fn relay_connected(dir: &Path, socket: &str) -> bool {
     node_status(dir, socket)["server_clients"]["relay_connection"]["state"] == "connected"
-}
-
-/// A `tether watch` and every event it showed so far.
-struct Watch {
-    proc: Proc,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    /// Starts watching and waits until the node has taken the watch (its first line).
-    fn start(dir: &Path, socket: &str, until: Instant) -> Self {
-        let proc = Proc::start(
-            dir,
-            &format!("watch-{socket}"),
-            TETHER,
-            &["watch", "--socket", socket],
-        );
-        let first = proc.wait_for(until, |l| Some(json(l)));
-        Self {
-            proc,
-            seen: vec![first],
-        }
-    }
-
-    /// Takes in the events that are there.
-    fn pump(&mut self) {
-        while let Some(line) = self.proc.next_line_before(Instant::now()) {
-            self.seen.push(json(&line));
-        }
-    }
-
-    /// Reads events until `done` holds for what was seen; false at the deadline.
-    fn until(&mut self, deadline: Instant, done: impl Fn(&[Value]) -> bool) -> bool {
-        while !done(&self.seen) {
-            match self.proc.next_line_before(deadline) {
-                Some(line) => self.seen.push(json(&line)),
-                None => return false,
-            }
-        }
-        true
-    }
-
-    /// The delivered texts that start with `prefix`, in order.
-    fn delivered(&self, prefix: &str) -> Vec<String> {
-        delivered(&self.seen, prefix)
-    }
-
-    /// When (unix ms) each delivered text starting with `prefix` was delivered.
-    fn delivered_at(&self, prefix: &str) -> Vec<u64> {
-        self.seen
-            .iter()
-            .filter(|e| e["event"] == "delivered")
-            .filter(|e| e["text"].as_str().is_some_and(|t| t.starts_with(prefix)))
-            .filter_map(|e| e["at_ms"].as_u64())
-            .collect()
-    }
-}
-
-fn delivered(seen: &[Value], prefix: &str) -> Vec<String> {
-    seen.iter()
-        .filter(|e| e["event"] == "delivered")
-        .filter_map(|e| e["text"].as_str())
-        .filter(|t| t.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// `prefix 0` … `prefix count-1`.
-fn numbered(prefix: &str, count: usize) -> Vec<String> {
-    (0..count).map(|i| format!("{prefix} {i}")).collect()
 }
 
 /// Sends `prefix 0`, `prefix 1`, … from the node at `socket` to `peer`, one `tether
@@ -186,6 +103,37 @@ fn send_until(
     })
 }
 
+/// A sending to B and B to A, each with [`send_until`], until told to stop.
+struct Senders {
+    /// A's prefix and B's.
+    prefixes: [&'static str; 2],
+    /// A's sender and B's.
+    threads: [std::thread::JoinHandle<Vec<u64>>; 2],
+    /// Tells both to send their last 3 and stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Senders {
+    /// Starts both, at least `min` messages each, and waits until each sent its first.
+    fn start(dir: &Path, prefixes: [&'static str; 2], min: usize) -> Self {
+        let (started, started_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let [a, b] = prefixes;
+        let threads = [
+            send_until(dir, "a.sock", "b", a, min, stop.clone(), started.clone()),
+            send_until(dir, "b.sock", "a", b, min, stop.clone(), started),
+        ];
+        for _ in 0..2 {
+            started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        }
+        Self {
+            prefixes,
+            threads,
+            stop,
+        }
+    }
+}
+
 /// The lines of a node's JSON log (`--log-format json`), each as (unix ms, message,
 /// fields).
 fn log_events(log: &str) -> Vec<(u64, String, Value)> {
@@ -208,26 +156,12 @@ fn logged_addr(value: &Value) -> String {
         .to_string()
 }
 
-/// Whether a peer status shows Ready on a direct path to an address starting with
-/// `remote`.
-fn direct_to(status: &Value, remote: &str) -> bool {
-    status["status"] == "Ready"
-        && status["path"] == "direct"
-        && status["remote"]
-            .as_str()
-            .is_some_and(|r| r.starts_with(remote))
-}
-
 /// Two nodes behind NATs and a relay on the public side, the session Ready over the
 /// relay. Fields drop in order: processes first, then namespaces, then the folder.
 struct NatPair {
-    watch_a: Watch,
-    watch_b: Watch,
-    a: Proc,
-    b: Proc,
+    nodes: Nodes,
     deployment: Deployment,
     net: NatTopology,
-    d: PathBuf,
     _dir: tempfile::TempDir,
     /// Marks the test set on the timeline (unix ms, what).
     marks: Vec<(u64, String)>,
@@ -238,12 +172,9 @@ struct NatPair {
 /// What `NatPair::start` left running: the senders it started.
 struct Started {
     pair: NatPair,
-    /// A sends `from a 0` … to B from the moment A is up.
-    a_sender: std::thread::JoinHandle<Vec<u64>>,
-    /// B sends `from b 0` … to A once A's watch runs.
-    b_sender: std::thread::JoinHandle<Vec<u64>>,
-    /// Tells both senders to send their last 3 and stop.
-    stop: Arc<AtomicBool>,
+    /// A sends `from a 0` … to B from the moment A is up; B sends `from b 0` … to A
+    /// once A's watch runs.
+    senders: Senders,
     /// When B, the first node, started (unix ms).
     start_ms: u64,
 }
@@ -313,7 +244,7 @@ impl NatPair {
         let start_ms = unix_ms();
         marks.push((start_ms, "B started".to_string()));
         let b = start_node(&net.b);
-        let watch_b = Watch::start(&d, "b.sock", until);
+        let watch_b = Watch::started(&d, "b.sock", until);
         while !relay_connected(&d, "b.sock") {
             assert!(Instant::now() < until, "B never connected to the relay");
         }
@@ -331,7 +262,7 @@ impl NatPair {
             stop.clone(),
             started.clone(),
         );
-        let watch_a = Watch::start(&d, "a.sock", until);
+        let watch_a = Watch::started(&d, "a.sock", until);
         let b_sender = send_until(
             &d,
             "b.sock",
@@ -342,18 +273,20 @@ impl NatPair {
             started,
         );
         let mut pair = Self {
-            watch_a,
-            watch_b,
-            a,
-            b,
+            nodes: Nodes {
+                watch_a,
+                watch_b,
+                a,
+                b,
+                d,
+            },
             deployment,
             net,
-            d,
             _dir: dir,
             marks,
             conntrack_events,
         };
-        while !relay_connected(&pair.d, "a.sock") {
+        while !relay_connected(&pair.nodes.d, "a.sock") {
             if Instant::now() > until {
                 pair.fail("A never connected to the relay");
             }
@@ -363,26 +296,17 @@ impl NatPair {
         for _ in 0..2 {
             started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
         }
-        let ready = |seen: &[Value]| {
-            seen.iter()
-                .any(|e| e["event"] == "status" && e["to"] == "Ready")
-        };
         pair.wait_a(until, "A Ready at the start", ready);
         pair.wait_b(until, "B Ready at the start", ready);
         Started {
             pair,
-            a_sender,
-            b_sender,
-            stop,
+            senders: Senders {
+                prefixes: ["from a", "from b"],
+                threads: [a_sender, b_sender],
+                stop,
+            },
             start_ms,
         }
-    }
-
-    fn status(&self) -> (Value, Value) {
-        (
-            node_status(&self.d, "a.sock")["peers"][0].clone(),
-            node_status(&self.d, "b.sock")["peers"][0].clone(),
-        )
     }
 
     /// The public address (`ip:`) of the NAT in front of `device`'s `uplink`, as a
@@ -417,7 +341,11 @@ impl NatPair {
         wanted: impl Fn(&(u64, String, String)) -> bool,
     ) -> u64 {
         loop {
-            let node = if who == 'A' { &self.a } else { &self.b };
+            let node = if who == 'A' {
+                &self.nodes.a
+            } else {
+                &self.nodes.b
+            };
             if let Some((at, _, _)) = self.bindings(node).into_iter().rev().find(&wanted) {
                 return at;
             }
@@ -426,16 +354,11 @@ impl NatPair {
                 self.fail(&format!("{who}'s log shows no such binding"));
             }
             let watch = if who == 'A' {
-                &mut self.watch_a
+                &mut self.nodes.watch_a
             } else {
-                &mut self.watch_b
+                &mut self.nodes.watch_b
             };
-            if let Some(line) = watch
-                .proc
-                .next_line_before(deadline.min(now + Duration::from_millis(20)))
-            {
-                watch.seen.push(json(&line));
-            }
+            watch.next_before(deadline.min(now + Duration::from_millis(20)));
         }
     }
 
@@ -443,7 +366,7 @@ impl NatPair {
     /// time order, as `+ms who what` lines.
     fn timeline(&self, from_ms: u64) -> String {
         let mut lines: Vec<(u64, String)> = self.marks.clone();
-        for (who, node) in [("A", &self.a), ("B", &self.b)] {
+        for (who, node) in [("A", &self.nodes.a), ("B", &self.nodes.b)] {
             for (at, message, f) in log_events(&node.stderr_text()) {
                 let what = match message.as_str() {
                     "session bound to a path" => format!(
@@ -502,125 +425,63 @@ impl NatPair {
         }
         format!(
             "--- A's log:\n{}--- B's log:\n{}{conntrack}{}",
-            self.a.stderr_text(),
-            self.b.stderr_text(),
+            self.nodes.a.stderr_text(),
+            self.nodes.b.stderr_text(),
             self.net.diagnostics()
         )
     }
 
-    /// Reads A's events until `done` holds for them; fails with `what` at the deadline.
-    fn wait_a(&mut self, deadline: Instant, what: &str, done: impl Fn(&[Value]) -> bool) {
-        if !self.watch_a.until(deadline, done) {
-            self.fail(what);
-        }
-    }
-
-    /// Reads B's events until `done` holds for them; fails with `what` at the deadline.
-    fn wait_b(&mut self, deadline: Instant, what: &str, done: impl Fn(&[Value]) -> bool) {
-        if !self.watch_b.until(deadline, done) {
-            self.fail(what);
-        }
-    }
-
-    /// Fails with `what`, the events, the nodes' logs and what the NATs did.
-    fn fail(&self, what: &str) -> ! {
-        let events = |w: &Watch| {
-            w.seen
-                .iter()
-                .filter(|e| e["event"] != "delivered")
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        panic!(
-            "{what}\n--- A's events:\n{}\n--- B's events:\n{}\n--- A's log:\n{}\n--- B's \
-             log:\n{}\n--- relay's log:\n{}\n{}",
-            events(&self.watch_a),
-            events(&self.watch_b),
-            tail(&self.a.stderr_text()),
-            tail(&self.b.stderr_text()),
-            tail(&self.deployment.relay.stderr_text()),
-            self.net.diagnostics()
-        );
-    }
-
-    /// Polls both statuses until `done(a, b)` or the deadline (then fails with `what`);
-    /// the time of the poll that saw it. Between polls it waits for A's next event, at
-    /// most 50 ms, and takes in the events both watches have.
-    fn poll_status(
-        &mut self,
-        deadline: Instant,
-        what: &str,
-        done: impl Fn(&Value, &Value) -> bool,
-    ) -> (Value, Value, Instant) {
-        loop {
-            let (a, b) = self.status();
-            let at = Instant::now();
-            if done(&a, &b) {
-                return (a, b, at);
-            }
-            if at >= deadline {
-                self.fail(&format!("{what}; last status:\nA: {a}\nB: {b}"));
-            }
-            let wake = deadline.min(at + Duration::from_millis(50));
-            if let Some(line) = self.watch_a.proc.next_line_before(wake) {
-                self.watch_a.seen.push(json(&line));
-            }
-            self.watch_a.pump();
-            self.watch_b.pump();
-        }
-    }
-
-    /// Waits for A's `count_a` numbered messages (`prefix_a 0` …) at B and B's
-    /// `count_b` at A and checks each side got the other's exactly once, in order.
-    fn all_delivered_once(
-        &mut self,
-        prefix_a: &str,
-        count_a: usize,
-        prefix_b: &str,
-        count_b: usize,
-    ) {
+    /// Stops `senders` and checks each side got the other's messages exactly once, in
+    /// order; when (unix ms) each of A's and each of B's was accepted.
+    fn stop_and_check(&mut self, senders: Senders) -> [Vec<u64>; 2] {
+        senders.stop.store(true, Ordering::SeqCst);
+        let [a_sent, b_sent] = senders.threads.map(|s| s.join().unwrap());
+        let [prefix_a, prefix_b] = senders.prefixes;
         let until = Instant::now() + Duration::from_secs(30);
         let pa = format!("{prefix_a} ");
         let pb = format!("{prefix_b} ");
-        let all_b = |seen: &[Value]| delivered(seen, &pa).len() >= count_a;
-        let all_a = |seen: &[Value]| delivered(seen, &pb).len() >= count_b;
+        let all_b = |seen: &[Value]| delivered(seen, &pa).len() >= a_sent.len();
+        let all_a = |seen: &[Value]| delivered(seen, &pb).len() >= b_sent.len();
         self.wait_b(until, "B did not get all of A's messages", all_b);
         self.wait_a(until, "A did not get all of B's messages", all_a);
         // A duplicate would come right behind the original: a round of status (both
         // nodes answering) lets the watches take in whatever came by then.
-        let _ = self.status();
-        self.watch_a.pump();
-        self.watch_b.pump();
+        let _ = self.nodes.status();
+        self.nodes.watch_a.pump(Instant::now());
+        self.nodes.watch_b.pump(Instant::now());
         assert_eq!(
-            self.watch_b.delivered(&pa),
-            numbered(prefix_a, count_a),
+            self.nodes.watch_b.delivered(&pa),
+            numbered(prefix_a, a_sent.len()),
             "A -> B: every message once, in order"
         );
         assert_eq!(
-            self.watch_a.delivered(&pb),
-            numbered(prefix_b, count_b),
+            self.nodes.watch_a.delivered(&pb),
+            numbered(prefix_b, b_sent.len()),
             "B -> A: every message once, in order"
         );
+        [a_sent, b_sent]
     }
 }
 
-/// The same session as `before`: Ready, no handshake, same epoch, PeerSecret and keys.
-fn assert_same_session(name: &str, before: &Value, after: &Value) {
-    assert_eq!(after["status"], "Ready", "{name}: {after}");
-    assert_eq!(
-        after["handshakes"], before["handshakes"],
-        "{name}: no handshake: {after}"
-    );
-    assert_eq!(after["epoch"], before["epoch"], "{name}: epoch");
-    assert_eq!(
-        after["peer_secret"], before["peer_secret"],
-        "{name}: PeerSecret"
-    );
-    assert_eq!(
-        after["session_keys"], before["session_keys"],
-        "{name}: session keys"
-    );
+impl TwoNodes for NatPair {
+    fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    fn nodes_mut(&mut self) -> &mut Nodes {
+        &mut self.nodes
+    }
+
+    /// Fails with `what`, the events, the nodes' and the relay's logs and what the NATs
+    /// did.
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{}\n--- relay's log:\n{}\n{}",
+            self.nodes.report(what),
+            tail(&self.deployment.relay.stderr_text()),
+            self.net.diagnostics()
+        );
+    }
 }
 
 /// How long the session may take, after both sides are Ready over the relay, to be on a
@@ -634,9 +495,7 @@ const DIRECT_WITHIN: Duration = Duration::from_secs(10);
 fn establish_and_upgrade() -> NatPair {
     let Started {
         mut pair,
-        a_sender,
-        b_sender,
-        stop,
+        senders,
         start_ms,
     } = NatPair::start(NatPorts::Preserving, NatPorts::Preserving);
     let ready_at = Instant::now();
@@ -647,16 +506,13 @@ fn establish_and_upgrade() -> NatPair {
         "not on a direct path between the NATs' public addresses",
         |a, b| direct_to(a, &b_public) && direct_to(b, &a_public),
     );
-    stop.store(true, Ordering::SeqCst);
-    let a_sent = a_sender.join().unwrap();
-    let b_sent = b_sender.join().unwrap();
-    pair.all_delivered_once("from a", a_sent.len(), "from b", b_sent.len());
+    let [a_sent, b_sent] = pair.stop_and_check(senders);
 
     let soon = Instant::now() + Duration::from_secs(5);
     let is_direct = |(_, path, _): &(u64, String, String)| path == "direct";
     pair.logged_binding('A', soon, is_direct);
     pair.logged_binding('B', soon, is_direct);
-    let (bound_a, bound_b) = (pair.bindings(&pair.a), pair.bindings(&pair.b));
+    let (bound_a, bound_b) = (pair.bindings(&pair.nodes.a), pair.bindings(&pair.nodes.b));
     let first_direct = |bound: &[(u64, String, String)]| {
         bound
             .iter()
@@ -686,11 +542,11 @@ fn establish_and_upgrade() -> NatPair {
         a_sent.len(),
         a_sent[0] - start_ms,
         last(&a_sent),
-        over_relay(&pair.watch_b.delivered_at("from a ")),
+        over_relay(&pair.nodes.watch_b.delivered_at("from a ")),
         b_sent.len(),
         b_sent[0] - start_ms,
         last(&b_sent),
-        over_relay(&pair.watch_a.delivered_at("from b ")),
+        over_relay(&pair.nodes.watch_a.delivered_at("from b ")),
     );
     print!("{}", pair.logs_if_asked());
 
@@ -726,52 +582,18 @@ fn behind_port_preserving_nats_the_session_moves_from_the_relay_to_a_direct_path
 #[test]
 fn behind_nats_both_devices_move_to_mobile_at_once_and_return_to_a_direct_path() {
     let mut pair = establish_and_upgrade();
-    let (before_a, before_b) = pair.status();
+    let before = pair.nodes.status();
     pair.marks.clear();
 
     // Both send from before the move until after both are direct again.
-    let (started, started_rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let senders = [
-        send_until(
-            &pair.d,
-            "a.sock",
-            "b",
-            "moving a",
-            5,
-            stop.clone(),
-            started.clone(),
-        ),
-        send_until(&pair.d, "b.sock", "a", "moving b", 5, stop.clone(), started),
-    ];
-    for _ in 0..2 {
-        started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    }
-    // Both switches run at once: each is one shell in its device's namespace.
+    let senders = Senders::start(&pair.nodes.d, ["moving a", "moving b"], 5);
     let switched_at = Instant::now();
     let switched_at_ms = unix_ms();
     pair.marks.push((
         switched_at_ms,
         "both devices switch wifi -> mobile".to_string(),
     ));
-    let moves: Vec<_> = [&pair.net.a, &pair.net.b]
-        .map(|device| {
-            device
-                .switch_command(Uplink::Wifi, Uplink::Mobile)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .into_iter()
-        .collect();
-    for m in moves {
-        let out = m.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    switch_at_once(&[&pair.net.a, &pair.net.b], Uplink::Wifi, Uplink::Mobile);
 
     let a_mobile = pair.public(&pair.net.a, Uplink::Mobile);
     let b_mobile = pair.public(&pair.net.b, Uplink::Mobile);
@@ -780,9 +602,7 @@ fn behind_nats_both_devices_move_to_mobile_at_once_and_return_to_a_direct_path()
         "both moved: not back on a direct path between the mobile NATs within 20 s",
         |a, b| direct_to(a, &b_mobile) && direct_to(b, &a_mobile),
     );
-    stop.store(true, Ordering::SeqCst);
-    let [a_sent, b_sent] = senders.map(|s| s.join().unwrap());
-    pair.all_delivered_once("moving a", a_sent.len(), "moving b", b_sent.len());
+    let [a_sent, b_sent] = pair.stop_and_check(senders);
     let soon = Instant::now() + Duration::from_secs(5);
     let direct_again =
         |(at, path, _): &(u64, String, String)| *at >= switched_at_ms && path == "direct";
@@ -801,15 +621,12 @@ fn behind_nats_both_devices_move_to_mobile_at_once_and_return_to_a_direct_path()
         b_sent.len(),
     );
     print!("{}", pair.logs_if_asked());
-    let (end_a, end_b) = pair.status();
-    for (name, before, after) in [
-        ("A", &before_a, &after_a),
-        ("B", &before_b, &after_b),
-        ("A at the end", &before_a, &end_a),
-        ("B at the end", &before_b, &end_b),
-    ] {
-        assert_same_session(name, before, after);
-    }
+    assert_both_kept(
+        assert_same_session,
+        &before,
+        &(after_a, after_b),
+        &pair.nodes.status(),
+    );
 }
 
 /// NATs that no direct path crosses: the session runs over the relay and stays there,
@@ -842,9 +659,7 @@ fn behind_nats_both_devices_move_to_mobile_at_once_and_return_to_a_direct_path()
 fn stays_on_the_relay(a_ports: NatPorts, b_ports: NatPorts, firewall: bool) {
     let Started {
         mut pair,
-        a_sender,
-        b_sender,
-        stop,
+        senders,
         start_ms,
     } = NatPair::start_with(a_ports, b_ports, firewall);
     // The candidates are exchanged and dialled right after Ready; give the dials, their
@@ -855,13 +670,10 @@ fn stays_on_the_relay(a_ports: NatPorts, b_ports: NatPorts, firewall: bool) {
         seen.iter()
             .any(|e| e["event"] == "ready" && e["path"] == "direct")
     };
-    let a_direct = pair.watch_a.until(until, direct);
-    let b_direct = pair.watch_b.until(until, direct);
-    let (a, b) = pair.status();
-    stop.store(true, Ordering::SeqCst);
-    let a_sent = a_sender.join().unwrap();
-    let b_sent = b_sender.join().unwrap();
-    pair.all_delivered_once("from a", a_sent.len(), "from b", b_sent.len());
+    let a_direct = pair.nodes.watch_a.until(until, direct);
+    let b_direct = pair.nodes.watch_b.until(until, direct);
+    let (a, b) = pair.nodes.status();
+    let [a_sent, b_sent] = pair.stop_and_check(senders);
     println!(
         "NATs {a_ports:?} A, {b_ports:?} B, firewall {firewall}, ms from B's start:\n{}\n  \
          after 5 s: A {} {}, B {} {}; sent over the relay and delivered once, in order: \

@@ -20,15 +20,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 mod common;
 
-use common::netns::{works, Device, Topology, Uplink};
-use common::{command, field, run, tail, Deployment, Proc, TETHER};
+use common::netns::{switch_at_once, works, Device, Topology, Uplink};
+use common::nodes::{
+    assert_both_kept, assert_same_session, delivered, direct_to, numbered, ready, unix_ms, Nodes,
+    TwoNodes, Watch,
+};
+use common::{command, field, run, Deployment, Proc, TETHER};
 
 #[test]
 fn a_node_rebinds_and_migrates_when_an_address_appears() {
@@ -198,111 +201,6 @@ fn a_node_rebinds_and_migrates_when_an_address_appears() {
 // ---------------------------------------------------------------------------------------
 // The topology tests: router, two uplinks per device, the relay in its own namespace.
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or(Value::Null)
-}
-
-/// `tether status --json` of the node at `socket`: its one peer.
-fn peer_status(dir: &Path, socket: &str) -> Value {
-    json(&run(dir, TETHER, &["status", "--json", "--socket", socket]))["peers"][0].clone()
-}
-
-/// A `tether watch` and every event it showed so far.
-struct Watch {
-    proc: Proc,
-    seen: Vec<Value>,
-}
-
-impl Watch {
-    fn start(dir: &Path, socket: &str) -> Self {
-        Self {
-            proc: Proc::start(
-                dir,
-                &format!("watch-{socket}"),
-                TETHER,
-                &["watch", "--socket", socket],
-            ),
-            seen: Vec::new(),
-        }
-    }
-
-    /// Takes in every event already there and those that come before `until` (which
-    /// it waits for).
-    fn pump(&mut self, until: Instant) {
-        while let Some(line) = self.proc.next_line_before(until) {
-            self.seen.push(json(&line));
-        }
-    }
-
-    /// The events since `from_ms` (unix ms), but deliveries, as `+ms event details`
-    /// lines: a migration's timeline.
-    fn timeline(&self, who: &str, from_ms: u64) -> String {
-        self.seen
-            .iter()
-            .filter(|e| e["event"] != "delivered")
-            .filter_map(|e| {
-                let at = e["at_ms"].as_u64()?.checked_sub(from_ms)?;
-                let what = match e["event"].as_str()? {
-                    "status" => format!("{} -> {}", e["from"].as_str().unwrap_or("-"), e["to"]),
-                    "ready" => format!("bound {} {}", e["path"], e["remote"]),
-                    "rebound" => format!("rebound {} -> {}", e["old"], e["new"]),
-                    "migration_completed" => {
-                        format!("migration completed ({} ms)", e["duration_ms"])
-                    }
-                    other => other.to_string(),
-                };
-                Some(format!("  {who} +{at} ms {what}"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Reads events until `done` holds for what was seen; false at the deadline.
-    fn until(&mut self, deadline: Instant, done: impl Fn(&[Value]) -> bool) -> bool {
-        while !done(&self.seen) {
-            match self.proc.next_line_before(deadline) {
-                Some(line) => self.seen.push(json(&line)),
-                None => return false,
-            }
-        }
-        true
-    }
-
-    /// The delivered texts that start with `prefix`, in order.
-    fn delivered(&self, prefix: &str) -> Vec<String> {
-        delivered(&self.seen, prefix)
-    }
-
-    /// When (unix ms) the message `text` was delivered.
-    fn delivered_at(&self, text: &str) -> Option<u64> {
-        self.seen
-            .iter()
-            .find(|e| e["event"] == "delivered" && e["text"] == text)
-            .and_then(|e| e["at_ms"].as_u64())
-    }
-}
-
-fn delivered(seen: &[Value], prefix: &str) -> Vec<String> {
-    seen.iter()
-        .filter(|e| e["event"] == "delivered")
-        .filter_map(|e| e["text"].as_str())
-        .filter(|t| t.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// `prefix 0` … `prefix count-1`.
-fn numbered(prefix: &str, count: usize) -> Vec<String> {
-    (0..count).map(|i| format!("{prefix} {i}")).collect()
-}
-
 /// Sends `prefix 0` … `prefix count-1` from the node at `socket` to `peer`, one `tether
 /// send` at a time, on a thread; says on `started` once `signal_after` of them are sent.
 fn send_numbered(
@@ -328,14 +226,20 @@ fn send_numbered(
 /// Two nodes and a relay running on the topology, the session Ready and settled.
 /// Fields drop in order: processes first, then namespaces, then the folder.
 struct Pair {
-    watch_a: Watch,
-    watch_b: Watch,
-    a: Proc,
-    b: Proc,
+    nodes: Nodes,
     _deployment: Deployment,
     net: Topology,
-    d: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl TwoNodes for Pair {
+    fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    fn nodes_mut(&mut self) -> &mut Nodes {
+        &mut self.nodes
+    }
 }
 
 impl Pair {
@@ -378,144 +282,44 @@ impl Pair {
         );
         let (b, _) = start_node(&net.b, &b_peers);
         let mut pair = Self {
-            watch_a: Watch::start(&d, "a.sock"),
-            watch_b: Watch::start(&d, "b.sock"),
-            a,
-            b,
+            nodes: Nodes::watch(a, b, &d),
             _deployment: deployment,
             net,
-            d,
             _dir: dir,
-        };
-        let ready = |seen: &[Value]| {
-            seen.iter()
-                .any(|e| e["event"] == "status" && e["to"] == "Ready")
         };
         pair.wait_a(until, "A Ready at the start", ready);
         pair.wait_b(until, "B Ready at the start", ready);
         // One message each way settles the session before any baseline.
-        pair.send("a.sock", "b", "settle a");
-        pair.send("b.sock", "a", "settle b");
+        pair.nodes.send("a.sock", "b", "settle a");
+        pair.nodes.send("b.sock", "a", "settle b");
         let settled_b = |seen: &[Value]| !delivered(seen, "settle a").is_empty();
         let settled_a = |seen: &[Value]| !delivered(seen, "settle b").is_empty();
         pair.wait_b(until, "B got A's first message", settled_b);
         pair.wait_a(until, "A got B's first message", settled_a);
         pair
     }
-
-    fn send(&self, socket: &str, peer: &str, text: &str) {
-        run(&self.d, TETHER, &["send", "--socket", socket, peer, text]);
-    }
-
-    fn status(&self) -> (Value, Value) {
-        (
-            peer_status(&self.d, "a.sock"),
-            peer_status(&self.d, "b.sock"),
-        )
-    }
-
-    /// Reads A's events until `done` holds for them; fails with `what` at the deadline.
-    fn wait_a(&mut self, deadline: Instant, what: &str, done: impl Fn(&[Value]) -> bool) {
-        if !self.watch_a.until(deadline, done) {
-            self.fail(what);
-        }
-    }
-
-    /// Reads B's events until `done` holds for them; fails with `what` at the deadline.
-    fn wait_b(&mut self, deadline: Instant, what: &str, done: impl Fn(&[Value]) -> bool) {
-        if !self.watch_b.until(deadline, done) {
-            self.fail(what);
-        }
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        let events = |w: &Watch| {
-            w.seen
-                .iter()
-                .filter(|e| e["event"] != "delivered")
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        panic!(
-            "{what}\n--- A's events:\n{}\n--- B's events:\n{}\n--- A's log:\n{}\n--- B's log:\n{}",
-            events(&self.watch_a),
-            events(&self.watch_b),
-            tail(&self.a.stderr_text()),
-            tail(&self.b.stderr_text())
-        );
-    }
-
-    /// Polls both statuses until `done(a, b)` or the deadline (then fails with `what`);
-    /// the time of the poll that saw it. Between polls it waits for A's next event, at
-    /// most 50 ms, and takes in the events both watches have.
-    fn poll_status(
-        &mut self,
-        deadline: Instant,
-        what: &str,
-        done: impl Fn(&Value, &Value) -> bool,
-    ) -> (Value, Value, Instant) {
-        loop {
-            let (a, b) = self.status();
-            let at = Instant::now();
-            if done(&a, &b) {
-                return (a, b, at);
-            }
-            if at >= deadline {
-                self.fail(&format!("{what}; last status:\nA: {a}\nB: {b}"));
-            }
-            let wake = deadline.min(at + Duration::from_millis(50));
-            if let Some(line) = self.watch_a.proc.next_line_before(wake) {
-                self.watch_a.seen.push(json(&line));
-            }
-            self.watch_a.pump(Instant::now());
-            self.watch_b.pump(Instant::now());
-        }
-    }
 }
 
-/// The same session as `before`: Ready, no handshake, same epoch, PeerSecret and keys.
-fn assert_same_session(name: &str, before: &Value, after: &Value) {
-    assert_eq!(after["status"], "Ready", "{name}: {after}");
-    assert_eq!(
-        after["handshakes"], before["handshakes"],
-        "{name}: no handshake: {after}"
-    );
+/// [`assert_same_session`], and not even a handshake attempted nor a migration failed.
+fn assert_same_session_untroubled(name: &str, before: &Value, after: &Value) {
+    assert_same_session(name, before, after);
     assert_eq!(
         after["handshake_attempts"], before["handshake_attempts"],
         "{name}: no handshake attempted: {after}"
     );
-    assert_eq!(after["epoch"], before["epoch"], "{name}: epoch");
-    assert_eq!(
-        after["peer_secret"], before["peer_secret"],
-        "{name}: PeerSecret"
-    );
-    assert_eq!(
-        after["session_keys"], before["session_keys"],
-        "{name}: session keys"
-    );
     assert_eq!(after["session"]["migrations_failed"], 0, "{name}: {after}");
-}
-
-/// Whether a status shows Ready on a direct path to an address starting with `remote`.
-fn direct_to(status: &Value, remote: &str) -> bool {
-    status["status"] == "Ready"
-        && status["path"] == "direct"
-        && status["remote"]
-            .as_str()
-            .is_some_and(|r| r.starts_with(remote))
 }
 
 #[test]
 fn a_device_that_changes_networks_while_sending_keeps_its_session() {
     let mut pair = Pair::start(&[(Uplink::Wifi, 100)], &[(Uplink::Wifi, 100)]);
-    let (before_a, before_b) = pair.status();
+    let (before_a, before_b) = pair.nodes.status();
     assert!(before_a["peer_secret"].is_string(), "{before_a}");
 
     // A sends 30 numbered messages; after the 10th it moves from wifi to mobile.
     const COUNT: usize = 30;
     let (started, started_rx) = mpsc::channel();
-    let sender = send_numbered(&pair.d, "a.sock", "b", "from a", COUNT, 10, started);
+    let sender = send_numbered(&pair.nodes.d, "a.sock", "b", "from a", COUNT, 10, started);
     started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     let moved = pair
         .net
@@ -541,11 +345,12 @@ fn a_device_that_changes_networks_while_sending_keeps_its_session() {
     });
 
     assert_eq!(
-        pair.watch_b.delivered("from a "),
+        pair.nodes.watch_b.delivered("from a "),
         numbered("from a", COUNT),
         "B gets every message once, in order"
     );
     let rebinds: Vec<&Value> = pair
+        .nodes
         .watch_a
         .seen
         .iter()
@@ -557,8 +362,8 @@ fn a_device_that_changes_networks_while_sending_keeps_its_session() {
         "one network change, one rebind: {rebinds:?}"
     );
     assert_eq!(rebinds[0]["cause"], "interface", "{}", rebinds[0]);
-    assert_same_session("A", &before_a, &after_a);
-    assert_same_session("B", &before_b, &after_b);
+    assert_same_session_untroubled("A", &before_a, &after_a);
+    assert_same_session_untroubled("B", &before_b, &after_b);
     assert_eq!(after_a["path"], "direct", "{after_a}");
 }
 
@@ -569,39 +374,29 @@ fn a_device_that_changes_networks_while_sending_keeps_its_session() {
 /// sides direct again.
 fn both_move_at_once(loss: u32) -> Duration {
     let mut pair = Pair::start(&[(Uplink::Wifi, 100)], &[(Uplink::Wifi, 100)]);
-    let (before_a, before_b) = pair.status();
+    let before = pair.nodes.status();
     pair.net.set_loss(loss);
 
     const COUNT: usize = 20;
     let (started, started_rx) = mpsc::channel();
     let senders = [
-        send_numbered(&pair.d, "a.sock", "b", "from a", COUNT, 5, started.clone()),
-        send_numbered(&pair.d, "b.sock", "a", "from b", COUNT, 5, started),
+        send_numbered(
+            &pair.nodes.d,
+            "a.sock",
+            "b",
+            "from a",
+            COUNT,
+            5,
+            started.clone(),
+        ),
+        send_numbered(&pair.nodes.d, "b.sock", "a", "from b", COUNT, 5, started),
     ];
     for _ in 0..2 {
         started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     }
-    // Both switches run at once: each is one shell in its device's namespace.
     let switched_at = Instant::now();
     let switched_at_ms = unix_ms();
-    let moves: Vec<_> = [&pair.net.a, &pair.net.b]
-        .map(|device| {
-            device
-                .switch_command(Uplink::Wifi, Uplink::Mobile)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .into_iter()
-        .collect();
-    for m in moves {
-        let out = m.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    switch_at_once(&[&pair.net.a, &pair.net.b], Uplink::Wifi, Uplink::Mobile);
     let switch_took = switched_at.elapsed();
 
     // Back on a direct path between the new addresses, within a generous bound.
@@ -623,13 +418,15 @@ fn both_move_at_once(loss: u32) -> Duration {
             .max()
     };
     let soon = Instant::now() + Duration::from_secs(2);
-    pair.watch_a
+    pair.nodes
+        .watch_a
         .until(soon, |seen| bound_direct(seen).is_some());
-    pair.watch_b
+    pair.nodes
+        .watch_b
         .until(soon, |seen| bound_direct(seen).is_some());
     let measured = match (
-        bound_direct(&pair.watch_a.seen),
-        bound_direct(&pair.watch_b.seen),
+        bound_direct(&pair.nodes.watch_a.seen),
+        bound_direct(&pair.nodes.watch_b.seen),
     ) {
         (Some(a), Some(b)) => Duration::from_millis(a.max(b) - switched_at_ms),
         _ => polled,
@@ -640,8 +437,8 @@ fn both_move_at_once(loss: u32) -> Duration {
         measured.as_millis(),
         polled.as_millis(),
         switch_took.as_millis(),
-        pair.watch_a.timeline("A", switched_at_ms),
-        pair.watch_b.timeline("B", switched_at_ms)
+        pair.nodes.watch_a.timeline("A", switched_at_ms),
+        pair.nodes.watch_b.timeline("B", switched_at_ms)
     );
 
     for s in senders {
@@ -656,23 +453,21 @@ fn both_move_at_once(loss: u32) -> Duration {
         a["status"] == "Ready" && b["status"] == "Ready"
     });
     assert_eq!(
-        pair.watch_b.delivered("from a "),
+        pair.nodes.watch_b.delivered("from a "),
         numbered("from a", COUNT),
         "A -> B"
     );
     assert_eq!(
-        pair.watch_a.delivered("from b "),
+        pair.nodes.watch_a.delivered("from b "),
         numbered("from b", COUNT),
         "B -> A"
     );
-    for (name, before, after) in [
-        ("A", &before_a, &after_a),
-        ("B", &before_b, &after_b),
-        ("A at the end", &before_a, &final_a),
-        ("B at the end", &before_b, &final_b),
-    ] {
-        assert_same_session(name, before, after);
-    }
+    assert_both_kept(
+        assert_same_session_untroubled,
+        &before,
+        &(after_a, after_b),
+        &(final_a, final_b),
+    );
     measured
 }
 
@@ -698,14 +493,14 @@ fn a_link_that_goes_down_while_its_address_stays_is_left_within_3_s() {
         &[(Uplink::Wifi, 100), (Uplink::Mobile, 200)],
         &[(Uplink::Wifi, 100)],
     );
-    let (before_a, before_b) = pair.status();
+    let before = pair.nodes.status();
 
     // The wifi access point goes away: A keeps 10.1.1.2 on an interface without carrier.
     let down_at = Instant::now();
     let down_at_ms = unix_ms();
     pair.net.link_down(&pair.net.a, Uplink::Wifi);
-    pair.send("a.sock", "b", "after down a 0");
-    pair.send("b.sock", "a", "after down b 0");
+    pair.nodes.send("a.sock", "b", "after down a 0");
+    pair.nodes.send("b.sock", "a", "after down b 0");
 
     // Recovered: a message sent after the link went down delivered each way, and both
     // sides Ready. Waits past the bound, to measure.
@@ -726,10 +521,9 @@ fn a_link_that_goes_down_while_its_address_stays_is_left_within_3_s() {
         pair.poll_status(until, "not Ready after the link went down", |a, b| {
             a["status"] == "Ready" && b["status"] == "Ready"
         });
-    let since_down =
-        |at: Option<u64>| Duration::from_millis(at.unwrap().saturating_sub(down_at_ms));
-    let a_to_b = since_down(pair.watch_b.delivered_at("after down a 0"));
-    let b_to_a = since_down(pair.watch_a.delivered_at("after down b 0"));
+    let since_down = |at: Vec<u64>| Duration::from_millis(at[0].saturating_sub(down_at_ms));
+    let a_to_b = since_down(pair.nodes.watch_b.delivered_at("after down a 0"));
+    let b_to_a = since_down(pair.nodes.watch_a.delivered_at("after down b 0"));
     let recovered = a_to_b.max(b_to_a);
     let rebinds = |w: &Watch| w.seen.iter().filter(|e| e["event"] == "rebound").count();
     println!(
@@ -738,8 +532,8 @@ fn a_link_that_goes_down_while_its_address_stays_is_left_within_3_s() {
         a_to_b.as_millis(),
         b_to_a.as_millis(),
         (ready_at - down_at).as_millis(),
-        rebinds(&pair.watch_a),
-        rebinds(&pair.watch_b),
+        rebinds(&pair.nodes.watch_a),
+        rebinds(&pair.nodes.watch_b),
         after_a["path"],
         after_a["remote"],
         after_b["path"],
@@ -747,30 +541,27 @@ fn a_link_that_goes_down_while_its_address_stays_is_left_within_3_s() {
     );
 
     // The session still carries data both ways, exactly once, in order; no handshake.
-    pair.send("a.sock", "b", "after down a 1");
-    pair.send("b.sock", "a", "after down b 1");
+    pair.nodes.send("a.sock", "b", "after down a 1");
+    pair.nodes.send("b.sock", "a", "after down b 1");
     let until = Instant::now() + Duration::from_secs(20);
     let both_b = |seen: &[Value]| delivered(seen, "after down a ").len() >= 2;
     let both_a = |seen: &[Value]| delivered(seen, "after down b ").len() >= 2;
     pair.wait_b(until, "A -> B stopped again", both_b);
     pair.wait_a(until, "B -> A stopped again", both_a);
     assert_eq!(
-        pair.watch_b.delivered("after down a "),
+        pair.nodes.watch_b.delivered("after down a "),
         numbered("after down a", 2)
     );
     assert_eq!(
-        pair.watch_a.delivered("after down b "),
+        pair.nodes.watch_a.delivered("after down b "),
         numbered("after down b", 2)
     );
-    let (end_a, end_b) = pair.status();
-    for (name, before, after) in [
-        ("A", &before_a, &after_a),
-        ("B", &before_b, &after_b),
-        ("A at the end", &before_a, &end_a),
-        ("B at the end", &before_b, &end_b),
-    ] {
-        assert_same_session(name, before, after);
-    }
+    assert_both_kept(
+        assert_same_session_untroubled,
+        &before,
+        &(after_a, after_b),
+        &pair.nodes.status(),
+    );
     if recovered > LINK_DOWN_RECOVERY {
         pair.fail(&format!(
             "the session took {} ms to carry data both ways again after the link went down \

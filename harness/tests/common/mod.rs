@@ -7,6 +7,7 @@
 
 pub mod hostile;
 pub mod netns;
+pub mod nodes;
 pub mod relay_device;
 
 use std::io::{BufRead, BufReader, Read};
