@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::nodes::assert_same_session;
 use common::{field, run, tail, Deployment, Proc, TETHER};
 
 fn json(line: &str) -> serde_json::Value {
@@ -197,20 +198,7 @@ fn two_nodes_and_a_relay_migrate_on_loopback_without_a_handshake() {
     let after_a = status_json(d, "a.sock");
     let after_b = status_json(d, "b.sock");
     for (name, before, after) in [("A", &before_a, &after_a), ("B", &before_b, &after_b)] {
-        assert_eq!(after["status"], "Ready", "{name}: {after}");
-        assert_eq!(
-            after["handshakes"], before["handshakes"],
-            "{name}: handshake count"
-        );
-        assert_eq!(after["epoch"], before["epoch"], "{name}: epoch");
-        assert_eq!(
-            after["peer_secret"], before["peer_secret"],
-            "{name}: PeerSecret"
-        );
-        assert_eq!(
-            after["session_keys"], before["session_keys"],
-            "{name}: session keys"
-        );
+        assert_same_session(name, before, after);
         assert_eq!(after["path"], "direct", "{name}");
         assert_eq!(after["delivered"], total as u64, "{name}: delivered count");
         let direct = &after["traffic"]["direct"];
