@@ -643,19 +643,23 @@ fn behind_nats_both_devices_move_to_mobile_at_once_and_return_to_a_direct_path()
 /// prediction or many probes (a birthday attack), which Tether does not do.
 ///
 /// Port-preserving masquerades without a firewall (`firewall` false), on both sides:
-/// **the relay** too. The first side to dial (here B, some 30 ms after Ready; A dials
-/// some 250 ms later) reaches the other's NAT before that NAT has sent anything to it;
-/// the packet is no reply, so it goes to the NAT itself, which answers port
+/// **the relay** too. Both sides dial the other's public address: B as soon as it is
+/// on the relay, A then or already during its connect (from the rendezvous hint, some
+/// 250 ms before Ready). The first packet reaches the other's NAT before that NAT has
+/// sent anything to it, is no reply, so it goes to the NAT itself, which answers port
 /// unreachable, and conntrack keeps an entry for it (peer public:port → own
-/// public:port). When the NAT's own device then
-/// sends to the peer, the mapping it would get (the same port) collides with that entry
-/// and the NAT picks another port: the device now leaves from a port the peer never
-/// sent to, and the peer's NAT treats its packets the same way. Both sides' dials go
-/// on refreshing the entries (a UDP entry lives 30 s after its last packet; probes come
-/// every 5 s), so it never clears. Dialling at the same instant does not help when a
-/// packet crosses the path faster than the two sides can agree on an instant (here
-/// well under a millisecond); first packets with a TTL too small to reach the peer's
-/// NAT would (they open one's own mapping and leave no entry at the other's).
+/// public:port). When the NAT's own device then sends to the peer, the mapping it
+/// would get (the same port) collides with that entry and the NAT picks another port:
+/// the device now leaves from a port the peer never sent to, and the peer's NAT treats
+/// its packets the same way.
+/// Both sides' dials go on refreshing the entries while they come less than 30 s apart
+/// (a UDP entry lives 30 s after its last packet; rounds of dials come 5 s apart at
+/// first, backing off to 80 s), so it does not clear while the test watches; what a
+/// later, sparser round finds is not tested. Dialling at the same instant does not
+/// help when a packet crosses the path faster than the two sides can agree on an
+/// instant (here well under a millisecond); first packets with a TTL too small to
+/// reach the peer's NAT would (they open one's own mapping and leave no entry at the
+/// other's).
 fn stays_on_the_relay(a_ports: NatPorts, b_ports: NatPorts, firewall: bool) {
     let Started {
         mut pair,
