@@ -89,7 +89,7 @@ impl DirectConnection {
             .peers
             .get(&device)
             .is_some_and(|p| p.announced != endpoints);
-        self.peer_announced(device, endpoints, CandidateSource::LearnedFromPeer);
+        self.peer_announced(now, device, endpoints, CandidateSource::LearnedFromPeer);
         let Some(peer) = self.peers.get(&device) else {
             return;
         };

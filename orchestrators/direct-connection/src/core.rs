@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use tether_crypto::{Fingerprint, KeyRing, PathChallenger, RendezvousId, Sealed, StaticKeypair};
 use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
-    AllowRekey, BlueprintCompiled, CandidateSource, CarryOverRelay, ChannelId, ConnectFailed,
-    ConnectPeer, DeviceId, DirectDialFailed, Endpoint, EvictSession, HandshakeStarted,
-    InboundMigrationPing, JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageConsumed,
-    MessageDelivered, MessagesAcknowledged, PathKind, PathLost, PathMeasured, PeerAnnounced,
-    PeerEndpointHint, PeerEndpointsChanged, PeerReset, ReflexiveAddress, RelayDelivered,
-    RelayEnqueue, RelayForward, RelayMigrationPing, RelayStatus, RequestId, SealedFrame,
-    SendCapacity, SendMigrationPing, SendWaiting, SessionFrame, SessionId, SessionReady,
-    TransportCommand, TransportEvent, WireFrame,
+    AllowRekey, BlueprintCompiled, CarryOverRelay, ChannelId, ConnectFailed, ConnectPeer, DeviceId,
+    DirectDialFailed, Endpoint, EvictSession, HandshakeStarted, InboundMigrationPing,
+    JournalCommitted, JournalEntry, LinkId, LivenessReport, MessageConsumed, MessageDelivered,
+    MessagesAcknowledged, PathKind, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
+    PeerEndpointsChanged, PeerReset, ReflexiveAddress, RelayDelivered, RelayEnqueue, RelayForward,
+    RelayMigrationPing, RelayStatus, RequestId, SealedFrame, SendCapacity, SendMigrationPing,
+    SendWaiting, SessionFrame, SessionId, SessionReady, TransportCommand, TransportEvent,
+    WireFrame,
 };
 
 /// Receiving channels a peer may open. Channels are an application's multiplexed
@@ -151,6 +151,8 @@ pub struct Counters {
     pub stale_migration_pings: u64,
     /// Path responses that matched no challenge.
     pub bad_path_responses: u64,
+    /// Rendezvous hints ignored for being older than what the peer last said itself.
+    pub stale_hints: u64,
     /// Direct paths that answered while on the relay and were left unused for being
     /// slower than the relay (`path_choice`).
     pub direct_paths_declined: u64,
@@ -281,6 +283,7 @@ impl DirectConnection {
                     relay_rtt_ms: None,
                     direct_declined: None,
                     declined_link: None,
+                    heard_from_peer_at_ms: None,
                     announced: Vec::new(),
                     blueprint: Vec::new(),
                     challenger: PathChallenger::new(challenge_ttl_ms, MAX_CHALLENGES_PER_PEER),
@@ -455,9 +458,7 @@ impl SansIoCore for DirectConnection {
                 None
             }
             Input::Hint(hint) => {
-                let before = self.direct_candidates(hint.peer);
-                self.peer_announced(hint.peer, hint.endpoints, CandidateSource::Rendezvous);
-                self.hinted_during_connect(hint.peer, &before);
+                self.hint_received(now, hint);
                 None
             }
             Input::Consumed(consumed) => {

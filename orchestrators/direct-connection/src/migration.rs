@@ -19,8 +19,8 @@ use std::time::Instant;
 use tether_crypto::MigrationTag;
 use tether_protocol::{
     canonical_endpoints, Candidate, CandidateSource, DeviceId, Endpoint, InboundMigrationPing,
-    LinkId, MigrationAck, MigrationPing, PeerAnnounced, PeerEndpointsChanged, RelayEnqueue,
-    SendMigrationPing, SessionFrame, MAX_DIRECT_CANDIDATES,
+    LinkId, MigrationAck, MigrationPing, PeerAnnounced, PeerEndpointHint, PeerEndpointsChanged,
+    RelayEnqueue, SendMigrationPing, SessionFrame, MAX_DIRECT_CANDIDATES,
 };
 
 /// Filler sent after a migration ping on a migrated link. The peer's QUIC stack may send
@@ -63,13 +63,18 @@ impl DirectConnection {
     /// ConnectionBlueprint to rank, to Presence to decide on a direct attempt.
     pub(crate) fn peer_announced(
         &mut self,
+        now: Instant,
         device: DeviceId,
         endpoints: Vec<SocketAddr>,
         source: CandidateSource,
     ) {
+        let wall_ms = self.wall_ms(now);
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
+        if source == CandidateSource::LearnedFromPeer {
+            peer.heard_from_peer_at_ms = Some(wall_ms);
+        }
         if endpoints.is_empty() || peer.announced == endpoints {
             return;
         }
@@ -84,6 +89,25 @@ impl DirectConnection {
                 peer: device,
                 hinted: source == CandidateSource::Rendezvous,
             }));
+    }
+
+    /// The rendezvous server's answer about the peer. A hint sealed before the peer last
+    /// told us itself where it is must not replace what it told us: after a move the
+    /// server may still hold its previous network's addresses. (The two devices'
+    /// clocks are compared: a peer whose clock is behind ours by a few seconds has its
+    /// fresh hints ignored for those seconds after it last spoke.)
+    pub(crate) fn hint_received(&mut self, now: Instant, hint: PeerEndpointHint) {
+        let heard_at = self
+            .peers
+            .get(&hint.peer)
+            .and_then(|p| p.heard_from_peer_at_ms);
+        if heard_at.is_some_and(|at| hint.issued_at_ms < at) {
+            self.counters.stale_hints += 1;
+            return;
+        }
+        let before = self.direct_candidates(hint.peer);
+        self.peer_announced(now, hint.peer, hint.endpoints, CandidateSource::Rendezvous);
+        self.hinted_during_connect(hint.peer, &before);
     }
 
     /// Migration phase 2: this device moved; announce its new endpoints.
@@ -316,7 +340,12 @@ impl DirectConnection {
                 self.timers.set(device, Timer::Probe, now);
             }
             let session = peer.session;
-            self.peer_announced(device, ping.endpoints, CandidateSource::LearnedFromPeer);
+            self.peer_announced(
+                now,
+                device,
+                ping.endpoints,
+                CandidateSource::LearnedFromPeer,
+            );
             self.outputs
                 .push_back(Output::InboundMigrationPing(InboundMigrationPing {
                     peer: device,
@@ -376,7 +405,7 @@ impl DirectConnection {
         }
         migration.acked = true;
         let moved_at = migration.started;
-        self.peer_announced(device, ack.endpoints, CandidateSource::LearnedFromPeer);
+        self.peer_announced(now, device, ack.endpoints, CandidateSource::LearnedFromPeer);
         match via {
             Via::Link(link) => {
                 // The ack answers a ping sent after the move: this link carries ours.

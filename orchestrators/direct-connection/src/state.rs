@@ -262,6 +262,10 @@ pub struct PeerState {
     /// The link of [`PeerState::direct_declined`]: traffic on it does not move the
     /// session off the relay either.
     pub declined_link: Option<LinkId>,
+    /// When (our wall clock, Unix ms) the peer last told us itself where it is (a
+    /// migration ping or ack, or `Candidates`): rendezvous hints sealed before it are
+    /// stale.
+    pub heard_from_peer_at_ms: Option<u64>,
     /// The peer's newest announcement (authenticated migration ping or ack, or sealed
     /// rendezvous hint): where it says it is now. Dialled first.
     pub announced: Vec<SocketAddr>,

@@ -1255,6 +1255,45 @@ fn a_hint_that_comes_during_a_connect_is_dialled_at_once() {
 }
 
 #[test]
+fn a_hint_older_than_what_the_peer_said_itself_is_ignored() {
+    let mut net = established(19);
+    net.run_until(1000);
+    let old = net.nodes[B].addr;
+    net.move_to(B, "10.9.0.2:4433");
+    net.migration_ping(B);
+    net.run_until(3000);
+    let moved = addr("10.9.0.2:4433");
+    let peer = net.device(B);
+    let announced = |net: &Net| {
+        net.outputs[A]
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::PeerAnnounced(m) if m.peer == peer => Some(m.endpoints.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(announced(&net), vec![moved]);
+    // The rendezvous server still holds B's hint from before the move.
+    let hint = |issued_at_ms| {
+        Input::Hint(tether_protocol::PeerEndpointHint {
+            request: None,
+            peer,
+            endpoints: vec![old],
+            issued_at_ms,
+        })
+    };
+    let sealed_before_the_move = 1_700_000_000_000 + 500;
+    net.input(A, hint(sealed_before_the_move));
+    assert_eq!(announced(&net), vec![moved], "the stale hint changed nothing");
+    assert_eq!(net.nodes[A].core.counters().stale_hints, 1);
+    // One sealed later is the peer's news.
+    net.input(A, hint(1_700_000_000_000 + 10_000));
+    assert_eq!(announced(&net), vec![old]);
+}
+
+#[test]
 fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() {
     let mut net = established(17);
     net.run_until(1000);
