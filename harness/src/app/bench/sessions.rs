@@ -133,7 +133,7 @@ pub fn run(counts: &[usize]) -> Result<SessionsReport, BenchError> {
 }
 
 /// The loopback address of peer `i`: 127.1.0.1 onwards, 250 per /24.
-fn peer_ip(i: usize) -> Ipv4Addr {
+pub(super) fn peer_ip(i: usize) -> Ipv4Addr {
     let block = 1 + i / (250 * 256);
     let within = i % (250 * 256);
     Ipv4Addr::new(
