@@ -209,7 +209,7 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
             if seeds == 0 {
                 return Err(BenchError::Argument("--seeds must be at least 1".into()));
             }
-            if rtts.iter().any(|&r| r < 2 || r > 10_000) {
+            if rtts.iter().any(|r| !(2..=10_000).contains(r)) {
                 return Err(BenchError::Argument(
                     "--rtt must be between 2 and 10000 ms".into(),
                 ));

@@ -135,6 +135,8 @@ pub struct RelayReport {
     pub duplicates: usize,
     /// Envelopes neither delivered nor refused when the bench stopped waiting.
     pub lost: usize,
+    /// Devices whose connection to the relay failed during the run.
+    pub links_failed: usize,
     /// From the first send to the last delivery, ms.
     pub elapsed_ms: f64,
     /// Delivered envelopes per second of that time.
@@ -153,7 +155,10 @@ pub struct RelayReport {
     pub envelopes_per_relay_cpu_s: f64,
     /// CPU time of this process (the devices) during the sends, s.
     pub devices_cpu_s: f64,
-    /// The relay's counters at the end.
+    /// Datagrams the kernel dropped at the devices' sockets (receive buffer full).
+    pub devices_receive_buffer_drops: u64,
+    /// The relay's counters at the end (the datagram counters over the whole run,
+    /// connecting included).
     pub relay_counters: RelayCounters,
 }
 
@@ -178,6 +183,13 @@ pub struct RelayCounters {
     pub connections: usize,
     /// The relay process's CPU time so far, ms.
     pub cpu_ms: u64,
+    /// UDP datagrams the relay's endpoint received.
+    pub datagrams_received: u64,
+    /// UDP datagrams it sent.
+    pub datagrams_sent: u64,
+    /// Datagrams the kernel dropped at the relay's socket because its receive buffer
+    /// was full.
+    pub receive_buffer_drops: u64,
 }
 
 impl RelayReport {
@@ -209,7 +221,7 @@ impl RelayReport {
             self.devices_cpu_s
         ));
         out.push_str(&format!(
-            "\ndelivered {} of {} in {:.0} ms (connecting took {:.0} ms); refused {} ({} rate limited); duplicates {}; lost {}\n",
+            "\ndelivered {} of {} in {:.0} ms (connecting took {:.0} ms); refused {} ({} rate limited); duplicates {}; lost {}; connections failed {}\n",
             self.delivered,
             self.envelopes,
             self.elapsed_ms,
@@ -217,12 +229,17 @@ impl RelayReport {
             self.refused,
             self.rate_limited,
             self.duplicates,
-            self.lost
+            self.lost,
+            self.links_failed
         ));
         let c = &self.relay_counters;
         out.push_str(&format!(
             "relay counters: stored {}, pushed {}, acknowledged {}, forwarded {}, rate limited {}, writes dropped {}, store failures {}\n",
             c.stored, c.pushed, c.delivered, c.forwarded, c.rate_limited, c.writes_dropped, c.store_failures
+        ));
+        out.push_str(&format!(
+            "UDP: relay received {} and sent {} datagrams; dropped at a full receive buffer: {} at the relay, {} at the devices\n",
+            c.datagrams_received, c.datagrams_sent, c.receive_buffer_drops, self.devices_receive_buffer_drops
         ));
         out
     }
@@ -288,6 +305,8 @@ struct Shared {
     duplicates: AtomicUsize,
     refused: AtomicUsize,
     rate_limited: AtomicUsize,
+    /// Devices whose connection failed while sending or receiving.
+    links_failed: AtomicUsize,
     /// Latencies in µs.
     latencies: Mutex<Vec<u32>>,
     /// Each sender's window.
@@ -477,6 +496,7 @@ async fn measure(
         duplicates: AtomicUsize::new(0),
         refused: AtomicUsize::new(0),
         rate_limited: AtomicUsize::new(0),
+        links_failed: AtomicUsize::new(0),
         latencies: Mutex::new(Vec::with_capacity(args.envelopes)),
         windows: (0..n).map(|_| Semaphore::new(args.window)).collect(),
         done: Notify::new(),
@@ -520,6 +540,12 @@ async fn measure(
                     _ => {}
                 }
             }
+            if reader.links_failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!(
+                    "tether bench relay: device {i}'s connection ended: {:?}",
+                    receiver.handle().lost_reason()
+                );
+            }
         });
         let writer = shared.clone();
         let ids = ids.clone();
@@ -549,7 +575,10 @@ async fn measure(
                         frame: filler.clone(),
                     },
                 };
-                if send(&sender, message).await.is_err() {
+                if let Err(e) = send(&sender, message).await {
+                    if writer.links_failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("tether bench relay: device {i} could not send: {e}");
+                    }
                     return;
                 }
             }
@@ -571,6 +600,10 @@ async fn measure(
     let counters = process.stats()?;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    let devices_drops: u64 = endpoints
+        .iter()
+        .map(|e| e.stats().receive_buffer_drops)
+        .sum();
     for endpoint in &endpoints {
         endpoint.close();
     }
@@ -606,6 +639,7 @@ async fn measure(
         rate_limited: shared.rate_limited.load(Ordering::Acquire),
         duplicates: shared.duplicates.load(Ordering::Acquire),
         lost: args.envelopes.saturating_sub(delivered + refused),
+        links_failed: shared.links_failed.load(Ordering::Acquire),
         elapsed_ms: round2(elapsed.as_secs_f64() * 1000.0),
         envelopes_per_s: round2(delivered as f64 / seconds),
         p50_ms: pct(50.0),
@@ -615,6 +649,7 @@ async fn measure(
         relay_cpu_s: round2(relay_cpu.as_secs_f64()),
         envelopes_per_relay_cpu_s: round2(delivered as f64 / relay_cpu.as_secs_f64().max(0.01)),
         devices_cpu_s: round2(own_cpu.as_secs_f64()),
+        devices_receive_buffer_drops: devices_drops,
         relay_counters: counters,
     })
 }
@@ -731,6 +766,7 @@ pub fn server_process(store: Option<&Path>, workers: usize) -> Result<(), BenchE
         let mut seed = [0_u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
         let mut config = RelayServerConfig::new(keypair, seed, Admission::Open);
+        let stats_of = endpoint.clone();
         let handle = match store {
             None => RelayServer::start(endpoint, config),
             Some(dir) => {
@@ -762,6 +798,9 @@ pub fn server_process(store: Option<&Path>, workers: usize) -> Result<(), BenchE
                 store_failures: c.store_failures,
                 connections: state.connections,
                 cpu_ms: process_cpu_time().map_or(0, |t| t.as_millis() as u64),
+                datagrams_received: stats_of.stats().datagrams_received,
+                datagrams_sent: stats_of.stats().datagrams_sent,
+                receive_buffer_drops: stats_of.stats().receive_buffer_drops,
             };
             println!(
                 "stats {}",
