@@ -89,8 +89,10 @@ pub struct RelayArgs {
     /// Bytes per envelope (at least 16).
     #[arg(long, value_name = "BYTES", default_value_t = 256)]
     pub bytes: usize,
-    /// Envelopes each device keeps between its request and their delivery.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    /// Envelopes each device keeps between its request and their delivery. The
+    /// default, 2 per device (2 000 in flight with 1 000 devices), keeps the relay busy;
+    /// 8 (8 000 in flight) overflows its socket's receive buffer in bursts.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub window: usize,
     /// The relay path: `queue` (Enqueue → Push) or `forward` (Forward → Forwarded).
     #[arg(long, value_enum, default_value_t = RelayPath::Queue)]
