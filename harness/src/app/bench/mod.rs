@@ -347,3 +347,78 @@ fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
         .enable_all()
         .build()?)
 }
+
+/// A child process of `tether bench` (the hub of `sessions`, the relay of `relay`),
+/// running this binary, and its pipes: it says `NAME rest` lines on its output, and is
+/// told lines on its input; it stops when its input closes.
+struct ChildProcess {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ChildProcess {
+    /// Starts this binary with `args`.
+    fn spawn(args: &[&std::ffi::OsStr]) -> Result<Self, BenchError> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .map(std::io::BufReader::new)
+            .ok_or_else(|| BenchError::Hub("no stdout".into()))?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// The rest of the next line that starts with `name`.
+    fn line(&mut self, name: &str) -> Result<String, BenchError> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                return Err(BenchError::Hub(format!(
+                    "it ended before saying {name:?} (its errors are above)"
+                )));
+            }
+            if let Some(rest) = line.trim_end().strip_prefix(name) {
+                return Ok(rest.trim().to_owned());
+            }
+        }
+    }
+
+    /// Tells it one line.
+    fn say(&mut self, line: &str) -> Result<(), BenchError> {
+        use std::io::Write as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| BenchError::Hub("its input is closed".into()))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Closes its input (it stops) and waits for it; kills it if it does not stop
+    /// within 15 s.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

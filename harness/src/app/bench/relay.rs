@@ -30,10 +30,9 @@
 //! what else the machine runs. The relay's own counters (stored, pushed, refused…)
 //! are read at the end.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,7 +50,7 @@ use tether_transport::{Endpoint, LinkReceiver, LinkSender, TransportConfig};
 use tokio::sync::{Notify, Semaphore};
 
 use super::sessions::peer_ip;
-use super::{round2, BenchError};
+use super::{round2, BenchError, ChildProcess};
 
 /// Dials (QUIC handshake plus the relay's challenge) in flight at once while the
 /// devices connect: below the relay's 64 pending accepts.
@@ -271,7 +270,17 @@ pub fn run(args: &RelayArgs) -> Result<RelayReport, BenchError> {
         std::fs::create_dir_all(dir)?;
     }
     let result = (|| {
-        let mut relay = RelayProcess::spawn(store, args.relay_workers)?;
+        let workers = args.relay_workers.to_string();
+        let mut command: Vec<&std::ffi::OsStr> = vec![
+            "bench".as_ref(),
+            "relay-server".as_ref(),
+            "--workers".as_ref(),
+            workers.as_ref(),
+        ];
+        if let Some(dir) = store {
+            command.extend(["--store".as_ref(), dir.as_os_str()]);
+        }
+        let mut relay = ChildProcess::spawn(&command)?;
         let line = relay.line("relay")?;
         let mut words = line.split_whitespace();
         let addr: SocketAddr = words
@@ -459,7 +468,7 @@ async fn measure(
     args: &RelayArgs,
     relay: SocketAddr,
     relay_key: PublicKey,
-    process: &mut RelayProcess,
+    process: &mut ChildProcess,
 ) -> Result<RelayReport, BenchError> {
     let n = args.devices;
     let connect_started = Instant::now();
@@ -505,7 +514,7 @@ async fn measure(
         finished: Mutex::new(None),
     });
 
-    let relay_cpu_before = process.stats()?.cpu_ms;
+    let relay_cpu_before = relay_stats(process)?.cpu_ms;
     let own_cpu_before = process_cpu_time().unwrap_or_default();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -599,7 +608,7 @@ async fn measure(
     let own_cpu = process_cpu_time()
         .unwrap_or_default()
         .saturating_sub(own_cpu_before);
-    let counters = process.stats()?;
+    let counters = relay_stats(process)?;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     let devices_drops: u64 = endpoints
@@ -656,79 +665,11 @@ async fn measure(
     })
 }
 
-/// The relay's process and its pipes: it says `NAME rest` lines, and is told lines.
-struct RelayProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl RelayProcess {
-    fn spawn(store: Option<&Path>, workers: usize) -> Result<Self, BenchError> {
-        let mut command = Command::new(std::env::current_exe()?);
-        command.args(["bench", "relay-server", "--workers"]);
-        command.arg(workers.to_string());
-        if let Some(dir) = store {
-            command.arg("--store").arg(dir);
-        }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .map(BufReader::new)
-            .ok_or_else(|| BenchError::Hub("no stdout".into()))?;
-        Ok(Self {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    /// The rest of the next line that starts with `name`.
-    fn line(&mut self, name: &str) -> Result<String, BenchError> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.stdout.read_line(&mut line)? == 0 {
-                return Err(BenchError::Hub(format!(
-                    "the relay ended before saying {name:?} (its errors are above)"
-                )));
-            }
-            if let Some(rest) = line.trim_end().strip_prefix(name) {
-                return Ok(rest.trim().to_owned());
-            }
-        }
-    }
-
-    /// The relay's counters and CPU time now.
-    fn stats(&mut self) -> Result<RelayCounters, BenchError> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| BenchError::Hub("the relay's input is closed".into()))?;
-        writeln!(stdin, "stats")?;
-        stdin.flush()?;
-        let line = self.line("stats")?;
-        serde_json::from_str(&line).map_err(|e| BenchError::Hub(format!("its stats: {e}")))
-    }
-
-    /// Closes its input (it stops) and waits for it; kills it if it does not stop.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The relay's counters and CPU time now.
+fn relay_stats(relay: &mut ChildProcess) -> Result<RelayCounters, BenchError> {
+    relay.say("stats")?;
+    let line = relay.line("stats")?;
+    serde_json::from_str(&line).map_err(|e| BenchError::Hub(format!("the relay's stats: {e}")))
 }
 
 /// The relay process: a relay server on 127.0.0.1, admitting any device, its queue in
