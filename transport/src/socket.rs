@@ -98,7 +98,7 @@ impl SocketFactory {
 /// datagrams in a two-second burst of `tether bench relay`), and every drop costs a
 /// QUIC loss recovery. The kernel caps the request at `net.core.rmem_max`; memory is
 /// only used while datagrams wait.
-pub(crate) const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+pub const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Asks for [`RECEIVE_BUFFER_BYTES`] of receive buffer, best effort: a smaller buffer
 /// only means more drops under a burst, never a failure.
