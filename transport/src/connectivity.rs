@@ -66,6 +66,13 @@ impl ConnectivityEvents {
     }
 }
 
+/// How long interface events must be quiet before they are reported as one change
+/// ([`WatchOptions::debounce`]'s default, what `tether node` and a library node that
+/// watches interfaces use): a network switch arrives as several netlink messages
+/// within a few milliseconds; 250 ms folds them into one event and is still far below
+/// a migration's time budget. A change goes unnoticed for at least this long.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(250);
+
 /// Which local addresses count, and how changes are batched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchOptions {
@@ -76,9 +83,8 @@ pub struct WatchOptions {
     /// Whether link-local addresses (169.254/16, fe80::/10) count. Default false: they
     /// do not route beyond the local link.
     pub include_link_local: bool,
-    /// Quiet time that ends a burst of interface events. Default 250 ms: a network
-    /// switch arrives as several netlink messages within a few milliseconds; 250 ms
-    /// folds them into one event and is still far below a migration's time budget.
+    /// Quiet time that ends a burst of interface events. Default
+    /// [`DEFAULT_DEBOUNCE`] (250 ms).
     pub debounce: Duration,
 }
 
@@ -88,7 +94,7 @@ impl Default for WatchOptions {
             port: 0,
             include_loopback: false,
             include_link_local: false,
-            debounce: Duration::from_millis(250),
+            debounce: DEFAULT_DEBOUNCE,
         }
     }
 }

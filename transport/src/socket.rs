@@ -78,6 +78,7 @@ impl SocketFactory {
             Self::Udp => {
                 let socket = std::net::UdpSocket::bind(addr)?;
                 socket.set_nonblocking(true)?;
+                enlarge_receive_buffer(&socket);
                 let kernel = socket_inode(&socket).map(|inode| drops.register(inode));
                 (quinn::TokioRuntime.wrap_udp_socket(socket)?, kernel)
             }
@@ -88,6 +89,28 @@ impl SocketFactory {
             inner,
             counters,
         }))
+    }
+}
+
+/// Receive buffer asked of the kernel for each real socket. Linux's default (about
+/// 208 KiB) holds about a hundred small QUIC packets: a relay with a thousand connected
+/// devices overflowed it many times a second (the kernel dropped tens of thousands of
+/// datagrams in a two-second burst of `tether bench relay`), and every drop costs a
+/// QUIC loss recovery. The kernel caps the request at `net.core.rmem_max`; memory is
+/// only used while datagrams wait.
+pub const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Asks for [`RECEIVE_BUFFER_BYTES`] of receive buffer, best effort: a smaller buffer
+/// only means more drops under a burst, never a failure.
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
+    let Ok(state) = quinn::udp::UdpSocketState::new(socket.into()) else {
+        return;
+    };
+    let current = state.recv_buffer_size(socket.into()).unwrap_or(0);
+    if current < RECEIVE_BUFFER_BYTES {
+        if let Err(error) = state.set_recv_buffer_size(socket.into(), RECEIVE_BUFFER_BYTES) {
+            tracing::debug!(%error, "could not enlarge the socket's receive buffer");
+        }
     }
 }
 

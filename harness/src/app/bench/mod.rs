@@ -5,6 +5,8 @@
 //! | `throughput` | [`throughput`] | one session over real loopback against bare quinn with the same QUIC settings, in the same run; the Noise transport cipher alone |
 //! | `handshake` | [`handshake`] | round trips to Ready (virtual time), CPU per side per handshake, handshakes per second per core |
 //! | `sessions` | [`sessions`] | many idle sessions to one node: memory per session, time to establish them, one network change of that node |
+//! | `relay` | [`relay`] | envelopes per second through the relay with many connected devices, and enqueue → delivery latency |
+//! | `migration` | [`migration`] | migration latency in RTTs (virtual time), with loss, jitter and the real detection delay |
 //!
 //! Each prints a table, or with `--json` one JSON object (the field names are stable,
 //! so figures can be checked by script). Nothing here asserts a target: the figures
@@ -20,6 +22,8 @@ use tether_rcs::{Admission, RelayServerConfig};
 use tether_transport::{Endpoint, TransportConfig};
 
 pub mod handshake;
+pub mod migration;
+pub mod relay;
 pub mod sessions;
 pub mod throughput;
 
@@ -84,6 +88,54 @@ enum BenchCommand {
         #[arg(long, value_name = "N")]
         count: Option<usize>,
     },
+    /// Envelopes through one relay (in a child process) between many devices connected
+    /// over real loopback QUIC: envelopes per second, and the latency from each
+    /// `Enqueue` to the recipient's `Push` (or from `Forward` to `Forwarded`).
+    #[command(
+        after_help = "The devices are lightweight relay clients (the relay protocol, no session layer) in this process; the relay is `tether bench relay-server`, a child process, so its CPU time is its own."
+    )]
+    Relay(relay::RelayArgs),
+    /// The relay of `relay`, in its own process (started by `relay`).
+    #[command(hide = true)]
+    RelayServer {
+        /// Keep the queue in a redb file in this folder, as `tether relay` does,
+        /// instead of in memory.
+        #[arg(long, value_name = "DIR")]
+        store: Option<std::path::PathBuf>,
+        /// Worker threads of its tokio runtime (0: one thread for everything).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        workers: usize,
+    },
+    /// Migration latency in RTTs, in virtual time on the simulated network: the rows of
+    /// `cargo bench --bench migration`, plus rows with 1 % and 5 % loss, with jitter,
+    /// and with the real detection delay (the interface watcher's debounce).
+    Migration {
+        /// Seeds per row.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        seeds: u64,
+        /// The first seed (seeds are consecutive).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        first_seed: u64,
+        /// Messages sent each way right after the change (0: time to both Ready alone).
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        messages: usize,
+        /// Path RTTs, ms (repeat the option for more than one).
+        #[arg(long = "rtt", value_name = "MS", default_values_t = migration::DEFAULT_RTTS_MS)]
+        rtts: Vec<u64>,
+        /// Only the rows whose name contains this text (e.g. `loss`, `detection`,
+        /// `relay`).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        only: String,
+        /// Only the rows of the cargo bench (no loss, no jitter, detected at once).
+        #[arg(long)]
+        classic: bool,
+        /// Print each row's distribution and slowest seeds to stderr.
+        #[arg(long)]
+        verbose: bool,
+        /// Print the timeline and packet log of each row's first seed to stderr.
+        #[arg(long)]
+        trace: bool,
+    },
     /// The node of `sessions`, in its own process (started by `sessions`).
     #[command(hide = true)]
     SessionsHub {
@@ -130,6 +182,63 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
                 to_json(&report)
             } else {
                 report.render()
+            })
+        }
+        BenchCommand::Relay(args) => {
+            let report = relay::run(&args)?;
+            Ok(if json {
+                to_json(&report)
+            } else {
+                report.render()
+            })
+        }
+        BenchCommand::RelayServer { store, workers } => {
+            relay::server_process(store.as_deref(), workers)?;
+            Ok(String::new())
+        }
+        BenchCommand::Migration {
+            seeds,
+            first_seed,
+            messages,
+            rtts,
+            only,
+            classic,
+            verbose,
+            trace,
+        } => {
+            if seeds == 0 {
+                return Err(BenchError::Argument("--seeds must be at least 1".into()));
+            }
+            if rtts.iter().any(|r| !(2..=10_000).contains(r)) {
+                return Err(BenchError::Argument(
+                    "--rtt must be between 2 and 10000 ms".into(),
+                ));
+            }
+            let settings = migration::Settings {
+                seeds,
+                first_seed,
+                messages,
+                trace,
+                verbose,
+            };
+            let plan = if classic {
+                let mut plan = migration::Plan::classic(&only);
+                plan.rows.retain(|r| rtts.contains(&r.rtt_ms));
+                plan
+            } else {
+                migration::Plan::full(&rtts, &only)
+            };
+            if plan.rows.is_empty() {
+                return Err(BenchError::Argument(format!(
+                    "no row's name contains {only:?}"
+                )));
+            }
+            let started = std::time::Instant::now();
+            let rows = migration::run(&plan, &settings);
+            Ok(if json {
+                to_json(&migration::report(&rows, &settings))
+            } else {
+                migration::render(&rows, &settings, started.elapsed())
             })
         }
         BenchCommand::SessionsHub { setup } => {
@@ -237,4 +346,79 @@ fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
+}
+
+/// A child process of `tether bench` (the hub of `sessions`, the relay of `relay`),
+/// running this binary, and its pipes: it says `NAME rest` lines on its output, and is
+/// told lines on its input; it stops when its input closes.
+struct ChildProcess {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ChildProcess {
+    /// Starts this binary with `args`.
+    fn spawn(args: &[&std::ffi::OsStr]) -> Result<Self, BenchError> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .map(std::io::BufReader::new)
+            .ok_or_else(|| BenchError::Hub("no stdout".into()))?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// The rest of the next line that starts with `name`.
+    fn line(&mut self, name: &str) -> Result<String, BenchError> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                return Err(BenchError::Hub(format!(
+                    "it ended before saying {name:?} (its errors are above)"
+                )));
+            }
+            if let Some(rest) = line.trim_end().strip_prefix(name) {
+                return Ok(rest.trim().to_owned());
+            }
+        }
+    }
+
+    /// Tells it one line.
+    fn say(&mut self, line: &str) -> Result<(), BenchError> {
+        use std::io::Write as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| BenchError::Hub("its input is closed".into()))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Closes its input (it stops) and waits for it; kills it if it does not stop
+    /// within 15 s.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

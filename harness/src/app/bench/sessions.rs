@@ -18,10 +18,9 @@
 //! sessions' handshake counters, before and after).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +29,7 @@ use tether::{DeviceId, Node, NodeEvent, PublicKey, RelationshipKey, StaticKeypai
 use tether_protocol::SessionStatus;
 use tether_transport::{Endpoint, TransportConfig};
 
-use super::{round2, rss_kib, runtime, start_relay, BenchError};
+use super::{round2, rss_kib, runtime, start_relay, BenchError, ChildProcess};
 
 /// Idle time after every session is Ready, before memory is read and the network
 /// changes: crossing handshakes settle, buffers reach their idle size.
@@ -133,7 +132,7 @@ pub fn run(counts: &[usize]) -> Result<SessionsReport, BenchError> {
 }
 
 /// The loopback address of peer `i`: 127.1.0.1 onwards, 250 per /24.
-fn peer_ip(i: usize) -> Ipv4Addr {
+pub(super) fn peer_ip(i: usize) -> Ipv4Addr {
     let block = 1 + i / (250 * 256);
     let within = i % (250 * 256);
     Ipv4Addr::new(
@@ -184,7 +183,12 @@ fn run_one(n: usize) -> Result<SessionsRow, BenchError> {
     let setup_path = scratch.0.join("setup");
     write_private(&setup_path, setup.as_bytes())?;
 
-    let mut hub = HubProcess::spawn(&setup_path)?;
+    let mut hub = ChildProcess::spawn(&[
+        "bench".as_ref(),
+        "sessions-hub".as_ref(),
+        "--setup".as_ref(),
+        setup_path.as_os_str(),
+    ])?;
     let line = hub.line("hub")?;
     let hub_addr: SocketAddr = line
         .split_whitespace()
@@ -214,75 +218,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BenchError> {
         .open(path)?;
     file.write_all(bytes)?;
     Ok(())
-}
-
-/// The hub's process and its pipes: it says `NAME rest` lines, and is told lines.
-struct HubProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl HubProcess {
-    fn spawn(setup: &Path) -> Result<Self, BenchError> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["bench", "sessions-hub", "--setup"])
-            .arg(setup)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .map(BufReader::new)
-            .ok_or_else(|| BenchError::Hub("no stdout".into()))?;
-        Ok(Self {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    /// The rest of the next line that starts with `name`.
-    fn line(&mut self, name: &str) -> Result<String, BenchError> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.stdout.read_line(&mut line)? == 0 {
-                return Err(BenchError::Hub(format!(
-                    "it ended before saying {name:?} (its errors are above)"
-                )));
-            }
-            if let Some(rest) = line.trim_end().strip_prefix(name) {
-                return Ok(rest.trim().to_owned());
-            }
-        }
-    }
-
-    fn say(&mut self, line: &str) -> Result<(), BenchError> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| BenchError::Hub("its input is closed".into()))?;
-        writeln!(stdin, "{line}")?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Closes its input (it stops) and waits for it; kills it if it does not stop.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The peers: nodes on [`PEER_THREADS`] actix systems of this process.
