@@ -1286,7 +1286,11 @@ fn a_hint_older_than_what_the_peer_said_itself_is_ignored() {
     };
     let sealed_before_the_move = 1_700_000_000_000 + 500;
     net.input(A, hint(sealed_before_the_move));
-    assert_eq!(announced(&net), vec![moved], "the stale hint changed nothing");
+    assert_eq!(
+        announced(&net),
+        vec![moved],
+        "the stale hint changed nothing"
+    );
     assert_eq!(net.nodes[A].core.counters().stale_hints, 1);
     // One sealed later is the peer's news.
     net.input(A, hint(1_700_000_000_000 + 10_000));
