@@ -441,9 +441,14 @@ fn refused_handshakes_are_logged_once_with_the_reason() {
         .unwrap()
         .trim_matches('"')
         .to_string();
+    // Every hex digit one higher: another key, never all zeros (which a config refuses)
+    // unless the original was all `f`.
     let other_rk: String = rk
         .chars()
-        .map(|c| if c == '0' { '1' } else { '0' })
+        .map(|c| {
+            let digit = c.to_digit(16).unwrap();
+            char::from_digit((digit + 1) % 16, 16).unwrap()
+        })
         .collect();
     let b_config = deployment.node_config(
         "b",
