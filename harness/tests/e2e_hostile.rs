@@ -510,15 +510,7 @@ fn a_flood_a_node_cannot_read_shows_as_receive_buffer_drops() {
     // The node's socket asks for RECEIVE_BUFFER_BYTES, which the kernel caps at rmem_max
     // and then doubles for its bookkeeping: twice that in payload alone always
     // overflows it (each datagram also costs the buffer its kernel overhead).
-    let read = |path: &str| -> Option<u64> {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    };
-    let rmem_default = read("/proc/sys/net/core/rmem_default").unwrap_or(212_992);
-    let rmem_max = read("/proc/sys/net/core/rmem_max").unwrap_or(rmem_default);
-    let asked = tether_transport::RECEIVE_BUFFER_BYTES as u64;
-    let buffer = (2 * asked.min(rmem_max)).max(rmem_default);
+    let buffer = tether_transport::receive_buffer_ceiling_bytes();
     let flood = (2 * buffer / 1200).max(1000);
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let not_quic = [0_u8; 1200];

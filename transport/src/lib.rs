@@ -65,6 +65,6 @@ pub use link::{
     Link, LinkHandle, LinkReceiver, LinkRole, LinkSender, PathStats, CHANNEL_BINDING_LABEL,
     CHANNEL_BINDING_LEN, MAX_FAREWELL_LEN,
 };
-pub use socket::RECEIVE_BUFFER_BYTES;
+pub use socket::{receive_buffer_ceiling_bytes, RECEIVE_BUFFER_BYTES};
 pub use stats::{EndpointStats, LinkStats};
 pub use tether_protocol::LinkId;

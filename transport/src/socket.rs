@@ -100,6 +100,22 @@ impl SocketFactory {
 /// only used while datagrams wait.
 pub const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// The most payload the kernel may hold for a socket that asked for
+/// [`RECEIVE_BUFFER_BYTES`]: it caps the request at `net.core.rmem_max` and doubles it for
+/// its bookkeeping, never below `net.core.rmem_default` (Linux; elsewhere, or when
+/// `/proc` cannot be read, Linux's usual defaults). For floods that must overflow it.
+pub fn receive_buffer_ceiling_bytes() -> u64 {
+    let read = |path: &str| -> Option<u64> {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    let rmem_default = read("/proc/sys/net/core/rmem_default").unwrap_or(212_992);
+    let rmem_max = read("/proc/sys/net/core/rmem_max").unwrap_or(rmem_default);
+    let asked = RECEIVE_BUFFER_BYTES as u64;
+    (2 * asked.min(rmem_max)).max(rmem_default)
+}
+
 /// Asks for [`RECEIVE_BUFFER_BYTES`] of receive buffer, best effort: a smaller buffer
 /// only means more drops under a burst, never a failure.
 fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
