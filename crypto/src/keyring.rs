@@ -603,7 +603,24 @@ impl KeyRing {
         let mut generation = self.candidates.remove(index);
         generation.sendable = true;
         let id = generation.id();
-        self.previous = self.committed.replace(generation);
+        let replaced = self.committed.replace(generation);
+        // Crossing handshakes can commit in opposite orders: a worse candidate this side
+        // already sent under (its initiator's, confirmed) may be what the peer has just
+        // committed. The better of it and the replaced generation stays as previous, so
+        // the peer's frames and migration signals under it still open and verify until
+        // the peer commits this generation too (rule 7).
+        let sent_under = self
+            .candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.sendable && c.id() < id)
+            .max_by_key(|(_, c)| c.id())
+            .map(|(index, _)| index);
+        let sent_under = sent_under.map(|index| self.candidates.remove(index));
+        self.previous = match (replaced, sent_under) {
+            (Some(replaced), Some(sent)) if sent.id() > replaced.id() => Some(sent),
+            (replaced, sent) => replaced.or(sent),
+        };
         self.candidates.retain(|c| c.id() > id);
         if self
             .pending

@@ -78,8 +78,9 @@
 //! 4. **Open** tries the generation the frame's key id names: committed, previous or a
 //!    candidate. Success under a candidate better than the committed generation
 //!    *commits* it: the committed generation becomes previous (kept for receiving
-//!    until the next commit), candidates no better than the new one are dropped, better
-//!    ones stay. Success under a worse candidate changes nothing about commitment.
+//!    until the next commit), or, when better, a worse candidate this side already
+//!    sent under (crossing handshakes: the peer may have committed that one first),
+//!    candidates no better than the new one are dropped, better ones stay. Success under a worse candidate changes nothing about commitment.
 //!    Failure changes nothing at all. A responder that commits sends a frame back, so
 //!    the initiator commits too.
 //! 5. **Epochs.** An initiator proposes committed epoch + 1 ([`keyring::FIRST_EPOCH`]

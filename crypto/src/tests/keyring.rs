@@ -603,6 +603,19 @@ fn crossing_handshakes_trace() {
     describe(&mut trace, "low ", &low, &mut name);
     exchange("low", &mut low, &mut high, &mut trace, &mut name);
     describe(&mut trace, "high", &high, &mut name);
+    // Low still has G1 committed, which high never committed: a signal low tags now
+    // (it moves at this moment) and a frame low sealed under G1 before must still pass.
+    let tag = low.migration_tag(&SESSION, 1, b"ep").unwrap();
+    let resolved = high.resolve_migration_tag(&SESSION, 1, b"ep", &tag);
+    trace.push(format!(
+        "low tags a migration signal under {}; high resolves it: {}",
+        name(low.committed().unwrap()),
+        resolved.is_some()
+    ));
+    assert!(
+        resolved.is_some(),
+        "a genuine migration signal was rejected"
+    );
     exchange("high", &mut high, &mut low, &mut trace, &mut name);
     exchange("low", &mut low, &mut high, &mut trace, &mut name);
     trace.push("end".to_string());
