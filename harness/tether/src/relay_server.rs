@@ -7,7 +7,9 @@
 //! connection may stay unauthenticated, the quotas and the rate limits are the queue
 //! core's ([`RelayServerConfig`]); the rendezvous table keeps its own quotas. The
 //! shell asks the queue core about every rendezvous request
-//! ([`RelayQueueServer::rendezvous_request`]) before the table serves it.
+//! ([`RelayQueueServer::rendezvous_request`]) before the table serves it, and sends the
+//! table's pushes (a member's new hint, for the other member) on the other member's
+//! authenticated connection ([`RelayQueueServer::connection_of`]).
 //!
 //! # The queue's store
 //! The server keeps its queue in a [`RelayQueueStore`]: in memory ([`RelayServer::start`],
@@ -327,6 +329,11 @@ impl Handler<ConnBytes> for RelayServer {
                 };
                 if let Some(answer) = answer {
                     self.send(conn, &WireFrame::Rendezvous(answer));
+                }
+                while let Some((member, push)) = self.table.poll_push() {
+                    if let Some(to) = self.queue.connection_of(&member) {
+                        self.send(to, &WireFrame::Rendezvous(push));
+                    }
                 }
             }
             // Anything else (peer frames, garbage) is counted by the queue server.

@@ -23,7 +23,11 @@
 //! - On `Hints`: each hint is opened with the pair's RK; hints sealed by this device are
 //!   ignored, expired, tampered and malformed ones are counted, and the newest valid one
 //!   from the peer is emitted as [`PeerEndpointHint`] with the lookup's request id
-//!   (lookups of one id are answered in order). No valid hint: nothing is emitted
+//!   (lookups of one id are answered in order). The server also pushes the peer's new
+//!   hint unasked when the peer publishes (the same `Hints`, which the wire cannot tell
+//!   from an answer): it is emitted the same way, taking the request id of a lookup of
+//!   that id still in flight if there is one (the id only labels the hint; the answer
+//!   that follows is emitted without one). No valid hint: nothing is emitted
 //!   (counted). The table answers members only, and a device becomes a member of its
 //!   pair's id by publishing there: a device that never published for a peer gets
 //!   `Refused { NotYours }` (counted) instead of hints. Presence publishes as soon as it

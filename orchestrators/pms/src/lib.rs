@@ -50,7 +50,7 @@ pub use client::{
     ClientInput, ClientOutput, RendezvousClient, RendezvousClientConfig, RendezvousClientCounters,
 };
 pub use endpoints::{decode_endpoints, encode_endpoints, EndpointsError};
-pub use table::{RendezvousTable, RendezvousTableConfig, TableCounters};
+pub use table::{RendezvousTable, RendezvousTableConfig, TableCounters, MAX_PENDING_PUSHES};
 
 #[cfg(test)]
 mod tests;

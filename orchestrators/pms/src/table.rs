@@ -10,6 +10,10 @@
 //!   [`RendezvousTableConfig::max_ttl`]). Hints longer than
 //!   [`RendezvousTableConfig::max_hint_len`] are refused (`TooLarge`). A successful
 //!   publish has no answer (the wire has no acknowledgement for it).
+//! - A stored publish is also pushed to the id's other member ([`RendezvousTable::poll_push`]:
+//!   `Hints` with the new hint alone), so a connected peer learns a new address within a
+//!   one-way trip of the server instead of at its next lookup: both sides can then dial
+//!   each other at about the same moment, which is what opens two NATs' filters.
 //! - `Lookup { rendezvous_id }` by a member → `Hints` with the members' unexpired hints,
 //!   newest last (the asker's own included: it ignores it). By a non-member → `NotYours`.
 //!   An unknown id → empty `Hints` (nothing to tell, and nothing learned by asking).
@@ -30,7 +34,7 @@
 //! The table only stores and returns the bytes it was given; it holds no key and could
 //! not open a hint if it wanted to (invariant 7).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use tether_crypto::hints::MAX_SEALED_HINT_LEN;
 use tether_protocol::{DeviceId, RendezvousMessage, ServerRefusal};
@@ -54,6 +58,11 @@ pub const DEFAULT_MAX_IDS: usize = 100_000;
 /// paired peer, and 64 peers is far more than a person's devices pair with; it takes
 /// 1 563 identities to fill the table.
 pub const DEFAULT_MAX_IDS_PER_DEVICE: usize = 64;
+
+/// Pushes waiting for the shell to take them. The shell drains them after every request,
+/// so at most one is ever waiting; the bound only keeps a shell that forgets from growing
+/// the table (the oldest push is dropped and counted).
+pub const MAX_PENDING_PUSHES: usize = 64;
 
 /// Settings of the rendezvous table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +109,10 @@ pub struct TableCounters {
     pub refused_device_quota: u64,
     /// Messages only the server sends (`Hints`, `Refused`), received from a device.
     pub bad_requests: u64,
+    /// New hints pushed to the other member.
+    pub pushed: u64,
+    /// Pushes dropped because [`MAX_PENDING_PUSHES`] were waiting.
+    pub pushes_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +140,8 @@ pub struct RendezvousTable {
     /// (expiry, id, member), earliest first.
     expiries: BTreeSet<(Instant, Id, DeviceId)>,
     next_sequence: u64,
+    /// New hints for the other member of their id, oldest first.
+    pushes: VecDeque<(DeviceId, RendezvousMessage)>,
     counters: TableCounters,
 }
 
@@ -139,6 +154,7 @@ impl RendezvousTable {
             per_device: BTreeMap::new(),
             expiries: BTreeSet::new(),
             next_sequence: 1,
+            pushes: VecDeque::new(),
             counters: TableCounters::default(),
         }
     }
@@ -191,6 +207,13 @@ impl RendezvousTable {
                 None
             }
         }
+    }
+
+    /// A new hint for a member that did not ask: (the member, `Hints` with that hint).
+    /// The shell sends it on the member's connection if it has one, and drops it
+    /// otherwise (the member's next lookup finds the hint anyway).
+    pub fn poll_push(&mut self) -> Option<(DeviceId, RendezvousMessage)> {
+        self.pushes.pop_front()
     }
 
     /// Drops expired hints, and ids left without any. Spurious calls are harmless.
@@ -250,6 +273,21 @@ impl RendezvousTable {
         let expires_at = now + Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
+        for other in members.iter().filter(|m| m.device != device) {
+            if self.pushes.len() >= MAX_PENDING_PUSHES {
+                self.pushes.pop_front();
+                self.counters.pushes_dropped += 1;
+            }
+            self.pushes.push_back((
+                other.device,
+                RendezvousMessage::Hints {
+                    rendezvous_id: id,
+                    // `.into()` builds the wire's byte-buffer type from the bytes, unchanged.
+                    hints: vec![hint.clone().into()],
+                },
+            ));
+            self.counters.pushed += 1;
+        }
         let previous = members[index].hint.replace(StoredHint {
             bytes: hint,
             expires_at,

@@ -591,6 +591,14 @@ impl RelayQueueServer {
         }
     }
 
+    /// The authenticated connection `device` has now, if any: where the rendezvous
+    /// table's pushes to it go.
+    pub fn connection_of(&self, device: &DeviceId) -> Option<ConnId> {
+        self.identities
+            .get(device)
+            .and_then(|identity| identity.conn)
+    }
+
     /// Checks a rendezvous request that arrived on `conn` before the table serves it:
     /// the device the connection proved to be, or the refusal to answer with (counted):
     /// `NotAuthenticated` on a connection that has not authenticated, `RateLimited` for

@@ -1,7 +1,7 @@
 //! The rendezvous table: membership, TTL, bounds, ciphertext only.
 
 use super::Keys;
-use crate::table::{RendezvousTable, RendezvousTableConfig};
+use crate::table::{RendezvousTable, RendezvousTableConfig, MAX_PENDING_PUSHES};
 use std::time::{Duration, Instant};
 use tether_crypto::{open_hint, seal_hint, RendezvousId};
 use tether_protocol::{DeviceId, RendezvousMessage, ServerRefusal};
@@ -103,6 +103,59 @@ fn the_first_two_publishers_are_members_and_a_third_is_refused() {
     );
     let c = t.table.counters();
     assert_eq!((c.published, c.refused_not_yours), (4, 2));
+}
+
+/// The pushes waiting, as (member byte, hint bytes).
+fn pushes(t: &mut Table) -> Vec<(u8, Vec<Vec<u8>>)> {
+    std::iter::from_fn(|| t.table.poll_push())
+        .map(|(member, message)| match message {
+            RendezvousMessage::Hints {
+                rendezvous_id,
+                hints,
+            } => {
+                assert_eq!(rendezvous_id, ID);
+                (
+                    member.0[0],
+                    hints.into_iter().map(|h| h.into_vec()).collect(),
+                )
+            }
+            other => panic!("expected hints, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_hint_is_pushed_to_the_other_member_only() {
+    let mut t = Table::new(|_| {});
+    t.publish(0, 1, ID, 60_000, b"hint of 1");
+    assert!(pushes(&mut t).is_empty(), "no other member yet");
+    t.publish(1, 2, ID, 60_000, b"hint of 2");
+    assert_eq!(pushes(&mut t), vec![(1, vec![b"hint of 2".to_vec()])]);
+    t.publish(2, 1, ID, 60_000, b"hint of 1, moved");
+    assert_eq!(
+        pushes(&mut t),
+        vec![(2, vec![b"hint of 1, moved".to_vec()])]
+    );
+    // Refused publishes push nothing.
+    t.publish(3, 3, ID, 60_000, b"intruder");
+    assert!(pushes(&mut t).is_empty());
+    assert_eq!(t.table.counters().pushed, 2);
+}
+
+#[test]
+fn pushes_nobody_takes_are_bounded() {
+    let mut t = Table::new(|_| {});
+    t.publish(0, 1, ID, 60_000, b"first");
+    let extra = 10;
+    for i in 0..MAX_PENDING_PUSHES + extra {
+        t.publish(1, 2, ID, 60_000, format!("hint {i}").as_bytes());
+    }
+    let waiting = pushes(&mut t);
+    assert_eq!(waiting.len(), MAX_PENDING_PUSHES);
+    // The oldest were dropped: the newest is still there.
+    let newest = format!("hint {}", MAX_PENDING_PUSHES + extra - 1).into_bytes();
+    assert_eq!(waiting.last(), Some(&(1, vec![newest])));
+    assert_eq!(t.table.counters().pushes_dropped, extra as u64);
 }
 
 #[test]
