@@ -13,7 +13,9 @@ pub struct Config {
     /// Longest interval between migration ping rounds.
     pub migration_ping_max_interval: Duration,
     /// Spread of the first migration ping per peer after a network change, per peer
-    /// (capped at [`MAX_FIRST_PING_SPREAD`]): avoids a burst when many peers exist.
+    /// (capped at [`MAX_FIRST_PING_SPREAD`]), and of the first connect per peer added
+    /// (capped at `connect_retry_base`): avoids a burst when many peers exist, and
+    /// costs a device with one peer nothing.
     pub first_ping_spread_per_peer: Duration,
     /// First connect/recovery retry delay; doubles up to `connect_retry_max`.
     pub connect_retry_base: Duration,

@@ -366,7 +366,15 @@ impl Presence {
                     endpoints: self.published_endpoints(),
                 }));
         }
-        let spread = self.jitter(self.config.connect_retry_base);
+        // Spread first connects as first migration pings are: by the number of peers, so
+        // a device with one peer connects at once and one with hundreds does not burst.
+        let peers = u32::try_from(self.peers.len()).unwrap_or(u32::MAX);
+        let spread = self
+            .config
+            .first_ping_spread_per_peer
+            .saturating_mul(peers)
+            .min(self.config.connect_retry_base);
+        let spread = self.jitter(spread);
         self.schedule(id, now + spread, Purpose::Connect);
     }
 
@@ -591,9 +599,11 @@ impl Presence {
                 peer.untried_announcement = false;
                 self.attempt(now, changed.peer, Purpose::TransportOnly);
             }
-            // Otherwise (connecting) the next attempt has the hint first; an attempt in
-            // flight is not interrupted (it may already be answering).
-            _ => {}
+            // Connecting: a waiting attempt runs at once with the hint first, so both
+            // sides dial each other's new addresses at about the same moment (what opens
+            // their NATs' filters); an attempt in flight is not interrupted (it may
+            // already be answering).
+            _ => self.retry_now(now, changed.peer, RetryReason::PeerAnnounced),
         }
     }
 

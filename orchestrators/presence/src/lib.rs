@@ -30,8 +30,10 @@
 //!   instead, to the peer's new endpoints; no connect.
 //! - On `PeerEndpointsChanged` from a rendezvous hint: a ping round in
 //!   ReconnectingOutbound, a transport-only connect in ReconnectingInbound or Degraded or
-//!   while Ready over the relay. Ready over the relay with an announcement not yet tried
-//!   directly: one transport-only connect.
+//!   while Ready over the relay, and a waiting connect at once while Connecting (the
+//!   server pushes a peer's new hint, so both sides dial each other about together).
+//!   Ready over the relay with an announcement not yet tried directly: one
+//!   transport-only connect.
 //!
 //! Presence holds no addresses: what to dial is DirectConnection's (the peer's newest
 //! announcement) and ConnectionBlueprint's (the order of everything else known).
@@ -53,7 +55,7 @@
 //! # Timers (per peer)
 //! | timer | armed | when it fires |
 //! |---|---|---|
-//! | connect / recovery (`scheduled`) | a connect is due (jittered; after failures a capped exponential backoff, 250 ms doubling up to 5 min, started over by a network change or `SendWaiting`) | `ConnectPeer` |
+//! | connect / recovery (`scheduled`) | a connect is due (the first spread by `first_ping_spread_per_peer` × peers, at most `connect_retry_base`; after failures a capped exponential backoff, 250 ms doubling up to 5 min, started over by a network change, `SendWaiting` or a hinted `PeerEndpointsChanged`) | `ConnectPeer` |
 //! | migration window (`deadline`) | a migration starts, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
 //! | ping round | ReconnectingOutbound (first round jittered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | `SendMigrationPing`; from the second round the rendezvous is asked too |
 //! | relay copy | a ping round sent (at once) | `RelayMigrationPing` |

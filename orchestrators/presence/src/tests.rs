@@ -761,3 +761,89 @@ fn a_new_reflexive_address_without_a_move_migrates_every_session() {
     assert_eq!(driver.core.nat_rebindings(), 1);
     insta::assert_snapshot!(driver.trace.join("\n"));
 }
+
+#[test]
+fn first_connects_are_spread_by_the_number_of_peers() {
+    let config = Config::default();
+    let mut driver = Driver::new(config.clone());
+    let connect_of = |driver: &Driver, who: u8| {
+        driver
+            .outputs
+            .iter()
+            .any(|o| matches!(o, Output::ConnectPeer(c) if c.peer == peer(who)))
+    };
+    // One peer: its first connect is due within one peer's spread, not a retry base.
+    driver.input("AddPeer p1", Input::AddPeer(peer(1)));
+    driver.advance_to(config.first_ping_spread_per_peer.as_millis() as u64);
+    assert!(connect_of(&driver, 1), "the only peer waited");
+    // A hundred peers (no bound on concurrent connects here, to see when each is due):
+    // their first connects spread over up to the retry base, not in one burst.
+    let mut driver = Driver::new(Config {
+        max_concurrent_connects: 1000,
+        ..config.clone()
+    });
+    for who in 1..=100 {
+        driver.input(&format!("AddPeer p{who}"), Input::AddPeer(peer(who)));
+    }
+    let mut started_at = Vec::new();
+    while started_at.len() < 100 {
+        let at = driver.core.poll_timeout().expect("a connect is due");
+        driver.now = at;
+        driver.core.handle_timeout(at);
+        driver.drain();
+        let started = driver.count(|o| matches!(o, Output::ConnectPeer(_)));
+        started_at.resize(started, at - driver.t0);
+    }
+    let last = *started_at.last().unwrap();
+    let within_first_spread = started_at
+        .iter()
+        .filter(|at| **at <= config.first_ping_spread_per_peer)
+        .count();
+    assert!(
+        last > config.connect_retry_base / 2 && last <= config.connect_retry_base,
+        "the last of a hundred first connects at {last:?}"
+    );
+    assert!(
+        within_first_spread < 10,
+        "{within_first_spread} of a hundred connects in the first {:?}",
+        config.first_ping_spread_per_peer
+    );
+}
+
+#[test]
+fn an_announcement_while_waiting_to_retry_connects_at_once() {
+    let mut driver = Driver::new(Config::default());
+    driver.input("AddPeer p1", Input::AddPeer(peer(1)));
+    driver.advance_to(10);
+    driver.input(
+        "ConnectFailed p1",
+        Input::ConnectFailed(ConnectFailed {
+            request: RequestId(0),
+            peer: peer(1),
+            reason: "no path answered".into(),
+        }),
+    );
+    let connects = |driver: &Driver| driver.count(|o| matches!(o, Output::ConnectPeer(_)));
+    assert_eq!(connects(&driver), 1);
+    // The rendezvous brings the peer's new addresses: no waiting for the backoff.
+    driver.input(
+        "PeerEndpointsChanged p1 hinted",
+        Input::PeerEndpointsChanged(PeerEndpointsChanged {
+            peer: peer(1),
+            hinted: true,
+        }),
+    );
+    driver.advance_to(11);
+    assert_eq!(connects(&driver), 2, "the hint waited for the backoff");
+    // One in flight is not interrupted by another hint.
+    driver.input(
+        "PeerEndpointsChanged p1 hinted",
+        Input::PeerEndpointsChanged(PeerEndpointsChanged {
+            peer: peer(1),
+            hinted: true,
+        }),
+    );
+    driver.advance_to(12);
+    assert_eq!(connects(&driver), 2);
+    insta::assert_snapshot!(driver.trace.join("\n"));
+}

@@ -16,6 +16,8 @@ pub(super) enum RetryReason {
     NetworkChanged,
     /// The application sent a message the session cannot carry yet.
     SendWaiting,
+    /// The rendezvous brought addresses the peer announced since the last attempt.
+    PeerAnnounced,
 }
 
 impl RetryReason {
@@ -23,6 +25,7 @@ impl RetryReason {
         match self {
             Self::NetworkChanged => "the network changed",
             Self::SendWaiting => "a message is waiting",
+            Self::PeerAnnounced => "the peer announced new addresses",
         }
     }
 }
