@@ -10,7 +10,9 @@
 //! - `TETHER_BENCH_RTT_MS`: the RTT of every link (default 40);
 //! - `TETHER_BENCH_ONLY`: run only the cells whose description contains this text
 //!   (e.g. `symmetric`, `both move`);
-//! - `TETHER_BENCH_TRACE=1`: print the first seed's phase timeline of every cell.
+//! - `TETHER_BENCH_FIRST_SEED`: the first seed (80 000), so one slow seed can be rerun alone;
+//! - `TETHER_BENCH_TRACE=1`: print the first seed's phase timeline of every cell;
+//! - `RUST_LOG`: the nodes' logs at that level, on stderr, stamped with virtual time.
 //!
 //! Every run is also checked against the promises ([`CellRun::problems`]); the table
 //! counts the runs that broke one.
@@ -37,8 +39,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// Stamps log lines with the simulation's virtual time (tokio's paused clock).
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let now = tokio::time::Instant::now();
+        let since = now.saturating_duration_since(*START.get_or_init(|| now));
+        write!(w, "{:>8.1}ms", since.as_secs_f64() * 1000.0)
+    }
+}
+
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(VirtualTime)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let seeds = env_u64("TETHER_BENCH_SEEDS", 20);
+    let first_seed = env_u64("TETHER_BENCH_FIRST_SEED", 80_000);
     let rtt = Duration::from_millis(env_u64("TETHER_BENCH_RTT_MS", 40));
     let only = std::env::var("TETHER_BENCH_ONLY").ok();
     let trace = std::env::var("TETHER_BENCH_TRACE").is_ok_and(|v| v == "1");
@@ -59,10 +82,10 @@ fn main() {
             continue;
         }
         let runs: Vec<CellRun> = (0..seeds)
-            .map(|s| run_simulation(|| run(cell, 80_000 + s, rtt)))
+            .map(|s| run_simulation(|| run(cell, first_seed + s, rtt)))
             .collect();
         if trace {
-            eprintln!("== {cell}, seed 80000\n{}", runs[0].timeline);
+            eprintln!("== {cell}, seed {first_seed}\n{}", runs[0].timeline);
         }
         let mut times: Vec<Duration> = runs.iter().filter_map(|r| r.direct_after).collect();
         times.sort();

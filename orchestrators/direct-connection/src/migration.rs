@@ -300,6 +300,7 @@ impl DirectConnection {
             &MigrationTag(ping.tag),
         );
         if verified.is_none() {
+            tracing::debug!(peer = %device, counter = ping.counter, "migration ping refused: its tag does not verify");
             self.counters.bad_migration_tags += 1;
             return;
         }
@@ -307,6 +308,14 @@ impl DirectConnection {
         // before an eviction): the move it announced is over. Counters restart per epoch.
         let current_epoch = peer.ring.committed_epoch().unwrap_or(0);
         if ping.epoch.0 < current_epoch || ping.counter < peer.highest_ping_received {
+            tracing::debug!(
+                peer = %device,
+                epoch = ping.epoch.0,
+                current_epoch,
+                counter = ping.counter,
+                highest = peer.highest_ping_received,
+                "migration ping ignored: older than one already seen"
+            );
             self.counters.stale_migration_pings += 1;
             return;
         }
