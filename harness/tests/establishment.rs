@@ -32,12 +32,29 @@ fn pair_with_window(seed: u64, migration_window: Duration) -> ClusterBuilder {
         })
 }
 
+/// Both Ready, then on one committed PeerSecret. Both devices usually initiate at once,
+/// and their crossing handshakes may commit in opposite orders: each side's first
+/// commit makes it Ready, and the commit rule brings both to the winning generation
+/// within about a round trip (the frames each side sends under it).
 async fn ready(cluster: &mut SimCluster, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
     assert!(
         cluster.run_until(within, |c| c.both_ready(A, B)).await,
         "A and B not Ready within {within:?}:\n{}",
         cluster.timeline(&[A, B], Duration::ZERO)
     );
+    loop {
+        let a = cluster.peer_status(A, B).await.unwrap();
+        let b = cluster.peer_status(B, A).await.unwrap();
+        if a.peer_secret == b.peer_secret {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A and B Ready on different PeerSecrets until {within:?}"
+        );
+        cluster.run_for(Duration::from_millis(10)).await;
+    }
 }
 
 /// Both sides hold the same committed session (by fingerprints, never secrets).
