@@ -156,6 +156,9 @@ pub struct Counters {
     /// Direct paths that answered while on the relay and were left unused for being
     /// slower than the relay (`path_choice`).
     pub direct_paths_declined: u64,
+    /// Sessions moved from a direct path that still answered to the relay, for being
+    /// clearly slower or losing heartbeats.
+    pub direct_fallbacks: u64,
     /// Frames not sent to an unvalidated address (anti-amplification).
     pub amplification_blocked: u64,
     /// Frames from a link or relay sender that is not the session's peer.
@@ -283,6 +286,8 @@ impl DirectConnection {
                     relay_rtt_ms: None,
                     direct_declined: None,
                     declined_link: None,
+                    direct_quality: Default::default(),
+                    direct_held_until: None,
                     heard_from_peer_at_ms: None,
                     announced: Vec::new(),
                     blueprint: Vec::new(),

@@ -129,7 +129,10 @@ pub use config::{Config, Limits, PeerConfig};
 pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot, MAX_INBOUND_CHANNELS};
 pub use links::AMPLIFICATION_FACTOR;
 pub use operator_ping::{PingAnswered, PingRefused, PingSent, MAX_PINGS_PER_PEER};
-pub use path_choice::{DIRECT_SLOWER_TOLERANCE_MS, MAX_PROBE_DOUBLINGS};
+pub use path_choice::{
+    DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_HOLD, FALLBACK_MISSED, FALLBACK_SLOWER_MS,
+    MAX_PROBE_DOUBLINGS, QUALITY_WINDOW, RELAY_PROBE_MIN_INTERVAL,
+};
 pub use state::{DeclinedDirect, PathTraffic, PeerCounters};
 
 #[cfg(test)]

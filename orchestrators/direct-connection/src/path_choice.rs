@@ -9,10 +9,19 @@
 //!   [`DeclinedDirect`](crate::state::DeclinedDirect)); traffic arriving on that link
 //!   does not move the session either. During a connect or a migration
 //!   the first path that answers is taken, as before: recovering fast comes first.
-//! - **Direct → relay** happens only when the direct path is lost (liveness), never on
-//!   a round-trip comparison: the relay's round trip is not measured while the session
-//!   is direct, so a comparison would use a stale figure. Together with the tolerance
-//!   this is the hysteresis: no round-trip change alone moves a session back and forth.
+//! - **Direct → relay.** A direct path that is lost (liveness) leaves as before. One
+//!   that still answers but looks worse than when it was taken (a heartbeat unanswered
+//!   within its interval among the last [`QUALITY_WINDOW`], or a smoothed round trip
+//!   [`FALLBACK_SLOWER_MS`] above the best it showed) is compared with the relay: one
+//!   liveness ping goes over the relay too (at most one per
+//!   [`RELAY_PROBE_MIN_INTERVAL`]), and when it answers, a direct path whose smoothed
+//!   round trip exceeds the relay's by more than [`FALLBACK_SLOWER_MS`], or that missed
+//!   [`FALLBACK_MISSED`] of its last heartbeats, gives the session to the relay (no
+//!   handshake: a path change like any other). No direct path is taken for
+//!   [`FALLBACK_HOLD`] after that. A healthy direct path costs the relay nothing.
+//! - **Hysteresis.** Up to the direct path within [`DIRECT_SLOWER_TOLERANCE_MS`] of the
+//!   relay, back to the relay only beyond [`FALLBACK_SLOWER_MS`] (or with losses), and
+//!   a hold-down after falling back: no round-trip wobble moves a session back and forth.
 //! - **Probes back off.** While on the relay every candidate is dialled on binding it,
 //!   then after [`Limits::direct_probe_interval`](crate::Limits), doubling with each
 //!   round up to [`MAX_PROBE_DOUBLINGS`] times; news of the peer's addresses (a new
@@ -22,7 +31,7 @@
 use crate::core::DirectConnection;
 use crate::state::{DeclinedDirect, Via};
 use std::time::{Duration, Instant};
-use tether_protocol::{DeviceId, LinkId};
+use tether_protocol::{DeviceId, LinkId, SessionFrame};
 
 /// How much longer than the relay's a direct path's round trip may be and still be
 /// taken over it (iroh switches between paths only for 10 ms or more, for the same
@@ -33,11 +42,78 @@ pub const DIRECT_SLOWER_TOLERANCE_MS: u64 = 10;
 /// news: with the default 5 s interval, rounds come at most 80 s apart.
 pub const MAX_PROBE_DOUBLINGS: u32 = 4;
 
+/// How much slower than the relay a direct path in use must become before the session
+/// falls back to the relay: five times the tolerance to take it, so a path that was
+/// just taken is not given up again for the same noise.
+pub const FALLBACK_SLOWER_MS: u64 = 50;
+
+/// Heartbeats of the bound direct path remembered for its losses (16 at the default
+/// 2 s interval: the last half minute).
+pub const QUALITY_WINDOW: u32 = 16;
+
+// `DirectQuality::missed` holds one bit per heartbeat of the window.
+const _: () = assert!(QUALITY_WINDOW == u16::BITS);
+
+/// Heartbeats unanswered within their interval, among the last [`QUALITY_WINDOW`], that
+/// make a direct path worse than a relay that answers. Three in a row already mean the
+/// path is dead (liveness); two scattered ones mean a path that stalls for seconds.
+pub const FALLBACK_MISSED: u32 = 2;
+
+/// Least time between two relay pings sent to compare a direct path that looks worse:
+/// a struggling path costs the relay one round trip per peer every 10 s at most.
+pub const RELAY_PROBE_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// After falling back to the relay, how long direct paths are not taken (their
+/// challenges answer quickly even when their heartbeats do not): half a minute, the
+/// span of [`QUALITY_WINDOW`] heartbeats.
+pub const FALLBACK_HOLD: Duration = Duration::from_secs(30);
+
+/// The bit that marks a ping id as a relay comparison's (the operator's pings use the
+/// top bit; heartbeat ids count up from 1 and never reach either).
+const RELAY_PROBE_ID_BIT: u64 = 1 << 62;
+
+/// Whether a ping id is a relay comparison's.
+pub(crate) fn is_relay_probe(id: u64) -> bool {
+    id & RELAY_PROBE_ID_BIT != 0 && !crate::operator_ping::is_operator_ping(id)
+}
+
+/// What the heartbeats say about the bound direct path since it was bound.
+#[derive(Debug, Clone, Default)]
+pub struct DirectQuality {
+    /// The last [`QUALITY_WINDOW`] heartbeats, newest in bit 0: set when unanswered
+    /// within the interval.
+    missed: u16,
+    /// The smallest heartbeat round trip seen on the path, ms.
+    best_rtt_ms: Option<u64>,
+    /// The relay ping sent to compare, and when.
+    relay_probe: Option<(u64, Instant)>,
+    /// When the last relay ping to compare left.
+    relay_probed_at: Option<Instant>,
+    /// Id counter of relay pings.
+    next_probe: u64,
+}
+
+impl DirectQuality {
+    /// Heartbeats unanswered within their interval among the last [`QUALITY_WINDOW`].
+    pub fn missed(&self) -> u32 {
+        self.missed.count_ones()
+    }
+
+    fn record_heartbeat(&mut self, missed: bool) {
+        self.missed = (self.missed << 1) | u16::from(missed);
+    }
+
+    fn record_rtt(&mut self, rtt_ms: u64) {
+        self.best_rtt_ms = Some(self.best_rtt_ms.map_or(rtt_ms, |best| best.min(rtt_ms)));
+    }
+}
+
 impl DirectConnection {
     /// Whether the direct `link` that answered in `direct_rtt_ms` replaces the relay for
     /// `device`; a path left unused is recorded.
     pub(crate) fn direct_beats_relay(
         &mut self,
+        now: Instant,
         device: DeviceId,
         link: LinkId,
         direct_rtt_ms: u64,
@@ -48,12 +124,14 @@ impl DirectConnection {
         let Some(relay_rtt_ms) = peer.relay_rtt_ms else {
             return true;
         };
-        if direct_rtt_ms <= relay_rtt_ms.saturating_add(DIRECT_SLOWER_TOLERANCE_MS) {
+        let held = peer.direct_held_until.is_some_and(|until| now < until);
+        if !held && direct_rtt_ms <= relay_rtt_ms.saturating_add(DIRECT_SLOWER_TOLERANCE_MS) {
             return true;
         }
         peer.direct_declined = Some(DeclinedDirect {
             direct_rtt_ms,
             relay_rtt_ms,
+            fell_back_with_missed: None,
         });
         peer.declined_link = Some(link);
         self.counters.direct_paths_declined += 1;
@@ -106,5 +184,130 @@ impl DirectConnection {
                     .map_or(sample, |srtt| (srtt * 7 + sample) / 8),
             );
         }
+    }
+
+    /// A heartbeat on the bound path went out; `missed` when the previous one was not
+    /// answered within the interval. On a direct path that looks worse than when it was
+    /// taken, a ping over the relay goes too, to compare.
+    pub(crate) fn direct_heartbeat(&mut self, now: Instant, device: DeviceId, missed: bool) {
+        let relay_connected = self.relay_connected;
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if !matches!(peer.bound, Some(Via::Link(_))) {
+            return;
+        }
+        let quality = &mut peer.direct_quality;
+        quality.record_heartbeat(missed);
+        let slower = match (peer.heartbeat.srtt_ms, quality.best_rtt_ms) {
+            (Some(srtt), Some(best)) => srtt > best.saturating_add(FALLBACK_SLOWER_MS),
+            _ => false,
+        };
+        let looks_worse = quality.missed() > 0 || slower;
+        let due = quality
+            .relay_probed_at
+            .is_none_or(|at| now >= at + RELAY_PROBE_MIN_INTERVAL);
+        let settled = peer.connect.is_none() && peer.migration.is_none();
+        if !(looks_worse && due && settled && relay_connected) {
+            return;
+        }
+        quality.next_probe += 1;
+        let id = RELAY_PROBE_ID_BIT | quality.next_probe;
+        quality.relay_probe = Some((id, now));
+        quality.relay_probed_at = Some(now);
+        self.send_frame(device, Via::Relay, &SessionFrame::Ping { id });
+    }
+
+    /// A heartbeat on the bound direct path was answered in `rtt_ms`.
+    pub(crate) fn direct_rtt_sample(&mut self, device: DeviceId, rtt_ms: u64) {
+        if let Some(peer) = self.peers.get_mut(&device) {
+            if matches!(peer.bound, Some(Via::Link(_))) {
+                peer.direct_quality.record_rtt(rtt_ms);
+            }
+        }
+    }
+
+    /// The relay answered the ping that compares it with the bound direct path: the
+    /// session falls back to the relay if the direct path is clearly worse.
+    pub(crate) fn relay_probe_answered(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        via: Via,
+        id: u64,
+    ) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        let Some((outstanding, sent_at)) = peer.direct_quality.relay_probe else {
+            return;
+        };
+        if outstanding != id || via != Via::Relay {
+            return;
+        }
+        peer.direct_quality.relay_probe = None;
+        self.relay_rtt_sample(device, now.saturating_duration_since(sent_at));
+        let Some(peer) = self.peers.get(&device) else {
+            return;
+        };
+        let (Some(Via::Link(link)), Some(relay_rtt_ms)) = (peer.bound, peer.relay_rtt_ms) else {
+            return;
+        };
+        if peer.connect.is_some() || peer.migration.is_some() {
+            return;
+        }
+        let direct_rtt_ms = peer.heartbeat.srtt_ms.unwrap_or(0);
+        let missed = peer.direct_quality.missed();
+        let slower = direct_rtt_ms > relay_rtt_ms.saturating_add(FALLBACK_SLOWER_MS);
+        if !slower && missed < FALLBACK_MISSED {
+            return;
+        }
+        tracing::info!(
+            peer = %device,
+            direct_rtt_ms,
+            relay_rtt_ms,
+            missed_heartbeats = missed,
+            "direct path worse than the relay: the session moves to the relay"
+        );
+        self.counters.direct_fallbacks += 1;
+        self.bind(now, device, Via::Relay);
+        if let Some(peer) = self.peers.get_mut(&device) {
+            peer.direct_declined = Some(DeclinedDirect {
+                direct_rtt_ms,
+                relay_rtt_ms,
+                fell_back_with_missed: Some(missed),
+            });
+            peer.declined_link = Some(link);
+            peer.direct_held_until = Some(now + FALLBACK_HOLD);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quality_window_counts_only_the_last_heartbeats() {
+        let mut quality = DirectQuality::default();
+        quality.record_heartbeat(true);
+        quality.record_heartbeat(true);
+        assert_eq!(quality.missed(), 2);
+        for _ in 0..QUALITY_WINDOW - 2 {
+            quality.record_heartbeat(false);
+        }
+        assert_eq!(quality.missed(), 2, "both still in the window");
+        quality.record_heartbeat(false);
+        assert_eq!(quality.missed(), 1, "the oldest left the window");
+        quality.record_heartbeat(false);
+        assert_eq!(quality.missed(), 0);
+    }
+
+    #[test]
+    fn relay_probe_ids_are_told_from_heartbeats_and_operator_pings() {
+        assert!(is_relay_probe(RELAY_PROBE_ID_BIT | 1));
+        assert!(!is_relay_probe(1));
+        assert!(!is_relay_probe(1 << 63));
+        assert!(!is_relay_probe((1 << 63) | RELAY_PROBE_ID_BIT));
     }
 }

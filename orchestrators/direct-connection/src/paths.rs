@@ -61,6 +61,7 @@ impl DirectConnection {
             peer.direct_declined = None;
             peer.declined_link = None;
             peer.probe_rounds = 0;
+            peer.direct_quality = Default::default();
         }
         match via {
             Via::Relay if changed => self.timers.set(device, Timer::Probe, now),
@@ -222,7 +223,7 @@ impl DirectConnection {
         let take = take
             && match (via, bound) {
                 (Via::Link(link), Some(Via::Relay)) if !in_progress => {
-                    self.direct_beats_relay(device, link, round_trip_ms)
+                    self.direct_beats_relay(now, device, link, round_trip_ms)
                 }
                 _ => true,
             };

@@ -227,7 +227,8 @@ impl DirectConnection {
             return;
         };
         let beat = &mut peer.heartbeat;
-        if beat.outstanding.take().is_some() {
+        let missed = beat.outstanding.take().is_some();
+        if missed {
             beat.missed += 1;
         }
         let report_dead = beat.missed >= missed_limit && !beat.reported_dead;
@@ -251,12 +252,17 @@ impl DirectConnection {
             }));
         }
         self.send_frame(device, via, &SessionFrame::Ping { id });
+        self.direct_heartbeat(now, device, missed);
     }
 
     /// The answer to a liveness ping: an RTT sample, and news of a path back alive.
     pub(crate) fn pong(&mut self, now: Instant, device: DeviceId, via: Via, id: u64) {
         if crate::operator_ping::is_operator_ping(id) {
             self.operator_ping_answered(now, device, via, id);
+            return;
+        }
+        if crate::path_choice::is_relay_probe(id) {
+            self.relay_probe_answered(now, device, via, id);
             return;
         }
         let Some(peer) = self.peers.get_mut(&device) else {
@@ -283,8 +289,9 @@ impl DirectConnection {
                 rtt_ms: Some(srtt),
             }));
         }
-        if via == Via::Relay {
-            self.relay_rtt_sample(device, elapsed);
+        match via {
+            Via::Relay => self.relay_rtt_sample(device, elapsed),
+            Via::Link(_) => self.direct_rtt_sample(device, sample),
         }
         let endpoint = match via {
             Via::Link(link) => self.links.remote(link).map(Endpoint::Direct),

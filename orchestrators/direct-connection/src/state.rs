@@ -208,15 +208,21 @@ impl PeerCounters {
     }
 }
 
-/// A direct path the session did not take from the relay: it answered its challenge,
-/// but its round trip exceeded the relay's by more than
-/// [`DIRECT_SLOWER_TOLERANCE_MS`](crate::path_choice::DIRECT_SLOWER_TOLERANCE_MS).
+/// A direct path the session is not on although it answers: it answered its challenge
+/// with a round trip more than
+/// [`DIRECT_SLOWER_TOLERANCE_MS`](crate::path_choice::DIRECT_SLOWER_TOLERANCE_MS) above
+/// the relay's, or the session fell back from it to the relay
+/// ([`crate::path_choice`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeclinedDirect {
-    /// The direct path's round trip (its challenge's), ms.
+    /// The direct path's round trip (its challenge's, or its heartbeats' smoothed), ms.
     pub direct_rtt_ms: u64,
     /// The relay path's smoothed round trip then, ms.
     pub relay_rtt_ms: u64,
+    /// Set when the session fell back from this path: its heartbeats unanswered within
+    /// their interval among the last
+    /// [`QUALITY_WINDOW`](crate::path_choice::QUALITY_WINDOW).
+    pub fell_back_with_missed: Option<u32>,
 }
 
 /// Everything the core holds for one paired peer.
@@ -262,6 +268,11 @@ pub struct PeerState {
     /// The link of [`PeerState::direct_declined`]: traffic on it does not move the
     /// session off the relay either.
     pub declined_link: Option<LinkId>,
+    /// How the bound direct path fares, to fall back to the relay when it is clearly
+    /// worse ([`crate::path_choice`]).
+    pub direct_quality: crate::path_choice::DirectQuality,
+    /// After falling back to the relay, no direct path is taken before this.
+    pub direct_held_until: Option<Instant>,
     /// When (our wall clock, Unix ms) the peer last told us itself where it is (a
     /// migration ping or ack, or `Candidates`): rendezvous hints sealed before it are
     /// stale.

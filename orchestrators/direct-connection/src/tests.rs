@@ -5,7 +5,7 @@
 
 use crate::config::{Config, Limits, PeerConfig};
 use crate::core::{DirectConnection, Input, Output};
-use crate::path_choice::DIRECT_SLOWER_TOLERANCE_MS;
+use crate::path_choice::{DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_SLOWER_MS};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::BTreeMap;
@@ -871,6 +871,64 @@ fn a_direct_path_clearly_slower_than_the_relay_is_left_unused() {
     assert_eq!(net.snapshot(A).direct_declined, None);
     assert_eq!(net.handshakes(), before);
     net.assert_same_session();
+}
+
+#[test]
+fn a_direct_path_that_turns_slow_gives_the_session_to_the_relay_and_back() {
+    let mut net = established(16);
+    let before = net.handshakes();
+    net.run_until(10_000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(
+        net.count(A, |o| matches!(o, Output::RelayForward(_))),
+        0,
+        "a healthy direct path costs the relay nothing"
+    );
+    // The direct path gets 150 ms slower each way while it still answers.
+    net.direct_extra = Duration::from_millis(150);
+    net.send(A, "before the fallback");
+    net.run_until(40_000);
+    for node in [A, B] {
+        let snapshot = net.snapshot(node);
+        assert_eq!(snapshot.path, Some(PathKind::Relay), "node {node}");
+        let declined = snapshot.direct_declined.expect("recorded");
+        assert!(
+            declined.direct_rtt_ms > declined.relay_rtt_ms + FALLBACK_SLOWER_MS,
+            "{declined:?}"
+        );
+    }
+    assert_eq!(net.nodes[A].core.counters().direct_fallbacks, 1);
+    net.send(A, "over the relay");
+    net.run_until(45_000);
+    // Fast again: the probes take the direct path back once the hold-down is over.
+    net.direct_extra = Duration::ZERO;
+    net.run_until(200_000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
+    net.send(A, "direct again");
+    net.run_until(201_000);
+    assert_eq!(
+        net.delivered[B],
+        vec![
+            b"before the fallback".to_vec(),
+            b"over the relay".to_vec(),
+            b"direct again".to_vec()
+        ]
+    );
+    assert_eq!(net.handshakes(), before);
+    net.assert_same_session();
+}
+
+#[test]
+fn a_direct_path_slower_only_within_the_margin_keeps_the_session() {
+    let mut net = established(17);
+    net.run_until(10_000);
+    // Slower than the relay, but by less than the fallback margin.
+    net.direct_extra = Duration::from_millis(FALLBACK_SLOWER_MS / 2 - 5);
+    net.run_until(120_000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
+    assert_eq!(net.nodes[A].core.counters().direct_fallbacks, 0);
 }
 
 #[test]

@@ -12,7 +12,9 @@ use crate::node::{Node, PeerStatus};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tether_direct_connection::{Counters, DIRECT_SLOWER_TOLERANCE_MS};
+use tether_direct_connection::{
+    Counters, DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_HOLD, QUALITY_WINDOW,
+};
 use tether_pms::RendezvousClientCounters;
 use tether_protocol::{DeviceId, PathKind};
 use tether_rcs::RelayClientCounters;
@@ -189,6 +191,14 @@ impl NodeReporter {
 fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
     let since = path_since.map_or(String::new(), |at| format!(" since {}", utc(at)));
     if let (Some(PathKind::Relay), Some(declined)) = (s.path, s.direct_declined) {
+        if let Some(missed) = declined.fell_back_with_missed {
+            return format!(
+                "relay: fell back from the direct path ({} ms, {missed} of its last {QUALITY_WINDOW} heartbeats late; the relay {} ms); a direct path is retried after {} s{since}",
+                declined.direct_rtt_ms,
+                declined.relay_rtt_ms,
+                FALLBACK_HOLD.as_secs()
+            );
+        }
         return format!(
             "relay: a direct path answered in {} ms, the relay in {} ms (a direct path is taken unless more than {} ms slower){since}",
             declined.direct_rtt_ms, declined.relay_rtt_ms, DIRECT_SLOWER_TOLERANCE_MS
@@ -261,10 +271,20 @@ mod tests {
         relayed.direct_declined = Some(DeclinedDirect {
             direct_rtt_ms: 240,
             relay_rtt_ms: 45,
+            fell_back_with_missed: None,
         });
         assert_eq!(
             path_reason(&relayed, None),
             "relay: a direct path answered in 240 ms, the relay in 45 ms (a direct path is taken unless more than 10 ms slower)"
+        );
+        relayed.direct_declined = Some(DeclinedDirect {
+            direct_rtt_ms: 340,
+            relay_rtt_ms: 45,
+            fell_back_with_missed: Some(2),
+        });
+        assert_eq!(
+            path_reason(&relayed, None),
+            "relay: fell back from the direct path (340 ms, 2 of its last 16 heartbeats late; the relay 45 ms); a direct path is retried after 30 s"
         );
         relayed.direct_declined = None;
         assert!(path_reason(&relayed, None).starts_with("relay: no direct path answered"));
