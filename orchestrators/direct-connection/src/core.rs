@@ -437,7 +437,11 @@ impl SansIoCore for DirectConnection {
                 self.wire_bytes(now, Via::Relay, Some(delivered.from), &delivered.envelope)
             }
             Input::RelayStatus(status) => {
+                let came_up = status.connected && !self.relay_connected;
                 self.relay_connected = status.connected;
+                if came_up {
+                    self.relay_up(now);
+                }
                 None
             }
             Input::LocalEndpoints(endpoints) => {

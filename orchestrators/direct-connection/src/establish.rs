@@ -87,6 +87,7 @@ impl DirectConnection {
             request: request.request,
             permit,
             via: None,
+            waiting_for_relay: false,
         });
         self.timers.set(
             device,
@@ -225,7 +226,9 @@ impl DirectConnection {
             return;
         };
         if !self.relay_connected {
-            // The relay is not up yet: look again after another fallback interval.
+            // The relay is not up yet: its turn comes when it is (`relay_up`), or after
+            // another fallback interval.
+            connect.waiting_for_relay = true;
             self.timers.set(
                 device,
                 Timer::ConnectRelay,
@@ -233,10 +236,26 @@ impl DirectConnection {
             );
             return;
         }
+        connect.waiting_for_relay = false;
         // No direct path completed the connect in time (it would be gone): the relay
         // carries it from now on; a direct path that answers later still wins.
         connect.via = None;
         self.connect_on(now, device, Via::Relay);
+    }
+
+    /// The relay connection is up: connects whose relay turn came while it was down run
+    /// on it now, not a fallback interval later.
+    pub(crate) fn relay_up(&mut self, now: Instant) {
+        let waiting: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connect.as_ref().is_some_and(|c| c.waiting_for_relay))
+            .map(|(id, _)| *id)
+            .collect();
+        for device in waiting {
+            self.timers.stop(device, Timer::ConnectRelay);
+            self.connect_relay_due(now, device);
+        }
     }
 
     /// The connect is over (done or failed): its timers go with it.

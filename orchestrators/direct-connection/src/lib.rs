@@ -98,7 +98,7 @@
 //! | timer | armed | when it fires |
 //! |---|---|---|
 //! | `ConnectDeadline` | a connect starts (`connect_timeout`) | the connect is reported failed |
-//! | `ConnectRelay` | a connect with the relay among its candidates (`relay_fallback_after`, or at once without direct candidates or when the dial fails) | the relay carries the connect (re-armed while the relay is down) |
+//! | `ConnectRelay` | a connect with the relay among its candidates (`relay_fallback_after`, or at once without direct candidates or when the dial fails) | the relay carries the connect (re-armed while the relay is down, and run at once when it comes up) |
 //! | `HandshakeRetry` | message 1 sent (`handshake_retry`) | a fresh message 1 |
 //! | `Heartbeat` | a path is bound (`heartbeat_interval`) | a liveness ping; `missed_heartbeats` in a row report the path dead |
 //! | `Probe` | bound to the relay (at once, then `direct_probe_interval`, doubling up to `MAX_PROBE_DOUBLINGS` times) | the peer's direct addresses are dialled, each at once, in parallel |

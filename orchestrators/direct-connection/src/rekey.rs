@@ -132,6 +132,7 @@ impl DirectConnection {
             request,
             permit: Some(EstablishmentPermit(HandshakePurpose::Rekey)),
             via: None,
+            waiting_for_relay: false,
         });
         self.timers.set(
             device,

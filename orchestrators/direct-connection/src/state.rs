@@ -54,6 +54,9 @@ pub struct Connect {
     pub permit: Option<EstablishmentPermit>,
     /// The path the handshake (or the path challenge) runs on.
     pub via: Option<Via>,
+    /// The relay's turn came while the relay was down: it runs as soon as the relay is
+    /// up.
+    pub waiting_for_relay: bool,
 }
 
 impl Connect {

@@ -966,6 +966,33 @@ fn timers_make_progress_while_the_relay_is_down() {
 }
 
 #[test]
+fn a_connect_waiting_for_the_relay_runs_as_soon_as_it_is_up() {
+    let mut net = Net::new(18);
+    for node in [A, B] {
+        net.input(node, Input::RelayStatus(RelayStatus { connected: false }));
+    }
+    net.direct_blocked = true;
+    net.connect(A, false);
+    // The relay's turn comes at once (no direct candidate works) and finds it down.
+    net.run_until(100);
+    let initiations = |net: &Net| net.snapshot(A).handshake_attempts;
+    assert_eq!(initiations(&net), 0);
+    for node in [A, B] {
+        net.input(node, Input::RelayStatus(RelayStatus { connected: true }));
+    }
+    // Not a fallback interval later: at once.
+    assert_eq!(
+        initiations(&net),
+        1,
+        "the connect waited for its next relay turn"
+    );
+    net.run_until(1000);
+    net.assert_same_session();
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Relay));
+    assert_eq!(initiations(&net), 1);
+}
+
+#[test]
 fn send_refusals_are_typed_and_queue_nothing() {
     use tether_protocol::SendError;
     let mut net = established(13);
