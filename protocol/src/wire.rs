@@ -318,9 +318,10 @@ pub enum RelayMessage {
 }
 
 /// Bytes of filler in a [`RelayMessage::PathProbe`]: with the packets around it, enough
-/// for the server's 1200-byte path challenge and a few kilobytes of answers within
-/// QUIC's anti-amplification allowance (three times what the path received).
-pub const PATH_PROBE_PADDING: usize = 1200;
+/// for the server's 1200-byte path challenge, its first MTU probe on the new path (up to
+/// 1452 bytes) and a few kilobytes of answers within QUIC's anti-amplification allowance
+/// (three times what the path received).
+pub const PATH_PROBE_PADDING: usize = 2400;
 
 /// Device ↔ rendezvous server. Hints are sealed with a key only the pair holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

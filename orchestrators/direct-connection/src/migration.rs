@@ -25,10 +25,11 @@ use tether_protocol::{
 
 /// Filler sent after a migration ping on a migrated link. The peer's QUIC stack may send
 /// our new address three times what it received from it until the address validates;
-/// its path challenge takes 1200 bytes of that, and every packet it sends meanwhile is
-/// padded to 1200 bytes. A ping and a few small packets buy less than that, so the
-/// peer's acknowledgement would wait a round trip; 1200 bytes more buy it three packets.
-const MIGRATION_PADDING_LEN: usize = 1200;
+/// its path challenge takes 1200 bytes of that, its first MTU probe on the new path up
+/// to 1452, and every packet it sends meanwhile is padded to 1200 bytes. A ping and a
+/// few small packets buy less than that, so the peer's acknowledgement would wait a
+/// round trip; 2400 bytes more buy the challenge, the probe and the answer.
+const MIGRATION_PADDING_LEN: usize = 2400;
 
 /// The direct addresses among a blueprint's candidates, in order.
 pub(crate) fn direct_addrs(candidates: &[Candidate]) -> Vec<SocketAddr> {

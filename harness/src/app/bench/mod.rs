@@ -66,6 +66,10 @@ enum BenchCommand {
         /// Seconds each contender sends at each message size.
         #[arg(long, value_name = "S", default_value_t = 3.0)]
         seconds: f64,
+        /// Turn QUIC's path MTU discovery off for both contenders (packets stay at
+        /// 1200 bytes), to see what it brings.
+        #[arg(long)]
+        no_mtu_discovery: bool,
     },
     /// Round trips to Ready of a fresh pair (virtual time, simulated network), CPU time
     /// per side of the Noise handshake, and handshakes per second per core.
@@ -148,13 +152,20 @@ enum BenchCommand {
 /// Runs a benchmark; returns what to print: a table, or one line of JSON.
 pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
     match args.command {
-        BenchCommand::Throughput { seconds } => {
+        BenchCommand::Throughput {
+            seconds,
+            no_mtu_discovery,
+        } => {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
                 return Err(BenchError::Argument(format!(
                     "--seconds must be more than 0 and at most 3600, not {seconds}"
                 )));
             }
-            let report = throughput::run(Duration::from_secs_f64(seconds))?;
+            let transport = tether_transport::TransportConfig {
+                mtu_discovery: !no_mtu_discovery,
+                ..tether_transport::TransportConfig::default()
+            };
+            let report = throughput::run(Duration::from_secs_f64(seconds), &transport)?;
             Ok(if json {
                 to_json(&report)
             } else {

@@ -36,6 +36,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ThroughputReport {
     /// Seconds each contender sent at each size.
     pub seconds: f64,
+    /// Whether QUIC's path MTU discovery was on, for both contenders.
+    pub mtu_discovery: bool,
     /// One row per message size.
     pub throughput: Vec<SizeRow>,
     /// The Noise transport cipher alone.
@@ -84,8 +86,9 @@ impl ThroughputReport {
     /// The report as a table.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "session throughput over loopback, {} s per contender and size (MiB/s of payload)\n\n",
-            self.seconds
+            "session throughput over loopback, {} s per contender and size (MiB/s of payload), MTU discovery {}\n\n",
+            self.seconds,
+            if self.mtu_discovery { "on" } else { "off" }
         );
         out.push_str("message   tether MiB/s   msgs/s   bare quinn MiB/s   msgs/s   ratio\n");
         for r in &self.throughput {
@@ -119,22 +122,25 @@ fn size_name(bytes: usize) -> String {
     format!("{} KiB", bytes / 1024)
 }
 
-/// Runs every size for `seconds` per contender.
-pub fn run(seconds: Duration) -> Result<ThroughputReport, BenchError> {
+/// Runs every size for `seconds` per contender, both with `transport`'s QUIC settings.
+pub fn run(seconds: Duration, transport: &TransportConfig) -> Result<ThroughputReport, BenchError> {
     let quinn_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let pair = SessionPair::start()?;
+    let pair = SessionPair::start(transport)?;
     let mut rows = Vec::new();
     for (i, &size) in SIZES.iter().enumerate() {
         // Alternate who goes first, so a slow drift of machine load hits both alike.
         let (quinn, tether) = if i % 2 == 0 {
-            let q = quinn_runtime.block_on(bare_quinn(size, seconds))?;
+            let q = quinn_runtime.block_on(bare_quinn(size, seconds, transport))?;
             (q, pair.measure(size, seconds)?)
         } else {
             let t = pair.measure(size, seconds)?;
-            (quinn_runtime.block_on(bare_quinn(size, seconds))?, t)
+            (
+                quinn_runtime.block_on(bare_quinn(size, seconds, transport))?,
+                t,
+            )
         };
         rows.push(SizeRow {
             message_bytes: size,
@@ -153,6 +159,7 @@ pub fn run(seconds: Duration) -> Result<ThroughputReport, BenchError> {
         .collect::<Result<_, _>>()?;
     Ok(ThroughputReport {
         seconds: seconds.as_secs_f64(),
+        mtu_discovery: transport.mtu_discovery,
         throughput: rows,
         seal_open: SealOpen {
             cipher: "ChaChaPoly (Noise transport keys, snow)",
@@ -178,10 +185,13 @@ impl Run {
     }
 }
 
-async fn bare_quinn(size: usize, seconds: Duration) -> Result<Run, BenchError> {
+async fn bare_quinn(
+    size: usize,
+    seconds: Duration,
+    transport: &TransportConfig,
+) -> Result<Run, BenchError> {
     let setup = |e: String| BenchError::Setup(format!("bare quinn: {e}"));
-    let (server, client, name) =
-        bare_quinn_configs(&TransportConfig::default()).map_err(|e| setup(e.to_string()))?;
+    let (server, client, name) = bare_quinn_configs(transport).map_err(|e| setup(e.to_string()))?;
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let run = bare_quinn_transfer(server, client, name, loopback, size, Amount::For(seconds))
         .await
@@ -213,7 +223,7 @@ struct SessionPair {
 impl SessionPair {
     /// Starts the relay, the receiving node on a thread of its own, and the sending node
     /// here; returns once the sender's session is Ready.
-    fn start() -> Result<Self, BenchError> {
+    fn start(transport: &TransportConfig) -> Result<Self, BenchError> {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let relay = start_relay(loopback)?;
         let mut rng = rand::rngs::OsRng;
@@ -231,6 +241,7 @@ impl SessionPair {
         let receiver_thread = {
             let progress = progress.clone();
             let (relay_addr, relay_public, rk) = (relay.addr, relay.public, rk.clone());
+            let receiver_transport = transport.clone();
             std::thread::Builder::new()
                 .name("bench-receiver".into())
                 .spawn(move || {
@@ -243,6 +254,7 @@ impl SessionPair {
                     };
                     rt.block_on(async move {
                         let node = Node::builder()
+                            .transport(receiver_transport)
                             .keypair(receiver_key)
                             .relay(relay_addr, relay_public)
                             .peer(sender_public, rk)
@@ -270,6 +282,7 @@ impl SessionPair {
         let mut sender = sender_runtime
             .block_on(
                 Node::builder()
+                    .transport(transport.clone())
                     .keypair(sender_key)
                     .relay(relay.addr, relay.public)
                     .peer_at(receiver_public, rk, vec![receiver_addr])
