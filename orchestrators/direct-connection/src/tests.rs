@@ -496,6 +496,13 @@ impl Net {
         }
     }
 
+    /// Both nodes' relay connection goes up or down.
+    fn relay_status(&mut self, connected: bool) {
+        for node in [A, B] {
+            self.input(node, Input::RelayStatus(RelayStatus { connected }));
+        }
+    }
+
     fn snapshot(&self, node: usize) -> crate::core::PeerSnapshot {
         let peer = self.device(1 - node);
         self.nodes[node].core.snapshot(&peer).unwrap()
@@ -955,9 +962,7 @@ fn probes_back_off_while_nothing_direct_answers() {
 fn timers_make_progress_while_the_relay_is_down() {
     // The run loop asserts progress: a timer that stays due forever would trip it.
     let mut net = Net::new(12);
-    for node in [A, B] {
-        net.input(node, Input::RelayStatus(RelayStatus { connected: false }));
-    }
+    net.relay_status(false);
     net.direct_blocked = true;
     net.connect(A, false);
     net.run_until(20_000);
@@ -968,18 +973,14 @@ fn timers_make_progress_while_the_relay_is_down() {
 #[test]
 fn a_connect_waiting_for_the_relay_runs_as_soon_as_it_is_up() {
     let mut net = Net::new(18);
-    for node in [A, B] {
-        net.input(node, Input::RelayStatus(RelayStatus { connected: false }));
-    }
+    net.relay_status(false);
     net.direct_blocked = true;
     net.connect(A, false);
     // The relay's turn comes at once (no direct candidate works) and finds it down.
     net.run_until(100);
     let initiations = |net: &Net| net.snapshot(A).handshake_attempts;
     assert_eq!(initiations(&net), 0);
-    for node in [A, B] {
-        net.input(node, Input::RelayStatus(RelayStatus { connected: true }));
-    }
+    net.relay_status(true);
     // Not a fallback interval later: at once.
     assert_eq!(
         initiations(&net),
