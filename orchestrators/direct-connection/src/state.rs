@@ -214,8 +214,9 @@ impl PeerCounters {
 /// A direct path the session is not on although it answers: it answered its challenge
 /// with a round trip more than
 /// [`DIRECT_SLOWER_TOLERANCE_MS`](crate::path_choice::DIRECT_SLOWER_TOLERANCE_MS) above
-/// the relay's, or the session fell back from it to the relay
-/// ([`crate::path_choice`]).
+/// the relay's, or the session fell back from it to the relay (more than
+/// [`FALLBACK_SLOWER_MS`](crate::path_choice::FALLBACK_SLOWER_MS) slower, or with
+/// [`FALLBACK_MISSED`](crate::path_choice::FALLBACK_MISSED) late heartbeats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeclinedDirect {
     /// The direct path's round trip (its challenge's, or its heartbeats' smoothed), ms.
