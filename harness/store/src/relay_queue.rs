@@ -15,7 +15,9 @@
 //! # Durability
 //! Each [`RelayQueueStore::apply`] is one write transaction with redb's default
 //! durability (committed to disk before it returns): the relay shell applies the
-//! changes of one input in one call, so a burst of enqueues on one read shares a commit.
+//! changes of every input waiting when it wakes up (up to
+//! [`MAX_INPUTS_PER_COMMIT`](tether_rcs::server::MAX_INPUTS_PER_COMMIT)) in one call, so
+//! a burst of enqueues from many devices shares one commit.
 //! The file is opened with redb's integrity check, so a damaged file is reported as an
 //! error at start instead of being trusted. redb takes a lock on the file: a second
 //! relay on the same file fails to start with a clear error.

@@ -13,33 +13,54 @@
 //! The server keeps its queue in a [`RelayQueueStore`]: in memory ([`RelayServer::start`],
 //! what the simulator uses unless it restarts the relay), or any other backend
 //! ([`RelayServer::start_with_store`]: `tether relay` passes a redb file). At start it
-//! prunes expired envelopes from the store and hands the rest to the queue core; after
-//! every input it applies the changes the core reported in one commit, before it sends
-//! anything that input produced, so an `Enqueued` answer means the envelope is durable.
-//! A failed commit is logged and counted (`store_failures`); the envelopes stay queued
-//! in memory.
+//! prunes expired envelopes from the store and hands the rest to the queue core.
+//!
+//! # Group commit
+//! Every link's reader task puts what it reads (frames, address changes, its end) in
+//! one bounded inbox ([`INBOX_CAPACITY`]). Each time the actor wakes up it takes every
+//! event waiting there, at most [`MAX_INPUTS_PER_COMMIT`], feeds them to the queue core
+//! one after another, then applies all the changes they caused in one commit, and
+//! only then sends what they produced (the core holds it back until told of the
+//! commit), so an `Enqueued` answer means the envelope is durable and a durable store
+//! costs one disk sync per batch instead of one per frame. A rendezvous request or a
+//! link's end commits and sends what came before it first, so the frames on a
+//! connection keep their order. A failed commit is logged and counted
+//! (`store_failures`); the envelopes stay queued in memory.
 //!
 //! # Messages
-//! - in: accepted links, frames read from them, link ends, timer ticks,
-//!   [`GetServerCounters`], [`GetServerState`].
+//! - in: accepted links, batches of link events from the inbox, writer failures, timer
+//!   ticks, [`GetServerCounters`], [`GetServerState`].
 //! - out: frames written to links; link closes.
 
 use crate::link_tasks::{forward_accepted, spawn_writer, Accepted, LinkWriter};
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, StreamHandler};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::task::Poll;
 use tether_crypto::PublicKey;
 use tether_pms::{RendezvousTable, RendezvousTableConfig, TableCounters};
 use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{RendezvousMessage, WireFrame};
+use tether_rcs::server::MAX_INPUTS_PER_COMMIT;
 use tether_rcs::{
     ConnId, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
     RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
 };
 use tether_transport::{Endpoint, LinkHandle};
+use tokio::sync::mpsc;
+
+/// Link events (frames read, address changes, ends) waiting for the server, from all
+/// links together. A reader whose event finds the inbox full waits, and stops reading
+/// its link meanwhile (QUIC's flow control then holds its device back), so a relay
+/// that falls behind holds at most this many frames read and not handled, at most 66
+/// MiB at the largest frame. 4 096 is 16 full batches ([`MAX_INPUTS_PER_COMMIT`]): a
+/// thousand connected devices each with a few requests in flight fit while a commit
+/// runs.
+pub const INBOX_CAPACITY: usize = 16 * MAX_INPUTS_PER_COMMIT;
 
 /// The server actor. See the module docs.
 pub struct RelayServer {
@@ -56,6 +77,49 @@ pub struct RelayServer {
     tap: Option<Vec<Vec<u8>>>,
     /// Frames dropped because a connection's writer queue was full.
     writes_dropped: Arc<AtomicU64>,
+    /// Where the links' reader tasks put what they read.
+    inbox: mpsc::Sender<LinkEvent>,
+    /// The inbox's other end, until `started` hands it to the context.
+    inbox_batches: Option<InboxBatches>,
+}
+
+/// What a link's reader task tells the server, in the order it happened on the link.
+#[derive(Debug)]
+enum LinkEvent {
+    /// A frame was read.
+    Bytes(ConnId, Bytes),
+    /// The link's remote address changed to this one (before the frame that showed it).
+    Moved(ConnId, SocketAddr),
+    /// The link ended.
+    Ended(ConnId),
+}
+
+/// The events waiting in the inbox when the server woke up (at most
+/// [`MAX_INPUTS_PER_COMMIT`]): handled together, with one commit.
+#[derive(Debug)]
+struct LinkEvents(Vec<LinkEvent>);
+
+/// The inbox as a stream of batches: each item takes every event waiting, up to
+/// [`MAX_INPUTS_PER_COMMIT`].
+struct InboxBatches(mpsc::Receiver<LinkEvent>);
+
+impl futures_core::Stream for InboxBatches {
+    type Item = LinkEvents;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<LinkEvents>> {
+        let mut events = Vec::new();
+        match self
+            .0
+            .poll_recv_many(cx, &mut events, MAX_INPUTS_PER_COMMIT)
+        {
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => Poll::Ready(Some(LinkEvents(events))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Starts recording every frame the server receives (for tests that audit what a
@@ -114,19 +178,10 @@ pub struct RelayServerState {
     pub writes_dropped: u64,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConnBytes(ConnId, Bytes);
-
+/// A link's writer failed: the link is over.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ConnEnded(ConnId);
-
-/// The connection's remote address changed to this one (sent before the frame that
-/// showed it).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConnMoved(ConnId, SocketAddr);
 
 impl RelayServer {
     /// Starts a server on `endpoint` with `config` (its keypair, challenge seed from
@@ -180,7 +235,9 @@ impl RelayServer {
                 "relay queue taken over from the store"
             );
         }
+        queue.committed();
         let table = RendezvousTable::new(rendezvous, now);
+        let (inbox, inbox_receiver) = mpsc::channel(INBOX_CAPACITY);
         let addr = RelayServer {
             endpoint,
             queue,
@@ -192,6 +249,8 @@ impl RelayServer {
             next_conn: 1,
             timer: CoreTimer::default(),
             tap: None,
+            inbox,
+            inbox_batches: Some(InboxBatches(inbox_receiver)),
         }
         .start();
         Ok(RelayServerHandle {
@@ -201,7 +260,8 @@ impl RelayServer {
         })
     }
 
-    /// Applies the queue's store changes in one commit, then sends its outputs.
+    /// Applies the queue's store changes in one commit, tells the queue, then sends
+    /// its outputs.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         let changes: Vec<QueueChange> = std::iter::from_fn(|| self.queue.poll_change()).collect();
         if !changes.is_empty() {
@@ -215,6 +275,7 @@ impl RelayServer {
                 );
             }
         }
+        self.queue.committed();
         while let Some(output) = self.queue.poll_output() {
             match output {
                 ServerOutput::Send(conn, frame) => self.send(conn, &frame),
@@ -244,6 +305,50 @@ impl RelayServer {
         });
     }
 
+    /// Feeds one frame read from `conn`; a rendezvous request is answered at once,
+    /// after what came before it.
+    fn frame(&mut self, conn: ConnId, bytes: Bytes, ctx: &mut Context<Self>) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.push(bytes.to_vec());
+        }
+        match tether_protocol::decode(&bytes) {
+            Ok(WireFrame::Relay(message)) => {
+                self.queue
+                    .handle(runtime_now(), ServerInput::Frame(conn, message));
+            }
+            Ok(WireFrame::Rendezvous(message)) => {
+                // Answers of earlier frames go first: the connection keeps its order.
+                if self.queue.commit_pending() {
+                    self.drain(ctx);
+                }
+                let now = runtime_now();
+                let answer = match self.queue.rendezvous_request(now, conn, &message) {
+                    Ok(device) => self.table.handle(now, device, message),
+                    Err(reason) => Some(RendezvousMessage::Refused { reason }),
+                };
+                if let Some(answer) = answer {
+                    self.send(conn, &WireFrame::Rendezvous(answer));
+                }
+            }
+            // Anything else (peer frames, garbage) is counted by the queue server.
+            Ok(_) | Err(_) => {
+                self.queue
+                    .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
+            }
+        }
+    }
+
+    /// The link `conn` is over: what came before its end goes out first.
+    fn ended(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
+        if self.conns.contains_key(&conn) && self.queue.commit_pending() {
+            self.drain(ctx);
+        }
+        if let Some(state) = self.conns.remove(&conn) {
+            state.handle.close();
+            self.queue.handle(runtime_now(), ServerInput::Closed(conn));
+        }
+    }
+
     fn send(&mut self, conn: ConnId, frame: &WireFrame) {
         let Some(state) = self.conns.get(&conn) else {
             return;
@@ -259,6 +364,9 @@ impl Actor for RelayServer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         forward_accepted(self.endpoint.clone(), ctx.address());
+        if let Some(batches) = self.inbox_batches.take() {
+            ctx.add_stream(batches);
+        }
         // Arms the expiry timer of envelopes taken over from the store.
         self.drain(ctx);
     }
@@ -284,18 +392,22 @@ impl Handler<Accepted> for RelayServer {
         let remote = handle.remote_addr();
         let (sender, mut receiver) = message.0.split();
         let me = ctx.address();
-        let reader_me = me.clone();
+        let inbox = self.inbox.clone();
         tokio::spawn(async move {
             let mut last_remote = receiver.handle().remote_addr();
             while let Ok(Some(frame)) = receiver.recv_frame().await {
                 let remote = receiver.handle().remote_addr();
                 if remote != last_remote {
                     last_remote = remote;
-                    reader_me.do_send(ConnMoved(conn, remote));
+                    if inbox.send(LinkEvent::Moved(conn, remote)).await.is_err() {
+                        return; // the server stopped
+                    }
                 }
-                reader_me.do_send(ConnBytes(conn, frame));
+                if inbox.send(LinkEvent::Bytes(conn, frame)).await.is_err() {
+                    return;
+                }
             }
-            reader_me.do_send(ConnEnded(conn));
+            let _ = inbox.send(LinkEvent::Ended(conn)).await;
         });
         let writer = spawn_writer(sender, self.writes_dropped.clone(), move |_| {
             me.do_send(ConnEnded(conn))
@@ -307,45 +419,26 @@ impl Handler<Accepted> for RelayServer {
     }
 }
 
-impl Handler<ConnBytes> for RelayServer {
-    type Result = ();
-
-    fn handle(&mut self, ConnBytes(conn, bytes): ConnBytes, ctx: &mut Self::Context) {
-        if let Some(tap) = self.tap.as_mut() {
-            tap.push(bytes.to_vec());
-        }
-        match tether_protocol::decode(&bytes) {
-            Ok(WireFrame::Relay(message)) => {
-                self.queue
-                    .handle(runtime_now(), ServerInput::Frame(conn, message));
-            }
-            Ok(WireFrame::Rendezvous(message)) => {
-                let now = runtime_now();
-                let answer = match self.queue.rendezvous_request(now, conn, &message) {
-                    Ok(device) => self.table.handle(now, device, message),
-                    Err(reason) => Some(RendezvousMessage::Refused { reason }),
-                };
-                if let Some(answer) = answer {
-                    self.send(conn, &WireFrame::Rendezvous(answer));
+impl StreamHandler<LinkEvents> for RelayServer {
+    fn handle(&mut self, LinkEvents(events): LinkEvents, ctx: &mut Self::Context) {
+        for event in events {
+            match event {
+                LinkEvent::Bytes(conn, bytes) => self.frame(conn, bytes, ctx),
+                LinkEvent::Moved(conn, remote) => {
+                    self.queue
+                        .handle(runtime_now(), ServerInput::Moved(conn, remote));
                 }
+                LinkEvent::Ended(conn) => self.ended(conn, ctx),
             }
-            // Anything else (peer frames, garbage) is counted by the queue server.
-            Ok(_) | Err(_) => {
-                self.queue
-                    .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
+            if self.queue.commit_due() {
+                self.drain(ctx);
             }
         }
         self.drain(ctx);
     }
-}
 
-impl Handler<ConnMoved> for RelayServer {
-    type Result = ();
-
-    fn handle(&mut self, ConnMoved(conn, remote): ConnMoved, ctx: &mut Self::Context) {
-        self.queue
-            .handle(runtime_now(), ServerInput::Moved(conn, remote));
-        self.drain(ctx);
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // The actor holds a sender of the inbox, so it never ends while the actor runs.
     }
 }
 
@@ -353,11 +446,8 @@ impl Handler<ConnEnded> for RelayServer {
     type Result = ();
 
     fn handle(&mut self, ConnEnded(conn): ConnEnded, ctx: &mut Self::Context) {
-        if let Some(state) = self.conns.remove(&conn) {
-            state.handle.close();
-            self.queue.handle(runtime_now(), ServerInput::Closed(conn));
-            self.drain(ctx);
-        }
+        self.ended(conn, ctx);
+        self.drain(ctx);
     }
 }
 
@@ -408,3 +498,52 @@ impl Handler<GetServerState> for RelayServer {
 }
 
 tether_protocol::stops_on_shutdown!(RelayServer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_core::Stream;
+
+    async fn next_batch(batches: &mut InboxBatches) -> Option<Vec<LinkEvent>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *batches).poll_next(cx))
+            .await
+            .map(|LinkEvents(events)| events)
+    }
+
+    #[tokio::test]
+    async fn the_inbox_holds_at_most_its_capacity_and_a_wakeup_takes_one_batch() {
+        let (inbox, receiver) = mpsc::channel(INBOX_CAPACITY);
+        let mut batches = InboxBatches(receiver);
+        for n in 0..INBOX_CAPACITY as u64 {
+            inbox
+                .try_send(LinkEvent::Ended(ConnId(n)))
+                .expect("room below the capacity");
+        }
+        // Full: a reader's next event waits (its link is not read meanwhile).
+        assert!(matches!(
+            inbox.try_send(LinkEvent::Ended(ConnId(u64::MAX))),
+            Err(mpsc::error::TrySendError::Full(_))
+        ));
+        let mut expected = 0;
+        while expected < INBOX_CAPACITY as u64 {
+            let batch = next_batch(&mut batches).await.expect("events waiting");
+            // Every wakeup takes what is waiting, one batch at most, in order.
+            assert_eq!(batch.len(), MAX_INPUTS_PER_COMMIT);
+            for event in batch {
+                assert!(matches!(event, LinkEvent::Ended(ConnId(n)) if n == expected));
+                expected += 1;
+            }
+            // Room again for as many as were taken.
+            inbox
+                .try_send(LinkEvent::Moved(
+                    ConnId(0),
+                    SocketAddr::from(([127, 0, 0, 1], 1)),
+                ))
+                .expect("room after a batch was taken");
+        }
+        let rest = next_batch(&mut batches).await.expect("the later events");
+        assert_eq!(rest.len(), INBOX_CAPACITY / MAX_INPUTS_PER_COMMIT);
+        drop(inbox);
+        assert!(next_batch(&mut batches).await.is_none());
+    }
+}
