@@ -253,6 +253,10 @@ impl RelayQueueStore for RedbRelayQueueStore {
         self.apply_all(changes).map_err(boxed)
     }
 
+    fn commits_to_disk(&self) -> bool {
+        true
+    }
+
     fn expire(&mut self, now_unix_ms: u64) -> Result<u64, RelayStoreError> {
         self.expire_until(now_unix_ms).map_err(boxed)
     }

@@ -21,11 +21,16 @@
 //! event waiting there, at most [`MAX_INPUTS_PER_COMMIT`], feeds them to the queue core
 //! one after another, then applies all the changes they caused in one commit, and
 //! only then sends what they produced (the core holds it back until told of the
-//! commit), so an `Enqueued` answer means the envelope is durable and a durable store
-//! costs one disk sync per batch instead of one per frame. A rendezvous request or a
-//! link's end commits and sends what came before it first, so the frames on a
-//! connection keep their order. A failed commit is logged and counted
-//! (`store_failures`); the envelopes stay queued in memory.
+//! commit, rendezvous answers included, so a connection's answers keep their order),
+//! so an `Enqueued` answer means the envelope is durable and a durable store costs one
+//! disk sync per batch instead of one per frame. A store on disk
+//! ([`RelayQueueStore::commits_to_disk`]) commits on a thread of its own: the actor
+//! waits for the commit without taking inputs, while its runtime keeps serving the
+//! connections, so what arrives during one commit is the next batch. A store in memory
+//! commits at once in the actor's thread (the simulator's, whose paused clock must not
+//! run on while a commit is pending). A failed commit is logged and counted
+//! (`store_failures`); the envelopes stay queued in memory. Answers still waiting for
+//! a link that ended are dropped with it.
 //!
 //! # Messages
 //! - in: accepted links, batches of link events from the inbox, writer failures, timer
@@ -33,6 +38,7 @@
 //! - out: frames written to links; link closes.
 
 use crate::link_tasks::{forward_accepted, spawn_writer, Accepted, LinkWriter};
+use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, StreamHandler};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -48,10 +54,10 @@ use tether_protocol::{RendezvousMessage, WireFrame};
 use tether_rcs::server::MAX_INPUTS_PER_COMMIT;
 use tether_rcs::{
     ConnId, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
-    RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+    RelayServerConfig, RelayServerCounters, RelayStoreError, ServerInput, ServerOutput,
 };
 use tether_transport::{Endpoint, LinkHandle};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Link events (frames read, address changes, ends) waiting for the server, from all
 /// links together. A reader whose event finds the inbox full waits, and stops reading
@@ -66,7 +72,9 @@ pub const INBOX_CAPACITY: usize = 16 * MAX_INPUTS_PER_COMMIT;
 pub struct RelayServer {
     endpoint: Endpoint,
     queue: RelayQueueServer,
-    store: Box<dyn RelayQueueStore>,
+    store: Committer,
+    /// A commit runs on the store's thread (the actor waits for it).
+    commit_in_flight: bool,
     /// Store commits that failed.
     store_failures: u64,
     table: RendezvousTable,
@@ -81,6 +89,41 @@ pub struct RelayServer {
     inbox: mpsc::Sender<LinkEvent>,
     /// The inbox's other end, until `started` hands it to the context.
     inbox_batches: Option<InboxBatches>,
+}
+
+/// Where the queue's changes are committed (see the module docs).
+enum Committer {
+    /// In the actor's thread, at once: a store in memory.
+    Inline(Box<dyn RelayQueueStore + Send>),
+    /// On the store's own thread: a store on disk. At most one commit is in flight.
+    Thread(std::sync::mpsc::Sender<CommitJob>),
+}
+
+/// One commit for the store's thread, and where its result goes.
+struct CommitJob {
+    changes: Vec<QueueChange>,
+    done: oneshot::Sender<Result<(), RelayStoreError>>,
+}
+
+/// Starts the thread that applies `store`'s commits; it ends when the server does.
+fn spawn_committer(
+    mut store: Box<dyn RelayQueueStore + Send>,
+) -> std::io::Result<std::sync::mpsc::Sender<CommitJob>> {
+    let (jobs, receiver) = std::sync::mpsc::channel::<CommitJob>();
+    std::thread::Builder::new()
+        .name("relay-store".into())
+        .spawn(move || {
+            while let Ok(CommitJob { changes, done }) = receiver.recv() {
+                let _ = done.send(store.apply(&changes));
+            }
+        })?;
+    Ok(jobs)
+}
+
+fn committer_gone() -> RelayStoreError {
+    RelayStoreError::from(Box::<dyn std::error::Error + Send + Sync>::from(
+        "the relay store's thread stopped",
+    ))
 }
 
 /// What a link's reader task tells the server, in the order it happened on the link.
@@ -210,7 +253,7 @@ impl RelayServer {
         endpoint: Endpoint,
         config: RelayServerConfig,
         rendezvous: RendezvousTableConfig,
-        mut store: Box<dyn RelayQueueStore>,
+        mut store: Box<dyn RelayQueueStore + Send>,
     ) -> std::io::Result<RelayServerHandle> {
         let local_addr = endpoint.local_addr()?;
         let public = *config.keypair.public();
@@ -236,12 +279,18 @@ impl RelayServer {
             );
         }
         queue.committed();
+        let store = if store.commits_to_disk() {
+            Committer::Thread(spawn_committer(store)?)
+        } else {
+            Committer::Inline(store)
+        };
         let table = RendezvousTable::new(rendezvous, now);
         let (inbox, inbox_receiver) = mpsc::channel(INBOX_CAPACITY);
         let addr = RelayServer {
             endpoint,
             queue,
             store,
+            commit_in_flight: false,
             store_failures: 0,
             writes_dropped: Arc::default(),
             table,
@@ -261,20 +310,64 @@ impl RelayServer {
     }
 
     /// Applies the queue's store changes in one commit, tells the queue, then sends
-    /// its outputs.
+    /// its outputs. With the store on its own thread, the actor waits for the commit
+    /// (taking no input) and sends the outputs when it is done.
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.commit_in_flight {
+            // Its end drains again.
+            return;
+        }
         let changes: Vec<QueueChange> = std::iter::from_fn(|| self.queue.poll_change()).collect();
-        if !changes.is_empty() {
-            if let Err(error) = self.store.apply(&changes) {
-                self.store_failures += 1;
-                tracing::error!(
-                    %error,
-                    changes = changes.len(),
-                    "relay queue commit failed: these envelopes stay queued in memory but \
-                     would not survive a restart"
-                );
+        if changes.is_empty() {
+            return self.release(ctx);
+        }
+        let count = changes.len();
+        match &mut self.store {
+            Committer::Inline(store) => {
+                let result = store.apply(&changes);
+                self.committed(result, count, ctx);
+            }
+            Committer::Thread(jobs) => {
+                let (done, result) = oneshot::channel();
+                if jobs.send(CommitJob { changes, done }).is_err() {
+                    return self.committed(Err(committer_gone()), count, ctx);
+                }
+                self.commit_in_flight = true;
+                ctx.wait(result.into_actor(self).map(move |result, server, ctx| {
+                    server.commit_in_flight = false;
+                    let result = result.unwrap_or_else(|_| Err(committer_gone()));
+                    server.committed(result, count, ctx);
+                }));
             }
         }
+    }
+
+    /// A commit of `count` changes ended: counts a failure, sends what waited for it,
+    /// and commits what was reported meanwhile.
+    fn committed(
+        &mut self,
+        result: Result<(), RelayStoreError>,
+        count: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(error) = result {
+            self.store_failures += 1;
+            tracing::error!(
+                %error,
+                changes = count,
+                "relay queue commit failed: these envelopes stay queued in memory but \
+                 would not survive a restart"
+            );
+        }
+        self.release(ctx);
+        if self.queue.commit_pending() {
+            self.drain(ctx);
+        }
+    }
+
+    /// Tells the queue that what it reported is committed, sends every output it
+    /// releases, and re-arms the timer.
+    fn release(&mut self, ctx: &mut Context<Self>) {
         self.queue.committed();
         while let Some(output) = self.queue.poll_output() {
             match output {
@@ -305,9 +398,8 @@ impl RelayServer {
         });
     }
 
-    /// Feeds one frame read from `conn`; a rendezvous request is answered at once,
-    /// after what came before it.
-    fn frame(&mut self, conn: ConnId, bytes: Bytes, ctx: &mut Context<Self>) {
+    /// Feeds one frame read from `conn`.
+    fn frame(&mut self, conn: ConnId, bytes: Bytes) {
         if let Some(tap) = self.tap.as_mut() {
             tap.push(bytes.to_vec());
         }
@@ -317,17 +409,14 @@ impl RelayServer {
                     .handle(runtime_now(), ServerInput::Frame(conn, message));
             }
             Ok(WireFrame::Rendezvous(message)) => {
-                // Answers of earlier frames go first: the connection keeps its order.
-                if self.queue.commit_pending() {
-                    self.drain(ctx);
-                }
                 let now = runtime_now();
                 let answer = match self.queue.rendezvous_request(now, conn, &message) {
                     Ok(device) => self.table.handle(now, device, message),
                     Err(reason) => Some(RendezvousMessage::Refused { reason }),
                 };
                 if let Some(answer) = answer {
-                    self.send(conn, &WireFrame::Rendezvous(answer));
+                    // In order with the connection's other answers.
+                    self.queue.rendezvous_answer(conn, answer);
                 }
             }
             // Anything else (peer frames, garbage) is counted by the queue server.
@@ -338,11 +427,9 @@ impl RelayServer {
         }
     }
 
-    /// The link `conn` is over: what came before its end goes out first.
-    fn ended(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
-        if self.conns.contains_key(&conn) && self.queue.commit_pending() {
-            self.drain(ctx);
-        }
+    /// The link `conn` is over: it closes at once, and answers still waiting for it
+    /// are dropped.
+    fn ended(&mut self, conn: ConnId) {
         if let Some(state) = self.conns.remove(&conn) {
             state.handle.close();
             self.queue.handle(runtime_now(), ServerInput::Closed(conn));
@@ -423,12 +510,12 @@ impl StreamHandler<LinkEvents> for RelayServer {
     fn handle(&mut self, LinkEvents(events): LinkEvents, ctx: &mut Self::Context) {
         for event in events {
             match event {
-                LinkEvent::Bytes(conn, bytes) => self.frame(conn, bytes, ctx),
+                LinkEvent::Bytes(conn, bytes) => self.frame(conn, bytes),
                 LinkEvent::Moved(conn, remote) => {
                     self.queue
                         .handle(runtime_now(), ServerInput::Moved(conn, remote));
                 }
-                LinkEvent::Ended(conn) => self.ended(conn, ctx),
+                LinkEvent::Ended(conn) => self.ended(conn),
             }
             if self.queue.commit_due() {
                 self.drain(ctx);
@@ -446,7 +533,7 @@ impl Handler<ConnEnded> for RelayServer {
     type Result = ();
 
     fn handle(&mut self, ConnEnded(conn): ConnEnded, ctx: &mut Self::Context) {
-        self.ended(conn, ctx);
+        self.ended(conn);
         self.drain(ctx);
     }
 }

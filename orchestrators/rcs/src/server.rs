@@ -643,6 +643,14 @@ impl RelayQueueServer {
         Ok(device)
     }
 
+    /// Queues the rendezvous table's answer to a request on `conn` (after
+    /// [`rendezvous_request`](Self::rendezvous_request) let it through, or its
+    /// refusal): it goes out in order with this connection's other answers, after the
+    /// commit of what came before it.
+    pub fn rendezvous_answer(&mut self, conn: ConnId, answer: RendezvousMessage) {
+        self.output(ServerOutput::Send(conn, WireFrame::Rendezvous(answer)));
+    }
+
     /// What the server counted so far.
     pub fn counters(&self) -> RelayServerCounters {
         self.counters

@@ -91,6 +91,14 @@ pub trait RelayQueueStore {
     /// many. The shell calls it once before [`load`](Self::load), so a relay that was
     /// down for a day does not read a day of expired envelopes into memory.
     fn expire(&mut self, now_unix_ms: u64) -> Result<u64, RelayStoreError>;
+
+    /// Whether an [`apply`](Self::apply) waits for a disk: the relay shell then
+    /// commits on a thread of its own, so that its connections are served meanwhile
+    /// and the inputs that arrive during a commit share the next one. A store in
+    /// memory commits at once, in the shell's own thread.
+    fn commits_to_disk(&self) -> bool {
+        false
+    }
 }
 
 /// A [`RelayQueueStore`] in memory: the simulator's and the unit tests' backend. Clones

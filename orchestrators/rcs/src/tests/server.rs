@@ -1709,3 +1709,28 @@ fn group_commit_trace() {
     assert_eq!(d.commits, 2);
     insta::assert_snapshot!(d.trace.join("\n"));
 }
+
+#[test]
+fn a_rendezvous_answer_waits_in_order_behind_the_answers_before_it() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    let message = d.enqueue_message(2, 3, 60_000, 16);
+    d.server
+        .handle(d.now, ServerInput::Frame(ConnId(1), message));
+    let answer = RendezvousMessage::Refused {
+        reason: ServerRefusal::RateLimited,
+    };
+    d.server.rendezvous_answer(ConnId(1), answer.clone());
+    assert_eq!(d.server.poll_output(), None, "an answer before its commit");
+    let out = d.drain();
+    assert_eq!(
+        out,
+        vec![
+            ServerOutput::Send(
+                ConnId(1),
+                WireFrame::Relay(RelayMessage::Enqueued { request: 3 })
+            ),
+            ServerOutput::Send(ConnId(1), WireFrame::Rendezvous(answer)),
+        ]
+    );
+}
