@@ -17,7 +17,9 @@
 //! durability (committed to disk before it returns): the relay shell applies the
 //! changes of every input waiting when it wakes up (up to
 //! [`MAX_INPUTS_PER_COMMIT`](tether_rcs::server::MAX_INPUTS_PER_COMMIT)) in one call, so
-//! a burst of enqueues from many devices shares one commit.
+//! a burst of enqueues from many devices shares one commit. It says its commits wait
+//! for the disk ([`RelayQueueStore::commits_to_disk`]), so the relay runs them on a
+//! thread of its own and keeps serving its connections meanwhile.
 //! The file is opened with redb's integrity check, so a damaged file is reported as an
 //! error at start instead of being trusted. redb takes a lock on the file: a second
 //! relay on the same file fails to start with a clear error.
