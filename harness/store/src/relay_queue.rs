@@ -15,7 +15,11 @@
 //! # Durability
 //! Each [`RelayQueueStore::apply`] is one write transaction with redb's default
 //! durability (committed to disk before it returns): the relay shell applies the
-//! changes of one input in one call, so a burst of enqueues on one read shares a commit.
+//! changes of every input waiting when it wakes up (up to
+//! [`MAX_INPUTS_PER_COMMIT`](tether_rcs::server::MAX_INPUTS_PER_COMMIT)) in one call, so
+//! a burst of enqueues from many devices shares one commit. It says its commits wait
+//! for the disk ([`RelayQueueStore::commits_to_disk`]), so the relay runs them on a
+//! thread of its own and keeps serving its connections meanwhile.
 //! The file is opened with redb's integrity check, so a damaged file is reported as an
 //! error at start instead of being trusted. redb takes a lock on the file: a second
 //! relay on the same file fails to start with a clear error.
@@ -249,6 +253,10 @@ impl RelayQueueStore for RedbRelayQueueStore {
 
     fn apply(&mut self, changes: &[QueueChange]) -> Result<(), RelayStoreError> {
         self.apply_all(changes).map_err(boxed)
+    }
+
+    fn commits_to_disk(&self) -> bool {
+        true
     }
 
     fn expire(&mut self, now_unix_ms: u64) -> Result<u64, RelayStoreError> {

@@ -15,39 +15,68 @@
 //! The server keeps its queue in a [`RelayQueueStore`]: in memory ([`RelayServer::start`],
 //! what the simulator uses unless it restarts the relay), or any other backend
 //! ([`RelayServer::start_with_store`]: `tether relay` passes a redb file). At start it
-//! prunes expired envelopes from the store and hands the rest to the queue core; after
-//! every input it applies the changes the core reported in one commit, before it sends
-//! anything that input produced, so an `Enqueued` answer means the envelope is durable.
-//! A failed commit is logged and counted (`store_failures`); the envelopes stay queued
-//! in memory.
+//! prunes expired envelopes from the store and hands the rest to the queue core.
+//!
+//! # Group commit
+//! Every link's reader task puts what it reads (frames, address changes, its end) in
+//! one bounded inbox ([`INBOX_CAPACITY`]). Each time the actor wakes up it takes every
+//! event waiting there, at most [`MAX_INPUTS_PER_COMMIT`], feeds them to the queue core
+//! one after another, then applies all the changes they caused in one commit, and
+//! only then sends what they produced (the core holds it back until told of the
+//! commit, rendezvous answers included, so a connection's answers keep their order),
+//! so an `Enqueued` answer means the envelope is durable and a durable store costs one
+//! disk sync per batch instead of one per frame. A store on disk
+//! ([`RelayQueueStore::commits_to_disk`]) commits on a thread of its own: the actor
+//! waits for the commit without taking inputs, while its runtime keeps serving the
+//! connections, so what arrives during one commit is the next batch. A store in memory
+//! commits at once in the actor's thread (the simulator's, whose paused clock must not
+//! run on while a commit is pending). A failed commit is logged and counted
+//! (`store_failures`); the envelopes stay queued in memory. Answers still waiting for
+//! a link that ended are dropped with it.
 //!
 //! # Messages
-//! - in: accepted links, frames read from them, link ends, timer ticks,
-//!   [`GetServerCounters`], [`GetServerState`].
+//! - in: accepted links, batches of link events from the inbox, writer failures, timer
+//!   ticks, [`GetServerCounters`], [`GetServerState`].
 //! - out: frames written to links; link closes.
 
 use crate::link_tasks::{forward_accepted, spawn_writer, Accepted, LinkWriter};
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, StreamHandler};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::task::Poll;
 use tether_crypto::PublicKey;
 use tether_pms::{RendezvousTable, RendezvousTableConfig, TableCounters};
 use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{RendezvousMessage, WireFrame};
+use tether_rcs::server::MAX_INPUTS_PER_COMMIT;
 use tether_rcs::{
     ConnId, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
-    RelayServerConfig, RelayServerCounters, ServerInput, ServerOutput,
+    RelayServerConfig, RelayServerCounters, RelayStoreError, ServerInput, ServerOutput,
 };
 use tether_transport::{Endpoint, LinkHandle};
+use tokio::sync::{mpsc, oneshot};
+
+/// Link events (frames read, address changes, ends) waiting for the server, from all
+/// links together. A reader whose event finds the inbox full waits, and stops reading
+/// its link meanwhile (QUIC's flow control then holds its device back), so a relay
+/// that falls behind holds at most this many frames read and not handled, at most 66
+/// MiB at the largest frame. 4 096 is 16 full batches ([`MAX_INPUTS_PER_COMMIT`]): a
+/// thousand connected devices each with a few requests in flight fit while a commit
+/// runs.
+pub const INBOX_CAPACITY: usize = 16 * MAX_INPUTS_PER_COMMIT;
 
 /// The server actor. See the module docs.
 pub struct RelayServer {
     endpoint: Endpoint,
     queue: RelayQueueServer,
-    store: Box<dyn RelayQueueStore>,
+    store: Committer,
+    /// A commit runs on the store's thread (the actor waits for it).
+    commit_in_flight: bool,
     /// Store commits that failed.
     store_failures: u64,
     table: RendezvousTable,
@@ -58,6 +87,84 @@ pub struct RelayServer {
     tap: Option<Vec<Vec<u8>>>,
     /// Frames dropped because a connection's writer queue was full.
     writes_dropped: Arc<AtomicU64>,
+    /// Where the links' reader tasks put what they read.
+    inbox: mpsc::Sender<LinkEvent>,
+    /// The inbox's other end, until `started` hands it to the context.
+    inbox_batches: Option<InboxBatches>,
+}
+
+/// Where the queue's changes are committed (see the module docs).
+enum Committer {
+    /// In the actor's thread, at once: a store in memory.
+    Inline(Box<dyn RelayQueueStore + Send>),
+    /// On the store's own thread: a store on disk. At most one commit is in flight.
+    Thread(std::sync::mpsc::Sender<CommitJob>),
+}
+
+/// One commit for the store's thread, and where its result goes.
+struct CommitJob {
+    changes: Vec<QueueChange>,
+    done: oneshot::Sender<Result<(), RelayStoreError>>,
+}
+
+/// Starts the thread that applies `store`'s commits; it ends when the server does.
+fn spawn_committer(
+    mut store: Box<dyn RelayQueueStore + Send>,
+) -> std::io::Result<std::sync::mpsc::Sender<CommitJob>> {
+    let (jobs, receiver) = std::sync::mpsc::channel::<CommitJob>();
+    std::thread::Builder::new()
+        .name("relay-store".into())
+        .spawn(move || {
+            while let Ok(CommitJob { changes, done }) = receiver.recv() {
+                let _ = done.send(store.apply(&changes));
+            }
+        })?;
+    Ok(jobs)
+}
+
+fn committer_gone() -> RelayStoreError {
+    RelayStoreError::from(Box::<dyn std::error::Error + Send + Sync>::from(
+        "the relay store's thread stopped",
+    ))
+}
+
+/// What a link's reader task tells the server, in the order it happened on the link.
+#[derive(Debug)]
+enum LinkEvent {
+    /// A frame was read.
+    Bytes(ConnId, Bytes),
+    /// The link's remote address changed to this one (before the frame that showed it).
+    Moved(ConnId, SocketAddr),
+    /// The link ended.
+    Ended(ConnId),
+}
+
+/// The events waiting in the inbox when the server woke up (at most
+/// [`MAX_INPUTS_PER_COMMIT`]): handled together, with one commit.
+#[derive(Debug)]
+struct LinkEvents(Vec<LinkEvent>);
+
+/// The inbox as a stream of batches: each item takes every event waiting, up to
+/// [`MAX_INPUTS_PER_COMMIT`].
+struct InboxBatches(mpsc::Receiver<LinkEvent>);
+
+impl futures_core::Stream for InboxBatches {
+    type Item = LinkEvents;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<LinkEvents>> {
+        let mut events = Vec::new();
+        match self
+            .0
+            .poll_recv_many(cx, &mut events, MAX_INPUTS_PER_COMMIT)
+        {
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => Poll::Ready(Some(LinkEvents(events))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Starts recording every frame the server receives (for tests that audit what a
@@ -116,19 +223,10 @@ pub struct RelayServerState {
     pub writes_dropped: u64,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConnBytes(ConnId, Bytes);
-
+/// A link's writer failed: the link is over.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ConnEnded(ConnId);
-
-/// The connection's remote address changed to this one (sent before the frame that
-/// showed it).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConnMoved(ConnId, SocketAddr);
 
 impl RelayServer {
     /// Starts a server on `endpoint` with `config` (its keypair, challenge seed from
@@ -157,7 +255,7 @@ impl RelayServer {
         endpoint: Endpoint,
         config: RelayServerConfig,
         rendezvous: RendezvousTableConfig,
-        mut store: Box<dyn RelayQueueStore>,
+        mut store: Box<dyn RelayQueueStore + Send>,
     ) -> std::io::Result<RelayServerHandle> {
         let local_addr = endpoint.local_addr()?;
         let public = *config.keypair.public();
@@ -182,11 +280,19 @@ impl RelayServer {
                 "relay queue taken over from the store"
             );
         }
+        queue.committed();
+        let store = if store.commits_to_disk() {
+            Committer::Thread(spawn_committer(store)?)
+        } else {
+            Committer::Inline(store)
+        };
         let table = RendezvousTable::new(rendezvous, now);
+        let (inbox, inbox_receiver) = mpsc::channel(INBOX_CAPACITY);
         let addr = RelayServer {
             endpoint,
             queue,
             store,
+            commit_in_flight: false,
             store_failures: 0,
             writes_dropped: Arc::default(),
             table,
@@ -194,6 +300,8 @@ impl RelayServer {
             next_conn: 1,
             timer: CoreTimer::default(),
             tap: None,
+            inbox,
+            inbox_batches: Some(InboxBatches(inbox_receiver)),
         }
         .start();
         Ok(RelayServerHandle {
@@ -203,20 +311,66 @@ impl RelayServer {
         })
     }
 
-    /// Applies the queue's store changes in one commit, then sends its outputs.
+    /// Applies the queue's store changes in one commit, tells the queue, then sends
+    /// its outputs. With the store on its own thread, the actor waits for the commit
+    /// (taking no input) and sends the outputs when it is done.
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.commit_in_flight {
+            // Its end drains again.
+            return;
+        }
         let changes: Vec<QueueChange> = std::iter::from_fn(|| self.queue.poll_change()).collect();
-        if !changes.is_empty() {
-            if let Err(error) = self.store.apply(&changes) {
-                self.store_failures += 1;
-                tracing::error!(
-                    %error,
-                    changes = changes.len(),
-                    "relay queue commit failed: these envelopes stay queued in memory but \
-                     would not survive a restart"
-                );
+        if changes.is_empty() {
+            return self.release(ctx);
+        }
+        let count = changes.len();
+        match &mut self.store {
+            Committer::Inline(store) => {
+                let result = store.apply(&changes);
+                self.committed(result, count, ctx);
+            }
+            Committer::Thread(jobs) => {
+                let (done, result) = oneshot::channel();
+                if jobs.send(CommitJob { changes, done }).is_err() {
+                    return self.committed(Err(committer_gone()), count, ctx);
+                }
+                self.commit_in_flight = true;
+                ctx.wait(result.into_actor(self).map(move |result, server, ctx| {
+                    server.commit_in_flight = false;
+                    let result = result.unwrap_or_else(|_| Err(committer_gone()));
+                    server.committed(result, count, ctx);
+                }));
             }
         }
+    }
+
+    /// A commit of `count` changes ended: counts a failure, sends what waited for it,
+    /// and commits what was reported meanwhile.
+    fn committed(
+        &mut self,
+        result: Result<(), RelayStoreError>,
+        count: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(error) = result {
+            self.store_failures += 1;
+            tracing::error!(
+                %error,
+                changes = count,
+                "relay queue commit failed: these envelopes stay queued in memory but \
+                 would not survive a restart"
+            );
+        }
+        self.release(ctx);
+        if self.queue.commit_pending() {
+            self.drain(ctx);
+        }
+    }
+
+    /// Tells the queue that what it reported is committed, sends every output it
+    /// releases, and re-arms the timer.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        self.queue.committed();
         while let Some(output) = self.queue.poll_output() {
             match output {
                 ServerOutput::Send(conn, frame) => self.send(conn, &frame),
@@ -246,6 +400,50 @@ impl RelayServer {
         });
     }
 
+    /// Feeds one frame read from `conn`.
+    fn frame(&mut self, conn: ConnId, bytes: Bytes) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.push(bytes.to_vec());
+        }
+        match tether_protocol::decode(&bytes) {
+            Ok(WireFrame::Relay(message)) => {
+                self.queue
+                    .handle(runtime_now(), ServerInput::Frame(conn, message));
+            }
+            Ok(WireFrame::Rendezvous(message)) => {
+                let now = runtime_now();
+                let answer = match self.queue.rendezvous_request(now, conn, &message) {
+                    Ok(device) => self.table.handle(now, device, message),
+                    Err(reason) => Some(RendezvousMessage::Refused { reason }),
+                };
+                if let Some(answer) = answer {
+                    // In order with the connection's other answers.
+                    self.queue.rendezvous_answer(conn, answer);
+                }
+                // A new hint for the pair's other member, on its connection.
+                while let Some((member, push)) = self.table.poll_push() {
+                    if let Some(to) = self.queue.connection_of(&member) {
+                        self.queue.rendezvous_answer(to, push);
+                    }
+                }
+            }
+            // Anything else (peer frames, garbage) is counted by the queue server.
+            Ok(_) | Err(_) => {
+                self.queue
+                    .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
+            }
+        }
+    }
+
+    /// The link `conn` is over: it closes at once, and answers still waiting for it
+    /// are dropped.
+    fn ended(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.remove(&conn) {
+            state.handle.close();
+            self.queue.handle(runtime_now(), ServerInput::Closed(conn));
+        }
+    }
+
     fn send(&mut self, conn: ConnId, frame: &WireFrame) {
         let Some(state) = self.conns.get(&conn) else {
             return;
@@ -261,6 +459,9 @@ impl Actor for RelayServer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         forward_accepted(self.endpoint.clone(), ctx.address());
+        if let Some(batches) = self.inbox_batches.take() {
+            ctx.add_stream(batches);
+        }
         // Arms the expiry timer of envelopes taken over from the store.
         self.drain(ctx);
     }
@@ -286,18 +487,22 @@ impl Handler<Accepted> for RelayServer {
         let remote = handle.remote_addr();
         let (sender, mut receiver) = message.0.split();
         let me = ctx.address();
-        let reader_me = me.clone();
+        let inbox = self.inbox.clone();
         tokio::spawn(async move {
             let mut last_remote = receiver.handle().remote_addr();
             while let Ok(Some(frame)) = receiver.recv_frame().await {
                 let remote = receiver.handle().remote_addr();
                 if remote != last_remote {
                     last_remote = remote;
-                    reader_me.do_send(ConnMoved(conn, remote));
+                    if inbox.send(LinkEvent::Moved(conn, remote)).await.is_err() {
+                        return; // the server stopped
+                    }
                 }
-                reader_me.do_send(ConnBytes(conn, frame));
+                if inbox.send(LinkEvent::Bytes(conn, frame)).await.is_err() {
+                    return;
+                }
             }
-            reader_me.do_send(ConnEnded(conn));
+            let _ = inbox.send(LinkEvent::Ended(conn)).await;
         });
         let writer = spawn_writer(sender, self.writes_dropped.clone(), move |_| {
             me.do_send(ConnEnded(conn))
@@ -309,50 +514,26 @@ impl Handler<Accepted> for RelayServer {
     }
 }
 
-impl Handler<ConnBytes> for RelayServer {
-    type Result = ();
-
-    fn handle(&mut self, ConnBytes(conn, bytes): ConnBytes, ctx: &mut Self::Context) {
-        if let Some(tap) = self.tap.as_mut() {
-            tap.push(bytes.to_vec());
-        }
-        match tether_protocol::decode(&bytes) {
-            Ok(WireFrame::Relay(message)) => {
-                self.queue
-                    .handle(runtime_now(), ServerInput::Frame(conn, message));
-            }
-            Ok(WireFrame::Rendezvous(message)) => {
-                let now = runtime_now();
-                let answer = match self.queue.rendezvous_request(now, conn, &message) {
-                    Ok(device) => self.table.handle(now, device, message),
-                    Err(reason) => Some(RendezvousMessage::Refused { reason }),
-                };
-                if let Some(answer) = answer {
-                    self.send(conn, &WireFrame::Rendezvous(answer));
+impl StreamHandler<LinkEvents> for RelayServer {
+    fn handle(&mut self, LinkEvents(events): LinkEvents, ctx: &mut Self::Context) {
+        for event in events {
+            match event {
+                LinkEvent::Bytes(conn, bytes) => self.frame(conn, bytes),
+                LinkEvent::Moved(conn, remote) => {
+                    self.queue
+                        .handle(runtime_now(), ServerInput::Moved(conn, remote));
                 }
-                while let Some((member, push)) = self.table.poll_push() {
-                    if let Some(to) = self.queue.connection_of(&member) {
-                        self.send(to, &WireFrame::Rendezvous(push));
-                    }
-                }
+                LinkEvent::Ended(conn) => self.ended(conn),
             }
-            // Anything else (peer frames, garbage) is counted by the queue server.
-            Ok(_) | Err(_) => {
-                self.queue
-                    .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
+            if self.queue.commit_due() {
+                self.drain(ctx);
             }
         }
         self.drain(ctx);
     }
-}
 
-impl Handler<ConnMoved> for RelayServer {
-    type Result = ();
-
-    fn handle(&mut self, ConnMoved(conn, remote): ConnMoved, ctx: &mut Self::Context) {
-        self.queue
-            .handle(runtime_now(), ServerInput::Moved(conn, remote));
-        self.drain(ctx);
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // The actor holds a sender of the inbox, so it never ends while the actor runs.
     }
 }
 
@@ -360,11 +541,8 @@ impl Handler<ConnEnded> for RelayServer {
     type Result = ();
 
     fn handle(&mut self, ConnEnded(conn): ConnEnded, ctx: &mut Self::Context) {
-        if let Some(state) = self.conns.remove(&conn) {
-            state.handle.close();
-            self.queue.handle(runtime_now(), ServerInput::Closed(conn));
-            self.drain(ctx);
-        }
+        self.ended(conn);
+        self.drain(ctx);
     }
 }
 
@@ -415,3 +593,52 @@ impl Handler<GetServerState> for RelayServer {
 }
 
 tether_protocol::stops_on_shutdown!(RelayServer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_core::Stream;
+
+    async fn next_batch(batches: &mut InboxBatches) -> Option<Vec<LinkEvent>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *batches).poll_next(cx))
+            .await
+            .map(|LinkEvents(events)| events)
+    }
+
+    #[tokio::test]
+    async fn the_inbox_holds_at_most_its_capacity_and_a_wakeup_takes_one_batch() {
+        let (inbox, receiver) = mpsc::channel(INBOX_CAPACITY);
+        let mut batches = InboxBatches(receiver);
+        for n in 0..INBOX_CAPACITY as u64 {
+            inbox
+                .try_send(LinkEvent::Ended(ConnId(n)))
+                .expect("room below the capacity");
+        }
+        // Full: a reader's next event waits (its link is not read meanwhile).
+        assert!(matches!(
+            inbox.try_send(LinkEvent::Ended(ConnId(u64::MAX))),
+            Err(mpsc::error::TrySendError::Full(_))
+        ));
+        let mut expected = 0;
+        while expected < INBOX_CAPACITY as u64 {
+            let batch = next_batch(&mut batches).await.expect("events waiting");
+            // Every wakeup takes what is waiting, one batch at most, in order.
+            assert_eq!(batch.len(), MAX_INPUTS_PER_COMMIT);
+            for event in batch {
+                assert!(matches!(event, LinkEvent::Ended(ConnId(n)) if n == expected));
+                expected += 1;
+            }
+            // Room again for as many as were taken.
+            inbox
+                .try_send(LinkEvent::Moved(
+                    ConnId(0),
+                    SocketAddr::from(([127, 0, 0, 1], 1)),
+                ))
+                .expect("room after a batch was taken");
+        }
+        let rest = next_batch(&mut batches).await.expect("the later events");
+        assert_eq!(rest.len(), INBOX_CAPACITY / MAX_INPUTS_PER_COMMIT);
+        drop(inbox);
+        assert!(next_batch(&mut batches).await.is_none());
+    }
+}

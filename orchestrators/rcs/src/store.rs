@@ -8,9 +8,12 @@
 //! The server core owns every decision: what is stored, for how long, what is over a
 //! bound, what has expired. It reports each decision as a [`QueueChange`]
 //! ([`RelayQueueServer::poll_change`](crate::RelayQueueServer::poll_change)); the
-//! shell applies the changes of one input in one [`RelayQueueStore::apply`] (one
-//! durable commit) before it sends anything that input produced, so an `Enqueued`
-//! answer always follows a durable write. At start the shell hands what
+//! shell applies the changes of a batch of inputs (at most
+//! [`MAX_INPUTS_PER_COMMIT`](crate::server::MAX_INPUTS_PER_COMMIT)) in one
+//! [`RelayQueueStore::apply`] (one durable commit), then tells the core
+//! ([`RelayQueueServer::committed`](crate::RelayQueueServer::committed)), which holds
+//! back everything those inputs produced until then, so an `Enqueued` answer always
+//! follows a durable write. At start the shell hands what
 //! [`RelayQueueStore::load`] returns to
 //! [`RelayQueueServer::restore`](crate::RelayQueueServer::restore), which applies the
 //! current bounds and TTL cap again and reports what it drops as changes too.
@@ -88,6 +91,14 @@ pub trait RelayQueueStore {
     /// many. The shell calls it once before [`load`](Self::load), so a relay that was
     /// down for a day does not read a day of expired envelopes into memory.
     fn expire(&mut self, now_unix_ms: u64) -> Result<u64, RelayStoreError>;
+
+    /// Whether an [`apply`](Self::apply) waits for a disk: the relay shell then
+    /// commits on a thread of its own, so that its connections are served meanwhile
+    /// and the inputs that arrive during a commit share the next one. A store in
+    /// memory commits at once, in the shell's own thread.
+    fn commits_to_disk(&self) -> bool {
+        false
+    }
 }
 
 /// A [`RelayQueueStore`] in memory: the simulator's and the unit tests' backend. Clones

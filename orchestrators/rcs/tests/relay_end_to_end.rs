@@ -83,6 +83,9 @@ impl Net {
                     self.carry_client_output(who, output);
                 }
             }
+            // The store is not under test here: every change commits at once.
+            while self.server.poll_change().is_some() {}
+            self.server.committed();
             while let Some(output) = self.server.poll_output() {
                 moved = true;
                 self.carry_server_output(output);

@@ -96,8 +96,9 @@ pub struct RelayArgs {
     /// The relay path: `queue` (Enqueue → Push) or `forward` (Forward → Forwarded).
     #[arg(long, value_enum, default_value_t = RelayPath::Queue)]
     pub path: RelayPath,
-    /// Keep the relay's queue in a redb file, as `tether relay` does (each input that
-    /// stores or removes envelopes is one commit), instead of in memory.
+    /// Keep the relay's queue in a redb file, as `tether relay` does (the frames waiting
+    /// when the relay wakes up share one commit, on the store's own thread), instead of
+    /// in memory.
     #[arg(long)]
     pub durable: bool,
     /// Worker threads of the relay's tokio runtime, where its QUIC endpoint and its

@@ -4,7 +4,7 @@ use super::{Keys, Names};
 use crate::rate::{Rate, RateLimits};
 use crate::server::{
     Admission, ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput,
-    ENVELOPE_OVERHEAD, RATE_LIMIT_QUIET,
+    ENVELOPE_OVERHEAD, MAX_INPUTS_PER_COMMIT, RATE_LIMIT_QUIET,
 };
 use crate::store::{MemoryRelayQueueStore, QueueChange, RelayQueueStore, StoredEnvelope};
 use std::time::{Duration, Instant};
@@ -27,6 +27,10 @@ struct Driver {
     trace: Vec<String>,
     /// Outputs of the last input, for assertions.
     last: Vec<ServerOutput>,
+    /// Store commits made (drains that had changes to apply).
+    commits: usize,
+    /// Whether the trace shows each commit (group commit tests).
+    trace_commits: bool,
 }
 
 impl Driver {
@@ -46,6 +50,8 @@ impl Driver {
             now: t0,
             trace: Vec::new(),
             last: Vec::new(),
+            commits: 0,
+            trace_commits: false,
         }
     }
 
@@ -69,6 +75,12 @@ impl Driver {
     fn drain(&mut self) -> Vec<ServerOutput> {
         let changes: Vec<QueueChange> = std::iter::from_fn(|| self.server.poll_change()).collect();
         self.store.apply(&changes).unwrap();
+        self.commits += usize::from(!changes.is_empty());
+        if self.trace_commits {
+            let line = format!("{:>6}ms commit {} changes", self.ms(), changes.len());
+            self.trace.push(line);
+        }
+        self.server.committed();
         let mut outputs = Vec::new();
         while let Some(output) = self.server.poll_output() {
             let line = match &output {
@@ -160,16 +172,34 @@ impl Driver {
     }
 
     fn enqueue(&mut self, conn: u64, to: usize, request: u64, ttl_ms: u64, len: usize) {
-        let to = self.keys.id(to);
-        self.frame(
-            conn,
-            RelayMessage::Enqueue {
-                to,
-                request,
-                ttl_ms,
-                envelope: vec![request as u8; len],
-            },
-        );
+        let message = self.enqueue_message(to, request, ttl_ms, len);
+        self.frame(conn, message);
+    }
+
+    fn enqueue_message(&self, to: usize, request: u64, ttl_ms: u64, len: usize) -> RelayMessage {
+        RelayMessage::Enqueue {
+            to: self.keys.id(to),
+            request,
+            ttl_ms,
+            envelope: vec![request as u8; len],
+        }
+    }
+
+    /// Feeds `inputs` one after another, as the shell does with the frames waiting
+    /// when it wakes up, then commits once and drains: a group commit.
+    fn batch(&mut self, inputs: Vec<ServerInput>) -> Vec<ServerOutput> {
+        for input in inputs {
+            let label = match &input {
+                ServerInput::Frame(c, m) => format!("{c} {}", self.names.relay(m)),
+                other => format!("{other:?}"),
+            };
+            self.trace.push(format!("{:>6}ms in  {label}", self.ms()));
+            self.server.handle(self.now, input);
+        }
+        self.trace_commits = true;
+        let outputs = self.drain();
+        self.trace_commits = false;
+        outputs
     }
 }
 
@@ -1534,4 +1564,173 @@ fn default_rates_let_a_busy_session_through() {
     }
     assert_eq!(d.server.counters().refused.total(), 0);
     assert_eq!(d.server.counters().forwarded, 82_000);
+}
+
+/// A sender's share of one queue, lifted so that one sender can fill a whole batch.
+fn wide_share(c: &mut RelayServerConfig) {
+    c.max_queued_per_sender_recipient = c.max_queued_per_recipient;
+    c.max_queued_bytes_per_sender_recipient = c.max_queued_bytes_per_recipient;
+}
+
+#[test]
+fn a_batch_of_enqueues_is_one_commit_and_no_answer_goes_out_before_it() {
+    let mut d = Driver::new(wide_share);
+    d.connect(1, 1);
+    d.connect(2, 2);
+    let commits_before = d.commits;
+    // The frames waiting when the shell wakes up: fed one after another, no commit.
+    for request in 1..=MAX_INPUTS_PER_COMMIT as u64 {
+        assert!(!d.server.commit_due(), "due after {} inputs", request - 1);
+        let message = d.enqueue_message(2, request, 60_000, 16);
+        d.server
+            .handle(d.now, ServerInput::Frame(ConnId(1), message));
+        assert_eq!(d.server.poll_output(), None, "an answer before its commit");
+    }
+    // The bound: a full batch asks for its commit before another input.
+    assert!(d.server.commit_due());
+    // One commit holds the whole batch.
+    let changes: Vec<QueueChange> = std::iter::from_fn(|| d.server.poll_change()).collect();
+    assert_eq!(changes.len(), MAX_INPUTS_PER_COMMIT);
+    assert!(changes.iter().all(|c| matches!(c, QueueChange::Put(_))));
+    // Taken and written, but not committed yet: still nothing goes out.
+    d.store.apply(&changes).unwrap();
+    assert_eq!(d.server.poll_output(), None, "an answer before its commit");
+    assert_eq!(d.store.len(), MAX_INPUTS_PER_COMMIT);
+    d.server.committed();
+    assert!(!d.server.commit_due());
+    let outputs: Vec<ServerOutput> = std::iter::from_fn(|| d.server.poll_output()).collect();
+    let requests: Vec<u64> = relay_to(&outputs, 1)
+        .into_iter()
+        .map(|m| match m {
+            RelayMessage::Enqueued { request } => request,
+            other => panic!("expected Enqueued, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        (1..=MAX_INPUTS_PER_COMMIT as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        pushed_ids(&outputs, 2),
+        (1..=MAX_INPUTS_PER_COMMIT as u64).collect::<Vec<_>>()
+    );
+    // The recipient acknowledges all of them in one frame: one commit removes them.
+    let out = d.batch(vec![ServerInput::Frame(
+        ConnId(2),
+        RelayMessage::Delivered {
+            envelope_ids: (1..=MAX_INPUTS_PER_COMMIT as u64).collect(),
+        },
+    )]);
+    assert!(out.is_empty());
+    assert_eq!(d.commits - commits_before, 1);
+    assert!(d.store.is_empty());
+}
+
+#[test]
+fn outputs_before_the_first_uncommitted_change_are_not_held() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    let p2 = d.keys.id(2);
+    d.server.handle(
+        d.now,
+        ServerInput::Frame(
+            ConnId(1),
+            RelayMessage::Forward {
+                to: p2,
+                frame: vec![0; 8],
+            },
+        ),
+    );
+    let message = d.enqueue_message(2, 7, 60_000, 16);
+    d.server
+        .handle(d.now, ServerInput::Frame(ConnId(1), message));
+    // The forwarded frame needs no commit; the Enqueued and its Push do.
+    assert!(matches!(
+        d.server.poll_output(),
+        Some(ServerOutput::Send(c, WireFrame::Relay(RelayMessage::Forwarded { .. }))) if c == ConnId(2)
+    ));
+    assert_eq!(d.server.poll_output(), None);
+    let out = d.drain();
+    assert_eq!(
+        relay_to(&out, 1),
+        vec![RelayMessage::Enqueued { request: 7 }]
+    );
+    assert_eq!(pushed_ids(&out, 2), vec![1]);
+}
+
+#[test]
+fn a_batch_survives_a_restart_once_committed() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    let inputs = (1..=3)
+        .map(|request| ServerInput::Frame(ConnId(1), d.enqueue_message(2, request, 60_000, 16)))
+        .collect();
+    d.batch(inputs);
+    d.restart(|_| {});
+    let out = d.connect(2, 2);
+    assert_eq!(pushed_ids(&out, 2), vec![1, 2, 3]);
+}
+
+#[test]
+fn group_commit_trace() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    d.connect(2, 2);
+    d.trace.clear();
+    let p2 = d.keys.id(2);
+    let mut inputs: Vec<ServerInput> = (1..=3)
+        .map(|request| ServerInput::Frame(ConnId(1), d.enqueue_message(2, request, 60_000, 16)))
+        .collect();
+    inputs.push(ServerInput::Frame(
+        ConnId(2),
+        RelayMessage::Forward {
+            to: d.keys.id(1),
+            frame: vec![0; 8],
+        },
+    ));
+    d.batch(inputs);
+    d.batch(vec![
+        ServerInput::Frame(
+            ConnId(2),
+            RelayMessage::Delivered {
+                envelope_ids: vec![1, 2],
+            },
+        ),
+        ServerInput::Frame(ConnId(1), d.enqueue_message(2, 4, 60_000, 16)),
+        ServerInput::Frame(
+            ConnId(1),
+            RelayMessage::Forward {
+                to: p2,
+                frame: vec![0; 8],
+            },
+        ),
+    ]);
+    assert_eq!(d.commits, 2);
+    insta::assert_snapshot!(d.trace.join("\n"));
+}
+
+#[test]
+fn a_rendezvous_answer_waits_in_order_behind_the_answers_before_it() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    let message = d.enqueue_message(2, 3, 60_000, 16);
+    d.server
+        .handle(d.now, ServerInput::Frame(ConnId(1), message));
+    let answer = RendezvousMessage::Refused {
+        reason: ServerRefusal::RateLimited,
+    };
+    d.server.rendezvous_answer(ConnId(1), answer.clone());
+    assert_eq!(d.server.poll_output(), None, "an answer before its commit");
+    let out = d.drain();
+    assert_eq!(
+        out,
+        vec![
+            ServerOutput::Send(
+                ConnId(1),
+                WireFrame::Relay(RelayMessage::Enqueued { request: 3 })
+            ),
+            ServerOutput::Send(ConnId(1), WireFrame::Rendezvous(answer)),
+        ]
+    );
 }
