@@ -255,10 +255,14 @@ enum Position {
 pub struct KeyRing {
     peer: PublicKey,
     rk: RelationshipKey,
-    committed: Option<Generation>,
-    previous: Option<Generation>,
+    // The committed and previous generations (keys and replay window, about 1.4 KiB
+    // each) and the pending handshake sit behind boxes, allocated only while held: a
+    // paired peer without a session costs a few pointers. `candidates` gives its
+    // capacity back once empty (see `commit`).
+    committed: Option<Box<Generation>>,
+    previous: Option<Box<Generation>>,
     candidates: Vec<Generation>,
-    pending: Option<InitiatorHandshake>,
+    pending: Option<Box<InitiatorHandshake>>,
     last_initiation_sent_ms: Option<u64>,
     last_initiation_accepted_ms: Option<u64>,
 }
@@ -296,8 +300,9 @@ impl KeyRing {
     /// The highest epoch of the generations held (committed, previous, candidates).
     fn highest_epoch(&self) -> Option<u64> {
         self.committed
-            .iter()
-            .chain(self.previous.iter())
+            .as_deref()
+            .into_iter()
+            .chain(self.previous.as_deref())
             .chain(self.candidates.iter())
             .map(|g| g.id().epoch)
             .max()
@@ -342,7 +347,7 @@ impl KeyRing {
             purpose,
         };
         let (handshake, message1) = Handshake::initiate(local, &self.peer, &self.rk, payload, rng)?;
-        self.pending = Some(handshake);
+        self.pending = Some(Box::new(handshake));
         self.last_initiation_sent_ms = Some(timestamp_ms);
         Ok(message1)
     }
@@ -488,7 +493,7 @@ impl KeyRing {
 
     /// The committed generation, if any.
     pub fn committed(&self) -> Option<GenerationId> {
-        self.committed.as_ref().map(Generation::id)
+        self.committed.as_deref().map(Generation::id)
     }
 
     /// Fingerprint of the committed PeerSecret (never the secret).
@@ -514,7 +519,7 @@ impl KeyRing {
 
     /// The proposal of the pending initiation, if one awaits message 2.
     pub fn pending_initiation(&self) -> Option<InitiationPayload> {
-        self.pending.as_ref().map(InitiatorHandshake::payload)
+        self.pending.as_deref().map(InitiatorHandshake::payload)
     }
 
     /// True when an initiation of `epoch` can no longer matter because a generation of
@@ -581,8 +586,8 @@ impl KeyRing {
     /// Everything observable, for status output and tests.
     pub fn snapshot(&self) -> RingSnapshot {
         RingSnapshot {
-            committed: self.committed.as_ref().map(Generation::snapshot),
-            previous: self.previous.as_ref().map(Generation::snapshot),
+            committed: self.committed.as_deref().map(Generation::snapshot),
+            previous: self.previous.as_deref().map(Generation::snapshot),
             candidates: self
                 .candidates_best_first()
                 .filter_map(|p| self.generation(p))
@@ -600,7 +605,7 @@ impl KeyRing {
 
     /// Commits candidate `index` (see [`Self::open`]).
     fn commit(&mut self, index: usize) {
-        let mut generation = self.candidates.remove(index);
+        let mut generation = Box::new(self.candidates.remove(index));
         generation.sendable = true;
         let id = generation.id();
         let replaced = self.committed.replace(generation);
@@ -622,6 +627,10 @@ impl KeyRing {
             (replaced, sent) => replaced.or(sent),
         };
         self.candidates.retain(|c| c.id() > id);
+        // Usually no candidate is left: an idle session then holds no spare
+        // generation-sized capacity (a candidate table grows again when a handshake
+        // comes, which is rare).
+        self.candidates.shrink_to_fit();
         if self
             .pending
             .as_ref()
@@ -686,7 +695,7 @@ impl KeyRing {
     fn positions_with_key_id(&self, key_id: KeyId) -> Vec<Position> {
         let mut positions = Vec::new();
         let matches = |g: &Generation| g.session.keys().key_id() == key_id;
-        if self.committed.as_ref().is_some_and(matches) {
+        if self.committed.as_deref().is_some_and(matches) {
             positions.push(Position::Committed);
         }
         positions.extend(
@@ -696,7 +705,7 @@ impl KeyRing {
                 .filter(|(_, c)| matches(c))
                 .map(|(index, _)| Position::Candidate(index)),
         );
-        if self.previous.as_ref().is_some_and(matches) {
+        if self.previous.as_deref().is_some_and(matches) {
             positions.push(Position::Previous);
         }
         positions
@@ -704,16 +713,16 @@ impl KeyRing {
 
     fn generation(&self, position: Position) -> Option<&Generation> {
         match position {
-            Position::Committed => self.committed.as_ref(),
-            Position::Previous => self.previous.as_ref(),
+            Position::Committed => self.committed.as_deref(),
+            Position::Previous => self.previous.as_deref(),
             Position::Candidate(index) => self.candidates.get(index),
         }
     }
 
     fn generation_mut(&mut self, position: Position) -> Option<&mut Generation> {
         match position {
-            Position::Committed => self.committed.as_mut(),
-            Position::Previous => self.previous.as_mut(),
+            Position::Committed => self.committed.as_deref_mut(),
+            Position::Previous => self.previous.as_deref_mut(),
             Position::Candidate(index) => self.candidates.get_mut(index),
         }
     }
@@ -743,7 +752,7 @@ impl fmt::Debug for KeyRing {
             .field("peer", &self.peer)
             .field("committed", &self.committed())
             .field("committed_peer_secret", &self.committed_fingerprint())
-            .field("previous", &self.previous.as_ref().map(Generation::id))
+            .field("previous", &self.previous.as_deref().map(Generation::id))
             .field("candidates", &self.candidates.len())
             .field("pending_initiation", &self.pending_initiation())
             .finish_non_exhaustive()

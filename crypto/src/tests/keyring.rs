@@ -648,3 +648,17 @@ fn describe(
         candidates.join(", "),
     ));
 }
+
+/// A node holds one ring per paired peer, sessions or not, so a ring's own size is a
+/// cost paid per peer: the generations (about 1.4 KiB each, most of it the replay
+/// window) and the pending handshake live behind boxes, allocated only while held.
+#[test]
+fn a_ring_holds_its_generations_and_handshake_out_of_line() {
+    let ring_bytes = std::mem::size_of::<KeyRing>();
+    let window_bytes = std::mem::size_of::<crate::replay::ReplayWindow>();
+    assert!(
+        ring_bytes <= 256,
+        "a KeyRing is {ring_bytes} bytes: a generation or handshake is inline again"
+    );
+    assert!(ring_bytes < window_bytes, "{ring_bytes} vs {window_bytes}");
+}

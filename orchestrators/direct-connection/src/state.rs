@@ -401,6 +401,18 @@ impl InitiationBudget {
 mod tests {
     use super::*;
 
+    /// A node keeps one `PeerState` per paired peer, with or without a session, in a
+    /// B-tree whose nodes hold eleven of them: its inline size is paid per peer, more
+    /// than once over. Key generations and handshakes are boxed inside the key ring.
+    #[test]
+    fn a_peer_state_keeps_its_large_parts_out_of_line() {
+        let bytes = std::mem::size_of::<PeerState>();
+        assert!(
+            bytes <= 1024,
+            "PeerState is {bytes} bytes: something large is held inline again"
+        );
+    }
+
     #[test]
     fn the_initiation_budget_allows_a_burst_then_four_a_second() {
         let t0 = Instant::now();
