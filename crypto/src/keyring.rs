@@ -621,7 +621,7 @@ impl KeyRing {
             .filter(|(_, c)| c.sendable && c.id() < id)
             .max_by_key(|(_, c)| c.id())
             .map(|(index, _)| index);
-        let sent_under = sent_under.map(|index| self.candidates.remove(index));
+        let sent_under = sent_under.map(|index| Box::new(self.candidates.remove(index)));
         self.previous = match (replaced, sent_under) {
             (Some(replaced), Some(sent)) if sent.id() > replaced.id() => Some(sent),
             (replaced, sent) => replaced.or(sent),
