@@ -61,7 +61,7 @@ impl DirectConnection {
             peer.direct_declined = None;
             peer.declined_link = None;
             peer.probe_rounds = 0;
-            peer.direct_quality = Default::default();
+            *peer.direct_quality = Default::default();
         }
         match via {
             Via::Relay if changed => self.timers.set(device, Timer::Probe, now),

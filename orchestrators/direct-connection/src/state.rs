@@ -273,8 +273,9 @@ pub struct PeerState {
     /// session off the relay either.
     pub declined_link: Option<LinkId>,
     /// How the bound direct path fares, to fall back to the relay when it is clearly
-    /// worse ([`crate::path_choice`]).
-    pub direct_quality: crate::path_choice::DirectQuality,
+    /// worse ([`crate::path_choice`]); boxed, as it matters only while a session is
+    /// direct and `PeerState` is held per configured peer.
+    pub direct_quality: Box<crate::path_choice::DirectQuality>,
     /// After falling back to the relay, no direct path is taken before this.
     pub direct_held_until: Option<Instant>,
     /// When (our wall clock, Unix ms) the peer last told us itself where it is (a
