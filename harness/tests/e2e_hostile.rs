@@ -266,10 +266,21 @@ fn a_node_accepts_a_well_behaved_peer_after_connection_churn() {
         &entry_with_address(&pairing, "a", b_addr),
     );
     std::fs::write(d.join("a.toml"), a_config).unwrap();
+    // B's watch runs before A starts: A may be Ready within milliseconds, before a
+    // watch of its own could subscribe.
+    let watch_b = watch(d, "b");
     let started = Instant::now();
-    let (_a, _) = start_node(d, "a");
-    let watch_a = watch(d, "a");
-    until_ready_direct(&watch_a, "b", deadline(15));
+    let (a, _) = start_node(d, "a");
+    let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        until_ready_direct(&watch_b, "a", deadline(15))
+    }));
+    assert!(
+        ready.is_ok(),
+        "A's session not Ready on a direct path at B within 15 s of A's start; B's status: {}\nA's stderr:\n{}\nB's stderr:\n{}",
+        status(d, "b"),
+        tail(&a.stderr_text()),
+        tail(&b.stderr_text())
+    );
     let ready_after = started.elapsed();
     let report = status(d, "b");
     assert_eq!(report["peers"][0]["status"], "Ready", "{report}");
@@ -369,10 +380,12 @@ fn handshake_only_connections_leave_room_for_a_well_behaved_peer(n: usize) {
     // Well-behaved connections meanwhile: none refused, and C gets Ready while every
     // silent connection B let in is still held (so C did not wait for them to time out).
     let refused_dials = well_behaved_dials(&bg, b_addr, 8);
+    // C's session is watched at B, from before C starts: C may be Ready within
+    // milliseconds, before a watch of its own could subscribe.
+    let watch_c_at_b = watch(d, "b");
     let c_started = Instant::now();
     let (_c, _) = start_node(d, "c");
-    let watch_c = watch(d, "c");
-    until_ready_direct(&watch_c, "b", deadline(15));
+    until_ready_direct(&watch_c_at_b, "c", deadline(15));
     let c_ready = c_started.elapsed();
     let silent_closed_at_c_ready = silent.closed_by_server();
     let report = status(d, "b");
