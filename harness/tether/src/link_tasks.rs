@@ -212,8 +212,8 @@ mod tests {
         std::net::SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
-    #[actix_rt::test]
-    async fn a_busy_owner_delays_accepted_links_but_never_stops_their_flow() {
+    /// A server and a client endpoint on loopback, and the server's address.
+    async fn loopback_pair() -> (Endpoint, Endpoint, std::net::SocketAddr) {
         let config = TransportConfig::default();
         let server = Endpoint::bind_udp(loopback(), config.clone())
             .await
@@ -222,6 +222,12 @@ mod tests {
             .await
             .expect("a loopback endpoint binds");
         let addr = server.local_addr().expect("bound");
+        (server, client, addr)
+    }
+
+    #[actix_rt::test]
+    async fn a_busy_owner_delays_accepted_links_but_never_stops_their_flow() {
+        let (server, client, addr) = loopback_pair().await;
         let (release, released) = oneshot::channel();
         let (handed, mut links) = mpsc::unbounded_channel();
         let owner = BusyOwner {
@@ -268,14 +274,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_writer_holds_no_queue_until_a_frame_comes_and_writes_frames_in_order() {
-        let config = TransportConfig::default();
-        let server = Endpoint::bind_udp(loopback(), config.clone())
-            .await
-            .expect("a loopback endpoint binds");
-        let client = Endpoint::bind_udp(loopback(), config)
-            .await
-            .expect("a loopback endpoint binds");
-        let addr = server.local_addr().expect("bound");
+        let (server, client, addr) = loopback_pair().await;
         let bound = Duration::from_secs(10);
         let dialled = client.dial(addr).await.expect("loopback dial");
         let accepted = tokio::time::timeout(bound, server.accept())
