@@ -54,7 +54,7 @@ pub struct VirtualTime {
     pub rtts_p50: f64,
     /// The same, the slowest pair.
     pub rtts_max: f64,
-    /// From start (Presence spreads a first connect over 0–250 ms) to both Ready:
+    /// From start (Presence spreads first connects by 5 ms per peer, up to 5 ms here) to both Ready:
     /// median, ms.
     pub from_start_ms_p50: f64,
 }
@@ -84,7 +84,7 @@ impl HandshakeReport {
         format!(
             "handshake to Ready, virtual time, {} fresh pairs at {} ms RTT ({} failed)\n\
              \x20 from the first packet: {:.2} RTT median, {:.2} RTT max\n\
-             \x20 from start (0-250 ms connect spread included): {:.0} ms median\n\n\
+             \x20 from start (the first connect's spread included): {:.0} ms median\n\n\
              Noise IKpsk2 handshake, {} on one thread ({})\n\
              \x20 initiator   {:>8.1} us per handshake\n\
              \x20 responder   {:>8.1} us per handshake\n\
