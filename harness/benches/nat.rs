@@ -12,7 +12,8 @@
 //!   (e.g. `symmetric`, `both move`);
 //! - `TETHER_BENCH_FIRST_SEED`: the first seed (80 000), so one slow seed can be rerun alone;
 //! - `TETHER_BENCH_TRACE=1`: print the first seed's phase timeline of every cell;
-//! - `RUST_LOG`: the nodes' logs at that level, on stderr, stamped with virtual time.
+//! - `RUST_LOG`: the nodes' logs at that level, on stderr, stamped with virtual time since
+//!   the first log line (not since the cluster started: compare with the trace by an event).
 //!
 //! Every run is also checked against the promises ([`CellRun::problems`]); the table
 //! counts the runs that broke one.
@@ -39,7 +40,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// Stamps log lines with the simulation's virtual time (tokio's paused clock).
+/// Stamps log lines with the simulation's virtual time (tokio's paused clock) since the
+/// first line.
 struct VirtualTime;
 
 impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
