@@ -36,7 +36,7 @@
 //! | [`EvictSession`] | Presence → DirectConnection | failure |
 //! | [`StatusChanged`] | Presence → node | all |
 //! | [`Shutdown`] | node → every actor | teardown |
-//! | [`SendMessage`] (answered directly) / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
+//! | [`SendMessage`], [`SendMessages`] (answered directly) / [`MessageDelivered`] | application ↔ DirectConnection | runtime |
 //! | [`TransportCommand`] (in an [`OwnedCommand`], through a [`TransportPort`]) / [`TransportEvent`] | DirectConnection, Rcs, Pms ↔ transport driver | all |
 
 use crate::ids::{ChannelId, DeviceId, Epoch, LinkId, RequestId, SessionId};
@@ -510,6 +510,32 @@ pub struct SendRefused {
     pub error: SendError,
     /// The payload, untouched.
     pub payload: Vec<u8>,
+}
+
+/// Several messages for one peer and channel in one request, in order: each is taken
+/// as a [`SendMessage`] would be, until one is refused. One request instead of one per
+/// message, so a burst of small messages costs one hop to DirectConnection and goes
+/// out together. Answered at once (the node awaits it; no actor does).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "SendBatchAnswer")]
+pub struct SendMessages {
+    /// The peer.
+    pub peer: DeviceId,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Application bytes, one message each, in the order they are to be delivered.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// The answer to [`SendMessages`]: the messages accepted, in order, and what stopped
+/// the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SendBatchAnswer {
+    /// Sequence numbers of the accepted messages (a prefix of the batch), in order.
+    pub accepted: Vec<u64>,
+    /// Why the first message after them was refused, with its payload and every later
+    /// one handed back untouched, in order; None when all were accepted.
+    pub refused: Option<(SendError, Vec<Vec<u8>>)>,
 }
 
 /// Why a send was refused. Nothing is lost silently: a refused message was never queued.

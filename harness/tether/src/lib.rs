@@ -151,7 +151,7 @@ pub mod actors {
     pub use crate::journal_writer::{CommitOn, SharedChannelStore, MAX_PENDING};
     pub use crate::node::{
         DurableChannels, Node, NodeConfig, NodeEvents, NodePeer, PeerStatus, PingAnswer, PingError,
-        SendAllError, ServerInfo, CLOSE_LINGER,
+        SendAllError, ServerInfo, CLOSE_LINGER, MAX_SEND_BATCH,
     };
     pub use crate::relay_server::{
         GetServerCounters, GetServerState, GetTap, RelayServer, RelayServerHandle,
@@ -164,7 +164,7 @@ pub use embedded::{
     channel_store_path, device_id, unix_ms, Events, Node, NodeBuilder, NodeStopped, StartError,
 };
 pub use hub::NodeEvent;
-pub use node::{NodeEvents, PeerStatus, PingAnswer, PingError};
+pub use node::{NodeEvents, PeerStatus, PingAnswer, PingError, SendAllError};
 pub use tether_crypto::{PublicKey, RelationshipKey, StaticKeypair};
 pub use tether_direct_connection::Limits;
 pub use tether_protocol::{ChannelId, DeviceId, PathKind, SendError, SessionStatus};

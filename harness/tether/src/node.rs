@@ -19,7 +19,8 @@ use tether_direct_connection::{
 use tether_pms::{GetRendezvousClientCounters, RendezvousClientConfig, RendezvousClientCounters};
 use tether_protocol::{
     ChannelId, ChannelStoreError, DeviceId, LinkOwner, MessageConsumed, PathKind, RequestId,
-    RestoredChannels, SendError, SendMessage, SendRefused, SessionStatus, Shutdown, TransportPort,
+    RestoredChannels, SendError, SendMessage, SendMessages, SendRefused, SessionStatus, Shutdown,
+    TransportPort,
 };
 use tether_rcs::{GetRelayClientCounters, RelayClientConfig, RelayClientCounters};
 use tether_transport::{Endpoint, EndpointStats};
@@ -168,6 +169,11 @@ pub enum PingError {
     #[error("the node stopped")]
     Stopped,
 }
+
+/// Most messages [`Node::send_all_on`] hands DirectConnection in one request: the
+/// channel's credit (`Limits::credit`, 256), so one request can fill the window, while
+/// the node's thread is never held by one request for long.
+pub const MAX_SEND_BATCH: usize = 256;
 
 /// Why [`Node::send_all_on`] stopped before all of its messages were accepted and
 /// durable.
@@ -504,11 +510,12 @@ impl Node {
         self.durable(seq).await
     }
 
-    /// [`Node::send_on`] for a burst: queues every payload in order, each waiting for
-    /// room as `send_on` does, then waits once for the commit that holds them all (so
-    /// they share commits instead of waiting for one each). Ok holds their sequence
-    /// numbers. Err holds the numbers of those accepted before the error (they will be
-    /// delivered) and the error that stopped the rest.
+    /// [`Node::send_on`] for a burst: queues every payload in order, in requests of
+    /// up to [`MAX_SEND_BATCH`] messages each (one hop to DirectConnection per request,
+    /// not per message, and the messages go out together), waiting for room as
+    /// `send_on` does; then waits once for the commit that holds them all. Ok holds
+    /// their sequence numbers. Err holds the numbers of those accepted before the error
+    /// (they will be delivered) and the error that stopped the rest.
     pub async fn send_all_on(
         &self,
         peer: DeviceId,
@@ -517,10 +524,33 @@ impl Node {
     ) -> Result<Vec<u64>, SendAllError> {
         let mut accepted = Vec::new();
         let mut error = None;
-        for payload in payloads {
-            match self.offer_waiting(peer, channel, payload).await {
-                Ok(seq) => accepted.push(seq),
-                Err(refused) => {
+        let mut payloads = payloads.into_iter().peekable();
+        let mut refused_back: Vec<Vec<u8>> = Vec::new();
+        while !refused_back.is_empty() || payloads.peek().is_some() {
+            let mut batch = std::mem::take(&mut refused_back);
+            let room_for = MAX_SEND_BATCH.saturating_sub(batch.len());
+            batch.extend(payloads.by_ref().take(room_for));
+            // Armed before the attempt, so room made in between is not missed.
+            let room = self.backlog.capacity().notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let request = SendMessages {
+                peer,
+                channel,
+                payloads: batch,
+            };
+            let Ok(answer) = self.dc.send(request).await else {
+                error = Some(SendError::Closed);
+                break;
+            };
+            accepted.extend(answer.accepted);
+            match answer.refused {
+                None => {}
+                Some((SendError::QueueFull { .. }, back)) if !self.backlog.stopped() => {
+                    refused_back = back;
+                    room.await;
+                }
+                Some((refused, _)) => {
                     error = Some(refused);
                     break;
                 }
@@ -537,8 +567,6 @@ impl Node {
         }
     }
 
-    /// Hands a message to DirectConnection, waiting while the peer's queue is full;
-    /// its sequence number once accepted (not yet durable).
     async fn offer_waiting(
         &self,
         peer: DeviceId,

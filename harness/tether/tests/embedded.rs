@@ -12,7 +12,7 @@ use common::start_relay;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tether::{
-    ChannelId, DeviceId, Node, NodeEvent, PathKind, PingError, PublicKey, RelationshipKey,
+    ChannelId, DeviceId, Limits, Node, NodeEvent, PathKind, PingError, PublicKey, RelationshipKey,
     StaticKeypair,
 };
 
@@ -347,6 +347,41 @@ async fn an_embedded_node_gives_the_report_and_prometheus_text_tether_node_serve
         )),
         "{metrics}"
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_delivers_a_burst_larger_than_the_queue_once_and_in_order() {
+    let (mut a, b_id, b) = pair().await;
+    let mut b = b.start().await.unwrap();
+    until(&mut a, ready(b_id)).await;
+    // More messages than the peer's queue holds: send_all waits for room as the
+    // acknowledgements come, and hands none back.
+    let count = Limits::default().max_queued + 500;
+    let payloads: Vec<Vec<u8>> = (0..count).map(|i| format!("m{i}").into_bytes()).collect();
+    let a_id = a.device();
+    let reader = tokio::spawn(async move {
+        let mut received = Vec::new();
+        while received.len() < count {
+            let payload = until(&mut b, |event| match event {
+                NodeEvent::Delivered { peer, payload, .. } if *peer == a_id => {
+                    Some(payload.clone())
+                }
+                _ => None,
+            })
+            .await;
+            received.push(payload);
+        }
+        (b, received)
+    });
+    let accepted = a.send_all(b_id, payloads.clone()).await.unwrap();
+    assert_eq!(accepted, (0..count as u64).collect::<Vec<_>>());
+    let (b, received) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("every message arrives")
+        .unwrap();
+    assert_eq!(received, payloads);
     a.stop().await;
     b.stop().await;
 }

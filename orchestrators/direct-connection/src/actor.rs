@@ -13,8 +13,8 @@ use tether_protocol::{
     JournalCommitted, JournalEntry, LivenessReport, MessageConsumed, MessageDelivered,
     MessagesAcknowledged, PathLost, PathMeasured, PeerAnnounced, PeerEndpointHint,
     PeerEndpointsChanged, PeerReset, ReflexiveAddress, RelayDelivered, RelayEnqueue, RelayForward,
-    RelayMigrationPing, RelayStatus, SendCapacity, SendMessage, SendMigrationPing, SendWaiting,
-    SessionReady, TransportEvent, TransportPort,
+    RelayMigrationPing, RelayStatus, SendCapacity, SendMessage, SendMessages, SendMigrationPing,
+    SendWaiting, SessionReady, TransportEvent, TransportPort,
 };
 use tokio::sync::oneshot;
 
@@ -213,6 +213,16 @@ impl Handler<SendMessage> for Orchestrator {
         let result = self.core.send_or_refuse(runtime_now(), message);
         self.drain(ctx);
         MessageResult(result)
+    }
+}
+
+impl Handler<SendMessages> for Orchestrator {
+    type Result = MessageResult<SendMessages>;
+
+    fn handle(&mut self, batch: SendMessages, ctx: &mut Self::Context) -> Self::Result {
+        let answer = self.core.send_batch(runtime_now(), batch);
+        self.drain(ctx);
+        MessageResult(answer)
     }
 }
 

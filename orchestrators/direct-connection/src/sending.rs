@@ -10,8 +10,8 @@ use std::collections::btree_map::Entry;
 use std::time::Instant;
 use tether_protocol::{
     ChannelId, DeviceId, Endpoint, JournalEntry, LivenessReport, PathMeasured, RelayForward,
-    SealedFrame, SendError, SendMessage, SendRefused, SendWaiting, SessionFrame, TransportCommand,
-    WireFrame,
+    SealedFrame, SendBatchAnswer, SendError, SendMessage, SendMessages, SendRefused, SendWaiting,
+    SessionFrame, TransportCommand, WireFrame,
 };
 
 /// Bytes a sealed frame adds to its plaintext (AEAD tag, ids, nonce, framing),
@@ -40,6 +40,34 @@ impl DirectConnection {
             self.report_send_waiting(device);
         }
         result
+    }
+
+    /// Several messages for one peer and channel, in order: each accepted as
+    /// [`DirectConnection::send`] accepts one, until one is refused (it and every later
+    /// one are handed back); then one pump puts all that is due on the wire together.
+    pub fn send_batch(&mut self, now: Instant, batch: SendMessages) -> SendBatchAnswer {
+        let SendMessages {
+            peer: device,
+            channel,
+            payloads,
+        } = batch;
+        let mut answer = SendBatchAnswer::default();
+        let mut payloads = payloads.into_iter();
+        while let Some(payload) = payloads.next() {
+            match self.accept_message(device, channel, payload) {
+                Ok(seq) => answer.accepted.push(seq),
+                Err(SendRefused { error, payload }) => {
+                    let mut handed_back = vec![payload];
+                    handed_back.extend(payloads.by_ref());
+                    answer.refused = Some((error, handed_back));
+                }
+            }
+        }
+        self.pump(now, device);
+        if !answer.accepted.is_empty() {
+            self.report_send_waiting(device);
+        }
+        answer
     }
 
     /// Tells Presence, once, that a message waits for a session that cannot carry it.

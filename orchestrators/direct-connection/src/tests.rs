@@ -16,8 +16,8 @@ use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     AllowRekey, BlueprintCompiled, Candidate, CandidateSource, CarryOverRelay, ChannelId,
     ConnectPeer, DeviceId, Endpoint, JournalEntry, LinkId, PathKind, RelayDelivered,
-    RelayMigrationPing, RelayStatus, RequestId, SendMessage, SendMigrationPing, TransportCommand,
-    TransportEvent,
+    RelayMigrationPing, RelayStatus, RequestId, SendMessage, SendMessages, SendMigrationPing,
+    TransportCommand, TransportEvent,
 };
 
 const A: usize = 0;
@@ -1054,6 +1054,62 @@ fn send_refusals_are_typed_and_queue_nothing() {
         limit,
         "the refused one was not queued"
     );
+}
+
+#[test]
+fn a_batch_is_delivered_once_and_in_order() {
+    let mut net = established(15);
+    let peer = net.device(B);
+    let payloads: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("batched {i}").into_bytes())
+        .collect();
+    let answer = net.nodes[A].core.send_batch(
+        net.now,
+        SendMessages {
+            peer,
+            channel: ChannelId(1),
+            payloads: payloads.clone(),
+        },
+    );
+    net.drain(A);
+    assert_eq!(answer.refused, None);
+    assert_eq!(answer.accepted, (0..40).collect::<Vec<u64>>());
+    net.run_until(2000);
+    assert_eq!(net.delivered[B], payloads);
+}
+
+#[test]
+fn a_batch_beyond_a_full_queue_takes_what_fits_and_hands_the_rest_back_in_order() {
+    use tether_protocol::SendError;
+    let mut net = established(16);
+    let peer = net.device(B);
+    // Cut B off so nothing is acknowledged while the queue fills.
+    net.direct_blocked = true;
+    net.links.clear();
+    let limit = Limits::default().max_queued;
+    let payloads: Vec<Vec<u8>> = (0..limit + 3)
+        .map(|i| (i as u32).to_be_bytes().to_vec())
+        .collect();
+    let answer = net.nodes[A].core.send_batch(
+        net.now,
+        SendMessages {
+            peer,
+            channel: ChannelId(1),
+            payloads: payloads.clone(),
+        },
+    );
+    net.drain(A);
+    assert_eq!(answer.accepted, (0..limit as u64).collect::<Vec<u64>>());
+    let Some((error, handed_back)) = answer.refused else {
+        panic!("the batch was longer than the queue");
+    };
+    let queue_full = SendError::QueueFull {
+        messages: limit,
+        bytes: Limits::default().max_queued_bytes,
+    };
+    assert_eq!(error, queue_full);
+    assert_eq!(handed_back, payloads[limit..].to_vec());
+    assert_eq!(net.snapshot(A).queued, limit, "nothing refused was queued");
 }
 
 #[test]

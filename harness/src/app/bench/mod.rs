@@ -70,6 +70,10 @@ enum BenchCommand {
         /// 1200 bytes), to see what it brings.
         #[arg(long)]
         no_mtu_discovery: bool,
+        /// Message sizes in bytes (repeat the option for more than one; default 1 KiB,
+        /// 16 KiB and 60 KiB).
+        #[arg(long = "size", value_name = "BYTES")]
+        sizes: Vec<usize>,
     },
     /// Round trips to Ready of a fresh pair (virtual time, simulated network), CPU time
     /// per side of the Noise handshake, and handshakes per second per core.
@@ -155,6 +159,7 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
         BenchCommand::Throughput {
             seconds,
             no_mtu_discovery,
+            sizes,
         } => {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
                 return Err(BenchError::Argument(format!(
@@ -165,7 +170,21 @@ pub fn run(args: BenchArgs, json: bool) -> Result<String, BenchError> {
                 mtu_discovery: !no_mtu_discovery,
                 ..tether_transport::TransportConfig::default()
             };
-            let report = throughput::run(Duration::from_secs_f64(seconds), &transport)?;
+            let sizes = if sizes.is_empty() {
+                throughput::SIZES.to_vec()
+            } else {
+                sizes
+            };
+            if let Some(&bad) = sizes
+                .iter()
+                .find(|&&size| size == 0 || size > throughput::MAX_SIZE)
+            {
+                return Err(BenchError::Argument(format!(
+                    "--size must be 1 to {} bytes, not {bad}",
+                    throughput::MAX_SIZE
+                )));
+            }
+            let report = throughput::run(Duration::from_secs_f64(seconds), &sizes, &transport)?;
             Ok(if json {
                 to_json(&report)
             } else {

@@ -28,6 +28,15 @@ use super::{mib_per_s, round2, runtime, start_relay, BenchError};
 /// frame a session carries).
 pub const SIZES: [usize; 3] = [1024, 16 * 1024, 60 * 1024];
 
+/// The largest message size `--size` takes: the largest message a session carries by
+/// default (`Limits::max_message_len`).
+pub const MAX_SIZE: usize = 60 * 1024;
+
+/// Messages per `Node::send_all` call in the batched contender: 64 KiB of 1 KiB
+/// messages, a quarter of a channel's credit, so the next call is queued while the
+/// last one's messages are on the wire.
+pub const SEND_ALL_BATCH: usize = 64;
+
 /// How long to wait for the last message of a run to be delivered.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -59,6 +68,12 @@ pub struct SizeRow {
     pub quinn_messages_s: f64,
     /// `tether_mib_s / quinn_mib_s`.
     pub ratio: f64,
+    /// The session with `Node::send_all`, [`SEND_ALL_BATCH`] messages per call: MiB/s.
+    pub tether_send_all_mib_s: f64,
+    /// The session with `Node::send_all`: messages per second.
+    pub tether_send_all_messages_s: f64,
+    /// `tether_send_all_mib_s / quinn_mib_s`.
+    pub send_all_ratio: f64,
 }
 
 /// Seal and open speed of the session cipher (Noise's ChaChaPoly transport keys, as
@@ -90,16 +105,22 @@ impl ThroughputReport {
             self.seconds,
             if self.mtu_discovery { "on" } else { "off" }
         );
-        out.push_str("message   tether MiB/s   msgs/s   bare quinn MiB/s   msgs/s   ratio\n");
+        out.push_str(&format!(
+            "send: one message per call; send_all: {SEND_ALL_BATCH} messages per call\n\n"
+        ));
+        out.push_str("message   tether send MiB/s   msgs/s   ratio   tether send_all MiB/s   msgs/s   ratio   bare quinn MiB/s   msgs/s\n");
         for r in &self.throughput {
             out.push_str(&format!(
-                "{:>7}   {:>12.1}   {:>6.0}   {:>16.1}   {:>6.0}   {:>5.2}\n",
+                "{:>7}   {:>17.1}   {:>6.0}   {:>5.2}   {:>21.1}   {:>6.0}   {:>5.2}   {:>16.1}   {:>6.0}\n",
                 size_name(r.message_bytes),
                 r.tether_mib_s,
                 r.tether_messages_s,
+                r.ratio,
+                r.tether_send_all_mib_s,
+                r.tether_send_all_messages_s,
+                r.send_all_ratio,
                 r.quinn_mib_s,
                 r.quinn_messages_s,
-                r.ratio
             ));
         }
         out.push_str(&format!(
@@ -119,41 +140,56 @@ impl ThroughputReport {
 }
 
 fn size_name(bytes: usize) -> String {
-    format!("{} KiB", bytes / 1024)
+    if bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
-/// Runs every size for `seconds` per contender, both with `transport`'s QUIC settings.
-pub fn run(seconds: Duration, transport: &TransportConfig) -> Result<ThroughputReport, BenchError> {
+/// Runs every size of `sizes` for `seconds` per contender, both with `transport`'s QUIC
+/// settings.
+pub fn run(
+    seconds: Duration,
+    sizes: &[usize],
+    transport: &TransportConfig,
+) -> Result<ThroughputReport, BenchError> {
     let quinn_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let pair = SessionPair::start(transport)?;
     let mut rows = Vec::new();
-    for (i, &size) in SIZES.iter().enumerate() {
-        // Alternate who goes first, so a slow drift of machine load hits both alike.
-        let (quinn, tether) = if i % 2 == 0 {
-            let q = quinn_runtime.block_on(bare_quinn(size, seconds, transport))?;
-            (q, pair.measure(size, seconds)?)
-        } else {
-            let t = pair.measure(size, seconds)?;
-            (
-                quinn_runtime.block_on(bare_quinn(size, seconds, transport))?,
-                t,
-            )
+    for (i, &size) in sizes.iter().enumerate() {
+        // Rotate who goes first, so a slow drift of machine load hits all alike.
+        let mut runs: [Option<Run>; 3] = [None; 3];
+        for turn in 0..3 {
+            let contender = (i + turn) % 3;
+            runs[contender] = Some(match contender {
+                0 => quinn_runtime.block_on(bare_quinn(size, seconds, transport))?,
+                1 => pair.measure(size, seconds, Sending::OneByOne)?,
+                _ => pair.measure(size, seconds, Sending::Batches)?,
+            });
+        }
+        let [Some(quinn), Some(tether), Some(batched)] = runs else {
+            return Err(BenchError::Setup("a contender did not run".into()));
         };
+        let ratio = |mib_s: f64| (mib_s / quinn.mib_s(size).max(1e-9) * 1000.0).round() / 1000.0;
         rows.push(SizeRow {
             message_bytes: size,
             tether_mib_s: round2(tether.mib_s(size)),
             tether_messages_s: round2(tether.messages_s()),
             quinn_mib_s: round2(quinn.mib_s(size)),
             quinn_messages_s: round2(quinn.messages_s()),
-            ratio: (tether.mib_s(size) / quinn.mib_s(size).max(1e-9) * 1000.0).round() / 1000.0,
+            ratio: ratio(tether.mib_s(size)),
+            tether_send_all_mib_s: round2(batched.mib_s(size)),
+            tether_send_all_messages_s: round2(batched.messages_s()),
+            send_all_ratio: ratio(batched.mib_s(size)),
         });
     }
     pair.stop();
     let cipher_time = (seconds / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    let sizes = SIZES
+    let sizes = sizes
         .iter()
         .map(|&size| seal_open(size, cipher_time))
         .collect::<Result<_, _>>()?;
@@ -166,6 +202,15 @@ pub fn run(seconds: Duration, transport: &TransportConfig) -> Result<ThroughputR
             sizes,
         },
     })
+}
+
+/// How the session's sender hands its messages to the node.
+#[derive(Debug, Clone, Copy)]
+enum Sending {
+    /// `Node::send`, one message per call, each call awaited before the next.
+    OneByOne,
+    /// `Node::send_all`, [`SEND_ALL_BATCH`] messages per call.
+    Batches,
 }
 
 /// Messages moved in a time.
@@ -303,22 +348,36 @@ impl SessionPair {
             receiver_thread: Some(receiver_thread),
         };
         // Warm up: the first messages of a session find cold caches and windows.
-        pair.measure(16 * 1024, Duration::from_millis(300))?;
+        pair.measure(16 * 1024, Duration::from_millis(300), Sending::OneByOne)?;
         Ok(pair)
     }
 
     /// Sends `size`-byte messages for `seconds`; returns once the last is delivered.
-    fn measure(&self, size: usize, seconds: Duration) -> Result<Run, BenchError> {
+    fn measure(&self, size: usize, seconds: Duration, how: Sending) -> Result<Run, BenchError> {
         self.progress.delivered.store(0, Ordering::SeqCst);
         let start = Instant::now();
+        let refused = |e: &dyn std::fmt::Display| BenchError::Setup(format!("send: {e}"));
         let sent = self.sender_runtime.block_on(async {
             let mut sent = 0_u64;
             while start.elapsed() < seconds {
-                self.sender
-                    .send(self.receiver_id, vec![0x5A; size])
-                    .await
-                    .map_err(|e| BenchError::Setup(format!("send: {e}")))?;
-                sent += 1;
+                match how {
+                    Sending::OneByOne => {
+                        self.sender
+                            .send(self.receiver_id, vec![0x5A; size])
+                            .await
+                            .map_err(|e| refused(&e))?;
+                        sent += 1;
+                    }
+                    Sending::Batches => {
+                        let batch = (0..SEND_ALL_BATCH).map(|_| vec![0x5A; size]);
+                        let accepted = self
+                            .sender
+                            .send_all(self.receiver_id, batch)
+                            .await
+                            .map_err(|e| refused(&e))?;
+                        sent += accepted.len() as u64;
+                    }
+                }
             }
             Ok::<_, BenchError>(sent)
         })?;
