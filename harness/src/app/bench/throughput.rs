@@ -74,6 +74,18 @@ pub struct SizeRow {
     pub tether_send_all_messages_s: f64,
     /// `tether_send_all_mib_s / quinn_mib_s`.
     pub send_all_ratio: f64,
+    /// UDP datagrams per message at the sender's endpoint during the `send` run.
+    pub send_datagrams_per_message: DatagramsPerMessage,
+}
+
+/// UDP datagrams per message one endpoint sent and received during a run: what the
+/// session's per-message frames (data out, acknowledgements in) cost in packets.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DatagramsPerMessage {
+    /// Datagrams sent per message.
+    pub sent: f64,
+    /// Datagrams received per message.
+    pub received: f64,
 }
 
 /// Seal and open speed of the session cipher (Noise's ChaChaPoly transport keys, as
@@ -123,6 +135,17 @@ impl ThroughputReport {
                 r.quinn_messages_s,
             ));
         }
+        out.push_str("\nUDP datagrams per message at the sender (send run), sent / received:");
+        for r in &self.throughput {
+            let d = r.send_datagrams_per_message;
+            out.push_str(&format!(
+                "  {} {:.2} / {:.2}",
+                size_name(r.message_bytes),
+                d.sent,
+                d.received
+            ));
+        }
+        out.push('\n');
         out.push_str(&format!(
             "\nsession cipher alone ({}, one thread)\n\nmessage   seal MiB/s   open MiB/s\n",
             self.seal_open.cipher
@@ -162,16 +185,17 @@ pub fn run(
     let mut rows = Vec::new();
     for (i, &size) in sizes.iter().enumerate() {
         // Rotate who goes first, so a slow drift of machine load hits all alike.
-        let mut runs: [Option<Run>; 3] = [None; 3];
+        let mut quinn = None;
+        let mut sessions: [Option<(Run, DatagramsPerMessage)>; 2] = [None; 2];
         for turn in 0..3 {
-            let contender = (i + turn) % 3;
-            runs[contender] = Some(match contender {
-                0 => quinn_runtime.block_on(bare_quinn(size, seconds, transport))?,
-                1 => pair.measure(size, seconds, Sending::OneByOne)?,
-                _ => pair.measure(size, seconds, Sending::Batches)?,
-            });
+            match (i + turn) % 3 {
+                0 => quinn = Some(quinn_runtime.block_on(bare_quinn(size, seconds, transport))?),
+                1 => sessions[0] = Some(pair.measure(size, seconds, Sending::OneByOne)?),
+                _ => sessions[1] = Some(pair.measure(size, seconds, Sending::Batches)?),
+            }
         }
-        let [Some(quinn), Some(tether), Some(batched)] = runs else {
+        let (Some(quinn), [Some((tether, datagrams)), Some((batched, _))]) = (quinn, sessions)
+        else {
             return Err(BenchError::Setup("a contender did not run".into()));
         };
         let ratio = |mib_s: f64| (mib_s / quinn.mib_s(size).max(1e-9) * 1000.0).round() / 1000.0;
@@ -185,6 +209,7 @@ pub fn run(
             tether_send_all_mib_s: round2(batched.mib_s(size)),
             tether_send_all_messages_s: round2(batched.messages_s()),
             send_all_ratio: ratio(batched.mib_s(size)),
+            send_datagrams_per_message: datagrams,
         });
     }
     pair.stop();
@@ -353,8 +378,16 @@ impl SessionPair {
     }
 
     /// Sends `size`-byte messages for `seconds`; returns once the last is delivered.
-    fn measure(&self, size: usize, seconds: Duration, how: Sending) -> Result<Run, BenchError> {
+    /// Also returns the UDP datagrams the sender's endpoint sent and received per
+    /// message meanwhile (data and acknowledgements, QUIC's own packets included).
+    fn measure(
+        &self,
+        size: usize,
+        seconds: Duration,
+        how: Sending,
+    ) -> Result<(Run, DatagramsPerMessage), BenchError> {
         self.progress.delivered.store(0, Ordering::SeqCst);
+        let before = self.udp_traffic()?;
         let start = Instant::now();
         let refused = |e: &dyn std::fmt::Display| BenchError::Setup(format!("send: {e}"));
         let sent = self.sender_runtime.block_on(async {
@@ -397,10 +430,29 @@ impl SessionPair {
             .lock()
             .map_err(|_| BenchError::Setup("the receiver's lock was poisoned".into()))?
             .unwrap_or(start);
-        Ok(Run {
+        let after = self.udp_traffic()?;
+        let per_message = |count: u64| round2(count as f64 / sent.max(1) as f64);
+        let datagrams = DatagramsPerMessage {
+            sent: per_message(after.0.saturating_sub(before.0)),
+            received: per_message(after.1.saturating_sub(before.1)),
+        };
+        let run = Run {
             messages: sent,
             elapsed: last.saturating_duration_since(start),
-        })
+        };
+        Ok((run, datagrams))
+    }
+
+    /// Datagrams the sender's endpoint has sent and received so far.
+    fn udp_traffic(&self) -> Result<(u64, u64), BenchError> {
+        let report = self
+            .sender_runtime
+            .block_on(self.sender.status_report())
+            .map_err(|e| BenchError::Setup(format!("sender status: {e}")))?;
+        Ok((
+            report.transport.datagrams_sent,
+            report.transport.datagrams_received,
+        ))
     }
 
     fn stop(mut self) {
