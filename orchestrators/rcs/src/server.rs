@@ -34,7 +34,10 @@
 //!   or `Refused { NotConnected | RateLimited }`.
 //! - Rendezvous requests are served by the table in `tether-pms`; the shell asks
 //!   [`RelayQueueServer::rendezvous_request`] first, which checks that the connection
-//!   is authenticated and rate limits `Publish`.
+//!   is authenticated and rate limits `Publish`. Where the server sees each device's
+//!   own authenticated connection (when it authenticates, moves, ends) is reported to
+//!   the shell ([`RelayQueueServer::poll_seen`], [`DeviceSeen`]), which tells the
+//!   table: the table pushes it to the device's pair partners.
 //!
 //! The server never looks inside envelopes or frames (invariant 7): it sees routing ids,
 //! lengths and opaque bytes.
