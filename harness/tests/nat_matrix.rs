@@ -73,6 +73,41 @@ fn a_symmetric_nat_against_each_cone() {
     check(|c| c.a == Some(NatKind::Symmetric) && c.b.is_some() && c.b != c.a);
 }
 
+/// Behind endpoint-independent NATs on both sides, the relay tells a device where it
+/// sees its peer as soon as it sees the peer's connection move (`PeerSeen`), before the
+/// mover has even learned its new public address: the session is direct again within
+/// 4 RTT of the move, whether one device moved or both (issue 14's target).
+#[test]
+fn behind_cone_nats_a_move_is_direct_again_within_four_rtt() {
+    let mut slow = Vec::new();
+    for kind in [
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestrictedCone,
+    ] {
+        for scenario in [Scenario::OneMoves, Scenario::BothMove] {
+            let cell = Cell {
+                a: Some(kind),
+                b: Some(kind),
+                scenario,
+            };
+            for seed in 70_000..70_002 {
+                let outcome = run_simulation(|| run(cell, seed, RTT));
+                assert!(outcome.problems().is_empty(), "{cell} seed {seed}");
+                let after = outcome.direct_after.expect("direct again");
+                println!("{cell} seed {seed}: direct again after {after:?}");
+                if after >= 4 * RTT {
+                    slow.push(format!(
+                        "{cell} seed {seed}: {after:?}\n{}",
+                        outcome.timeline
+                    ));
+                }
+            }
+        }
+    }
+    assert!(slow.is_empty(), "{}", slow.join("\n\n"));
+}
+
 #[test]
 fn the_expected_outcomes_are_written_down() {
     // Symmetric against port-restricted or symmetric stays on the relay; every other

@@ -202,6 +202,14 @@ fn an_open_relay_flooded_by_many_identities_still_serves_a_legitimate_pair() {
                 rendezvous_id: pair_id,
             }))
             .await;
+        // Joining the pair's id while the peer is connected, the victim is first told
+        // where the server sees the peer; then comes the lookup's answer.
+        match victim.recv_wire().await {
+            Some(WireFrame::Rendezvous(RendezvousMessage::PeerSeen { rendezvous_id, .. })) => {
+                assert_eq!(rendezvous_id, pair_id);
+            }
+            other => panic!("expected where the peer is seen, got {other:?}"),
+        }
         match victim.recv_wire().await {
             Some(WireFrame::Rendezvous(RendezvousMessage::Hints { hints, .. })) => {
                 let hints: Vec<Vec<u8>> = hints.into_iter().map(|h| h.to_vec()).collect();

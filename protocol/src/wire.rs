@@ -356,6 +356,19 @@ pub enum RendezvousMessage {
         /// Why.
         reason: ServerRefusal,
     },
+    /// Server → device, unasked: the pair's other member is connected and the server
+    /// sees its authenticated connection come from `addr` (its reflexive address).
+    /// Sent when either member connects or joins the id while the other is connected,
+    /// and when the other member's connection moves, so both can dial at once instead
+    /// of waiting for each other's hint. Only the server's observation: no sealed hint,
+    /// nothing the server did not already see.
+    PeerSeen {
+        /// The pair's rendezvous id.
+        #[serde(with = "serde_bytes")]
+        rendezvous_id: [u8; RENDEZVOUS_ID_LEN],
+        /// Where the server sees the other member now.
+        addr: SocketAddr,
+    },
 }
 
 /// Why the relay or rendezvous server refused a request.

@@ -167,6 +167,13 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
                 reason: ServerRefusal::NotYours,
             }),
         ),
+        (
+            "rendezvous_peer_seen",
+            WireFrame::Rendezvous(RendezvousMessage::PeerSeen {
+                rendezvous_id: [9; 32],
+                addr: addr("198.51.100.7:40000"),
+            }),
+        ),
     ]
 }
 
@@ -466,6 +473,12 @@ fn arb_rendezvous() -> impl Strategy<Value = RendezvousMessage> {
                 hints: hints.into_iter().map(serde_bytes::ByteBuf::from).collect(),
             }),
         arb_refusal().prop_map(|reason| RendezvousMessage::Refused { reason }),
+        (any::<[u8; 32]>(), arb_addr()).prop_map(|(rendezvous_id, addr)| {
+            RendezvousMessage::PeerSeen {
+                rendezvous_id,
+                addr,
+            }
+        }),
     ]
 }
 

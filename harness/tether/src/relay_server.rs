@@ -8,8 +8,12 @@
 //! core's ([`RelayServerConfig`]); the rendezvous table keeps its own quotas. The
 //! shell asks the queue core about every rendezvous request
 //! ([`RelayQueueServer::rendezvous_request`]) before the table serves it, and sends the
-//! table's pushes (a member's new hint, for the other member) on the other member's
-//! authenticated connection ([`RelayQueueServer::connection_of`]).
+//! table's pushes (a member's new hint, or where the server sees a member, for the
+//! other member) on the other member's authenticated connection
+//! ([`RelayQueueServer::connection_of`]). Where the server sees each device's own
+//! authenticated connection is the queue core's to say ([`RelayQueueServer::poll_seen`]:
+//! when it authenticates, moves, ends); the shell hands every such report to the table
+//! after each input ([`RendezvousTable::seen`]).
 //!
 //! # The queue's store
 //! The server keeps its queue in a [`RelayQueueStore`]: in memory ([`RelayServer::start`],
@@ -55,7 +59,7 @@ use tether_protocol::shell::{runtime_now, CoreTimer};
 use tether_protocol::{RendezvousMessage, WireFrame};
 use tether_rcs::server::MAX_INPUTS_PER_COMMIT;
 use tether_rcs::{
-    ConnId, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
+    ConnId, DeviceSeen, MemoryRelayQueueStore, QueueChange, RelayQueueServer, RelayQueueStore,
     RelayServerConfig, RelayServerCounters, RelayStoreError, ServerInput, ServerOutput,
 };
 use tether_transport::{Endpoint, LinkHandle};
@@ -396,6 +400,7 @@ impl RelayServer {
         self.timer.rearm(ctx, next, |server, ctx| {
             server.queue.handle_timeout(runtime_now());
             server.table.handle_timeout(runtime_now());
+            server.pass_seen();
             server.drain(ctx);
         });
     }
@@ -420,17 +425,32 @@ impl RelayServer {
                     // In order with the connection's other answers.
                     self.queue.rendezvous_answer(conn, answer);
                 }
-                // A new hint for the pair's other member, on its connection.
-                while let Some((member, push)) = self.table.poll_push() {
-                    if let Some(to) = self.queue.connection_of(&member) {
-                        self.queue.rendezvous_answer(to, push);
-                    }
-                }
+                self.send_pushes();
             }
             // Anything else (peer frames, garbage) is counted by the queue server.
             Ok(_) | Err(_) => {
                 self.queue
                     .handle(runtime_now(), ServerInput::Bytes(conn, bytes.to_vec()));
+            }
+        }
+    }
+
+    /// Hands the queue's reports of where devices are seen to the rendezvous table, and
+    /// sends what the table pushes for them.
+    fn pass_seen(&mut self) {
+        while let Some(DeviceSeen { device, addr }) = self.queue.poll_seen() {
+            self.table.seen(device, addr);
+        }
+        self.send_pushes();
+    }
+
+    /// Sends the table's pushes (for a pair's other member) on the member's
+    /// connection, in order with that connection's answers; a member without one
+    /// misses them.
+    fn send_pushes(&mut self) {
+        while let Some((member, push)) = self.table.poll_push() {
+            if let Some(to) = self.queue.connection_of(&member) {
+                self.queue.rendezvous_answer(to, push);
             }
         }
     }
@@ -525,6 +545,7 @@ impl StreamHandler<LinkEvents> for RelayServer {
                 }
                 LinkEvent::Ended(conn) => self.ended(conn),
             }
+            self.pass_seen();
             if self.queue.commit_due() {
                 self.drain(ctx);
             }
@@ -542,6 +563,7 @@ impl Handler<ConnEnded> for RelayServer {
 
     fn handle(&mut self, ConnEnded(conn): ConnEnded, ctx: &mut Self::Context) {
         self.ended(conn);
+        self.pass_seen();
         self.drain(ctx);
     }
 }

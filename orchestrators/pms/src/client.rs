@@ -32,6 +32,12 @@
 //!   pair's id by publishing there: a device that never published for a peer gets
 //!   `Refused { NotYours }` (counted) instead of hints. Presence publishes as soon as it
 //!   knows its endpoints, before it ever looks one up.
+//! - On `PeerSeen`: the server sees the peer's authenticated connection at that
+//!   address (its reflexive address, told when either of us connects and when the
+//!   peer's connection moves): emitted as a [`PeerEndpointHint`] with that address
+//!   alone, issued now, without a request id. It reaches us before the peer could
+//!   have published it (the peer learns its own reflexive address from the server
+//!   first). An address nobody can dial (unspecified, port 0) is counted and dropped.
 //!
 //! # Time
 //! Hints carry wall-clock times. The core reads no clock: unix time is
@@ -165,6 +171,10 @@ pub struct RendezvousClientCounters {
     pub refused: u64,
     /// Hints published (re-publishes and refreshes included).
     pub published: u64,
+    /// Peer addresses the server said it sees (`PeerSeen`), passed on.
+    pub peer_seen: u64,
+    /// `PeerSeen` with an address nobody can dial (unspecified, port 0).
+    pub bad_peer_seen: u64,
 }
 
 /// One configured peer.
@@ -369,6 +379,10 @@ impl RendezvousClient {
                 debug!(?reason, "rendezvous client: refused");
                 self.counters.refused += 1;
             }
+            RendezvousMessage::PeerSeen {
+                rendezvous_id,
+                addr,
+            } => self.peer_seen(now, rendezvous_id, addr),
             RendezvousMessage::Publish { .. } | RendezvousMessage::Lookup { .. } => {
                 self.counters.unexpected_frames += 1;
             }
@@ -450,6 +464,24 @@ impl RendezvousClient {
             .entry(rendezvous_id)
             .or_default()
             .push_back(lookup);
+    }
+
+    fn peer_seen(&mut self, now: Instant, rendezvous_id: [u8; 32], addr: SocketAddr) {
+        let Some(peer) = self.by_rendezvous.get(&rendezvous_id).copied() else {
+            self.counters.unknown_rendezvous += 1;
+            return;
+        };
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            self.counters.bad_peer_seen += 1;
+            return;
+        }
+        self.counters.peer_seen += 1;
+        self.outputs.push_back(ClientOutput::Hint(PeerEndpointHint {
+            request: None,
+            peer,
+            endpoints: vec![addr],
+            issued_at_ms: self.unix_ms(now),
+        }));
     }
 
     fn hints(&mut self, now: Instant, rendezvous_id: [u8; 32], hints: &[impl AsRef<[u8]>]) {

@@ -14,6 +14,18 @@
 //!   `Hints` with the new hint alone), so a connected peer learns a new address within a
 //!   one-way trip of the server instead of at its next lookup: both sides can then dial
 //!   each other at about the same moment, which is what opens two NATs' filters.
+//! - Where the server sees each device's authenticated connection (its reflexive
+//!   address) is given to the table by the relay server ([`RendezvousTable::seen`]).
+//!   When a member connects, or joins an id whose other member is connected, each of
+//!   the two is pushed `PeerSeen` with the other's address; when a member's connection
+//!   moves, the other member is pushed its new address. So two connected members learn
+//!   each other's reflexive address within a one-way trip of the server from the moment
+//!   the server could know it, without waiting for each other's hint (which needs the
+//!   device to learn its reflexive address from the server first, then publish: one
+//!   round trip more). Only a device's own authenticated connection is observed, and
+//!   only the other member of an id it published under is told. At most
+//!   [`RendezvousTableConfig::max_seen`] devices are kept; beyond, a new device is not
+//!   recorded (counted), and its pair falls back to its hints.
 //! - `Lookup { rendezvous_id }` by a member → `Hints` with the members' unexpired hints,
 //!   newest last (the asker's own included: it ignores it). By a non-member → `NotYours`.
 //!   An unknown id → empty `Hints` (nothing to tell, and nothing learned by asking).
@@ -35,6 +47,7 @@
 //! not open a hint if it wanted to (invariant 7).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::hints::MAX_SEALED_HINT_LEN;
 use tether_protocol::{DeviceId, RendezvousMessage, ServerRefusal};
@@ -59,10 +72,17 @@ pub const DEFAULT_MAX_IDS: usize = 100_000;
 /// 1 563 identities to fill the table.
 pub const DEFAULT_MAX_IDS_PER_DEVICE: usize = 64;
 
-/// Pushes waiting for the shell to take them. The shell drains them after every request,
-/// so at most one is ever waiting; the bound only keeps a shell that forgets from growing
-/// the table (the oldest push is dropped and counted).
-pub const MAX_PENDING_PUSHES: usize = 64;
+/// Pushes waiting for the shell to take them. The shell drains them after every request
+/// and every [`RendezvousTable::seen`]: a publish leaves at most two waiting, and a
+/// device connecting with the default [`DEFAULT_MAX_IDS_PER_DEVICE`] ids at most two
+/// per id (its partners' addresses for it, its address for each partner). The bound
+/// only keeps a shell that forgets from growing the table (the oldest push is dropped
+/// and counted).
+pub const MAX_PENDING_PUSHES: usize = 2 * DEFAULT_MAX_IDS_PER_DEVICE;
+
+/// Default number of devices whose observed address is kept: every member of a full
+/// table connected at once (two per id), a few MiB.
+pub const DEFAULT_MAX_SEEN: usize = MEMBERS_PER_ID * DEFAULT_MAX_IDS;
 
 /// Settings of the rendezvous table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +95,8 @@ pub struct RendezvousTableConfig {
     pub max_ids: usize,
     /// Most ids one device may be a member of at once.
     pub max_ids_per_device: usize,
+    /// Most devices whose observed address is kept at once.
+    pub max_seen: usize,
 }
 
 impl Default for RendezvousTableConfig {
@@ -85,6 +107,7 @@ impl Default for RendezvousTableConfig {
             max_hint_len: MAX_SEALED_HINT_LEN,
             max_ids: DEFAULT_MAX_IDS,
             max_ids_per_device: DEFAULT_MAX_IDS_PER_DEVICE,
+            max_seen: DEFAULT_MAX_SEEN,
         }
     }
 }
@@ -113,6 +136,10 @@ pub struct TableCounters {
     pub pushed: u64,
     /// Pushes dropped because [`MAX_PENDING_PUSHES`] were waiting.
     pub pushes_dropped: u64,
+    /// Observed addresses pushed to the other member (`PeerSeen`).
+    pub seen_pushed: u64,
+    /// Devices not recorded because [`RendezvousTableConfig::max_seen`] were kept.
+    pub seen_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +163,9 @@ pub struct RendezvousTable {
     config: RendezvousTableConfig,
     entries: BTreeMap<Id, Vec<Member>>,
     /// Ids each device is a member of (devices with none are absent).
-    per_device: BTreeMap<DeviceId, usize>,
+    per_device: BTreeMap<DeviceId, BTreeSet<Id>>,
+    /// Where the server sees each connected device (see [`RendezvousTable::seen`]).
+    seen: BTreeMap<DeviceId, SocketAddr>,
     /// (expiry, id, member), earliest first.
     expiries: BTreeSet<(Instant, Id, DeviceId)>,
     next_sequence: u64,
@@ -152,6 +181,7 @@ impl RendezvousTable {
             config,
             entries: BTreeMap::new(),
             per_device: BTreeMap::new(),
+            seen: BTreeMap::new(),
             expiries: BTreeSet::new(),
             next_sequence: 1,
             pushes: VecDeque::new(),
@@ -171,7 +201,7 @@ impl RendezvousTable {
 
     /// Rendezvous ids `device` is a member of now.
     pub fn ids_of(&self, device: &DeviceId) -> usize {
-        self.per_device.get(device).copied().unwrap_or(0)
+        self.per_device.get(device).map_or(0, BTreeSet::len)
     }
 
     /// The members of an id, in the order they joined.
@@ -201,7 +231,9 @@ impl RendezvousTable {
                 .err()
                 .map(|reason| RendezvousMessage::Refused { reason }),
             RendezvousMessage::Lookup { rendezvous_id } => Some(self.lookup(device, rendezvous_id)),
-            RendezvousMessage::Hints { .. } | RendezvousMessage::Refused { .. } => {
+            RendezvousMessage::Hints { .. }
+            | RendezvousMessage::Refused { .. }
+            | RendezvousMessage::PeerSeen { .. } => {
                 debug!(%device, "rendezvous table: server-only message from a device");
                 self.counters.bad_requests += 1;
                 None
@@ -209,11 +241,86 @@ impl RendezvousTable {
         }
     }
 
-    /// A new hint for a member that did not ask: (the member, `Hints` with that hint).
-    /// The shell sends it on the member's connection if it has one, and drops it
-    /// otherwise (the member's next lookup finds the hint anyway).
+    /// A message for a member that did not ask: (the member, `Hints` with the other
+    /// member's new hint, or `PeerSeen` with where the other member is seen). The
+    /// shell sends it on the member's connection if it has one, and drops it otherwise
+    /// (the member's next lookup finds the hint anyway).
     pub fn poll_push(&mut self) -> Option<(DeviceId, RendezvousMessage)> {
         self.pushes.pop_front()
+    }
+
+    /// Where the server sees `device`'s authenticated connection now: `Some` when it
+    /// authenticated or its connection moved, `None` when it ended. The relay server
+    /// calls it for a device's own connection only (not a rendezvous-only one). A new
+    /// or changed address is pushed (`PeerSeen`) to the other member of every id the
+    /// device is a member of, if that member is connected; on connect the device is
+    /// pushed each such member's address too.
+    pub fn seen(&mut self, device: DeviceId, addr: Option<SocketAddr>) {
+        let Some(addr) = addr else {
+            self.seen.remove(&device);
+            return;
+        };
+        let full = self.seen.len() >= self.config.max_seen;
+        let connected = match self.seen.get(&device) {
+            Some(known) if *known == addr => return,
+            Some(_) => false,
+            None if full => {
+                self.counters.seen_dropped += 1;
+                return;
+            }
+            None => true,
+        };
+        self.seen.insert(device, addr);
+        let ids: Vec<Id> = self
+            .per_device
+            .get(&device)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.introduce(id, device, connected);
+        }
+    }
+
+    /// Tells the other member of `id` where `device` is seen, and with `both`, tells
+    /// `device` where the other member is seen; only members the server sees now.
+    fn introduce(&mut self, id: Id, device: DeviceId, both: bool) {
+        let Some(addr) = self.seen.get(&device).copied() else {
+            return;
+        };
+        let others: Vec<DeviceId> = self
+            .entries
+            .get(&id)
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|m| m.device)
+                    .filter(|d| *d != device)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for other in others {
+            let Some(other_addr) = self.seen.get(&other).copied() else {
+                continue;
+            };
+            let told = [(other, addr), (device, other_addr)];
+            for (to, addr) in told.into_iter().take(if both { 2 } else { 1 }) {
+                queue_push(
+                    &mut self.pushes,
+                    &mut self.counters,
+                    to,
+                    RendezvousMessage::PeerSeen {
+                        rendezvous_id: id,
+                        addr,
+                    },
+                );
+                self.counters.seen_pushed += 1;
+            }
+        }
+    }
+
+    /// Devices whose observed address the table keeps now.
+    pub fn seen_devices(&self) -> usize {
+        self.seen.len()
     }
 
     /// Drops expired hints, and ids left without any. Spurious calls are harmless.
@@ -262,11 +369,13 @@ impl RendezvousTable {
             }
         }
         let members = self.entries.entry(id).or_default();
+        let mut joined = false;
         let index = match members.iter().position(|m| m.device == device) {
             Some(index) => index,
             None => {
                 members.push(Member { device, hint: None });
-                *self.per_device.entry(device).or_default() += 1;
+                self.per_device.entry(device).or_default().insert(id);
+                joined = true;
                 members.len() - 1
             }
         };
@@ -274,18 +383,16 @@ impl RendezvousTable {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         for other in members.iter().filter(|m| m.device != device) {
-            if self.pushes.len() >= MAX_PENDING_PUSHES {
-                self.pushes.pop_front();
-                self.counters.pushes_dropped += 1;
-            }
-            self.pushes.push_back((
+            queue_push(
+                &mut self.pushes,
+                &mut self.counters,
                 other.device,
                 RendezvousMessage::Hints {
                     rendezvous_id: id,
                     // `.into()` builds the wire's byte-buffer type from the bytes, unchanged.
                     hints: vec![hint.clone().into()],
                 },
-            ));
+            );
             self.counters.pushed += 1;
         }
         let previous = members[index].hint.replace(StoredHint {
@@ -298,6 +405,9 @@ impl RendezvousTable {
         }
         self.expiries.insert((expires_at, id, device));
         self.counters.published += 1;
+        if joined {
+            self.introduce(id, device, true);
+        }
         // A zero TTL stores nothing lasting: the hint is gone at once.
         self.prune(now);
         Ok(())
@@ -345,9 +455,9 @@ impl RendezvousTable {
             if members.iter().all(|m| m.hint.is_none()) {
                 if let Some(gone) = self.entries.remove(&id) {
                     for member in gone {
-                        if let Some(count) = self.per_device.get_mut(&member.device) {
-                            *count = count.saturating_sub(1);
-                            if *count == 0 {
+                        if let Some(ids) = self.per_device.get_mut(&member.device) {
+                            ids.remove(&id);
+                            if ids.is_empty() {
                                 self.per_device.remove(&member.device);
                             }
                         }
@@ -356,4 +466,18 @@ impl RendezvousTable {
             }
         }
     }
+}
+
+/// Queues a push, dropping the oldest waiting (counted) at [`MAX_PENDING_PUSHES`].
+fn queue_push(
+    pushes: &mut VecDeque<(DeviceId, RendezvousMessage)>,
+    counters: &mut TableCounters,
+    to: DeviceId,
+    message: RendezvousMessage,
+) {
+    if pushes.len() >= MAX_PENDING_PUSHES {
+        pushes.pop_front();
+        counters.pushes_dropped += 1;
+    }
+    pushes.push_back((to, message));
 }

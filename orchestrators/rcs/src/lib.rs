@@ -62,8 +62,8 @@ pub use client::{
 pub use counters::RefusalCounters;
 pub use rate::{Rate, RateLimits};
 pub use server::{
-    Admission, ConnId, RelayQueueServer, RelayServerConfig, RelayServerCounters, ServerInput,
-    ServerOutput,
+    Admission, ConnId, DeviceSeen, RelayQueueServer, RelayServerConfig, RelayServerCounters,
+    ServerInput, ServerOutput, MAX_PENDING_SEEN,
 };
 pub use store::{
     LoadedQueue, MemoryRelayQueueStore, QueueChange, RelayQueueStore, RelayStoreError,

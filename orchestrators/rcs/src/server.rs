@@ -34,7 +34,10 @@
 //!   or `Refused { NotConnected | RateLimited }`.
 //! - Rendezvous requests are served by the table in `tether-pms`; the shell asks
 //!   [`RelayQueueServer::rendezvous_request`] first, which checks that the connection
-//!   is authenticated and rate limits `Publish`.
+//!   is authenticated and rate limits `Publish`. Where the server sees each device's
+//!   own authenticated connection (when it authenticates, moves, ends) is reported to
+//!   the shell ([`RelayQueueServer::poll_seen`], [`DeviceSeen`]), which tells the
+//!   table: the table pushes it to the device's pair partners.
 //!
 //! The server never looks inside envelopes or frames (invariant 7): it sees routing ids,
 //! lengths and opaque bytes.
@@ -223,6 +226,23 @@ pub const REPUSH_ON_MOVE: usize = 64;
 /// second); shared by 256 inputs it costs a few microseconds each, below the 75–120 µs
 /// the relay spends on an envelope's frames and packets.
 pub const MAX_INPUTS_PER_COMMIT: usize = 256;
+
+/// [`DeviceSeen`] reports waiting for the shell. It takes them after every input, and
+/// one input reports at most one; the bound only keeps a shell that forgets from
+/// growing the server (the oldest report is dropped and counted).
+pub const MAX_PENDING_SEEN: usize = 64;
+
+/// Where the server sees a device's own authenticated connection (not a
+/// rendezvous-only one) now: reported when it authenticates (`Some`), when it moves
+/// (`Some`, the new address) and when it ends (`None`). The harness hands it to the
+/// rendezvous table, which tells the device's pair partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSeen {
+    /// The device.
+    pub device: DeviceId,
+    /// Its reflexive address, or `None`: no longer connected.
+    pub addr: Option<SocketAddr>,
+}
 
 /// Rendezvous-only connections kept per device: a pairing runs one, and a second covers
 /// a retry while the first has not closed yet; a newer one beyond that replaces the
@@ -422,6 +442,8 @@ pub struct RelayServerCounters {
     pub path_probes: u64,
     /// Envelopes pushed again because their recipient's connection moved.
     pub repushed: u64,
+    /// [`DeviceSeen`] reports dropped because [`MAX_PENDING_SEEN`] were waiting.
+    pub seen_dropped: u64,
     /// Frames that could not be decoded, were not relay messages, or made no sense
     /// where they arrived (a server message from a device, a second Authenticate).
     pub bad_frames: u64,
@@ -573,6 +595,8 @@ pub struct RelayQueueServer {
     /// Inputs fed since the last commit.
     inputs_since_commit: usize,
     counters: RelayServerCounters,
+    /// Where devices' connections are seen, not yet taken by the shell, oldest first.
+    seen: VecDeque<DeviceSeen>,
 }
 
 impl RelayQueueServer {
@@ -602,6 +626,7 @@ impl RelayQueueServer {
             changes_committed: 0,
             inputs_since_commit: 0,
             counters: RelayServerCounters::default(),
+            seen: VecDeque::new(),
         }
     }
 
@@ -625,6 +650,20 @@ impl RelayQueueServer {
         self.identities
             .get(device)
             .and_then(|identity| identity.conn)
+    }
+
+    /// The next change of where a device's connection is seen (see [`DeviceSeen`]).
+    /// Unlike outputs, reports need no commit: they carry nothing stored.
+    pub fn poll_seen(&mut self) -> Option<DeviceSeen> {
+        self.seen.pop_front()
+    }
+
+    fn report_seen(&mut self, device: DeviceId, addr: Option<SocketAddr>) {
+        if self.seen.len() >= MAX_PENDING_SEEN {
+            self.seen.pop_front();
+            self.counters.seen_dropped += 1;
+        }
+        self.seen.push_back(DeviceSeen { device, addr });
     }
 
     /// Checks a rendezvous request that arrived on `conn` before the table serves it:
@@ -914,9 +953,13 @@ impl RelayQueueServer {
             identity.rendezvous_only.retain(|c| *c != conn);
         } else if identity.conn == Some(conn) {
             identity.conn = None;
+            self.report_seen(device, None);
         } else {
             return;
         }
+        let Some(identity) = self.identities.get_mut(&device) else {
+            return;
+        };
         if !identity.is_idle() {
             return;
         }
@@ -956,6 +999,7 @@ impl RelayQueueServer {
         if self.conn_of(&device) != Some(conn) {
             return;
         }
+        self.report_seen(device, Some(remote));
         let ids: Vec<u64> = self
             .queues
             .get(&device)
@@ -1167,6 +1211,9 @@ impl RelayQueueServer {
         );
         if rendezvous_only {
             return;
+        }
+        if remote.is_some() {
+            self.report_seen(device, remote);
         }
         let ids: Vec<u64> = self
             .queues

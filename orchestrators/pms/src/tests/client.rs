@@ -90,6 +90,10 @@ impl Driver {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            RendezvousMessage::PeerSeen {
+                rendezvous_id,
+                addr,
+            } => format!("PeerSeen {} {addr}", self.rv(rendezvous_id)),
             other => format!("{other:?}"),
         }
     }
@@ -295,6 +299,56 @@ fn client_trace_publish_lookup_filter_refresh_and_reconnect() {
         })
         .collect();
     assert_eq!(issued, vec![20, 30_020, 40_000]);
+}
+
+#[test]
+fn where_the_server_sees_the_peer_is_a_hint_issued_now() {
+    let mut d = Driver::new(|_| {});
+    let seen = addr("198.51.100.20:40000");
+    let moved = addr("203.0.113.9:41000");
+    // Before the connection is up (or after it went down) it makes no sense.
+    let seen_at = |rendezvous_id, addr| RendezvousMessage::PeerSeen {
+        rendezvous_id,
+        addr,
+    };
+    d.server(seen_at(d.rendezvous_id, seen));
+    d.up();
+    d.advance_to(40);
+    d.server(seen_at(d.rendezvous_id, seen));
+    d.advance_to(300);
+    d.server(seen_at(d.rendezvous_id, moved));
+    // Another pair's id, and addresses nobody can dial: counted, nothing emitted.
+    d.server(seen_at([7; 32], seen));
+    d.server(seen_at(d.rendezvous_id, addr("0.0.0.0:40000")));
+    d.server(seen_at(d.rendezvous_id, addr("198.51.100.20:0")));
+    insta::assert_snapshot!(d.trace.join("\n"));
+    assert_eq!(
+        d.emitted(),
+        vec![
+            PeerEndpointHint {
+                request: None,
+                peer: d.keys.id(2),
+                endpoints: vec![seen],
+                issued_at_ms: UNIX_START + 40,
+            },
+            PeerEndpointHint {
+                request: None,
+                peer: d.keys.id(2),
+                endpoints: vec![moved],
+                issued_at_ms: UNIX_START + 300,
+            },
+        ]
+    );
+    let c = d.client.counters();
+    assert_eq!(
+        (
+            c.peer_seen,
+            c.bad_peer_seen,
+            c.unknown_rendezvous,
+            c.unexpected_frames
+        ),
+        (2, 2, 1, 1)
+    );
 }
 
 #[test]

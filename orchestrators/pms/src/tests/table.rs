@@ -1,7 +1,10 @@
 //! The rendezvous table: membership, TTL, bounds, ciphertext only.
 
 use super::Keys;
-use crate::table::{RendezvousTable, RendezvousTableConfig, MAX_PENDING_PUSHES};
+use crate::table::{
+    RendezvousTable, RendezvousTableConfig, DEFAULT_MAX_IDS_PER_DEVICE, MAX_PENDING_PUSHES,
+};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{open_hint, seal_hint, RendezvousId};
 use tether_protocol::{DeviceId, RendezvousMessage, ServerRefusal};
@@ -291,8 +294,156 @@ fn server_only_messages_from_a_device_are_counted() {
         },
     );
     assert_eq!(answer, None);
-    assert_eq!(t.table.counters().bad_requests, 2);
+    let answer = t.table.handle(
+        now,
+        DeviceId([1; 32]),
+        RendezvousMessage::PeerSeen {
+            rendezvous_id: ID,
+            addr: seen_at(1, 1),
+        },
+    );
+    assert_eq!(answer, None);
+    assert_eq!(t.table.counters().bad_requests, 3);
     assert_eq!(t.table.ids(), 0);
+    assert!(t.table.poll_push().is_none());
+}
+
+/// Device `device`'s reflexive address on its `network`-th network.
+fn seen_at(device: u8, network: u8) -> SocketAddr {
+    SocketAddr::from(([198, 51, network, device], 40_000))
+}
+
+/// The `PeerSeen` pushes waiting, as (member byte, id, address); other pushes skipped.
+fn seen_pushes(t: &mut Table) -> Vec<(u8, [u8; 32], SocketAddr)> {
+    std::iter::from_fn(|| t.table.poll_push())
+        .filter_map(|(member, message)| match message {
+            RendezvousMessage::PeerSeen {
+                rendezvous_id,
+                addr,
+            } => Some((member.0[0], rendezvous_id, addr)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn where_a_member_is_seen_goes_to_the_other_connected_member_only() {
+    let mut t = Table::new(|_| {});
+    let other_id = id_of(7);
+    t.publish(0, 1, ID, 60_000, b"hint of 1");
+    t.publish(0, 2, ID, 60_000, b"hint of 2");
+    t.publish(0, 3, other_id, 60_000, b"hint of 3");
+    seen_pushes(&mut t);
+    let see = |t: &mut Table, device: u8, addr: Option<SocketAddr>| {
+        t.table.seen(DeviceId([device; 32]), addr)
+    };
+    // The first member connects: its partner is not connected, nobody to tell.
+    see(&mut t, 1, Some(seen_at(1, 1)));
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    // The second connects: each learns where the other is, at once.
+    see(&mut t, 2, Some(seen_at(2, 1)));
+    assert_eq!(
+        seen_pushes(&mut t),
+        vec![(1, ID, seen_at(2, 1)), (2, ID, seen_at(1, 1))]
+    );
+    // The same address again (a reconnect from the same place): nothing new.
+    see(&mut t, 2, Some(seen_at(2, 1)));
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    // The second moves: only its partner is told.
+    see(&mut t, 2, Some(seen_at(2, 2)));
+    assert_eq!(seen_pushes(&mut t), vec![(1, ID, seen_at(2, 2))]);
+    // A device of another pair connects: nobody here hears of it, nor it of them.
+    see(&mut t, 3, Some(seen_at(3, 1)));
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    // The first disconnects: a move of its partner goes to nobody.
+    see(&mut t, 1, None);
+    see(&mut t, 2, Some(seen_at(2, 3)));
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    assert_eq!(t.table.seen_devices(), 2);
+    assert_eq!(t.table.counters().seen_pushed, 3);
+}
+
+#[test]
+fn joining_an_id_whose_other_member_is_connected_introduces_both() {
+    let mut t = Table::new(|_| {});
+    t.table.seen(DeviceId([1; 32]), Some(seen_at(1, 1)));
+    t.table.seen(DeviceId([2; 32]), Some(seen_at(2, 1)));
+    t.publish(0, 1, ID, 60_000, b"hint of 1");
+    assert_eq!(seen_pushes(&mut t), vec![], "no other member yet");
+    t.publish(1, 2, ID, 60_000, b"hint of 2");
+    assert_eq!(
+        seen_pushes(&mut t),
+        vec![(1, ID, seen_at(2, 1)), (2, ID, seen_at(1, 1))]
+    );
+    // A member publishing again is no news.
+    t.publish(2, 2, ID, 60_000, b"hint of 2 again");
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    // A device refused membership learns nothing.
+    t.table.seen(DeviceId([3; 32]), Some(seen_at(3, 1)));
+    t.publish(3, 3, ID, 60_000, b"intruder");
+    assert_eq!(seen_pushes(&mut t), vec![]);
+}
+
+#[test]
+fn devices_seen_are_bounded_and_a_departure_frees_room() {
+    let mut t = Table::new(|c| c.max_seen = 2);
+    t.publish(0, 1, ID, 60_000, b"hint of 1");
+    t.publish(0, 3, ID, 60_000, b"hint of 3");
+    t.table.seen(DeviceId([1; 32]), Some(seen_at(1, 1)));
+    t.table.seen(DeviceId([2; 32]), Some(seen_at(2, 1)));
+    // Full: a third device is not recorded (counted), and nobody is told of it.
+    t.table.seen(DeviceId([3; 32]), Some(seen_at(3, 1)));
+    assert_eq!(t.table.seen_devices(), 2);
+    assert_eq!(t.table.counters().seen_dropped, 1);
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    // A device already kept may still move.
+    t.table.seen(DeviceId([2; 32]), Some(seen_at(2, 2)));
+    assert_eq!(t.table.seen_devices(), 2);
+    t.table.seen(DeviceId([2; 32]), None);
+    t.table.seen(DeviceId([3; 32]), Some(seen_at(3, 1)));
+    assert_eq!(t.table.seen_devices(), 2);
+    assert_eq!(
+        seen_pushes(&mut t),
+        vec![(1, ID, seen_at(3, 1)), (3, ID, seen_at(1, 1))]
+    );
+}
+
+#[test]
+fn a_connect_queues_at_most_the_push_bound() {
+    // With the default quota a device's connect fits the bound: two pushes per id.
+    const { assert!(2 * DEFAULT_MAX_IDS_PER_DEVICE <= MAX_PENDING_PUSHES) };
+    let ids = MAX_PENDING_PUSHES; // twice the pushes the bound holds
+    let mut t = Table::new(|c| c.max_ids_per_device = ids);
+    for n in 0..ids {
+        let id = id_of(n as u32);
+        t.publish(0, 1, id, 60_000, b"hint of 1");
+        let partner = DeviceId([2; 32]);
+        let _ = t.table.handle(
+            t.at(0),
+            partner,
+            RendezvousMessage::Publish {
+                rendezvous_id: id,
+                ttl_ms: 60_000,
+                hint: b"hint of 2".to_vec(),
+            },
+        );
+    }
+    while t.table.poll_push().is_some() {}
+    t.table.seen(DeviceId([2; 32]), Some(seen_at(2, 1)));
+    let before = t.table.counters().pushes_dropped;
+    t.table.seen(DeviceId([1; 32]), Some(seen_at(1, 1)));
+    let waiting = seen_pushes(&mut t);
+    assert_eq!(waiting.len(), MAX_PENDING_PUSHES);
+    assert_eq!(
+        t.table.counters().pushes_dropped - before,
+        (2 * ids - MAX_PENDING_PUSHES) as u64
+    );
+    // The oldest went: the last id's pair of pushes is still there.
+    let last = id_of(ids as u32 - 1);
+    assert_eq!(
+        waiting[waiting.len() - 2..],
+        [(2, last, seen_at(1, 1)), (1, last, seen_at(2, 1))]
+    );
 }
 
 /// A rendezvous id made of a number.

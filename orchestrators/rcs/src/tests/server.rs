@@ -3,8 +3,8 @@
 use super::{Keys, Names};
 use crate::rate::{Rate, RateLimits};
 use crate::server::{
-    Admission, ConnId, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput,
-    ENVELOPE_OVERHEAD, MAX_INPUTS_PER_COMMIT, RATE_LIMIT_QUIET,
+    Admission, ConnId, DeviceSeen, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput,
+    ENVELOPE_OVERHEAD, MAX_INPUTS_PER_COMMIT, MAX_PENDING_SEEN, RATE_LIMIT_QUIET,
 };
 use crate::store::{MemoryRelayQueueStore, QueueChange, RelayQueueStore, StoredEnvelope};
 use std::time::{Duration, Instant};
@@ -1733,4 +1733,69 @@ fn a_rendezvous_answer_waits_in_order_behind_the_answers_before_it() {
             ServerOutput::Send(ConnId(1), WireFrame::Rendezvous(answer)),
         ]
     );
+}
+
+/// The reports of where devices are seen, waiting.
+fn seen_reports(d: &mut Driver) -> Vec<DeviceSeen> {
+    std::iter::from_fn(|| d.server.poll_seen()).collect()
+}
+
+#[test]
+fn where_a_devices_own_connection_is_seen_is_reported_when_it_authenticates_moves_and_ends() {
+    let mut d = Driver::new(|_| {});
+    let seen = |device, addr| DeviceSeen { device, addr };
+    // Opening is not authenticating: nothing to report yet.
+    d.open(1);
+    assert_eq!(seen_reports(&mut d), vec![]);
+    d.input(ServerInput::Closed(ConnId(1)));
+    assert_eq!(seen_reports(&mut d), vec![], "it never authenticated");
+    d.connect(2, 1);
+    assert_eq!(
+        seen_reports(&mut d),
+        vec![seen(d.keys.id(1), Some(remote(2)))]
+    );
+    d.input(ServerInput::Moved(ConnId(2), moved_remote(2)));
+    assert_eq!(
+        seen_reports(&mut d),
+        vec![seen(d.keys.id(1), Some(moved_remote(2)))]
+    );
+    // A rendezvous-only connection of the same device is not where it is reached.
+    d.connect_as(3, 1, true);
+    d.input(ServerInput::Moved(ConnId(3), moved_remote(3)));
+    d.input(ServerInput::Closed(ConnId(3)));
+    assert_eq!(seen_reports(&mut d), vec![]);
+    // A new connection replaces the old one: reported from where the new one comes.
+    d.connect(4, 1);
+    assert_eq!(
+        seen_reports(&mut d),
+        vec![seen(d.keys.id(1), Some(remote(4)))]
+    );
+    d.input(ServerInput::Closed(ConnId(2)));
+    assert_eq!(
+        seen_reports(&mut d),
+        vec![],
+        "the replaced connection is not its own"
+    );
+    d.input(ServerInput::Closed(ConnId(4)));
+    assert_eq!(seen_reports(&mut d), vec![seen(d.keys.id(1), None)]);
+}
+
+#[test]
+fn reports_nobody_takes_are_bounded() {
+    let mut d = Driver::new(|_| {});
+    d.connect(1, 1);
+    let extra = 5;
+    for n in 0..MAX_PENDING_SEEN + extra {
+        let addr: std::net::SocketAddr = format!("203.0.113.1:{}", 1000 + n).parse().unwrap();
+        d.input(ServerInput::Moved(ConnId(1), addr));
+    }
+    let waiting = seen_reports(&mut d);
+    assert_eq!(waiting.len(), MAX_PENDING_SEEN);
+    // The oldest went: the newest address is the last report.
+    let newest: std::net::SocketAddr =
+        format!("203.0.113.1:{}", 1000 + MAX_PENDING_SEEN + extra - 1)
+            .parse()
+            .unwrap();
+    assert_eq!(waiting.last().and_then(|s| s.addr), Some(newest));
+    assert_eq!(d.server.counters().seen_dropped, (extra + 1) as u64);
 }
