@@ -238,6 +238,8 @@ pub struct Inbound {
     unconsumed: u64,
     /// The limit the last acknowledgement granted (next expected + window).
     advertised_limit: u64,
+    /// In-order data frames taken since the last acknowledgement.
+    frames_since_ack: u32,
 }
 
 impl Inbound {
@@ -290,11 +292,24 @@ impl Inbound {
     /// The acknowledgement to send now, `(next_expected, credit)`; remembered as the
     /// limit granted.
     pub fn acknowledgement(&mut self, credit: u64) -> (u64, u64) {
+        self.frames_since_ack = 0;
         let window = self.window(credit);
         self.advertised_limit = self
             .advertised_limit
             .max(self.next_expected.saturating_add(window));
         (self.next_expected, window)
+    }
+
+    /// Counts one more in-order data frame taken without an acknowledgement; returns
+    /// how many there are now.
+    pub fn owe_ack(&mut self) -> u32 {
+        self.frames_since_ack = self.frames_since_ack.saturating_add(1);
+        self.frames_since_ack
+    }
+
+    /// Whether data was taken since the last acknowledgement.
+    pub fn owes_ack(&self) -> bool {
+        self.frames_since_ack > 0
     }
 
     /// Bytes buffered ahead of a gap.

@@ -295,6 +295,7 @@ impl DirectConnection {
                     initiation_budget: InitiationBudget::new(now),
                     outbound: BTreeMap::new(),
                     inbound: BTreeMap::new(),
+                    ack_via: None,
                     resend_all: false,
                     send_waiting_reported: false,
                     queue_full_refused: false,
@@ -500,6 +501,7 @@ impl SansIoCore for DirectConnection {
                 Timer::HandshakeRetry => self.send_initiation(now, device),
                 Timer::Heartbeat => self.heartbeat(now, device),
                 Timer::Probe => self.probe(now, device),
+                Timer::AckDelay => self.send_owed_acks(device),
                 // The pump below resends what is due.
                 Timer::Retransmit => {}
                 Timer::Rekey => self.rekey_timer(now, device),

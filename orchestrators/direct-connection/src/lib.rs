@@ -102,6 +102,7 @@
 //! | `HandshakeRetry` | message 1 sent (`handshake_retry`) | a fresh message 1 |
 //! | `Heartbeat` | a path is bound (`heartbeat_interval`) | a liveness ping; `missed_heartbeats` in a row report the path dead |
 //! | `Probe` | bound to the relay (at once, then `direct_probe_interval`, doubling up to `MAX_PROBE_DOUBLINGS` times) | the peer's direct addresses are dialled, each at once, in parallel |
+//! | `AckDelay` | in-order data came and was not acknowledged yet (`frames::ACK_DELAY`, 5 ms) | every channel that owes one is acknowledged |
 //! | `Retransmit` | data is unacknowledged on a bound path (`rto`) | the due messages are resent |
 //! | `Rekey` | a generation commits (`rekey_after`), or a rekey went unanswered (`connect_timeout`) | the next application message (or this one, if allowed and one went since) starts a rekey |
 

@@ -295,6 +295,9 @@ pub struct PeerState {
     pub outbound: BTreeMap<ChannelId, Outbound>,
     /// Receiving halves of channels.
     pub inbound: BTreeMap<ChannelId, Inbound>,
+    /// The path of the latest in-order data frame whose acknowledgement waits for
+    /// `Timer::AckDelay` (see `frames::ACK_EVERY_FRAMES`).
+    pub ack_via: Option<Via>,
     /// Resend every unacknowledged message on the next pump (the path changed).
     pub resend_all: bool,
     /// Presence was told a message waits for a usable path (`SendWaiting`); cleared

@@ -1079,6 +1079,45 @@ fn a_batch_is_delivered_once_and_in_order() {
 }
 
 #[test]
+fn a_burst_is_acknowledged_once_per_eight_messages_and_a_lone_message_within_the_ack_delay() {
+    use crate::frames::{ACK_DELAY, ACK_EVERY_FRAMES};
+    let mut net = established(17);
+    net.run_until(1000);
+    let acks_before = net.snapshot(B).counters.acks_sent;
+    let burst = 40;
+    let payloads: Vec<Vec<u8>> = (0..burst)
+        .map(|i| format!("burst {i}").into_bytes())
+        .collect();
+    let peer = net.device(B);
+    let answer = net.nodes[A].core.send_batch(
+        net.now,
+        SendMessages {
+            peer,
+            channel: ChannelId(1),
+            payloads: payloads.clone(),
+        },
+    );
+    net.drain(A);
+    assert_eq!(answer.accepted.len(), burst);
+    net.run_until(1500);
+    assert_eq!(net.delivered[B], payloads);
+    let acks = net.snapshot(B).counters.acks_sent - acks_before;
+    // One per eight, and the one that answers the new channel's opening marker.
+    let expected = burst as u64 / u64::from(ACK_EVERY_FRAMES) + 1;
+    assert_eq!(acks, expected, "one per eight");
+    assert_eq!(net.snapshot(A).queued, 0, "all acknowledged");
+
+    // A lone message: its acknowledgement leaves B at most ACK_DELAY after it came.
+    net.send(A, "alone");
+    let round_trip = LATENCY * 2 + net.direct_extra * 2;
+    let acked_by = 1500 + (round_trip + ACK_DELAY).as_millis() as u64;
+    net.run_until(acked_by - 1);
+    assert_eq!(net.snapshot(A).queued, 1, "not before the delay");
+    net.run_until(acked_by);
+    assert_eq!(net.snapshot(A).queued, 0, "acknowledged after the delay");
+}
+
+#[test]
 fn a_batch_beyond_a_full_queue_takes_what_fits_and_hands_the_rest_back_in_order() {
     use tether_protocol::SendError;
     let mut net = established(16);

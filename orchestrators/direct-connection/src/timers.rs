@@ -23,6 +23,8 @@ pub enum Timer {
     Heartbeat,
     /// While on the relay, the peer's direct addresses are dialled again.
     Probe,
+    /// In-order data received since the last acknowledgement is acknowledged.
+    AckDelay,
     /// The oldest unacknowledged message reaches its retransmission timeout.
     Retransmit,
     /// The committed generation reaches the rekey age, or a failed rekey may be tried
