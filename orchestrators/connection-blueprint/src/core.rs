@@ -2,7 +2,7 @@
 //! them and pushed to DirectConnection whenever it changes.
 
 use crate::policy::{order_candidates, AddressRecord, FAILURES_TO_DEMOTE};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
@@ -74,6 +74,10 @@ struct PeerRecords {
 pub struct ConnectionBlueprint {
     config: Config,
     peers: BTreeMap<DeviceId, PeerRecords>,
+    /// Every peer's `next_staleness`, by instant: the next deadline and the peers due
+    /// are found without a walk over every peer (a node with thousands of peers feeds
+    /// this core a measurement per heartbeat).
+    staleness: BTreeSet<(Instant, DeviceId)>,
     outputs: VecDeque<Output>,
 }
 
@@ -83,6 +87,7 @@ impl ConnectionBlueprint {
         Self {
             config,
             peers: BTreeMap::new(),
+            staleness: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -141,10 +146,10 @@ impl SansIoCore for ConnectionBlueprint {
     /// Recompiles the peers whose fresh addresses went stale.
     fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<DeviceId> = self
-            .peers
+            .staleness
             .iter()
-            .filter(|(_, p)| p.next_staleness.is_some_and(|at| at <= now))
-            .map(|(id, _)| *id)
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
             .collect();
         for peer in due {
             self.compile(now, peer);
@@ -158,7 +163,7 @@ impl SansIoCore for ConnectionBlueprint {
 
     /// When the next fresh address goes stale.
     fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().filter_map(|p| p.next_staleness).min()
+        self.staleness.first().map(|(at, _)| *at)
     }
 }
 
@@ -170,6 +175,9 @@ impl ConnectionBlueprint {
         };
         // An address is fresh while `now - learned_at <= fresh_for`: it goes stale just
         // after that.
+        if let Some(old) = state.next_staleness.take() {
+            self.staleness.remove(&(old, peer));
+        }
         state.next_staleness = state
             .records
             .iter()
@@ -182,6 +190,9 @@ impl ConnectionBlueprint {
             .map(|r| r.learned_at + fresh_for + Duration::from_millis(1))
             .filter(|at| *at > now)
             .min();
+        if let Some(at) = state.next_staleness {
+            self.staleness.insert((at, peer));
+        }
         let candidates = order_candidates(&state.records, now, fresh_for);
         if candidates != state.compiled {
             state.compiled.clone_from(&candidates);

@@ -55,7 +55,8 @@ pub struct Limits {
     pub relay_fallback_after: Duration,
     /// Interval of liveness pings on the bound path.
     pub heartbeat_interval: Duration,
-    /// Unanswered heartbeats before the path is reported not alive.
+    /// Unanswered heartbeats before the path is reported not alive; an answer to any
+    /// of the last this many pings shows it alive.
     pub missed_heartbeats: u32,
     /// Retransmission timeout of unacknowledged messages on an unchanged path.
     pub rto: Duration,
@@ -100,7 +101,9 @@ impl Default for Limits {
             // relay path then costs at most this much extra.
             relay_fallback_after: Duration::from_millis(250),
             heartbeat_interval: Duration::from_secs(2),
-            // Three misses tell a dead path from a lost packet.
+            // Three misses tell a dead path from a lost packet, and since a late answer
+            // to any of the last three pings counts, a path (or a loaded node) with a
+            // round trip of up to three intervals, 6 s, from a dead one.
             missed_heartbeats: 3,
             // QUIC already retransmits within a connection; this only covers frames
             // lost with a path, so it can be generous.

@@ -429,7 +429,7 @@ impl DirectConnection {
         // lets us commit.
         peer.heartbeat.next_id += 1;
         let id = peer.heartbeat.next_id;
-        peer.heartbeat.outstanding = Some((id, now));
+        peer.heartbeat.sent(id, now, self.limits.missed_heartbeats);
         self.send_frame(device, via, &SessionFrame::Ping { id });
         Some(device)
     }

@@ -255,7 +255,7 @@ impl DirectConnection {
             return;
         };
         let beat = &mut peer.heartbeat;
-        let missed = beat.outstanding.take().is_some();
+        let missed = beat.newest_unanswered();
         if missed {
             beat.missed += 1;
         }
@@ -265,7 +265,7 @@ impl DirectConnection {
         }
         beat.next_id += 1;
         let id = beat.next_id;
-        beat.outstanding = Some((id, now));
+        beat.sent(id, now, missed_limit);
         let rtt_ms = beat.srtt_ms;
         self.timers.set(
             device,
@@ -297,13 +297,9 @@ impl DirectConnection {
             return;
         };
         let beat = &mut peer.heartbeat;
-        let Some((outstanding, sent_at)) = beat.outstanding else {
+        let Some(sent_at) = beat.answered(id) else {
             return;
         };
-        if outstanding != id {
-            return;
-        }
-        beat.outstanding = None;
         beat.missed = 0;
         let elapsed = now.saturating_duration_since(sent_at);
         let sample = duration_ms(elapsed);

@@ -2,7 +2,7 @@
 //! [`TimerTable`](crate::timers::TimerTable), never here.
 
 use crate::channels::{Inbound, Outbound};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{HandshakePurpose, KeyRing, PathChallenger};
@@ -99,8 +99,11 @@ pub struct OutMigration {
 /// Liveness of the bound path.
 #[derive(Debug, Clone, Default)]
 pub struct Heartbeat {
-    /// The outstanding ping id and when it left.
-    pub outstanding: Option<(u64, Instant)>,
+    /// The pings not answered yet, oldest first, with when each left: at most
+    /// `missed_heartbeats` (see [`Heartbeat::sent`]). An answer to any of them shows
+    /// the path alive, so a round trip longer than the heartbeat interval (a loaded
+    /// node, a slow path) is not taken for a dead path.
+    pub unanswered: VecDeque<(u64, Instant)>,
     /// Pings unanswered in a row.
     pub missed: u32,
     /// Whether Presence was told the path is dead.
@@ -109,6 +112,33 @@ pub struct Heartbeat {
     pub srtt_ms: Option<u64>,
     /// Ping id counter.
     pub next_id: u64,
+}
+
+impl Heartbeat {
+    /// Ping `id` left at `now`; only the newest `keep` unanswered pings are kept.
+    pub fn sent(&mut self, id: u64, now: Instant, keep: u32) {
+        self.unanswered.push_back((id, now));
+        let keep = usize::try_from(keep.max(1)).unwrap_or(usize::MAX);
+        while self.unanswered.len() > keep {
+            self.unanswered.pop_front();
+        }
+    }
+
+    /// Whether the newest ping (`next_id`) is still unanswered.
+    pub fn newest_unanswered(&self) -> bool {
+        self.unanswered
+            .back()
+            .is_some_and(|(id, _)| *id == self.next_id)
+    }
+
+    /// The answer to ping `id`: when it left, if it is one of the unanswered pings
+    /// kept; it and every older ping are forgotten.
+    pub fn answered(&mut self, id: u64) -> Option<Instant> {
+        let position = self.unanswered.iter().position(|(sent, _)| *sent == id)?;
+        let (_, at) = self.unanswered[position];
+        self.unanswered.drain(..=position);
+        Some(at)
+    }
 }
 
 /// What Presence was last told about the session. A move between two links to the same

@@ -1960,3 +1960,27 @@ fn acknowledged_messages_are_counted_once() {
     assert_eq!(a.counters.acknowledged, 5);
     assert_eq!(net.snapshot(B).counters.delivered, 5);
 }
+
+/// A round trip longer than the heartbeat interval (a loaded node answering late, a
+/// slow path) is not a dead path: an answer to any of the last `missed_heartbeats`
+/// pings shows it alive. When only the newest ping's answer counted, every heartbeat
+/// was missed and the session was reported dead after three intervals, though every
+/// ping was answered.
+#[test]
+fn answers_slower_than_the_heartbeat_interval_keep_the_path_alive() {
+    let mut net = established(11);
+    // The relay is down (nothing to fall back to) and the direct path turns slow:
+    // 2.6 s round trips against a 2 s heartbeat interval.
+    net.relay_status(false);
+    net.direct_extra = Duration::from_millis(1280);
+    let start = net.ms() as u64;
+    net.run_until(start + 30_000);
+    for node in [A, B] {
+        let dead = net.count(
+            node,
+            |o| matches!(o, Output::Liveness(report) if !report.alive),
+        );
+        assert_eq!(dead, 0, "{} reported its path dead", Net::name(node));
+        assert!(net.snapshot(node).rtt_ms.unwrap_or(0) >= 2_000);
+    }
+}

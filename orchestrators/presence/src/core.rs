@@ -10,7 +10,7 @@ use migration::Migration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reachability::RetryReason;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_protocol::shell::SansIoCore;
@@ -164,6 +164,36 @@ struct Peer {
     /// When the first of the connect attempts failing in a row failed (the peer is
     /// unreachable since then); cleared when the session is Ready.
     unreachable_since: Option<Instant>,
+    /// Its entry in [`Presence::wakes`], as last indexed.
+    indexed_wake: Option<Instant>,
+    /// Its entry in [`Presence::connects`], as last indexed.
+    indexed_connect: Option<Instant>,
+}
+
+impl Peer {
+    /// The next instant at which the timeout has something to do for this peer, other
+    /// than a connect (which waits for a slot, see [`Presence::connects`]).
+    fn next_wake(&self) -> Option<Instant> {
+        let candidates = [
+            self.deadline,
+            self.scheduled
+                .filter(|s| s.purpose != Purpose::Connect)
+                .map(|s| s.at),
+            self.migration
+                .and_then(|m| m.outbound)
+                .map(|rounds| rounds.redirect_at.unwrap_or(rounds.next).min(rounds.next)),
+            self.migration.and_then(|m| m.relay_copy_at),
+            self.migration.and_then(|m| m.carry_at),
+        ];
+        candidates.into_iter().flatten().min()
+    }
+
+    /// When its scheduled connect is due, if one is.
+    fn connect_due(&self) -> Option<Instant> {
+        self.scheduled
+            .filter(|s| s.purpose == Purpose::Connect)
+            .map(|s| s.at)
+    }
 }
 
 /// The Presence core. See the crate docs for its messages and states.
@@ -182,6 +212,16 @@ pub struct Presence {
     illegal_transitions: u64,
     /// Times the relay saw us at a new address while our interfaces stayed the same.
     nat_rebindings: u64,
+    /// Every peer's [`Peer::next_wake`], by instant, so the next deadline and the peers
+    /// due are found without a walk over every peer: a node with thousands of sessions
+    /// feeds this core an input per heartbeat, and each input ends with
+    /// [`SansIoCore::poll_timeout`]. One entry per peer at most.
+    wakes: BTreeSet<(Instant, DeviceId)>,
+    /// Scheduled connects, by when they are due: they start in that order while fewer
+    /// than `max_concurrent_connects` are in flight. One entry per peer at most.
+    connects: BTreeSet<(Instant, DeviceId)>,
+    /// The peers with a connect in flight (at most `max_concurrent_connects` start).
+    in_flight: BTreeSet<DeviceId>,
 }
 
 impl Presence {
@@ -201,6 +241,9 @@ impl Presence {
             outputs: VecDeque::new(),
             illegal_transitions: 0,
             nat_rebindings: 0,
+            wakes: BTreeSet::new(),
+            connects: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
         }
     }
 
@@ -225,8 +268,11 @@ impl SansIoCore for Presence {
     type Input = Input;
     type Output = Output;
 
-    /// Feeds one input.
+    /// Feeds one input. Only the peer it names (or, for a move of this device, every
+    /// peer) is touched.
     fn handle(&mut self, now: Instant, input: Input) {
+        let touched = input.peer();
+        let every_peer = matches!(input, Input::ConnectivityChanged(_) | Input::Reflexive(_));
         match input {
             Input::AddPeer(peer) => self.add_peer(now, peer),
             Input::LocalEndpoints(endpoints) => {
@@ -246,7 +292,7 @@ impl SansIoCore for Presence {
                 self.retry_now(now, waiting.peer, RetryReason::SendWaiting);
             }
             Input::InboundMigrationPing(ping) => self.inbound_migration_ping(now, ping),
-            Input::PathLost(lost) => self.path_lost(now, lost.peer),
+            Input::PathLost(lost) => self.path_lost(now, lost.peer, &lost.reason),
             Input::PeerReset(reset) if reset.reason == ResetReason::Closed => {
                 self.closed_by_peer(now, reset.peer);
             }
@@ -255,6 +301,14 @@ impl SansIoCore for Presence {
             Input::PeerEndpointsChanged(changed) => self.peer_endpoints_changed(now, changed),
             Input::PathMeasured(measured) => self.path_measured(measured),
             Input::DirectDialFailed(failed) => self.direct_dial_failed(now, failed.peer),
+        }
+        if every_peer {
+            let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
+            for id in ids {
+                self.reindex(id);
+            }
+        } else if let Some(id) = touched {
+            self.reindex(id);
         }
     }
 
@@ -266,15 +320,25 @@ impl SansIoCore for Presence {
             self.outputs
                 .push_back(Output::RelayPoll(RelayPoll { request }));
         }
-        let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
-        for id in &ids {
+        // Only the peers with something due, in id order.
+        let mut due: Vec<DeviceId> = self
+            .wakes
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        due.sort_unstable();
+        for id in &due {
             self.expire_deadline(now, *id);
         }
-        for id in &ids {
+        for id in &due {
             self.run_migration_round(now, *id);
             self.relay_fallback(now, *id);
         }
-        self.start_due_attempts(now, &ids);
+        self.start_due_attempts(now, &due);
+        for id in due {
+            self.reindex(id);
+        }
     }
 
     /// Next output to deliver.
@@ -285,29 +349,102 @@ impl SansIoCore for Presence {
     /// The next instant at which [`SansIoCore::handle_timeout`] has something to do.
     fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.next_relay_poll;
-        let slots_full = self.peers.values().filter(|p| p.connecting).count()
-            >= self.config.max_concurrent_connects;
-        for peer in self.peers.values() {
-            // A connect waiting for a slot is woken by the input that frees one.
-            let waiting = |s: &Scheduled| slots_full && s.purpose == Purpose::Connect;
-            let candidates = [
-                peer.deadline,
-                peer.scheduled.filter(|s| !waiting(s)).map(|s| s.at),
-                peer.migration
-                    .and_then(|m| m.outbound)
-                    .map(|rounds| rounds.redirect_at.unwrap_or(rounds.next).min(rounds.next)),
-                peer.migration.and_then(|m| m.relay_copy_at),
-                peer.migration.and_then(|m| m.carry_at),
-            ];
-            for at in candidates.into_iter().flatten() {
-                next = next.min(at);
+        if let Some((at, _)) = self.wakes.first() {
+            next = next.min(*at);
+        }
+        // A connect waiting for a slot is woken by the input that frees one.
+        if self.in_flight.len() < self.config.max_concurrent_connects {
+            if let Some((at, _)) = self.connects.first() {
+                next = next.min(*at);
             }
         }
         Some(next)
     }
 }
 
+impl Input {
+    /// The one peer an input concerns, if it names one.
+    fn peer(&self) -> Option<DeviceId> {
+        match self {
+            Input::AddPeer(peer) => Some(*peer),
+            Input::HandshakeStarted(m) => Some(m.peer),
+            Input::SessionReady(m) => Some(m.peer),
+            Input::ConnectFailed(m) => Some(m.peer),
+            Input::InboundMigrationPing(m) => Some(m.peer),
+            Input::PathLost(m) => Some(m.peer),
+            Input::PeerReset(m) => Some(m.peer),
+            Input::Liveness(m) => Some(m.peer),
+            Input::PeerEndpointsChanged(m) => Some(m.peer),
+            Input::PathMeasured(m) => Some(m.peer),
+            Input::DirectDialFailed(m) => Some(m.peer),
+            Input::SendWaiting(m) => Some(m.peer),
+            Input::LocalEndpoints(_) | Input::ConnectivityChanged(_) | Input::Reflexive(_) => None,
+        }
+    }
+}
+
 impl Presence {
+    /// Brings a peer's entries in [`Presence::wakes`], [`Presence::connects`] and
+    /// [`Presence::in_flight`] up to date with its state; called after anything that
+    /// may have changed it.
+    fn reindex(&mut self, id: DeviceId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let wake = peer.next_wake();
+        if wake != peer.indexed_wake {
+            if let Some(old) = peer.indexed_wake {
+                self.wakes.remove(&(old, id));
+            }
+            if let Some(at) = wake {
+                self.wakes.insert((at, id));
+            }
+            peer.indexed_wake = wake;
+        }
+        let connect = peer.connect_due();
+        if connect != peer.indexed_connect {
+            if let Some(old) = peer.indexed_connect {
+                self.connects.remove(&(old, id));
+            }
+            if let Some(at) = connect {
+                self.connects.insert((at, id));
+            }
+            peer.indexed_connect = connect;
+        }
+        if peer.connecting {
+            self.in_flight.insert(id);
+        } else {
+            self.in_flight.remove(&id);
+        }
+    }
+
+    /// Checks the indexes against every peer's state (tests).
+    #[cfg(test)]
+    pub(crate) fn check_index(&self) {
+        let wakes: BTreeSet<(Instant, DeviceId)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.next_wake().map(|at| (at, *id)))
+            .collect();
+        let connects: BTreeSet<(Instant, DeviceId)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.connect_due().map(|at| (at, *id)))
+            .collect();
+        let in_flight: BTreeSet<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connecting)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(self.wakes, wakes, "the wake index is out of date");
+        assert_eq!(self.connects, connects, "the connect index is out of date");
+        assert_eq!(
+            self.in_flight, in_flight,
+            "the in-flight set is out of date"
+        );
+    }
+
     fn request_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;
@@ -418,49 +555,68 @@ impl Presence {
         }
     }
 
-    fn start_due_attempts(&mut self, now: Instant, ids: &[DeviceId]) {
-        for id in ids {
-            let Some(peer) = self.peers.get(id) else {
-                continue;
-            };
-            let Some(scheduled) = peer.scheduled.filter(|s| s.at <= now) else {
-                continue;
-            };
-            let in_flight = self.peers.values().filter(|p| p.connecting).count();
-            if scheduled.purpose == Purpose::Connect
-                && in_flight >= self.config.max_concurrent_connects
-            {
-                // Over the bound: stays due, starts when a slot frees.
-                continue;
+    /// Starts the due attempts: those of the peers in `due` that need no slot (in id
+    /// order), then the due connects, earliest first, while slots are free.
+    fn start_due_attempts(&mut self, now: Instant, due: &[DeviceId]) {
+        for id in due {
+            let scheduled = self.peers.get(id).and_then(|p| p.scheduled);
+            if scheduled.is_some_and(|s| s.at <= now && s.purpose != Purpose::Connect) {
+                self.start_due_attempt(now, *id);
+                self.reindex(*id);
             }
-            let Some(status) = peer.status else {
-                continue;
-            };
-            if !status.allows_presence_connect() {
-                // ReconnectingOutbound blocks PresenceConnect: drop the attempt.
-                if let Some(peer) = self.peers.get_mut(id) {
-                    peer.scheduled = None;
-                }
-                continue;
-            }
-            if scheduled.purpose == Purpose::Connect && status == SessionStatus::Evicted {
-                self.set_status(*id, SessionStatus::Recovering);
-            }
-            if let Some(peer) = self.peers.get_mut(id) {
-                peer.scheduled = None;
-                peer.connecting |= scheduled.purpose == Purpose::Connect;
-            }
-            if scheduled.purpose == Purpose::Connect {
-                // The configured addresses may be stale: ask the rendezvous server too.
-                let request = self.request_id();
-                self.outputs
-                    .push_back(Output::LookupEndpointHint(LookupEndpointHint {
-                        request,
-                        peer: *id,
-                    }));
-            }
-            self.attempt(now, *id, scheduled.purpose);
         }
+        let mut after = None;
+        while self.in_flight.len() < self.config.max_concurrent_connects {
+            let next = match after {
+                None => self.connects.first(),
+                Some(key) => self
+                    .connects
+                    .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+                    .next(),
+            };
+            let Some(&(at, id)) = next else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            after = Some((at, id));
+            self.start_due_attempt(now, id);
+            self.reindex(id);
+        }
+    }
+
+    /// Starts a peer's scheduled attempt, which is due (a connect only when a slot is
+    /// free).
+    fn start_due_attempt(&mut self, now: Instant, id: DeviceId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(scheduled) = peer.scheduled.filter(|s| s.at <= now) else {
+            return;
+        };
+        let Some(status) = peer.status else {
+            return;
+        };
+        peer.scheduled = None;
+        if !status.allows_presence_connect() {
+            // ReconnectingOutbound blocks PresenceConnect: drop the attempt.
+            return;
+        }
+        peer.connecting |= scheduled.purpose == Purpose::Connect;
+        if scheduled.purpose == Purpose::Connect && status == SessionStatus::Evicted {
+            self.set_status(id, SessionStatus::Recovering);
+        }
+        if scheduled.purpose == Purpose::Connect {
+            // The configured addresses may be stale: ask the rendezvous server too.
+            let request = self.request_id();
+            self.outputs
+                .push_back(Output::LookupEndpointHint(LookupEndpointHint {
+                    request,
+                    peer: id,
+                }));
+        }
+        self.attempt(now, id, scheduled.purpose);
     }
 
     fn session_ready(&mut self, now: Instant, ready: SessionReady) {
@@ -531,11 +687,12 @@ impl Presence {
         }
     }
 
-    fn path_lost(&mut self, now: Instant, id: DeviceId) {
+    fn path_lost(&mut self, now: Instant, id: DeviceId, reason: &str) {
         let Some(status) = self.status(&id) else {
             return;
         };
         if status == SessionStatus::Ready {
+            tracing::debug!(peer = %id, %reason, "session degraded: its path went down");
             self.set_status(id, SessionStatus::Degraded);
         }
         if matches!(status, SessionStatus::Ready | SessionStatus::Degraded) {
@@ -559,6 +716,7 @@ impl Presence {
         };
         match (status, report.alive) {
             (SessionStatus::Ready, false) => {
+                tracing::debug!(peer = %report.peer, "session degraded: its heartbeats went unanswered");
                 self.set_status(report.peer, SessionStatus::Degraded);
                 let window = self.config.migration_window;
                 if let Some(peer) = self.peers.get_mut(&report.peer) {
@@ -663,6 +821,7 @@ impl Presence {
         if !self.set_status(id, SessionStatus::Evicted) {
             return;
         }
+        tracing::debug!(peer = %id, ?reason, ?status, "session evicted");
         let mut migration = None;
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.deadline = None;

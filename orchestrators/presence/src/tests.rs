@@ -78,6 +78,7 @@ impl Driver {
     }
 
     fn drain(&mut self) {
+        self.core.check_index();
         while let Some(output) = self.core.poll_output() {
             let line = describe(&output);
             self.trace.push(format!("{:>6}ms out {line}", self.ms()));
@@ -846,4 +847,77 @@ fn an_announcement_while_waiting_to_retry_connects_at_once() {
     driver.advance_to(12);
     assert_eq!(connects(&driver), 2);
     insta::assert_snapshot!(driver.trace.join("\n"));
+}
+
+/// A hub holds thousands of sessions: every heartbeat of each one is an input here
+/// (its RTT), each input ends with `poll_timeout`, and the timeouts run while thousands
+/// of first connects wait for a slot. Their cost must not grow with the number of
+/// peers: when each input walked every peer, and each timeout every peer once per due
+/// connect, one timeout with 10 000 peers took a quarter of a second of release CPU
+/// and the hub could no longer answer heartbeats in time.
+#[test]
+fn inputs_and_timeouts_cost_the_same_with_ten_thousand_peers() {
+    let t0 = Instant::now();
+    let config = Config::default();
+    let bound = config.max_concurrent_connects;
+    let mut core = Presence::new(config, [7; 32], t0);
+    let id = |i: u32| {
+        let mut bytes = [0_u8; 32];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        DeviceId(bytes)
+    };
+    for i in 0..10_000 {
+        core.handle(t0, Input::AddPeer(id(i)));
+    }
+    while core.poll_output().is_some() {}
+    let mut in_flight = Vec::new();
+    let drain = |core: &mut Presence, in_flight: &mut Vec<DeviceId>| {
+        while let Some(output) = core.poll_output() {
+            if let Output::ConnectPeer(connect) = output {
+                in_flight.push(connect.peer);
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let budget = Duration::from_secs(2);
+    // Every first connect is due: `bound` start, the rest wait for a slot.
+    let mut now = t0 + Duration::from_secs(1);
+    core.handle_timeout(now);
+    drain(&mut core, &mut in_flight);
+    assert_eq!(in_flight.len(), bound);
+    for round in 0..500_u32 {
+        assert!(
+            started.elapsed() < budget,
+            "{round} rounds took {:?}",
+            started.elapsed()
+        );
+        now += Duration::from_millis(10);
+        // A measurement of some session's path, as each heartbeat brings.
+        core.handle(
+            now,
+            Input::PathMeasured(PathMeasured {
+                peer: id(round),
+                endpoint: Endpoint::Relay,
+                rtt_ms: Some(5),
+                srtt_ms: Some(5),
+            }),
+        );
+        drain(&mut core, &mut in_flight);
+        // A connect in flight fails: its slot goes to the next connect due.
+        let failed = in_flight[round as usize];
+        core.handle(
+            now,
+            Input::ConnectFailed(ConnectFailed {
+                request: RequestId(0),
+                peer: failed,
+                reason: "test".into(),
+            }),
+        );
+        let wake = core.poll_timeout().expect("a deadline");
+        assert!(wake <= now, "the freed slot is taken at once");
+        core.handle_timeout(now);
+        drain(&mut core, &mut in_flight);
+        assert_eq!(in_flight.len(), bound + round as usize + 1);
+    }
+    assert!(started.elapsed() < budget, "took {:?}", started.elapsed());
 }

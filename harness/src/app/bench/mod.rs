@@ -378,6 +378,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
         .build()?)
 }
 
+/// The environment variable whose value, when set, is the child process's `RUST_LOG`
+/// (the hub of `sessions`, the relay of `relay`).
+pub const CHILD_LOG_ENV: &str = "TETHER_BENCH_CHILD_LOG";
+
 /// A child process of `tether bench` (the hub of `sessions`, the relay of `relay`),
 /// running this binary, and its pipes: it says `NAME rest` lines on its output, and is
 /// told lines on its input; it stops when its input closes.
@@ -390,7 +394,12 @@ struct ChildProcess {
 impl ChildProcess {
     /// Starts this binary with `args`.
     fn spawn(args: &[&std::ffi::OsStr]) -> Result<Self, BenchError> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        // The child's own log filter, so it can log more than this process's many nodes.
+        if let Some(filter) = std::env::var_os(CHILD_LOG_ENV) {
+            command.env("RUST_LOG", filter);
+        }
+        let mut child = command
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

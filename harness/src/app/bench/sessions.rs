@@ -17,10 +17,11 @@
 //! again, how many are Ready after it, and the handshakes counted during it (all
 //! sessions' handshake counters, before and after).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,18 @@ const SETTLE: Duration = Duration::from_secs(2);
 const PEER_THREADS: usize = 2;
 /// How long the sessions may take to recover after the hub's network change.
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Peers of one thread that may be establishing their session at once: a new peer
+/// node starts when one of them is Ready. All N devices of a real deployment do not
+/// start within the same second, and N nodes on two threads of this process cannot
+/// run N handshakes, relay connections and dials at once without falling seconds
+/// behind, which the hub would see as unanswered heartbeats. 32 per thread keeps the
+/// hub's 64 pending accepts (the transport's `max_pending_accepts`) and the relay's
+/// 64 handshakes in progress busy without overflowing them.
+const ESTABLISHING_PER_THREAD: usize = 32;
+/// Longest a peer holds its establishment slot without becoming Ready.
+const SLOT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often each peer thread checks how late its timers fire.
+const LAG_PROBE: Duration = Duration::from_millis(100);
 /// Where the hub moves to.
 const NEW_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -201,7 +214,23 @@ fn run_one(n: usize) -> Result<SessionsRow, BenchError> {
         public: relay.public,
     };
     let peer_nodes = PeerNodes::start(peers, hub_public, hub_addr, server)?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let tally = peer_nodes.tally.clone();
+    let started = Instant::now();
+    let reporter = std::thread::spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            done_rx.recv_timeout(Duration::from_secs(5))
+        {
+            eprintln!(
+                "tether bench sessions: peers after {} ms: {}",
+                started.elapsed().as_millis(),
+                tally.line()
+            );
+        }
+    });
     let result = hub.line("result");
+    drop(done_tx);
+    let _ = reporter.join();
     peer_nodes.stop();
     hub.finish();
     drop(relay);
@@ -224,6 +253,55 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BenchError> {
 struct PeerNodes {
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The peers' status changes, counted.
+    tally: Arc<PeerTally>,
+}
+
+/// The peers' status changes, by (from, to): what the progress lines show of the
+/// peers' side.
+#[derive(Default)]
+struct PeerTally {
+    changes: std::sync::Mutex<BTreeMap<(Option<SessionStatus>, SessionStatus), u64>>,
+    /// The longest a peer thread's timer fired late since the last line, in µs.
+    worst_lag_us: std::sync::atomic::AtomicU64,
+}
+
+impl PeerTally {
+    fn count(&self, from: Option<SessionStatus>, to: SessionStatus) {
+        if let Ok(mut counts) = self.changes.lock() {
+            *counts.entry((from, to)).or_default() += 1;
+        }
+    }
+
+    fn lagged(&self, lag: Duration) {
+        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.worst_lag_us
+            .fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The changes so far, and the worst lag since the last line.
+    fn line(&self) -> String {
+        let name =
+            |s: Option<SessionStatus>| s.map_or_else(|| "-".to_string(), |s| format!("{s:?}"));
+        let changes = self
+            .changes
+            .lock()
+            .map(|counts| {
+                counts
+                    .iter()
+                    .map(|((from, to), n)| format!("{}>{} {n}", name(*from), name(Some(*to))))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let lag_us = self
+            .worst_lag_us
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "changes [{changes}]; timers up to {} ms late",
+            lag_us / 1000
+        )
+    }
 }
 
 impl PeerNodes {
@@ -243,33 +321,58 @@ impl PeerNodes {
         let mut nodes = PeerNodes {
             stops: Vec::new(),
             threads: Vec::new(),
+            tally: Arc::new(PeerTally::default()),
         };
+        let tally = Arc::new(PeerTally::default());
         for share in shares {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let started_tx = started_tx.clone();
+            let tally = tally.clone();
             let thread = std::thread::Builder::new()
                 .name("bench-peers".into())
                 .spawn(move || {
                     let system = actix_rt::System::new();
                     system.block_on(async move {
+                        let probe = tally.clone();
+                        actix_rt::spawn(async move {
+                            // How late this thread's timers fire: its nodes' heartbeats
+                            // and answers are that late too.
+                            loop {
+                                let asked = Instant::now();
+                                tokio::time::sleep(LAG_PROBE).await;
+                                probe.lagged(asked.elapsed().saturating_sub(LAG_PROBE));
+                            }
+                        });
+                        let _ = started_tx.send(Ok(()));
+                        let slots = Arc::new(tokio::sync::Semaphore::new(ESTABLISHING_PER_THREAD));
                         let mut running = Vec::with_capacity(share.len());
-                        for (i, keypair, rk) in share {
-                            match start_peer(i, keypair, rk, hub, hub_addr, server).await {
-                                Ok(node) => running.push(node),
-                                Err(e) => {
-                                    let _ = started_tx.send(Err(e));
-                                    return;
+                        let starting = async {
+                            for (i, keypair, rk) in share {
+                                let Ok(slot) = slots.clone().acquire_owned().await else {
+                                    break;
+                                };
+                                match start_peer(i, keypair, rk, hub, hub_addr, server).await {
+                                    Ok(mut node) => {
+                                        let events = node.take_events();
+                                        actix_rt::spawn(watch_peer(events, slot, tally.clone()));
+                                        running.push(node);
+                                    }
+                                    Err(e) => eprintln!("tether bench sessions: {e}"),
                                 }
                             }
+                            std::future::pending::<()>().await;
+                        };
+                        tokio::select! {
+                            _ = stop_rx => {}
+                            () = starting => {}
                         }
-                        let _ = started_tx.send(Ok(()));
-                        let _ = stop_rx.await;
                         drop(running);
                     });
                 })?;
             nodes.stops.push(stop_tx);
             nodes.threads.push(thread);
         }
+        nodes.tally = tally;
         drop(started_tx);
         for _ in 0..PEER_THREADS {
             match started_rx.recv() {
@@ -293,6 +396,33 @@ impl PeerNodes {
         }
         for thread in self.threads {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Counts a peer node's status changes, and holds its establishment slot until its
+/// session is first Ready (or [`SLOT_TIMEOUT`] passed).
+async fn watch_peer(
+    mut events: tether::actors::NodeEvents,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    tally: Arc<PeerTally>,
+) {
+    let mut slot = Some(slot);
+    let give_up = tokio::time::sleep(SLOT_TIMEOUT);
+    tokio::pin!(give_up);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(NodeEvent::Status { from, to, .. }) => {
+                    tally.count(from, to);
+                    if to == SessionStatus::Ready {
+                        slot = None;
+                    }
+                }
+                Some(_) => {}
+                None => return,
+            },
+            () = &mut give_up, if slot.is_some() => slot = None,
         }
     }
 }
@@ -376,18 +506,21 @@ pub fn hub_process(setup: &Path) -> Result<(), BenchError> {
     rt.block_on(hub(setup))
 }
 
-/// Each peer's last status, and which peers completed a migration since a mark.
+/// Each peer's last status, which peers completed a migration since a mark, and how
+/// many times each status change happened (what the progress lines show).
 #[derive(Default)]
 struct Tracker {
     status: HashMap<DeviceId, SessionStatus>,
     migrated: HashSet<DeviceId>,
+    transitions: BTreeMap<(Option<SessionStatus>, SessionStatus), u64>,
 }
 
 impl Tracker {
     fn see(&mut self, event: NodeEvent) {
         match event {
-            NodeEvent::Status { peer, to, .. } => {
+            NodeEvent::Status { peer, from, to } => {
                 self.status.insert(peer, to);
+                *self.transitions.entry((from, to)).or_default() += 1;
             }
             NodeEvent::MigrationCompleted { peer, .. } => {
                 self.migrated.insert(peer);
@@ -453,6 +586,9 @@ async fn wait(
                     tracker.migrated.len(),
                     start.elapsed().as_millis()
                 );
+                if let Ok(report) = node.status_report().await {
+                    eprintln!("tether bench sessions: hub: {}", progress(&report, tracker));
+                }
             }
         }
     }
@@ -471,6 +607,49 @@ async fn idle(node: &mut Node, tracker: &mut Tracker, time: Duration) {
             _ = &mut end => return,
         }
     }
+}
+
+/// One line on why sessions are where they are: the status changes so far, the
+/// sessions' give-ups and evictions, the links, and the input dropped, by reason.
+fn progress(report: &tether::metrics::NodeStatusReport, tracker: &Tracker) -> String {
+    let name = |s: Option<SessionStatus>| s.map_or_else(|| "-".to_string(), |s| format!("{s:?}"));
+    let changes: Vec<String> = tracker
+        .transitions
+        .iter()
+        .map(|((from, to), n)| format!("{}>{} {n}", name(*from), name(Some(*to))))
+        .collect();
+    let sum =
+        |f: fn(&tether::metrics::PeerReport) -> u64| -> u64 { report.peers.iter().map(f).sum() };
+    let dropped: Vec<String> = report
+        .rejected
+        .by_reason
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let mut rtts: Vec<u64> = report.peers.iter().filter_map(|p| p.rtt_ms).collect();
+    rtts.sort_unstable();
+    let at = |q: f64| {
+        rtts.get(((rtts.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    format!(
+        "heartbeat RTT ms p50 {} p90 {} max {}; changes [{}]; handshakes {} (attempts {}), handshake timeouts {}, reconnect timeouts {}, restart handshakes {}, evicted {}; links dialled {}, accepted {}; dropped [{}]",
+        at(0.5),
+        at(0.9),
+        at(1.0),
+        changes.join(", "),
+        sum(|p| p.handshakes),
+        sum(|p| p.handshake_attempts),
+        sum(|p| p.handshake_timeouts),
+        sum(|p| p.reconnect_timeouts),
+        sum(|p| p.restart_handshakes),
+        sum(|p| p.session.sessions_evicted),
+        report.transport.links_dialled,
+        report.transport.links_accepted,
+        dropped.join(", "),
+    )
 }
 
 fn ready_count(status: &[tether::PeerStatus]) -> usize {
