@@ -16,8 +16,8 @@ use tether_protocol::shell::SansIoCore;
 use tether_protocol::{
     AllowRekey, BlueprintCompiled, Candidate, CandidateSource, CarryOverRelay, ChannelId,
     ConnectPeer, DeviceId, Endpoint, JournalEntry, LinkId, PathKind, RelayDelivered,
-    RelayMigrationPing, RelayStatus, RequestId, SendMessage, SendMessages, SendMigrationPing,
-    TransportCommand, TransportEvent,
+    RelayMigrationPing, RelayStatus, RequestId, SendBatchAnswer, SendMessage, SendMessages,
+    SendMigrationPing, TransportCommand, TransportEvent,
 };
 
 const A: usize = 0;
@@ -411,6 +411,19 @@ impl Net {
         let result = self.nodes[node].core.send(self.now, message);
         self.drain(node);
         result
+    }
+
+    /// The application's `send_all` on `node`: `payloads` to the other node on channel
+    /// 1 in one batch, answered at once, then the outputs flow.
+    fn send_batch(&mut self, node: usize, payloads: &[Vec<u8>]) -> SendBatchAnswer {
+        let batch = SendMessages {
+            peer: self.device(1 - node),
+            channel: ChannelId(1),
+            payloads: payloads.to_vec(),
+        };
+        let answer = self.nodes[node].core.send_batch(self.now, batch);
+        self.drain(node);
+        answer
     }
 
     /// Node moves to a new address: links it accepted die on both sides (QUIC cannot
@@ -1059,19 +1072,10 @@ fn send_refusals_are_typed_and_queue_nothing() {
 #[test]
 fn a_batch_is_delivered_once_and_in_order() {
     let mut net = established(15);
-    let peer = net.device(B);
     let payloads: Vec<Vec<u8>> = (0..40)
         .map(|i| format!("batched {i}").into_bytes())
         .collect();
-    let answer = net.nodes[A].core.send_batch(
-        net.now,
-        SendMessages {
-            peer,
-            channel: ChannelId(1),
-            payloads: payloads.clone(),
-        },
-    );
-    net.drain(A);
+    let answer = net.send_batch(A, &payloads);
     assert_eq!(answer.refused, None);
     assert_eq!(answer.accepted, (0..40).collect::<Vec<u64>>());
     net.run_until(2000);
@@ -1088,16 +1092,7 @@ fn a_burst_is_acknowledged_once_per_eight_messages_and_a_lone_message_within_the
     let payloads: Vec<Vec<u8>> = (0..burst)
         .map(|i| format!("burst {i}").into_bytes())
         .collect();
-    let peer = net.device(B);
-    let answer = net.nodes[A].core.send_batch(
-        net.now,
-        SendMessages {
-            peer,
-            channel: ChannelId(1),
-            payloads: payloads.clone(),
-        },
-    );
-    net.drain(A);
+    let answer = net.send_batch(A, &payloads);
     assert_eq!(answer.accepted.len(), burst);
     net.run_until(1500);
     assert_eq!(net.delivered[B], payloads);
@@ -1121,7 +1116,6 @@ fn a_burst_is_acknowledged_once_per_eight_messages_and_a_lone_message_within_the
 fn a_batch_beyond_a_full_queue_takes_what_fits_and_hands_the_rest_back_in_order() {
     use tether_protocol::SendError;
     let mut net = established(16);
-    let peer = net.device(B);
     // Cut B off so nothing is acknowledged while the queue fills.
     net.direct_blocked = true;
     net.links.clear();
@@ -1129,15 +1123,7 @@ fn a_batch_beyond_a_full_queue_takes_what_fits_and_hands_the_rest_back_in_order(
     let payloads: Vec<Vec<u8>> = (0..limit + 3)
         .map(|i| (i as u32).to_be_bytes().to_vec())
         .collect();
-    let answer = net.nodes[A].core.send_batch(
-        net.now,
-        SendMessages {
-            peer,
-            channel: ChannelId(1),
-            payloads: payloads.clone(),
-        },
-    );
-    net.drain(A);
+    let answer = net.send_batch(A, &payloads);
     assert_eq!(answer.accepted, (0..limit as u64).collect::<Vec<u64>>());
     let Some((error, handed_back)) = answer.refused else {
         panic!("the batch was longer than the queue");
