@@ -362,6 +362,26 @@ impl SansIoCore for Presence {
     }
 }
 
+/// Moves `id`'s entry in `index` from the instant it was indexed at (`indexed`) to
+/// `at` (`None`: no entry), and remembers `at` as indexed.
+fn move_entry(
+    index: &mut BTreeSet<(Instant, DeviceId)>,
+    indexed: &mut Option<Instant>,
+    at: Option<Instant>,
+    id: DeviceId,
+) {
+    if *indexed == at {
+        return;
+    }
+    if let Some(old) = indexed.take() {
+        index.remove(&(old, id));
+    }
+    if let Some(at) = at {
+        index.insert((at, id));
+    }
+    *indexed = at;
+}
+
 impl Input {
     /// The one peer an input concerns, if it names one.
     fn peer(&self) -> Option<DeviceId> {
@@ -391,26 +411,9 @@ impl Presence {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        let wake = peer.next_wake();
-        if wake != peer.indexed_wake {
-            if let Some(old) = peer.indexed_wake {
-                self.wakes.remove(&(old, id));
-            }
-            if let Some(at) = wake {
-                self.wakes.insert((at, id));
-            }
-            peer.indexed_wake = wake;
-        }
-        let connect = peer.connect_due();
-        if connect != peer.indexed_connect {
-            if let Some(old) = peer.indexed_connect {
-                self.connects.remove(&(old, id));
-            }
-            if let Some(at) = connect {
-                self.connects.insert((at, id));
-            }
-            peer.indexed_connect = connect;
-        }
+        let (wake, connect) = (peer.next_wake(), peer.connect_due());
+        move_entry(&mut self.wakes, &mut peer.indexed_wake, wake, id);
+        move_entry(&mut self.connects, &mut peer.indexed_connect, connect, id);
         if peer.connecting {
             self.in_flight.insert(id);
         } else {
