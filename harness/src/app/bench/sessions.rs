@@ -281,18 +281,10 @@ impl PeerTally {
 
     /// The changes so far, and the worst lag since the last line.
     fn line(&self) -> String {
-        let name =
-            |s: Option<SessionStatus>| s.map_or_else(|| "-".to_string(), |s| format!("{s:?}"));
         let changes = self
             .changes
             .lock()
-            .map(|counts| {
-                counts
-                    .iter()
-                    .map(|((from, to), n)| format!("{}>{} {n}", name(*from), name(Some(*to))))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+            .map(|counts| status_changes(&counts))
             .unwrap_or_default();
         let lag_us = self
             .worst_lag_us
@@ -318,12 +310,12 @@ impl PeerNodes {
             shares[i % PEER_THREADS].push((i, key, rk));
         }
         let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let tally = Arc::new(PeerTally::default());
         let mut nodes = PeerNodes {
             stops: Vec::new(),
             threads: Vec::new(),
-            tally: Arc::new(PeerTally::default()),
+            tally: tally.clone(),
         };
-        let tally = Arc::new(PeerTally::default());
         for share in shares {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let started_tx = started_tx.clone();
@@ -372,7 +364,6 @@ impl PeerNodes {
             nodes.stops.push(stop_tx);
             nodes.threads.push(thread);
         }
-        nodes.tally = tally;
         drop(started_tx);
         for _ in 0..PEER_THREADS {
             match started_rx.recv() {
@@ -612,12 +603,6 @@ async fn idle(node: &mut Node, tracker: &mut Tracker, time: Duration) {
 /// One line on why sessions are where they are: the status changes so far, the
 /// sessions' give-ups and evictions, the links, and the input dropped, by reason.
 fn progress(report: &tether::metrics::NodeStatusReport, tracker: &Tracker) -> String {
-    let name = |s: Option<SessionStatus>| s.map_or_else(|| "-".to_string(), |s| format!("{s:?}"));
-    let changes: Vec<String> = tracker
-        .transitions
-        .iter()
-        .map(|((from, to), n)| format!("{}>{} {n}", name(*from), name(Some(*to))))
-        .collect();
     let sum =
         |f: fn(&tether::metrics::PeerReport) -> u64| -> u64 { report.peers.iter().map(f).sum() };
     let dropped: Vec<String> = report
@@ -635,11 +620,11 @@ fn progress(report: &tether::metrics::NodeStatusReport, tracker: &Tracker) -> St
             .unwrap_or(0)
     };
     format!(
-        "heartbeat RTT ms p50 {} p90 {} max {}; changes [{}]; handshakes {} (attempts {}), handshake timeouts {}, reconnect timeouts {}, restart handshakes {}, evicted {}; links dialled {}, accepted {}; dropped [{}]",
+        "heartbeat RTT ms p50 {} p90 {} max {}; changes [{}]; handshakes {} (attempts {}), handshake timeouts {}, reconnect timeouts {}, restart handshakes {}, evicted {}; links dialled {}, accepted {}; datagrams dropped by the kernel (receive buffer full) {}; dropped [{}]",
         at(0.5),
         at(0.9),
         at(1.0),
-        changes.join(", "),
+        status_changes(&tracker.transitions),
         sum(|p| p.handshakes),
         sum(|p| p.handshake_attempts),
         sum(|p| p.handshake_timeouts),
@@ -648,8 +633,19 @@ fn progress(report: &tether::metrics::NodeStatusReport, tracker: &Tracker) -> St
         sum(|p| p.session.sessions_evicted),
         report.transport.links_dialled,
         report.transport.links_accepted,
+        report.transport.receive_buffer_drops,
         dropped.join(", "),
     )
+}
+
+/// Status changes counted by (from, to), as `Connecting>Handshaking 12, …`.
+fn status_changes(counts: &BTreeMap<(Option<SessionStatus>, SessionStatus), u64>) -> String {
+    let name = |s: Option<SessionStatus>| s.map_or_else(|| "-".to_string(), |s| format!("{s:?}"));
+    counts
+        .iter()
+        .map(|((from, to), n)| format!("{}>{} {n}", name(*from), name(Some(*to))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ready_count(status: &[tether::PeerStatus]) -> usize {
