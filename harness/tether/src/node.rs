@@ -567,6 +567,8 @@ impl Node {
         }
     }
 
+    /// Hands a message to DirectConnection, waiting while the peer's queue is full;
+    /// its sequence number once accepted (not yet durable).
     async fn offer_waiting(
         &self,
         peer: DeviceId,
