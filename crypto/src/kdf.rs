@@ -31,6 +31,9 @@ pub(crate) mod label {
     /// other direction of [`SERVER_AUTH`], with its own label so neither proof can be
     /// reflected as the other.
     pub(crate) const SERVER_PROOF: &[u8] = b"tether server proof v1";
+    /// Key sealing the rendezvous ids a device sends with its proof, for the server
+    /// only (the server has not proved its key yet when they leave).
+    pub(crate) const SERVER_AUTH_IDS: &[u8] = b"tether server auth ids v1";
     /// Key of a pairing's records on the rendezvous table (from the code's secret).
     pub(crate) const PAIRING_CHANNEL: &[u8] = b"tether pairing channel v1";
     /// Master key of a pairing (from the secret, the devices' DH and both keys).

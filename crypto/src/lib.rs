@@ -186,8 +186,9 @@ pub use pairing::{CodeError, PairingCode, PairingKeys, PairingSecret};
 pub use peer_secret::{KeyId, PeerSecret};
 pub use replay::{ReplayError, ReplayWindow};
 pub use server_auth::{
-    server_auth_proof, server_proof, verify_server_auth, verify_server_proof, CHANNEL_BINDING_LEN,
-    SERVER_AUTH_PROOF_LEN,
+    open_rendezvous_ids, seal_rendezvous_ids, server_auth_proof, server_proof, verify_server_auth,
+    verify_server_proof, SealedIdsError, CHANNEL_BINDING_LEN, RENDEZVOUS_ID_LEN,
+    SEALED_IDS_OVERHEAD, SERVER_AUTH_PROOF_LEN,
 };
 pub use session::{
     OpenError, SealError, Sealed, Session, MAX_PLAINTEXT_LEN, NOISE_MAX_MESSAGE_LEN,

@@ -28,7 +28,21 @@
 //! relays the device's proof to the genuine server presents it on a connection with
 //! another binding, where it does not verify, and cannot produce the server's proof
 //! for the device's connection at all.
+//!
+//! With its proof the device may send the rendezvous ids of its pairs, so that the
+//! server can introduce it to a connected partner as soon as it is authenticated
+//! (instead of after its first publish, one round trip later). The server has not
+//! proved its key at that point, so the ids are sealed (XChaCha20-Poly1305) under
+//!
+//! ```text
+//! ids key = BLAKE2s-MAC(key, "tether server auth ids v1" || nonce || binding || device_public || server_public)
+//! ```
+//!
+//! which only the two holders of `key` can compute, for this connection only: a man in
+//! the middle learns how many ids there are, not which.
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -148,6 +162,82 @@ pub fn verify_server_proof(
         server,
     );
     equal(&expected, proof)
+}
+
+/// Length of a rendezvous id, the unit of [`seal_rendezvous_ids`].
+pub const RENDEZVOUS_ID_LEN: usize = 32;
+
+/// Bytes the seal adds to the ids (the AEAD tag).
+pub const SEALED_IDS_OVERHEAD: usize = 16;
+
+/// Why sealed rendezvous ids were not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SealedIdsError {
+    /// More ids than the caller accepts, or a length that is not a whole number of ids.
+    #[error("sealed rendezvous ids: bad length {0}")]
+    BadLength(usize),
+    /// Not sealed for this server, device and connection (or altered on the way).
+    #[error("sealed rendezvous ids do not open")]
+    DoNotOpen,
+}
+
+fn ids_cipher(
+    key: &[u8; 32],
+    nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
+    device: &PublicKey,
+    server: &PublicKey,
+) -> XChaCha20Poly1305 {
+    let ids_key = proof_under(key, label::SERVER_AUTH_IDS, nonce, binding, device, server);
+    XChaCha20Poly1305::new((&*ids_key).into())
+}
+
+/// The device's rendezvous ids sealed for the server it answers on the connection
+/// whose channel binding is `binding` (sent next to its proof). The key is used for
+/// this one message, so the AEAD nonce is fixed.
+pub fn seal_rendezvous_ids(
+    device: &StaticKeypair,
+    server: &PublicKey,
+    nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
+    ids: &[[u8; RENDEZVOUS_ID_LEN]],
+) -> Vec<u8> {
+    let key = shared_key(device, server);
+    let plain: Vec<u8> = ids.concat();
+    ids_cipher(&key, nonce, binding, device.public(), server)
+        .encrypt(&XNonce::default(), Payload::from(plain.as_slice()))
+        // Encryption fails only beyond the cipher's length limit (256 GiB).
+        .unwrap_or_default()
+}
+
+/// The server's opening of [`seal_rendezvous_ids`]: at most `max_ids` ids, checked
+/// before anything is decrypted.
+pub fn open_rendezvous_ids(
+    server: &StaticKeypair,
+    device: &PublicKey,
+    nonce: &[u8; 32],
+    binding: &[u8; CHANNEL_BINDING_LEN],
+    sealed: &[u8],
+    max_ids: usize,
+) -> Result<Vec<[u8; RENDEZVOUS_ID_LEN]>, SealedIdsError> {
+    let plain_len = sealed
+        .len()
+        .checked_sub(SEALED_IDS_OVERHEAD)
+        .filter(|len| len % RENDEZVOUS_ID_LEN == 0 && len / RENDEZVOUS_ID_LEN <= max_ids)
+        .ok_or(SealedIdsError::BadLength(sealed.len()))?;
+    let key = shared_key(server, device);
+    let plain = ids_cipher(&key, nonce, binding, device, server.public())
+        .decrypt(&XNonce::default(), Payload::from(sealed))
+        .map_err(|_| SealedIdsError::DoNotOpen)?;
+    debug_assert_eq!(plain.len(), plain_len);
+    Ok(plain
+        .chunks_exact(RENDEZVOUS_ID_LEN)
+        .map(|chunk| {
+            let mut id = [0; RENDEZVOUS_ID_LEN];
+            id.copy_from_slice(chunk);
+            id
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -364,5 +454,64 @@ mod tests {
             &f.binding,
             &relay_proof[..SERVER_AUTH_PROOF_LEN - 1]
         ));
+    }
+
+    #[test]
+    fn sealed_ids_open_only_at_the_server_for_this_device_and_connection() {
+        let f = fixture();
+        let ids = [[1; 32], [2; 32], [3; 32]];
+        let sealed = seal_rendezvous_ids(&f.device, f.server.public(), &f.nonce, &f.binding, &ids);
+        assert_eq!(sealed.len(), 3 * RENDEZVOUS_ID_LEN + SEALED_IDS_OVERHEAD);
+        let open = |server: &StaticKeypair, device: &PublicKey, binding, sealed: &[u8], max| {
+            open_rendezvous_ids(server, device, &f.nonce, binding, sealed, max)
+        };
+        assert_eq!(
+            open(&f.server, f.device.public(), &f.binding, &sealed, 64),
+            Ok(ids.to_vec())
+        );
+        // Another server (a man in the middle), another claimed device, another
+        // connection: nothing opens.
+        let other_binding = [8; CHANNEL_BINDING_LEN];
+        for (server, device, binding) in [
+            (&f.other, f.device.public(), &f.binding),
+            (&f.server, f.other.public(), &f.binding),
+            (&f.server, f.device.public(), &other_binding),
+        ] {
+            assert_eq!(
+                open(server, device, binding, &sealed, 64),
+                Err(SealedIdsError::DoNotOpen)
+            );
+        }
+        let mut flipped = sealed.clone();
+        flipped[5] ^= 1;
+        assert_eq!(
+            open(&f.server, f.device.public(), &f.binding, &flipped, 64),
+            Err(SealedIdsError::DoNotOpen)
+        );
+    }
+
+    #[test]
+    fn sealed_ids_beyond_the_bound_or_cut_are_refused_unopened() {
+        let f = fixture();
+        let ids = [[1; 32], [2; 32], [3; 32]];
+        let sealed = seal_rendezvous_ids(&f.device, f.server.public(), &f.nonce, &f.binding, &ids);
+        let open = |sealed: &[u8], max| {
+            open_rendezvous_ids(
+                &f.server,
+                f.device.public(),
+                &f.nonce,
+                &f.binding,
+                sealed,
+                max,
+            )
+        };
+        assert_eq!(
+            open(&sealed, 2),
+            Err(SealedIdsError::BadLength(sealed.len()))
+        );
+        assert_eq!(open(&sealed[..20], 64), Err(SealedIdsError::BadLength(20)));
+        assert_eq!(open(&[], 64), Err(SealedIdsError::BadLength(0)));
+        let none = seal_rendezvous_ids(&f.device, f.server.public(), &f.nonce, &f.binding, &[]);
+        assert_eq!(open(&none, 64), Ok(Vec::new()));
     }
 }
