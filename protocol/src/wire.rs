@@ -225,6 +225,13 @@ pub enum RelayMessage {
         /// receives no pushes or forwarded frames.
         #[serde(default)]
         rendezvous_only: bool,
+        /// The rendezvous ids of the device's pairs, sealed for the server (see the
+        /// crypto crate's `server_auth`; empty: none): the server joins the device to
+        /// them as it authenticates, and introduces it to a connected partner at once.
+        /// Left out when empty, so such a proof is byte for byte what a server that
+        /// predates the field reads.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+        rendezvous_ids: Vec<u8>,
     },
     /// Server → device: authenticated; queued envelopes follow as pushes. The device
     /// trusts nothing from the server before this proof verifies.

@@ -67,6 +67,7 @@ fn wire_examples() -> Vec<(&'static str, WireFrame)> {
                 device,
                 proof: vec![4; 4],
                 rendezvous_only: false,
+                rendezvous_ids: Vec::new(),
             }),
         ),
         (
@@ -413,12 +414,13 @@ fn arb_relay() -> impl Strategy<Value = RelayMessage> {
     prop_oneof![
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(nonce, server_key)| RelayMessage::Challenge { nonce, server_key }),
-        (arb_device(), arb_bytes(64), any::<bool>()).prop_map(
-            |(device, proof, rendezvous_only)| {
+        (arb_device(), arb_bytes(64), any::<bool>(), arb_bytes(80)).prop_map(
+            |(device, proof, rendezvous_only, rendezvous_ids)| {
                 RelayMessage::Authenticate {
                     device,
                     proof,
                     rendezvous_only,
+                    rendezvous_ids,
                 }
             }
         ),

@@ -46,7 +46,9 @@ use rand::Rng;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tether_crypto::{server_auth_proof, verify_server_proof, PublicKey, StaticKeypair};
+use tether_crypto::{
+    seal_rendezvous_ids, server_auth_proof, verify_server_proof, PublicKey, StaticKeypair,
+};
 use tether_protocol::{
     DeviceId, LinkBound, LinkId, RelayMessage, RequestId, ServerRefusal, TransportCommand,
     TransportEvent, WireFrame, CHANNEL_BINDING_LEN,
@@ -81,6 +83,10 @@ pub struct ServerLinkConfig {
     /// Authenticate a rendezvous-only connection (pairing): it does not replace the
     /// device's own connection, which a running node may hold.
     pub rendezvous_only: bool,
+    /// The rendezvous ids of this device's pairs, sent sealed with the proof so that
+    /// the server can introduce the device to a connected partner as it authenticates
+    /// (the server keeps at most its own bound of them).
+    pub rendezvous_ids: Vec<[u8; 32]>,
 }
 
 impl ServerLinkConfig {
@@ -104,6 +110,7 @@ impl ServerLinkConfig {
             connect_timeout: Duration::from_secs(10),
             first_dial_request,
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         }
     }
 }
@@ -692,10 +699,22 @@ impl ServerLink {
             &nonce,
             &binding,
         );
+        let rendezvous_ids = if self.config.rendezvous_ids.is_empty() {
+            Vec::new()
+        } else {
+            seal_rendezvous_ids(
+                &self.config.keypair,
+                &self.config.server_key,
+                &nonce,
+                &binding,
+                &self.config.rendezvous_ids,
+            )
+        };
         let authenticate = RelayMessage::Authenticate {
             device: self.device,
             proof: proof.to_vec(),
             rendezvous_only: self.config.rendezvous_only,
+            rendezvous_ids,
         };
         match tether_protocol::encode(&WireFrame::Relay(authenticate)) {
             Ok(frame) => self

@@ -130,6 +130,7 @@ impl RelayDevice {
             device,
             proof,
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         })
         .await;
         let answer = self.recv().await;

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, StaticKeypair};
+use tether_crypto::{Fingerprint, PublicKey, RelationshipKey, RendezvousId, StaticKeypair};
 use tether_direct_connection::{
     self as direct_connection, GetPeerSnapshots, PeerConfig, PeerCounters,
 };
@@ -414,6 +414,11 @@ impl Node {
             seeds.relay,
         );
         relay_config.server.first_dial_request = RequestId(1);
+        relay_config.server.rendezvous_ids = config
+            .peers
+            .iter()
+            .map(|p| RendezvousId::from_rk(&p.rk).0)
+            .collect();
         rcs_ctx.run(tether_rcs::Orchestrator::new(
             relay_config,
             tether_rcs::Recipients {

@@ -438,7 +438,15 @@ impl RelayServer {
     /// Hands the queue's reports of where devices are seen to the rendezvous table, and
     /// sends what the table pushes for them.
     fn pass_seen(&mut self) {
-        while let Some(DeviceSeen { device, addr }) = self.queue.poll_seen() {
+        while let Some(DeviceSeen {
+            device,
+            addr,
+            rendezvous_ids,
+        }) = self.queue.poll_seen()
+        {
+            if !rendezvous_ids.is_empty() {
+                self.table.join(runtime_now(), device, &rendezvous_ids);
+            }
             self.table.seen(device, addr);
         }
         self.send_pushes();

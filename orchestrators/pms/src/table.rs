@@ -26,6 +26,13 @@
 //!   only the other member of an id it published under is told. At most
 //!   [`RendezvousTableConfig::max_seen`] devices are kept; beyond, a new device is not
 //!   recorded (counted), and its pair falls back to its hints.
+//! - A device may also join its ids as it authenticates ([`RendezvousTable::join`]:
+//!   the ids it sent sealed with its proof), under the same rules as a publish's first
+//!   one (`NotYours`, the quotas), counted rather than answered. A seat taken that way
+//!   without a hint lasts [`JOIN_SEAT_TTL`] unless the device publishes. With the
+//!   pair's id known before the device's `Welcome`, two devices connecting at about the
+//!   same time are introduced right after it, a round trip before their first publishes
+//!   would have done it.
 //! - `Lookup { rendezvous_id }` by a member → `Hints` with the members' unexpired hints,
 //!   newest last (the asker's own included: it ignores it). By a non-member → `NotYours`.
 //!   An unknown id → empty `Hints` (nothing to tell, and nothing learned by asking).
@@ -79,6 +86,11 @@ pub const DEFAULT_MAX_IDS_PER_DEVICE: usize = 64;
 /// only keeps a shell that forgets from growing the table (the oldest push is dropped
 /// and counted).
 pub const MAX_PENDING_PUSHES: usize = 2 * DEFAULT_MAX_IDS_PER_DEVICE;
+
+/// How long a seat taken by [`RendezvousTable::join`] lasts without a hint: a device
+/// publishes within a round trip of its `Welcome`, so a minute covers a slow link, and
+/// the seat of a device that never publishes is given back soon.
+pub const JOIN_SEAT_TTL: Duration = Duration::from_secs(60);
 
 /// Default number of devices whose observed address is kept: every member of a full
 /// table connected at once (two per id), a few MiB.
@@ -140,6 +152,11 @@ pub struct TableCounters {
     pub seen_pushed: u64,
     /// Devices not recorded because [`RendezvousTableConfig::max_seen`] were kept.
     pub seen_dropped: u64,
+    /// Ids joined as a device authenticated ([`RendezvousTable::join`]).
+    pub joined: u64,
+    /// Joins refused (another pair's id, or a quota), counted by reason as publishes
+    /// are, and here in total.
+    pub joins_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +172,15 @@ struct Member {
     device: DeviceId,
     /// None once expired (the member keeps its seat while the id lives).
     hint: Option<StoredHint>,
+    /// Until when a seat taken by [`RendezvousTable::join`] holds the id without a hint.
+    joined_until: Option<Instant>,
+}
+
+impl Member {
+    /// Whether the member still holds its id (a hint, or a joined seat).
+    fn holds(&self) -> bool {
+        self.hint.is_some() || self.joined_until.is_some()
+    }
 }
 
 /// The rendezvous table. See the module docs.
@@ -333,7 +359,7 @@ impl RendezvousTable {
         self.expiries.first().map(|(at, _, _)| *at)
     }
 
-    fn refuse(&mut self, reason: ServerRefusal) -> Result<(), ServerRefusal> {
+    fn refuse<T>(&mut self, reason: ServerRefusal) -> Result<T, ServerRefusal> {
         match reason {
             ServerRefusal::NotYours => self.counters.refused_not_yours += 1,
             ServerRefusal::TooLarge => self.counters.refused_too_large += 1,
@@ -354,31 +380,8 @@ impl RendezvousTable {
         if hint.len() > self.config.max_hint_len {
             return self.refuse(ServerRefusal::TooLarge);
         }
-        let members = self.entries.get(&id);
-        let member = members.is_some_and(|m| m.iter().any(|m| m.device == device));
-        if !member {
-            if members.is_some_and(|m| m.len() >= MEMBERS_PER_ID) {
-                return self.refuse(ServerRefusal::NotYours);
-            }
-            if self.ids_of(&device) >= self.config.max_ids_per_device {
-                self.counters.refused_device_quota += 1;
-                return Err(ServerRefusal::QuotaExceeded);
-            }
-            if members.is_none() && self.entries.len() >= self.config.max_ids {
-                return self.refuse(ServerRefusal::QuotaExceeded);
-            }
-        }
+        let (index, joined) = self.seat(device, id)?;
         let members = self.entries.entry(id).or_default();
-        let mut joined = false;
-        let index = match members.iter().position(|m| m.device == device) {
-            Some(index) => index,
-            None => {
-                members.push(Member { device, hint: None });
-                self.per_device.entry(device).or_default().insert(id);
-                joined = true;
-                members.len() - 1
-            }
-        };
         let expires_at = now + Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
@@ -411,6 +414,66 @@ impl RendezvousTable {
         // A zero TTL stores nothing lasting: the hint is gone at once.
         self.prune(now);
         Ok(())
+    }
+
+    /// `device`'s seat under `id` (its index among the members), taken now if it had
+    /// none (`true`), under the membership rules and quotas.
+    fn seat(&mut self, device: DeviceId, id: Id) -> Result<(usize, bool), ServerRefusal> {
+        let members = self.entries.get(&id);
+        let member = members.is_some_and(|m| m.iter().any(|m| m.device == device));
+        if !member {
+            if members.is_some_and(|m| m.len() >= MEMBERS_PER_ID) {
+                return self.refuse(ServerRefusal::NotYours);
+            }
+            if self.ids_of(&device) >= self.config.max_ids_per_device {
+                self.counters.refused_device_quota += 1;
+                return Err(ServerRefusal::QuotaExceeded);
+            }
+            if members.is_none() && self.entries.len() >= self.config.max_ids {
+                return self.refuse(ServerRefusal::QuotaExceeded);
+            }
+        }
+        let members = self.entries.entry(id).or_default();
+        Ok(match members.iter().position(|m| m.device == device) {
+            Some(index) => (index, false),
+            None => {
+                members.push(Member {
+                    device,
+                    hint: None,
+                    joined_until: None,
+                });
+                self.per_device.entry(device).or_default().insert(id);
+                (members.len() - 1, true)
+            }
+        })
+    }
+
+    /// Seats an authenticating device under the rendezvous ids it sent sealed with its
+    /// proof, before [`seen`](Self::seen) reports its address (which then introduces it
+    /// to each connected partner). A seat without a hint lasts [`JOIN_SEAT_TTL`]; a
+    /// refused id is counted and skipped.
+    pub fn join(&mut self, now: Instant, device: DeviceId, ids: &[Id]) {
+        self.prune(now);
+        for &id in ids {
+            match self.seat(device, id) {
+                Ok((index, _)) => {
+                    self.counters.joined += 1;
+                    let member = &mut self.entries.entry(id).or_default()[index];
+                    if member.hint.is_some() {
+                        continue;
+                    }
+                    let until = now + JOIN_SEAT_TTL;
+                    if let Some(previous) = member.joined_until.replace(until) {
+                        self.expiries.remove(&(previous, id, device));
+                    }
+                    self.expiries.insert((until, id, device));
+                }
+                Err(reason) => {
+                    debug!(%device, ?reason, "rendezvous table: join refused");
+                    self.counters.joins_refused += 1;
+                }
+            }
+        }
     }
 
     fn lookup(&mut self, device: DeviceId, id: Id) -> RendezvousMessage {
@@ -448,11 +511,15 @@ impl RendezvousTable {
                 continue;
             };
             if let Some(member) = members.iter_mut().find(|m| m.device == device) {
-                if member.hint.take().is_some() {
+                if member.hint.as_ref().is_some_and(|h| h.expires_at == at) {
+                    member.hint = None;
                     self.counters.expired += 1;
                 }
+                if member.joined_until == Some(at) {
+                    member.joined_until = None;
+                }
             }
-            if members.iter().all(|m| m.hint.is_none()) {
+            if !members.iter().any(Member::holds) {
                 if let Some(gone) = self.entries.remove(&id) {
                     for member in gone {
                         if let Some(ids) = self.per_device.get_mut(&member.device) {

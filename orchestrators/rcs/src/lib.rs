@@ -63,7 +63,7 @@ pub use counters::RefusalCounters;
 pub use rate::{Rate, RateLimits};
 pub use server::{
     Admission, ConnId, DeviceSeen, RelayQueueServer, RelayServerConfig, RelayServerCounters,
-    ServerInput, ServerOutput, MAX_PENDING_SEEN,
+    ServerInput, ServerOutput, MAX_PENDING_SEEN, MAX_SEALED_RENDEZVOUS_IDS,
 };
 pub use store::{
     LoadedQueue, MemoryRelayQueueStore, QueueChange, RelayQueueStore, RelayStoreError,

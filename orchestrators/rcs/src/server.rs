@@ -20,6 +20,12 @@
 //!   request number for an `Enqueue`). A connection that has not authenticated within
 //!   [`RelayServerConfig::auth_deadline`] of opening is closed (counted as
 //!   `auth_timeouts`).
+//!   The `Authenticate` may carry the rendezvous ids of the device's pairs, sealed for
+//!   this server ([`tether_crypto::seal_rendezvous_ids`]); once the proof verifies
+//!   they are opened (at most [`MAX_SEALED_RENDEZVOUS_IDS`]) and handed to the shell
+//!   with the device's address ([`DeviceSeen`]), so that the rendezvous table can
+//!   introduce the device to a connected partner right after its `Welcome`. Ids that
+//!   do not open are counted (`sealed_ids_refused`) and the device is served anyway.
 //! - `Enqueue { to, request, ttl_ms, envelope }` → `Enqueued { request }`, or `Refused {
 //!   request, TooLarge | QuotaExceeded | QueueFull | RateLimited }`. Stored envelopes get a
 //!   server-assigned id and an expiry (`ttl_ms` capped by [`RelayServerConfig::max_ttl`]);
@@ -106,7 +112,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{
-    server_proof, verify_server_auth, PublicKey, StaticKeypair, CHANNEL_BINDING_LEN,
+    open_rendezvous_ids, server_proof, verify_server_auth, PublicKey, StaticKeypair,
+    CHANNEL_BINDING_LEN,
 };
 use tether_protocol::{DeviceId, RelayMessage, RendezvousMessage, ServerRefusal, WireFrame};
 use tracing::{debug, warn};
@@ -232,16 +239,24 @@ pub const MAX_INPUTS_PER_COMMIT: usize = 256;
 /// growing the server (the oldest report is dropped and counted).
 pub const MAX_PENDING_SEEN: usize = 64;
 
+/// Rendezvous ids a device may send sealed with its proof: the rendezvous table's
+/// default quota of pairs per device (64), so that a device never needs more and a
+/// hostile one costs the server at most 2 KiB of decryption per connection.
+pub const MAX_SEALED_RENDEZVOUS_IDS: usize = 64;
+
 /// Where the server sees a device's own authenticated connection (not a
 /// rendezvous-only one) now: reported when it authenticates (`Some`), when it moves
 /// (`Some`, the new address) and when it ends (`None`). The harness hands it to the
 /// rendezvous table, which tells the device's pair partners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSeen {
     /// The device.
     pub device: DeviceId,
     /// Its reflexive address, or `None`: no longer connected.
     pub addr: Option<SocketAddr>,
+    /// On authentication, the rendezvous ids the device sent sealed with its proof
+    /// (the pairs it is a member of); empty otherwise.
+    pub rendezvous_ids: Vec<[u8; 32]>,
 }
 
 /// Rendezvous-only connections kept per device: a pairing runs one, and a second covers
@@ -444,6 +459,9 @@ pub struct RelayServerCounters {
     pub repushed: u64,
     /// [`DeviceSeen`] reports dropped because [`MAX_PENDING_SEEN`] were waiting.
     pub seen_dropped: u64,
+    /// Sealed rendezvous ids that did not open or were too many (the device was
+    /// served without them).
+    pub sealed_ids_refused: u64,
     /// Frames that could not be decoded, were not relay messages, or made no sense
     /// where they arrived (a server message from a device, a second Authenticate).
     pub bad_frames: u64,
@@ -515,6 +533,8 @@ struct Proved {
     binding: [u8; CHANNEL_BINDING_LEN],
     device: DeviceId,
     rendezvous_only: bool,
+    /// The sealed rendezvous ids (empty: none).
+    rendezvous_ids: Vec<u8>,
 }
 
 /// Envelopes and bytes held.
@@ -658,12 +678,48 @@ impl RelayQueueServer {
         self.seen.pop_front()
     }
 
-    fn report_seen(&mut self, device: DeviceId, addr: Option<SocketAddr>) {
+    fn report_seen(
+        &mut self,
+        device: DeviceId,
+        addr: Option<SocketAddr>,
+        rendezvous_ids: Vec<[u8; 32]>,
+    ) {
         if self.seen.len() >= MAX_PENDING_SEEN {
             self.seen.pop_front();
             self.counters.seen_dropped += 1;
         }
-        self.seen.push_back(DeviceSeen { device, addr });
+        self.seen.push_back(DeviceSeen {
+            device,
+            addr,
+            rendezvous_ids,
+        });
+    }
+
+    /// The rendezvous ids an authenticated device sent sealed with its proof; none
+    /// (counted) when they do not open or are too many.
+    fn open_ids(
+        &mut self,
+        device: &PublicKey,
+        nonce: &[u8; 32],
+        binding: &[u8; CHANNEL_BINDING_LEN],
+        sealed: &[u8],
+    ) -> Vec<[u8; 32]> {
+        if sealed.is_empty() {
+            return Vec::new();
+        }
+        let opened = open_rendezvous_ids(
+            &self.config.keypair,
+            device,
+            nonce,
+            binding,
+            sealed,
+            MAX_SEALED_RENDEZVOUS_IDS,
+        );
+        opened.unwrap_or_else(|err| {
+            debug!(%err, "relay server: sealed rendezvous ids refused");
+            self.counters.sealed_ids_refused += 1;
+            Vec::new()
+        })
     }
 
     /// Checks a rendezvous request that arrived on `conn` before the table serves it:
@@ -953,7 +1009,7 @@ impl RelayQueueServer {
             identity.rendezvous_only.retain(|c| *c != conn);
         } else if identity.conn == Some(conn) {
             identity.conn = None;
-            self.report_seen(device, None);
+            self.report_seen(device, None, Vec::new());
         } else {
             return;
         }
@@ -999,7 +1055,7 @@ impl RelayQueueServer {
         if self.conn_of(&device) != Some(conn) {
             return;
         }
-        self.report_seen(device, Some(remote));
+        self.report_seen(device, Some(remote), Vec::new());
         let ids: Vec<u64> = self
             .queues
             .get(&device)
@@ -1095,12 +1151,14 @@ impl RelayQueueServer {
                     device,
                     proof,
                     rendezvous_only,
+                    rendezvous_ids,
                 } => {
                     let proved = Proved {
                         nonce,
                         binding,
                         device,
                         rendezvous_only,
+                        rendezvous_ids,
                     };
                     self.authenticate(now, conn, proved, &proof)
                 }
@@ -1153,6 +1211,7 @@ impl RelayQueueServer {
             binding,
             device,
             rendezvous_only,
+            rendezvous_ids,
         } = proved;
         let key = PublicKey::from_bytes(device.0)
             .ok()
@@ -1213,7 +1272,8 @@ impl RelayQueueServer {
             return;
         }
         if remote.is_some() {
-            self.report_seen(device, remote);
+            let rendezvous_ids = self.open_ids(&key, &nonce, &binding, &rendezvous_ids);
+            self.report_seen(device, remote, rendezvous_ids);
         }
         let ids: Vec<u64> = self
             .queues

@@ -430,6 +430,7 @@ async fn connect(
             device: id,
             proof,
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     )
     .await

@@ -2,7 +2,8 @@
 
 use super::Keys;
 use crate::table::{
-    RendezvousTable, RendezvousTableConfig, DEFAULT_MAX_IDS_PER_DEVICE, MAX_PENDING_PUSHES,
+    RendezvousTable, RendezvousTableConfig, DEFAULT_MAX_IDS_PER_DEVICE, JOIN_SEAT_TTL,
+    MAX_PENDING_PUSHES,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -503,4 +504,65 @@ fn a_devices_quota_counts_memberships_and_frees_when_ids_expire() {
         t.table.members(&id_of(1)),
         vec![DeviceId([2; 32]), DeviceId([1; 32])]
     );
+}
+
+/// `device` authenticates with `ids` sealed in its proof, from `addr`: the shell's
+/// order (join, then seen).
+fn join_and_see(t: &mut Table, ms: u64, device: u8, ids: &[[u8; 32]], addr: SocketAddr) {
+    let now = t.at(ms);
+    t.table.join(now, DeviceId([device; 32]), ids);
+    t.table.seen(DeviceId([device; 32]), Some(addr));
+}
+
+#[test]
+fn two_devices_joining_as_they_authenticate_are_introduced_before_either_publishes() {
+    let mut t = Table::new(|_| {});
+    join_and_see(&mut t, 0, 1, &[ID], seen_at(1, 1));
+    assert_eq!(seen_pushes(&mut t), vec![], "its partner is not connected");
+    join_and_see(&mut t, 5, 2, &[ID], seen_at(2, 1));
+    assert_eq!(
+        seen_pushes(&mut t),
+        vec![(1, ID, seen_at(2, 1)), (2, ID, seen_at(1, 1))]
+    );
+    assert_eq!(t.table.members(&ID).len(), 2);
+    // Their first publishes then change nothing about who is introduced.
+    t.publish(10, 1, ID, 60_000, b"hint of 1");
+    t.publish(10, 2, ID, 60_000, b"hint of 2");
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    assert_eq!(t.table.counters().joined, 2);
+}
+
+#[test]
+fn a_joined_seat_without_a_hint_is_given_back_after_its_ttl_and_a_hint_keeps_it() {
+    let ttl = JOIN_SEAT_TTL.as_millis() as u64;
+    let mut t = Table::new(|_| {});
+    let other = id_of(9);
+    t.table.join(t.at(0), DeviceId([1; 32]), &[ID, other]);
+    assert_eq!(t.table.ids(), 2);
+    // Device 1 publishes under one id only, with a TTL beyond the seat's.
+    t.publish(1_000, 1, other, 2 * ttl, b"hint of 1");
+    t.table.handle_timeout(t.at(ttl));
+    assert_eq!(t.table.ids(), 1, "the seat without a hint went");
+    assert_eq!(t.table.members(&ID), vec![]);
+    assert_eq!(t.table.members(&other), vec![DeviceId([1; 32])]);
+    assert_eq!(t.hints(ttl + 1, 1, other), vec![b"hint of 1".to_vec()]);
+    // A third device may now take the id a join held.
+    assert_eq!(t.publish(ttl + 2, 3, ID, 60_000, b"hint of 3"), None);
+}
+
+#[test]
+fn joins_follow_the_membership_rules_and_quotas_and_are_counted() {
+    let mut t = Table::new(|c| c.max_ids_per_device = 2);
+    t.publish(0, 1, ID, 60_000, b"hint of 1");
+    t.publish(0, 2, ID, 60_000, b"hint of 2");
+    // A third device cannot join a full pair, and is told nothing of it.
+    join_and_see(&mut t, 1, 3, &[ID], seen_at(3, 1));
+    assert_eq!(t.table.members(&ID).len(), 2);
+    assert_eq!(t.table.counters().joins_refused, 1);
+    // One device cannot join beyond its quota.
+    let ids: Vec<[u8; 32]> = (0..4).map(id_of).collect();
+    t.table.join(t.at(2), DeviceId([4; 32]), &ids);
+    assert_eq!(t.table.ids_of(&DeviceId([4; 32])), 2);
+    assert_eq!(t.table.counters().joins_refused, 3);
+    assert_eq!(t.table.counters().joined, 2);
 }

@@ -4,11 +4,12 @@ use super::{Keys, Names};
 use crate::rate::{Rate, RateLimits};
 use crate::server::{
     Admission, ConnId, DeviceSeen, RelayQueueServer, RelayServerConfig, ServerInput, ServerOutput,
-    ENVELOPE_OVERHEAD, MAX_INPUTS_PER_COMMIT, MAX_PENDING_SEEN, RATE_LIMIT_QUIET,
+    ENVELOPE_OVERHEAD, MAX_INPUTS_PER_COMMIT, MAX_PENDING_SEEN, MAX_SEALED_RENDEZVOUS_IDS,
+    RATE_LIMIT_QUIET,
 };
 use crate::store::{MemoryRelayQueueStore, QueueChange, RelayQueueStore, StoredEnvelope};
 use std::time::{Duration, Instant};
-use tether_crypto::{server_auth_proof, verify_server_proof};
+use tether_crypto::{seal_rendezvous_ids, server_auth_proof, verify_server_proof};
 use tether_protocol::{DeviceId, RelayMessage, RendezvousMessage, ServerRefusal, WireFrame};
 
 /// Unix time of the driver's `t0`.
@@ -153,7 +154,20 @@ impl Driver {
 
     /// [`connect`](Self::connect), for a rendezvous-only connection if asked.
     fn connect_as(&mut self, conn: u64, n: usize, rendezvous_only: bool) -> Vec<ServerOutput> {
+        self.connect_with(conn, n, rendezvous_only, |_| Vec::new())
+    }
+
+    /// [`connect_as`](Self::connect_as) with the sealed rendezvous ids `seal` makes
+    /// from the connection's challenge nonce.
+    fn connect_with(
+        &mut self,
+        conn: u64,
+        n: usize,
+        rendezvous_only: bool,
+        seal: impl FnOnce(&[u8; 32]) -> Vec<u8>,
+    ) -> Vec<ServerOutput> {
         let nonce = self.open(conn);
+        let rendezvous_ids = seal(&nonce);
         let proof = server_auth_proof(
             self.keys.device(n),
             self.keys.server.public(),
@@ -167,6 +181,7 @@ impl Driver {
                 device,
                 proof: proof.to_vec(),
                 rendezvous_only,
+                rendezvous_ids,
             },
         )
     }
@@ -269,6 +284,7 @@ fn bad_proof_is_refused_and_the_connection_closed() {
             device: claimed,
             proof: proof.to_vec(),
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     assert_eq!(
@@ -295,6 +311,7 @@ fn bad_proof_is_refused_and_the_connection_closed() {
             device: claimed,
             proof: replayed.to_vec(),
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     assert_eq!(
@@ -313,6 +330,7 @@ fn bad_proof_is_refused_and_the_connection_closed() {
             device: DeviceId([0; 32]),
             proof: vec![0; 32],
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     assert!(matches!(
@@ -339,6 +357,7 @@ fn good_proof_is_welcomed() {
             device: d.keys.id(2),
             proof: vec![0; 32],
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     assert!(out.is_empty());
@@ -1079,6 +1098,7 @@ fn the_welcome_proves_the_server_key_on_this_connection_only() {
             device: d.keys.id(1),
             proof: proof.to_vec(),
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     let [RelayMessage::Welcome { proof, .. }, ..] = &relay_to(&out, 1)[..] else {
@@ -1127,6 +1147,7 @@ fn a_proof_relayed_by_a_man_in_the_middle_is_refused() {
             device: d.keys.id(1),
             proof: proof.to_vec(),
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     assert_eq!(
@@ -1205,6 +1226,7 @@ fn a_connection_without_a_proof_is_closed_at_the_auth_deadline() {
             device,
             proof: proof.to_vec(),
             rendezvous_only: false,
+            rendezvous_ids: Vec::new(),
         },
     );
     assert_eq!(out, vec![ServerOutput::Close(ConnId(3))]);
@@ -1743,7 +1765,11 @@ fn seen_reports(d: &mut Driver) -> Vec<DeviceSeen> {
 #[test]
 fn where_a_devices_own_connection_is_seen_is_reported_when_it_authenticates_moves_and_ends() {
     let mut d = Driver::new(|_| {});
-    let seen = |device, addr| DeviceSeen { device, addr };
+    let seen = |device, addr| DeviceSeen {
+        device,
+        addr,
+        rendezvous_ids: Vec::new(),
+    };
     // Opening is not authenticating: nothing to report yet.
     d.open(1);
     assert_eq!(seen_reports(&mut d), vec![]);
@@ -1798,4 +1824,60 @@ fn reports_nobody_takes_are_bounded() {
             .unwrap();
     assert_eq!(waiting.last().and_then(|s| s.addr), Some(newest));
     assert_eq!(d.server.counters().seen_dropped, (extra + 1) as u64);
+}
+
+#[test]
+fn rendezvous_ids_sealed_with_the_proof_are_reported_with_the_device_and_bad_ones_are_counted() {
+    let mut d = Driver::new(|_| {});
+    let ids = vec![[1; 32], [2; 32]];
+    let (device, server) = (d.keys.device(1).clone(), *d.keys.server.public());
+    let sealed = |nonce: &[u8; 32]| seal_rendezvous_ids(&device, &server, nonce, &binding(1), &ids);
+    let out = d.connect_with(1, 1, false, sealed);
+    assert!(matches!(
+        out.first(),
+        Some(ServerOutput::Send(
+            _,
+            WireFrame::Relay(RelayMessage::Welcome { .. })
+        ))
+    ));
+    assert_eq!(
+        seen_reports(&mut d),
+        vec![DeviceSeen {
+            device: d.keys.id(1),
+            addr: Some(remote(1)),
+            rendezvous_ids: ids.clone(),
+        }]
+    );
+    // Sealed for another connection (a man in the middle's), too many, or garbage:
+    // the device is served all the same, without ids, and each is counted.
+    let too_many = vec![[3; 32]; MAX_SEALED_RENDEZVOUS_IDS + 1];
+    let device2 = d.keys.device(2).clone();
+    /// Makes the sealed ids from the connection's challenge nonce.
+    type Sealing<'a> = Box<dyn Fn(&[u8; 32]) -> Vec<u8> + 'a>;
+    let sealings: [Sealing; 3] = [
+        Box::new(|nonce| seal_rendezvous_ids(&device2, &server, nonce, &binding(99), &ids)),
+        Box::new(|nonce| seal_rendezvous_ids(&device2, &server, nonce, &binding(2), &too_many)),
+        Box::new(|_| vec![7; 80]),
+    ];
+    for (attempt, seal) in sealings.into_iter().enumerate() {
+        let out = d.connect_with(2, 2, false, seal);
+        assert!(
+            matches!(
+                out.first(),
+                Some(ServerOutput::Send(
+                    _,
+                    WireFrame::Relay(RelayMessage::Welcome { .. })
+                ))
+            ),
+            "attempt {attempt}: {out:?}"
+        );
+        let reports = seen_reports(&mut d);
+        assert!(
+            reports.iter().all(|r| r.rendezvous_ids.is_empty()),
+            "attempt {attempt}: {reports:?}"
+        );
+        assert_eq!(d.server.counters().sealed_ids_refused, attempt as u64 + 1);
+        d.input(ServerInput::Closed(ConnId(2)));
+        seen_reports(&mut d);
+    }
 }
