@@ -145,6 +145,9 @@ pub struct Counters {
     pub replayed_initiations: u64,
     /// Other refused handshake messages.
     pub refused_handshakes: u64,
+    /// Handshake responses with no initiation waiting: the second copy of an answer
+    /// sent on two paths, or an answer to an initiation a retry replaced.
+    pub unmatched_handshake_responses: u64,
     /// Migration pings whose PeerSecret tag did not verify.
     pub bad_migration_tags: u64,
     /// Migration pings with an old counter.
@@ -660,7 +663,7 @@ impl DirectConnection {
                 self.handshake_init(now, via, relay_from, message, wire_len)
             }
             WireFrame::HandshakeResponse(message) => {
-                self.handshake_response(now, via, relay_from, message)
+                self.handshake_response(now, via, relay_from, message, wire_len)
             }
             WireFrame::Sealed(sealed) => self.sealed(now, via, relay_from, sealed, wire_len),
             // Server protocols belong to Rcs and Pms.

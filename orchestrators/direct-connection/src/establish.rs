@@ -11,7 +11,7 @@ use crate::state::{Connect, EstablishmentPermit, Heartbeat, Reported, Via};
 use crate::timers::Timer;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tether_crypto::{Handshake, HandshakeError, HandshakePurpose};
+use tether_crypto::{Handshake, HandshakeError, HandshakePurpose, RingError};
 use tether_protocol::{
     ConnectFailed, ConnectPeer, DeviceId, EvictSession, HandshakeMessage, HandshakeStarted,
     SessionFrame, SessionReady, WireFrame,
@@ -125,7 +125,20 @@ impl DirectConnection {
     /// after the candidates dialled before it. Behind a NAT the hint holds the peer's
     /// reflexive address, which no configured address reaches; the peer does the same
     /// with ours, so both NATs open within about one relay round trip.
-    pub(crate) fn hinted_during_connect(&mut self, device: DeviceId, known: &[SocketAddr]) {
+    ///
+    /// A hint the server pushed (`pushed`: the peer just connected or published, so it
+    /// is on the relay now) also gives the relay its turn at once: message 1 reaches
+    /// the peer through the relay while the dials are in flight, and the peer answers
+    /// on the direct link its own dial opens ([`Self::handshake_init`]), so the session
+    /// is Ready on the direct path a round trip sooner than a handshake that waits for
+    /// a link.
+    pub(crate) fn hinted_during_connect(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        known: &[SocketAddr],
+        pushed: bool,
+    ) {
         let direct_phase = self
             .peers
             .get(&device)
@@ -138,6 +151,10 @@ impl DirectConnection {
             if !known.contains(&addr) {
                 self.dial(device, DialPurpose::Connect, vec![addr]);
             }
+        }
+        if pushed && self.relay_connected {
+            self.timers.stop(device, Timer::ConnectRelay);
+            self.connect_relay_due(now, device);
         }
     }
 
@@ -394,14 +411,18 @@ impl DirectConnection {
             self.links.attribute(link, device);
             self.links.validate(link);
         }
-        self.deliver_wire(
-            device,
-            via,
-            &WireFrame::HandshakeResponse(HandshakeMessage {
-                session,
-                noise: message2,
-            }),
-        );
+        let response = WireFrame::HandshakeResponse(HandshakeMessage {
+            session,
+            noise: message2,
+        });
+        self.deliver_wire(device, via, &response);
+        // An initiation through the relay is also answered on a direct link to the peer
+        // if one is up (one this device dialled, or one the peer proved is its own):
+        // the initiator then finishes on the direct path. The relay copy covers a link
+        // that is up here but no longer reaches the peer.
+        if let Some(direct) = self.direct_beside(device, via) {
+            self.deliver_wire(device, direct, &response);
+        }
         Some(device)
     }
 
@@ -413,14 +434,32 @@ impl DirectConnection {
         via: Via,
         relay_from: Option<DeviceId>,
         message: HandshakeMessage,
+        wire_len: u64,
     ) -> Option<DeviceId> {
         let device = self.session_peer(message.session, via, relay_from)?;
         let peer = self.peers.get_mut(&device)?;
-        if let Err(error) = peer.ring.confirm(&message.noise) {
-            tracing::debug!(peer = %device, %error, "refused handshake response");
-            self.counters.refused_handshakes += 1;
-            return None;
+        match peer.ring.confirm(&message.noise) {
+            Ok(_) => {}
+            Err(RingError::NoPendingInitiation) => {
+                // The second copy of an answer sent on two paths, or an answer to an
+                // initiation a retry replaced: nothing to do.
+                self.counters.unmatched_handshake_responses += 1;
+                return None;
+            }
+            Err(error) => {
+                tracing::debug!(peer = %device, %error, "refused handshake response");
+                self.counters.refused_handshakes += 1;
+                return None;
+            }
         }
+        self.credit_link(via, wire_len);
+        if let Via::Link(link) = via {
+            // An answer to an initiation sent through the relay may come on a link the
+            // peer dialled to us: only the peer could make it, so the link is its.
+            self.links.attribute(link, device);
+        }
+        let direct = self.direct_beside(device, via);
+        let peer = self.peers.get_mut(&device)?;
         if let Some(connect) = peer.connect.as_mut() {
             connect.via = Some(via);
             self.timers.stop(device, Timer::HandshakeRetry);
@@ -431,7 +470,21 @@ impl DirectConnection {
         let id = peer.heartbeat.next_id;
         peer.heartbeat.sent(id, now, self.limits.missed_heartbeats);
         self.send_frame(device, via, &SessionFrame::Ping { id });
+        // Through the relay while a direct link is up: the frame goes direct too, and
+        // the responder commits on the direct path.
+        if let Some(direct) = direct {
+            self.send_frame(device, direct, &SessionFrame::Ping { id });
+        }
         Some(device)
+    }
+
+    /// A direct link to `device` to carry a handshake step that came through the relay
+    /// (`via`) a second time: the newest validated one, if any.
+    fn direct_beside(&self, device: DeviceId, via: Via) -> Option<Via> {
+        match via {
+            Via::Relay => self.links.live_of(device).map(Via::Link),
+            Via::Link(_) => None,
+        }
     }
 
     /// A new generation was committed (a handshake completed on this side).

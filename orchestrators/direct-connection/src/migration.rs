@@ -107,8 +107,9 @@ impl DirectConnection {
             return;
         }
         let before = self.direct_candidates(hint.peer);
+        let pushed = hint.request.is_none();
         self.peer_announced(now, hint.peer, hint.endpoints, CandidateSource::Rendezvous);
-        self.hinted_during_connect(hint.peer, &before);
+        self.hinted_during_connect(now, hint.peer, &before, pushed);
     }
 
     /// Migration phase 2: this device moved; announce its new endpoints.
