@@ -14,9 +14,10 @@
 //!   within its interval among the last [`QUALITY_WINDOW`], or a smoothed round trip
 //!   [`FALLBACK_SLOWER_MS`] above the best it showed) is compared with the relay: one
 //!   liveness ping goes over the relay too (at most one per
-//!   [`RELAY_PROBE_MIN_INTERVAL`]), and when it answers, a direct path whose smoothed
-//!   round trip exceeds the relay's by more than [`FALLBACK_SLOWER_MS`], or that missed
-//!   [`FALLBACK_MISSED`] of its last heartbeats, gives the session to the relay (no
+//!   [`RELAY_PROBE_MIN_INTERVAL`]), and when it answers, a direct path whose every one
+//!   of its last [`RECENT_RTT_SAMPLES`] heartbeat round trips exceeds the relay's by
+//!   more than [`FALLBACK_SLOWER_MS`], or that missed [`FALLBACK_MISSED`] of its last
+//!   heartbeats, gives the session to the relay (no
 //!   handshake: a path change like any other). No direct path is taken for
 //!   [`FALLBACK_HOLD`] after that. A healthy direct path costs the relay nothing.
 //! - **Hysteresis.** Up to the direct path within [`DIRECT_SLOWER_TOLERANCE_MS`] of the
@@ -30,6 +31,7 @@
 
 use crate::core::DirectConnection;
 use crate::state::{DeclinedDirect, Via};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tether_protocol::{DeviceId, LinkId, SessionFrame};
 
@@ -46,6 +48,13 @@ pub const MAX_PROBE_DOUBLINGS: u32 = 4;
 /// falls back to the relay: five times the tolerance to take it, so a path that was
 /// just taken is not given up again for the same noise.
 pub const FALLBACK_SLOWER_MS: u64 = 50;
+
+/// Heartbeat round trips of the bound direct path whose smallest is compared with the
+/// relay's before falling back: a path is slower only when all of its last four
+/// answers (8 s at the default interval) were, so one answer that a lost packet
+/// delayed (QUIC's retransmission adds a probe timeout, several times the round trip
+/// on a lossy path) does not move the session. Losses count as missed heartbeats.
+pub const RECENT_RTT_SAMPLES: usize = 4;
 
 /// Heartbeats of the bound direct path remembered for its losses (16 at the default
 /// 2 s interval: the last half minute).
@@ -85,6 +94,8 @@ pub struct DirectQuality {
     missed: u16,
     /// The smallest heartbeat round trip seen on the path, ms.
     best_rtt_ms: Option<u64>,
+    /// The last [`RECENT_RTT_SAMPLES`] heartbeat round trips, ms, oldest first.
+    recent_rtt_ms: VecDeque<u64>,
     /// The relay ping sent to compare, and when.
     relay_probe: Option<(u64, Instant)>,
     /// When the last relay ping to compare left.
@@ -105,6 +116,16 @@ impl DirectQuality {
 
     fn record_rtt(&mut self, rtt_ms: u64) {
         self.best_rtt_ms = Some(self.best_rtt_ms.map_or(rtt_ms, |best| best.min(rtt_ms)));
+        if self.recent_rtt_ms.len() == RECENT_RTT_SAMPLES {
+            self.recent_rtt_ms.pop_front();
+        }
+        self.recent_rtt_ms.push_back(rtt_ms);
+    }
+
+    /// The smallest of the last [`RECENT_RTT_SAMPLES`] heartbeat round trips: what the
+    /// path gives when no packet is lost.
+    fn recent_min_rtt_ms(&self) -> Option<u64> {
+        self.recent_rtt_ms.iter().copied().min()
     }
 }
 
@@ -256,7 +277,11 @@ impl DirectConnection {
         if peer.connect.is_some() || peer.migration.is_some() {
             return;
         }
-        let direct_rtt_ms = peer.heartbeat.srtt_ms.unwrap_or(0);
+        let direct_rtt_ms = peer
+            .direct_quality
+            .recent_min_rtt_ms()
+            .or(peer.heartbeat.srtt_ms)
+            .unwrap_or(0);
         let missed = peer.direct_quality.missed();
         let slower = direct_rtt_ms > relay_rtt_ms.saturating_add(FALLBACK_SLOWER_MS);
         if !slower && missed < FALLBACK_MISSED {
@@ -301,6 +326,21 @@ mod tests {
         assert_eq!(quality.missed(), 1, "the oldest left the window");
         quality.record_heartbeat(false);
         assert_eq!(quality.missed(), 0);
+    }
+
+    #[test]
+    fn the_recent_round_trip_is_the_smallest_of_the_last_few() {
+        let mut quality = DirectQuality::default();
+        assert_eq!(quality.recent_min_rtt_ms(), None);
+        for rtt in [40, 900, 45, 50] {
+            quality.record_rtt(rtt);
+        }
+        assert_eq!(quality.recent_min_rtt_ms(), Some(40), "one delayed answer");
+        for _ in 0..RECENT_RTT_SAMPLES {
+            quality.record_rtt(300);
+        }
+        assert_eq!(quality.recent_min_rtt_ms(), Some(300), "slower every time");
+        assert_eq!(quality.best_rtt_ms, Some(40));
     }
 
     #[test]

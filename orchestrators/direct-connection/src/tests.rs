@@ -952,6 +952,25 @@ fn a_direct_path_slower_only_within_the_margin_keeps_the_session() {
 }
 
 #[test]
+fn one_answer_delayed_as_by_a_lost_packet_keeps_the_direct_path() {
+    let mut net = established(19);
+    net.run_until(10_000);
+    // For one heartbeat interval every frame takes half a second more each way (as a
+    // retransmission after a loss delays it); then the path is as fast as before.
+    net.direct_extra = Duration::from_millis(500);
+    net.run_until(12_000);
+    net.direct_extra = Duration::ZERO;
+    net.run_until(60_000);
+    for node in [A, B] {
+        let snapshot = net.snapshot(node);
+        assert_eq!(snapshot.path, Some(PathKind::Direct), "node {node}");
+        assert_eq!(snapshot.direct_declined, None, "node {node}");
+    }
+    assert_eq!(net.nodes[A].core.counters().direct_fallbacks, 0);
+    assert_eq!(net.nodes[B].core.counters().direct_fallbacks, 0);
+}
+
+#[test]
 fn probes_back_off_while_nothing_direct_answers() {
     let mut net = on_the_relay(15);
     let dials = |net: &Net| {
