@@ -776,6 +776,19 @@ pub enum TransportEvent {
         /// The encoded [`crate::WireFrame`].
         frame: Vec<u8>,
     },
+    /// QUIC's byte counts of a link, taken now and then as frames arrive on it: what
+    /// path choice knows of the path's losses. Sent to DirectConnection for every busy
+    /// link, the device's link to the relay included.
+    PathSampled {
+        /// The link.
+        link: LinkId,
+        /// Direct, or the device's link to the relay.
+        path: PathKind,
+        /// UDP payload bytes sent since the link came up.
+        sent_bytes: u64,
+        /// Bytes of the packets QUIC declared lost since then.
+        lost_bytes: u64,
+    },
 }
 
 /// Stops an actor: the node is shutting down (or a test crashes it).

@@ -520,7 +520,8 @@ impl ServerLink {
             TransportEvent::LinkUp { request: None, .. }
             | TransportEvent::LinkDown { .. }
             | TransportEvent::FrameReceived { .. }
-            | TransportEvent::RemoteChanged { .. } => Change::None,
+            | TransportEvent::RemoteChanged { .. }
+            | TransportEvent::PathSampled { .. } => Change::None,
         }
     }
 

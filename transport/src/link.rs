@@ -130,6 +130,10 @@ pub struct PathStats {
     pub lost_packets: u64,
     /// Bytes in those lost packets.
     pub lost_bytes: u64,
+    /// UDP payload bytes sent on the connection (every path): with `lost_bytes`, the
+    /// share of data lost, which ack-only packets (small, never declared lost) do not
+    /// dilute as they do a share of packets.
+    pub sent_bytes: u64,
 }
 
 /// A cloneable observer of a link.
@@ -194,6 +198,7 @@ impl LinkHandle {
             sent_packets: s.path.sent_packets,
             lost_packets: s.path.lost_packets,
             lost_bytes: s.path.lost_bytes,
+            sent_bytes: s.udp_tx.bytes,
         }
     }
 

@@ -10,7 +10,9 @@
 //!   completions of dials, accepts and reads.
 //! - out: [`TransportEvent`] to the link's owner, and before `LinkUp` the channel
 //!   binding of a server link ([`LinkBound`]) to its owner; [`ConnectivityChanged`] after a
-//!   rebind to Presence and DirectConnection.
+//!   rebind to Presence and DirectConnection; every busy link's `PathSampled` (QUIC's
+//!   byte and loss counts, at most once per [`PATH_SAMPLE_INTERVAL`], after at least
+//!   [`PATH_SAMPLE_MIN_FRAMES`] frames) to DirectConnection, which chooses paths.
 //!
 //! # Link lifecycle
 //! Dialled (owner = requester) or accepted (owner = DirectConnection: only peers dial
@@ -33,6 +35,17 @@ use tether_protocol::{
     TransportCommand, TransportEvent,
 };
 use tether_transport::{dial_any, Endpoint, Link, LostReason};
+
+/// Least time between two `PathSampled` reports of one link: a few per quality window
+/// of path choice (16 heartbeats, half a minute), and one look at QUIC's statistics per
+/// busy link every 5 s.
+pub const PATH_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Frames a link must have carried in since its last `PathSampled` for the next: an
+/// idle session's heartbeats (one frame in every 2 s) never reach it, so ten thousand
+/// idle sessions cost no report at all, and path choice judges losses only over spans
+/// of 50 packets or more anyway.
+pub const PATH_SAMPLE_MIN_FRAMES: u32 = 20;
 
 /// The device changed networks: move the endpoint to `addr`.
 #[derive(Debug, Clone, Message)]
@@ -143,11 +156,32 @@ impl TransportDriver {
         // one frame per link, not whatever it sends.
         let reader_events = events.clone();
         let reader_me = me.clone();
+        let samples = self.recipients.direct_connection.clone();
+        let path = match owner {
+            LinkOwner::DirectConnection => PathKind::Direct,
+            LinkOwner::Rcs => PathKind::Relay,
+        };
         tokio::spawn(async move {
             let mut last_remote = remote;
+            let mut next_sample = tokio::time::Instant::now() + PATH_SAMPLE_INTERVAL;
+            let mut frames_since_sample = 0_u32;
             let reason = loop {
                 match receiver.recv_frame().await {
                     Ok(Some(frame)) => {
+                        frames_since_sample = frames_since_sample.saturating_add(1);
+                        if frames_since_sample >= PATH_SAMPLE_MIN_FRAMES
+                            && tokio::time::Instant::now() >= next_sample
+                        {
+                            frames_since_sample = 0;
+                            next_sample = tokio::time::Instant::now() + PATH_SAMPLE_INTERVAL;
+                            let stats = receiver.handle().path_stats();
+                            samples.do_send(TransportEvent::PathSampled {
+                                link: id,
+                                path,
+                                sent_bytes: stats.sent_bytes,
+                                lost_bytes: stats.lost_bytes,
+                            });
+                        }
                         let now_remote = receiver.handle().remote_addr();
                         if now_remote != last_remote {
                             last_remote = now_remote;
