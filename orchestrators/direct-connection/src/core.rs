@@ -244,6 +244,9 @@ pub struct DirectConnection {
     pub(crate) timers: TimerTable,
     pub(crate) next_request: u64,
     pub(crate) relay_connected: bool,
+    /// The losses of the device's link to the relay (path choice compares a lossy
+    /// direct path with it).
+    pub(crate) relay_loss: crate::path_choice::LossMeter,
     pub(crate) local_endpoints: Vec<SocketAddr>,
     /// The address the relay sees this device at, since the last move.
     pub(crate) reflexive: Option<SocketAddr>,
@@ -348,6 +351,7 @@ impl DirectConnection {
             timers: TimerTable::default(),
             next_request: 1,
             relay_connected: false,
+            relay_loss: Default::default(),
             local_endpoints: config.local_endpoints,
             reflexive: None,
             counters: Counters::default(),
@@ -391,7 +395,7 @@ impl DirectConnection {
             },
             direct_candidates: state.announced.len() + state.blueprint.len(),
             relay_rtt_ms: state.relay_rtt_ms,
-            direct_declined: state.direct_declined,
+            direct_declined: state.direct_declined.as_deref().copied(),
         })
     }
 
@@ -641,6 +645,12 @@ impl DirectConnection {
                 }
                 self.wire_bytes(now, Via::Link(link), None, &frame)
             }
+            TransportEvent::PathSampled {
+                link,
+                path,
+                sent_bytes,
+                lost_bytes,
+            } => self.path_sampled(now, link, path, sent_bytes, lost_bytes),
         }
     }
 

@@ -16,10 +16,14 @@
 //!   liveness ping goes over the relay too (at most one per
 //!   [`RELAY_PROBE_MIN_INTERVAL`]), and when it answers, a direct path whose every one
 //!   of its last [`RECENT_RTT_SAMPLES`] heartbeat round trips exceeds the relay's by
-//!   more than [`FALLBACK_SLOWER_MS`], or that missed [`FALLBACK_MISSED`] of its last
-//!   heartbeats, gives the session to the relay (no
+//!   more than [`FALLBACK_SLOWER_MS`], that missed [`FALLBACK_MISSED`] of its last
+//!   heartbeats, or that loses [`FALLBACK_LOSS_PERCENT`] of its packets while the
+//!   relay's link loses less than half as much (QUIC's counts, sampled by the transport
+//!   driver as frames arrive, [`LossMeter`]), gives the session to the relay (no
 //!   handshake: a path change like any other). No direct path is taken for
-//!   [`FALLBACK_HOLD`] after that. A healthy direct path costs the relay nothing.
+//!   [`FALLBACK_HOLD`] after that: not by traffic on another of the peer's links, nor by
+//!   a transport-only connect (only a migration or a handshake takes the first path that
+//!   answers). A healthy direct path costs the relay nothing.
 //! - **Hysteresis.** Up to the direct path within [`DIRECT_SLOWER_TOLERANCE_MS`] of the
 //!   relay, back to the relay only beyond [`FALLBACK_SLOWER_MS`] (or with losses), and
 //!   a hold-down after falling back: no round-trip wobble moves a session back and forth.
@@ -33,7 +37,7 @@ use crate::core::DirectConnection;
 use crate::state::{DeclinedDirect, Via};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tether_protocol::{DeviceId, LinkId, SessionFrame};
+use tether_protocol::{DeviceId, LinkId, PathKind, SessionFrame};
 
 /// How much longer than the relay's a direct path's round trip may be and still be
 /// taken over it (iroh switches between paths only for 10 ms or more, for the same
@@ -55,6 +59,21 @@ pub const FALLBACK_SLOWER_MS: u64 = 50;
 /// delayed (QUIC's retransmission adds a probe timeout, several times the round trip
 /// on a lossy path) does not move the session. Losses count as missed heartbeats.
 pub const RECENT_RTT_SAMPLES: usize = 4;
+
+/// Share of what it sends (per cent of bytes) a direct path must lose before it looks
+/// worse, and is given up for a relay link that loses less than half as much: at 10 %
+/// QUIC's throughput has collapsed and every loss costs a probe timeout, while the one
+/// or two per cent of a busy WiFi does not move a session.
+pub const FALLBACK_LOSS_PERCENT: u8 = 10;
+
+/// Bytes a path must have sent between two samples before their loss counts: about
+/// fifty full packets; a share of a few packets (an idle path's keep-alives) says
+/// nothing.
+pub const LOSS_SAMPLE_MIN_BYTES: u64 = 64 * 1024;
+
+/// How long a measured loss share stays the path's: a path whose traffic stopped is
+/// not judged on what it lost long ago (the quality window's span).
+pub const LOSS_SAMPLE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Heartbeats of the bound direct path remembered for its losses (16 at the default
 /// 2 s interval: the last half minute).
@@ -86,6 +105,50 @@ pub(crate) fn is_relay_probe(id: u64) -> bool {
     id & RELAY_PROBE_ID_BIT != 0 && !crate::operator_ping::is_operator_ping(id)
 }
 
+/// One link's losses from QUIC's cumulative byte counts, sampled now and then: the
+/// share lost since the previous judged sample, once at least
+/// [`LOSS_SAMPLE_MIN_BYTES`] were sent in between. Bytes, not packets: the ack-only
+/// packets a receiving side sends are many, small and never declared lost.
+#[derive(Debug, Clone, Default)]
+pub struct LossMeter {
+    /// The link and its counts (sent, lost) at the last judged sample.
+    base: Option<(LinkId, u64, u64)>,
+    /// The share lost (per cent) over the last judged span, and when it was judged.
+    recent: Option<(u8, Instant)>,
+}
+
+impl LossMeter {
+    /// QUIC's counts of `link` now. A sample of another link (or counts that went
+    /// back) starts the meter over on that link.
+    pub fn sample(&mut self, now: Instant, link: LinkId, sent: u64, lost: u64) {
+        let Some((base_link, base_sent, base_lost)) = self.base else {
+            self.base = Some((link, sent, lost));
+            return;
+        };
+        if base_link != link || sent < base_sent || lost < base_lost {
+            *self = Self::default();
+            self.base = Some((link, sent, lost));
+            return;
+        }
+        let sent_since = sent - base_sent;
+        if sent_since < LOSS_SAMPLE_MIN_BYTES {
+            return;
+        }
+        let lost_since = (lost - base_lost).min(sent_since);
+        // At most 100: the conversion cannot fail.
+        let percent = u8::try_from(lost_since * 100 / sent_since).unwrap_or(100);
+        self.recent = Some((percent, now));
+        self.base = Some((link, sent, lost));
+    }
+
+    /// The share of packets lost (per cent) over the last judged span, if it is recent.
+    pub fn loss_percent(&self, now: Instant) -> Option<u8> {
+        self.recent
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= LOSS_SAMPLE_MAX_AGE)
+            .map(|(percent, _)| percent)
+    }
+}
+
 /// What the heartbeats say about the bound direct path since it was bound.
 #[derive(Debug, Clone, Default)]
 pub struct DirectQuality {
@@ -96,6 +159,8 @@ pub struct DirectQuality {
     best_rtt_ms: Option<u64>,
     /// The last [`RECENT_RTT_SAMPLES`] heartbeat round trips, ms, oldest first.
     recent_rtt_ms: VecDeque<u64>,
+    /// The path's losses, from QUIC's counts.
+    pub(crate) loss: LossMeter,
     /// The relay ping sent to compare, and when.
     relay_probe: Option<(u64, Instant)>,
     /// When the last relay ping to compare left.
@@ -149,11 +214,18 @@ impl DirectConnection {
         if !held && direct_rtt_ms <= relay_rtt_ms.saturating_add(DIRECT_SLOWER_TOLERANCE_MS) {
             return true;
         }
-        peer.direct_declined = Some(DeclinedDirect {
+        if held {
+            // The fallback's record stays: it says why no direct path is taken.
+            peer.declined_link = Some(link);
+            self.counters.direct_paths_declined += 1;
+            return false;
+        }
+        peer.direct_declined = Some(Box::new(DeclinedDirect {
             direct_rtt_ms,
             relay_rtt_ms,
             fell_back_with_missed: None,
-        });
+            fell_back_with_loss: None,
+        }));
         peer.declined_link = Some(link);
         self.counters.direct_paths_declined += 1;
         tracing::debug!(
@@ -177,14 +249,32 @@ impl DirectConnection {
     }
 
     /// Whether traffic on `link` must not move `device`'s session off the relay: the
-    /// link was left unused for being slower, and no connect or migration waits on a
-    /// path.
-    pub(crate) fn declined(&self, device: DeviceId, link: LinkId) -> bool {
+    /// link was left unused for being slower, or the session fell back from a direct
+    /// path less than [`FALLBACK_HOLD`] ago (the peer's other links share that path's
+    /// route: its standby link, the one it dialled), and no connect or migration waits
+    /// on a path.
+    pub(crate) fn declined(&self, now: Instant, device: DeviceId, link: LinkId) -> bool {
+        let waits = self.waits_on_a_path(now, device);
         self.peers.get(&device).is_some_and(|p| {
-            p.bound == Some(Via::Relay)
-                && p.declined_link == Some(link)
-                && p.connect.is_none()
-                && p.migration.is_none()
+            let held = p.direct_held_until.is_some_and(|until| now < until);
+            p.bound == Some(Via::Relay) && (p.declined_link == Some(link) || held) && !waits
+        })
+    }
+
+    /// Whether a connect or a migration waits on a path, so that the first path that
+    /// answers is taken (recovering comes first). A transport-only connect of a session
+    /// that fell back to the relay less than [`FALLBACK_HOLD`] ago does not count: the
+    /// session works on the relay, and Presence's direct attempt must not take back
+    /// the path it just left.
+    pub(crate) fn waits_on_a_path(&self, now: Instant, device: DeviceId) -> bool {
+        self.peers.get(&device).is_some_and(|p| {
+            let held =
+                p.bound == Some(Via::Relay) && p.direct_held_until.is_some_and(|until| now < until);
+            let connect_waits = p
+                .connect
+                .as_ref()
+                .is_some_and(|c| c.permit.is_some() || !held);
+            connect_waits || p.migration.is_some()
         })
     }
 
@@ -224,7 +314,11 @@ impl DirectConnection {
             (Some(srtt), Some(best)) => srtt > best.saturating_add(FALLBACK_SLOWER_MS),
             _ => false,
         };
-        let looks_worse = quality.missed() > 0 || slower;
+        let lossy = quality
+            .loss
+            .loss_percent(now)
+            .is_some_and(|percent| percent >= FALLBACK_LOSS_PERCENT);
+        let looks_worse = quality.missed() > 0 || slower || lossy;
         let due = quality
             .relay_probed_at
             .is_none_or(|at| now >= at + RELAY_PROBE_MIN_INTERVAL);
@@ -237,6 +331,29 @@ impl DirectConnection {
         quality.relay_probe = Some((id, now));
         quality.relay_probed_at = Some(now);
         self.send_frame(device, Via::Relay, &SessionFrame::Ping { id });
+    }
+
+    /// QUIC's packet counts of a link (`TransportEvent::PathSampled`): the relay's
+    /// link, or the direct link a session is bound to; others are ignored.
+    pub(crate) fn path_sampled(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        path: PathKind,
+        sent: u64,
+        lost: u64,
+    ) -> Option<DeviceId> {
+        if path == PathKind::Relay {
+            self.relay_loss.sample(now, link, sent, lost);
+            return None;
+        }
+        let device = self.links.get(link)?.peer?;
+        let peer = self.peers.get_mut(&device)?;
+        if peer.bound != Some(Via::Link(link)) {
+            return None;
+        }
+        peer.direct_quality.loss.sample(now, link, sent, lost);
+        Some(device)
     }
 
     /// A heartbeat on the bound direct path was answered in `rtt_ms`.
@@ -284,7 +401,12 @@ impl DirectConnection {
             .unwrap_or(0);
         let missed = peer.direct_quality.missed();
         let slower = direct_rtt_ms > relay_rtt_ms.saturating_add(FALLBACK_SLOWER_MS);
-        if !slower && missed < FALLBACK_MISSED {
+        let direct_loss = peer.direct_quality.loss.loss_percent(now);
+        let relay_loss = self.relay_loss.loss_percent(now);
+        let lossier = direct_loss.is_some_and(|direct| {
+            direct >= FALLBACK_LOSS_PERCENT && relay_loss.is_none_or(|relay| relay * 2 < direct)
+        });
+        if !slower && missed < FALLBACK_MISSED && !lossier {
             return;
         }
         tracing::info!(
@@ -292,16 +414,19 @@ impl DirectConnection {
             direct_rtt_ms,
             relay_rtt_ms,
             missed_heartbeats = missed,
+            ?direct_loss,
+            ?relay_loss,
             "direct path worse than the relay: the session moves to the relay"
         );
         self.counters.direct_fallbacks += 1;
         self.bind(now, device, Via::Relay);
         if let Some(peer) = self.peers.get_mut(&device) {
-            peer.direct_declined = Some(DeclinedDirect {
+            peer.direct_declined = Some(Box::new(DeclinedDirect {
                 direct_rtt_ms,
                 relay_rtt_ms,
                 fell_back_with_missed: Some(missed),
-            });
+                fell_back_with_loss: direct_loss.map(|direct| (direct, relay_loss)),
+            }));
             peer.declined_link = Some(link);
             peer.direct_held_until = Some(now + FALLBACK_HOLD);
         }
@@ -341,6 +466,34 @@ mod tests {
         }
         assert_eq!(quality.recent_min_rtt_ms(), Some(300), "slower every time");
         assert_eq!(quality.best_rtt_ms, Some(40));
+    }
+
+    #[test]
+    fn the_loss_meter_judges_spans_of_enough_bytes_and_forgets_old_ones() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let (link, other) = (LinkId(1), LinkId(2));
+        let kib = |n: u64| n * 1024;
+        let mut meter = LossMeter::default();
+        meter.sample(at(0), link, kib(100), kib(1));
+        assert_eq!(meter.loss_percent(at(0)), None, "a base, no span yet");
+        // Too few bytes since: not judged, and the base stays.
+        meter.sample(at(5), link, kib(120), kib(10));
+        assert_eq!(meter.loss_percent(at(5)), None);
+        meter.sample(at(10), link, kib(300), kib(41));
+        assert_eq!(meter.loss_percent(at(10)), Some(20), "40 of 200 KiB");
+        meter.sample(at(15), link, kib(400), kib(42));
+        assert_eq!(meter.loss_percent(at(15)), Some(1));
+        let judged_at = 15;
+        let age = LOSS_SAMPLE_MAX_AGE.as_secs();
+        assert_eq!(meter.loss_percent(at(judged_at + age)), Some(1));
+        assert_eq!(meter.loss_percent(at(judged_at + age + 1)), None, "too old");
+        // Another link, or counts that went back: start over.
+        meter.sample(at(20), other, kib(1_000), kib(500));
+        assert_eq!(meter.loss_percent(at(20)), None);
+        meter.sample(at(25), other, kib(10), 0);
+        meter.sample(at(30), other, kib(100), kib(90));
+        assert_eq!(meter.loss_percent(at(30)), Some(100), "90 of 90 KiB");
     }
 
     #[test]

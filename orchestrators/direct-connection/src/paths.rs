@@ -160,7 +160,7 @@ impl DirectConnection {
             return;
         }
         let bound_is_direct = matches!(peer.bound, Some(Via::Link(_)));
-        if matches!(via, Via::Link(link) if self.declined(device, link)) {
+        if matches!(via, Via::Link(link) if self.declined(now, device, link)) {
             return;
         }
         if validated && !bound_is_direct {
@@ -222,7 +222,7 @@ impl DirectConnection {
         // a migration waits on a path.
         let take = take
             && match (via, bound) {
-                (Via::Link(link), Some(Via::Relay)) if !in_progress => {
+                (Via::Link(link), Some(Via::Relay)) if !self.waits_on_a_path(now, device) => {
                     self.direct_beats_relay(now, device, link, round_trip_ms)
                 }
                 _ => true,

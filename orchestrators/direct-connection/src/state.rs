@@ -257,6 +257,9 @@ pub struct DeclinedDirect {
     /// their interval among the last
     /// [`QUALITY_WINDOW`](crate::path_choice::QUALITY_WINDOW).
     pub fell_back_with_missed: Option<u32>,
+    /// Set when the session fell back from this path and its losses were known: the
+    /// share of its packets lost (per cent), and the relay link's if known.
+    pub fell_back_with_loss: Option<(u8, Option<u8>)>,
 }
 
 /// Everything the core holds for one paired peer.
@@ -298,7 +301,7 @@ pub struct PeerState {
     pub relay_rtt_ms: Option<u64>,
     /// The last direct path that answered while the session was on the relay and was
     /// left unused for being slower: its round trip and the relay's (for `status`).
-    pub direct_declined: Option<DeclinedDirect>,
+    pub direct_declined: Option<Box<DeclinedDirect>>,
     /// The link of [`PeerState::direct_declined`]: traffic on it does not move the
     /// session off the relay either.
     pub declined_link: Option<LinkId>,

@@ -970,6 +970,80 @@ fn one_answer_delayed_as_by_a_lost_packet_keeps_the_direct_path() {
     assert_eq!(net.nodes[B].core.counters().direct_fallbacks, 0);
 }
 
+/// Feeds node A QUIC's counts of `link` at `at_ms`, in KiB sent and lost (as the
+/// transport driver samples them while frames arrive).
+fn path_sampled(net: &mut Net, at_ms: u64, link: LinkId, path: PathKind, sent: u64, lost: u64) {
+    net.run_until(at_ms);
+    net.input(
+        A,
+        Input::Transport(TransportEvent::PathSampled {
+            link,
+            path,
+            sent_bytes: sent * 1024,
+            lost_bytes: lost * 1024,
+        }),
+    );
+}
+
+/// The direct link A's session is bound to.
+fn bound_link(net: &Net) -> LinkId {
+    match net.nodes[A].core.peers[&net.device(B)].bound {
+        Some(crate::state::Via::Link(link)) => link,
+        other => panic!("not on a direct link: {other:?}"),
+    }
+}
+
+#[test]
+fn a_direct_path_losing_packets_gives_the_session_to_a_relay_that_loses_fewer() {
+    let mut net = established(20);
+    net.run_until(10_000);
+    let before = net.handshakes();
+    let (direct, relay) = (bound_link(&net), LinkId(9_999));
+    path_sampled(&mut net, 10_000, direct, PathKind::Direct, 1_000, 10);
+    path_sampled(&mut net, 10_000, relay, PathKind::Relay, 1_000, 10);
+    // Over the next 5 s the direct link loses 200 of 1 000 KiB, the relay's 10.
+    path_sampled(&mut net, 15_000, direct, PathKind::Direct, 2_000, 210);
+    path_sampled(&mut net, 15_000, relay, PathKind::Relay, 2_000, 20);
+    net.run_until(30_000);
+    let snapshot = net.snapshot(A);
+    assert_eq!(snapshot.path, Some(PathKind::Relay));
+    let declined = snapshot.direct_declined.expect("recorded");
+    assert_eq!(declined.fell_back_with_loss, Some((20, Some(1))));
+    assert_eq!(net.nodes[A].core.counters().direct_fallbacks, 1);
+    assert_eq!(net.handshakes(), before);
+    net.assert_same_session();
+}
+
+#[test]
+fn a_lossy_direct_path_stays_when_the_relay_loses_as_much_or_too_few_packets_were_sent() {
+    for (relay_lost, direct_sent) in [(150, 1_000), (10, 40)] {
+        let mut net = established(21);
+        net.run_until(10_000);
+        let (direct, relay) = (bound_link(&net), LinkId(9_999));
+        path_sampled(&mut net, 10_000, direct, PathKind::Direct, 1_000, 10);
+        path_sampled(&mut net, 10_000, relay, PathKind::Relay, 1_000, 0);
+        // 20 % lost on the direct link (of too few packets, in the second run), and
+        // 15 % on the relay's (1 % in the second).
+        let direct_lost = direct_sent / 5;
+        path_sampled(
+            &mut net,
+            15_000,
+            direct,
+            PathKind::Direct,
+            1_000 + direct_sent,
+            10 + direct_lost,
+        );
+        path_sampled(&mut net, 15_000, relay, PathKind::Relay, 2_000, relay_lost);
+        net.run_until(30_000);
+        assert_eq!(
+            net.snapshot(A).path,
+            Some(PathKind::Direct),
+            "{relay_lost} {direct_sent}"
+        );
+        assert_eq!(net.nodes[A].core.counters().direct_fallbacks, 0);
+    }
+}
+
 #[test]
 fn probes_back_off_while_nothing_direct_answers() {
     let mut net = on_the_relay(15);

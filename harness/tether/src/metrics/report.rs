@@ -192,8 +192,15 @@ fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
     let since = path_since.map_or(String::new(), |at| format!(" since {}", utc(at)));
     if let (Some(PathKind::Relay), Some(declined)) = (s.path, s.direct_declined) {
         if let Some(missed) = declined.fell_back_with_missed {
+            let loss = match declined.fell_back_with_loss {
+                Some((direct, Some(relay))) => {
+                    format!(", {direct} % of its packets lost against {relay} % on the relay")
+                }
+                Some((direct, None)) => format!(", {direct} % of its packets lost"),
+                None => String::new(),
+            };
             return format!(
-                "relay: fell back from the direct path ({} ms, {missed} of its last {QUALITY_WINDOW} heartbeats late; the relay {} ms); a direct path is retried after {} s{since}",
+                "relay: fell back from the direct path ({} ms, {missed} of its last {QUALITY_WINDOW} heartbeats late{loss}; the relay {} ms); a direct path is retried after {} s{since}",
                 declined.direct_rtt_ms,
                 declined.relay_rtt_ms,
                 FALLBACK_HOLD.as_secs()
@@ -272,6 +279,7 @@ mod tests {
             direct_rtt_ms: 240,
             relay_rtt_ms: 45,
             fell_back_with_missed: None,
+            fell_back_with_loss: None,
         });
         assert_eq!(
             path_reason(&relayed, None),
@@ -281,10 +289,21 @@ mod tests {
             direct_rtt_ms: 340,
             relay_rtt_ms: 45,
             fell_back_with_missed: Some(2),
+            fell_back_with_loss: None,
         });
         assert_eq!(
             path_reason(&relayed, None),
             "relay: fell back from the direct path (340 ms, 2 of its last 16 heartbeats late; the relay 45 ms); a direct path is retried after 30 s"
+        );
+        relayed.direct_declined = Some(DeclinedDirect {
+            direct_rtt_ms: 41,
+            relay_rtt_ms: 45,
+            fell_back_with_missed: Some(0),
+            fell_back_with_loss: Some((14, Some(1))),
+        });
+        assert_eq!(
+            path_reason(&relayed, None),
+            "relay: fell back from the direct path (41 ms, 0 of its last 16 heartbeats late, 14 % of its packets lost against 1 % on the relay; the relay 45 ms); a direct path is retried after 30 s"
         );
         relayed.direct_declined = None;
         assert!(path_reason(&relayed, None).starts_with("relay: no direct path answered"));
