@@ -414,9 +414,13 @@ impl Node {
             seeds.relay,
         );
         relay_config.server.first_dial_request = RequestId(1);
+        // The server opens at most this many (its table seats a device under no more
+        // ids than that by default); a device with more peers is introduced for the
+        // first ones and finds the others through their hints.
         relay_config.server.rendezvous_ids = config
             .peers
             .iter()
+            .take(tether_rcs::MAX_SEALED_RENDEZVOUS_IDS)
             .map(|p| RendezvousId::from_rk(&p.rk).0)
             .collect();
         rcs_ctx.run(tether_rcs::Orchestrator::new(
