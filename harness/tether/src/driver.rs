@@ -11,8 +11,9 @@
 //! - out: [`TransportEvent`] to the link's owner, and before `LinkUp` the channel
 //!   binding of a server link ([`LinkBound`]) to its owner; [`ConnectivityChanged`] after a
 //!   rebind to Presence and DirectConnection; every busy link's `PathSampled` (QUIC's
-//!   byte and loss counts, at most once per [`PATH_SAMPLE_INTERVAL`], after at least
-//!   [`PATH_SAMPLE_MIN_FRAMES`] frames) to DirectConnection, which chooses paths.
+//!   byte and loss counts, about once per [`PATH_SAMPLE_INTERVAL`] while at least
+//!   [`PATH_SAMPLE_MIN_FRAMES`] frames come in per two intervals) to DirectConnection,
+//!   which chooses paths.
 //!
 //! # Link lifecycle
 //! Dialled (owner = requester) or accepted (owner = DirectConnection: only peers dial
@@ -41,10 +42,10 @@ use tether_transport::{dial_any, Endpoint, Link, LostReason};
 /// busy link every 5 s.
 pub const PATH_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Frames a link must have carried in since its last `PathSampled` for the next: an
-/// idle session's heartbeats (one frame in every 2 s) never reach it, so ten thousand
-/// idle sessions cost no report at all, and path choice judges losses only over spans
-/// of 50 packets or more anyway.
+/// Frames a link must carry in per two [`PATH_SAMPLE_INTERVAL`]s to be sampled, and how
+/// many frames pass between two looks at the clock: an idle session's heartbeats (one
+/// frame in every 2 s) never reach the rate, so idle sessions cost no report, and path
+/// choice judges losses only over spans of 64 KiB or more anyway.
 pub const PATH_SAMPLE_MIN_FRAMES: u32 = 20;
 
 /// The device changed networks: move the endpoint to `addr`.
@@ -163,24 +164,29 @@ impl TransportDriver {
         };
         tokio::spawn(async move {
             let mut last_remote = remote;
-            let mut next_sample = tokio::time::Instant::now() + PATH_SAMPLE_INTERVAL;
-            let mut frames_since_sample = 0_u32;
+            // The span being counted: when it started, and its frames.
+            let mut span_start = tokio::time::Instant::now();
+            let mut span_frames = 0_u32;
             let reason = loop {
                 match receiver.recv_frame().await {
                     Ok(Some(frame)) => {
-                        frames_since_sample = frames_since_sample.saturating_add(1);
-                        if frames_since_sample >= PATH_SAMPLE_MIN_FRAMES
-                            && tokio::time::Instant::now() >= next_sample
-                        {
-                            frames_since_sample = 0;
-                            next_sample = tokio::time::Instant::now() + PATH_SAMPLE_INTERVAL;
-                            let stats = receiver.handle().path_stats();
-                            samples.do_send(TransportEvent::PathSampled {
-                                link: id,
-                                path,
-                                sent_bytes: stats.sent_bytes,
-                                lost_bytes: stats.lost_bytes,
-                            });
+                        span_frames = span_frames.saturating_add(1);
+                        if span_frames.is_multiple_of(PATH_SAMPLE_MIN_FRAMES) {
+                            let now = tokio::time::Instant::now();
+                            let span = now.saturating_duration_since(span_start);
+                            if span >= PATH_SAMPLE_INTERVAL {
+                                if span <= 2 * PATH_SAMPLE_INTERVAL {
+                                    let stats = receiver.handle().path_stats();
+                                    samples.do_send(TransportEvent::PathSampled {
+                                        link: id,
+                                        path,
+                                        sent_bytes: stats.sent_bytes,
+                                        lost_bytes: stats.lost_bytes,
+                                    });
+                                }
+                                span_start = now;
+                                span_frames = 0;
+                            }
                         }
                         let now_remote = receiver.handle().remote_addr();
                         if now_remote != last_remote {
