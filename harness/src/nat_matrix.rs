@@ -304,6 +304,18 @@ async fn send_round(cluster: &SimCluster, round: u8) {
 /// Runs `cell` once with `seed`, every link (device to device, device to relay) with
 /// round-trip time `rtt`.
 pub async fn run(cell: Cell, seed: u64, rtt: Duration) -> CellRun {
+    run_with_relay_at(cell, seed, rtt, [rtt / 2, rtt / 2]).await
+}
+
+/// [`run`], with device A and device B `relay_one_way[0]` and `relay_one_way[1]` (one
+/// way) from the relay: the server's introduction then reaches the two at different
+/// moments, and their dials no longer leave at the same time.
+pub async fn run_with_relay_at(
+    cell: Cell,
+    seed: u64,
+    rtt: Duration,
+    relay_one_way: [Duration; 2],
+) -> CellRun {
     let mut builder = ClusterBuilder::new(seed, 2)
         .pair(A, B)
         .conditions(LinkConditions {
@@ -316,6 +328,16 @@ pub async fn run(cell: Cell, seed: u64, rtt: Duration) -> CellRun {
         }
     }
     let mut cluster = builder.start().await;
+    for (i, latency) in [A, B].into_iter().zip(relay_one_way) {
+        cluster.net.set_conditions(
+            cluster.devices[i].host,
+            cluster.relay_host,
+            LinkConditions {
+                latency,
+                ..LinkConditions::default()
+            },
+        );
+    }
     let on_relay = step_until(&mut cluster, PATIENCE, |c| Box::pin(both_on_relay(c))).await;
     let mut direct_after = None;
     let mut upgrade_after = None;

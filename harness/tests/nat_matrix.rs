@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
-use tether_harness::nat_matrix::{run, Cell, NatKind, Scenario};
+use tether_harness::nat_matrix::{run, run_with_relay_at, Cell, NatKind, Scenario};
 use tether_harness::run_simulation;
 
 /// Seeds per cell: enough to catch an outcome that depends on timing.
@@ -124,6 +124,47 @@ fn behind_cone_nats_a_move_is_direct_again_within_four_rtt() {
 #[test]
 fn behind_cone_nats_a_new_pair_is_direct_within_two_rtt_of_both_on_the_relay() {
     assert_cone_nats_direct_within(&[Scenario::Establish], 2 * RTT);
+}
+
+/// The dials are not timed by a measured round trip: each device dials when the
+/// server's introduction reaches it. With one device 2 ms from the relay and the other
+/// 60 ms (one way; 20 ms between them), the near one's first packets reach the far
+/// one's NAT before the far one has sent anything through it; the far one's dial,
+/// sent later, opens both filters, and QUIC resends what was dropped. Behind cone NATs
+/// of every kind, establishing and both moving, the session must still end on a
+/// direct path, keeping every promise.
+#[test]
+fn behind_cone_nats_devices_at_different_distances_from_the_relay_still_go_direct() {
+    let mut failures = Vec::new();
+    for kind in [
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestrictedCone,
+    ] {
+        for scenario in [Scenario::Establish, Scenario::BothMove] {
+            let cell = Cell {
+                a: Some(kind),
+                b: Some(kind),
+                scenario,
+            };
+            for seed in 70_000..70_002 {
+                let relay_at = [Duration::from_millis(2), Duration::from_millis(60)];
+                let outcome = run_simulation(|| run_with_relay_at(cell, seed, RTT, relay_at));
+                let problems = outcome.problems();
+                println!(
+                    "{cell} seed {seed}, relay 2 / 60 ms away: direct after {:?} {problems:?}",
+                    outcome.direct_after
+                );
+                if !problems.is_empty() || outcome.direct_after.is_none() {
+                    failures.push(format!(
+                        "{cell} seed {seed}: {problems:?}\n{}",
+                        outcome.timeline
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
