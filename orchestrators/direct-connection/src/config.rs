@@ -51,7 +51,8 @@ pub struct Limits {
     pub handshake_retry: Duration,
     /// How long a PresenceConnect may take before it is reported failed.
     pub connect_timeout: Duration,
-    /// How long direct candidates get before the relay carries the attempt too.
+    /// How long direct candidates get before the relay carries the attempt too (at
+    /// once when the rendezvous server pushes the peer's address).
     pub relay_fallback_after: Duration,
     /// Interval of liveness pings on the bound path.
     pub heartbeat_interval: Duration,
