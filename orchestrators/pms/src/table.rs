@@ -152,7 +152,8 @@ pub struct TableCounters {
     pub seen_pushed: u64,
     /// Devices not recorded because [`RendezvousTableConfig::max_seen`] were kept.
     pub seen_dropped: u64,
-    /// Ids joined as a device authenticated ([`RendezvousTable::join`]).
+    /// Ids a device joined as it authenticated ([`RendezvousTable::join`]), seats it
+    /// already held included (every reconnect counts them again).
     pub joined: u64,
     /// Joins refused (another pair's id, or a quota), counted by reason as publishes
     /// are, and here in total.
@@ -382,6 +383,12 @@ impl RendezvousTable {
         }
         let (index, joined) = self.seat(device, id)?;
         let members = self.entries.entry(id).or_default();
+        // A hint holds the seat from now on; the join's own expiry goes (it may share
+        // its key with an old hint's, so it is not left to find its own way out).
+        if let Some(until) = members[index].joined_until.take() {
+            self.expiries.remove(&(until, id, device));
+        }
+        let members = self.entries.entry(id).or_default();
         let expires_at = now + Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
@@ -450,14 +457,19 @@ impl RendezvousTable {
 
     /// Seats an authenticating device under the rendezvous ids it sent sealed with its
     /// proof, before [`seen`](Self::seen) reports its address (which then introduces it
-    /// to each connected partner). A seat without a hint lasts [`JOIN_SEAT_TTL`]; a
+    /// to each connected partner). A device already seen (a new connection from the
+    /// same address replaced its last one) is introduced under each id it was not
+    /// seated under before, here. A seat without a hint lasts [`JOIN_SEAT_TTL`]; a
     /// refused id is counted and skipped.
     pub fn join(&mut self, now: Instant, device: DeviceId, ids: &[Id]) {
         self.prune(now);
         for &id in ids {
             match self.seat(device, id) {
-                Ok((index, _)) => {
+                Ok((index, newly)) => {
                     self.counters.joined += 1;
+                    if newly && self.seen.contains_key(&device) {
+                        self.introduce(id, device, true);
+                    }
                     let member = &mut self.entries.entry(id).or_default()[index];
                     if member.hint.is_some() {
                         continue;

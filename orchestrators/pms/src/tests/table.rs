@@ -566,3 +566,29 @@ fn joins_follow_the_membership_rules_and_quotas_and_are_counted() {
     assert_eq!(t.table.counters().joins_refused, 3);
     assert_eq!(t.table.counters().joined, 2);
 }
+
+#[test]
+fn a_hint_takes_over_a_joined_seat_and_the_id_goes_with_the_hint() {
+    let mut t = Table::new(|_| {});
+    t.table.join(t.at(0), DeviceId([1; 32]), &[ID]);
+    // The hint expires long before the seat would have: the id goes with it.
+    t.publish(1_000, 1, ID, 10_000, b"hint of 1");
+    t.table.handle_timeout(t.at(11_001));
+    assert_eq!(t.table.ids(), 0);
+    assert_eq!(t.table.ids_of(&DeviceId([1; 32])), 0);
+}
+
+#[test]
+fn a_new_connection_from_the_same_address_is_introduced_under_ids_it_joins() {
+    let mut t = Table::new(|_| {});
+    // Device 1 is connected, seated under nothing yet; device 2 joins the pair's id.
+    t.table.seen(DeviceId([1; 32]), Some(seen_at(1, 1)));
+    join_and_see(&mut t, 0, 2, &[ID], seen_at(2, 1));
+    assert_eq!(seen_pushes(&mut t), vec![]);
+    // Device 1's next connection, from the same address, carries the id.
+    join_and_see(&mut t, 5, 1, &[ID], seen_at(1, 1));
+    assert_eq!(
+        seen_pushes(&mut t),
+        vec![(2, ID, seen_at(1, 1)), (1, ID, seen_at(2, 1))]
+    );
+}
