@@ -145,8 +145,10 @@ pub struct Counters {
     pub replayed_initiations: u64,
     /// Other refused handshake messages.
     pub refused_handshakes: u64,
-    /// Handshake responses with no initiation waiting: the second copy of an answer
-    /// sent on two paths, or an answer to an initiation a retry replaced.
+    /// Handshake responses naming one of our sessions with no initiation waiting: the
+    /// second copy of an answer sent on two paths, the answer to an initiation a retry
+    /// or a crossing handshake replaced, or anything else in that shape (nothing is
+    /// checked before the ring finds no initiation to match).
     pub unmatched_handshake_responses: u64,
     /// Migration pings whose PeerSecret tag did not verify.
     pub bad_migration_tags: u64,
@@ -293,7 +295,7 @@ impl DirectConnection {
                     direct_declined: None,
                     declined_link: None,
                     direct_quality: Default::default(),
-                    direct_held_until: None,
+                    fallback: None,
                     heard_from_peer_at_ms: None,
                     announced: Vec::new(),
                     blueprint: Vec::new(),

@@ -455,8 +455,15 @@ impl DirectConnection {
         self.credit_link(via, wire_len);
         if let Via::Link(link) = via {
             // An answer to an initiation sent through the relay may come on a link the
-            // peer dialled to us: only the peer could make it, so the link is its.
+            // peer dialled to us. It proves the peer's static key and is bound to our
+            // ephemeral key, as an initiation proves the initiator's on the link it
+            // comes on (`handshake_init` validates that one): the link is the peer's.
+            // Someone who saw the answer on the way (a relay could carry the peer's
+            // copy onto a link of its own, as it could any sealed frame) gets only our
+            // first frame under the new keys, which only the peer can answer: the
+            // session commits where the peer's answer comes from.
             self.links.attribute(link, device);
+            self.links.validate(link);
         }
         let direct = self.direct_beside(device, via);
         let peer = self.peers.get_mut(&device)?;
@@ -516,11 +523,13 @@ impl DirectConnection {
                 epoch,
                 "back in session after a restart: a new handshake above the lost session"
             );
-            if let Via::Link(link) = via {
-                // The frame that committed came under keys only the initiator's
-                // ephemeral key yields: the address it came from is the peer's.
-                self.links.validate(link);
-            }
+        }
+        if let Via::Link(link) = via {
+            // The frame that committed came under keys only the two ends of this
+            // handshake hold: the link it came on is the peer's. (Its messages may
+            // have gone through the relay, so nothing else validated it.)
+            self.links.attribute(link, device);
+            self.links.validate(link);
         }
         let newer = peer.reported.is_none_or(|r| epoch > r.epoch);
         if !newer {

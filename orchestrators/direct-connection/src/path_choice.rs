@@ -34,7 +34,7 @@
 //!   peer behind a NAT no hole crosses costs a round of dials every 80 s, not every 5 s.
 
 use crate::core::DirectConnection;
-use crate::state::{DeclinedDirect, Via};
+use crate::state::{DeclinedDirect, Fallback, Via};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tether_protocol::{DeviceId, LinkId, PathKind, SessionFrame};
@@ -65,6 +65,13 @@ pub const RECENT_RTT_SAMPLES: usize = 4;
 /// QUIC's throughput has collapsed and every loss costs a probe timeout, while the one
 /// or two per cent of a busy WiFi does not move a session.
 pub const FALLBACK_LOSS_PERCENT: u8 = 10;
+
+/// Most times [`FALLBACK_HOLD`] doubles for a session that keeps falling back: a route
+/// that stays bad is tried again every 8 minutes at most, not every half minute.
+pub const MAX_HOLD_DOUBLINGS: u32 = 4;
+
+/// Fallbacks further apart than this start the hold at [`FALLBACK_HOLD`] again.
+pub const HOLD_RESET_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Bytes a path must have sent between two samples before their loss counts: about
 /// fifty full packets; a share of a few packets (an idle path's keep-alives) says
@@ -194,6 +201,17 @@ impl DirectQuality {
     }
 }
 
+/// Whether a fallback's hold keeps direct paths off `peer`'s session now: only while the
+/// session is Ready on a relay that is connected and answers. A relay that went away,
+/// or a session that is not Ready, takes the first path that answers again.
+fn holds_off_direct(relay_connected: bool, peer: &crate::state::PeerState, now: Instant) -> bool {
+    relay_connected
+        && peer.bound == Some(Via::Relay)
+        && peer.reported.is_some()
+        && !peer.heartbeat.reported_dead
+        && peer.fallback.as_ref().is_some_and(|f| now < f.held_until)
+}
+
 impl DirectConnection {
     /// Whether the direct `link` that answered in `direct_rtt_ms` replaces the relay for
     /// `device`; a path left unused is recorded.
@@ -210,13 +228,13 @@ impl DirectConnection {
         let Some(relay_rtt_ms) = peer.relay_rtt_ms else {
             return true;
         };
-        let held = peer.direct_held_until.is_some_and(|until| now < until);
+        let held = holds_off_direct(self.relay_connected, peer, now);
         if !held && direct_rtt_ms <= relay_rtt_ms.saturating_add(DIRECT_SLOWER_TOLERANCE_MS) {
             return true;
         }
         if held {
-            // The fallback's record stays: it says why no direct path is taken.
-            peer.declined_link = Some(link);
+            // The fallback's record (and the link it left) stays: it says why no direct
+            // path is taken.
             self.counters.direct_paths_declined += 1;
             return false;
         }
@@ -225,6 +243,7 @@ impl DirectConnection {
             relay_rtt_ms,
             fell_back_with_missed: None,
             fell_back_with_loss: None,
+            retry_after_s: None,
         }));
         peer.declined_link = Some(link);
         self.counters.direct_paths_declined += 1;
@@ -256,7 +275,7 @@ impl DirectConnection {
     pub(crate) fn declined(&self, now: Instant, device: DeviceId, link: LinkId) -> bool {
         let waits = self.waits_on_a_path(now, device);
         self.peers.get(&device).is_some_and(|p| {
-            let held = p.direct_held_until.is_some_and(|until| now < until);
+            let held = holds_off_direct(self.relay_connected, p, now);
             p.bound == Some(Via::Relay) && (p.declined_link == Some(link) || held) && !waits
         })
     }
@@ -268,8 +287,7 @@ impl DirectConnection {
     /// the path it just left.
     pub(crate) fn waits_on_a_path(&self, now: Instant, device: DeviceId) -> bool {
         self.peers.get(&device).is_some_and(|p| {
-            let held =
-                p.bound == Some(Via::Relay) && p.direct_held_until.is_some_and(|until| now < until);
+            let held = holds_off_direct(self.relay_connected, p, now);
             let connect_waits = p
                 .connect
                 .as_ref()
@@ -345,6 +363,7 @@ impl DirectConnection {
     ) -> Option<DeviceId> {
         if path == PathKind::Relay {
             self.relay_loss.sample(now, link, sent, lost);
+            self.relay_sampled(now);
             return None;
         }
         let device = self.links.get(link)?.peer?;
@@ -354,6 +373,37 @@ impl DirectConnection {
         }
         peer.direct_quality.loss.sample(now, link, sent, lost);
         Some(device)
+    }
+
+    /// The relay link's losses were judged: sessions that left a lossy direct path for
+    /// the relay on trust, and find it lossy as well (at least half the direct path's
+    /// share), may take a direct path again at once.
+    fn relay_sampled(&mut self, now: Instant) {
+        let Some(relay) = self.relay_loss.loss_percent(now) else {
+            return;
+        };
+        for (device, peer) in &mut self.peers {
+            let Some(fallback) = peer.fallback.as_deref_mut() else {
+                continue;
+            };
+            let Some(direct) = fallback.on_trust else {
+                continue;
+            };
+            if peer.bound != Some(Via::Relay) || now >= fallback.held_until {
+                continue;
+            }
+            fallback.on_trust = None;
+            if relay.saturating_mul(2) >= direct {
+                tracing::info!(
+                    peer = %device,
+                    direct_loss = direct,
+                    relay_loss = relay,
+                    "the relay loses as much as the direct path did: a direct path may be taken again"
+                );
+                fallback.held_until = now;
+                peer.declined_link = None;
+            }
+        }
     }
 
     /// A heartbeat on the bound direct path was answered in `rtt_ms`.
@@ -403,6 +453,9 @@ impl DirectConnection {
         let slower = direct_rtt_ms > relay_rtt_ms.saturating_add(FALLBACK_SLOWER_MS);
         let direct_loss = peer.direct_quality.loss.loss_percent(now);
         let relay_loss = self.relay_loss.loss_percent(now);
+        // A relay link too idle to be judged is taken on trust; its losses are known
+        // within a few seconds of carrying the session, and a relay that turns out
+        // as lossy lifts the hold (`relay_sampled`).
         let lossier = direct_loss.is_some_and(|direct| {
             direct >= FALLBACK_LOSS_PERCENT && relay_loss.is_none_or(|relay| relay * 2 < direct)
         });
@@ -426,9 +479,26 @@ impl DirectConnection {
                 relay_rtt_ms,
                 fell_back_with_missed: Some(missed),
                 fell_back_with_loss: direct_loss.map(|direct| (direct, relay_loss)),
+                retry_after_s: None,
             }));
             peer.declined_link = Some(link);
-            peer.direct_held_until = Some(now + FALLBACK_HOLD);
+            let in_a_row = match peer.fallback.as_deref() {
+                Some(last) if now.saturating_duration_since(last.at) < HOLD_RESET_AFTER => {
+                    last.in_a_row.saturating_add(1)
+                }
+                _ => 0,
+            };
+            let hold = FALLBACK_HOLD.saturating_mul(1 << in_a_row.min(MAX_HOLD_DOUBLINGS));
+            peer.fallback = Some(Box::new(Fallback {
+                at: now,
+                held_until: now + hold,
+                in_a_row,
+                // Left for losses the relay's own are not known against yet.
+                on_trust: direct_loss.filter(|_| lossier && relay_loss.is_none()),
+            }));
+            if let Some(declined) = peer.direct_declined.as_deref_mut() {
+                declined.retry_after_s = Some(hold.as_secs());
+            }
         }
     }
 }

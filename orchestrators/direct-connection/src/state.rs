@@ -260,6 +260,25 @@ pub struct DeclinedDirect {
     /// Set when the session fell back from this path and its losses were known: the
     /// share of its packets lost (per cent), and the relay link's if known.
     pub fell_back_with_loss: Option<(u8, Option<u8>)>,
+    /// Set when the session fell back from this path: seconds until a direct path is
+    /// taken again (the hold, doubled for each recent fallback before it).
+    pub retry_after_s: Option<u64>,
+}
+
+/// A session's fallbacks from a direct path to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback {
+    /// When the session last fell back.
+    pub at: Instant,
+    /// No direct path is taken before this (see [`crate::path_choice::FALLBACK_HOLD`]).
+    pub held_until: Instant,
+    /// Fallbacks before the last one that came within
+    /// [`crate::path_choice::HOLD_RESET_AFTER`] of each other: each doubles the hold.
+    pub in_a_row: u32,
+    /// The direct path's share lost (per cent) when the session left it for losses
+    /// while the relay's were not known: the hold is lifted if the relay turns out as
+    /// lossy. `None` once checked, or when the fallback was not for that.
+    pub on_trust: Option<u8>,
 }
 
 /// Everything the core holds for one paired peer.
@@ -309,8 +328,9 @@ pub struct PeerState {
     /// worse ([`crate::path_choice`]); boxed, as it matters only while a session is
     /// direct and `PeerState` is held per configured peer.
     pub direct_quality: Box<crate::path_choice::DirectQuality>,
-    /// After falling back to the relay, no direct path is taken before this.
-    pub direct_held_until: Option<Instant>,
+    /// The session's last fallback from a direct path to the relay, if any (boxed: most
+    /// sessions never fall back).
+    pub fallback: Option<Box<Fallback>>,
     /// When (our wall clock, Unix ms) the peer last told us itself where it is (a
     /// migration ping or ack, or `Candidates`): rendezvous hints sealed before it are
     /// stale.

@@ -993,12 +993,19 @@ fn bound_link(net: &Net) -> LinkId {
     }
 }
 
+/// A session settled on a direct path for 10 s: the net, its direct link and a link id
+/// for the relay's.
+fn settled_direct(seed: u64) -> (Net, LinkId, LinkId) {
+    let mut net = established(seed);
+    net.run_until(10_000);
+    let direct = bound_link(&net);
+    (net, direct, LinkId(9_999))
+}
+
 #[test]
 fn a_direct_path_losing_packets_gives_the_session_to_a_relay_that_loses_fewer() {
-    let mut net = established(20);
-    net.run_until(10_000);
+    let (mut net, direct, relay) = settled_direct(20);
     let before = net.handshakes();
-    let (direct, relay) = (bound_link(&net), LinkId(9_999));
     path_sampled(&mut net, 10_000, direct, PathKind::Direct, 1_000, 10);
     path_sampled(&mut net, 10_000, relay, PathKind::Relay, 1_000, 10);
     // Over the next 5 s the direct link loses 200 of 1 000 KiB, the relay's 10.
@@ -1017,12 +1024,10 @@ fn a_direct_path_losing_packets_gives_the_session_to_a_relay_that_loses_fewer() 
 #[test]
 fn a_lossy_direct_path_stays_when_the_relay_loses_as_much_or_too_few_packets_were_sent() {
     for (relay_lost, direct_sent) in [(150, 1_000), (10, 40)] {
-        let mut net = established(21);
-        net.run_until(10_000);
-        let (direct, relay) = (bound_link(&net), LinkId(9_999));
+        let (mut net, direct, relay) = settled_direct(21);
         path_sampled(&mut net, 10_000, direct, PathKind::Direct, 1_000, 10);
         path_sampled(&mut net, 10_000, relay, PathKind::Relay, 1_000, 0);
-        // 20 % lost on the direct link (of too few packets, in the second run), and
+        // 20 % lost on the direct link (of too few bytes, in the second run), and
         // 15 % on the relay's (1 % in the second).
         let direct_lost = direct_sent / 5;
         path_sampled(
@@ -1042,6 +1047,101 @@ fn a_lossy_direct_path_stays_when_the_relay_loses_as_much_or_too_few_packets_wer
         );
         assert_eq!(net.nodes[A].core.counters().direct_fallbacks, 0);
     }
+}
+
+#[test]
+fn a_fallback_on_trust_is_undone_when_the_relay_turns_out_as_lossy() {
+    let (mut net, direct, relay) = settled_direct(22);
+    let before = net.handshakes();
+    // The relay's link is too idle to be judged: the direct path's 20 % moves the
+    // session on trust.
+    path_sampled(&mut net, 10_000, direct, PathKind::Direct, 1_000, 0);
+    path_sampled(&mut net, 15_000, direct, PathKind::Direct, 2_000, 200);
+    net.run_until(20_000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Relay));
+    // Carrying the session, the relay's link loses 15 %: the loss is the device's own,
+    // and a direct path is taken again long before the 30 s hold would end.
+    path_sampled(&mut net, 20_000, relay, PathKind::Relay, 1_000, 0);
+    path_sampled(&mut net, 25_000, relay, PathKind::Relay, 2_000, 150);
+    net.run_until(40_000);
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.handshakes(), before);
+    net.assert_same_session();
+}
+
+/// A connects to B knowing only an address where B no longer is (and the relay), 10 ms
+/// into the connect.
+fn connecting_to_a_stale_address(seed: u64) -> Net {
+    let mut net = Net::new(seed);
+    let peer = net.device(B);
+    let stale = addr("10.200.0.2:4433");
+    let candidates = vec![
+        Candidate {
+            endpoint: Endpoint::Direct(stale),
+            source: CandidateSource::Configured,
+        },
+        Candidate {
+            endpoint: Endpoint::Relay,
+            source: CandidateSource::Relay,
+        },
+    ];
+    net.input(A, Input::Blueprint(BlueprintCompiled { peer, candidates }));
+    net.input(
+        A,
+        Input::Connect(ConnectPeer {
+            request: RequestId(100),
+            peer,
+            transport_only: false,
+        }),
+    );
+    net.run_until(10);
+    net
+}
+
+/// Whether `output` carries a handshake message 1 through the relay.
+fn relays_an_initiation(output: &Output) -> bool {
+    let frame = match output {
+        Output::RelayForward(forward) => &forward.frame,
+        Output::RelayEnqueue(enqueue) => &enqueue.envelope,
+        _ => return false,
+    };
+    matches!(
+        tether_protocol::decode(frame),
+        Ok(tether_protocol::WireFrame::HandshakeInit(_))
+    )
+}
+
+#[test]
+fn a_pushed_address_during_a_connect_sends_message_1_through_the_relay_at_once() {
+    let mut net = connecting_to_a_stale_address(23);
+    let peer = net.device(B);
+    assert_eq!(
+        net.count(A, relays_an_initiation),
+        0,
+        "the relay's turn is later"
+    );
+    // A hint the server pushed: B is on the relay now.
+    let real = net.nodes[B].addr;
+    net.input(
+        A,
+        Input::Hint(tether_protocol::PeerEndpointHint {
+            request: None,
+            peer,
+            endpoints: vec![real],
+            issued_at_ms: 0,
+        }),
+    );
+    assert_eq!(
+        net.count(A, relays_an_initiation),
+        1,
+        "message 1 went at once"
+    );
+    net.run_until(240);
+    // It ends on the direct path A dialled, after one handshake on each side.
+    assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
+    assert_eq!(net.handshakes(), (1, 1));
+    net.assert_same_session();
 }
 
 #[test]
@@ -1467,30 +1567,8 @@ fn a_replayed_initiation_flood_costs_a_bounded_number_of_responses() {
 
 #[test]
 fn a_hint_that_comes_during_a_connect_is_dialled_at_once() {
-    let mut net = Net::new(18);
+    let mut net = connecting_to_a_stale_address(18);
     let peer = net.device(B);
-    // A knows only an address where B no longer is.
-    let stale = addr("10.200.0.2:4433");
-    let candidates = vec![
-        Candidate {
-            endpoint: Endpoint::Direct(stale),
-            source: CandidateSource::Configured,
-        },
-        Candidate {
-            endpoint: Endpoint::Relay,
-            source: CandidateSource::Relay,
-        },
-    ];
-    net.input(A, Input::Blueprint(BlueprintCompiled { peer, candidates }));
-    net.input(
-        A,
-        Input::Connect(ConnectPeer {
-            request: RequestId(100),
-            peer,
-            transport_only: false,
-        }),
-    );
-    net.run_until(10);
     // The rendezvous server tells A where B is while the stale address is still being
     // dialled (this test network fails that dial after 20 ms; real ones time out).
     let real = net.nodes[B].addr;

@@ -203,7 +203,7 @@ fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
                 "relay: fell back from the direct path ({} ms, {missed} of its last {QUALITY_WINDOW} heartbeats late{loss}; the relay {} ms); a direct path is retried after {} s{since}",
                 declined.direct_rtt_ms,
                 declined.relay_rtt_ms,
-                FALLBACK_HOLD.as_secs()
+                declined.retry_after_s.unwrap_or(FALLBACK_HOLD.as_secs())
             );
         }
         return format!(
@@ -280,6 +280,7 @@ mod tests {
             relay_rtt_ms: 45,
             fell_back_with_missed: None,
             fell_back_with_loss: None,
+            retry_after_s: None,
         });
         assert_eq!(
             path_reason(&relayed, None),
@@ -290,6 +291,7 @@ mod tests {
             relay_rtt_ms: 45,
             fell_back_with_missed: Some(2),
             fell_back_with_loss: None,
+            retry_after_s: None,
         });
         assert_eq!(
             path_reason(&relayed, None),
@@ -300,10 +302,11 @@ mod tests {
             relay_rtt_ms: 45,
             fell_back_with_missed: Some(0),
             fell_back_with_loss: Some((14, Some(1))),
+            retry_after_s: Some(60),
         });
         assert_eq!(
             path_reason(&relayed, None),
-            "relay: fell back from the direct path (41 ms, 0 of its last 16 heartbeats late, 14 % of its packets lost against 1 % on the relay; the relay 45 ms); a direct path is retried after 30 s"
+            "relay: fell back from the direct path (41 ms, 0 of its last 16 heartbeats late, 14 % of its packets lost against 1 % on the relay; the relay 45 ms); a direct path is retried after 60 s"
         );
         relayed.direct_declined = None;
         assert!(path_reason(&relayed, None).starts_with("relay: no direct path answered"));
