@@ -1098,6 +1098,22 @@ fn connecting_to_a_stale_address(seed: u64) -> Net {
     net
 }
 
+/// The rendezvous server pushes A where B is (a hint A did not ask for); returns it.
+fn push_address_of_b(net: &mut Net) -> SocketAddr {
+    let real = net.nodes[B].addr;
+    let peer = net.device(B);
+    net.input(
+        A,
+        Input::Hint(tether_protocol::PeerEndpointHint {
+            request: None,
+            peer,
+            endpoints: vec![real],
+            issued_at_ms: 0,
+        }),
+    );
+    real
+}
+
 /// Whether `output` carries a handshake message 1 through the relay.
 fn relays_an_initiation(output: &Output) -> bool {
     let frame = match output {
@@ -1114,23 +1130,13 @@ fn relays_an_initiation(output: &Output) -> bool {
 #[test]
 fn a_pushed_address_during_a_connect_sends_message_1_through_the_relay_at_once() {
     let mut net = connecting_to_a_stale_address(23);
-    let peer = net.device(B);
     assert_eq!(
         net.count(A, relays_an_initiation),
         0,
         "the relay's turn is later"
     );
     // A hint the server pushed: B is on the relay now.
-    let real = net.nodes[B].addr;
-    net.input(
-        A,
-        Input::Hint(tether_protocol::PeerEndpointHint {
-            request: None,
-            peer,
-            endpoints: vec![real],
-            issued_at_ms: 0,
-        }),
-    );
+    let real = push_address_of_b(&mut net);
     assert_eq!(
         net.count(A, relays_an_initiation),
         1,
@@ -1139,6 +1145,7 @@ fn a_pushed_address_during_a_connect_sends_message_1_through_the_relay_at_once()
     net.run_until(240);
     // It ends on the direct path A dialled, after one handshake on each side.
     assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
+    assert_eq!(net.snapshot(A).remote, Some(real));
     assert_eq!(net.snapshot(B).path, Some(PathKind::Direct));
     assert_eq!(net.handshakes(), (1, 1));
     net.assert_same_session();
@@ -1568,19 +1575,9 @@ fn a_replayed_initiation_flood_costs_a_bounded_number_of_responses() {
 #[test]
 fn a_hint_that_comes_during_a_connect_is_dialled_at_once() {
     let mut net = connecting_to_a_stale_address(18);
-    let peer = net.device(B);
     // The rendezvous server tells A where B is while the stale address is still being
     // dialled (this test network fails that dial after 20 ms; real ones time out).
-    let real = net.nodes[B].addr;
-    net.input(
-        A,
-        Input::Hint(tether_protocol::PeerEndpointHint {
-            request: None,
-            peer,
-            endpoints: vec![real],
-            issued_at_ms: 0,
-        }),
-    );
+    let real = push_address_of_b(&mut net);
     let dialled_now = net.outputs[A].iter().rev().find_map(|o| match o {
         Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
         _ => None,
