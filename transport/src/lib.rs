@@ -47,6 +47,7 @@ pub mod framing;
 mod link;
 #[cfg(target_os = "linux")]
 mod netlink_watch;
+mod path_sampling;
 pub mod quic;
 mod receive_drops;
 pub mod sim;
@@ -65,6 +66,7 @@ pub use link::{
     Link, LinkHandle, LinkReceiver, LinkRole, LinkSender, PathStats, CHANNEL_BINDING_LABEL,
     CHANNEL_BINDING_LEN, MAX_FAREWELL_LEN,
 };
+pub use path_sampling::{PathSampler, PATH_SAMPLE_INTERVAL, PATH_SAMPLE_MIN_FRAMES};
 pub use socket::{receive_buffer_ceiling_bytes, RECEIVE_BUFFER_BYTES};
 pub use stats::{EndpointStats, LinkStats};
 pub use tether_protocol::LinkId;

@@ -11,9 +11,8 @@
 //! - out: [`TransportEvent`] to the link's owner, and before `LinkUp` the channel
 //!   binding of a server link ([`LinkBound`]) to its owner; [`ConnectivityChanged`] after a
 //!   rebind to Presence and DirectConnection; every busy link's `PathSampled` (QUIC's
-//!   byte and loss counts, about once per [`PATH_SAMPLE_INTERVAL`] while at least
-//!   [`PATH_SAMPLE_MIN_FRAMES`] frames come in per two intervals) to DirectConnection,
-//!   which chooses paths.
+//!   byte and loss counts, when [`PathSampler`] says: about every 5 s while frames keep
+//!   coming, never on an idle link) to DirectConnection, which chooses paths.
 //!
 //! # Link lifecycle
 //! Dialled (owner = requester) or accepted (owner = DirectConnection: only peers dial
@@ -35,18 +34,7 @@ use tether_protocol::{
     ConnectivityChanged, LinkBound, LinkId, LinkOwner, OwnedCommand, PathKind, RequestId,
     TransportCommand, TransportEvent,
 };
-use tether_transport::{dial_any, Endpoint, Link, LostReason};
-
-/// Least time between two `PathSampled` reports of one link: a few per quality window
-/// of path choice (16 heartbeats, half a minute), and one look at QUIC's statistics per
-/// busy link every 5 s.
-pub const PATH_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Frames a link must carry in per two [`PATH_SAMPLE_INTERVAL`]s to be sampled, and how
-/// many frames pass between two looks at the clock: an idle session's heartbeats (one
-/// frame in every 2 s) never reach the rate, so idle sessions cost no report, and path
-/// choice judges losses only over spans of 64 KiB or more anyway.
-pub const PATH_SAMPLE_MIN_FRAMES: u32 = 20;
+use tether_transport::{dial_any, Endpoint, Link, LostReason, PathSampler};
 
 /// The device changed networks: move the endpoint to `addr`.
 #[derive(Debug, Clone, Message)]
@@ -164,29 +152,18 @@ impl TransportDriver {
         };
         tokio::spawn(async move {
             let mut last_remote = remote;
-            // The span being counted: when it started, and its frames.
-            let mut span_start = tokio::time::Instant::now();
-            let mut span_frames = 0_u32;
+            let mut sampler = PathSampler::new(tokio::time::Instant::now().into_std());
             let reason = loop {
                 match receiver.recv_frame().await {
                     Ok(Some(frame)) => {
-                        span_frames = span_frames.saturating_add(1);
-                        if span_frames.is_multiple_of(PATH_SAMPLE_MIN_FRAMES) {
-                            let now = tokio::time::Instant::now();
-                            let span = now.saturating_duration_since(span_start);
-                            if span >= PATH_SAMPLE_INTERVAL {
-                                if span <= 2 * PATH_SAMPLE_INTERVAL {
-                                    let stats = receiver.handle().path_stats();
-                                    samples.do_send(TransportEvent::PathSampled {
-                                        link: id,
-                                        path,
-                                        sent_bytes: stats.sent_bytes,
-                                        lost_bytes: stats.lost_bytes,
-                                    });
-                                }
-                                span_start = now;
-                                span_frames = 0;
-                            }
+                        if sampler.frame(|| tokio::time::Instant::now().into_std()) {
+                            let stats = receiver.handle().path_stats();
+                            samples.do_send(TransportEvent::PathSampled {
+                                link: id,
+                                path,
+                                sent_bytes: stats.sent_bytes,
+                                lost_bytes: stats.lost_bytes,
+                            });
                         }
                         let now_remote = receiver.handle().remote_addr();
                         if now_remote != last_remote {
