@@ -148,7 +148,7 @@ impl LossMeter {
         self.base = Some((link, sent, lost));
     }
 
-    /// The share of packets lost (per cent) over the last judged span, if it is recent.
+    /// The share of bytes lost (per cent) over the last judged span, if it is recent.
     pub fn loss_percent(&self, now: Instant) -> Option<u8> {
         self.recent
             .filter(|(_, at)| now.saturating_duration_since(*at) <= LOSS_SAMPLE_MAX_AGE)
@@ -210,6 +210,20 @@ fn holds_off_direct(relay_connected: bool, peer: &crate::state::PeerState, now: 
         && peer.reported.is_some()
         && !peer.heartbeat.reported_dead
         && peer.fallback.as_ref().is_some_and(|f| now < f.held_until)
+}
+
+/// The hold of a fallback at `now` after `last`, and how many came in a row before it:
+/// [`FALLBACK_HOLD`], doubled for each fallback within [`HOLD_RESET_AFTER`] of the one
+/// before, at most [`MAX_HOLD_DOUBLINGS`] times.
+fn next_hold(last: Option<&Fallback>, now: Instant) -> (Duration, u32) {
+    let in_a_row = match last {
+        Some(last) if now.saturating_duration_since(last.at) < HOLD_RESET_AFTER => {
+            last.in_a_row.saturating_add(1)
+        }
+        _ => 0,
+    };
+    let hold = FALLBACK_HOLD.saturating_mul(1 << in_a_row.min(MAX_HOLD_DOUBLINGS));
+    (hold, in_a_row)
 }
 
 impl DirectConnection {
@@ -351,7 +365,7 @@ impl DirectConnection {
         self.send_frame(device, Via::Relay, &SessionFrame::Ping { id });
     }
 
-    /// QUIC's packet counts of a link (`TransportEvent::PathSampled`): the relay's
+    /// QUIC's byte counts of a link (`TransportEvent::PathSampled`): the relay's
     /// link, or the direct link a session is bound to; others are ignored.
     pub(crate) fn path_sampled(
         &mut self,
@@ -474,21 +488,15 @@ impl DirectConnection {
         self.counters.direct_fallbacks += 1;
         self.bind(now, device, Via::Relay);
         if let Some(peer) = self.peers.get_mut(&device) {
+            let (hold, in_a_row) = next_hold(peer.fallback.as_deref(), now);
             peer.direct_declined = Some(Box::new(DeclinedDirect {
                 direct_rtt_ms,
                 relay_rtt_ms,
                 fell_back_with_missed: Some(missed),
                 fell_back_with_loss: direct_loss.map(|direct| (direct, relay_loss)),
-                retry_after_s: None,
+                retry_after_s: Some(hold.as_secs()),
             }));
             peer.declined_link = Some(link);
-            let in_a_row = match peer.fallback.as_deref() {
-                Some(last) if now.saturating_duration_since(last.at) < HOLD_RESET_AFTER => {
-                    last.in_a_row.saturating_add(1)
-                }
-                _ => 0,
-            };
-            let hold = FALLBACK_HOLD.saturating_mul(1 << in_a_row.min(MAX_HOLD_DOUBLINGS));
             peer.fallback = Some(Box::new(Fallback {
                 at: now,
                 held_until: now + hold,
@@ -496,9 +504,6 @@ impl DirectConnection {
                 // Left for losses the relay's own are not known against yet.
                 on_trust: direct_loss.filter(|_| lossier && relay_loss.is_none()),
             }));
-            if let Some(declined) = peer.direct_declined.as_deref_mut() {
-                declined.retry_after_s = Some(hold.as_secs());
-            }
         }
     }
 }
@@ -521,6 +526,30 @@ mod tests {
         assert_eq!(quality.missed(), 1, "the oldest left the window");
         quality.record_heartbeat(false);
         assert_eq!(quality.missed(), 0);
+    }
+
+    #[test]
+    fn the_hold_doubles_for_fallbacks_in_a_row_up_to_its_bound_and_starts_over_later() {
+        let t0 = Instant::now();
+        let mut last: Option<Fallback> = None;
+        let mut holds = Vec::new();
+        let mut now = t0;
+        for _ in 0..7 {
+            let (hold, in_a_row) = next_hold(last.as_ref(), now);
+            holds.push(hold.as_secs());
+            last = Some(Fallback {
+                at: now,
+                held_until: now + hold,
+                in_a_row,
+                on_trust: None,
+            });
+            // The next fallback comes as soon as the hold ends.
+            now += hold;
+        }
+        assert_eq!(holds, vec![30, 60, 120, 240, 480, 480, 480]);
+        // A fallback long after the last one starts over.
+        let (hold, in_a_row) = next_hold(last.as_ref(), now + HOLD_RESET_AFTER);
+        assert_eq!((hold, in_a_row), (FALLBACK_HOLD, 0));
     }
 
     #[test]
