@@ -388,7 +388,6 @@ impl RendezvousTable {
         if let Some(until) = members[index].joined_until.take() {
             self.expiries.remove(&(until, id, device));
         }
-        let members = self.entries.entry(id).or_default();
         let expires_at = now + Duration::from_millis(ttl_ms).min(self.config.max_ttl);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
