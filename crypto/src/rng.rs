@@ -3,13 +3,15 @@
 //! snow asks its crypto resolver for a `Random` when a handshake is built. The
 //! resolver here hands it a ChaCha20 stream seeded from the caller's RNG, so a seeded
 //! test RNG makes the whole handshake (ephemeral keys included) deterministic, and no
-//! global RNG is ever read. Everything else is snow's default pure-Rust resolver.
+//! global RNG is ever read. The cipher is ring's (assembly, with the CPU's vector
+//! instructions); the curve and the hash are snow's default pure-Rust ones (ring has
+//! no BLAKE2s and no raw X25519).
 
 use rand::{CryptoRng, RngCore};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{BoxedCryptoResolver, CryptoResolver, DefaultResolver};
+use snow::resolvers::{BoxedCryptoResolver, CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
 
@@ -42,7 +44,9 @@ impl CryptoResolver for SeededResolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        RingResolver
+            .resolve_cipher(choice)
+            .or_else(|| DefaultResolver.resolve_cipher(choice))
     }
 }
 
