@@ -560,6 +560,7 @@ impl DirectConnection {
 
     /// Asks the transport driver to dial `addrs` for `purpose`.
     pub(crate) fn dial(&mut self, device: DeviceId, purpose: DialPurpose, addrs: Vec<SocketAddr>) {
+        tracing::debug!(peer = %device, ?purpose, ?addrs, "dialling");
         let request = self.request_id();
         self.links.add_dial(
             request,

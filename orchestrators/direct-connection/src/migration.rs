@@ -148,14 +148,19 @@ impl DirectConnection {
         // about to close would only multiply the ping, its answers and their challenges.
         for link in self.needed_links(device) {
             // The filler first: when the ping arrives, the peer's answer is already
-            // within the budget the filler bought.
-            self.send_frame(
-                device,
-                Via::Link(link),
-                &SessionFrame::Padding {
-                    bytes: vec![0; MIGRATION_PADDING_LEN],
-                },
-            );
+            // within the budget the filler bought. Only a link we dialled moves with us
+            // (QUIC migration); one the peer dialled keeps its path or is dead, and
+            // either way the peer has no new address to limit its answer to.
+            let dialled = self.links.get(link).is_some_and(|l| l.dialled);
+            if dialled {
+                self.send_frame(
+                    device,
+                    Via::Link(link),
+                    &SessionFrame::Padding {
+                        bytes: vec![0; MIGRATION_PADDING_LEN],
+                    },
+                );
+            }
             self.send_frame(
                 device,
                 Via::Link(link),

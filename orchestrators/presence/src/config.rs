@@ -24,6 +24,15 @@ pub struct Config {
     /// Connect attempts (handshakes) in flight at once, so a restart with many peers is
     /// not a reconnection storm.
     pub max_concurrent_connects: usize,
+    /// Sessions whose first migration ping round is out and unanswered at once, after a
+    /// network change of this device. Each first round makes the peer answer with up to
+    /// a few KiB at once (its acknowledgement, QUIC's path challenge and probes within
+    /// the anti-amplification budget the round's padding buys); a node with thousands of
+    /// sessions that sent every round together would have its own socket overflow with
+    /// the answers, lose them, and retry into a collapse. The rest wait for a slot: a
+    /// session Ready again, or a round unanswered for `migration_ping_interval`, frees
+    /// one.
+    pub max_concurrent_migrations: usize,
     /// Delay before a transport-only reconnect after the bound path was lost.
     pub path_lost_reconnect_after: Duration,
     /// Heartbeat fallback: how often the relay queue is polled.
@@ -54,6 +63,10 @@ impl Default for Config {
             // at once.
             connect_retry_max: Duration::from_secs(300),
             max_concurrent_connects: 8,
+            // 128 first rounds: at most about 1 MiB of answers in flight, a quarter of
+            // the 4 MiB receive buffer the transport asks for; at a 100 ms RTT that is
+            // still over a thousand sessions migrated per second.
+            max_concurrent_migrations: 128,
             path_lost_reconnect_after: Duration::from_millis(200),
             relay_poll_interval: Duration::from_secs(5),
             // A quarter second: a migrated direct link answers well within it, and a

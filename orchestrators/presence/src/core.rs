@@ -168,6 +168,8 @@ struct Peer {
     indexed_wake: Option<Instant>,
     /// Its entry in [`Presence::connects`], as last indexed.
     indexed_connect: Option<Instant>,
+    /// Its entry in [`Presence::first_rounds`], as last indexed.
+    indexed_first_round: Option<Instant>,
 }
 
 impl Peer {
@@ -179,13 +181,35 @@ impl Peer {
             self.scheduled
                 .filter(|s| s.purpose != Purpose::Connect)
                 .map(|s| s.at),
-            self.migration
-                .and_then(|m| m.outbound)
-                .map(|rounds| rounds.redirect_at.unwrap_or(rounds.next).min(rounds.next)),
+            self.migration.and_then(|m| m.outbound).and_then(|rounds| {
+                // A first round waits for a slot (see [`Presence::first_rounds`]); a
+                // redirect does not.
+                let next = (rounds.sent > 0).then_some(rounds.next);
+                match (rounds.redirect_at, next) {
+                    (Some(redirect), Some(next)) => Some(redirect.min(next)),
+                    (redirect, next) => redirect.or(next),
+                }
+            }),
             self.migration.and_then(|m| m.relay_copy_at),
             self.migration.and_then(|m| m.carry_at),
         ];
         candidates.into_iter().flatten().min()
+    }
+
+    /// When its outbound migration's first ping round is due, if it waits for one.
+    fn first_round_due(&self) -> Option<Instant> {
+        self.migration
+            .and_then(|m| m.outbound)
+            .filter(|rounds| rounds.sent == 0)
+            .map(|rounds| rounds.next)
+    }
+
+    /// Whether its outbound migration holds a slot: its first round is out, unanswered,
+    /// and the second not yet due.
+    fn holds_migration_slot(&self) -> bool {
+        self.migration
+            .and_then(|m| m.outbound)
+            .is_some_and(|rounds| rounds.sent == 1)
     }
 
     /// When its scheduled connect is due, if one is.
@@ -222,6 +246,12 @@ pub struct Presence {
     connects: BTreeSet<(Instant, DeviceId)>,
     /// The peers with a connect in flight (at most `max_concurrent_connects` start).
     in_flight: BTreeSet<DeviceId>,
+    /// Outbound migrations whose first ping round waits for a slot, by when it is due:
+    /// they start in that order while fewer than `max_concurrent_migrations` hold one.
+    /// One entry per peer at most.
+    first_rounds: BTreeSet<(Instant, DeviceId)>,
+    /// The peers whose migration holds a slot (first round out and unanswered).
+    migrating: BTreeSet<DeviceId>,
 }
 
 impl Presence {
@@ -244,6 +274,8 @@ impl Presence {
             wakes: BTreeSet::new(),
             connects: BTreeSet::new(),
             in_flight: BTreeSet::new(),
+            first_rounds: BTreeSet::new(),
+            migrating: BTreeSet::new(),
         }
     }
 
@@ -332,13 +364,14 @@ impl SansIoCore for Presence {
             self.expire_deadline(now, *id);
         }
         for id in &due {
-            self.run_migration_round(now, *id);
+            self.run_migration_round(now, *id, false);
             self.relay_fallback(now, *id);
         }
         self.start_due_attempts(now, &due);
         for id in due {
             self.reindex(id);
         }
+        self.start_due_first_rounds(now);
     }
 
     /// Next output to deliver.
@@ -352,9 +385,15 @@ impl SansIoCore for Presence {
         if let Some((at, _)) = self.wakes.first() {
             next = next.min(*at);
         }
-        // A connect waiting for a slot is woken by the input that frees one.
+        // A connect or a first ping round waiting for a slot is woken by the input that
+        // frees one.
         if self.in_flight.len() < self.config.max_concurrent_connects {
             if let Some((at, _)) = self.connects.first() {
+                next = next.min(*at);
+            }
+        }
+        if self.migrating.len() < self.config.max_concurrent_migrations {
+            if let Some((at, _)) = self.first_rounds.first() {
                 next = next.min(*at);
             }
         }
@@ -414,10 +453,22 @@ impl Presence {
         let (wake, connect) = (peer.next_wake(), peer.connect_due());
         move_entry(&mut self.wakes, &mut peer.indexed_wake, wake, id);
         move_entry(&mut self.connects, &mut peer.indexed_connect, connect, id);
+        let first_round = peer.first_round_due();
+        move_entry(
+            &mut self.first_rounds,
+            &mut peer.indexed_first_round,
+            first_round,
+            id,
+        );
         if peer.connecting {
             self.in_flight.insert(id);
         } else {
             self.in_flight.remove(&id);
+        }
+        if peer.holds_migration_slot() {
+            self.migrating.insert(id);
+        } else {
+            self.migrating.remove(&id);
         }
     }
 
@@ -440,6 +491,25 @@ impl Presence {
             .filter(|(_, p)| p.connecting)
             .map(|(id, _)| *id)
             .collect();
+        let first_rounds: BTreeSet<(Instant, DeviceId)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.first_round_due().map(|at| (at, *id)))
+            .collect();
+        let migrating: BTreeSet<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.holds_migration_slot())
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(
+            self.first_rounds, first_rounds,
+            "the first-round index is out of date"
+        );
+        assert_eq!(
+            self.migrating, migrating,
+            "the migration slots are out of date"
+        );
         assert_eq!(self.wakes, wakes, "the wake index is out of date");
         assert_eq!(self.connects, connects, "the connect index is out of date");
         assert_eq!(

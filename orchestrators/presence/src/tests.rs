@@ -496,6 +496,60 @@ fn many_peers_migrate_with_spread_first_pings() {
     assert_eq!(driver.core.illegal_transitions(), 0);
 }
 
+/// The peers whose migration pings went out, in order.
+fn pinged(driver: &Driver) -> Vec<DeviceId> {
+    driver
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendMigrationPing(ping) => Some(ping.peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_migration_rounds_wait_for_a_slot() {
+    let config = Config {
+        max_concurrent_migrations: 10,
+        ..Config::default()
+    };
+    let interval = config.migration_ping_interval;
+    let mut driver = Driver::new(config);
+    for n in 1..=50 {
+        driver.input("AddPeer", Input::AddPeer(peer(n)));
+        driver.ready(n, true, 1);
+    }
+    driver.outputs.clear();
+    driver.advance_to(1000);
+    moved(&mut driver);
+    // Past the spread of the first pings (50 × 5 ms): only the slots' worth went out.
+    driver.advance_to(1300);
+    let first = pinged(&driver);
+    assert_eq!(first.len(), 10, "{first:?}");
+    // Three sessions Ready again: three more first rounds go at once.
+    for who in &first[..3] {
+        driver.ready(who.0[0], false, 1);
+    }
+    driver.advance_to(1301);
+    assert_eq!(pinged(&driver).len(), 13);
+    // The other seven stay unanswered: their slots free when their round is over
+    // (their second round is due, before 2 250 ms), and seven more first rounds take
+    // them; the three started at 1 300 ms still hold theirs just before 2 300 ms.
+    let second_round = 1300 + u64::try_from(interval.as_millis()).unwrap();
+    driver.advance_to(second_round - 10);
+    let all = pinged(&driver);
+    let firsts: std::collections::BTreeSet<DeviceId> = all.iter().copied().collect();
+    assert_eq!(firsts.len(), 20, "{all:?}");
+    assert_eq!(all.len(), 27, "7 second rounds and 7 more first ones");
+    // Everyone gets a first round in the end, and nobody is evicted meanwhile.
+    driver.advance_to(second_round + 6_000);
+    let firsts: std::collections::BTreeSet<DeviceId> = pinged(&driver).into_iter().collect();
+    assert_eq!(firsts.len(), 50);
+    assert_eq!(driver.count(|o| matches!(o, Output::EvictSession(_))), 0);
+    assert_eq!(driver.core.illegal_transitions(), 0);
+}
+
 #[test]
 fn same_seed_same_trace() {
     let run = || {

@@ -170,21 +170,44 @@ impl Presence {
         }
     }
 
+    /// The first ping rounds that are due, earliest first, while migration slots are
+    /// free (see `max_concurrent_migrations`).
+    pub(super) fn start_due_first_rounds(&mut self, now: Instant) {
+        while self.migrating.len() < self.config.max_concurrent_migrations {
+            let Some(&(at, id)) = self.first_rounds.first() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.run_migration_round(now, id, true);
+            self.reindex(id);
+            if self.first_rounds.first() == Some(&(at, id)) {
+                // Nothing changed (cannot happen: a due first round goes out); stop
+                // rather than spin.
+                break;
+            }
+        }
+    }
+
     /// Migration phase 2 on the migrating device: one round of pings on every candidate,
     /// repeated with a doubling interval until the session is Ready or the window ends.
-    pub(super) fn run_migration_round(&mut self, now: Instant, id: DeviceId) {
+    /// The first round goes only with a slot (`slot_granted`); a redirect (the peer
+    /// said where it is now) goes whenever it is due.
+    pub(super) fn run_migration_round(&mut self, now: Instant, id: DeviceId, slot_granted: bool) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         let Some(rounds) = peer.migration.as_mut().and_then(|m| m.outbound.as_mut()) else {
             return;
         };
-        if rounds.redirect_at.is_some_and(|at| at <= now) && rounds.next > now {
+        let round_due = rounds.next <= now && (rounds.sent > 0 || slot_granted);
+        if rounds.redirect_at.is_some_and(|at| at <= now) && !round_due {
             rounds.redirect_at = None;
             self.attempt(now, id, Purpose::MigrationPing);
             return;
         }
-        if rounds.next > now {
+        if !round_due {
             return;
         }
         rounds.redirect_at = None;
