@@ -250,6 +250,11 @@ fn bad_configs_fail_with_one_line_naming_the_key() {
             vec![],
         ),
         (
+            "zero migration slots",
+            format!("{good}\n[presence]\nmax_concurrent_migrations = 0\n"),
+            vec![],
+        ),
+        (
             "unknown table key",
             format!("{good}\n[limits]\nmax_qeued = 10\n"),
             vec![],

@@ -306,6 +306,9 @@ fn node_from(root: &mut Fields, path: &Path, need: Peers) -> Result<NodeSettings
             "migration_relay_after_ms",
             &mut presence.migration_relay_after,
         )?;
+        if let Some(n) = table.positive("max_concurrent_migrations")? {
+            presence.max_concurrent_migrations = usize::try_from(n).unwrap_or(usize::MAX);
+        }
         table.finish()?;
     }
     let mut limits = Limits::default();
