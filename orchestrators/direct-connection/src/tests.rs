@@ -1666,8 +1666,27 @@ fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() 
     // The same hint again is no news.
     hint(&mut net);
     assert_eq!((announced(&net), changed(&net)), (1, 1));
-    // A connect dials the announcement first, then the blueprint's order.
+    // A transport-only connect dials the announcement; the blueprint's address is
+    // where the session's link already goes, so that link is challenged instead.
+    let challenges = |net: &Net| {
+        net.count(B, |o| {
+            matches!(o, Output::Transport(TransportCommand::Transmit { .. }))
+        })
+    };
+    let sent_before = challenges(&net);
     net.connect(B, true);
+    let dial = net.outputs[B].iter().rev().find_map(|o| match o {
+        Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
+        _ => None,
+    });
+    assert_eq!(dial, Some(vec![hinted]));
+    assert!(
+        challenges(&net) > sent_before,
+        "the existing link is challenged"
+    );
+    // A connect with a handshake dials the announcement first, then the blueprint's
+    // order.
+    net.connect(B, false);
     let dial = net.outputs[B].iter().rev().find_map(|o| match o {
         Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
         _ => None,
