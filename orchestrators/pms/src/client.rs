@@ -46,7 +46,7 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tether_crypto::{
@@ -202,6 +202,10 @@ pub struct RendezvousClient {
     /// Whether the device's connection to the server is up.
     connected: bool,
     peers: BTreeMap<DeviceId, Peer>,
+    /// Every peer's `refresh_at`, by instant: the next refresh and the ones due are
+    /// found without a walk over every peer (each input ends with `poll_timeout`, and
+    /// a node may have thousands of peers).
+    refreshes: BTreeSet<(Instant, DeviceId)>,
     by_rendezvous: BTreeMap<[u8; 32], DeviceId>,
     /// Lookups waiting for a connection, oldest first.
     queued_lookups: VecDeque<LookupEndpointHint>,
@@ -246,6 +250,7 @@ impl RendezvousClient {
             rng: ChaCha20Rng::from_seed(seed),
             connected: false,
             peers,
+            refreshes: BTreeSet::new(),
             by_rendezvous,
             queued_lookups: VecDeque::new(),
             in_flight: BTreeMap::new(),
@@ -298,13 +303,14 @@ impl SansIoCore for RendezvousClient {
         if !self.connected {
             return;
         }
-        let due: Vec<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.refresh_at.is_some_and(|at| at <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in due {
+        while let Some(&(at, peer)) = self.refreshes.first() {
+            if at > now {
+                break;
+            }
+            self.refreshes.remove(&(at, peer));
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.refresh_at = None;
+            }
             self.send_publish(now, peer);
         }
     }
@@ -319,7 +325,7 @@ impl SansIoCore for RendezvousClient {
         if !self.connected {
             return None;
         }
-        self.peers.values().filter_map(|p| p.refresh_at).min()
+        self.refreshes.first().map(|(at, _)| *at)
     }
 }
 
@@ -363,6 +369,7 @@ impl RendezvousClient {
         for peer in self.peers.values_mut() {
             peer.refresh_at = None;
         }
+        self.refreshes.clear();
     }
 
     fn server_message(&mut self, now: Instant, message: RendezvousMessage) {
@@ -411,7 +418,11 @@ impl RendezvousClient {
         let Some(endpoints) = &peer.published else {
             return;
         };
-        peer.refresh_at = Some(now + self.config.hint_ttl / 2);
+        let refresh_at = now + self.config.hint_ttl / 2;
+        if let Some(old) = peer.refresh_at.replace(refresh_at) {
+            self.refreshes.remove(&(old, peer_id));
+        }
+        self.refreshes.insert((refresh_at, peer_id));
         let encoded = encode_endpoints(endpoints);
         let sealed = seal_hint(&peer.rk, &public, &encoded, unix_now, ttl_ms, &mut self.rng);
         let rendezvous_id = peer.rendezvous_id.0;

@@ -484,3 +484,65 @@ fn config_debug_redacts_the_seed_and_keys() {
     assert!(text.contains("RelationshipKey(<redacted>)"));
     assert!(!text.contains(keys.rk.to_hex().as_str()));
 }
+
+#[test]
+fn thousands_of_peers_are_each_refreshed_once_per_half_ttl() {
+    let keys = Keys::new();
+    let peer = |n: u32| {
+        let mut bytes = [0_u8; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        tether_protocol::DeviceId(bytes)
+    };
+    const PEERS: u32 = 3_000;
+    let peers = (0..PEERS).map(|n| (peer(n), keys.rk.clone())).collect();
+    let mut config =
+        RendezvousClientConfig::new(keys.device(1).clone(), peers, UNIX_START, [4; 32]);
+    config.hint_ttl = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let mut client = RendezvousClient::new(config, t0);
+    let publishes = |client: &mut RendezvousClient| {
+        let mut n = 0;
+        while let Some(output) = client.poll_output() {
+            if matches!(
+                output,
+                ClientOutput::ToServer(RendezvousMessage::Publish { .. })
+            ) {
+                n += 1;
+            }
+        }
+        n
+    };
+    client.handle(t0, ClientInput::Server(RelayStatus { connected: true }));
+    // Publishes spread over the first 3 s.
+    for n in 0..PEERS {
+        let now = t0 + Duration::from_millis(u64::from(n));
+        client.handle(
+            now,
+            ClientInput::Publish(PublishEndpointHint {
+                request: RequestId(u64::from(n)),
+                peer: peer(n),
+                endpoints: vec![addr("192.0.2.1:4433")],
+            }),
+        );
+    }
+    assert_eq!(publishes(&mut client), PEERS as usize);
+    // The first refresh is due half a TTL after the first publish, and each peer's
+    // comes once in the next 3 s, in publish order.
+    assert_eq!(client.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    let mut refreshed = 0;
+    let mut now = t0 + Duration::from_secs(30);
+    while now < t0 + Duration::from_secs(33) {
+        client.handle_timeout(now);
+        refreshed += publishes(&mut client);
+        let next = client
+            .poll_timeout()
+            .expect("a refresh is always due later");
+        assert!(next > now, "nothing due is left behind");
+        now = next;
+    }
+    assert_eq!(refreshed, PEERS as usize);
+    assert_eq!(client.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    // A lost connection drops every refresh until it is back.
+    client.handle(now, ClientInput::Server(RelayStatus { connected: false }));
+    assert_eq!(client.poll_timeout(), None);
+}
