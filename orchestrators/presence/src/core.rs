@@ -475,33 +475,24 @@ impl Presence {
     /// Checks the indexes against every peer's state (tests).
     #[cfg(test)]
     pub(crate) fn check_index(&self) {
-        let wakes: BTreeSet<(Instant, DeviceId)> = self
-            .peers
-            .iter()
-            .filter_map(|(id, p)| p.next_wake().map(|at| (at, *id)))
-            .collect();
-        let connects: BTreeSet<(Instant, DeviceId)> = self
-            .peers
-            .iter()
-            .filter_map(|(id, p)| p.connect_due().map(|at| (at, *id)))
-            .collect();
-        let in_flight: BTreeSet<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.connecting)
-            .map(|(id, _)| *id)
-            .collect();
-        let first_rounds: BTreeSet<(Instant, DeviceId)> = self
-            .peers
-            .iter()
-            .filter_map(|(id, p)| p.first_round_due().map(|at| (at, *id)))
-            .collect();
-        let migrating: BTreeSet<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.holds_migration_slot())
-            .map(|(id, _)| *id)
-            .collect();
+        let by_instant = |due: fn(&Peer) -> Option<Instant>| -> BTreeSet<(Instant, DeviceId)> {
+            self.peers
+                .iter()
+                .filter_map(|(id, p)| due(p).map(|at| (at, *id)))
+                .collect()
+        };
+        let those = |holds: fn(&Peer) -> bool| -> BTreeSet<DeviceId> {
+            self.peers
+                .iter()
+                .filter(|(_, p)| holds(p))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let wakes = by_instant(Peer::next_wake);
+        let connects = by_instant(Peer::connect_due);
+        let first_rounds = by_instant(Peer::first_round_due);
+        let in_flight = those(|p| p.connecting);
+        let migrating = those(Peer::holds_migration_slot);
         assert_eq!(
             self.first_rounds, first_rounds,
             "the first-round index is out of date"

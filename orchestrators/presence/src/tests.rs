@@ -473,9 +473,9 @@ fn connects_are_bounded_and_jittered_for_many_peers() {
     );
 }
 
-#[test]
-fn many_peers_migrate_with_spread_first_pings() {
-    let mut driver = Driver::new(Config::default());
+/// 50 peers Ready, then this device moves at 1 s (outputs before the move cleared).
+fn fifty_ready_then_moved(config: Config) -> Driver {
+    let mut driver = Driver::new(config);
     for n in 1..=50 {
         driver.input("AddPeer", Input::AddPeer(peer(n)));
         driver.ready(n, true, 1);
@@ -483,6 +483,12 @@ fn many_peers_migrate_with_spread_first_pings() {
     driver.outputs.clear();
     driver.advance_to(1000);
     moved(&mut driver);
+    driver
+}
+
+#[test]
+fn many_peers_migrate_with_spread_first_pings() {
+    let mut driver = fifty_ready_then_moved(Config::default());
     // 50 peers × 5 ms: first pings spread over 250 ms.
     driver.advance_to(1000 + 125);
     let halfway = driver.count(|o| matches!(o, Output::SendMigrationPing(_)));
@@ -515,14 +521,7 @@ fn first_migration_rounds_wait_for_a_slot() {
         ..Config::default()
     };
     let interval = config.migration_ping_interval;
-    let mut driver = Driver::new(config);
-    for n in 1..=50 {
-        driver.input("AddPeer", Input::AddPeer(peer(n)));
-        driver.ready(n, true, 1);
-    }
-    driver.outputs.clear();
-    driver.advance_to(1000);
-    moved(&mut driver);
+    let mut driver = fifty_ready_then_moved(config);
     // Past the spread of the first pings (50 × 5 ms): only the slots' worth went out.
     driver.advance_to(1300);
     let first = pinged(&driver);
