@@ -81,7 +81,7 @@ impl DirectConnection {
         });
         let existing = bound.or_else(|| self.links.live_of(device));
         // A transport-only reconnect challenges the links that go to a candidate and
-        // carried the peer's frames within a heartbeat interval, rather than dial that
+        // carried the peer's frames within two heartbeat intervals, rather than dial that
         // candidate again: a new connection from the same socket to the same address
         // takes the same path, a QUIC handshake later. (After the peer moved, the link
         // its ping just came by reaches it; a node with thousands of sessions that moves
@@ -89,8 +89,12 @@ impl DirectConnection {
         // went quiet may be dead at the other end, and a handshake gets fresh links:
         // the peer may have restarted and lost the old ones.
         let reaching = if permit.is_none() {
+            // Two intervals (fewer if fewer missed heartbeats report a path dead): a
+            // live link hears a heartbeat each way in each, and a dead one is reported
+            // after `missed_heartbeats` of them.
+            let intervals = self.limits.missed_heartbeats.clamp(1, 2);
             let heard_since = now
-                .checked_sub(self.limits.heartbeat_interval)
+                .checked_sub(self.limits.heartbeat_interval * intervals)
                 .unwrap_or(now);
             self.links_reaching(device, &addrs, heard_since)
         } else {

@@ -306,9 +306,10 @@ impl LinkTable {
             .any(|(link, _)| self.answered_since(link, at))
     }
 
-    /// Whether some link to `device` is one we dialled.
-    pub fn has_dialled(&self, device: DeviceId) -> bool {
-        self.peer_links(device).any(|(_, l)| l.dialled)
+    /// Whether some link to `device` at `remote` is one we dialled.
+    pub fn has_dialled(&self, device: DeviceId, remote: SocketAddr) -> bool {
+        self.peer_links(device)
+            .any(|(_, l)| l.dialled && l.remote == Some(remote))
     }
 
     fn peer_links(
@@ -386,12 +387,13 @@ mod tests {
             None,
             Some(peer(1)),
         );
+        let standby_at: SocketAddr = "192.0.2.7:4433".parse().unwrap();
         let _ = table.link_up(Instant::now(), Instant::now(), LinkId(2), None, None);
         let _ = table.link_up(
             Instant::now(),
             Instant::now(),
             LinkId(3),
-            None,
+            Some(standby_at),
             Some(peer(2)),
         );
         table.attribute(LinkId(2), peer(1));
@@ -401,7 +403,8 @@ mod tests {
         assert_eq!(table.live_of(peer(1)), Some(LinkId(2)));
         table.remove(LinkId(2));
         assert_eq!(table.of_peer(peer(1)), vec![LinkId(1)]);
-        assert!(table.has_dialled(peer(2)));
+        assert!(table.has_dialled(peer(2), standby_at));
+        assert!(!table.has_dialled(peer(2), "192.0.2.8:4433".parse().unwrap()));
 
         let dial = PendingDial {
             device: peer(2),

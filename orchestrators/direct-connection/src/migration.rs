@@ -257,11 +257,14 @@ impl DirectConnection {
 
     /// Bound to a link the peer dialled: dial one of our own to the same address, so a
     /// change of our address finds a link QUIC migrates (the accepted one dies with
-    /// our old address, and a fresh dial would cost the migration a round trip).
+    /// our old address, and a fresh dial would cost the migration a round trip). A link
+    /// we dialled to another address does not count: after the peer moved, the one to
+    /// its old address is dead (its new address came with the link it dialled, which
+    /// QUIC migrated).
     pub(crate) fn ensure_standby(&mut self, device: DeviceId, bound: LinkId, remote: SocketAddr) {
         let accepted = self.links.get(bound).is_some_and(|l| !l.dialled);
         if accepted
-            && !self.links.has_dialled(device)
+            && !self.links.has_dialled(device, remote)
             && !self.links.dialling(device, DialPurpose::Standby)
         {
             self.dial(device, DialPurpose::Standby, vec![remote]);

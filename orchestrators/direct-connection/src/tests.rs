@@ -60,6 +60,9 @@ struct Net {
     next_link: u64,
     /// Direct UDP between the two nodes is blocked.
     direct_blocked: bool,
+    /// When a node moves, the peer's side of a link that dies stays open (as QUIC keeps
+    /// it until its idle timeout) instead of going down at once.
+    dead_links_linger: bool,
     /// One-way delay a direct link adds to the relay's [`LATENCY`] (a direct path
     /// slower than the relay).
     direct_extra: Duration,
@@ -118,6 +121,7 @@ impl Net {
             dialled_by: BTreeMap::new(),
             next_link: 1,
             direct_blocked: false,
+            dead_links_linger: false,
             direct_extra: Duration::ZERO,
             drop_if: None,
             trace: Vec::new(),
@@ -459,13 +463,15 @@ impl Net {
                         reason: "address gone".into(),
                     }),
                 );
-                self.later(
-                    other,
-                    Input::Transport(TransportEvent::LinkDown {
-                        link: theirs,
-                        reason: "idle".into(),
-                    }),
-                );
+                if !self.dead_links_linger {
+                    self.later(
+                        other,
+                        Input::Transport(TransportEvent::LinkDown {
+                            link: theirs,
+                            reason: "idle".into(),
+                        }),
+                    );
+                }
             }
         }
         self.input(node, Input::LocalEndpoints(vec![addr(new)]));
@@ -849,6 +855,29 @@ fn a_relayed_session_moves_to_a_direct_path_when_one_opens() {
     assert_eq!(net.snapshot(A).path, Some(PathKind::Direct));
     assert_eq!(net.snapshot(A).remote, Some(addr("10.9.0.2:4433")));
     assert_eq!(net.handshakes(), before);
+    net.assert_same_session();
+}
+
+#[test]
+fn after_the_peer_moved_a_standby_link_of_our_own_goes_to_its_new_address() {
+    let mut net = established(12);
+    net.run_until(1000);
+    // A dialled B; B dialled a standby link back. B moves: its standby link migrates,
+    // and A's own link to B's old address stays open, dead, until QUIC's idle timeout.
+    net.dead_links_linger = true;
+    net.move_to(B, "10.9.0.2:4433");
+    net.migration_ping(B);
+    net.run_until(1100);
+    // Presence's transport-only reconnect on the inbound ping.
+    net.connect(A, true);
+    net.run_until(3000);
+    assert_eq!(net.snapshot(A).remote, Some(addr("10.9.0.2:4433")));
+    // A link of A's own to where B is now, so that A's next move migrates one.
+    let dialled_to_b = net.count(A, |o| {
+        matches!(o, Output::Transport(TransportCommand::Dial { addrs, .. })
+            if addrs == &vec![addr("10.9.0.2:4433")])
+    });
+    assert_eq!(dialled_to_b, 1);
     net.assert_same_session();
 }
 
