@@ -418,7 +418,8 @@ impl RendezvousClient {
         let Some(endpoints) = &peer.published else {
             return;
         };
-        let refresh_at = now + self.config.hint_ttl / 2;
+        // At least a millisecond later, so a refresh never falls due again at once.
+        let refresh_at = now + (self.config.hint_ttl / 2).max(Duration::from_millis(1));
         if let Some(old) = peer.refresh_at.replace(refresh_at) {
             self.refreshes.remove(&(old, peer_id));
         }

@@ -5,7 +5,9 @@ use std::time::Duration;
 /// Settings of the Presence core. Every duration is virtual under paused time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// How long a migration may take before both sides evict (the seed's window).
+    /// How long a migration may take before both sides evict (the seed's window). On
+    /// the moving side it runs from the migration's first ping round (a session waiting
+    /// for a migration slot has not begun), on the other from the ping's arrival.
     pub migration_window: Duration,
     /// First interval between migration ping rounds; doubles up to
     /// [`Config::migration_ping_max_interval`].
@@ -25,13 +27,15 @@ pub struct Config {
     /// not a reconnection storm.
     pub max_concurrent_connects: usize,
     /// Sessions whose first migration ping round is out and unanswered at once, after a
-    /// network change of this device. Each first round makes the peer answer with up to
-    /// a few KiB at once (its acknowledgement, QUIC's path challenge and probes within
-    /// the anti-amplification budget the round's padding buys); a node with thousands of
-    /// sessions that sent every round together would have its own socket overflow with
-    /// the answers, lose them, and retry into a collapse. The rest wait for a slot: a
-    /// session Ready again, or a round unanswered for `migration_ping_interval`, frees
-    /// one.
+    /// network change of this device (at least one). Each first round makes the peer
+    /// answer with up to a few KiB at once (its acknowledgement, QUIC's path challenge
+    /// and probes within the anti-amplification budget the round's padding buys); a
+    /// node with thousands of sessions that sent every round together would have its
+    /// own socket overflow with the answers, lose them, and retry into a collapse. The
+    /// rest wait for a slot: a session Ready again, or a round unanswered for
+    /// `migration_ping_interval`, frees one. Only first rounds wait: the later rounds
+    /// of an unanswered session (after 1, 2, 4 and then every 8 s) and a ping to where
+    /// the peer says it now is go when due.
     pub max_concurrent_migrations: usize,
     /// Delay before a transport-only reconnect after the bound path was lost.
     pub path_lost_reconnect_after: Duration,
@@ -63,8 +67,8 @@ impl Default for Config {
             // at once.
             connect_retry_max: Duration::from_secs(300),
             max_concurrent_connects: 8,
-            // 128 first rounds: at most about 1 MiB of answers in flight, a quarter of
-            // the 4 MiB receive buffer the transport asks for; at a 100 ms RTT that is
+            // 128 first rounds: about 1 MiB of their answers in flight at most, a quarter
+            // of the 4 MiB receive buffer the transport asks for; at a 100 ms RTT that is
             // still over a thousand sessions migrated per second.
             max_concurrent_migrations: 128,
             path_lost_reconnect_after: Duration::from_millis(200),

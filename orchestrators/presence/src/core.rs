@@ -174,7 +174,8 @@ struct Peer {
 
 impl Peer {
     /// The next instant at which the timeout has something to do for this peer, other
-    /// than a connect (which waits for a slot, see [`Presence::connects`]).
+    /// than a connect or a first migration round (which wait for a slot, see
+    /// [`Presence::connects`] and [`Presence::first_rounds`]).
     fn next_wake(&self) -> Option<Instant> {
         let candidates = [
             self.deadline,
@@ -392,7 +393,7 @@ impl SansIoCore for Presence {
                 next = next.min(*at);
             }
         }
-        if self.migrating.len() < self.config.max_concurrent_migrations {
+        if self.migrating.len() < self.migration_slots() {
             if let Some((at, _)) = self.first_rounds.first() {
                 next = next.min(*at);
             }
@@ -443,9 +444,9 @@ impl Input {
 }
 
 impl Presence {
-    /// Brings a peer's entries in [`Presence::wakes`], [`Presence::connects`] and
-    /// [`Presence::in_flight`] up to date with its state; called after anything that
-    /// may have changed it.
+    /// Brings a peer's entries in [`Presence::wakes`], [`Presence::connects`],
+    /// [`Presence::in_flight`], [`Presence::first_rounds`] and [`Presence::migrating`] up
+    /// to date with its state; called after anything that may have changed it.
     fn reindex(&mut self, id: DeviceId) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
@@ -470,6 +471,12 @@ impl Presence {
         } else {
             self.migrating.remove(&id);
         }
+    }
+
+    /// How many first migration rounds may be out at once (at least one: with none, no
+    /// session could ever migrate).
+    pub(super) fn migration_slots(&self) -> usize {
+        self.config.max_concurrent_migrations.max(1)
     }
 
     /// Checks the indexes against every peer's state (tests).

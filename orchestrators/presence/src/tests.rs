@@ -388,7 +388,9 @@ fn window_expiry_evicts_then_recovers_with_a_handshake() {
     driver.trace.clear();
     driver.advance_to(1000);
     moved(&mut driver);
-    driver.advance_to(31_000);
+    // The window runs from the first ping round, at most 5 ms after the move with one
+    // peer.
+    driver.advance_to(31_005);
     assert_eq!(driver.core.status(&peer(1)), Some(SessionStatus::Evicted));
     driver.advance_to(32_000);
     assert_eq!(
@@ -547,6 +549,73 @@ fn first_migration_rounds_wait_for_a_slot() {
     assert_eq!(firsts.len(), 50);
     assert_eq!(driver.count(|o| matches!(o, Output::EvictSession(_))), 0);
     assert_eq!(driver.core.illegal_transitions(), 0);
+}
+
+#[test]
+fn the_window_of_a_session_waiting_for_a_slot_runs_from_its_first_round() {
+    // 50 sessions, 10 slots, nobody answers: each batch holds its slots for the
+    // 1 s round, so the last first rounds go about 4 s after the move, past a 2 s
+    // window counted from the move.
+    let config = Config {
+        max_concurrent_migrations: 10,
+        migration_window: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let mut driver = fifty_ready_then_moved(config);
+    driver.advance_to(12_000);
+    for n in 1..=50 {
+        let who = peer(n);
+        let position = |want: &dyn Fn(&Output) -> bool| driver.outputs.iter().position(want);
+        let pinged = position(&|o| matches!(o, Output::SendMigrationPing(p) if p.peer == who));
+        let evicted = position(&|o| matches!(o, Output::EvictSession(e) if e.peer == who));
+        assert!(
+            pinged.is_some() && pinged < evicted,
+            "p{n}: evicted at {evicted:?} before its first ping ({pinged:?})"
+        );
+    }
+    assert_eq!(driver.core.illegal_transitions(), 0);
+}
+
+#[test]
+fn a_peer_that_says_where_it_is_gets_its_first_round_without_waiting_for_a_slot() {
+    let config = Config {
+        max_concurrent_migrations: 10,
+        ..Config::default()
+    };
+    let mut driver = fifty_ready_then_moved(config);
+    driver.advance_to(1300);
+    let first = pinged(&driver);
+    assert_eq!(first.len(), 10);
+    // A peer still waiting for a slot moved too and pinged us: our round goes to it
+    // now, once, and counts as its first.
+    let waiting = (1..=50)
+        .map(peer)
+        .find(|p| !first.contains(p))
+        .expect("a peer waits");
+    driver.input(
+        "InboundMigrationPing",
+        Input::InboundMigrationPing(InboundMigrationPing {
+            peer: waiting,
+            session: session(),
+            epoch: Epoch(1),
+            counter: 1,
+            via: PathKind::Relay,
+        }),
+    );
+    driver.advance_to(1310);
+    let to_waiting = |driver: &Driver| pinged(driver).iter().filter(|p| **p == waiting).count();
+    assert_eq!(to_waiting(&driver), 1);
+    // The first ten free their slots by 2.25 s (their rounds unanswered); its own
+    // second round is due 1 s after its first, at 2.3 s.
+    driver.advance_to(2290);
+    assert!(pinged(&driver).len() > 21, "slots freed and taken");
+    assert_eq!(
+        to_waiting(&driver),
+        1,
+        "no second first round when a slot frees"
+    );
+    driver.advance_to(2310);
+    assert_eq!(to_waiting(&driver), 2, "its second round, on time");
 }
 
 #[test]

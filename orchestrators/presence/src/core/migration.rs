@@ -147,12 +147,13 @@ impl Presence {
     ) {
         self.set_status(id, SessionStatus::ReconnectingOutbound);
         let first_round = now + self.jitter(spread);
-        let window = self.config.migration_window;
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         peer.scheduled = None;
-        peer.deadline = Some(now + window);
+        // The window starts with the first ping round (`run_migration_round`), which may
+        // wait for a migration slot.
+        peer.deadline = None;
         let previous = peer.migration.replace(Migration::new(
             now,
             Some(PingRounds {
@@ -173,7 +174,7 @@ impl Presence {
     /// The first ping rounds that are due, earliest first, while migration slots are
     /// free (see `max_concurrent_migrations`).
     pub(super) fn start_due_first_rounds(&mut self, now: Instant) {
-        while self.migrating.len() < self.config.max_concurrent_migrations {
+        while self.migrating.len() < self.migration_slots() {
             let Some(&(at, id)) = self.first_rounds.first() else {
                 break;
             };
@@ -192,17 +193,22 @@ impl Presence {
 
     /// Migration phase 2 on the migrating device: one round of pings on every candidate,
     /// repeated with a doubling interval until the session is Ready or the window ends.
-    /// The first round goes only with a slot (`slot_granted`); a redirect (the peer
-    /// said where it is now) goes whenever it is due.
+    /// The first round goes only with a slot (`slot_granted`), or when the peer said
+    /// where it is now (a redirect, which is otherwise a ping outside the rounds). The
+    /// migration window runs from the first round: a session that waited for a slot
+    /// has had no chance to migrate yet.
     pub(super) fn run_migration_round(&mut self, now: Instant, id: DeviceId, slot_granted: bool) {
+        let window = self.config.migration_window;
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         let Some(rounds) = peer.migration.as_mut().and_then(|m| m.outbound.as_mut()) else {
             return;
         };
-        let round_due = rounds.next <= now && (rounds.sent > 0 || slot_granted);
-        if rounds.redirect_at.is_some_and(|at| at <= now) && !round_due {
+        let first = rounds.sent == 0;
+        let redirect_due = rounds.redirect_at.is_some_and(|at| at <= now);
+        let round_due = (rounds.next <= now && (!first || slot_granted)) || (first && redirect_due);
+        if redirect_due && !round_due {
             rounds.redirect_at = None;
             self.attempt(now, id, Purpose::MigrationPing);
             return;
@@ -212,6 +218,9 @@ impl Presence {
         }
         rounds.redirect_at = None;
         rounds.sent += 1;
+        if first {
+            peer.deadline = Some(now + window);
+        }
         let exponent = (rounds.sent - 1).min(16);
         let interval = self
             .config
