@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 use tether_crypto::{Handshake, HandshakeError, HandshakePurpose, RingError};
 use tether_protocol::{
-    ConnectFailed, ConnectPeer, DeviceId, EvictSession, HandshakeMessage, HandshakeStarted, LinkId,
+    ConnectFailed, ConnectPeer, DeviceId, EvictSession, HandshakeMessage, HandshakeStarted,
     SessionFrame, SessionReady, WireFrame,
 };
 
@@ -80,31 +80,6 @@ impl DirectConnection {
             _ => None,
         });
         let existing = bound.or_else(|| self.links.live_of(device));
-        // A transport-only reconnect challenges the links that go to a candidate and
-        // carried the peer's frames within two heartbeat intervals, rather than dial that
-        // candidate again: a new connection from the same socket to the same address
-        // takes the same path, a QUIC handshake later. (After the peer moved, the link
-        // its ping just came by reaches it; a node with thousands of sessions that moves
-        // would otherwise take a QUIC handshake from every peer at once.) A link that
-        // went quiet may be dead at the other end, and a handshake gets fresh links:
-        // the peer may have restarted and lost the old ones.
-        let reaching = if permit.is_none() {
-            // Two intervals (fewer if fewer missed heartbeats report a path dead): a
-            // live link hears a heartbeat each way in each, and a dead one is reported
-            // after `missed_heartbeats` of them.
-            let intervals = self.limits.missed_heartbeats.clamp(1, 2);
-            let heard_since = now
-                .checked_sub(self.limits.heartbeat_interval * intervals)
-                .unwrap_or(now);
-            self.links_reaching(device, &addrs, heard_since)
-        } else {
-            Vec::new()
-        };
-        let to_dial: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|addr| !reaching.iter().any(|(_, reached)| reached == addr))
-            .collect();
         let Some(peer) = self.peers.get_mut(&device) else {
             return;
         };
@@ -121,14 +96,11 @@ impl DirectConnection {
         );
         self.timers.set(device, Timer::ConnectRelay, relay_at);
         self.timers.stop(device, Timer::HandshakeRetry);
-        if !to_dial.is_empty() {
-            self.dial(device, DialPurpose::Connect, to_dial);
+        if !addrs.is_empty() {
+            self.dial(device, DialPurpose::Connect, addrs);
         }
         if let Some(link) = existing {
             self.connect_on(now, device, Via::Link(link));
-        }
-        for (link, _) in reaching {
-            self.challenge(now, device, Via::Link(link));
         }
     }
 
@@ -146,26 +118,6 @@ impl DirectConnection {
         } else {
             self.challenge(now, device, via);
         }
-    }
-
-    /// The peer's links that go to one of `addrs` and carried an authenticated frame
-    /// since `heard_since`, with the address each goes to.
-    fn links_reaching(
-        &self,
-        device: DeviceId,
-        addrs: &[SocketAddr],
-        heard_since: Instant,
-    ) -> Vec<(LinkId, SocketAddr)> {
-        self.links
-            .of_peer(device)
-            .into_iter()
-            .filter_map(|link| {
-                let state = self.links.get(link)?;
-                let heard = state.last_heard.is_some_and(|at| at >= heard_since);
-                let remote = state.remote.filter(|remote| addrs.contains(remote))?;
-                heard.then_some((link, remote))
-            })
-            .collect()
     }
 
     /// The rendezvous hint came while a connect tries its direct candidates (before the

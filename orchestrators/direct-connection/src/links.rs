@@ -334,14 +334,14 @@ impl LinkTable {
         Some(dial)
     }
 
-    /// Whether a dial for `device` and `purpose` is in progress.
-    pub fn dialling(&self, device: DeviceId, purpose: DialPurpose) -> bool {
+    /// Whether a dial for `device` that tries `addr` is in progress (for any purpose).
+    pub fn dialling_to(&self, device: DeviceId, addr: SocketAddr) -> bool {
         self.dials_by_peer
             .range((device, RequestId(0))..=(device, RequestId(u64::MAX)))
             .any(|(_, request)| {
                 self.dials
                     .get(request)
-                    .is_some_and(|d| d.purpose == purpose)
+                    .is_some_and(|d| d.addrs.contains(&addr))
             })
     }
 }
@@ -408,14 +408,15 @@ mod tests {
 
         let dial = PendingDial {
             device: peer(2),
-            purpose: DialPurpose::Standby,
-            addrs: Vec::new(),
+            purpose: DialPurpose::Connect,
+            addrs: vec![standby_at],
         };
         table.add_dial(RequestId(7), dial.clone());
-        assert!(table.dialling(peer(2), DialPurpose::Standby));
-        assert!(!table.dialling(peer(1), DialPurpose::Standby));
+        assert!(table.dialling_to(peer(2), standby_at));
+        assert!(!table.dialling_to(peer(1), standby_at));
+        assert!(!table.dialling_to(peer(2), "192.0.2.8:4433".parse().unwrap()));
         assert_eq!(table.take_dial(RequestId(7)), Some(dial));
-        assert!(!table.dialling(peer(2), DialPurpose::Standby));
+        assert!(!table.dialling_to(peer(2), standby_at));
     }
 
     #[test]

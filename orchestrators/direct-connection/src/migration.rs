@@ -260,12 +260,12 @@ impl DirectConnection {
     /// our old address, and a fresh dial would cost the migration a round trip). A link
     /// we dialled to another address does not count: after the peer moved, the one to
     /// its old address is dead (its new address came with the link it dialled, which
-    /// QUIC migrated).
+    /// QUIC migrated). A dial to the address already in flight (a reconnect's) will do.
     pub(crate) fn ensure_standby(&mut self, device: DeviceId, bound: LinkId, remote: SocketAddr) {
         let accepted = self.links.get(bound).is_some_and(|l| !l.dialled);
         if accepted
             && !self.links.has_dialled(device, remote)
-            && !self.links.dialling(device, DialPurpose::Standby)
+            && !self.links.dialling_to(device, remote)
         {
             self.dial(device, DialPurpose::Standby, vec![remote]);
         }

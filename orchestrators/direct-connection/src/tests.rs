@@ -864,18 +864,16 @@ fn after_the_peer_moved_a_standby_link_of_our_own_goes_to_its_new_address() {
     net.run_until(1000);
     // A dialled B; B dialled a standby link back. B moves: its standby link migrates,
     // and A's own link to B's old address stays open, dead, until QUIC's idle timeout.
+    // (No reconnect from Presence here: the ping's link alone carries the session.)
     net.dead_links_linger = true;
     net.move_to(B, "10.9.0.2:4433");
     net.migration_ping(B);
-    net.run_until(1100);
-    // Presence's transport-only reconnect on the inbound ping.
-    net.connect(A, true);
     net.run_until(3000);
     assert_eq!(net.snapshot(A).remote, Some(addr("10.9.0.2:4433")));
     // A link of A's own to where B is now, so that A's next move migrates one.
     let dialled_to_b = net.count(A, |o| {
         matches!(o, Output::Transport(TransportCommand::Dial { addrs, .. })
-            if addrs == &vec![addr("10.9.0.2:4433")])
+            if addrs.contains(&addr("10.9.0.2:4433")))
     });
     assert_eq!(dialled_to_b, 1);
     net.assert_same_session();
@@ -1695,27 +1693,8 @@ fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() 
     // The same hint again is no news.
     hint(&mut net);
     assert_eq!((announced(&net), changed(&net)), (1, 1));
-    // A transport-only connect dials the announcement; the blueprint's address is
-    // where the session's link already goes, so that link is challenged instead.
-    let challenges = |net: &Net| {
-        net.count(B, |o| {
-            matches!(o, Output::Transport(TransportCommand::Transmit { .. }))
-        })
-    };
-    let sent_before = challenges(&net);
+    // A connect dials the announcement first, then the blueprint's order.
     net.connect(B, true);
-    let dial = net.outputs[B].iter().rev().find_map(|o| match o {
-        Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
-        _ => None,
-    });
-    assert_eq!(dial, Some(vec![hinted]));
-    assert!(
-        challenges(&net) > sent_before,
-        "the existing link is challenged"
-    );
-    // A connect with a handshake dials the announcement first, then the blueprint's
-    // order.
-    net.connect(B, false);
     let dial = net.outputs[B].iter().rev().find_map(|o| match o {
         Output::Transport(TransportCommand::Dial { addrs, .. }) => Some(addrs.clone()),
         _ => None,
