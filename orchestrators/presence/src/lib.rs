@@ -21,9 +21,10 @@
 //! `Connecting → Handshaking → Ready ⇄ Degraded → ReconnectingOutbound |
 //! ReconnectingInbound → Ready`, `Evicted → Recovering → Ready`, `Closed`.
 //! - On a local network change every established peer goes Ready → Degraded →
-//!   ReconnectingOutbound: the window starts, migration ping rounds run (first one
-//!   jittered per peer), PresenceConnect is blocked, and after an unanswered round the
-//!   rendezvous hints are looked up.
+//!   ReconnectingOutbound: migration ping rounds run (the first one jittered per peer
+//!   and waiting for one of `max_concurrent_migrations` slots; the window starts with
+//!   it), PresenceConnect is blocked, and after an unanswered round the rendezvous
+//!   hints are looked up.
 //! - On an authenticated inbound migration ping: ReconnectingInbound and a `ConnectPeer`
 //!   with `transport_only = true` (DirectConnection dials the endpoints the ping
 //!   announced first). In ReconnectingOutbound (both moved) a new ping round goes out
@@ -56,7 +57,7 @@
 //! | timer | armed | when it fires |
 //! |---|---|---|
 //! | connect / recovery (`scheduled`) | a connect is due (the first spread by `first_ping_spread_per_peer` × peers, at most `connect_retry_base`; after failures a capped exponential backoff, 250 ms doubling up to 5 min, started over by a network change, `SendWaiting` or a hinted `PeerEndpointsChanged`) | `ConnectPeer` |
-//! | migration window (`deadline`) | a migration starts, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
+//! | migration window (`deadline`) | an outbound migration's first ping round, an inbound migration ping, or the path is lost (`migration_window`) | the session is evicted; `MigrationEvent::Failed` if a migration was running |
 //! | ping round | ReconnectingOutbound (first round jittered, and started only while fewer than `max_concurrent_migrations` first rounds are out and unanswered; then `migration_ping_interval`, doubling up to `migration_ping_max_interval`) | `SendMigrationPing`; from the second round the rendezvous is asked too |
 //! | relay copy | a ping round sent (at once) | `RelayMigrationPing` |
 //! | data carry | a ping round sent (1.5 × smoothed RTT, at most `migration_relay_after`, plus half that, at least 20 ms; 20 ms after `DirectDialFailed`) | `CarryOverRelay` |
