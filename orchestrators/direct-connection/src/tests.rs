@@ -1125,19 +1125,22 @@ fn connecting_to_a_stale_address(seed: u64) -> Net {
     net
 }
 
+/// A hint of `peer`'s `endpoints` the rendezvous server pushes (nobody asked for it),
+/// sealed at `issued_at_ms`.
+fn pushed_hint(peer: DeviceId, endpoints: Vec<SocketAddr>, issued_at_ms: u64) -> Input {
+    Input::Hint(tether_protocol::PeerEndpointHint {
+        request: None,
+        peer,
+        endpoints,
+        issued_at_ms,
+    })
+}
+
 /// The rendezvous server pushes A where B is (a hint A did not ask for); returns it.
 fn push_address_of_b(net: &mut Net) -> SocketAddr {
     let real = net.nodes[B].addr;
     let peer = net.device(B);
-    net.input(
-        A,
-        Input::Hint(tether_protocol::PeerEndpointHint {
-            request: None,
-            peer,
-            endpoints: vec![real],
-            issued_at_ms: 0,
-        }),
-    );
+    net.input(A, pushed_hint(peer, vec![real], 0));
     real
 }
 
@@ -1638,14 +1641,7 @@ fn a_hint_older_than_what_the_peer_said_itself_is_ignored() {
     };
     assert_eq!(announced(&net), vec![moved]);
     // The rendezvous server still holds B's hint from before the move.
-    let hint = |issued_at_ms| {
-        Input::Hint(tether_protocol::PeerEndpointHint {
-            request: None,
-            peer,
-            endpoints: vec![old],
-            issued_at_ms,
-        })
-    };
+    let hint = |issued_at_ms| pushed_hint(peer, vec![old], issued_at_ms);
     let sealed_before_the_move = 1_700_000_000_000 + 500;
     net.input(A, hint(sealed_before_the_move));
     assert_eq!(
@@ -1665,17 +1661,7 @@ fn the_newest_announcement_is_dialled_before_the_blueprint_and_passed_on_once() 
     net.run_until(1000);
     let peer = net.device(A);
     let hinted = addr("203.0.113.9:4433");
-    let hint = |net: &mut Net| {
-        net.input(
-            B,
-            Input::Hint(tether_protocol::PeerEndpointHint {
-                request: None,
-                peer,
-                endpoints: vec![hinted],
-                issued_at_ms: 0,
-            }),
-        );
-    };
+    let hint = |net: &mut Net| net.input(B, pushed_hint(peer, vec![hinted], 0));
     hint(&mut net);
     let announced = |net: &Net| {
         net.count(B, |o| {

@@ -182,15 +182,15 @@ impl Peer {
             self.scheduled
                 .filter(|s| s.purpose != Purpose::Connect)
                 .map(|s| s.at),
-            self.migration.and_then(|m| m.outbound).and_then(|rounds| {
-                // A first round waits for a slot (see [`Presence::first_rounds`]); a
-                // redirect does not.
-                let next = (rounds.sent > 0).then_some(rounds.next);
-                match (rounds.redirect_at, next) {
-                    (Some(redirect), Some(next)) => Some(redirect.min(next)),
-                    (redirect, next) => redirect.or(next),
-                }
-            }),
+            // A first round waits for a slot (see [`Presence::first_rounds`]); a
+            // redirect does not.
+            self.migration
+                .and_then(|m| m.outbound)
+                .and_then(|rounds| rounds.redirect_at),
+            self.migration
+                .and_then(|m| m.outbound)
+                .filter(|rounds| rounds.sent > 0)
+                .map(|rounds| rounds.next),
             self.migration.and_then(|m| m.relay_copy_at),
             self.migration.and_then(|m| m.carry_at),
         ];

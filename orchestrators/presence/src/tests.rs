@@ -130,6 +130,11 @@ impl Driver {
     fn count(&self, predicate: impl Fn(&Output) -> bool) -> usize {
         self.outputs.iter().filter(|o| predicate(o)).count()
     }
+
+    /// What `pick` takes from each output it recognises, in order.
+    fn picked<T>(&self, pick: impl Fn(&Output) -> Option<T>) -> Vec<T> {
+        self.outputs.iter().filter_map(pick).collect()
+    }
 }
 
 fn describe(output: &Output) -> String {
@@ -449,14 +454,10 @@ fn connects_are_bounded_and_jittered_for_many_peers() {
         driver.input("AddPeer", Input::AddPeer(peer(n)));
     }
     driver.advance_to(1000);
-    let connects: Vec<_> = driver
-        .outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::ConnectPeer(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect();
+    let connects = driver.picked(|o| match o {
+        Output::ConnectPeer(c) => Some(c.clone()),
+        _ => None,
+    });
     assert_eq!(connects.len(), bound, "only {bound} connects in flight");
     // One finishes, one more starts.
     let first = connects[0].peer;
@@ -506,14 +507,10 @@ fn many_peers_migrate_with_spread_first_pings() {
 
 /// The peers whose migration pings went out, in order.
 fn pinged(driver: &Driver) -> Vec<DeviceId> {
-    driver
-        .outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::SendMigrationPing(ping) => Some(ping.peer),
-            _ => None,
-        })
-        .collect()
+    driver.picked(|o| match o {
+        Output::SendMigrationPing(ping) => Some(ping.peer),
+        _ => None,
+    })
 }
 
 #[test]
@@ -729,14 +726,10 @@ fn a_goodbye_closes_the_session_retries_nothing_and_a_return_readies_it() {
 }
 
 fn allowed(driver: &Driver) -> Vec<bool> {
-    driver
-        .outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::AllowRekey(m) => Some(m.allowed),
-            _ => None,
-        })
-        .collect()
+    driver.picked(|o| match o {
+        Output::AllowRekey(m) => Some(m.allowed),
+        _ => None,
+    })
 }
 
 #[test]
@@ -798,14 +791,10 @@ fn hints_announce_the_reflexive_address_until_the_next_move() {
     );
     driver.establish(1);
     let published = |driver: &Driver| -> Vec<Vec<std::net::SocketAddr>> {
-        driver
-            .outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::PublishEndpointHint(p) => Some(p.endpoints.clone()),
-                _ => None,
-            })
-            .collect()
+        driver.picked(|o| match o {
+            Output::PublishEndpointHint(p) => Some(p.endpoints.clone()),
+            _ => None,
+        })
     };
     let before = published(&driver).len();
     let reflexive = addr("198.51.100.9:20000");

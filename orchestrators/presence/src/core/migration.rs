@@ -174,20 +174,17 @@ impl Presence {
     /// The first ping rounds that are due, earliest first, while migration slots are
     /// free (see `max_concurrent_migrations`).
     pub(super) fn start_due_first_rounds(&mut self, now: Instant) {
-        while self.migrating.len() < self.migration_slots() {
-            let Some(&(at, id)) = self.first_rounds.first() else {
-                break;
-            };
-            if at > now {
-                break;
-            }
+        let free = self.migration_slots().saturating_sub(self.migrating.len());
+        let due: Vec<DeviceId> = self
+            .first_rounds
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(free)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in due {
             self.run_migration_round(now, id, true);
             self.reindex(id);
-            if self.first_rounds.first() == Some(&(at, id)) {
-                // Nothing changed (cannot happen: a due first round goes out); stop
-                // rather than spin.
-                break;
-            }
         }
     }
 
