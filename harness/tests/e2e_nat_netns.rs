@@ -173,7 +173,7 @@ struct NatPair {
 struct Started {
     pair: NatPair,
     /// A sends `from a 0` … to B from the moment A is up; B sends `from b 0` … to A
-    /// once A's watch runs.
+    /// from before A starts (its first messages wait for the session).
     senders: Senders,
     /// When B, the first node, started (unix ms).
     start_ms: u64,
@@ -249,20 +249,12 @@ impl NatPair {
             assert!(Instant::now() < until, "B never connected to the relay");
         }
         marks.push((unix_ms(), "B connected to the relay (polled)".to_string()));
-        marks.push((unix_ms(), "A started".to_string()));
-        let a = start_node(&net.a);
+        // B sends before A starts: its first messages wait for the session and leave
+        // over the relay the moment it is Ready there, so some cross the upgrade to the
+        // direct path however soon it follows (a sender started with A may have its
+        // first message accepted only after both are direct).
         let (started, started_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let a_sender = send_until(
-            &d,
-            "a.sock",
-            "b",
-            "from a",
-            MIN_COUNT,
-            stop.clone(),
-            started.clone(),
-        );
-        let watch_a = Watch::started(&d, "a.sock", until);
         let b_sender = send_until(
             &d,
             "b.sock",
@@ -270,8 +262,22 @@ impl NatPair {
             "from b",
             MIN_COUNT,
             stop.clone(),
+            started.clone(),
+        );
+        started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        marks.push((unix_ms(), "B's first message queued".to_string()));
+        marks.push((unix_ms(), "A started".to_string()));
+        let a = start_node(&net.a);
+        let a_sender = send_until(
+            &d,
+            "a.sock",
+            "b",
+            "from a",
+            MIN_COUNT,
+            stop.clone(),
             started,
         );
+        let watch_a = Watch::started(&d, "a.sock", until);
         let mut pair = Self {
             nodes: Nodes {
                 watch_a,
@@ -293,9 +299,8 @@ impl NatPair {
         }
         pair.marks
             .push((unix_ms(), "A connected to the relay (polled)".to_string()));
-        for _ in 0..2 {
-            started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        }
+        // A's first message (B's came before A started).
+        started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
         pair.wait_a(until, "A Ready at the start", ready);
         pair.wait_b(until, "B Ready at the start", ready);
         Started {
