@@ -102,6 +102,11 @@ pub enum SessionFrame {
     Pong {
         /// The Ping's id.
         id: u64,
+        /// On a direct link, the address the answering device sees the ping come from:
+        /// the pinger's address after any NAT on the way. Next to the address the relay
+        /// sees, it tells the pinger how its NAT maps.
+        #[serde(default)]
+        observed: Option<SocketAddr>,
     },
     /// "I moved": sent by the migrating device on every candidate path.
     MigrationPing(MigrationPing),

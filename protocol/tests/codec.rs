@@ -198,7 +198,20 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
             },
         ),
         ("ping", SessionFrame::Ping { id: 3 }),
-        ("pong", SessionFrame::Pong { id: 3 }),
+        (
+            "pong",
+            SessionFrame::Pong {
+                id: 3,
+                observed: None,
+            },
+        ),
+        (
+            "pong_observed",
+            SessionFrame::Pong {
+                id: 3,
+                observed: Some(addr("203.0.113.9:40000")),
+            },
+        ),
         (
             "migration_ping",
             SessionFrame::MigrationPing(MigrationPing {
@@ -531,7 +544,8 @@ fn arb_session_frame() -> impl Strategy<Value = SessionFrame> {
             }
         }),
         any::<u64>().prop_map(|id| SessionFrame::Ping { id }),
-        any::<u64>().prop_map(|id| SessionFrame::Pong { id }),
+        (any::<u64>(), proptest::option::of(arb_addr()))
+            .prop_map(|(id, observed)| SessionFrame::Pong { id, observed }),
         (
             any::<u64>(),
             any::<u64>(),

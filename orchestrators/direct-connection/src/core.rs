@@ -231,6 +231,9 @@ pub struct PeerSnapshot {
     /// The last direct path left unused for being slower than the relay, since the
     /// session last changed paths.
     pub direct_declined: Option<crate::state::DeclinedDirect>,
+    /// Where the peer last saw this device on a direct path (since this device last
+    /// moved), and what that says about its NAT.
+    pub seen_by_peer: Option<crate::nat::SeenByPeer>,
 }
 
 /// The DirectConnection core. See the crate docs.
@@ -294,6 +297,7 @@ impl DirectConnection {
                     relay_rtt_ms: None,
                     direct_declined: None,
                     declined_link: None,
+                    seen_by_peer: None,
                     direct_quality: Default::default(),
                     fallback: None,
                     heard_from_peer_at_ms: None,
@@ -398,6 +402,7 @@ impl DirectConnection {
             direct_candidates: state.announced.len() + state.blueprint.len(),
             relay_rtt_ms: state.relay_rtt_ms,
             direct_declined: state.direct_declined.as_deref().copied(),
+            seen_by_peer: state.seen_by_peer.as_deref().copied(),
         })
     }
 
@@ -458,8 +463,9 @@ impl SansIoCore for DirectConnection {
                 // This device's network changed: a migration begins, so no rekey.
                 self.refuse_rekeys_on_move();
                 self.local_endpoints = endpoints;
-                // The relay will say where it sees us now.
+                // The relay and the peers will say where they see us now.
                 self.reflexive = None;
+                self.forget_seen_by_peers();
                 None
             }
             Input::Reflexive(ReflexiveAddress { addr }) => {

@@ -76,9 +76,15 @@ impl DirectConnection {
                 self.pump(now, device);
             }
             SessionFrame::Ping { id } => {
-                self.send_frame(device, via, &SessionFrame::Pong { id });
+                let observed = self.remote_of(via);
+                self.send_frame(device, via, &SessionFrame::Pong { id, observed });
             }
-            SessionFrame::Pong { id } => self.pong(now, device, via, id),
+            SessionFrame::Pong { id, observed } => {
+                if let (Via::Link(_), Some(observed)) = (via, observed) {
+                    self.seen_by_peer(device, observed);
+                }
+                self.pong(now, device, via, id)
+            }
             SessionFrame::MigrationPing(ping) => {
                 self.inbound_migration_ping(now, device, via, ping)
             }
