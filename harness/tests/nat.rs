@@ -107,3 +107,60 @@ fn two_devices_behind_nats_move_from_the_relay_to_a_direct_path() {
         });
     }
 }
+
+/// Where A's peer on a direct path sees A, next to where the relay sees it, once the
+/// session is direct and a few heartbeats went by.
+async fn seen_by_b(
+    seed: u64,
+    nat: Option<tether_transport::sim::NatBehavior>,
+) -> tether_direct_connection::SeenByPeer {
+    let builder = ClusterBuilder::new(seed, 2).pair(A, B).conditions(wan());
+    let builder = match nat {
+        Some(behavior) => builder.behind_nat_of(A, behavior),
+        None => builder,
+    };
+    let mut cluster = builder.start().await;
+    assert!(
+        cluster
+            .run_until(Duration::from_secs(10), |c| c.both_ready(A, B))
+            .await
+    );
+    let direct = until_direct(&mut cluster, Duration::from_secs(10)).await;
+    assert!(direct.is_some(), "{nat:?}: never direct");
+    cluster.run_for(Duration::from_secs(5)).await;
+    let status = cluster.peer_status(A, B).await.unwrap();
+    let seen = status
+        .seen_by_peer
+        .unwrap_or_else(|| panic!("{nat:?}: B never said where it sees A"));
+    println!("{nat:?}: {seen:?}");
+    seen
+}
+
+#[test]
+fn a_peer_on_a_direct_path_shows_how_the_nat_maps() {
+    use tether_direct_connection::NatMapping;
+    use tether_transport::sim::NatBehavior;
+    run_simulation(|| async move {
+        // A cone NAT: B and the relay see A at one address.
+        let seen = seen_by_b(51_000, Some(NatBehavior::port_restricted_cone())).await;
+        assert_eq!(
+            seen.mapping,
+            Some(NatMapping::EndpointIndependent),
+            "{seen:?}"
+        );
+        assert_eq!(seen.addr.ip(), nat_public_ip(A));
+        assert_eq!(Some(seen.addr), seen.relay_saw);
+        // A symmetric NAT: B sees another mapping than the relay does.
+        let seen = seen_by_b(51_001, Some(NatBehavior::symmetric())).await;
+        assert_eq!(
+            seen.mapping,
+            Some(NatMapping::EndpointDependent),
+            "{seen:?}"
+        );
+        assert_eq!(seen.addr.ip(), nat_public_ip(A));
+        assert_ne!(Some(seen.addr), seen.relay_saw);
+        // No NAT: B sees A's own address.
+        let seen = seen_by_b(51_002, None).await;
+        assert_eq!(seen.mapping, Some(NatMapping::None), "{seen:?}");
+    });
+}

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
+use tether::metrics::NatReport;
 use tether_crypto::{PublicKey, StaticKeypair};
 use tether_protocol::{LinkBound, LinkId, RelayMessage, RequestId, TransportEvent, WireFrame};
 use tether_server_link::{Change, ServerAuthFailure, ServerLink, ServerLinkConfig};
@@ -26,28 +27,48 @@ use tether_server_link::{Change, ServerAuthFailure, ServerLink, ServerLinkConfig
 /// report it (an older relay, or one that did not get that far).
 pub const NOT_REPORTED: &str = "unknown (not reported by this relay)";
 
-/// What netcheck does not check, said with every report.
-pub const NOT_CHECKED: [&str; 3] = [
-    "direct UDP between this machine and its peers (run `tether ping PEER` on a running node)",
-    "the NAT's kind (how it maps and filters): one relay's observation cannot tell it",
-    "the other address family than the relay's",
-];
+/// What netcheck does not check, said with every report: direct UDP to the peers, the
+/// NAT's kind unless a running node learnt it (`nat_known`), the other address family.
+pub fn not_checked(nat_known: bool) -> Vec<&'static str> {
+    let mut out = vec![
+        "direct UDP between this machine and its peers (run `tether ping PEER` on a running node)",
+    ];
+    if !nat_known {
+        out.push(
+            "the NAT's kind: one relay's observation cannot tell it (a running node learns how the NAT maps once a peer on a direct path has seen this device, and `tether status` shows it)",
+        );
+    }
+    out.push("the other address family than the relay's");
+    out
+}
 
 /// What the reflexive address says about a NAT between this machine and the relay,
-/// given this machine's interface addresses.
-pub fn nat(reflexive: Option<SocketAddr>, interfaces: &[IpAddr]) -> String {
-    match reflexive {
-        None => NOT_REPORTED.to_string(),
-        Some(seen) if seen.ip().is_loopback() => {
-            "none seen (the relay is reached over loopback)".to_string()
-        }
+/// given this machine's interface addresses, and what a running node's peers on direct
+/// paths showed of its kind (`node`, when a node answered on the control socket).
+pub fn nat(
+    reflexive: Option<SocketAddr>,
+    interfaces: &[IpAddr],
+    node: Option<&NatReport>,
+) -> String {
+    let seen = match reflexive {
+        None => NOT_REPORTED,
+        Some(seen) if seen.ip().is_loopback() => "none seen (the relay is reached over loopback)",
         Some(seen) if interfaces.contains(&seen.ip()) => {
-            "none seen (the relay sees one of this machine's own addresses)".to_string()
+            "none seen (the relay sees one of this machine's own addresses)"
         }
-        Some(_) => {
-            "behind a NAT (the relay sees another address than this machine's); its kind is unknown"
-                .to_string()
+        Some(_) => "behind a NAT (the relay sees another address than this machine's)",
+    };
+    match node {
+        Some(report) if report.mapping != "unknown" => {
+            format!("{seen}; the running node's peers show {}", report.summary)
         }
+        Some(_) => format!(
+            "{seen}; its kind: not known yet by the running node (no peer on a direct path has said where it sees this device since it last moved)"
+        ),
+        None if reflexive.is_some_and(|r| !interfaces.contains(&r.ip()) && !r.ip().is_loopback()) => {
+            format!("{seen}; its kind is unknown (no node runs to have learnt it)")
+        }
+        None => seen.to_string(),
     }
 }
 
@@ -414,9 +435,21 @@ mod tests {
     #[test]
     fn the_reflexive_address_shows_a_nat_only_when_it_is_not_ours() {
         let own: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(nat(None, &[own]), NOT_REPORTED);
-        assert!(nat(Some("192.0.2.7:5000".parse().unwrap()), &[own]).starts_with("none seen"));
-        assert!(nat(Some("127.0.0.1:5000".parse().unwrap()), &[]).starts_with("none seen"));
-        assert!(nat(Some("203.0.113.9:5000".parse().unwrap()), &[own]).starts_with("behind a NAT"));
+        assert_eq!(nat(None, &[own], None), NOT_REPORTED);
+        assert!(nat(Some("192.0.2.7:5000".parse().unwrap()), &[own], None).starts_with("none seen"));
+        assert!(nat(Some("127.0.0.1:5000".parse().unwrap()), &[], None).starts_with("none seen"));
+        assert!(nat(Some("203.0.113.9:5000".parse().unwrap()), &[own], None)
+            .starts_with("behind a NAT"));
+        // A running node's peers tell the kind.
+        let cone = NatReport {
+            mapping: "endpoint-independent".into(),
+            summary: "one mapping for every destination (a cone NAT): the relay and phone see this device at 203.0.113.9:5000".into(),
+            ..NatReport::default()
+        };
+        assert_eq!(
+            nat(Some("203.0.113.9:5000".parse().unwrap()), &[own], Some(&cone)),
+            "behind a NAT (the relay sees another address than this machine's); the running node's peers show one mapping for every destination (a cone NAT): the relay and phone see this device at 203.0.113.9:5000"
+        );
+        assert_eq!(not_checked(true).len(), not_checked(false).len() - 1);
     }
 }

@@ -1160,6 +1160,17 @@ fn run_netcheck(
     let interfaces = runtime.block_on(node::interface_addresses());
     let announced = netcheck::announced_ips(settings.listen, &interfaces);
     let problem = check.problem(relay);
+    // A node running with this config knows the NAT's kind once a peer on a direct path
+    // has seen it.
+    let node_nat = config::control_socket_of(&config)
+        .ok()
+        .filter(|socket| std::os::unix::net::UnixStream::connect(socket).is_ok())
+        .and_then(|socket| client(&socket, Request::Status).ok())
+        .and_then(|report| {
+            serde_json::from_value::<tether::metrics::NatReport>(report.get("nat")?.clone()).ok()
+        });
+    let nat = netcheck::nat(check.reflexive(), &interfaces, node_nat.as_ref());
+    let nat_known = node_nat.as_ref().is_some_and(|n| n.mapping != "unknown");
     let relay_name = if settings.relay_name == relay.to_string() {
         relay.to_string()
     } else {
@@ -1180,8 +1191,9 @@ fn run_netcheck(
             "listen": settings.listen.to_string(),
             "announce": announced.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "reflexive_address": check.reflexive().map(|a| a.to_string()),
-            "nat": netcheck::nat(check.reflexive(), &interfaces),
-            "not_checked": netcheck::NOT_CHECKED,
+            "nat": nat,
+            "nat_mapping": node_nat.as_ref().map(|n| n.mapping.as_str()),
+            "not_checked": netcheck::not_checked(nat_known),
         }))?;
     } else {
         outln!("relay {relay_name}, key {}", settings.relay.public.to_hex());
@@ -1217,8 +1229,11 @@ fn run_netcheck(
             .reflexive()
             .map_or(netcheck::NOT_REPORTED.to_string(), |a| a.to_string());
         outln!("reflexive address (as the relay sees this machine): {reflexive}");
-        outln!("NAT: {}", netcheck::nat(check.reflexive(), &interfaces));
-        outln!("not checked: {}", netcheck::NOT_CHECKED.join("; "));
+        outln!("NAT: {nat}");
+        outln!(
+            "not checked: {}",
+            netcheck::not_checked(nat_known).join("; ")
+        );
     }
     match problem {
         Some(problem) => {

@@ -132,6 +132,9 @@ pub struct PeerStatus {
     /// The last direct path left unused for being slower than the relay, since the
     /// session last changed paths.
     pub direct_declined: Option<tether_direct_connection::DeclinedDirect>,
+    /// Where the peer last saw this device on a direct path, and what that says about
+    /// this device's NAT (since it last moved).
+    pub seen_by_peer: Option<tether_direct_connection::SeenByPeer>,
 }
 
 /// A [`Node::ping`] that was answered.
@@ -779,6 +782,7 @@ impl Node {
                     direct_candidates: s.direct_candidates,
                     relay_rtt_ms: s.relay_rtt_ms,
                     direct_declined: s.direct_declined,
+                    seen_by_peer: s.seen_by_peer,
                 }
             })
             .collect()

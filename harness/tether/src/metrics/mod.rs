@@ -66,6 +66,35 @@ pub struct NodeStatusReport {
     pub rejected: RejectedReport,
     /// The relay and rendezvous clients' counters.
     pub server_clients: ServerClientsReport,
+    /// What this device's NAT does, from how its peers on direct paths and the relay
+    /// see it.
+    #[serde(default)]
+    pub nat: NatReport,
+}
+
+/// How this device's NAT maps its socket, once a peer on a direct path has seen it
+/// (its Pong says where) since the device last moved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NatReport {
+    /// `none` (a peer sees an interface address), `endpoint-independent` (the relay
+    /// and the peers see one address: a cone NAT), `endpoint-dependent` (they see
+    /// different ones: a symmetric NAT), or `unknown`.
+    pub mapping: String,
+    /// What it means and what it rests on, in one line.
+    pub summary: String,
+    /// Where the relay saw this device when the peers last did.
+    pub relay_sees: Option<String>,
+    /// Where each peer on a direct path last saw this device.
+    pub seen_by: Vec<SeenByReport>,
+}
+
+/// Where one peer saw this device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenByReport {
+    /// The peer's name.
+    pub peer: String,
+    /// The address it saw.
+    pub addr: String,
 }
 
 /// One peer's session, as `tether status` shows it.

@@ -157,6 +157,16 @@ pub fn node_prometheus(report: &NodeStatusReport) -> String {
         "Seconds since the node started.",
     );
     p.sample("tether_uptime_seconds", &[], report.uptime_ms / 1000);
+    p.family(
+        "tether_nat_mapping",
+        "gauge",
+        "1, labelled with how this device's NAT maps as its peers on direct paths saw it: none, endpoint-independent (cone), endpoint-dependent (symmetric) or unknown.",
+    );
+    p.sample(
+        "tether_nat_mapping",
+        &[("mapping", report.nat.mapping.as_str())],
+        1,
+    );
 
     p.family(
         "tether_session_ready",

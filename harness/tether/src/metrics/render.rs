@@ -137,6 +137,9 @@ pub fn render_node_status(r: &NodeStatusReport) -> String {
              with this device's key (a second instance with the same key file?)"
         );
     }
+    if !r.nat.summary.is_empty() {
+        let _ = writeln!(out, "NAT: {}", r.nat.summary);
+    }
     let _ = writeln!(
         out,
         "{:<12} {:<16} {:<20} {:<6} {:<22} {:>5} {:>10} {:<16} {:>6} {:>9} {:>8} {:>5} {:>8} {:>10} {:>14}",
@@ -317,6 +320,15 @@ mod tests {
                 relay_auth: auth,
                 relay_connection: connection,
                 ..ServerClientsReport::default()
+            },
+            nat: crate::metrics::NatReport {
+                mapping: "endpoint-independent".into(),
+                summary: "one mapping for every destination (a cone NAT): the relay and laptop see this device at 198.51.100.4:40001".into(),
+                relay_sees: Some("198.51.100.4:40001".into()),
+                seen_by: vec![crate::metrics::SeenByReport {
+                    peer: "laptop".into(),
+                    addr: "198.51.100.4:40001".into(),
+                }],
             },
         }
     }

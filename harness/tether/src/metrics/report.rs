@@ -4,8 +4,9 @@
 //! the only part that asks the node.
 
 use super::{
-    millis, path_name, render::utc, Lifecycle, NodeStatusReport, PeerReport, RejectedReport,
-    RelayConnectionReport, ServerClientsReport, SessionTracker, TrafficReport, TransportReport,
+    millis, path_name, render::utc, Lifecycle, NatReport, NodeStatusReport, PeerReport,
+    RejectedReport, RelayConnectionReport, SeenByReport, ServerClientsReport, SessionTracker,
+    TrafficReport, TransportReport,
 };
 use crate::hub::NodeEvent;
 use crate::node::{Node, PeerStatus};
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tether_direct_connection::{
-    Counters, DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_HOLD, QUALITY_WINDOW,
+    Counters, NatMapping, DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_HOLD, QUALITY_WINDOW,
 };
 use tether_pms::RendezvousClientCounters;
 use tether_protocol::{DeviceId, PathKind};
@@ -128,6 +129,12 @@ impl NodeReporter {
             writes_dropped,
         } = snapshot;
         let ago = |at: Option<Instant>| at.map(|at| millis(now.saturating_duration_since(at)));
+        let nat = nat_report(
+            statuses
+                .iter()
+                .filter_map(|s| Some((self.name(&s.peer), s.seen_by_peer?)))
+                .collect(),
+        );
         let mut peers = Vec::new();
         for s in statuses {
             self.tracker.sample(s.peer, s.path, now);
@@ -182,7 +189,69 @@ impl NodeReporter {
             transport: TransportReport::from(endpoint),
             rejected: RejectedReport::of_node(&counters, &endpoint, writes_dropped),
             server_clients,
+            nat,
         }
+    }
+}
+
+/// What the peers that saw this device on a direct path (by name) say about its NAT:
+/// one view that differs from the relay's shows a mapping per destination, whatever
+/// the others show.
+fn nat_report(seen: Vec<(String, tether_direct_connection::SeenByPeer)>) -> NatReport {
+    let with = |mapping: NatMapping| seen.iter().filter(move |(_, s)| s.mapping == Some(mapping));
+    let names = |mapping: NatMapping, addresses: bool| {
+        with(mapping)
+            .map(|(name, s)| match addresses {
+                true => format!("{name} at {}", s.addr),
+                false => name.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let relay_sees = seen.iter().find_map(|(_, s)| s.relay_saw);
+    let relay = relay_sees.map_or("-".to_string(), |a| a.to_string());
+    let (mapping, summary) = if with(NatMapping::EndpointDependent).next().is_some() {
+        (
+            "endpoint-dependent",
+            format!(
+                "a mapping per destination (a symmetric NAT): the relay sees this device at {relay}, {}; only peers whose NAT does not filter reach it directly",
+                names(NatMapping::EndpointDependent, true)
+            ),
+        )
+    } else if with(NatMapping::EndpointIndependent).next().is_some() {
+        (
+            "endpoint-independent",
+            format!(
+                "one mapping for every destination (a cone NAT): the relay and {} see this device at {relay}",
+                names(NatMapping::EndpointIndependent, false)
+            ),
+        )
+    } else if with(NatMapping::None).next().is_some() {
+        (
+            "none",
+            format!(
+                "none on the direct paths: {} sees this device at an interface address",
+                names(NatMapping::None, false)
+            ),
+        )
+    } else {
+        (
+            "unknown",
+            "not known yet: no peer on a direct path has said where it sees this device since it last moved"
+                .to_string(),
+        )
+    };
+    NatReport {
+        mapping: mapping.to_string(),
+        summary,
+        relay_sees: relay_sees.map(|a| a.to_string()),
+        seen_by: seen
+            .iter()
+            .map(|(peer, s)| SeenByReport {
+                peer: peer.clone(),
+                addr: s.addr.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -265,7 +334,41 @@ mod tests {
             direct_candidates: 2,
             relay_rtt_ms: Some(45),
             direct_declined: None,
+            seen_by_peer: None,
         }
+    }
+
+    #[test]
+    fn one_peer_seeing_another_mapping_than_the_relay_shows_a_symmetric_nat() {
+        use tether_direct_connection::SeenByPeer;
+        let relay: SocketAddr = "203.0.113.5:61000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let seen = |port: u16, mapping| SeenByPeer {
+            addr: SocketAddr::new(relay.ip(), port),
+            relay_saw: Some(relay),
+            mapping: Some(mapping),
+        };
+        assert_eq!(nat_report(Vec::new()).mapping, "unknown");
+        let cone = nat_report(vec![(
+            "phone".into(),
+            seen(61000, NatMapping::EndpointIndependent),
+        )]);
+        assert_eq!(cone.mapping, "endpoint-independent");
+        assert_eq!(
+            cone.summary,
+            "one mapping for every destination (a cone NAT): the relay and phone see this device at 203.0.113.5:61000"
+        );
+        let symmetric = nat_report(vec![
+            ("phone".into(), seen(61000, NatMapping::EndpointIndependent)),
+            ("tablet".into(), seen(61007, NatMapping::EndpointDependent)),
+        ]);
+        assert_eq!(symmetric.mapping, "endpoint-dependent");
+        assert_eq!(
+            symmetric.summary,
+            "a mapping per destination (a symmetric NAT): the relay sees this device at 203.0.113.5:61000, tablet at 203.0.113.5:61007; only peers whose NAT does not filter reach it directly"
+        );
+        assert_eq!(symmetric.seen_by.len(), 2);
     }
 
     #[test]
