@@ -1,50 +1,90 @@
 //! A chat between two paired devices, one line per message, that keeps going while
 //! either terminal's machine changes networks.
 //!
-//! Each side needs its key file, the relay's address and public key, the other side's
-//! public key and the pair's relationship key (`tether keygen` and `tether pair` make
-//! them; a `tether relay` runs the relay):
+//! After `tether invite` on one machine and `tether accept CODE` on the other, each
+//! side runs the chat from its node config (instead of `tether node`, which would hold
+//! the same device key, port and data folder), and talks to the config's first peer:
+//!
+//! ```text
+//! cargo run -p tether --example chat -- ~/.config/tether/node.toml
+//! ```
+//!
+//! Or with everything on the command line: the key file, the relay's address and public
+//! key, the other side's public key and the pair's relationship key (`tether keygen` and
+//! `tether pair` make them; a `tether relay` runs the relay). A key file that does not
+//! exist is created, and its public key printed for the other side.
 //!
 //! ```text
 //! cargo run -p tether --example chat -- alice.key 127.0.0.1:7300 RELAY_KEY BOB_KEY RK
 //! cargo run -p tether --example chat -- bob.key   127.0.0.1:7300 RELAY_KEY ALICE_KEY RK
 //! ```
 //!
-//! Lines typed on stdin go to the peer; what the peer sends is printed. A key file that
-//! does not exist is created, and its public key printed for the other side.
+//! Lines typed on stdin go to the peer; what the peer sends is printed, and so is each
+//! acknowledgement (the peer has the message: it will not be lost or sent again). When
+//! stdin ends (Ctrl-D, or the end of a piped file), the chat leaves once the peer has
+//! every message.
 
 use std::error::Error;
-use tether::{device_id, Node, NodeEvent, PublicKey, RelationshipKey};
+use tether::{device_id, Node, NodeBuilder, NodeEvent, PublicKey, RelationshipKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+const USAGE: &str = "usage: chat NODE_CONFIG | chat KEY_FILE RELAY_ADDR RELAY_KEY PEER_KEY RK";
+
+/// The node's settings and the peer to talk to, from the command line.
+fn from_args(args: &[String]) -> Result<(NodeBuilder, PublicKey), Box<dyn Error>> {
+    match args {
+        [config] => {
+            let settings = tether::config::load_node(config.as_ref())?;
+            let peer = settings
+                .peers
+                .first()
+                .ok_or("the config has no [[peers]]")?;
+            println!("talking to {} (the config's first peer)", peer.name);
+            Ok((NodeBuilder::from_config(&settings), peer.peer.public))
+        }
+        [key_file, relay_addr, relay_key, peer_key, rk] => {
+            let peer = PublicKey::from_hex(peer_key)?;
+            let builder = Node::builder()
+                .key_file(key_file)
+                .relay(relay_addr.parse()?, PublicKey::from_hex(relay_key)?)
+                .peer(peer, RelationshipKey::from_hex(rk)?);
+            Ok((builder, peer))
+        }
+        _ => Err(USAGE.into()),
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [key_file, relay_addr, relay_key, peer_key, rk] = args.as_slice() else {
-        return Err("usage: chat KEY_FILE RELAY_ADDR RELAY_KEY PEER_KEY RELATIONSHIP_KEY".into());
-    };
-    let peer_key = PublicKey::from_hex(peer_key)?;
-    let mut node = Node::builder()
-        .key_file(key_file)
-        .relay(relay_addr.parse()?, PublicKey::from_hex(relay_key)?)
-        .peer(peer_key, RelationshipKey::from_hex(rk)?)
-        .start()
-        .await?;
+    let (builder, peer_key) = from_args(&args)?;
+    let mut node = builder.start().await?;
     println!("this device: {}", node.device().to_hex());
     let peer = device_id(&peer_key);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    loop {
+    // Once stdin ends, the chat leaves when the peer has every message sent.
+    let (mut sent, mut acknowledged, mut input_ended) = (0, 0, false);
+    while !(input_ended && acknowledged >= sent) {
         tokio::select! {
-            line = lines.next_line() => match line? {
+            line = lines.next_line(), if !input_ended => match line? {
                 Some(line) => {
                     let seq = node.send(peer, line.into_bytes()).await?;
+                    sent = seq + 1;
                     println!("  (sent #{seq})");
                 }
-                None => break,
+                None if acknowledged < sent => {
+                    println!("  (waiting for the peer to have every message; Ctrl-C leaves)");
+                    input_ended = true;
+                }
+                None => input_ended = true,
             },
             event = node.next_event() => match event {
                 Some(NodeEvent::Delivered { payload, .. }) => {
                     println!("peer: {}", String::from_utf8_lossy(&payload));
+                }
+                Some(NodeEvent::Acknowledged { below, .. }) => {
+                    acknowledged = below;
+                    println!("  (the peer has every message before #{below})");
                 }
                 Some(NodeEvent::Status { to, .. }) => println!("  (session {to})"),
                 Some(_) => {}

@@ -379,6 +379,15 @@ impl Node {
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
+    /// [`Node::send`] that does not wait: a full queue is `SendError::QueueFull`.
+    pub async fn try_send(
+        &self,
+        peer: DeviceId,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<u64, SendError> {
+        self.try_send_on(peer, ChannelId(0), payload).await
+    }
+
     /// [`Node::send_on`] that does not wait: a full queue is `SendError::QueueFull`.
     pub async fn try_send_on(
         &self,

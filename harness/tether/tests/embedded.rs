@@ -385,3 +385,51 @@ async fn send_all_delivers_a_burst_larger_than_the_queue_once_and_in_order() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_send_refuses_at_once_when_the_queue_is_full_and_accepts_again_once_acknowledged() {
+    let (mut a, b_id, b) = pair().await;
+    // B is not running: nothing is acknowledged, so the queue fills.
+    let max = Limits::default().max_queued;
+    for i in 0..max as u64 {
+        assert_eq!(a.try_send(b_id, vec![1]).await.unwrap(), i);
+    }
+    let full = tokio::time::timeout(Duration::from_secs(5), a.try_send(b_id, vec![1]))
+        .await
+        .expect("try_send does not wait")
+        .unwrap_err();
+    assert!(
+        matches!(full, tether::SendError::QueueFull { .. }),
+        "{full}"
+    );
+
+    let mut b = b.start().await.unwrap();
+    let a_id = a.device();
+    // B reads through the `Stream` of its events.
+    let mut events = b.events();
+    let mut delivered = 0;
+    while delivered < max {
+        let event = tokio::time::timeout(
+            Duration::from_secs(20),
+            std::future::poll_fn(|cx| {
+                futures_core::Stream::poll_next(std::pin::Pin::new(&mut events), cx)
+            }),
+        )
+        .await
+        .expect("the queued messages arrive")
+        .expect("the node runs");
+        if matches!(event, NodeEvent::Delivered { peer, .. } if peer == a_id) {
+            delivered += 1;
+        }
+    }
+    until(&mut a, |event| {
+        matches!(event, NodeEvent::Acknowledged { below, .. } if *below == max as u64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        a.try_send(b_id, b"room again".to_vec()).await.unwrap(),
+        max as u64
+    );
+    a.stop().await;
+    b.stop().await;
+}
