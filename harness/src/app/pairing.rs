@@ -54,6 +54,20 @@ use tether_server_link::{Change, ServerAuthFailure, ServerLink, ServerLinkConfig
 /// How often each side looks the pairing id up while it waits.
 pub const LOOKUP_INTERVAL: Duration = Duration::from_millis(300);
 
+/// Longest lifetime asked for a published record. The relay keeps a record at most
+/// an hour (`tether_pms::table::DEFAULT_MAX_HINT_TTL`) and forgets the pairing slot with it,
+/// so a record is published again at half its lifetime for as long as the pairing
+/// waits, however long its timeout.
+const MAX_RECORD_TTL: Duration = Duration::from_secs(20 * 60);
+
+/// A record's lifetime when `remaining` is left before the pairing's deadline (a
+/// minute beyond it, so that a clock a little behind still reads it, and at most
+/// [`MAX_RECORD_TTL`]), and when to publish it again.
+fn record_lifetime(remaining: Duration) -> (Duration, Duration) {
+    let ttl = (remaining + Duration::from_secs(60)).min(MAX_RECORD_TTL);
+    (ttl, ttl / 2)
+}
+
 /// Longest announced device name carried in a record.
 const MAX_NAME_LEN: usize = 64;
 
@@ -421,6 +435,8 @@ pub struct PairingCore {
     sealed: Option<Vec<u8>>,
     /// Whether a lookup showed the relay holds `sealed`.
     echoed: bool,
+    /// When `sealed` is published again, before the relay lets it expire.
+    republish_at: Option<Instant>,
     /// Whether a lookup is out (one at a time).
     lookup_in_flight: bool,
     next_lookup: Option<Instant>,
@@ -462,6 +478,7 @@ impl PairingCore {
             record,
             sealed: None,
             echoed: false,
+            republish_at: None,
             lookup_in_flight: false,
             next_lookup: None,
             written: false,
@@ -843,10 +860,8 @@ impl PairingCore {
 
     /// Seals the current record now and sends it.
     fn publish(&mut self, now: Instant, link: LinkId) {
-        let remaining = self.deadline.saturating_duration_since(now);
-        // A minute beyond the timeout, so that a clock a little behind still reads it.
-        let ttl_ms =
-            u64::try_from((remaining + Duration::from_secs(60)).as_millis()).unwrap_or(u64::MAX);
+        let (ttl, republish_after) = record_lifetime(self.deadline.saturating_duration_since(now));
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let Ok(hint) = seal_hint(
             &self.channel,
             self.config.keypair.public(),
@@ -859,6 +874,7 @@ impl PairingCore {
         };
         self.sealed = Some(hint.clone());
         self.echoed = false;
+        self.republish_at = Some(now + republish_after);
         self.transmit(
             link,
             WireFrame::Rendezvous(RendezvousMessage::Publish {
@@ -879,7 +895,7 @@ impl PairingCore {
         if self.next_lookup.is_none_or(|at| now < at) {
             return;
         }
-        if self.sealed.is_none() {
+        if self.sealed.is_none() || self.republish_at.is_some_and(|at| now >= at) {
             self.publish(now, link);
         }
         self.lookup_in_flight = true;
@@ -1018,6 +1034,21 @@ pub fn host_name() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_published_again_before_the_relay_forgets_it_however_long_the_wait() {
+        for minutes in [0, 1, 10, 59, 60, 61, 24 * 60] {
+            let remaining = Duration::from_secs(minutes * 60);
+            let (ttl, republish_after) = record_lifetime(remaining);
+            assert!(
+                ttl <= tether_pms::table::DEFAULT_MAX_HINT_TTL,
+                "{minutes} min: {ttl:?}"
+            );
+            assert!(republish_after < ttl, "{minutes} min");
+            // Long enough that the record outlives the pairing when it is short.
+            assert!(ttl >= remaining.min(MAX_RECORD_TTL), "{minutes} min");
+        }
+    }
 
     #[test]
     fn records_round_trip_and_malformed_ones_are_refused() {
