@@ -516,7 +516,13 @@ fn check_finds_what_would_stop_the_start() {
                 .to_string(),
             "folder missing does not exist",
         ),
+        (
+            "node",
+            format!("data_dir = \"a-file\"\n{good}"),
+            "data_dir a-file: not a folder",
+        ),
     ];
+    std::fs::write(d.join("a-file"), "").unwrap();
     for (i, (command, text, expected)) in cases.iter().enumerate() {
         let file = format!("check{i}.toml");
         std::fs::write(d.join(&file), text).unwrap();
@@ -534,6 +540,24 @@ fn check_finds_what_would_stop_the_start() {
     std::fs::set_permissions(d.join("good.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = tether(&["node", "--config", "good.toml", "--check"], d, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // Checked before a restart: the running node answers on the control socket and
+    // holds the port, which is then not a problem.
+    let running = good.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{udp}\""));
+    std::fs::write(d.join("running.toml"), running).unwrap();
+    std::fs::set_permissions(
+        d.join("running.toml"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let _node = std::os::unix::net::UnixListener::bind(d.join("node.sock")).unwrap();
+    let out = tether(&["node", "--config", "running.toml", "--check"], d, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("note: a process answers on node.sock: the addresses are its own"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

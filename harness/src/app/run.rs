@@ -3,7 +3,7 @@
 
 use super::{control, metrics};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tether_transport::{Endpoint, TransportConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -101,17 +101,23 @@ impl StopSignals {
 }
 
 /// What `--check` can verify beyond the config's syntax without starting anything: the
-/// control socket's folder exists, and the UDP and metrics addresses can be bound now
-/// (each is bound and released at once). The first problem, in one line.
+/// control socket's folder exists, the data folder can be written (or made), and the UDP
+/// and metrics addresses can be bound now (each is bound and released at once). When a
+/// process already answers on the control socket (the node or relay this config runs,
+/// checked before its restart), its addresses are its own: they are not bound, and a note
+/// says so. The first problem, in one line; else the notes.
 pub fn check_resources(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
-    control_socket: Option<&std::path::Path>,
-) -> Result<(), String> {
+    control_socket: Option<&Path>,
+    data_dir: &Path,
+) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    let mut running = false;
     if let Some(socket) = control_socket {
         let folder = match socket.parent() {
             Some(folder) if !folder.as_os_str().is_empty() => folder,
-            _ => std::path::Path::new("."),
+            _ => Path::new("."),
         };
         if !folder.is_dir() {
             return Err(format!(
@@ -120,6 +126,15 @@ pub fn check_resources(
                 folder.display()
             ));
         }
+        running = std::os::unix::net::UnixStream::connect(socket).is_ok();
+    }
+    check_data_dir(data_dir, &mut notes)?;
+    if running {
+        notes.push(format!(
+            "a process answers on {}: the addresses are its own until it stops, so they were not bound",
+            control_socket.map_or_else(String::new, |s| s.display().to_string())
+        ));
+        return Ok(notes);
     }
     if listen.port() != 0 {
         std::net::UdpSocket::bind(listen)
@@ -129,5 +144,35 @@ pub fn check_resources(
         std::net::TcpListener::bind(metrics)
             .map_err(|error| format!("metrics_addr {metrics}: cannot listen: {error}"))?;
     }
-    Ok(())
+    Ok(notes)
+}
+
+/// The data folder: an existing one must take a new file (one is made and removed at
+/// once); a missing one is made at start, under its nearest existing folder.
+fn check_data_dir(dir: &Path, notes: &mut Vec<String>) -> Result<(), String> {
+    if dir.is_dir() {
+        let probe = dir.join(format!(".tether-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|error| format!("data_dir {}: cannot write: {error}", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        return Ok(());
+    }
+    if dir.exists() {
+        return Err(format!("data_dir {}: not a folder", dir.display()));
+    }
+    match dir.ancestors().skip(1).find(|a| a.exists()) {
+        Some(existing) if existing.is_dir() => {
+            notes.push(format!("data_dir {} will be made at start", dir.display()));
+            Ok(())
+        }
+        Some(existing) => Err(format!(
+            "data_dir {}: {} is not a folder",
+            dir.display(),
+            existing.display()
+        )),
+        None => Ok(()),
+    }
 }

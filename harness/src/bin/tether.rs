@@ -513,10 +513,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             }
             if check {
-                run::check_resources(
+                let notes = run::check_resources(
                     settings.listen,
                     settings.metrics_addr,
                     Some(&settings.control_socket),
+                    &settings.data_dir,
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
                 let device = DeviceId(*settings.keypair.public().as_bytes());
@@ -539,6 +540,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "peers": peers,
                         "channels": channels.display().to_string(),
                         "warnings": settings.warnings,
+                        "notes": notes,
                     }))?;
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -552,6 +554,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 for warning in &settings.warnings {
                     outln!("warning: {warning}");
+                }
+                for note in &notes {
+                    outln!("note: {note}");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -585,10 +590,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config_or_default(config, "relay.toml")?;
             let settings = config::load_relay(&config)?;
             if check {
-                run::check_resources(
+                let notes = run::check_resources(
                     settings.listen,
                     settings.metrics_addr,
                     settings.control_socket.as_deref(),
+                    &settings.data_dir,
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
                 let queue = relay::relay_queue_path(&settings.data_dir);
@@ -601,6 +607,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "listen": settings.listen.to_string(),
                         "serves": serves,
                         "queue": queue.display().to_string(),
+                        "notes": notes,
                     }))?;
                 } else {
                     outln!(
@@ -610,6 +617,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         serves,
                         queue.display()
                     );
+                    for note in &notes {
+                        outln!("note: {note}");
+                    }
                 }
                 return Ok(ExitCode::SUCCESS);
             }
