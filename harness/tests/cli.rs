@@ -711,8 +711,8 @@ fn completions_and_man_page_cover_every_command() {
     let page = stdout(&out);
     assert!(page.contains(".TH tether 1"), "{page}");
     for command in [
-        "keygen", "pair", "invite", "accept", "node", "relay", "status", "send", "watch",
-        "migrate", "bench",
+        "keygen", "pair", "invite", "accept", "node", "relay", "status", "send", "watch", "ping",
+        "netcheck", "migrate", "bench",
     ] {
         assert!(
             page.contains(&format!("tether\\-{command}(1)"))
@@ -720,6 +720,14 @@ fn completions_and_man_page_cover_every_command() {
             "the man page lacks {command}"
         );
     }
+    // With --json, each is one object holding the same text.
+    let out = tether(&["man", "--json"], dir.path(), &[]);
+    let object: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(object["man"].as_str(), Some(page.as_str()));
+    let bash = stdout(&tether(&["completions", "bash"], dir.path(), &[]));
+    let out = tether(&["completions", "bash", "--json"], dir.path(), &[]);
+    let object: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(object["script"].as_str(), Some(bash.as_str()));
 }
 
 #[test]

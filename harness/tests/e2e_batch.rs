@@ -1,6 +1,7 @@
 //! End to end, real processes on loopback: `tether send --stdin-lines` feeds 10 000
 //! messages over one control connection, and the peer's `tether watch` shows every one
-//! delivered once and in order (binary lines included, exactly, in the watch's `data`);
+//! delivered once and in order (binary lines included, exactly, in the watch's `data`,
+//! and without a `text`);
 //! `tether send --file` carries any bytes and names the limit when a file is too big.
 //! The nodes find the relay by host name (`localhost:PORT`), and the sender's queue is
 //! small, so the batch waits for room in it again and again.
@@ -47,6 +48,11 @@ fn delivered(watch: &Proc, peer: &str, count: usize, until: Instant) -> Vec<(u64
                     .decode(e["data"].as_str().unwrap().as_bytes())
                     .unwrap();
                 assert_eq!(e["len"].as_u64(), Some(data.len() as u64));
+                // `text` is the payload only when it is UTF-8, else absent.
+                match std::str::from_utf8(&data) {
+                    Ok(text) => assert_eq!(e["text"].as_str(), Some(text), "{l}"),
+                    Err(_) => assert!(e.get("text").is_none(), "{l}"),
+                }
                 out.push((e["seq"].as_u64().unwrap(), data));
             }
             Some(())

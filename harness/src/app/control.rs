@@ -181,8 +181,10 @@ pub enum WatchEvent {
         channel: u32,
         /// Sequence number in the channel.
         seq: u64,
-        /// The payload as text (invalid UTF-8 replaced).
-        text: String,
+        /// The payload as text, when it is valid UTF-8 (absent otherwise: `data` is
+        /// always there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
         /// The payload, exactly, as base64.
         #[serde(default)]
         data: String,

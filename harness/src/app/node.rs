@@ -497,7 +497,7 @@ impl NodeState {
                     peer: name,
                     channel: channel.0,
                     seq: *seq,
-                    text: String::from_utf8_lossy(payload).into_owned(),
+                    text: std::str::from_utf8(payload).ok().map(str::to_owned),
                     data: BASE64.encode(payload),
                     len: payload.len(),
                     at_ms,

@@ -219,6 +219,8 @@ fn parse_probe_duration(text: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("message").required(true).args(["text", "file", "stdin_lines"])))]
+// clap would put the required group before PEER.
+#[command(override_usage = "tether send [OPTIONS] <PEER> <TEXT|--file <FILE>|--stdin-lines>")]
 struct SendArgs {
     /// The peer: its name in the config, or a prefix of its public key.
     peer: String,
@@ -227,8 +229,9 @@ struct SendArgs {
     /// Send the bytes of FILE as one message, whatever they are ("-": standard input).
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
-    /// Send each line of standard input as one message (without its newline), in order,
-    /// over one connection; waits while the peer's queue is full.
+    /// Send each line of standard input as one message (without its `\n`; any other
+    /// byte, `\r` included, is sent as it is), in order, over one connection; waits while
+    /// the peer's queue is full.
     #[arg(long)]
     stdin_lines: bool,
     /// Wait while the peer's queue is full instead of failing with "queue full".
@@ -394,11 +397,16 @@ fn log_format(cli: &Option<String>, config: LogFormat) -> LogFormat {
     }
 }
 
+/// Dependencies whose warnings say nothing an operator can act on: the netlink parser
+/// under interface watching warns at every start on kernels newer than it, about
+/// attributes it skips. RUST_LOG still shows them.
+const QUIET_DEPENDENCIES: &str = "netlink_packet_route=error";
+
 /// Installs the tracing subscriber: RUST_LOG, or `default_level`.
 fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},{QUIET_DEPENDENCIES}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -411,6 +419,19 @@ fn init_logging(format: LogFormat, default_level: &str) {
             .with_span_list(true)
             .try_init(),
     };
+}
+
+/// Prints a generated document (a completion script, the man page) as it is, or with
+/// `--json` as one object holding it under `key`.
+fn print_document(json: bool, key: &str, document: &[u8]) -> anyhow::Result<ExitCode> {
+    if json {
+        json_line(&serde_json::json!({ key: String::from_utf8_lossy(document) }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(document)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints `value` as one line of JSON.
@@ -697,17 +718,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
-            let mut command = Cli::command();
-            let mut out = std::io::stdout().lock();
-            clap_complete::generate(shell, &mut command, "tether", &mut out);
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut script);
+            print_document(json, "script", &script)
         }
         Command::Man => {
-            let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
+            let mut roff = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut roff)?;
+            print_document(json, "man", &roff)
         }
     }
 }
