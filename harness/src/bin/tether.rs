@@ -699,6 +699,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let socket = socket_of(&target)?;
             let system = actix_rt::System::new();
             system.block_on(control::watch(&socket, |line| {
+                if line.starts_with(r#"{"event":"lagged""#) {
+                    let missed = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|e| e["missed"].as_u64())
+                        .unwrap_or(0);
+                    eprintln!(
+                        "warning: this watch fell behind and missed {missed} events (messages delivered meanwhile are acknowledged, not shown)"
+                    );
+                }
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
             }))?;
