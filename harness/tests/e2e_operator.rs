@@ -1,7 +1,8 @@
 //! End to end with real processes: the operator's commands and what they show.
 //! `tether ping` between two nodes on loopback (and to a peer whose node is gone),
 //! `tether netcheck` against a running relay, one with another key and an address
-//! where nothing answers, the fields of `tether status`, and the logs that explain a
+//! where nothing answers, the fields of `tether status` (the NAT line, which netcheck
+//! also gets from a running node, among them), and the logs that explain a
 //! failure once: an unreachable relay (and its return), refused handshakes.
 //!
 //! Every process is killed when its guard drops. Nothing sleeps: every wait reads
@@ -142,6 +143,23 @@ fn ping_measures_round_trips_and_status_shows_what_the_session_did() {
         (Some(3), Some(3))
     );
     assert!(summary["min_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
+
+    // The answers on the direct path said where b sees a: one of a's own addresses, so
+    // no NAT; status shows it, and so does netcheck, which asks the running node.
+    let report = status_json(d, "a.sock");
+    assert_eq!(report["nat"]["mapping"], "none", "{report}");
+    assert_eq!(report["nat"]["seen_by"][0]["peer"], "b", "{report}");
+    let out = output(d, &["netcheck", "--config", "a.toml", "--json"]);
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check["nat_mapping"], "none", "{check}");
+    let out = output(d, &["status", "--socket", "a.sock"]);
+    assert!(
+        text(&out.stdout).contains(
+            "\nNAT: none on the direct paths: b sees this device at an interface address\n"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
 
     // The text form, by public key prefix.
     let b_key = status_json(d, "a.sock")["peers"][0]["device"]

@@ -1204,7 +1204,10 @@ fn run_netcheck(
         .filter(|socket| std::os::unix::net::UnixStream::connect(socket).is_ok())
         .and_then(|socket| client(&socket, Request::Status).ok())
         .and_then(|report| {
-            serde_json::from_value::<tether::metrics::NatReport>(report.get("nat")?.clone()).ok()
+            serde_json::from_value::<tether::metrics::NatReport>(
+                report.get("status")?.get("nat")?.clone(),
+            )
+            .ok()
         });
     let nat = netcheck::nat(check.reflexive(), &interfaces, node_nat.as_ref());
     let nat_known = node_nat.as_ref().is_some_and(|n| n.mapping != "unknown");

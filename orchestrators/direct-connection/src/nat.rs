@@ -4,8 +4,9 @@
 //! the relay reports the address it sees (the reflexive address). A NAT that keeps one
 //! mapping for a socket whatever the destination (endpoint-independent mapping, RFC
 //! 4787: the cone kinds) shows both the same address; one that maps each destination
-//! apart (a symmetric NAT) shows two, and only peers whose own NAT does not filter can
-//! then reach this device directly. A peer that sees an interface address of this
+//! apart (a symmetric NAT) shows two. So does a port-preserving NAT (Linux masquerade)
+//! that found the port taken towards a peer: the peer's own first packet, crossing
+//! ours, holds it there. A peer that sees an interface address of this
 //! device reached it with no NAT on the way. Each answer replaces the last, and a move
 //! of this device forgets them all: they describe the network it is on now.
 

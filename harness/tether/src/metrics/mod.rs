@@ -78,7 +78,8 @@ pub struct NodeStatusReport {
 pub struct NatReport {
     /// `none` (a peer sees an interface address), `endpoint-independent` (the relay
     /// and the peers see one address: a cone NAT), `endpoint-dependent` (they see
-    /// different ones: a symmetric NAT), or `unknown`.
+    /// different ones: a symmetric NAT, or a port-preserving one whose port was taken
+    /// towards a peer), or `unknown`.
     pub mapping: String,
     /// What it means and what it rests on, in one line.
     pub summary: String,

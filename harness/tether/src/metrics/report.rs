@@ -214,7 +214,7 @@ fn nat_report(seen: Vec<(String, tether_direct_connection::SeenByPeer)>) -> NatR
         (
             "endpoint-dependent",
             format!(
-                "a mapping per destination (a symmetric NAT): the relay sees this device at {relay}, {}; only peers whose NAT does not filter reach it directly",
+                "a mapping per destination: the relay sees this device at {relay}, {} (a symmetric NAT, or a port-preserving one that found the port taken towards that peer)",
                 names(NatMapping::EndpointDependent, true)
             ),
         )
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(symmetric.mapping, "endpoint-dependent");
         assert_eq!(
             symmetric.summary,
-            "a mapping per destination (a symmetric NAT): the relay sees this device at 203.0.113.5:61000, tablet at 203.0.113.5:61007; only peers whose NAT does not filter reach it directly"
+            "a mapping per destination: the relay sees this device at 203.0.113.5:61000, tablet at 203.0.113.5:61007 (a symmetric NAT, or a port-preserving one that found the port taken towards that peer)"
         );
         assert_eq!(symmetric.seen_by.len(), 2);
     }
