@@ -17,7 +17,7 @@ use tether_direct_connection::{
     Counters, NatMapping, DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_HOLD, QUALITY_WINDOW,
 };
 use tether_pms::RendezvousClientCounters;
-use tether_protocol::{DeviceId, PathKind};
+use tether_protocol::{DeviceId, PathKind, SessionStatus};
 use tether_rcs::RelayClientCounters;
 use tether_transport::EndpointStats;
 
@@ -298,6 +298,9 @@ fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
             s.direct_candidates
         ),
         (None, _) => match s.status {
+            Some(SessionStatus::Closed) => {
+                "no path: the session is Closed: the peer said goodbye (it stopped), or the session was closed here".to_string()
+            }
             Some(status) => format!("no path: the session is {status}"),
             None => "no path: no session yet".to_string(),
         },
@@ -308,7 +311,6 @@ fn path_reason(s: &PeerStatus, path_since: Option<u64>) -> String {
 mod tests {
     use super::*;
     use tether_direct_connection::{DeclinedDirect, PeerCounters};
-    use tether_protocol::SessionStatus;
 
     fn on(path: PathKind) -> PeerStatus {
         PeerStatus {
@@ -373,6 +375,9 @@ mod tests {
 
     #[test]
     fn the_path_reason_gives_the_measured_round_trips() {
+        let mut closed = on(PathKind::Direct);
+        (closed.path, closed.status) = (None, Some(SessionStatus::Closed));
+        assert!(path_reason(&closed, None).contains("the peer said goodbye"));
         assert_eq!(
             path_reason(&on(PathKind::Direct), None),
             "direct: validated path (12 ms; the relay answered in 45 ms)"
