@@ -154,9 +154,8 @@ fn ping_measures_round_trips_and_status_shows_what_the_session_did() {
     assert_eq!(check["nat_mapping"], "none", "{check}");
     let out = output(d, &["status", "--socket", "a.sock"]);
     assert!(
-        text(&out.stdout).contains(
-            "\nNAT: none on the direct paths: b sees this device at an interface address\n"
-        ),
+        text(&out.stdout)
+            .contains("\nNAT: none: the relay and b see this device at an interface address\n"),
         "{}",
         text(&out.stdout)
     );

@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
-use tether_harness::cluster::nat_public_ip;
+use tether_harness::cluster::{nat_public_ip, nat_public_ip_on};
 use tether_harness::{run_simulation, ClusterBuilder, NodeEvent, SimCluster};
 use tether_protocol::{PathKind, SessionStatus};
 use tether_transport::sim::LinkConditions;
@@ -108,12 +108,8 @@ fn two_devices_behind_nats_move_from_the_relay_to_a_direct_path() {
     }
 }
 
-/// Where A's peer on a direct path sees A, next to where the relay sees it, once the
-/// session is direct and a few heartbeats went by.
-async fn seen_by_b(
-    seed: u64,
-    nat: Option<tether_transport::sim::NatBehavior>,
-) -> tether_direct_connection::SeenByPeer {
+/// A cluster of A (behind `nat`, if any) and B with the session direct.
+async fn direct_pair(seed: u64, nat: Option<tether_transport::sim::NatBehavior>) -> SimCluster {
     let builder = ClusterBuilder::new(seed, 2).pair(A, B).conditions(wan());
     let builder = match nat {
         Some(behavior) => builder.behind_nat_of(A, behavior),
@@ -127,12 +123,18 @@ async fn seen_by_b(
     );
     let direct = until_direct(&mut cluster, Duration::from_secs(10)).await;
     assert!(direct.is_some(), "{nat:?}: never direct");
+    cluster
+}
+
+/// Where A's peer on a direct path sees A, next to where the relay sees it, after a
+/// few heartbeats.
+async fn seen_by_b(cluster: &mut SimCluster) -> tether_direct_connection::SeenByPeer {
     cluster.run_for(Duration::from_secs(5)).await;
     let status = cluster.peer_status(A, B).await.unwrap();
     let seen = status
         .seen_by_peer
-        .unwrap_or_else(|| panic!("{nat:?}: B never said where it sees A"));
-    println!("{nat:?}: {seen:?}");
+        .unwrap_or_else(|| panic!("B never said where it sees A"));
+    println!("{seen:?}");
     seen
 }
 
@@ -142,7 +144,8 @@ fn a_peer_on_a_direct_path_shows_how_the_nat_maps() {
     use tether_transport::sim::NatBehavior;
     run_simulation(|| async move {
         // A cone NAT: B and the relay see A at one address.
-        let seen = seen_by_b(51_000, Some(NatBehavior::port_restricted_cone())).await;
+        let mut cluster = direct_pair(51_000, Some(NatBehavior::port_restricted_cone())).await;
+        let seen = seen_by_b(&mut cluster).await;
         assert_eq!(
             seen.mapping,
             Some(NatMapping::EndpointIndependent),
@@ -150,8 +153,22 @@ fn a_peer_on_a_direct_path_shows_how_the_nat_maps() {
         );
         assert_eq!(seen.addr.ip(), nat_public_ip(A));
         assert_eq!(Some(seen.addr), seen.relay_saw);
+        // A moves behind another NAT of the same kind: what B and the relay saw of the
+        // old one is forgotten, and both views are of the new one once direct again.
+        cluster.change_address(A).await.unwrap();
+        let direct = until_direct(&mut cluster, Duration::from_secs(10)).await;
+        assert!(direct.is_some(), "never direct again after the move");
+        let seen = seen_by_b(&mut cluster).await;
+        assert_eq!(
+            seen.mapping,
+            Some(NatMapping::EndpointIndependent),
+            "{seen:?}"
+        );
+        assert_eq!(seen.addr.ip(), nat_public_ip_on(A, 1), "{seen:?}");
+        assert_eq!(Some(seen.addr), seen.relay_saw);
         // A symmetric NAT: B sees another mapping than the relay does.
-        let seen = seen_by_b(51_001, Some(NatBehavior::symmetric())).await;
+        let mut cluster = direct_pair(51_001, Some(NatBehavior::symmetric())).await;
+        let seen = seen_by_b(&mut cluster).await;
         assert_eq!(
             seen.mapping,
             Some(NatMapping::EndpointDependent),
@@ -159,8 +176,9 @@ fn a_peer_on_a_direct_path_shows_how_the_nat_maps() {
         );
         assert_eq!(seen.addr.ip(), nat_public_ip(A));
         assert_ne!(Some(seen.addr), seen.relay_saw);
-        // No NAT: B sees A's own address.
-        let seen = seen_by_b(51_002, None).await;
+        // No NAT: B and the relay see A's own address.
+        let mut cluster = direct_pair(51_002, None).await;
+        let seen = seen_by_b(&mut cluster).await;
         assert_eq!(seen.mapping, Some(NatMapping::None), "{seen:?}");
     });
 }

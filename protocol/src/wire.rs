@@ -102,11 +102,6 @@ pub enum SessionFrame {
     Pong {
         /// The Ping's id.
         id: u64,
-        /// On a direct link, the address the answering device sees the ping come from:
-        /// the pinger's address after any NAT on the way. Next to the address the relay
-        /// sees, it tells the pinger how its NAT maps.
-        #[serde(default)]
-        observed: Option<SocketAddr>,
     },
     /// "I moved": sent by the migrating device on every candidate path.
     MigrationPing(MigrationPing),
@@ -153,6 +148,14 @@ pub enum SessionFrame {
     Reset {
         /// Why.
         reason: ResetReason,
+    },
+    /// Sent on a direct link after a Pong when the link's remote address is not the one
+    /// last told there: the address the sender sees the receiver's packets come from,
+    /// after any NAT on the way. Next to the address the relay sees, it tells the
+    /// receiver how its NAT maps. A node that does not know this kind drops it.
+    ObservedAddress {
+        /// The receiver's address as the sender sees it.
+        addr: SocketAddr,
     },
     /// Where the sender can be reached directly: its interface addresses and the
     /// reflexive address the relay sees it at. Sent over the relay while the session

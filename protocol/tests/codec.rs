@@ -198,20 +198,7 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
             },
         ),
         ("ping", SessionFrame::Ping { id: 3 }),
-        (
-            "pong",
-            SessionFrame::Pong {
-                id: 3,
-                observed: None,
-            },
-        ),
-        (
-            "pong_observed",
-            SessionFrame::Pong {
-                id: 3,
-                observed: Some(addr("203.0.113.9:40000")),
-            },
-        ),
+        ("pong", SessionFrame::Pong { id: 3 }),
         (
             "migration_ping",
             SessionFrame::MigrationPing(MigrationPing {
@@ -247,6 +234,12 @@ fn session_examples() -> Vec<(&'static str, SessionFrame)> {
             },
         ),
         ("padding", SessionFrame::Padding { bytes: vec![0; 4] }),
+        (
+            "observed_address",
+            SessionFrame::ObservedAddress {
+                addr: addr("203.0.113.9:40000"),
+            },
+        ),
         (
             "candidates",
             SessionFrame::Candidates {
@@ -544,8 +537,8 @@ fn arb_session_frame() -> impl Strategy<Value = SessionFrame> {
             }
         }),
         any::<u64>().prop_map(|id| SessionFrame::Ping { id }),
-        (any::<u64>(), proptest::option::of(arb_addr()))
-            .prop_map(|(id, observed)| SessionFrame::Pong { id, observed }),
+        any::<u64>().prop_map(|id| SessionFrame::Pong { id }),
+        arb_addr().prop_map(|addr| SessionFrame::ObservedAddress { addr }),
         (
             any::<u64>(),
             any::<u64>(),

@@ -41,6 +41,7 @@ impl DirectConnection {
 
     /// The relay told us where it sees us: sessions on the relay tell their peers.
     pub(crate) fn reflexive_changed(&mut self, now: Instant, addr: Option<SocketAddr>) {
+        self.relay_view_changed(addr);
         if self.reflexive == addr {
             return;
         }

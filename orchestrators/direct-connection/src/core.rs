@@ -255,6 +255,9 @@ pub struct DirectConnection {
     pub(crate) local_endpoints: Vec<SocketAddr>,
     /// The address the relay sees this device at, since the last move.
     pub(crate) reflexive: Option<SocketAddr>,
+    /// The last address the relay said it sees, since the last move (kept while the
+    /// relay is away): what the peers' views are compared with.
+    pub(crate) relay_view: Option<SocketAddr>,
     pub(crate) counters: Counters,
     pub(crate) outputs: VecDeque<Output>,
     /// Whether channel changes are journalled (`Output::Journal`).
@@ -360,6 +363,7 @@ impl DirectConnection {
             relay_loss: Default::default(),
             local_endpoints: config.local_endpoints,
             reflexive: None,
+            relay_view: None,
             counters: Counters::default(),
             outputs: VecDeque::new(),
         }
@@ -402,7 +406,7 @@ impl DirectConnection {
             direct_candidates: state.announced.len() + state.blueprint.len(),
             relay_rtt_ms: state.relay_rtt_ms,
             direct_declined: state.direct_declined.as_deref().copied(),
-            seen_by_peer: state.seen_by_peer.as_deref().copied(),
+            seen_by_peer: self.seen_by(peer),
         })
     }
 
@@ -465,7 +469,7 @@ impl SansIoCore for DirectConnection {
                 self.local_endpoints = endpoints;
                 // The relay and the peers will say where they see us now.
                 self.reflexive = None;
-                self.forget_seen_by_peers();
+                self.forget_nat_views();
                 None
             }
             Input::Reflexive(ReflexiveAddress { addr }) => {

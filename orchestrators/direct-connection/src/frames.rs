@@ -76,14 +76,18 @@ impl DirectConnection {
                 self.pump(now, device);
             }
             SessionFrame::Ping { id } => {
-                let observed = self.remote_of(via);
-                self.send_frame(device, via, &SessionFrame::Pong { id, observed });
-            }
-            SessionFrame::Pong { id, observed } => {
-                if let (Via::Link(_), Some(observed)) = (via, observed) {
-                    self.seen_by_peer(device, observed);
+                self.send_frame(device, via, &SessionFrame::Pong { id });
+                if let Via::Link(link) = via {
+                    if let Some(addr) = self.links.observed_to_tell(link) {
+                        self.send_frame(device, via, &SessionFrame::ObservedAddress { addr });
+                    }
                 }
-                self.pong(now, device, via, id)
+            }
+            SessionFrame::Pong { id } => self.pong(now, device, via, id),
+            SessionFrame::ObservedAddress { addr } => {
+                if let Via::Link(_) = via {
+                    self.seen_by_peer(device, addr);
+                }
             }
             SessionFrame::MigrationPing(ping) => {
                 self.inbound_migration_ping(now, device, via, ping)
@@ -352,6 +356,7 @@ fn frame_kind(frame: &SessionFrame) -> &'static str {
         SessionFrame::Migrate { .. } => "migrate",
         SessionFrame::Padding { .. } => "padding",
         SessionFrame::Candidates { .. } => "candidates",
+        SessionFrame::ObservedAddress { .. } => "observed-address",
         SessionFrame::Reset { .. } => "reset",
     }
 }

@@ -39,6 +39,8 @@ pub struct LinkState {
     pub opened_at: Instant,
     /// An accepted link no peer has claimed yet: when it is closed if none does.
     pub claim_by: Option<Instant>,
+    /// The remote address last told to the peer on this link (`ObservedAddress`).
+    pub observed_told: Option<SocketAddr>,
 }
 
 impl LinkState {
@@ -120,6 +122,7 @@ impl LinkTable {
                 last_answer: None,
                 opened_at: now,
                 claim_by: dial.is_none().then_some(claim_by),
+                observed_told: None,
             },
         );
         match dial {
@@ -182,6 +185,18 @@ impl LinkTable {
     /// Whether the link is known.
     pub fn contains(&self, link: LinkId) -> bool {
         self.links.contains_key(&link)
+    }
+
+    /// The link's remote address when the peer has not been told it on this link yet
+    /// (it is then marked told): one `ObservedAddress` per address of a link.
+    pub fn observed_to_tell(&mut self, link: LinkId) -> Option<SocketAddr> {
+        let state = self.links.get_mut(&link)?;
+        let remote = state.remote?;
+        if state.observed_told == Some(remote) {
+            return None;
+        }
+        state.observed_told = Some(remote);
+        Some(remote)
     }
 
     /// The link's remote address.

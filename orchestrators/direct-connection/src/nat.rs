@@ -1,7 +1,8 @@
 //! What this device's NAT does, from how its peers and the relay see it.
 //!
-//! A peer's `Pong` on a direct link carries the address the peer sees this device at;
-//! the relay reports the address it sees (the reflexive address). A NAT that keeps one
+//! After answering a ping on a direct link, a peer says where it sees this device
+//! (`ObservedAddress`, once per address of the link); the relay reports the address it
+//! sees (the reflexive address). A NAT that keeps one
 //! mapping for a socket whatever the destination (endpoint-independent mapping, RFC
 //! 4787: the cone kinds) shows both the same address; one that maps each destination
 //! apart (a symmetric NAT) shows two. So does a port-preserving NAT (Linux masquerade)
@@ -32,54 +33,67 @@ pub enum NatMapping {
 pub struct SeenByPeer {
     /// The address the peer saw this device's packets come from.
     pub addr: SocketAddr,
-    /// The address the relay saw at the same time, if it had said.
+    /// The address the relay last saw since this device moved, if it said.
     pub relay_saw: Option<SocketAddr>,
     /// What the two say; None when they cannot be compared (no reflexive address yet,
     /// or one of each address family).
     pub mapping: Option<NatMapping>,
 }
 
-/// What a peer seeing this device at `seen` says about its NAT, given the addresses of
-/// its interfaces and where the relay sees it.
+/// What a peer seeing this device at `seen` says about its NAT, given where the relay
+/// sees it and the addresses of its interfaces. None when the two cannot be compared:
+/// the relay has not said; one of each address family; one sees an interface address
+/// and the other does not (a peer on this device's own network, or a relay on it); or
+/// two public addresses (another route, not another mapping).
 pub fn classify(
     seen: SocketAddr,
     relay_saw: Option<SocketAddr>,
     local: &[SocketAddr],
 ) -> Option<NatMapping> {
-    if local.iter().any(|l| l.ip() == seen.ip()) {
-        return Some(NatMapping::None);
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (seen, relay_saw) = (canonical(seen), canonical(relay_saw?));
+    let is_local = |a: SocketAddr| local.iter().any(|l| l.ip().to_canonical() == a.ip());
+    match (is_local(seen), is_local(relay_saw)) {
+        (true, true) => Some(NatMapping::None),
+        (false, false) if seen == relay_saw => Some(NatMapping::EndpointIndependent),
+        (false, false) if seen.ip() == relay_saw.ip() => Some(NatMapping::EndpointDependent),
+        _ => None,
     }
-    let relay_saw = relay_saw?;
-    if relay_saw.is_ipv4() != seen.is_ipv4() || local.iter().any(|l| l.ip() == relay_saw.ip()) {
-        // Another family, or no NAT towards the relay while there is one towards the
-        // peer (the relay on this device's own network): nothing to compare.
-        return None;
-    }
-    Some(if relay_saw == seen {
-        NatMapping::EndpointIndependent
-    } else {
-        NatMapping::EndpointDependent
-    })
 }
 
 impl DirectConnection {
-    /// A peer's Pong on a direct link said where it sees this device.
+    /// The peer said, on a direct link, where it sees this device.
     pub(crate) fn seen_by_peer(&mut self, device: DeviceId, addr: SocketAddr) {
-        let mapping = classify(addr, self.reflexive, &self.local_endpoints);
         if let Some(peer) = self.peers.get_mut(&device) {
-            peer.seen_by_peer = Some(Box::new(SeenByPeer {
-                addr,
-                relay_saw: self.reflexive,
-                mapping,
-            }));
+            peer.seen_by_peer = Some(Box::new(addr));
         }
     }
 
-    /// This device moved: what its peers saw describes the network it left.
-    pub(crate) fn forget_seen_by_peers(&mut self) {
+    /// The relay told where it sees this device: kept for the comparison while the
+    /// relay is away.
+    pub(crate) fn relay_view_changed(&mut self, addr: Option<SocketAddr>) {
+        if addr.is_some() {
+            self.relay_view = addr;
+        }
+    }
+
+    /// This device moved: what the relay and its peers saw describes the network it
+    /// left.
+    pub(crate) fn forget_nat_views(&mut self) {
+        self.relay_view = None;
         for peer in self.peers.values_mut() {
             peer.seen_by_peer = None;
         }
+    }
+
+    /// Where `device` last saw this device, compared with the relay's view now.
+    pub(crate) fn seen_by(&self, device: &DeviceId) -> Option<SeenByPeer> {
+        let addr = **self.peers.get(device)?.seen_by_peer.as_ref()?;
+        Some(SeenByPeer {
+            addr,
+            relay_saw: self.relay_view,
+            mapping: classify(addr, self.relay_view, &self.local_endpoints),
+        })
     }
 }
 
@@ -95,36 +109,28 @@ mod tests {
     fn the_peer_and_the_relay_views_tell_the_mapping_apart() {
         let local = [addr("192.168.1.20:4000")];
         let public = Some(addr("203.0.113.5:61000"));
-        // No NAT on the way to the peer (same network, or a public address).
-        assert_eq!(
-            classify(addr("192.168.1.20:4000"), public, &local),
-            Some(NatMapping::None)
-        );
         // One mapping for the relay and the peer: a cone NAT.
         assert_eq!(
             classify(addr("203.0.113.5:61000"), public, &local),
             Some(NatMapping::EndpointIndependent)
         );
-        // Another port (or address) for the peer: a mapping per destination.
+        // Another port for the peer: a mapping per destination.
         assert_eq!(
             classify(addr("203.0.113.5:61001"), public, &local),
             Some(NatMapping::EndpointDependent)
         );
+        // Both see an interface address: no NAT. IPv4-mapped IPv6 is the same address.
+        let own = Some(addr("192.168.1.20:4000"));
         assert_eq!(
-            classify(addr("198.51.100.1:61000"), public, &local),
-            Some(NatMapping::EndpointDependent)
+            classify(addr("[::ffff:192.168.1.20]:4000"), own, &local),
+            Some(NatMapping::None)
         );
-        // Nothing to compare: the relay has not said, says another family, or sees
-        // an interface address while the peer does not.
+        // Nothing to compare: the relay has not said; a peer on this device's own
+        // network while the relay sees a NAT; another family; another public address.
         assert_eq!(classify(addr("203.0.113.5:61000"), None, &local), None);
+        assert_eq!(classify(addr("192.168.1.20:4000"), public, &local), None);
+        assert_eq!(classify(addr("203.0.113.5:61000"), own, &local), None);
         assert_eq!(classify(addr("[2001:db8::1]:61000"), public, &local), None);
-        assert_eq!(
-            classify(
-                addr("203.0.113.5:61000"),
-                Some(addr("192.168.1.20:4000")),
-                &local
-            ),
-            None
-        );
+        assert_eq!(classify(addr("198.51.100.1:61000"), public, &local), None);
     }
 }

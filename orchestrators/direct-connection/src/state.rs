@@ -318,10 +318,9 @@ pub struct PeerState {
     pub probe_rounds: u32,
     /// Smoothed round trip of the relay path, from liveness pings answered over it.
     pub relay_rtt_ms: Option<u64>,
-    /// Where the peer last saw this device on a direct link (its Pong said), since this
-    /// device last moved. Boxed: most sessions never learn it, and every peer pays
-    /// the inline size.
-    pub seen_by_peer: Option<Box<crate::nat::SeenByPeer>>,
+    /// Where the peer last said it sees this device on a direct link, since this
+    /// device last moved. Boxed: every peer pays the inline size.
+    pub seen_by_peer: Option<Box<std::net::SocketAddr>>,
     /// The last direct path that answered while the session was on the relay and was
     /// left unused for being slower: its round trip and the relay's (for `status`).
     pub direct_declined: Option<Box<DeclinedDirect>>,

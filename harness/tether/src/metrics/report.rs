@@ -230,8 +230,19 @@ fn nat_report(seen: Vec<(String, tether_direct_connection::SeenByPeer)>) -> NatR
         (
             "none",
             format!(
-                "none on the direct paths: {} sees this device at an interface address",
+                "none: the relay and {} see this device at an interface address",
                 names(NatMapping::None, false)
+            ),
+        )
+    } else if !seen.is_empty() {
+        (
+            "unknown",
+            format!(
+                "not known: where the relay sees this device ({relay}) cannot be compared with where the peers on direct paths do ({}): a peer on this device's own network, another address family or another route",
+                seen.iter()
+                    .map(|(name, s)| format!("{name} at {}", s.addr))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     } else {
@@ -352,6 +363,18 @@ mod tests {
             mapping: Some(mapping),
         };
         assert_eq!(nat_report(Vec::new()).mapping, "unknown");
+        let lan = SeenByPeer {
+            addr: "192.168.1.9:4000".parse().unwrap_or_else(|e| panic!("{e}")),
+            relay_saw: Some(relay),
+            mapping: None,
+        };
+        let lan = nat_report(vec![("laptop".into(), lan)]);
+        assert_eq!(lan.mapping, "unknown");
+        assert!(
+            lan.summary.contains("laptop at 192.168.1.9:4000"),
+            "{}",
+            lan.summary
+        );
         let cone = nat_report(vec![(
             "phone".into(),
             seen(61000, NatMapping::EndpointIndependent),
