@@ -519,7 +519,7 @@ fn check_finds_what_would_stop_the_start() {
         (
             "node",
             format!("data_dir = \"a-file\"\n{good}"),
-            "data_dir a-file: not a folder",
+            "a-file is not a folder",
         ),
     ];
     std::fs::write(d.join("a-file"), "").unwrap();
@@ -554,7 +554,9 @@ fn check_finds_what_would_stop_the_start() {
     let out = tether(&["node", "--config", "running.toml", "--check"], d, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("note: a process answers on node.sock: the addresses are its own"),
+        stdout(&out).contains(&format!(
+            "note: listen {udp} is in use, presumably by the process answering on node.sock"
+        )),
         "{}",
         stdout(&out)
     );

@@ -101,19 +101,20 @@ impl StopSignals {
 }
 
 /// What `--check` can verify beyond the config's syntax without starting anything: the
-/// control socket's folder exists, the data folder can be written (or made), and the UDP
+/// control socket's folder exists, the folder the process writes its data in takes a
+/// new file (or its nearest existing parent does, where it will be made), and the UDP
 /// and metrics addresses can be bound now (each is bound and released at once). When a
-/// process already answers on the control socket (the node or relay this config runs,
-/// checked before its restart), its addresses are its own: they are not bound, and a note
-/// says so. The first problem, in one line; else the notes.
+/// process answers on the control socket (the node or relay this config runs, checked
+/// before its restart), an address in use is presumably its own: a note, not an error.
+/// The first problem, in one line; else the notes.
 pub fn check_resources(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
     control_socket: Option<&Path>,
-    data_dir: &Path,
+    data_folder: &Path,
 ) -> Result<Vec<String>, String> {
     let mut notes = Vec::new();
-    let mut running = false;
+    let mut running = None;
     if let Some(socket) = control_socket {
         let folder = match socket.parent() {
             Some(folder) if !folder.as_os_str().is_empty() => folder,
@@ -126,53 +127,81 @@ pub fn check_resources(
                 folder.display()
             ));
         }
-        running = std::os::unix::net::UnixStream::connect(socket).is_ok();
+        running = std::os::unix::net::UnixStream::connect(socket)
+            .is_ok()
+            .then_some(socket);
     }
-    check_data_dir(data_dir, &mut notes)?;
-    if running {
-        notes.push(format!(
-            "a process answers on {}: the addresses are its own until it stops, so they were not bound",
-            control_socket.map_or_else(String::new, |s| s.display().to_string())
-        ));
-        return Ok(notes);
-    }
+    check_data_folder(data_folder, &mut notes)?;
+    // `what` names the address, `failed` what could not be done with it.
+    let unusable = |what: String, failed: &str, error: std::io::Error, notes: &mut Vec<String>| {
+        match running {
+            Some(socket) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                notes.push(format!(
+                    "{what} is in use, presumably by the process answering on {}",
+                    socket.display()
+                ));
+                Ok(())
+            }
+            _ => Err(format!("{what}: {failed}: {error}")),
+        }
+    };
     if listen.port() != 0 {
-        std::net::UdpSocket::bind(listen)
-            .map_err(|error| format!("listen {listen}: cannot bind: {error}"))?;
+        if let Err(error) = std::net::UdpSocket::bind(listen) {
+            unusable(format!("listen {listen}"), "cannot bind", error, &mut notes)?;
+        }
     }
     if let Some(metrics) = metrics {
-        std::net::TcpListener::bind(metrics)
-            .map_err(|error| format!("metrics_addr {metrics}: cannot listen: {error}"))?;
+        if let Err(error) = std::net::TcpListener::bind(metrics) {
+            unusable(
+                format!("metrics_addr {metrics}"),
+                "cannot listen",
+                error,
+                &mut notes,
+            )?;
+        }
     }
     Ok(notes)
 }
 
-/// The data folder: an existing one must take a new file (one is made and removed at
-/// once); a missing one is made at start, under its nearest existing folder.
-fn check_data_dir(dir: &Path, notes: &mut Vec<String>) -> Result<(), String> {
-    if dir.is_dir() {
+/// The folder the process writes its data in: an existing one must take a new file
+/// (one is made and removed at once); a missing one is made at start, so its nearest
+/// existing parent must be a folder that takes one.
+fn check_data_folder(folder: &Path, notes: &mut Vec<String>) -> Result<(), String> {
+    let takes_a_file = |dir: &Path| {
         let probe = dir.join(format!(".tether-check-{}", std::process::id()));
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&probe)
-            .map_err(|error| format!("data_dir {}: cannot write: {error}", dir.display()))?;
-        let _ = std::fs::remove_file(&probe);
-        return Ok(());
+            .map(|_| {
+                let _ = std::fs::remove_file(&probe);
+            })
+            .map_err(|error| format!("data folder {}: cannot write: {error}", dir.display()))
+    };
+    if folder.is_dir() {
+        return takes_a_file(folder);
     }
-    if dir.exists() {
-        return Err(format!("data_dir {}: not a folder", dir.display()));
-    }
-    match dir.ancestors().skip(1).find(|a| a.exists()) {
-        Some(existing) if existing.is_dir() => {
-            notes.push(format!("data_dir {} will be made at start", dir.display()));
-            Ok(())
+    let mut existing = folder;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
         }
-        Some(existing) => Err(format!(
-            "data_dir {}: {} is not a folder",
-            dir.display(),
-            existing.display()
-        )),
-        None => Ok(()),
     }
+    if !existing.is_dir() {
+        return Err(format!(
+            "data folder {}: {} is not a folder",
+            folder.display(),
+            existing.display()
+        ));
+    }
+    takes_a_file(existing)?;
+    notes.push(format!(
+        "data folder {} will be made at start",
+        folder.display()
+    ));
+    Ok(())
 }

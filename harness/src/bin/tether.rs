@@ -534,16 +534,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             }
             if check {
+                let device = DeviceId(*settings.keypair.public().as_bytes());
+                let channels = node::channel_store_path(&settings.data_dir, &device);
                 let notes = run::check_resources(
                     settings.listen,
                     settings.metrics_addr,
                     Some(&settings.control_socket),
-                    &settings.data_dir,
+                    channels.parent().unwrap_or(&settings.data_dir),
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
-                let device = DeviceId(*settings.keypair.public().as_bytes());
                 let peers: Vec<&str> = settings.peers.iter().map(|p| p.name.as_str()).collect();
-                let channels = node::channel_store_path(&settings.data_dir, &device);
                 let relay = if settings.relay_name == settings.relay.addr.to_string() {
                     settings.relay_name.clone()
                 } else {
@@ -611,14 +611,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config_or_default(config, "relay.toml")?;
             let settings = config::load_relay(&config)?;
             if check {
+                let queue = relay::relay_queue_path(&settings.data_dir);
                 let notes = run::check_resources(
                     settings.listen,
                     settings.metrics_addr,
                     settings.control_socket.as_deref(),
-                    &settings.data_dir,
+                    queue.parent().unwrap_or(&settings.data_dir),
                 )
                 .map_err(|problem| UsageError(format!("{}: {problem}", config_name(&config))))?;
-                let queue = relay::relay_queue_path(&settings.data_dir);
                 let serves = relay::describe_admission(&settings.admission);
                 if json {
                     json_line(&serde_json::json!({
