@@ -24,9 +24,15 @@
 //! stdin ends (Ctrl-D, or the end of a piped file), the chat leaves once the peer has
 //! every message.
 
+use std::collections::VecDeque;
 use std::error::Error;
-use tether::{device_id, Node, NodeBuilder, NodeEvent, PublicKey, RelationshipKey};
+use tether::{
+    device_id, ChannelId, Node, NodeBuilder, NodeEvent, PublicKey, RelationshipKey, SendError,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Most lines read ahead of the peer's queue while it is full.
+const READ_AHEAD: usize = 64;
 
 const USAGE: &str = "usage: chat NODE_CONFIG | chat KEY_FILE RELAY_ADDR RELAY_KEY PEER_KEY RK";
 
@@ -62,28 +68,45 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("this device: {}", node.device().to_hex());
     let peer = device_id(&peer_key);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // Lines read while the peer's queue is full wait here: the chat keeps reading its
+    // events meanwhile (a `send` that waits would not), so deliveries keep flowing both
+    // ways and the peer's acknowledgements make room.
+    let mut waiting: VecDeque<Vec<u8>> = VecDeque::new();
     // Once stdin ends, the chat leaves when the peer has every message sent.
     let (mut sent, mut acknowledged, mut input_ended) = (0, 0, false);
-    while !(input_ended && acknowledged >= sent) {
-        tokio::select! {
-            line = lines.next_line(), if !input_ended => match line? {
-                Some(line) => {
-                    let seq = node.send(peer, line.into_bytes()).await?;
+    loop {
+        while let Some(line) = waiting.front() {
+            match node.try_send(peer, line.clone()).await {
+                Ok(seq) => {
+                    waiting.pop_front();
                     sent = seq + 1;
                     println!("  (sent #{seq})");
                 }
-                None if acknowledged < sent => {
-                    println!("  (waiting for the peer to have every message; Ctrl-C leaves)");
+                Err(SendError::QueueFull { .. }) => break,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if input_ended && waiting.is_empty() && acknowledged >= sent {
+            break;
+        }
+        tokio::select! {
+            line = lines.next_line(), if !input_ended && waiting.len() < READ_AHEAD => match line? {
+                Some(line) => waiting.push_back(line.into_bytes()),
+                None => {
                     input_ended = true;
+                    if acknowledged < sent || !waiting.is_empty() {
+                        println!("  (waiting for the peer to have every message; Ctrl-C leaves)");
+                    }
                 }
-                None => input_ended = true,
             },
             event = node.next_event() => match event {
                 Some(NodeEvent::Delivered { payload, .. }) => {
                     println!("peer: {}", String::from_utf8_lossy(&payload));
                 }
-                Some(NodeEvent::Acknowledged { below, .. }) => {
-                    acknowledged = below;
+                Some(NodeEvent::Acknowledged { peer: from, channel, below })
+                    if from == peer && channel == ChannelId(0) =>
+                {
+                    acknowledged = acknowledged.max(below);
                     println!("  (the peer has every message before #{below})");
                 }
                 Some(NodeEvent::Status { to, .. }) => println!("  (session {to})"),
