@@ -126,16 +126,23 @@ async fn direct_pair(seed: u64, nat: Option<tether_transport::sim::NatBehavior>)
     cluster
 }
 
-/// Where A's peer on a direct path sees A, next to where the relay sees it, after a
-/// few heartbeats.
+/// Where A's peer on a direct path sees A, next to where the relay sees it, once B
+/// has said (it says so at most every `OBSERVED_RETELL_AFTER`).
 async fn seen_by_b(cluster: &mut SimCluster) -> tether_direct_connection::SeenByPeer {
-    cluster.run_for(Duration::from_secs(5)).await;
-    let status = cluster.peer_status(A, B).await.unwrap();
-    let seen = status
-        .seen_by_peer
-        .unwrap_or_else(|| panic!("B never said where it sees A"));
-    println!("{seen:?}");
-    seen
+    let within = tether_direct_connection::OBSERVED_RETELL_AFTER + Duration::from_secs(5);
+    let start = cluster.elapsed();
+    loop {
+        let status = cluster.peer_status(A, B).await.unwrap();
+        if let Some(seen) = status.seen_by_peer {
+            println!("after {:?}: {seen:?}", cluster.elapsed() - start);
+            return seen;
+        }
+        assert!(
+            cluster.elapsed() - start < within,
+            "B never said where it sees A"
+        );
+        cluster.run_for(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

@@ -301,6 +301,7 @@ impl DirectConnection {
                     direct_declined: None,
                     declined_link: None,
                     seen_by_peer: None,
+                    observed_told_at_ms: None,
                     direct_quality: Default::default(),
                     fallback: None,
                     heard_from_peer_at_ms: None,

@@ -78,9 +78,7 @@ impl DirectConnection {
             SessionFrame::Ping { id } => {
                 self.send_frame(device, via, &SessionFrame::Pong { id });
                 if let Via::Link(link) = via {
-                    if let Some(addr) = self.links.observed_to_tell(link) {
-                        self.send_frame(device, via, &SessionFrame::ObservedAddress { addr });
-                    }
+                    self.tell_observed(now, device, link);
                 }
             }
             SessionFrame::Pong { id } => self.pong(now, device, via, id),

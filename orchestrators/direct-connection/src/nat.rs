@@ -1,8 +1,9 @@
 //! What this device's NAT does, from how its peers and the relay see it.
 //!
 //! After answering a ping on a direct link, a peer says where it sees this device
-//! (`ObservedAddress`, once per address of the link); the relay reports the address it
-//! sees (the reflexive address). A NAT that keeps one
+//! (`ObservedAddress`, once per address of the link, at most every
+//! [`OBSERVED_RETELL_AFTER`]); the relay reports the address it sees (the reflexive
+//! address). A NAT that keeps one
 //! mapping for a socket whatever the destination (endpoint-independent mapping, RFC
 //! 4787: the cone kinds) shows both the same address; one that maps each destination
 //! apart (a symmetric NAT) shows two. So does a port-preserving NAT (Linux masquerade)
@@ -11,9 +12,11 @@
 //! device reached it with no NAT on the way. Each answer replaces the last, and a move
 //! of this device forgets them all: they describe the network it is on now.
 
-use crate::core::DirectConnection;
+use crate::core::{duration_ms, DirectConnection};
+use crate::state::Via;
 use std::net::SocketAddr;
-use tether_protocol::DeviceId;
+use std::time::{Duration, Instant};
+use tether_protocol::{DeviceId, LinkId, SessionFrame};
 
 /// How this device's NAT maps its socket, as one peer's view and the relay's show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +64,39 @@ pub fn classify(
     }
 }
 
+/// Least time between two `ObservedAddress` frames to one peer. The view is a
+/// diagnostic: it must not add to what a migration costs (a few control frames each,
+/// and a device may move every second), so a view this device's move made its peer
+/// forget comes back within this.
+pub const OBSERVED_RETELL_AFTER: Duration = Duration::from_secs(30);
+
 impl DirectConnection {
+    /// After answering a ping on `link`: tells the peer where its packets come from,
+    /// unless it was told on this link at this address already, or told anything less
+    /// than [`OBSERVED_RETELL_AFTER`] ago.
+    pub(crate) fn tell_observed(&mut self, now: Instant, device: DeviceId, link: LinkId) {
+        let now_ms = self.now_ms(now);
+        let retell_ms = duration_ms(OBSERVED_RETELL_AFTER);
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        if peer
+            .observed_told_at_ms
+            .is_some_and(|at| now_ms < at + retell_ms)
+        {
+            return;
+        }
+        let Some(addr) = self.links.observed_to_tell(link) else {
+            return;
+        };
+        peer.observed_told_at_ms = Some(now_ms);
+        self.send_frame(
+            device,
+            Via::Link(link),
+            &SessionFrame::ObservedAddress { addr },
+        );
+    }
+
     /// The peer said, on a direct link, where it sees this device.
     pub(crate) fn seen_by_peer(&mut self, device: DeviceId, addr: SocketAddr) {
         if let Some(peer) = self.peers.get_mut(&device) {

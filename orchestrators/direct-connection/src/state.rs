@@ -321,6 +321,8 @@ pub struct PeerState {
     /// Where the peer last said it sees this device on a direct link, since this
     /// device last moved. Boxed: every peer pays the inline size.
     pub seen_by_peer: Option<Box<std::net::SocketAddr>>,
+    /// When this device last told the peer where it sees it (ms since start).
+    pub observed_told_at_ms: Option<u64>,
     /// The last direct path that answered while the session was on the relay and was
     /// left unused for being slower: its round trip and the relay's (for `status`).
     pub direct_declined: Option<Box<DeclinedDirect>>,
