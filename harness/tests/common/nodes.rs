@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{run, tail, Proc, TETHER};
+use super::{command, run, tail, Proc, TETHER};
 
 /// Now, in unix ms: the clock of the nodes' events (`at_ms`) and logs.
 pub fn unix_ms() -> u64 {
@@ -238,10 +238,23 @@ impl Nodes {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        let deliveries = |w: &Watch| w.seen.iter().filter(|e| e["event"] == "delivered").count();
+        // Each node's own account (queued, accepted, acknowledged, received, path), if
+        // it still answers.
+        let status = |socket: &str| {
+            command(&self.d, TETHER, &["status", "--json", "--socket", socket])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
         format!(
-            "{what}\n--- A's events:\n{}\n--- B's events:\n{}\n--- A's log:\n{}\n--- B's log:\n{}",
+            "{what}\n--- A's events ({} deliveries):\n{}\n--- B's events ({} deliveries):\n{}\n--- A's status:\n{}\n--- B's status:\n{}\n--- A's log:\n{}\n--- B's log:\n{}",
+            deliveries(&self.watch_a),
             events(&self.watch_a),
+            deliveries(&self.watch_b),
             events(&self.watch_b),
+            status("a.sock"),
+            status("b.sock"),
             tail(&self.a.stderr_text()),
             tail(&self.b.stderr_text())
         )
