@@ -1035,18 +1035,123 @@ pub fn host_name() -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_record_is_published_again_before_the_relay_forgets_it_however_long_the_wait() {
-        for minutes in [0, 1, 10, 59, 60, 61, 24 * 60] {
-            let remaining = Duration::from_secs(minutes * 60);
-            let (ttl, republish_after) = record_lifetime(remaining);
-            assert!(
-                ttl <= tether_pms::table::DEFAULT_MAX_HINT_TTL,
-                "{minutes} min: {ttl:?}"
+    /// An inviter with a `timeout` of two hours against a relay that admits it and
+    /// answers every lookup with no record but its own: the time and lifetime of each
+    /// record it publishes in the first `watch`.
+    fn publishes_of_a_long_invitation(watch: Duration) -> Vec<(Duration, Duration)> {
+        use tether_protocol::{PathKind, CHANNEL_BINDING_LEN};
+        let mut rng = rand::rngs::OsRng;
+        let relay = StaticKeypair::generate(&mut rng);
+        let keypair = StaticKeypair::generate(&mut rng);
+        let device = *keypair.public();
+        let t0 = Instant::now();
+        let mut core = PairingCore::new(
+            PairingConfig {
+                keypair,
+                relay_addr: "192.0.2.1:7300".parse().unwrap_or_else(|e| panic!("{e}")),
+                relay_key: *relay.public(),
+                secret: PairingSecret::generate(&mut rng),
+                role: Role::Inviter,
+                name: "laptop".into(),
+                known: BTreeSet::new(),
+                force: false,
+                timeout: Duration::from_secs(2 * 60 * 60),
+                unix_ms_at_start: 1_700_000_000_000,
+                seed: [7; 32],
+            },
+            t0,
+        );
+        let encode = |message: WireFrame| {
+            tether_protocol::encode(&message).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let link = LinkId(9);
+        let binding = [0xB1; CHANNEL_BINDING_LEN];
+        let nonce = [5; 32];
+        core.handle(t0, Input::Start);
+        let Some(Output::Transport(TransportCommand::Dial { request, .. })) = core.poll_output()
+        else {
+            panic!("a dial first");
+        };
+        core.handle(t0, Input::Bound(LinkBound { link, binding }));
+        let up = TransportEvent::LinkUp {
+            request: Some(request),
+            link,
+            path: PathKind::Direct,
+            remote: None,
+        };
+        core.handle(t0, Input::Transport(up));
+        let relay_says = |core: &mut PairingCore, now, message| {
+            let frame = encode(WireFrame::Relay(message));
+            core.handle(
+                now,
+                Input::Transport(TransportEvent::FrameReceived { link, frame }),
             );
-            assert!(republish_after < ttl, "{minutes} min");
-            // Long enough that the record outlives the pairing when it is short.
-            assert!(ttl >= remaining.min(MAX_RECORD_TTL), "{minutes} min");
+        };
+        let challenge = RelayMessage::Challenge {
+            nonce,
+            server_key: *relay.public().as_bytes(),
+        };
+        relay_says(&mut core, t0, challenge);
+        let proof = tether_crypto::server_proof(&relay, &device, &nonce, &binding).to_vec();
+        relay_says(
+            &mut core,
+            t0,
+            RelayMessage::Welcome {
+                proof,
+                observed: None,
+            },
+        );
+
+        let mut publishes = Vec::new();
+        let mut now = t0;
+        while now - t0 < watch {
+            while let Some(output) = core.poll_output() {
+                let Output::Transport(TransportCommand::Transmit { frame, .. }) = output else {
+                    continue;
+                };
+                let Ok(WireFrame::Rendezvous(message)) = tether_protocol::decode(&frame) else {
+                    continue;
+                };
+                match message {
+                    RendezvousMessage::Publish { ttl_ms, .. } => {
+                        publishes.push((now - t0, Duration::from_millis(ttl_ms)))
+                    }
+                    RendezvousMessage::Lookup { rendezvous_id } => {
+                        let hints = RendezvousMessage::Hints {
+                            rendezvous_id,
+                            hints: Vec::new(),
+                        };
+                        let frame = encode(WireFrame::Rendezvous(hints));
+                        let event = TransportEvent::FrameReceived { link, frame };
+                        core.handle(now, Input::Transport(event));
+                    }
+                    _ => {}
+                }
+            }
+            now = core
+                .poll_timeout()
+                .unwrap_or_else(|| panic!("the invitation ended"));
+            core.handle_timeout(now);
+        }
+        publishes
+    }
+
+    #[test]
+    fn an_invitation_longer_than_the_relay_keeps_a_record_publishes_it_again_in_time() {
+        let publishes = publishes_of_a_long_invitation(Duration::from_secs(90 * 60));
+        assert!(publishes.len() >= 2, "{publishes:?}");
+        // Each record asks for no more than the relay grants, and the next one goes out
+        // before it expires.
+        let max = tether_pms::table::DEFAULT_MAX_HINT_TTL;
+        for (i, &(at, ttl)) in publishes.iter().enumerate() {
+            assert!(ttl <= max, "{publishes:?}");
+            let next = publishes
+                .get(i + 1)
+                .map_or(Duration::from_secs(90 * 60), |p| p.0);
+            assert!(
+                next < at + ttl,
+                "record {i} expires before the next: {publishes:?}"
+            );
         }
     }
 
