@@ -445,25 +445,36 @@ impl NatPair {
         let until = Instant::now() + Duration::from_secs(30);
         let pa = format!("{prefix_a} ");
         let pb = format!("{prefix_b} ");
-        let all_b = |seen: &[Value]| delivered(seen, &pa).len() >= a_sent.len();
-        let all_a = |seen: &[Value]| delivered(seen, &pb).len() >= b_sent.len();
+        // A's watch starts after A's node, and B's first messages wait for A: those
+        // delivered before the watch subscribed are A's (counted in its status) but not
+        // shown to the watch, which observes. So each watch waits for the last message,
+        // and must show a tail of them in order; the nodes' counts say each arrived
+        // once.
+        let last_of = |prefix: &str, sent: &[u64]| format!("{prefix} {}", sent.len() - 1);
+        let (last_a, last_b) = (last_of(prefix_a, &a_sent), last_of(prefix_b, &b_sent));
+        let all_b = |seen: &[Value]| delivered(seen, &pa).contains(&last_a);
+        let all_a = |seen: &[Value]| delivered(seen, &pb).contains(&last_b);
         self.wait_b(until, "B did not get all of A's messages", all_b);
         self.wait_a(until, "A did not get all of B's messages", all_a);
         // A duplicate would come right behind the original: a round of status (both
         // nodes answering) lets the watches take in whatever came by then.
-        let _ = self.nodes.status();
+        let (a, b) = self.nodes.status();
         self.nodes.watch_a.pump(Instant::now());
         self.nodes.watch_b.pump(Instant::now());
-        assert_eq!(
-            self.nodes.watch_b.delivered(&pa),
-            numbered(prefix_a, a_sent.len()),
-            "A -> B: every message once, in order"
-        );
-        assert_eq!(
-            self.nodes.watch_a.delivered(&pb),
-            numbered(prefix_b, b_sent.len()),
-            "B -> A: every message once, in order"
-        );
+        let in_order = |shown: Vec<String>, prefix: &str, count: usize| {
+            let all = numbered(prefix, count);
+            let tail = all[count.saturating_sub(shown.len())..].to_vec();
+            (shown == tail).then_some(()).ok_or((shown, all))
+        };
+        let shown = self.nodes.watch_b.delivered(&pa);
+        in_order(shown, prefix_a, a_sent.len())
+            .unwrap_or_else(|e| panic!("A -> B: B's watch shows them in order: {e:?}"));
+        let shown = self.nodes.watch_a.delivered(&pb);
+        in_order(shown, prefix_b, b_sent.len())
+            .unwrap_or_else(|e| panic!("B -> A: A's watch shows them in order: {e:?}"));
+        // Both nodes count from their start: what one accepted, the other received.
+        assert_eq!(b["received"], a["accepted"], "A -> B: each once: {a}\n{b}");
+        assert_eq!(a["received"], b["accepted"], "B -> A: each once: {a}\n{b}");
         [a_sent, b_sent]
     }
 }
@@ -567,15 +578,16 @@ fn establish_and_upgrade() -> NatPair {
         assert_eq!(status["handshakes"], 1, "{who}: one handshake: {status}");
         assert_eq!(status["epoch"], 1, "{who}: {status}");
     }
-    // Messages went through the upgrade: some were delivered before the session was
-    // direct (over the relay; the upgrade takes a few milliseconds, so which side's
-    // first messages make it depends on when each sender started), and both sides sent
-    // until after.
-    let delivered_before_direct = over_relay(&pair.nodes.watch_b.delivered_at("from a "))
-        + over_relay(&pair.nodes.watch_a.delivered_at("from b "));
+    // Messages went through the upgrade: some were accepted before the session was
+    // direct (B's first ones before A even started), every message arrived once and in
+    // order (`stop_and_check`), and both sides sent until after. How many were
+    // delivered over the relay is printed above as the watches saw it; it is not
+    // asserted: A's watch subscribes after A started, and B's first messages may reach
+    // A before it does.
+    let accepted_before_direct = a_sent.iter().chain(&b_sent).filter(|t| **t < direct_ms);
     assert!(
-        delivered_before_direct > 0,
-        "no message was delivered before the session was direct"
+        accepted_before_direct.count() > 0,
+        "no message was accepted before the session was direct"
     );
     assert!(
         a_sent[a_sent.len() - 1] > direct_ms && b_sent[b_sent.len() - 1] > direct_ms,
