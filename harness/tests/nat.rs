@@ -126,6 +126,18 @@ async fn direct_pair(seed: u64, nat: Option<tether_transport::sim::NatBehavior>)
     cluster
 }
 
+/// Asserts B and the relay see A at one address, on the public side of A's NAT `ip`.
+fn assert_one_mapping(seen: &tether_direct_connection::SeenByPeer, ip: std::net::IpAddr) {
+    use tether_direct_connection::NatMapping;
+    assert_eq!(
+        seen.mapping,
+        Some(NatMapping::EndpointIndependent),
+        "{seen:?}"
+    );
+    assert_eq!(seen.addr.ip(), ip, "{seen:?}");
+    assert_eq!(Some(seen.addr), seen.relay_saw, "{seen:?}");
+}
+
 /// Where A's peer on a direct path sees A, next to where the relay sees it, once B
 /// has said (it says so at most every `OBSERVED_RETELL_AFTER`).
 async fn seen_by_b(cluster: &mut SimCluster) -> tether_direct_connection::SeenByPeer {
@@ -152,27 +164,13 @@ fn a_peer_on_a_direct_path_shows_how_the_nat_maps() {
     run_simulation(|| async move {
         // A cone NAT: B and the relay see A at one address.
         let mut cluster = direct_pair(51_000, Some(NatBehavior::port_restricted_cone())).await;
-        let seen = seen_by_b(&mut cluster).await;
-        assert_eq!(
-            seen.mapping,
-            Some(NatMapping::EndpointIndependent),
-            "{seen:?}"
-        );
-        assert_eq!(seen.addr.ip(), nat_public_ip(A));
-        assert_eq!(Some(seen.addr), seen.relay_saw);
+        assert_one_mapping(&seen_by_b(&mut cluster).await, nat_public_ip(A));
         // A moves behind another NAT of the same kind: what B and the relay saw of the
         // old one is forgotten, and both views are of the new one once direct again.
         cluster.change_address(A).await.unwrap();
         let direct = until_direct(&mut cluster, Duration::from_secs(10)).await;
         assert!(direct.is_some(), "never direct again after the move");
-        let seen = seen_by_b(&mut cluster).await;
-        assert_eq!(
-            seen.mapping,
-            Some(NatMapping::EndpointIndependent),
-            "{seen:?}"
-        );
-        assert_eq!(seen.addr.ip(), nat_public_ip_on(A, 1), "{seen:?}");
-        assert_eq!(Some(seen.addr), seen.relay_saw);
+        assert_one_mapping(&seen_by_b(&mut cluster).await, nat_public_ip_on(A, 1));
         // A symmetric NAT: B sees another mapping than the relay does.
         let mut cluster = direct_pair(51_001, Some(NatBehavior::symmetric())).await;
         let seen = seen_by_b(&mut cluster).await;

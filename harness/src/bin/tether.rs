@@ -1201,7 +1201,6 @@ fn run_netcheck(
     // has seen it.
     let node_nat = config::control_socket_of(&config)
         .ok()
-        .filter(|socket| std::os::unix::net::UnixStream::connect(socket).is_ok())
         .and_then(|socket| client(&socket, Request::Status).ok())
         .and_then(|report| {
             serde_json::from_value::<tether::metrics::NatReport>(

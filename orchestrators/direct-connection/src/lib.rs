@@ -130,7 +130,7 @@ pub use channels::{Inbound, Outbound, Received};
 pub use config::{Config, Limits, PeerConfig};
 pub use core::{Counters, DirectConnection, Input, Output, PeerSnapshot, MAX_INBOUND_CHANNELS};
 pub use links::AMPLIFICATION_FACTOR;
-pub use nat::{classify as classify_nat_mapping, NatMapping, SeenByPeer, OBSERVED_RETELL_AFTER};
+pub use nat::{NatMapping, SeenByPeer, OBSERVED_RETELL_AFTER};
 pub use operator_ping::{PingAnswered, PingRefused, PingSent, MAX_PINGS_PER_PEER};
 pub use path_choice::{
     DIRECT_SLOWER_TOLERANCE_MS, FALLBACK_HOLD, FALLBACK_MISSED, FALLBACK_SLOWER_MS,

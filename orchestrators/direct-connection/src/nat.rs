@@ -3,14 +3,15 @@
 //! After answering a ping on a direct link, a peer says where it sees this device
 //! (`ObservedAddress`, once per address of the link, at most every
 //! [`OBSERVED_RETELL_AFTER`]); the relay reports the address it sees (the reflexive
-//! address). A NAT that keeps one
-//! mapping for a socket whatever the destination (endpoint-independent mapping, RFC
-//! 4787: the cone kinds) shows both the same address; one that maps each destination
-//! apart (a symmetric NAT) shows two. So does a port-preserving NAT (Linux masquerade)
-//! that found the port taken towards a peer: the peer's own first packet, crossing
-//! ours, holds it there. A peer that sees an interface address of this
-//! device reached it with no NAT on the way. Each answer replaces the last, and a move
-//! of this device forgets them all: they describe the network it is on now.
+//! address). A NAT that keeps one mapping for a socket whatever the destination
+//! (endpoint-independent mapping, RFC 4787: the cone kinds) shows both the same
+//! address; one that maps each destination apart (a symmetric NAT) shows two. So does
+//! a port-preserving NAT (Linux masquerade) that found the port taken towards a peer:
+//! the peer's own first packet, crossing ours, holds it there. When the relay and a
+//! peer both see an interface address of this device, there is no NAT on the way.
+//! Each peer's last word is kept and compared with the relay's last view when asked
+//! (`classify`); a move of this device forgets both: they describe the network it
+//! left.
 
 use crate::core::{duration_ms, DirectConnection};
 use crate::state::Via;
@@ -21,7 +22,7 @@ use tether_protocol::{DeviceId, LinkId, SessionFrame};
 /// How this device's NAT maps its socket, as one peer's view and the relay's show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatMapping {
-    /// The peer sees an interface address of this device: no NAT between them.
+    /// The peer and the relay both see an interface address of this device: no NAT.
     None,
     /// The peer and the relay see the same address: one mapping for every destination
     /// (endpoint-independent; a full, restricted or port-restricted cone NAT).
@@ -38,8 +39,9 @@ pub struct SeenByPeer {
     pub addr: SocketAddr,
     /// The address the relay last saw since this device moved, if it said.
     pub relay_saw: Option<SocketAddr>,
-    /// What the two say; None when they cannot be compared (no reflexive address yet,
-    /// or one of each address family).
+    /// What the two say; None when they cannot be compared: the relay has not said,
+    /// one of each address family, a peer on this device's own network, or another
+    /// public address (another route).
     pub mapping: Option<NatMapping>,
 }
 
@@ -48,7 +50,7 @@ pub struct SeenByPeer {
 /// the relay has not said; one of each address family; one sees an interface address
 /// and the other does not (a peer on this device's own network, or a relay on it); or
 /// two public addresses (another route, not another mapping).
-pub fn classify(
+pub(crate) fn classify(
     seen: SocketAddr,
     relay_saw: Option<SocketAddr>,
     local: &[SocketAddr],

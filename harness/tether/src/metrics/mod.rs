@@ -72,18 +72,18 @@ pub struct NodeStatusReport {
     pub nat: NatReport,
 }
 
-/// How this device's NAT maps its socket, once a peer on a direct path has seen it
-/// (its Pong says where) since the device last moved.
+/// How this device's NAT maps its socket, once a peer on a direct path has said where
+/// it sees it (`ObservedAddress`) since the device last moved.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NatReport {
-    /// `none` (a peer sees an interface address), `endpoint-independent` (the relay
-    /// and the peers see one address: a cone NAT), `endpoint-dependent` (they see
-    /// different ones: a symmetric NAT, or a port-preserving one whose port was taken
-    /// towards a peer), or `unknown`.
+    /// `none` (the relay and a peer see an interface address), `endpoint-independent`
+    /// (the relay and the peers see one address: a cone NAT), `endpoint-dependent`
+    /// (they see different ones: a symmetric NAT, or a port-preserving one whose port
+    /// was taken towards a peer), or `unknown`.
     pub mapping: String,
     /// What it means and what it rests on, in one line.
     pub summary: String,
-    /// Where the relay saw this device when the peers last did.
+    /// Where the relay last saw this device since it moved.
     pub relay_sees: Option<String>,
     /// Where each peer on a direct path last saw this device.
     pub seen_by: Vec<SeenByReport>,
